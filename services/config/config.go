@@ -1,0 +1,219 @@
+// Package config turns flags, environment variables and an optional YAML file
+// into the typed configuration of concord's components. It is the only package
+// that touches viper: components receive plain Config structs.
+//
+// Names follow etcd where the meaning is the same (--data-dir, --listen-client-urls,
+// ...), so scripts written for etcd start concord unchanged. Every flag can also
+// be set through the environment, as CONCORD_DATA_DIR or etcd's ETCD_DATA_DIR
+// (CONCORD_ wins), or through the YAML file named by --config-file, whose keys
+// are the flag names (as in etcd's configuration file).
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+)
+
+// ErrInvalid is wrapped by every validation error of this package.
+var ErrInvalid = errors.New("config: invalid")
+
+// Server is the configuration of a concord server process.
+type Server struct {
+	Name    string
+	DataDir string
+
+	ListenClientURLs         []url.URL
+	AdvertiseClientURLs      []url.URL
+	ListenPeerURLs           []url.URL
+	InitialAdvertisePeerURLs []url.URL
+	InitialCluster           string
+	InitialClusterState      string
+	InitialClusterToken      string
+
+	HeartbeatInterval time.Duration
+	ElectionTimeout   time.Duration
+	SnapshotCount     uint64
+	QuotaBackendBytes int64
+	MaxRequestBytes   int
+	MaxTxnOps         int
+
+	LogLevel slog.Level
+}
+
+// flag names, shared by the flag set, the environment and the YAML file.
+const (
+	fName                = "name"
+	fDataDir             = "data-dir"
+	fListenClientURLs    = "listen-client-urls"
+	fAdvertiseClientURLs = "advertise-client-urls"
+	fListenPeerURLs      = "listen-peer-urls"
+	fAdvertisePeerURLs   = "initial-advertise-peer-urls"
+	fInitialCluster      = "initial-cluster"
+	fInitialClusterState = "initial-cluster-state"
+	fInitialClusterToken = "initial-cluster-token"
+	fHeartbeatInterval   = "heartbeat-interval"
+	fElectionTimeout     = "election-timeout"
+	fSnapshotCount       = "snapshot-count"
+	fQuotaBackendBytes   = "quota-backend-bytes"
+	fMaxRequestBytes     = "max-request-bytes"
+	fMaxTxnOps           = "max-txn-ops"
+	fLogLevel            = "log-level"
+	fConfigFile          = "config-file"
+)
+
+// ServerFlags declares the server flags on fs, with etcd's names and defaults
+// (adapted to concord: data in ./default.concord, clients on 127.0.0.1:2379).
+func ServerFlags(fs *pflag.FlagSet) {
+	fs.String(fName, "default", "human-readable name for this member")
+	fs.String(fDataDir, "", "path to the data directory (default \"${name}.concord\")")
+	fs.String(fListenClientURLs, "http://127.0.0.1:2379", "comma-separated URLs to listen on for client traffic")
+	fs.String(fAdvertiseClientURLs, "", "comma-separated client URLs to advertise to the rest of the cluster (default: the listen client URLs)")
+	fs.String(fListenPeerURLs, "http://127.0.0.1:2380", "comma-separated URLs to listen on for peer traffic")
+	fs.String(fAdvertisePeerURLs, "", "comma-separated peer URLs to advertise to the rest of the cluster (default: the listen peer URLs)")
+	fs.String(fInitialCluster, "", "initial cluster configuration for bootstrapping, name=peerURL,... (default: this member alone)")
+	fs.String(fInitialClusterState, "new", "initial cluster state ('new' or 'existing')")
+	fs.String(fInitialClusterToken, "concord-cluster", "initial cluster token for the cluster during bootstrap")
+	fs.Uint(fHeartbeatInterval, 100, "time (in milliseconds) of a heartbeat interval")
+	fs.Uint(fElectionTimeout, 1000, "time (in milliseconds) for an election to timeout")
+	fs.Uint64(fSnapshotCount, 10000, "number of committed transactions to trigger a snapshot and truncate the raft log")
+	fs.Int64(fQuotaBackendBytes, 0, "raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB)")
+	fs.Int(fMaxRequestBytes, 1572864, "maximum client request size in bytes the server will accept")
+	fs.Int(fMaxTxnOps, 128, "maximum number of operations permitted in a transaction")
+	fs.String(fLogLevel, "info", "log level: debug, info, warn or error")
+	fs.String(fConfigFile, "", "path to a YAML configuration file whose keys are the flag names")
+}
+
+// LoadServer reads the flags declared by ServerFlags (already parsed in fs),
+// the environment and the configuration file, and validates the result.
+func LoadServer(fs *pflag.FlagSet) (Server, error) {
+	v, err := newViper(fs)
+	if err != nil {
+		return Server{}, err
+	}
+	var c Server
+	c.Name = v.GetString(fName)
+	c.DataDir = v.GetString(fDataDir)
+	if c.DataDir == "" {
+		c.DataDir = c.Name + ".concord"
+	}
+	for _, u := range []struct {
+		flag string
+		dst  *[]url.URL
+	}{
+		{fListenClientURLs, &c.ListenClientURLs},
+		{fAdvertiseClientURLs, &c.AdvertiseClientURLs},
+		{fListenPeerURLs, &c.ListenPeerURLs},
+		{fAdvertisePeerURLs, &c.InitialAdvertisePeerURLs},
+	} {
+		if *u.dst, err = parseURLs(u.flag, v.GetString(u.flag)); err != nil {
+			return Server{}, err
+		}
+	}
+	if len(c.AdvertiseClientURLs) == 0 {
+		c.AdvertiseClientURLs = c.ListenClientURLs
+	}
+	if len(c.InitialAdvertisePeerURLs) == 0 {
+		c.InitialAdvertisePeerURLs = c.ListenPeerURLs
+	}
+	c.InitialCluster = v.GetString(fInitialCluster)
+	if c.InitialCluster == "" {
+		parts := make([]string, len(c.InitialAdvertisePeerURLs))
+		for i, u := range c.InitialAdvertisePeerURLs {
+			parts[i] = c.Name + "=" + u.String()
+		}
+		c.InitialCluster = strings.Join(parts, ",")
+	}
+	c.InitialClusterState = v.GetString(fInitialClusterState)
+	c.InitialClusterToken = v.GetString(fInitialClusterToken)
+	c.HeartbeatInterval = time.Duration(v.GetUint(fHeartbeatInterval)) * time.Millisecond
+	c.ElectionTimeout = time.Duration(v.GetUint(fElectionTimeout)) * time.Millisecond
+	c.SnapshotCount = v.GetUint64(fSnapshotCount)
+	c.QuotaBackendBytes = v.GetInt64(fQuotaBackendBytes)
+	c.MaxRequestBytes = v.GetInt(fMaxRequestBytes)
+	c.MaxTxnOps = v.GetInt(fMaxTxnOps)
+	if err := c.LogLevel.UnmarshalText([]byte(v.GetString(fLogLevel))); err != nil {
+		return Server{}, fmt.Errorf("%w: --%s: %v", ErrInvalid, fLogLevel, err)
+	}
+	return c, c.Validate()
+}
+
+// Validate reports the first setting that cannot work.
+func (c Server) Validate() error {
+	switch {
+	case c.Name == "":
+		return fmt.Errorf("%w: --%s must not be empty", ErrInvalid, fName)
+	case len(c.ListenClientURLs) == 0:
+		return fmt.Errorf("%w: --%s must name at least one URL", ErrInvalid, fListenClientURLs)
+	case c.InitialClusterState != "new" && c.InitialClusterState != "existing":
+		return fmt.Errorf("%w: --%s must be 'new' or 'existing', not %q", ErrInvalid, fInitialClusterState, c.InitialClusterState)
+	case c.HeartbeatInterval <= 0:
+		return fmt.Errorf("%w: --%s must be positive", ErrInvalid, fHeartbeatInterval)
+	case c.ElectionTimeout < 5*c.HeartbeatInterval:
+		// etcd's rule: an election timeout shorter than a few heartbeats makes leaders flap.
+		return fmt.Errorf("%w: --%s (%v) must be at least 5 times --%s (%v)", ErrInvalid, fElectionTimeout, c.ElectionTimeout, fHeartbeatInterval, c.HeartbeatInterval)
+	case c.QuotaBackendBytes < 0:
+		return fmt.Errorf("%w: --%s must not be negative", ErrInvalid, fQuotaBackendBytes)
+	case c.MaxRequestBytes <= 0:
+		return fmt.Errorf("%w: --%s must be positive", ErrInvalid, fMaxRequestBytes)
+	case c.MaxTxnOps <= 0:
+		return fmt.Errorf("%w: --%s must be positive", ErrInvalid, fMaxTxnOps)
+	}
+	for _, u := range c.ListenClientURLs {
+		if u.Scheme != "http" && u.Scheme != "unix" {
+			return fmt.Errorf("%w: client URL %q: only http:// is supported so far", ErrInvalid, u.String())
+		}
+	}
+	return nil
+}
+
+// newViper layers, from weakest to strongest: flag defaults, the YAML file,
+// ETCD_* variables, CONCORD_* variables, flags set on the command line.
+func newViper(fs *pflag.FlagSet) (*viper.Viper, error) {
+	v := viper.New()
+	if err := v.BindPFlags(fs); err != nil {
+		return nil, fmt.Errorf("config: binding flags: %w", err)
+	}
+	// viper looks names up with one prefix only; look ETCD_ up ourselves and
+	// let CONCORD_ and explicit flags override it.
+	fs.VisitAll(func(f *pflag.Flag) {
+		env := strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if val, ok := os.LookupEnv("ETCD_" + env); ok {
+			v.SetDefault(f.Name, val)
+		}
+	})
+	v.SetEnvPrefix("CONCORD")
+	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
+	v.AutomaticEnv()
+	if file := v.GetString(fConfigFile); file != "" {
+		v.SetConfigFile(file)
+		v.SetConfigType("yaml")
+		if err := v.ReadInConfig(); err != nil {
+			return nil, fmt.Errorf("%w: --%s %s: %v", ErrInvalid, fConfigFile, file, err)
+		}
+	}
+	return v, nil
+}
+
+func parseURLs(flag, s string) ([]url.URL, error) {
+	var out []url.URL
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		u, err := url.Parse(part)
+		if err != nil || u.Scheme == "" || u.Host == "" {
+			return nil, fmt.Errorf("%w: --%s: %q is not a URL like http://127.0.0.1:2379", ErrInvalid, flag, part)
+		}
+		out = append(out, *u)
+	}
+	return out, nil
+}

@@ -1,0 +1,97 @@
+package config_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/concord-kv/concord/services/config"
+)
+
+func load(t *testing.T, args ...string) (config.Server, error) {
+	t.Helper()
+	fs := pflag.NewFlagSet("concord", pflag.ContinueOnError)
+	config.ServerFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("parse %v: %v", args, err)
+	}
+	return config.LoadServer(fs)
+}
+
+func TestDefaultsMatchAllInOne(t *testing.T) {
+	c, err := load(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Name != "default" || c.DataDir != "default.concord" {
+		t.Errorf("name/data-dir = %q/%q, want default/default.concord", c.Name, c.DataDir)
+	}
+	if got := c.ListenClientURLs[0].Host; got != "127.0.0.1:2379" {
+		t.Errorf("listen client = %q", got)
+	}
+	if c.AdvertiseClientURLs[0] != c.ListenClientURLs[0] {
+		t.Errorf("advertise client URLs default to listen URLs, got %v", c.AdvertiseClientURLs)
+	}
+	if c.InitialCluster != "default=http://127.0.0.1:2380" {
+		t.Errorf("initial cluster = %q", c.InitialCluster)
+	}
+	if c.HeartbeatInterval != 100*time.Millisecond || c.ElectionTimeout != time.Second {
+		t.Errorf("timers = %v/%v", c.HeartbeatInterval, c.ElectionTimeout)
+	}
+	if c.MaxRequestBytes != 1572864 || c.MaxTxnOps != 128 || c.SnapshotCount != 10000 {
+		t.Errorf("limits = %d/%d/%d", c.MaxRequestBytes, c.MaxTxnOps, c.SnapshotCount)
+	}
+}
+
+func TestFlagsEnvAndFile(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "concord.yaml")
+	yaml := "name: from-file\nmax-txn-ops: 64\nsnapshot-count: 77\n"
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("ETCD_QUOTA_BACKEND_BYTES", "1000")
+	t.Setenv("ETCD_MAX_TXN_OPS", "1")         // the file is stronger than ETCD_
+	t.Setenv("CONCORD_SNAPSHOT_COUNT", "555") // CONCORD_ is stronger than the file
+	c, err := load(t, "--config-file", file, "--listen-client-urls", "http://127.0.0.1:1,http://127.0.0.1:2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Name != "from-file" || c.DataDir != "from-file.concord" {
+		t.Errorf("name/data-dir = %q/%q", c.Name, c.DataDir)
+	}
+	if c.QuotaBackendBytes != 1000 {
+		t.Errorf("quota from ETCD_ env = %d", c.QuotaBackendBytes)
+	}
+	if c.MaxTxnOps != 64 {
+		t.Errorf("max-txn-ops = %d, want the file's 64", c.MaxTxnOps)
+	}
+	if c.SnapshotCount != 555 {
+		t.Errorf("snapshot-count = %d, want CONCORD_'s 555", c.SnapshotCount)
+	}
+	if len(c.ListenClientURLs) != 2 {
+		t.Errorf("listen client URLs = %v", c.ListenClientURLs)
+	}
+}
+
+func TestInvalid(t *testing.T) {
+	for _, args := range [][]string{
+		{"--name", ""},
+		{"--listen-client-urls", "not a url"},
+		{"--listen-client-urls", ""},
+		{"--initial-cluster-state", "maybe"},
+		{"--heartbeat-interval", "100", "--election-timeout", "200"},
+		{"--max-txn-ops", "0"},
+		{"--quota-backend-bytes", "-1"},
+		{"--log-level", "loud"},
+		{"--config-file", "/does/not/exist.yaml"},
+	} {
+		if _, err := load(t, args...); !errors.Is(err, config.ErrInvalid) {
+			t.Errorf("%v: err = %v, want ErrInvalid", args, err)
+		}
+	}
+}
