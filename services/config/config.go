@@ -80,7 +80,7 @@ func ServerFlags(fs *pflag.FlagSet) {
 	fs.String(fAdvertisePeerURLs, "", "comma-separated peer URLs to advertise to the rest of the cluster (default: the listen peer URLs)")
 	fs.String(fInitialCluster, "", "initial cluster configuration for bootstrapping, name=peerURL,... (default: this member alone)")
 	fs.String(fInitialClusterState, "new", "initial cluster state ('new' or 'existing')")
-	fs.String(fInitialClusterToken, "concord-cluster", "initial cluster token for the cluster during bootstrap")
+	fs.String(fInitialClusterToken, "etcd-cluster", "initial cluster token for the cluster during bootstrap")
 	fs.Uint(fHeartbeatInterval, 100, "time (in milliseconds) of a heartbeat interval")
 	fs.Uint(fElectionTimeout, 1000, "time (in milliseconds) for an election to timeout")
 	fs.Uint64(fSnapshotCount, 10000, "number of committed transactions to trigger a snapshot and truncate the raft log")

@@ -1,0 +1,326 @@
+package consensus
+
+import (
+	"crypto/sha1"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"github.com/concord-kv/concord/consensus/eventbus"
+	"log/slog"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// Defaults, matching etcd's where the meaning is the same.
+const (
+	DefaultName                   = "default"
+	DefaultClientURL              = "http://localhost:2379"
+	DefaultPeerURL                = "http://localhost:2380"
+	DefaultClusterToken           = "etcd-cluster"
+	DefaultHeartbeatInterval      = 100 * time.Millisecond
+	DefaultElectionTimeout        = 1000 * time.Millisecond
+	DefaultSnapshotCount          = 10000
+	DefaultSnapshotCatchUpEntries = 5000
+	DefaultProgressInterval       = 100 * time.Millisecond
+	DefaultQuotaBackendBytes      = int64(2 << 30) // 2 GiB, as etcd
+
+	// ClusterStateNew bootstraps a new cluster; ClusterStateExisting joins one.
+	ClusterStateNew      = "new"
+	ClusterStateExisting = "existing"
+
+	// maxElectionTimeout is etcd's upper bound for --election-timeout.
+	maxElectionTimeout = 50 * time.Second
+)
+
+// Config configures a consensus member. Call SetDefaults before Validate; Start
+// does both on its own copy.
+type Config struct {
+	// Name is this member's human-readable name (etcd's --name).
+	Name string
+	// DataDir holds the Pebble store (raft log and state machine).
+	DataDir string
+	// ClientURLs are advertised to clients in MemberList.
+	ClientURLs []string
+	// PeerURLs are advertised to peers; together with ClusterToken they
+	// determine the member ID, exactly as in etcd.
+	PeerURLs []string
+	// InitialCluster is "name=peerurl,name=peerurl,..."; empty means this
+	// member alone (Name=PeerURLs).
+	InitialCluster string
+	// ClusterState is "new" or "existing".
+	ClusterState string
+	// ClusterToken is etcd's --initial-cluster-token.
+	ClusterToken string
+	// HeartbeatInterval is the raft tick; ElectionTimeout/HeartbeatInterval is
+	// the election tick count.
+	HeartbeatInterval, ElectionTimeout time.Duration
+	// SnapshotCount is how many applied entries trigger a raft snapshot record
+	// and log truncation.
+	SnapshotCount uint64
+	// SnapshotCatchUpEntries is how many entries are kept below a snapshot so
+	// slow followers can catch up from the log (etcd's SnapshotCatchUpEntries).
+	// Addition to the team contract; 0 means the default.
+	SnapshotCatchUpEntries uint64
+	// QuotaBackendBytes is the store size above which writes fail with
+	// ErrNoSpace; 0 means the default 2 GiB, negative disables the quota.
+	QuotaBackendBytes int64
+	// Logger receives start-up, leader-change and error logs.
+	Logger *slog.Logger
+	// Events, when set, receives every applied revision with all its events
+	// right after the batch that made it is committed, and a progress beat
+	// carrying the current revision every ProgressInterval. It is the fast
+	// path for watchers and leases; they repair anything it loses from
+	// history, so Publish errors are logged, never fatal.
+	Events eventbus.Publisher
+	// ProgressInterval is how often a progress beat is published; it bounds
+	// how long a watcher can miss a revision whose message the bus lost.
+	ProgressInterval time.Duration
+
+	// storageFS lets unit tests run the store on a crash-simulating
+	// in-memory filesystem; nil means the real disk.
+	storageFS vfs.FS
+	// sizeFn replaces the store size used for quota checks in unit tests.
+	sizeFn func() int64
+	// reqTimeout replaces the request timeout (5s + 2 election timeouts).
+	reqTimeout time.Duration
+}
+
+// SetDefaults fills every zero field with etcd's default.
+func (c *Config) SetDefaults() {
+	if c.Name == "" {
+		c.Name = DefaultName
+	}
+	if c.DataDir == "" {
+		c.DataDir = c.Name + ".concord"
+	}
+	if len(c.ClientURLs) == 0 {
+		c.ClientURLs = []string{DefaultClientURL}
+	}
+	if len(c.PeerURLs) == 0 {
+		if urls := initialClusterURLs(c.InitialCluster, c.Name); len(urls) > 0 {
+			c.PeerURLs = urls
+		} else {
+			c.PeerURLs = []string{DefaultPeerURL}
+		}
+	}
+	if c.ClusterState == "" {
+		c.ClusterState = ClusterStateNew
+	}
+	if c.ClusterToken == "" {
+		c.ClusterToken = DefaultClusterToken
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if c.ElectionTimeout == 0 {
+		c.ElectionTimeout = DefaultElectionTimeout
+	}
+	if c.ProgressInterval == 0 {
+		c.ProgressInterval = DefaultProgressInterval
+	}
+	if c.SnapshotCount == 0 {
+		c.SnapshotCount = DefaultSnapshotCount
+	}
+	if c.SnapshotCatchUpEntries == 0 {
+		c.SnapshotCatchUpEntries = DefaultSnapshotCatchUpEntries
+	}
+	if c.QuotaBackendBytes == 0 {
+		c.QuotaBackendBytes = DefaultQuotaBackendBytes
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Validate reports the first configuration problem, with etcd's wording
+// where etcd has one.
+func (c Config) Validate() error {
+	if c.Name == "" {
+		return errors.New("consensus: name is empty")
+	}
+	if c.DataDir == "" {
+		return errors.New("consensus: data dir is empty")
+	}
+	if err := validateURLs(c.ClientURLs); err != nil {
+		return fmt.Errorf("consensus: client urls: %w", err)
+	}
+	if err := validateURLs(c.PeerURLs); err != nil {
+		return fmt.Errorf("consensus: peer urls: %w", err)
+	}
+	if c.ClusterState != ClusterStateNew && c.ClusterState != ClusterStateExisting {
+		return fmt.Errorf("consensus: unexpected initial cluster state %q (want %q or %q)",
+			c.ClusterState, ClusterStateNew, ClusterStateExisting)
+	}
+	if c.HeartbeatInterval <= 0 || c.ElectionTimeout <= 0 {
+		return errors.New("consensus: heartbeat interval and election timeout must be positive")
+	}
+	if 5*c.HeartbeatInterval > c.ElectionTimeout {
+		return fmt.Errorf("consensus: election timeout %v should be at least 5 times the heartbeat interval %v",
+			c.ElectionTimeout, c.HeartbeatInterval)
+	}
+	if c.ElectionTimeout > maxElectionTimeout {
+		return fmt.Errorf("consensus: election timeout %v is longer than %v", c.ElectionTimeout, maxElectionTimeout)
+	}
+	if c.SnapshotCount == 0 {
+		return errors.New("consensus: snapshot count must be positive")
+	}
+	members, err := c.initialMembers()
+	if err != nil {
+		return err
+	}
+	if len(members) != 1 {
+		return fmt.Errorf("consensus: initial cluster has %d members; only single-member clusters are supported yet", len(members))
+	}
+	return nil
+}
+
+// member is one cluster member as MemberList reports it. It is persisted as
+// JSON in the store's metadata so IDs survive restarts.
+type member struct {
+	ID         uint64   `json:"id"`
+	Name       string   `json:"name"`
+	PeerURLs   []string `json:"peer_urls"`
+	ClientURLs []string `json:"client_urls"`
+	IsLearner  bool     `json:"is_learner,omitempty"`
+}
+
+// initialMembers parses InitialCluster (or derives it from Name/PeerURLs),
+// computes etcd-compatible member IDs and checks that this member is part of
+// it with matching peer URLs.
+func (c Config) initialMembers() ([]member, error) {
+	spec := c.InitialCluster
+	if spec == "" {
+		spec = c.Name + "=" + strings.Join(c.PeerURLs, ","+c.Name+"=")
+	}
+	byName := map[string][]string{}
+	var order []string
+	for item := range strings.SplitSeq(spec, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		name, u, ok := strings.Cut(item, "=")
+		if !ok || name == "" {
+			return nil, fmt.Errorf("consensus: invalid initial cluster entry %q (want name=url)", item)
+		}
+		norm, err := normalizeURL(u)
+		if err != nil {
+			return nil, fmt.Errorf("consensus: initial cluster entry %q: %w", item, err)
+		}
+		if _, seen := byName[name]; !seen {
+			order = append(order, name)
+		}
+		byName[name] = append(byName[name], norm)
+	}
+	self, ok := byName[c.Name]
+	if !ok {
+		return nil, fmt.Errorf("consensus: couldn't find local name %q in the initial cluster configuration", c.Name)
+	}
+	own := make([]string, 0, len(c.PeerURLs))
+	for _, u := range c.PeerURLs {
+		norm, err := normalizeURL(u)
+		if err != nil {
+			return nil, fmt.Errorf("consensus: peer url %q: %w", u, err)
+		}
+		own = append(own, norm)
+	}
+	if !sameURLs(self, own) {
+		return nil, fmt.Errorf("consensus: advertised peer urls %v do not match the initial cluster entry for %q %v",
+			c.PeerURLs, c.Name, self)
+	}
+	members := make([]member, 0, len(order))
+	seen := map[uint64]bool{}
+	for _, name := range order {
+		urls := byName[name]
+		m := member{ID: computeMemberID(urls, c.ClusterToken), Name: name, PeerURLs: urls}
+		if m.ID == 0 || seen[m.ID] {
+			return nil, fmt.Errorf("consensus: member %q has an invalid or duplicate id %x", name, m.ID)
+		}
+		seen[m.ID] = true
+		if name == c.Name {
+			m.ClientURLs = slices.Clone(c.ClientURLs)
+		}
+		members = append(members, m)
+	}
+	return members, nil
+}
+
+// initialClusterURLs returns the peer URLs listed for name in spec.
+func initialClusterURLs(spec, name string) []string {
+	var out []string
+	for item := range strings.SplitSeq(spec, ",") {
+		n, u, ok := strings.Cut(strings.TrimSpace(item), "=")
+		if ok && n == name {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// computeMemberID derives a member ID exactly as etcd does for a new cluster:
+// the first 8 bytes of SHA-1 over the sorted peer URLs and the cluster token.
+func computeMemberID(peerURLs []string, token string) uint64 {
+	urls := slices.Clone(peerURLs)
+	slices.Sort(urls)
+	b := append([]byte(strings.Join(urls, "")), token...)
+	sum := sha1.Sum(b)
+	return binary.BigEndian.Uint64(sum[:8])
+}
+
+// computeClusterID derives the cluster ID as etcd does: SHA-1 over the sorted
+// member IDs, big-endian.
+func computeClusterID(ids []uint64) uint64 {
+	sorted := slices.Clone(ids)
+	slices.Sort(sorted)
+	b := make([]byte, 8*len(sorted))
+	for i, id := range sorted {
+		binary.BigEndian.PutUint64(b[8*i:], id)
+	}
+	sum := sha1.Sum(b)
+	return binary.BigEndian.Uint64(sum[:8])
+}
+
+func validateURLs(urls []string) error {
+	if len(urls) == 0 {
+		return errors.New("no url given")
+	}
+	for _, u := range urls {
+		if _, err := normalizeURL(u); err != nil {
+			return fmt.Errorf("%q: %w", u, err)
+		}
+	}
+	return nil
+}
+
+// normalizeURL applies etcd's URL rules (types.NewURLs): scheme http(s) or
+// unix(s), a host with a port for http(s), no path.
+func normalizeURL(s string) (string, error) {
+	u, err := url.Parse(strings.TrimSpace(s))
+	if err != nil {
+		return "", err
+	}
+	switch u.Scheme {
+	case "http", "https":
+		if u.Port() == "" {
+			return "", errors.New("url address does not have the form \"host:port\"")
+		}
+	case "unix", "unixs":
+	default:
+		return "", fmt.Errorf("url scheme must be http, https, unix, or unixs: %s", s)
+	}
+	if u.Path != "" {
+		return "", fmt.Errorf("url must not contain a path: %s", s)
+	}
+	return u.String(), nil
+}
+
+func sameURLs(a, b []string) bool {
+	x, y := slices.Clone(a), slices.Clone(b)
+	slices.Sort(x)
+	slices.Sort(y)
+	return slices.Equal(x, y)
+}

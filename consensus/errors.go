@@ -1,0 +1,20 @@
+package consensus
+
+import "errors"
+
+// Sentinel errors. Messages are etcd's (server/etcdserver/errors) so the
+// gateway can map them to rpctypes errors one to one.
+var (
+	ErrStopped         = errors.New("etcdserver: server stopped")
+	ErrNoLeader        = errors.New("etcdserver: no leader")
+	ErrTimeout         = errors.New("etcdserver: request timed out")
+	ErrNoSpace         = errors.New("etcdserver: no space")
+	ErrTooManyRequests = errors.New("etcdserver: too many requests")
+
+	// ErrLeaseTTLTooLarge is etcd's lease.ErrLeaseTTLTooLarge (addition to
+	// the team contract; gateway maps it to rpctypes.ErrGRPCLeaseTTLTooLarge).
+	ErrLeaseTTLTooLarge = errors.New("lease: TTL is too large")
+
+	// errUnknownRequest marks a committed command this version cannot apply.
+	errUnknownRequest = errors.New("etcdserver: unknown method")
+)

@@ -1,0 +1,786 @@
+// Package consensus replicates concord's state machine with raft
+// (go.etcd.io/raft/v3) and serves etcd's KV, Lease, Maintenance and Cluster
+// operations on top of it.
+//
+// One goroutine (the raft loop) owns the raft.RawNode, the raft log and the
+// apply step. For every raft Ready it opens ONE storage.Batch, appends the new
+// entries and hard state to it, applies the newly committed entries into the
+// same batch (including the applied index), commits it (fsync when raft
+// requires it) and only then answers waiting proposals, releases reads, sends
+// messages and calls Advance. Invariants that follow:
+//
+//   - A crash at any point leaves the raft log, hard state, state machine and
+//     applied index mutually consistent; a restart resumes raft at the
+//     persisted applied index and never applies an entry twice.
+//   - A write is acknowledged only after its entry is committed, fsynced and
+//     applied; revisions are assigned at apply, so they are contiguous.
+//   - Linearizable reads are served after a ReadIndex round confirmed the
+//     commit index and the local applied index reached it; concurrent reads
+//     share rounds. Serializable reads go to the store directly.
+//
+// Proposals from concurrent callers queue on a channel; everything that
+// arrives while a batch is being fsynced goes into the next Ready, so commits
+// are grouped without extra goroutines.
+//
+// This version runs single-member clusters; peers plug in through Transport.
+package consensus
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/concord-kv/concord/storage"
+)
+
+const (
+	// maxGapBetweenApplyAndCommitIndex is etcd's limit on how far apply may
+	// lag behind commit before new proposals are refused.
+	maxGapBetweenApplyAndCommitIndex = 5000
+	// readIndexRetry is how long a ReadIndex round waits before re-sending.
+	readIndexRetry = 500 * time.Millisecond
+	// proposalQueue bounds proposals waiting for the loop.
+	proposalQueue = 1024
+	// maxSizePerMsg and maxInflightMsgs are etcd's raft settings.
+	maxSizePerMsg   = 1 << 20
+	maxInflightMsgs = 4096 / 8
+	// maxUncommittedEntriesSize is etcd's raft setting.
+	maxUncommittedEntriesSize = 1 << 30
+	// sizeCacheTTL bounds how stale the store size used for quota checks may
+	// be; pebble's metrics are too costly to read per request (etcd's backend
+	// size is likewise refreshed per backend commit, every 100ms).
+	sizeCacheTTL = 100 * time.Millisecond
+)
+
+// sizeCache serves the store size for quota checks, refreshing it at most
+// once per ttl.
+type sizeCache struct {
+	fn  func() int64
+	ttl time.Duration
+
+	mu sync.Mutex
+	v  atomic.Int64
+	at atomic.Int64 // unix nanos of the last refresh; 0 = never
+}
+
+func (c *sizeCache) get() int64 {
+	if at := c.at.Load(); at != 0 && time.Since(time.Unix(0, at)) < c.ttl {
+		return c.v.Load()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if at := c.at.Load(); at == 0 || time.Since(time.Unix(0, at)) >= c.ttl {
+		c.v.Store(c.fn())
+		c.at.Store(time.Now().UnixNano())
+	}
+	return c.v.Load()
+}
+
+// Transport delivers raft messages to peers. Send is called from the raft
+// loop after the Ready's batch is durable and must not block for long.
+type Transport interface {
+	Send(msgs []*raftpb.Message)
+}
+
+// loopbackTransport is the single-member transport: a lone voter never
+// addresses anyone else (messages to itself are stepped by raft on Advance).
+type loopbackTransport struct{}
+
+func (loopbackTransport) Send([]*raftpb.Message) {}
+
+type proposal struct {
+	id   uint64
+	data []byte
+	// internal proposals (the loop's own NOSPACE alarm) have no waiter and
+	// must not be dropped as abandoned.
+	internal bool
+}
+
+// readNotifier is shared by every linearizable read of one ReadIndex round.
+type readNotifier struct {
+	c   chan struct{}
+	err error
+}
+
+func newReadNotifier() *readNotifier { return &readNotifier{c: make(chan struct{})} }
+
+func (r *readNotifier) notify(err error) {
+	r.err = err
+	close(r.c)
+}
+
+type readRound struct {
+	nr       *readNotifier
+	ids      []uint64
+	started  time.Time
+	lastSent time.Time
+}
+
+type appliedWait struct {
+	index uint64
+	nr    *readNotifier
+}
+
+type alarmKey struct {
+	member uint64
+	alarm  pb.AlarmType
+}
+
+// Node is one consensus member.
+type Node struct {
+	cfg       Config
+	lg        *slog.Logger
+	store     *storage.Store
+	transport Transport
+
+	memberID, clusterID uint64
+	members             []member
+
+	reqTimeout  time.Duration
+	quota       int64
+	minLeaseTTL int64
+	sizeFn      func() int64
+
+	ids  *idGenerator
+	wait *waitRegistry
+
+	propC   chan proposal
+	readC   chan struct{}
+	stopC   chan struct{}
+	execC   chan func()   // functions to run on the raft loop (tests; later the peer transport)
+	done    chan struct{} // closed when the raft loop has exited
+	leaderC chan struct{} // closed the first time a leader is known
+
+	// Published by the raft loop for readers on other goroutines.
+	leader, term, committed, applied atomic.Uint64
+	noSpace                          atomic.Bool
+	// Read statistics: ReadIndex rounds started and reads currently waiting.
+	readRounds, readsWaiting atomic.Int64
+
+	readMu   sync.Mutex
+	readNext *readNotifier
+
+	// Owned by the raft loop.
+	rn             *raft.RawNode
+	ms             *raft.MemoryStorage
+	log            raftLog
+	confState      *raftpb.ConfState
+	snapIndex      uint64
+	pendingProps   []proposal
+	readPending    bool
+	round          *readRound
+	readWaiting    []appliedWait
+	alarms         map[alarmKey]bool
+	alarmReqID     uint64
+	noSpaceWaiters []uint64
+	leaderSeen     bool
+	lastBeat       time.Time
+	// busCtx is cancelled by Close so a publish stuck on a dead bus lets the
+	// raft loop stop.
+	busCtx    context.Context
+	busCancel context.CancelFunc
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Start opens the store in cfg.DataDir, bootstraps or restores raft, starts
+// the raft loop and, for a single-voter cluster, returns once this member is
+// leader (or ctx is done).
+func Start(ctx context.Context, cfg Config) (*Node, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	store, err := storage.Open(cfg.DataDir, storage.Options{FS: cfg.storageFS, Logger: cfg.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("consensus: open storage: %w", err)
+	}
+	n, err := newNode(cfg, store)
+	if err != nil {
+		_ = store.Close()
+		return nil, err
+	}
+	go n.run()
+
+	select {
+	case <-n.leaderC:
+	case <-n.done:
+		err := n.Close()
+		return nil, errors.Join(ErrStopped, err)
+	case <-ctx.Done():
+		return nil, errors.Join(ctx.Err(), n.Close())
+	}
+	n.lg.Info("consensus member ready",
+		"name", cfg.Name, "member-id", fmt.Sprintf("%x", n.memberID), "cluster-id", fmt.Sprintf("%x", n.clusterID),
+		"leader", fmt.Sprintf("%x", n.leader.Load()), "term", n.term.Load(), "applied-index", n.applied.Load())
+	return n, nil
+}
+
+func newNode(cfg Config, store *storage.Store) (*Node, error) {
+	n := &Node{
+		cfg:         cfg,
+		lg:          cfg.Logger,
+		store:       store,
+		transport:   loopbackTransport{},
+		reqTimeout:  5*time.Second + 2*cfg.ElectionTimeout,
+		quota:       cfg.QuotaBackendBytes,
+		minLeaseTTL: minLeaseTTL(cfg),
+		wait:        newWaitRegistry(),
+		propC:       make(chan proposal, proposalQueue),
+		readC:       make(chan struct{}, 1),
+		stopC:       make(chan struct{}),
+		execC:       make(chan func()),
+		done:        make(chan struct{}),
+		leaderC:     make(chan struct{}),
+		readNext:    newReadNotifier(),
+		alarms:      map[alarmKey]bool{},
+	}
+	n.busCtx, n.busCancel = context.WithCancel(context.Background())
+	if cfg.reqTimeout > 0 {
+		n.reqTimeout = cfg.reqTimeout
+	}
+	sc := &sizeCache{fn: func() int64 { total, _ := store.Size(); return total }, ttl: sizeCacheTTL}
+	n.sizeFn = sc.get
+	if cfg.sizeFn != nil {
+		n.sizeFn = cfg.sizeFn
+	}
+
+	st, err := loadRaftState(store.DB())
+	if err != nil {
+		return nil, err
+	}
+	if st == nil {
+		if cfg.ClusterState == ClusterStateExisting {
+			return nil, fmt.Errorf("consensus: data dir %s is empty and joining an existing cluster is not supported yet", cfg.DataDir)
+		}
+		if st, err = n.bootstrap(); err != nil {
+			return nil, err
+		}
+	} else if err := n.loadMembership(); err != nil {
+		return nil, err
+	}
+
+	n.ms, err = st.memoryStorage()
+	if err != nil {
+		return nil, err
+	}
+	n.log = raftLog{first: st.ents[0].GetIndex(), last: st.ents[len(st.ents)-1].GetIndex()}
+	n.confState = st.cs
+	n.snapIndex = st.snap.GetIndex()
+	applied, _ := store.Applied()
+	if applied < n.log.first || applied > st.hs.GetCommit() {
+		return nil, fmt.Errorf("consensus: applied index %d outside [%d, %d] (log base, commit)", applied, n.log.first, st.hs.GetCommit())
+	}
+	n.applied.Store(applied)
+	n.committed.Store(st.hs.GetCommit())
+	n.term.Store(st.hs.GetTerm())
+	for _, a := range store.Alarms() {
+		n.alarms[alarmKey{a.MemberID, a.Alarm}] = true
+	}
+	n.publishAlarms()
+	n.ids = newIDGenerator(n.memberID, time.Now())
+
+	n.rn, err = raft.NewRawNode(&raft.Config{
+		ID:                        n.memberID,
+		ElectionTick:              int(cfg.ElectionTimeout / cfg.HeartbeatInterval),
+		HeartbeatTick:             1,
+		Storage:                   n.ms,
+		Applied:                   applied,
+		MaxSizePerMsg:             maxSizePerMsg,
+		MaxInflightMsgs:           maxInflightMsgs,
+		MaxUncommittedEntriesSize: maxUncommittedEntriesSize,
+		CheckQuorum:               true,
+		PreVote:                   true,
+		Logger:                    raftLogger{lg: n.lg},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("consensus: create raft node: %w", err)
+	}
+	n.lg.Info("consensus starting",
+		"name", cfg.Name, "member-id", fmt.Sprintf("%x", n.memberID), "cluster-id", fmt.Sprintf("%x", n.clusterID),
+		"term", st.hs.GetTerm(), "commit-index", st.hs.GetCommit(), "applied-index", applied,
+		"log-first", n.log.first, "log-last", n.log.last, "snapshot-index", n.snapIndex)
+	return n, nil
+}
+
+// minLeaseTTL is etcd's: 1.5 election timeouts, rounded up to seconds.
+func minLeaseTTL(cfg Config) int64 {
+	ticks := int64(cfg.ElectionTimeout / cfg.HeartbeatInterval)
+	minTTL := time.Duration(3*ticks/2) * cfg.HeartbeatInterval
+	return int64(math.Ceil(minTTL.Seconds()))
+}
+
+// Close stops the raft loop, fails pending requests with ErrStopped and
+// closes the store. It is idempotent.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		n.busCancel()
+		close(n.stopC)
+		<-n.done
+		n.closeErr = n.store.Close()
+		n.lg.Info("consensus stopped", "member-id", fmt.Sprintf("%x", n.memberID))
+	})
+	return n.closeErr
+}
+
+// Leader returns the current leader's member ID, 0 while there is none.
+func (n *Node) Leader() uint64 { return n.leader.Load() }
+
+// Store returns the underlying store for local (serializable) reads.
+func (n *Node) Store() *storage.Store { return n.store }
+
+// MemberID and ClusterID return this member's etcd-compatible IDs.
+func (n *Node) MemberID() uint64  { return n.memberID }
+func (n *Node) ClusterID() uint64 { return n.clusterID }
+
+func (n *Node) stopped() bool {
+	select {
+	case <-n.stopC:
+		return true
+	case <-n.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// run is the raft loop. It owns the RawNode and everything marked "owned by
+// the raft loop".
+func (n *Node) run() {
+	ticker := time.NewTicker(n.cfg.HeartbeatInterval)
+	defer ticker.Stop()
+	err := n.loop(ticker.C)
+	stopErr := ErrStopped
+	if err != nil {
+		n.lg.Error("raft loop failed; member stopped", "member-id", fmt.Sprintf("%x", n.memberID), "error", err)
+		stopErr = fmt.Errorf("%w: %w", ErrStopped, err)
+	}
+	n.wait.failAll(stopErr)
+	n.failReads(stopErr)
+	close(n.done)
+}
+
+func (n *Node) loop(tick <-chan time.Time) error {
+	if vs := n.confState.GetVoters(); len(vs) == 1 && vs[0] == n.memberID && len(n.confState.GetLearners()) == 0 {
+		// A lone voter needs no election timeout: become leader right away.
+		if err := n.rn.Campaign(); err != nil {
+			return fmt.Errorf("campaign: %w", err)
+		}
+	}
+	for {
+		if err := n.process(); err != nil {
+			return err
+		}
+		select {
+		case now := <-tick:
+			n.maybeBeat(now)
+			n.rn.Tick()
+			n.tickReads(time.Now())
+			n.retryPending()
+		case p := <-n.propC:
+			n.proposeOne(p)
+		case <-n.readC:
+			n.readPending = true
+		case f := <-n.execC:
+			f()
+		case <-n.stopC:
+			return nil
+		}
+	}
+}
+
+// process handles Readys until raft is quiescent, feeding in proposals and
+// read requests that arrived meanwhile so they share the next batch.
+func (n *Node) process() error {
+	for {
+		select {
+		case <-n.stopC:
+			return nil
+		default:
+		}
+		n.drainInputs()
+		n.maybeStartRead()
+		if !n.rn.HasReady() {
+			return nil
+		}
+		if err := n.handleReady(); err != nil {
+			return err
+		}
+	}
+}
+
+func (n *Node) drainInputs() {
+	for range proposalQueue {
+		select {
+		case p := <-n.propC:
+			n.proposeOne(p)
+		case <-n.readC:
+			n.readPending = true
+		default:
+			return
+		}
+	}
+}
+
+func (n *Node) proposeOne(p proposal) {
+	if n.leader.Load() == 0 {
+		n.pendingProps = append(n.pendingProps, p)
+		return
+	}
+	if err := n.rn.Propose(p.data); err != nil {
+		if errors.Is(err, raft.ErrProposalDropped) {
+			// Leader transfer or similar: retry on the next tick.
+			n.pendingProps = append(n.pendingProps, p)
+			return
+		}
+		n.wait.trigger(p.id, result{err: fmt.Errorf("consensus: propose: %w", err)})
+	}
+}
+
+// retryPending re-proposes proposals queued while there was no leader,
+// skipping those whose caller gave up.
+func (n *Node) retryPending() {
+	if len(n.pendingProps) == 0 || n.leader.Load() == 0 {
+		return
+	}
+	ps := n.pendingProps
+	n.pendingProps = nil
+	for _, p := range ps {
+		if p.internal || n.wait.has(p.id) {
+			n.proposeOne(p)
+		}
+	}
+}
+
+// handleReady persists, applies and acknowledges one Ready.
+func (n *Node) handleReady() error {
+	rd := n.rn.Ready()
+	leaderChanged := rd.SoftState != nil && n.onSoftState(rd.SoftState)
+	if !raft.IsEmptySnap(rd.Snapshot) {
+		return errors.New("installing a raft snapshot from a leader is not supported yet")
+	}
+
+	var out applyOutput
+	if len(rd.Entries) > 0 || rd.HardState != nil || len(rd.CommittedEntries) > 0 {
+		if err := n.persistAndApply(rd, &out); err != nil {
+			return err
+		}
+	}
+	// The batch is durable and visible: update raft's view and publish.
+	if err := n.ms.Append(rd.Entries); err != nil {
+		return fmt.Errorf("raft memory storage append: %w", err)
+	}
+	if rd.HardState != nil {
+		if err := n.ms.SetHardState(rd.HardState); err != nil {
+			return err
+		}
+		n.term.Store(rd.HardState.GetTerm())
+		n.committed.Store(rd.HardState.GetCommit())
+	}
+	if k := len(rd.CommittedEntries); k > 0 {
+		n.applied.Store(rd.CommittedEntries[k-1].GetIndex())
+		n.publishAlarms()
+	}
+	if len(rd.Messages) > 0 {
+		n.transport.Send(rd.Messages)
+	}
+	for _, rs := range rd.ReadStates {
+		n.onReadState(rs)
+	}
+	n.releaseReads()
+	n.deliver(&out)
+	n.publish(out.events)
+	n.rn.Advance(rd)
+
+	if leaderChanged {
+		n.onLeaderChange()
+	}
+	n.proposeNoSpaceAlarm()
+	return n.maybeTruncate()
+}
+
+// persistAndApply writes the Ready's entries, hard state and the effects of
+// its committed entries in one atomic batch.
+func (n *Node) persistAndApply(rd raft.Ready, out *applyOutput) error {
+	b := n.store.NewBatch()
+	defer b.Close()
+	w := b.Pebble()
+	if err := n.log.append(w, rd.Entries); err != nil {
+		return err
+	}
+	if rd.HardState != nil {
+		if err := setProto(w, keyHardState, rd.HardState); err != nil {
+			return err
+		}
+	}
+	if len(rd.CommittedEntries) > 0 {
+		if err := n.applyEntries(b, rd.CommittedEntries, out); err != nil {
+			return err
+		}
+	}
+	if err := b.Commit(rd.MustSync); err != nil {
+		return fmt.Errorf("commit raft batch: %w", err)
+	}
+	out.events = b.Events()
+	return nil
+}
+
+func (n *Node) onSoftState(ss *raft.SoftState) bool {
+	prev := n.leader.Swap(ss.Lead)
+	if prev == ss.Lead {
+		return false
+	}
+	n.lg.Info("raft leader changed",
+		"member-id", fmt.Sprintf("%x", n.memberID), "leader", fmt.Sprintf("%x", ss.Lead),
+		"previous-leader", fmt.Sprintf("%x", prev), "state", ss.RaftState.String(), "term", n.rn.BasicStatus().Term)
+	if ss.Lead != 0 && !n.leaderSeen {
+		n.leaderSeen = true
+		close(n.leaderC)
+	}
+	return true
+}
+
+func (n *Node) onLeaderChange() {
+	// An alarm proposal may have been lost with the old leader; do not keep
+	// its waiters hostage (they already carry ErrNoSpace).
+	n.alarmReqID = 0
+	n.releaseNoSpaceWaiters()
+	n.retryPending()
+}
+
+// maybeTruncate records a raft snapshot (metadata only: the state machine is
+// the store itself) every SnapshotCount applied entries and drops log entries
+// older than SnapshotCatchUpEntries below it.
+func (n *Node) maybeTruncate() error {
+	applied := n.applied.Load()
+	if applied <= n.snapIndex || applied-n.snapIndex < n.cfg.SnapshotCount {
+		return nil
+	}
+	snap, err := n.ms.CreateSnapshot(applied, n.confState, nil)
+	if err != nil {
+		return fmt.Errorf("create raft snapshot at %d: %w", applied, err)
+	}
+	var compactTo uint64
+	if applied > n.cfg.SnapshotCatchUpEntries {
+		compactTo = applied - n.cfg.SnapshotCatchUpEntries
+	}
+	oldFirst := n.log.first
+	b := n.store.NewBatch()
+	defer b.Close()
+	w := b.Pebble()
+	if err := setProto(w, keySnapshot, snap.GetMetadata()); err != nil {
+		return err
+	}
+	if err := n.log.truncate(w, compactTo); err != nil {
+		return err
+	}
+	if err := b.Commit(false); err != nil {
+		return fmt.Errorf("commit raft log truncation: %w", err)
+	}
+	if compactTo > oldFirst {
+		if err := n.ms.Compact(compactTo); err != nil {
+			return fmt.Errorf("compact raft memory storage to %d: %w", compactTo, err)
+		}
+	}
+	n.snapIndex = applied
+	n.lg.Debug("raft snapshot recorded", "snapshot-index", applied, "log-first", n.log.first)
+	return nil
+}
+
+// ---- linearizable reads ----
+
+// linearizableReadNotify returns once the local state machine reflects every
+// write committed before the call (etcd's ReadIndex protocol).
+func (n *Node) linearizableReadNotify(ctx context.Context) error {
+	if n.stopped() {
+		return ErrStopped
+	}
+	cctx, cancel := context.WithTimeout(ctx, n.reqTimeout)
+	defer cancel()
+	n.readMu.Lock()
+	nr := n.readNext
+	n.readMu.Unlock()
+	n.readsWaiting.Add(1)
+	defer n.readsWaiting.Add(-1)
+	select {
+	case n.readC <- struct{}{}:
+	default: // a signal is already pending; it covers this read too
+	}
+	select {
+	case <-nr.c:
+		return nr.err
+	case <-cctx.Done():
+		return n.ctxErr(ctx)
+	case <-n.done:
+		return ErrStopped
+	}
+}
+
+// maybeStartRead starts a ReadIndex round for every read that arrived since
+// the last round started. Rounds do not overlap: reads arriving during a
+// round wait for the next one, whose index is taken after they arrived.
+func (n *Node) maybeStartRead() {
+	if !n.readPending || n.round != nil {
+		return
+	}
+	n.readPending = false
+	n.readMu.Lock()
+	nr := n.readNext
+	n.readNext = newReadNotifier()
+	n.readMu.Unlock()
+	n.readRounds.Add(1)
+	now := time.Now()
+	n.round = &readRound{nr: nr, started: now}
+	n.sendReadIndex(now)
+}
+
+func (n *Node) sendReadIndex(now time.Time) {
+	id := n.ids.next()
+	n.round.ids = append(n.round.ids, id)
+	n.round.lastSent = now
+	var rctx [8]byte
+	binary.BigEndian.PutUint64(rctx[:], id)
+	n.rn.ReadIndex(rctx[:])
+}
+
+func (n *Node) tickReads(now time.Time) {
+	if n.round == nil {
+		return
+	}
+	switch {
+	case now.Sub(n.round.started) > n.reqTimeout:
+		n.round.nr.notify(ErrTimeout)
+		n.round = nil
+	case now.Sub(n.round.lastSent) >= readIndexRetry:
+		// Dropped (no leader yet) or lost: ask again under a new id; any
+		// answer to any id of this round is valid for all its reads.
+		n.sendReadIndex(now)
+	}
+}
+
+func (n *Node) onReadState(rs raft.ReadState) {
+	if n.round == nil || len(rs.RequestCtx) != 8 {
+		return
+	}
+	id := binary.BigEndian.Uint64(rs.RequestCtx)
+	for _, want := range n.round.ids {
+		if id == want {
+			n.readWaiting = append(n.readWaiting, appliedWait{index: rs.Index, nr: n.round.nr})
+			n.round = nil
+			return
+		}
+	}
+}
+
+func (n *Node) releaseReads() {
+	if len(n.readWaiting) == 0 {
+		return
+	}
+	applied := n.applied.Load()
+	kept := n.readWaiting[:0]
+	for _, w := range n.readWaiting {
+		if w.index <= applied {
+			w.nr.notify(nil)
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	clear(n.readWaiting[len(kept):])
+	n.readWaiting = kept
+}
+
+func (n *Node) failReads(err error) {
+	if n.round != nil {
+		n.round.nr.notify(err)
+		n.round = nil
+	}
+	for _, w := range n.readWaiting {
+		w.nr.notify(err)
+	}
+	n.readWaiting = nil
+	n.readMu.Lock()
+	n.readNext.notify(err)
+	n.readMu.Unlock()
+}
+
+// ---- proposals ----
+
+// propose replicates r and returns its apply result.
+func (n *Node) propose(ctx context.Context, r *pb.InternalRaftRequest) (proto.Message, error) {
+	if n.stopped() {
+		return nil, ErrStopped
+	}
+	if ci, ai := n.committed.Load(), n.applied.Load(); ci > ai+maxGapBetweenApplyAndCommitIndex {
+		return nil, ErrTooManyRequests
+	}
+	id := n.ids.next()
+	r.Header = &pb.RequestHeader{ID: id}
+	data, err := proto.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("consensus: encode request: %w", err)
+	}
+	ch := n.wait.register(id)
+	cctx, cancel := context.WithTimeout(ctx, n.reqTimeout)
+	defer cancel()
+	select {
+	case n.propC <- proposal{id: id, data: data}:
+	case <-cctx.Done():
+		n.wait.cancel(id)
+		return nil, n.ctxErr(ctx)
+	case <-n.done:
+		n.wait.cancel(id)
+		return nil, ErrStopped
+	}
+	select {
+	case res := <-ch:
+		return res.resp, res.err
+	case <-cctx.Done():
+		n.wait.cancel(id)
+		return nil, n.ctxErr(ctx)
+	case <-n.done:
+		select {
+		case res := <-ch: // the loop fails every waiter before it exits
+			return res.resp, res.err
+		default:
+			return nil, ErrStopped
+		}
+	}
+}
+
+// ctxErr maps the end of a request's wait: the caller's cancellation is
+// returned as is; a deadline (the caller's or the internal request timeout)
+// becomes ErrTimeout, or ErrNoLeader if there is no leader to make progress.
+func (n *Node) ctxErr(parent context.Context) error {
+	if err := parent.Err(); errors.Is(err, context.Canceled) {
+		return err
+	}
+	if n.leader.Load() == 0 {
+		return ErrNoLeader
+	}
+	return ErrTimeout
+}
+
+func proposeAs[T proto.Message](ctx context.Context, n *Node, r *pb.InternalRaftRequest) (T, error) {
+	var zero T
+	m, err := n.propose(ctx, r)
+	if err != nil {
+		return zero, err
+	}
+	resp, ok := m.(T)
+	if !ok {
+		return zero, fmt.Errorf("consensus: unexpected apply response %T", m)
+	}
+	return resp, nil
+}

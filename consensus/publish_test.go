@@ -1,0 +1,91 @@
+package consensus
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/concord-kv/concord/consensus/eventbus"
+)
+
+// recordingPublisher keeps everything consensus publishes.
+type recordingPublisher struct {
+	mu    sync.Mutex
+	revs  []eventbus.Revision
+	beats []int64
+}
+
+func (p *recordingPublisher) Publish(_ context.Context, revs []eventbus.Revision) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.revs = append(p.revs, revs...)
+	return nil
+}
+
+func (p *recordingPublisher) PublishProgress(_ context.Context, rev int64) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.beats = append(p.beats, rev)
+	return nil
+}
+
+func (p *recordingPublisher) snapshot() ([]eventbus.Revision, []int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]eventbus.Revision(nil), p.revs...), append([]int64(nil), p.beats...)
+}
+
+func TestCommittedRevisionsAndBeatsArePublished(t *testing.T) {
+	pub := &recordingPublisher{}
+	cfg := testConfig(t)
+	cfg.Events = pub
+	cfg.ProgressInterval = 20 * time.Millisecond
+	n := startNode(t, cfg)
+
+	put(t, n, "a", "1")
+	put(t, n, "a", "2")
+	if _, err := n.DeleteRange(ctxT(t), &pb.DeleteRangeRequest{Key: []byte("a")}); err != nil {
+		t.Fatal(err)
+	}
+	txn := &pb.TxnRequest{Success: []*pb.RequestOp{
+		{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte("x"), Value: []byte("1")}}},
+		{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte("y"), Value: []byte("1")}}},
+	}}
+	resp, err := n.Txn(ctxT(t), txn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := resp.GetHeader().GetRevision()
+
+	waitFor(t, "a beat at the last revision", func() bool {
+		_, beats := pub.snapshot()
+		return len(beats) > 0 && beats[len(beats)-1] == last
+	})
+	revs, beats := pub.snapshot()
+	if len(revs) != 4 {
+		t.Fatalf("published %d revisions, want 4: %v", len(revs), revs)
+	}
+	for i, r := range revs {
+		if want := int64(2 + i); r.Rev != want {
+			t.Errorf("revision %d = %d, want %d (contiguous from 2)", i, r.Rev, want)
+		}
+	}
+	if ev := revs[1].Events; len(ev) != 1 || string(ev[0].Kv.Value) != "2" || string(ev[0].PrevKv.GetValue()) != "1" {
+		t.Errorf("second put's event = %v, want value 2 with prev_kv value 1", ev)
+	}
+	if ev := revs[2].Events; len(ev) != 1 || ev[0].Type != mvccpb.DELETE {
+		t.Errorf("delete's event = %v", ev)
+	}
+	if ev := revs[3].Events; len(ev) != 2 || revs[3].Rev != last {
+		t.Errorf("txn revision %d has %d events, want both puts at %d", revs[3].Rev, len(ev), last)
+	}
+	for i := 1; i < len(beats); i++ {
+		if beats[i] < beats[i-1] {
+			t.Fatalf("beats went backwards: %v", beats)
+		}
+	}
+}

@@ -1,0 +1,84 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"time"
+)
+
+const (
+	// DefaultMaxRequestBytes is etcd's default --max-request-bytes (1.5 MiB).
+	DefaultMaxRequestBytes = 1536 * 1024
+	// DefaultMaxTxnOps is etcd's default --max-txn-ops.
+	DefaultMaxTxnOps = 128
+	// DefaultMaxConcurrentStreams is etcd's default: effectively unlimited,
+	// because every watch and keep-alive stream of a client shares one
+	// HTTP/2 connection.
+	DefaultMaxConcurrentStreams = math.MaxUint32
+	// DefaultShutdownTimeout bounds the graceful part of Serve's shutdown;
+	// long-lived streams (watches) are cut after it.
+	DefaultShutdownTimeout = 5 * time.Second
+
+	// grpcOverheadBytes is what etcd allows on top of MaxRequestBytes for
+	// gRPC framing before the transport rejects a message.
+	grpcOverheadBytes = 512 * 1024
+)
+
+// ErrInvalidConfig is wrapped by every Validate error.
+var ErrInvalidConfig = errors.New("gateway: invalid config")
+
+// Config configures a Gateway. Zero values are replaced by SetDefaults.
+type Config struct {
+	// MaxRequestBytes is the largest write request accepted
+	// (etcdserver: request is too large beyond it).
+	MaxRequestBytes int
+	// MaxTxnOps is the largest number of operations in one branch of a txn.
+	MaxTxnOps int
+	// MaxConcurrentStreams is the HTTP/2 per-connection stream limit.
+	MaxConcurrentStreams uint32
+	// ShutdownTimeout is how long Serve waits for in-flight calls once its
+	// context is done before closing connections.
+	ShutdownTimeout time.Duration
+	// Logger receives the gateway's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// SetDefaults fills in zero fields.
+func (c *Config) SetDefaults() {
+	if c.MaxRequestBytes == 0 {
+		c.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if c.MaxTxnOps == 0 {
+		c.MaxTxnOps = DefaultMaxTxnOps
+	}
+	if c.MaxConcurrentStreams == 0 {
+		c.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Validate reports whether the config is usable (after SetDefaults).
+func (c Config) Validate() error {
+	switch {
+	case c.MaxRequestBytes <= 0:
+		return fmt.Errorf("%w: MaxRequestBytes must be positive, got %d", ErrInvalidConfig, c.MaxRequestBytes)
+	case c.MaxRequestBytes > math.MaxInt32-grpcOverheadBytes:
+		return fmt.Errorf("%w: MaxRequestBytes %d is too large", ErrInvalidConfig, c.MaxRequestBytes)
+	case c.MaxTxnOps <= 0:
+		return fmt.Errorf("%w: MaxTxnOps must be positive, got %d", ErrInvalidConfig, c.MaxTxnOps)
+	case c.MaxConcurrentStreams == 0:
+		return fmt.Errorf("%w: MaxConcurrentStreams must be positive", ErrInvalidConfig)
+	case c.ShutdownTimeout < 0:
+		return fmt.Errorf("%w: ShutdownTimeout must not be negative", ErrInvalidConfig)
+	case c.Logger == nil:
+		return fmt.Errorf("%w: Logger is nil (call SetDefaults)", ErrInvalidConfig)
+	}
+	return nil
+}

@@ -1,0 +1,100 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+
+	"connectrpc.com/connect"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/status"
+
+	"github.com/concord-kv/concord/consensus"
+	"github.com/concord-kv/concord/storage"
+)
+
+// errorTable is THE translation from backend sentinels to the errors etcd
+// sends for them (etcd's v3rpc togRPCError). It is the only place where
+// backend errors meet wire errors; add new sentinels here.
+var errorTable = []struct {
+	from error // backend sentinel, matched with errors.Is
+	to   error // rpctypes gRPC status error
+}{
+	{storage.ErrCompacted, rpctypes.ErrGRPCCompacted},
+	{storage.ErrFutureRev, rpctypes.ErrGRPCFutureRev},
+	{storage.ErrLeaseNotFound, rpctypes.ErrGRPCLeaseNotFound},
+	{storage.ErrLeaseExists, rpctypes.ErrGRPCLeaseExist},
+	{storage.ErrKeyNotFound, rpctypes.ErrGRPCKeyNotFound},
+	{consensus.ErrNoSpace, rpctypes.ErrGRPCNoSpace},
+	{consensus.ErrNoLeader, rpctypes.ErrGRPCNoLeader},
+	{consensus.ErrTimeout, rpctypes.ErrGRPCTimeout},
+	{consensus.ErrStopped, rpctypes.ErrGRPCStopped},
+	{consensus.ErrLeaseTTLTooLarge, rpctypes.ErrGRPCLeaseTTLTooLarge},
+	// etcd's own table maps ErrTooManyRequests to a non-status error, which
+	// gRPC turns into Unknown; the status error is what clientv3 expects.
+	{consensus.ErrTooManyRequests, rpctypes.ErrGRPCRequestTooManyRequests},
+	// A store closed under a request means the member is going away.
+	{storage.ErrClosed, rpctypes.ErrGRPCStopped},
+}
+
+// wireError is a precomputed code and message for a translated error.
+type wireError struct {
+	code connect.Code
+	msg  string
+}
+
+// wireErrors holds the code/message of every table target, computed once so
+// the error path does not go through status.Convert each time.
+var wireErrors = func() []wireError {
+	w := make([]wireError, len(errorTable))
+	for i, e := range errorTable {
+		w[i] = grpcWire(e.to)
+	}
+	return w
+}()
+
+// grpcWire extracts the code and message of a gRPC status error.
+func grpcWire(err error) wireError {
+	s := status.Convert(err)
+	return wireError{code: connect.Code(s.Code()), msg: s.Message()}
+}
+
+func (w wireError) err() *connect.Error {
+	return connect.NewError(w.code, errors.New(w.msg))
+}
+
+// rpcError converts one of rpctypes' ErrGRPC* values (a gRPC status error)
+// into the connect error with the same code and message.
+func rpcError(grpcErr error) *connect.Error {
+	return grpcWire(grpcErr).err()
+}
+
+// TranslateError turns an error from the backend into the *connect.Error
+// etcd would send for it: table sentinels become their rpctypes errors,
+// context errors become Canceled/DeadlineExceeded, gRPC status errors (for
+// example rpctypes values returned by the backend) keep their code and
+// message, connect errors pass through, and anything else is Unknown with
+// the error's text. nil stays nil.
+func TranslateError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return ce
+	}
+	for i := range errorTable {
+		if errors.Is(err, errorTable[i].from) {
+			return wireErrors[i].err()
+		}
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return connect.NewError(connect.CodeCanceled, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.NewError(connect.CodeDeadlineExceeded, err)
+	}
+	if s, ok := status.FromError(err); ok {
+		return connect.NewError(connect.Code(s.Code()), errors.New(s.Message()))
+	}
+	return connect.NewError(connect.CodeUnknown, err)
+}

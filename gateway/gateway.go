@@ -1,0 +1,225 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+
+	"connectrpc.com/connect"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+
+	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
+	"github.com/concord-kv/concord/proto/gen/v3electionpbconnect"
+	"github.com/concord-kv/concord/proto/gen/v3lockpbconnect"
+)
+
+// ErrClosed is returned by Serve after Close.
+var ErrClosed = errors.New("gateway: closed")
+
+// Gateway serves etcd's API for one Backend. It holds no state besides its
+// listeners' servers; any number of gateways can front the same backend.
+type Gateway struct {
+	cfg Config
+	b   Backend
+	log *slog.Logger
+
+	// services maps "/<package>.<Service>/" to the connect handler of that
+	// service; exact-prefix lookup is cheaper than a ServeMux walk.
+	services map[string]http.Handler
+	// misc serves the non-RPC endpoints (/health, /version, ...).
+	misc    *http.ServeMux
+	handler http.Handler
+
+	mu      sync.Mutex
+	closed  bool
+	servers map[*http.Server]struct{}
+}
+
+// Option adds optional services to a Gateway.
+type Option func(*options)
+
+type options struct {
+	watch etcdserverpbconnect.WatchHandler
+}
+
+// WithWatch serves etcdserverpb.Watch with h (for example
+// NewWatchService(fanout)); without it Watch answers Unimplemented.
+func WithWatch(h etcdserverpbconnect.WatchHandler) Option {
+	return func(o *options) { o.watch = h }
+}
+
+// New builds a Gateway. cfg is defaulted and validated.
+func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
+	if b == nil {
+		return nil, fmt.Errorf("%w: nil backend", ErrInvalidConfig)
+	}
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	g := &Gateway{
+		cfg:      cfg,
+		b:        b,
+		log:      cfg.Logger,
+		services: make(map[string]http.Handler),
+		misc:     http.NewServeMux(),
+		servers:  make(map[*http.Server]struct{}),
+	}
+	o := options{watch: etcdserverpbconnect.UnimplementedWatchHandler{}}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	hopts := []connect.HandlerOption{
+		// etcd lets the transport accept MaxRequestBytes plus gRPC overhead;
+		// the exact limit is then enforced per request (tooLarge).
+		connect.WithReadMaxBytes(cfg.MaxRequestBytes + grpcOverheadBytes),
+		connect.WithRequestGate(g.requireLeader),
+	}
+	g.mount(etcdserverpbconnect.NewKVHandler(kvService{g: g}, hopts...))
+	g.mount(etcdserverpbconnect.NewWatchHandler(o.watch, hopts...))
+	g.mount(etcdserverpbconnect.NewLeaseHandler(leaseService{g: g}, hopts...))
+	g.mount(etcdserverpbconnect.NewClusterHandler(clusterService{g: g}, hopts...))
+	g.mount(etcdserverpbconnect.NewMaintenanceHandler(maintenanceService{g: g}, hopts...))
+	g.mount(etcdserverpbconnect.NewAuthHandler(etcdserverpbconnect.UnimplementedAuthHandler{}, hopts...))
+	g.mount(v3lockpbconnect.NewLockHandler(v3lockpbconnect.UnimplementedLockHandler{}, hopts...))
+	g.mount(v3electionpbconnect.NewElectionHandler(v3electionpbconnect.UnimplementedElectionHandler{}, hopts...))
+	g.installHTTPEndpoints()
+	g.handler = http.HandlerFunc(g.route)
+	return g, nil
+}
+
+func (g *Gateway) mount(prefix string, h http.Handler) { g.services[prefix] = h }
+
+// Handler returns the http.Handler serving every RPC and HTTP endpoint.
+// It needs HTTP/2 (h2c or TLS) for gRPC clients.
+func (g *Gateway) Handler() http.Handler { return g.handler }
+
+// route dispatches "/pkg.Service/Method" to the service's connect handler.
+func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
+	p := r.URL.Path
+	if len(p) > 1 && p[0] == '/' {
+		if i := strings.IndexByte(p[1:], '/'); i > 0 {
+			if h, ok := g.services[p[:i+2]]; ok {
+				h.ServeHTTP(w, r)
+				return
+			}
+			if isGRPC(r) {
+				// Answer like grpc-go does for a service it does not know,
+				// so gRPC clients see Unimplemented rather than HTTP 404.
+				writeGRPCUnimplemented(w, "unknown service "+p[1:i+1])
+				return
+			}
+		}
+	}
+	g.misc.ServeHTTP(w, r)
+}
+
+func isGRPC(r *http.Request) bool {
+	return strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
+}
+
+// writeGRPCUnimplemented writes a trailers-only gRPC response.
+func writeGRPCUnimplemented(w http.ResponseWriter, msg string) {
+	h := w.Header()
+	h.Set("Content-Type", "application/grpc")
+	h.Set("Grpc-Status", "12")
+	h.Set("Grpc-Message", msg)
+	w.WriteHeader(http.StatusOK)
+}
+
+// hasLeaderHeader is rpctypes.MetadataRequireLeaderKey in canonical header
+// form, so the lookup does not canonicalize on every call.
+var hasLeaderHeader = http.CanonicalHeaderKey(rpctypes.MetadataRequireLeaderKey)
+
+// requireLeader implements clientv3.WithRequireLeader: a call carrying
+// hasleader=true fails with ErrGRPCNoLeader while there is no leader, for
+// unary and streaming calls alike, before the request is even decoded.
+func (g *Gateway) requireLeader(ctx context.Context, _ connect.Spec, _ connect.Peer, h http.Header) (context.Context, error) {
+	if v := h[hasLeaderHeader]; len(v) > 0 && v[0] == rpctypes.MetadataHasLeader && g.b.Leader() == 0 {
+		return ctx, rpcError(rpctypes.ErrGRPCNoLeader)
+	}
+	return ctx, nil
+}
+
+// Serve serves the gateway on ln (HTTP/1.1 and cleartext HTTP/2, so gRPC
+// works without TLS) until ctx is done, then shuts down gracefully for up to
+// ShutdownTimeout before closing the remaining connections (watch streams
+// never finish on their own). It returns nil after a shutdown caused by ctx
+// or Close, and the server's error otherwise. ln is closed on return.
+func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	srv := &http.Server{
+		Handler:   g.handler,
+		Protocols: &protocols,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams: int(min(uint64(g.cfg.MaxConcurrentStreams), math.MaxInt)),
+		},
+		// No ReadTimeout/WriteTimeout: they would cut watch and keep-alive
+		// streams.
+	}
+
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		ln.Close()
+		return ErrClosed
+	}
+	g.servers[srv] = struct{}{}
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		delete(g.servers, srv)
+		g.mu.Unlock()
+	}()
+
+	g.log.Info("gateway serving", "addr", ln.Addr().String())
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+
+	select {
+	case err := <-errc:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil // Close
+		}
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.ShutdownTimeout)
+	err := srv.Shutdown(sctx)
+	cancel()
+	if err != nil {
+		g.log.Info("gateway graceful shutdown incomplete; closing connections", "addr", ln.Addr().String(), "err", err)
+		srv.Close()
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	g.log.Info("gateway stopped", "addr", ln.Addr().String())
+	return nil
+}
+
+// Close stops every server started by Serve immediately (their Serve calls
+// return nil) and makes later Serve calls fail with ErrClosed. Idempotent.
+func (g *Gateway) Close() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return nil
+	}
+	g.closed = true
+	var errs []error
+	for srv := range g.servers {
+		if err := srv.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

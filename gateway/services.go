@@ -1,0 +1,176 @@
+package gateway
+
+import (
+	"context"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
+	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
+)
+
+// Each service embeds the generated Unimplemented handler, so methods that
+// concord does not serve here answer code Unimplemented with connect's
+// standard message instead of being missing routes.
+
+// kvService serves etcdserverpb.KV.
+type kvService struct {
+	etcdserverpbconnect.UnimplementedKVHandler // RangeStream
+	g                                          *Gateway
+}
+
+func (s kvService) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	if err := validRangeRequest(r); err != nil {
+		return nil, rpcError(err)
+	}
+	resp, err := s.g.b.Range(ctx, r)
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}
+
+func (s kvService) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
+	if err := validPutRequest(r); err != nil {
+		return nil, rpcError(err)
+	}
+	if err := s.g.tooLarge(r); err != nil {
+		return nil, rpcError(err)
+	}
+	resp, err := s.g.b.Put(ctx, r)
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}
+
+func (s kvService) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	if err := validDeleteRequest(r); err != nil {
+		return nil, rpcError(err)
+	}
+	if err := s.g.tooLarge(r); err != nil {
+		return nil, rpcError(err)
+	}
+	resp, err := s.g.b.DeleteRange(ctx, r)
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}
+
+func (s kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+	if err := validTxnRequest(r, s.g.cfg.MaxTxnOps); err != nil {
+		return nil, rpcError(err)
+	}
+	// After validTxnRequest, as in etcd: the op count bound keeps the
+	// interval check from blowing up.
+	if err := checkTxnIntervals(r); err != nil {
+		return nil, rpcError(err)
+	}
+	// Read-only txns are not proposed to raft, so etcd does not size-check them.
+	if hasWrites(r) {
+		if err := s.g.tooLarge(r); err != nil {
+			return nil, rpcError(err)
+		}
+	}
+	resp, err := s.g.b.Txn(ctx, r)
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}
+
+func (s kvService) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	resp, err := s.g.b.Compact(ctx, r)
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}
+
+// leaseService serves etcdserverpb.Lease. LeaseKeepAlive and
+// LeaseTimeToLive belong to leasesvc and are not served here yet.
+type leaseService struct {
+	etcdserverpbconnect.UnimplementedLeaseHandler
+	g *Gateway
+}
+
+func (s leaseService) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
+	if err := validLeaseGrant(r); err != nil {
+		return nil, rpcError(err)
+	}
+	resp, err := s.g.b.LeaseGrant(ctx, r)
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}
+
+func (s leaseService) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
+	resp, err := s.g.b.LeaseRevoke(ctx, r)
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}
+
+func (s leaseService) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
+	resp, err := s.g.b.LeaseLeases(ctx, r)
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}
+
+// maintenanceService serves etcdserverpb.Maintenance (Hash, Snapshot,
+// MoveLeader and Downgrade are unimplemented).
+type maintenanceService struct {
+	etcdserverpbconnect.UnimplementedMaintenanceHandler
+	g *Gateway
+}
+
+func (s maintenanceService) Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.AlarmResponse, error) {
+	resp, err := s.g.b.Alarm(ctx, r)
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}
+
+func (s maintenanceService) Status(ctx context.Context, r *pb.StatusRequest) (*pb.StatusResponse, error) {
+	resp, err := s.g.b.Status(ctx, r)
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}
+
+func (s maintenanceService) Defragment(ctx context.Context, r *pb.DefragmentRequest) (*pb.DefragmentResponse, error) {
+	resp, err := s.g.b.Defragment(ctx, r)
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}
+
+func (s maintenanceService) HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVResponse, error) {
+	resp, err := s.g.b.HashKV(ctx, r)
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}
+
+// clusterService serves etcdserverpb.Cluster (membership changes are
+// unimplemented).
+type clusterService struct {
+	etcdserverpbconnect.UnimplementedClusterHandler
+	g *Gateway
+}
+
+func (s clusterService) MemberList(ctx context.Context, r *pb.MemberListRequest) (*pb.MemberListResponse, error) {
+	resp, err := s.g.b.MemberList(ctx, r)
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}

@@ -1,0 +1,208 @@
+package gateway
+
+import (
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"go.etcd.io/etcd/pkg/v3/adt"
+	"google.golang.org/protobuf/proto"
+)
+
+// Request validation with etcd's v3rpc semantics (key.go, lease.go): the
+// same checks in the same order, returning the same rpctypes errors, so
+// that a bad request gets exactly the error etcd gives it and never
+// reaches the backend.
+
+// maxLeaseTTL is etcd's lease.MaxLeaseTTL.
+const maxLeaseTTL = 9000000000
+
+func validRangeRequest(r *pb.RangeRequest) error {
+	if len(r.Key) == 0 {
+		return rpctypes.ErrGRPCEmptyKey
+	}
+	if _, ok := pb.RangeRequest_SortOrder_name[int32(r.SortOrder)]; !ok {
+		return rpctypes.ErrGRPCInvalidSortOption
+	}
+	if _, ok := pb.RangeRequest_SortTarget_name[int32(r.SortTarget)]; !ok {
+		return rpctypes.ErrGRPCInvalidSortOption
+	}
+	return nil
+}
+
+func validPutRequest(r *pb.PutRequest) error {
+	switch {
+	case len(r.Key) == 0:
+		return rpctypes.ErrGRPCEmptyKey
+	case r.IgnoreValue && len(r.Value) != 0:
+		return rpctypes.ErrGRPCValueProvided
+	case r.IgnoreLease && r.Lease != 0:
+		return rpctypes.ErrGRPCLeaseProvided
+	}
+	return nil
+}
+
+func validDeleteRequest(r *pb.DeleteRangeRequest) error {
+	if len(r.Key) == 0 {
+		return rpctypes.ErrGRPCEmptyKey
+	}
+	return nil
+}
+
+// validTxnRequest checks the op counts against maxOps (each branch and the
+// compare list separately; nested txns get what the outer level left over)
+// and every op recursively.
+func validTxnRequest(r *pb.TxnRequest, maxOps int) error {
+	n := max(len(r.Compare), len(r.Success), len(r.Failure))
+	if n > maxOps {
+		return rpctypes.ErrGRPCTooManyOps
+	}
+	for _, c := range r.Compare {
+		if len(c.Key) == 0 {
+			return rpctypes.ErrGRPCEmptyKey
+		}
+	}
+	for _, branch := range [2][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, op := range branch {
+			if err := validRequestOp(op, maxOps-n); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func validRequestOp(op *pb.RequestOp, maxOps int) error {
+	switch v := op.GetRequest().(type) {
+	case *pb.RequestOp_RequestRange:
+		return validRangeRequest(v.RequestRange)
+	case *pb.RequestOp_RequestPut:
+		return validPutRequest(v.RequestPut)
+	case *pb.RequestOp_RequestDeleteRange:
+		return validDeleteRequest(v.RequestDeleteRange)
+	case *pb.RequestOp_RequestTxn:
+		return validTxnRequest(v.RequestTxn, maxOps)
+	default:
+		// An empty op (or a nil entry) is what etcd calls "key not found".
+		return rpctypes.ErrGRPCKeyNotFound
+	}
+}
+
+// checkTxnIntervals rejects a txn whose branches write the same key twice
+// (put+put, or a put inside a deleted range), looking through nested txns;
+// then and else branches of one nested txn may write the same key because
+// only one of them runs. It is called after validTxnRequest has bounded the
+// size, like etcd, so the interval work stays bounded too.
+func checkTxnIntervals(r *pb.TxnRequest) error {
+	if !hasWrites(r) {
+		return nil
+	}
+	if _, _, err := writeSets(r.Success); err != nil {
+		return err
+	}
+	_, _, err := writeSets(r.Failure)
+	return err
+}
+
+// allKeys is the interval covering every key, used to copy whole trees.
+var allKeys = adt.NewStringAffineInterval("\x00", "")
+
+// writeSets returns the keys put and the ranges deleted by ops (nested txns
+// included), or ErrGRPCDuplicateKey if two of them collide.
+func writeSets(ops []*pb.RequestOp) (map[string]struct{}, adt.IntervalTree, error) {
+	dels := adt.NewIntervalTree()
+	for _, op := range ops {
+		d := op.GetRequestDeleteRange()
+		if d == nil {
+			continue
+		}
+		if len(d.RangeEnd) == 0 {
+			dels.Insert(adt.NewStringAffinePoint(string(d.Key)), struct{}{})
+		} else {
+			dels.Insert(adt.NewStringAffineInterval(string(d.Key), string(d.RangeEnd)), struct{}{})
+		}
+	}
+
+	puts := make(map[string]struct{})
+	deleted := func(k string) bool { return dels.Intersects(adt.NewStringAffinePoint(k)) }
+	for _, op := range ops {
+		t := op.GetRequestTxn()
+		if t == nil {
+			continue
+		}
+		thenPuts, thenDels, err := writeSets(t.Success)
+		if err != nil {
+			return nil, dels, err
+		}
+		elsePuts, elseDels, err := writeSets(t.Failure)
+		if err != nil {
+			return nil, dels, err
+		}
+		for k := range thenPuts {
+			if _, dup := puts[k]; dup || deleted(k) {
+				return nil, dels, rpctypes.ErrGRPCDuplicateKey
+			}
+			puts[k] = struct{}{}
+		}
+		for k := range elsePuts {
+			if _, dup := puts[k]; dup {
+				// Only a collision with another op, not with this txn's
+				// own then-branch, counts: then and else exclude each other.
+				if _, sameTxn := thenPuts[k]; !sameTxn {
+					return nil, dels, rpctypes.ErrGRPCDuplicateKey
+				}
+			}
+			if deleted(k) {
+				return nil, dels, rpctypes.ErrGRPCDuplicateKey
+			}
+			puts[k] = struct{}{}
+		}
+		dels.Union(thenDels, allKeys)
+		dels.Union(elseDels, allKeys)
+	}
+
+	for _, op := range ops {
+		p := op.GetRequestPut()
+		if p == nil {
+			continue
+		}
+		k := string(p.Key)
+		if _, dup := puts[k]; dup || deleted(k) {
+			return nil, dels, rpctypes.ErrGRPCDuplicateKey
+		}
+		puts[k] = struct{}{}
+	}
+	return puts, dels, nil
+}
+
+// hasWrites reports whether any branch (nested too) contains a put or a
+// delete; read-only txns cannot collide, so they skip the interval trees.
+func hasWrites(r *pb.TxnRequest) bool {
+	for _, branch := range [2][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, op := range branch {
+			switch v := op.GetRequest().(type) {
+			case *pb.RequestOp_RequestPut, *pb.RequestOp_RequestDeleteRange:
+				return true
+			case *pb.RequestOp_RequestTxn:
+				if hasWrites(v.RequestTxn) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// tooLarge reports whether a request that is proposed to raft exceeds
+// MaxRequestBytes, which etcd checks on the proposal it builds from it.
+func (g *Gateway) tooLarge(m proto.Message) error {
+	if proto.Size(m) > g.cfg.MaxRequestBytes {
+		return rpctypes.ErrGRPCRequestTooLarge
+	}
+	return nil
+}
+
+func validLeaseGrant(r *pb.LeaseGrantRequest) error {
+	if r.TTL > maxLeaseTTL {
+		return rpctypes.ErrGRPCLeaseTTLTooLarge
+	}
+	return nil
+}

@@ -1,0 +1,69 @@
+// Command concord is a distributed, strongly consistent key-value store that
+// speaks the etcd v3 API. With no subcommand it runs every service in one
+// process; see `concord --help`.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"go.etcd.io/etcd/api/v3/version"
+
+	"github.com/concord-kv/concord/services"
+	"github.com/concord-kv/concord/services/config"
+)
+
+// Version is concord's own version; the etcd API version it implements is
+// version.Version of go.etcd.io/etcd/api/v3.
+var Version = "0.1.0-dev"
+
+func main() {
+	if err := newRootCommand().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "concord:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCommand() *cobra.Command {
+	var showVersion bool
+	root := &cobra.Command{
+		Use:   "concord",
+		Short: "A distributed, strongly consistent key-value store that speaks the etcd v3 API",
+		Long: `concord speaks the etcd v3 API on the wire. With no subcommand it runs every
+service in one process (single-voter raft, clients on 127.0.0.1:2379, data in
+./default.concord), so 'etcdctl put foo bar' works with no flags.`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if showVersion {
+				printVersion(cmd)
+				return nil
+			}
+			cfg, err := config.LoadServer(cmd.Flags())
+			if err != nil {
+				return err
+			}
+			log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+			log.Info("starting concord", "version", Version, "etcd-api-version", version.Version, "go-version", runtime.Version())
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return services.RunAllInOne(ctx, cfg, log)
+		},
+	}
+	root.Flags().BoolVar(&showVersion, "version", false, "print the version and exit")
+	config.ServerFlags(root.Flags())
+	root.SetContext(context.Background())
+	return root
+}
+
+func printVersion(cmd *cobra.Command) {
+	fmt.Fprintf(cmd.OutOrStdout(), "concord Version: %s\netcd API Version: %s\nGo Version: %s\nGo OS/Arch: %s/%s\n",
+		Version, version.Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}

@@ -1,0 +1,117 @@
+// Package services wires concord's components into runnable services. Each
+// Run function owns what it starts: it returns only after every goroutine and
+// listener it created has stopped, which happens when ctx is cancelled or a
+// component fails.
+package services
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/concord-kv/concord/consensus"
+	"github.com/concord-kv/concord/gateway"
+	"github.com/concord-kv/concord/services/config"
+)
+
+// RunAllInOne runs consensus and the gateway in one process, the gateway
+// calling consensus directly through the same interfaces the split topology
+// uses over the network.
+func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error {
+	listeners, err := listenAll(cfg.ListenClientURLs)
+	if err != nil {
+		return err
+	}
+	defer closeAll(listeners)
+
+	node, err := consensus.Start(ctx, consensusConfig(cfg, log))
+	if err != nil {
+		return fmt.Errorf("starting consensus: %w", err)
+	}
+	defer node.Close()
+
+	gw, err := gateway.New(gatewayConfig(cfg, log), node)
+	if err != nil {
+		return fmt.Errorf("starting gateway: %w", err)
+	}
+	defer gw.Close()
+
+	g, ctx := errgroup.WithContext(ctx)
+	for _, ln := range listeners {
+		log.Info("serving client requests", "address", ln.Addr().String())
+		g.Go(func() error { return gw.Serve(ctx, ln) })
+	}
+	log.Info("concord is ready", "name", cfg.Name, "data-dir", cfg.DataDir,
+		"advertise-client-urls", joinURLs(cfg.AdvertiseClientURLs))
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+func consensusConfig(cfg config.Server, log *slog.Logger) consensus.Config {
+	return consensus.Config{
+		Name:              cfg.Name,
+		DataDir:           cfg.DataDir,
+		ClientURLs:        urlStrings(cfg.AdvertiseClientURLs),
+		PeerURLs:          urlStrings(cfg.InitialAdvertisePeerURLs),
+		InitialCluster:    cfg.InitialCluster,
+		ClusterState:      cfg.InitialClusterState,
+		ClusterToken:      cfg.InitialClusterToken,
+		HeartbeatInterval: cfg.HeartbeatInterval,
+		ElectionTimeout:   cfg.ElectionTimeout,
+		SnapshotCount:     cfg.SnapshotCount,
+		QuotaBackendBytes: cfg.QuotaBackendBytes,
+		Logger:            log.With("component", "consensus"),
+	}
+}
+
+func gatewayConfig(cfg config.Server, log *slog.Logger) gateway.Config {
+	return gateway.Config{
+		MaxRequestBytes: cfg.MaxRequestBytes,
+		MaxTxnOps:       cfg.MaxTxnOps,
+		Logger:          log.With("component", "gateway"),
+	}
+}
+
+// listenAll binds every client URL before anything starts, so a taken port
+// fails the start instead of leaving a half-serving process.
+func listenAll(urls []url.URL) ([]net.Listener, error) {
+	var lns []net.Listener
+	for _, u := range urls {
+		network, addr := "tcp", u.Host
+		if u.Scheme == "unix" {
+			network, addr = "unix", u.Host+u.Path
+		}
+		ln, err := net.Listen(network, addr)
+		if err != nil {
+			closeAll(lns)
+			return nil, fmt.Errorf("listening on %s: %w", u.String(), err)
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
+}
+
+func closeAll(lns []net.Listener) {
+	for _, ln := range lns {
+		_ = ln.Close()
+	}
+}
+
+func urlStrings(urls []url.URL) []string {
+	out := make([]string, len(urls))
+	for i, u := range urls {
+		out[i] = u.String()
+	}
+	return out
+}
+
+func joinURLs(urls []url.URL) string { return strings.Join(urlStrings(urls), ",") }

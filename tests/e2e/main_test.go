@@ -1,0 +1,160 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var updateGolden = flag.Bool("update", false, "rewrite testdata/*.golden from the etcd subtests")
+
+// concordBinEnv names a prebuilt server binary to test as "concord" instead of building
+// ./services/concord (a release build, or etcd itself to check the harness).
+const concordBinEnv = "E2E_CONCORD_BIN"
+
+// errNoBinary says that a binary the tests need could not be built; the tests that need it fail
+// with this error and the build output, so a missing or broken concord shows up as failures,
+// never as skips.
+var errNoBinary = errors.New("binary not available")
+
+// impl is one server implementation under test.
+type impl struct {
+	name string // "etcd" or "concord": also the subtest name
+	bin  string // path to the built binary
+	err  error  // why bin is unusable; nil when it was built
+}
+
+var (
+	etcdImpl    = &impl{name: "etcd"}
+	concordImpl = &impl{name: "concord"}
+	// etcdctlBin is the real etcdctl of the version pinned in go.mod.
+	etcdctlBin = &impl{name: "etcdctl"}
+
+	// impls lists the servers every comparing test runs against, etcd first so that its
+	// subtest (which may rewrite golden files) runs before concord's.
+	impls = []*impl{etcdImpl, concordImpl}
+)
+
+// TestMain builds the three binaries once per run into a temporary directory. The go build cache
+// makes every build after the first one quick.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "concord-e2e-bin-")
+	if err != nil {
+		etcdImpl.err, concordImpl.err, etcdctlBin.err = err, err, err
+	} else {
+		defer os.RemoveAll(dir)
+		buildAll(dir)
+	}
+	m.Run()
+}
+
+// buildAll builds etcdctl, etcd and concord concurrently; failures are recorded per binary.
+func buildAll(dir string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	root, err := moduleRoot(ctx)
+	if err != nil {
+		for _, b := range []*impl{etcdImpl, concordImpl, etcdctlBin} {
+			b.err = err
+		}
+		return
+	}
+	targets := []struct {
+		b   *impl
+		pkg string
+	}{
+		{etcdctlBin, "go.etcd.io/etcd/etcdctl/v3"},
+		{etcdImpl, "go.etcd.io/etcd/server/v3"},
+		{concordImpl, "./services/concord"},
+	}
+	if bin := os.Getenv(concordBinEnv); bin != "" {
+		concordImpl.bin = bin
+		targets = targets[:2]
+	}
+	var wg sync.WaitGroup
+	for _, tg := range targets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out := filepath.Join(dir, tg.b.name)
+			if err := goBuild(ctx, root, out, tg.pkg); err != nil {
+				tg.b.err = fmt.Errorf("%w: %s (go build %s): %v", errNoBinary, tg.b.name, tg.pkg, err)
+				return
+			}
+			tg.b.bin = out
+		}()
+	}
+	wg.Wait()
+}
+
+func goBuild(ctx context.Context, root, out, pkg string) error {
+	if strings.HasPrefix(pkg, "./") {
+		if _, err := os.Stat(filepath.Join(root, pkg)); err != nil {
+			return fmt.Errorf("package directory missing: %w", err)
+		}
+	}
+	cmd := exec.CommandContext(ctx, goTool(), "build", "-o", out, pkg)
+	cmd.Dir = root
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%v\n%s", err, strings.TrimSpace(buf.String()))
+	}
+	return nil
+}
+
+// moduleRoot is the directory of the go.mod that contains this package.
+func moduleRoot(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, goTool(), "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("tests/e2e is not inside a Go module")
+	}
+	return filepath.Dir(gomod), nil
+}
+
+// goTool is the go command that runs these tests: the one in GOROOT if `go test` exported it,
+// otherwise the first on PATH.
+func goTool() string {
+	if root := os.Getenv("GOROOT"); root != "" {
+		p := filepath.Join(root, "bin", "go")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return "go"
+}
+
+// requireBinary fails the test when b could not be built.
+func requireBinary(t testing.TB, b *impl) {
+	t.Helper()
+	if b.err != nil {
+		t.Fatalf("%s: %v", b.name, b.err)
+	}
+}
+
+// cleanEnv is the environment for every child process: without the ETCD_, ETCDCTL_ and CONCORD_
+// variables of whoever runs the tests, since both servers and etcdctl read their flags from those.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "ETCD_") || strings.HasPrefix(kv, "ETCDCTL_") || strings.HasPrefix(kv, "CONCORD_") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}

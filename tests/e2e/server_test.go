@@ -1,0 +1,262 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const (
+	// readyTimeout bounds how long a server may take to answer GET /health with 200. Generous
+	// because CI may be compiling other packages on the same two cores.
+	readyTimeout = 30 * time.Second
+	// stopTimeout bounds a graceful stop; etcd itself takes about 2 s.
+	stopTimeout = 30 * time.Second
+	// pollInterval is the readiness poll period.
+	pollInterval = 20 * time.Millisecond
+	// startAttempts is how often a first start is retried when it lost a port race.
+	startAttempts = 4
+	// logTail is how much of a server's output a failing test prints.
+	logTail = 24 << 10
+)
+
+var errNotReady = errors.New("server did not become ready")
+
+// serverOptions configure one server.
+type serverOptions struct {
+	name  string   // --name; default "e2e"
+	extra []string // extra flags, e.g. --quota-backend-bytes=N
+}
+
+// Server is one etcd or concord process started with etcd's flags on loopback ports. Its data
+// directory survives Stop/Kill so Restart can start it again on the same data.
+type Server struct {
+	t       testing.TB
+	impl    *impl
+	opts    serverOptions
+	dataDir string
+
+	clientPort, peerPort int
+
+	log *syncBuffer // output of every incarnation, for failure reports
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the current process has been reaped
+	gen  int           // incarnation number, for the log
+}
+
+// startServer starts a server of the given implementation and waits until it is ready. The test
+// fails (not skips) when the implementation's binary could not be built.
+func startServer(t testing.TB, im *impl, opts serverOptions) *Server {
+	t.Helper()
+	requireBinary(t, im)
+	if opts.name == "" {
+		opts.name = "e2e"
+	}
+	s := &Server{t: t, impl: im, opts: opts, dataDir: t.TempDir(), log: &syncBuffer{}}
+	t.Cleanup(func() {
+		s.Kill()
+		if t.Failed() {
+			t.Logf("%s output (last %d bytes):\n%s", s.impl.name, logTail, s.log.Tail(logTail))
+		}
+	})
+	var err error
+	for attempt := 1; attempt <= startAttempts; attempt++ {
+		s.clientPort, s.peerPort, err = freePorts()
+		if err != nil {
+			t.Fatalf("pick ports: %v", err)
+		}
+		err = s.start()
+		if err == nil {
+			return s
+		}
+		// Another process may have taken a port between our probe and the server's bind.
+		if !strings.Contains(s.log.String(), "address already in use") {
+			break
+		}
+		s.Kill()
+	}
+	t.Fatalf("start %s: %v", im.name, err)
+	return nil
+}
+
+// freePorts asks the kernel for two distinct free loopback ports.
+func freePorts() (int, int, error) {
+	l1, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer l1.Close()
+	l2, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer l2.Close()
+	return l1.Addr().(*net.TCPAddr).Port, l2.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Endpoint is the client endpoint in etcdctl's --endpoints form.
+func (s *Server) Endpoint() string { return fmt.Sprintf("127.0.0.1:%d", s.clientPort) }
+
+func (s *Server) clientURL() string { return "http://" + s.Endpoint() }
+
+func (s *Server) peerURL() string { return fmt.Sprintf("http://127.0.0.1:%d", s.peerPort) }
+
+// Args are the flags both etcd and concord are started with.
+func (s *Server) args() []string {
+	args := []string{
+		"--name", s.opts.name,
+		"--data-dir", s.dataDir,
+		"--listen-client-urls", s.clientURL(),
+		"--advertise-client-urls", s.clientURL(),
+		"--listen-peer-urls", s.peerURL(),
+		"--initial-advertise-peer-urls", s.peerURL(),
+		"--initial-cluster", s.opts.name + "=" + s.peerURL(),
+	}
+	return append(args, s.opts.extra...)
+}
+
+// start runs one incarnation and waits for readiness.
+func (s *Server) start() error {
+	s.mu.Lock()
+	if s.cmd != nil {
+		s.mu.Unlock()
+		return errors.New("server already running")
+	}
+	s.gen++
+	fmt.Fprintf(s.log, "=== %s incarnation %d: %s %s\n", s.impl.name, s.gen, s.impl.bin, strings.Join(s.args(), " "))
+	cmd := exec.Command(s.impl.bin, s.args()...)
+	cmd.Env = cleanEnv()
+	cmd.Stdout, cmd.Stderr = s.log, s.log
+	if err := cmd.Start(); err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	done := make(chan struct{})
+	s.cmd, s.done = cmd, done
+	s.mu.Unlock()
+
+	// The reaper is owned by the Server: Stop/Kill wait for it through done.
+	go func() {
+		err := cmd.Wait()
+		fmt.Fprintf(s.log, "=== %s incarnation exited: %v\n", s.impl.name, err)
+		close(done)
+	}()
+	return s.waitReady(done)
+}
+
+// waitReady polls GET /health until it answers 200, the process exits, or readyTimeout passes.
+func (s *Server) waitReady(done <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	client := &http.Client{Timeout: 2 * time.Second}
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.clientURL()+"/health", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-done:
+			return fmt.Errorf("%w: %s exited before it was ready", errNotReady, s.impl.name)
+		case <-ctx.Done():
+			return fmt.Errorf("%w: no 200 from %s/health within %v", errNotReady, s.clientURL(), readyTimeout)
+		case <-tick.C:
+		}
+	}
+}
+
+// signal sends sig to the running process and waits up to timeout for it to exit. It reports
+// whether the process exited in time; with no process running it reports true.
+func (s *Server) signal(sig syscall.Signal, timeout time.Duration) bool {
+	s.mu.Lock()
+	cmd, done := s.cmd, s.done
+	s.mu.Unlock()
+	if cmd == nil {
+		return true
+	}
+	_ = cmd.Process.Signal(sig) // fails only when the process is already gone
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		return false
+	}
+	s.mu.Lock()
+	if s.cmd == cmd {
+		s.cmd, s.done = nil, nil
+	}
+	s.mu.Unlock()
+	return true
+}
+
+// Stop stops the server gracefully (SIGTERM) and waits for it; a server that does not stop in
+// time is killed and the test fails.
+func (s *Server) Stop() {
+	s.t.Helper()
+	if !s.signal(syscall.SIGTERM, stopTimeout) {
+		s.Kill()
+		s.t.Fatalf("%s did not stop within %v of SIGTERM", s.impl.name, stopTimeout)
+	}
+}
+
+// Kill kills the server (SIGKILL) and waits for it. Idempotent.
+func (s *Server) Kill() {
+	if !s.signal(syscall.SIGKILL, stopTimeout) {
+		s.t.Errorf("%s did not exit within %v of SIGKILL", s.impl.name, stopTimeout)
+	}
+}
+
+// Restart starts a stopped or killed server again on the same data directory and ports, and
+// waits until it is ready. A running server is killed first.
+func (s *Server) Restart() {
+	s.t.Helper()
+	s.Kill()
+	if err := s.start(); err != nil {
+		s.t.Fatalf("restart %s: %v", s.impl.name, err)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the concurrent writes of a process's stdout and stderr.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// Tail returns at most n trailing bytes.
+func (b *syncBuffer) Tail(n int) string {
+	s := b.String()
+	if len(s) > n {
+		s = "..." + s[len(s)-n:]
+	}
+	return s
+}
