@@ -41,7 +41,8 @@ type Batch struct {
 	appliedIndex, appliedTerm uint64
 
 	events []RevisionEvents
-	err    error // set when an op failed after writing: Commit refuses
+	hashes []compactionHash // computed by this batch's compactions, in order
+	err    error            // set when an op failed after writing: Commit refuses
 	done   bool
 	buf    []byte
 }
@@ -641,6 +642,7 @@ func (b *Batch) publish() {
 	}
 	if b.compactDirty {
 		s.compactRev = b.compactRev
+		s.hashes = keepHashes(s.hashes, b.hashes)
 	}
 	if b.appliedSet {
 		s.appliedIndex, s.appliedTerm = b.appliedIndex, b.appliedTerm
@@ -652,6 +654,17 @@ func (b *Batch) publish() {
 	if b.stateful {
 		s.seq++
 	}
+}
+
+// keepHashes appends the hashes of new compactions to the stored ones and
+// keeps the newest maxCompactionHashes. Compaction revisions strictly
+// increase, so the result stays ordered by revision.
+func keepHashes(stored, added []compactionHash) []compactionHash {
+	out := append(stored, added...)
+	if n := len(out) - maxCompactionHashes; n > 0 {
+		out = slices.Delete(out, 0, n)
+	}
+	return out
 }
 
 // release frees the pebble batch.

@@ -18,8 +18,14 @@ const compactChunk = 4096
 // version <= rev, and that newest version too if it is a tombstone older
 // than rev. As in etcd (>= 3.5.16), a tombstone at exactly rev is kept so a
 // watch starting at the compact revision still sees the delete. rev <=
-// CompactRev fails with ErrCompacted, rev > current with ErrFutureRev.
+// CompactRev fails with ErrCompacted, rev > current with ErrFutureRev; a
+// store never compacted has CompactRev -1, so it accepts rev 0 once.
 // The response header carries the current revision.
+//
+// Before removing anything it hashes the history at rev (what HashKV(rev)
+// returns at that moment) and, once the batch commits, the store keeps that
+// hash for HashKV(rev), as etcd does. Like etcd's compaction this reads the
+// whole keyspace.
 func (b *Batch) Compact(rev int64) (resp *pb.CompactionResponse, err error) {
 	o, err := b.begin()
 	if err != nil {
@@ -32,22 +38,43 @@ func (b *Batch) Compact(rev int64) (resp *pb.CompactionResponse, err error) {
 	if rev > b.rev {
 		return nil, ErrFutureRev
 	}
+	h, err := b.hashAt(rev)
+	if err != nil {
+		return nil, err
+	}
 	if err := o.compact(b.compactRev, rev); err != nil {
 		return nil, err
 	}
+	b.hashes = append(b.hashes, h)
 	b.compactRev = rev
 	b.compactDirty, b.stateful = true, true
 	return &pb.CompactionResponse{Header: &pb.ResponseHeader{Revision: b.rev}}, nil
 }
 
+// hashAt hashes the batch's view of the history at rev under the current
+// compact revision, before a compaction at rev changes it.
+func (b *Batch) hashAt(rev int64) (compactionHash, error) {
+	it, err := b.pb.NewIter(&pebble.IterOptions{LowerBound: kvLower, UpperBound: kvUpper})
+	if err != nil {
+		return compactionHash{}, err
+	}
+	defer it.Close()
+	h, err := hashKVs(it, rev, b.compactRev)
+	if err != nil {
+		return compactionHash{}, err
+	}
+	return compactionHash{Hash: h, Revision: rev, CompactRevision: b.compactRev}, nil
+}
+
 // compact visits every key written at a revision in [prev, rev] (the only
 // keys that can have new garbage: a key untouched since the previous
 // compaction has a single version <= prev, which is live, or a tombstone at
-// exactly prev that must go now) and prunes its versions.
+// exactly prev that must go now) and prunes its versions. prev is -1 on a
+// store never compacted; revisions start at 1.
 func (o *writeOp) compact(prev, rev int64) error {
 	b := o.b
 	revIt, err := b.pb.NewIter(&pebble.IterOptions{
-		LowerBound: encodeRevKey(nil, prev, 0),
+		LowerBound: encodeRevKey(nil, max(prev, 0), 0),
 		UpperBound: encodeRevKey(nil, rev+1, 0),
 	})
 	if err != nil {

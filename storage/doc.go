@@ -13,7 +13,11 @@
 //     delete ends the generation (a tombstone); the next put starts over at
 //     version 1.
 //   - Reads below the compact revision fail with ErrCompacted, above the
-//     current revision with ErrFutureRev.
+//     current revision with ErrFutureRev. A store never compacted has
+//     compact revision -1 (etcd's), so Compact(0) succeeds once on it.
+//   - Each compaction hashes the history it is about to remove; HashKV
+//     returns that hash for the compaction's revision while it is among the
+//     last 10 (in memory, as in etcd).
 //   - Writes happen in a Batch; nothing is visible to Store readers until
 //     Batch.Commit, which is one atomic pebble batch (raft log writes added
 //     by consensus through Batch.Pebble included). Readers use one pebble
@@ -36,7 +40,7 @@
 //	0x13 | leaseID^(1<<63) (8 BE) | userKey    -> empty (key attached to lease)
 //	0x14 'f'  -> store format ("concord-mvcc-1")
 //	0x14 'r'  -> current revision (8 BE)
-//	0x14 'c'  -> compact revision (8 BE)
+//	0x14 'c'  -> compact revision (8 BE); absent = never compacted (-1)
 //	0x14 'a'  -> applied raft index (8 BE) | term (8 BE)
 //	0x15 | memberID (8 BE) | alarmType (4 BE)  -> empty (active alarm)
 //	0x16 | key -> SetMeta value

@@ -15,8 +15,8 @@ import (
 
 func TestRevisionsVersionsTombstones(t *testing.T) {
 	x := newMem(t)
-	if x.s.Rev() != 1 || x.s.CompactRev() != 0 {
-		t.Fatalf("empty store: rev %d compact %d, want 1 0", x.s.Rev(), x.s.CompactRev())
+	if x.s.Rev() != 1 || x.s.CompactRev() != -1 {
+		t.Fatalf("empty store: rev %d compact %d, want 1 -1", x.s.Rev(), x.s.CompactRev())
 	}
 	resp := x.rng(&pb.RangeRequest{Key: []byte("foo")})
 	if resp.Header.Revision != 1 || resp.Count != 0 || len(resp.Kvs) != 0 {

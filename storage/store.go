@@ -93,6 +93,26 @@ type Store struct {
 	appliedTerm  uint64
 	alarms       []*pb.AlarmMember // sorted by member id, then type
 	seq          uint64            // bumped by every commit of a state-changing batch
+	// hashes are the hashes computed by the latest compactions (see
+	// compactionHash), oldest first. Like etcd's they live in memory only.
+	hashes []compactionHash
+}
+
+// noCompaction is the compact revision of a store that was never compacted.
+// It is etcd's value: a first compaction at revision 0 is then valid.
+const noCompaction = -1
+
+// maxCompactionHashes bounds Store.hashes (etcd keeps the same number).
+const maxCompactionHashes = 10
+
+// compactionHash is the hash a compaction at Revision computed of the
+// history it was about to remove: HashKV(Revision) as it was just before the
+// compaction, so CompactRevision is the compact revision in force before it.
+// HashKV returns it for that exact revision, as etcd's HashByRev does, so
+// members can compare hashes of revisions they have compacted at.
+type compactionHash struct {
+	Hash                      uint32
+	Revision, CompactRevision int64
 }
 
 // Open opens (creating if needed) the store in dir.
@@ -130,7 +150,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage: open %s: %w", dir, err)
 	}
-	s := &Store{db: db, logger: logger, rev: 1}
+	s := &Store{db: db, logger: logger, rev: 1, compactRev: noCompaction}
 	if err := s.load(); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -259,7 +279,8 @@ func (s *Store) Rev() int64 {
 	return s.rev
 }
 
-// CompactRev returns the last compaction revision (0 if never compacted).
+// CompactRev returns the last compaction revision; -1 (etcd's value) if the
+// store was never compacted.
 func (s *Store) CompactRev() int64 {
 	s.stateMu.RLock()
 	defer s.stateMu.RUnlock()
@@ -639,16 +660,24 @@ func (m keyMatcher) match(k []byte) bool {
 // rev (0 = current), with etcd's meaning: two members with equal histories
 // and the same compact revision produce equal hashes, whether or not older
 // versions have been physically removed, and the hash is stable across
-// restarts. Hashed (CRC-32C, in storage key order): for each user key, the
-// stored key and value of every version with compactRev < mod <= rev, and,
-// if the key has no such version, its newest version <= compactRev unless
-// that is a tombstone (that version is the one etcd's keep set retains).
-// The numeric value differs from etcd's.
+// restarts. See hashKVs for what is hashed; the numeric value differs from
+// etcd's.
+//
+// As etcd's HashByRev, it first looks rev up among the hashes stored by the
+// latest compactions (in memory, so not after a reopen) and returns a stored
+// one as is: HashKV(R) after a compaction at R reports the compact revision
+// in force before R. The lookup precedes every check, also as in etcd: a
+// stored revision below the compact revision is still served, and after a
+// compaction at revision 0, HashKV(0) returns that stored hash with
+// hashRev 0 instead of hashing the current revision.
 func (s *Store) HashKV(rev int64) (hash uint32, hashRev, compactRev int64, err error) {
 	if err := s.enter(); err != nil {
 		return 0, 0, 0, err
 	}
 	defer s.leave()
+	if h, ok := s.compactionHash(rev); ok {
+		return h.Hash, h.Revision, h.CompactRevision, nil
+	}
 	cur, crev, its, err := s.snapshotState([2][]byte{kvLower, kvUpper})
 	if err != nil {
 		return 0, 0, 0, err
@@ -663,16 +692,42 @@ func (s *Store) HashKV(rev int64) (hash uint32, hashRev, compactRev int64, err e
 	if rev <= 0 {
 		rev = cur
 	}
+	hash, err = hashKVs(its[0], rev, crev)
+	if err != nil {
+		return 0, 0, crev, err
+	}
+	return hash, rev, crev, nil
+}
+
+// compactionHash returns the hash stored by a compaction at rev, if kept.
+func (s *Store) compactionHash(rev int64) (compactionHash, bool) {
+	s.stateMu.RLock()
+	defer s.stateMu.RUnlock()
+	for _, h := range s.hashes {
+		if h.Revision == rev {
+			return h, true
+		}
+	}
+	return compactionHash{}, false
+}
+
+// hashKVs hashes, through it (spanning the kv keyspace), the history visible
+// at rev for a store compacted at crev (CRC-32C, in storage key order): for
+// each user key, the stored key and value of every version with crev < mod
+// <= rev, and, if the key has no such version, its newest version <= crev
+// unless that is a tombstone (that version is the one etcd's keep set
+// retains). The result does not depend on whether versions older than crev
+// were physically removed yet.
+func hashKVs(it *pebble.Iterator, rev, crev int64) (uint32, error) {
 	h := crc32.New(crc32.MakeTable(crc32.Castagnoli))
 	h.Write([]byte(storeFormat))
-	it := its[0]
 	var curKey []byte
 	var hashedAbove, doneBelow bool
 	for ok := it.First(); ok; ok = it.Next() {
 		k := it.Key()
 		encKey, main, _, valid := splitKVKey(k)
 		if !valid {
-			return 0, 0, crev, fmt.Errorf("%w: bad kv key %q", errCorrupt, k)
+			return 0, fmt.Errorf("%w: bad kv key %q", errCorrupt, k)
 		}
 		if !bytes.Equal(encKey, curKey) {
 			curKey = append(curKey[:0], encKey...)
@@ -683,7 +738,7 @@ func (s *Store) HashKV(rev int64) (hash uint32, hashRev, compactRev int64, err e
 		}
 		v, err := it.ValueAndErr()
 		if err != nil {
-			return 0, 0, crev, err
+			return 0, err
 		}
 		if main > crev {
 			h.Write(k)
@@ -701,9 +756,9 @@ func (s *Store) HashKV(rev int64) (hash uint32, hashRev, compactRev int64, err e
 		}
 	}
 	if err := it.Error(); err != nil {
-		return 0, 0, crev, err
+		return 0, err
 	}
-	return h.Sum32(), rev, crev, nil
+	return h.Sum32(), nil
 }
 
 // pebbleLogger routes pebble's logs to slog.
