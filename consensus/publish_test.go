@@ -2,6 +2,8 @@ package consensus
 
 import (
 	"context"
+	"errors"
+	"github.com/concord-kv/concord/storage"
 	"sync"
 	"testing"
 	"time"
@@ -87,5 +89,30 @@ func TestCommittedRevisionsAndBeatsArePublished(t *testing.T) {
 		if beats[i] < beats[i-1] {
 			t.Fatalf("beats went backwards: %v", beats)
 		}
+	}
+}
+
+func TestRangeEventsReturnsCommittedHistory(t *testing.T) {
+	n := startNode(t, testConfig(t))
+	put(t, n, "k1", "a")
+	put(t, n, "other", "x")
+	last := put(t, n, "k1", "b").GetHeader().GetRevision()
+
+	revs, err := n.RangeEvents(ctxT(t), 2, last, []byte("k"), []byte("l"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(revs) != 2 || revs[0].Rev != 2 || revs[1].Rev != last {
+		t.Fatalf("history = %v, want revisions 2 and %d for k*", revs, last)
+	}
+	if got := revs[1].Events[0].PrevKv.GetValue(); string(got) != "a" {
+		t.Errorf("prev_kv of the overwrite = %q, want a", got)
+	}
+	if _, err := n.RangeEvents(ctxT(t), 2, last+10, []byte("k"), []byte("l")); !errors.Is(err, storage.ErrFutureRev) {
+		t.Errorf("history beyond the cluster's revision: err = %v, want ErrFutureRev", err)
+	}
+	rev, _, err := n.CurrentRevision(ctxT(t))
+	if err != nil || rev != last {
+		t.Errorf("CurrentRevision = %d, %v; want %d", rev, err, last)
 	}
 }

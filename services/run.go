@@ -16,13 +16,17 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/concord-kv/concord/consensus"
+	"github.com/concord-kv/concord/consensus/eventbus"
 	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/services/config"
+	"github.com/concord-kv/concord/watchfanout"
 )
 
-// RunAllInOne runs consensus and the gateway in one process, the gateway
-// calling consensus directly through the same interfaces the split topology
-// uses over the network.
+// RunAllInOne runs every service in one process: consensus publishes
+// committed revisions on an embedded NATS server with no network listener,
+// the watch fan-out consumes them from that bus exactly as it would in the
+// split topology, and the gateway calls consensus and the fan-out directly
+// through the same interfaces the split topology uses over the network.
 func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error {
 	listeners, err := listenAll(cfg.ListenClientURLs)
 	if err != nil {
@@ -30,13 +34,32 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	}
 	defer closeAll(listeners)
 
-	node, err := consensus.Start(ctx, consensusConfig(cfg, log))
+	bus, err := eventbus.StartNATS(ctx, eventbus.NATSConfig{Logger: log.With("component", "nats")})
+	if err != nil {
+		return fmt.Errorf("starting the event bus: %w", err)
+	}
+	defer bus.Close()
+
+	ccfg := consensusConfig(cfg, log)
+	ccfg.Events = bus
+	node, err := consensus.Start(ctx, ccfg)
 	if err != nil {
 		return fmt.Errorf("starting consensus: %w", err)
 	}
 	defer node.Close()
 
-	gw, err := gateway.New(gatewayConfig(cfg, log), node)
+	fanout, err := watchfanout.New(watchfanout.Config{
+		Logger:    log.With("component", "watchfanout"),
+		ClusterID: node.ClusterID(),
+		MemberID:  node.MemberID(),
+	}, bus, node)
+	if err != nil {
+		return fmt.Errorf("starting the watch fan-out: %w", err)
+	}
+	defer fanout.Close()
+
+	gw, err := gateway.New(gatewayConfig(cfg, log), node,
+		gateway.WithWatch(gateway.NewWatchService(fanout)))
 	if err != nil {
 		return fmt.Errorf("starting gateway: %w", err)
 	}

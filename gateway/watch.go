@@ -1,0 +1,74 @@
+package gateway
+
+// This file is owned by the watchfanout work: it adapts connect's Watch
+// bidi stream to watchfanout.Stream. Keep it self-contained.
+
+import (
+	"context"
+	"errors"
+
+	"connectrpc.com/connect"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
+	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
+	"github.com/concord-kv/concord/watchfanout"
+)
+
+// Watcher serves client watch streams; *watchfanout.Fanout implements it
+// (in process, or a client of a remote watchfanout service).
+type Watcher interface {
+	Serve(ctx context.Context, s watchfanout.Stream) error
+}
+
+// connectWatchStream is a connect server-side Watch stream seen as a
+// watchfanout.Stream. Receive returns an error wrapping io.EOF when the client
+// closes its sending side, which watchfanout treats as etcd does (keep
+// serving until the stream ends).
+type connectWatchStream struct {
+	s *connect.BidiStream[pb.WatchRequest, pb.WatchResponse]
+}
+
+func (c connectWatchStream) Recv() (*pb.WatchRequest, error) { return c.s.Receive() }
+func (c connectWatchStream) Send(r *pb.WatchResponse) error  { return c.s.Send(r) }
+
+// NewWatchStream adapts a connect bidi stream to watchfanout.Stream.
+func NewWatchStream(s *connect.BidiStream[pb.WatchRequest, pb.WatchResponse]) watchfanout.Stream {
+	return connectWatchStream{s: s}
+}
+
+// watchService implements the generated WatchHandler on top of a Watcher.
+type watchService struct {
+	etcdserverpbconnect.UnimplementedWatchHandler
+	w Watcher
+}
+
+// NewWatchService returns the handler to pass to
+// etcdserverpbconnect.NewWatchHandler.
+func NewWatchService(w Watcher) etcdserverpbconnect.WatchHandler {
+	return watchService{w: w}
+}
+
+// Watch serves one Watch RPC.
+func (ws watchService) Watch(ctx context.Context, s *connect.BidiStream[pb.WatchRequest, pb.WatchResponse]) error {
+	return watchError(ws.w.Serve(ctx, NewWatchStream(s)))
+}
+
+// watchError maps the end of a watch stream to what etcd returns: a canceled
+// context is "etcdserver: watch canceled" (codes.Canceled), a stopped
+// fanout is "etcdserver: server stopped" (codes.Unavailable).
+func watchError(err error) error {
+	var ce *connect.Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ce):
+		return ce
+	case errors.Is(err, context.Canceled):
+		return connect.NewError(connect.CodeCanceled, errors.New("etcdserver: watch canceled"))
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.NewError(connect.CodeDeadlineExceeded, err)
+	case errors.Is(err, watchfanout.ErrClosed):
+		return connect.NewError(connect.CodeUnavailable, errors.New("etcdserver: server stopped"))
+	}
+	return connect.NewError(connect.CodeUnknown, err)
+}
