@@ -50,6 +50,7 @@ type applyOutput struct {
 	sizeKnown    bool
 	size         int64                    // store size estimate for quota checks in this batch
 	events       []storage.RevisionEvents // revisions the batch committed, for the event bus
+	leaseAuth    *LeaseAuthority          // the lease authority record the batch set, if any
 }
 
 // applyEntries applies committed entries into b, in order, and records the
@@ -60,6 +61,18 @@ func (n *Node) applyEntries(b *storage.Batch, ents []*raftpb.Entry, out *applyOu
 		case raftpb.EntryNormal:
 			if len(e.GetData()) == 0 {
 				continue // a new leader's empty entry
+			}
+			if cmd, ok, err := decodeCommand(e.GetData()); ok {
+				if err != nil {
+					n.lg.Error("skipping undecodable raft command", "index", e.GetIndex(), "error", err)
+					continue
+				}
+				res, err := n.applyCommand(b, e.GetIndex(), cmd, out)
+				if err != nil {
+					return fmt.Errorf("apply entry %d: %w", e.GetIndex(), err)
+				}
+				out.results = append(out.results, waiterResult{id: cmd.GetId(), res: res})
+				continue
 			}
 			r := &pb.InternalRaftRequest{}
 			if err := proto.Unmarshal(e.GetData(), r); err != nil {

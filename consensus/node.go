@@ -18,6 +18,12 @@
 //     commit index and the local applied index reached it; concurrent reads
 //     share rounds. Serializable reads go to the store directly.
 //
+// Lease expiries are fenced (leaseauth.go): the replicated lease authority
+// record {holder, epoch} changes only through raft, and an expiry revoke is
+// applied only if it carries the current epoch, checked against the state
+// the apply step itself has reached (so a takeover earlier in the same batch
+// counts).
+//
 // Proposals from concurrent callers queue on a channel; everything that
 // arrives while a batch is being fsynced goes into the next Ready, so commits
 // are grouped without extra goroutines.
@@ -165,6 +171,7 @@ type Node struct {
 	// Published by the raft loop for readers on other goroutines.
 	leader, term, committed, applied atomic.Uint64
 	noSpace                          atomic.Bool
+	leaseAuthPub                     atomic.Pointer[LeaseAuthority]
 	// Read statistics: ReadIndex rounds started and reads currently waiting.
 	readRounds, readsWaiting atomic.Int64
 
@@ -182,6 +189,7 @@ type Node struct {
 	round          *readRound
 	readWaiting    []appliedWait
 	alarms         map[alarmKey]bool
+	leaseAuth      LeaseAuthority
 	alarmReqID     uint64
 	noSpaceWaiters []uint64
 	leaderSeen     bool
@@ -290,6 +298,11 @@ func newNode(cfg Config, store *storage.Store) (*Node, error) {
 		n.alarms[alarmKey{a.MemberID, a.Alarm}] = true
 	}
 	n.publishAlarms()
+	if n.leaseAuth, err = loadLeaseAuthority(store); err != nil {
+		return nil, err
+	}
+	auth := n.leaseAuth
+	n.leaseAuthPub.Store(&auth)
 	n.ids = newIDGenerator(n.memberID, time.Now())
 
 	n.rn, err = raft.NewRawNode(&raft.Config{
@@ -492,6 +505,9 @@ func (n *Node) handleReady() error {
 	if k := len(rd.CommittedEntries); k > 0 {
 		n.applied.Store(rd.CommittedEntries[k-1].GetIndex())
 		n.publishAlarms()
+	}
+	if out.leaseAuth != nil {
+		n.leaseAuthPub.Store(out.leaseAuth)
 	}
 	if len(rd.Messages) > 0 {
 		n.transport.Send(rd.Messages)
@@ -719,17 +735,23 @@ func (n *Node) failReads(err error) {
 
 // propose replicates r and returns its apply result.
 func (n *Node) propose(ctx context.Context, r *pb.InternalRaftRequest) (proto.Message, error) {
-	if n.stopped() {
-		return nil, ErrStopped
-	}
-	if ci, ai := n.committed.Load(), n.applied.Load(); ci > ai+maxGapBetweenApplyAndCommitIndex {
-		return nil, ErrTooManyRequests
-	}
 	id := n.ids.next()
 	r.Header = &pb.RequestHeader{ID: id}
 	data, err := proto.Marshal(r)
 	if err != nil {
 		return nil, fmt.Errorf("consensus: encode request: %w", err)
+	}
+	return n.proposeData(ctx, id, data)
+}
+
+// proposeData replicates one encoded entry whose apply result is delivered
+// under id.
+func (n *Node) proposeData(ctx context.Context, id uint64, data []byte) (proto.Message, error) {
+	if n.stopped() {
+		return nil, ErrStopped
+	}
+	if ci, ai := n.committed.Load(), n.applied.Load(); ci > ai+maxGapBetweenApplyAndCommitIndex {
+		return nil, ErrTooManyRequests
 	}
 	ch := n.wait.register(id)
 	cctx, cancel := context.WithTimeout(ctx, n.reqTimeout)

@@ -15,12 +15,29 @@ type KV interface {
 	Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error)
 }
 
-// Lease is the lease part of the backend that the gateway serves itself;
-// keep-alives and time-to-live belong to leasesvc.
-type Lease interface {
+// LeaseStore is the replicated lease table of the backend: grants and
+// revokes go through raft. Without WithLease the gateway serves the Lease
+// service's unary calls from it (keep-alives and TimeToLive are then
+// unimplemented).
+type LeaseStore interface {
 	LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error)
 	LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error)
 	LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error)
+}
+
+// Lease is everything etcd's Lease service needs; *leasesvc.Service
+// implements it (grants, revokes and listings forwarded to consensus,
+// keep-alives and TTLs answered from its deadlines). Like etcd's server
+// layer, it reports a missing lease as storage.ErrLeaseNotFound; the
+// gateway turns that into TTL 0 (keep-alive) or TTL -1 (TimeToLive) as
+// etcd's v3rpc does.
+type Lease interface {
+	LeaseStore
+	LeaseKeepAlive(ctx context.Context, r *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error)
+	LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error)
+	// Header is a complete response header as of now, for the answers the
+	// gateway makes up itself (TTL 0 / -1 for a missing lease).
+	Header() *pb.ResponseHeader
 }
 
 // Maintenance is the maintenance part of the backend.
@@ -39,7 +56,7 @@ type Cluster interface {
 // Backend is everything the gateway needs; consensus.Node implements it.
 type Backend interface {
 	KV
-	Lease
+	LeaseStore
 	Maintenance
 	Cluster
 	// Leader returns the raft leader's member ID, 0 while there is none.

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/concord-kv/concord/consensus"
+	"github.com/concord-kv/concord/leasesvc"
 	"github.com/concord-kv/concord/storage"
 )
 
@@ -34,6 +35,12 @@ var errorTable = []struct {
 	{consensus.ErrTooManyRequests, rpctypes.ErrGRPCRequestTooManyRequests},
 	// A store closed under a request means the member is going away.
 	{storage.ErrClosed, rpctypes.ErrGRPCStopped},
+	// No active lease authority (a standby, or one whose renewals fail):
+	// Unavailable, so clientv3 retries keep-alives as it does while etcd
+	// has no leader. A deposed authority is etcd's demoted lessor.
+	{leasesvc.ErrNotActive, rpctypes.ErrGRPCNoLeader},
+	{consensus.ErrStaleEpoch, rpctypes.ErrGRPCLeaderChanged},
+	{leasesvc.ErrClosed, rpctypes.ErrGRPCStopped},
 }
 
 // wireError is a precomputed code and message for a translated error.

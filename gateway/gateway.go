@@ -45,7 +45,31 @@ type Gateway struct {
 type Option func(*options)
 
 type options struct {
-	watch etcdserverpbconnect.WatchHandler
+	watch    etcdserverpbconnect.WatchHandler
+	lease    Lease
+	lock     v3lockpbconnect.LockHandler
+	election v3electionpbconnect.ElectionHandler
+	// browserWatch serves concord.v1.WatchService (browserwatch.go).
+	browserWatch Watcher
+}
+
+// WithLock serves v3lockpb.Lock with h (a *recipes.Service); without it
+// Lock answers Unimplemented.
+func WithLock(h v3lockpbconnect.LockHandler) Option {
+	return func(o *options) { o.lock = h }
+}
+
+// WithElection serves v3electionpb.Election with h (a *recipes.Service);
+// without it Election answers Unimplemented.
+func WithElection(h v3electionpbconnect.ElectionHandler) Option {
+	return func(o *options) { o.election = h }
+}
+
+// WithLease serves etcdserverpb.Lease with l (a *leasesvc.Service);
+// without it the unary lease calls go to the backend's LeaseStore and
+// LeaseKeepAlive/LeaseTimeToLive answer Unimplemented.
+func WithLease(l Lease) Option {
+	return func(o *options) { o.lease = l }
 }
 
 // WithWatch serves etcdserverpb.Watch with h (for example
@@ -71,7 +95,11 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 		misc:     http.NewServeMux(),
 		servers:  make(map[*http.Server]struct{}),
 	}
-	o := options{watch: etcdserverpbconnect.UnimplementedWatchHandler{}}
+	o := options{
+		watch:    etcdserverpbconnect.UnimplementedWatchHandler{},
+		lock:     v3lockpbconnect.UnimplementedLockHandler{},
+		election: v3electionpbconnect.UnimplementedElectionHandler{},
+	}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -83,12 +111,13 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 	}
 	g.mount(etcdserverpbconnect.NewKVHandler(kvService{g: g}, hopts...))
 	g.mount(etcdserverpbconnect.NewWatchHandler(o.watch, hopts...))
-	g.mount(etcdserverpbconnect.NewLeaseHandler(leaseService{g: g}, hopts...))
+	g.mount(browserWatchHandler(o.browserWatch, hopts...))
+	g.mount(etcdserverpbconnect.NewLeaseHandler(leaseService{g: g, l: o.lease}, hopts...))
 	g.mount(etcdserverpbconnect.NewClusterHandler(clusterService{g: g}, hopts...))
 	g.mount(etcdserverpbconnect.NewMaintenanceHandler(maintenanceService{g: g}, hopts...))
 	g.mount(etcdserverpbconnect.NewAuthHandler(etcdserverpbconnect.UnimplementedAuthHandler{}, hopts...))
-	g.mount(v3lockpbconnect.NewLockHandler(v3lockpbconnect.UnimplementedLockHandler{}, hopts...))
-	g.mount(v3electionpbconnect.NewElectionHandler(v3electionpbconnect.UnimplementedElectionHandler{}, hopts...))
+	g.mount(v3lockpbconnect.NewLockHandler(o.lock, hopts...))
+	g.mount(v3electionpbconnect.NewElectionHandler(o.election, hopts...))
 	g.installHTTPEndpoints()
 	g.handler = http.HandlerFunc(g.route)
 	return g, nil

@@ -2,10 +2,14 @@ package gateway
 
 import (
 	"context"
+	"errors"
+	"io"
 
+	"connectrpc.com/connect"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
 	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
+	"github.com/concord-kv/concord/storage"
 )
 
 // Each service embeds the generated Unimplemented handler, so methods that
@@ -87,18 +91,27 @@ func (s kvService) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.Co
 	return resp, nil
 }
 
-// leaseService serves etcdserverpb.Lease. LeaseKeepAlive and
-// LeaseTimeToLive belong to leasesvc and are not served here yet.
+// leaseService serves etcdserverpb.Lease: from l (leasesvc) when set,
+// otherwise the unary calls from the backend's LeaseStore with
+// LeaseKeepAlive and LeaseTimeToLive unimplemented.
 type leaseService struct {
 	etcdserverpbconnect.UnimplementedLeaseHandler
 	g *Gateway
+	l Lease
+}
+
+func (s leaseService) store() LeaseStore {
+	if s.l != nil {
+		return s.l
+	}
+	return s.g.b
 }
 
 func (s leaseService) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
 	if err := validLeaseGrant(r); err != nil {
 		return nil, rpcError(err)
 	}
-	resp, err := s.g.b.LeaseGrant(ctx, r)
+	resp, err := s.store().LeaseGrant(ctx, r)
 	if err != nil {
 		return nil, TranslateError(err)
 	}
@@ -106,7 +119,7 @@ func (s leaseService) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (
 }
 
 func (s leaseService) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
-	resp, err := s.g.b.LeaseRevoke(ctx, r)
+	resp, err := s.store().LeaseRevoke(ctx, r)
 	if err != nil {
 		return nil, TranslateError(err)
 	}
@@ -114,11 +127,55 @@ func (s leaseService) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest)
 }
 
 func (s leaseService) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
-	resp, err := s.g.b.LeaseLeases(ctx, r)
+	resp, err := s.store().LeaseLeases(ctx, r)
 	if err != nil {
 		return nil, TranslateError(err)
 	}
 	return resp, nil
+}
+
+// LeaseTimeToLive answers a missing lease with TTL -1 and no error, as
+// etcd's v3rpc does (etcdctl prints "already expired").
+func (s leaseService) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
+	if s.l == nil {
+		return s.UnimplementedLeaseHandler.LeaseTimeToLive(ctx, r)
+	}
+	resp, err := s.l.LeaseTimeToLive(ctx, r)
+	if errors.Is(err, storage.ErrLeaseNotFound) {
+		return &pb.LeaseTimeToLiveResponse{Header: s.l.Header(), ID: r.GetID(), TTL: -1}, nil
+	}
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}
+
+// LeaseKeepAlive answers every request of the stream, in order, with the
+// lease's renewed TTL; a lease that does not exist (or expired) is answered
+// with TTL 0, as etcd does. Any other error ends the stream.
+func (s leaseService) LeaseKeepAlive(ctx context.Context, stream *connect.BidiStream[pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse]) error {
+	if s.l == nil {
+		return s.UnimplementedLeaseHandler.LeaseKeepAlive(ctx, stream)
+	}
+	for {
+		req, err := stream.Receive()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		resp, err := s.l.LeaseKeepAlive(ctx, req)
+		if errors.Is(err, storage.ErrLeaseNotFound) {
+			resp, err = &pb.LeaseKeepAliveResponse{Header: s.l.Header(), ID: req.GetID(), TTL: 0}, nil
+		}
+		if err != nil {
+			return TranslateError(err)
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+	}
 }
 
 // maintenanceService serves etcdserverpb.Maintenance (Hash, Snapshot,

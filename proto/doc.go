@@ -7,9 +7,23 @@
 // package registers it, because the generated code references those
 // descriptors (etcdserverpb.File_rpc_proto, ...).
 //
-// proto/gen holds the generated connect-go code (protoc-gen-connect-go,
-// option simple): etcdserverpbconnect, v3lockpbconnect, v3electionpbconnect.
-// Message types are not generated; they are etcd's own Go packages.
+// proto/concord holds concord's own messages and services (package
+// concord.v1), such as the raft command envelope consensus uses for commands
+// that etcd's InternalRaftRequest cannot carry (lease authority, fenced lease
+// revokes), and concord.v1.WatchService (watch.proto): one etcd watch over a
+// server stream, for browsers, whose Connect-Web and gRPC-Web transports have
+// no bidirectional streams. It reuses etcd's WatchCreateRequest and
+// WatchResponse messages.
+//
+// proto/gen holds the generated code: connect-go (protoc-gen-connect-go,
+// option simple) for etcd's services in etcdserverpbconnect,
+// v3lockpbconnect and v3electionpbconnect and for concord's in
+// proto/gen/concord/v1/concordv1connect, and protoc-gen-go message types and
+// file descriptors for concord's own files only, in proto/gen/concord/v1
+// (package concordv1). etcd's message types are never generated; they are
+// etcd's own Go packages. proto/internal/gengo is the protoc-gen-go of go.mod
+// restricted to files whose go_package is inside this module (a buf type
+// filter would also generate the etcd files concord's services refer to).
 //
 // Regenerate everything (after changing go.mod's etcd or connect versions)
 // with, from the repository root:
@@ -18,7 +32,9 @@
 //
 // which copies the .proto files again and then runs `go tool buf generate`
 // at the repository root (buf.yaml, buf.gen.yaml). `go tool buf generate`
-// alone regenerates proto/gen from the committed proto/etcd files.
+// alone regenerates proto/gen from the committed proto/etcd and
+// proto/concord files. Both plugins come from go.mod (protoc-gen-connect-go
+// as a tool, protoc-gen-go's generator through proto/internal/gengo).
 package proto
 
 //go:generate go run ./internal/etcdproto -out etcd -buf

@@ -18,6 +18,8 @@ import (
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/consensus/eventbus"
 	"github.com/concord-kv/concord/gateway"
+	"github.com/concord-kv/concord/gateway/recipes"
+	"github.com/concord-kv/concord/leasesvc"
 	"github.com/concord-kv/concord/services/config"
 	"github.com/concord-kv/concord/watchfanout"
 )
@@ -27,6 +29,7 @@ import (
 // the watch fan-out consumes them from that bus exactly as it would in the
 // split topology, and the gateway calls consensus and the fan-out directly
 // through the same interfaces the split topology uses over the network.
+// The one lease service decides lease expiries in process (leasesvc).
 func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error {
 	listeners, err := listenAll(cfg.ListenClientURLs)
 	if err != nil {
@@ -49,23 +52,49 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	defer node.Close()
 
 	fanout, err := watchfanout.New(watchfanout.Config{
-		Logger:    log.With("component", "watchfanout"),
-		ClusterID: node.ClusterID(),
-		MemberID:  node.MemberID(),
+		Logger:                 log.With("component", "watchfanout"),
+		ClusterID:              node.ClusterID(),
+		MemberID:               node.MemberID(),
+		ProgressNotifyInterval: cfg.WatchProgressNotifyInterval,
+		// etcd fragments watch responses (of watches that ask for it) at
+		// the largest request plus 512 KiB of gRPC overhead.
+		MaxResponseBytes: cfg.MaxRequestBytes + 512*1024,
 	}, bus, node)
 	if err != nil {
 		return fmt.Errorf("starting the watch fan-out: %w", err)
 	}
 	defer fanout.Close()
 
+	// The only lease service of this process: it holds the lease authority
+	// under the member name and decides expiries (DESIGN.md invariant 4).
+	leases, err := leasesvc.New(leasesvc.Config{
+		Holder: cfg.Name,
+		Logger: log.With("component", "leasesvc"),
+	}, node)
+	if err != nil {
+		return fmt.Errorf("starting the lease service: %w", err)
+	}
+	defer leases.Close()
+
+	// Locks and elections (etcd's v3lock and v3election) run on the same
+	// KV, leases and watches as any client.
+	recipeSvc, err := recipes.New(recipes.Config{Logger: log.With("component", "recipes")}, node, leases, fanout)
+	if err != nil {
+		return fmt.Errorf("starting the lock and election services: %w", err)
+	}
+	defer recipeSvc.Close()
+
 	gw, err := gateway.New(gatewayConfig(cfg, log), node,
-		gateway.WithWatch(gateway.NewWatchService(fanout)))
+		gateway.WithWatch(gateway.NewWatchService(fanout)), gateway.WithBrowserWatch(fanout), gateway.WithLease(leases),
+		gateway.WithLock(recipeSvc), gateway.WithElection(recipeSvc))
 	if err != nil {
 		return fmt.Errorf("starting gateway: %w", err)
 	}
 	defer gw.Close()
 
 	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return leases.Run(ctx) })
+	waitLeaseAuthority(ctx, leases, log)
 	for _, ln := range listeners {
 		log.Info("serving client requests", "address", ln.Addr().String())
 		g.Go(func() error { return gw.Serve(ctx, ln) })
@@ -77,6 +106,19 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 		return nil
 	}
 	return err
+}
+
+// waitLeaseAuthority lets the lease service take the authority before
+// clients are served, so the first keep-alive is answered. Alone in the
+// process it does so at once, unless the data dir's authority names another
+// holder (the member was renamed): then it takes over after the takeover
+// timeout, and keep-alives answer "no leader" (clients retry) until then.
+func waitLeaseAuthority(ctx context.Context, leases *leasesvc.Service, log *slog.Logger) {
+	wctx, cancel := context.WithTimeout(ctx, 2*leasesvc.DefaultTakeoverTimeout)
+	defer cancel()
+	if err := leases.WaitActive(wctx); err != nil && ctx.Err() == nil {
+		log.Warn("lease service not active yet; serving anyway", "error", err)
+	}
 }
 
 func consensusConfig(cfg config.Server, log *slog.Logger) consensus.Config {

@@ -45,8 +45,21 @@ type Server struct {
 	MaxRequestBytes   int
 	MaxTxnOps         int
 
+	// WatchProgressNotifyInterval is the period of the progress
+	// notifications of watches created with progress_notify (etcd's
+	// --watch-progress-notify-interval): 10 minutes by default or when not
+	// positive, and never below MinWatchProgressNotifyInterval.
+	WatchProgressNotifyInterval time.Duration
+
 	LogLevel slog.Level
 }
+
+// Watch progress notification bounds, etcd's: a period that is not positive
+// means the default, a shorter positive one is raised to the minimum.
+const (
+	DefaultWatchProgressNotifyInterval = 10 * time.Minute
+	MinWatchProgressNotifyInterval     = 100 * time.Millisecond
+)
 
 // flag names, shared by the flag set, the environment and the YAML file.
 const (
@@ -65,6 +78,7 @@ const (
 	fQuotaBackendBytes   = "quota-backend-bytes"
 	fMaxRequestBytes     = "max-request-bytes"
 	fMaxTxnOps           = "max-txn-ops"
+	fWatchProgressNotify = "watch-progress-notify-interval"
 	fLogLevel            = "log-level"
 	fConfigFile          = "config-file"
 )
@@ -87,6 +101,7 @@ func ServerFlags(fs *pflag.FlagSet) {
 	fs.Int64(fQuotaBackendBytes, 0, "raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB)")
 	fs.Int(fMaxRequestBytes, 1572864, "maximum client request size in bytes the server will accept")
 	fs.Int(fMaxTxnOps, 128, "maximum number of operations permitted in a transaction")
+	fs.Duration(fWatchProgressNotify, DefaultWatchProgressNotifyInterval, "duration of periodic watch progress notifications (at least 100ms)")
 	fs.String(fLogLevel, "info", "log level: debug, info, warn or error")
 	fs.String(fConfigFile, "", "path to a YAML configuration file whose keys are the flag names")
 }
@@ -139,6 +154,15 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	c.QuotaBackendBytes = v.GetInt64(fQuotaBackendBytes)
 	c.MaxRequestBytes = v.GetInt(fMaxRequestBytes)
 	c.MaxTxnOps = v.GetInt(fMaxTxnOps)
+	// As etcd: not positive keeps the default, too short is raised to the
+	// minimum.
+	c.WatchProgressNotifyInterval = v.GetDuration(fWatchProgressNotify)
+	switch {
+	case c.WatchProgressNotifyInterval <= 0:
+		c.WatchProgressNotifyInterval = DefaultWatchProgressNotifyInterval
+	case c.WatchProgressNotifyInterval < MinWatchProgressNotifyInterval:
+		c.WatchProgressNotifyInterval = MinWatchProgressNotifyInterval
+	}
 	if err := c.LogLevel.UnmarshalText([]byte(v.GetString(fLogLevel))); err != nil {
 		return Server{}, fmt.Errorf("%w: --%s: %v", ErrInvalid, fLogLevel, err)
 	}

@@ -95,3 +95,34 @@ func TestInvalid(t *testing.T) {
 		}
 	}
 }
+
+// --watch-progress-notify-interval behaves as etcd's: 10m by default, not
+// positive keeps the default, below 100ms is raised to 100ms.
+func TestWatchProgressNotifyInterval(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want time.Duration
+	}{
+		{nil, 10 * time.Minute},
+		{[]string{"--watch-progress-notify-interval=2s"}, 2 * time.Second},
+		{[]string{"--watch-progress-notify-interval=0"}, 10 * time.Minute},
+		{[]string{"--watch-progress-notify-interval=-1s"}, 10 * time.Minute},
+		{[]string{"--watch-progress-notify-interval=10ms"}, 100 * time.Millisecond},
+	} {
+		c, err := load(t, tc.args...)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if c.WatchProgressNotifyInterval != tc.want {
+			t.Errorf("%v: interval = %v, want %v", tc.args, c.WatchProgressNotifyInterval, tc.want)
+		}
+	}
+	t.Setenv("ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL", "3s")
+	c, err := load(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.WatchProgressNotifyInterval != 3*time.Second {
+		t.Errorf("from ETCD_ env: interval = %v, want 3s", c.WatchProgressNotifyInterval)
+	}
+}
