@@ -116,7 +116,7 @@ func check(t *testing.T, e *browserEnv, req *pb.WatchCreateRequest, resps []*pb.
 // from a revision, prev_kv, then live events, then the client ends the call
 // and the watch goes away.
 func TestBrowserWatchConnectJSON(t *testing.T) {
-	e := startBrowserWatch(t, watchfanout.Config{})
+	e := startBrowserWatch(t, watchfanout.Config{RaftTerm: func() uint64 { return 3 }})
 	e.model.Put("a", "1") // 2
 	e.model.Put("b", "1") // 3
 	e.model.Put("a", "2") // 4
@@ -133,7 +133,7 @@ func TestBrowserWatchConnectJSON(t *testing.T) {
 	if ct := s.ResponseHeader().Get("Content-Type"); ct != "application/connect+json" {
 		t.Errorf("content type %q, want application/connect+json", ct)
 	}
-	if c := resps[0]; !c.Created || c.Canceled || c.WatchId != 0 || c.Header.Revision != 4 {
+	if c := resps[0]; !c.Created || c.Canceled || c.WatchId != 0 || c.Header.Revision != 4 || c.Header.RaftTerm != 3 {
 		t.Errorf("created response = %v", c)
 	}
 	if ev := resps[2].Events; len(ev) != 1 || string(ev[0].PrevKv.GetValue()) != "1" || string(ev[0].Kv.Value) != "2" {
@@ -142,7 +142,7 @@ func TestBrowserWatchConnectJSON(t *testing.T) {
 	e.model.Put("b", "2")
 	rev := e.model.Put("a", "3")
 	resps = append(resps, recvN(t, s, 1)...)
-	if r := resps[3]; r.Header.Revision != rev || len(r.Events) != 1 || r.Events[0].Type != mvccpb.PUT {
+	if r := resps[3]; r.Header.Revision != rev || r.Header.RaftTerm != 3 || len(r.Events) != 1 || r.Events[0].Type != mvccpb.PUT {
 		t.Errorf("live response = %v, want the put of revision %d", r, rev)
 	}
 	if res := check(t, e, req, resps); res.Events != 3 || res.Reached != rev {

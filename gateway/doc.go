@@ -2,7 +2,9 @@
 // Maintenance, Auth, plus v3lock and v3election) over connect-go, so the
 // same handlers answer gRPC (clientv3, etcdctl), gRPC-Web and the Connect
 // protocol (JSON or binary over plain HTTP), together with etcd's /health,
-// /livez, /readyz and /version endpoints.
+// /livez, /readyz and /version endpoints. For browsers, which cannot open
+// etcd's bidirectional Watch stream, concord.v1.WatchService serves one
+// watch per server-streaming call (browserwatch.go).
 //
 // The gateway is stateless: it validates requests exactly as etcd's v3rpc
 // layer does, hands them to a Backend (consensus.Node in production) and

@@ -51,6 +51,8 @@ type options struct {
 	election v3electionpbconnect.ElectionHandler
 	// browserWatch serves concord.v1.WatchService (browserwatch.go).
 	browserWatch Watcher
+	// extra are plain HTTP handlers mounted next to /health (extra.go).
+	extra []extraHandler
 }
 
 // WithLock serves v3lockpb.Lock with h (a *recipes.Service); without it
@@ -119,6 +121,9 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 	g.mount(v3lockpbconnect.NewLockHandler(o.lock, hopts...))
 	g.mount(v3electionpbconnect.NewElectionHandler(o.election, hopts...))
 	g.installHTTPEndpoints()
+	for _, e := range o.extra {
+		g.misc.Handle(e.pattern, e.h)
+	}
 	g.handler = http.HandlerFunc(g.route)
 	return g, nil
 }

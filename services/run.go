@@ -55,6 +55,7 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 		Logger:                 log.With("component", "watchfanout"),
 		ClusterID:              node.ClusterID(),
 		MemberID:               node.MemberID(),
+		RaftTerm:               func() uint64 { return node.Header().RaftTerm },
 		ProgressNotifyInterval: cfg.WatchProgressNotifyInterval,
 		// etcd fragments watch responses (of watches that ask for it) at
 		// the largest request plus 512 KiB of gRPC overhead.
@@ -78,15 +79,23 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 
 	// Locks and elections (etcd's v3lock and v3election) run on the same
 	// KV, leases and watches as any client.
-	recipeSvc, err := recipes.New(recipes.Config{Logger: log.With("component", "recipes")}, node, leases, fanout)
+	recipeSvc, err := recipes.New(recipes.Config{
+		MaxRequestBytes: cfg.MaxRequestBytes,
+		Logger:          log.With("component", "recipes"),
+	}, node, leases, fanout)
 	if err != nil {
 		return fmt.Errorf("starting the lock and election services: %w", err)
 	}
 	defer recipeSvc.Close()
 
-	gw, err := gateway.New(gatewayConfig(cfg, log), node,
+	gwOpts := []gateway.Option{
 		gateway.WithWatch(gateway.NewWatchService(fanout)), gateway.WithBrowserWatch(fanout), gateway.WithLease(leases),
-		gateway.WithLock(recipeSvc), gateway.WithElection(recipeSvc))
+		gateway.WithLock(recipeSvc), gateway.WithElection(recipeSvc),
+	}
+	if cfg.EnablePprof {
+		gwOpts = append(gwOpts, pprofHandlers()...)
+	}
+	gw, err := gateway.New(gatewayConfig(cfg, log), node, gwOpts...)
 	if err != nil {
 		return fmt.Errorf("starting gateway: %w", err)
 	}

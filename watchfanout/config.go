@@ -42,8 +42,16 @@
 //     minRev < compactRev, and the store keeps tombstones at that revision).
 //   - A progress request answered while some watcher of the stream is not
 //     synced is deferred until they all are (etcd 3.5/3.6 "deferred
-//     progress"; etcd 3.7.3 drops such a request). A stream without watchers
+//     progress"; etcd 3.7.3 drops such a request), and until the hub has
+//     reached the store's revision at the time of the request, so that its
+//     revision is at least that of any write acknowledged before it (etcd
+//     answers with the store's current revision). A stream without watchers
 //     gets no answer. A cancel of an unknown ID gets no answer.
+//   - A compaction cancel's header carries no revision, as etcd's.
+//   - prev_kv comes from the stored event, so a watch from exactly the
+//     compaction revision gets the previous values of that revision's
+//     events; etcd reads them at revision-1 when it sends an event, which the
+//     compaction removed, and sends none there.
 //   - Catch-up sends one response per revision (etcd batches up to 1000
 //     revisions in one response for unsynced watchers, with the store's
 //     revision in the header); ours keeps Header.Revision equal to the
@@ -122,6 +130,11 @@ type Config struct {
 	MaxResponseBytes int
 	// ClusterID and MemberID fill the response headers.
 	ClusterID, MemberID uint64
+	// RaftTerm, if set, returns the current raft term for the raft_term of
+	// response headers, which etcd always fills (nil leaves it 0). A
+	// revision's events share one header, made with the term current when
+	// the revision is first delivered.
+	RaftTerm func() uint64
 	// CacheRevisions and CacheBytes bound the in-memory cache of the most
 	// recent revisions the hub applied, from which slow watchers catch up
 	// without reading History. Defaults: 1024 revisions, 16 MiB.

@@ -146,7 +146,11 @@ func (f *Fanout) Stats() Stats {
 }
 
 func (f *Fanout) newHeader(rev int64) *pb.ResponseHeader {
-	return &pb.ResponseHeader{ClusterId: f.cfg.ClusterID, MemberId: f.cfg.MemberID, Revision: rev}
+	h := &pb.ResponseHeader{ClusterId: f.cfg.ClusterID, MemberId: f.cfg.MemberID, Revision: rev}
+	if f.cfg.RaftTerm != nil {
+		h.RaftTerm = f.cfg.RaftTerm()
+	}
+	return h
 }
 
 func (f *Fanout) isDone() bool {
@@ -559,7 +563,9 @@ func (f *Fanout) compactLocked(w *watcher, crev int64) {
 	w.s.resize()
 	f.stats.compactCancels.Add(1)
 	w.s.enqueueCtrl(w, &pb.WatchResponse{
-		Header:          f.newHeader(f.rev),
+		// etcd's compaction cancel carries no revision in its header (its
+		// mvcc response has none): clients see Header.Revision 0.
+		Header:          f.newHeader(0),
 		WatchId:         w.id,
 		CompactRevision: crev,
 		Canceled:        true,
@@ -591,7 +597,7 @@ func (f *Fanout) checkProgressLocked(s *stream) {
 		delete(f.pending, s)
 		return
 	}
-	if !f.streamReachedLocked(s) {
+	if f.rev < s.progressTarget || !f.streamReachedLocked(s) {
 		return
 	}
 	s.pendingProgress = false

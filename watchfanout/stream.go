@@ -34,6 +34,7 @@ type stream struct {
 	nProgress       int                // watchers with progress_notify
 	maxNext         int64              // max next of synced watchers created with a future start
 	pendingProgress bool               // a progress request waits for every watcher to be synced
+	progressTarget  int64              // ... and for the hub to reach the store revision it was made at
 	detached        bool               // Serve is over
 
 	// The send queue; guarded by qmu.
@@ -162,7 +163,7 @@ func (s *stream) recvLoop(ctx context.Context) error {
 			}
 		case *pb.WatchRequest_ProgressRequest:
 			if r.ProgressRequest != nil {
-				s.progressRequest()
+				s.progressRequest(ctx)
 			}
 		default:
 			// etcd ignores unknown requests rather than failing the stream.
@@ -342,17 +343,34 @@ func (s *stream) cancel(id int64) {
 }
 
 // progressRequest answers a WatchProgressRequest with WatchId -1 and the
-// hub revision once every watcher of the stream has reached it. A stream
+// hub revision once every watcher of the stream has reached it, and the hub
+// has reached the store's revision at the time of the request: as in etcd,
+// whose answer carries the store's current revision, a client that wrote
+// revision r and then asks for progress gets a bookmark at r or later
+// (Kubernetes' consistent reads from its watch cache rely on it). A stream
 // without watchers gets nothing, as in etcd.
-func (s *stream) progressRequest() {
+func (s *stream) progressRequest(ctx context.Context) {
 	f := s.f
+	storeRev, crev, err := f.hist.CurrentRevision(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		f.log.Debug("current revision unavailable for a progress request; using the hub's", "err", err)
+	} else {
+		f.noteStore(storeRev, crev)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if s.detached || s.nLive == 0 {
 		return
 	}
+	// The hub is not hurried to storeRev (no History read per request):
+	// the bus brings it there, or its progress beats and polls repair it.
+	// One answer covers every request made before it.
+	s.progressTarget = max(s.progressTarget, storeRev)
 	if s.pendingProgress {
-		return // one answer covers every request made before it
+		return
 	}
 	s.pendingProgress = true
 	f.pending[s] = struct{}{}

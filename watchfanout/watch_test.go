@@ -382,6 +382,28 @@ func TestProgressRequest(t *testing.T) {
 	}
 }
 
+// A progress request made after a write was acknowledged is answered at
+// that write's revision or later, even while the bus has not brought it to
+// the hub yet (etcd answers with the store's current revision; clients such
+// as Kubernetes' watch cache rely on it).
+func TestProgressRequestCoversStoreRevision(t *testing.T) {
+	e := newEnv(t, envOpt{cfg: watchfanout.Config{PollInterval: 50 * time.Millisecond}})
+	c := e.client()
+	c.createWait(key("a"))
+	c.sync(e.model.Rev())
+	e.publish.Store(false) // the write reaches History only: the hub lags
+	r := e.model.Put("b", "v")
+	n := len(c.Responses())
+	if err := c.RequestProgress(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(func(rs []*pb.WatchResponse) bool { return len(rs) > n })
+	if p := c.Responses()[n]; p.WatchId != -1 || p.Header.Revision < r {
+		t.Fatalf("progress response %v, want watch -1 at revision %d or later", p, r)
+	}
+	c.check(e.model.History())
+}
+
 func TestProgressNotify(t *testing.T) {
 	e := newEnv(t, envOpt{cfg: watchfanout.Config{ProgressNotifyInterval: 30 * time.Millisecond}})
 	c := e.client()

@@ -23,11 +23,19 @@
 //     up, and otherwise leaves the key to its lease. Both are etcd's
 //     behaviour; the deletion runs under the service's lifetime, not the
 //     caller's ended context.
-//   - Errors are etcd's: backend errors go through gateway.TranslateError;
-//     the recipes' own errors ("election: not leader", "election: no
-//     leader", "mutex: session is expired", `"leader" field must be
-//     provided`) reach the client with code Unknown and that text, as gRPC
-//     sends a plain error returned by etcd's handlers.
+//   - Errors are etcd's. etcd's handlers see backend errors through their
+//     in-process clientv3, which turns every error etcd knows into a plain
+//     error, and gRPC sends a plain error with code Unknown: so a backend
+//     error reaches the client with etcd's text (gateway.TranslateError's)
+//     and code Unknown, e.g. "etcdserver: requested lease not found". The
+//     recipes' own errors ("election: not leader", "election: no leader",
+//     "mutex: session is expired", `"leader" field must be provided`) are
+//     Unknown with their text too; a caller's cancellation or deadline keeps
+//     Canceled / DeadlineExceeded.
+//   - Writes the recipes build are checked against MaxRequestBytes ("etcdserver:
+//     request is too large"), as etcd checks the proposals its in-process
+//     client makes; the lock/election request itself is checked by the
+//     gateway.
 //   - Every goroutine a call starts (one per in-process watch) is stopped
 //     and waited for before the call returns; Close ends every call in flight
 //     and waits for them.

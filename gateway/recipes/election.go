@@ -32,7 +32,7 @@ func (s *Service) campaign(ctx context.Context, req *v3electionpb.CampaignReques
 	}
 	pfx := string(req.GetName()) + "/"
 	key := waiterKey(pfx, lease)
-	tresp, err := s.kv.Txn(ctx, &pb.TxnRequest{
+	tresp, err := s.txn(ctx, &pb.TxnRequest{
 		Compare: []*pb.Compare{createRevIs(key, 0)},
 		Success: []*pb.RequestOp{opPut(key, req.GetValue(), lease)},
 		Failure: []*pb.RequestOp{opGet(key)},
@@ -109,7 +109,7 @@ func (s *Service) Proclaim(ctx context.Context, req *v3electionpb.ProclaimReques
 }
 
 func (s *Service) proclaim(ctx context.Context, key string, rev, lease int64, value []byte) (*pb.ResponseHeader, error) {
-	tresp, err := s.kv.Txn(ctx, &pb.TxnRequest{
+	tresp, err := s.txn(ctx, &pb.TxnRequest{
 		Compare: []*pb.Compare{createRevIs(key, rev)},
 		Success: []*pb.RequestOp{opPut(key, value, lease)},
 	})
@@ -151,7 +151,7 @@ func (s *Service) Resign(ctx context.Context, req *v3electionpb.ResignRequest) (
 }
 
 func (s *Service) resign(ctx context.Context, key string, rev int64) (*pb.ResponseHeader, error) {
-	tresp, err := s.kv.Txn(ctx, &pb.TxnRequest{
+	tresp, err := s.txn(ctx, &pb.TxnRequest{
 		Compare: []*pb.Compare{createRevIs(key, rev)},
 		Success: []*pb.RequestOp{opDelete(key)},
 	})

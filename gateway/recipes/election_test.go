@@ -170,7 +170,7 @@ func TestCampaignGivingUp(t *testing.T) {
 	if _, err := s.Resign(context.Background(), &v3electionpb.ResignRequest{Leader: a}); err != nil {
 		t.Fatal(err)
 	}
-	wantWireErr(t, await(t, cc).err, connect.CodeUnavailable, "etcdserver: request timed out")
+	wantWireErr(t, await(t, cc).err, connect.CodeUnknown, "etcdserver: request timed out")
 	waitKeys(t, b, "g/", kc)
 }
 
@@ -183,9 +183,9 @@ func TestElectionErrors(t *testing.T) {
 	_, err = s.Resign(ctx, &v3electionpb.ResignRequest{})
 	wantWireErr(t, err, connect.CodeUnknown, `"leader" field must be provided`)
 	_, err = s.Proclaim(ctx, &v3electionpb.ProclaimRequest{Leader: &v3electionpb.LeaderKey{Name: []byte("x"), Lease: 1}})
-	wantWireErr(t, err, connect.CodeInvalidArgument, "etcdserver: key is not provided")
+	wantWireErr(t, err, connect.CodeUnknown, "etcdserver: key is not provided")
 	_, err = s.Campaign(ctx, &v3electionpb.CampaignRequest{Name: []byte("x"), Lease: 0x5555, Value: []byte("v")})
-	wantWireErr(t, err, connect.CodeNotFound, "etcdserver: requested lease not found")
+	wantWireErr(t, err, connect.CodeUnknown, "etcdserver: requested lease not found")
 	// A campaign without a lease runs under a fresh 60 s lease.
 	l := mustCampaign(t, s, "nl", 0, "v")
 	if li, ok := b.store.Lease(l.Lease); !ok || li.TTL != 60 || string(l.Key) != fmt.Sprintf("nl/%x", l.Lease) {

@@ -33,7 +33,7 @@ func (s *Service) lock(ctx context.Context, req *v3lockpb.LockRequest) (*v3lockp
 
 	// Mutex.tryAcquire: join the waiters unless this lease already has a key
 	// (then reuse it), and fetch the holder in the same round trip.
-	tresp, err := s.kv.Txn(ctx, &pb.TxnRequest{
+	tresp, err := s.txn(ctx, &pb.TxnRequest{
 		Compare: []*pb.Compare{createRevIs(key, 0)},
 		Success: []*pb.RequestOp{opPut(key, nil, lease), opRange(firstCreate(pfx))},
 		Failure: []*pb.RequestOp{opGet(key), opRange(firstCreate(pfx))},
@@ -78,7 +78,7 @@ func (s *Service) lock(ctx context.Context, req *v3lockpb.LockRequest) (*v3lockp
 func (s *Service) release(key string) {
 	ctx, cancel := s.cleanupContext()
 	defer cancel()
-	if _, err := s.kv.DeleteRange(ctx, &pb.DeleteRangeRequest{Key: []byte(key)}); err != nil {
+	if _, err := s.deleteRange(ctx, &pb.DeleteRangeRequest{Key: []byte(key)}); err != nil {
 		s.lg.Warn("removing an abandoned lock waiter failed; its lease will remove it", "key", key, "error", err)
 	}
 }
@@ -95,7 +95,7 @@ func (s *Service) Unlock(ctx context.Context, req *v3lockpb.UnlockRequest) (*v3l
 		// which rejects an empty key.
 		return nil, wireError(rpctypes.ErrGRPCEmptyKey)
 	}
-	resp, err := s.kv.DeleteRange(ctx, &pb.DeleteRangeRequest{Key: req.GetKey()})
+	resp, err := s.deleteRange(ctx, &pb.DeleteRangeRequest{Key: req.GetKey()})
 	if err != nil {
 		return nil, wireError(err)
 	}

@@ -9,6 +9,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
 
 	"github.com/concord-kv/concord/consensus"
@@ -189,7 +190,7 @@ func TestLockFailedWaitRemovesKey(t *testing.T) {
 	// The next range of B's wait happens once A's key is gone.
 	mustUnlock(t, s, a.Key)
 	r := await(t, bc)
-	wantWireErr(t, r.err, connect.CodeUnavailable, "etcdserver: request timed out")
+	wantWireErr(t, r.err, connect.CodeUnknown, "etcdserver: request timed out")
 	waitKeys(t, b, "f/")
 }
 
@@ -212,17 +213,44 @@ func TestLockWithoutLeaseGrantsOne(t *testing.T) {
 	}
 }
 
+// etcd's handlers see backend errors through an in-process clientv3, which
+// turns the errors etcd knows into plain errors: they reach the client with
+// etcd's message and code Unknown.
 func TestLockErrors(t *testing.T) {
 	b := newMemBackend(t)
 	s := newService(t, b)
 	_, err := s.Lock(context.Background(), &v3lockpb.LockRequest{Name: []byte("e"), Lease: 0x7777})
-	wantWireErr(t, err, connect.CodeNotFound, "etcdserver: requested lease not found")
+	wantWireErr(t, err, connect.CodeUnknown, "etcdserver: requested lease not found")
 	waitKeys(t, b, "e/")
 	_, err = s.Unlock(context.Background(), &v3lockpb.UnlockRequest{})
-	wantWireErr(t, err, connect.CodeInvalidArgument, "etcdserver: key is not provided")
+	wantWireErr(t, err, connect.CodeUnknown, "etcdserver: key is not provided")
 	// Unlocking a key that does not exist succeeds, as a delete does.
 	if _, err := s.Unlock(context.Background(), &v3lockpb.UnlockRequest{Key: []byte("e/none")}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Writes beyond MaxRequestBytes fail as etcd's proposal of them would.
+func TestRequestTooLarge(t *testing.T) {
+	b := newMemBackend(t)
+	s, err := New(Config{Logger: quietLogger(), MaxRequestBytes: 256}, b, b, b.fan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	lease := b.grant(30)
+	long := make([]byte, 300)
+	for i := range long {
+		long[i] = 'n'
+	}
+	_, err = s.Lock(context.Background(), &v3lockpb.LockRequest{Name: long, Lease: lease})
+	wantWireErr(t, err, connect.CodeUnknown, "etcdserver: request is too large")
+	_, err = s.Unlock(context.Background(), &v3lockpb.UnlockRequest{Key: long})
+	wantWireErr(t, err, connect.CodeUnknown, "etcdserver: request is too large")
+	_, err = s.Campaign(context.Background(), &v3electionpb.CampaignRequest{Name: []byte("e"), Lease: lease, Value: long})
+	wantWireErr(t, err, connect.CodeUnknown, "etcdserver: request is too large")
+	if _, err := s.Lock(context.Background(), &v3lockpb.LockRequest{Name: long[:20], Lease: lease}); err != nil {
+		t.Fatalf("Lock under the limit: %v", err)
 	}
 }
 
@@ -242,8 +270,24 @@ func TestCloseEndsCalls(t *testing.T) {
 		t.Fatal("Lock in flight succeeded across Close")
 	}
 	_, err := s.Lock(context.Background(), &v3lockpb.LockRequest{Name: []byte("cl"), Lease: la})
-	wantWireErr(t, err, connect.CodeUnavailable, "etcdserver: server stopped")
+	wantWireErr(t, err, connect.CodeUnknown, "etcdserver: server stopped")
 	if err := s.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
+}
+
+// A watch service that goes away ends the waits on it with etcd's "server
+// stopped", and the waiter's key is removed.
+func TestWatcherClosedEndsWait(t *testing.T) {
+	b := newMemBackend(t)
+	s := newService(t, b)
+	la, lb := b.grant(30), b.grant(30)
+	a := mustLock(t, s, "wc", la)
+	bc, _ := async(t, lockCall(s, "wc", lb))
+	waitKeys(t, b, "wc/", string(a.Key), fmt.Sprintf("wc/%x", lb))
+	if err := b.fan.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wantWireErr(t, await(t, bc).err, connect.CodeUnknown, "etcdserver: server stopped")
+	waitKeys(t, b, "wc/", string(a.Key))
 }

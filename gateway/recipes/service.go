@@ -8,8 +8,12 @@ import (
 	"sync"
 	"time"
 
+	"connectrpc.com/connect"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/proto/gen/v3electionpbconnect"
@@ -72,6 +76,10 @@ type Config struct {
 	// SessionTTL is the TTL in seconds of the lease granted for a call
 	// without one.
 	SessionTTL int64
+	// MaxRequestBytes is the server's --max-request-bytes: a write the
+	// recipes build beyond it fails with "etcdserver: request is too
+	// large", as etcd's proposal of it would.
+	MaxRequestBytes int
 	// CleanupTimeout bounds removing a caller's key after it gave up.
 	CleanupTimeout time.Duration
 	// Logger receives the service's logs; nil means slog.Default().
@@ -86,6 +94,9 @@ func (c *Config) SetDefaults() {
 	if c.CleanupTimeout == 0 {
 		c.CleanupTimeout = DefaultCleanupTimeout
 	}
+	if c.MaxRequestBytes == 0 {
+		c.MaxRequestBytes = gateway.DefaultMaxRequestBytes
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -98,6 +109,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: SessionTTL must be positive, got %d", ErrInvalidConfig, c.SessionTTL)
 	case c.CleanupTimeout <= 0:
 		return fmt.Errorf("%w: CleanupTimeout must be positive, got %v", ErrInvalidConfig, c.CleanupTimeout)
+	case c.MaxRequestBytes <= 0:
+		return fmt.Errorf("%w: MaxRequestBytes must be positive, got %d", ErrInvalidConfig, c.MaxRequestBytes)
 	case c.Logger == nil:
 		return fmt.Errorf("%w: Logger is nil (call SetDefaults)", ErrInvalidConfig)
 	}
@@ -184,6 +197,24 @@ func (s *Service) cleanupContext() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(s.life, s.cfg.CleanupTimeout)
 }
 
+// txn and deleteRange are the recipes' writes: checked against
+// MaxRequestBytes first, as etcd's server checks the proposal its
+// in-process client's request becomes (the gateway checks only the
+// lock/election request itself).
+func (s *Service) txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+	if proto.Size(r) > s.cfg.MaxRequestBytes {
+		return nil, rpctypes.ErrGRPCRequestTooLarge
+	}
+	return s.kv.Txn(ctx, r)
+}
+
+func (s *Service) deleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	if proto.Size(r) > s.cfg.MaxRequestBytes {
+		return nil, rpctypes.ErrGRPCRequestTooLarge
+	}
+	return s.kv.DeleteRange(ctx, r)
+}
+
 // sessionLease is the lease of concurrency.NewSession(WithLease(lease)):
 // the caller's lease, or a new one of SessionTTL seconds when the caller
 // passed none.
@@ -198,15 +229,30 @@ func (s *Service) sessionLease(ctx context.Context, lease int64) (int64, error) 
 	return resp.GetID(), nil
 }
 
-// wireError turns an error of a call into what etcd's handlers send: the
-// recipes' own sentinels as they are (code Unknown, their text), a closed
-// service as "server stopped", everything else through the gateway's table.
+// wireError turns an error of a call into what etcd's handlers send.
+//
+// etcd's handlers reach the KV through an in-process clientv3, whose calls
+// turn every error etcd knows by its message (rpctypes.Error) into a plain
+// error; gRPC sends a plain error with code Unknown. So a backend error
+// reaches the client with etcd's message and code Unknown ("etcdserver:
+// requested lease not found", not NotFound), while context errors keep
+// Canceled/DeadlineExceeded and the recipes' own sentinels are Unknown with
+// their text anyway.
 func wireError(err error) error {
-	switch {
-	case err == nil:
+	if err == nil {
 		return nil
-	case errors.Is(err, ErrClosed):
-		return gateway.TranslateError(rpctypes.ErrGRPCStopped)
 	}
-	return gateway.TranslateError(err)
+	if errors.Is(err, ErrClosed) {
+		err = rpctypes.ErrGRPCStopped
+	}
+	werr := gateway.TranslateError(err)
+	var ce *connect.Error
+	if !errors.As(werr, &ce) {
+		return werr
+	}
+	var known rpctypes.EtcdError
+	if errors.As(rpctypes.Error(status.Error(codes.Code(ce.Code()), ce.Message())), &known) {
+		return connect.NewError(connect.CodeUnknown, errors.New(ce.Message()))
+	}
+	return ce
 }

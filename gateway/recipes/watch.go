@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"github.com/concord-kv/concord/storage"
+	"github.com/concord-kv/concord/watchfanout"
 )
 
 // watch is one in-process watch on the gateway's Watcher: a watch stream
@@ -68,6 +69,9 @@ func (w *watch) next(ctx context.Context) (*pb.WatchResponse, error) {
 		case <-w.done:
 			if err := ctx.Err(); err != nil {
 				return nil, err
+			}
+			if errors.Is(w.err, watchfanout.ErrClosed) {
+				return nil, ErrClosed // the watch service is going away
 			}
 			if w.err != nil && !errors.Is(w.err, context.Canceled) {
 				return nil, w.err

@@ -52,6 +52,10 @@ type Server struct {
 	WatchProgressNotifyInterval time.Duration
 
 	LogLevel slog.Level
+
+	// EnablePprof serves Go's runtime profiles under /debug/pprof/ on the
+	// client URLs (etcd's --enable-pprof).
+	EnablePprof bool
 }
 
 // Watch progress notification bounds, etcd's: a period that is not positive
@@ -80,6 +84,7 @@ const (
 	fMaxTxnOps           = "max-txn-ops"
 	fWatchProgressNotify = "watch-progress-notify-interval"
 	fLogLevel            = "log-level"
+	fEnablePprof         = "enable-pprof"
 	fConfigFile          = "config-file"
 )
 
@@ -103,6 +108,7 @@ func ServerFlags(fs *pflag.FlagSet) {
 	fs.Int(fMaxTxnOps, 128, "maximum number of operations permitted in a transaction")
 	fs.Duration(fWatchProgressNotify, DefaultWatchProgressNotifyInterval, "duration of periodic watch progress notifications (at least 100ms)")
 	fs.String(fLogLevel, "info", "log level: debug, info, warn or error")
+	fs.Bool(fEnablePprof, false, "enable runtime profiling data via HTTP server; address is at client URL + \"/debug/pprof/\"")
 	fs.String(fConfigFile, "", "path to a YAML configuration file whose keys are the flag names")
 }
 
@@ -163,6 +169,7 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	case c.WatchProgressNotifyInterval < MinWatchProgressNotifyInterval:
 		c.WatchProgressNotifyInterval = MinWatchProgressNotifyInterval
 	}
+	c.EnablePprof = v.GetBool(fEnablePprof)
 	if err := c.LogLevel.UnmarshalText([]byte(v.GetString(fLogLevel))); err != nil {
 		return Server{}, fmt.Errorf("%w: --%s: %v", ErrInvalid, fLogLevel, err)
 	}

@@ -125,6 +125,9 @@ var (
 	reTookDefrag = regexp.MustCompile(`\. took \S+`)
 	// The server's version: 3.7.<patch> is what a 3.7 client expects; the patch may differ.
 	reVersion = regexp.MustCompile(`"version":"3\.7\.\d+"`)
+	// etcd reports storage version 3.5.0 until its storage-version monitor
+	// upgrades it, a moment after start; the settled value is what counts.
+	reEtcdStartStorageVersion = regexp.MustCompile(`"storageVersion":"3\.5\.0"`)
 )
 
 // stdout normalizes etcdctl's standard output.
@@ -159,6 +162,7 @@ func (n *normalizer) stdout(s string) string {
 	s = reTookEquals.ReplaceAllString(s, "took = <d>")
 	s = reTookDefrag.ReplaceAllString(s, ". took <d>")
 	s = reVersion.ReplaceAllString(s, `"version":"3.7.x"`)
+	s = reEtcdStartStorageVersion.ReplaceAllString(s, `"storageVersion":"3.7.0"`)
 	return s
 }
 
