@@ -312,11 +312,17 @@ func (n *Node) MemberList(ctx context.Context, r *pb.MemberListRequest) (*pb.Mem
 	if err := n.readBarrier(ctx, !r.GetLinearizable()); err != nil {
 		return nil, err
 	}
-	out := make([]*pb.Member, 0, len(n.members))
-	for _, m := range n.members {
+	members := *n.membersPub.Load()
+	out := make([]*pb.Member, 0, len(members))
+	for _, m := range members {
+		client := m.ClientURLs
+		if m.ID == n.memberID {
+			// A member knows its own client URLs before it published them.
+			client = n.cfg.ClientURLs
+		}
 		out = append(out, &pb.Member{
 			ID: m.ID, Name: m.Name, PeerURLs: slices.Clone(m.PeerURLs),
-			ClientURLs: slices.Clone(m.ClientURLs), IsLearner: m.IsLearner,
+			ClientURLs: slices.Clone(client), IsLearner: m.IsLearner,
 		})
 	}
 	return &pb.MemberListResponse{Header: n.header(nil), Members: out}, nil

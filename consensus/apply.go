@@ -51,12 +51,19 @@ type applyOutput struct {
 	size         int64                    // store size estimate for quota checks in this batch
 	events       []storage.RevisionEvents // revisions the batch committed, for the event bus
 	leaseAuth    *LeaseAuthority          // the lease authority record the batch set, if any
+	members      []member                 // the member table the batch set, if any
 }
 
 // applyEntries applies committed entries into b, in order, and records the
-// applied index in the same batch.
+// applied index in the same batch. Entries the store already reflects (the
+// ones between an installed snapshot's raft index and the index its data
+// was taken at) change nothing but raft's configuration.
 func (n *Node) applyEntries(b *storage.Batch, ents []*raftpb.Entry, out *applyOutput) error {
+	storeApplied := n.applied.Load()
 	for _, e := range ents {
+		if e.GetIndex() <= storeApplied && e.GetType() == raftpb.EntryNormal {
+			continue
+		}
 		switch e.GetType() {
 		case raftpb.EntryNormal:
 			if len(e.GetData()) == 0 {
@@ -111,7 +118,14 @@ func (n *Node) applyEntries(b *storage.Batch, ents []*raftpb.Entry, out *applyOu
 		}
 	}
 	last := ents[len(ents)-1]
-	b.SetApplied(last.GetIndex(), last.GetTerm())
+	if last.GetIndex() > storeApplied {
+		b.SetApplied(last.GetIndex(), last.GetTerm())
+	}
+	if storeApplied > n.raftApplied {
+		// Catching up after a snapshot install: keep the persisted raft
+		// applied index current, and drop it once raft caught up.
+		return setRaftApplied(b.Pebble(), last.GetIndex(), storeApplied)
+	}
 	return nil
 }
 

@@ -79,6 +79,11 @@ type Config struct {
 	// ProgressInterval is how often a progress beat is published; it bounds
 	// how long a watcher can miss a revision whose message the bus lost.
 	ProgressInterval time.Duration
+	// Transport carries raft messages to the other members (consensus/peer
+	// on the network, MemNetwork in tests). Start takes ownership: Close
+	// stops it, as does a failed Start. A single-member cluster needs none;
+	// a multi-member one fails Validate without one.
+	Transport Transport
 
 	// storageFS lets unit tests run the store on a crash-simulating
 	// in-memory filesystem; nil means the real disk.
@@ -172,8 +177,8 @@ func (c Config) Validate() error {
 	if err != nil {
 		return err
 	}
-	if len(members) != 1 {
-		return fmt.Errorf("consensus: initial cluster has %d members; only single-member clusters are supported yet", len(members))
+	if len(members) > 1 && c.Transport == nil {
+		return fmt.Errorf("consensus: initial cluster has %d members but no peer transport is configured", len(members))
 	}
 	return nil
 }

@@ -1,6 +1,9 @@
 package consensus
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors. Messages are etcd's (server/etcdserver/errors) so the
 // gateway can map them to rpctypes errors one to one.
@@ -10,6 +13,11 @@ var (
 	ErrTimeout         = errors.New("etcdserver: request timed out")
 	ErrNoSpace         = errors.New("etcdserver: no space")
 	ErrTooManyRequests = errors.New("etcdserver: too many requests")
+	ErrMemberNotFound  = errors.New("etcdserver: member not found")
+
+	// ErrTimeoutLeaderFail is etcd's ErrTimeoutDueToLeaderFail; it wraps
+	// ErrTimeout, so callers that map ErrTimeout keep working.
+	ErrTimeoutLeaderFail = fmt.Errorf("%w, possibly due to previous leader failure", ErrTimeout)
 
 	// ErrLeaseTTLTooLarge is etcd's lease.ErrLeaseTTLTooLarge (addition to
 	// the team contract; gateway maps it to rpctypes.ErrGRPCLeaseTTLTooLarge).

@@ -235,6 +235,8 @@ func (n *Node) applyCommand(b *storage.Batch, index uint64, cmd *concordv1.RaftC
 		}
 		res.Revision = n.batchRev(b)
 		return result{resp: res}, nil
+	case *concordv1.RaftCommand_MemberAttributes:
+		return n.applyMemberAttributes(b, c.MemberAttributes, out), nil
 	default:
 		return result{err: errUnknownRequest}, nil
 	}

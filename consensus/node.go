@@ -28,7 +28,18 @@
 // arrives while a batch is being fsynced goes into the next Ready, so commits
 // are grouped without extra goroutines.
 //
-// This version runs single-member clusters; peers plug in through Transport.
+// Clusters: every member of --initial-cluster is a voter from the start
+// (the bootstrap ConfState lists them all, identically on every member, with
+// etcd's member and cluster IDs). Messages travel through a Transport
+// (consensus/peer on the network, MemNetwork in tests): received ones are
+// stepped on the raft loop, and the Ready's messages are handed to the
+// transport only after its batch is durable. Followers forward proposals
+// and ReadIndex requests to the leader (raft's MsgProp/MsgReadIndex), so
+// writes and linearizable reads work through any member; the proposer's
+// waiter is answered when the entry is applied locally. A follower behind
+// the leader's truncated log receives a store snapshot (snapshot.go). Each
+// member publishes its name and client URLs through raft (membership.go), so
+// the replicated member table, and MemberList, show every member.
 package consensus
 
 import (
@@ -38,6 +49,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -93,18 +105,6 @@ func (c *sizeCache) get() int64 {
 	return c.v.Load()
 }
 
-// Transport delivers raft messages to peers. Send is called from the raft
-// loop after the Ready's batch is durable and must not block for long.
-type Transport interface {
-	Send(msgs []*raftpb.Message)
-}
-
-// loopbackTransport is the single-member transport: a lone voter never
-// addresses anyone else (messages to itself are stepped by raft on Advance).
-type loopbackTransport struct{}
-
-func (loopbackTransport) Send([]*raftpb.Message) {}
-
 type proposal struct {
 	id   uint64
 	data []byte
@@ -151,7 +151,10 @@ type Node struct {
 	transport Transport
 
 	memberID, clusterID uint64
-	members             []member
+	// members is the replicated member table as of the applied index
+	// (owned by the raft loop); membersPub is its published copy.
+	members    []member
+	membersPub atomic.Pointer[[]member]
 
 	reqTimeout  time.Duration
 	quota       int64
@@ -164,9 +167,14 @@ type Node struct {
 	propC   chan proposal
 	readC   chan struct{}
 	stopC   chan struct{}
-	execC   chan func()   // functions to run on the raft loop (tests; later the peer transport)
+	execC   chan func()   // functions to run on the raft loop (tests)
 	done    chan struct{} // closed when the raft loop has exited
 	leaderC chan struct{} // closed the first time a leader is known
+	// From the transport: received message batches, reports for raft
+	// (unreachable peers, snapshot outcomes) and received snapshots.
+	recvC   chan []*raftpb.Message
+	reportC chan func()
+	snapC   chan *incomingSnap
 
 	// Published by the raft loop for readers on other goroutines.
 	leader, term, committed, applied atomic.Uint64
@@ -174,6 +182,9 @@ type Node struct {
 	leaseAuthPub                     atomic.Pointer[LeaseAuthority]
 	// Read statistics: ReadIndex rounds started and reads currently waiting.
 	readRounds, readsWaiting atomic.Int64
+	// snapshotsSent counts store snapshots handed to the transport,
+	// snapshotsInstalled the ones received and installed.
+	snapshotsSent, snapshotsInstalled atomic.Int64
 
 	readMu   sync.Mutex
 	readNext *readNotifier
@@ -194,10 +205,20 @@ type Node struct {
 	noSpaceWaiters []uint64
 	leaderSeen     bool
 	lastBeat       time.Time
-	// busCtx is cancelled by Close so a publish stuck on a dead bus lets the
-	// raft loop stop.
+	// raftApplied is the last index raft handed to apply (or restored from a
+	// snapshot). It equals the store's applied index except right after a
+	// snapshot install, when the store is ahead (snapshot.go).
+	raftApplied uint64
+	pendingSnap *incomingSnap
+	peers       map[uint64]bool // the transport's peers
+	// orphans are proposals in flight at the last leader change, with the
+	// time by which they must have been applied (watchOrphanedProposals).
+	orphans map[uint64]time.Time
+	// busCtx is cancelled by Close so a publish stuck on a dead bus, and the
+	// background work of the node (publishing its attributes), stop.
 	busCtx    context.Context
 	busCancel context.CancelFunc
+	bg        sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -218,9 +239,20 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n, err := newNode(cfg, store)
 	if err != nil {
 		_ = store.Close()
+		if cfg.Transport != nil {
+			cfg.Transport.Stop()
+		}
 		return nil, err
 	}
+	if err := n.transport.Start(LocalMember{ID: n.memberID, ClusterID: n.clusterID}, n); err != nil {
+		n.transport.Stop()
+		_ = store.Close()
+		return nil, fmt.Errorf("consensus: start transport: %w", err)
+	}
+	n.syncPeers()
 	go n.run()
+	n.bg.Add(1)
+	go n.publishAttributes()
 
 	select {
 	case <-n.leaderC:
@@ -241,7 +273,7 @@ func newNode(cfg Config, store *storage.Store) (*Node, error) {
 		cfg:         cfg,
 		lg:          cfg.Logger,
 		store:       store,
-		transport:   loopbackTransport{},
+		transport:   cfg.Transport,
 		reqTimeout:  5*time.Second + 2*cfg.ElectionTimeout,
 		quota:       cfg.QuotaBackendBytes,
 		minLeaseTTL: minLeaseTTL(cfg),
@@ -252,8 +284,14 @@ func newNode(cfg Config, store *storage.Store) (*Node, error) {
 		execC:       make(chan func()),
 		done:        make(chan struct{}),
 		leaderC:     make(chan struct{}),
+		recvC:       make(chan []*raftpb.Message, recvQueue),
+		reportC:     make(chan func(), 1024),
+		snapC:       make(chan *incomingSnap),
 		readNext:    newReadNotifier(),
 		alarms:      map[alarmKey]bool{},
+	}
+	if n.transport == nil {
+		n.transport = loopbackTransport{}
 	}
 	n.busCtx, n.busCancel = context.WithCancel(context.Background())
 	if cfg.reqTimeout > 0 {
@@ -288,9 +326,15 @@ func newNode(cfg Config, store *storage.Store) (*Node, error) {
 	n.confState = st.cs
 	n.snapIndex = st.snap.GetIndex()
 	applied, _ := store.Applied()
-	if applied < n.log.first || applied > st.hs.GetCommit() {
-		return nil, fmt.Errorf("consensus: applied index %d outside [%d, %d] (log base, commit)", applied, n.log.first, st.hs.GetCommit())
+	raftApplied, err := loadRaftApplied(store.DB(), applied)
+	if err != nil {
+		return nil, err
 	}
+	if raftApplied < n.log.first || raftApplied > st.hs.GetCommit() || raftApplied > applied {
+		return nil, fmt.Errorf("consensus: raft applied index %d outside [%d, %d] (log base, commit) or above the store's %d",
+			raftApplied, n.log.first, st.hs.GetCommit(), applied)
+	}
+	n.raftApplied = raftApplied
 	n.applied.Store(applied)
 	n.committed.Store(st.hs.GetCommit())
 	n.term.Store(st.hs.GetTerm())
@@ -310,7 +354,7 @@ func newNode(cfg Config, store *storage.Store) (*Node, error) {
 		ElectionTick:              int(cfg.ElectionTimeout / cfg.HeartbeatInterval),
 		HeartbeatTick:             1,
 		Storage:                   n.ms,
-		Applied:                   applied,
+		Applied:                   raftApplied,
 		MaxSizePerMsg:             maxSizePerMsg,
 		MaxInflightMsgs:           maxInflightMsgs,
 		MaxUncommittedEntriesSize: maxUncommittedEntriesSize,
@@ -342,6 +386,8 @@ func (n *Node) Close() error {
 		n.busCancel()
 		close(n.stopC)
 		<-n.done
+		n.transport.Stop()
+		n.bg.Wait()
 		n.closeErr = n.store.Close()
 		n.lg.Info("consensus stopped", "member-id", fmt.Sprintf("%x", n.memberID))
 	})
@@ -402,10 +448,19 @@ func (n *Node) loop(tick <-chan time.Time) error {
 			n.rn.Tick()
 			n.tickReads(time.Now())
 			n.retryPending()
+			n.failOrphanedProposals(time.Now())
 		case p := <-n.propC:
 			n.proposeOne(p)
 		case <-n.readC:
 			n.readPending = true
+		case msgs := <-n.recvC:
+			n.stepMessages(msgs)
+		case f := <-n.reportC:
+			f()
+		case in := <-n.snapC:
+			if err := n.stepSnapshot(in); err != nil {
+				return err
+			}
 		case f := <-n.execC:
 			f()
 		case <-n.stopC:
@@ -441,6 +496,10 @@ func (n *Node) drainInputs() {
 			n.proposeOne(p)
 		case <-n.readC:
 			n.readPending = true
+		case msgs := <-n.recvC:
+			n.stepMessages(msgs)
+		case f := <-n.reportC:
+			f()
 		default:
 			return
 		}
@@ -481,12 +540,16 @@ func (n *Node) retryPending() {
 func (n *Node) handleReady() error {
 	rd := n.rn.Ready()
 	leaderChanged := rd.SoftState != nil && n.onSoftState(rd.SoftState)
-	if !raft.IsEmptySnap(rd.Snapshot) {
-		return errors.New("installing a raft snapshot from a leader is not supported yet")
-	}
 
 	var out applyOutput
-	if len(rd.Entries) > 0 || rd.HardState != nil || len(rd.CommittedEntries) > 0 {
+	switch {
+	case !raft.IsEmptySnap(rd.Snapshot):
+		// A leader sent this follower a snapshot: store data, raft state,
+		// hard state and entries in one fsynced batch.
+		if err := n.installSnapshot(rd); err != nil {
+			return err
+		}
+	case len(rd.Entries) > 0 || rd.HardState != nil || len(rd.CommittedEntries) > 0:
 		if err := n.persistAndApply(rd, &out); err != nil {
 			return err
 		}
@@ -503,15 +566,19 @@ func (n *Node) handleReady() error {
 		n.committed.Store(rd.HardState.GetCommit())
 	}
 	if k := len(rd.CommittedEntries); k > 0 {
-		n.applied.Store(rd.CommittedEntries[k-1].GetIndex())
+		n.raftApplied = rd.CommittedEntries[k-1].GetIndex()
+		if n.raftApplied > n.applied.Load() {
+			n.applied.Store(n.raftApplied)
+		}
 		n.publishAlarms()
 	}
 	if out.leaseAuth != nil {
 		n.leaseAuthPub.Store(out.leaseAuth)
 	}
-	if len(rd.Messages) > 0 {
-		n.transport.Send(rd.Messages)
+	if out.members != nil {
+		n.setMembers(out.members)
 	}
+	n.sendMessages(rd.Messages)
 	for _, rs := range rd.ReadStates {
 		n.onReadState(rs)
 	}
@@ -568,19 +635,78 @@ func (n *Node) onSoftState(ss *raft.SoftState) bool {
 	return true
 }
 
+// sendMessages hands a durable Ready's messages to the transport; a MsgSnap
+// gets the store to go with it.
+func (n *Node) sendMessages(msgs []*raftpb.Message) {
+	if len(msgs) == 0 {
+		return
+	}
+	if !slices.ContainsFunc(msgs, func(m *raftpb.Message) bool { return m.GetType() == raftpb.MsgSnap }) {
+		n.transport.Send(msgs)
+		return
+	}
+	out := make([]*raftpb.Message, 0, len(msgs))
+	for _, m := range msgs {
+		if m.GetType() == raftpb.MsgSnap {
+			n.sendSnapshot(m)
+			continue
+		}
+		out = append(out, m)
+	}
+	if len(out) > 0 {
+		n.transport.Send(out)
+	}
+}
+
 func (n *Node) onLeaderChange() {
 	// An alarm proposal may have been lost with the old leader; do not keep
 	// its waiters hostage (they already carry ErrNoSpace).
 	n.alarmReqID = 0
 	n.releaseNoSpaceWaiters()
+	if n.leader.Load() != 0 {
+		n.watchOrphanedProposals(time.Now())
+	}
 	n.retryPending()
+}
+
+// watchOrphanedProposals gives every proposal in flight when a new leader
+// took over two election timeouts to be applied (a proposal the new leader
+// has commits within a few heartbeats). A proposal forwarded to a
+// leader that died, or appended only by a leader that lost its term, is
+// never applied; its caller is then answered with a timeout (etcd's
+// "request timed out, possibly due to previous leader failure") instead of
+// waiting the whole request timeout. As with any timeout the write may
+// still be applied later, if the new leader had it.
+func (n *Node) watchOrphanedProposals(now time.Time) {
+	deadline := now.Add(2 * n.cfg.ElectionTimeout)
+	if n.orphans == nil {
+		n.orphans = map[uint64]time.Time{}
+	}
+	for _, id := range n.wait.ids() {
+		if _, ok := n.orphans[id]; !ok {
+			n.orphans[id] = deadline
+		}
+	}
+}
+
+func (n *Node) failOrphanedProposals(now time.Time) {
+	for id, deadline := range n.orphans {
+		switch {
+		case !n.wait.has(id):
+			delete(n.orphans, id) // applied, or its caller gave up
+		case now.After(deadline):
+			delete(n.orphans, id)
+			n.wait.trigger(id, result{err: ErrTimeoutLeaderFail})
+		}
+	}
 }
 
 // maybeTruncate records a raft snapshot (metadata only: the state machine is
 // the store itself) every SnapshotCount applied entries and drops log entries
-// older than SnapshotCatchUpEntries below it.
+// older than SnapshotCatchUpEntries below it. A follower that needs entries
+// older than that gets the store instead (snapshot.go).
 func (n *Node) maybeTruncate() error {
-	applied := n.applied.Load()
+	applied := n.raftApplied
 	if applied <= n.snapIndex || applied-n.snapIndex < n.cfg.SnapshotCount {
 		return nil
 	}

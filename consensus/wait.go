@@ -57,6 +57,17 @@ func (w *waitRegistry) has(id uint64) bool {
 	return ok
 }
 
+// ids returns the IDs waited for now.
+func (w *waitRegistry) ids() []uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]uint64, 0, len(w.m))
+	for id := range w.m {
+		out = append(out, id)
+	}
+	return out
+}
+
 // failAll delivers err to every waiter.
 func (w *waitRegistry) failAll(err error) {
 	w.mu.Lock()

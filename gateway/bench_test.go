@@ -5,9 +5,12 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
+	"syscall"
 	"testing"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/concord-kv/concord/gateway"
@@ -58,4 +61,45 @@ func BenchmarkClientGet(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkClientGetParallel is clientv3 Gets from many goroutines over a
+// few connections, client and server in this process: the per-call cost of
+// the transport under concurrency (write coalescing, stack growth, GC).
+func BenchmarkClientGetParallel(b *testing.B) {
+	f := newFake()
+	addr := startGateway(b, gateway.Config{}, f)
+	clients := make([]*clientv3.Client, 4)
+	for i := range clients {
+		clients[i] = newClient(b, addr)
+	}
+	ctx := context.Background()
+	if _, err := clients[0].Put(ctx, "foo", "bar"); err != nil {
+		b.Fatal(err)
+	}
+	var next atomic.Int64
+	b.SetParallelism(25)
+	b.ReportAllocs()
+	cpu0 := processCPU(b)
+	b.RunParallel(func(pb *testing.PB) {
+		cli := clients[next.Add(1)%int64(len(clients))]
+		for pb.Next() {
+			if _, err := cli.Get(ctx, "foo"); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	// CPU time per call (client and server) is steadier than wall time on
+	// a shared machine.
+	b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
+}
+
+// processCPU is the process's user+system CPU time in nanoseconds.
+func processCPU(b *testing.B) int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }

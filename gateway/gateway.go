@@ -8,12 +8,14 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 
 	"connectrpc.com/connect"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
+	"github.com/concord-kv/concord/gateway/h2conn"
 	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
 	"github.com/concord-kv/concord/proto/gen/v3electionpbconnect"
 	"github.com/concord-kv/concord/proto/gen/v3lockpbconnect"
@@ -32,6 +34,9 @@ type Gateway struct {
 	// services maps "/<package>.<Service>/" to the connect handler of that
 	// service; exact-prefix lookup is cheaper than a ServeMux walk.
 	services map[string]http.Handler
+	// unary holds the paths of unary methods, whose responses are written
+	// without connect's early flush (fastpath.go).
+	unary map[string]bool
 	// misc serves the non-RPC endpoints (/health, /version, ...).
 	misc    *http.ServeMux
 	handler http.Handler
@@ -94,6 +99,7 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 		b:        b,
 		log:      cfg.Logger,
 		services: make(map[string]http.Handler),
+		unary:    make(map[string]bool),
 		misc:     http.NewServeMux(),
 		servers:  make(map[*http.Server]struct{}),
 	}
@@ -128,7 +134,12 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 	return g, nil
 }
 
-func (g *Gateway) mount(prefix string, h http.Handler) { g.services[prefix] = h }
+func (g *Gateway) mount(prefix string, h http.Handler) {
+	g.services[prefix] = h
+	for _, p := range unaryProcedures(prefix) {
+		g.unary[p] = true
+	}
+}
 
 // Handler returns the http.Handler serving every RPC and HTTP endpoint.
 // It needs HTTP/2 (h2c or TLS) for gRPC clients.
@@ -140,6 +151,17 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 	if len(p) > 1 && p[0] == '/' {
 		if i := strings.IndexByte(p[1:], '/'); i > 0 {
 			if h, ok := g.services[p[:i+2]]; ok {
+				if !expNoGrow {
+					growStack()
+				}
+				if g.unary[p] && !expFlush {
+					w = unaryWriter{w}
+				}
+				if !expDate {
+					// gRPC has no use for a Date header; without it the
+					// server skips formatting and encoding one per response.
+					w.Header()["Date"] = nil
+				}
 				h.ServeHTTP(w, r)
 				return
 			}
@@ -200,6 +222,17 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		// streams.
 	}
 
+	// Coalesce the HTTP/2 server's writes and buffer its reads per
+	// connection (h2conn): a fraction of the system calls per call.
+	if !expNoCoalesce {
+		cln, err := h2conn.NewListener(ln, h2conn.Config{})
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		ln = cln
+	}
+
 	g.mu.Lock()
 	if g.closed {
 		g.mu.Unlock()
@@ -257,3 +290,11 @@ func (g *Gateway) Close() error {
 	}
 	return errors.Join(errs...)
 }
+
+// TEMPORARY experiment switches (removed before hand-off).
+var (
+	expNoGrow     = os.Getenv("CONCORD_EXP_NOGROW") != ""
+	expFlush      = os.Getenv("CONCORD_EXP_FLUSH") != ""
+	expNoCoalesce = os.Getenv("CONCORD_EXP_NOCOALESCE") != ""
+	expDate       = os.Getenv("CONCORD_EXP_DATE") != ""
+)

@@ -1,19 +1,28 @@
 // Package proto holds concord's protobuf inputs and the code generated from them.
 //
 // proto/etcd contains etcd's service definitions (rpc.proto, v3lock.proto,
-// v3election.proto and their imports), copied from the etcd module versions
-// in go.mod by proto/internal/etcdproto with the grpc-gateway/openapiv2
-// annotations stripped. Each file sits at the path under which etcd's Go
-// package registers it, because the generated code references those
-// descriptors (etcdserverpb.File_rpc_proto, ...).
+// v3election.proto and their imports) and raft's raft.proto (the messages
+// of go.etcd.io/raft/v3/raftpb, which concord's peer transport carries),
+// copied from the module versions in go.mod by proto/internal/etcdproto
+// with the grpc-gateway/openapiv2 annotations stripped. Each file sits at
+// the path under which etcd's (or raft's) Go package registers it, because
+// the generated code references those descriptors
+// (etcdserverpb.File_rpc_proto, ...).
 //
 // proto/concord holds concord's own messages and services (package
 // concord.v1), such as the raft command envelope consensus uses for commands
 // that etcd's InternalRaftRequest cannot carry (lease authority, fenced lease
-// revokes), and concord.v1.WatchService (watch.proto): one etcd watch over a
+// revokes), concord.v1.WatchService (watch.proto): one etcd watch over a
 // server stream, for browsers, whose Connect-Web and gRPC-Web transports have
-// no bidirectional streams. It reuses etcd's WatchCreateRequest and
-// WatchResponse messages.
+// no bidirectional streams (it reuses etcd's WatchCreateRequest and
+// WatchResponse messages), and concord.v1.PeerService (peer.proto): the raft
+// transport between consensus members, batches of raftpb.Message on one
+// long-lived client stream per peer and store snapshots on another call.
+// internal.proto holds the RPCs between concord's own processes in the split
+// topology: concord.v1.InternalService (history, lease
+// authority and fenced revokes, served by consensus members) and
+// concord.v1.LeaseKeepAliveService (one keep-alive per unary call, served by
+// lease services to gateways).
 //
 // proto/gen holds the generated code: connect-go (protoc-gen-connect-go,
 // option simple) for etcd's services in etcdserverpbconnect,

@@ -30,6 +30,11 @@ import (
 // split topology, and the gateway calls consensus and the fan-out directly
 // through the same interfaces the split topology uses over the network.
 // The one lease service decides lease expiries in process (leasesvc).
+//
+// Started several times with an --initial-cluster naming several members,
+// each process is one voting member of a raft cluster (peer traffic on
+// --listen-peer-urls) that still runs every other service for itself: its
+// own NATS carries the revisions this member applies to its own watchers.
 func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error {
 	listeners, err := listenAll(cfg.ListenClientURLs)
 	if err != nil {
@@ -45,6 +50,16 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 
 	ccfg := consensusConfig(cfg, log)
 	ccfg.Events = bus
+	if multiMember(cfg) {
+		// The other members reach this one on its peer URLs (peer.go);
+		// consensus owns the transport from Start on.
+		tr, stopPeerServer, err := peerServer(cfg, log)
+		if err != nil {
+			return fmt.Errorf("starting the peer transport: %w", err)
+		}
+		defer stopPeerServer()
+		ccfg.Transport = tr
+	}
 	node, err := consensus.Start(ctx, ccfg)
 	if err != nil {
 		return fmt.Errorf("starting consensus: %w", err)
@@ -103,7 +118,11 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return leases.Run(ctx) })
-	waitLeaseAuthority(ctx, leases, log)
+	if !multiMember(cfg) {
+		// With several members only one process's lease service holds the
+		// authority; the others stay standbys and must not delay serving.
+		waitLeaseAuthority(ctx, leases, log)
+	}
 	for _, ln := range listeners {
 		log.Info("serving client requests", "address", ln.Addr().String())
 		g.Go(func() error { return gw.Serve(ctx, ln) })

@@ -96,6 +96,10 @@ type Store struct {
 	// hashes are the hashes computed by the latest compactions (see
 	// compactionHash), oldest first. Like etcd's they live in memory only.
 	hashes []compactionHash
+
+	// snaps are the open Snapshots, released by Close at the latest.
+	snapMu sync.Mutex
+	snaps  map[*Snapshot]struct{}
 }
 
 // noCompaction is the compact revision of a store that was never compacted.
@@ -174,40 +178,12 @@ func (s *Store) load() error {
 	case string(format) != storeFormat:
 		return fmt.Errorf("%w: unknown store format %q", errCorrupt, format)
 	}
-	if v, err := s.get(stateKeyRev); err != nil {
-		return err
-	} else if v != nil {
-		if s.rev, err = decodeInt64(v); err != nil {
-			return err
-		}
-	}
-	if v, err := s.get(stateKeyCompactRev); err != nil {
-		return err
-	} else if v != nil {
-		if s.compactRev, err = decodeInt64(v); err != nil {
-			return err
-		}
-	}
-	if v, err := s.get(stateKeyApplied); err != nil {
-		return err
-	} else if v != nil {
-		if s.appliedIndex, s.appliedTerm, err = decodeApplied(v); err != nil {
-			return err
-		}
-	}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixAlarm}, UpperBound: []byte{prefixAlarm + 1}})
+	st, err := s.readState()
 	if err != nil {
 		return err
 	}
-	defer it.Close()
-	for ok := it.First(); ok; ok = it.Next() {
-		member, alarm, err := decodeAlarmKey(it.Key())
-		if err != nil {
-			return err
-		}
-		s.alarms = append(s.alarms, &pb.AlarmMember{MemberID: member, Alarm: pb.AlarmType(alarm)})
-	}
-	return it.Error()
+	s.rev, s.compactRev, s.appliedIndex, s.appliedTerm, s.alarms = st.rev, st.compactRev, st.appliedIndex, st.appliedTerm, st.alarms
+	return nil
 }
 
 // get returns a copy of the value of a raw pebble key, nil if absent.
@@ -231,6 +207,7 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.closeSnapshots()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("storage: close: %w", err)
 	}

@@ -60,6 +60,7 @@ service in one process (single-voter raft, clients on 127.0.0.1:2379, data in
 	root.Flags().BoolVar(&showVersion, "version", false, "print the version and exit")
 	config.ServerFlags(root.Flags())
 	root.AddCommand(newBenchCommand())
+	root.AddCommand(newSplitCommands()...)
 	root.SetContext(context.Background())
 	return root
 }

@@ -35,6 +35,8 @@ var errNotReady = errors.New("server did not become ready")
 type serverOptions struct {
 	name  string   // --name; default "e2e"
 	extra []string // extra flags, e.g. --quota-backend-bytes=N
+	// initialCluster is --initial-cluster; default: this member alone.
+	initialCluster string
 }
 
 // Server is one etcd or concord process started with etcd's flags on loopback ports. Its data
@@ -122,6 +124,9 @@ func (s *Server) args() []string {
 		"--listen-peer-urls", s.peerURL(),
 		"--initial-advertise-peer-urls", s.peerURL(),
 		"--initial-cluster", s.opts.name + "=" + s.peerURL(),
+	}
+	if s.opts.initialCluster != "" {
+		args[len(args)-1] = s.opts.initialCluster
 	}
 	return append(args, s.opts.extra...)
 }

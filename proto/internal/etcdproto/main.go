@@ -31,6 +31,7 @@ import (
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
+	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
@@ -47,6 +48,7 @@ type source struct {
 const (
 	apiModule    = "go.etcd.io/etcd/api/v3"
 	serverModule = "go.etcd.io/etcd/server/v3"
+	raftModule   = "go.etcd.io/raft/v3"
 )
 
 var sources = []source{
@@ -56,6 +58,8 @@ var sources = []source{
 	{apiModule, "versionpb/version.proto", "etcd/api/versionpb/version.proto", nil},
 	{serverModule, "etcdserver/api/v3lock/v3lockpb/v3lock.proto", "v3lock.proto", v3lockpb.File_v3lock_proto},
 	{serverModule, "etcdserver/api/v3election/v3electionpb/v3election.proto", "v3election.proto", v3electionpb.File_v3election_proto},
+	// raft's messages, carried by concord's peer transport (concord/v1/peer.proto).
+	{raftModule, "raftpb/raft.proto", "raft.proto", raftpb.File_raft_proto},
 }
 
 // importRewrites maps import paths used by etcd's sources to the paths of

@@ -36,6 +36,7 @@ type RaftCommand struct {
 	//	*RaftCommand_LeaseAuthorityAcquire
 	//	*RaftCommand_LeaseAuthorityRenew
 	//	*RaftCommand_LeaseRevokeExpired
+	//	*RaftCommand_MemberAttributes
 	Command       isRaftCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -112,6 +113,15 @@ func (x *RaftCommand) GetLeaseRevokeExpired() *LeaseRevokeExpired {
 	return nil
 }
 
+func (x *RaftCommand) GetMemberAttributes() *MemberAttributes {
+	if x != nil {
+		if x, ok := x.Command.(*RaftCommand_MemberAttributes); ok {
+			return x.MemberAttributes
+		}
+	}
+	return nil
+}
+
 type isRaftCommand_Command interface {
 	isRaftCommand_Command()
 }
@@ -128,11 +138,81 @@ type RaftCommand_LeaseRevokeExpired struct {
 	LeaseRevokeExpired *LeaseRevokeExpired `protobuf:"bytes,4,opt,name=lease_revoke_expired,json=leaseRevokeExpired,proto3,oneof"`
 }
 
+type RaftCommand_MemberAttributes struct {
+	MemberAttributes *MemberAttributes `protobuf:"bytes,5,opt,name=member_attributes,json=memberAttributes,proto3,oneof"`
+}
+
 func (*RaftCommand_LeaseAuthorityAcquire) isRaftCommand_Command() {}
 
 func (*RaftCommand_LeaseAuthorityRenew) isRaftCommand_Command() {}
 
 func (*RaftCommand_LeaseRevokeExpired) isRaftCommand_Command() {}
+
+func (*RaftCommand_MemberAttributes) isRaftCommand_Command() {}
+
+// MemberAttributes publishes a member's name and client URLs in the
+// replicated member table (etcd publishes its attributes through raft the
+// same way), so every member's MemberList shows every member's client URLs.
+// It applies only to a member that is in the table.
+type MemberAttributes struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MemberId      uint64                 `protobuf:"varint,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	ClientUrls    []string               `protobuf:"bytes,3,rep,name=client_urls,json=clientUrls,proto3" json:"client_urls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberAttributes) Reset() {
+	*x = MemberAttributes{}
+	mi := &file_concord_v1_raft_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberAttributes) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberAttributes) ProtoMessage() {}
+
+func (x *MemberAttributes) ProtoReflect() protoreflect.Message {
+	mi := &file_concord_v1_raft_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberAttributes.ProtoReflect.Descriptor instead.
+func (*MemberAttributes) Descriptor() ([]byte, []int) {
+	return file_concord_v1_raft_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *MemberAttributes) GetMemberId() uint64 {
+	if x != nil {
+		return x.MemberId
+	}
+	return 0
+}
+
+func (x *MemberAttributes) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MemberAttributes) GetClientUrls() []string {
+	if x != nil {
+		return x.ClientUrls
+	}
+	return nil
+}
 
 // LeaseAuthority is the replicated record naming the one leasesvc instance
 // allowed to expire leases (DESIGN.md invariant 4). It is stored in the
@@ -153,7 +233,7 @@ type LeaseAuthority struct {
 
 func (x *LeaseAuthority) Reset() {
 	*x = LeaseAuthority{}
-	mi := &file_concord_v1_raft_proto_msgTypes[1]
+	mi := &file_concord_v1_raft_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -165,7 +245,7 @@ func (x *LeaseAuthority) String() string {
 func (*LeaseAuthority) ProtoMessage() {}
 
 func (x *LeaseAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_concord_v1_raft_proto_msgTypes[1]
+	mi := &file_concord_v1_raft_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -178,7 +258,7 @@ func (x *LeaseAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseAuthority.ProtoReflect.Descriptor instead.
 func (*LeaseAuthority) Descriptor() ([]byte, []int) {
-	return file_concord_v1_raft_proto_rawDescGZIP(), []int{1}
+	return file_concord_v1_raft_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *LeaseAuthority) GetHolder() string {
@@ -214,7 +294,7 @@ type LeaseAuthorityAcquire struct {
 
 func (x *LeaseAuthorityAcquire) Reset() {
 	*x = LeaseAuthorityAcquire{}
-	mi := &file_concord_v1_raft_proto_msgTypes[2]
+	mi := &file_concord_v1_raft_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -226,7 +306,7 @@ func (x *LeaseAuthorityAcquire) String() string {
 func (*LeaseAuthorityAcquire) ProtoMessage() {}
 
 func (x *LeaseAuthorityAcquire) ProtoReflect() protoreflect.Message {
-	mi := &file_concord_v1_raft_proto_msgTypes[2]
+	mi := &file_concord_v1_raft_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -239,7 +319,7 @@ func (x *LeaseAuthorityAcquire) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseAuthorityAcquire.ProtoReflect.Descriptor instead.
 func (*LeaseAuthorityAcquire) Descriptor() ([]byte, []int) {
-	return file_concord_v1_raft_proto_rawDescGZIP(), []int{2}
+	return file_concord_v1_raft_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *LeaseAuthorityAcquire) GetHolder() string {
@@ -268,7 +348,7 @@ type LeaseAuthorityRenew struct {
 
 func (x *LeaseAuthorityRenew) Reset() {
 	*x = LeaseAuthorityRenew{}
-	mi := &file_concord_v1_raft_proto_msgTypes[3]
+	mi := &file_concord_v1_raft_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -280,7 +360,7 @@ func (x *LeaseAuthorityRenew) String() string {
 func (*LeaseAuthorityRenew) ProtoMessage() {}
 
 func (x *LeaseAuthorityRenew) ProtoReflect() protoreflect.Message {
-	mi := &file_concord_v1_raft_proto_msgTypes[3]
+	mi := &file_concord_v1_raft_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -293,7 +373,7 @@ func (x *LeaseAuthorityRenew) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseAuthorityRenew.ProtoReflect.Descriptor instead.
 func (*LeaseAuthorityRenew) Descriptor() ([]byte, []int) {
-	return file_concord_v1_raft_proto_rawDescGZIP(), []int{3}
+	return file_concord_v1_raft_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *LeaseAuthorityRenew) GetHolder() string {
@@ -323,7 +403,7 @@ type LeaseRevokeExpired struct {
 
 func (x *LeaseRevokeExpired) Reset() {
 	*x = LeaseRevokeExpired{}
-	mi := &file_concord_v1_raft_proto_msgTypes[4]
+	mi := &file_concord_v1_raft_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -335,7 +415,7 @@ func (x *LeaseRevokeExpired) String() string {
 func (*LeaseRevokeExpired) ProtoMessage() {}
 
 func (x *LeaseRevokeExpired) ProtoReflect() protoreflect.Message {
-	mi := &file_concord_v1_raft_proto_msgTypes[4]
+	mi := &file_concord_v1_raft_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -348,7 +428,7 @@ func (x *LeaseRevokeExpired) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeExpired.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeExpired) Descriptor() ([]byte, []int) {
-	return file_concord_v1_raft_proto_rawDescGZIP(), []int{4}
+	return file_concord_v1_raft_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *LeaseRevokeExpired) GetEpoch() uint64 {
@@ -380,7 +460,7 @@ type LeaseRevokeExpiredResult struct {
 
 func (x *LeaseRevokeExpiredResult) Reset() {
 	*x = LeaseRevokeExpiredResult{}
-	mi := &file_concord_v1_raft_proto_msgTypes[5]
+	mi := &file_concord_v1_raft_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -392,7 +472,7 @@ func (x *LeaseRevokeExpiredResult) String() string {
 func (*LeaseRevokeExpiredResult) ProtoMessage() {}
 
 func (x *LeaseRevokeExpiredResult) ProtoReflect() protoreflect.Message {
-	mi := &file_concord_v1_raft_proto_msgTypes[5]
+	mi := &file_concord_v1_raft_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -405,7 +485,7 @@ func (x *LeaseRevokeExpiredResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeExpiredResult.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeExpiredResult) Descriptor() ([]byte, []int) {
-	return file_concord_v1_raft_proto_rawDescGZIP(), []int{5}
+	return file_concord_v1_raft_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *LeaseRevokeExpiredResult) GetRevoked() []int64 {
@@ -434,13 +514,19 @@ var File_concord_v1_raft_proto protoreflect.FileDescriptor
 const file_concord_v1_raft_proto_rawDesc = "" +
 	"\n" +
 	"\x15concord/v1/raft.proto\x12\n" +
-	"concord.v1\"\xb0\x02\n" +
+	"concord.v1\"\xfd\x02\n" +
 	"\vRaftCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12[\n" +
 	"\x17lease_authority_acquire\x18\x02 \x01(\v2!.concord.v1.LeaseAuthorityAcquireH\x00R\x15leaseAuthorityAcquire\x12U\n" +
 	"\x15lease_authority_renew\x18\x03 \x01(\v2\x1f.concord.v1.LeaseAuthorityRenewH\x00R\x13leaseAuthorityRenew\x12R\n" +
-	"\x14lease_revoke_expired\x18\x04 \x01(\v2\x1e.concord.v1.LeaseRevokeExpiredH\x00R\x12leaseRevokeExpiredB\t\n" +
-	"\acommand\"c\n" +
+	"\x14lease_revoke_expired\x18\x04 \x01(\v2\x1e.concord.v1.LeaseRevokeExpiredH\x00R\x12leaseRevokeExpired\x12K\n" +
+	"\x11member_attributes\x18\x05 \x01(\v2\x1c.concord.v1.MemberAttributesH\x00R\x10memberAttributesB\t\n" +
+	"\acommand\"d\n" +
+	"\x10MemberAttributes\x12\x1b\n" +
+	"\tmember_id\x18\x01 \x01(\x04R\bmemberId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1f\n" +
+	"\vclient_urls\x18\x03 \x03(\tR\n" +
+	"clientUrls\"c\n" +
 	"\x0eLeaseAuthority\x12\x16\n" +
 	"\x06holder\x18\x01 \x01(\tR\x06holder\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12#\n" +
@@ -471,24 +557,26 @@ func file_concord_v1_raft_proto_rawDescGZIP() []byte {
 	return file_concord_v1_raft_proto_rawDescData
 }
 
-var file_concord_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_concord_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_concord_v1_raft_proto_goTypes = []any{
 	(*RaftCommand)(nil),              // 0: concord.v1.RaftCommand
-	(*LeaseAuthority)(nil),           // 1: concord.v1.LeaseAuthority
-	(*LeaseAuthorityAcquire)(nil),    // 2: concord.v1.LeaseAuthorityAcquire
-	(*LeaseAuthorityRenew)(nil),      // 3: concord.v1.LeaseAuthorityRenew
-	(*LeaseRevokeExpired)(nil),       // 4: concord.v1.LeaseRevokeExpired
-	(*LeaseRevokeExpiredResult)(nil), // 5: concord.v1.LeaseRevokeExpiredResult
+	(*MemberAttributes)(nil),         // 1: concord.v1.MemberAttributes
+	(*LeaseAuthority)(nil),           // 2: concord.v1.LeaseAuthority
+	(*LeaseAuthorityAcquire)(nil),    // 3: concord.v1.LeaseAuthorityAcquire
+	(*LeaseAuthorityRenew)(nil),      // 4: concord.v1.LeaseAuthorityRenew
+	(*LeaseRevokeExpired)(nil),       // 5: concord.v1.LeaseRevokeExpired
+	(*LeaseRevokeExpiredResult)(nil), // 6: concord.v1.LeaseRevokeExpiredResult
 }
 var file_concord_v1_raft_proto_depIdxs = []int32{
-	2, // 0: concord.v1.RaftCommand.lease_authority_acquire:type_name -> concord.v1.LeaseAuthorityAcquire
-	3, // 1: concord.v1.RaftCommand.lease_authority_renew:type_name -> concord.v1.LeaseAuthorityRenew
-	4, // 2: concord.v1.RaftCommand.lease_revoke_expired:type_name -> concord.v1.LeaseRevokeExpired
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	3, // 0: concord.v1.RaftCommand.lease_authority_acquire:type_name -> concord.v1.LeaseAuthorityAcquire
+	4, // 1: concord.v1.RaftCommand.lease_authority_renew:type_name -> concord.v1.LeaseAuthorityRenew
+	5, // 2: concord.v1.RaftCommand.lease_revoke_expired:type_name -> concord.v1.LeaseRevokeExpired
+	1, // 3: concord.v1.RaftCommand.member_attributes:type_name -> concord.v1.MemberAttributes
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_concord_v1_raft_proto_init() }
@@ -500,6 +588,7 @@ func file_concord_v1_raft_proto_init() {
 		(*RaftCommand_LeaseAuthorityAcquire)(nil),
 		(*RaftCommand_LeaseAuthorityRenew)(nil),
 		(*RaftCommand_LeaseRevokeExpired)(nil),
+		(*RaftCommand_MemberAttributes)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -507,7 +596,7 @@ func file_concord_v1_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_concord_v1_raft_proto_rawDesc), len(file_concord_v1_raft_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,149 @@
+package consensus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// Transport carries raft messages between the members of a cluster. The
+// network implementation is consensus/peer (connect-go streams on the peer
+// URLs); MemNetwork is an in-memory one for tests. A single-member cluster
+// needs none.
+//
+// Contract: the member calls Start once before its raft loop runs and Stop
+// once when it closes; Send, SendSnapshot, AddPeer and RemovePeer are called
+// from the raft loop only, between the two, and must not block for long (a
+// transport queues and drops rather than wait for a slow peer: raft
+// retransmits). Messages are delivered to the peer's Raft.Process in the
+// order they were sent to that peer, or lost.
+type Transport interface {
+	// Start begins delivering incoming messages and reports to r on behalf
+	// of the member local.
+	Start(local LocalMember, r Raft) error
+	// AddPeer makes a member reachable at its peer URLs; RemovePeer forgets
+	// it. Adding a known peer updates its URLs.
+	AddPeer(id uint64, urls []string)
+	RemovePeer(id uint64)
+	// Send queues messages for their recipients. It is never given a
+	// MsgSnap.
+	Send(msgs []*raftpb.Message)
+	// SendSnapshot streams a store snapshot to m.To together with m (a
+	// MsgSnap carrying the raft snapshot metadata), then reports the
+	// outcome with Raft.ReportSnapshot. It owns data and closes it.
+	SendSnapshot(m *raftpb.Message, data io.ReadCloser)
+	// Stop stops every goroutine of the transport and waits for them; no
+	// call into Raft happens after it returns. Idempotent.
+	Stop()
+}
+
+// LocalMember identifies the member a transport works for.
+type LocalMember struct {
+	ID, ClusterID uint64
+}
+
+// Raft is what a Transport delivers to; *Node implements it.
+type Raft interface {
+	// Process steps messages received from a peer, in order. It blocks
+	// while the member's receive queue is full (backpressure on the
+	// sender's stream) until ctx is done.
+	Process(ctx context.Context, msgs []*raftpb.Message) error
+	// ReceiveSnapshot installs the snapshot a leader sent: m is its MsgSnap,
+	// data the store snapshot stream. It returns once the snapshot is
+	// installed, or discarded because raft no longer needs it.
+	ReceiveSnapshot(ctx context.Context, m *raftpb.Message, data io.Reader) error
+	// ReportUnreachable tells raft a message to id could not be delivered.
+	ReportUnreachable(id uint64)
+	// ReportSnapshot tells raft how sending a snapshot to id ended.
+	ReportSnapshot(id uint64, status raft.SnapshotStatus)
+}
+
+// ErrWrongCluster is returned to peers whose messages carry another
+// cluster's ID or are addressed to another member.
+var ErrWrongCluster = errors.New("consensus: message for another cluster or member")
+
+// loopbackTransport is the single-member transport: a lone voter never
+// addresses anyone else (messages to itself are stepped by raft on Advance).
+type loopbackTransport struct{}
+
+func (loopbackTransport) Start(LocalMember, Raft) error { return nil }
+func (loopbackTransport) AddPeer(uint64, []string)      {}
+func (loopbackTransport) RemovePeer(uint64)             {}
+func (loopbackTransport) Send([]*raftpb.Message)        {}
+func (loopbackTransport) SendSnapshot(_ *raftpb.Message, data io.ReadCloser) {
+	_ = data.Close()
+}
+func (loopbackTransport) Stop() {}
+
+// recvQueue bounds the batches of received messages waiting for the loop.
+const recvQueue = 256
+
+// Process implements Raft: it queues msgs for the raft loop.
+func (n *Node) Process(ctx context.Context, msgs []*raftpb.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	select {
+	case n.recvC <- msgs:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.stopC:
+		return ErrStopped
+	case <-n.done:
+		return ErrStopped
+	}
+}
+
+// ReportUnreachable implements Raft. A report that finds the loop's queue
+// full is dropped: raft learns the same from the next failure.
+func (n *Node) ReportUnreachable(id uint64) {
+	select {
+	case n.reportC <- func() { n.rn.ReportUnreachable(id) }:
+	default:
+	}
+}
+
+// ReportSnapshot implements Raft. Unlike unreachability it is never
+// dropped: raft keeps the follower in snapshot state until it hears.
+func (n *Node) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
+	f := func() {
+		n.lg.Info("snapshot send finished", "to", fmt.Sprintf("%x", id), "failed", status == raft.SnapshotFailure)
+		n.rn.ReportSnapshot(id, status)
+	}
+	select {
+	case n.reportC <- f:
+	case <-n.stopC:
+	case <-n.done:
+	}
+}
+
+// stepMessages steps received messages into raft, on the raft loop.
+func (n *Node) stepMessages(msgs []*raftpb.Message) {
+	for _, m := range msgs {
+		switch {
+		case m.GetTo() != n.memberID:
+			n.lg.Warn("dropping raft message addressed to another member", "to", fmt.Sprintf("%x", m.GetTo()),
+				"from", fmt.Sprintf("%x", m.GetFrom()), "type", m.GetType().String())
+			continue
+		case m.GetType() == raftpb.MsgSnap:
+			// A snapshot is useless without its data, which only
+			// ReceiveSnapshot brings.
+			n.lg.Warn("dropping a MsgSnap that arrived without its data", "from", fmt.Sprintf("%x", m.GetFrom()))
+			continue
+		}
+		if err := n.rn.Step(m); err != nil {
+			n.lg.Debug("raft step failed", "from", fmt.Sprintf("%x", m.GetFrom()), "type", m.GetType().String(), "error", err)
+		}
+	}
+}
+
+func cloneMessage(m *raftpb.Message) *raftpb.Message {
+	c, _ := proto.Clone(m).(*raftpb.Message)
+	return c
+}

@@ -1,0 +1,4 @@
+package remote
+
+// FromWireForTest exposes fromWire to the external tests.
+var FromWireForTest = fromWire

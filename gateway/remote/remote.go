@@ -1,0 +1,192 @@
+// Package remote holds the clients the split topology's processes use to
+// reach each other: a consensus member (gateway.Backend, leasesvc.Backend
+// and watchfanout.History over etcd's KV/Lease/Maintenance/Cluster services
+// and concord.v1.InternalService), a lease service (gateway.Lease) and a
+// watch fan-out (gateway.Watcher, one upstream bidi stream per client
+// stream). The same component code runs in every topology; only these
+// adapters differ from the all-in-one, which calls the components directly.
+//
+// Invariants:
+//   - Each endpoint is reached through one shared HTTP/2 cleartext (h2c)
+//     transport, so all calls and streams to it multiplex over one
+//     connection, as gRPC clients do.
+//   - Errors from the wire keep their gRPC code and message (the gateway's
+//     TranslateError passes *connect.Error through, so clients see etcd's
+//     exact errors), and also match the backend sentinel the message names
+//     (errors.Is), so leasesvc and watchfanout branch on them as they do in
+//     process.
+package remote
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"golang.org/x/net/http2"
+	"google.golang.org/grpc/status"
+
+	"github.com/concord-kv/concord/consensus"
+	"github.com/concord-kv/concord/storage"
+	"github.com/concord-kv/concord/watchfanout"
+)
+
+// ErrNoEndpoint is returned when no endpoint URL was given.
+var ErrNoEndpoint = errors.New("remote: no endpoint")
+
+// Endpoint is one remote process: its base URL and the shared transport.
+type Endpoint struct {
+	URL    string
+	client *http.Client
+	tr     *http2.Transport
+}
+
+// Dial prepares an h2c client for the first of urls (a comma-separated
+// list, etcd style). It does not connect: the transport connects on the
+// first call and reconnects after failures.
+func Dial(urls string) (*Endpoint, error) {
+	eps, err := DialAll(urls)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range eps[1:] {
+		_ = e.Close()
+	}
+	return eps[0], nil
+}
+
+// DialAll prepares an h2c client for each of urls (comma-separated).
+func DialAll(urls string) ([]*Endpoint, error) {
+	var eps []*Endpoint
+	for _, raw := range strings.Split(urls, ",") {
+		raw = strings.TrimSpace(raw)
+		if raw == "" {
+			continue
+		}
+		ep, err := dialOne(raw)
+		if err != nil {
+			return nil, err
+		}
+		eps = append(eps, ep)
+	}
+	if len(eps) == 0 {
+		return nil, ErrNoEndpoint
+	}
+	return eps, nil
+}
+
+func dialOne(raw string) (*Endpoint, error) {
+	if !strings.Contains(raw, "://") {
+		raw = "http://" + raw
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("remote: endpoint %q: %w", raw, err)
+	}
+	tr := &http2.Transport{
+		AllowHTTP: true,
+		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+			d := net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+			return d.DialContext(ctx, network, addr)
+		},
+		ReadIdleTimeout: 10 * time.Second,
+		PingTimeout:     5 * time.Second,
+	}
+	return &Endpoint{URL: u.Scheme + "://" + u.Host, client: &http.Client{Transport: tr}, tr: tr}, nil
+}
+
+// rotation picks which of several equivalent endpoints to use: the current
+// one until a call to it fails with Unavailable (the process is gone, or it
+// is a standby answering "no leader"), then the next. The failed call is not
+// retried here; clients retry Unavailable, and their retry reaches the next
+// endpoint.
+type rotation struct {
+	n   uint32
+	cur atomic.Uint32
+}
+
+func (r *rotation) pick() uint32 { return r.cur.Load() % r.n }
+
+// done records the outcome of a call made to endpoint i.
+func (r *rotation) done(i uint32, err error) {
+	if r.n > 1 && connect.CodeOf(err) == connect.CodeUnavailable {
+		r.cur.CompareAndSwap(i, (i+1)%r.n)
+	}
+}
+
+// Close drops the endpoint's idle connections. Idempotent.
+func (e *Endpoint) Close() error {
+	e.tr.CloseIdleConnections()
+	return nil
+}
+
+// clientOpts are the options of every generated client: gRPC protocol, as
+// the servers are etcd-compatible gRPC servers.
+func clientOpts() []connect.ClientOption {
+	return []connect.ClientOption{connect.WithGRPC(), connect.WithReadMaxBytes(64 << 20), connect.WithSendMaxBytes(64 << 20)}
+}
+
+// internalOpts are the options of concord's internal clients: the Connect
+// protocol, not gRPC, because the gateway answers gRPC requests for services
+// it does not know itself with Unimplemented, while other requests reach the
+// handlers mounted with gateway.WithHTTPHandler, where the internal services
+// live (InternalPattern, KeepAlivePattern).
+func internalOpts() []connect.ClientOption {
+	return []connect.ClientOption{connect.WithReadMaxBytes(64 << 20), connect.WithSendMaxBytes(64 << 20)}
+}
+
+// sentinels maps etcd's rpctypes errors, as they arrive on the wire, back to
+// the backend sentinels the gateway's error table turned into them.
+var sentinels = []struct {
+	wire error
+	to   []error
+}{
+	{rpctypes.ErrGRPCCompacted, []error{storage.ErrCompacted, watchfanout.ErrCompacted}},
+	{rpctypes.ErrGRPCFutureRev, []error{storage.ErrFutureRev}},
+	{rpctypes.ErrGRPCLeaseNotFound, []error{storage.ErrLeaseNotFound}},
+	{rpctypes.ErrGRPCLeaseExist, []error{storage.ErrLeaseExists}},
+	{rpctypes.ErrGRPCNoSpace, []error{consensus.ErrNoSpace}},
+	{rpctypes.ErrGRPCNoLeader, []error{consensus.ErrNoLeader}},
+	{rpctypes.ErrGRPCTimeout, []error{consensus.ErrTimeout}},
+	{rpctypes.ErrGRPCStopped, []error{consensus.ErrStopped}},
+	{rpctypes.ErrGRPCLeaseTTLTooLarge, []error{consensus.ErrLeaseTTLTooLarge}},
+	{rpctypes.ErrGRPCRequestTooManyRequests, []error{consensus.ErrTooManyRequests}},
+	{rpctypes.ErrGRPCLeaderChanged, []error{consensus.ErrStaleEpoch}},
+}
+
+// wireError is a connect error that also matches the sentinels it stands
+// for.
+type wireError struct {
+	ce *connect.Error
+	to []error
+}
+
+func (w *wireError) Error() string   { return w.ce.Error() }
+func (w *wireError) Unwrap() []error { return append([]error{w.ce}, w.to...) }
+
+// fromWire turns a client call's error into one that is still the wire
+// error (errors.As *connect.Error) and also Is the matching sentinel.
+func fromWire(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return err
+	}
+	for _, s := range sentinels {
+		st := status.Convert(s.wire)
+		if connect.Code(st.Code()) == ce.Code() && st.Message() == ce.Message() {
+			return &wireError{ce: ce, to: s.to}
+		}
+	}
+	return err
+}

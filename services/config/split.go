@@ -1,0 +1,174 @@
+package config
+
+import (
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// Flags of the split topology's subcommands (concord consensus, watchfanout,
+// leasesvc, gateway).
+const (
+	fNATSListenAddr       = "nats-listen-addr"
+	fNATSURL              = "nats-url"
+	fConsensusEndpoints   = "consensus-endpoints"
+	fWatchfanoutEndpoints = "watchfanout-endpoints"
+	fLeasesvcEndpoints    = "leasesvc-endpoints"
+)
+
+// DefaultNATSListenAddr is where `concord consensus` serves its embedded NATS
+// server by default (NATS's own default port, on loopback).
+const DefaultNATSListenAddr = "127.0.0.1:4222"
+
+// Consensus is the configuration of `concord consensus`: a consensus member
+// with its embedded NATS server listening on the network.
+type Consensus struct {
+	Server
+	// NATSListenAddr is the host:port of the embedded NATS server's client
+	// listener, which watch fan-outs connect to.
+	NATSListenAddr string
+}
+
+// ConsensusFlags declares the flags of `concord consensus`: the server flags
+// and --nats-listen-addr.
+func ConsensusFlags(fs *pflag.FlagSet) {
+	ServerFlags(fs)
+	fs.String(fNATSListenAddr, DefaultNATSListenAddr, "host:port of the embedded NATS server's client listener (watch fan-outs connect here)")
+}
+
+// LoadConsensus reads the flags declared by ConsensusFlags.
+func LoadConsensus(fs *pflag.FlagSet) (Consensus, error) {
+	s, err := LoadServer(fs)
+	if err != nil {
+		return Consensus{}, err
+	}
+	v, err := newViper(fs)
+	if err != nil {
+		return Consensus{}, err
+	}
+	c := Consensus{Server: s, NATSListenAddr: v.GetString(fNATSListenAddr)}
+	if c.NATSListenAddr == "" {
+		return Consensus{}, fmt.Errorf("%w: --%s must not be empty", ErrInvalid, fNATSListenAddr)
+	}
+	return c, nil
+}
+
+// Role names a split-topology process that is not a consensus member.
+type Role string
+
+// The roles of `concord watchfanout`, `concord leasesvc` and `concord gateway`.
+const (
+	RoleWatchfanout Role = "watchfanout"
+	RoleLeasesvc    Role = "leasesvc"
+	RoleGateway     Role = "gateway"
+)
+
+// Split is the configuration of a watch fan-out, lease service or gateway
+// process of the split topology.
+type Split struct {
+	Role Role
+	// Name identifies the process (the lease authority holder for leasesvc;
+	// it must be unique among lease services).
+	Name             string
+	ListenClientURLs []url.URL
+	// ConsensusEndpoints are the consensus members' client URLs
+	// (comma-separated; this first slice uses the first).
+	ConsensusEndpoints string
+	// NATSURL is the event bus (watchfanout only).
+	NATSURL string
+	// WatchfanoutEndpoints and LeasesvcEndpoints are where a gateway
+	// forwards watch streams and lease calls: one at a time, moving to the
+	// next when one answers Unavailable.
+	WatchfanoutEndpoints string
+	LeasesvcEndpoints    string
+
+	MaxRequestBytes             int
+	MaxTxnOps                   int
+	WatchProgressNotifyInterval time.Duration
+	LogLevel                    slog.Level
+	EnablePprof                 bool
+}
+
+// SplitFlags declares the flags of the subcommand for role.
+func SplitFlags(fs *pflag.FlagSet, role Role) {
+	fs.String(fName, string(role), "name of this process (for leasesvc: the lease authority holder, unique per instance)")
+	fs.String(fListenClientURLs, "http://127.0.0.1:2379", "comma-separated URLs to listen on for client traffic")
+	fs.String(fConsensusEndpoints, "http://127.0.0.1:2379", "comma-separated client URLs of the consensus members")
+	switch role {
+	case RoleWatchfanout:
+		fs.String(fNATSURL, "nats://"+DefaultNATSListenAddr, "comma-separated NATS URLs of the event bus (the consensus members' --nats-listen-addr)")
+		fs.Duration(fWatchProgressNotify, DefaultWatchProgressNotifyInterval, "duration of periodic watch progress notifications (at least 100ms)")
+	case RoleGateway:
+		fs.String(fWatchfanoutEndpoints, "", "comma-separated client URLs of the watch fan-outs")
+		fs.String(fLeasesvcEndpoints, "", "comma-separated client URLs of the lease services")
+		fs.Bool(fEnablePprof, false, "enable runtime profiling data via HTTP server; address is at client URL + \"/debug/pprof/\"")
+	}
+	fs.Int(fMaxRequestBytes, 1572864, "maximum client request size in bytes the server will accept")
+	fs.Int(fMaxTxnOps, 128, "maximum number of operations permitted in a transaction")
+	fs.String(fLogLevel, "info", "log level: debug, info, warn or error")
+	fs.String(fConfigFile, "", "path to a YAML configuration file whose keys are the flag names")
+}
+
+// LoadSplit reads the flags declared by SplitFlags(fs, role).
+func LoadSplit(fs *pflag.FlagSet, role Role) (Split, error) {
+	v, err := newViper(fs)
+	if err != nil {
+		return Split{}, err
+	}
+	c := Split{
+		Role:                 role,
+		Name:                 v.GetString(fName),
+		ConsensusEndpoints:   v.GetString(fConsensusEndpoints),
+		NATSURL:              v.GetString(fNATSURL),
+		WatchfanoutEndpoints: v.GetString(fWatchfanoutEndpoints),
+		LeasesvcEndpoints:    v.GetString(fLeasesvcEndpoints),
+		MaxRequestBytes:      v.GetInt(fMaxRequestBytes),
+		MaxTxnOps:            v.GetInt(fMaxTxnOps),
+		EnablePprof:          v.GetBool(fEnablePprof),
+	}
+	if c.ListenClientURLs, err = parseURLs(fListenClientURLs, v.GetString(fListenClientURLs)); err != nil {
+		return Split{}, err
+	}
+	c.WatchProgressNotifyInterval = v.GetDuration(fWatchProgressNotify)
+	switch {
+	case c.WatchProgressNotifyInterval <= 0:
+		c.WatchProgressNotifyInterval = DefaultWatchProgressNotifyInterval
+	case c.WatchProgressNotifyInterval < MinWatchProgressNotifyInterval:
+		c.WatchProgressNotifyInterval = MinWatchProgressNotifyInterval
+	}
+	if err := c.LogLevel.UnmarshalText([]byte(v.GetString(fLogLevel))); err != nil {
+		return Split{}, fmt.Errorf("%w: --%s: %v", ErrInvalid, fLogLevel, err)
+	}
+	return c, c.Validate()
+}
+
+// Validate reports the first setting that cannot work for c.Role.
+func (c Split) Validate() error {
+	empty := func(s string) bool { return strings.TrimSpace(s) == "" }
+	switch {
+	case c.Name == "":
+		return fmt.Errorf("%w: --%s must not be empty", ErrInvalid, fName)
+	case len(c.ListenClientURLs) == 0:
+		return fmt.Errorf("%w: --%s must name at least one URL", ErrInvalid, fListenClientURLs)
+	case empty(c.ConsensusEndpoints):
+		return fmt.Errorf("%w: --%s must not be empty", ErrInvalid, fConsensusEndpoints)
+	case c.Role == RoleWatchfanout && empty(c.NATSURL):
+		return fmt.Errorf("%w: --%s must not be empty", ErrInvalid, fNATSURL)
+	case c.Role == RoleGateway && empty(c.WatchfanoutEndpoints):
+		return fmt.Errorf("%w: --%s must not be empty", ErrInvalid, fWatchfanoutEndpoints)
+	case c.Role == RoleGateway && empty(c.LeasesvcEndpoints):
+		return fmt.Errorf("%w: --%s must not be empty", ErrInvalid, fLeasesvcEndpoints)
+	case c.MaxRequestBytes <= 0 || c.MaxTxnOps <= 0:
+		return fmt.Errorf("%w: --%s and --%s must be positive", ErrInvalid, fMaxRequestBytes, fMaxTxnOps)
+	}
+	for _, u := range c.ListenClientURLs {
+		if u.Scheme != "http" && u.Scheme != "unix" {
+			return fmt.Errorf("%w: client URL %q: only http:// is supported so far", ErrInvalid, u.String())
+		}
+	}
+	return nil
+}

@@ -1,0 +1,78 @@
+package config_test
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/spf13/pflag"
+
+	"github.com/concord-kv/concord/services/config"
+)
+
+func loadSplit(t *testing.T, role config.Role, args ...string) (config.Split, error) {
+	t.Helper()
+	fs := pflag.NewFlagSet(string(role), pflag.ContinueOnError)
+	config.SplitFlags(fs, role)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("parse %v: %v", args, err)
+	}
+	return config.LoadSplit(fs, role)
+}
+
+func TestConsensusNATSListenAddr(t *testing.T) {
+	fs := pflag.NewFlagSet("consensus", pflag.ContinueOnError)
+	config.ConsensusFlags(fs)
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.LoadConsensus(fs)
+	if err != nil || c.NATSListenAddr != config.DefaultNATSListenAddr || c.Name != "default" {
+		t.Fatalf("defaults = %+v, %v", c, err)
+	}
+	fs = pflag.NewFlagSet("consensus", pflag.ContinueOnError)
+	config.ConsensusFlags(fs)
+	if err := fs.Parse([]string{"--nats-listen-addr", "0.0.0.0:4333"}); err != nil {
+		t.Fatal(err)
+	}
+	if c, err = config.LoadConsensus(fs); err != nil || c.NATSListenAddr != "0.0.0.0:4333" {
+		t.Fatalf("--nats-listen-addr: %+v, %v", c, err)
+	}
+}
+
+func TestSplitFlags(t *testing.T) {
+	c, err := loadSplit(t, config.RoleGateway, "--consensus-endpoints", "http://c:2379",
+		"--watchfanout-endpoints", "http://w:2379", "--leasesvc-endpoints", "http://l:2379",
+		"--listen-client-urls", "http://127.0.0.1:3000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Role != config.RoleGateway || c.ConsensusEndpoints != "http://c:2379" || c.WatchfanoutEndpoints != "http://w:2379" ||
+		c.LeasesvcEndpoints != "http://l:2379" || c.ListenClientURLs[0].Host != "127.0.0.1:3000" || c.MaxTxnOps != 128 {
+		t.Fatalf("gateway config = %+v", c)
+	}
+	if c, err = loadSplit(t, config.RoleWatchfanout); err != nil || c.NATSURL != "nats://127.0.0.1:4222" {
+		t.Fatalf("watchfanout defaults = %+v, %v", c, err)
+	}
+	if c, err = loadSplit(t, config.RoleLeasesvc, "--name", "ls-7"); err != nil || c.Name != "ls-7" {
+		t.Fatalf("leasesvc = %+v, %v", c, err)
+	}
+}
+
+func TestSplitValidate(t *testing.T) {
+	for name, tc := range map[string]struct {
+		role config.Role
+		args []string
+	}{
+		"gateway without watchfanout": {config.RoleGateway, []string{"--leasesvc-endpoints", "http://l:1"}},
+		"gateway without leasesvc":    {config.RoleGateway, []string{"--watchfanout-endpoints", "http://w:1"}},
+		"empty consensus":             {config.RoleLeasesvc, []string{"--consensus-endpoints", ""}},
+		"empty nats":                  {config.RoleWatchfanout, []string{"--nats-url", " "}},
+		"bad listen url":              {config.RoleLeasesvc, []string{"--listen-client-urls", "127.0.0.1:1"}},
+		"https listen url":            {config.RoleLeasesvc, []string{"--listen-client-urls", "https://127.0.0.1:1"}},
+		"empty name":                  {config.RoleLeasesvc, []string{"--name", ""}},
+	} {
+		if _, err := loadSplit(t, tc.role, tc.args...); !errors.Is(err, config.ErrInvalid) {
+			t.Errorf("%s: got %v, want ErrInvalid", name, err)
+		}
+	}
+}

@@ -1,0 +1,80 @@
+package services
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/concord-kv/concord/consensus/peer"
+	"github.com/concord-kv/concord/services/config"
+)
+
+// peerShutdownTimeout bounds the graceful part of stopping the peer server;
+// the consensus member has already stopped its transport by then.
+const peerShutdownTimeout = 2 * time.Second
+
+// multiMember reports whether --initial-cluster names more than one member:
+// only then does a member need peers, a peer transport and the peer port.
+// A single member keeps the all-in-one path of one process with nothing
+// listening on the peer URLs.
+func multiMember(cfg config.Server) bool {
+	names := map[string]bool{}
+	for item := range strings.SplitSeq(cfg.InitialCluster, ",") {
+		if name, _, ok := strings.Cut(strings.TrimSpace(item), "="); ok {
+			names[name] = true
+		}
+	}
+	return len(names) > 1
+}
+
+// peerServer serves the raft peer transport on --listen-peer-urls
+// (cleartext HTTP/2) from before consensus starts, so the other members can
+// reach this one while it waits for an election. The returned stop shuts
+// the listeners down and waits for the server goroutines; the transport
+// itself belongs to the consensus member once passed in its Config.
+func peerServer(cfg config.Server, log *slog.Logger) (*peer.Transport, func(), error) {
+	tr, err := peer.New(peer.Config{Logger: log.With("component", "peer")})
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, u := range cfg.ListenPeerURLs {
+		if u.Scheme != "http" {
+			tr.Stop()
+			return nil, nil, fmt.Errorf("%w: peer URL %q: only http:// is supported so far", config.ErrInvalid, u.String())
+		}
+	}
+	lns, err := listenAll(cfg.ListenPeerURLs)
+	if err != nil {
+		tr.Stop()
+		return nil, nil, err
+	}
+	path, h := tr.Handler()
+	mux := http.NewServeMux()
+	mux.Handle(path, h)
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Handler: mux, Protocols: &protocols, ReadHeaderTimeout: 5 * time.Second}
+	var wg sync.WaitGroup
+	for _, ln := range lns {
+		log.Info("serving peer traffic", "address", ln.Addr().String())
+		wg.Go(func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("peer server failed", "address", ln.Addr().String(), "error", err)
+			}
+		})
+	}
+	stop := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), peerShutdownTimeout)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			_ = srv.Close()
+		}
+		wg.Wait()
+	}
+	return tr, stop, nil
+}

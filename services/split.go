@@ -1,0 +1,250 @@
+package services
+
+// The split topology (issue 5): each service in its own process, talking
+// over the network through the same component code as the all-in-one. Only
+// the adapters differ: consensus serves concord.v1.InternalService
+// (consensus/internalapi) next to etcd's services, and the other processes
+// reach it, each other and the event bus through gateway/remote and
+// eventbus.ConnectNATS.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/concord-kv/concord/consensus"
+	"github.com/concord-kv/concord/consensus/eventbus"
+	"github.com/concord-kv/concord/consensus/internalapi"
+	"github.com/concord-kv/concord/gateway"
+	"github.com/concord-kv/concord/gateway/recipes"
+	"github.com/concord-kv/concord/gateway/remote"
+	"github.com/concord-kv/concord/leasesvc"
+	"github.com/concord-kv/concord/proto/gen/concord/v1/concordv1connect"
+	"github.com/concord-kv/concord/services/config"
+	"github.com/concord-kv/concord/watchfanout"
+)
+
+// RunConsensus runs one consensus member: raft and storage, an embedded NATS
+// server listening on cfg.NATSListenAddr on which committed revisions are
+// published, and, on the client URLs, etcd's KV, Lease (grants, revokes and
+// listings only), Maintenance and Cluster services plus
+// concord.v1.InternalService for the other processes.
+func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) error {
+	listeners, err := listenAll(cfg.ListenClientURLs)
+	if err != nil {
+		return err
+	}
+	defer closeAll(listeners)
+
+	bus, err := eventbus.StartNATS(ctx, eventbus.NATSConfig{
+		ListenAddr: cfg.NATSListenAddr,
+		ServerName: cfg.Name,
+		Logger:     log.With("component", "nats"),
+	})
+	if err != nil {
+		return fmt.Errorf("starting the event bus: %w", err)
+	}
+	defer bus.Close()
+
+	ccfg := consensusConfig(cfg.Server, log)
+	ccfg.Events = bus
+	node, err := consensus.Start(ctx, ccfg)
+	if err != nil {
+		return fmt.Errorf("starting consensus: %w", err)
+	}
+	defer node.Close()
+
+	path, h := concordv1connect.NewInternalServiceHandler(internalapi.New(node))
+	opts := []gateway.Option{gateway.WithHTTPHandler(path, h)}
+	if cfg.EnablePprof {
+		opts = append(opts, pprofHandlers()...)
+	}
+	gw, err := gateway.New(gatewayConfig(cfg.Server, log), node, opts...)
+	if err != nil {
+		return fmt.Errorf("starting the member's API: %w", err)
+	}
+	defer gw.Close()
+	log.Info("event bus listening", "nats-url", bus.ClientURL())
+	return serveSplit(ctx, "consensus", gw, listeners, log, nil)
+}
+
+// RunWatchfanout runs a watch fan-out fed by the event bus (NATS client),
+// repairing from the history of a consensus member, serving etcd's Watch
+// service (and the browser watch) on its client URLs.
+func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) error {
+	listeners, err := listenAll(cfg.ListenClientURLs)
+	if err != nil {
+		return err
+	}
+	defer closeAll(listeners)
+
+	cons, hdr, err := dialConsensus(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer cons.Close()
+
+	bus, err := eventbus.ConnectNATS(ctx, cfg.NATSURL,
+		eventbus.WithLogger(log.With("component", "eventbus")), eventbus.WithName(cfg.Name))
+	if err != nil {
+		return fmt.Errorf("connecting to the event bus %s: %w", cfg.NATSURL, err)
+	}
+	defer bus.Close()
+
+	fanout, err := watchfanout.New(watchfanout.Config{
+		Logger:                 log.With("component", "watchfanout"),
+		ClusterID:              hdr.GetClusterId(),
+		MemberID:               hdr.GetMemberId(),
+		RaftTerm:               func() uint64 { return cons.Header().GetRaftTerm() },
+		ProgressNotifyInterval: cfg.WatchProgressNotifyInterval,
+		MaxResponseBytes:       cfg.MaxRequestBytes + 512*1024,
+	}, bus, cons)
+	if err != nil {
+		return fmt.Errorf("starting the watch fan-out: %w", err)
+	}
+	defer fanout.Close()
+
+	gw, err := gateway.New(splitGatewayConfig(cfg, log), cons,
+		gateway.WithWatch(gateway.NewWatchService(fanout)), gateway.WithBrowserWatch(fanout))
+	if err != nil {
+		return fmt.Errorf("starting the watch API: %w", err)
+	}
+	defer gw.Close()
+	return serveSplit(ctx, "watchfanout", gw, listeners, log, nil)
+}
+
+// RunLeasesvc runs a lease service whose backend is a consensus member over
+// the network, serving etcd's Lease service and
+// concord.v1.LeaseKeepAliveService on its client URLs. Several may run: the
+// replicated lease authority lets one decide expiries (DESIGN.md invariant
+// 4), the others answer "no leader" until they take over.
+func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error {
+	listeners, err := listenAll(cfg.ListenClientURLs)
+	if err != nil {
+		return err
+	}
+	defer closeAll(listeners)
+
+	cons, _, err := dialConsensus(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer cons.Close()
+
+	leases, err := leasesvc.New(leasesvc.Config{Holder: cfg.Name, Logger: log.With("component", "leasesvc")}, cons)
+	if err != nil {
+		return fmt.Errorf("starting the lease service: %w", err)
+	}
+	defer leases.Close()
+
+	path, h := concordv1connect.NewLeaseKeepAliveServiceHandler(remote.KeepAliveServer{L: leases})
+	gw, err := gateway.New(splitGatewayConfig(cfg, log), cons, gateway.WithLease(leases), gateway.WithHTTPHandler(path, h))
+	if err != nil {
+		return fmt.Errorf("starting the lease API: %w", err)
+	}
+	defer gw.Close()
+	return serveSplit(ctx, "leasesvc", gw, listeners, log, func(ctx context.Context, g *errgroup.Group) {
+		g.Go(func() error { return leases.Run(ctx) })
+		waitLeaseAuthority(ctx, leases, log)
+	})
+}
+
+// RunGateway runs a stateless gateway: KV, maintenance and cluster calls go
+// to consensus, each watch stream to a watch fan-out, lease calls to a lease
+// service; locks and elections run here on top of those, as in the
+// all-in-one.
+func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
+	listeners, err := listenAll(cfg.ListenClientURLs)
+	if err != nil {
+		return err
+	}
+	defer closeAll(listeners)
+
+	cons, err := remote.NewConsensus(cfg.ConsensusEndpoints, log.With("component", "remote-consensus"))
+	if err != nil {
+		return fmt.Errorf("consensus endpoints: %w", err)
+	}
+	defer cons.Close()
+	watcher, err := remote.NewWatcher(cfg.WatchfanoutEndpoints)
+	if err != nil {
+		return fmt.Errorf("watchfanout endpoints: %w", err)
+	}
+	defer watcher.Close()
+	lease, err := remote.NewLease(cfg.LeasesvcEndpoints, cons.Header)
+	if err != nil {
+		return fmt.Errorf("leasesvc endpoints: %w", err)
+	}
+	defer lease.Close()
+
+	recipeSvc, err := recipes.New(recipes.Config{
+		MaxRequestBytes: cfg.MaxRequestBytes,
+		Logger:          log.With("component", "recipes"),
+	}, cons, lease, watcher)
+	if err != nil {
+		return fmt.Errorf("starting the lock and election services: %w", err)
+	}
+	defer recipeSvc.Close()
+
+	opts := []gateway.Option{
+		gateway.WithWatch(gateway.NewWatchService(watcher)), gateway.WithBrowserWatch(watcher), gateway.WithLease(lease),
+		gateway.WithLock(recipeSvc), gateway.WithElection(recipeSvc),
+	}
+	if cfg.EnablePprof {
+		opts = append(opts, pprofHandlers()...)
+	}
+	gw, err := gateway.New(splitGatewayConfig(cfg, log), cons, opts...)
+	if err != nil {
+		return fmt.Errorf("starting gateway: %w", err)
+	}
+	defer gw.Close()
+	return serveSplit(ctx, "gateway", gw, listeners, log, nil)
+}
+
+// dialConsensus connects to consensus and waits until it answers, so that
+// components that need its identity (cluster and member IDs) get it.
+func dialConsensus(ctx context.Context, cfg config.Split, log *slog.Logger) (*remote.Consensus, *pb.ResponseHeader, error) {
+	cons, err := remote.NewConsensus(cfg.ConsensusEndpoints, log.With("component", "remote-consensus"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("consensus endpoints: %w", err)
+	}
+	log.Info("waiting for consensus", "endpoints", cfg.ConsensusEndpoints)
+	hdr, err := cons.WaitReady(ctx)
+	if err != nil {
+		cons.Close()
+		return nil, nil, fmt.Errorf("waiting for consensus at %s: %w", cfg.ConsensusEndpoints, err)
+	}
+	return cons, hdr, nil
+}
+
+func splitGatewayConfig(cfg config.Split, log *slog.Logger) gateway.Config {
+	return gateway.Config{
+		MaxRequestBytes: cfg.MaxRequestBytes,
+		MaxTxnOps:       cfg.MaxTxnOps,
+		Logger:          log.With("component", "gateway"),
+	}
+}
+
+// serveSplit serves gw on every listener until ctx ends or one fails; start,
+// if set, adds the process's own goroutines to the group first.
+func serveSplit(ctx context.Context, role string, gw *gateway.Gateway, listeners []net.Listener, log *slog.Logger,
+	start func(context.Context, *errgroup.Group)) error {
+	g, ctx := errgroup.WithContext(ctx)
+	if start != nil {
+		start(ctx, g)
+	}
+	for _, ln := range listeners {
+		log.Info("serving client requests", "address", ln.Addr().String())
+		g.Go(func() error { return gw.Serve(ctx, ln) })
+	}
+	log.Info("concord is ready", "role", role)
+	err := g.Wait()
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,487 @@
+package e2e
+
+// The split topology (issue 5): consensus, a watch fan-out, a lease service
+// and two gateways as separate concord processes on loopback, driven with
+// the real etcdctl and clientv3 through the gateways.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// proc is one concord process of the split topology. Unlike Server it
+// takes the subcommand's own flags.
+type proc struct {
+	t    *testing.T
+	name string
+	args []string
+	port int // client port; ready when GET /health on it answers 200
+	log  *syncBuffer
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func (p *proc) url() string      { return fmt.Sprintf("http://127.0.0.1:%d", p.port) }
+func (p *proc) endpoint() string { return fmt.Sprintf("127.0.0.1:%d", p.port) }
+
+// startProc starts `concord <args>` and waits until it is ready; it is killed
+// when the test ends.
+func startProc(t *testing.T, name string, port int, args ...string) *proc {
+	t.Helper()
+	requireBinary(t, concordImpl)
+	p := &proc{t: t, name: name, args: args, port: port, log: &syncBuffer{}}
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("%s output (last %d bytes):\n%s", name, logTail, p.log.Tail(logTail))
+		}
+	})
+	if err := p.start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	return p
+}
+
+func (p *proc) start() error {
+	fmt.Fprintf(p.log, "=== %s: concord %s\n", p.name, strings.Join(p.args, " "))
+	cmd := exec.Command(concordImpl.bin, p.args...)
+	cmd.Env = cleanEnv()
+	cmd.Stdout, cmd.Stderr = p.log, p.log
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	p.mu.Lock()
+	p.cmd, p.done = cmd, done
+	p.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		fmt.Fprintf(p.log, "=== %s exited: %v\n", p.name, err)
+		close(done)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	client := &http.Client{Timeout: 2 * time.Second}
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.url()+"/health", nil)
+		if err != nil {
+			return err
+		}
+		if resp, err := client.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-done:
+			return fmt.Errorf("%w: %s exited before it was ready", errNotReady, p.name)
+		case <-ctx.Done():
+			return fmt.Errorf("%w: no 200 from %s/health within %v", errNotReady, p.url(), readyTimeout)
+		case <-time.After(pollInterval):
+		}
+	}
+}
+
+// kill SIGKILLs the process and waits for it. Idempotent.
+func (p *proc) kill() {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.cmd = nil
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	select {
+	case <-done:
+	case <-time.After(stopTimeout):
+		p.t.Errorf("%s did not exit within %v of SIGKILL", p.name, stopTimeout)
+	}
+}
+
+// restart starts the killed process again with the same flags.
+func (p *proc) restart() {
+	p.t.Helper()
+	p.kill()
+	if err := p.start(); err != nil {
+		p.t.Fatalf("restart %s: %v", p.name, err)
+	}
+}
+
+// splitCluster is one consensus member, one watch fan-out, one lease
+// service and two gateways.
+type splitCluster struct {
+	consensus, watchfanout, leasesvc *proc
+	gateways                         [2]*proc
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	a, _, err := freePorts()
+	if err != nil {
+		t.Fatalf("pick ports: %v", err)
+	}
+	return a
+}
+
+func startSplit(t *testing.T) *splitCluster {
+	t.Helper()
+	c := &splitCluster{}
+	cport, pport, err := freePorts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	curl := fmt.Sprintf("http://127.0.0.1:%d", cport)
+	purl := fmt.Sprintf("http://127.0.0.1:%d", pport)
+	c.consensus = startProc(t, "consensus", cport, "consensus", "--name", "c1", "--data-dir", t.TempDir(),
+		"--listen-client-urls", curl, "--listen-peer-urls", purl, "--initial-cluster", "c1="+purl,
+		"--nats-listen-addr", natsAddr)
+	wport, lport := freePort(t), freePort(t)
+	c.watchfanout = startProc(t, "watchfanout", wport, "watchfanout", "--name", "wf1",
+		"--consensus-endpoints", curl, "--nats-url", "nats://"+natsAddr,
+		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", wport))
+	c.leasesvc = startProc(t, "leasesvc", lport, "leasesvc", "--name", "ls1",
+		"--consensus-endpoints", curl, "--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", lport))
+	for i := range c.gateways {
+		gport := freePort(t)
+		c.gateways[i] = startProc(t, fmt.Sprintf("gateway-%d", i+1), gport, "gateway",
+			"--consensus-endpoints", curl, "--watchfanout-endpoints", c.watchfanout.url(),
+			"--leasesvc-endpoints", c.leasesvc.url(), "--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", gport))
+	}
+	return c
+}
+
+func splitClient(t *testing.T, endpoints ...string) *clientv3.Client {
+	t.Helper()
+	c, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatalf("clientv3.New(%v): %v", endpoints, err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func TestSplitTopology(t *testing.T) {
+	c := startSplit(t)
+	g1, g2 := c.gateways[0].endpoint(), c.gateways[1].endpoint()
+
+	t.Run("etcdctl", func(t *testing.T) {
+		mustCtl(t, g1, "put", "foo", "bar")
+		if got := mustCtl(t, g2, "get", "foo"); got != "foo\nbar\n" {
+			t.Fatalf("get through the other gateway = %q", got)
+		}
+		r := runCtl(t, g2, "value(\"foo\") = \"bar\"\n\nput foo baz\n\nput foo no\n\n", "txn")
+		if r.exit != 0 || r.stdout != "SUCCESS\n\nOK\n" {
+			t.Fatalf("txn: exit %d stdout %q stderr %q", r.exit, r.stdout, r.stderr)
+		}
+		if got := mustCtl(t, g1, "get", "foo", "--print-value-only"); got != "baz\n" {
+			t.Fatalf("after txn foo = %q", got)
+		}
+
+		grant := mustCtl(t, g1, "lease", "grant", "60")
+		var id string
+		if _, err := fmt.Sscanf(grant, "lease %s granted", &id); err != nil {
+			t.Fatalf("lease grant output %q: %v", grant, err)
+		}
+		mustCtl(t, g2, "put", "--lease="+id, "leased", "v")
+		if got := mustCtl(t, g2, "lease", "timetolive", id, "--keys"); !strings.Contains(got, "attached keys([leased])") {
+			t.Fatalf("timetolive = %q", got)
+		}
+		if got := mustCtl(t, g1, "lease", "keep-alive", "--once", id); !strings.Contains(got, "keepalived with TTL(60)") {
+			t.Fatalf("keep-alive = %q", got)
+		}
+		mustCtl(t, g2, "lease", "revoke", id)
+		if got := mustCtl(t, g1, "get", "leased"); got != "" {
+			t.Fatalf("key of a revoked lease still there: %q", got)
+		}
+
+		w := startBgCtl(t, g2, false, "watch", "wkey")
+		// etcdctl prints nothing on create; write until the watch shows it.
+		deadline := time.Now().Add(waitTimeout)
+		for !strings.Contains(w.stdout.String(), "v1\n") {
+			if time.Now().After(deadline) {
+				t.Fatalf("watch through gateway-2 saw nothing: %q %q", w.stdout.String(), w.stderr.String())
+			}
+			mustCtl(t, g1, "put", "wkey", "v1")
+			// The watch may not be registered yet: look for a second,
+			// then write again.
+			for wait := time.Now().Add(time.Second); time.Now().Before(wait) && !strings.Contains(w.stdout.String(), "v1\n"); {
+				time.Sleep(pollInterval)
+			}
+		}
+		if got := w.stdout.String(); !strings.HasPrefix(got, "PUT\nwkey\nv1\n") {
+			t.Fatalf("watch output %q", got)
+		}
+	})
+
+	t.Run("errors", func(t *testing.T) {
+		aio := startServer(t, concordImpl, serverOptions{})
+		want := clientErrors(t, splitClient(t, aio.Endpoint()))
+		got := clientErrors(t, splitClient(t, g1))
+		for name, w := range want {
+			if w == nil {
+				t.Errorf("%s: all-in-one returned no error", name)
+				continue
+			}
+			if g := got[name]; g == nil || g.Error() != w.Error() {
+				t.Errorf("%s: split gateway error %v, all-in-one %v", name, g, w)
+			}
+		}
+	})
+
+	t.Run("gateway-killed", func(t *testing.T) {
+		cli := splitClient(t, g1, g2)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if _, err := cli.Put(ctx, "gk/before", "1"); err != nil {
+			t.Fatal(err)
+		}
+		c.gateways[0].kill()
+		retried := 0
+		for i := range 20 {
+			key := fmt.Sprintf("gk/%02d", i)
+			// The first calls after the kill may still pick the dead
+			// connection; clientv3 then moves to the live endpoint.
+			for {
+				octx, ocancel := context.WithTimeout(ctx, 3*time.Second)
+				_, err := cli.Put(octx, key, "v")
+				ocancel()
+				if err == nil {
+					break
+				}
+				if ctx.Err() != nil {
+					t.Fatalf("put %s never succeeded after the kill: %v", key, err)
+				}
+				retried++
+			}
+		}
+		resp, err := cli.Get(ctx, "gk/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil || resp.Count != 21 {
+			t.Fatalf("after the kill: count %v err %v", resp, err)
+		}
+		t.Logf("20 puts after SIGKILL of gateway-1; %d attempts retried", retried)
+	})
+
+	t.Run("watchfanout-restart", func(t *testing.T) {
+		cli := splitClient(t, g2)
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		start := must(cli.Get(ctx, "any"))(t).Header.Revision
+		wch := cli.Watch(clientv3.WithRequireLeader(ctx), "wr/", clientv3.WithPrefix(), clientv3.WithRev(start+1))
+		put := func(i int) {
+			if _, err := cli.Put(ctx, fmt.Sprintf("wr/%02d", i), "v"); err != nil {
+				t.Fatalf("put %d: %v", i, err)
+			}
+		}
+		var seen []string
+		var revs []int64
+		recv := func(n int) {
+			for len(seen) < n {
+				select {
+				case wr, ok := <-wch:
+					if !ok {
+						t.Fatalf("watch channel closed after %d events", len(seen))
+					}
+					if err := wr.Err(); err != nil {
+						t.Fatalf("watch error: %v", err)
+					}
+					for _, ev := range wr.Events {
+						seen = append(seen, string(ev.Kv.Key))
+						revs = append(revs, ev.Kv.ModRevision)
+					}
+				case <-ctx.Done():
+					t.Fatalf("got %d of %d events: %v", len(seen), n, seen)
+				}
+			}
+		}
+		for i := range 5 {
+			put(i)
+		}
+		recv(5)
+		c.watchfanout.kill()
+		for i := 5; i < 10; i++ {
+			put(i)
+		}
+		c.watchfanout.restart()
+		for i := 10; i < 15; i++ {
+			put(i)
+		}
+		recv(15)
+		if len(seen) != 15 {
+			t.Fatalf("got %d events, want 15: %v", len(seen), seen)
+		}
+		for i, k := range seen {
+			if want := fmt.Sprintf("wr/%02d", i); k != want || (i > 0 && revs[i] != revs[i-1]+1) {
+				t.Fatalf("event %d = %s at rev %d, want %s (revs %v)", i, k, revs[i], want, revs)
+			}
+		}
+	})
+}
+
+// clientErrors runs calls that fail and returns each error by name.
+func clientErrors(t *testing.T, cli *clientv3.Client) map[string]error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out := map[string]error{}
+	rev := must(cli.Put(ctx, "e/k", "v"))(t).Header.Revision
+	must(cli.Put(ctx, "e/k", "v2"))(t)
+	must(cli.Compact(ctx, rev+1))(t)
+	_, out["compacted"] = cli.Get(ctx, "e/k", clientv3.WithRev(rev))
+	_, out["future-rev"] = cli.Get(ctx, "e/k", clientv3.WithRev(rev+1000))
+	_, out["put-missing-lease"] = cli.Put(ctx, "e/l", "v", clientv3.WithLease(0x1234))
+	_, out["revoke-missing-lease"] = cli.Revoke(ctx, 0x1234)
+	_, out["keepalive-missing-lease"] = cli.KeepAliveOnce(ctx, 0x1234)
+	_, out["empty-key"] = cli.Put(ctx, "", "v")
+	ops := make([]clientv3.Op, 129)
+	for i := range ops {
+		ops[i] = clientv3.OpPut(fmt.Sprintf("e/t%d", i), "v")
+	}
+	_, out["too-many-ops"] = cli.Txn(ctx).Then(ops...).Commit()
+	_, out["duplicate-key"] = cli.Txn(ctx).Then(clientv3.OpPut("e/d", "1"), clientv3.OpPut("e/d", "2")).Commit()
+	id := must(cli.Grant(ctx, 60))(t).ID
+	must(cli.Revoke(ctx, id))(t)
+	_, out["revoke-twice"] = cli.Revoke(ctx, id)
+	for _, e := range []struct {
+		name string
+		want error
+	}{
+		{"compacted", rpctypes.ErrCompacted}, {"future-rev", rpctypes.ErrFutureRev},
+		{"put-missing-lease", rpctypes.ErrLeaseNotFound}, {"revoke-missing-lease", rpctypes.ErrLeaseNotFound},
+		{"keepalive-missing-lease", rpctypes.ErrLeaseNotFound}, {"empty-key", rpctypes.ErrEmptyKey},
+		{"too-many-ops", rpctypes.ErrTooManyOps}, {"duplicate-key", rpctypes.ErrDuplicateKey},
+		{"revoke-twice", rpctypes.ErrLeaseNotFound},
+	} {
+		if !errors.Is(rpctypes.Error(out[e.name]), e.want) && !errors.Is(out[e.name], e.want) {
+			t.Errorf("%s: got %v, want %v", e.name, out[e.name], e.want)
+		}
+	}
+	return out
+}
+
+// TestSplitFailover runs two watch fan-outs and two lease services behind
+// one gateway: killing the fan-out a watch uses moves it to the other
+// without gap or duplicate, and killing the active lease service lets the
+// standby take the lease authority over, after which keep-alives through
+// the same gateway succeed again and the lease and its key survive.
+func TestSplitFailover(t *testing.T) {
+	cport, pport, err := freePorts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	curl := fmt.Sprintf("http://127.0.0.1:%d", cport)
+	purl := fmt.Sprintf("http://127.0.0.1:%d", pport)
+	startProc(t, "consensus", cport, "consensus", "--name", "c1", "--data-dir", t.TempDir(),
+		"--listen-client-urls", curl, "--listen-peer-urls", purl, "--initial-cluster", "c1="+purl,
+		"--nats-listen-addr", natsAddr)
+	var wfs, lss []*proc
+	for i := 1; i <= 2; i++ {
+		wport := freePort(t)
+		wfs = append(wfs, startProc(t, fmt.Sprintf("watchfanout-%d", i), wport, "watchfanout",
+			"--name", fmt.Sprintf("wf%d", i), "--consensus-endpoints", curl, "--nats-url", "nats://"+natsAddr,
+			"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", wport)))
+		lport := freePort(t)
+		lss = append(lss, startProc(t, fmt.Sprintf("leasesvc-%d", i), lport, "leasesvc",
+			"--name", fmt.Sprintf("ls%d", i), "--consensus-endpoints", curl,
+			"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", lport)))
+	}
+	gport := freePort(t)
+	gw := startProc(t, "gateway", gport, "gateway", "--consensus-endpoints", curl,
+		"--watchfanout-endpoints", wfs[0].url()+","+wfs[1].url(),
+		"--leasesvc-endpoints", lss[0].url()+","+lss[1].url(),
+		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", gport))
+
+	cli := splitClient(t, gw.endpoint())
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+
+	// ls1 started first and holds the authority.
+	lease := must(cli.Grant(ctx, 60))(t)
+	must(cli.Put(ctx, "fo/leased", "v", clientv3.WithLease(lease.ID)))(t)
+
+	start := must(cli.Get(ctx, "any"))(t).Header.Revision
+	wch := cli.Watch(clientv3.WithRequireLeader(ctx), "fw/", clientv3.WithPrefix(), clientv3.WithRev(start+1))
+	var seen []string
+	var revs []int64
+	recv := func(n int) {
+		t.Helper()
+		for len(seen) < n {
+			select {
+			case wr, ok := <-wch:
+				if !ok {
+					t.Fatalf("watch channel closed after %d events", len(seen))
+				}
+				if err := wr.Err(); err != nil {
+					t.Fatalf("watch error: %v", err)
+				}
+				for _, ev := range wr.Events {
+					seen = append(seen, string(ev.Kv.Key))
+					revs = append(revs, ev.Kv.ModRevision)
+				}
+			case <-ctx.Done():
+				t.Fatalf("got %d of %d events: %v", len(seen), n, seen)
+			}
+		}
+	}
+	put := func(i int) {
+		t.Helper()
+		must(cli.Put(ctx, fmt.Sprintf("fw/%02d", i), "v"))(t)
+	}
+	for i := range 3 {
+		put(i)
+	}
+	recv(3)
+	wfs[0].kill()
+	for i := 3; i < 8; i++ {
+		put(i)
+	}
+	recv(8)
+	for i, k := range seen {
+		if want := fmt.Sprintf("fw/%02d", i); k != want || (i > 0 && revs[i] != revs[i-1]+1) {
+			t.Fatalf("event %d = %s at rev %d, want %s (revs %v)", i, k, revs[i], want, revs)
+		}
+	}
+	if len(seen) != 8 {
+		t.Fatalf("got %d events, want 8: %v", len(seen), seen)
+	}
+
+	lss[0].kill()
+	failed := 0
+	for {
+		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
+		r, err := cli.KeepAliveOnce(actx, lease.ID)
+		acancel()
+		if err == nil {
+			if r.TTL != 60 {
+				t.Fatalf("keep-alive after takeover: TTL %d, want 60", r.TTL)
+			}
+			break
+		}
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) || ctx.Err() != nil {
+			t.Fatalf("keep-alive after killing the active lease service: %v", err)
+		}
+		failed++
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("keep-alive answered by the standby after %d failed attempts", failed)
+	if got := must(cli.Get(ctx, "fo/leased"))(t); got.Count != 1 {
+		t.Fatalf("leased key lost over the takeover: %v", got.Kvs)
+	}
+}
