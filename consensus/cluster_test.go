@@ -631,3 +631,70 @@ func TestConfigMultiMemberNeedsTransport(t *testing.T) {
 		t.Fatalf("multi-member config with a transport: %v", err)
 	}
 }
+
+// TestClusterCrashRightAfterSnapshotInstall: a member that crashes after
+// installing a snapshot whose store is ahead of the raft snapshot index,
+// before raft caught up to the store, restarts from that state (raft resumes
+// at the snapshot index, the store is not rewound) and converges without
+// applying anything twice.
+func TestClusterCrashRightAfterSnapshotInstall(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *Config) {
+		cfg.SnapshotCount = 20
+		cfg.SnapshotCatchUpEntries = 5
+		cfg.storageFS = vfs.NewCrashableMem()
+	})
+	lead := c.leader()
+	behind := c.followers(lead)[0]
+	c.stop(behind)
+	// Writes end between two raft snapshot records, so the store the
+	// leader sends is ahead of the snapshot's index.
+	for i := range 95 {
+		if _, err := putCtx(ctxT(t), c.nodes[lead], fmt.Sprintf("k/%03d", i), "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fs := c.cfgs[behind].storageFS.(*vfs.MemFS)
+	crashed := make(chan *vfs.MemFS, 1)
+	c.cfgs[behind].afterSnapshotInstall = func(n *Node) {
+		// Crash here: only what is synced survives (the install), and the
+		// member does nothing more until it is stopped.
+		crashed <- fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
+		<-n.stopC
+	}
+	c.start(behind)
+	var clone *vfs.MemFS
+	select {
+	case clone = <-crashed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the member did not install a snapshot")
+	}
+	c.stop(behind)
+
+	// The member comes back with the state of the moment right after the
+	// install: its store is ahead of raft.
+	st, err := storage.Open(c.cfgs[behind].DataDir, storage.Options{FS: clone, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, _ := st.Applied()
+	raftApplied, err := loadRaftApplied(st.DB(), stored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if raftApplied >= stored {
+		t.Fatalf("crashed with raft applied %d, store applied %d: the crash missed the window it tests", raftApplied, stored)
+	}
+	t.Logf("crashed with raft applied %d, store applied %d", raftApplied, stored)
+	c.cfgs[behind].storageFS = clone
+	c.cfgs[behind].afterSnapshotInstall = nil
+	c.start(behind)
+	put(t, c.nodes[lead], "after-crash", "1")
+	c.converged()
+	// And once more from the caught-up state.
+	c.stop(behind)
+	c.start(behind)
+	c.converged()
+}

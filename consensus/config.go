@@ -92,6 +92,10 @@ type Config struct {
 	sizeFn func() int64
 	// reqTimeout replaces the request timeout (5s + 2 election timeouts).
 	reqTimeout time.Duration
+	// afterSnapshotInstall runs on the raft loop right after a received
+	// snapshot is durable, before raft applies anything after it (tests
+	// crash the member there).
+	afterSnapshotInstall func(n *Node)
 }
 
 // SetDefaults fills every zero field with etcd's default.

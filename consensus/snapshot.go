@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/raft/v3"
@@ -172,6 +173,9 @@ func (n *Node) persistSnapshot(r *storage.Restore, rd raft.Ready) error {
 		return fmt.Errorf("commit snapshot install: %w", err)
 	}
 	n.snapshotsInstalled.Add(1)
+	if n.cfg.afterSnapshotInstall != nil {
+		n.cfg.afterSnapshotInstall(n)
+	}
 
 	// Durable: switch raft and the loop's state over.
 	if err := n.ms.ApplySnapshot(rd.Snapshot); err != nil {
@@ -187,7 +191,9 @@ func (n *Node) persistSnapshot(r *storage.Restore, rd raft.Ready) error {
 	}
 	n.lg.Info("installed snapshot", "snapshot-index", index, "snapshot-term", term, "applied-index", applied,
 		"revision", n.store.Rev())
-	n.lastBeat = n.lastBeat.Add(-n.cfg.ProgressInterval) // tell watchers about the new revision at once
+	// Watchers of this member learn the new revision from the next beat
+	// and repair what they missed from history.
+	n.lastBeat = time.Time{}
 	return nil
 }
 

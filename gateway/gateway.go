@@ -8,7 +8,6 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 
@@ -151,17 +150,13 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 	if len(p) > 1 && p[0] == '/' {
 		if i := strings.IndexByte(p[1:], '/'); i > 0 {
 			if h, ok := g.services[p[:i+2]]; ok {
-				if !expNoGrow {
-					growStack()
-				}
-				if g.unary[p] && !expFlush {
+				growStack()
+				if g.unary[p] {
 					w = unaryWriter{w}
 				}
-				if !expDate {
-					// gRPC has no use for a Date header; without it the
-					// server skips formatting and encoding one per response.
-					w.Header()["Date"] = nil
-				}
+				// gRPC has no use for a Date header; without it the server
+				// skips formatting and encoding one per response.
+				w.Header()["Date"] = nil
 				h.ServeHTTP(w, r)
 				return
 			}
@@ -224,14 +219,12 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 
 	// Coalesce the HTTP/2 server's writes and buffer its reads per
 	// connection (h2conn): a fraction of the system calls per call.
-	if !expNoCoalesce {
-		cln, err := h2conn.NewListener(ln, h2conn.Config{})
-		if err != nil {
-			ln.Close()
-			return err
-		}
-		ln = cln
+	cln, lerr := h2conn.NewListener(ln, h2conn.Config{})
+	if lerr != nil {
+		ln.Close()
+		return lerr
 	}
+	ln = cln
 
 	g.mu.Lock()
 	if g.closed {
@@ -290,11 +283,3 @@ func (g *Gateway) Close() error {
 	}
 	return errors.Join(errs...)
 }
-
-// TEMPORARY experiment switches (removed before hand-off).
-var (
-	expNoGrow     = os.Getenv("CONCORD_EXP_NOGROW") != ""
-	expFlush      = os.Getenv("CONCORD_EXP_FLUSH") != ""
-	expNoCoalesce = os.Getenv("CONCORD_EXP_NOCOALESCE") != ""
-	expDate       = os.Getenv("CONCORD_EXP_DATE") != ""
-)

@@ -53,6 +53,15 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 
 	ccfg := consensusConfig(cfg.Server, log)
 	ccfg.Events = bus
+	if multiMember(cfg.Server) {
+		// Several members: raft between them on the peer URLs (peer.go).
+		tr, stopPeerServer, err := peerServer(cfg.Server, log)
+		if err != nil {
+			return fmt.Errorf("starting the peer transport: %w", err)
+		}
+		defer stopPeerServer()
+		ccfg.Transport = tr
+	}
 	node, err := consensus.Start(ctx, ccfg)
 	if err != nil {
 		return fmt.Errorf("starting consensus: %w", err)

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.etcd.io/etcd/api/v3/version"
 
+	"github.com/concord-kv/concord/internal/gctune"
 	"github.com/concord-kv/concord/services"
 	"github.com/concord-kv/concord/services/config"
 )
@@ -54,6 +55,7 @@ service in one process (single-voter raft, clients on 127.0.0.1:2379, data in
 			log.Info("starting concord", "version", Version, "etcd-api-version", version.Version, "go-version", runtime.Version())
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			defer tuneGC(ctx, log)()
 			return services.RunAllInOne(ctx, cfg, log)
 		},
 	}
@@ -63,6 +65,31 @@ service in one process (single-voter raft, clients on 127.0.0.1:2379, data in
 	root.AddCommand(newSplitCommands()...)
 	root.SetContext(context.Background())
 	return root
+}
+
+// tuneGC raises GOGC while the server is busy and its live heap is small
+// (gctune), unless the GOGC environment variable sets it explicitly. The
+// returned function stops the tuner and waits for it.
+func tuneGC(ctx context.Context, log *slog.Logger) (stop func()) {
+	if _, set := os.LookupEnv("GOGC"); set {
+		log.Info("GOGC set in the environment; not tuning the garbage collector")
+		return func() {}
+	}
+	t, err := gctune.New(gctune.Config{Logger: log.With("component", "gctune")})
+	if err != nil {
+		log.Warn("not tuning the garbage collector", "error", err)
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = t.Run(ctx)
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }
 
 func printVersion(cmd *cobra.Command) {

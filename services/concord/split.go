@@ -76,5 +76,6 @@ func runRole(cmd *cobra.Command, role string, level slog.Level, run func(context
 	log.Info("starting concord", "version", Version, "etcd-api-version", version.Version, "go-version", runtime.Version())
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	defer tuneGC(ctx, log)()
 	return run(ctx, log)
 }

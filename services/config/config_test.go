@@ -126,3 +126,21 @@ func TestWatchProgressNotifyInterval(t *testing.T) {
 		t.Errorf("from ETCD_ env: interval = %v, want 3s", c.WatchProgressNotifyInterval)
 	}
 }
+
+// --enable-pprof is etcd's flag: off by default, on from the flag or ETCD_.
+func TestEnablePprof(t *testing.T) {
+	c, err := load(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.EnablePprof {
+		t.Error("pprof enabled by default")
+	}
+	if c, err = load(t, "--enable-pprof"); err != nil || !c.EnablePprof {
+		t.Errorf("--enable-pprof: enabled=%v err=%v", c.EnablePprof, err)
+	}
+	t.Setenv("ETCD_ENABLE_PPROF", "true")
+	if c, err = load(t); err != nil || !c.EnablePprof {
+		t.Errorf("ETCD_ENABLE_PPROF=true: enabled=%v err=%v", c.EnablePprof, err)
+	}
+}

@@ -1,0 +1,112 @@
+package gateway_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/concord-kv/concord/gateway"
+)
+
+// serve runs g on a loopback listener until the test ends and returns its
+// base URL.
+func serve(t *testing.T, g *gateway.Gateway) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Error("Serve did not return after cancel")
+		}
+		if err := g.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return "http://" + ln.Addr().String()
+}
+
+func postConnectJSON(t *testing.T, client *http.Client, url, body string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequestWithContext(testCtx(t), http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+// RPC responses carry no Date header (gRPC has no use for it); plain HTTP
+// endpoints keep it.
+func TestRPCResponsesHaveNoDate(t *testing.T) {
+	g, err := gateway.New(gateway.Config{}, newFake())
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := serve(t, g)
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp := postConnectJSON(t, client, base+"/etcdserverpb.KV/Range", `{"key":"Zm9v"}`)
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("Range: status %d: %s", resp.StatusCode, body)
+	}
+	if d, ok := resp.Header["Date"]; ok {
+		t.Errorf("RPC response has a Date header: %q", d)
+	}
+	hresp, err := client.Get(base + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hresp.Body.Close()
+	if hresp.Header.Get("Date") == "" {
+		t.Error("/health lost its Date header")
+	}
+}
+
+// WithHTTPHandler mounts plain HTTP handlers on the client port; an RPC
+// path always reaches its service.
+func TestWithHTTPHandler(t *testing.T) {
+	debug := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "debug here") })
+	shadow := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "shadowed") })
+	g, err := gateway.New(gateway.Config{}, newFake(),
+		gateway.WithHTTPHandler("/debug/", debug),
+		gateway.WithHTTPHandler("/etcdserverpb.KV/", shadow))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := serve(t, g)
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get(base + "/debug/anything")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(body) != "debug here" {
+		t.Fatalf("/debug/anything: %d %q", resp.StatusCode, body)
+	}
+	rresp := postConnectJSON(t, client, base+"/etcdserverpb.KV/Range", `{"key":"Zm9v"}`)
+	rbody, _ := io.ReadAll(rresp.Body)
+	if rresp.StatusCode != http.StatusOK || strings.Contains(string(rbody), "shadowed") {
+		t.Fatalf("Range was shadowed by an extra handler: %d %q", rresp.StatusCode, rbody)
+	}
+}
