@@ -17,8 +17,6 @@ import (
 
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/consensus/eventbus"
-	"github.com/concord-kv/concord/gateway"
-	"github.com/concord-kv/concord/gateway/recipes"
 	"github.com/concord-kv/concord/leasesvc"
 	"github.com/concord-kv/concord/services/config"
 	"github.com/concord-kv/concord/watchfanout"
@@ -98,27 +96,9 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	}
 	defer leases.Close()
 
-	// Locks and elections (etcd's v3lock and v3election) run on the same
-	// KV, leases and watches as any client.
-	recipeSvc, err := recipes.New(recipes.Config{
-		MaxRequestBytes: cfg.MaxRequestBytes,
-		Logger:          log.With("component", "recipes"),
-	}, node, leases, fanout)
+	gw, err := newClientGateway(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, log), cfg.EnablePprof, node, fanout, leases, log)
 	if err != nil {
-		return fmt.Errorf("starting the lock and election services: %w", err)
-	}
-	defer recipeSvc.Close()
-
-	gwOpts := []gateway.Option{
-		gateway.WithWatch(gateway.NewWatchService(fanout)), gateway.WithBrowserWatch(fanout), gateway.WithLease(leases),
-		gateway.WithLock(recipeSvc), gateway.WithElection(recipeSvc),
-	}
-	if cfg.EnablePprof {
-		gwOpts = append(gwOpts, pprofHandlers()...)
-	}
-	gw, err := gateway.New(gatewayConfig(cfg, log), node, gwOpts...)
-	if err != nil {
-		return fmt.Errorf("starting gateway: %w", err)
+		return err
 	}
 	defer gw.Close()
 
@@ -173,14 +153,6 @@ func consensusConfig(cfg config.Server, log *slog.Logger) consensus.Config {
 		SnapshotCount:     cfg.SnapshotCount,
 		QuotaBackendBytes: cfg.QuotaBackendBytes,
 		Logger:            log.With("component", "consensus"),
-	}
-}
-
-func gatewayConfig(cfg config.Server, log *slog.Logger) gateway.Config {
-	return gateway.Config{
-		MaxRequestBytes: cfg.MaxRequestBytes,
-		MaxTxnOps:       cfg.MaxTxnOps,
-		Logger:          log.With("component", "gateway"),
 	}
 }
 

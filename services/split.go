@@ -21,7 +21,6 @@ import (
 	"github.com/concord-kv/concord/consensus/eventbus"
 	"github.com/concord-kv/concord/consensus/internalapi"
 	"github.com/concord-kv/concord/gateway"
-	"github.com/concord-kv/concord/gateway/recipes"
 	"github.com/concord-kv/concord/gateway/remote"
 	"github.com/concord-kv/concord/leasesvc"
 	"github.com/concord-kv/concord/proto/gen/concord/v1/concordv1connect"
@@ -73,7 +72,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	if cfg.EnablePprof {
 		opts = append(opts, pprofHandlers()...)
 	}
-	gw, err := gateway.New(gatewayConfig(cfg.Server, log), node, opts...)
+	gw, err := gateway.New(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, log), node, opts...)
 	if err != nil {
 		return fmt.Errorf("starting the member's API: %w", err)
 	}
@@ -118,7 +117,7 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 	}
 	defer fanout.Close()
 
-	gw, err := gateway.New(splitGatewayConfig(cfg, log), cons,
+	gw, err := gateway.New(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, log), cons,
 		gateway.WithWatch(gateway.NewWatchService(fanout)), gateway.WithBrowserWatch(fanout))
 	if err != nil {
 		return fmt.Errorf("starting the watch API: %w", err)
@@ -152,7 +151,7 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 	defer leases.Close()
 
 	path, h := concordv1connect.NewLeaseKeepAliveServiceHandler(remote.KeepAliveServer{L: leases})
-	gw, err := gateway.New(splitGatewayConfig(cfg, log), cons, gateway.WithLease(leases), gateway.WithHTTPHandler(path, h))
+	gw, err := gateway.New(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, log), cons, gateway.WithLease(leases), gateway.WithHTTPHandler(path, h))
 	if err != nil {
 		return fmt.Errorf("starting the lease API: %w", err)
 	}
@@ -190,28 +189,12 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 	}
 	defer lease.Close()
 
-	recipeSvc, err := recipes.New(recipes.Config{
-		MaxRequestBytes: cfg.MaxRequestBytes,
-		Logger:          log.With("component", "recipes"),
-	}, cons, lease, watcher)
+	gw, err := newClientGateway(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, log), cfg.EnablePprof, cons, watcher, lease, log)
 	if err != nil {
-		return fmt.Errorf("starting the lock and election services: %w", err)
-	}
-	defer recipeSvc.Close()
-
-	opts := []gateway.Option{
-		gateway.WithWatch(gateway.NewWatchService(watcher)), gateway.WithBrowserWatch(watcher), gateway.WithLease(lease),
-		gateway.WithLock(recipeSvc), gateway.WithElection(recipeSvc),
-	}
-	if cfg.EnablePprof {
-		opts = append(opts, pprofHandlers()...)
-	}
-	gw, err := gateway.New(splitGatewayConfig(cfg, log), cons, opts...)
-	if err != nil {
-		return fmt.Errorf("starting gateway: %w", err)
+		return err
 	}
 	defer gw.Close()
-	return serveSplit(ctx, "gateway", gw, listeners, log, nil)
+	return serveSplit(ctx, "gateway", gw.Gateway, listeners, log, nil)
 }
 
 // dialConsensus connects to consensus and waits until it answers, so that
@@ -228,14 +211,6 @@ func dialConsensus(ctx context.Context, cfg config.Split, log *slog.Logger) (*re
 		return nil, nil, fmt.Errorf("waiting for consensus at %s: %w", cfg.ConsensusEndpoints, err)
 	}
 	return cons, hdr, nil
-}
-
-func splitGatewayConfig(cfg config.Split, log *slog.Logger) gateway.Config {
-	return gateway.Config{
-		MaxRequestBytes: cfg.MaxRequestBytes,
-		MaxTxnOps:       cfg.MaxTxnOps,
-		Logger:          log.With("component", "gateway"),
-	}
 }
 
 // serveSplit serves gw on every listener until ctx ends or one fails; start,

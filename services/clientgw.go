@@ -1,0 +1,58 @@
+package services
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/concord-kv/concord/gateway"
+	"github.com/concord-kv/concord/gateway/recipes"
+)
+
+// clientGateway is the gateway clients talk to: every etcd service, with
+// locks and elections (etcd's v3lock and v3election) layered on the same KV,
+// lease and watch paths any client uses. The all-in-one process and the split
+// gateway build it the same way; only the backends differ (in process, or
+// remote clients).
+type clientGateway struct {
+	*gateway.Gateway
+	recipes *recipes.Service
+}
+
+func newClientGateway(gcfg gateway.Config, enablePprof bool, b gateway.Backend, w gateway.Watcher, l gateway.Lease, log *slog.Logger) (*clientGateway, error) {
+	rs, err := recipes.New(recipes.Config{
+		MaxRequestBytes: gcfg.MaxRequestBytes,
+		Logger:          log.With("component", "recipes"),
+	}, b, l, w)
+	if err != nil {
+		return nil, fmt.Errorf("starting the lock and election services: %w", err)
+	}
+	opts := []gateway.Option{
+		gateway.WithWatch(gateway.NewWatchService(w)), gateway.WithBrowserWatch(w), gateway.WithLease(l),
+		gateway.WithLock(rs), gateway.WithElection(rs),
+	}
+	if enablePprof {
+		opts = append(opts, pprofHandlers()...)
+	}
+	gw, err := gateway.New(gcfg, b, opts...)
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("starting gateway: %w", err), rs.Close())
+	}
+	return &clientGateway{Gateway: gw, recipes: rs}, nil
+}
+
+// Close stops serving clients first, then the lock and election calls the
+// gateway no longer routes; it is idempotent as both parts are.
+func (c *clientGateway) Close() error {
+	return errors.Join(c.Gateway.Close(), c.recipes.Close())
+}
+
+// gatewayConfig is the gateway configuration every role derives from its
+// request limits.
+func gatewayConfig(maxRequestBytes, maxTxnOps int, log *slog.Logger) gateway.Config {
+	return gateway.Config{
+		MaxRequestBytes: maxRequestBytes,
+		MaxTxnOps:       maxTxnOps,
+		Logger:          log.With("component", "gateway"),
+	}
+}
