@@ -32,11 +32,7 @@ func (n *Node) RangeEvents(ctx context.Context, from, to int64, key, end []byte)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]eventbus.Revision, len(revs))
-	for i, r := range revs {
-		out[i] = eventbus.Revision{Rev: r.Revision, Events: r.Events}
-	}
-	return out, nil
+	return busRevisions(revs), nil
 }
 
 // CurrentRevision returns this member's current and compaction revisions.

@@ -101,25 +101,23 @@ func (n *Node) AcquireLeaseAuthority(ctx context.Context, holder string, epoch u
 	if holder == "" {
 		return LeaseAuthority{}, errors.New("consensus: empty lease authority holder")
 	}
-	m, err := n.proposeCommand(ctx, &concordv1.RaftCommand{Command: &concordv1.RaftCommand_LeaseAuthorityAcquire{
+	return n.proposeAuthority(ctx, &concordv1.RaftCommand{Command: &concordv1.RaftCommand_LeaseAuthorityAcquire{
 		LeaseAuthorityAcquire: &concordv1.LeaseAuthorityAcquire{Holder: holder, Epoch: epoch},
 	}})
-	if err != nil {
-		return LeaseAuthority{}, err
-	}
-	a, ok := m.(*concordv1.LeaseAuthority)
-	if !ok {
-		return LeaseAuthority{}, fmt.Errorf("consensus: unexpected apply response %T", m)
-	}
-	return authorityFromProto(a), nil
 }
 
 // RenewLeaseAuthority records that the holder of epoch is alive (it advances
 // RenewedIndex). ErrStaleEpoch means the holder has been deposed.
 func (n *Node) RenewLeaseAuthority(ctx context.Context, holder string, epoch uint64) (LeaseAuthority, error) {
-	m, err := n.proposeCommand(ctx, &concordv1.RaftCommand{Command: &concordv1.RaftCommand_LeaseAuthorityRenew{
+	return n.proposeAuthority(ctx, &concordv1.RaftCommand{Command: &concordv1.RaftCommand_LeaseAuthorityRenew{
 		LeaseAuthorityRenew: &concordv1.LeaseAuthorityRenew{Holder: holder, Epoch: epoch},
 	}})
+}
+
+// proposeAuthority proposes an acquire or renew command and returns the
+// authority record its apply produced.
+func (n *Node) proposeAuthority(ctx context.Context, cmd *concordv1.RaftCommand) (LeaseAuthority, error) {
+	m, err := n.proposeCommand(ctx, cmd)
 	if err != nil {
 		return LeaseAuthority{}, err
 	}

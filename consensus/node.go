@@ -446,9 +446,9 @@ func (n *Node) loop(tick <-chan time.Time) error {
 		case now := <-tick:
 			n.maybeBeat(now)
 			n.rn.Tick()
-			n.tickReads(time.Now())
+			n.tickReads(now)
 			n.retryPending()
-			n.failOrphanedProposals(time.Now())
+			n.failOrphanedProposals(now)
 		case p := <-n.propC:
 			n.proposeOne(p)
 		case <-n.readC:

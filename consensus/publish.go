@@ -14,10 +14,7 @@ func (n *Node) publish(revs []storage.RevisionEvents) {
 	if n.cfg.Events == nil || len(revs) == 0 {
 		return
 	}
-	out := make([]eventbus.Revision, len(revs))
-	for i, r := range revs {
-		out[i] = eventbus.Revision{Rev: r.Revision, Events: r.Events}
-	}
+	out := busRevisions(revs)
 	if err := n.cfg.Events.Publish(n.busCtx, out); err != nil {
 		// Watchers and leases repair lost revisions from history; a lost
 		// message costs latency, not correctness.
@@ -36,4 +33,14 @@ func (n *Node) maybeBeat(now time.Time) {
 	if err := n.cfg.Events.PublishProgress(n.busCtx, n.store.Rev()); err != nil {
 		n.lg.Debug("publishing a progress beat failed", "error", err)
 	}
+}
+
+// busRevisions converts the store's revision groups to the bus's; the events
+// themselves are shared, not copied.
+func busRevisions(revs []storage.RevisionEvents) []eventbus.Revision {
+	out := make([]eventbus.Revision, len(revs))
+	for i, r := range revs {
+		out[i] = eventbus.Revision{Rev: r.Revision, Events: r.Events}
+	}
+	return out
 }
