@@ -11,6 +11,7 @@ import (
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/leasesvc"
 	"github.com/concord-kv/concord/storage"
+	"github.com/concord-kv/concord/watchfanout"
 )
 
 // errorTable is THE translation from backend sentinels to the errors etcd
@@ -41,6 +42,7 @@ var errorTable = []struct {
 	{leasesvc.ErrNotActive, rpctypes.ErrGRPCNoLeader},
 	{consensus.ErrStaleEpoch, rpctypes.ErrGRPCLeaderChanged},
 	{leasesvc.ErrClosed, rpctypes.ErrGRPCStopped},
+	{watchfanout.ErrClosed, rpctypes.ErrGRPCStopped},
 }
 
 // wireError is a precomputed code and message for a translated error.

@@ -9,6 +9,7 @@ import (
 
 	"connectrpc.com/connect"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
 	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
 	"github.com/concord-kv/concord/watchfanout"
@@ -54,21 +55,11 @@ func (ws watchService) Watch(ctx context.Context, s *connect.BidiStream[pb.Watch
 }
 
 // watchError maps the end of a watch stream to what etcd returns: a canceled
-// context is "etcdserver: watch canceled" (codes.Canceled), a stopped
-// fanout is "etcdserver: server stopped" (codes.Unavailable).
+// context is "etcdserver: watch canceled"; everything else, a stopped fan-out
+// included, goes through the one error table.
 func watchError(err error) error {
-	var ce *connect.Error
-	switch {
-	case err == nil:
-		return nil
-	case errors.As(err, &ce):
-		return ce
-	case errors.Is(err, context.Canceled):
-		return connect.NewError(connect.CodeCanceled, errors.New("etcdserver: watch canceled"))
-	case errors.Is(err, context.DeadlineExceeded):
-		return connect.NewError(connect.CodeDeadlineExceeded, err)
-	case errors.Is(err, watchfanout.ErrClosed):
-		return connect.NewError(connect.CodeUnavailable, errors.New("etcdserver: server stopped"))
+	if errors.Is(err, context.Canceled) {
+		return rpcError(rpctypes.ErrGRPCWatchCanceled)
 	}
-	return connect.NewError(connect.CodeUnknown, err)
+	return TranslateError(err)
 }
