@@ -119,6 +119,9 @@ func TestSplitConsensusLeaderKilled(t *testing.T) {
 		}
 	}
 
+	lease := must(cli.Grant(ctx, 30))(t)
+	must(cli.Put(ctx, "leased", "v", clientv3.WithLease(lease.ID)))(t)
+
 	leader.p.kill()
 	killed := time.Now()
 	var failed []string
@@ -176,6 +179,27 @@ func TestSplitConsensusLeaderKilled(t *testing.T) {
 	if got := must(cli.Get(ctx, "lk/", clientv3.WithPrefix(), clientv3.WithCountOnly()))(t); got.Count != int64(len(seen)) {
 		t.Fatalf("%d keys under lk/, the watch saw %d", got.Count, len(seen))
 	}
+	// The lease service, given only the dead leader's address, still keeps
+	// the lease alive (its authority renewals and revokes go elsewhere).
+	for {
+		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
+		r, err := cli.KeepAliveOnce(actx, lease.ID)
+		acancel()
+		if err == nil {
+			if r.TTL != 30 {
+				t.Fatalf("keep-alive after the leader's death: TTL %d, want 30", r.TTL)
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("keep-alive after the leader's death: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := must(cli.Get(ctx, "leased"))(t); got.Count != 1 {
+		t.Fatalf("leased key lost with the leader: %v", got.Kvs)
+	}
+
 	// The fan-out, given only the dead leader's addresses, moved on to the
 	// members and NATS servers it learned.
 	for _, want := range []string{"learned a consensus member", "nats reconnected"} {
