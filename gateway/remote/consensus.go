@@ -14,6 +14,8 @@ import (
 
 	"connectrpc.com/connect"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/status"
 
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/consensus/eventbus"
@@ -194,6 +196,8 @@ func (c *Consensus) call(ctx context.Context, idempotent bool, f func(*endpointC
 	return fromWire(err)
 }
 
+var learnerRefusal = status.Convert(rpctypes.ErrGRPCNotSupportedForLearner).Message()
+
 // classify tells whether a failed request may have reached the member
 // (sent) and whether the failure is the connection's rather than an answer
 // of the member (transport).
@@ -201,6 +205,12 @@ func classify(err error) (sent, transport bool) {
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "dial" || errors.Is(err, syscall.ECONNREFUSED) {
 		return false, true
+	}
+	// A learner refuses what it does not serve before executing anything;
+	// clientv3 too moves on to another endpoint.
+	var ce *connect.Error
+	if errors.As(err, &ce) && ce.Message() == learnerRefusal {
+		return false, false
 	}
 	if _, answered := fromWire(err).(*wireError); answered {
 		return true, false

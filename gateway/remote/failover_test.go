@@ -231,10 +231,14 @@ type fakeKV struct {
 	srv        *httptest.Server
 	puts, gets atomic.Int32
 	cut        bool
+	learner    bool
 }
 
 func (f *fakeKV) Put(context.Context, *pb.PutRequest) (*pb.PutResponse, error) {
 	f.puts.Add(1)
+	if f.learner {
+		return nil, gateway.TranslateError(rpctypes.ErrGRPCNotSupportedForLearner)
+	}
 	if f.cut {
 		f.srv.CloseClientConnections()
 		time.Sleep(100 * time.Millisecond)
@@ -252,7 +256,10 @@ func (f *fakeKV) Range(context.Context, *pb.RangeRequest) (*pb.RangeResponse, er
 }
 
 func fakeMember(t *testing.T, cut bool) (*fakeKV, string) {
-	f := &fakeKV{cut: cut}
+	return fakeMemberOf(t, &fakeKV{cut: cut})
+}
+
+func fakeMemberOf(t *testing.T, f *fakeKV) (*fakeKV, string) {
 	path, h := etcdserverpbconnect.NewKVHandler(f)
 	url := h2cServer(t, path, h, func(s *httptest.Server) { f.srv = s })
 	return f, url
@@ -281,6 +288,18 @@ func TestConsensusRetriesOnlyWhatWasNotExecuted(t *testing.T) {
 		}
 		if f.puts.Load() != 1 {
 			t.Fatalf("second member got %d puts, want 1", f.puts.Load())
+		}
+	})
+
+	t.Run("learner", func(t *testing.T) {
+		l, lurl := fakeMemberOf(t, &fakeKV{learner: true})
+		f, url := fakeMember(t, false)
+		c := newConsensus(t, lurl, url)
+		if _, err := put(ctx, c, "k", "v"); err != nil {
+			t.Fatalf("put with a learner first: %v", err)
+		}
+		if l.puts.Load() != 1 || f.puts.Load() != 1 {
+			t.Fatalf("puts: %d on the learner, %d on the voter; want 1 and 1", l.puts.Load(), f.puts.Load())
 		}
 	})
 
