@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -326,12 +327,12 @@ func (c *Consensus) syncMembers(ctx context.Context) error {
 				}
 			}
 		}
-		if found || len(mem.GetClientURLs()) == 0 {
+		i := slices.IndexFunc(mem.GetClientURLs(), reachable)
+		if found || i < 0 {
 			continue
 		}
-		ep, err := dialOne(mem.GetClientURLs()[0])
+		ep, err := dialOne(mem.GetClientURLs()[i])
 		if err != nil {
-			c.log.Warn("ignoring a member's client URL", "url", mem.GetClientURLs()[0], "error", err)
 			continue
 		}
 		m := newEndpointClients(ep)
@@ -340,6 +341,19 @@ func (c *Consensus) syncMembers(ctx context.Context) error {
 		c.log.Info("learned a consensus member", "endpoint", ep.URL, "member-id", fmt.Sprintf("%x", mem.GetID()))
 	}
 	return nil
+}
+
+// reachable tells whether an advertised client URL can be dialed from
+// another host: http, and not a wildcard address such as 0.0.0.0 (a
+// member advertising its listen address), which would dial this process's
+// own host, possibly this very process.
+func reachable(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "http" || u.Hostname() == "" {
+		return false
+	}
+	ip := net.ParseIP(u.Hostname())
+	return ip == nil || !ip.IsUnspecified()
 }
 
 // sameURL compares an endpoint's base URL with a client URL as advertised.
