@@ -171,7 +171,9 @@ func (c *Consensus) call(ctx context.Context, idempotent bool, f func(*endpointC
 	var err error
 	for _, m := range c.order() {
 		if err = f(m); err == nil {
-			m.downUntil.Store(0)
+			if m.downUntil.Load() != 0 { // only then: no shared write per call
+				m.downUntil.Store(0)
+			}
 			if p := c.pref.Load(); p != m && p.down(time.Now()) {
 				c.pref.CompareAndSwap(p, m)
 			}
