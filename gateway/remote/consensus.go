@@ -34,6 +34,9 @@ const (
 	// memberSyncInterval is how often it re-learns the members' client URLs
 	// (MemberList); a leader it has no URL for triggers a sync at once.
 	memberSyncInterval = 10 * time.Second
+	// statusTimeout bounds the leader poll's Status call; a member that
+	// does not answer within it is tried last for downFor.
+	statusTimeout = 2 * time.Second
 	// downFor is how long a member whose connection failed is tried only
 	// after every other one.
 	downFor = time.Second
@@ -260,7 +263,8 @@ func internalOf(m *endpointClients) concordv1connect.InternalServiceClient { ret
 func (c *Consensus) pollLeader(ctx context.Context) {
 	defer c.wg.Done()
 	for {
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		cctx, cancel := context.WithTimeout(ctx, statusTimeout)
+		p := c.pref.Load()
 		st, err := c.Status(cctx, &pb.StatusRequest{})
 		if err == nil {
 			c.leader.Store(st.GetLeader())
@@ -268,6 +272,13 @@ func (c *Consensus) pollLeader(ctx context.Context) {
 		} else if ctx.Err() == nil {
 			c.leader.Store(0)
 			c.log.Debug("consensus status failed", "error", err)
+			if cctx.Err() != nil {
+				// The member accepts requests but does not answer (frozen,
+				// or cut off after connecting): calls go elsewhere first
+				// until it answers again, instead of hanging until its
+				// connection's pings fail.
+				p.downUntil.Store(time.Now().Add(downFor).UnixNano())
+			}
 		}
 		cancel()
 		select {
