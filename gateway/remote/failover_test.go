@@ -358,7 +358,9 @@ func (f *fakeMaint) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.Status
 }
 
 // hangingKV never answers a Range.
-type hangingKV struct{ etcdserverpbconnect.UnimplementedKVHandler }
+type hangingKV struct {
+	etcdserverpbconnect.UnimplementedKVHandler
+}
 
 func (hangingKV) Range(ctx context.Context, _ *pb.RangeRequest) (*pb.RangeResponse, error) {
 	<-ctx.Done()
