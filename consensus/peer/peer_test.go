@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/goleak"
@@ -77,6 +78,12 @@ func (f *fakeRaft) ReportSnapshot(id uint64, st raft.SnapshotStatus) {
 	f.mu.Lock()
 	f.snaps[id] = append(f.snaps[id], st)
 	f.mu.Unlock()
+}
+
+func (f *fakeRaft) ReportRemoved() {}
+
+func (f *fakeRaft) Membership() consensus.Membership {
+	return consensus.Membership{ClusterID: 7, Members: []*pb.Member{{ID: 1, Name: "a", PeerURLs: []string{"http://a:1"}}}}
 }
 
 func (f *fakeRaft) messages() []*raftpb.Message {
