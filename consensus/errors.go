@@ -31,6 +31,10 @@ var (
 	ErrTimeoutLeaderTransfer   = errors.New("etcdserver: request timed out, leader transfer took too long")
 	// ErrNotSupportedForLearner answers what a learner cannot serve.
 	ErrNotSupportedForLearner = errors.New("etcdserver: rpc not supported for learner")
+	// ErrNoPeerTransport refuses to add a member to a member that runs
+	// without a peer transport (a single member started without peers),
+	// which the new member could never reach.
+	ErrNoPeerTransport = errors.New("consensus: this member has no peer transport; restart it with --initial-cluster naming a peer to add members")
 	// ErrMemberRemoved ends a member that was removed from the cluster
 	// (etcd logs it and exits).
 	ErrMemberRemoved = errors.New("the member has been permanently removed from the cluster")

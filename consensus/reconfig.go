@@ -66,6 +66,9 @@ func (n *Node) MemberAdd(ctx context.Context, r *pb.MemberAddRequest) (*pb.Membe
 	if err != nil {
 		return nil, err
 	}
+	if _, ok := n.transport.(loopbackTransport); ok {
+		return nil, ErrNoPeerTransport
+	}
 	m := member{ID: newMemberID(urls, time.Now()), PeerURLs: urls, IsLearner: r.GetIsLearner()}
 	if err := n.onLoopErr(ctx, func() error { return n.mayAddMember(m) }); err != nil {
 		return nil, err

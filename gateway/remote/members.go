@@ -1,0 +1,37 @@
+package remote
+
+// Membership changes and leadership transfer, forwarded to the consensus
+// member's own etcd Cluster and Maintenance services. Their errors already
+// are etcd's wire errors (code and message), which the gateway passes on
+// unchanged.
+
+import (
+	"context"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+)
+
+// MemberAdd implements gateway.Cluster.
+func (c *Consensus) MemberAdd(ctx context.Context, r *pb.MemberAddRequest) (*pb.MemberAddResponse, error) {
+	return call(c, c.cluster.MemberAdd, ctx, r, (*pb.MemberAddResponse).GetHeader)
+}
+
+// MemberRemove implements gateway.Cluster.
+func (c *Consensus) MemberRemove(ctx context.Context, r *pb.MemberRemoveRequest) (*pb.MemberRemoveResponse, error) {
+	return call(c, c.cluster.MemberRemove, ctx, r, (*pb.MemberRemoveResponse).GetHeader)
+}
+
+// MemberUpdate implements gateway.Cluster.
+func (c *Consensus) MemberUpdate(ctx context.Context, r *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error) {
+	return call(c, c.cluster.MemberUpdate, ctx, r, (*pb.MemberUpdateResponse).GetHeader)
+}
+
+// MemberPromote implements gateway.Cluster.
+func (c *Consensus) MemberPromote(ctx context.Context, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
+	return call(c, c.cluster.MemberPromote, ctx, r, (*pb.MemberPromoteResponse).GetHeader)
+}
+
+// MoveLeader implements gateway.Maintenance.
+func (c *Consensus) MoveLeader(ctx context.Context, r *pb.MoveLeaderRequest) (*pb.MoveLeaderResponse, error) {
+	return call(c, c.maint.MoveLeader, ctx, r, (*pb.MoveLeaderResponse).GetHeader)
+}
