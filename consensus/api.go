@@ -231,8 +231,11 @@ func (n *Node) LeaseLeases(ctx context.Context, _ *pb.LeaseLeasesRequest) (*pb.L
 
 // Alarm activates, deactivates or lists alarms, through raft as in etcd.
 func (n *Node) Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.AlarmResponse, error) {
-	if err := n.learnerGuard(); err != nil {
-		return nil, err
+	// A learner lists alarms (its /health does) but changes none.
+	if r.GetAction() != pb.AlarmRequest_GET {
+		if err := n.learnerGuard(); err != nil {
+			return nil, err
+		}
 	}
 	resp, err := proposeAs[*pb.AlarmResponse](ctx, n, &pb.InternalRaftRequest{Alarm: r})
 	if err != nil {

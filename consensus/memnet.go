@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 )
@@ -277,6 +278,23 @@ func (t *memTransport) FetchMembership(ctx context.Context, urls []string) (Memb
 		return Membership{}, fmt.Errorf("no member reachable at %v", urls)
 	}
 	return found.Membership(), ctx.Err()
+}
+
+// ForwardPromote implements PromoteForwarder.
+func (t *memTransport) ForwardPromote(ctx context.Context, urls []string, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
+	t.nw.mu.Lock()
+	var dst Raft
+	for _, u := range urls {
+		if mt := t.nw.byURL[u]; mt != nil && mt.r != nil {
+			dst = mt.r
+			break
+		}
+	}
+	t.nw.mu.Unlock()
+	if dst == nil {
+		return nil, fmt.Errorf("no member reachable at %v", urls)
+	}
+	return dst.PromoteMember(ctx, r)
 }
 
 // registerURLs makes the member of t reachable for FetchMembership at urls.

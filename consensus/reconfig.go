@@ -122,11 +122,44 @@ func (n *Node) MemberUpdate(ctx context.Context, r *pb.MemberUpdateRequest) (*pb
 }
 
 // MemberPromote makes a learner that caught up a voter. Only the leader
-// knows the learner's progress: elsewhere it fails with ErrNotLeader.
+// knows the learner's progress: a follower forwards the request to it over
+// the peer transport, as etcd does, until it is answered or ctx ends.
 func (n *Node) MemberPromote(ctx context.Context, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
 	if err := n.learnerGuard(); err != nil {
 		return nil, err
 	}
+	resp, err := n.PromoteMember(ctx, r)
+	if !errors.Is(err, ErrNotLeader) {
+		return resp, err
+	}
+	fw, ok := n.transport.(PromoteForwarder)
+	if !ok {
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, n.reqTimeout)
+	defer cancel()
+	for {
+		lead, ok := findMember(*n.membersPub.Load(), n.leader.Load())
+		if ok && lead.ID != n.memberID {
+			resp, err := fw.ForwardPromote(cctx, lead.PeerURLs, r)
+			if err == nil || errors.Is(err, ErrLearnerNotReady) || errors.Is(err, ErrMemberNotFound) ||
+				errors.Is(err, ErrMemberNotLearner) || errors.Is(err, ErrNotEnoughStartedMembers) {
+				if resp != nil {
+					resp.Header = n.clusterHeader()
+				}
+				return resp, err
+			}
+			n.lg.Debug("forwarding member promote to the leader failed", "leader", fmt.Sprintf("%x", lead.ID), "error", err)
+		}
+		if !sleepCtx(cctx, n.cfg.HeartbeatInterval) {
+			return nil, n.ctxErr(ctx)
+		}
+	}
+}
+
+// PromoteMember implements Raft: the leader's own promotion of a learner
+// (ErrNotLeader elsewhere), for MemberPromote forwarded by a follower.
+func (n *Node) PromoteMember(ctx context.Context, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
 	if err := n.onLoopErr(ctx, func() error { return n.mayPromoteMember(r.GetID()) }); err != nil {
 		return nil, err
 	}
@@ -136,6 +169,14 @@ func (n *Node) MemberPromote(ctx context.Context, r *pb.MemberPromoteRequest) (*
 		return nil, err
 	}
 	return &pb.MemberPromoteResponse{Header: n.clusterHeader(), Members: ms}, nil
+}
+
+// PromoteForwarder is implemented by transports that can hand a
+// MemberPromote to the leader (its Raft.PromoteMember) at its peer URLs.
+// Errors that are consensus sentinels on the leader must match them again
+// here (errors.Is).
+type PromoteForwarder interface {
+	ForwardPromote(ctx context.Context, peerURLs []string, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error)
 }
 
 // MoveLeader transfers leadership to a voter and waits until it leads or
@@ -286,7 +327,8 @@ func (n *Node) mayAddMember(m member) error {
 			active++
 		}
 	}
-	// The new member counts as a voter that is not active yet.
+	// The new member counts as a voter that is not active yet (etcd
+	// checks this for learners too).
 	if active < (len(voters)+1)/2+1 {
 		return ErrUnhealthy
 	}

@@ -163,19 +163,23 @@ func TestMembershipLearnerJoinsBySnapshotIsPromotedAndReplacesAMember(t *testing
 		return ok && m.Name == "m4"
 	})
 
-	// Promotion through a follower is refused (only the leader knows the
-	// learner's progress); through the leader it works once caught up.
-	if _, err := c.nodes[c.followers(lead)[0]].MemberPromote(ctxT(t), &pb.MemberPromoteRequest{ID: l.MemberID()}); !errors.Is(err, ErrNotLeader) {
-		t.Fatalf("promote through a follower: %v, want %v", err, ErrNotLeader)
+	// Only the leader knows the learner's progress: a follower forwards
+	// the promotion to it (and answers with its own header).
+	if _, err := c.nodes[c.followers(lead)[0]].PromoteMember(ctxT(t), &pb.MemberPromoteRequest{ID: l.MemberID()}); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("local promote on a follower: %v, want %v", err, ErrNotLeader)
 	}
+	f := c.followers(lead)[0]
 	var prom *pb.MemberPromoteResponse
 	waitFor(t, "the promotion", func() bool {
-		prom, err = c.nodes[lead].MemberPromote(ctxT(t), &pb.MemberPromoteRequest{ID: l.MemberID()})
+		prom, err = c.nodes[f].MemberPromote(ctxT(t), &pb.MemberPromoteRequest{ID: l.MemberID()})
 		if err != nil && !errors.Is(err, ErrLearnerNotReady) {
 			t.Fatalf("promote: %v", err)
 		}
 		return err == nil
 	})
+	if prom.Header.MemberId != c.ids[f] {
+		t.Fatalf("forwarded promotion answered by %x, want the follower %x", prom.Header.MemberId, c.ids[f])
+	}
 	for _, m := range prom.Members {
 		if m.IsLearner {
 			t.Fatalf("member %x still a learner after promotion", m.ID)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -69,6 +70,9 @@ type Raft interface {
 	// Membership is the cluster as this member knows it, for members
 	// joining it.
 	Membership() Membership
+	// PromoteMember promotes a learner if this member leads (ErrNotLeader
+	// otherwise); followers forward MemberPromote to it.
+	PromoteMember(ctx context.Context, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error)
 }
 
 // ErrWrongCluster is returned to peers whose messages carry another

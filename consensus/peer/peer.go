@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -396,6 +397,54 @@ func (h handler) Membership(context.Context, *concordv1.MembershipRequest) (*con
 	}
 	m := r.Membership()
 	return &concordv1.MembershipResponse{ClusterId: m.ClusterID, Members: m.Members}, nil
+}
+
+// Promote serves a follower's forwarded MemberPromote on the leader.
+// Errors travel as etcd's message for them.
+func (h handler) Promote(ctx context.Context, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
+	_, rf := h.t.receiver()
+	if rf == nil {
+		return nil, connect.NewError(connect.CodeUnavailable, ErrNotStarted)
+	}
+	resp, err := rf.PromoteMember(ctx, r)
+	if err != nil {
+		for _, s := range promoteErrors {
+			if errors.Is(err, s) {
+				return nil, connect.NewError(connect.CodeFailedPrecondition, s)
+			}
+		}
+		return nil, connect.NewError(connect.CodeUnavailable, err)
+	}
+	return resp, nil
+}
+
+// promoteErrors are the outcomes of a promotion on the leader that the
+// forwarding follower returns as they are.
+var promoteErrors = []error{
+	consensus.ErrLearnerNotReady, consensus.ErrMemberNotFound, consensus.ErrMemberNotLearner,
+	consensus.ErrNotEnoughStartedMembers, consensus.ErrNotLeader,
+}
+
+// ForwardPromote implements consensus.PromoteForwarder.
+func (t *Transport) ForwardPromote(ctx context.Context, urls []string, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
+	var errs []error
+	for _, u := range urls {
+		c := concordv1connect.NewPeerServiceClient(&http.Client{Transport: t.http}, u, connect.WithGRPC())
+		resp, err := c.Promote(ctx, r)
+		if err == nil {
+			return resp, nil
+		}
+		var ce *connect.Error
+		if errors.As(err, &ce) && ce.Code() == connect.CodeFailedPrecondition {
+			for _, s := range promoteErrors {
+				if ce.Message() == s.Error() {
+					return nil, s
+				}
+			}
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", u, err))
+	}
+	return nil, fmt.Errorf("peer: forward member promote: %w", errors.Join(errs...))
 }
 
 // FetchMembership implements consensus.MembershipFetcher: it asks the

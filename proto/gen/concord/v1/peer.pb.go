@@ -349,12 +349,13 @@ const file_concord_v1_peer_proto_rawDesc = "" +
 	"\x12MembershipResponse\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12.\n" +
-	"\amembers\x18\x02 \x03(\v2\x14.etcdserverpb.MemberR\amembers2\xe0\x01\n" +
+	"\amembers\x18\x02 \x03(\v2\x14.etcdserverpb.MemberR\amembers2\xb4\x02\n" +
 	"\vPeerService\x12=\n" +
 	"\x06Stream\x12\x15.concord.v1.RaftBatch\x1a\x1a.concord.v1.StreamResponse(\x01\x12E\n" +
 	"\bSnapshot\x12\x19.concord.v1.SnapshotChunk\x1a\x1c.concord.v1.SnapshotResponse(\x01\x12K\n" +
 	"\n" +
-	"Membership\x12\x1d.concord.v1.MembershipRequest\x1a\x1e.concord.v1.MembershipResponseB>Z<github.com/concord-kv/concord/proto/gen/concord/v1;concordv1b\x06proto3"
+	"Membership\x12\x1d.concord.v1.MembershipRequest\x1a\x1e.concord.v1.MembershipResponse\x12R\n" +
+	"\aPromote\x12\".etcdserverpb.MemberPromoteRequest\x1a#.etcdserverpb.MemberPromoteResponseB>Z<github.com/concord-kv/concord/proto/gen/concord/v1;concordv1b\x06proto3"
 
 var (
 	file_concord_v1_peer_proto_rawDescOnce sync.Once
@@ -370,14 +371,16 @@ func file_concord_v1_peer_proto_rawDescGZIP() []byte {
 
 var file_concord_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_concord_v1_peer_proto_goTypes = []any{
-	(*RaftBatch)(nil),           // 0: concord.v1.RaftBatch
-	(*StreamResponse)(nil),      // 1: concord.v1.StreamResponse
-	(*SnapshotChunk)(nil),       // 2: concord.v1.SnapshotChunk
-	(*SnapshotResponse)(nil),    // 3: concord.v1.SnapshotResponse
-	(*MembershipRequest)(nil),   // 4: concord.v1.MembershipRequest
-	(*MembershipResponse)(nil),  // 5: concord.v1.MembershipResponse
-	(*raftpb.Message)(nil),      // 6: raftpb.Message
-	(*etcdserverpb.Member)(nil), // 7: etcdserverpb.Member
+	(*RaftBatch)(nil),                          // 0: concord.v1.RaftBatch
+	(*StreamResponse)(nil),                     // 1: concord.v1.StreamResponse
+	(*SnapshotChunk)(nil),                      // 2: concord.v1.SnapshotChunk
+	(*SnapshotResponse)(nil),                   // 3: concord.v1.SnapshotResponse
+	(*MembershipRequest)(nil),                  // 4: concord.v1.MembershipRequest
+	(*MembershipResponse)(nil),                 // 5: concord.v1.MembershipResponse
+	(*raftpb.Message)(nil),                     // 6: raftpb.Message
+	(*etcdserverpb.Member)(nil),                // 7: etcdserverpb.Member
+	(*etcdserverpb.MemberPromoteRequest)(nil),  // 8: etcdserverpb.MemberPromoteRequest
+	(*etcdserverpb.MemberPromoteResponse)(nil), // 9: etcdserverpb.MemberPromoteResponse
 }
 var file_concord_v1_peer_proto_depIdxs = []int32{
 	6, // 0: concord.v1.RaftBatch.messages:type_name -> raftpb.Message
@@ -386,11 +389,13 @@ var file_concord_v1_peer_proto_depIdxs = []int32{
 	0, // 3: concord.v1.PeerService.Stream:input_type -> concord.v1.RaftBatch
 	2, // 4: concord.v1.PeerService.Snapshot:input_type -> concord.v1.SnapshotChunk
 	4, // 5: concord.v1.PeerService.Membership:input_type -> concord.v1.MembershipRequest
-	1, // 6: concord.v1.PeerService.Stream:output_type -> concord.v1.StreamResponse
-	3, // 7: concord.v1.PeerService.Snapshot:output_type -> concord.v1.SnapshotResponse
-	5, // 8: concord.v1.PeerService.Membership:output_type -> concord.v1.MembershipResponse
-	6, // [6:9] is the sub-list for method output_type
-	3, // [3:6] is the sub-list for method input_type
+	8, // 6: concord.v1.PeerService.Promote:input_type -> etcdserverpb.MemberPromoteRequest
+	1, // 7: concord.v1.PeerService.Stream:output_type -> concord.v1.StreamResponse
+	3, // 8: concord.v1.PeerService.Snapshot:output_type -> concord.v1.SnapshotResponse
+	5, // 9: concord.v1.PeerService.Membership:output_type -> concord.v1.MembershipResponse
+	9, // 10: concord.v1.PeerService.Promote:output_type -> etcdserverpb.MemberPromoteResponse
+	7, // [7:11] is the sub-list for method output_type
+	3, // [3:7] is the sub-list for method input_type
 	3, // [3:3] is the sub-list for extension type_name
 	3, // [3:3] is the sub-list for extension extendee
 	0, // [0:3] is the sub-list for field type_name

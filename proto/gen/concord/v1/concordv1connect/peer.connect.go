@@ -11,6 +11,7 @@ import (
 	context "context"
 	errors "errors"
 	v1 "github.com/concord-kv/concord/proto/gen/concord/v1"
+	etcdserverpb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	http "net/http"
 	strings "strings"
 )
@@ -41,6 +42,8 @@ const (
 	PeerServiceSnapshotProcedure = "/concord.v1.PeerService/Snapshot"
 	// PeerServiceMembershipProcedure is the fully-qualified name of the PeerService's Membership RPC.
 	PeerServiceMembershipProcedure = "/concord.v1.PeerService/Membership"
+	// PeerServicePromoteProcedure is the fully-qualified name of the PeerService's Promote RPC.
+	PeerServicePromoteProcedure = "/concord.v1.PeerService/Promote"
 )
 
 // PeerServiceClient is a client for the concord.v1.PeerService service.
@@ -63,6 +66,11 @@ type PeerServiceClient interface {
 	// dir asks it of the members named in its --initial-cluster to learn the
 	// cluster ID and its own member ID (etcd's GET /members).
 	Membership(context.Context, *v1.MembershipRequest) (*v1.MembershipResponse, error)
+	// Promote promotes a learner on the leader, the only member that knows
+	// whether the learner caught up: other members forward
+	// MemberPromote here (etcd's POST /members/promote/<id>). Errors carry
+	// the message of etcd's error for them.
+	Promote(context.Context, *etcdserverpb.MemberPromoteRequest) (*etcdserverpb.MemberPromoteResponse, error)
 }
 
 // NewPeerServiceClient constructs a client for the concord.v1.PeerService service. By default, it
@@ -94,6 +102,12 @@ func NewPeerServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(peerServiceMethods.ByName("Membership")),
 			connect.WithClientOptions(opts...),
 		),
+		promote: connect.NewClient[etcdserverpb.MemberPromoteRequest, etcdserverpb.MemberPromoteResponse](
+			httpClient,
+			baseURL+PeerServicePromoteProcedure,
+			connect.WithSchema(peerServiceMethods.ByName("Promote")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -102,6 +116,7 @@ type peerServiceClient struct {
 	stream     *connect.Client[v1.RaftBatch, v1.StreamResponse]
 	snapshot   *connect.Client[v1.SnapshotChunk, v1.SnapshotResponse]
 	membership *connect.Client[v1.MembershipRequest, v1.MembershipResponse]
+	promote    *connect.Client[etcdserverpb.MemberPromoteRequest, etcdserverpb.MemberPromoteResponse]
 }
 
 // Stream calls concord.v1.PeerService.Stream.
@@ -117,6 +132,15 @@ func (c *peerServiceClient) Snapshot(ctx context.Context) (*connect.ClientStream
 // Membership calls concord.v1.PeerService.Membership.
 func (c *peerServiceClient) Membership(ctx context.Context, req *v1.MembershipRequest) (*v1.MembershipResponse, error) {
 	response, err := c.membership.CallUnary(ctx, connect.NewRequest(req))
+	if response != nil {
+		return response.Msg, err
+	}
+	return nil, err
+}
+
+// Promote calls concord.v1.PeerService.Promote.
+func (c *peerServiceClient) Promote(ctx context.Context, req *etcdserverpb.MemberPromoteRequest) (*etcdserverpb.MemberPromoteResponse, error) {
+	response, err := c.promote.CallUnary(ctx, connect.NewRequest(req))
 	if response != nil {
 		return response.Msg, err
 	}
@@ -143,6 +167,11 @@ type PeerServiceHandler interface {
 	// dir asks it of the members named in its --initial-cluster to learn the
 	// cluster ID and its own member ID (etcd's GET /members).
 	Membership(context.Context, *v1.MembershipRequest) (*v1.MembershipResponse, error)
+	// Promote promotes a learner on the leader, the only member that knows
+	// whether the learner caught up: other members forward
+	// MemberPromote here (etcd's POST /members/promote/<id>). Errors carry
+	// the message of etcd's error for them.
+	Promote(context.Context, *etcdserverpb.MemberPromoteRequest) (*etcdserverpb.MemberPromoteResponse, error)
 }
 
 // NewPeerServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -170,6 +199,12 @@ func NewPeerServiceHandler(svc PeerServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(peerServiceMethods.ByName("Membership")),
 		connect.WithHandlerOptions(opts...),
 	)
+	peerServicePromoteHandler := connect.NewUnaryHandlerSimple(
+		PeerServicePromoteProcedure,
+		svc.Promote,
+		connect.WithSchema(peerServiceMethods.ByName("Promote")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/concord.v1.PeerService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case PeerServiceStreamProcedure:
@@ -178,6 +213,8 @@ func NewPeerServiceHandler(svc PeerServiceHandler, opts ...connect.HandlerOption
 			peerServiceSnapshotHandler.ServeHTTP(w, r)
 		case PeerServiceMembershipProcedure:
 			peerServiceMembershipHandler.ServeHTTP(w, r)
+		case PeerServicePromoteProcedure:
+			peerServicePromoteHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -197,4 +234,8 @@ func (UnimplementedPeerServiceHandler) Snapshot(context.Context, *connect.Client
 
 func (UnimplementedPeerServiceHandler) Membership(context.Context, *v1.MembershipRequest) (*v1.MembershipResponse, error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("concord.v1.PeerService.Membership is not implemented"))
+}
+
+func (UnimplementedPeerServiceHandler) Promote(context.Context, *etcdserverpb.MemberPromoteRequest) (*etcdserverpb.MemberPromoteResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("concord.v1.PeerService.Promote is not implemented"))
 }
