@@ -42,7 +42,8 @@ func (n *Node) header(h *pb.ResponseHeader) *pb.ResponseHeader {
 }
 
 // Range reads keys: serializable requests from the local store, others after
-// a ReadIndex round.
+// a ReadIndex round. Learners serve both (etcd's learners refuse
+// linearizable reads; concord's take part in ReadIndex like any member).
 func (n *Node) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	if err := n.readBarrier(ctx, r.GetSerializable()); err != nil {
 		return nil, err
@@ -77,6 +78,9 @@ func (n *Node) readBarrier(ctx context.Context, serializable bool) error {
 
 // Put writes one key through raft.
 func (n *Node) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
+	if err := n.learnerGuard(); err != nil {
+		return nil, err
+	}
 	if err := n.checkQuota(ctx, costPut(r)); err != nil {
 		return nil, err
 	}
@@ -90,6 +94,9 @@ func (n *Node) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, erro
 
 // DeleteRange deletes keys through raft.
 func (n *Node) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	if err := n.learnerGuard(); err != nil {
+		return nil, err
+	}
 	resp, err := proposeAs[*pb.DeleteRangeResponse](ctx, n, &pb.InternalRaftRequest{DeleteRange: r})
 	if err != nil {
 		return nil, err
@@ -112,6 +119,9 @@ func (n *Node) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, erro
 		}
 		resp.Header = n.header(resp.Header)
 		return resp, nil
+	}
+	if err := n.learnerGuard(); err != nil {
+		return nil, err
 	}
 	if err := n.checkQuota(ctx, costTxn(r)); err != nil {
 		return nil, err
@@ -154,6 +164,9 @@ func txnSerializable(r *pb.TxnRequest) bool {
 
 // Compact compacts the key history through raft.
 func (n *Node) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	if err := n.learnerGuard(); err != nil {
+		return nil, err
+	}
 	resp, err := proposeAs[*pb.CompactionResponse](ctx, n, &pb.InternalRaftRequest{Compaction: r})
 	if err != nil {
 		return nil, err
@@ -165,6 +178,9 @@ func (n *Node) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.Compac
 // LeaseGrant creates a lease through raft, choosing an ID when none is given
 // and raising the TTL to the minimum etcd allows for the election timeout.
 func (n *Node) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
+	if err := n.learnerGuard(); err != nil {
+		return nil, err
+	}
 	if r.GetTTL() > maxLeaseTTL {
 		return nil, ErrLeaseTTLTooLarge
 	}
@@ -185,6 +201,9 @@ func (n *Node) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.Lea
 
 // LeaseRevoke deletes a lease and its keys through raft.
 func (n *Node) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
+	if err := n.learnerGuard(); err != nil {
+		return nil, err
+	}
 	resp, err := proposeAs[*pb.LeaseRevokeResponse](ctx, n, &pb.InternalRaftRequest{LeaseRevoke: r})
 	if err != nil {
 		return nil, err
@@ -196,6 +215,9 @@ func (n *Node) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.L
 // LeaseLeases lists the leases in the local store (etcd serves it locally
 // too).
 func (n *Node) LeaseLeases(ctx context.Context, _ *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
+	if err := n.learnerGuard(); err != nil {
+		return nil, err
+	}
 	if n.stopped() {
 		return nil, ErrStopped
 	}
@@ -209,6 +231,12 @@ func (n *Node) LeaseLeases(ctx context.Context, _ *pb.LeaseLeasesRequest) (*pb.L
 
 // Alarm activates, deactivates or lists alarms, through raft as in etcd.
 func (n *Node) Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.AlarmResponse, error) {
+	// A learner lists alarms (its /health does) but changes none.
+	if r.GetAction() != pb.AlarmRequest_GET {
+		if err := n.learnerGuard(); err != nil {
+			return nil, err
+		}
+	}
 	resp, err := proposeAs[*pb.AlarmResponse](ctx, n, &pb.InternalRaftRequest{Alarm: r})
 	if err != nil {
 		return nil, err
@@ -255,7 +283,7 @@ func (n *Node) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRespo
 		RaftIndex:        n.committed.Load(),
 		RaftTerm:         n.term.Load(),
 		RaftAppliedIndex: n.applied.Load(),
-		IsLearner:        false,
+		IsLearner:        n.IsLearner(),
 		DbSizeQuota:      n.quota,
 		StorageVersion:   storageVersion,
 		DowngradeInfo:    &pb.DowngradeInfo{},
@@ -277,6 +305,9 @@ func formatAlarm(a *pb.AlarmMember) string {
 
 // HashKV hashes the MVCC keyspace up to r.Revision (0 = current).
 func (n *Node) HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVResponse, error) {
+	if err := n.learnerGuard(); err != nil {
+		return nil, err
+	}
 	if n.stopped() {
 		return nil, ErrStopped
 	}
@@ -295,6 +326,9 @@ func (n *Node) HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVRespo
 
 // Defragment reclaims space in the store; reads and writes keep working.
 func (n *Node) Defragment(ctx context.Context, _ *pb.DefragmentRequest) (*pb.DefragmentResponse, error) {
+	if err := n.learnerGuard(); err != nil {
+		return nil, err
+	}
 	if n.stopped() {
 		return nil, ErrStopped
 	}
@@ -309,6 +343,9 @@ func (n *Node) Defragment(ctx context.Context, _ *pb.DefragmentRequest) (*pb.Def
 
 // MemberList lists the cluster's members.
 func (n *Node) MemberList(ctx context.Context, r *pb.MemberListRequest) (*pb.MemberListResponse, error) {
+	if err := n.learnerGuard(); err != nil {
+		return nil, err
+	}
 	if err := n.readBarrier(ctx, !r.GetLinearizable()); err != nil {
 		return nil, err
 	}

@@ -104,7 +104,17 @@ func (n *Node) applyEntries(b *storage.Batch, ents []*raftpb.Entry, out *applyOu
 			if err := proto.Unmarshal(e.GetData(), cc); err != nil {
 				return fmt.Errorf("decode conf change %d: %w", e.GetIndex(), err)
 			}
-			if err := n.applyConfChange(b, cc); err != nil {
+			var err error
+			switch {
+			case e.GetIndex() <= storeApplied:
+				err = n.replayConfChange(b, e.GetIndex(), cc)
+			case len(cc.GetContext()) == 0:
+				// Not a membership change of ours: raft's configuration only.
+				err = n.applyConfChange(b, cc)
+			default:
+				err = n.applyMembershipChange(b, e.GetIndex(), cc, out)
+			}
+			if err != nil {
 				return err
 			}
 		case raftpb.EntryConfChangeV2:
@@ -131,6 +141,7 @@ func (n *Node) applyEntries(b *storage.Batch, ents []*raftpb.Entry, out *applyOu
 
 func (n *Node) applyConfChange(b *storage.Batch, cc raftpb.ConfChangeI) error {
 	n.confState = n.rn.ApplyConfChange(cc)
+	n.confChanged = true
 	return setProto(b.Pebble(), keyConfState, n.confState)
 }
 

@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/raft/v3/raftpb"
@@ -43,6 +44,11 @@ type clusterMeta struct {
 	// keyLocalMember existed; it is read as a fallback and never written.
 	MemberID uint64   `json:"member_id,omitempty"`
 	Members  []member `json:"members"`
+	// Removed lists the IDs of removed members: they may never come back.
+	Removed []uint64 `json:"removed,omitempty"`
+	// RejectedConfChanges are the raft indexes of the most recent conf
+	// changes apply rejected (reconfig.go).
+	RejectedConfChanges []uint64 `json:"rejected_conf_changes,omitempty"`
 }
 
 // bootstrap creates the initial raft state of a new cluster and persists it
@@ -76,13 +82,22 @@ func (n *Node) bootstrap() (*raftState, error) {
 		snap: &raftpb.SnapshotMetadata{Index: new(one), Term: new(one)},
 		ents: []*raftpb.Entry{{Index: new(one), Term: new(one), Type: raftpb.EntryNormal.Enum()}},
 	}
-	meta, err := json.Marshal(clusterMeta{ClusterID: n.clusterID, Members: members})
-	if err != nil {
+	if err := n.persistInitial(st, members); err != nil {
 		return nil, err
 	}
+	n.membersPub.Store(new(slices.Clone(members)))
+	n.lg.Info("bootstrapped new cluster",
+		"name", n.cfg.Name, "member-id", fmt.Sprintf("%x", n.memberID), "cluster-id", fmt.Sprintf("%x", n.clusterID),
+		"members", len(members))
+	return st, nil
+}
+
+// persistInitial writes a member's first raft state, its identity and the
+// member table in one fsynced batch.
+func (n *Node) persistInitial(st *raftState, members []member) error {
 	entry, err := proto.Marshal(st.ents[0])
 	if err != nil {
-		return nil, err
+		return err
 	}
 	b := n.store.NewBatch()
 	defer b.Close()
@@ -92,25 +107,27 @@ func (n *Node) bootstrap() (*raftState, error) {
 		m   proto.Message
 	}{{keyHardState, st.hs}, {keyConfState, st.cs}, {keySnapshot, st.snap}} {
 		if err := setProto(w, kv.key, kv.m); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	if err := w.Set(entryKey(1), entry, nil); err != nil {
-		return nil, err
+	if err := w.Set(entryKey(st.ents[0].GetIndex()), entry, nil); err != nil {
+		return err
 	}
 	if err := w.Set(keyLocalMember, binary.BigEndian.AppendUint64(nil, n.memberID), nil); err != nil {
-		return nil, err
+		return err
 	}
-	b.SetMeta(metaClusterKey, meta)
-	b.SetApplied(1, 1)
+	if err := n.writeClusterMeta(b, members); err != nil {
+		return err
+	}
+	if i := st.ents[0].GetIndex(); i > 0 {
+		b.SetApplied(i, st.ents[0].GetTerm())
+	}
 	if err := b.Commit(true); err != nil {
-		return nil, fmt.Errorf("consensus: persist bootstrap state: %w", err)
+		return fmt.Errorf("consensus: persist initial raft state: %w", err)
 	}
 	n.membersPub.Store(new(slices.Clone(members)))
-	n.lg.Info("bootstrapped new cluster",
-		"name", n.cfg.Name, "member-id", fmt.Sprintf("%x", n.memberID), "cluster-id", fmt.Sprintf("%x", n.clusterID),
-		"members", len(members))
-	return st, nil
+	n.publishRemoved()
+	return nil
 }
 
 // loadMembership restores this member's identity and the member table.
@@ -135,6 +152,10 @@ func (n *Node) loadMembership() error {
 		}
 	}
 	n.clusterID, n.memberID = meta.ClusterID, id
+	n.loadRemoved(meta)
+	if n.removed[id] {
+		return ErrMemberRemoved
+	}
 	self, ok := findMember(meta.Members, n.memberID)
 	if !ok {
 		return fmt.Errorf("consensus: member %x missing from stored membership", n.memberID)
@@ -146,6 +167,15 @@ func (n *Node) loadMembership() error {
 	n.members = meta.Members
 	n.membersPub.Store(new(slices.Clone(meta.Members)))
 	return nil
+}
+
+func (n *Node) loadRemoved(meta clusterMeta) {
+	n.removed = map[uint64]bool{}
+	for _, id := range meta.Removed {
+		n.removed[id] = true
+	}
+	n.rejectedCC = slices.Clone(meta.RejectedConfChanges)
+	n.publishRemoved()
 }
 
 func (n *Node) readClusterMeta() (clusterMeta, error) {
@@ -198,6 +228,10 @@ func (n *Node) reloadReplicatedState() error {
 	if meta.ClusterID != n.clusterID {
 		return fmt.Errorf("consensus: snapshot of cluster %x installed into cluster %x", meta.ClusterID, n.clusterID)
 	}
+	n.loadRemoved(meta)
+	if n.removed[n.memberID] && n.removedAt.IsZero() {
+		n.removedAt = time.Now()
+	}
 	n.setMembers(meta.Members)
 	if n.leaseAuth, err = loadLeaseAuthority(n.store); err != nil {
 		return err
@@ -248,11 +282,9 @@ func (n *Node) applyMemberAttributes(b *storage.Batch, a *concordv1.MemberAttrib
 	}
 	ms[i].Name = a.GetName()
 	ms[i].ClientURLs = slices.Clone(a.GetClientUrls())
-	meta, err := json.Marshal(clusterMeta{ClusterID: n.clusterID, Members: ms})
-	if err != nil {
+	if err := n.writeClusterMeta(b, ms); err != nil {
 		return result{err: err}
 	}
-	b.SetMeta(metaClusterKey, meta)
 	n.members = ms
 	out.members = ms
 	return result{resp: a}

@@ -3,12 +3,15 @@ package consensus
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 )
@@ -27,6 +30,7 @@ type MemNetwork struct {
 	delay     time.Duration
 	rng       *rand.Rand
 	snapshots atomic.Int64
+	byURL     map[string]*memTransport
 }
 
 // NewMemNetwork returns a network with no faults; seed drives the random
@@ -35,6 +39,7 @@ func NewMemNetwork(seed uint64) *MemNetwork {
 	return &MemNetwork{
 		members: map[uint64]*memTransport{},
 		cut:     map[[2]uint64]bool{},
+		byURL:   map[string]*memTransport{},
 		rng:     rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
 	}
 }
@@ -137,10 +142,15 @@ func (t *memTransport) Start(local LocalMember, r Raft) error {
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	t.peers = map[uint64]chan []*raftpb.Message{}
 	t.nw.join(t)
+	for _, m := range r.Membership().Members {
+		if m.GetID() == local.ID {
+			t.nw.registerURLs(t, m.GetPeerURLs())
+		}
+	}
 	return nil
 }
 
-func (t *memTransport) AddPeer(id uint64, _ []string) {
+func (t *memTransport) AddPeer(id uint64, urls []string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if _, ok := t.peers[id]; ok || t.ctx.Err() != nil {
@@ -210,6 +220,9 @@ func (t *memTransport) deliver(to uint64, q <-chan []*raftpb.Message) {
 			cp[i] = cloneMessage(m)
 		}
 		if err := dst.r.Process(t.ctx, cp); err != nil {
+			if errors.Is(err, ErrMemberRemoved) {
+				t.r.ReportRemoved()
+			}
 			t.r.ReportUnreachable(to)
 		}
 	}
@@ -246,6 +259,51 @@ func (t *memTransport) sendSnapshot(m *raftpb.Message, data io.ReadCloser) bool 
 	}
 	t.nw.snapshots.Add(1)
 	return true
+}
+
+// FetchMembership implements MembershipFetcher: it asks the first member
+// of the network whose peer URLs include one of urls (members register
+// their own when they start).
+func (t *memTransport) FetchMembership(ctx context.Context, urls []string) (Membership, error) {
+	t.nw.mu.Lock()
+	var found Raft
+	for _, u := range urls {
+		if mt := t.nw.byURL[u]; mt != nil && mt.r != nil {
+			found = mt.r
+			break
+		}
+	}
+	t.nw.mu.Unlock()
+	if found == nil {
+		return Membership{}, fmt.Errorf("no member reachable at %v", urls)
+	}
+	return found.Membership(), ctx.Err()
+}
+
+// ForwardPromote implements PromoteForwarder.
+func (t *memTransport) ForwardPromote(ctx context.Context, urls []string, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
+	t.nw.mu.Lock()
+	var dst Raft
+	for _, u := range urls {
+		if mt := t.nw.byURL[u]; mt != nil && mt.r != nil {
+			dst = mt.r
+			break
+		}
+	}
+	t.nw.mu.Unlock()
+	if dst == nil {
+		return nil, fmt.Errorf("no member reachable at %v", urls)
+	}
+	return dst.PromoteMember(ctx, r)
+}
+
+// registerURLs makes the member of t reachable for FetchMembership at urls.
+func (nw *MemNetwork) registerURLs(t *memTransport, urls []string) {
+	nw.mu.Lock()
+	defer nw.mu.Unlock()
+	for _, u := range urls {
+		nw.byURL[u] = t
+	}
 }
 
 func (t *memTransport) Stop() {

@@ -40,6 +40,14 @@
 // the leader's truncated log receives a store snapshot (snapshot.go). Each
 // member publishes its name and client URLs through raft (membership.go), so
 // the replicated member table, and MemberList, show every member.
+//
+// Membership changes (reconfig.go) are raft conf changes carrying the member
+// record, validated and applied to the member table at apply, as etcd does:
+// members and learners are added, promoted, updated and removed at runtime;
+// a member joining with ClusterState "existing" learns the cluster from the
+// others and catches up by snapshot; a removed member stops (Done, Err).
+// Learners serve serializable and linearizable reads and Status; everything
+// else answers ErrNotSupportedForLearner.
 package consensus
 
 import (
@@ -108,6 +116,8 @@ func (c *sizeCache) get() int64 {
 type proposal struct {
 	id   uint64
 	data []byte
+	// cc, when set, is a membership change proposed instead of data.
+	cc *raftpb.ConfChange
 	// internal proposals (the loop's own NOSPACE alarm) have no waiter and
 	// must not be dropped as abandoned.
 	internal bool
@@ -155,6 +165,12 @@ type Node struct {
 	// (owned by the raft loop); membersPub is its published copy.
 	members    []member
 	membersPub atomic.Pointer[[]member]
+	// removed is the replicated set of removed member IDs (owned by the
+	// raft loop; removedPub is its published copy), rejectedCC the indexes
+	// of conf changes apply rejected (reconfig.go).
+	removed    map[uint64]bool
+	removedPub atomic.Pointer[map[uint64]bool]
+	rejectedCC []uint64
 
 	reqTimeout  time.Duration
 	quota       int64
@@ -211,6 +227,15 @@ type Node struct {
 	raftApplied uint64
 	pendingSnap *incomingSnap
 	peers       map[uint64]bool // the transport's peers
+	// lastHeard is when each peer's last message arrived (strict
+	// reconfiguration checks); removedAt when this member learned it was
+	// removed (zero while it is not); confChanged that the current Ready
+	// applied a conf change (a raft snapshot record that includes it is
+	// taken, so a member it added can be sent a snapshot).
+	lastHeard   map[uint64]time.Time
+	removedAt   time.Time
+	confChanged bool
+	loopErr     error
 	// orphans are proposals in flight at the last leader change, with the
 	// time by which they must have been applied (watchOrphanedProposals).
 	orphans map[uint64]time.Time
@@ -236,7 +261,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("consensus: open storage: %w", err)
 	}
-	n, err := newNode(cfg, store)
+	n, err := newNode(ctx, cfg, store)
 	if err != nil {
 		_ = store.Close()
 		if cfg.Transport != nil {
@@ -258,7 +283,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	case <-n.leaderC:
 	case <-n.done:
 		err := n.Close()
-		return nil, errors.Join(ErrStopped, err)
+		return nil, errors.Join(ErrStopped, n.loopErr, err)
 	case <-ctx.Done():
 		return nil, errors.Join(ctx.Err(), n.Close())
 	}
@@ -268,7 +293,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	return n, nil
 }
 
-func newNode(cfg Config, store *storage.Store) (*Node, error) {
+func newNode(ctx context.Context, cfg Config, store *storage.Store) (*Node, error) {
 	n := &Node{
 		cfg:         cfg,
 		lg:          cfg.Logger,
@@ -289,6 +314,8 @@ func newNode(cfg Config, store *storage.Store) (*Node, error) {
 		snapC:       make(chan *incomingSnap),
 		readNext:    newReadNotifier(),
 		alarms:      map[alarmKey]bool{},
+		removed:     map[uint64]bool{},
+		lastHeard:   map[uint64]time.Time{},
 	}
 	if n.transport == nil {
 		n.transport = loopbackTransport{}
@@ -309,9 +336,11 @@ func newNode(cfg Config, store *storage.Store) (*Node, error) {
 	}
 	if st == nil {
 		if cfg.ClusterState == ClusterStateExisting {
-			return nil, fmt.Errorf("consensus: data dir %s is empty and joining an existing cluster is not supported yet", cfg.DataDir)
+			st, err = n.join(ctx)
+		} else {
+			st, err = n.bootstrap()
 		}
-		if st, err = n.bootstrap(); err != nil {
+		if err != nil {
 			return nil, err
 		}
 	} else if err := n.loadMembership(); err != nil {
@@ -360,7 +389,9 @@ func newNode(cfg Config, store *storage.Store) (*Node, error) {
 		MaxUncommittedEntriesSize: maxUncommittedEntriesSize,
 		CheckQuorum:               true,
 		PreVote:                   true,
-		Logger:                    raftLogger{lg: n.lg},
+		// A leader that applied its own removal hands over at once.
+		StepDownOnRemoval: true,
+		Logger:            raftLogger{lg: n.lg},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("consensus: create raft node: %w", err)
@@ -394,6 +425,21 @@ func (n *Node) Close() error {
 	return n.closeErr
 }
 
+// Done is closed when the member stopped: after Close, or on its own when
+// its raft loop failed or it was removed from the cluster (Err says why).
+func (n *Node) Done() <-chan struct{} { return n.done }
+
+// Err is why the member stopped on its own (wrapping ErrMemberRemoved when
+// it was removed from the cluster); nil while it runs or after Close.
+func (n *Node) Err() error {
+	select {
+	case <-n.done:
+		return n.loopErr
+	default:
+		return nil
+	}
+}
+
 // Leader returns the current leader's member ID, 0 while there is none.
 func (n *Node) Leader() uint64 { return n.leader.Load() }
 
@@ -425,6 +471,7 @@ func (n *Node) run() {
 	if err != nil {
 		n.lg.Error("raft loop failed; member stopped", "member-id", fmt.Sprintf("%x", n.memberID), "error", err)
 		stopErr = fmt.Errorf("%w: %w", ErrStopped, err)
+		n.loopErr = err
 	}
 	n.wait.failAll(stopErr)
 	n.failReads(stopErr)
@@ -444,6 +491,9 @@ func (n *Node) loop(tick <-chan time.Time) error {
 		}
 		select {
 		case now := <-tick:
+			if err := n.checkRemoved(now); err != nil {
+				return err
+			}
 			n.maybeBeat(now)
 			n.rn.Tick()
 			n.tickReads(now)
@@ -511,7 +561,13 @@ func (n *Node) proposeOne(p proposal) {
 		n.pendingProps = append(n.pendingProps, p)
 		return
 	}
-	if err := n.rn.Propose(p.data); err != nil {
+	var err error
+	if p.cc != nil {
+		err = n.rn.ProposeConfChange(p.cc)
+	} else {
+		err = n.rn.Propose(p.data)
+	}
+	if err != nil {
 		if errors.Is(err, raft.ErrProposalDropped) {
 			// Leader transfer or similar: retry on the next tick.
 			n.pendingProps = append(n.pendingProps, p)
@@ -707,7 +763,9 @@ func (n *Node) failOrphanedProposals(now time.Time) {
 // older than that gets the store instead (snapshot.go).
 func (n *Node) maybeTruncate() error {
 	applied := n.raftApplied
-	if applied <= n.snapIndex || applied-n.snapIndex < n.cfg.SnapshotCount {
+	force := n.confChanged
+	n.confChanged = false
+	if applied <= n.snapIndex || (applied-n.snapIndex < n.cfg.SnapshotCount && !force) {
 		return nil
 	}
 	snap, err := n.ms.CreateSnapshot(applied, n.confState, nil)
@@ -873,6 +931,12 @@ func (n *Node) propose(ctx context.Context, r *pb.InternalRaftRequest) (proto.Me
 // proposeData replicates one encoded entry whose apply result is delivered
 // under id.
 func (n *Node) proposeData(ctx context.Context, id uint64, data []byte) (proto.Message, error) {
+	return n.proposeWait(ctx, proposal{id: id, data: data})
+}
+
+// proposeWait replicates p and waits for its apply result.
+func (n *Node) proposeWait(ctx context.Context, p proposal) (proto.Message, error) {
+	id := p.id
 	if n.stopped() {
 		return nil, ErrStopped
 	}
@@ -883,7 +947,7 @@ func (n *Node) proposeData(ctx context.Context, id uint64, data []byte) (proto.M
 	cctx, cancel := context.WithTimeout(ctx, n.reqTimeout)
 	defer cancel()
 	select {
-	case n.propC <- proposal{id: id, data: data}:
+	case n.propC <- p:
 	case <-cctx.Done():
 		n.wait.cancel(id)
 		return nil, n.ctxErr(ctx)

@@ -111,6 +111,14 @@ func loadRaftState(db *pebble.DB) (*raftState, error) {
 func (st *raftState) memoryStorage() (*raft.MemoryStorage, error) {
 	ms := raft.NewMemoryStorage()
 	base := st.ents[0]
+	if base.GetIndex() == 0 {
+		// A member that joined and has received nothing yet: raft's own
+		// empty log is the right start.
+		if err := ms.SetHardState(st.hs); err != nil {
+			return nil, err
+		}
+		return ms, nil
+	}
 	err := ms.ApplySnapshot(&raftpb.Snapshot{Metadata: &raftpb.SnapshotMetadata{
 		Index: new(base.GetIndex()), Term: new(base.GetTerm()), ConfState: st.cs,
 	}})

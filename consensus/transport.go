@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -61,6 +63,16 @@ type Raft interface {
 	ReportUnreachable(id uint64)
 	// ReportSnapshot tells raft how sending a snapshot to id ended.
 	ReportSnapshot(id uint64, status raft.SnapshotStatus)
+	// ReportRemoved tells the member a peer refused its messages because
+	// it was removed from the cluster (Process returned ErrMemberRemoved
+	// there); the member stops.
+	ReportRemoved()
+	// Membership is the cluster as this member knows it, for members
+	// joining it.
+	Membership() Membership
+	// PromoteMember promotes a learner if this member leads (ErrNotLeader
+	// otherwise); followers forward MemberPromote to it.
+	PromoteMember(ctx context.Context, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error)
 }
 
 // ErrWrongCluster is returned to peers whose messages carry another
@@ -87,6 +99,10 @@ const recvQueue = 256
 func (n *Node) Process(ctx context.Context, msgs []*raftpb.Message) error {
 	if len(msgs) == 0 {
 		return nil
+	}
+	if from := msgs[0].GetFrom(); n.isRemoved(from) {
+		// etcd answers a removed member 410 Gone so that it stops.
+		return fmt.Errorf("%w: member %x", ErrMemberRemoved, from)
 	}
 	select {
 	case n.recvC <- msgs:
@@ -125,8 +141,11 @@ func (n *Node) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
 
 // stepMessages steps received messages into raft, on the raft loop.
 func (n *Node) stepMessages(msgs []*raftpb.Message) {
+	now := time.Now()
 	for _, m := range msgs {
 		switch {
+		case n.removed[m.GetFrom()]:
+			continue
 		case m.GetTo() != n.memberID:
 			n.lg.Warn("dropping raft message addressed to another member", "to", fmt.Sprintf("%x", m.GetTo()),
 				"from", fmt.Sprintf("%x", m.GetFrom()), "type", m.GetType().String())
@@ -137,6 +156,7 @@ func (n *Node) stepMessages(msgs []*raftpb.Message) {
 			n.lg.Warn("dropping a MsgSnap that arrived without its data", "from", fmt.Sprintf("%x", m.GetFrom()))
 			continue
 		}
+		n.lastHeard[m.GetFrom()] = now
 		if err := n.rn.Step(m); err != nil {
 			n.lg.Debug("raft step failed", "from", fmt.Sprintf("%x", m.GetFrom()), "type", m.GetType().String(), "error", err)
 		}

@@ -46,11 +46,18 @@ type Maintenance interface {
 	HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVResponse, error)
 	Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.AlarmResponse, error)
 	Defragment(ctx context.Context, r *pb.DefragmentRequest) (*pb.DefragmentResponse, error)
+	// MoveLeader transfers raft leadership; it must reach the leader.
+	MoveLeader(ctx context.Context, r *pb.MoveLeaderRequest) (*pb.MoveLeaderResponse, error)
 }
 
-// Cluster is the membership part of the backend.
+// Cluster is the membership part of the backend: changes go through raft
+// as conf changes (consensus/reconfig.go).
 type Cluster interface {
 	MemberList(ctx context.Context, r *pb.MemberListRequest) (*pb.MemberListResponse, error)
+	MemberAdd(ctx context.Context, r *pb.MemberAddRequest) (*pb.MemberAddResponse, error)
+	MemberRemove(ctx context.Context, r *pb.MemberRemoveRequest) (*pb.MemberRemoveResponse, error)
+	MemberUpdate(ctx context.Context, r *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error)
+	MemberPromote(ctx context.Context, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error)
 }
 
 // Backend is everything the gateway needs; consensus.Node implements it.

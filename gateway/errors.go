@@ -6,6 +6,7 @@ import (
 
 	"connectrpc.com/connect"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/concord-kv/concord/consensus"
@@ -33,6 +34,25 @@ var errorTable = []struct {
 	{consensus.ErrTimeout, rpctypes.ErrGRPCTimeout},
 	{consensus.ErrStopped, rpctypes.ErrGRPCStopped},
 	{consensus.ErrLeaseTTLTooLarge, rpctypes.ErrGRPCLeaseTTLTooLarge},
+	// Membership changes (etcd's membership errors map as in its table:
+	// a removed ID is "member not found").
+	{consensus.ErrMemberNotFound, rpctypes.ErrGRPCMemberNotFound},
+	{consensus.ErrMemberExists, rpctypes.ErrGRPCMemberExist},
+	{consensus.ErrPeerURLExists, rpctypes.ErrGRPCPeerURLExist},
+	{consensus.ErrMemberNotLearner, rpctypes.ErrGRPCMemberNotLearner},
+	{consensus.ErrLearnerNotReady, rpctypes.ErrGRPCLearnerNotReady},
+	{consensus.ErrTooManyLearners, rpctypes.ErrGRPCTooManyLearners},
+	{consensus.ErrNotEnoughStartedMembers, rpctypes.ErrGRPCMemberNotEnoughStarted},
+	{consensus.ErrUnhealthy, rpctypes.ErrGRPCUnhealthy},
+	{consensus.ErrBadPeerURLs, rpctypes.ErrGRPCMemberBadURLs},
+	{consensus.ErrNotLeader, rpctypes.ErrGRPCNotLeader},
+	{consensus.ErrBadLeaderTransferee, rpctypes.ErrGRPCBadLeaderTransferee},
+	{consensus.ErrNotSupportedForLearner, rpctypes.ErrGRPCNotSupportedForLearner},
+	// etcd has no rpctypes error for a leader transfer that took too long:
+	// its togRPCError falls back to Unknown with the server error's text.
+	{consensus.ErrTimeoutLeaderTransfer, status.Error(codes.Unknown, consensus.ErrTimeoutLeaderTransfer.Error())},
+	// A removed member's requests fail as a stopped server's would.
+	{consensus.ErrMemberRemoved, rpctypes.ErrGRPCStopped},
 	// etcd's own table maps ErrTooManyRequests to a non-status error, which
 	// gRPC turns into Unknown; the status error is what clientv3 expects.
 	{consensus.ErrTooManyRequests, rpctypes.ErrGRPCRequestTooManyRequests},

@@ -567,7 +567,6 @@ func TestUnimplemented(t *testing.T) {
 	calls := map[string]func() error{
 		"LeaseTimeToLive": func() error { _, err := cli.TimeToLive(ctx, 1); return err },
 		"AuthStatus":      func() error { _, err := cli.AuthStatus(ctx); return err },
-		"MemberAdd":       func() error { _, err := cli.MemberAdd(ctx, []string{"http://127.0.0.1:1"}); return err },
 		"Hash": func() error {
 			_, err := pb.NewMaintenanceClient(conn).Hash(ctx, &pb.HashRequest{})
 			return err

@@ -178,8 +178,8 @@ func (s leaseService) LeaseKeepAlive(ctx context.Context, stream *connect.BidiSt
 	}
 }
 
-// maintenanceService serves etcdserverpb.Maintenance (Hash, Snapshot,
-// MoveLeader and Downgrade are unimplemented).
+// maintenanceService serves etcdserverpb.Maintenance (Hash, Snapshot and
+// Downgrade are unimplemented).
 type maintenanceService struct {
 	etcdserverpbconnect.UnimplementedMaintenanceHandler
 	g *Gateway
@@ -217,8 +217,17 @@ func (s maintenanceService) HashKV(ctx context.Context, r *pb.HashKVRequest) (*p
 	return resp, nil
 }
 
-// clusterService serves etcdserverpb.Cluster (membership changes are
-// unimplemented).
+// MoveLeader transfers leadership; etcdctl sends it to the leader's
+// endpoint itself, and the backend refuses it anywhere else.
+func (s maintenanceService) MoveLeader(ctx context.Context, r *pb.MoveLeaderRequest) (*pb.MoveLeaderResponse, error) {
+	resp, err := s.g.b.MoveLeader(ctx, r)
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}
+
+// clusterService serves etcdserverpb.Cluster.
 type clusterService struct {
 	etcdserverpbconnect.UnimplementedClusterHandler
 	g *Gateway
@@ -226,6 +235,44 @@ type clusterService struct {
 
 func (s clusterService) MemberList(ctx context.Context, r *pb.MemberListRequest) (*pb.MemberListResponse, error) {
 	resp, err := s.g.b.MemberList(ctx, r)
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}
+
+func (s clusterService) MemberAdd(ctx context.Context, r *pb.MemberAddRequest) (*pb.MemberAddResponse, error) {
+	if err := validPeerURLs(r.GetPeerURLs()); err != nil {
+		return nil, rpcError(err)
+	}
+	resp, err := s.g.b.MemberAdd(ctx, r)
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}
+
+func (s clusterService) MemberRemove(ctx context.Context, r *pb.MemberRemoveRequest) (*pb.MemberRemoveResponse, error) {
+	resp, err := s.g.b.MemberRemove(ctx, r)
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}
+
+func (s clusterService) MemberUpdate(ctx context.Context, r *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error) {
+	if err := validPeerURLs(r.GetPeerURLs()); err != nil {
+		return nil, rpcError(err)
+	}
+	resp, err := s.g.b.MemberUpdate(ctx, r)
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}
+
+func (s clusterService) MemberPromote(ctx context.Context, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
+	resp, err := s.g.b.MemberPromote(ctx, r)
 	if err != nil {
 		return nil, TranslateError(err)
 	}

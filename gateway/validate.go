@@ -1,6 +1,10 @@
 package gateway
 
 import (
+	"net"
+	"net/url"
+	"strings"
+
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/pkg/v3/adt"
@@ -203,6 +207,34 @@ func (g *Gateway) tooLarge(m proto.Message) error {
 func validLeaseGrant(r *pb.LeaseGrantRequest) error {
 	if r.TTL > maxLeaseTTL {
 		return rpctypes.ErrGRPCLeaseTTLTooLarge
+	}
+	return nil
+}
+
+// validPeerURLs is etcd's types.NewURLs check of MemberAdd (and, in
+// concord, MemberUpdate): at least one URL, each http(s) with host:port or
+// unix(s), without a path.
+func validPeerURLs(urls []string) error {
+	if len(urls) == 0 {
+		return rpctypes.ErrGRPCMemberBadURLs
+	}
+	for _, s := range urls {
+		u, err := url.Parse(strings.TrimSpace(s))
+		if err != nil {
+			return rpctypes.ErrGRPCMemberBadURLs
+		}
+		switch u.Scheme {
+		case "http", "https":
+			if _, _, err := net.SplitHostPort(u.Host); err != nil {
+				return rpctypes.ErrGRPCMemberBadURLs
+			}
+		case "unix", "unixs":
+		default:
+			return rpctypes.ErrGRPCMemberBadURLs
+		}
+		if u.Path != "" {
+			return rpctypes.ErrGRPCMemberBadURLs
+		}
 	}
 	return nil
 }

@@ -104,6 +104,7 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return leases.Run(ctx) })
+	g.Go(func() error { return watchNode(ctx, node) })
 	if !multiMember(cfg) {
 		// With several members only one process's lease service holds the
 		// authority; the others stay standbys and must not delay serving.
@@ -190,3 +191,18 @@ func urlStrings(urls []url.URL) []string {
 }
 
 func joinURLs(urls []url.URL) string { return strings.Join(urlStrings(urls), ",") }
+
+// watchNode fails the process when its consensus member stops on its own:
+// a raft loop that failed, or a member removed from the cluster (etcd exits
+// non-zero with "the member has been permanently removed from the cluster").
+func watchNode(ctx context.Context, node *consensus.Node) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-node.Done():
+		if err := node.Err(); err != nil {
+			return fmt.Errorf("consensus member stopped: %w", err)
+		}
+		return errors.New("consensus member stopped")
+	}
+}

@@ -82,7 +82,9 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	}
 	defer gw.Close()
 	log.Info("event bus listening", "nats-url", bus.ClientURL(), "nats-cluster-url", bus.ClusterURL())
-	return serveSplit(ctx, "consensus", gw, listeners, log, nil)
+	return serveSplit(ctx, "consensus", gw, listeners, log, func(ctx context.Context, g *errgroup.Group) {
+		g.Go(func() error { return watchNode(ctx, node) })
+	})
 }
 
 // RunWatchfanout runs a watch fan-out fed by the event bus (NATS client),

@@ -32,10 +32,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
 	"connectrpc.com/connect"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -351,6 +353,10 @@ func (h handler) Stream(ctx context.Context, st *connect.ClientStream[concordv1.
 			return nil, err
 		}
 		if err := r.Process(ctx, b.GetMessages()); err != nil {
+			if errors.Is(err, consensus.ErrMemberRemoved) {
+				// etcd's 410 Gone: the sender stops when it hears this.
+				return nil, connect.NewError(connect.CodeFailedPrecondition, err)
+			}
 			return nil, connect.NewError(connect.CodeUnavailable, err)
 		}
 	}
@@ -381,6 +387,81 @@ func (h handler) Snapshot(ctx context.Context, st *connect.ClientStream[concordv
 		return nil, connect.NewError(connect.CodeAborted, err)
 	}
 	return &concordv1.SnapshotResponse{}, nil
+}
+
+// Membership serves a joining member the cluster's ID and member table.
+func (h handler) Membership(context.Context, *concordv1.MembershipRequest) (*concordv1.MembershipResponse, error) {
+	_, r := h.t.receiver()
+	if r == nil {
+		return nil, connect.NewError(connect.CodeUnavailable, ErrNotStarted)
+	}
+	m := r.Membership()
+	return &concordv1.MembershipResponse{ClusterId: m.ClusterID, Members: m.Members}, nil
+}
+
+// Promote serves a follower's forwarded MemberPromote on the leader.
+// Errors travel as etcd's message for them.
+func (h handler) Promote(ctx context.Context, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
+	_, rf := h.t.receiver()
+	if rf == nil {
+		return nil, connect.NewError(connect.CodeUnavailable, ErrNotStarted)
+	}
+	resp, err := rf.PromoteMember(ctx, r)
+	if err != nil {
+		for _, s := range promoteErrors {
+			if errors.Is(err, s) {
+				return nil, connect.NewError(connect.CodeFailedPrecondition, s)
+			}
+		}
+		return nil, connect.NewError(connect.CodeUnavailable, err)
+	}
+	return resp, nil
+}
+
+// promoteErrors are the outcomes of a promotion on the leader that the
+// forwarding follower returns as they are.
+var promoteErrors = []error{
+	consensus.ErrLearnerNotReady, consensus.ErrMemberNotFound, consensus.ErrMemberNotLearner,
+	consensus.ErrNotEnoughStartedMembers, consensus.ErrNotLeader,
+}
+
+// ForwardPromote implements consensus.PromoteForwarder.
+func (t *Transport) ForwardPromote(ctx context.Context, urls []string, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
+	var errs []error
+	for _, u := range urls {
+		c := concordv1connect.NewPeerServiceClient(&http.Client{Transport: t.http}, u, connect.WithGRPC())
+		resp, err := c.Promote(ctx, r)
+		if err == nil {
+			return resp, nil
+		}
+		var ce *connect.Error
+		if errors.As(err, &ce) && ce.Code() == connect.CodeFailedPrecondition {
+			for _, s := range promoteErrors {
+				if ce.Message() == s.Error() {
+					return nil, s
+				}
+			}
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", u, err))
+	}
+	return nil, fmt.Errorf("peer: forward member promote: %w", errors.Join(errs...))
+}
+
+// FetchMembership implements consensus.MembershipFetcher: it asks the
+// members at urls, in order, until one answers.
+func (t *Transport) FetchMembership(ctx context.Context, urls []string) (consensus.Membership, error) {
+	var errs []error
+	for _, u := range urls {
+		c := concordv1connect.NewPeerServiceClient(&http.Client{Transport: t.http}, u, connect.WithGRPC())
+		cctx, cancel := context.WithTimeout(ctx, 2*t.cfg.DialTimeout+time.Second)
+		resp, err := c.Membership(cctx, &concordv1.MembershipRequest{})
+		cancel()
+		if err == nil {
+			return consensus.Membership{ClusterID: resp.GetClusterId(), Members: resp.GetMembers()}, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", u, err))
+	}
+	return consensus.Membership{}, fmt.Errorf("peer: could not fetch the cluster membership: %w", errors.Join(errs...))
 }
 
 // chunkReader reads the data of the snapshot chunks after the first.
@@ -522,6 +603,9 @@ func (s *sender) run() {
 		}
 		if s.ctx.Err() != nil {
 			return
+		}
+		if connect.CodeOf(err) == connect.CodeFailedPrecondition && strings.Contains(err.Error(), consensus.ErrMemberRemoved.Error()) {
+			s.t.report(func(r consensus.Raft) { r.ReportRemoved() })
 		}
 		s.setActive(false, err)
 		s.dropped(len(batch), "stream failed")

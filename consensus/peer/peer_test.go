@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/goleak"
@@ -77,6 +78,16 @@ func (f *fakeRaft) ReportSnapshot(id uint64, st raft.SnapshotStatus) {
 	f.mu.Lock()
 	f.snaps[id] = append(f.snaps[id], st)
 	f.mu.Unlock()
+}
+
+func (f *fakeRaft) ReportRemoved() {}
+
+func (f *fakeRaft) Membership() consensus.Membership {
+	return consensus.Membership{ClusterID: 7, Members: []*pb.Member{{ID: 1, Name: "a", PeerURLs: []string{"http://a:1"}}}}
+}
+
+func (f *fakeRaft) PromoteMember(context.Context, *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
+	return nil, consensus.ErrLearnerNotReady
 }
 
 func (f *fakeRaft) messages() []*raftpb.Message {
@@ -355,5 +366,30 @@ func TestConfigValidate(t *testing.T) {
 	bad.QueueLength = -1
 	if _, err := New(bad); !errors.Is(err, ErrInvalidConfig) {
 		t.Fatalf("New(bad) = %v", err)
+	}
+}
+
+func TestMembershipAndForwardedPromote(t *testing.T) {
+	b := newTransport(t)
+	eb := newEndpoint(t)
+	eb.serve(b)
+	joiner := newTransport(t) // not started: a member about to join
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Before the member started there is nothing to answer with.
+	if _, err := joiner.FetchMembership(ctx, []string{eb.url}); err == nil {
+		t.Fatal("membership fetched from a member that has not started")
+	}
+	if err := b.Start(consensus.LocalMember{ID: 2, ClusterID: 7}, newFakeRaft()); err != nil {
+		t.Fatal(err)
+	}
+	// A dead URL first: the next one answers.
+	m, err := joiner.FetchMembership(ctx, []string{"http://127.0.0.1:1", eb.url})
+	if err != nil || m.ClusterID != 7 || len(m.Members) != 1 || m.Members[0].Name != "a" {
+		t.Fatalf("membership = %+v, %v", m, err)
+	}
+	// The leader's refusal comes back as the same sentinel.
+	if _, err := joiner.ForwardPromote(ctx, []string{eb.url}, &pb.MemberPromoteRequest{ID: 9}); !errors.Is(err, consensus.ErrLearnerNotReady) {
+		t.Fatalf("forwarded promote: %v, want %v", err, consensus.ErrLearnerNotReady)
 	}
 }

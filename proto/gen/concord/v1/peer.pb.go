@@ -9,6 +9,7 @@
 package concordv1
 
 import (
+	etcdserverpb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	raftpb "go.etcd.io/raft/v3/raftpb"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
@@ -234,13 +235,103 @@ func (*SnapshotResponse) Descriptor() ([]byte, []int) {
 	return file_concord_v1_peer_proto_rawDescGZIP(), []int{3}
 }
 
+// MembershipRequest asks for the member table.
+type MembershipRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MembershipRequest) Reset() {
+	*x = MembershipRequest{}
+	mi := &file_concord_v1_peer_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MembershipRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MembershipRequest) ProtoMessage() {}
+
+func (x *MembershipRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_concord_v1_peer_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MembershipRequest.ProtoReflect.Descriptor instead.
+func (*MembershipRequest) Descriptor() ([]byte, []int) {
+	return file_concord_v1_peer_proto_rawDescGZIP(), []int{4}
+}
+
+// MembershipResponse is the cluster as the asked member knows it.
+type MembershipResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId     uint64                 `protobuf:"varint,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	Members       []*etcdserverpb.Member `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MembershipResponse) Reset() {
+	*x = MembershipResponse{}
+	mi := &file_concord_v1_peer_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MembershipResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MembershipResponse) ProtoMessage() {}
+
+func (x *MembershipResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_concord_v1_peer_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MembershipResponse.ProtoReflect.Descriptor instead.
+func (*MembershipResponse) Descriptor() ([]byte, []int) {
+	return file_concord_v1_peer_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *MembershipResponse) GetClusterId() uint64 {
+	if x != nil {
+		return x.ClusterId
+	}
+	return 0
+}
+
+func (x *MembershipResponse) GetMembers() []*etcdserverpb.Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
 var File_concord_v1_peer_proto protoreflect.FileDescriptor
 
 const file_concord_v1_peer_proto_rawDesc = "" +
 	"\n" +
 	"\x15concord/v1/peer.proto\x12\n" +
 	"concord.v1\x1a\n" +
-	"raft.proto\"{\n" +
+	"raft.proto\x1a\trpc.proto\"{\n" +
 	"\tRaftBatch\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x12\n" +
@@ -253,10 +344,18 @@ const file_concord_v1_peer_proto_rawDesc = "" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12)\n" +
 	"\amessage\x18\x02 \x01(\v2\x0f.raftpb.MessageR\amessage\x12\x12\n" +
 	"\x04data\x18\x03 \x01(\fR\x04data\"\x12\n" +
-	"\x10SnapshotResponse2\x93\x01\n" +
+	"\x10SnapshotResponse\"\x13\n" +
+	"\x11MembershipRequest\"c\n" +
+	"\x12MembershipResponse\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12.\n" +
+	"\amembers\x18\x02 \x03(\v2\x14.etcdserverpb.MemberR\amembers2\xb4\x02\n" +
 	"\vPeerService\x12=\n" +
 	"\x06Stream\x12\x15.concord.v1.RaftBatch\x1a\x1a.concord.v1.StreamResponse(\x01\x12E\n" +
-	"\bSnapshot\x12\x19.concord.v1.SnapshotChunk\x1a\x1c.concord.v1.SnapshotResponse(\x01B>Z<github.com/concord-kv/concord/proto/gen/concord/v1;concordv1b\x06proto3"
+	"\bSnapshot\x12\x19.concord.v1.SnapshotChunk\x1a\x1c.concord.v1.SnapshotResponse(\x01\x12K\n" +
+	"\n" +
+	"Membership\x12\x1d.concord.v1.MembershipRequest\x1a\x1e.concord.v1.MembershipResponse\x12R\n" +
+	"\aPromote\x12\".etcdserverpb.MemberPromoteRequest\x1a#.etcdserverpb.MemberPromoteResponseB>Z<github.com/concord-kv/concord/proto/gen/concord/v1;concordv1b\x06proto3"
 
 var (
 	file_concord_v1_peer_proto_rawDescOnce sync.Once
@@ -270,26 +369,36 @@ func file_concord_v1_peer_proto_rawDescGZIP() []byte {
 	return file_concord_v1_peer_proto_rawDescData
 }
 
-var file_concord_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_concord_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_concord_v1_peer_proto_goTypes = []any{
-	(*RaftBatch)(nil),        // 0: concord.v1.RaftBatch
-	(*StreamResponse)(nil),   // 1: concord.v1.StreamResponse
-	(*SnapshotChunk)(nil),    // 2: concord.v1.SnapshotChunk
-	(*SnapshotResponse)(nil), // 3: concord.v1.SnapshotResponse
-	(*raftpb.Message)(nil),   // 4: raftpb.Message
+	(*RaftBatch)(nil),                          // 0: concord.v1.RaftBatch
+	(*StreamResponse)(nil),                     // 1: concord.v1.StreamResponse
+	(*SnapshotChunk)(nil),                      // 2: concord.v1.SnapshotChunk
+	(*SnapshotResponse)(nil),                   // 3: concord.v1.SnapshotResponse
+	(*MembershipRequest)(nil),                  // 4: concord.v1.MembershipRequest
+	(*MembershipResponse)(nil),                 // 5: concord.v1.MembershipResponse
+	(*raftpb.Message)(nil),                     // 6: raftpb.Message
+	(*etcdserverpb.Member)(nil),                // 7: etcdserverpb.Member
+	(*etcdserverpb.MemberPromoteRequest)(nil),  // 8: etcdserverpb.MemberPromoteRequest
+	(*etcdserverpb.MemberPromoteResponse)(nil), // 9: etcdserverpb.MemberPromoteResponse
 }
 var file_concord_v1_peer_proto_depIdxs = []int32{
-	4, // 0: concord.v1.RaftBatch.messages:type_name -> raftpb.Message
-	4, // 1: concord.v1.SnapshotChunk.message:type_name -> raftpb.Message
-	0, // 2: concord.v1.PeerService.Stream:input_type -> concord.v1.RaftBatch
-	2, // 3: concord.v1.PeerService.Snapshot:input_type -> concord.v1.SnapshotChunk
-	1, // 4: concord.v1.PeerService.Stream:output_type -> concord.v1.StreamResponse
-	3, // 5: concord.v1.PeerService.Snapshot:output_type -> concord.v1.SnapshotResponse
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	6, // 0: concord.v1.RaftBatch.messages:type_name -> raftpb.Message
+	6, // 1: concord.v1.SnapshotChunk.message:type_name -> raftpb.Message
+	7, // 2: concord.v1.MembershipResponse.members:type_name -> etcdserverpb.Member
+	0, // 3: concord.v1.PeerService.Stream:input_type -> concord.v1.RaftBatch
+	2, // 4: concord.v1.PeerService.Snapshot:input_type -> concord.v1.SnapshotChunk
+	4, // 5: concord.v1.PeerService.Membership:input_type -> concord.v1.MembershipRequest
+	8, // 6: concord.v1.PeerService.Promote:input_type -> etcdserverpb.MemberPromoteRequest
+	1, // 7: concord.v1.PeerService.Stream:output_type -> concord.v1.StreamResponse
+	3, // 8: concord.v1.PeerService.Snapshot:output_type -> concord.v1.SnapshotResponse
+	5, // 9: concord.v1.PeerService.Membership:output_type -> concord.v1.MembershipResponse
+	9, // 10: concord.v1.PeerService.Promote:output_type -> etcdserverpb.MemberPromoteResponse
+	7, // [7:11] is the sub-list for method output_type
+	3, // [3:7] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_concord_v1_peer_proto_init() }
@@ -303,7 +412,7 @@ func file_concord_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_concord_v1_peer_proto_rawDesc), len(file_concord_v1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -11,6 +11,7 @@ import (
 	context "context"
 	errors "errors"
 	v1 "github.com/concord-kv/concord/proto/gen/concord/v1"
+	etcdserverpb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	http "net/http"
 	strings "strings"
 )
@@ -39,6 +40,10 @@ const (
 	PeerServiceStreamProcedure = "/concord.v1.PeerService/Stream"
 	// PeerServiceSnapshotProcedure is the fully-qualified name of the PeerService's Snapshot RPC.
 	PeerServiceSnapshotProcedure = "/concord.v1.PeerService/Snapshot"
+	// PeerServiceMembershipProcedure is the fully-qualified name of the PeerService's Membership RPC.
+	PeerServiceMembershipProcedure = "/concord.v1.PeerService/Membership"
+	// PeerServicePromoteProcedure is the fully-qualified name of the PeerService's Promote RPC.
+	PeerServicePromoteProcedure = "/concord.v1.PeerService/Promote"
 )
 
 // PeerServiceClient is a client for the concord.v1.PeerService service.
@@ -56,6 +61,16 @@ type PeerServiceClient interface {
 	// call returns once the follower installed (or, if it no longer needed it,
 	// discarded) the snapshot.
 	Snapshot(context.Context) (*connect.ClientStreamForClientSimple[v1.SnapshotChunk, v1.SnapshotResponse], error)
+	// Membership returns the cluster this member belongs to: its ID and
+	// member table. A member joining an existing cluster with an empty data
+	// dir asks it of the members named in its --initial-cluster to learn the
+	// cluster ID and its own member ID (etcd's GET /members).
+	Membership(context.Context, *v1.MembershipRequest) (*v1.MembershipResponse, error)
+	// Promote promotes a learner on the leader, the only member that knows
+	// whether the learner caught up: other members forward
+	// MemberPromote here (etcd's POST /members/promote/<id>). Errors carry
+	// the message of etcd's error for them.
+	Promote(context.Context, *etcdserverpb.MemberPromoteRequest) (*etcdserverpb.MemberPromoteResponse, error)
 }
 
 // NewPeerServiceClient constructs a client for the concord.v1.PeerService service. By default, it
@@ -81,13 +96,27 @@ func NewPeerServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(peerServiceMethods.ByName("Snapshot")),
 			connect.WithClientOptions(opts...),
 		),
+		membership: connect.NewClient[v1.MembershipRequest, v1.MembershipResponse](
+			httpClient,
+			baseURL+PeerServiceMembershipProcedure,
+			connect.WithSchema(peerServiceMethods.ByName("Membership")),
+			connect.WithClientOptions(opts...),
+		),
+		promote: connect.NewClient[etcdserverpb.MemberPromoteRequest, etcdserverpb.MemberPromoteResponse](
+			httpClient,
+			baseURL+PeerServicePromoteProcedure,
+			connect.WithSchema(peerServiceMethods.ByName("Promote")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // peerServiceClient implements PeerServiceClient.
 type peerServiceClient struct {
-	stream   *connect.Client[v1.RaftBatch, v1.StreamResponse]
-	snapshot *connect.Client[v1.SnapshotChunk, v1.SnapshotResponse]
+	stream     *connect.Client[v1.RaftBatch, v1.StreamResponse]
+	snapshot   *connect.Client[v1.SnapshotChunk, v1.SnapshotResponse]
+	membership *connect.Client[v1.MembershipRequest, v1.MembershipResponse]
+	promote    *connect.Client[etcdserverpb.MemberPromoteRequest, etcdserverpb.MemberPromoteResponse]
 }
 
 // Stream calls concord.v1.PeerService.Stream.
@@ -98,6 +127,24 @@ func (c *peerServiceClient) Stream(ctx context.Context) (*connect.ClientStreamFo
 // Snapshot calls concord.v1.PeerService.Snapshot.
 func (c *peerServiceClient) Snapshot(ctx context.Context) (*connect.ClientStreamForClientSimple[v1.SnapshotChunk, v1.SnapshotResponse], error) {
 	return c.snapshot.CallClientStreamSimple(ctx)
+}
+
+// Membership calls concord.v1.PeerService.Membership.
+func (c *peerServiceClient) Membership(ctx context.Context, req *v1.MembershipRequest) (*v1.MembershipResponse, error) {
+	response, err := c.membership.CallUnary(ctx, connect.NewRequest(req))
+	if response != nil {
+		return response.Msg, err
+	}
+	return nil, err
+}
+
+// Promote calls concord.v1.PeerService.Promote.
+func (c *peerServiceClient) Promote(ctx context.Context, req *etcdserverpb.MemberPromoteRequest) (*etcdserverpb.MemberPromoteResponse, error) {
+	response, err := c.promote.CallUnary(ctx, connect.NewRequest(req))
+	if response != nil {
+		return response.Msg, err
+	}
+	return nil, err
 }
 
 // PeerServiceHandler is an implementation of the concord.v1.PeerService service.
@@ -115,6 +162,16 @@ type PeerServiceHandler interface {
 	// call returns once the follower installed (or, if it no longer needed it,
 	// discarded) the snapshot.
 	Snapshot(context.Context, *connect.ClientStream[v1.SnapshotChunk]) (*v1.SnapshotResponse, error)
+	// Membership returns the cluster this member belongs to: its ID and
+	// member table. A member joining an existing cluster with an empty data
+	// dir asks it of the members named in its --initial-cluster to learn the
+	// cluster ID and its own member ID (etcd's GET /members).
+	Membership(context.Context, *v1.MembershipRequest) (*v1.MembershipResponse, error)
+	// Promote promotes a learner on the leader, the only member that knows
+	// whether the learner caught up: other members forward
+	// MemberPromote here (etcd's POST /members/promote/<id>). Errors carry
+	// the message of etcd's error for them.
+	Promote(context.Context, *etcdserverpb.MemberPromoteRequest) (*etcdserverpb.MemberPromoteResponse, error)
 }
 
 // NewPeerServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -136,12 +193,28 @@ func NewPeerServiceHandler(svc PeerServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(peerServiceMethods.ByName("Snapshot")),
 		connect.WithHandlerOptions(opts...),
 	)
+	peerServiceMembershipHandler := connect.NewUnaryHandlerSimple(
+		PeerServiceMembershipProcedure,
+		svc.Membership,
+		connect.WithSchema(peerServiceMethods.ByName("Membership")),
+		connect.WithHandlerOptions(opts...),
+	)
+	peerServicePromoteHandler := connect.NewUnaryHandlerSimple(
+		PeerServicePromoteProcedure,
+		svc.Promote,
+		connect.WithSchema(peerServiceMethods.ByName("Promote")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/concord.v1.PeerService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case PeerServiceStreamProcedure:
 			peerServiceStreamHandler.ServeHTTP(w, r)
 		case PeerServiceSnapshotProcedure:
 			peerServiceSnapshotHandler.ServeHTTP(w, r)
+		case PeerServiceMembershipProcedure:
+			peerServiceMembershipHandler.ServeHTTP(w, r)
+		case PeerServicePromoteProcedure:
+			peerServicePromoteHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -157,4 +230,12 @@ func (UnimplementedPeerServiceHandler) Stream(context.Context, *connect.ClientSt
 
 func (UnimplementedPeerServiceHandler) Snapshot(context.Context, *connect.ClientStream[v1.SnapshotChunk]) (*v1.SnapshotResponse, error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("concord.v1.PeerService.Snapshot is not implemented"))
+}
+
+func (UnimplementedPeerServiceHandler) Membership(context.Context, *v1.MembershipRequest) (*v1.MembershipResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("concord.v1.PeerService.Membership is not implemented"))
+}
+
+func (UnimplementedPeerServiceHandler) Promote(context.Context, *etcdserverpb.MemberPromoteRequest) (*etcdserverpb.MemberPromoteResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("concord.v1.PeerService.Promote is not implemented"))
 }

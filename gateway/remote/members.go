@@ -1,0 +1,39 @@
+package remote
+
+// Membership changes and leadership transfer, forwarded to the consensus
+// member's own etcd Cluster and Maintenance services. Their errors already
+// are etcd's wire errors (code and message), which the gateway passes on
+// unchanged.
+
+import (
+	"context"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
+	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
+)
+
+// MemberAdd implements gateway.Cluster.
+func (c *Consensus) MemberAdd(ctx context.Context, r *pb.MemberAddRequest) (*pb.MemberAddResponse, error) {
+	return unary(c, ctx, false, clusterOf, etcdserverpbconnect.ClusterClient.MemberAdd, r, (*pb.MemberAddResponse).GetHeader)
+}
+
+// MemberRemove implements gateway.Cluster.
+func (c *Consensus) MemberRemove(ctx context.Context, r *pb.MemberRemoveRequest) (*pb.MemberRemoveResponse, error) {
+	return unary(c, ctx, false, clusterOf, etcdserverpbconnect.ClusterClient.MemberRemove, r, (*pb.MemberRemoveResponse).GetHeader)
+}
+
+// MemberUpdate implements gateway.Cluster.
+func (c *Consensus) MemberUpdate(ctx context.Context, r *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error) {
+	return unary(c, ctx, false, clusterOf, etcdserverpbconnect.ClusterClient.MemberUpdate, r, (*pb.MemberUpdateResponse).GetHeader)
+}
+
+// MemberPromote implements gateway.Cluster.
+func (c *Consensus) MemberPromote(ctx context.Context, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
+	return unary(c, ctx, false, clusterOf, etcdserverpbconnect.ClusterClient.MemberPromote, r, (*pb.MemberPromoteResponse).GetHeader)
+}
+
+// MoveLeader implements gateway.Maintenance.
+func (c *Consensus) MoveLeader(ctx context.Context, r *pb.MoveLeaderRequest) (*pb.MoveLeaderResponse, error) {
+	return unary(c, ctx, false, maintOf, etcdserverpbconnect.MaintenanceClient.MoveLeader, r, (*pb.MoveLeaderResponse).GetHeader)
+}
