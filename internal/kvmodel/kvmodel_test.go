@@ -31,6 +31,11 @@ func TestLegalHistories(t *testing.T) {
 			op(1, Input{Kind: Put, Key: 1, Value: "b"}, 1, Output{Rev: 11}, 9),
 			op(2, Input{Kind: Get, Key: 1}, 11, Output{Rev: 12, Found: true, Value: "a", ModRev: 12}, 12),
 		},
+		// A read whose revision includes writes outside the model.
+		"any-rev": {
+			op(0, Input{Kind: Put, Key: 1, Value: "a"}, 0, Output{Rev: 11}, 1),
+			op(1, Input{Kind: Get, Key: 1, AnyRev: true}, 2, Output{Rev: 15, Found: true, Value: "a", ModRev: 11}, 3),
+		},
 		// A timed-out put that did apply, seen by a later read.
 		"unknown-applied": {
 			op(0, Input{Kind: Put, Key: 3, Value: "x"}, 0, Output{Unknown: true}, Infinity),
@@ -54,6 +59,10 @@ func TestIllegalHistories(t *testing.T) {
 		"stale-read": {
 			op(0, Input{Kind: Put, Key: 1, Value: "a"}, 0, Output{Rev: 11}, 1),
 			op(1, Input{Kind: Get, Key: 1}, 2, Output{Rev: 10}, 3),
+		},
+		"any-rev-stale-value": {
+			op(0, Input{Kind: Put, Key: 1, Value: "a"}, 0, Output{Rev: 11}, 1),
+			op(1, Input{Kind: Get, Key: 1, AnyRev: true}, 2, Output{Rev: 15}, 3),
 		},
 		"lost-write": {
 			op(0, Input{Kind: Put, Key: 1, Value: "a"}, 0, Output{Rev: 11}, 1),
