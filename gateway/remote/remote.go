@@ -1,7 +1,8 @@
 // Package remote holds the clients the split topology's processes use to
-// reach each other: a consensus member (gateway.Backend, leasesvc.Backend
+// reach each other: the consensus members (gateway.Backend, leasesvc.Backend
 // and watchfanout.History over etcd's KV/Lease/Maintenance/Cluster services
-// and concord.v1.InternalService), a lease service (gateway.Lease) and a
+// and concord.v1.InternalService, following the leader and failing over
+// between members), a lease service (gateway.Lease) and a
 // watch fan-out (gateway.Watcher, one upstream bidi stream per client
 // stream). The same component code runs in every topology; only these
 // adapters differ from the all-in-one, which calls the components directly.
@@ -10,6 +11,10 @@
 //   - Each endpoint is reached through one shared HTTP/2 cleartext (h2c)
 //     transport, so all calls and streams to it multiplex over one
 //     connection, as gRPC clients do.
+//   - A call to consensus is sent again to another member only if it
+//     certainly was not executed (its dial failed) or is safe to repeat
+//     (clientv3's repeatable calls); a mutation whose connection broke
+//     after it was sent fails with etcd's Unavailable "connection lost".
 //   - Errors from the wire keep their gRPC code and message (the gateway's
 //     TranslateError passes *connect.Error through, so clients see etcd's
 //     exact errors), and also match the backend sentinel the message names
@@ -83,24 +88,34 @@ func DialAll(urls string) ([]*Endpoint, error) {
 	return eps, nil
 }
 
-func dialOne(raw string) (*Endpoint, error) {
+// baseURL is the scheme://host of an endpoint given as a URL or host:port.
+func baseURL(raw string) (string, error) {
 	if !strings.Contains(raw, "://") {
 		raw = "http://" + raw
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return nil, fmt.Errorf("remote: endpoint %q: %w", raw, err)
+		return "", fmt.Errorf("remote: endpoint %q: %w", raw, err)
+	}
+	return u.Scheme + "://" + u.Host, nil
+}
+
+func dialOne(raw string) (*Endpoint, error) {
+	base, err := baseURL(raw)
+	if err != nil {
+		return nil, err
 	}
 	tr := &http2.Transport{
 		AllowHTTP: true,
 		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			d := net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+			// Short: a member that does not answer a dial is skipped for the next.
+			d := net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}
 			return d.DialContext(ctx, network, addr)
 		},
 		ReadIdleTimeout: 10 * time.Second,
 		PingTimeout:     5 * time.Second,
 	}
-	return &Endpoint{URL: u.Scheme + "://" + u.Host, client: &http.Client{Transport: tr}, tr: tr}, nil
+	return &Endpoint{URL: base, client: &http.Client{Transport: tr}, tr: tr}, nil
 }
 
 // rotation picks which of several equivalent endpoints to use: the current
@@ -156,6 +171,7 @@ var sentinels = []struct {
 	{rpctypes.ErrGRPCNoSpace, []error{consensus.ErrNoSpace}},
 	{rpctypes.ErrGRPCNoLeader, []error{consensus.ErrNoLeader}},
 	{rpctypes.ErrGRPCTimeout, []error{consensus.ErrTimeout}},
+	{rpctypes.ErrGRPCTimeoutDueToConnectionLost, []error{consensus.ErrTimeoutConnectionLost}},
 	{rpctypes.ErrGRPCStopped, []error{consensus.ErrStopped}},
 	{rpctypes.ErrGRPCLeaseTTLTooLarge, []error{consensus.ErrLeaseTTLTooLarge}},
 	{rpctypes.ErrGRPCRequestTooManyRequests, []error{consensus.ErrTooManyRequests}},
