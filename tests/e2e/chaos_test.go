@@ -69,12 +69,6 @@ const (
 	chaosLeaseTTL = 10
 	// chaosCheckTimeout bounds porcupine.
 	chaosCheckTimeout = 3 * time.Minute
-
-	// chaosLeaderKillsAnyMember: the gateways, fan-outs and lease services
-	// fail over between consensus members, so any member, the one they
-	// talk to included, may be killed. Until then the leader is only killed
-	// when it is not consensus-1 (the member they use).
-	chaosLeaderKillsAnyMember = false
 )
 
 // chaosRecorder collects the KV history for porcupine.
@@ -493,20 +487,19 @@ func TestChaos(t *testing.T) {
 				if err != nil {
 					t.Fatalf("round %d: %v", round, err)
 				}
+				// The client-side services fail over between members,
+				// so any member may be killed.
 				if what == "leader" {
-					if leader == "consensus-1" && !chaosLeaderKillsAnyMember {
-						t.Logf("round %d: leader is consensus-1, which the client-side services depend on; not killed", round)
-						continue
-					}
 					name = leader
 					break
 				}
+				var followers []string
 				for _, m := range c.ByRole("consensus") {
-					if m != leader && (m != "consensus-1" || chaosLeaderKillsAnyMember) {
-						name = m
-						break
+					if m != leader {
+						followers = append(followers, m)
 					}
 				}
+				name = followers[rng.IntN(len(followers))]
 			case "gateway", "watchfanout":
 				names := c.ByRole(what)
 				name = names[(round+rng.IntN(2))%len(names)]
