@@ -122,9 +122,12 @@ func Step(s State, in Input, out Output) (bool, State) {
 
 // New returns the model of a keyspace whose keys are all absent at revision
 // initRev.
-func New(initRev int64) porcupine.Model {
+func New(initRev int64) porcupine.Model { return NewFrom(State{Rev: initRev}) }
+
+// NewFrom returns the model starting from the state init.
+func NewFrom(init State) porcupine.Model {
 	return porcupine.Model{
-		Init: func() any { return State{Rev: initRev} },
+		Init: func() any { return init },
 		Step: func(state, input, output any) (bool, any) {
 			return Step(state.(State), input.(Input), output.(Output))
 		},

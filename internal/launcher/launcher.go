@@ -108,8 +108,11 @@ type Service struct {
 	Args []string
 	// ClientURL is the first --listen-client-urls, rewritten: where GET /health answers.
 	ClientURL string
-	// DependsOn are the services that must be ready first.
+	// DependsOn are the services that must be started first.
 	DependsOn []string
+	// Healthy are the DependsOn with condition service_healthy: they must
+	// also answer GET /health first.
+	Healthy []string
 }
 
 // Endpoint is the client address in etcdctl's --endpoints form (host:port).
@@ -172,10 +175,14 @@ func Load(ctx context.Context, cfg Config) ([]Service, error) {
 			return nil, fmt.Errorf("%w: service %s has no command", ErrInvalid, n)
 		}
 		s := Service{Name: n, Role: svc.Command[0]}
-		for dep := range svc.DependsOn {
+		for dep, d := range svc.DependsOn {
 			s.DependsOn = append(s.DependsOn, dep)
+			if d.Condition == types.ServiceConditionHealthy {
+				s.Healthy = append(s.Healthy, dep)
+			}
 		}
 		sort.Strings(s.DependsOn)
+		sort.Strings(s.Healthy)
 		for i, a := range svc.Command {
 			if i > 0 && (svc.Command[i-1] == "--data-dir") {
 				a = filepath.Join(cfg.Dir, n)
@@ -395,24 +402,65 @@ func (c *Cluster) levels() [][]string {
 	return out
 }
 
-// StartAll starts every service that is not running, in dependency order,
-// and waits until each is ready.
+// StartAll starts every service that is not running, in dependency order
+// with compose's semantics (a dependency must have started; with condition
+// service_healthy, it must also be ready), and waits until every one is
+// ready. Starting without waiting for readiness matters: a standby lease
+// service reports ready only after a while, and the gateways (and the
+// clients keeping leases alive through them) must not wait for it.
 func (c *Cluster) StartAll(ctx context.Context) error {
-	for _, lvl := range c.levels() {
-		errs := make([]error, len(lvl))
-		var wg sync.WaitGroup
-		for i, n := range lvl {
-			if c.Running(n) {
+	healthy := map[string]bool{}
+	for _, s := range c.services {
+		for _, d := range s.Healthy {
+			healthy[d] = true
+		}
+	}
+	waits := map[string]<-chan struct{}{}
+	ready := func(names []string) error {
+		var errs []error
+		for _, n := range names {
+			done, ok := waits[n]
+			if !ok {
 				continue
 			}
-			wg.Go(func() { errs[i] = c.start(ctx, c.byName[n]) })
+			delete(waits, n)
+			if err := c.waitReady(ctx, c.byName[n], done); err != nil {
+				errs = append(errs, err)
+			}
 		}
-		wg.Wait()
-		if err := errors.Join(errs...); err != nil {
+		return errors.Join(errs...)
+	}
+	for _, lvl := range c.levels() {
+		for _, n := range lvl {
+			p := c.byName[n]
+			if err := ready(p.svc.Healthy); err != nil {
+				return err
+			}
+			done, err := c.spawn(p)
+			if err != nil {
+				return err
+			}
+			if done != nil {
+				waits[n] = done
+			}
+		}
+		var needed []string
+		for _, n := range lvl {
+			if healthy[n] {
+				needed = append(needed, n)
+			}
+		}
+		if err := ready(needed); err != nil {
 			return err
 		}
 	}
-	return nil
+	return ready(slices.Sorted(func(yield func(string) bool) {
+		for n := range waits {
+			if !yield(n) {
+				return
+			}
+		}
+	}))
 }
 
 // Kill SIGKILLs the service's process and waits until it is gone. Killing a
@@ -443,7 +491,11 @@ func (c *Cluster) Restart(ctx context.Context, name string) error {
 		return fmt.Errorf("%w: %s", ErrUnknownService, name)
 	}
 	p.signal(syscall.SIGKILL, 0)
-	return c.start(ctx, p)
+	done, err := c.spawn(p)
+	if err != nil || done == nil {
+		return err
+	}
+	return c.waitReady(ctx, p, done)
 }
 
 // Stop stops every process: SIGTERM, then SIGKILL for any still running
@@ -461,23 +513,25 @@ func (c *Cluster) Stop() {
 
 var errClosed = errors.New("launcher: cluster stopped")
 
-func (c *Cluster) start(ctx context.Context, p *process) error {
+// spawn starts the service's process unless it runs; done is closed when
+// the process has been reaped (nil if it was already running).
+func (c *Cluster) spawn(p *process) (done <-chan struct{}, err error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return errClosed
+		return nil, errClosed
 	}
 	p.mu.Lock()
 	c.mu.Unlock()
 	if p.cmd != nil {
 		p.mu.Unlock()
-		return nil
+		return nil, nil
 	}
 	p.gen++
 	logFile, err := os.OpenFile(filepath.Join(c.cfg.Dir, p.svc.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		p.mu.Unlock()
-		return err
+		return nil, err
 	}
 	w := io.MultiWriter(logFile, p.log)
 	if c.cfg.Output != nil {
@@ -492,10 +546,10 @@ func (c *Cluster) start(ctx context.Context, p *process) error {
 	if err := cmd.Start(); err != nil {
 		p.mu.Unlock()
 		logFile.Close()
-		return fmt.Errorf("starting %s: %w", p.svc.Name, err)
+		return nil, fmt.Errorf("starting %s: %w", p.svc.Name, err)
 	}
-	done := make(chan struct{})
-	p.cmd, p.done = cmd, done
+	exited := make(chan struct{})
+	p.cmd, p.done = cmd, exited
 	p.mu.Unlock()
 	c.cfg.Logger.Info("started", "service", p.svc.Name, "pid", cmd.Process.Pid, "endpoint", p.svc.Endpoint())
 	go func() {
@@ -507,9 +561,9 @@ func (c *Cluster) start(ctx context.Context, p *process) error {
 			p.cmd = nil
 		}
 		p.mu.Unlock()
-		close(done)
+		close(exited)
 	}()
-	return c.waitReady(ctx, p, done)
+	return exited, nil
 }
 
 func (c *Cluster) waitReady(ctx context.Context, p *process, done <-chan struct{}) error {

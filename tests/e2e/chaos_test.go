@@ -69,6 +69,8 @@ const (
 	chaosLeaseTTL = 10
 	// chaosCheckTimeout bounds porcupine.
 	chaosCheckTimeout = 3 * time.Minute
+	// chaosWindow is how many operations porcupine checks at once.
+	chaosWindow = 2000
 )
 
 // chaosRecorder collects the KV history for porcupine.
@@ -599,7 +601,7 @@ func TestChaos(t *testing.T) {
 	checkAcked(t, rec, hist)
 	checkWatchers(t, watchers, hist)
 	checkLease(t, keeper, hist, beforeKill)
-	checkLinearizable(t, rec, startRev, cfg.seed)
+	checkLinearizable(t, rec, hist, startRev, cfg.seed)
 	t.Logf("kills %v; %d operations (%d acknowledged writes, %d unknown, %d failed reads); %d revisions; total %v",
 		kills, len(rec.ops), len(rec.acked), rec.unknown, rec.nfail, finalRev.Header.Revision-startRev,
 		time.Since(started).Round(time.Millisecond))
@@ -715,15 +717,52 @@ func checkLease(t *testing.T, k *chaosLeaseKeeper, hist watchtest.History, befor
 	t.Logf("lease: %d keep-alives answered, %d failed, longest gap %v", k.answered, k.failures, k.maxGap.Round(time.Millisecond))
 }
 
-func checkLinearizable(t *testing.T, rec *chaosRecorder, startRev int64, seed uint64) {
+// checkLinearizable resolves the unknown outcomes against the store's
+// history (every written value is unique) and checks the KV history with
+// porcupine, in windows of revisions so that a soak's history fits in
+// memory.
+func checkLinearizable(t *testing.T, rec *chaosRecorder, hist watchtest.History, startRev int64, seed uint64) {
 	t.Helper()
-	model := kvmodel.New(startRev)
+	keyIndex := map[string]int{}
+	for k := range chaosKeys {
+		keyIndex[chaosKey(k)] = k
+	}
+	writes := map[string]kvmodel.Write{}
+	for _, r := range hist {
+		for _, ev := range r.Events {
+			if k, ok := keyIndex[string(ev.Kv.Key)]; ok && ev.Type == mvccpb.PUT {
+				writes[string(ev.Kv.Value)] = kvmodel.Write{Rev: r.Rev, Key: k, Value: string(ev.Kv.Value)}
+			}
+		}
+	}
+	stateAt := func(rev int64) kvmodel.State {
+		s := kvmodel.State{Rev: rev}
+		for _, r := range hist {
+			if r.Rev > rev {
+				break
+			}
+			for _, ev := range r.Events {
+				if k, ok := keyIndex[string(ev.Kv.Key)]; ok && ev.Type == mvccpb.PUT {
+					s.Vals[k], s.Mods[k] = string(ev.Kv.Value), r.Rev
+				}
+			}
+		}
+		return s
+	}
+	ops := kvmodel.Resolve(rec.ops, writes)
 	began := time.Now()
-	res, info := porcupine.CheckOperationsVerbose(model, rec.ops, chaosCheckTimeout)
-	t.Logf("porcupine: %s for %d operations in %v", res, len(rec.ops), time.Since(began).Round(time.Millisecond))
+	w, err := kvmodel.Check(ops, startRev, stateAt, chaosWindow, chaosCheckTimeout)
+	if err != nil {
+		t.Errorf("KV history (seed %d): %v", seed, err)
+		return
+	}
+	res, model, info := w.Result, w.Model, w.Info
+	t.Logf("porcupine: %s for %d operations (%d recorded; unknown outcomes resolved from the history) in %v",
+		res, len(ops), len(rec.ops), time.Since(began).Round(time.Millisecond))
 	if res == porcupine.Ok {
 		return
 	}
+	t.Logf("failing window: revisions %d..%d, %d operations", w.From, w.To, len(w.Ops))
 	path := filepath.Join(os.TempDir(), fmt.Sprintf("concord-chaos-%d.html", seed))
 	if err := porcupine.VisualizePath(model, info, path); err == nil {
 		t.Logf("visualization: %s", path)
@@ -758,7 +797,7 @@ func checkLinearizable(t *testing.T, rec *chaosRecorder, startRev int64, seed ui
 	for _, op := range longest[max(0, len(longest)-10):] {
 		describe(&b, op)
 	}
-	rest := slices.DeleteFunc(slices.Clone(rec.ops), func(op porcupine.Operation) bool { return placed[opID{op.ClientId, op.Call}] })
+	rest := slices.DeleteFunc(slices.Clone(w.Ops), func(op porcupine.Operation) bool { return placed[opID{op.ClientId, op.Call}] })
 	slices.SortFunc(rest, func(a, b porcupine.Operation) int { return cmp.Compare(a.Call, b.Call) })
 	fmt.Fprintf(&b, "first %d of the %d not linearized:\n", min(15, len(rest)), len(rest))
 	for _, op := range rest[:min(15, len(rest))] {
