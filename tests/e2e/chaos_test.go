@@ -271,6 +271,8 @@ type chaosLeaseKeeper struct {
 	failures int
 	maxGap   time.Duration
 	early    error // the lease was gone although it had been kept alive
+	// errs counts the keep-alive errors by message, for the log.
+	errs map[string]int
 }
 
 func (k *chaosLeaseKeeper) run(ctx context.Context, cli *clientv3.Client) {
@@ -301,6 +303,12 @@ func (k *chaosLeaseKeeper) run(ctx context.Context, cli *clientv3.Client) {
 		default:
 			k.maxGap = max(k.maxGap, now.Sub(k.lastOK))
 			k.failures++
+		}
+		if err != nil {
+			if k.errs == nil {
+				k.errs = map[string]int{}
+			}
+			k.errs[err.Error()]++
 		}
 		k.mu.Unlock()
 	}
@@ -335,7 +343,6 @@ func chaosSettings(t *testing.T) chaosConfig {
 
 // chaosCluster wraps the launcher with the queries the nemesis needs.
 type chaosCluster struct {
-	t *testing.T
 	*launcher.Cluster
 }
 
@@ -415,7 +422,7 @@ func TestChaos(t *testing.T) {
 	if err != nil {
 		t.Fatalf("launching compose.yaml: %v", err)
 	}
-	c := &chaosCluster{t: t, Cluster: lc}
+	c := &chaosCluster{Cluster: lc}
 	t.Cleanup(func() {
 		lc.Stop()
 		if t.Failed() {
@@ -714,7 +721,7 @@ func checkLease(t *testing.T, k *chaosLeaseKeeper, hist watchtest.History, befor
 	if k.early != nil {
 		t.Error(k.early)
 	}
-	t.Logf("lease: %d keep-alives answered, %d failed, longest gap %v", k.answered, k.failures, k.maxGap.Round(time.Millisecond))
+	t.Logf("lease: %d keep-alives answered, %d failed %v, longest gap %v", k.answered, k.failures, k.errs, k.maxGap.Round(time.Millisecond))
 }
 
 // checkLinearizable resolves the unknown outcomes against the store's
