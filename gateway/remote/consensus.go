@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,9 @@ const (
 	// memberSyncInterval is how often it re-learns the members' client URLs
 	// (MemberList); a leader it has no URL for triggers a sync at once.
 	memberSyncInterval = 10 * time.Second
+	// statusTimeout bounds the leader poll's Status call; a member that
+	// does not answer within it is tried last for downFor.
+	statusTimeout = 2 * time.Second
 	// downFor is how long a member whose connection failed is tried only
 	// after every other one.
 	downFor = time.Second
@@ -170,7 +174,9 @@ func (c *Consensus) call(ctx context.Context, idempotent bool, f func(*endpointC
 	var err error
 	for _, m := range c.order() {
 		if err = f(m); err == nil {
-			m.downUntil.Store(0)
+			if m.downUntil.Load() != 0 { // only then: no shared write per call
+				m.downUntil.Store(0)
+			}
 			if p := c.pref.Load(); p != m && p.down(time.Now()) {
 				c.pref.CompareAndSwap(p, m)
 			}
@@ -257,7 +263,8 @@ func internalOf(m *endpointClients) concordv1connect.InternalServiceClient { ret
 func (c *Consensus) pollLeader(ctx context.Context) {
 	defer c.wg.Done()
 	for {
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		cctx, cancel := context.WithTimeout(ctx, statusTimeout)
+		p := c.pref.Load()
 		st, err := c.Status(cctx, &pb.StatusRequest{})
 		if err == nil {
 			c.leader.Store(st.GetLeader())
@@ -265,6 +272,13 @@ func (c *Consensus) pollLeader(ctx context.Context) {
 		} else if ctx.Err() == nil {
 			c.leader.Store(0)
 			c.log.Debug("consensus status failed", "error", err)
+			if cctx.Err() != nil {
+				// The member accepts requests but does not answer (frozen,
+				// or cut off after connecting): calls go elsewhere first
+				// until it answers again, instead of hanging until its
+				// connection's pings fail.
+				p.downUntil.Store(time.Now().Add(downFor).UnixNano())
+			}
 		}
 		cancel()
 		select {
@@ -326,12 +340,12 @@ func (c *Consensus) syncMembers(ctx context.Context) error {
 				}
 			}
 		}
-		if found || len(mem.GetClientURLs()) == 0 {
+		i := slices.IndexFunc(mem.GetClientURLs(), reachable)
+		if found || i < 0 {
 			continue
 		}
-		ep, err := dialOne(mem.GetClientURLs()[0])
+		ep, err := dialOne(mem.GetClientURLs()[i])
 		if err != nil {
-			c.log.Warn("ignoring a member's client URL", "url", mem.GetClientURLs()[0], "error", err)
 			continue
 		}
 		m := newEndpointClients(ep)
@@ -340,6 +354,19 @@ func (c *Consensus) syncMembers(ctx context.Context) error {
 		c.log.Info("learned a consensus member", "endpoint", ep.URL, "member-id", fmt.Sprintf("%x", mem.GetID()))
 	}
 	return nil
+}
+
+// reachable tells whether an advertised client URL can be dialed from
+// another host: http, and not a wildcard address such as 0.0.0.0 (a
+// member advertising its listen address), which would dial this process's
+// own host, possibly this very process.
+func reachable(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "http" || u.Hostname() == "" {
+		return false
+	}
+	ip := net.ParseIP(u.Hostname())
+	return ip == nil || !ip.IsUnspecified()
 }
 
 // sameURL compares an endpoint's base URL with a client URL as advertised.

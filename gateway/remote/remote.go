@@ -112,8 +112,11 @@ func dialOne(raw string) (*Endpoint, error) {
 			d := net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}
 			return d.DialContext(ctx, network, addr)
 		},
-		ReadIdleTimeout: 10 * time.Second,
-		PingTimeout:     5 * time.Second,
+		// A connection silent for 5s is pinged and closed 2s later without
+		// an answer, so calls on a connection to a frozen or unreachable
+		// process fail (and move to another member) within ~7s.
+		ReadIdleTimeout: 5 * time.Second,
+		PingTimeout:     2 * time.Second,
 	}
 	return &Endpoint{URL: base, client: &http.Client{Transport: tr}, tr: tr}, nil
 }

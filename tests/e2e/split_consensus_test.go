@@ -139,7 +139,7 @@ func TestSplitConsensusLeaderKilled(t *testing.T) {
 	for i := 0; ; i++ {
 		// Distinct keys: a put that failed may still have been applied.
 		at := time.Now()
-		err := put(fmt.Sprintf("lk/during/%03d", i), 2*time.Second)
+		err := put(fmt.Sprintf("lk/during/%03d", i), time.Second)
 		if err == nil {
 			break
 		} else if ctx.Err() != nil {
