@@ -468,6 +468,16 @@ func TestChaos(t *testing.T) {
 	defer stopKeeper()
 	var kwg sync.WaitGroup
 	kwg.Go(func() { keeper.run(keeperCtx, kcli) })
+	// Every client goroutine stops before the test returns, also when it
+	// fails half-way (the clients close in t.Cleanup, after this).
+	defer func() {
+		stopTraffic()
+		stopWatches()
+		stopKeeper()
+		wg.Wait()
+		wwg.Wait()
+		kwg.Wait()
+	}()
 
 	// The nemesis: one process at a time, killed and restarted.
 	rng := rand.New(rand.NewPCG(cfg.seed, 1<<32))
