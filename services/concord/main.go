@@ -63,6 +63,7 @@ service in one process (single-voter raft, clients on 127.0.0.1:2379, data in
 	config.ServerFlags(root.Flags())
 	root.AddCommand(newBenchCommand())
 	root.AddCommand(newSplitCommands()...)
+	root.AddCommand(newClusterCommand())
 	root.SetContext(context.Background())
 	return root
 }
