@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,7 +47,25 @@ var (
 	reLeaseRef  = regexp.MustCompile(`\{L(\d+)\}`)
 	reRemaining = regexp.MustCompile(`granted with TTL\((\d+)s\), remaining\((-?\d+)s\)`)
 	reJSONTTL   = regexp.MustCompile(`"ttl":(-?\d+),"granted-ttl":(\d+)`)
+	reKeysText  = regexp.MustCompile(`attached keys\(\[([^\]]*)\]\)`)
+	reKeysJSON  = regexp.MustCompile(`"keys":\[([^\]]*)\]`)
 )
+
+// sortKeyLists puts the attached keys etcdctl prints for a lease in order:
+// etcd lists them from a Go map, so their order differs from run to run.
+func sortKeyLists(s string) string {
+	sortList := func(re *regexp.Regexp, sep string) {
+		s = re.ReplaceAllStringFunc(s, func(m string) string {
+			sub := re.FindStringSubmatch(m)
+			items := strings.Split(sub[1], sep)
+			slices.Sort(items)
+			return strings.Replace(m, sub[1], strings.Join(items, sep), 1)
+		})
+	}
+	sortList(reKeysText, " ")
+	sortList(reKeysJSON, ",")
+	return s
+}
 
 // learn records the lease a grant step printed.
 func (l *leaseIDs) learn(args []string, stdout string) {
@@ -79,6 +98,7 @@ func (l *leaseIDs) subst(t *testing.T, args []string) []string {
 
 // normalize rewrites lease IDs and remaining TTLs in a rendered transcript entry.
 func (l *leaseIDs) normalize(s string) string {
+	s = sortKeyLists(s)
 	for i := range l.hex {
 		p := fmt.Sprintf("<lease%d>", i+1)
 		s = strings.ReplaceAll(s, l.hex[i], p)
