@@ -76,8 +76,9 @@ func TestSplitConsensusLeaderKilled(t *testing.T) {
 	direct := splitClient(t, ms[0].p.endpoint())
 	st := must(direct.Status(ctx, ms[0].p.endpoint()))(t)
 	lead := -1
+	ids := make([]uint64, len(ms))
 	for i, m := range ms {
-		if must(direct.Status(ctx, m.p.endpoint()))(t).Header.MemberId == st.Leader {
+		if ids[i] = must(direct.Status(ctx, m.p.endpoint()))(t).Header.MemberId; ids[i] == st.Leader {
 			lead = i
 		}
 	}
@@ -217,5 +218,37 @@ func TestSplitConsensusLeaderKilled(t *testing.T) {
 		if !strings.Contains(wf.log.String(), want) {
 			t.Errorf("the fan-out's log lacks %q", want)
 		}
+	}
+
+	// Membership through the gateway: remove the dead member, list the
+	// survivors with usable client URLs, hand leadership from one survivor to
+	// the other, and write.
+	out := mustCtl(t, gw.endpoint(), "member", "remove", fmt.Sprintf("%x", ids[lead]))
+	if !strings.Contains(out, fmt.Sprintf("Member %x removed from cluster", ids[lead])) {
+		t.Fatalf("member remove through the gateway printed %q", out)
+	}
+	ml := must(cli.MemberList(ctx))(t)
+	if len(ml.Members) != 2 {
+		t.Fatalf("member list after the removal: %v", ml.Members)
+	}
+	for _, m := range ml.Members {
+		if len(m.ClientURLs) == 0 {
+			t.Fatalf("member %x has no client URL", m.ID)
+		}
+		must(direct.Status(ctx, strings.TrimPrefix(m.ClientURLs[0], "http://")))(t)
+	}
+	cur := must(cli.Status(ctx, gw.endpoint()))(t).Leader
+	var target uint64
+	for i, id := range ids {
+		if i != lead && id != cur {
+			target = id
+		}
+	}
+	out = mustCtl(t, gw.endpoint(), "move-leader", fmt.Sprintf("%x", target))
+	if want := fmt.Sprintf("Leadership transferred from %x to %x", cur, target); !strings.Contains(out, want) {
+		t.Fatalf("move-leader through the gateway printed %q, want %q", out, want)
+	}
+	if err := put("lk/moved", 10*time.Second); err != nil {
+		t.Fatalf("put after move-leader: %v", err)
 	}
 }
