@@ -21,6 +21,10 @@ import (
 	"github.com/concord-kv/concord/proto/gen/v3lockpbconnect"
 )
 
+// forceLeanHTTP2 makes every Serve use h2server; the package's tests set
+// it from CONCORD_TEST_LEAN_HTTP2 to run the whole suite over both servers.
+var forceLeanHTTP2 bool
+
 // ErrClosed is returned by Serve after Close.
 var ErrClosed = errors.New("gateway: closed")
 
@@ -228,7 +232,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		lean  *h2server.Server
 	)
 	h1ln := ln
-	if g.cfg.LeanHTTP2 {
+	if g.cfg.LeanHTTP2 || forceLeanHTTP2 {
 		var err error
 		lean, err = h2server.New(h2server.Config{
 			MaxConcurrentStreams: g.cfg.MaxConcurrentStreams,
