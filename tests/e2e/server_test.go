@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -30,6 +31,15 @@ const (
 )
 
 var errNotReady = errors.New("server did not become ready")
+
+// leanHTTP2Env set to 1 starts every concord process with leanHTTP2Flag, so
+// the same scenarios run over gateway/h2server (the CI runs a subset so).
+const (
+	leanHTTP2Env  = "CONCORD_E2E_LEAN_HTTP2"
+	leanHTTP2Flag = "--experimental-lean-http2"
+)
+
+func leanHTTP2() bool { return os.Getenv(leanHTTP2Env) == "1" }
 
 // serverOptions configure one server.
 type serverOptions struct {
@@ -127,6 +137,9 @@ func (s *Server) args() []string {
 	}
 	if s.opts.initialCluster != "" {
 		args[len(args)-1] = s.opts.initialCluster
+	}
+	if s.impl == concordImpl && leanHTTP2() {
+		args = append(args, leanHTTP2Flag)
 	}
 	return append(args, s.opts.extra...)
 }
