@@ -74,7 +74,10 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		st := c.streams[id]
 		c.smu.Unlock()
 		if st == nil {
-			return http2.ConnectionError(http2.ErrCodeStreamClosed)
+			// A stream this side already finished or reset: frames the
+			// peer sent before it learned that are ignored (RFC 9113
+			// 5.4.2); the framer has already kept HPACK state in step.
+			return nil
 		}
 		if !f.StreamEnded() {
 			c.resetStream(id, http2.ErrCodeProtocol)
