@@ -153,7 +153,7 @@ func SplitFlags(fs *pflag.FlagSet, role Role) {
 	}
 	fs.Int(fMaxRequestBytes, 1572864, "maximum client request size in bytes the server will accept")
 	fs.Int(fMaxTxnOps, 128, "maximum number of operations permitted in a transaction")
-	fs.Bool(fLeanHTTP2, false, leanHTTP2Usage)
+	fs.Bool(fLeanHTTP2, true, leanHTTP2Usage)
 	fs.String(fLogLevel, "info", "log level: debug, info, warn or error")
 	fs.String(fConfigFile, "", "path to a YAML configuration file whose keys are the flag names")
 }

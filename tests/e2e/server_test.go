@@ -32,14 +32,22 @@ const (
 
 var errNotReady = errors.New("server did not become ready")
 
-// leanHTTP2Env set to 1 starts every concord process with leanHTTP2Flag, so
-// the same scenarios run over gateway/h2server (the CI runs a subset so).
-const (
-	leanHTTP2Env  = "CONCORD_E2E_LEAN_HTTP2"
-	leanHTTP2Flag = "--experimental-lean-http2"
-)
+// leanHTTP2Env picks the HTTP/2 server of every concord process: unset, the
+// binary's default (gateway/h2server); 1 or 0, --experimental-lean-http2=true
+// or =false, so the same scenarios run over net/http's server too (the CI
+// runs a subset so).
+const leanHTTP2Env = "CONCORD_E2E_LEAN_HTTP2"
 
-func leanHTTP2() bool { return os.Getenv(leanHTTP2Env) == "1" }
+// leanHTTP2Flag is the flag for leanHTTP2Env, or "" to leave the default.
+func leanHTTP2Flag() string {
+	switch os.Getenv(leanHTTP2Env) {
+	case "1":
+		return "--experimental-lean-http2=true"
+	case "0":
+		return "--experimental-lean-http2=false"
+	}
+	return ""
+}
 
 // serverOptions configure one server.
 type serverOptions struct {
@@ -138,8 +146,8 @@ func (s *Server) args() []string {
 	if s.opts.initialCluster != "" {
 		args[len(args)-1] = s.opts.initialCluster
 	}
-	if s.impl == concordImpl && leanHTTP2() {
-		args = append(args, leanHTTP2Flag)
+	if f := leanHTTP2Flag(); s.impl == concordImpl && f != "" {
+		args = append(args, f)
 	}
 	return append(args, s.opts.extra...)
 }
