@@ -165,7 +165,10 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) (*http.Request,
 	}
 	regular := f.RegularFields()
 	h := make(http.Header, len(regular))
-	for _, hf := range regular {
+	// One backing array for every single-valued header, as net/http does:
+	// one allocation instead of one per header.
+	vals := make([]string, len(regular))
+	for i, hf := range regular {
 		if hf.Name == "host" {
 			if authority == "" {
 				authority = hf.Value
@@ -173,7 +176,12 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) (*http.Request,
 			continue
 		}
 		k := canonicalKey(hf.Name)
-		h[k] = append(h[k], hf.Value)
+		if vv, ok := h[k]; ok {
+			h[k] = append(vv, hf.Value)
+			continue
+		}
+		vals[i] = hf.Value
+		h[k] = vals[i : i+1 : i+1]
 	}
 	var u *url.URL
 	if strings.ContainsAny(path, "?%#") || path[0] != '/' {
