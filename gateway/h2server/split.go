@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"time"
 )
 
 // Split serves one listener with two servers: connections that start with
@@ -41,6 +42,7 @@ func (s *Split) HTTP1() net.Listener { return s.h1 }
 // connections are served on their sniffing goroutine; ctx done aborts them.
 // It returns nil after Close.
 func (s *Split) Serve(ctx context.Context) error {
+	var delay time.Duration
 	for {
 		nc, err := s.ln.Accept()
 		if err != nil {
@@ -50,12 +52,20 @@ func (s *Split) Serve(ctx context.Context) error {
 			if closed {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			// Like net/http: transient accept failures (EMFILE, ...)
+			// are retried with a growing pause rather than ending Serve.
+			if errors.Is(err, net.ErrClosed) {
+				return err
 			}
-			return err
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			select {
+			case <-time.After(delay):
+			case <-ctx.Done():
+				return nil
+			}
+			continue
 		}
+		delay = 0
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
