@@ -372,7 +372,7 @@ func (c *conn) onData(f *http2.DataFrame) error {
 		return nil
 	}
 	if dropped > 0 {
-		c.consumed(nil, dropped)
+		c.consumed(st, dropped)
 	}
 	return nil
 }

@@ -405,6 +405,48 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 }
 
+// After GOAWAY the server ignores streams above its last stream ID, finishes
+// the ones below it and then closes the connection.
+func TestGoAwayOnRawConn(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{}, 2)
+	e := start(t, h2server.Config{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		started <- struct{}{}
+		<-release
+		io.WriteString(w, "ok")
+	}))
+	rc := dialRaw(t, e.addr)
+	rc.headers(1, true, "/a")
+	<-started
+	shut := make(chan error, 1)
+	go func() { shut <- e.srv.Shutdown(context.Background()) }()
+	ga := rc.next(func(f http2.Frame) bool { _, ok := f.(*http2.GoAwayFrame); return ok }).(*http2.GoAwayFrame)
+	if ga.LastStreamID != 1 || ga.ErrCode != http2.ErrCodeNo {
+		t.Fatalf("GOAWAY last=%d code=%v", ga.LastStreamID, ga.ErrCode)
+	}
+	rc.headers(3, true, "/a")
+	close(release)
+	var got []uint32
+	for {
+		f, err := rc.fr.ReadFrame()
+		if err != nil {
+			break // the server closed the connection
+		}
+		if f.Header().Flags.Has(http2.FlagDataEndStream) && (f.Header().Type == http2.FrameData || f.Header().Type == http2.FrameHeaders) {
+			got = append(got, f.Header().StreamID)
+		}
+	}
+	if len(got) != 1 || got[0] != 1 {
+		t.Errorf("completed streams %v, want [1]", got)
+	}
+	if len(started) != 0 {
+		t.Error("a stream above GOAWAY's last stream ID reached the handler")
+	}
+	if err := <-shut; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // Bad input ends the connection (GOAWAY or close), never the server.
 func TestMalformedInput(t *testing.T) {
 	e := start(t, h2server.Config{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
