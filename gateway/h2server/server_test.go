@@ -482,6 +482,29 @@ func TestMalformedInput(t *testing.T) {
 	resp.Body.Close()
 }
 
+// A header block beyond MaxHeaderListSize is refused, the connection lives.
+// A header block a little beyond MaxHeaderListSize is refused with
+// RST_STREAM and the connection lives on (far beyond it, the framer ends
+// the connection, as net/http's does).
+func TestHeaderListTooLarge(t *testing.T) {
+	e := start(t, h2server.Config{MaxHeaderListSize: 1 << 10}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	rc := dialRaw(t, e.addr)
+	rc.hb.Reset()
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":path", "/"}, {":authority", "x"}, {"x-a", strings.Repeat("x", 600)}, {"x-b", strings.Repeat("y", 600)}} {
+		rc.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: rc.hb.Bytes(), EndStream: true, EndHeaders: true})
+	rst := rc.next(func(f http2.Frame) bool { _, ok := f.(*http2.RSTStreamFrame); return ok }).(*http2.RSTStreamFrame)
+	if rst.StreamID != 1 {
+		t.Fatalf("RST for stream %d", rst.StreamID)
+	}
+	// The connection still serves (HPACK state stayed in step).
+	rc.headers(3, true, "/ok")
+	rc.next(func(f http2.Frame) bool {
+		return f.Header().StreamID == 3 && f.Header().Flags.Has(http2.FlagHeadersEndStream)
+	})
+}
+
 // HTTP/1.1 clients on the same port reach the net/http server.
 func TestHTTP1Fallback(t *testing.T) {
 	e := start(t, h2server.Config{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -118,8 +118,10 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 
 	st := &stream{c: c, id: id, inflow: c.cfg.StreamWindow}
 	st.bcond.L = &st.bmu
+	// A header block beyond MaxHeaderListSize arrives truncated (the
+	// framer keeps decoding to keep HPACK in step); the request is refused.
 	req, ok := c.newRequest(st, f)
-	if !ok {
+	if !ok || f.Truncated {
 		c.wmu.Lock()
 		c.wbuf = appendRSTStream(c.wbuf, id, http2.ErrCodeProtocol)
 		c.kickLocked()
