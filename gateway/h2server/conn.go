@@ -229,6 +229,10 @@ func (c *conn) processFrame(f http2.Frame) error {
 			return nil
 		}
 		c.wmu.Lock()
+		if c.flooded() {
+			c.wmu.Unlock()
+			return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
+		}
 		c.wbuf = appendFrameHeader(c.wbuf, 8, http2.FramePing, http2.FlagPingAck, 0)
 		c.wbuf = append(c.wbuf, f.Data[:]...)
 		c.kickLocked()
@@ -288,6 +292,9 @@ func (c *conn) onSettings(f *http2.SettingsFrame) error {
 		}
 		return nil
 	})
+	if c.flooded() {
+		err = http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
+	}
 	c.wbuf = appendFrameHeader(c.wbuf, 0, http2.FrameSettings, http2.FlagSettingsAck, 0)
 	c.kickLocked()
 	c.wcond.Broadcast()
@@ -521,11 +528,11 @@ func (c *conn) drain() {
 	c.wcond.Broadcast()
 }
 
-// waitRoomLocked blocks a handler while too many bytes wait for the socket.
-func (c *conn) waitRoomLocked() {
-	for len(c.wbuf) >= c.cfg.MaxPending && c.werr == nil {
-		c.wcond.Wait()
-	}
+// flooded reports (under wmu) whether the peer makes the reader queue
+// answers (PING and SETTINGS acks) far faster than it reads them: the
+// reader never blocks on a full buffer, so this bounds its memory instead.
+func (c *conn) flooded() bool {
+	return len(c.wbuf) > 4*c.cfg.MaxPending
 }
 
 // appendHeaderBlockLocked appends c.hbuf as HEADERS (+CONTINUATION) frames.

@@ -505,6 +505,20 @@ func TestHeaderListTooLarge(t *testing.T) {
 	})
 }
 
+// A peer that sends PINGs and never reads the answers is disconnected
+// instead of growing the server's write buffer without bound.
+func TestPingFlood(t *testing.T) {
+	e := start(t, h2server.Config{MaxPending: 1 << 10}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	rc := dialRaw(t, e.addr)
+	var err error
+	for i := 0; i < 2_000_000 && err == nil; i++ {
+		err = rc.fr.WritePing(false, [8]byte{})
+	}
+	if err == nil {
+		t.Fatal("2M unread PINGs and the connection is still open")
+	}
+}
+
 // HTTP/1.1 clients on the same port reach the net/http server.
 func TestHTTP1Fallback(t *testing.T) {
 	e := start(t, h2server.Config{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
