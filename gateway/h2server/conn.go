@@ -40,6 +40,7 @@ type conn struct {
 	smu       sync.Mutex
 	streams   map[uint32]*stream
 	lastID    uint32
+	running   int // handler goroutines not yet returned
 	goingAway bool
 	dead      bool
 	handlers  sync.WaitGroup

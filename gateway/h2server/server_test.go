@@ -346,15 +346,21 @@ func TestMaxConcurrentStreamsAndPing(t *testing.T) {
 	if !p.IsAck() || p.Data != [8]byte{1, 2, 3, 4, 5, 6, 7, 8} {
 		t.Errorf("ping answer %+v", p)
 	}
-	close(release)
-	// Both admitted streams complete.
-	seen := map[uint32]bool{}
-	for len(seen) < 2 {
-		f := rc.next(func(f http2.Frame) bool { return f.Header().Flags.Has(http2.FlagHeadersEndStream) })
-		seen[f.Header().StreamID] = true
+	// Resetting an admitted stream does not admit another while its
+	// handler still runs.
+	rc.fr.WriteRSTStream(1, http2.ErrCodeCancel)
+	rc.headers(7, true, "/a")
+	rst = rc.next(func(f http2.Frame) bool { _, ok := f.(*http2.RSTStreamFrame); return ok }).(*http2.RSTStreamFrame)
+	if rst.StreamID != 7 || rst.ErrCode != http2.ErrCodeRefusedStream {
+		t.Errorf("after a reset: RST %d %v, want stream 7 REFUSED_STREAM", rst.StreamID, rst.ErrCode)
 	}
-	if !seen[1] || !seen[3] {
-		t.Errorf("completed streams %v", seen)
+	close(release)
+	// The admitted stream that was not reset completes.
+	f := rc.next(func(f http2.Frame) bool {
+		return f.Header().StreamID != 0 && f.Header().Flags.Has(http2.FlagHeadersEndStream)
+	})
+	if f.Header().StreamID != 3 {
+		t.Errorf("completed stream %d, want 3", f.Header().StreamID)
 	}
 }
 

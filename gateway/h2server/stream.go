@@ -106,7 +106,10 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	c.lastID = id
-	if uint32(len(c.streams)) >= c.cfg.MaxConcurrentStreams {
+	// Handlers of streams the peer already reset count too, so that
+	// opening and resetting streams in a loop cannot start unbounded
+	// handlers (the "rapid reset" attack).
+	if uint32(max(len(c.streams), c.running)) >= c.cfg.MaxConcurrentStreams {
 		c.smu.Unlock()
 		c.wmu.Lock()
 		c.wbuf = appendRSTStream(c.wbuf, id, http2.ErrCodeRefusedStream)
@@ -139,6 +142,7 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	st.sendWindow = int64(c.peerInitWin)
 	c.wmu.Unlock()
 	c.streams[id] = st
+	c.running++
 	c.handlers.Add(1)
 	c.smu.Unlock()
 	go c.runHandler(st)
@@ -220,6 +224,11 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) (*http.Request,
 // runHandler serves one stream and finishes it.
 func (c *conn) runHandler(st *stream) {
 	defer c.handlers.Done()
+	defer func() {
+		c.smu.Lock()
+		c.running--
+		c.smu.Unlock()
+	}()
 	defer st.finish()
 	defer func() {
 		if r := recover(); r != nil {
