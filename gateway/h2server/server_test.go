@@ -581,3 +581,54 @@ func FuzzFrames(f *testing.F) {
 		<-done
 	})
 }
+
+// The request context behaves like a cancelled context.Context once the
+// handler returns: AfterFunc callbacks run unless stopped, derived contexts
+// end, Err is Canceled.
+func TestRequestContextSemantics(t *testing.T) {
+	ran := make(chan string, 3)
+	var kept context.Context
+	done := make(chan struct{})
+	e := start(t, h2server.Config{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		if ctx.Err() != nil {
+			t.Errorf("Err before the end: %v", ctx.Err())
+		}
+		stop := context.AfterFunc(ctx, func() { ran <- "stopped" })
+		context.AfterFunc(ctx, func() { ran <- "kept" })
+		if !stop() {
+			t.Error("stop of a pending AfterFunc returned false")
+		}
+		child, cancel := context.WithCancel(context.WithValue(ctx, struct{}{}, 1))
+		_ = cancel
+		kept = child
+		close(done)
+	}))
+	resp, err := e.cli.Get(e.url("/ctx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	<-done
+	select {
+	case <-kept.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("derived context not cancelled after the handler returned")
+	}
+	if !errors.Is(kept.Err(), context.Canceled) {
+		t.Errorf("derived Err = %v", kept.Err())
+	}
+	select {
+	case s := <-ran:
+		if s != "kept" {
+			t.Errorf("AfterFunc %q ran", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("AfterFunc did not run")
+	}
+	select {
+	case s := <-ran:
+		t.Errorf("AfterFunc %q ran too", s)
+	case <-time.After(50 * time.Millisecond):
+	}
+}

@@ -34,7 +34,7 @@ type stream struct {
 	cmu    sync.Mutex
 	done   chan struct{}
 	cerr   error
-	afters map[*afterFunc]struct{}
+	afters []*afterFunc // few: one per context derived and not yet cancelled
 
 	// Request body, written by the reader, read by the handler.
 	bmu        sync.Mutex
@@ -417,17 +417,16 @@ func (x *streamCtx) AfterFunc(f func()) func() bool {
 		go f()
 		return func() bool { return false }
 	}
-	if st.afters == nil {
-		st.afters = make(map[*afterFunc]struct{})
-	}
-	st.afters[a] = struct{}{}
+	st.afters = append(st.afters, a)
 	st.cmu.Unlock()
 	return func() bool {
 		st.cmu.Lock()
 		defer st.cmu.Unlock()
-		if _, ok := st.afters[a]; ok {
-			delete(st.afters, a)
-			return true
+		for i, x := range st.afters {
+			if x == a {
+				st.afters = append(st.afters[:i], st.afters[i+1:]...)
+				return true
+			}
 		}
 		return false
 	}
@@ -446,7 +445,7 @@ func (st *stream) cancel(err error) {
 	afters := st.afters
 	st.afters = nil
 	st.cmu.Unlock()
-	for a := range afters {
+	for _, a := range afters {
 		a.f()
 	}
 }
