@@ -66,9 +66,15 @@ func BenchmarkClientGet(b *testing.B) {
 // BenchmarkClientGetParallel is clientv3 Gets from many goroutines over a
 // few connections, client and server in this process: the per-call cost of
 // the transport under concurrency (write coalescing, stack growth, GC).
+// Sub-benchmarks: HTTP/2 served by net/http or by gateway/h2server.
 func BenchmarkClientGetParallel(b *testing.B) {
+	b.Run("nethttp", func(b *testing.B) { benchClientGetParallel(b, false) })
+	b.Run("lean", func(b *testing.B) { benchClientGetParallel(b, true) })
+}
+
+func benchClientGetParallel(b *testing.B, lean bool) {
 	f := newFake()
-	addr := startGateway(b, gateway.Config{}, f)
+	addr := startGateway(b, gateway.Config{LeanHTTP2: lean}, f)
 	clients := make([]*clientv3.Client, 4)
 	for i := range clients {
 		clients[i] = newClient(b, addr)

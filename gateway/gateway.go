@@ -15,10 +15,15 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
 	"github.com/concord-kv/concord/gateway/h2conn"
+	"github.com/concord-kv/concord/gateway/h2server"
 	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
 	"github.com/concord-kv/concord/proto/gen/v3electionpbconnect"
 	"github.com/concord-kv/concord/proto/gen/v3lockpbconnect"
 )
+
+// forceLeanHTTP2 makes every Serve use h2server; the package's tests set
+// it from CONCORD_TEST_LEAN_HTTP2 to run the whole suite over both servers.
+var forceLeanHTTP2 bool
 
 // ErrClosed is returned by Serve after Close.
 var ErrClosed = errors.New("gateway: closed")
@@ -43,6 +48,8 @@ type Gateway struct {
 	mu      sync.Mutex
 	closed  bool
 	servers map[*http.Server]struct{}
+	// lean holds the h2server of each Serve with Config.LeanHTTP2.
+	lean map[*h2server.Server]*h2server.Split
 }
 
 // Option adds optional services to a Gateway.
@@ -101,6 +108,7 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 		unary:    make(map[string]bool),
 		misc:     http.NewServeMux(),
 		servers:  make(map[*http.Server]struct{}),
+		lean:     make(map[*h2server.Server]*h2server.Split),
 	}
 	o := options{
 		watch:    etcdserverpbconnect.UnimplementedWatchHandler{},
@@ -219,12 +227,29 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 
 	// Coalesce the HTTP/2 server's writes and buffer its reads per
 	// connection (h2conn): a fraction of the system calls per call.
-	cln, lerr := h2conn.NewListener(ln, h2conn.Config{})
+	var (
+		split *h2server.Split
+		lean  *h2server.Server
+	)
+	h1ln := ln
+	if g.cfg.LeanHTTP2 || forceLeanHTTP2 {
+		var err error
+		lean, err = h2server.New(h2server.Config{
+			MaxConcurrentStreams: g.cfg.MaxConcurrentStreams,
+			Logger:               g.log,
+		}, g.handler)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		split = h2server.NewSplit(ln, lean)
+		h1ln = split.HTTP1()
+	}
+	cln, lerr := h2conn.NewListener(h1ln, h2conn.Config{})
 	if lerr != nil {
 		ln.Close()
 		return lerr
 	}
-	ln = cln
 
 	g.mu.Lock()
 	if g.closed {
@@ -233,37 +258,87 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		return ErrClosed
 	}
 	g.servers[srv] = struct{}{}
+	if lean != nil {
+		g.lean[lean] = split
+	}
 	g.mu.Unlock()
 	defer func() {
 		g.mu.Lock()
 		delete(g.servers, srv)
+		delete(g.lean, lean)
 		g.mu.Unlock()
 	}()
 
-	g.log.Info("gateway serving", "addr", ln.Addr().String())
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-
+	g.log.Info("gateway serving", "addr", ln.Addr().String(), "lean_http2", lean != nil)
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(cln) }()
+	pending := 1
+	sctx, stopSplit := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopSplit()
+	if split != nil {
+		pending++
+		go func() {
+			err := split.Serve(sctx)
+			if err == nil {
+				err = http.ErrServerClosed
+			}
+			errc <- err
+		}()
+	}
+	var serveErr error
 	select {
-	case err := <-errc:
-		if errors.Is(err, http.ErrServerClosed) {
-			return nil // Close
-		}
-		return err
+	case serveErr = <-errc:
+		pending--
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.ShutdownTimeout)
-	err := srv.Shutdown(sctx)
-	cancel()
-	if err != nil {
-		g.log.Info("gateway graceful shutdown incomplete; closing connections", "addr", ln.Addr().String(), "err", err)
+	if serveErr == nil || errors.Is(serveErr, http.ErrServerClosed) {
+		serveErr = nil
+		g.shutdown(ctx, srv, lean)
+	} else {
 		srv.Close()
+		if lean != nil {
+			lean.Close()
+		}
 	}
-	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
+	if split != nil {
+		split.Close()
+	}
+	stopSplit()
+	for ; pending > 0; pending-- {
+		if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) && serveErr == nil {
+			serveErr = err
+		}
+	}
+	if serveErr != nil {
+		return serveErr
 	}
 	g.log.Info("gateway stopped", "addr", ln.Addr().String())
 	return nil
+}
+
+// shutdown stops srv and lean gracefully for up to ShutdownTimeout, then
+// closes what is left.
+func (g *Gateway) shutdown(ctx context.Context, srv *http.Server, lean *h2server.Server) {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.ShutdownTimeout)
+	defer cancel()
+	var leanErr error
+	var wg sync.WaitGroup
+	if lean != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			leanErr = lean.Shutdown(sctx)
+		}()
+	}
+	err := srv.Shutdown(sctx)
+	wg.Wait()
+	if err != nil || leanErr != nil {
+		g.log.Info("gateway graceful shutdown incomplete; closing connections", "err", errors.Join(err, leanErr))
+		srv.Close()
+		if lean != nil {
+			lean.Close()
+		}
+	}
 }
 
 // Close stops every server started by Serve immediately (their Serve calls
@@ -280,6 +355,9 @@ func (g *Gateway) Close() error {
 		if err := srv.Close(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	for lean, split := range g.lean {
+		errs = append(errs, lean.Close(), split.Close())
 	}
 	return errors.Join(errs...)
 }

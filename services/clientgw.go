@@ -49,10 +49,11 @@ func (c *clientGateway) Close() error {
 
 // gatewayConfig is the gateway configuration every role derives from its
 // request limits.
-func gatewayConfig(maxRequestBytes, maxTxnOps int, log *slog.Logger) gateway.Config {
+func gatewayConfig(maxRequestBytes, maxTxnOps int, leanHTTP2 bool, log *slog.Logger) gateway.Config {
 	return gateway.Config{
 		MaxRequestBytes: maxRequestBytes,
 		MaxTxnOps:       maxTxnOps,
+		LeanHTTP2:       leanHTTP2,
 		Logger:          log.With("component", "gateway"),
 	}
 }

@@ -133,6 +133,8 @@ type Split struct {
 	WatchProgressNotifyInterval time.Duration
 	LogLevel                    slog.Level
 	EnablePprof                 bool
+	// LeanHTTP2 is Server.LeanHTTP2 (--experimental-lean-http2).
+	LeanHTTP2 bool
 }
 
 // SplitFlags declares the flags of the subcommand for role.
@@ -151,6 +153,7 @@ func SplitFlags(fs *pflag.FlagSet, role Role) {
 	}
 	fs.Int(fMaxRequestBytes, 1572864, "maximum client request size in bytes the server will accept")
 	fs.Int(fMaxTxnOps, 128, "maximum number of operations permitted in a transaction")
+	fs.Bool(fLeanHTTP2, true, leanHTTP2Usage)
 	fs.String(fLogLevel, "info", "log level: debug, info, warn or error")
 	fs.String(fConfigFile, "", "path to a YAML configuration file whose keys are the flag names")
 }
@@ -171,6 +174,7 @@ func LoadSplit(fs *pflag.FlagSet, role Role) (Split, error) {
 		MaxRequestBytes:      v.GetInt(fMaxRequestBytes),
 		MaxTxnOps:            v.GetInt(fMaxTxnOps),
 		EnablePprof:          v.GetBool(fEnablePprof),
+		LeanHTTP2:            v.GetBool(fLeanHTTP2),
 	}
 	if c.ListenClientURLs, err = parseURLs(fListenClientURLs, v.GetString(fListenClientURLs)); err != nil {
 		return Split{}, err

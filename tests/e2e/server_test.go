@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -30,6 +31,23 @@ const (
 )
 
 var errNotReady = errors.New("server did not become ready")
+
+// leanHTTP2Env picks the HTTP/2 server of every concord process: unset, the
+// binary's default (gateway/h2server); 1 or 0, --experimental-lean-http2=true
+// or =false, so the same scenarios run over net/http's server too (the CI
+// runs a subset so).
+const leanHTTP2Env = "CONCORD_E2E_LEAN_HTTP2"
+
+// leanHTTP2Flag is the flag for leanHTTP2Env, or "" to leave the default.
+func leanHTTP2Flag() string {
+	switch os.Getenv(leanHTTP2Env) {
+	case "1":
+		return "--experimental-lean-http2=true"
+	case "0":
+		return "--experimental-lean-http2=false"
+	}
+	return ""
+}
 
 // serverOptions configure one server.
 type serverOptions struct {
@@ -127,6 +145,9 @@ func (s *Server) args() []string {
 	}
 	if s.opts.initialCluster != "" {
 		args[len(args)-1] = s.opts.initialCluster
+	}
+	if f := leanHTTP2Flag(); s.impl == concordImpl && f != "" {
+		args = append(args, f)
 	}
 	return append(args, s.opts.extra...)
 }

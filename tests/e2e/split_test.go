@@ -43,6 +43,10 @@ func (p *proc) endpoint() string { return fmt.Sprintf("127.0.0.1:%d", p.port) }
 func startProc(t *testing.T, name string, port int, args ...string) *proc {
 	t.Helper()
 	requireBinary(t, concordImpl)
+	if f := leanHTTP2Flag(); f != "" && len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		// After the subcommand, which every split role takes first.
+		args = append([]string{args[0], f}, args[1:]...)
+	}
 	p := &proc{t: t, name: name, args: args, port: port, log: &syncBuffer{}}
 	t.Cleanup(func() {
 		p.kill()
