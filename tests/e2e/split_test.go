@@ -463,6 +463,7 @@ func TestSplitFailover(t *testing.T) {
 	}
 
 	lss[0].kill()
+	killed := time.Now()
 	failed := 0
 	for {
 		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
@@ -480,7 +481,7 @@ func TestSplitFailover(t *testing.T) {
 		failed++
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Logf("keep-alive answered by the standby after %d failed attempts", failed)
+	t.Logf("keep-alive answered by the standby %v after the kill (%d failed attempts)", time.Since(killed).Round(time.Millisecond), failed)
 	if got := must(cli.Get(ctx, "fo/leased"))(t); got.Count != 1 {
 		t.Fatalf("leased key lost over the takeover: %v", got.Kvs)
 	}
