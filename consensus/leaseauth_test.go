@@ -231,3 +231,38 @@ func TestCommandEnvelopeDecoding(t *testing.T) {
 		t.Fatalf("garbage command: ok=%v err=%v, want a decode error", ok, err)
 	}
 }
+
+// A standby's acquisition names the renewal it watched go stale: a renewal
+// it did not see (its member lagged, or the renewal was in flight) fails
+// the takeover, so a holder that is still renewing, and answering
+// keep-alives, is never deposed.
+func TestConditionalAcquireFailsOnAnUnseenRenewal(t *testing.T) {
+	n := startNode(t, testConfig(t))
+	ctx := ctxT(t)
+	a1, err := n.AcquireLeaseAuthority(ctx, "a", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := n.RenewLeaseAuthority(ctx, "a", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// b watched the record as of the acquisition and missed the renewal.
+	if _, err := n.AcquireLeaseAuthority(ctx, "b", 2, a1.RenewedIndex); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("acquire expecting an old renewal: %v, want ErrStaleEpoch", err)
+	}
+	if got := authority(t, n); got != r {
+		t.Fatalf("authority after the refused takeover = %+v, want %+v", got, r)
+	}
+	if _, err := n.RenewLeaseAuthority(ctx, "a", 1); err != nil {
+		t.Fatalf("holder deposed by a refused takeover: %v", err)
+	}
+	cur := authority(t, n)
+	b, err := n.AcquireLeaseAuthority(ctx, "b", 2, cur.RenewedIndex)
+	if err != nil || b.Holder != "b" || b.Epoch != 2 {
+		t.Fatalf("acquire expecting the current renewal = %+v, %v", b, err)
+	}
+	if _, err := n.RenewLeaseAuthority(ctx, "a", 1); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("renewal after the takeover: %v, want ErrStaleEpoch", err)
+	}
+}
