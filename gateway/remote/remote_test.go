@@ -179,6 +179,8 @@ func TestLeaseKeepAliveRoundTrip(t *testing.T) {
 	if _, err := l.LeaseKeepAlive(ctx, &pb.LeaseKeepAliveRequest{ID: 3}); !errors.Is(err, storage.ErrLeaseNotFound) {
 		t.Fatalf("keep-alive of a missing lease: %v", err)
 	}
+	// A standby's refusal is held for the failover wait, then answered.
+	defer remote.SetLeaseFailoverForTest(200*time.Millisecond, 20*time.Millisecond)()
 	if _, err := l.LeaseKeepAlive(ctx, &pb.LeaseKeepAliveRequest{ID: 2}); !errors.Is(err, consensus.ErrNoLeader) {
 		t.Fatalf("keep-alive on a standby: %v, want no leader", err)
 	}
