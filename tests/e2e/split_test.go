@@ -568,7 +568,7 @@ func TestSplitLeaseTakeoverTime(t *testing.T) {
 	clis := []*clientv3.Client{splitClient(t, gws[0].endpoint()), splitClient(t, gws[1].endpoint())}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	const ttl = 5
+	const ttl = 10
 	lease := must(clis[0].Grant(ctx, ttl))(t)
 	must(clis[0].Put(ctx, "takeover/leased", "v", clientv3.WithLease(lease.ID)))(t)
 
