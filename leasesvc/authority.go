@@ -92,8 +92,10 @@ func (s *Service) standbyStep(ctx context.Context) {
 	start := s.clock.Now()
 	// Conditional on the record being the one watched: a renewal this
 	// instance did not see makes the acquisition fail (consensus
-	// AcquireLeaseAuthority), so the holder's last answered keep-alive
-	// always precedes lastChange by at least RenewInterval.
+	// AcquireLeaseAuthority). So the holder's last successful renewal began
+	// before lastChange, and its last answered keep-alive (before that
+	// start plus TakeoverTimeout-RenewInterval) precedes this takeover by at
+	// least RenewInterval.
 	na, err := s.b.AcquireLeaseAuthority(ctx, s.cfg.Holder, a.Epoch+1, a.RenewedIndex)
 	if err != nil {
 		// Lost a race or missed a renewal (ErrStaleEpoch), or consensus is

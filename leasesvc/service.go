@@ -14,9 +14,11 @@
 //     instance answers keep-alives only until TakeoverTimeout-RenewInterval
 //     after the start of its last successful renewal, while a standby takes
 //     over only after it has watched the record stay unrenewed for
-//     TakeoverTimeout; the new holder then loads every lease from consensus
-//     and gives each a full fresh TTL before expiring anything, as etcd does
-//     after a leader change. The same refresh follows any period in which the
+//     TakeoverTimeout, and only if the record is still the one it watched
+//     (the acquisition names its RenewedIndex, so a renewal the standby
+//     missed fails the takeover); the new holder then loads every lease
+//     from consensus and gives each a full fresh TTL before expiring
+//     anything, as etcd does after a leader change. The same refresh follows any period in which the
 //     active instance refused keep-alives because its renewals were failing.
 //   - Revokes are rate limited (MaxRevokesPerSecond, batches of at most
 //     MaxRevokeBatch), so a storm of expiries cannot stall writes; consensus
