@@ -572,8 +572,30 @@ func TestSplitLeaseTakeoverTime(t *testing.T) {
 	lease := must(clis[0].Grant(ctx, ttl))(t)
 	must(clis[0].Put(ctx, "takeover/leased", "v", clientv3.WithLease(lease.ID)))(t)
 
+	// A long-lived keep-alive stream (clientv3's KeepAlive) rides through
+	// every takeover: the gateway holds its keep-alives until the new holder
+	// answers, so the channel never closes.
+	kactx, kacancel := context.WithCancel(ctx)
+	kach, err := clis[1].KeepAlive(kactx, lease.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kaMu sync.Mutex
+	var kaLast time.Time
+	kaDone := make(chan struct{})
+	go func() {
+		defer close(kaDone)
+		for range kach {
+			kaMu.Lock()
+			kaLast = time.Now()
+			kaMu.Unlock()
+		}
+	}()
+	defer func() { kacancel(); <-kaDone }()
+
 	const reps = 3
 	var worst time.Duration
+	var lastKill time.Time
 	for rep := range reps {
 		for _, cli := range clis {
 			must(cli.KeepAliveOnce(ctx, lease.ID))(t)
@@ -581,6 +603,7 @@ func TestSplitLeaseTakeoverTime(t *testing.T) {
 		active := activeLeaseProc(ctx, t, lss, lease.ID)
 		active.kill()
 		killed := time.Now()
+		lastKill = killed
 		var wg sync.WaitGroup
 		took := make([]time.Duration, len(clis))
 		for i, cli := range clis {
@@ -600,6 +623,27 @@ func TestSplitLeaseTakeoverTime(t *testing.T) {
 		active.restart()
 	}
 	t.Logf("worst resume time over %d takeovers and 2 gateways: %v (target %v)", reps, worst.Round(time.Millisecond), leaseResumeTarget)
+	// clientv3 renews every TTL/3; one renewal after the last takeover
+	// shows the stream survived them all.
+	deadline := lastKill.Add(ttl*time.Second/3 + 4*leaseResumeTarget)
+	for {
+		kaMu.Lock()
+		last := kaLast
+		kaMu.Unlock()
+		select {
+		case <-kaDone:
+			t.Fatal("clientv3's keep-alive channel closed during the takeovers")
+		default:
+		}
+		if last.After(lastKill) {
+			t.Logf("clientv3 KeepAlive stream answered %v after the last kill, never closed", last.Sub(lastKill).Round(time.Millisecond))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("clientv3's keep-alive stream not answered within %v of the last kill", deadline.Sub(lastKill))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if worst > leaseResumeTarget {
 		t.Logf("NOTE: above the target (a loaded machine?)")
 	}
