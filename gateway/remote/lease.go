@@ -100,8 +100,8 @@ func refused(err error) bool {
 
 // round sends r to the target that last answered and, while targets refuse
 // it, to each other one once, in order. ok is false when every target
-// refused; retry says whether a refused call may be sent to the next target
-// (idempotent calls; others only when the call was never sent).
+// refused. A refused call goes on to the next target if it is idempotent,
+// and otherwise only if it was never sent (the connection failed).
 func round[Req, Resp any](l *Lease, f func(leaseTarget) func(context.Context, *Req) (*Resp, error), ctx context.Context, r *Req,
 	idempotent bool) (resp *Resp, err error, ok bool) {
 	first := l.active.Load()
