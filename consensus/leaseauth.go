@@ -96,13 +96,17 @@ func (n *Node) LeaseAuthority(ctx context.Context) (LeaseAuthority, error) {
 
 // AcquireLeaseAuthority makes holder the lease authority with epoch, which
 // must be the current epoch plus one (ErrStaleEpoch otherwise, for example
-// when another candidate won the race).
-func (n *Node) AcquireLeaseAuthority(ctx context.Context, holder string, epoch uint64) (LeaseAuthority, error) {
+// when another candidate won the race). A non-zero renewedIndex makes the
+// acquisition conditional on the record's RenewedIndex still being that one:
+// a standby passes the index it watched go unrenewed, so a renewal it did
+// not see (applied on the leader before its own member, or in flight) fails
+// the takeover rather than deposing a holder that is answering keep-alives.
+func (n *Node) AcquireLeaseAuthority(ctx context.Context, holder string, epoch, renewedIndex uint64) (LeaseAuthority, error) {
 	if holder == "" {
 		return LeaseAuthority{}, errors.New("consensus: empty lease authority holder")
 	}
 	return n.proposeAuthority(ctx, &concordv1.RaftCommand{Command: &concordv1.RaftCommand_LeaseAuthorityAcquire{
-		LeaseAuthorityAcquire: &concordv1.LeaseAuthorityAcquire{Holder: holder, Epoch: epoch},
+		LeaseAuthorityAcquire: &concordv1.LeaseAuthorityAcquire{Holder: holder, Epoch: epoch, RenewedIndex: renewedIndex},
 	}})
 }
 
@@ -197,6 +201,10 @@ func (n *Node) applyCommand(b *storage.Batch, index uint64, cmd *concordv1.RaftC
 		if a.GetHolder() == "" || a.GetEpoch() != cur.Epoch+1 {
 			return result{err: fmt.Errorf("%w: acquire of epoch %d by %q, current epoch %d held by %q",
 				ErrStaleEpoch, a.GetEpoch(), a.GetHolder(), cur.Epoch, cur.Holder)}, nil
+		}
+		if ri := a.GetRenewedIndex(); ri != 0 && ri != cur.RenewedIndex {
+			return result{err: fmt.Errorf("%w: acquire by %q expected the record renewed at index %d, renewed at %d by %q",
+				ErrStaleEpoch, a.GetHolder(), ri, cur.RenewedIndex, cur.Holder)}, nil
 		}
 		n.setLeaseAuthority(b, LeaseAuthority{Holder: a.GetHolder(), Epoch: a.GetEpoch(), RenewedIndex: index}, out)
 		n.lg.Info("lease authority acquired", "holder", a.GetHolder(), "epoch", a.GetEpoch(),

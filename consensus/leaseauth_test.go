@@ -28,10 +28,10 @@ func TestLeaseAuthorityAcquireRenewAndRestart(t *testing.T) {
 		t.Fatalf("initial authority = %+v, want zero", a)
 	}
 	// Epochs are acquired one at a time: skipping one is stale.
-	if _, err := n.AcquireLeaseAuthority(ctx, "a", 2); !errors.Is(err, ErrStaleEpoch) {
+	if _, err := n.AcquireLeaseAuthority(ctx, "a", 2, 0); !errors.Is(err, ErrStaleEpoch) {
 		t.Fatalf("acquire epoch 2 first: %v, want ErrStaleEpoch", err)
 	}
-	a1, err := n.AcquireLeaseAuthority(ctx, "a", 1)
+	a1, err := n.AcquireLeaseAuthority(ctx, "a", 1, 0)
 	if err != nil || a1.Holder != "a" || a1.Epoch != 1 || a1.RenewedIndex == 0 {
 		t.Fatalf("acquire = %+v, %v", a1, err)
 	}
@@ -39,7 +39,7 @@ func TestLeaseAuthorityAcquireRenewAndRestart(t *testing.T) {
 		t.Fatalf("authority after acquire = %+v, want %+v", got, a1)
 	}
 	// A second candidate racing for the same epoch loses.
-	if _, err := n.AcquireLeaseAuthority(ctx, "b", 1); !errors.Is(err, ErrStaleEpoch) {
+	if _, err := n.AcquireLeaseAuthority(ctx, "b", 1, 0); !errors.Is(err, ErrStaleEpoch) {
 		t.Fatalf("second acquire of epoch 1: %v, want ErrStaleEpoch", err)
 	}
 	r, err := n.RenewLeaseAuthority(ctx, "a", 1)
@@ -50,7 +50,7 @@ func TestLeaseAuthorityAcquireRenewAndRestart(t *testing.T) {
 		t.Fatalf("renew by non-holder: %v, want ErrStaleEpoch", err)
 	}
 	// Takeover: b acquires epoch 2, a's renewals are now stale.
-	a2, err := n.AcquireLeaseAuthority(ctx, "b", 2)
+	a2, err := n.AcquireLeaseAuthority(ctx, "b", 2, 0)
 	if err != nil || a2.Holder != "b" || a2.Epoch != 2 {
 		t.Fatalf("takeover = %+v, %v", a2, err)
 	}
@@ -73,7 +73,7 @@ func TestLeaseAuthorityAcquireRenewAndRestart(t *testing.T) {
 	if got := authority(t, n); got != a2 {
 		t.Fatalf("authority after restart = %+v, want %+v", got, a2)
 	}
-	if _, err := n.AcquireLeaseAuthority(ctxT(t), "c", 2); !errors.Is(err, ErrStaleEpoch) {
+	if _, err := n.AcquireLeaseAuthority(ctxT(t), "c", 2, 0); !errors.Is(err, ErrStaleEpoch) {
 		t.Fatalf("acquire of the current epoch after restart: %v, want ErrStaleEpoch", err)
 	}
 }
@@ -104,10 +104,10 @@ func TestRevokeExpiredLeasesIsFencedByEpoch(t *testing.T) {
 	if _, err := n.RevokeExpiredLeases(ctx, 1, []int64{l1}); !errors.Is(err, ErrStaleEpoch) {
 		t.Fatalf("revoke with a future epoch: %v, want ErrStaleEpoch", err)
 	}
-	if _, err := n.AcquireLeaseAuthority(ctx, "a", 1); err != nil {
+	if _, err := n.AcquireLeaseAuthority(ctx, "a", 1, 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := n.AcquireLeaseAuthority(ctx, "b", 2); err != nil {
+	if _, err := n.AcquireLeaseAuthority(ctx, "b", 2, 0); err != nil {
 		t.Fatal(err)
 	}
 	before := n.Store().Rev()
@@ -155,12 +155,12 @@ func TestStaleRevokeInSameBatchAsTakeover(t *testing.T) {
 	n := startNode(t, testConfig(t))
 	ctx := ctxT(t)
 	l := grantWithKeys(t, n, 10, "k")
-	if _, err := n.AcquireLeaseAuthority(ctx, "a", 1); err != nil {
+	if _, err := n.AcquireLeaseAuthority(ctx, "a", 1, 0); err != nil {
 		t.Fatal(err)
 	}
 	release := blockLoop(t, n)
 	acqErr, revErr := make(chan error, 1), make(chan error, 1)
-	go func() { _, err := n.AcquireLeaseAuthority(ctx, "b", 2); acqErr <- err }()
+	go func() { _, err := n.AcquireLeaseAuthority(ctx, "b", 2, 0); acqErr <- err }()
 	waitFor(t, "acquire queued", func() bool { return len(n.propC) == 1 })
 	go func() { _, err := n.RevokeExpiredLeases(ctx, 1, []int64{l}); revErr <- err }()
 	waitFor(t, "revoke queued", func() bool { return len(n.propC) == 2 })
@@ -229,5 +229,40 @@ func TestCommandEnvelopeDecoding(t *testing.T) {
 	}
 	if _, ok, err := decodeCommand([]byte{commandPrefix, 0xff}); !ok || err == nil {
 		t.Fatalf("garbage command: ok=%v err=%v, want a decode error", ok, err)
+	}
+}
+
+// A standby's acquisition names the renewal it watched go stale: a renewal
+// it did not see (its member lagged, or the renewal was in flight) fails
+// the takeover, so a holder that is still renewing, and answering
+// keep-alives, is never deposed.
+func TestConditionalAcquireFailsOnAnUnseenRenewal(t *testing.T) {
+	n := startNode(t, testConfig(t))
+	ctx := ctxT(t)
+	a1, err := n.AcquireLeaseAuthority(ctx, "a", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := n.RenewLeaseAuthority(ctx, "a", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// b watched the record as of the acquisition and missed the renewal.
+	if _, err := n.AcquireLeaseAuthority(ctx, "b", 2, a1.RenewedIndex); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("acquire expecting an old renewal: %v, want ErrStaleEpoch", err)
+	}
+	if got := authority(t, n); got != r {
+		t.Fatalf("authority after the refused takeover = %+v, want %+v", got, r)
+	}
+	if _, err := n.RenewLeaseAuthority(ctx, "a", 1); err != nil {
+		t.Fatalf("holder deposed by a refused takeover: %v", err)
+	}
+	cur := authority(t, n)
+	b, err := n.AcquireLeaseAuthority(ctx, "b", 2, cur.RenewedIndex)
+	if err != nil || b.Holder != "b" || b.Epoch != 2 {
+		t.Fatalf("acquire expecting the current renewal = %+v, %v", b, err)
+	}
+	if _, err := n.RenewLeaseAuthority(ctx, "a", 1); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("renewal after the takeover: %v, want ErrStaleEpoch", err)
 	}
 }

@@ -64,6 +64,20 @@ type options struct {
 	browserWatch Watcher
 	// extra are plain HTTP handlers mounted next to /health (extra.go).
 	extra []extraHandler
+	// readyChecks are added to /readyz.
+	readyChecks map[string]check
+}
+
+// WithReadyCheck adds a named check to /readyz (and /readyz/<name>): the
+// process's own components, such as a lease service, report there whether
+// they can do their job.
+func WithReadyCheck(name string, f func(context.Context) error) Option {
+	return func(o *options) {
+		if o.readyChecks == nil {
+			o.readyChecks = make(map[string]check)
+		}
+		o.readyChecks[name] = f
+	}
 }
 
 // WithLock serves v3lockpb.Lock with h (a *recipes.Service); without it
@@ -133,7 +147,7 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 	g.mount(etcdserverpbconnect.NewAuthHandler(etcdserverpbconnect.UnimplementedAuthHandler{}, hopts...))
 	g.mount(v3lockpbconnect.NewLockHandler(o.lock, hopts...))
 	g.mount(v3electionpbconnect.NewElectionHandler(o.election, hopts...))
-	g.installHTTPEndpoints()
+	g.installHTTPEndpoints(o.readyChecks)
 	for _, e := range o.extra {
 		g.misc.Handle(e.pattern, e.h)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -27,17 +28,19 @@ type health struct {
 	Reason string `json:"reason"`
 }
 
-func (g *Gateway) installHTTPEndpoints() {
+func (g *Gateway) installHTTPEndpoints(extraReady map[string]check) {
 	g.misc.HandleFunc("/health", g.serveHealth)
 	g.misc.HandleFunc("/version", serveVersion)
 	g.installChecks("/livez", map[string]check{
 		"serializable_read": g.readCheck(true),
 	})
-	g.installChecks("/readyz", map[string]check{
+	ready := map[string]check{
 		"data_corruption":   g.alarmCheck(pb.AlarmType_CORRUPT),
 		"serializable_read": g.readCheck(true),
 		"linearizable_read": g.readCheck(false),
-	})
+	}
+	maps.Copy(ready, extraReady)
+	g.installChecks("/readyz", ready)
 }
 
 // serveHealth answers {"health":"true","reason":""} with 200, or the first

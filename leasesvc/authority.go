@@ -3,21 +3,41 @@ package leasesvc
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/concord-kv/concord/consensus"
 )
 
 // authorityLoop acquires, renews and, when deposed, drops the lease
-// authority, every RenewInterval.
+// authority. The holder renews every RenewInterval, counted from the start
+// of the previous renewal so a slow one does not stretch the cadence; a
+// standby looks at the record every RenewInterval and, besides, wakes at
+// the exact moment the record it watches has gone unrenewed for
+// TakeoverTimeout, so a takeover is not delayed by a coarse poll.
 func (s *Service) authorityLoop(ctx context.Context) {
 	for {
+		start := s.clock.Now()
 		s.authorityStep(ctx)
 		select {
-		case <-s.clock.After(s.cfg.RenewInterval):
+		case <-s.clock.After(s.nextStep(start)):
 		case <-ctx.Done():
 			return
 		}
 	}
+}
+
+// nextStep is how long the authority loop waits after a round that started
+// at start.
+func (s *Service) nextStep(start time.Time) time.Duration {
+	now := s.clock.Now()
+	wait := start.Add(s.cfg.RenewInterval).Sub(now)
+	s.mu.Lock()
+	standby := s.epoch == 0
+	s.mu.Unlock()
+	if standby && s.observed && s.lastSeen.Epoch != 0 {
+		wait = min(wait, s.lastChange.Add(s.cfg.TakeoverTimeout).Sub(now))
+	}
+	return max(wait, 0)
 }
 
 // authorityStep is one round of the authority loop.
@@ -53,6 +73,9 @@ func (s *Service) standbyStep(ctx context.Context) {
 		return
 	}
 	now := s.clock.Now()
+	s.mu.Lock()
+	s.lastRead = now
+	s.mu.Unlock()
 	first := !s.observed
 	if first || a != s.lastSeen {
 		s.observed, s.lastSeen, s.lastChange = true, a, now
@@ -67,10 +90,16 @@ func (s *Service) standbyStep(ctx context.Context) {
 		return
 	}
 	start := s.clock.Now()
-	na, err := s.b.AcquireLeaseAuthority(ctx, s.cfg.Holder, a.Epoch+1)
+	// Conditional on the record being the one watched: a renewal this
+	// instance did not see makes the acquisition fail (consensus
+	// AcquireLeaseAuthority). So the holder's last successful renewal began
+	// before lastChange, and its last answered keep-alive (before that
+	// start plus TakeoverTimeout-RenewInterval) precedes this takeover by at
+	// least RenewInterval.
+	na, err := s.b.AcquireLeaseAuthority(ctx, s.cfg.Holder, a.Epoch+1, a.RenewedIndex)
 	if err != nil {
-		// Lost a race (ErrStaleEpoch) or consensus is unavailable; the next
-		// round observes the record again.
+		// Lost a race or missed a renewal (ErrStaleEpoch), or consensus is
+		// unavailable; the next round observes the record again.
 		s.lg.Info("acquiring the lease authority failed", "epoch", a.Epoch+1, "error", err)
 		return
 	}
@@ -89,7 +118,12 @@ func (s *Service) standbyStep(ctx context.Context) {
 // renew renews the authority; it reports false when the authority is lost.
 func (s *Service) renew(ctx context.Context, epoch uint64) bool {
 	start := s.clock.Now()
-	_, err := s.b.RenewLeaseAuthority(ctx, s.cfg.Holder, epoch)
+	// A renewal that completes after the validity it would grant has ended
+	// is no use; bounding it lets the next round try again (consensus may
+	// have a new leader by then) instead of hanging on a lost proposal.
+	rctx, cancel := context.WithTimeout(ctx, s.cfg.TakeoverTimeout-s.cfg.RenewInterval)
+	_, err := s.b.RenewLeaseAuthority(rctx, s.cfg.Holder, epoch)
+	cancel()
 	switch {
 	case err == nil:
 	case errors.Is(err, consensus.ErrStaleEpoch):

@@ -8,12 +8,19 @@ import (
 )
 
 // Defaults. MaxRevokesPerSecond is etcd's leaseRevokeRate.
+//
+// The authority term is short so that a standby takes over a dead holder in
+// about the time etcd needs to elect a new leader (its lessor lives on the
+// leader): a standby acts 1.5 s after the last renewal it saw, i.e. 1.25 to
+// 1.5 s after the holder died. Renewals come six times a term (a raft entry
+// each, as cheap as a small put), so the holder keeps answering keep-alives
+// through a second of failed or slow renewals, such as a raft election.
 const (
 	DefaultCheckInterval       = 100 * time.Millisecond
 	DefaultMaxRevokesPerSecond = 1000
 	DefaultMaxRevokeBatch      = 500
-	DefaultRenewInterval       = time.Second
-	DefaultTakeoverTimeout     = 5 * time.Second
+	DefaultRenewInterval       = 250 * time.Millisecond
+	DefaultTakeoverTimeout     = 1500 * time.Millisecond
 	DefaultRevokeRetryInterval = 3 * time.Second
 	DefaultReconcileInterval   = 30 * time.Second
 )
@@ -88,7 +95,7 @@ func (c *Config) SetDefaults() {
 		c.RenewInterval = DefaultRenewInterval
 	}
 	if c.TakeoverTimeout == 0 {
-		c.TakeoverTimeout = max(DefaultTakeoverTimeout, 3*c.RenewInterval)
+		c.TakeoverTimeout = max(DefaultTakeoverTimeout, 6*c.RenewInterval)
 	}
 	if c.RevokeRetryInterval == 0 {
 		c.RevokeRetryInterval = DefaultRevokeRetryInterval

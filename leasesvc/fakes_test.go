@@ -220,11 +220,11 @@ func (f *fakeBackend) LeaseAuthority(context.Context) (consensus.LeaseAuthority,
 	return f.auth, nil
 }
 
-func (f *fakeBackend) AcquireLeaseAuthority(_ context.Context, holder string, epoch uint64) (consensus.LeaseAuthority, error) {
+func (f *fakeBackend) AcquireLeaseAuthority(_ context.Context, holder string, epoch, renewedIndex uint64) (consensus.LeaseAuthority, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.index++
-	if epoch != f.auth.Epoch+1 {
+	if epoch != f.auth.Epoch+1 || renewedIndex != 0 && renewedIndex != f.auth.RenewedIndex {
 		return consensus.LeaseAuthority{}, consensus.ErrStaleEpoch
 	}
 	f.auth = consensus.LeaseAuthority{Holder: holder, Epoch: epoch, RenewedIndex: f.index}

@@ -14,9 +14,11 @@
 //     instance answers keep-alives only until TakeoverTimeout-RenewInterval
 //     after the start of its last successful renewal, while a standby takes
 //     over only after it has watched the record stay unrenewed for
-//     TakeoverTimeout; the new holder then loads every lease from consensus
-//     and gives each a full fresh TTL before expiring anything, as etcd does
-//     after a leader change. The same refresh follows any period in which the
+//     TakeoverTimeout, and only if the record is still the one it watched
+//     (the acquisition names its RenewedIndex, so a renewal the standby
+//     missed fails the takeover); the new holder then loads every lease
+//     from consensus and gives each a full fresh TTL before expiring
+//     anything, as etcd does after a leader change. The same refresh follows any period in which the
 //     active instance refused keep-alives because its renewals were failing.
 //   - Revokes are rate limited (MaxRevokesPerSecond, batches of at most
 //     MaxRevokeBatch), so a storm of expiries cannot stall writes; consensus
@@ -68,7 +70,7 @@ type Backend interface {
 	// RevokeExpiredLeases is the fenced revoke (consensus.ErrStaleEpoch).
 	RevokeExpiredLeases(ctx context.Context, epoch uint64, ids []int64) (consensus.RevokeExpiredResult, error)
 	LeaseAuthority(ctx context.Context) (consensus.LeaseAuthority, error)
-	AcquireLeaseAuthority(ctx context.Context, holder string, epoch uint64) (consensus.LeaseAuthority, error)
+	AcquireLeaseAuthority(ctx context.Context, holder string, epoch, renewedIndex uint64) (consensus.LeaseAuthority, error)
 	RenewLeaseAuthority(ctx context.Context, holder string, epoch uint64) (consensus.LeaseAuthority, error)
 	// Header is a response header as of now, for keep-alive and
 	// TimeToLive responses.
@@ -115,6 +117,7 @@ type Service struct {
 	limiter    *rate.Limiter
 	activeC    chan struct{} // closed once active; replaced on demotion
 	demoteC    chan struct{} // closed on demotion; replaced on promotion
+	lastRead   time.Time     // when a standby last read the authority record
 
 	// Owned by the authority loop.
 	observed      bool
@@ -212,6 +215,35 @@ func (s *Service) Active() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.activeLocked(s.clock.Now())
+}
+
+// ErrNotReady is wrapped by Ready's errors.
+var ErrNotReady = errors.New("leasesvc: not ready")
+
+// Ready reports whether this instance does its job: the active instance
+// while it answers keep-alives, a standby while it follows the authority
+// record (it read it within TakeoverTimeout), so that it can take over. A
+// standby is ready at once: it is a working replica, not a failed active.
+func (s *Service) Ready() error {
+	now := s.clock.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return fmt.Errorf("%w: %w", ErrNotReady, ErrClosed)
+	case s.epoch != 0 && !s.loaded:
+		return fmt.Errorf("%w: loading leases after acquiring epoch %d", ErrNotReady, s.epoch)
+	case s.epoch != 0 && !s.activeLocked(now):
+		return fmt.Errorf("%w: lease authority epoch %d not renewed since %v", ErrNotReady, s.epoch,
+			s.validUntil.Add(s.cfg.RenewInterval-s.cfg.TakeoverTimeout).Format(time.RFC3339Nano))
+	case s.epoch != 0:
+		return nil
+	case s.lastRead.IsZero():
+		return fmt.Errorf("%w: standby has not read the lease authority yet", ErrNotReady)
+	case now.Sub(s.lastRead) > s.cfg.TakeoverTimeout:
+		return fmt.Errorf("%w: standby last read the lease authority %v ago", ErrNotReady, now.Sub(s.lastRead))
+	}
+	return nil
 }
 
 // Epoch returns the authority epoch held, 0 when none.

@@ -472,7 +472,7 @@ func TestStaleRenewalDemotesAndFailsWaiters(t *testing.T) {
 	errc := make(chan error, 1)
 	go func() { _, err := s.KeepAlive(ctx, id); errc <- err }()
 	// Someone else takes epoch 2.
-	if _, err := b.AcquireLeaseAuthority(ctx, "b", 2); err != nil {
+	if _, err := b.AcquireLeaseAuthority(ctx, "b", 2, 0); err != nil {
 		t.Fatal(err)
 	}
 	s.authorityStep(ctx)

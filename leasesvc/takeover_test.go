@@ -204,7 +204,7 @@ func TestDeposedInstanceRevokesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	// b takes epoch 2 (a is partitioned and does not know).
-	if _, err := n.AcquireLeaseAuthority(ctx, "b", 2); err != nil {
+	if _, err := n.AcquireLeaseAuthority(ctx, "b", 2, 0); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(1100 * time.Millisecond) // the lease is past its deadline on a

@@ -157,14 +157,19 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 	defer leases.Close()
 
 	path, h := concordv1connect.NewLeaseKeepAliveServiceHandler(remote.KeepAliveServer{L: leases})
-	gw, err := gateway.New(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, log), cons, gateway.WithLease(leases), gateway.WithHTTPHandler(path, h))
+	gw, err := gateway.New(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, log), cons, gateway.WithLease(leases),
+		gateway.WithHTTPHandler(path, h),
+		gateway.WithReadyCheck("lease_authority", func(context.Context) error { return leases.Ready() }))
 	if err != nil {
 		return fmt.Errorf("starting the lease API: %w", err)
 	}
 	defer gw.Close()
+	// Serving starts at once, standby or not: a standby is a working
+	// replica (grants, revokes and listings go to consensus; keep-alives
+	// answer "no leader", which tells gateways to use the active one), and
+	// /readyz's lease_authority check says which it is.
 	return serveSplit(ctx, "leasesvc", gw, listeners, log, func(ctx context.Context, g *errgroup.Group) {
 		g.Go(func() error { return leases.Run(ctx) })
-		waitLeaseAuthority(ctx, leases, log)
 	})
 }
 

@@ -29,7 +29,7 @@ type Node interface {
 	CurrentRevision(ctx context.Context) (rev, compactRev int64, err error)
 	Header() *pb.ResponseHeader
 	LeaseAuthority(ctx context.Context) (consensus.LeaseAuthority, error)
-	AcquireLeaseAuthority(ctx context.Context, holder string, epoch uint64) (consensus.LeaseAuthority, error)
+	AcquireLeaseAuthority(ctx context.Context, holder string, epoch, renewedIndex uint64) (consensus.LeaseAuthority, error)
 	RenewLeaseAuthority(ctx context.Context, holder string, epoch uint64) (consensus.LeaseAuthority, error)
 	RevokeExpiredLeases(ctx context.Context, epoch uint64, ids []int64) (consensus.RevokeExpiredResult, error)
 	Leases(ctx context.Context) ([]storage.LeaseInfo, error)
@@ -91,7 +91,7 @@ func (s *Server) GetLeaseAuthority(ctx context.Context, _ *concordv1.GetLeaseAut
 
 // AcquireLeaseAuthority implements InternalServiceHandler.
 func (s *Server) AcquireLeaseAuthority(ctx context.Context, r *concordv1.LeaseAuthorityAcquire) (*concordv1.LeaseAuthorityResponse, error) {
-	a, err := s.n.AcquireLeaseAuthority(ctx, r.GetHolder(), r.GetEpoch())
+	a, err := s.n.AcquireLeaseAuthority(ctx, r.GetHolder(), r.GetEpoch(), r.GetRenewedIndex())
 	if err != nil {
 		return nil, gateway.TranslateError(err)
 	}

@@ -514,8 +514,9 @@ func (c *Consensus) LeaseAuthority(ctx context.Context) (consensus.LeaseAuthorit
 }
 
 // AcquireLeaseAuthority implements leasesvc.Backend.
-func (c *Consensus) AcquireLeaseAuthority(ctx context.Context, holder string, epoch uint64) (consensus.LeaseAuthority, error) {
-	resp, err := unary(c, ctx, false, internalOf, concordv1connect.InternalServiceClient.AcquireLeaseAuthority, &concordv1.LeaseAuthorityAcquire{Holder: holder, Epoch: epoch},
+func (c *Consensus) AcquireLeaseAuthority(ctx context.Context, holder string, epoch, renewedIndex uint64) (consensus.LeaseAuthority, error) {
+	resp, err := unary(c, ctx, false, internalOf, concordv1connect.InternalServiceClient.AcquireLeaseAuthority,
+		&concordv1.LeaseAuthorityAcquire{Holder: holder, Epoch: epoch, RenewedIndex: renewedIndex},
 		(*concordv1.LeaseAuthorityResponse).GetHeader)
 	if err != nil {
 		return consensus.LeaseAuthority{}, err

@@ -3,7 +3,10 @@ package remote
 import (
 	"context"
 	"sync"
+	"sync/atomic"
+	"time"
 
+	"connectrpc.com/connect"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
 	"github.com/concord-kv/concord/gateway"
@@ -14,15 +17,39 @@ import (
 // Lease is a lease service reached over the network; it implements
 // gateway.Lease. Grants, revokes, listings and TimeToLive use etcd's Lease
 // service of the lease process; each keep-alive is one unary call of
-// concord.v1.LeaseKeepAliveService. With several lease services it uses one
-// until it answers Unavailable (gone, or a standby's "no leader"), then the
-// next, so calls find the active instance.
+// concord.v1.LeaseKeepAliveService.
+//
+// With several lease services (one active, standbys) it sends calls to the
+// one that last answered as the active one. A keep-alive or TimeToLive that
+// one refuses (gone, or "no leader" from a standby or a holder whose
+// authority lapsed) is sent at once to the others, and while none is active
+// (a takeover under way) it is held and re-sent every leaseProbeInterval
+// for up to leaseFailoverWait, by one caller at a time while the others wait
+// for its outcome, so that a client's keep-alive stream survives a takeover
+// instead of breaking and backing off. Keep-alives and TimeToLive are
+// idempotent, so re-sending one that may have reached a dying instance is
+// safe; grants and revokes are re-sent only when they were never sent.
 type Lease struct {
 	targets   []leaseTarget
-	rot       rotation
+	active    atomic.Uint32 // index of the target that last answered
 	header    func() *pb.ResponseHeader
 	closeOnce sync.Once
+
+	mu     sync.Mutex
+	search chan struct{} // closed when the caller probing for the active ends; nil if none
 }
+
+// Failover timing of Lease (variables for tests).
+var (
+	// leaseFailoverWait bounds how long a keep-alive is held while no lease
+	// service answers as the active one; past it the client gets the "no
+	// leader" answer and retries on its own, as with etcd's request timeout.
+	leaseFailoverWait = 5 * time.Second
+	// leaseProbeInterval is how often the held call is re-sent during a
+	// takeover: a standby acts at a precise moment (leasesvc), so finding it
+	// a few tens of milliseconds later is all the delay the gateway adds.
+	leaseProbeInterval = 25 * time.Millisecond
+)
 
 type leaseTarget struct {
 	ep    *Endpoint
@@ -48,7 +75,6 @@ func NewLease(urls string, header func() *pb.ResponseHeader) (*Lease, error) {
 			ka:    concordv1connect.NewLeaseKeepAliveServiceClient(ep.client, ep.URL, internalOpts()...),
 		})
 	}
-	l.rot.n = uint32(len(l.targets))
 	return l, nil
 }
 
@@ -62,39 +88,148 @@ func (l *Lease) Close() error {
 	return nil
 }
 
-func leaseCall[Req, Resp any](l *Lease, f func(leaseTarget) func(context.Context, *Req) (*Resp, error), ctx context.Context, r *Req) (*Resp, error) {
-	i := l.rot.pick()
-	resp, err := f(l.targets[i])(ctx, r)
-	l.rot.done(i, err)
+// refused reports whether err says the target is not the active lease
+// service: its "no leader" (Unavailable), or the connection failed.
+func refused(err error) bool {
+	if err == nil {
+		return false
+	}
+	_, transport := classify(err)
+	return transport || connect.CodeOf(err) == connect.CodeUnavailable
+}
+
+// round sends r to the target that last answered and, while targets refuse
+// it, to each other one once, in order. ok is false when every target
+// refused. A refused call goes on to the next target if it is idempotent,
+// and otherwise only if it was never sent (the connection failed).
+func round[Req, Resp any](l *Lease, f func(leaseTarget) func(context.Context, *Req) (*Resp, error), ctx context.Context, r *Req,
+	idempotent bool) (resp *Resp, err error, ok bool) {
+	first := l.active.Load()
+	n := uint32(len(l.targets))
+	for k := range n {
+		i := (first + k) % n
+		resp, err = f(l.targets[i])(ctx, r)
+		if !refused(err) {
+			l.active.Store(i)
+			return resp, err, true
+		}
+		if ctx.Err() != nil {
+			return nil, err, true
+		}
+		if sent, _ := classify(err); sent && !idempotent {
+			if n > 1 {
+				// Later calls start with the next target.
+				l.active.CompareAndSwap(i, (i+1)%n)
+			}
+			return nil, err, true
+		}
+	}
+	return nil, err, false
+}
+
+// leaseCall makes a call that any lease service can answer (grants, revokes
+// and listings go to consensus through it).
+func leaseCall[Req, Resp any](l *Lease, f func(leaseTarget) func(context.Context, *Req) (*Resp, error), ctx context.Context, r *Req,
+	idempotent bool) (*Resp, error) {
+	resp, err, _ := round(l, f, ctx, r, idempotent)
 	return resp, fromWire(err)
+}
+
+// activeCall makes an idempotent call only the active lease service
+// answers, holding it through a takeover (see Lease).
+func activeCall[Req, Resp any](l *Lease, f func(leaseTarget) func(context.Context, *Req) (*Resp, error), ctx context.Context, r *Req) (*Resp, error) {
+	deadline := time.Now().Add(leaseFailoverWait)
+	for {
+		resp, err, ok := round(l, f, ctx, r, true)
+		if ok || ctx.Err() != nil || !time.Now().Before(deadline) {
+			return resp, fromWire(err)
+		}
+		search, prober := l.joinSearch()
+		if !prober {
+			// Another caller is probing: wait for its outcome, then try.
+			t := time.NewTimer(time.Until(deadline))
+			select {
+			case <-search:
+			case <-t.C:
+			case <-ctx.Done():
+			}
+			t.Stop()
+			continue
+		}
+		resp, err, ok = probe(l, f, ctx, r, deadline)
+		l.endSearch(search)
+		if ok || ctx.Err() != nil || !time.Now().Before(deadline) {
+			return resp, fromWire(err)
+		}
+	}
+}
+
+// probe re-sends r every leaseProbeInterval until a target answers it as
+// the active lease service, ctx ends or deadline passes.
+func probe[Req, Resp any](l *Lease, f func(leaseTarget) func(context.Context, *Req) (*Resp, error), ctx context.Context, r *Req,
+	deadline time.Time) (resp *Resp, err error, ok bool) {
+	for {
+		t := time.NewTimer(min(leaseProbeInterval, time.Until(deadline)))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err(), true
+		}
+		resp, err, ok = round(l, f, ctx, r, true)
+		if ok || !time.Now().Before(deadline) {
+			return resp, err, ok
+		}
+	}
+}
+
+// joinSearch returns the channel closed when the current probe ends, and
+// whether the caller is to do the probing (no probe was under way).
+func (l *Lease) joinSearch() (chan struct{}, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.search != nil {
+		return l.search, false
+	}
+	l.search = make(chan struct{})
+	return l.search, true
+}
+
+func (l *Lease) endSearch(c chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.search == c {
+		l.search = nil
+	}
+	close(c)
 }
 
 // LeaseGrant implements gateway.Lease.
 func (l *Lease) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
 	return leaseCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
 		return t.lease.LeaseGrant
-	}, ctx, r)
+	}, ctx, r, false)
 }
 
 // LeaseRevoke implements gateway.Lease.
 func (l *Lease) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
 	return leaseCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
 		return t.lease.LeaseRevoke
-	}, ctx, r)
+	}, ctx, r, false)
 }
 
 // LeaseLeases implements gateway.Lease.
 func (l *Lease) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
 	return leaseCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
 		return t.lease.LeaseLeases
-	}, ctx, r)
+	}, ctx, r, true)
 }
 
 // LeaseTimeToLive implements gateway.Lease. The lease process's gateway
 // already answers a missing lease with TTL -1, so that answer passes
 // through unchanged.
 func (l *Lease) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
-	return leaseCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
+	return activeCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
 		return t.lease.LeaseTimeToLive
 	}, ctx, r)
 }
@@ -103,7 +238,7 @@ func (l *Lease) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveReques
 // storage.ErrLeaseNotFound (through fromWire), which the gateway answers
 // with TTL 0 as in process.
 func (l *Lease) LeaseKeepAlive(ctx context.Context, r *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error) {
-	return leaseCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error) {
+	return activeCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error) {
 		return t.ka.KeepAlive
 	}, ctx, r)
 }

@@ -44,7 +44,7 @@ func (fakeNode) Header() *pb.ResponseHeader                            { return 
 func (fakeNode) LeaseAuthority(context.Context) (consensus.LeaseAuthority, error) {
 	return consensus.LeaseAuthority{Holder: "a", Epoch: 2, RenewedIndex: 40}, nil
 }
-func (fakeNode) AcquireLeaseAuthority(_ context.Context, h string, e uint64) (consensus.LeaseAuthority, error) {
+func (fakeNode) AcquireLeaseAuthority(_ context.Context, h string, e, _ uint64) (consensus.LeaseAuthority, error) {
 	return consensus.LeaseAuthority{Holder: h, Epoch: e + 1, RenewedIndex: 41}, nil
 }
 func (fakeNode) RenewLeaseAuthority(context.Context, string, uint64) (consensus.LeaseAuthority, error) {
@@ -125,7 +125,7 @@ func TestConsensusClientRoundTrip(t *testing.T) {
 	if rev, compact, err := c.CurrentRevision(ctx); rev != 12 || compact != 4 || err != nil {
 		t.Fatalf("CurrentRevision = %d %d %v", rev, compact, err)
 	}
-	if a, err := c.AcquireLeaseAuthority(ctx, "me", 2); err != nil || a.Holder != "me" || a.Epoch != 3 || a.RenewedIndex != 41 {
+	if a, err := c.AcquireLeaseAuthority(ctx, "me", 2, 0); err != nil || a.Holder != "me" || a.Epoch != 3 || a.RenewedIndex != 41 {
 		t.Fatalf("Acquire = %+v %v", a, err)
 	}
 	if _, err := c.RenewLeaseAuthority(ctx, "me", 3); !errors.Is(err, consensus.ErrStaleEpoch) {
@@ -179,6 +179,8 @@ func TestLeaseKeepAliveRoundTrip(t *testing.T) {
 	if _, err := l.LeaseKeepAlive(ctx, &pb.LeaseKeepAliveRequest{ID: 3}); !errors.Is(err, storage.ErrLeaseNotFound) {
 		t.Fatalf("keep-alive of a missing lease: %v", err)
 	}
+	// A standby's refusal is held for the failover wait, then answered.
+	defer remote.SetLeaseFailoverForTest(200*time.Millisecond, 20*time.Millisecond)()
 	if _, err := l.LeaseKeepAlive(ctx, &pb.LeaseKeepAliveRequest{ID: 2}); !errors.Is(err, consensus.ErrNoLeader) {
 		t.Fatalf("keep-alive on a standby: %v, want no leader", err)
 	}

@@ -405,9 +405,10 @@ func (c *Cluster) levels() [][]string {
 // StartAll starts every service that is not running, in dependency order
 // with compose's semantics (a dependency must have started; with condition
 // service_healthy, it must also be ready), and waits until every one is
-// ready. Starting without waiting for readiness matters: a standby lease
-// service reports ready only after a while, and the gateways (and the
-// clients keeping leases alive through them) must not wait for it.
+// ready. Starting without waiting for readiness lets services whose
+// dependencies need only be started come up side by side (a standby lease
+// service is ready at once, but consensus members are not until a quorum
+// runs).
 func (c *Cluster) StartAll(ctx context.Context) error {
 	healthy := map[string]bool{}
 	for _, s := range c.services {

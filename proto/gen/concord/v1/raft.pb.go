@@ -283,11 +283,17 @@ func (x *LeaseAuthority) GetRenewedIndex() uint64 {
 }
 
 // LeaseAuthorityAcquire takes the authority. It applies only if epoch is the
-// current epoch plus one, so of several racing candidates exactly one wins.
+// current epoch plus one, so of several racing candidates exactly one wins,
+// and, when renewed_index is set, only if the record's renewed_index is still
+// that one: a standby takes over a holder whose renewals it watched stop, and
+// a renewal it did not see (its member lagged, or the renewal was in flight)
+// makes the takeover fail instead of deposing a holder that is still
+// answering keep-alives.
 type LeaseAuthorityAcquire struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Holder        string                 `protobuf:"bytes,1,opt,name=holder,proto3" json:"holder,omitempty"`
 	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	RenewedIndex  uint64                 `protobuf:"varint,3,opt,name=renewed_index,json=renewedIndex,proto3" json:"renewed_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -332,6 +338,13 @@ func (x *LeaseAuthorityAcquire) GetHolder() string {
 func (x *LeaseAuthorityAcquire) GetEpoch() uint64 {
 	if x != nil {
 		return x.Epoch
+	}
+	return 0
+}
+
+func (x *LeaseAuthorityAcquire) GetRenewedIndex() uint64 {
+	if x != nil {
+		return x.RenewedIndex
 	}
 	return 0
 }
@@ -530,10 +543,11 @@ const file_concord_v1_raft_proto_rawDesc = "" +
 	"\x0eLeaseAuthority\x12\x16\n" +
 	"\x06holder\x18\x01 \x01(\tR\x06holder\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12#\n" +
-	"\rrenewed_index\x18\x03 \x01(\x04R\frenewedIndex\"E\n" +
+	"\rrenewed_index\x18\x03 \x01(\x04R\frenewedIndex\"j\n" +
 	"\x15LeaseAuthorityAcquire\x12\x16\n" +
 	"\x06holder\x18\x01 \x01(\tR\x06holder\x12\x14\n" +
-	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\"C\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12#\n" +
+	"\rrenewed_index\x18\x03 \x01(\x04R\frenewedIndex\"C\n" +
 	"\x13LeaseAuthorityRenew\x12\x16\n" +
 	"\x06holder\x18\x01 \x01(\tR\x06holder\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\"<\n" +

@@ -1,0 +1,47 @@
+package gateway_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/concord-kv/concord/gateway"
+)
+
+// A process's own component adds its check to /readyz (a lease service
+// reports whether it is an active holder or a following standby).
+func TestWithReadyCheck(t *testing.T) {
+	var failing atomic.Bool
+	g, err := gateway.New(gateway.Config{}, newFake(), gateway.WithReadyCheck("lease_authority", func(context.Context) error {
+		if failing.Load() {
+			return errors.New("not renewed")
+		}
+		return nil
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = g.Close() })
+	get := func(path string) (int, string) {
+		rec := httptest.NewRecorder()
+		g.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		return rec.Code, rec.Body.String()
+	}
+	if code, body := get("/readyz?verbose"); code != 200 || !strings.Contains(body, "[+]lease_authority ok") || !strings.Contains(body, "[+]linearizable_read ok") {
+		t.Fatalf("/readyz?verbose = %d %q", code, body)
+	}
+	failing.Store(true)
+	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, "[-]lease_authority failed: not renewed") {
+		t.Fatalf("/readyz with the check failing = %d %q", code, body)
+	}
+	if code, _ := get("/readyz?exclude=lease_authority"); code != 200 {
+		t.Fatalf("/readyz excluding the check = %d", code)
+	}
+	if code, _ := get("/livez"); code != 200 {
+		t.Fatalf("/livez = %d (the check is a readiness one only)", code)
+	}
+}

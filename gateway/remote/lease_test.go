@@ -1,0 +1,118 @@
+package remote_test
+
+import (
+	"context"
+	"errors"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
+	"github.com/concord-kv/concord/gateway"
+	"github.com/concord-kv/concord/gateway/remote"
+	"github.com/concord-kv/concord/leasesvc"
+	"github.com/concord-kv/concord/proto/gen/concord/v1/concordv1connect"
+)
+
+// switchLease is a lease service that is active or a standby ("no leader")
+// and counts the keep-alives it receives.
+type switchLease struct {
+	gateway.Lease
+	active atomic.Bool
+	calls  atomic.Int64
+}
+
+func (s *switchLease) LeaseKeepAlive(_ context.Context, r *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error) {
+	s.calls.Add(1)
+	if !s.active.Load() {
+		return nil, leasesvc.ErrNotActive
+	}
+	return &pb.LeaseKeepAliveResponse{Header: hdr, ID: r.GetID(), TTL: 30}, nil
+}
+
+func serveSwitchLease(t *testing.T, s *switchLease) *httptest.Server {
+	t.Helper()
+	var srv *httptest.Server
+	path, h := concordv1connect.NewLeaseKeepAliveServiceHandler(remote.KeepAliveServer{L: s})
+	h2cServer(t, path, h, func(s *httptest.Server) { srv = s })
+	return srv
+}
+
+// The active lease service is killed and the standby takes over a little
+// later: keep-alives sent meanwhile are held and answered by the new active
+// service as soon as it takes over (the client sees no error), one caller
+// probes for it while the others wait, and later calls go straight to it.
+func TestLeaseSwitchesToTheActiveService(t *testing.T) {
+	defer remote.SetLeaseFailoverForTest(5*time.Second, 20*time.Millisecond)()
+	a, b := &switchLease{}, &switchLease{}
+	a.active.Store(true)
+	srvA, srvB := serveSwitchLease(t, a), serveSwitchLease(t, b)
+	// b first: a gateway starting on a standby finds the active at once.
+	l, err := remote.NewLease(srvB.URL+","+srvA.URL, func() *pb.ResponseHeader { return hdr })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for range 3 {
+		if r, err := l.LeaseKeepAlive(ctx, &pb.LeaseKeepAliveRequest{ID: 7}); err != nil || r.GetTTL() != 30 {
+			t.Fatalf("keep-alive = %v, %v", r, err)
+		}
+	}
+	if a.calls.Load() != 3 || b.calls.Load() != 1 {
+		t.Fatalf("calls a=%d b=%d, want 3 and 1 (the standby asked once, then the active one only)", a.calls.Load(), b.calls.Load())
+	}
+
+	// Kill a; b takes over 300ms later.
+	srvA.CloseClientConnections()
+	srvA.Close()
+	const takeoverAfter = 300 * time.Millisecond
+	killed := time.Now()
+	b.calls.Store(0)
+	timer := time.AfterFunc(takeoverAfter, func() { b.active.Store(true) })
+	defer timer.Stop()
+	const clients = 20
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	took := make(chan time.Duration, clients)
+	for i := range clients {
+		wg.Go(func() {
+			r, err := l.LeaseKeepAlive(ctx, &pb.LeaseKeepAliveRequest{ID: int64(100 + i)})
+			if err == nil && r.GetTTL() != 30 {
+				err = errors.New("wrong TTL")
+			}
+			errs <- err
+			took <- time.Since(killed)
+		})
+	}
+	wg.Wait()
+	close(errs)
+	close(took)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("keep-alive held through the takeover failed: %v", err)
+		}
+	}
+	var slowest time.Duration
+	for d := range took {
+		slowest = max(slowest, d)
+		if d < takeoverAfter {
+			t.Fatalf("answered %v after the kill, before the takeover", d)
+		}
+	}
+	// One prober re-sends every 20ms; the waiters retry once it finds b.
+	// Without coalescing every caller would probe: 20 x 15 calls.
+	if n := b.calls.Load(); n > 3*clients+int64(takeoverAfter/(20*time.Millisecond))*2 {
+		t.Fatalf("b received %d keep-alives during a takeover of %v for %d callers", n, takeoverAfter, clients)
+	}
+	t.Logf("keep-alives answered %v after the kill (takeover after %v); b received %d calls", slowest, takeoverAfter, b.calls.Load())
+
+	b.calls.Store(0)
+	if _, err := l.LeaseKeepAlive(ctx, &pb.LeaseKeepAliveRequest{ID: 7}); err != nil || b.calls.Load() != 1 {
+		t.Fatalf("after the switch: %v, b calls %d (want straight to b)", err, b.calls.Load())
+	}
+}
