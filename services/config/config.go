@@ -58,7 +58,7 @@ type Server struct {
 	EnablePprof bool
 
 	// LeanHTTP2 serves gRPC (HTTP/2 prior knowledge) with the gateway's own
-	// HTTP/2 server, gateway/h2server (--experimental-lean-http2, on by
+	// HTTP/2 server, gateway/h2server (--lean-http2, on by
 	// default).
 	LeanHTTP2 bool
 }
@@ -70,7 +70,7 @@ const (
 	MinWatchProgressNotifyInterval     = 100 * time.Millisecond
 )
 
-// leanHTTP2Usage documents --experimental-lean-http2, on by default since it
+// leanHTTP2Usage documents --lean-http2, on by default since it
 // passed the gateway and e2e suites and cut server CPU per request by 19-41%
 // (docs/benchmarks.md); =false is the way back to net/http's HTTP/2 server.
 const leanHTTP2Usage = "serve gRPC clients (cleartext HTTP/2) with concord's own lean HTTP/2 server; =false serves them with Go's net/http HTTP/2 server"
@@ -95,7 +95,7 @@ const (
 	fWatchProgressNotify = "watch-progress-notify-interval"
 	fLogLevel            = "log-level"
 	fEnablePprof         = "enable-pprof"
-	fLeanHTTP2           = "experimental-lean-http2"
+	fLeanHTTP2           = "lean-http2"
 	fConfigFile          = "config-file"
 )
 

@@ -145,13 +145,13 @@ func TestEnablePprof(t *testing.T) {
 	}
 }
 
-// --experimental-lean-http2 is on by default and can be turned off.
+// --lean-http2 is on by default and can be turned off.
 func TestLeanHTTP2Flag(t *testing.T) {
 	c, err := load(t)
 	if err != nil || !c.LeanHTTP2 {
 		t.Fatalf("default: lean=%v err=%v", c.LeanHTTP2, err)
 	}
-	if c, err = load(t, "--experimental-lean-http2=false"); err != nil || c.LeanHTTP2 {
+	if c, err = load(t, "--lean-http2=false"); err != nil || c.LeanHTTP2 {
 		t.Errorf("=false: lean=%v err=%v", c.LeanHTTP2, err)
 	}
 }

@@ -133,7 +133,7 @@ type Split struct {
 	WatchProgressNotifyInterval time.Duration
 	LogLevel                    slog.Level
 	EnablePprof                 bool
-	// LeanHTTP2 is Server.LeanHTTP2 (--experimental-lean-http2).
+	// LeanHTTP2 is Server.LeanHTTP2 (--lean-http2).
 	LeanHTTP2 bool
 }
 

@@ -33,7 +33,7 @@ const (
 var errNotReady = errors.New("server did not become ready")
 
 // leanHTTP2Env picks the HTTP/2 server of every concord process: unset, the
-// binary's default (gateway/h2server); 1 or 0, --experimental-lean-http2=true
+// binary's default (gateway/h2server); 1 or 0, --lean-http2=true
 // or =false, so the same scenarios run over net/http's server too (the CI
 // runs a subset so).
 const leanHTTP2Env = "CONCORD_E2E_LEAN_HTTP2"
@@ -42,9 +42,9 @@ const leanHTTP2Env = "CONCORD_E2E_LEAN_HTTP2"
 func leanHTTP2Flag() string {
 	switch os.Getenv(leanHTTP2Env) {
 	case "1":
-		return "--experimental-lean-http2=true"
+		return "--lean-http2=true"
 	case "0":
-		return "--experimental-lean-http2=false"
+		return "--lean-http2=false"
 	}
 	return ""
 }
