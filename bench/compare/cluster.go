@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -135,6 +136,21 @@ func (c *Cluster) Usage() (Usage, error) {
 		sum.CPU += u.CPU
 	}
 	return sum, nil
+}
+
+// RoleCPU is the CPU time so far of the running processes by role, and of
+// the benchmark client itself under "client".
+func (c *Cluster) RoleCPU() map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for i, s := range c.Procs {
+		if u, err := s.Usage(); err == nil {
+			out[c.Specs[i].Role] += u.CPU
+		}
+	}
+	if u, err := ProcUsage(os.Getpid()); err == nil {
+		out[RoleClient] = u.CPU
+	}
+	return out
 }
 
 // Endpoints returns the client endpoints of the processes with role, in

@@ -94,6 +94,8 @@ func WriteClusterMarkdown(w io.Writer, r *Report, notes, svgName string) error {
 	p("For the resume case the \"rate\" is meaningless; the latencies are the times from SIGKILL to the first\n")
 	p("successful put sent after it, one per kill.\n")
 
+	writeRoleCPU(&b, r)
+
 	p("\n## Latency percentiles\n\n![latency percentiles, etcd vs concord split topology](%s)\n\n", svgName)
 	p("Primary operation of each workload, log scale; a missing bar means the run failed or the workload\n")
 	p("does not run on that system.\n")
@@ -126,4 +128,67 @@ func clusterOf(impl string) string {
 		return Concord
 	}
 	return impl
+}
+
+// cpuRoles are the columns of the CPU breakdown, in pipeline order.
+var cpuRoles = []string{RoleClient, RoleEtcd, RoleConsensus, RoleGateway, RoleWatchfanout, RoleLeasesvc}
+
+// RoleShare is one role's median CPU during a case's timed phase.
+type RoleShare struct {
+	PerOp time.Duration // CPU per primary operation
+	Cores float64       // CPU time over the timed phase's wall time
+}
+
+// RoleCPU returns the medians over the successful runs of impl of each
+// role's CPU per primary operation and cores busy.
+func (c *CaseResult) RoleCPU(impl string) map[string]RoleShare {
+	perOp, cores := map[string][]float64{}, map[string][]float64{}
+	for _, sm := range c.Samples[impl] {
+		if sm.Result == nil || len(sm.RoleCPU) == 0 {
+			continue
+		}
+		o := sm.Result.Primary()
+		if o.Count == 0 || o.Elapsed <= 0 {
+			continue
+		}
+		for _, role := range cpuRoles {
+			d := float64(sm.RoleCPU[role])
+			perOp[role] = append(perOp[role], d/float64(o.Count))
+			cores[role] = append(cores[role], d/float64(o.Elapsed))
+		}
+	}
+	if len(perOp) == 0 {
+		return nil
+	}
+	out := map[string]RoleShare{}
+	for role, xs := range perOp {
+		out[role] = RoleShare{PerOp: time.Duration(Median(xs)), Cores: Median(cores[role])}
+	}
+	return out
+}
+
+func writeRoleCPU(b *strings.Builder, r *Report) {
+	p := func(format string, a ...any) { fmt.Fprintf(b, format, a...) }
+	p("\n## Where the CPU goes\n\n")
+	p("CPU per operation of each role during the timed phase (medians), and in brackets the cores it kept\n")
+	p("busy; \"client\" is the benchmark process itself. The machine has %d.\n\n", r.Env.CPUs)
+	p("| workload | system | %s |\n|---|---|%s\n", strings.Join(cpuRoles, " | "), strings.Repeat("---:|", len(cpuRoles)))
+	for _, c := range r.Cases {
+		for _, impl := range r.impls() {
+			shares := c.RoleCPU(impl)
+			if shares == nil {
+				continue
+			}
+			p("| %s | %s |", c.ID, impl)
+			for _, role := range cpuRoles {
+				sh, ok := shares[role]
+				if !ok || (sh.PerOp == 0 && role != RoleClient) {
+					p(" — |")
+					continue
+				}
+				p(" %s (%.2f) |", fmtMicros(sh.PerOp), sh.Cores)
+			}
+			p("\n")
+		}
+	}
 }

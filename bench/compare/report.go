@@ -36,6 +36,9 @@ type Sample struct {
 	Err       string
 	ServerCPU time.Duration // server user+system time during the timed phase
 	RSS       int64         // server RSS right after the timed phase
+	// RoleCPU is the CPU of each role of a cluster (and of the client)
+	// during the timed phase.
+	RoleCPU map[string]time.Duration `json:",omitempty"`
 }
 
 // MemSample is one round's memory of one server.
@@ -52,6 +55,9 @@ type CaseResult struct {
 	ID, Title, Workload, Params string
 	Targets                     []Target
 	Samples                     map[string][]Sample // by implementation
+	// Custom marks a measurement of the comparison tool itself, not a
+	// `concord bench` workload.
+	Custom bool `json:",omitempty"`
 }
 
 // Report is a whole comparison.
@@ -488,7 +494,11 @@ func writeWorkloads(b *strings.Builder, r *Report) {
 	p("Medians over the rounds of each percentile; server CPU is the server process's user+system time\n")
 	p("during the timed phase divided by the operations (it includes everything the server did meanwhile).\n")
 	for _, c := range r.Cases {
-		p("\n### %s\n\n`concord bench %s` with %s\n\n", c.Title, c.Workload, c.Params)
+		if c.Custom {
+			p("\n### %s\n\n`%s` (a measurement of `concord bench compare`) with %s\n\n", c.Title, c.Workload, c.Params)
+		} else {
+			p("\n### %s\n\n`concord bench %s` with %s\n\n", c.Title, c.Workload, c.Params)
+		}
 		p("| server | op | rate/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | server CPU/op | failed requests | failed runs |\n")
 		p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, op := range c.opNames(r.impls()) {

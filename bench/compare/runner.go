@@ -192,7 +192,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cases := cfg.selected()
 	for _, cs := range cases {
 		rep.Cases = append(rep.Cases, &CaseResult{ID: cs.ID, Title: cs.Title, Workload: cs.Workload(), Params: cs.Params(),
-			Targets: cs.Targets, Samples: map[string][]Sample{}})
+			Targets: cs.Targets, Samples: map[string][]Sample{}, Custom: cs.Custom != nil})
 	}
 	if cfg.Topology == TopologyCluster {
 		rep.Topology, rep.Impls, rep.RSSKeys = TopologyCluster, ClusterImpls, 0
@@ -354,6 +354,8 @@ func runOne(ctx context.Context, cfg Config, cs Case, sys System, m meter, round
 	defer cancel()
 	sm := Sample{Round: round}
 	var before, after Usage
+	var rolesBefore, rolesAfter map[string]time.Duration
+	roles, _ := m.(interface{ RoleCPU() map[string]time.Duration })
 	var sampleErr error
 	env := bench.Env{
 		Client:   bench.ClientConfig{Endpoints: sys.endpoints(cs.MaxEndpoints), Conns: cs.Conns, Clients: cs.Clients},
@@ -363,10 +365,14 @@ func runOne(ctx context.Context, cfg Config, cs Case, sys System, m meter, round
 			if err != nil {
 				sampleErr = err
 			}
+			var r map[string]time.Duration
+			if roles != nil {
+				r = roles.RoleCPU()
+			}
 			if timed {
-				before = u
+				before, rolesBefore = u, r
 			} else {
-				after = u
+				after, rolesAfter = u, r
 			}
 		},
 	}
@@ -389,6 +395,14 @@ func runOne(ctx context.Context, cfg Config, cs Case, sys System, m meter, round
 		sm.ServerCPU = after.CPU - before.CPU
 	}
 	sm.RSS = after.RSS
+	if rolesBefore != nil && rolesAfter != nil {
+		sm.RoleCPU = map[string]time.Duration{}
+		for role, cpu := range rolesAfter {
+			if d := cpu - rolesBefore[role]; d > 0 {
+				sm.RoleCPU[role] = d
+			}
+		}
+	}
 	return sm
 }
 

@@ -15,6 +15,8 @@ const (
 	RoleGateway     = "gateway"
 	RoleWatchfanout = "watchfanout"
 	RoleLeasesvc    = "leasesvc"
+	// RoleClient labels the benchmark process's own CPU in a breakdown.
+	RoleClient = "client"
 )
 
 // ProcSpec is one process of a generated topology: everything needed to
