@@ -355,7 +355,9 @@ func runOne(ctx context.Context, cfg Config, cs Case, sys System, m meter, round
 	sm := Sample{Round: round}
 	var before, after Usage
 	var rolesBefore, rolesAfter map[string]time.Duration
-	roles, _ := m.(interface{ RoleCPU() map[string]time.Duration })
+	roles, _ := m.(interface {
+		RoleCPU() map[string]time.Duration
+	})
 	var sampleErr error
 	env := bench.Env{
 		Client:   bench.ClientConfig{Endpoints: sys.endpoints(cs.MaxEndpoints), Conns: cs.Conns, Clients: cs.Clients},
