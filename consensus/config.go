@@ -76,6 +76,14 @@ type Config struct {
 	// path for watchers and leases; they repair anything it loses from
 	// history, so Publish errors are logged, never fatal.
 	Events eventbus.Publisher
+	// EventsFromLeaderOnly makes only the raft leader publish revisions and
+	// beats, for when all members' Events reach one shared bus (the
+	// embedded NATS servers joined in a cluster): every revision then
+	// crosses the bus once, not once per member. Consumers repair whatever
+	// a leader change loses (published by no one) and drop what it
+	// duplicates (published by the old and the new leader) from the
+	// contiguity of revisions and the beats, as for any bus loss.
+	EventsFromLeaderOnly bool
 	// ProgressInterval is how often a progress beat is published; it bounds
 	// how long a watcher can miss a revision whose message the bus lost.
 	ProgressInterval time.Duration

@@ -19,6 +19,12 @@ var (
 	// ErrTimeout, so callers that map ErrTimeout keep working.
 	ErrTimeoutLeaderFail = fmt.Errorf("%w, possibly due to previous leader failure", ErrTimeout)
 
+	// ErrTimeoutConnectionLost is etcd's ErrTimeoutDueToConnectionLost:
+	// the connection to the member carrying a request broke after the
+	// request was sent, so whether it was applied is unknown (the split
+	// topology's remote client; it wraps ErrTimeout too).
+	ErrTimeoutConnectionLost = fmt.Errorf("%w, possibly due to connection lost", ErrTimeout)
+
 	// ErrLeaseTTLTooLarge is etcd's lease.ErrLeaseTTLTooLarge (addition to
 	// the team contract; gateway maps it to rpctypes.ErrGRPCLeaseTTLTooLarge).
 	ErrLeaseTTLTooLarge = errors.New("lease: TTL is too large")

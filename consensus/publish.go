@@ -11,7 +11,7 @@ import (
 // It runs on the raft loop after the batch is durable, so the bus only ever
 // carries committed history, in order.
 func (n *Node) publish(revs []storage.RevisionEvents) {
-	if n.cfg.Events == nil || len(revs) == 0 {
+	if !n.publishes() || len(revs) == 0 {
 		return
 	}
 	out := busRevisions(revs)
@@ -26,13 +26,20 @@ func (n *Node) publish(revs []storage.RevisionEvents) {
 // maybeBeat publishes the current revision when nothing was published for
 // ProgressInterval, so consumers notice a lost last message quickly.
 func (n *Node) maybeBeat(now time.Time) {
-	if n.cfg.Events == nil || now.Sub(n.lastBeat) < n.cfg.ProgressInterval {
+	if !n.publishes() || now.Sub(n.lastBeat) < n.cfg.ProgressInterval {
 		return
 	}
 	n.lastBeat = now
 	if err := n.cfg.Events.PublishProgress(n.busCtx, n.store.Rev()); err != nil {
 		n.lg.Debug("publishing a progress beat failed", "error", err)
 	}
+}
+
+// publishes tells whether this member publishes now (Config.Events,
+// Config.EventsFromLeaderOnly). Raft loop only: the leader it reads is the
+// one of the Ready being handled.
+func (n *Node) publishes() bool {
+	return n.cfg.Events != nil && (!n.cfg.EventsFromLeaderOnly || n.leader.Load() == n.memberID)
 }
 
 // busRevisions converts the store's revision groups to the bus's; the events

@@ -3,6 +3,7 @@ package consensus
 import (
 	"context"
 	"errors"
+	"fmt"
 	"github.com/concord-kv/concord/storage"
 	"sync"
 	"testing"
@@ -114,5 +115,57 @@ func TestRangeEventsReturnsCommittedHistory(t *testing.T) {
 	rev, _, err := n.CurrentRevision(ctxT(t))
 	if err != nil || rev != last {
 		t.Errorf("CurrentRevision = %d, %v; want %d", rev, err, last)
+	}
+}
+
+// TestOnlyTheLeaderPublishesToASharedBus: with EventsFromLeaderOnly, a
+// revision crosses the shared bus once (from the leader), followers
+// publish neither revisions nor beats, and after the leader dies its
+// successor takes over the publishing.
+func TestOnlyTheLeaderPublishesToASharedBus(t *testing.T) {
+	pubs := make([]*recordingPublisher, 3)
+	next := 0
+	c := newTestCluster(t, 3, func(cfg *Config) {
+		pubs[next] = &recordingPublisher{}
+		cfg.Events, cfg.EventsFromLeaderOnly, cfg.ProgressInterval = pubs[next], true, 20*time.Millisecond
+		next++
+	})
+	lead := c.leader()
+	var last int64
+	for i := range 5 {
+		resp, err := putCtx(ctxT(t), c.nodes[i%3], "k", fmt.Sprint(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = resp.GetHeader().GetRevision()
+	}
+	waitFor(t, "the leader's beat at the last revision", func() bool {
+		_, beats := pubs[lead].snapshot()
+		return len(beats) > 0 && beats[len(beats)-1] == last
+	})
+	revs, _ := pubs[lead].snapshot()
+	if len(revs) != 5 || revs[0].Rev != last-4 || revs[4].Rev != last {
+		t.Fatalf("the leader published %d revisions (%v), want %d..%d", len(revs), revs, last-4, last)
+	}
+	for _, f := range c.followers(lead) {
+		if revs, beats := pubs[f].snapshot(); len(revs)+len(beats) != 0 {
+			t.Fatalf("follower %d published %d revisions and %d beats", f, len(revs), len(beats))
+		}
+	}
+
+	c.stop(lead)
+	newLead := c.leader()
+	resp, err := putCtx(ctxT(t), c.nodes[newLead], "k", "after")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the new leader to publish", func() bool {
+		revs, _ := pubs[newLead].snapshot()
+		return len(revs) > 0 && revs[len(revs)-1].Rev == resp.GetHeader().GetRevision()
+	})
+	for _, f := range c.followers(newLead) {
+		if revs, beats := pubs[f].snapshot(); len(revs)+len(beats) != 0 {
+			t.Fatalf("follower %d published %d revisions and %d beats", f, len(revs), len(beats))
+		}
 	}
 }

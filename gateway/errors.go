@@ -28,6 +28,8 @@ var errorTable = []struct {
 	{storage.ErrKeyNotFound, rpctypes.ErrGRPCKeyNotFound},
 	{consensus.ErrNoSpace, rpctypes.ErrGRPCNoSpace},
 	{consensus.ErrNoLeader, rpctypes.ErrGRPCNoLeader},
+	// Before ErrTimeout, which it wraps.
+	{consensus.ErrTimeoutConnectionLost, rpctypes.ErrGRPCTimeoutDueToConnectionLost},
 	{consensus.ErrTimeout, rpctypes.ErrGRPCTimeout},
 	{consensus.ErrStopped, rpctypes.ErrGRPCStopped},
 	{consensus.ErrLeaseTTLTooLarge, rpctypes.ErrGRPCLeaseTTLTooLarge},

@@ -41,9 +41,11 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	defer closeAll(listeners)
 
 	bus, err := eventbus.StartNATS(ctx, eventbus.NATSConfig{
-		ListenAddr: cfg.NATSListenAddr,
-		ServerName: cfg.Name,
-		Logger:     log.With("component", "nats"),
+		ListenAddr:  cfg.NATSListenAddr,
+		ServerName:  cfg.Name,
+		ClusterAddr: cfg.NATSClusterListenAddr,
+		Routes:      cfg.NATSRoutes,
+		Logger:      log.With("component", "nats"),
 	})
 	if err != nil {
 		return fmt.Errorf("starting the event bus: %w", err)
@@ -52,6 +54,8 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 
 	ccfg := consensusConfig(cfg.Server, log)
 	ccfg.Events = bus
+	// Clustered NATS servers are one bus: the leader alone publishes to it.
+	ccfg.EventsFromLeaderOnly = cfg.NATSClusterListenAddr != ""
 	if multiMember(cfg.Server) {
 		// Several members: raft between them on the peer URLs (peer.go).
 		tr, stopPeerServer, err := peerServer(cfg.Server, log)
@@ -77,7 +81,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 		return fmt.Errorf("starting the member's API: %w", err)
 	}
 	defer gw.Close()
-	log.Info("event bus listening", "nats-url", bus.ClientURL())
+	log.Info("event bus listening", "nats-url", bus.ClientURL(), "nats-cluster-url", bus.ClusterURL())
 	return serveSplit(ctx, "consensus", gw, listeners, log, nil)
 }
 

@@ -3,8 +3,14 @@ package eventbus_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/concord-kv/concord/consensus/eventbus"
 	"github.com/concord-kv/concord/consensus/eventbus/eventbustest"
@@ -55,8 +61,80 @@ func TestConformanceNATSLoopback(t *testing.T) {
 	})
 }
 
-// split publishes through one bus and subscribes through another.
-type split struct{ pub, sub *eventbus.NATS }
+// TestConformanceNATSCluster runs the suite over a three-server cluster,
+// the shape of three consensus members: servers a, b and c are joined by
+// routes (every one given the same route list, itself included, as the
+// members' --nats-routes); the subscriber connects to c with b as the
+// alternative, then c is killed, so it must fail over to b; revisions are
+// published on a.
+func TestConformanceNATSCluster(t *testing.T) {
+	eventbustest.Run(t, func(t *testing.T) eventbus.Bus {
+		ctx := context.Background()
+		routes := make([]string, 3)
+		for i := range routes {
+			routes[i] = "nats://" + freeAddr(t)
+		}
+		srvs := make([]*eventbus.NATS, 3)
+		for i := range srvs {
+			b, err := eventbus.StartNATS(ctx, eventbus.NATSConfig{
+				ServerName: fmt.Sprint("abc"[i : i+1]), ListenAddr: "127.0.0.1:0", MaxPayload: smallPayload,
+				ClusterAddr: strings.TrimPrefix(routes[i], "nats://"), Routes: routes, Logger: logger(),
+			})
+			if err != nil {
+				closeAll(srvs)
+				t.Fatal(err)
+			}
+			srvs[i] = b
+		}
+		a, b, c := srvs[0], srvs[1], srvs[2]
+		if a.ClusterURL() != routes[0] {
+			closeAll(srvs)
+			t.Fatalf("ClusterURL = %q, want %q", a.ClusterURL(), routes[0])
+		}
+		cli, err := eventbus.ConnectNATS(ctx, c.ClientURL()+","+b.ClientURL(), eventbus.WithLogger(logger()),
+			eventbus.WithNATSOptions(nats.DontRandomize()))
+		if err != nil {
+			closeAll(srvs)
+			t.Fatal(err)
+		}
+		c.Close()
+		deadline := time.Now().Add(eventbustest.Timeout)
+		for cli.ClientURL() != b.ClientURL() {
+			if time.Now().After(deadline) {
+				cli.Close()
+				closeAll(srvs)
+				t.Fatalf("the client did not fail over to b: connected to %q", cli.ClientURL())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		return split{pub: a, sub: cli, more: []*eventbus.NATS{b}}
+	})
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func closeAll(bs []*eventbus.NATS) {
+	for _, b := range bs {
+		if b != nil {
+			b.Close()
+		}
+	}
+}
+
+// split publishes through one bus and subscribes through another; more
+// are other servers of a cluster, closed with it. With a cluster, Subscribe
+// returns once the publisher's server knows of the interest.
+type split struct {
+	pub, sub *eventbus.NATS
+	more     []*eventbus.NATS
+}
 
 func (s split) Publish(ctx context.Context, revs []eventbus.Revision) error {
 	return s.pub.Publish(ctx, revs)
@@ -65,6 +143,20 @@ func (s split) PublishProgress(ctx context.Context, rev int64) error {
 	return s.pub.PublishProgress(ctx, rev)
 }
 func (s split) Subscribe(ctx context.Context, h func(eventbus.Message)) (func(), error) {
-	return s.sub.Subscribe(ctx, h)
+	unsub, err := s.sub.Subscribe(ctx, h)
+	for err == nil && len(s.more) > 0 && eventbus.InterestForTest(s.pub) == 0 {
+		if err = ctx.Err(); err != nil {
+			unsub()
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return unsub, err
 }
-func (s split) Close() error { return errors.Join(s.sub.Close(), s.pub.Close()) }
+func (s split) Close() error {
+	errs := []error{s.sub.Close(), s.pub.Close()}
+	for _, b := range s.more {
+		errs = append(errs, b.Close())
+	}
+	return errors.Join(errs...)
+}

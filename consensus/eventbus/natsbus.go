@@ -40,6 +40,8 @@ const (
 	// DefaultConnectTimeout bounds dialing a NATS server.
 	DefaultConnectTimeout = 5 * time.Second
 
+	// reconnectWait is the pause before retrying a server already tried.
+	reconnectWait = 250 * time.Millisecond
 	// maxNATSPayload is nats-server's hard limit on max_payload.
 	maxNATSPayload = 64 << 20
 	// closeWait bounds how long Close waits for nats.go to report the
@@ -370,6 +372,10 @@ func connect(ctx context.Context, urls string, o clientOptions, extra ...nats.Op
 		nats.Name(o.name),
 		nats.Timeout(timeout),
 		nats.MaxReconnects(-1),
+		// With several servers (a cluster of consensus members) a lost one is
+		// replaced by the next quickly; nats.go's 2s default would leave
+		// consumers on history repairs for that long.
+		nats.ReconnectWait(reconnectWait),
 		nats.ErrorHandler(n.onAsyncError),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
@@ -404,6 +410,16 @@ func (n *NATS) ClientURL() string {
 		return n.srv.ClientURL()
 	}
 	return n.nc.ConnectedUrl()
+}
+
+// ClusterURL returns the embedded server's route URL (nats://host:port),
+// which other members list in their Routes; "" without clustering or for a
+// client-only bus.
+func (n *NATS) ClusterURL() string {
+	if n.srv == nil || n.srv.ClusterAddr() == nil {
+		return ""
+	}
+	return "nats://" + n.srv.ClusterAddr().String()
 }
 
 // MaxPayload is the largest message the connected server accepts.

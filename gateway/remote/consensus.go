@@ -2,11 +2,17 @@ package remote
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
+	"connectrpc.com/connect"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
 	"github.com/concord-kv/concord/consensus"
@@ -17,19 +23,64 @@ import (
 	"github.com/concord-kv/concord/storage"
 )
 
-// leaderPollInterval is how often Consensus refreshes the leader it reports.
-const leaderPollInterval = 500 * time.Millisecond
+// Failover timing.
+const (
+	// leaderPollInterval is how often Consensus asks the member it uses for
+	// the leader (Status), and moves its calls to the leader.
+	leaderPollInterval = 500 * time.Millisecond
+	// memberSyncInterval is how often it re-learns the members' client URLs
+	// (MemberList); a leader it has no URL for triggers a sync at once.
+	memberSyncInterval = 10 * time.Second
+	// downFor is how long a member whose connection failed is tried only
+	// after every other one.
+	downFor = time.Second
+)
 
-// Consensus is a consensus member reached over the network. It implements
-// gateway.Backend, leasesvc.Backend and watchfanout.History.
-type Consensus struct {
+// endpointClients are the clients of one consensus member, all sharing the
+// member's one HTTP/2 connection.
+type endpointClients struct {
 	ep       *Endpoint
 	kv       etcdserverpbconnect.KVClient
 	lease    etcdserverpbconnect.LeaseClient
 	maint    etcdserverpbconnect.MaintenanceClient
 	cluster  etcdserverpbconnect.ClusterClient
 	internal concordv1connect.InternalServiceClient
-	log      *slog.Logger
+
+	id        atomic.Uint64 // the member's ID once a response named it
+	downUntil atomic.Int64  // unix nanos; see downFor
+}
+
+func newEndpointClients(ep *Endpoint) *endpointClients {
+	o := clientOpts()
+	return &endpointClients{
+		ep:       ep,
+		kv:       etcdserverpbconnect.NewKVClient(ep.client, ep.URL, o...),
+		lease:    etcdserverpbconnect.NewLeaseClient(ep.client, ep.URL, o...),
+		maint:    etcdserverpbconnect.NewMaintenanceClient(ep.client, ep.URL, o...),
+		cluster:  etcdserverpbconnect.NewClusterClient(ep.client, ep.URL, o...),
+		internal: concordv1connect.NewInternalServiceClient(ep.client, ep.URL, internalOpts()...),
+	}
+}
+
+func (m *endpointClients) down(now time.Time) bool { return m.downUntil.Load() > now.UnixNano() }
+
+// Consensus is the consensus cluster reached over the network. It
+// implements gateway.Backend, leasesvc.Backend and watchfanout.History.
+//
+// It knows every member: the endpoints it was given plus the client URLs
+// MemberList reports, re-learned periodically. Every call goes through
+// call, the one place that picks a member: the leader when known (a write
+// sent there saves the follower-to-leader hop, a linearizable read the
+// ReadIndex round trip), otherwise the member that last answered, moving
+// to the next member when one is unreachable. Retries follow clientv3's
+// rules (see call), so a write is never executed twice by the failover.
+type Consensus struct {
+	log *slog.Logger
+
+	mu       sync.Mutex
+	members  []*endpointClients // copy-on-write under mu; never shrinks
+	lastSync time.Time          // of members, from MemberList (pollLeader only)
+	pref     atomic.Pointer[endpointClients]
 
 	leader atomic.Uint64
 	header atomic.Pointer[pb.ResponseHeader]
@@ -39,26 +90,23 @@ type Consensus struct {
 	closeOnce sync.Once
 }
 
-// NewConsensus returns a client of the consensus member at urls and starts
-// polling its leader; Close stops it.
+// NewConsensus returns a client of the consensus members at urls
+// (comma-separated client URLs; any one reachable member is enough, the
+// others are learned from it) and starts following the leader; Close stops
+// it.
 func NewConsensus(urls string, log *slog.Logger) (*Consensus, error) {
-	ep, err := Dial(urls)
+	eps, err := DialAll(urls)
 	if err != nil {
 		return nil, err
 	}
 	if log == nil {
 		log = slog.Default()
 	}
-	o := clientOpts()
-	c := &Consensus{
-		ep:       ep,
-		kv:       etcdserverpbconnect.NewKVClient(ep.client, ep.URL, o...),
-		lease:    etcdserverpbconnect.NewLeaseClient(ep.client, ep.URL, o...),
-		maint:    etcdserverpbconnect.NewMaintenanceClient(ep.client, ep.URL, o...),
-		cluster:  etcdserverpbconnect.NewClusterClient(ep.client, ep.URL, o...),
-		internal: concordv1connect.NewInternalServiceClient(ep.client, ep.URL, internalOpts()...),
-		log:      log,
+	c := &Consensus{log: log}
+	for _, ep := range eps {
+		c.members = append(c.members, newEndpointClients(ep))
 	}
+	c.pref.Store(c.members[0])
 	c.header.Store(&pb.ResponseHeader{})
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
@@ -67,31 +115,148 @@ func NewConsensus(urls string, log *slog.Logger) (*Consensus, error) {
 	return c, nil
 }
 
-// Close stops the leader polling and drops idle connections. Idempotent.
+// Close stops following the leader and drops idle connections. Idempotent.
 func (c *Consensus) Close() error {
 	c.closeOnce.Do(func() {
 		c.cancel()
 		c.wg.Wait()
-		_ = c.ep.Close()
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, m := range c.members {
+			_ = m.ep.Close()
+		}
 	})
 	return nil
 }
 
-// pollLeader keeps Leader (used by /health and require-leader requests) and
-// the cached header fresh.
+// order is the sequence in which call tries the members: the preferred one,
+// the others, then those whose connection failed recently.
+func (c *Consensus) order() []*endpointClients {
+	c.mu.Lock()
+	ms := c.members
+	c.mu.Unlock()
+	now := time.Now()
+	out := make([]*endpointClients, 0, len(ms))
+	p := c.pref.Load()
+	if !p.down(now) {
+		out = append(out, p)
+	}
+	for _, m := range ms {
+		if m != p && !m.down(now) {
+			out = append(out, m)
+		}
+	}
+	for _, m := range ms {
+		if m.down(now) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// call runs f against one member after another until one answers, with
+// clientv3's retry rules: a call moves on to the next member when the
+// request certainly was not sent (the dial failed) or, for an idempotent
+// call (clientv3's "repeatable": reads, lease calls, Status...), when the
+// member was unreachable or answered Unavailable (no leader, stopping). A
+// mutation whose connection broke after it was sent may have been applied:
+// it is not retried but fails with etcd's "request timed out, possibly due
+// to connection lost" (Unavailable, which clientv3 does not retry for
+// mutations either). Any other error is the member's answer and is
+// returned as is (through fromWire).
+func (c *Consensus) call(ctx context.Context, idempotent bool, f func(*endpointClients) error) error {
+	var err error
+	for _, m := range c.order() {
+		if err = f(m); err == nil {
+			m.downUntil.Store(0)
+			if p := c.pref.Load(); p != m && p.down(time.Now()) {
+				c.pref.CompareAndSwap(p, m)
+			}
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fromWire(err)
+		}
+		sent, transport := classify(err)
+		if transport {
+			m.downUntil.Store(time.Now().Add(downFor).UnixNano())
+			c.log.Debug("consensus member unreachable", "endpoint", m.ep.URL, "error", err)
+		}
+		switch {
+		case !sent:
+		case idempotent && (transport || connect.CodeOf(err) == connect.CodeUnavailable):
+		case transport:
+			return fmt.Errorf("remote: %s: %v: %w", m.ep.URL, err, consensus.ErrTimeoutConnectionLost)
+		default:
+			return fromWire(err)
+		}
+	}
+	return fromWire(err)
+}
+
+// classify tells whether a failed request may have reached the member
+// (sent) and whether the failure is the connection's rather than an answer
+// of the member (transport).
+func classify(err error) (sent, transport bool) {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" || errors.Is(err, syscall.ECONNREFUSED) {
+		return false, true
+	}
+	if _, answered := fromWire(err).(*wireError); answered {
+		return true, false
+	}
+	switch connect.CodeOf(err) {
+	case connect.CodeUnavailable, connect.CodeUnknown, connect.CodeInternal, connect.CodeCanceled:
+		// Errors members send are etcd's (mapped by fromWire above) or
+		// carry other codes; these come from a broken stream or connection.
+		return true, true
+	}
+	return true, false
+}
+
+// unary makes one unary call through call and caches the response header.
+// client picks the generated client of a member, method is the method
+// expression (etcdserverpbconnect.KVClient.Put).
+func unary[C, Req, Resp any](c *Consensus, ctx context.Context, idempotent bool, client func(*endpointClients) C,
+	method func(C, context.Context, *Req) (*Resp, error), r *Req, hdr func(*Resp) *pb.ResponseHeader) (*Resp, error) {
+	var resp *Resp
+	err := c.call(ctx, idempotent, func(m *endpointClients) (err error) {
+		resp, err = method(client(m), ctx, r)
+		if err == nil {
+			if h := hdr(resp); h.GetMemberId() != 0 {
+				m.id.Store(h.GetMemberId())
+			}
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.seen(hdr(resp))
+	return resp, nil
+}
+
+func kvOf(m *endpointClients) etcdserverpbconnect.KVClient                 { return m.kv }
+func leaseOf(m *endpointClients) etcdserverpbconnect.LeaseClient           { return m.lease }
+func maintOf(m *endpointClients) etcdserverpbconnect.MaintenanceClient     { return m.maint }
+func clusterOf(m *endpointClients) etcdserverpbconnect.ClusterClient       { return m.cluster }
+func internalOf(m *endpointClients) concordv1connect.InternalServiceClient { return m.internal }
+
+// pollLeader keeps Leader (used by /health and require-leader requests),
+// the cached header and the preferred member (the leader) fresh.
 func (c *Consensus) pollLeader(ctx context.Context) {
 	defer c.wg.Done()
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		st, err := c.maint.Status(cctx, &pb.StatusRequest{})
-		cancel()
+		st, err := c.Status(cctx, &pb.StatusRequest{})
 		if err == nil {
 			c.leader.Store(st.GetLeader())
-			c.seen(st.GetHeader())
+			c.follow(cctx, st.GetLeader())
 		} else if ctx.Err() == nil {
 			c.leader.Store(0)
 			c.log.Debug("consensus status failed", "error", err)
 		}
+		cancel()
 		select {
 		case <-ctx.Done():
 			return
@@ -100,20 +265,93 @@ func (c *Consensus) pollLeader(ctx context.Context) {
 	}
 }
 
+// follow makes the leader the preferred member, learning the members'
+// client URLs first when the leader's is unknown or the last sync is old.
+func (c *Consensus) follow(ctx context.Context, leader uint64) {
+	if leader == 0 {
+		return
+	}
+	m := c.byID(leader)
+	if m == nil || time.Since(c.lastSync) > memberSyncInterval {
+		if err := c.syncMembers(ctx); err != nil {
+			c.log.Debug("consensus member list failed", "error", err)
+			return
+		}
+		m = c.byID(leader)
+	}
+	if m != nil && !m.down(time.Now()) && c.pref.Swap(m) != m {
+		c.log.Info("following the consensus leader", "endpoint", m.ep.URL, "member-id", fmt.Sprintf("%x", leader))
+	}
+}
+
+func (c *Consensus) byID(id uint64) *endpointClients {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range c.members {
+		if m.id.Load() == id {
+			return m
+		}
+	}
+	return nil
+}
+
+// syncMembers adds the client URLs MemberList reports and records which
+// member each endpoint is. Members are never dropped: one removed from the
+// cluster is unreachable or refuses, and is then tried last.
+func (c *Consensus) syncMembers(ctx context.Context) error {
+	ml, err := c.MemberList(ctx, &pb.MemberListRequest{Linearizable: false})
+	if err != nil {
+		return err
+	}
+	c.lastSync = time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, mem := range ml.GetMembers() {
+		var found bool
+		for _, raw := range mem.GetClientURLs() {
+			for _, m := range c.members {
+				if sameURL(m.ep.URL, raw) {
+					m.id.Store(mem.GetID())
+					found = true
+				}
+			}
+		}
+		if found || len(mem.GetClientURLs()) == 0 {
+			continue
+		}
+		ep, err := dialOne(mem.GetClientURLs()[0])
+		if err != nil {
+			c.log.Warn("ignoring a member's client URL", "url", mem.GetClientURLs()[0], "error", err)
+			continue
+		}
+		m := newEndpointClients(ep)
+		m.id.Store(mem.GetID())
+		c.members = append(slices.Clip(c.members), m)
+		c.log.Info("learned a consensus member", "endpoint", ep.URL, "member-id", fmt.Sprintf("%x", mem.GetID()))
+	}
+	return nil
+}
+
+// sameURL compares an endpoint's base URL with a client URL as advertised.
+func sameURL(base, raw string) bool {
+	u, err := baseURL(raw)
+	return err == nil && u == base
+}
+
 func (c *Consensus) seen(h *pb.ResponseHeader) {
 	if h != nil && h.GetClusterId() != 0 {
 		c.header.Store(h)
 	}
 }
 
-// WaitReady blocks until the member answers a Header call.
+// WaitReady blocks until a member answers a Header call.
 func (c *Consensus) WaitReady(ctx context.Context) (*pb.ResponseHeader, error) {
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		r, err := c.internal.Header(cctx, &concordv1.HeaderRequest{})
+		r, err := unary(c, cctx, true, internalOf, concordv1connect.InternalServiceClient.Header,
+			&concordv1.HeaderRequest{}, (*concordv1.HeaderResponse).GetHeader)
 		cancel()
 		if err == nil {
-			c.seen(r.GetHeader())
 			return r.GetHeader(), nil
 		}
 		select {
@@ -135,83 +373,74 @@ func (c *Consensus) Header() *pb.ResponseHeader {
 	return &h
 }
 
-func call[Req, Resp any](c *Consensus, f func(context.Context, *Req) (*Resp, error), ctx context.Context, r *Req, hdr func(*Resp) *pb.ResponseHeader) (*Resp, error) {
-	resp, err := f(ctx, r)
-	if err != nil {
-		return nil, fromWire(err)
-	}
-	c.seen(hdr(resp))
-	return resp, nil
-}
-
 // Range implements gateway.KV.
 func (c *Consensus) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
-	return call(c, c.kv.Range, ctx, r, (*pb.RangeResponse).GetHeader)
+	return unary(c, ctx, true, kvOf, etcdserverpbconnect.KVClient.Range, r, (*pb.RangeResponse).GetHeader)
 }
 
 // Put implements gateway.KV.
 func (c *Consensus) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
-	return call(c, c.kv.Put, ctx, r, (*pb.PutResponse).GetHeader)
+	return unary(c, ctx, false, kvOf, etcdserverpbconnect.KVClient.Put, r, (*pb.PutResponse).GetHeader)
 }
 
 // DeleteRange implements gateway.KV.
 func (c *Consensus) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
-	return call(c, c.kv.DeleteRange, ctx, r, (*pb.DeleteRangeResponse).GetHeader)
+	return unary(c, ctx, false, kvOf, etcdserverpbconnect.KVClient.DeleteRange, r, (*pb.DeleteRangeResponse).GetHeader)
 }
 
 // Txn implements gateway.KV.
 func (c *Consensus) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
-	return call(c, c.kv.Txn, ctx, r, (*pb.TxnResponse).GetHeader)
+	return unary(c, ctx, false, kvOf, etcdserverpbconnect.KVClient.Txn, r, (*pb.TxnResponse).GetHeader)
 }
 
 // Compact implements gateway.KV.
 func (c *Consensus) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
-	return call(c, c.kv.Compact, ctx, r, (*pb.CompactionResponse).GetHeader)
+	return unary(c, ctx, false, kvOf, etcdserverpbconnect.KVClient.Compact, r, (*pb.CompactionResponse).GetHeader)
 }
 
 // LeaseGrant implements gateway.LeaseStore.
 func (c *Consensus) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
-	return call(c, c.lease.LeaseGrant, ctx, r, (*pb.LeaseGrantResponse).GetHeader)
+	return unary(c, ctx, true, leaseOf, etcdserverpbconnect.LeaseClient.LeaseGrant, r, (*pb.LeaseGrantResponse).GetHeader)
 }
 
 // LeaseRevoke implements gateway.LeaseStore.
 func (c *Consensus) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
-	return call(c, c.lease.LeaseRevoke, ctx, r, (*pb.LeaseRevokeResponse).GetHeader)
+	return unary(c, ctx, true, leaseOf, etcdserverpbconnect.LeaseClient.LeaseRevoke, r, (*pb.LeaseRevokeResponse).GetHeader)
 }
 
 // LeaseLeases implements gateway.LeaseStore.
 func (c *Consensus) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
-	return call(c, c.lease.LeaseLeases, ctx, r, (*pb.LeaseLeasesResponse).GetHeader)
+	return unary(c, ctx, true, leaseOf, etcdserverpbconnect.LeaseClient.LeaseLeases, r, (*pb.LeaseLeasesResponse).GetHeader)
 }
 
 // Status implements gateway.Maintenance.
 func (c *Consensus) Status(ctx context.Context, r *pb.StatusRequest) (*pb.StatusResponse, error) {
-	return call(c, c.maint.Status, ctx, r, (*pb.StatusResponse).GetHeader)
+	return unary(c, ctx, true, maintOf, etcdserverpbconnect.MaintenanceClient.Status, r, (*pb.StatusResponse).GetHeader)
 }
 
 // HashKV implements gateway.Maintenance.
 func (c *Consensus) HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVResponse, error) {
-	return call(c, c.maint.HashKV, ctx, r, (*pb.HashKVResponse).GetHeader)
+	return unary(c, ctx, true, maintOf, etcdserverpbconnect.MaintenanceClient.HashKV, r, (*pb.HashKVResponse).GetHeader)
 }
 
 // Alarm implements gateway.Maintenance.
 func (c *Consensus) Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.AlarmResponse, error) {
-	return call(c, c.maint.Alarm, ctx, r, (*pb.AlarmResponse).GetHeader)
+	return unary(c, ctx, true, maintOf, etcdserverpbconnect.MaintenanceClient.Alarm, r, (*pb.AlarmResponse).GetHeader)
 }
 
 // Defragment implements gateway.Maintenance.
 func (c *Consensus) Defragment(ctx context.Context, r *pb.DefragmentRequest) (*pb.DefragmentResponse, error) {
-	return call(c, c.maint.Defragment, ctx, r, (*pb.DefragmentResponse).GetHeader)
+	return unary(c, ctx, false, maintOf, etcdserverpbconnect.MaintenanceClient.Defragment, r, (*pb.DefragmentResponse).GetHeader)
 }
 
 // MemberList implements gateway.Cluster.
 func (c *Consensus) MemberList(ctx context.Context, r *pb.MemberListRequest) (*pb.MemberListResponse, error) {
-	return call(c, c.cluster.MemberList, ctx, r, (*pb.MemberListResponse).GetHeader)
+	return unary(c, ctx, true, clusterOf, etcdserverpbconnect.ClusterClient.MemberList, r, (*pb.MemberListResponse).GetHeader)
 }
 
 // RangeEvents implements watchfanout.History.
 func (c *Consensus) RangeEvents(ctx context.Context, from, to int64, key, end []byte) ([]eventbus.Revision, error) {
-	resp, err := call(c, c.internal.RangeEvents, ctx,
+	resp, err := unary(c, ctx, true, internalOf, concordv1connect.InternalServiceClient.RangeEvents,
 		&concordv1.RangeEventsRequest{From: from, To: to, Key: key, End: end}, (*concordv1.RangeEventsResponse).GetHeader)
 	if err != nil {
 		return nil, err
@@ -225,7 +454,7 @@ func (c *Consensus) RangeEvents(ctx context.Context, from, to int64, key, end []
 
 // CurrentRevision implements watchfanout.History.
 func (c *Consensus) CurrentRevision(ctx context.Context) (rev, compactRev int64, err error) {
-	resp, err := call(c, c.internal.CurrentRevision, ctx, &concordv1.CurrentRevisionRequest{},
+	resp, err := unary(c, ctx, true, internalOf, concordv1connect.InternalServiceClient.CurrentRevision, &concordv1.CurrentRevisionRequest{},
 		(*concordv1.CurrentRevisionResponse).GetHeader)
 	if err != nil {
 		return 0, 0, err
@@ -239,7 +468,7 @@ func authority(a *concordv1.LeaseAuthority) consensus.LeaseAuthority {
 
 // LeaseAuthority implements leasesvc.Backend.
 func (c *Consensus) LeaseAuthority(ctx context.Context) (consensus.LeaseAuthority, error) {
-	resp, err := call(c, c.internal.GetLeaseAuthority, ctx, &concordv1.GetLeaseAuthorityRequest{},
+	resp, err := unary(c, ctx, true, internalOf, concordv1connect.InternalServiceClient.GetLeaseAuthority, &concordv1.GetLeaseAuthorityRequest{},
 		(*concordv1.LeaseAuthorityResponse).GetHeader)
 	if err != nil {
 		return consensus.LeaseAuthority{}, err
@@ -249,7 +478,7 @@ func (c *Consensus) LeaseAuthority(ctx context.Context) (consensus.LeaseAuthorit
 
 // AcquireLeaseAuthority implements leasesvc.Backend.
 func (c *Consensus) AcquireLeaseAuthority(ctx context.Context, holder string, epoch uint64) (consensus.LeaseAuthority, error) {
-	resp, err := call(c, c.internal.AcquireLeaseAuthority, ctx, &concordv1.LeaseAuthorityAcquire{Holder: holder, Epoch: epoch},
+	resp, err := unary(c, ctx, false, internalOf, concordv1connect.InternalServiceClient.AcquireLeaseAuthority, &concordv1.LeaseAuthorityAcquire{Holder: holder, Epoch: epoch},
 		(*concordv1.LeaseAuthorityResponse).GetHeader)
 	if err != nil {
 		return consensus.LeaseAuthority{}, err
@@ -259,7 +488,7 @@ func (c *Consensus) AcquireLeaseAuthority(ctx context.Context, holder string, ep
 
 // RenewLeaseAuthority implements leasesvc.Backend.
 func (c *Consensus) RenewLeaseAuthority(ctx context.Context, holder string, epoch uint64) (consensus.LeaseAuthority, error) {
-	resp, err := call(c, c.internal.RenewLeaseAuthority, ctx, &concordv1.LeaseAuthorityRenew{Holder: holder, Epoch: epoch},
+	resp, err := unary(c, ctx, true, internalOf, concordv1connect.InternalServiceClient.RenewLeaseAuthority, &concordv1.LeaseAuthorityRenew{Holder: holder, Epoch: epoch},
 		(*concordv1.LeaseAuthorityResponse).GetHeader)
 	if err != nil {
 		return consensus.LeaseAuthority{}, err
@@ -269,7 +498,7 @@ func (c *Consensus) RenewLeaseAuthority(ctx context.Context, holder string, epoc
 
 // RevokeExpiredLeases implements leasesvc.Backend.
 func (c *Consensus) RevokeExpiredLeases(ctx context.Context, epoch uint64, ids []int64) (consensus.RevokeExpiredResult, error) {
-	resp, err := call(c, c.internal.RevokeExpiredLeases, ctx, &concordv1.LeaseRevokeExpired{Epoch: epoch, Ids: ids},
+	resp, err := unary(c, ctx, false, internalOf, concordv1connect.InternalServiceClient.RevokeExpiredLeases, &concordv1.LeaseRevokeExpired{Epoch: epoch, Ids: ids},
 		(*concordv1.RevokeExpiredLeasesResponse).GetHeader)
 	if err != nil {
 		return consensus.RevokeExpiredResult{}, err
@@ -279,7 +508,7 @@ func (c *Consensus) RevokeExpiredLeases(ctx context.Context, epoch uint64, ids [
 
 // Leases implements leasesvc.Backend.
 func (c *Consensus) Leases(ctx context.Context) ([]storage.LeaseInfo, error) {
-	resp, err := call(c, c.internal.Leases, ctx, &concordv1.LeasesRequest{}, (*concordv1.LeasesResponse).GetHeader)
+	resp, err := unary(c, ctx, true, internalOf, concordv1connect.InternalServiceClient.Leases, &concordv1.LeasesRequest{}, (*concordv1.LeasesResponse).GetHeader)
 	if err != nil {
 		return nil, err
 	}
@@ -292,7 +521,7 @@ func (c *Consensus) Leases(ctx context.Context) ([]storage.LeaseInfo, error) {
 
 // Lease implements leasesvc.Backend.
 func (c *Consensus) Lease(ctx context.Context, id int64) (storage.LeaseInfo, bool, error) {
-	resp, err := call(c, c.internal.Leases, ctx, &concordv1.LeasesRequest{Id: id}, (*concordv1.LeasesResponse).GetHeader)
+	resp, err := unary(c, ctx, true, internalOf, concordv1connect.InternalServiceClient.Leases, &concordv1.LeasesRequest{Id: id}, (*concordv1.LeasesResponse).GetHeader)
 	if err != nil || !resp.GetFound() || len(resp.GetLeases()) == 0 {
 		return storage.LeaseInfo{}, false, err
 	}

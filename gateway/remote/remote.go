@@ -83,24 +83,34 @@ func DialAll(urls string) ([]*Endpoint, error) {
 	return eps, nil
 }
 
-func dialOne(raw string) (*Endpoint, error) {
+// baseURL is the scheme://host of an endpoint given as a URL or host:port.
+func baseURL(raw string) (string, error) {
 	if !strings.Contains(raw, "://") {
 		raw = "http://" + raw
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return nil, fmt.Errorf("remote: endpoint %q: %w", raw, err)
+		return "", fmt.Errorf("remote: endpoint %q: %w", raw, err)
+	}
+	return u.Scheme + "://" + u.Host, nil
+}
+
+func dialOne(raw string) (*Endpoint, error) {
+	base, err := baseURL(raw)
+	if err != nil {
+		return nil, err
 	}
 	tr := &http2.Transport{
 		AllowHTTP: true,
 		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			d := net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+			// Short: a member that does not answer a dial is skipped for the next.
+			d := net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}
 			return d.DialContext(ctx, network, addr)
 		},
 		ReadIdleTimeout: 10 * time.Second,
 		PingTimeout:     5 * time.Second,
 	}
-	return &Endpoint{URL: u.Scheme + "://" + u.Host, client: &http.Client{Transport: tr}, tr: tr}, nil
+	return &Endpoint{URL: base, client: &http.Client{Transport: tr}, tr: tr}, nil
 }
 
 // rotation picks which of several equivalent endpoints to use: the current
@@ -156,6 +166,7 @@ var sentinels = []struct {
 	{rpctypes.ErrGRPCNoSpace, []error{consensus.ErrNoSpace}},
 	{rpctypes.ErrGRPCNoLeader, []error{consensus.ErrNoLeader}},
 	{rpctypes.ErrGRPCTimeout, []error{consensus.ErrTimeout}},
+	{rpctypes.ErrGRPCTimeoutDueToConnectionLost, []error{consensus.ErrTimeoutConnectionLost}},
 	{rpctypes.ErrGRPCStopped, []error{consensus.ErrStopped}},
 	{rpctypes.ErrGRPCLeaseTTLTooLarge, []error{consensus.ErrLeaseTTLTooLarge}},
 	{rpctypes.ErrGRPCRequestTooManyRequests, []error{consensus.ErrTooManyRequests}},

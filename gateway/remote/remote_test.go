@@ -67,13 +67,16 @@ func (fakeNode) Lease(_ context.Context, id int64) (storage.LeaseInfo, bool, err
 }
 
 // h2cServer serves h over cleartext HTTP/2, as concord's processes do.
-func h2cServer(t *testing.T, pattern string, h http.Handler) string {
+func h2cServer(t *testing.T, pattern string, h http.Handler, started ...func(*httptest.Server)) string {
 	t.Helper()
 	mux := http.NewServeMux()
 	mux.Handle(pattern, h)
 	srv := httptest.NewUnstartedServer(mux)
 	srv.Config.Protocols = new(http.Protocols)
 	srv.Config.Protocols.SetUnencryptedHTTP2(true)
+	for _, f := range started {
+		f(srv)
+	}
 	srv.Start()
 	t.Cleanup(srv.Close)
 	return srv.URL

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"strings"
 	"time"
@@ -14,6 +15,8 @@ import (
 // leasesvc, gateway).
 const (
 	fNATSListenAddr       = "nats-listen-addr"
+	fNATSClusterAddr      = "nats-cluster-listen-addr"
+	fNATSRoutes           = "nats-routes"
 	fNATSURL              = "nats-url"
 	fConsensusEndpoints   = "consensus-endpoints"
 	fWatchfanoutEndpoints = "watchfanout-endpoints"
@@ -31,6 +34,16 @@ type Consensus struct {
 	// NATSListenAddr is the host:port of the embedded NATS server's client
 	// listener, which watch fan-outs connect to.
 	NATSListenAddr string
+	// NATSClusterListenAddr is the host:port of the embedded NATS server's
+	// route listener; set, the members' NATS servers form one cluster
+	// (through NATSRoutes), so a fan-out connected to any of them receives
+	// every revision, and only the raft leader publishes. "" keeps the
+	// server alone, and every member publishes to its own.
+	NATSClusterListenAddr string
+	// NATSRoutes are the route URLs (nats://host:port) of the other
+	// members' NATS servers; the same list, this member's own included, may
+	// be given to every member.
+	NATSRoutes []string
 }
 
 // ConsensusFlags declares the flags of `concord consensus`: the server flags
@@ -38,6 +51,8 @@ type Consensus struct {
 func ConsensusFlags(fs *pflag.FlagSet) {
 	ServerFlags(fs)
 	fs.String(fNATSListenAddr, DefaultNATSListenAddr, "host:port of the embedded NATS server's client listener (watch fan-outs connect here)")
+	fs.String(fNATSClusterAddr, "", "host:port of the embedded NATS server's route listener; with several members, set it and --nats-routes so their NATS servers form one cluster (only the raft leader then publishes)")
+	fs.String(fNATSRoutes, "", "comma-separated route URLs (nats://host:port) of the members' NATS servers (--nats-cluster-listen-addr); the same list, this member's own included, may be given to every member")
 }
 
 // LoadConsensus reads the flags declared by ConsensusFlags.
@@ -50,11 +65,34 @@ func LoadConsensus(fs *pflag.FlagSet) (Consensus, error) {
 	if err != nil {
 		return Consensus{}, err
 	}
-	c := Consensus{Server: s, NATSListenAddr: v.GetString(fNATSListenAddr)}
-	if c.NATSListenAddr == "" {
-		return Consensus{}, fmt.Errorf("%w: --%s must not be empty", ErrInvalid, fNATSListenAddr)
+	c := Consensus{Server: s, NATSListenAddr: v.GetString(fNATSListenAddr), NATSClusterListenAddr: v.GetString(fNATSClusterAddr)}
+	for _, r := range strings.Split(v.GetString(fNATSRoutes), ",") {
+		if r = strings.TrimSpace(r); r != "" {
+			c.NATSRoutes = append(c.NATSRoutes, r)
+		}
 	}
-	return c, nil
+	return c, c.Validate()
+}
+
+// Validate reports the first NATS setting that cannot work.
+func (c Consensus) Validate() error {
+	switch {
+	case c.NATSListenAddr == "":
+		return fmt.Errorf("%w: --%s must not be empty", ErrInvalid, fNATSListenAddr)
+	case len(c.NATSRoutes) > 0 && c.NATSClusterListenAddr == "":
+		return fmt.Errorf("%w: --%s needs --%s", ErrInvalid, fNATSRoutes, fNATSClusterAddr)
+	}
+	if c.NATSClusterListenAddr != "" {
+		if _, _, err := net.SplitHostPort(c.NATSClusterListenAddr); err != nil {
+			return fmt.Errorf("%w: --%s: %v", ErrInvalid, fNATSClusterAddr, err)
+		}
+	}
+	for _, r := range c.NATSRoutes {
+		if u, err := url.Parse(r); err != nil || u.Scheme != "nats" || u.Host == "" {
+			return fmt.Errorf("%w: --%s: %q is not a URL like nats://host:port", ErrInvalid, fNATSRoutes, r)
+		}
+	}
+	return nil
 }
 
 // Role names a split-topology process that is not a consensus member.
@@ -76,9 +114,13 @@ type Split struct {
 	Name             string
 	ListenClientURLs []url.URL
 	// ConsensusEndpoints are the consensus members' client URLs
-	// (comma-separated; this first slice uses the first).
+	// (comma-separated). One reachable member is enough: the others are
+	// learned from it, calls follow the leader and fail over
+	// (remote.Consensus).
 	ConsensusEndpoints string
-	// NATSURL is the event bus (watchfanout only).
+	// NATSURL is the event bus (watchfanout only): comma-separated NATS
+	// URLs, the members' --nats-listen-addr; the client moves to another
+	// when its server goes away (with clustered members, any one serves).
 	NATSURL string
 	// WatchfanoutEndpoints and LeasesvcEndpoints are where a gateway
 	// forwards watch streams and lease calls: one at a time, moving to the

@@ -39,6 +39,37 @@ func TestConsensusNATSListenAddr(t *testing.T) {
 	}
 }
 
+func loadConsensus(t *testing.T, args ...string) (config.Consensus, error) {
+	t.Helper()
+	fs := pflag.NewFlagSet("consensus", pflag.ContinueOnError)
+	config.ConsensusFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	return config.LoadConsensus(fs)
+}
+
+func TestConsensusNATSCluster(t *testing.T) {
+	c, err := loadConsensus(t, "--nats-cluster-listen-addr", "127.0.0.1:6222",
+		"--nats-routes", "nats://127.0.0.1:6222, nats://127.0.0.1:6223")
+	if err != nil || c.NATSClusterListenAddr != "127.0.0.1:6222" || len(c.NATSRoutes) != 2 || c.NATSRoutes[1] != "nats://127.0.0.1:6223" {
+		t.Fatalf("cluster flags = %+v, %v", c, err)
+	}
+	if c, err = loadConsensus(t); err != nil || c.NATSClusterListenAddr != "" || c.NATSRoutes != nil {
+		t.Fatalf("no cluster by default: %+v, %v", c, err)
+	}
+	for name, args := range map[string][]string{
+		"routes without a cluster address": {"--nats-routes", "nats://127.0.0.1:6222"},
+		"bad route":                        {"--nats-cluster-listen-addr", ":6222", "--nats-routes", "127.0.0.1:6222"},
+		"bad cluster address":              {"--nats-cluster-listen-addr", "6222"},
+		"empty listen address":             {"--nats-listen-addr", ""},
+	} {
+		if _, err := loadConsensus(t, args...); !errors.Is(err, config.ErrInvalid) {
+			t.Errorf("%s: %v, want ErrInvalid", name, err)
+		}
+	}
+}
+
 func TestSplitFlags(t *testing.T) {
 	c, err := loadSplit(t, config.RoleGateway, "--consensus-endpoints", "http://c:2379",
 		"--watchfanout-endpoints", "http://w:2379", "--leasesvc-endpoints", "http://l:2379",

@@ -1,0 +1,186 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// startProcs starts several processes at once (members of one raft cluster
+// are ready only together) and waits until all are ready.
+func startProcs(t *testing.T, ps ...*proc) {
+	t.Helper()
+	requireBinary(t, concordImpl)
+	for _, p := range ps {
+		p.t, p.log = t, &syncBuffer{}
+		t.Cleanup(func() {
+			p.kill()
+			if t.Failed() {
+				t.Logf("%s output (last %d bytes):\n%s", p.name, logTail, p.log.Tail(logTail))
+			}
+		})
+	}
+	errs := make([]error, len(ps))
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		wg.Go(func() { errs[i] = p.start() })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSplitConsensusLeaderKilled runs three consensus members whose NATS
+// servers form one cluster, a watch fan-out and a lease service that are
+// given only the leader's addresses (they learn the other members and NATS
+// servers from it), and a gateway given all three members. SIGKILL of the
+// leader: writes through the gateway resume, and a watch through the
+// gateway sees every acknowledged revision once, in order.
+func TestSplitConsensusLeaderKilled(t *testing.T) {
+	type member struct {
+		p                      *proc
+		curl, purl, nats, rurl string
+	}
+	ms := make([]*member, 3)
+	var spec, routes, curls []string
+	for i := range ms {
+		cport, pport, err := freePorts()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := &member{curl: fmt.Sprintf("http://127.0.0.1:%d", cport), purl: fmt.Sprintf("http://127.0.0.1:%d", pport),
+			nats: fmt.Sprintf("127.0.0.1:%d", freePort(t)), rurl: fmt.Sprintf("nats://127.0.0.1:%d", freePort(t))}
+		m.p = &proc{name: fmt.Sprintf("consensus-%d", i+1), port: cport}
+		ms[i] = m
+		spec = append(spec, fmt.Sprintf("c%d=%s", i+1, m.purl))
+		routes = append(routes, m.rurl)
+		curls = append(curls, m.curl)
+	}
+	for i, m := range ms {
+		m.p.args = []string{"consensus", "--name", fmt.Sprintf("c%d", i+1), "--data-dir", t.TempDir(),
+			"--listen-client-urls", m.curl, "--listen-peer-urls", m.purl, "--initial-cluster", strings.Join(spec, ","),
+			"--nats-listen-addr", m.nats, "--nats-cluster-listen-addr", strings.TrimPrefix(m.rurl, "nats://"),
+			"--nats-routes", strings.Join(routes, ",")}
+	}
+	startProcs(t, ms[0].p, ms[1].p, ms[2].p)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	direct := splitClient(t, ms[0].p.endpoint())
+	st := must(direct.Status(ctx, ms[0].p.endpoint()))(t)
+	lead := -1
+	for i, m := range ms {
+		if must(direct.Status(ctx, m.p.endpoint()))(t).Header.MemberId == st.Leader {
+			lead = i
+		}
+	}
+	if lead < 0 {
+		t.Fatalf("no member is the leader %x", st.Leader)
+	}
+	leader := ms[lead]
+
+	wport, lport, gport := freePort(t), freePort(t), freePort(t)
+	wf := &proc{name: "watchfanout", port: wport, args: []string{"watchfanout", "--name", "wf1",
+		"--consensus-endpoints", leader.curl, "--nats-url", "nats://" + leader.nats,
+		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", wport)}}
+	ls := &proc{name: "leasesvc", port: lport, args: []string{"leasesvc", "--name", "ls1",
+		"--consensus-endpoints", leader.curl, "--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", lport)}}
+	startProcs(t, wf, ls)
+	gw := &proc{name: "gateway", port: gport, args: []string{"gateway", "--consensus-endpoints", strings.Join(curls, ","),
+		"--watchfanout-endpoints", wf.url(), "--leasesvc-endpoints", ls.url(),
+		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", gport)}}
+	startProcs(t, gw)
+
+	cli := splitClient(t, gw.endpoint())
+	start := must(cli.Get(ctx, "any"))(t).Header.Revision
+	wch := cli.Watch(clientv3.WithRequireLeader(ctx), "lk/", clientv3.WithPrefix(), clientv3.WithRev(start+1))
+	acked := map[string]int64{} // key -> revision of its acknowledged put
+	var order []string
+	put := func(key string, timeout time.Duration) error {
+		pctx, pcancel := context.WithTimeout(ctx, timeout)
+		defer pcancel()
+		r, err := cli.Put(pctx, key, "v")
+		if err == nil {
+			acked[key] = r.Header.Revision
+			order = append(order, key)
+		}
+		return err
+	}
+	for i := range 5 {
+		if err := put(fmt.Sprintf("lk/before/%d", i), 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	leader.p.kill()
+	killed := time.Now()
+	var failed []string
+	for i := 0; ; i++ {
+		// Distinct keys: a put that failed may still have been applied.
+		at := time.Now()
+		err := put(fmt.Sprintf("lk/during/%03d", i), 2*time.Second)
+		if err == nil {
+			break
+		} else if ctx.Err() != nil {
+			t.Fatalf("no write through the gateway succeeded after the leader was killed: %v", err)
+		}
+		failed = append(failed, fmt.Sprintf("%v after %v", err, time.Since(at).Round(time.Millisecond)))
+		time.Sleep(50 * time.Millisecond)
+	}
+	resumed := time.Since(killed)
+	for i := range 10 {
+		if err := put(fmt.Sprintf("lk/after/%d", i), 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("writes through the gateway resumed %v after SIGKILL of the leader; failed attempts: %q", resumed, failed)
+
+	// The watch: strictly increasing revisions (so no duplicates), and
+	// every acknowledged put at its revision.
+	last := acked[order[len(order)-1]]
+	seen := map[string]int64{}
+	var prev int64
+	for prev < last {
+		select {
+		case wr, ok := <-wch:
+			if !ok {
+				t.Fatalf("watch channel closed at revision %d", prev)
+			}
+			if err := wr.Err(); err != nil {
+				t.Fatalf("watch error: %v", err)
+			}
+			for _, ev := range wr.Events {
+				if ev.Kv.ModRevision <= prev {
+					t.Fatalf("watch event %s at revision %d after revision %d", ev.Kv.Key, ev.Kv.ModRevision, prev)
+				}
+				prev = ev.Kv.ModRevision
+				seen[string(ev.Kv.Key)] = prev
+			}
+		case <-ctx.Done():
+			t.Fatalf("watch stopped at revision %d, want %d", prev, last)
+		}
+	}
+	for _, k := range order {
+		if seen[k] != acked[k] {
+			t.Fatalf("acknowledged put of %s at revision %d: watch saw revision %d", k, acked[k], seen[k])
+		}
+	}
+	t.Logf("watch through the gateway saw %d events, all %d acknowledged puts, in order, once", len(seen), len(order))
+	if got := must(cli.Get(ctx, "lk/", clientv3.WithPrefix(), clientv3.WithCountOnly()))(t); got.Count != int64(len(seen)) {
+		t.Fatalf("%d keys under lk/, the watch saw %d", got.Count, len(seen))
+	}
+	// The fan-out, given only the dead leader's addresses, moved on to the
+	// members and NATS servers it learned.
+	for _, want := range []string{"learned a consensus member", "nats reconnected"} {
+		if !strings.Contains(wf.log.String(), want) {
+			t.Errorf("the fan-out's log lacks %q", want)
+		}
+	}
+}
