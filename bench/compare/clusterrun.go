@@ -30,6 +30,9 @@ type ClusterSpec struct {
 	// RaftFlags go to every etcd member and concord consensus member
 	// besides Config.ServerFlags: the same heartbeat and election timeout.
 	RaftFlags []string
+	// NoNATSRoutes leaves the members' NATS servers unclustered (each
+	// member publishes to its own); by default they form one cluster.
+	NoNATSRoutes bool
 }
 
 // DefaultRaftFlags are etcd's defaults, spelled out so both clusters surely
@@ -58,6 +61,9 @@ func (s *ClusterSpec) SetDefaults() {
 	}
 	if s.RaftFlags == nil {
 		s.RaftFlags = DefaultRaftFlags
+	}
+	if !s.NoNATSRoutes {
+		s.Split.NATSRoutes = true
 	}
 }
 

@@ -77,7 +77,9 @@ type SplitSpec struct {
 	ConsensusFlags                          []string // for consensus members, after names and URLs
 	ServiceFlags                            []string // for the other processes (log level)
 	// NATSRoutes clusters the consensus members' embedded NATS servers
-	// (--nats-routes); without it each fan-out hears one member's bus.
+	// (--nats-cluster-listen-addr, --nats-routes): the raft leader alone
+	// publishes and every fan-out hears it through any member. Without it
+	// every member publishes on its own server.
 	NATSRoutes bool
 }
 
@@ -140,7 +142,7 @@ func GenerateSplit(spec SplitSpec, port PortFunc) ([]ProcSpec, error) {
 					routes = append(routes, "nats://"+a)
 				}
 			}
-			args = append(args, "--nats-cluster-addr", clusterAddrs[i], "--nats-routes", strings.Join(routes, ","))
+			args = append(args, "--nats-cluster-listen-addr", clusterAddrs[i], "--nats-routes", strings.Join(routes, ","))
 		}
 		out = append(out, ProcSpec{Name: m.name, Role: RoleConsensus, Args: append(args, spec.ConsensusFlags...), ClientURL: m.client, DataDir: dd})
 	}

@@ -140,7 +140,7 @@ func TestGenerateSplit(t *testing.T) {
 		t.Fatal(err)
 	}
 	routes := flag(ps[0].Args, "--nats-routes")
-	if strings.Count(routes, "nats://") != 2 || strings.Contains(routes, flag(ps[0].Args, "--nats-cluster-addr")) {
+	if strings.Count(routes, "nats://") != 2 || strings.Contains(routes, flag(ps[0].Args, "--nats-cluster-listen-addr")) {
 		t.Errorf("consensus-1 routes %q should name the two other members' cluster ports", routes)
 	}
 
