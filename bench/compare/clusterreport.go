@@ -39,7 +39,7 @@ func WriteClusterMarkdown(w io.Writer, r *Report, notes, svgName string) error {
 	p("\n**All processes share %d CPUs** with each other and with the benchmark client: concord's 9 processes\n", r.Env.CPUs)
 	p("(11 with the gateways of the 1-fan-out variant) compete for the same cores that etcd's 3 have to\n")
 	p("themselves, so the split topology pays its extra hops without getting the extra machines it is built for.\n")
-	p("Load on the machine (1, 5, 15 min): %s before, %s after. Run %s, took %s.\n\n",
+	p("Load average of the machine (`uptime`, 1, 5, 15 min): %s before, %s after. Run %s, took %s.\n\n",
 		r.Env.LoadBefore, r.Env.LoadAfter, r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Elapsed.Round(time.Second))
 
 	rows := r.Rows()

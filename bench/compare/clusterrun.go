@@ -226,7 +226,7 @@ func DefaultClusterCases() []Case {
 			},
 		},
 		{
-			ID: "resume", Title: "resume writes after SIGKILL of the raft leader, under 8 put clients", Clients: 8,
+			ID: "resume", Title: "resume writes after SIGKILL of the raft leader, under 8 put clients",
 			Systems: []string{Etcd, Concord}, Custom: &Resume{Reps: 3, Clients: 8},
 			Targets: []Target{{Metric: MetricP50, Info: true}, {Metric: MetricMax, Info: true}},
 		},

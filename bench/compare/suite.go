@@ -103,9 +103,7 @@ func (c Case) runsOn(impl string) bool {
 // Params are the workload's parameters after defaults, for the document.
 func (c Case) Params() string {
 	if c.Custom != nil {
-		p := c.Custom.Params()
-		p["clients"] = fmt.Sprint(c.Clients)
-		return bench.FormatParams(p)
+		return bench.FormatParams(c.Custom.Params())
 	}
 	w := c.New()
 	w.SetDefaults()
