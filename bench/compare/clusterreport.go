@@ -34,7 +34,7 @@ func WriteClusterMarkdown(w io.Writer, r *Report, notes, svgName string) error {
 	p("the same raft settings; every workload ran on each system in turn (etcd first), %d round(s), each round\n", r.Rounds)
 	p("with both clusters started fresh; figures are medians of the rounds. Systems:\n\n")
 	for _, impl := range r.impls() {
-		p("- **%s**: %s (%d processes).\n", impl, systemTitle[impl], len(r.Processes[clusterOf(impl)]))
+		p("- **%s**: %s (a cluster of %d processes).\n", impl, systemTitle[impl], len(r.Processes[clusterOf(impl)]))
 	}
 	p("\n**All processes share %d CPUs** with each other and with the benchmark client: concord's 9 processes\n", r.Env.CPUs)
 	p("(11 with the gateways of the 1-fan-out variant) compete for the same cores that etcd's 3 have to\n")
