@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,8 @@ import (
 
 	"connectrpc.com/connect"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/status"
 
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/consensus/eventbus"
@@ -31,6 +34,9 @@ const (
 	// memberSyncInterval is how often it re-learns the members' client URLs
 	// (MemberList); a leader it has no URL for triggers a sync at once.
 	memberSyncInterval = 10 * time.Second
+	// statusTimeout bounds the leader poll's Status call; a member that
+	// does not answer within it is tried last for downFor.
+	statusTimeout = 2 * time.Second
 	// downFor is how long a member whose connection failed is tried only
 	// after every other one.
 	downFor = time.Second
@@ -168,7 +174,9 @@ func (c *Consensus) call(ctx context.Context, idempotent bool, f func(*endpointC
 	var err error
 	for _, m := range c.order() {
 		if err = f(m); err == nil {
-			m.downUntil.Store(0)
+			if m.downUntil.Load() != 0 { // only then: no shared write per call
+				m.downUntil.Store(0)
+			}
 			if p := c.pref.Load(); p != m && p.down(time.Now()) {
 				c.pref.CompareAndSwap(p, m)
 			}
@@ -194,6 +202,8 @@ func (c *Consensus) call(ctx context.Context, idempotent bool, f func(*endpointC
 	return fromWire(err)
 }
 
+var learnerRefusal = status.Convert(rpctypes.ErrGRPCNotSupportedForLearner).Message()
+
 // classify tells whether a failed request may have reached the member
 // (sent) and whether the failure is the connection's rather than an answer
 // of the member (transport).
@@ -201,6 +211,12 @@ func classify(err error) (sent, transport bool) {
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "dial" || errors.Is(err, syscall.ECONNREFUSED) {
 		return false, true
+	}
+	// A learner refuses what it does not serve before executing anything;
+	// clientv3 too moves on to another endpoint.
+	var ce *connect.Error
+	if errors.As(err, &ce) && ce.Message() == learnerRefusal {
+		return false, false
 	}
 	if _, answered := fromWire(err).(*wireError); answered {
 		return true, false
@@ -247,7 +263,8 @@ func internalOf(m *endpointClients) concordv1connect.InternalServiceClient { ret
 func (c *Consensus) pollLeader(ctx context.Context) {
 	defer c.wg.Done()
 	for {
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		cctx, cancel := context.WithTimeout(ctx, statusTimeout)
+		p := c.pref.Load()
 		st, err := c.Status(cctx, &pb.StatusRequest{})
 		if err == nil {
 			c.leader.Store(st.GetLeader())
@@ -255,6 +272,13 @@ func (c *Consensus) pollLeader(ctx context.Context) {
 		} else if ctx.Err() == nil {
 			c.leader.Store(0)
 			c.log.Debug("consensus status failed", "error", err)
+			if cctx.Err() != nil {
+				// The member accepts requests but does not answer (frozen,
+				// or cut off after connecting): calls go elsewhere first
+				// until it answers again, instead of hanging until its
+				// connection's pings fail.
+				p.downUntil.Store(time.Now().Add(downFor).UnixNano())
+			}
 		}
 		cancel()
 		select {
@@ -316,12 +340,12 @@ func (c *Consensus) syncMembers(ctx context.Context) error {
 				}
 			}
 		}
-		if found || len(mem.GetClientURLs()) == 0 {
+		i := slices.IndexFunc(mem.GetClientURLs(), reachable)
+		if found || i < 0 {
 			continue
 		}
-		ep, err := dialOne(mem.GetClientURLs()[0])
+		ep, err := dialOne(mem.GetClientURLs()[i])
 		if err != nil {
-			c.log.Warn("ignoring a member's client URL", "url", mem.GetClientURLs()[0], "error", err)
 			continue
 		}
 		m := newEndpointClients(ep)
@@ -330,6 +354,19 @@ func (c *Consensus) syncMembers(ctx context.Context) error {
 		c.log.Info("learned a consensus member", "endpoint", ep.URL, "member-id", fmt.Sprintf("%x", mem.GetID()))
 	}
 	return nil
+}
+
+// reachable tells whether an advertised client URL can be dialed from
+// another host: http, and not a wildcard address such as 0.0.0.0 (a
+// member advertising its listen address), which would dial this process's
+// own host, possibly this very process.
+func reachable(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "http" || u.Hostname() == "" {
+		return false
+	}
+	ip := net.ParseIP(u.Hostname())
+	return ip == nil || !ip.IsUnspecified()
 }
 
 // sameURL compares an endpoint's base URL with a client URL as advertised.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
@@ -231,10 +232,14 @@ type fakeKV struct {
 	srv        *httptest.Server
 	puts, gets atomic.Int32
 	cut        bool
+	learner    bool
 }
 
 func (f *fakeKV) Put(context.Context, *pb.PutRequest) (*pb.PutResponse, error) {
 	f.puts.Add(1)
+	if f.learner {
+		return nil, gateway.TranslateError(rpctypes.ErrGRPCNotSupportedForLearner)
+	}
 	if f.cut {
 		f.srv.CloseClientConnections()
 		time.Sleep(100 * time.Millisecond)
@@ -252,7 +257,10 @@ func (f *fakeKV) Range(context.Context, *pb.RangeRequest) (*pb.RangeResponse, er
 }
 
 func fakeMember(t *testing.T, cut bool) (*fakeKV, string) {
-	f := &fakeKV{cut: cut}
+	return fakeMemberOf(t, &fakeKV{cut: cut})
+}
+
+func fakeMemberOf(t *testing.T, f *fakeKV) (*fakeKV, string) {
 	path, h := etcdserverpbconnect.NewKVHandler(f)
 	url := h2cServer(t, path, h, func(s *httptest.Server) { f.srv = s })
 	return f, url
@@ -284,6 +292,18 @@ func TestConsensusRetriesOnlyWhatWasNotExecuted(t *testing.T) {
 		}
 	})
 
+	t.Run("learner", func(t *testing.T) {
+		l, lurl := fakeMemberOf(t, &fakeKV{learner: true})
+		f, url := fakeMember(t, false)
+		c := newConsensus(t, lurl, url)
+		if _, err := put(ctx, c, "k", "v"); err != nil {
+			t.Fatalf("put with a learner first: %v", err)
+		}
+		if l.puts.Load() != 1 || f.puts.Load() != 1 {
+			t.Fatalf("puts: %d on the learner, %d on the voter; want 1 and 1", l.puts.Load(), f.puts.Load())
+		}
+	})
+
 	t.Run("connection lost", func(t *testing.T) {
 		cut, cutURL := fakeMember(t, true)
 		other, otherURL := fakeMember(t, false)
@@ -308,4 +328,84 @@ func TestConsensusRetriesOnlyWhatWasNotExecuted(t *testing.T) {
 			t.Fatalf("ranges: %d on the member that died, %d on the other; want 1 and 1", cut.gets.Load(), other.gets.Load())
 		}
 	})
+}
+
+func TestLearnedClientURLsMustBeReachable(t *testing.T) {
+	for raw, want := range map[string]bool{
+		"http://10.0.0.1:2379": true, "http://consensus-2:2379": true, "http://[::1]:2379": true,
+		"http://0.0.0.0:2379": false, "http://[::]:2379": false, "unix://sock": false, "https://c:2379": false, "::": false,
+	} {
+		if got := remote.ReachableForTest(raw); got != want {
+			t.Errorf("reachable(%q) = %v, want %v", raw, got, want)
+		}
+	}
+}
+
+// fakeMaint answers Status as member id, the leader; with hang set it
+// never answers (a frozen member whose connection still stands).
+type fakeMaint struct {
+	etcdserverpbconnect.UnimplementedMaintenanceHandler
+	id   uint64
+	hang bool
+}
+
+func (f *fakeMaint) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
+	if f.hang {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return &pb.StatusResponse{Header: &pb.ResponseHeader{ClusterId: 7, MemberId: f.id}, Leader: f.id}, nil
+}
+
+// hangingKV never answers a Range.
+type hangingKV struct {
+	etcdserverpbconnect.UnimplementedKVHandler
+}
+
+func (hangingKV) Range(ctx context.Context, _ *pb.RangeRequest) (*pb.RangeResponse, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestConsensusLeavesAMemberThatDoesNotAnswer: the first member accepts
+// connections but answers nothing; the leader poll's timeout moves the
+// calls to the other member, which they then follow.
+func TestConsensusLeavesAMemberThatDoesNotAnswer(t *testing.T) {
+	serve := func(kv etcdserverpbconnect.KVHandler, m *fakeMaint) string {
+		mux := http.NewServeMux()
+		mux.Handle(etcdserverpbconnect.NewKVHandler(kv))
+		mux.Handle(etcdserverpbconnect.NewMaintenanceHandler(m))
+		srv := httptest.NewUnstartedServer(mux)
+		srv.Config.Protocols = new(http.Protocols)
+		srv.Config.Protocols.SetUnencryptedHTTP2(true)
+		srv.Start()
+		t.Cleanup(func() {
+			srv.CloseClientConnections()
+			srv.Close()
+		})
+		return srv.URL
+	}
+	frozen := serve(hangingKV{}, &fakeMaint{id: 1, hang: true})
+	ok := &fakeKV{}
+	okURL := serve(ok, &fakeMaint{id: 2})
+	c := newConsensus(t, frozen, okURL)
+	start := time.Now()
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		_, err := c.Range(ctx, &pb.RangeRequest{Key: []byte("k")})
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("reads still go to the member that does not answer: %v", err)
+		}
+	}
+	t.Logf("reads moved away from the frozen member after %v", time.Since(start))
+	for remote.PreferredForTest(c) != okURL {
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("the client does not follow the answering leader: uses %s", remote.PreferredForTest(c))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

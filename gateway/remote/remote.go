@@ -1,7 +1,8 @@
 // Package remote holds the clients the split topology's processes use to
-// reach each other: a consensus member (gateway.Backend, leasesvc.Backend
+// reach each other: the consensus members (gateway.Backend, leasesvc.Backend
 // and watchfanout.History over etcd's KV/Lease/Maintenance/Cluster services
-// and concord.v1.InternalService), a lease service (gateway.Lease) and a
+// and concord.v1.InternalService, following the leader and failing over
+// between members), a lease service (gateway.Lease) and a
 // watch fan-out (gateway.Watcher, one upstream bidi stream per client
 // stream). The same component code runs in every topology; only these
 // adapters differ from the all-in-one, which calls the components directly.
@@ -10,6 +11,10 @@
 //   - Each endpoint is reached through one shared HTTP/2 cleartext (h2c)
 //     transport, so all calls and streams to it multiplex over one
 //     connection, as gRPC clients do.
+//   - A call to consensus is sent again to another member only if it
+//     certainly was not executed (its dial failed) or is safe to repeat
+//     (clientv3's repeatable calls); a mutation whose connection broke
+//     after it was sent fails with etcd's Unavailable "connection lost".
 //   - Errors from the wire keep their gRPC code and message (the gateway's
 //     TranslateError passes *connect.Error through, so clients see etcd's
 //     exact errors), and also match the backend sentinel the message names
@@ -107,8 +112,11 @@ func dialOne(raw string) (*Endpoint, error) {
 			d := net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}
 			return d.DialContext(ctx, network, addr)
 		},
-		ReadIdleTimeout: 10 * time.Second,
-		PingTimeout:     5 * time.Second,
+		// A connection silent for 5s is pinged and closed 2s later without
+		// an answer, so calls on a connection to a frozen or unreachable
+		// process fail (and move to another member) within ~7s.
+		ReadIdleTimeout: 5 * time.Second,
+		PingTimeout:     2 * time.Second,
 	}
 	return &Endpoint{URL: base, client: &http.Client{Transport: tr}, tr: tr}, nil
 }

@@ -24,7 +24,10 @@ func newSplitCommands() []*cobra.Command {
 		Long: `consensus runs one raft member and its storage, publishes committed revisions on
 an embedded NATS server listening on --nats-listen-addr, and serves etcd's KV,
 Maintenance and Cluster services plus concord's internal API on its client URLs.
-It takes the same flags as the all-in-one server.`,
+It takes the same flags as the all-in-one server. With several members, give each
+--nats-cluster-listen-addr and the same --nats-routes: their NATS servers then form
+one cluster on which only the raft leader publishes, and a watch fan-out connected
+to any of them receives every revision.`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
