@@ -36,6 +36,9 @@ type Sample struct {
 	Err       string
 	ServerCPU time.Duration // server user+system time during the timed phase
 	RSS       int64         // server RSS right after the timed phase
+	// RoleCPU is the CPU of each role of a cluster (and of the client)
+	// during the timed phase.
+	RoleCPU map[string]time.Duration `json:",omitempty"`
 }
 
 // MemSample is one round's memory of one server.
@@ -52,6 +55,9 @@ type CaseResult struct {
 	ID, Title, Workload, Params string
 	Targets                     []Target
 	Samples                     map[string][]Sample // by implementation
+	// Custom marks a measurement of the comparison tool itself, not a
+	// `concord bench` workload.
+	Custom bool `json:",omitempty"`
 }
 
 // Report is a whole comparison.
@@ -66,6 +72,20 @@ type Report struct {
 	Cases       []*CaseResult
 	Memory      map[string][]MemSample
 	Notes       []string // events worth knowing (restarts)
+	// Topology is "" (single servers) or TopologyCluster; Impls the
+	// systems compared, in run order (nil = Impls); Processes the command
+	// lines of each system's processes as the first round ran them.
+	Topology  string              `json:",omitempty"`
+	Impls     []string            `json:",omitempty"`
+	Processes map[string][]string `json:",omitempty"`
+}
+
+// impls returns the compared systems in run order.
+func (r *Report) impls() []string {
+	if len(r.Impls) == 0 {
+		return Impls
+	}
+	return r.Impls
 }
 
 // Summary is the medians over the successful runs of one operation of a
@@ -143,9 +163,9 @@ func latField(l bench.Latency, p string) time.Duration {
 }
 
 // opNames lists the operations the case's results carry, primary first.
-func (c *CaseResult) opNames() []string {
+func (c *CaseResult) opNames(impls []string) []string {
 	var names []string
-	for _, impl := range Impls {
+	for _, impl := range impls {
 		for _, sm := range c.Samples[impl] {
 			if sm.Result == nil {
 				continue
@@ -188,6 +208,8 @@ func (c *CaseResult) targetValue(impl string, t Target) (float64, Summary) {
 		return bench.Millis(s.Latency.P50), s
 	case MetricP99:
 		return bench.Millis(s.Latency.P99), s
+	case MetricMax:
+		return bench.Millis(s.Latency.Max), s
 	}
 	return math.NaN(), s
 }
@@ -207,9 +229,13 @@ func (r *Report) memValue(impl string, m Metric) float64 {
 	return Median(xs)
 }
 
-// Row is one line of the targets table.
+// Row is one line of the targets table. Etcd and Concord hold the values
+// of the target's base and compared systems, BaseLabel and OfLabel their
+// labels (etcd and concord unless the target names others).
 type Row struct {
 	Title, Metric    string
+	BaseLabel        string
+	OfLabel          string
 	Etcd, Concord    string // formatted values or failures
 	Ratio            float64
 	Target           string // "" when the case has no target
@@ -226,14 +252,14 @@ func (r *Report) Rows() []Row {
 	var rows []Row
 	for _, c := range r.Cases {
 		targets := c.Targets
-		hasTarget := len(targets) > 0
-		if !hasTarget {
-			targets = []Target{{Metric: MetricRate}}
+		if len(targets) == 0 {
+			targets = []Target{{Metric: MetricRate, Info: true}}
 		}
 		for _, t := range targets {
-			ev, es := c.targetValue(Etcd, t)
-			cv, cs := c.targetValue(Concord, t)
-			row := Row{Title: c.Title, Metric: metricLabel(t, es, cs), target: t, etcdV: ev, concordV: cv,
+			hasTarget := !t.Info
+			ev, es := c.targetValue(t.base(), t)
+			cv, cs := c.targetValue(t.of(), t)
+			row := Row{Title: c.Title, Metric: metricLabel(t, es, cs), BaseLabel: t.base(), OfLabel: t.of(), target: t, etcdV: ev, concordV: cv,
 				etcdS: es, concordS: cs, hasTarget: hasTarget}
 			row.Etcd, row.Concord = formatValue(t.Metric, ev, es), formatValue(t.Metric, cv, cs)
 			row.Ratio = cv / ev
@@ -254,7 +280,7 @@ func (r *Report) Rows() []Row {
 			if t.Metric == MetricRSSLoaded {
 				title = fmt.Sprintf("RSS with %s keys of %d B", groupDigits(r.RSSKeys), valSize)
 			}
-			row := Row{Title: title, Metric: "MiB", target: t, etcdV: ev, concordV: cv, hasTarget: true, isMem: true,
+			row := Row{Title: title, Metric: "MiB", BaseLabel: Etcd, OfLabel: Concord, target: t, etcdV: ev, concordV: cv, hasTarget: true, isMem: true,
 				Etcd: formatMiB(ev), Concord: formatMiB(cv), Ratio: cv / ev, Target: t.String()}
 			row.Met = metString(t, row.Ratio, Summary{Runs: 1}, Summary{Runs: 1})
 			rows = append(rows, row)
@@ -278,6 +304,8 @@ func metricLabel(t Target, es, cs Summary) string {
 		return "p50 latency, ms"
 	case MetricP99:
 		return "p99 latency, ms"
+	case MetricMax:
+		return "max, ms"
 	}
 	return string(t.Metric)
 }
@@ -315,9 +343,9 @@ func formatRatio(x float64) string {
 func metString(t Target, ratio float64, es, cs Summary) string {
 	switch {
 	case !cs.OK():
-		return "no (concord failed)"
+		return "no (" + t.of() + " failed)"
 	case !es.OK():
-		return "n/a (etcd failed)"
+		return "n/a (" + t.base() + " failed)"
 	case math.IsNaN(ratio) || math.IsInf(ratio, 0):
 		return "n/a"
 	case t.Met(ratio):
@@ -423,36 +451,7 @@ func WriteMarkdown(w io.Writer, r *Report, notes, svgName string) error {
 	}
 	p("\n### Why (analysis, kept across regenerations)\n\n%s\n%s\n%s\n", NotesBegin, notes, NotesEnd)
 
-	p("\n## All workloads\n\n")
-	p("Medians over the rounds of each percentile; server CPU is the server process's user+system time\n")
-	p("during the timed phase divided by the operations (it includes everything the server did meanwhile).\n")
-	for _, c := range r.Cases {
-		p("\n### %s\n\n`concord bench %s` with %s\n\n", c.Title, c.Workload, c.Params)
-		p("| server | op | rate/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | server CPU/op | failed requests | failed runs |\n")
-		p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-		for _, op := range c.opNames() {
-			for _, impl := range Impls {
-				s := c.Summary(impl, op)
-				if !s.OK() {
-					continue
-				}
-				cpu := "—"
-				if s.CPUPerOp > 0 {
-					cpu = fmtMicros(s.CPUPerOp)
-				}
-				l := s.Latency
-				p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d/%d |\n", impl, op, bench.FormatRate(s.Rate),
-					bench.FormatMillis(l.P50), bench.FormatMillis(l.P90), bench.FormatMillis(l.P99), bench.FormatMillis(l.P999),
-					bench.FormatMillis(l.Max), cpu, s.Errors, s.Failed, s.Runs)
-			}
-		}
-		for _, impl := range Impls {
-			if s := c.Summary(impl, ""); s.Failed > 0 {
-				p("\n%s failed %d of %d runs: `%s`\n", impl, s.Failed, s.Runs, oneLine(s.FirstErr))
-			}
-		}
-	}
-
+	writeWorkloads(&b, r)
 	p("\n## Latency percentiles\n\n![latency percentiles, etcd vs concord](%s)\n\n", svgName)
 	p("Primary operation of each workload, log scale; a missing bar means the run failed.\n")
 
@@ -488,6 +487,45 @@ func WriteMarkdown(w io.Writer, r *Report, notes, svgName string) error {
 	return err
 }
 
+// writeWorkloads writes every case's medians per system and operation.
+func writeWorkloads(b *strings.Builder, r *Report) {
+	p := func(format string, a ...any) { fmt.Fprintf(b, format, a...) }
+	p("\n## All workloads\n\n")
+	p("Medians over the rounds of each percentile; server CPU is the server process's user+system time\n")
+	p("during the timed phase divided by the operations (it includes everything the server did meanwhile).\n")
+	for _, c := range r.Cases {
+		if c.Custom {
+			p("\n### %s\n\n`%s` (a measurement of `concord bench compare`) with %s\n\n", c.Title, c.Workload, c.Params)
+		} else {
+			p("\n### %s\n\n`concord bench %s` with %s\n\n", c.Title, c.Workload, c.Params)
+		}
+		p("| server | op | rate/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | server CPU/op | failed requests | failed runs |\n")
+		p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, op := range c.opNames(r.impls()) {
+			for _, impl := range r.impls() {
+				s := c.Summary(impl, op)
+				if !s.OK() {
+					continue
+				}
+				cpu := "—"
+				if s.CPUPerOp > 0 {
+					cpu = fmtMicros(s.CPUPerOp)
+				}
+				l := s.Latency
+				p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d/%d |\n", impl, op, bench.FormatRate(s.Rate),
+					bench.FormatMillis(l.P50), bench.FormatMillis(l.P90), bench.FormatMillis(l.P99), bench.FormatMillis(l.P999),
+					bench.FormatMillis(l.Max), cpu, s.Errors, s.Failed, s.Runs)
+			}
+		}
+		for _, impl := range r.impls() {
+			if s := c.Summary(impl, ""); s.Failed > 0 {
+				p("\n%s failed %d of %d runs: `%s`\n", impl, s.Failed, s.Runs, oneLine(s.FirstErr))
+			}
+		}
+	}
+
+}
+
 func fmtMicros(d time.Duration) string {
 	return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
 }
@@ -516,7 +554,11 @@ func WriteDocs(r *Report, mdPath, svgPath string) error {
 		rel = svgPath
 	}
 	var md, svg bytes.Buffer
-	if err := WriteMarkdown(&md, r, notes, filepath.ToSlash(rel)); err != nil {
+	write := WriteMarkdown
+	if r.Topology == TopologyCluster {
+		write = WriteClusterMarkdown
+	}
+	if err := write(&md, r, notes, filepath.ToSlash(rel)); err != nil {
 		return err
 	}
 	if err := WriteSVG(&svg, r); err != nil {

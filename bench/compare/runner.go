@@ -56,6 +56,11 @@ type Config struct {
 	Settle      time.Duration // idle time before an RSS sample; default 3s
 	Progress    bench.Progress
 	Logger      *slog.Logger
+	// Topology is TopologySingle (default) or TopologyCluster: a 3-member
+	// etcd against concord's split topology shaped by Cluster, with
+	// DefaultClusterCases and no memory samples.
+	Topology string
+	Cluster  ClusterSpec
 }
 
 // DefaultServerFlags are etcd's defaults spelled out, so that both servers
@@ -67,6 +72,15 @@ var DefaultServerFlags = []string{"--snapshot-count", "10000", "--quota-backend-
 func (c *Config) SetDefaults() {
 	if c.Rounds == 0 {
 		c.Rounds = 2
+	}
+	if c.Topology == "" {
+		c.Topology = TopologySingle
+	}
+	if c.Topology == TopologyCluster {
+		c.Cluster.SetDefaults()
+		if c.Cases == nil {
+			c.Cases = DefaultClusterCases()
+		}
 	}
 	if c.Cases == nil {
 		c.Cases = DefaultCases()
@@ -93,15 +107,33 @@ func (c *Config) Validate() error {
 	if c.Rounds < 1 {
 		return fmt.Errorf("%w: rounds must be at least 1, got %d", bench.ErrInvalid, c.Rounds)
 	}
+	switch c.Topology {
+	case TopologySingle:
+	case TopologyCluster:
+		if err := c.Cluster.Split.Validate(); err != nil {
+			return fmt.Errorf("%w: %v", bench.ErrInvalid, err)
+		}
+		if c.Cluster.EtcdMembers < 1 {
+			return fmt.Errorf("%w: etcd members must be at least 1", bench.ErrInvalid)
+		}
+	default:
+		return fmt.Errorf("%w: topology must be %q or %q, got %q", bench.ErrInvalid, TopologySingle, TopologyCluster, c.Topology)
+	}
 	if _, err := regexp.Compile(c.Only); err != nil {
 		return fmt.Errorf("%w: --only: %v", bench.ErrInvalid, err)
 	}
 	seen := map[string]bool{}
 	for _, cs := range c.Cases {
-		if cs.ID == "" || seen[cs.ID] || cs.New == nil {
-			return fmt.Errorf("%w: case %q: IDs must be unique and non-empty, New set", bench.ErrInvalid, cs.ID)
+		if cs.ID == "" || seen[cs.ID] || (cs.New == nil) == (cs.Custom == nil) {
+			return fmt.Errorf("%w: case %q: IDs must be unique and non-empty, one of New and Custom set", bench.ErrInvalid, cs.ID)
 		}
 		seen[cs.ID] = true
+		if cs.Custom != nil {
+			if err := cs.Custom.Validate(); err != nil {
+				return fmt.Errorf("case %s: %w", cs.ID, err)
+			}
+			continue
+		}
 		w := cs.New()
 		w.SetDefaults()
 		if err := w.Validate(); err != nil {
@@ -160,7 +192,18 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cases := cfg.selected()
 	for _, cs := range cases {
 		rep.Cases = append(rep.Cases, &CaseResult{ID: cs.ID, Title: cs.Title, Workload: cs.Workload(), Params: cs.Params(),
-			Targets: cs.Targets, Samples: map[string][]Sample{}})
+			Targets: cs.Targets, Samples: map[string][]Sample{}, Custom: cs.Custom != nil})
+	}
+	if cfg.Topology == TopologyCluster {
+		rep.Topology, rep.Impls, rep.RSSKeys = TopologyCluster, ClusterImpls, 0
+		rep.ServerFlags = append(append([]string(nil), cfg.Cluster.RaftFlags...), cfg.ServerFlags...)
+		if err := runClusterRounds(ctx, cfg, rep, cases, bins, work); err != nil {
+			return nil, err
+		}
+		rep.Env.LoadAfter = loadAvg()
+		rep.Elapsed = time.Since(rep.Started)
+		log.Info("comparison done", "elapsed", rep.Elapsed.Round(time.Second))
+		return rep, nil
 	}
 	rep.Memory = map[string][]MemSample{}
 	for round := 1; round <= cfg.Rounds; round++ {
@@ -280,7 +323,7 @@ func runRound(ctx context.Context, cfg Config, rep *Report, cases []Case, bins m
 					return fmt.Errorf("round %d: restarting %s: %w", round, impl, err)
 				}
 			}
-			sm := runOne(ctx, cfg, cs, s, round)
+			sm := runOne(ctx, cfg, cs, System{Label: impl, Endpoints: []string{s.Endpoint()}}, s, round)
 			cr.Samples[impl] = append(cr.Samples[impl], sm)
 			if sm.Err != "" {
 				log.Warn("run failed", "case", cs.ID, "impl", impl, "err", sm.Err)
@@ -297,34 +340,55 @@ func runRound(ctx context.Context, cfg Config, rep *Report, cases []Case, bins m
 	return nil
 }
 
-// runOne runs one case on one server and samples the server's CPU over the
-// timed phase.
-func runOne(ctx context.Context, cfg Config, cs Case, s *Server, round int) Sample {
+// meter is what runOne samples: one server or a whole cluster.
+type meter interface {
+	Usage() (Usage, error)
+	Alive() bool
+	LogTail(n int) string
+}
+
+// runOne runs one case on one system and samples the system's CPU over
+// the timed phase.
+func runOne(ctx context.Context, cfg Config, cs Case, sys System, m meter, round int) Sample {
 	ctx, cancel := context.WithTimeout(ctx, cfg.RunTimeout)
 	defer cancel()
 	sm := Sample{Round: round}
 	var before, after Usage
+	var rolesBefore, rolesAfter map[string]time.Duration
+	roles, _ := m.(interface {
+		RoleCPU() map[string]time.Duration
+	})
 	var sampleErr error
 	env := bench.Env{
-		Client:   bench.ClientConfig{Endpoints: []string{s.Endpoint()}, Conns: cs.Conns, Clients: cs.Clients},
+		Client:   bench.ClientConfig{Endpoints: sys.endpoints(cs.MaxEndpoints), Conns: cs.Conns, Clients: cs.Clients},
 		Progress: cfg.Progress,
 		Phase: func(timed bool) {
-			u, err := s.Usage()
+			u, err := m.Usage()
 			if err != nil {
 				sampleErr = err
 			}
+			var r map[string]time.Duration
+			if roles != nil {
+				r = roles.RoleCPU()
+			}
 			if timed {
-				before = u
+				before, rolesBefore = u, r
 			} else {
-				after = u
+				after, rolesAfter = u, r
 			}
 		},
 	}
-	res, err := bench.Run(ctx, cs.New(), env)
+	var res *bench.Result
+	var err error
+	if cs.Custom != nil {
+		res, err = cs.Custom.Run(ctx, sys, env)
+	} else {
+		res, err = bench.Run(ctx, cs.New(), env)
+	}
 	if err != nil {
 		sm.Err = err.Error()
-		if !s.Alive() {
-			sm.Err += fmt.Sprintf(" (server exited; log tail: %s)", strings.TrimSpace(s.LogTail(1<<10)))
+		if !m.Alive() {
+			sm.Err += fmt.Sprintf(" (server exited; log tail: %s)", strings.TrimSpace(m.LogTail(1<<10)))
 		}
 		return sm
 	}
@@ -333,6 +397,14 @@ func runOne(ctx context.Context, cfg Config, cs Case, s *Server, round int) Samp
 		sm.ServerCPU = after.CPU - before.CPU
 	}
 	sm.RSS = after.RSS
+	if rolesBefore != nil && rolesAfter != nil {
+		sm.RoleCPU = map[string]time.Duration{}
+		for role, cpu := range rolesAfter {
+			if d := cpu - rolesBefore[role]; d > 0 {
+				sm.RoleCPU[role] = d
+			}
+		}
+	}
 	return sm
 }
 

@@ -38,6 +38,11 @@ type ServerConfig struct {
 	DataDir string   // created if missing
 	LogPath string   // the process's stdout and stderr; default DataDir+".log"
 	Extra   []string // more flags, the same for both implementations
+	// Args, when set, are the process's whole argument list and ClientURL
+	// where it serves /health: the ports are the caller's (a generated
+	// topology), not probed here, and Extra is ignored.
+	Args      []string
+	ClientURL string
 	// ReadyTimeout bounds the wait for GET /health = 200; default 60s.
 	ReadyTimeout time.Duration
 	// StopTimeout bounds a graceful stop before SIGKILL; default 30s.
@@ -61,6 +66,9 @@ func (c *ServerConfig) SetDefaults() {
 func (c ServerConfig) Validate() error {
 	if c.Impl == "" || c.Bin == "" || c.DataDir == "" {
 		return errors.New("server config needs Impl, Bin and DataDir")
+	}
+	if c.Args != nil && !strings.HasPrefix(c.ClientURL, "http://") {
+		return errors.New("server config with Args needs an http:// ClientURL")
 	}
 	return nil
 }
@@ -105,6 +113,38 @@ func StartServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	return nil, err
 }
 
+// LaunchServer starts a process of a generated topology (cfg.Args set)
+// without waiting for it to be ready: members of a new raft cluster become
+// ready only together. WaitReady waits.
+func LaunchServer(cfg ServerConfig) (*Server, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Args == nil {
+		return nil, errors.New("LaunchServer needs ServerConfig.Args")
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.DataDir), 0o755); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg}
+	if err := s.launch(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// WaitReady waits until the process answers GET /health with 200.
+func (s *Server) WaitReady(ctx context.Context) error {
+	s.mu.Lock()
+	done := s.done
+	s.mu.Unlock()
+	if done == nil {
+		return fmt.Errorf("%w: %s", ErrExited, s.cfg.Impl)
+	}
+	return s.waitReady(ctx, done)
+}
+
 func freePorts() (int, int, error) {
 	l1, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -120,17 +160,26 @@ func freePorts() (int, int, error) {
 }
 
 // Endpoint is the client endpoint, host:port.
-func (s *Server) Endpoint() string { return fmt.Sprintf("127.0.0.1:%d", s.clientPort) }
+func (s *Server) Endpoint() string { return strings.TrimPrefix(s.clientURL(), "http://") }
 
 // Impl is the implementation label.
 func (s *Server) Impl() string { return s.cfg.Impl }
 
-func (s *Server) clientURL() string { return "http://" + s.Endpoint() }
-func (s *Server) peerURL() string   { return fmt.Sprintf("http://127.0.0.1:%d", s.peerPort) }
+func (s *Server) clientURL() string {
+	if s.cfg.ClientURL != "" {
+		return s.cfg.ClientURL
+	}
+	return fmt.Sprintf("http://127.0.0.1:%d", s.clientPort)
+}
+
+func (s *Server) peerURL() string { return fmt.Sprintf("http://127.0.0.1:%d", s.peerPort) }
 
 // Args are the flags the process runs with: etcd's names, understood by
 // both implementations.
 func (s *Server) Args() []string {
+	if s.cfg.Args != nil {
+		return s.cfg.Args
+	}
 	args := []string{
 		"--name", "bench",
 		"--data-dir", s.cfg.DataDir,
@@ -144,6 +193,21 @@ func (s *Server) Args() []string {
 }
 
 func (s *Server) start(ctx context.Context) error {
+	if err := s.launch(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	done := s.done
+	s.mu.Unlock()
+	if err := s.waitReady(ctx, done); err != nil {
+		s.kill()
+		return err
+	}
+	return nil
+}
+
+// launch starts the process and its reaper.
+func (s *Server) launch() error {
 	s.mu.Lock()
 	if s.cmd != nil {
 		s.mu.Unlock()
@@ -176,10 +240,6 @@ func (s *Server) start(ctx context.Context) error {
 		log.Close()
 		close(done)
 	}()
-	if err := s.waitReady(ctx, done); err != nil {
-		s.kill()
-		return err
-	}
 	return nil
 }
 
@@ -232,6 +292,16 @@ func (s *Server) Alive() bool { return s.PID() != 0 }
 func (s *Server) Restart(ctx context.Context) error {
 	s.kill()
 	return s.start(ctx)
+}
+
+// Kill sends SIGKILL and waits for the process to be gone.
+func (s *Server) Kill() { s.kill() }
+
+// Relaunch starts the process again, on the same data directory and
+// ports, after Kill, without waiting for it to be ready.
+func (s *Server) Relaunch() error {
+	s.kill()
+	return s.launch()
 }
 
 // Stop stops the process with SIGTERM, then SIGKILL after StopTimeout, and

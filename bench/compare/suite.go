@@ -1,7 +1,9 @@
 package compare
 
 import (
+	"context"
 	"fmt"
+	"slices"
 
 	"github.com/concord-kv/concord/bench"
 )
@@ -14,16 +16,37 @@ const (
 	MetricRate      Metric = "rate" // operations per second of the op
 	MetricP50       Metric = "p50"  // latency percentiles of the op
 	MetricP99       Metric = "p99"
+	MetricMax       Metric = "max"
 	MetricRSSIdle   Metric = "rss-idle"   // server RSS after start, before any load
 	MetricRSSLoaded Metric = "rss-loaded" // server RSS after loading Config.RSSKeys keys
 )
 
 // Target is a goal for concord relative to etcd on the same machine and run:
-// concord/etcd ≥ Ratio for a rate, ≤ Ratio for a latency or memory.
+// concord/etcd ≥ Ratio for a rate, ≤ Ratio for a latency or memory. Of and
+// Base name other systems of a cluster comparison (e.g. 2 fan-outs over 1);
+// an Info target is a figure to show, not a goal.
 type Target struct {
 	Metric Metric
 	Op     string // operation of the result; "" = the primary one
 	Ratio  float64
+	Of     string // the system compared; "" = Concord
+	Base   string // the system it is compared with; "" = Etcd
+	Info   bool   // shown with its ratio, not checked
+}
+
+// of and base return the systems the target compares.
+func (t Target) of() string {
+	if t.Of == "" {
+		return Concord
+	}
+	return t.Of
+}
+
+func (t Target) base() string {
+	if t.Base == "" {
+		return Etcd
+	}
+	return t.Base
 }
 
 // HigherIsBetter reports whether a larger value of the metric is better.
@@ -55,10 +78,33 @@ type Case struct {
 	// between runs, but SetDefaults/Validate mutate them).
 	New     func() bench.Workload
 	Targets []Target
+	// Custom, instead of New, is a measurement that needs the system
+	// itself, not only its endpoints (killing the leader).
+	Custom Custom
+	// Systems it runs on (cluster comparison); nil = every system.
+	Systems []string
+	// MaxEndpoints limits the client endpoints to the first n; 0 = all.
+	MaxEndpoints int
+}
+
+// Custom is a measurement that drives a whole system.
+type Custom interface {
+	Name() string
+	Params() map[string]string
+	Validate() error
+	Run(ctx context.Context, sys System, env bench.Env) (*bench.Result, error)
+}
+
+// runsOn reports whether the case runs on the system labelled impl.
+func (c Case) runsOn(impl string) bool {
+	return c.Systems == nil || slices.Contains(c.Systems, impl)
 }
 
 // Params are the workload's parameters after defaults, for the document.
 func (c Case) Params() string {
+	if c.Custom != nil {
+		return bench.FormatParams(c.Custom.Params())
+	}
 	w := c.New()
 	w.SetDefaults()
 	p := w.Params()
@@ -68,7 +114,12 @@ func (c Case) Params() string {
 }
 
 // Workload is the workload's command name.
-func (c Case) Workload() string { return c.New().Name() }
+func (c Case) Workload() string {
+	if c.Custom != nil {
+		return c.Custom.Name()
+	}
+	return c.New().Name()
+}
 
 // Value sizes of the suite: 256-byte values as in etcd's published
 // benchmarks; 1 KiB objects for the Kubernetes-like workload.

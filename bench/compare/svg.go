@@ -26,7 +26,7 @@ const (
 var (
 	chartPercentiles = []float64{50, 90, 99, 99.9}
 	chartLabels      = []string{"p50", "p90", "p99", "p99.9"}
-	implColors       = map[string]string{Etcd: "#4e79a7", Concord: "#f28e2b"}
+	implColors       = map[string]string{Etcd: "#4e79a7", Concord: "#f28e2b", Concord1FO: "#59a14f"}
 )
 
 // WriteSVG draws one panel per case: the median p50, p90, p99 and p99.9
@@ -40,7 +40,10 @@ func WriteSVG(w io.Writer, r *Report) error {
 	for _, c := range r.Cases {
 		p := panel{title: c.ID, vals: map[string][]float64{}}
 		any := false
-		for _, impl := range Impls {
+		for _, impl := range r.impls() {
+			if len(c.Samples[impl]) == 0 && r.Topology == TopologyCluster {
+				continue // the case does not run on this system
+			}
 			s := c.Summary(impl, "")
 			for _, q := range chartPercentiles {
 				v := math.NaN()
@@ -63,9 +66,10 @@ func WriteSVG(w io.Writer, r *Report) error {
 		width, height, width, height)
 	f(`<rect width="100%%" height="100%%" fill="white"/>` + "\n")
 	f(`<text x="10" y="21" font-size="14" font-weight="bold">Latency percentiles (ms, log scale), medians of the rounds</text>` + "\n")
-	lx := width - 190
-	for i, impl := range Impls {
-		f(`<rect x="%d" y="10" width="12" height="12" fill="%s"/><text x="%d" y="21">%s</text>`+"\n", lx+i*90, implColors[impl], lx+i*90+16, impl)
+	impls := r.impls()
+	lx := width - 100*len(impls) + 10
+	for i, impl := range impls {
+		f(`<rect x="%d" y="10" width="12" height="12" fill="%s"/><text x="%d" y="21">%s</text>`+"\n", lx+i*100, implColors[impl], lx+i*100+16, impl)
 	}
 	if len(panels) == 0 {
 		f(`<text x="10" y="%d">no successful runs to chart</text>`+"\n", legendH+20)
@@ -101,11 +105,14 @@ func WriteSVG(w io.Writer, r *Report) error {
 		}
 		f(`<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#333"/>`+"\n", px, py+ph, px+pw, py+ph)
 		gw := float64(pw) / float64(len(chartPercentiles))
-		bw := gw * 0.34
+		bw := gw * 0.68 / float64(len(impls))
 		for qi, label := range chartLabels {
 			gx := float64(px) + gw*float64(qi)
 			f(`<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", gx+gw/2, py+ph+14, label)
-			for ii, impl := range Impls {
+			for ii, impl := range impls {
+				if len(p.vals[impl]) == 0 {
+					continue
+				}
 				v := p.vals[impl][qi]
 				if math.IsNaN(v) || v <= 0 {
 					continue

@@ -257,8 +257,14 @@ each workload has its own.`,
 			defer stop()
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 			cfg.Progress = bench.NewTerminalProgress(os.Stderr)
+			if cfg.Topology == compare.TopologyCluster && !cmd.Flags().Changed("out") {
+				out = "docs/benchmarks-cluster.md"
+			}
 			if svg == "" {
-				svg = filepath.Join(filepath.Dir(out), "benchmarks-latency.svg")
+				svg = strings.TrimSuffix(out, filepath.Ext(out)) + "-latency.svg"
+				if filepath.Base(out) == "benchmarks.md" {
+					svg = filepath.Join(filepath.Dir(out), "benchmarks-latency.svg")
+				}
 			}
 			var rep *compare.Report
 			if fromJSON != "" {
@@ -296,6 +302,8 @@ each workload has its own.`,
 	}
 	f := c.Flags()
 	f.IntVar(&cfg.Rounds, "rounds", 2, "runs of every workload on each server")
+	f.StringVar(&cfg.Topology, "topology", compare.TopologySingle, "single: one etcd member vs all-in-one concord (docs/benchmarks.md); "+
+		"cluster: a 3-member etcd vs concord's split topology of processes (docs/benchmarks-cluster.md)")
 	f.StringVar(&out, "out", "docs/benchmarks.md", "markdown document to write")
 	f.StringVar(&svg, "svg", "", "latency chart to write (default: benchmarks-latency.svg next to --out)")
 	f.StringVar(&jsonOut, "json-out", "", "also write the raw report as JSON to this file")
