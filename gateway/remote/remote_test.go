@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -183,5 +184,34 @@ func TestLeaseKeepAliveRoundTrip(t *testing.T) {
 	defer remote.SetLeaseFailoverForTest(200*time.Millisecond, 20*time.Millisecond)()
 	if _, err := l.LeaseKeepAlive(ctx, &pb.LeaseKeepAliveRequest{ID: 2}); !errors.Is(err, consensus.ErrNoLeader) {
 		t.Fatalf("keep-alive on a standby: %v, want no leader", err)
+	}
+}
+
+// TestNoCompressionBetweenProcesses: the clients never offer gzip, so the
+// servers of the other processes never spend CPU compressing responses.
+func TestNoCompressionBetweenProcesses(t *testing.T) {
+	path, h := concordv1connect.NewInternalServiceHandler(internalapi.New(fakeNode{}))
+	offered := make(chan string, 64)
+	record := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case offered <- r.Header.Get("Accept-Encoding") + "|" + r.Header.Get("Grpc-Accept-Encoding") + "|" + r.Header.Get("Connect-Accept-Encoding"):
+		default:
+		}
+		h.ServeHTTP(w, r)
+	})
+	c, err := remote.NewConsensus(h2cServer(t, path, record), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.RangeEvents(ctx, 5, 7, []byte("k"), nil); err != nil {
+		t.Fatal(err)
+	}
+	for n := len(offered); n > 0; n-- {
+		if got := <-offered; strings.Contains(got, "gzip") {
+			t.Fatalf("a client offered gzip: %q", got)
+		}
 	}
 }
