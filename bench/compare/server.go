@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/concord-kv/concord/internal/healthwait"
 )
 
 // Sentinel errors.
@@ -246,27 +247,13 @@ func (s *Server) launch() error {
 func (s *Server) waitReady(ctx context.Context, done <-chan struct{}) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ReadyTimeout)
 	defer cancel()
-	client := &http.Client{Timeout: 2 * time.Second}
-	tick := time.NewTicker(pollInterval)
-	defer tick.Stop()
-	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.clientURL()+"/health", nil)
-		if err != nil {
-			return err
-		}
-		if resp, err := client.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-done:
-			return fmt.Errorf("%w: %s exited before it was ready; log %s:\n%s", ErrNotReady, s.cfg.Impl, s.cfg.LogPath, s.LogTail(4<<10))
-		case <-ctx.Done():
-			return fmt.Errorf("%w: no 200 from %s/health within %v", ErrNotReady, s.clientURL(), s.cfg.ReadyTimeout)
-		case <-tick.C:
-		}
+	switch err := healthwait.Wait(ctx, s.clientURL(), done, pollInterval); {
+	case errors.Is(err, healthwait.ErrExited):
+		return fmt.Errorf("%w: %s exited before it was ready; log %s:\n%s", ErrNotReady, s.cfg.Impl, s.cfg.LogPath, s.LogTail(4<<10))
+	case errors.Is(err, healthwait.ErrTimeout):
+		return fmt.Errorf("%w: no 200 from %s/health within %v", ErrNotReady, s.clientURL(), s.cfg.ReadyTimeout)
+	default:
+		return err
 	}
 }
 

@@ -22,7 +22,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -38,6 +37,8 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/types"
+
+	"github.com/concord-kv/concord/internal/healthwait"
 )
 
 // Errors of the launcher.
@@ -570,27 +571,13 @@ func (c *Cluster) spawn(p *process) (done <-chan struct{}, err error) {
 func (c *Cluster) waitReady(ctx context.Context, p *process, done <-chan struct{}) error {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.ReadyTimeout)
 	defer cancel()
-	client := &http.Client{Timeout: 2 * time.Second}
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.svc.ClientURL+"/health", nil)
-		if err != nil {
-			return err
-		}
-		if resp, err := client.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-done:
-			return fmt.Errorf("%w: %s exited before it was ready", ErrNotReady, p.svc.Name)
-		case <-ctx.Done():
-			return fmt.Errorf("%w: no 200 from %s/health (%s) within %v", ErrNotReady, p.svc.ClientURL, p.svc.Name, c.cfg.ReadyTimeout)
-		case <-tick.C:
-		}
+	switch err := healthwait.Wait(ctx, p.svc.ClientURL, done, 20*time.Millisecond); {
+	case errors.Is(err, healthwait.ErrExited):
+		return fmt.Errorf("%w: %s exited before it was ready", ErrNotReady, p.svc.Name)
+	case errors.Is(err, healthwait.ErrTimeout):
+		return fmt.Errorf("%w: no 200 from %s/health (%s) within %v", ErrNotReady, p.svc.ClientURL, p.svc.Name, c.cfg.ReadyTimeout)
+	default:
+		return err
 	}
 }
 

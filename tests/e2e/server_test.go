@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -14,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/concord-kv/concord/internal/healthwait"
 )
 
 const (
@@ -185,28 +186,18 @@ func (s *Server) start() error {
 func (s *Server) waitReady(done <-chan struct{}) error {
 	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 	defer cancel()
-	client := &http.Client{Timeout: 2 * time.Second}
-	tick := time.NewTicker(pollInterval)
-	defer tick.Stop()
-	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.clientURL()+"/health", nil)
-		if err != nil {
-			return err
-		}
-		resp, err := client.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-done:
-			return fmt.Errorf("%w: %s exited before it was ready", errNotReady, s.impl.name)
-		case <-ctx.Done():
-			return fmt.Errorf("%w: no 200 from %s/health within %v", errNotReady, s.clientURL(), readyTimeout)
-		case <-tick.C:
-		}
+	return readyErr(healthwait.Wait(ctx, s.clientURL(), done, pollInterval), s.impl.name, s.clientURL())
+}
+
+// readyErr words a healthwait.Wait error for a test's output.
+func readyErr(err error, name, url string) error {
+	switch {
+	case errors.Is(err, healthwait.ErrExited):
+		return fmt.Errorf("%w: %s exited before it was ready", errNotReady, name)
+	case errors.Is(err, healthwait.ErrTimeout):
+		return fmt.Errorf("%w: no 200 from %s/health within %v", errNotReady, url, readyTimeout)
+	default:
+		return err
 	}
 }
 

@@ -19,6 +19,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/concord-kv/concord/internal/healthwait"
 )
 
 // proc is one concord process of the split topology. Unlike Server it
@@ -79,26 +81,7 @@ func (p *proc) start() error {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 	defer cancel()
-	client := &http.Client{Timeout: 2 * time.Second}
-	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.url()+"/health", nil)
-		if err != nil {
-			return err
-		}
-		if resp, err := client.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-done:
-			return fmt.Errorf("%w: %s exited before it was ready", errNotReady, p.name)
-		case <-ctx.Done():
-			return fmt.Errorf("%w: no 200 from %s/health within %v", errNotReady, p.url(), readyTimeout)
-		case <-time.After(pollInterval):
-		}
-	}
+	return readyErr(healthwait.Wait(ctx, p.url(), done, pollInterval), p.name, p.url())
 }
 
 // kill SIGKILLs the process and waits for it. Idempotent.
