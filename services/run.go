@@ -116,8 +116,18 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	}
 	log.Info("concord is ready", "name", cfg.Name, "data-dir", cfg.DataDir,
 		"advertise-client-urls", joinURLs(cfg.AdvertiseClientURLs))
-	err = g.Wait()
-	if errors.Is(err, context.Canceled) {
+	return endOfRun(g.Wait(), log)
+}
+
+// endOfRun is what a process's run returns once its errgroup ended: nil for
+// a stop it was asked for, and for a member removed from the cluster, which
+// etcd also treats as a clean end (it logs the removal and exits 0).
+func endOfRun(err error, log *slog.Logger) error {
+	switch {
+	case errors.Is(err, context.Canceled):
+		return nil
+	case errors.Is(err, consensus.ErrMemberRemoved):
+		log.Warn("stopping: " + consensus.ErrMemberRemoved.Error())
 		return nil
 	}
 	return err
@@ -192,9 +202,9 @@ func urlStrings(urls []url.URL) []string {
 
 func joinURLs(urls []url.URL) string { return strings.Join(urlStrings(urls), ",") }
 
-// watchNode fails the process when its consensus member stops on its own:
-// a raft loop that failed, or a member removed from the cluster (etcd exits
-// non-zero with "the member has been permanently removed from the cluster").
+// watchNode ends the process when its consensus member stops on its own: a
+// raft loop that failed (an error), or a member removed from the cluster
+// (endOfRun turns that into a clean exit, as etcd's).
 func watchNode(ctx context.Context, node *consensus.Node) error {
 	select {
 	case <-ctx.Done():

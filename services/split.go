@@ -9,7 +9,6 @@ package services
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -237,9 +236,5 @@ func serveSplit(ctx context.Context, role string, gw *gateway.Gateway, listeners
 		g.Go(func() error { return gw.Serve(ctx, ln) })
 	}
 	log.Info("concord is ready", "role", role)
-	err := g.Wait()
-	if errors.Is(err, context.Canceled) {
-		return nil
-	}
-	return err
+	return endOfRun(g.Wait(), log)
 }
