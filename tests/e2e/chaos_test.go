@@ -117,16 +117,6 @@ func (r *chaosRecorder) succeeded() int {
 
 func chaosKey(k int) string { return fmt.Sprintf("%sk%d", chaosPrefix, k) }
 
-func chaosClient(t *testing.T, endpoints ...string) *clientv3.Client {
-	t.Helper()
-	c, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatalf("clientv3.New(%v): %v", endpoints, err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	return c
-}
-
 // chaosWorker issues random gets, puts and txns on the modelled keys.
 func chaosWorker(ctx context.Context, rec *chaosRecorder, cli *clientv3.Client, id int, rng *rand.Rand) {
 	client := rec.newClientID()
@@ -434,7 +424,7 @@ func TestChaos(t *testing.T) {
 	})
 	gws := c.Endpoints("gateway")
 	t.Logf("topology up in %v; gateways %v", time.Since(started).Round(time.Millisecond), gws)
-	admin := chaosClient(t, gws...)
+	admin := splitClient(t, gws...)
 
 	// The lease kept alive through the run, and its key (outside the
 	// modelled keys: lease/).
@@ -447,7 +437,7 @@ func TestChaos(t *testing.T) {
 	defer stopTraffic()
 	var wg sync.WaitGroup
 	for i := range chaosWorkers {
-		cli := chaosClient(t, gws[i%2], gws[(i+1)%2])
+		cli := splitClient(t, gws[i%2], gws[(i+1)%2])
 		rng := rand.New(rand.NewPCG(cfg.seed, uint64(i)))
 		wg.Go(func() { chaosWorker(trafficCtx, rec, cli, i, rng) })
 	}
@@ -458,12 +448,12 @@ func TestChaos(t *testing.T) {
 	for i := range chaosWatchers {
 		w := &chaosWatcher{name: fmt.Sprintf("watcher-%d", i)}
 		watchers = append(watchers, w)
-		cli := chaosClient(t, gws[i%2], gws[(i+1)%2])
+		cli := splitClient(t, gws[i%2], gws[(i+1)%2])
 		wwg.Go(func() { w.run(watchCtx, cli, startRev+1) })
 	}
 	// The keeper runs until the end, through the kill of every process.
 	keeper := &chaosLeaseKeeper{id: lease.ID, lastOK: time.Now()}
-	kcli := chaosClient(t, gws...)
+	kcli := splitClient(t, gws...)
 	keeperCtx, stopKeeper := context.WithCancel(ctx)
 	defer stopKeeper()
 	var kwg sync.WaitGroup
@@ -573,7 +563,7 @@ func TestChaos(t *testing.T) {
 	if err := c.StartAll(ctx); err != nil {
 		t.Fatalf("restart after killing everything: %v", err)
 	}
-	final := chaosClient(t, gws...)
+	final := splitClient(t, gws...)
 	finalClient := rec.newClientID()
 	for k := range chaosKeys {
 		var resp *clientv3.GetResponse

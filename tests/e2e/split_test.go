@@ -126,19 +126,28 @@ func freePort(t *testing.T) int {
 	return a
 }
 
-func startSplit(t *testing.T) *splitCluster {
+// startSingleConsensus starts a one-member `concord consensus` with its
+// NATS server; it returns the process, its client URL and its NATS address.
+func startSingleConsensus(t *testing.T) (p *proc, clientURL, natsAddr string) {
 	t.Helper()
-	c := &splitCluster{}
 	cport, pport, err := freePorts()
 	if err != nil {
 		t.Fatal(err)
 	}
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	curl := fmt.Sprintf("http://127.0.0.1:%d", cport)
+	natsAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	clientURL = fmt.Sprintf("http://127.0.0.1:%d", cport)
 	purl := fmt.Sprintf("http://127.0.0.1:%d", pport)
-	c.consensus = startProc(t, "consensus", cport, "consensus", "--name", "c1", "--data-dir", t.TempDir(),
-		"--listen-client-urls", curl, "--listen-peer-urls", purl, "--initial-cluster", "c1="+purl,
+	p = startProc(t, "consensus", cport, "consensus", "--name", "c1", "--data-dir", t.TempDir(),
+		"--listen-client-urls", clientURL, "--listen-peer-urls", purl, "--initial-cluster", "c1="+purl,
 		"--nats-listen-addr", natsAddr)
+	return p, clientURL, natsAddr
+}
+
+func startSplit(t *testing.T) *splitCluster {
+	t.Helper()
+	c := &splitCluster{}
+	var curl, natsAddr string
+	c.consensus, curl, natsAddr = startSingleConsensus(t)
 	wport, lport := freePort(t), freePort(t)
 	c.watchfanout = startProc(t, "watchfanout", wport, "watchfanout", "--name", "wf1",
 		"--consensus-endpoints", curl, "--nats-url", "nats://"+natsAddr,
@@ -368,16 +377,7 @@ func clientErrors(t *testing.T, cli *clientv3.Client) map[string]error {
 // standby take the lease authority over, after which keep-alives through
 // the same gateway succeed again and the lease and its key survive.
 func TestSplitFailover(t *testing.T) {
-	cport, pport, err := freePorts()
-	if err != nil {
-		t.Fatal(err)
-	}
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	curl := fmt.Sprintf("http://127.0.0.1:%d", cport)
-	purl := fmt.Sprintf("http://127.0.0.1:%d", pport)
-	startProc(t, "consensus", cport, "consensus", "--name", "c1", "--data-dir", t.TempDir(),
-		"--listen-client-urls", curl, "--listen-peer-urls", purl, "--initial-cluster", "c1="+purl,
-		"--nats-listen-addr", natsAddr)
+	_, curl, natsAddr := startSingleConsensus(t)
 	var wfs, lss []*proc
 	for i := 1; i <= 2; i++ {
 		wport := freePort(t)
@@ -519,16 +519,7 @@ func waitKeepAlive(ctx context.Context, t *testing.T, cli *clientv3.Client, id c
 // also measures how soon a standby lease service is ready. Every lease
 // survives every takeover.
 func TestSplitLeaseTakeoverTime(t *testing.T) {
-	cport, pport, err := freePorts()
-	if err != nil {
-		t.Fatal(err)
-	}
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	curl := fmt.Sprintf("http://127.0.0.1:%d", cport)
-	purl := fmt.Sprintf("http://127.0.0.1:%d", pport)
-	startProc(t, "consensus", cport, "consensus", "--name", "c1", "--data-dir", t.TempDir(),
-		"--listen-client-urls", curl, "--listen-peer-urls", purl, "--initial-cluster", "c1="+purl,
-		"--nats-listen-addr", natsAddr)
+	_, curl, natsAddr := startSingleConsensus(t)
 	wport := freePort(t)
 	wf := startProc(t, "watchfanout", wport, "watchfanout", "--name", "wf1", "--consensus-endpoints", curl,
 		"--nats-url", "nats://"+natsAddr, "--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", wport))
