@@ -74,7 +74,7 @@ func BenchmarkClientGetParallel(b *testing.B) {
 
 func benchClientGetParallel(b *testing.B, lean bool) {
 	f := newFake()
-	addr := startGateway(b, gateway.Config{LeanHTTP2: lean}, f)
+	addr := startGateway(b, gateway.Config{NetHTTP2: !lean}, f)
 	clients := make([]*clientv3.Client, 4)
 	for i := range clients {
 		clients[i] = newClient(b, addr)

@@ -38,10 +38,11 @@ type Config struct {
 	MaxTxnOps int
 	// MaxConcurrentStreams is the HTTP/2 per-connection stream limit.
 	MaxConcurrentStreams uint32
-	// LeanHTTP2 serves HTTP/2 prior-knowledge connections (gRPC clients)
-	// with gateway/h2server instead of net/http's HTTP/2 server; every
-	// other connection still goes to net/http on the same listener.
-	LeanHTTP2 bool
+	// NetHTTP2 serves HTTP/2 prior-knowledge connections (gRPC clients)
+	// with net/http's HTTP/2 server instead of gateway/h2server, the
+	// default (less CPU per call); every other connection goes to net/http
+	// on the same listener either way.
+	NetHTTP2 bool
 	// ShutdownTimeout is how long Serve waits for in-flight calls once its
 	// context is done before closing connections.
 	ShutdownTimeout time.Duration

@@ -21,9 +21,10 @@ import (
 	"github.com/concord-kv/concord/proto/gen/v3lockpbconnect"
 )
 
-// forceLeanHTTP2 makes every Serve use h2server; the package's tests set
-// it from CONCORD_TEST_LEAN_HTTP2 to run the whole suite over both servers.
-var forceLeanHTTP2 bool
+// forceNetHTTP2 makes every Serve use net/http's HTTP/2 server; the
+// package's tests set it from CONCORD_TEST_NET_HTTP2 to run the whole suite
+// over both servers.
+var forceNetHTTP2 bool
 
 // ErrClosed is returned by Serve after Close.
 var ErrClosed = errors.New("gateway: closed")
@@ -48,7 +49,7 @@ type Gateway struct {
 	mu      sync.Mutex
 	closed  bool
 	servers map[*http.Server]struct{}
-	// lean holds the h2server of each Serve with Config.LeanHTTP2.
+	// lean holds the h2server of each Serve without Config.NetHTTP2.
 	lean map[*h2server.Server]*h2server.Split
 }
 
@@ -246,7 +247,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		lean  *h2server.Server
 	)
 	h1ln := ln
-	if g.cfg.LeanHTTP2 || forceLeanHTTP2 {
+	if !g.cfg.NetHTTP2 && !forceNetHTTP2 {
 		var err error
 		lean, err = h2server.New(h2server.Config{
 			MaxConcurrentStreams: g.cfg.MaxConcurrentStreams,

@@ -16,13 +16,13 @@ import (
 	"github.com/concord-kv/concord/gateway"
 )
 
-// Config.LeanHTTP2 serves clientv3 (grpc-go) over gateway/h2server, and
-// HTTP/1.1 (curl's JSON) on the same port over net/http. The whole suite
-// runs over h2server with CONCORD_TEST_LEAN_HTTP2=1; this keeps a clientv3
-// path over it in every run.
+// The default Config serves clientv3 (grpc-go) over gateway/h2server, and
+// HTTP/1.1 (curl's JSON) on the same port over net/http. (With
+// CONCORD_TEST_NET_HTTP2=1 the whole suite, this test too, runs over
+// net/http's HTTP/2 server instead.)
 func TestLeanHTTP2(t *testing.T) {
 	const limit = 64 << 10
-	f, cli, addr := setup(t, gateway.Config{LeanHTTP2: true, MaxRequestBytes: limit})
+	f, cli, addr := setup(t, gateway.Config{MaxRequestBytes: limit})
 	ctx := testCtx(t)
 	if _, err := cli.Put(ctx, "foo", "bar"); err != nil {
 		t.Fatal(err)

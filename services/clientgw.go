@@ -53,7 +53,7 @@ func gatewayConfig(maxRequestBytes, maxTxnOps int, leanHTTP2 bool, log *slog.Log
 	return gateway.Config{
 		MaxRequestBytes: maxRequestBytes,
 		MaxTxnOps:       maxTxnOps,
-		LeanHTTP2:       leanHTTP2,
+		NetHTTP2:        !leanHTTP2,
 		Logger:          log.With("component", "gateway"),
 	}
 }
