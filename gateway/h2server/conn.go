@@ -114,12 +114,7 @@ func (c *conn) serve() (err error) {
 		streams := c.streams
 		c.streams = nil
 		c.smu.Unlock()
-		c.wmu.Lock()
-		if c.werr == nil {
-			c.werr = errConnClosed
-		}
-		c.wcond.Broadcast()
-		c.wmu.Unlock()
+		c.closeWrites()
 		for _, st := range streams {
 			st.fail(errConnClosed)
 		}
@@ -490,17 +485,25 @@ func (c *conn) flusher() {
 			_ = c.nc.SetWriteDeadline(time.Now().Add(c.cfg.CloseFlushTimeout))
 			c.drain()
 			c.nc.Close()
-			c.wmu.Lock()
-			if c.werr == nil {
-				c.werr = errConnClosed
-			}
-			c.wcond.Broadcast()
-			c.wmu.Unlock()
+			c.closeWrites()
 			return
 		}
 	}
 }
 
+// closeWrites makes every later write fail with errConnClosed (unless an
+// earlier error is already sticky) and wakes the writers waiting for room.
+func (c *conn) closeWrites() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr == nil {
+		c.werr = errConnClosed
+	}
+	c.wcond.Broadcast()
+}
+
+// drain writes what is pending, everything queued so far in one write(2),
+// until the buffer is empty or a write fails (the error becomes sticky).
 func (c *conn) drain() {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
