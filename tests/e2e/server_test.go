@@ -113,17 +113,41 @@ func startServer(t testing.TB, im *impl, opts serverOptions) *Server {
 
 // freePorts asks the kernel for two distinct free loopback ports.
 func freePorts() (int, int, error) {
-	l1, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := probePort()
 	if err != nil {
 		return 0, 0, err
 	}
-	defer l1.Close()
-	l2, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, 0, err
+	b, err := probePort()
+	return a, b, err
+}
+
+// handedOut holds every port probePort returned in this test binary: the
+// kernel may give a just-closed probe's port to the next probe, and two
+// processes (or a peer listener and a NATS route) told to bind the same
+// port make a test fail for no fault of the code under test.
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
+// probePort returns a free loopback port no earlier call returned.
+func probePort() (int, error) {
+	for range 1000 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		handedOut.Lock()
+		fresh := !handedOut.ports[port]
+		handedOut.ports[port] = true
+		handedOut.Unlock()
+		if fresh {
+			return port, nil
+		}
 	}
-	defer l2.Close()
-	return l1.Addr().(*net.TCPAddr).Port, l2.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("no loopback port left that was not handed out already")
 }
 
 // Endpoint is the client endpoint in etcdctl's --endpoints form.
