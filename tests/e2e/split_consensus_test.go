@@ -224,7 +224,7 @@ func TestSplitConsensusLeaderKilled(t *testing.T) {
 	// survivors with usable client URLs, hand leadership from one survivor to
 	// the other, and write.
 	out := mustCtl(t, gw.endpoint(), "member", "remove", fmt.Sprintf("%x", ids[lead]))
-	if !strings.Contains(out, fmt.Sprintf("Member %x removed from cluster", ids[lead])) {
+	if m := removedRe.FindStringSubmatch(out); m == nil || m[1] != fmt.Sprintf("%x", ids[lead]) {
 		t.Fatalf("member remove through the gateway printed %q", out)
 	}
 	ml := must(cli.MemberList(ctx))(t)
@@ -245,8 +245,8 @@ func TestSplitConsensusLeaderKilled(t *testing.T) {
 		}
 	}
 	out = mustCtl(t, gw.endpoint(), "move-leader", fmt.Sprintf("%x", target))
-	if want := fmt.Sprintf("Leadership transferred from %x to %x", cur, target); !strings.Contains(out, want) {
-		t.Fatalf("move-leader through the gateway printed %q, want %q", out, want)
+	if m := transferredRe.FindStringSubmatch(out); m == nil || m[1] != fmt.Sprintf("%x", cur) || m[2] != fmt.Sprintf("%x", target) {
+		t.Fatalf("move-leader through the gateway printed %q, want a transfer from %x to %x", out, cur, target)
 	}
 	if err := put("lk/moved", 10*time.Second); err != nil {
 		t.Fatalf("put after move-leader: %v", err)
