@@ -42,8 +42,10 @@ func (n *Node) header(h *pb.ResponseHeader) *pb.ResponseHeader {
 }
 
 // Range reads keys: serializable requests from the local store, others after
-// a ReadIndex round. Learners serve both (etcd's learners refuse
-// linearizable reads; concord's take part in ReadIndex like any member).
+// a ReadIndex round. A learner serves both here, like etcd's server layer
+// (its /health reads through it); the client API refuses a learner's
+// linearizable reads, as etcd's interceptor does, in the gateway
+// (gateway/learner.go).
 func (n *Node) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	if err := n.readBarrier(ctx, r.GetSerializable()); err != nil {
 		return nil, err

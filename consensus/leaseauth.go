@@ -101,9 +101,18 @@ func (n *Node) LeaseAuthority(ctx context.Context) (LeaseAuthority, error) {
 // a standby passes the index it watched go unrenewed, so a renewal it did
 // not see (applied on the leader before its own member, or in flight) fails
 // the takeover rather than deposing a holder that is answering keep-alives.
+//
+// A learner refuses (ErrNotSupportedForLearner): its gateway refuses
+// keep-alives as etcd's learners do, so a lease service in a learner's
+// process must not become the one that decides expiries (in etcd, only the
+// leader's lessor does). A lease service in its own process reaching a
+// learner is sent on to another member by gateway/remote.
 func (n *Node) AcquireLeaseAuthority(ctx context.Context, holder string, epoch, renewedIndex uint64) (LeaseAuthority, error) {
 	if holder == "" {
 		return LeaseAuthority{}, errors.New("consensus: empty lease authority holder")
+	}
+	if err := n.learnerGuard(); err != nil {
+		return LeaseAuthority{}, err
 	}
 	return n.proposeAuthority(ctx, &concordv1.RaftCommand{Command: &concordv1.RaftCommand_LeaseAuthorityAcquire{
 		LeaseAuthorityAcquire: &concordv1.LeaseAuthorityAcquire{Holder: holder, Epoch: epoch, RenewedIndex: renewedIndex},

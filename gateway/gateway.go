@@ -35,6 +35,8 @@ type Gateway struct {
 	cfg Config
 	b   Backend
 	log *slog.Logger
+	// learner is b when it may be a raft learner (learner.go), else nil.
+	learner Learner
 
 	// services maps "/<package>.<Service>/" to the connect handler of that
 	// service; exact-prefix lookup is cheaper than a ServeMux walk.
@@ -125,6 +127,7 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 		servers:  make(map[*http.Server]struct{}),
 		lean:     make(map[*h2server.Server]*h2server.Split),
 	}
+	g.learner, _ = b.(Learner)
 	o := options{
 		watch:    etcdserverpbconnect.UnimplementedWatchHandler{},
 		lock:     v3lockpbconnect.UnimplementedLockHandler{},
@@ -137,7 +140,7 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 		// etcd lets the transport accept MaxRequestBytes plus gRPC overhead;
 		// the exact limit is then enforced per request (tooLarge).
 		connect.WithReadMaxBytes(cfg.MaxRequestBytes + grpcOverheadBytes),
-		connect.WithRequestGate(g.requireLeader),
+		connect.WithRequestGate(g.gate),
 	}
 	g.mount(etcdserverpbconnect.NewKVHandler(kvService{g: g}, hopts...))
 	g.mount(etcdserverpbconnect.NewWatchHandler(o.watch, hopts...))

@@ -279,9 +279,9 @@ func (f *fakeBackend) MemberList(context.Context, *pb.MemberListRequest) (*pb.Me
 func (f *fakeBackend) Leader() uint64 { return f.leader.Load() }
 
 // startGateway serves a gateway for b on a loopback port until the test ends.
-func startGateway(t testing.TB, cfg gateway.Config, b gateway.Backend) string {
+func startGateway(t testing.TB, cfg gateway.Config, b gateway.Backend, opts ...gateway.Option) string {
 	t.Helper()
-	g, err := gateway.New(cfg, b)
+	g, err := gateway.New(cfg, b, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,11 @@ type kvService struct {
 }
 
 func (s kvService) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	// A learner serves serializable reads only (learner.go), and refuses
+	// before validating, as etcd's interceptor does.
+	if !r.GetSerializable() && s.g.isLearner() {
+		return nil, learnerRefusal.err()
+	}
 	if err := validRangeRequest(r); err != nil {
 		return nil, rpcError(err)
 	}
