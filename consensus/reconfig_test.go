@@ -146,7 +146,8 @@ func TestMembershipLearnerJoinsBySnapshotIsPromotedAndReplacesAMember(t *testing
 	if err != nil || !st.IsLearner {
 		t.Fatalf("learner status %v, %v: want IsLearner", st, err)
 	}
-	// Learners serve linearizable reads; writes get etcd's learner error.
+	// Learners serve linearizable reads at this layer (the client API
+	// refuses them, gateway/learner.go); writes get etcd's learner error.
 	put(t, c.nodes[lead], "after", "1")
 	if r := get(t, l, "after", false); len(r.Kvs) != 1 {
 		t.Fatalf("linearizable read on the learner missed a committed write: %v", r.Kvs)
@@ -156,6 +157,12 @@ func TestMembershipLearnerJoinsBySnapshotIsPromotedAndReplacesAMember(t *testing
 	}
 	if _, err := l.MemberList(ctxT(t), &pb.MemberListRequest{}); !errors.Is(err, ErrNotSupportedForLearner) {
 		t.Fatalf("member list on a learner: %v, want %v", err, ErrNotSupportedForLearner)
+	}
+	// Its process's lease service may not decide expiries.
+	if a, err := l.LeaseAuthority(ctxT(t)); err != nil {
+		t.Fatal(err)
+	} else if _, err := l.AcquireLeaseAuthority(ctxT(t), "on-learner", a.Epoch+1, 0); !errors.Is(err, ErrNotSupportedForLearner) {
+		t.Fatalf("lease authority acquired on a learner: %v, want %v", err, ErrNotSupportedForLearner)
 	}
 	// It publishes its name like any member.
 	waitFor(t, "the learner's name in the member table", func() bool {

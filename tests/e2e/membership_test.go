@@ -116,6 +116,7 @@ func testMembership(t *testing.T, im *impl) {
 		t.Fatalf("serializable read on the learner: %q", got)
 	}
 	ctlFails(t, j.Endpoint(), "Error: etcdserver: rpc not supported for learner", "put", "x", "y")
+	checkLearnerRefusals(t, j.Endpoint())
 	ctlFails(t, c.endpoints(), "Error: etcdserver: can only promote a learner member",
 		"member", "promote", memberID(t, c, first))
 
