@@ -31,9 +31,6 @@ const (
 	// leaderPollInterval is how often Consensus asks the member it uses for
 	// the leader (Status), and moves its calls to the leader.
 	leaderPollInterval = 500 * time.Millisecond
-	// memberSyncInterval is how often it re-learns the members' client URLs
-	// (MemberList); a leader it has no URL for triggers a sync at once.
-	memberSyncInterval = 10 * time.Second
 	// statusTimeout bounds the leader poll's Status call; a member that
 	// does not answer within it is tried last for downFor.
 	statusTimeout = 2 * time.Second
@@ -41,6 +38,11 @@ const (
 	// after every other one.
 	downFor = time.Second
 )
+
+// memberSyncInterval is how often Consensus re-learns the members
+// (MemberList); a leader it has no URL for triggers a sync at once. A
+// variable for tests.
+var memberSyncInterval = 10 * time.Second
 
 // endpointClients are the clients of one consensus member, all sharing the
 // member's one HTTP/2 connection.
@@ -74,7 +76,9 @@ func (m *endpointClients) down(now time.Time) bool { return m.downUntil.Load() >
 // implements gateway.Backend, leasesvc.Backend and watchfanout.History.
 //
 // It knows every member: the endpoints it was given plus the client URLs
-// MemberList reports, re-learned periodically. Every call goes through
+// MemberList reports, re-learned periodically and after each membership
+// change made through it; a removed member's endpoint is dropped
+// (applyMembers). Every call goes through
 // call, the one place that picks a member: the leader when known (a write
 // sent there saves the follower-to-leader hop, a linearizable read the
 // ReadIndex round trip), otherwise the member that last answered, moving
@@ -84,7 +88,8 @@ type Consensus struct {
 	log *slog.Logger
 
 	mu       sync.Mutex
-	members  []*endpointClients // copy-on-write under mu; never shrinks
+	members  []*endpointClients // copy-on-write under mu
+	removed  map[uint64]bool    // IDs of members dropped (etcd never reuses one); under mu
 	lastSync time.Time          // of members, from MemberList (pollLeader only)
 	pref     atomic.Pointer[endpointClients]
 
@@ -108,7 +113,7 @@ func NewConsensus(urls string, log *slog.Logger) (*Consensus, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	c := &Consensus{log: log}
+	c := &Consensus{log: log, removed: make(map[uint64]bool)}
 	for _, ep := range eps {
 		c.members = append(c.members, newEndpointClients(ep))
 	}
@@ -144,7 +149,7 @@ func (c *Consensus) order() []*endpointClients {
 	now := time.Now()
 	out := make([]*endpointClients, 0, len(ms))
 	p := c.pref.Load()
-	if !p.down(now) {
+	if !p.down(now) && slices.Contains(ms, p) { // p may have been dropped since
 		out = append(out, p)
 	}
 	for _, m := range ms {
@@ -319,29 +324,55 @@ func (c *Consensus) byID(id uint64) *endpointClients {
 	return nil
 }
 
-// syncMembers adds the client URLs MemberList reports and records which
-// member each endpoint is. Members are never dropped: one removed from the
-// cluster is unreachable or refuses, and is then tried last.
+// syncMembers re-learns the members from a linearizable MemberList, so a
+// list is never older than one applied before it (a member missing from it
+// has been removed, not yet to be seen).
 func (c *Consensus) syncMembers(ctx context.Context) error {
-	ml, err := c.MemberList(ctx, &pb.MemberListRequest{Linearizable: false})
+	ml, err := c.MemberList(ctx, &pb.MemberListRequest{Linearizable: true})
 	if err != nil {
 		return err
 	}
 	c.lastSync = time.Now()
+	c.applyMembers(ml.GetMembers())
+	return nil
+}
+
+// applyMembers makes the endpoints follow the cluster's membership:
+// endpoints are matched to members by client URL, the endpoint of a member
+// no longer in the cluster is dropped (it is stopped, or would refuse), and
+// a member with no endpoint gets one for its first reachable client URL
+// (once it published them). An endpoint no answer or URL tied to a member
+// yet is kept: it may be a member under another name (a DNS name, a
+// proxy). The list is never emptied.
+func (c *Consensus) applyMembers(members []*pb.Member) {
+	if len(members) == 0 {
+		return
+	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, mem := range ml.GetMembers() {
-		var found bool
+	in := make(map[uint64]bool, len(members))
+	for _, mem := range members {
+		in[mem.GetID()] = true
 		for _, raw := range mem.GetClientURLs() {
 			for _, m := range c.members {
 				if sameURL(m.ep.URL, raw) {
 					m.id.Store(mem.GetID())
-					found = true
 				}
 			}
 		}
+	}
+	kept := make([]*endpointClients, 0, len(c.members)+1)
+	var dropped, added []*endpointClients
+	for _, m := range c.members {
+		if id := m.id.Load(); id != 0 && !in[id] {
+			dropped = append(dropped, m)
+		} else {
+			kept = append(kept, m)
+		}
+	}
+	for _, mem := range members {
+		id := mem.GetID()
 		i := slices.IndexFunc(mem.GetClientURLs(), reachable)
-		if found || i < 0 {
+		if c.removed[id] || i < 0 || slices.ContainsFunc(kept, func(m *endpointClients) bool { return m.id.Load() == id }) {
 			continue
 		}
 		ep, err := dialOne(mem.GetClientURLs()[i])
@@ -349,11 +380,29 @@ func (c *Consensus) syncMembers(ctx context.Context) error {
 			continue
 		}
 		m := newEndpointClients(ep)
-		m.id.Store(mem.GetID())
-		c.members = append(slices.Clip(c.members), m)
-		c.log.Info("learned a consensus member", "endpoint", ep.URL, "member-id", fmt.Sprintf("%x", mem.GetID()))
+		m.id.Store(id)
+		kept = append(kept, m)
+		added = append(added, m)
 	}
-	return nil
+	if len(kept) == 0 {
+		c.mu.Unlock()
+		return
+	}
+	for _, m := range dropped {
+		c.removed[m.id.Load()] = true
+	}
+	c.members = kept
+	if p := c.pref.Load(); slices.Contains(dropped, p) {
+		c.pref.CompareAndSwap(p, kept[0])
+	}
+	c.mu.Unlock()
+	for _, m := range added {
+		c.log.Info("learned a consensus member", "endpoint", m.ep.URL, "member-id", fmt.Sprintf("%x", m.id.Load()))
+	}
+	for _, m := range dropped {
+		c.log.Info("dropped a removed consensus member", "endpoint", m.ep.URL, "member-id", fmt.Sprintf("%x", m.id.Load()))
+		_ = m.ep.Close()
+	}
 }
 
 // reachable tells whether an advertised client URL can be dialed from

@@ -19,3 +19,22 @@ func SetLeaseFailoverForTest(wait, probe time.Duration) (restore func()) {
 	leaseFailoverWait, leaseProbeInterval = wait, probe
 	return func() { leaseFailoverWait, leaseProbeInterval = w, p }
 }
+
+// EndpointsForTest lists the URLs of the members c knows, in order.
+func EndpointsForTest(c *Consensus) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]string, len(c.members))
+	for i, m := range c.members {
+		out[i] = m.ep.URL
+	}
+	return out
+}
+
+// SetMemberSyncIntervalForTest sets how often c re-learns the members; the
+// returned func restores the default. Call it before NewConsensus.
+func SetMemberSyncIntervalForTest(d time.Duration) (restore func()) {
+	old := memberSyncInterval
+	memberSyncInterval = d
+	return func() { memberSyncInterval = old }
+}

@@ -3,7 +3,9 @@ package remote
 // Membership changes and leadership transfer, forwarded to the consensus
 // member's own etcd Cluster and Maintenance services. Their errors already
 // are etcd's wire errors (code and message), which the gateway passes on
-// unchanged.
+// unchanged. A change's answer lists the members after it: the client's
+// endpoints follow it at once (a removed member's is dropped), rather than
+// at the next periodic sync.
 
 import (
 	"context"
@@ -15,22 +17,38 @@ import (
 
 // MemberAdd implements gateway.Cluster.
 func (c *Consensus) MemberAdd(ctx context.Context, r *pb.MemberAddRequest) (*pb.MemberAddResponse, error) {
-	return unary(c, ctx, false, clusterOf, etcdserverpbconnect.ClusterClient.MemberAdd, r, (*pb.MemberAddResponse).GetHeader)
+	resp, err := unary(c, ctx, false, clusterOf, etcdserverpbconnect.ClusterClient.MemberAdd, r, (*pb.MemberAddResponse).GetHeader)
+	if err == nil {
+		c.applyMembers(resp.GetMembers())
+	}
+	return resp, err
 }
 
 // MemberRemove implements gateway.Cluster.
 func (c *Consensus) MemberRemove(ctx context.Context, r *pb.MemberRemoveRequest) (*pb.MemberRemoveResponse, error) {
-	return unary(c, ctx, false, clusterOf, etcdserverpbconnect.ClusterClient.MemberRemove, r, (*pb.MemberRemoveResponse).GetHeader)
+	resp, err := unary(c, ctx, false, clusterOf, etcdserverpbconnect.ClusterClient.MemberRemove, r, (*pb.MemberRemoveResponse).GetHeader)
+	if err == nil {
+		c.applyMembers(resp.GetMembers())
+	}
+	return resp, err
 }
 
 // MemberUpdate implements gateway.Cluster.
 func (c *Consensus) MemberUpdate(ctx context.Context, r *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error) {
-	return unary(c, ctx, false, clusterOf, etcdserverpbconnect.ClusterClient.MemberUpdate, r, (*pb.MemberUpdateResponse).GetHeader)
+	resp, err := unary(c, ctx, false, clusterOf, etcdserverpbconnect.ClusterClient.MemberUpdate, r, (*pb.MemberUpdateResponse).GetHeader)
+	if err == nil {
+		c.applyMembers(resp.GetMembers())
+	}
+	return resp, err
 }
 
 // MemberPromote implements gateway.Cluster.
 func (c *Consensus) MemberPromote(ctx context.Context, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
-	return unary(c, ctx, false, clusterOf, etcdserverpbconnect.ClusterClient.MemberPromote, r, (*pb.MemberPromoteResponse).GetHeader)
+	resp, err := unary(c, ctx, false, clusterOf, etcdserverpbconnect.ClusterClient.MemberPromote, r, (*pb.MemberPromoteResponse).GetHeader)
+	if err == nil {
+		c.applyMembers(resp.GetMembers())
+	}
+	return resp, err
 }
 
 // MoveLeader implements gateway.Maintenance.
