@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -226,6 +227,12 @@ func TestSplitConsensusLeaderKilled(t *testing.T) {
 	out := mustCtl(t, gw.endpoint(), "member", "remove", fmt.Sprintf("%x", ids[lead]))
 	if m := removedRe.FindStringSubmatch(out); m == nil || m[1] != fmt.Sprintf("%x", ids[lead]) {
 		t.Fatalf("member remove through the gateway printed %q", out)
+	}
+	// The gateway stops using the removed member's endpoint at once.
+	if !slices.ContainsFunc(strings.Split(gw.log.String(), "\n"), func(l string) bool {
+		return strings.Contains(l, "dropped a removed consensus member") && strings.Contains(l, leader.curl)
+	}) {
+		t.Errorf("the gateway did not drop the removed member %s; log tail:\n%s", leader.curl, gw.log.Tail(2048))
 	}
 	ml := must(cli.MemberList(ctx))(t)
 	if len(ml.Members) != 2 {
