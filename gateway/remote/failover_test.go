@@ -304,6 +304,22 @@ func TestConsensusRetriesOnlyWhatWasNotExecuted(t *testing.T) {
 		}
 	})
 
+	// With nothing but learners to send it to, the write fails with the
+	// learner's own refusal, which the gateway passes on as etcd's.
+	t.Run("learners only", func(t *testing.T) {
+		l, lurl := fakeMemberOf(t, &fakeKV{learner: true})
+		c := newConsensus(t, lurl)
+		_, err := put(ctx, c, "k", "v")
+		want := status.Convert(rpctypes.ErrGRPCNotSupportedForLearner)
+		var ce *connect.Error
+		if !errors.As(gateway.TranslateError(err), &ce) || ce.Code() != connect.Code(want.Code()) || ce.Message() != want.Message() {
+			t.Fatalf("put with only a learner: %v, want etcd's %v", err, want.Err())
+		}
+		if l.puts.Load() != 1 {
+			t.Fatalf("the learner got %d puts, want 1", l.puts.Load())
+		}
+	})
+
 	t.Run("connection lost", func(t *testing.T) {
 		cut, cutURL := fakeMember(t, true)
 		other, otherURL := fakeMember(t, false)
