@@ -56,6 +56,10 @@ type endpointClients struct {
 
 	id        atomic.Uint64 // the member's ID once a response named it
 	downUntil atomic.Int64  // unix nanos; see downFor
+	// advertiser is the member that advertises this endpoint's URL as a
+	// client URL, 0 while none is known (under Consensus.mu). Unlike id, a
+	// proxy or load balancer in front of members never gets one.
+	advertiser uint64
 }
 
 func newEndpointClients(ep *Endpoint) *endpointClients {
@@ -337,13 +341,14 @@ func (c *Consensus) syncMembers(ctx context.Context) error {
 	return nil
 }
 
-// applyMembers makes the endpoints follow the cluster's membership:
-// endpoints are matched to members by client URL, the endpoint of a member
-// no longer in the cluster is dropped (it is stopped, or would refuse), and
-// a member with no endpoint gets one for its first reachable client URL
-// (once it published them). An endpoint no answer or URL tied to a member
-// yet is kept: it may be a member under another name (a DNS name, a
-// proxy). The list is never emptied.
+// applyMembers makes the endpoints follow the cluster's membership: the
+// endpoint at a client URL a member advertises is that member's; it is
+// dropped once the member is no longer in the cluster (stopped, or it would
+// refuse) and the ID is never added again. A member advertising no URL of
+// an endpoint gets one for its first reachable client URL (once it
+// published them). An endpoint no member advertises is kept: it may be a
+// member under another name (a DNS name) or a proxy in front of several.
+// The list is never emptied.
 func (c *Consensus) applyMembers(members []*pb.Member) {
 	if len(members) == 0 {
 		return
@@ -356,6 +361,7 @@ func (c *Consensus) applyMembers(members []*pb.Member) {
 			for _, m := range c.members {
 				if sameURL(m.ep.URL, raw) {
 					m.id.Store(mem.GetID())
+					m.advertiser = mem.GetID()
 				}
 			}
 		}
@@ -363,7 +369,7 @@ func (c *Consensus) applyMembers(members []*pb.Member) {
 	kept := make([]*endpointClients, 0, len(c.members)+1)
 	var dropped, added []*endpointClients
 	for _, m := range c.members {
-		if id := m.id.Load(); id != 0 && !in[id] {
+		if m.advertiser != 0 && !in[m.advertiser] {
 			dropped = append(dropped, m)
 		} else {
 			kept = append(kept, m)
@@ -372,7 +378,7 @@ func (c *Consensus) applyMembers(members []*pb.Member) {
 	for _, mem := range members {
 		id := mem.GetID()
 		i := slices.IndexFunc(mem.GetClientURLs(), reachable)
-		if c.removed[id] || i < 0 || slices.ContainsFunc(kept, func(m *endpointClients) bool { return m.id.Load() == id }) {
+		if c.removed[id] || i < 0 || slices.ContainsFunc(kept, func(m *endpointClients) bool { return m.advertiser == id }) {
 			continue
 		}
 		ep, err := dialOne(mem.GetClientURLs()[i])
@@ -381,6 +387,7 @@ func (c *Consensus) applyMembers(members []*pb.Member) {
 		}
 		m := newEndpointClients(ep)
 		m.id.Store(id)
+		m.advertiser = id
 		kept = append(kept, m)
 		added = append(added, m)
 	}
@@ -389,18 +396,22 @@ func (c *Consensus) applyMembers(members []*pb.Member) {
 		return
 	}
 	for _, m := range dropped {
-		c.removed[m.id.Load()] = true
+		c.removed[m.advertiser] = true
 	}
 	c.members = kept
 	if p := c.pref.Load(); slices.Contains(dropped, p) {
 		c.pref.CompareAndSwap(p, kept[0])
 	}
-	c.mu.Unlock()
 	for _, m := range added {
-		c.log.Info("learned a consensus member", "endpoint", m.ep.URL, "member-id", fmt.Sprintf("%x", m.id.Load()))
+		c.log.Info("learned a consensus member", "endpoint", m.ep.URL, "member-id", fmt.Sprintf("%x", m.advertiser))
 	}
 	for _, m := range dropped {
-		c.log.Info("dropped a removed consensus member", "endpoint", m.ep.URL, "member-id", fmt.Sprintf("%x", m.id.Load()))
+		c.log.Info("dropped a removed consensus member", "endpoint", m.ep.URL, "member-id", fmt.Sprintf("%x", m.advertiser))
+	}
+	c.mu.Unlock()
+	// Calls already under way on a dropped endpoint finish; its idle
+	// connection goes now.
+	for _, m := range dropped {
 		_ = m.ep.Close()
 	}
 }

@@ -89,7 +89,8 @@ func startClusterMember(t *testing.T, fc *fakeCluster, id uint64) string {
 // dropped at once, and is not brought back by member lists that still name
 // it; members added to the cluster are used once they publish client URLs;
 // a member removed elsewhere, the leader the client followed included, is
-// dropped at the next sync.
+// dropped at the next sync. An endpoint no member advertises (here a proxy
+// answering as member 2) stays.
 func TestConsensusFollowsMembership(t *testing.T) {
 	defer remote.SetMemberSyncIntervalForTest(20 * time.Millisecond)()
 	fc := &fakeCluster{}
@@ -104,8 +105,9 @@ func TestConsensusFollowsMembership(t *testing.T) {
 		}
 		return m
 	}
+	proxy := startClusterMember(t, fc, 2)
 	fc.set(1, member(1, true), member(2, true), member(3, true))
-	c := newConsensus(t, u[1], u[2], u[3])
+	c := newConsensus(t, u[1], u[2], u[3], proxy)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	waitEndpoints := func(what string, want ...string) {
@@ -138,26 +140,26 @@ func TestConsensusFollowsMembership(t *testing.T) {
 	if _, err := c.MemberRemove(ctx, &pb.MemberRemoveRequest{ID: 2}); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := remote.EndpointsForTest(c), []string{u[1], u[3]}; !slices.Equal(got, want) {
+	if got, want := remote.EndpointsForTest(c), []string{u[1], u[3], proxy}; !slices.Equal(got, want) {
 		t.Fatalf("endpoints right after member remove: %v, want %v", got, want)
 	}
 	syncs()
-	if got, want := remote.EndpointsForTest(c), []string{u[1], u[3]}; !slices.Equal(got, want) {
+	if got, want := remote.EndpointsForTest(c), []string{u[1], u[3], proxy}; !slices.Equal(got, want) {
 		t.Fatalf("endpoints after lists still naming the removed member: %v, want %v", got, want)
 	}
 
 	// Member 4 joins: no endpoint until it publishes its client URLs.
 	fc.set(1, member(1, true), member(3, true), member(4, false))
 	syncs()
-	if got, want := remote.EndpointsForTest(c), []string{u[1], u[3]}; !slices.Equal(got, want) {
+	if got, want := remote.EndpointsForTest(c), []string{u[1], u[3], proxy}; !slices.Equal(got, want) {
 		t.Fatalf("endpoints before the new member published its URLs: %v, want %v", got, want)
 	}
 	fc.set(1, member(1, true), member(3, true), member(4, true))
-	waitEndpoints("after member 4 published its URLs", u[1], u[3], u[4])
+	waitEndpoints("after member 4 published its URLs", u[1], u[3], proxy, u[4])
 
 	// The leader the client follows is removed elsewhere; 3 leads.
 	fc.set(3, member(3, true), member(4, true))
-	waitEndpoints("after the leader's removal", u[3], u[4])
+	waitEndpoints("after the leader's removal", u[3], proxy, u[4])
 	for remote.PreferredForTest(c) != u[3] {
 		if ctx.Err() != nil {
 			t.Fatalf("the client never followed the new leader %s: uses %s", u[3], remote.PreferredForTest(c))
