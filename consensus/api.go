@@ -364,5 +364,5 @@ func (n *Node) MemberList(ctx context.Context, r *pb.MemberListRequest) (*pb.Mem
 			ClientURLs: slices.Clone(client), IsLearner: m.IsLearner,
 		})
 	}
-	return &pb.MemberListResponse{Header: n.header(nil), Members: out}, nil
+	return &pb.MemberListResponse{Header: n.clusterHeader(), Members: out}, nil
 }

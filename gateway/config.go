@@ -43,6 +43,9 @@ type Config struct {
 	// default (less CPU per call); every other connection goes to net/http
 	// on the same listener either way.
 	NetHTTP2 bool
+	// NoJSONGateway turns off etcd's JSON gateway (POST /v3/kv/range, ...;
+	// restgw.go), which etcd serves unless --enable-grpc-gateway=false.
+	NoJSONGateway bool
 	// ShutdownTimeout is how long Serve waits for in-flight calls once its
 	// context is done before closing connections.
 	ShutdownTimeout time.Duration

@@ -47,6 +47,8 @@ type Gateway struct {
 	// misc serves the non-RPC endpoints (/health, /version, ...).
 	misc    *http.ServeMux
 	handler http.Handler
+	// rest serves etcd's JSON gateway; nil with Config.NoJSONGateway.
+	rest *restGateway
 
 	mu      sync.Mutex
 	closed  bool
@@ -156,6 +158,11 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 		g.misc.Handle(e.pattern, e.h)
 	}
 	g.handler = http.HandlerFunc(g.route)
+	if !cfg.NoJSONGateway {
+		g.rest = newRESTGateway(g.handler, cfg.MaxConcurrentStreams)
+		g.misc.Handle("/v3/", g.rest)
+		g.misc.Handle("/v3beta/", g.rest)
+	}
 	return g, nil
 }
 
@@ -376,6 +383,9 @@ func (g *Gateway) Close() error {
 	}
 	for lean, split := range g.lean {
 		errs = append(errs, lean.Close(), split.Close())
+	}
+	if g.rest != nil {
+		errs = append(errs, g.rest.close())
 	}
 	return errors.Join(errs...)
 }

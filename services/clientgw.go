@@ -49,11 +49,12 @@ func (c *clientGateway) Close() error {
 
 // gatewayConfig is the gateway configuration every role derives from its
 // request limits.
-func gatewayConfig(maxRequestBytes, maxTxnOps int, leanHTTP2 bool, log *slog.Logger) gateway.Config {
+func gatewayConfig(maxRequestBytes, maxTxnOps int, leanHTTP2, grpcGateway bool, log *slog.Logger) gateway.Config {
 	return gateway.Config{
 		MaxRequestBytes: maxRequestBytes,
 		MaxTxnOps:       maxTxnOps,
 		NetHTTP2:        !leanHTTP2,
+		NoJSONGateway:   !grpcGateway,
 		Logger:          log.With("component", "gateway"),
 	}
 }

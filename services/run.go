@@ -96,7 +96,7 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	}
 	defer leases.Close()
 
-	gw, err := newClientGateway(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, log), cfg.EnablePprof, node, fanout, leases, log)
+	gw, err := newClientGateway(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), cfg.EnablePprof, node, fanout, leases, log)
 	if err != nil {
 		return err
 	}

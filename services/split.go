@@ -75,7 +75,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	if cfg.EnablePprof {
 		opts = append(opts, pprofHandlers()...)
 	}
-	gw, err := gateway.New(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, log), node, opts...)
+	gw, err := gateway.New(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), node, opts...)
 	if err != nil {
 		return fmt.Errorf("starting the member's API: %w", err)
 	}
@@ -122,7 +122,7 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 	}
 	defer fanout.Close()
 
-	gw, err := gateway.New(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, log), cons,
+	gw, err := gateway.New(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), cons,
 		gateway.WithWatch(gateway.NewWatchService(fanout)), gateway.WithBrowserWatch(fanout))
 	if err != nil {
 		return fmt.Errorf("starting the watch API: %w", err)
@@ -156,7 +156,7 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 	defer leases.Close()
 
 	path, h := concordv1connect.NewLeaseKeepAliveServiceHandler(remote.KeepAliveServer{L: leases})
-	gw, err := gateway.New(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, log), cons, gateway.WithLease(leases),
+	gw, err := gateway.New(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), cons, gateway.WithLease(leases),
 		gateway.WithHTTPHandler(path, h),
 		gateway.WithReadyCheck("lease_authority", func(context.Context) error { return leases.Ready() }))
 	if err != nil {
@@ -199,7 +199,7 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 	}
 	defer lease.Close()
 
-	gw, err := newClientGateway(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, log), cfg.EnablePprof, cons, watcher, lease, log)
+	gw, err := newClientGateway(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), cfg.EnablePprof, cons, watcher, lease, log)
 	if err != nil {
 		return err
 	}

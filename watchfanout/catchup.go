@@ -1,8 +1,10 @@
 package watchfanout
 
 import (
+	"slices"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/pkg/v3/adt"
 )
 
@@ -41,6 +43,55 @@ type cuw struct {
 	w       *watcher
 	next    int64 // local copy of w.next, written back under the lock
 	blocked bool  // its stream is full (or it is gone): stop for this round
+	b       batch
+}
+
+// maxBatchRevs bounds the revisions in one catch-up response (etcd's
+// watchBatchMaxRevs).
+const maxBatchRevs = 1000
+
+// batch collects the events of one catching-up watcher over several
+// revisions. etcd answers a watcher that catches up with its pending
+// revisions in one response, whose header revision is the last revision
+// examined for it; a batch is that response.
+type batch struct {
+	evs   []*mvccpb.Event
+	from  int64 // revision of evs[0]
+	revs  int   // revisions in evs
+	size  int64 // eventsSize estimate
+	owned bool  // evs was allocated here, not shared with a revEvents
+}
+
+func (b *batch) add(rev int64, evs []*mvccpb.Event) {
+	switch {
+	case b.evs == nil:
+		b.evs, b.from, b.owned = evs, rev, false
+	case b.owned:
+		b.evs = append(b.evs, evs...)
+	default:
+		b.evs, b.owned = append(slices.Clip(b.evs), evs...), true
+	}
+	b.revs++
+	b.size += eventsSize(evs)
+}
+
+func (b *batch) full(maxBytes int) bool {
+	return b.revs >= maxBatchRevs || b.size >= int64(maxBytes)
+}
+
+// flushBatch queues w's batch with a header at *next-1, the last revision
+// examined for w. If the stream refuses it, *next goes back to the batch's
+// first revision. An empty batch is enqOK.
+func (f *Fanout) flushBatch(w *watcher, b *batch, next *int64) enqueueResult {
+	if b.evs == nil {
+		return enqOK
+	}
+	res := w.s.enqueueEvents(w, f.newHeader(*next-1), b.evs)
+	if res != enqOK {
+		*next = b.from
+	}
+	*b = batch{}
+	return res
 }
 
 // catchUpRound serves one batch of unsynced watchers and reports whether
@@ -106,34 +157,49 @@ func (f *Fanout) catchUpRound() bool {
 // fromCacheLocked gives w the cached revisions from w.next on and moves it
 // to synced once it reaches f.rev. It reports whether w advanced.
 func (f *Fanout) fromCacheLocked(w *watcher, budget *int, idx []int32) ([]int32, bool) {
-	moved := false
+	start := w.next
+	var b batch
 	for w.next <= f.rev && *budget > 0 {
 		r := f.cache.get(w.next)
 		if r == nil {
-			return idx, moved // fell out of the cache: History next round
+			break // fell out of the cache: History next round
 		}
 		*budget -= len(r.full) + 1
 		idx = matchIdx(w, r, idx)
 		if evs := eventsFor(w, r, idx); evs != nil {
-			if w.s.enqueueEvents(w, r.header(f), evs) != enqOK {
-				return idx, moved
-			}
+			b.add(r.rev, evs)
 		}
 		w.next++
-		moved = true
+		if b.full(f.cfg.MaxResponseBytes) && f.flushBatch(w, &b, &w.next) != enqOK {
+			return idx, w.next > start
+		}
+	}
+	if f.flushBatch(w, &b, &w.next) != enqOK {
+		return idx, w.next > start
 	}
 	if w.next > f.rev {
 		f.toSyncedLocked(w)
-		moved = true
+		return idx, true
 	}
-	return idx, moved
+	return idx, w.next > start
 }
 
 // fromHistory reads [min next, target] from History in chunks and gives
 // each watcher its events; local progress is written back under the lock.
 func (f *Fanout) fromHistory(ws []cuw, target int64) bool {
 	progressed := false
+	// Batches span chunks; what is left goes out before a compaction
+	// cancel and before next is written back (a refused batch moves next
+	// back).
+	flushAll := func() {
+		for i := range ws {
+			if c := &ws[i]; !c.blocked {
+				f.flushCatchUp(c)
+			}
+		}
+	}
 	defer func() {
+		flushAll()
 		f.mu.Lock()
 		for i := range ws {
 			if w := ws[i].w; w.state == stUnsynced {
@@ -166,6 +232,7 @@ func (f *Fanout) fromHistory(ws []cuw, target int64) bool {
 			if f.ctx.Err() != nil {
 				return progressed
 			}
+			flushAll()
 			if f.catchUpCompacted(ws, from) {
 				return true
 			}
@@ -197,17 +264,11 @@ func (f *Fanout) fromHistory(ws []cuw, target int64) bool {
 			for _, j := range pos {
 				c := &ws[j]
 				if evs := eventsFor(c.w, r, mark[j]); evs != nil {
-					switch c.w.s.enqueueEvents(c.w, r.header(f), evs) {
-					case enqFull:
-						c.blocked = true
-						c.next = r.rev
+					c.b.add(r.rev, evs)
+					c.next = r.rev + 1
+					progressed = true
+					if c.b.full(f.cfg.MaxResponseBytes) && !f.flushCatchUp(c) {
 						active--
-					case enqGone:
-						c.blocked = true
-						active--
-					default:
-						c.next = r.rev + 1
-						progressed = true
 					}
 				}
 				mark[j] = mark[j][:0]
@@ -221,6 +282,16 @@ func (f *Fanout) fromHistory(ws []cuw, target int64) bool {
 			}
 		}
 	}
+}
+
+// flushCatchUp queues c's batch. If the stream refuses it (full, or the
+// watcher is gone) c is blocked for the rest of the round.
+func (f *Fanout) flushCatchUp(c *cuw) bool {
+	if f.flushBatch(c.w, &c.b, &c.next) != enqOK {
+		c.blocked = true
+		return false
+	}
+	return true
 }
 
 // catchUpCompacted handles a History error: if [from, ...] is compacted,

@@ -203,6 +203,79 @@ func TestWatchFromPast(t *testing.T) {
 	}
 }
 
+// A watcher that starts in the past gets its pending revisions together, as
+// etcd sends them: from the cache in one response, from History in one
+// response per catch-up round however many chunks it read, each with the
+// header at the last revision examined. Live revisions then come one
+// response each.
+func TestCatchUpBatchesRevisions(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  watchfanout.Config
+		// wantResponses is how many event responses the catch-up takes.
+		wantResponses int
+	}{
+		{"cache", watchfanout.Config{}, 1},
+		// History over several chunks up to the oldest cached revision
+		// (the two cached ones hold no event of "a").
+		{"history", watchfanout.Config{CacheRevisions: 2, ChunkRevisions: 7}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, envOpt{cfg: tc.cfg})
+			for i := range 30 {
+				e.model.Put([]string{"a", "b", "c"}[i%3], "v")
+			}
+			cur := e.model.Rev()
+			// The hub first applies every put, so that what the cache holds
+			// when the watch starts, and thus the split between History and
+			// cache, does not depend on timing.
+			waitStats := func(what string, ok func(watchfanout.Stats) bool) {
+				deadline := time.Now().Add(waitTimeout)
+				for !ok(e.f.Stats()) {
+					if time.Now().After(deadline) {
+						t.Fatalf("waiting until %s: stats %+v", what, e.f.Stats())
+					}
+					time.Sleep(time.Millisecond)
+				}
+			}
+			waitStats("the hub applied every put", func(s watchfanout.Stats) bool { return s.Revision == cur })
+			c := e.client()
+			c.createWait(watchtest.Watch{Key: []byte("a"), StartRevision: 2})
+			c.waitEventRev(0, cur-2) // the last put of "a"
+			// Revisions that arrive while it is still catching up would be
+			// batched with the rest, as etcd does for unsynced watchers.
+			waitStats("the watcher is synced", func(s watchfanout.Stats) bool { return s.Synced == 1 && s.Unsynced == 0 })
+			live := e.model.Put("a", "live")
+			live2 := e.model.Put("a", "live")
+			c.waitEventRev(0, live2)
+			var evs []*pb.WatchResponse
+			for _, r := range c.Responses() {
+				if len(r.Events) > 0 {
+					evs = append(evs, r)
+				}
+			}
+			if len(evs) != tc.wantResponses+2 {
+				t.Fatalf("%d event responses, want %d for the catch-up and 2 live: %v", len(evs), tc.wantResponses+2, evs)
+			}
+			n := 0
+			for _, r := range evs[:tc.wantResponses] {
+				last := r.Events[len(r.Events)-1].Kv.ModRevision
+				if r.Header.Revision < last || r.Header.Revision > cur {
+					t.Fatalf("catch-up response header %d, last event %d, store at %d", r.Header.Revision, last, cur)
+				}
+				n += len(r.Events)
+			}
+			if n != 10 {
+				t.Fatalf("catch-up delivered %d events, want 10", n)
+			}
+			if evs[len(evs)-1].Header.Revision != live2 || evs[len(evs)-2].Header.Revision != live {
+				t.Fatalf("live responses %v, want one at %d and one at %d", evs[len(evs)-2:], live, live2)
+			}
+			c.check(e.model.History())
+		})
+	}
+}
+
 func TestCompactedWatchCanceled(t *testing.T) {
 	e := newEnv(t, envOpt{cfg: watchfanout.Config{CacheRevisions: 2}})
 	for range 10 {

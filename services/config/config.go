@@ -61,6 +61,10 @@ type Server struct {
 	// HTTP/2 server, gateway/h2server (--lean-http2, on by
 	// default).
 	LeanHTTP2 bool
+
+	// EnableGRPCGateway serves etcd's JSON gateway (/v3/kv/range, ...) on
+	// the client URLs (etcd's --enable-grpc-gateway, on by default).
+	EnableGRPCGateway bool
 }
 
 // Watch progress notification bounds, etcd's: a period that is not positive
@@ -74,6 +78,8 @@ const (
 // passed the gateway and e2e suites and cut server CPU per request by 19-41%
 // (docs/benchmarks.md); =false is the way back to net/http's HTTP/2 server.
 const leanHTTP2Usage = "serve gRPC clients (cleartext HTTP/2) with concord's own lean HTTP/2 server; =false serves them with Go's net/http HTTP/2 server"
+
+const enableGRPCGatewayUsage = "enable etcd's JSON gateway (POST /v3/kv/range, /v3/watch, ...) on the client URLs"
 
 // flag names, shared by the flag set, the environment and the YAML file.
 const (
@@ -96,6 +102,7 @@ const (
 	fLogLevel            = "log-level"
 	fEnablePprof         = "enable-pprof"
 	fLeanHTTP2           = "lean-http2"
+	fEnableGRPCGateway   = "enable-grpc-gateway"
 	fConfigFile          = "config-file"
 )
 
@@ -121,6 +128,7 @@ func ServerFlags(fs *pflag.FlagSet) {
 	fs.String(fLogLevel, "info", "log level: debug, info, warn or error")
 	fs.Bool(fEnablePprof, false, "enable runtime profiling data via HTTP server; address is at client URL + \"/debug/pprof/\"")
 	fs.Bool(fLeanHTTP2, true, leanHTTP2Usage)
+	fs.Bool(fEnableGRPCGateway, true, enableGRPCGatewayUsage)
 	fs.String(fConfigFile, "", "path to a YAML configuration file whose keys are the flag names")
 }
 
@@ -183,6 +191,7 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	}
 	c.EnablePprof = v.GetBool(fEnablePprof)
 	c.LeanHTTP2 = v.GetBool(fLeanHTTP2)
+	c.EnableGRPCGateway = v.GetBool(fEnableGRPCGateway)
 	if err := c.LogLevel.UnmarshalText([]byte(v.GetString(fLogLevel))); err != nil {
 		return Server{}, fmt.Errorf("%w: --%s: %v", ErrInvalid, fLogLevel, err)
 	}

@@ -135,6 +135,8 @@ type Split struct {
 	EnablePprof                 bool
 	// LeanHTTP2 is Server.LeanHTTP2 (--lean-http2).
 	LeanHTTP2 bool
+	// EnableGRPCGateway is Server.EnableGRPCGateway (--enable-grpc-gateway).
+	EnableGRPCGateway bool
 }
 
 // SplitFlags declares the flags of the subcommand for role.
@@ -154,6 +156,7 @@ func SplitFlags(fs *pflag.FlagSet, role Role) {
 	fs.Int(fMaxRequestBytes, 1572864, "maximum client request size in bytes the server will accept")
 	fs.Int(fMaxTxnOps, 128, "maximum number of operations permitted in a transaction")
 	fs.Bool(fLeanHTTP2, true, leanHTTP2Usage)
+	fs.Bool(fEnableGRPCGateway, true, enableGRPCGatewayUsage)
 	fs.String(fLogLevel, "info", "log level: debug, info, warn or error")
 	fs.String(fConfigFile, "", "path to a YAML configuration file whose keys are the flag names")
 }
@@ -175,6 +178,7 @@ func LoadSplit(fs *pflag.FlagSet, role Role) (Split, error) {
 		MaxTxnOps:            v.GetInt(fMaxTxnOps),
 		EnablePprof:          v.GetBool(fEnablePprof),
 		LeanHTTP2:            v.GetBool(fLeanHTTP2),
+		EnableGRPCGateway:    v.GetBool(fEnableGRPCGateway),
 	}
 	if c.ListenClientURLs, err = parseURLs(fListenClientURLs, v.GetString(fListenClientURLs)); err != nil {
 		return Split{}, err
