@@ -400,7 +400,14 @@ func (c *Consensus) applyMembers(members []*pb.Member) {
 	}
 	c.members = kept
 	if p := c.pref.Load(); slices.Contains(dropped, p) {
-		c.pref.CompareAndSwap(p, kept[0])
+		// The leader, when known, so that calls that must reach it (and
+		// etcdctl move-leader, which looks for the endpoint whose Status
+		// names itself the leader) do not wait for the next poll.
+		next := kept[0]
+		if i := slices.IndexFunc(kept, func(m *endpointClients) bool { return m.id.Load() == c.leader.Load() }); i >= 0 {
+			next = kept[i]
+		}
+		c.pref.CompareAndSwap(p, next)
 	}
 	for _, m := range added {
 		c.log.Info("learned a consensus member", "endpoint", m.ep.URL, "member-id", fmt.Sprintf("%x", m.advertiser))
