@@ -201,6 +201,9 @@ type Node struct {
 	// snapshotsSent counts store snapshots handed to the transport,
 	// snapshotsInstalled the ones received and installed.
 	snapshotsSent, snapshotsInstalled atomic.Int64
+	// leaderChanges counts changes to a new known leader (etcd's
+	// etcd_server_leader_changes_seen_total).
+	leaderChanges atomic.Uint64
 
 	readMu   sync.Mutex
 	readNext *readNotifier
@@ -684,6 +687,9 @@ func (n *Node) onSoftState(ss *raft.SoftState) bool {
 	n.lg.Info("raft leader changed",
 		"member-id", fmt.Sprintf("%x", n.memberID), "leader", fmt.Sprintf("%x", ss.Lead),
 		"previous-leader", fmt.Sprintf("%x", prev), "state", ss.RaftState.String(), "term", n.rn.BasicStatus().Term)
+	if ss.Lead != 0 {
+		n.leaderChanges.Add(1)
+	}
 	if ss.Lead != 0 && !n.leaderSeen {
 		n.leaderSeen = true
 		close(n.leaderC)

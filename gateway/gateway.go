@@ -71,6 +71,8 @@ type options struct {
 	extra []extraHandler
 	// readyChecks are added to /readyz.
 	readyChecks map[string]check
+	// observer is told of every RPC (observe.go).
+	observer CallObserver
 }
 
 // WithReadyCheck adds a named check to /readyz (and /readyz/<name>): the
@@ -143,6 +145,9 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 		// the exact limit is then enforced per request (tooLarge).
 		connect.WithReadMaxBytes(cfg.MaxRequestBytes + grpcOverheadBytes),
 		connect.WithRequestGate(g.gate),
+	}
+	if o.observer != nil {
+		hopts = append(hopts, connect.WithInterceptors(observerInterceptor{o.observer}))
 	}
 	g.mount(etcdserverpbconnect.NewKVHandler(kvService{g: g}, hopts...))
 	g.mount(etcdserverpbconnect.NewWatchHandler(o.watch, hopts...))

@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 
+	"go.etcd.io/etcd/api/v3/version"
+
 	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/gateway/recipes"
+	"github.com/concord-kv/concord/internal/metrics"
 )
 
 // clientGateway is the gateway clients talk to: every etcd service, with
@@ -19,7 +22,7 @@ type clientGateway struct {
 	recipes *recipes.Service
 }
 
-func newClientGateway(gcfg gateway.Config, enablePprof bool, b gateway.Backend, w gateway.Watcher, l gateway.Lease, log *slog.Logger) (*clientGateway, error) {
+func newClientGateway(gcfg gateway.Config, enablePprof bool, b gateway.Backend, w gateway.Watcher, l gateway.Lease, log *slog.Logger, extra ...gateway.Option) (*clientGateway, error) {
 	rs, err := recipes.New(recipes.Config{
 		MaxRequestBytes: gcfg.MaxRequestBytes,
 		Logger:          log.With("component", "recipes"),
@@ -34,7 +37,7 @@ func newClientGateway(gcfg gateway.Config, enablePprof bool, b gateway.Backend, 
 	if enablePprof {
 		opts = append(opts, pprofHandlers()...)
 	}
-	gw, err := gateway.New(gcfg, b, opts...)
+	gw, err := gateway.New(gcfg, b, append(opts, extra...)...)
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("starting gateway: %w", err), rs.Close())
 	}
@@ -57,4 +60,15 @@ func gatewayConfig(maxRequestBytes, maxTxnOps int, leanHTTP2, grpcGateway bool, 
 		NoJSONGateway:   !grpcGateway,
 		Logger:          log.With("component", "gateway"),
 	}
+}
+
+// metricsOptions serves /metrics for the process's components (etcd's
+// metric names) and counts the gateway's RPCs in it.
+func metricsOptions(src metrics.Sources) ([]gateway.Option, error) {
+	src.Version = version.Version
+	reg, err := metrics.New(src)
+	if err != nil {
+		return nil, err
+	}
+	return []gateway.Option{gateway.WithHTTPHandler("/metrics", reg.Handler()), gateway.WithCallObserver(reg.Calls())}, nil
 }

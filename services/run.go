@@ -17,6 +17,7 @@ import (
 
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/consensus/eventbus"
+	"github.com/concord-kv/concord/internal/metrics"
 	"github.com/concord-kv/concord/leasesvc"
 	"github.com/concord-kv/concord/services/config"
 	"github.com/concord-kv/concord/watchfanout"
@@ -96,7 +97,11 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	}
 	defer leases.Close()
 
-	gw, err := newClientGateway(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), cfg.EnablePprof, node, fanout, leases, log)
+	mopts, err := metricsOptions(metrics.Sources{Consensus: node, Fanout: fanout})
+	if err != nil {
+		return err
+	}
+	gw, err := newClientGateway(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), cfg.EnablePprof, node, fanout, leases, log, mopts...)
 	if err != nil {
 		return err
 	}

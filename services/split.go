@@ -21,6 +21,7 @@ import (
 	"github.com/concord-kv/concord/consensus/internalapi"
 	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/gateway/remote"
+	"github.com/concord-kv/concord/internal/metrics"
 	"github.com/concord-kv/concord/leasesvc"
 	"github.com/concord-kv/concord/proto/gen/concord/v1/concordv1connect"
 	"github.com/concord-kv/concord/services/config"
@@ -71,7 +72,11 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	defer node.Close()
 
 	path, h := concordv1connect.NewInternalServiceHandler(internalapi.New(node))
-	opts := []gateway.Option{gateway.WithHTTPHandler(path, h)}
+	opts, err := metricsOptions(metrics.Sources{Consensus: node})
+	if err != nil {
+		return err
+	}
+	opts = append(opts, gateway.WithHTTPHandler(path, h))
 	if cfg.EnablePprof {
 		opts = append(opts, pprofHandlers()...)
 	}
@@ -122,8 +127,12 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 	}
 	defer fanout.Close()
 
+	opts, err := metricsOptions(metrics.Sources{Fanout: fanout})
+	if err != nil {
+		return err
+	}
 	gw, err := gateway.New(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), cons,
-		gateway.WithWatch(gateway.NewWatchService(fanout)), gateway.WithBrowserWatch(fanout))
+		append(opts, gateway.WithWatch(gateway.NewWatchService(fanout)), gateway.WithBrowserWatch(fanout))...)
 	if err != nil {
 		return fmt.Errorf("starting the watch API: %w", err)
 	}
@@ -156,9 +165,13 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 	defer leases.Close()
 
 	path, h := concordv1connect.NewLeaseKeepAliveServiceHandler(remote.KeepAliveServer{L: leases})
-	gw, err := gateway.New(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), cons, gateway.WithLease(leases),
+	opts, err := metricsOptions(metrics.Sources{})
+	if err != nil {
+		return err
+	}
+	gw, err := gateway.New(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), cons, append(opts, gateway.WithLease(leases),
 		gateway.WithHTTPHandler(path, h),
-		gateway.WithReadyCheck("lease_authority", func(context.Context) error { return leases.Ready() }))
+		gateway.WithReadyCheck("lease_authority", func(context.Context) error { return leases.Ready() }))...)
 	if err != nil {
 		return fmt.Errorf("starting the lease API: %w", err)
 	}
@@ -199,7 +212,11 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 	}
 	defer lease.Close()
 
-	gw, err := newClientGateway(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), cfg.EnablePprof, cons, watcher, lease, log)
+	mopts, err := metricsOptions(metrics.Sources{})
+	if err != nil {
+		return err
+	}
+	gw, err := newClientGateway(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), cfg.EnablePprof, cons, watcher, lease, log, mopts...)
 	if err != nil {
 		return err
 	}

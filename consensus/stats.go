@@ -1,0 +1,52 @@
+package consensus
+
+// Stats is a snapshot of a member's state for monitoring (/metrics). Every
+// field is read without waiting for the raft loop.
+type Stats struct {
+	MemberID, ClusterID uint64
+	// Leader is the known leader's ID, 0 while there is none.
+	Leader    uint64
+	IsLeader  bool
+	IsLearner bool
+	// LeaderChanges counts changes to a new known leader since start.
+	LeaderChanges uint64
+	Term          uint64
+	// CommittedIndex and AppliedIndex are the raft log's commit and apply
+	// positions (etcd reports them as proposals committed and applied).
+	CommittedIndex, AppliedIndex uint64
+	Revision, CompactRevision    int64
+	// DBSize and DBSizeInUse are the store's size on disk and its live
+	// part, as Status reports them; QuotaBytes is --quota-backend-bytes.
+	DBSize, DBSizeInUse, QuotaBytes int64
+	// ReadIndexRounds counts ReadIndex rounds started (each serves every
+	// linearizable read waiting when it starts).
+	ReadIndexRounds int64
+	// SnapshotsSent and SnapshotsInstalled count store snapshots sent to
+	// followers and received from a leader.
+	SnapshotsSent, SnapshotsInstalled int64
+}
+
+// Stats returns the member's current Stats.
+func (n *Node) Stats() Stats {
+	total, inUse := n.store.Size()
+	leader := n.leader.Load()
+	return Stats{
+		MemberID:           n.memberID,
+		ClusterID:          n.clusterID,
+		Leader:             leader,
+		IsLeader:           leader != 0 && leader == n.memberID,
+		IsLearner:          n.IsLearner(),
+		LeaderChanges:      n.leaderChanges.Load(),
+		Term:               n.term.Load(),
+		CommittedIndex:     n.committed.Load(),
+		AppliedIndex:       n.applied.Load(),
+		Revision:           n.store.Rev(),
+		CompactRevision:    n.store.CompactRev(),
+		DBSize:             total,
+		DBSizeInUse:        inUse,
+		QuotaBytes:         n.quota,
+		ReadIndexRounds:    n.readRounds.Load(),
+		SnapshotsSent:      n.snapshotsSent.Load(),
+		SnapshotsInstalled: n.snapshotsInstalled.Load(),
+	}
+}

@@ -1,0 +1,57 @@
+package gateway
+
+import (
+	"context"
+
+	"connectrpc.com/connect"
+)
+
+// CallObserver is told of every RPC the gateway serves, for metrics such as
+// grpc_server_started_total and grpc_server_handled_total. Its methods run
+// on the request path: they must be cheap and must not block.
+type CallObserver interface {
+	// Started is called when an RPC's handler starts.
+	Started(procedure string, streamType connect.StreamType)
+	// Handled is called when it returns; code is 0 for success.
+	Handled(procedure string, streamType connect.StreamType, code connect.Code)
+}
+
+// WithCallObserver reports every RPC to o.
+func WithCallObserver(o CallObserver) Option {
+	return func(opts *options) { opts.observer = o }
+}
+
+// observerInterceptor feeds a CallObserver from connect's interceptor chain.
+type observerInterceptor struct{ o CallObserver }
+
+func (i observerInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		spec := req.Spec()
+		i.o.Started(spec.Procedure, spec.StreamType)
+		resp, err := next(ctx, req)
+		i.o.Handled(spec.Procedure, spec.StreamType, codeOf(err))
+		return resp, err
+	}
+}
+
+func (observerInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (i observerInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		spec := conn.Spec()
+		i.o.Started(spec.Procedure, spec.StreamType)
+		err := next(ctx, conn)
+		i.o.Handled(spec.Procedure, spec.StreamType, codeOf(err))
+		return err
+	}
+}
+
+// codeOf is the gRPC code a handler's error is answered with (0: OK).
+func codeOf(err error) connect.Code {
+	if err == nil {
+		return 0
+	}
+	return connect.CodeOf(err)
+}

@@ -1,0 +1,137 @@
+package metrics_test
+
+import (
+	"io"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"connectrpc.com/connect"
+	"google.golang.org/grpc/codes"
+
+	"github.com/concord-kv/concord/consensus"
+	"github.com/concord-kv/concord/internal/metrics"
+	"github.com/concord-kv/concord/watchfanout"
+)
+
+type consensusStats consensus.Stats
+
+func (s consensusStats) Stats() consensus.Stats { return consensus.Stats(s) }
+
+type fanoutStats watchfanout.Stats
+
+func (s fanoutStats) Stats() watchfanout.Stats { return watchfanout.Stats(s) }
+
+func scrape(t *testing.T, r *metrics.Registry) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	r.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if rec.Code != 200 {
+		t.Fatalf("/metrics answered %d", rec.Code)
+	}
+	b, err := io.ReadAll(rec.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func wantLines(t *testing.T, body string, lines ...string) {
+	t.Helper()
+	for _, l := range lines {
+		if !strings.Contains(body, "\n"+l+"\n") {
+			t.Errorf("/metrics lacks %q", l)
+		}
+	}
+}
+
+func TestComponentMetrics(t *testing.T) {
+	r, err := metrics.New(metrics.Sources{
+		Version: "3.7.3",
+		Consensus: consensusStats{MemberID: 0xabc, Leader: 0xabc, IsLeader: true, LeaderChanges: 2, Term: 3,
+			CommittedIndex: 40, AppliedIndex: 39, Revision: 17, CompactRevision: -1, DBSize: 4096, DBSizeInUse: 2048,
+			QuotaBytes: 1 << 31, ReadIndexRounds: 5, SnapshotsSent: 1},
+		Fanout: fanoutStats{Streams: 3, Synced: 7, Unsynced: 2, Victims: 4},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantLines(t, scrape(t, r),
+		"etcd_server_has_leader 1",
+		"etcd_server_is_leader 1",
+		"etcd_server_is_learner 0",
+		"etcd_server_leader_changes_seen_total 2",
+		`etcd_server_id{server_id="abc"} 1`,
+		`etcd_server_version{server_version="3.7.3"} 1`,
+		"etcd_server_proposals_committed_total 40",
+		"etcd_server_proposals_applied_total 39",
+		"etcd_mvcc_db_total_size_in_bytes 4096",
+		"etcd_mvcc_db_total_size_in_use_in_bytes 2048",
+		"etcd_server_quota_backend_bytes 2.147483648e+09",
+		"etcd_debugging_mvcc_current_revision 17",
+		"etcd_debugging_mvcc_compact_revision -1",
+		"concord_raft_read_index_rounds_total 5",
+		"concord_raft_snapshots_sent_total 1",
+		"etcd_debugging_mvcc_watch_stream_total 3",
+		"etcd_debugging_mvcc_watcher_total 9",
+		"etcd_debugging_mvcc_slow_watcher_total 2",
+		"concord_watch_victims_total 4",
+	)
+}
+
+// A process without consensus (a split gateway) exports no member metrics
+// it cannot know, but still its RPC counters and Go's.
+func TestWithoutComponents(t *testing.T) {
+	r, err := metrics.New(metrics.Sources{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := scrape(t, r)
+	if strings.Contains(body, "etcd_server_has_leader") || strings.Contains(body, "etcd_debugging_mvcc_watcher_total") {
+		t.Errorf("component metrics without components:\n%s", body)
+	}
+	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes"} {
+		if !strings.Contains(body, "\n"+name+" ") {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+}
+
+func TestCallCounters(t *testing.T) {
+	r, err := metrics.New(metrics.Sources{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := r.Calls()
+	for range 3 {
+		c.Started("/etcdserverpb.KV/Range", connect.StreamTypeUnary)
+		c.Handled("/etcdserverpb.KV/Range", connect.StreamTypeUnary, 0)
+	}
+	c.Started("/etcdserverpb.KV/Put", connect.StreamTypeUnary)
+	c.Handled("/etcdserverpb.KV/Put", connect.StreamTypeUnary, connect.CodeInvalidArgument)
+	c.Started("/etcdserverpb.Watch/Watch", connect.StreamTypeBidi)
+	wantLines(t, scrape(t, r),
+		`grpc_server_started_total{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"} 3`,
+		`grpc_server_handled_total{grpc_code="OK",grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"} 3`,
+		`grpc_server_handled_total{grpc_code="InvalidArgument",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"} 1`,
+		`grpc_server_started_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"} 1`,
+	)
+}
+
+// The code label is grpc-go's name of the code, as go-grpc-prometheus
+// (which etcd uses) writes it.
+func TestCodeNamesMatchGRPC(t *testing.T) {
+	r, err := metrics.New(metrics.Sources{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := r.Calls()
+	for code := connect.Code(0); code <= 16; code++ {
+		c.Handled("/s.S/M", connect.StreamTypeUnary, code)
+	}
+	body := scrape(t, r)
+	for code := codes.Code(0); code <= 16; code++ {
+		want := `grpc_server_handled_total{grpc_code="` + code.String() + `",grpc_method="M",grpc_service="s.S",grpc_type="unary"} 1`
+		wantLines(t, body, want)
+	}
+}
