@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/concord-kv/concord/consensus"
+	"github.com/concord-kv/concord/consensus/compactor"
 	"github.com/concord-kv/concord/consensus/eventbus"
 	"github.com/concord-kv/concord/internal/metrics"
 	"github.com/concord-kv/concord/leasesvc"
@@ -110,6 +111,7 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return leases.Run(ctx) })
 	g.Go(func() error { return watchNode(ctx, node) })
+	g.Go(func() error { return runCompactor(ctx, cfg.AutoCompaction, node, log) })
 	if !multiMember(cfg) {
 		// With several members only one process's lease service holds the
 		// authority; the others stay standbys and must not delay serving.
@@ -221,3 +223,16 @@ func watchNode(ctx context.Context, node *consensus.Node) error {
 		return errors.New("consensus member stopped")
 	}
 }
+
+// runCompactor compacts node's history as --auto-compaction-* ask (nothing
+// when the retention is 0, etcd's default).
+func runCompactor(ctx context.Context, cfg compactor.Config, node *consensus.Node, log *slog.Logger) error {
+	cfg.Logger = log.With("component", "compactor")
+	return compactor.Run(ctx, cfg, compactorBackend{node})
+}
+
+// compactorBackend is a member as the compactor sees it.
+type compactorBackend struct{ *consensus.Node }
+
+func (b compactorBackend) Rev() int64     { return b.Store().Rev() }
+func (b compactorBackend) IsLeader() bool { return b.Leader() != 0 && b.Leader() == b.MemberID() }

@@ -88,6 +88,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	log.Info("event bus listening", "nats-url", bus.ClientURL(), "nats-cluster-url", bus.ClusterURL())
 	return serveSplit(ctx, "consensus", gw, listeners, log, func(ctx context.Context, g *errgroup.Group) {
 		g.Go(func() error { return watchNode(ctx, node) })
+		g.Go(func() error { return runCompactor(ctx, cfg.AutoCompaction, node, log) })
 	})
 }
 

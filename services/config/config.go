@@ -15,11 +15,14 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
+
+	"github.com/concord-kv/concord/consensus/compactor"
 )
 
 // ErrInvalid is wrapped by every validation error of this package.
@@ -65,6 +68,10 @@ type Server struct {
 	// EnableGRPCGateway serves etcd's JSON gateway (/v3/kv/range, ...) on
 	// the client URLs (etcd's --enable-grpc-gateway, on by default).
 	EnableGRPCGateway bool
+
+	// AutoCompaction is --auto-compaction-mode and
+	// --auto-compaction-retention (off unless the retention is set).
+	AutoCompaction compactor.Config
 }
 
 // Watch progress notification bounds, etcd's: a period that is not positive
@@ -103,6 +110,8 @@ const (
 	fEnablePprof         = "enable-pprof"
 	fLeanHTTP2           = "lean-http2"
 	fEnableGRPCGateway   = "enable-grpc-gateway"
+	fAutoCompactionMode  = "auto-compaction-mode"
+	fAutoCompactionRet   = "auto-compaction-retention"
 	fConfigFile          = "config-file"
 )
 
@@ -129,6 +138,8 @@ func ServerFlags(fs *pflag.FlagSet) {
 	fs.Bool(fEnablePprof, false, "enable runtime profiling data via HTTP server; address is at client URL + \"/debug/pprof/\"")
 	fs.Bool(fLeanHTTP2, true, leanHTTP2Usage)
 	fs.Bool(fEnableGRPCGateway, true, enableGRPCGatewayUsage)
+	fs.String(fAutoCompactionMode, string(compactor.ModePeriodic), "interpret 'auto-compaction-retention' one of: periodic|revision. 'periodic' for duration based retention, defaulting to hours if no time unit is provided (e.g. '5m'). 'revision' for revision number based retention.")
+	fs.String(fAutoCompactionRet, "0", "auto compaction retention for mvcc key value store. 0 means disable auto compaction.")
 	fs.String(fConfigFile, "", "path to a YAML configuration file whose keys are the flag names")
 }
 
@@ -192,6 +203,9 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	c.EnablePprof = v.GetBool(fEnablePprof)
 	c.LeanHTTP2 = v.GetBool(fLeanHTTP2)
 	c.EnableGRPCGateway = v.GetBool(fEnableGRPCGateway)
+	if c.AutoCompaction, err = parseAutoCompaction(v.GetString(fAutoCompactionMode), v.GetString(fAutoCompactionRet)); err != nil {
+		return Server{}, err
+	}
 	if err := c.LogLevel.UnmarshalText([]byte(v.GetString(fLogLevel))); err != nil {
 		return Server{}, fmt.Errorf("%w: --%s: %v", ErrInvalid, fLogLevel, err)
 	}
@@ -269,4 +283,32 @@ func parseURLs(flag, s string) ([]url.URL, error) {
 		out = append(out, *u)
 	}
 	return out, nil
+}
+
+// parseAutoCompaction reads etcd's auto-compaction flags the way etcd does:
+// a plain number is hours in periodic mode and revisions in revision mode;
+// periodic mode also takes a duration ("30m").
+func parseAutoCompaction(mode, retention string) (compactor.Config, error) {
+	c := compactor.Config{Mode: compactor.Mode(mode)}
+	switch c.Mode {
+	case compactor.ModePeriodic, compactor.ModeRevision:
+	case "":
+		return c, fmt.Errorf("%w: undefined auto-compaction-mode", ErrInvalid)
+	default:
+		return c, fmt.Errorf("%w: unknown auto-compaction-mode %q", ErrInvalid, mode)
+	}
+	if n, err := strconv.Atoi(retention); err == nil && n >= 0 {
+		if c.Mode == compactor.ModeRevision {
+			c.Revisions = int64(n)
+		} else {
+			c.Retention = time.Duration(n) * time.Hour
+		}
+		return c, nil
+	}
+	d, err := time.ParseDuration(retention)
+	if err != nil || d < 0 || c.Mode == compactor.ModeRevision {
+		return c, fmt.Errorf("%w: error parsing CompactionRetention: --%s=%q", ErrInvalid, fAutoCompactionRet, retention)
+	}
+	c.Retention = d
+	return c, nil
 }

@@ -4,11 +4,13 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/concord-kv/concord/consensus/compactor"
 	"github.com/concord-kv/concord/services/config"
 )
 
@@ -153,5 +155,34 @@ func TestLeanHTTP2Flag(t *testing.T) {
 	}
 	if c, err = load(t, "--lean-http2=false"); err != nil || c.LeanHTTP2 {
 		t.Errorf("=false: lean=%v err=%v", c.LeanHTTP2, err)
+	}
+}
+
+// --auto-compaction-mode and --auto-compaction-retention read as etcd reads
+// them: off by default, a plain number is hours (periodic) or revisions.
+func TestAutoCompactionFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		want    compactor.Config
+		wantErr string
+	}{
+		{nil, compactor.Config{Mode: compactor.ModePeriodic}, ""},
+		{[]string{"--auto-compaction-retention=1"}, compactor.Config{Mode: compactor.ModePeriodic, Retention: time.Hour}, ""},
+		{[]string{"--auto-compaction-retention=30m"}, compactor.Config{Mode: compactor.ModePeriodic, Retention: 30 * time.Minute}, ""},
+		{[]string{"--auto-compaction-mode=revision", "--auto-compaction-retention=1000"}, compactor.Config{Mode: compactor.ModeRevision, Revisions: 1000}, ""},
+		{[]string{"--auto-compaction-mode=revision", "--auto-compaction-retention=1h"}, compactor.Config{}, "error parsing CompactionRetention"},
+		{[]string{"--auto-compaction-retention=soon"}, compactor.Config{}, "error parsing CompactionRetention"},
+		{[]string{"--auto-compaction-mode=hourly"}, compactor.Config{}, `unknown auto-compaction-mode "hourly"`},
+	} {
+		c, err := load(t, tc.args...)
+		if tc.wantErr != "" {
+			if err == nil || !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%v: err %v, want %q", tc.args, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || c.AutoCompaction != tc.want {
+			t.Errorf("%v: %+v, %v; want %+v", tc.args, c.AutoCompaction, err, tc.want)
+		}
 	}
 }
