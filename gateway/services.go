@@ -183,11 +183,29 @@ func (s leaseService) LeaseKeepAlive(ctx context.Context, stream *connect.BidiSt
 	}
 }
 
-// maintenanceService serves etcdserverpb.Maintenance (Hash, Snapshot and
-// Downgrade are unimplemented).
+// maintenanceService serves etcdserverpb.Maintenance (Hash and Downgrade
+// are unimplemented; Snapshot needs a Snapshotter backend).
 type maintenanceService struct {
 	etcdserverpbconnect.UnimplementedMaintenanceHandler
 	g *Gateway
+}
+
+// Snapshotter is a backend that streams backups of its store (etcd's
+// Maintenance.Snapshot, which etcdctl snapshot save calls): blobs with the
+// bytes remaining, then the SHA-256 digest of the whole, as etcd frames them.
+type Snapshotter interface {
+	Snapshot(ctx context.Context, send func(*pb.SnapshotResponse) error) error
+}
+
+func (s maintenanceService) Snapshot(ctx context.Context, _ *pb.SnapshotRequest, stream *connect.ServerStream[pb.SnapshotResponse]) error {
+	sn, ok := s.g.b.(Snapshotter)
+	if !ok {
+		return connect.NewError(connect.CodeUnimplemented, errors.New("method Snapshot not implemented"))
+	}
+	if err := sn.Snapshot(ctx, stream.Send); err != nil {
+		return TranslateError(err)
+	}
+	return nil
 }
 
 func (s maintenanceService) Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.AlarmResponse, error) {

@@ -64,6 +64,7 @@ service in one process (single-voter raft, clients on 127.0.0.1:2379, data in
 	root.AddCommand(newBenchCommand())
 	root.AddCommand(newSplitCommands()...)
 	root.AddCommand(newClusterCommand())
+	root.AddCommand(newSnapshotCommand())
 	root.SetContext(context.Background())
 	return root
 }

@@ -56,6 +56,8 @@ type serverOptions struct {
 	extra []string // extra flags, e.g. --quota-backend-bytes=N
 	// initialCluster is --initial-cluster; default: this member alone.
 	initialCluster string
+	// dataDir is --data-dir; default: a new temporary directory.
+	dataDir string
 }
 
 // Server is one etcd or concord process started with etcd's flags on loopback ports. Its data
@@ -84,7 +86,10 @@ func startServer(t testing.TB, im *impl, opts serverOptions) *Server {
 	if opts.name == "" {
 		opts.name = "e2e"
 	}
-	s := &Server{t: t, impl: im, opts: opts, dataDir: t.TempDir(), log: &syncBuffer{}}
+	s := &Server{t: t, impl: im, opts: opts, dataDir: opts.dataDir, log: &syncBuffer{}}
+	if s.dataDir == "" {
+		s.dataDir = t.TempDir()
+	}
 	t.Cleanup(func() {
 		s.Kill()
 		if t.Failed() {
