@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/concord-kv/concord/consensus"
+	"github.com/concord-kv/concord/internal/clocktest"
 )
 
 // The standby wakes at the exact moment the record it watches has gone
@@ -15,7 +16,7 @@ import (
 // holder's last possible answered keep-alive is at least RenewInterval
 // before that moment.
 func TestStandbyTakesOverAtTheExactMoment(t *testing.T) {
-	clk, b := newFakeClock(), newFakeBackend()
+	clk, b := clocktest.New(), newFakeBackend()
 	ctx := context.Background()
 	a := activeService(t, testConfig("a", clk), b) // R 1s, T 5s
 	sb := newService(t, testConfig("b", clk), b)
@@ -95,7 +96,7 @@ func (l *laggingBackend) freeze(a *consensus.LeaseAuthority) {
 // live holder: the acquisition names the renewal it saw, so it fails, and
 // the holder keeps the authority and keeps answering keep-alives.
 func TestTakeoverMissingARenewalFails(t *testing.T) {
-	clk, fb := newFakeClock(), newFakeBackend()
+	clk, fb := clocktest.New(), newFakeBackend()
 	b := &laggingBackend{fakeBackend: fb}
 	ctx := context.Background()
 	a := activeService(t, testConfig("a", clk), b)
@@ -137,7 +138,7 @@ func TestTakeoverMissingARenewalFails(t *testing.T) {
 // most), and no lease expires earlier than its TTL after the last answered
 // keep-alive.
 func TestDefaultTimingTakeoverAndNoEarlyExpiry(t *testing.T) {
-	clk, b := newFakeClock(), newFakeBackend()
+	clk, b := clocktest.New(), newFakeBackend()
 	ctx := context.Background()
 	cfg := func(h string) Config {
 		return Config{Holder: h, Clock: clk, Logger: discardLogger()}
@@ -216,7 +217,7 @@ func TestDefaultTimingTakeoverAndNoEarlyExpiry(t *testing.T) {
 // the record, the holder while it answers keep-alives, not while its
 // renewals fail.
 func TestReady(t *testing.T) {
-	clk, b := newFakeClock(), newFakeBackend()
+	clk, b := clocktest.New(), newFakeBackend()
 	ctx := context.Background()
 	a := activeService(t, testConfig("a", clk), b)
 	if err := a.Ready(); err != nil {

@@ -15,63 +15,9 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
 	"github.com/concord-kv/concord/consensus"
+	"github.com/concord-kv/concord/internal/clocktest"
 	"github.com/concord-kv/concord/storage"
 )
-
-// fakeClock is a manually advanced Clock.
-type fakeClock struct {
-	mu      sync.Mutex
-	now     time.Time
-	waiters []fakeWaiter
-}
-
-type fakeWaiter struct {
-	at time.Time
-	c  chan time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{now: time.Unix(1_000_000, 0)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) After(d time.Duration) <-chan time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ch := make(chan time.Time, 1)
-	if d <= 0 {
-		ch <- c.now
-		return ch
-	}
-	c.waiters = append(c.waiters, fakeWaiter{at: c.now.Add(d), c: ch})
-	return ch
-}
-
-// Advance moves the clock and fires every timer that became due.
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	kept := c.waiters[:0]
-	for _, w := range c.waiters {
-		if w.at.After(c.now) {
-			kept = append(kept, w)
-			continue
-		}
-		w.c <- c.now
-	}
-	c.waiters = kept
-}
-
-// Waiters is how many timers are pending (a loop parked on After).
-func (c *fakeClock) Waiters() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.waiters)
-}
 
 // fakeBackend is an in-memory consensus with the same lease authority
 // rules (epoch checked at "apply").
@@ -332,7 +278,7 @@ func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() boo
 
 // advance moves the clock by d in steps of at most a second and lets each
 // service run an authority round (renewal) after every step, as Run would.
-func advance(clk *fakeClock, d time.Duration, ss ...*Service) {
+func advance(clk *clocktest.Clock, d time.Duration, ss ...*Service) {
 	for d > 0 {
 		st := min(d, time.Second)
 		clk.Advance(st)

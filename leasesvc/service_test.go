@@ -11,6 +11,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/concord-kv/concord/consensus"
+	"github.com/concord-kv/concord/internal/clocktest"
 	"github.com/concord-kv/concord/storage"
 )
 
@@ -45,7 +46,7 @@ func TestConfigDefaultsAndValidate(t *testing.T) {
 }
 
 func TestExpiryOrder(t *testing.T) {
-	clk, b := newFakeClock(), newFakeBackend()
+	clk, b := clocktest.New(), newFakeBackend()
 	s := activeService(t, testConfig("a", clk), b)
 	ctx := context.Background()
 	ttls := []int64{5, 2, 8, 3}
@@ -88,7 +89,7 @@ func TestExpiryOrder(t *testing.T) {
 }
 
 func TestKeepAliveRefreshesAndTimeToLive(t *testing.T) {
-	clk, b := newFakeClock(), newFakeBackend()
+	clk, b := clocktest.New(), newFakeBackend()
 	s := activeService(t, testConfig("a", clk), b)
 	ctx := context.Background()
 	id := grant(t, s, 5)
@@ -140,7 +141,7 @@ func TestKeepAliveRefreshesAndTimeToLive(t *testing.T) {
 // reports not found, as etcd's lessor does: the client never hears "alive"
 // for a lease whose keys are about to vanish.
 func TestKeepAliveOfExpiredLeaseWaitsForRevoke(t *testing.T) {
-	clk, b := newFakeClock(), newFakeBackend()
+	clk, b := clocktest.New(), newFakeBackend()
 	s := activeService(t, testConfig("a", clk), b)
 	ctx := context.Background()
 	id := grant(t, s, 2)
@@ -169,7 +170,7 @@ func TestKeepAliveOfExpiredLeaseWaitsForRevoke(t *testing.T) {
 }
 
 func TestUserRevokeForgetsDeadline(t *testing.T) {
-	clk, b := newFakeClock(), newFakeBackend()
+	clk, b := clocktest.New(), newFakeBackend()
 	s := activeService(t, testConfig("a", clk), b)
 	ctx := context.Background()
 	id := grant(t, s, 10)
@@ -203,7 +204,7 @@ func TestUserRevokeForgetsDeadline(t *testing.T) {
 // A re-grant of a revoked lease ID starts a new deadline (the old entry
 // must not shadow it).
 func TestRegrantSameID(t *testing.T) {
-	clk, b := newFakeClock(), newFakeBackend()
+	clk, b := clocktest.New(), newFakeBackend()
 	s := activeService(t, testConfig("a", clk), b)
 	ctx := context.Background()
 	if _, err := s.LeaseGrant(ctx, &pb.LeaseGrantRequest{ID: 7, TTL: 2}); err != nil {
@@ -223,7 +224,7 @@ func TestRegrantSameID(t *testing.T) {
 }
 
 func TestRevokeRateLimitAndBatches(t *testing.T) {
-	clk, b := newFakeClock(), newFakeBackend()
+	clk, b := clocktest.New(), newFakeBackend()
 	cfg := testConfig("a", clk)
 	cfg.MaxRevokesPerSecond = 100 // burst 50
 	cfg.MaxRevokeBatch = 20
@@ -272,7 +273,7 @@ func TestRevokeRateLimitAndBatches(t *testing.T) {
 // A revoke that fails (consensus unavailable) is retried after the retry
 // interval; the lease stays expired meanwhile.
 func TestFailedRevokeIsRetried(t *testing.T) {
-	clk := newFakeClock()
+	clk := clocktest.New()
 	b := &failingRevokes{fakeBackend: newFakeBackend(), fail: 1}
 	s := activeService(t, testConfig("a", clk), b)
 	ctx := context.Background()
@@ -308,7 +309,7 @@ func (f *failingRevokes) RevokeExpiredLeases(ctx context.Context, epoch uint64, 
 }
 
 func TestStandbyForwardsGrantsButRefusesKeepAlives(t *testing.T) {
-	clk, b := newFakeClock(), newFakeBackend()
+	clk, b := clocktest.New(), newFakeBackend()
 	b.auth = consensus.LeaseAuthority{Holder: "other", Epoch: 1, RenewedIndex: 1}
 	s := newService(t, testConfig("a", clk), b)
 	ctx := context.Background()
@@ -334,7 +335,7 @@ func TestStandbyForwardsGrantsButRefusesKeepAlives(t *testing.T) {
 // A lease granted elsewhere (another instance, before this one's load) is
 // learned on its first keep-alive or TimeToLive, with a full TTL.
 func TestUnknownLeaseIsLearned(t *testing.T) {
-	clk, b := newFakeClock(), newFakeBackend()
+	clk, b := clocktest.New(), newFakeBackend()
 	s := activeService(t, testConfig("a", clk), b)
 	ctx := context.Background()
 	resp, _ := b.LeaseGrant(ctx, &pb.LeaseGrantRequest{TTL: 7})
@@ -348,7 +349,7 @@ func TestUnknownLeaseIsLearned(t *testing.T) {
 }
 
 func TestReconcile(t *testing.T) {
-	clk, b := newFakeClock(), newFakeBackend()
+	clk, b := clocktest.New(), newFakeBackend()
 	s := activeService(t, testConfig("a", clk), b)
 	ctx := context.Background()
 	tracked := grant(t, s, 100)
@@ -375,7 +376,7 @@ func TestReconcile(t *testing.T) {
 }
 
 func TestTakeoverWithNewEpochRefreshesEveryLease(t *testing.T) {
-	clk, b := newFakeClock(), newFakeBackend()
+	clk, b := clocktest.New(), newFakeBackend()
 	ctx := context.Background()
 	a := activeService(t, testConfig("a", clk), b)
 	sb := newService(t, testConfig("b", clk), b)
@@ -464,7 +465,7 @@ func TestTakeoverWithNewEpochRefreshesEveryLease(t *testing.T) {
 }
 
 func TestStaleRenewalDemotesAndFailsWaiters(t *testing.T) {
-	clk, b := newFakeClock(), newFakeBackend()
+	clk, b := clocktest.New(), newFakeBackend()
 	s := activeService(t, testConfig("a", clk), b)
 	ctx := context.Background()
 	id := grant(t, s, 2)
@@ -487,7 +488,7 @@ func TestStaleRenewalDemotesAndFailsWaiters(t *testing.T) {
 // While renewals fail, keep-alives are refused and nothing expires; once a
 // renewal succeeds again every lease gets a full TTL.
 func TestRenewalLapseRefreshesLeases(t *testing.T) {
-	clk, b := newFakeClock(), newFakeBackend()
+	clk, b := clocktest.New(), newFakeBackend()
 	s := activeService(t, testConfig("a", clk), b)
 	ctx := context.Background()
 	id := grant(t, s, 10)
@@ -519,7 +520,7 @@ func TestRenewalLapseRefreshesLeases(t *testing.T) {
 }
 
 func TestRestartedHolderAcquiresAtOnce(t *testing.T) {
-	clk, b := newFakeClock(), newFakeBackend()
+	clk, b := clocktest.New(), newFakeBackend()
 	b.auth = consensus.LeaseAuthority{Holder: "a", Epoch: 3, RenewedIndex: 9}
 	id, _ := b.LeaseGrant(context.Background(), &pb.LeaseGrantRequest{TTL: 5})
 	other := newService(t, testConfig("b", clk), b)
@@ -537,7 +538,7 @@ func TestRestartedHolderAcquiresAtOnce(t *testing.T) {
 }
 
 func TestRunWithFakeClock(t *testing.T) {
-	clk, b := newFakeClock(), newFakeBackend()
+	clk, b := clocktest.New(), newFakeBackend()
 	s, err := New(testConfig("a", clk), b)
 	if err != nil {
 		t.Fatal(err)
@@ -579,7 +580,7 @@ func TestRunWithFakeClock(t *testing.T) {
 
 // Leases are listed soonest deadline first, as etcd lists them.
 func TestLeaseLeasesSoonestFirst(t *testing.T) {
-	clk, b := newFakeClock(), newFakeBackend()
+	clk, b := clocktest.New(), newFakeBackend()
 	s := activeService(t, testConfig("a", clk), b)
 	ctx := context.Background()
 	l10, l5, l7 := grant(t, s, 10), grant(t, s, 5), grant(t, s, 7)

@@ -14,88 +14,27 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
 	"github.com/concord-kv/concord/consensus/compactor"
+	"github.com/concord-kv/concord/internal/clocktest"
 	"github.com/concord-kv/concord/storage"
 )
 
-// fakeClock advances only when the test says so; After waiters fire once
-// the clock reaches their deadline.
-type fakeClock struct {
-	mu      sync.Mutex
-	now     time.Time
-	waiters []waiter
-	added   chan struct{} // signalled on every After
-}
-
-type waiter struct {
-	at time.Time
-	ch chan time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Unix(1_000_000, 0), added: make(chan struct{}, 1)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) After(d time.Duration) <-chan time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ch := make(chan time.Time, 1)
-	c.waiters = append(c.waiters, waiter{at: c.now.Add(d), ch: ch})
-	select {
-	case c.added <- struct{}{}:
-	default:
-	}
-	return ch
-}
-
-// settle waits until the runner waits on the clock: whatever it did for
-// the last tick (a compaction included) is over.
-func (c *fakeClock) settle(t *testing.T) {
+// step moves clk to the compactor's next deadline and fires it, then waits
+// until the compactor handled it (it is parked on the clock again, so
+// whatever it did for that tick, a compaction included, is over). It
+// returns the new time.
+func step(t *testing.T, clk *clocktest.Clock) time.Time {
 	t.Helper()
-	deadline := time.After(10 * time.Second)
-	for {
-		c.mu.Lock()
-		n := len(c.waiters)
-		c.mu.Unlock()
-		if n > 0 {
-			return
-		}
-		select {
-		case <-c.added:
-		case <-deadline:
-			t.Fatal("the compactor never waited on the clock")
-		}
-	}
+	settle(t, clk)
+	now := clk.AdvanceToNext()
+	settle(t, clk)
+	return now
 }
 
-// step moves the clock to the runner's next deadline, fires it and waits
-// until the runner handled it. It returns the new time.
-func (c *fakeClock) step(t *testing.T) time.Time {
+// settle waits until the compactor is parked on the clock.
+func settle(t *testing.T, clk *clocktest.Clock) {
 	t.Helper()
-	c.settle(t)
-	c.mu.Lock()
-	w := c.waiters[0]
-	c.waiters = c.waiters[1:]
-	c.now = w.at
-	c.mu.Unlock()
-	w.ch <- w.at
-	c.settle(t)
-	return w.at
-}
-
-// compacted1 returns the compaction the runner made since the last call,
-// or 0 (call it after step: the runner is idle then).
-func (b *fakeBackend) compacted1() int64 {
-	select {
-	case rev := <-b.done:
-		return rev
-	default:
-		return 0
+	if !clk.AwaitWaiters(1, 10*time.Second) {
+		t.Fatal("the compactor never waited on the clock")
 	}
 }
 
@@ -110,7 +49,9 @@ type fakeBackend struct {
 	done      chan int64
 }
 
-func newFakeBackend() *fakeBackend { return &fakeBackend{rev: 1, leader: true, done: make(chan int64, 100)} }
+func newFakeBackend() *fakeBackend {
+	return &fakeBackend{rev: 1, leader: true, done: make(chan int64, 100)}
+}
 
 func (b *fakeBackend) Rev() int64 {
 	b.mu.Lock()
@@ -141,15 +82,26 @@ func (b *fakeBackend) Compact(_ context.Context, r *pb.CompactionRequest) (*pb.C
 	return &pb.CompactionResponse{}, nil
 }
 
+// compacted1 returns the compaction the runner made since the last call,
+// or 0 (call it after step: the runner is idle then).
+func (b *fakeBackend) compacted1() int64 {
+	select {
+	case rev := <-b.done:
+		return rev
+	default:
+		return 0
+	}
+}
+
 func (b *fakeBackend) compactions() []int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return slices.Clone(b.calls)
 }
 
-func start(t *testing.T, cfg compactor.Config, b *fakeBackend) *fakeClock {
+func start(t *testing.T, cfg compactor.Config, b *fakeBackend) *clocktest.Clock {
 	t.Helper()
-	clk := newFakeClock()
+	clk := clocktest.New()
 	cfg.Clock = clk
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -161,7 +113,7 @@ func start(t *testing.T, cfg compactor.Config, b *fakeBackend) *fakeClock {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	clk.settle(t) // started: the first revision is recorded
+	settle(t, clk) // started: the first revision is recorded
 	return clk
 }
 
@@ -179,7 +131,7 @@ func TestPeriodic(t *testing.T) {
 		// revision.
 		rev := int64(100 * i)
 		b.set(rev, true)
-		elapsed := clk.step(t).Sub(t0)
+		elapsed := step(t, clk).Sub(t0)
 		if elapsed != time.Duration(i)*6*time.Minute {
 			t.Fatalf("step %d at %v, want every 6 minutes", i, elapsed)
 		}
@@ -202,13 +154,13 @@ func TestPeriodicOnlyOnLeader(t *testing.T) {
 	clk := start(t, compactor.Config{Mode: compactor.ModePeriodic, Retention: time.Hour}, b)
 	for i := 1; i <= 15; i++ {
 		b.set(int64(100*i), false)
-		clk.step(t)
+		step(t, clk)
 	}
 	if c := b.compactions(); len(c) != 0 {
 		t.Fatalf("a follower compacted %v", c)
 	}
 	b.set(1600, true)
-	clk.step(t) // 96 min: the window holds what was recorded at 30..90 min
+	step(t, clk) // 96 min: the window holds what was recorded at 30..90 min
 	// Recorded at 30 min, when the revision was 500.
 	if rev := b.compacted1(); rev != 500 {
 		t.Fatalf("new leader compacted to %d, want 500", rev)
@@ -221,15 +173,15 @@ func TestRevision(t *testing.T) {
 	b := newFakeBackend()
 	b.set(50, true)
 	clk := start(t, compactor.Config{Mode: compactor.ModeRevision, Revisions: 100}, b)
-	clk.step(t) // 5 min: 50-100 is below 1
+	step(t, clk) // 5 min: 50-100 is below 1
 	b.set(350, true)
-	clk.step(t) // 10 min: 350-100
+	step(t, clk) // 10 min: 350-100
 	if rev := b.compacted1(); rev != 250 {
 		t.Fatalf("compacted to %d, want 250", rev)
 	}
-	clk.step(t) // 15 min: unchanged revision, nothing to do
+	step(t, clk) // 15 min: unchanged revision, nothing to do
 	b.set(400, true)
-	clk.step(t) // 20 min
+	step(t, clk) // 20 min
 	if rev := b.compacted1(); rev != 300 {
 		t.Fatalf("compacted to %d, want 300", rev)
 	}
@@ -245,11 +197,11 @@ func TestAlreadyCompactedCountsAsDone(t *testing.T) {
 	b.compacted = 1000
 	b.set(1200, true)
 	clk := start(t, compactor.Config{Mode: compactor.ModeRevision, Revisions: 300}, b)
-	clk.step(t)
+	step(t, clk)
 	if rev := b.compacted1(); rev != 900 {
 		t.Fatalf("compacted to %d, want 900", rev)
 	}
-	clk.step(t)
+	step(t, clk)
 	if c := b.compactions(); !slices.Equal(c, []int64{900}) {
 		t.Fatalf("compactions %v, want one attempt at 900", c)
 	}

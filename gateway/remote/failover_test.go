@@ -391,15 +391,7 @@ func TestConsensusLeavesAMemberThatDoesNotAnswer(t *testing.T) {
 		mux := http.NewServeMux()
 		mux.Handle(etcdserverpbconnect.NewKVHandler(kv))
 		mux.Handle(etcdserverpbconnect.NewMaintenanceHandler(m))
-		srv := httptest.NewUnstartedServer(mux)
-		srv.Config.Protocols = new(http.Protocols)
-		srv.Config.Protocols.SetUnencryptedHTTP2(true)
-		srv.Start()
-		t.Cleanup(func() {
-			srv.CloseClientConnections()
-			srv.Close()
-		})
-		return srv.URL
+		return serveH2C(t, mux)
 	}
 	frozen := serve(hangingKV{}, &fakeMaint{id: 1, hang: true})
 	ok := &fakeKV{}

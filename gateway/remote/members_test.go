@@ -3,7 +3,6 @@ package remote_test
 import (
 	"context"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -74,15 +73,7 @@ func startClusterMember(t *testing.T, fc *fakeCluster, id uint64) string {
 	mux := http.NewServeMux()
 	mux.Handle(etcdserverpbconnect.NewClusterHandler(fakeClusterSvc{id: id, fc: fc}))
 	mux.Handle(etcdserverpbconnect.NewMaintenanceHandler(fakeStatusSvc{id: id, fc: fc}))
-	srv := httptest.NewUnstartedServer(mux)
-	srv.Config.Protocols = new(http.Protocols)
-	srv.Config.Protocols.SetUnencryptedHTTP2(true)
-	srv.Start()
-	t.Cleanup(func() {
-		srv.CloseClientConnections()
-		srv.Close()
-	})
-	return srv.URL
+	return serveH2C(t, mux)
 }
 
 // TestConsensusFollowsMembership: a member removed through the client is

@@ -72,14 +72,24 @@ func h2cServer(t *testing.T, pattern string, h http.Handler, started ...func(*ht
 	t.Helper()
 	mux := http.NewServeMux()
 	mux.Handle(pattern, h)
-	srv := httptest.NewUnstartedServer(mux)
+	return serveH2C(t, mux, started...)
+}
+
+// serveH2C serves h over cleartext HTTP/2 until the test ends; started
+// adjusts the server before it starts. It returns the server's URL.
+func serveH2C(t *testing.T, h http.Handler, started ...func(*httptest.Server)) string {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(h)
 	srv.Config.Protocols = new(http.Protocols)
 	srv.Config.Protocols.SetUnencryptedHTTP2(true)
 	for _, f := range started {
 		f(srv)
 	}
 	srv.Start()
-	t.Cleanup(srv.Close)
+	t.Cleanup(func() {
+		srv.CloseClientConnections()
+		srv.Close()
+	})
 	return srv.URL
 }
 
