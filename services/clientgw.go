@@ -1,6 +1,7 @@
 package services
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -57,4 +58,10 @@ func gatewayConfig(maxRequestBytes, maxTxnOps int, leanHTTP2, grpcGateway bool, 
 		NoJSONGateway:   !grpcGateway,
 		Logger:          log.With("component", "gateway"),
 	}
+}
+
+// withTLS is c serving TLS listeners with t.
+func withTLS(c gateway.Config, t *tls.Config) gateway.Config {
+	c.TLS = t
+	return c
 }

@@ -65,6 +65,9 @@ type Server struct {
 	// EnableGRPCGateway serves etcd's JSON gateway (/v3/kv/range, ...) on
 	// the client URLs (etcd's --enable-grpc-gateway, on by default).
 	EnableGRPCGateway bool
+
+	// ClientTLS is the TLS of the https:// client URLs.
+	ClientTLS ClientTLS
 }
 
 // Watch progress notification bounds, etcd's: a period that is not positive
@@ -130,6 +133,7 @@ func ServerFlags(fs *pflag.FlagSet) {
 	fs.Bool(fLeanHTTP2, true, leanHTTP2Usage)
 	fs.Bool(fEnableGRPCGateway, true, enableGRPCGatewayUsage)
 	fs.String(fConfigFile, "", "path to a YAML configuration file whose keys are the flag names")
+	clientTLSFlags(fs)
 }
 
 // LoadServer reads the flags declared by ServerFlags (already parsed in fs),
@@ -192,6 +196,7 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	c.EnablePprof = v.GetBool(fEnablePprof)
 	c.LeanHTTP2 = v.GetBool(fLeanHTTP2)
 	c.EnableGRPCGateway = v.GetBool(fEnableGRPCGateway)
+	c.ClientTLS = loadClientTLS(v)
 	if err := c.LogLevel.UnmarshalText([]byte(v.GetString(fLogLevel))); err != nil {
 		return Server{}, fmt.Errorf("%w: --%s: %v", ErrInvalid, fLogLevel, err)
 	}
@@ -219,12 +224,7 @@ func (c Server) Validate() error {
 	case c.MaxTxnOps <= 0:
 		return fmt.Errorf("%w: --%s must be positive", ErrInvalid, fMaxTxnOps)
 	}
-	for _, u := range c.ListenClientURLs {
-		if u.Scheme != "http" && u.Scheme != "unix" {
-			return fmt.Errorf("%w: client URL %q: only http:// is supported so far", ErrInvalid, u.String())
-		}
-	}
-	return nil
+	return c.ClientTLS.validate(c.ListenClientURLs)
 }
 
 // newViper layers, from weakest to strongest: flag defaults, the YAML file,
