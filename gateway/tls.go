@@ -72,6 +72,14 @@ func (c *tlsConn) handshake() error {
 	ctx, cancel := context.WithTimeout(context.Background(), tlsHandshakeTimeout)
 	defer cancel()
 	if err := c.HandshakeContext(ctx); err != nil {
+		var re tls.RecordHeaderError
+		if errors.As(err, &re) && re.Conn != nil && looksLikeHTTP(re.RecordHeader) {
+			// As net/http does: tell a cleartext HTTP client what is wrong.
+			_ = re.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = io.WriteString(re.Conn, "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+			re.Conn.Close()
+		}
+		lingerClose(c.NetConn())
 		lvl := slog.LevelWarn
 		if errors.Is(err, io.EOF) {
 			// A TCP probe (load balancer, kubelet) connects and closes.
@@ -81,4 +89,34 @@ func (c *tlsConn) handshake() error {
 		return err
 	}
 	return nil
+}
+
+// lingerTimeout bounds lingerClose.
+const lingerTimeout = 500 * time.Millisecond
+
+// lingerClose half-closes nc after a failed handshake and reads what the
+// client still sends for a moment before the caller closes it: with TLS 1.3
+// a client refused for its certificate has already finished its handshake
+// and is writing its first request, and closing at once would reset the
+// connection before it read the alert saying why (it would report "broken
+// pipe" instead of "certificate required").
+func lingerClose(nc net.Conn) {
+	cw, ok := nc.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	if nc.SetReadDeadline(time.Now().Add(lingerTimeout)) != nil {
+		return
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(nc, 1<<20))
+}
+
+// looksLikeHTTP reports whether the first bytes of a connection are those
+// of a cleartext HTTP request (as net/http checks).
+func looksLikeHTTP(hdr [5]byte) bool {
+	switch string(hdr[:]) {
+	case "GET /", "HEAD ", "POST ", "PUT /", "OPTIO", "PRI *":
+		return true
+	}
+	return false
 }

@@ -170,6 +170,17 @@ func TestServeTLS(t *testing.T) {
 				t.Fatalf("GET /health over h2 = %s %d", hresp.Proto, hresp.StatusCode)
 			}
 
+			// A cleartext request is answered 400, as net/http does.
+			presp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + addr + "/health")
+			if err != nil {
+				t.Fatalf("cleartext GET on the TLS port: %v", err)
+			}
+			pbody, _ := io.ReadAll(presp.Body)
+			presp.Body.Close()
+			if presp.StatusCode != http.StatusBadRequest || !strings.Contains(string(pbody), "HTTP request to an HTTPS server") {
+				t.Fatalf("cleartext GET on the TLS port = %d %q", presp.StatusCode, pbody)
+			}
+
 			// A client that does not trust the server's CA is refused.
 			untrusted := &tls.Config{MinVersion: tls.VersionTLS12}
 			if _, err := httpClient(t, untrusted, false).Get(base + "/health"); err == nil {

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/concord-kv/concord/internal/healthwait"
+	"github.com/concord-kv/concord/internal/tlstest"
 )
 
 const (
@@ -56,6 +58,12 @@ type serverOptions struct {
 	extra []string // extra flags, e.g. --quota-backend-bytes=N
 	// initialCluster is --initial-cluster; default: this member alone.
 	initialCluster string
+	// tls serves the client URL as https:// with tls's server certificate
+	// (--cert-file, --key-file); with clientCertAuth, clients must present
+	// a certificate signed by tls's CA (--trusted-ca-file,
+	// --client-cert-auth).
+	tls            *tlstest.Files
+	clientCertAuth bool
 }
 
 // Server is one etcd or concord process started with etcd's flags on loopback ports. Its data
@@ -153,7 +161,12 @@ func probePort() (int, error) {
 // Endpoint is the client endpoint in etcdctl's --endpoints form.
 func (s *Server) Endpoint() string { return fmt.Sprintf("127.0.0.1:%d", s.clientPort) }
 
-func (s *Server) clientURL() string { return "http://" + s.Endpoint() }
+func (s *Server) clientURL() string {
+	if s.opts.tls != nil {
+		return "https://" + s.Endpoint()
+	}
+	return "http://" + s.Endpoint()
+}
 
 func (s *Server) peerURL() string { return fmt.Sprintf("http://127.0.0.1:%d", s.peerPort) }
 
@@ -170,6 +183,12 @@ func (s *Server) args() []string {
 	}
 	if s.opts.initialCluster != "" {
 		args[len(args)-1] = s.opts.initialCluster
+	}
+	if t := s.opts.tls; t != nil {
+		args = append(args, "--cert-file", t.ServerCert, "--key-file", t.ServerKey)
+		if s.opts.clientCertAuth {
+			args = append(args, "--trusted-ca-file", t.CA, "--client-cert-auth")
+		}
 	}
 	if f := leanHTTP2Flag(); s.impl == concordImpl && f != "" {
 		args = append(args, f)
@@ -210,7 +229,14 @@ func (s *Server) start() error {
 func (s *Server) waitReady(done <-chan struct{}) error {
 	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 	defer cancel()
-	return readyErr(healthwait.Wait(ctx, s.clientURL(), done, pollInterval), s.impl.name, s.clientURL())
+	var tlsCfg *tls.Config
+	if s.opts.tls != nil {
+		var err error
+		if tlsCfg, err = s.opts.tls.ClientConfig(s.opts.clientCertAuth); err != nil {
+			return err
+		}
+	}
+	return readyErr(healthwait.WaitTLS(ctx, s.clientURL(), tlsCfg, done, pollInterval), s.impl.name, s.clientURL())
 }
 
 // readyErr words a healthwait.Wait error for a test's output.
