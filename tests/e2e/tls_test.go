@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net/http"
 	"slices"
@@ -107,5 +108,70 @@ func TestClientTLS(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestSplitTLS runs the split topology with every client URL on https://
+// and --client-cert-auth: the watch fan-out, the lease service and the
+// gateway reach consensus and each other with --cacert, --cert and --key,
+// and etcdctl reaches the gateway with its own.
+func TestSplitTLS(t *testing.T) {
+	certs, err := tlstest.Generate(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve := func(port int) []string {
+		return []string{"--listen-client-urls", fmt.Sprintf("https://127.0.0.1:%d", port),
+			"--cert-file", certs.ServerCert, "--key-file", certs.ServerKey, "--trusted-ca-file", certs.CA, "--client-cert-auth"}
+	}
+	dial := []string{"--cacert", certs.CA, "--cert", certs.ClientCert, "--key", certs.ClientKey}
+	cport, pport, err := freePorts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	purl := fmt.Sprintf("http://127.0.0.1:%d", pport)
+	cons := startTLSProc(t, "consensus", cport, certs, append([]string{"consensus", "--name", "c1", "--data-dir", t.TempDir(),
+		"--listen-peer-urls", purl, "--initial-cluster", "c1=" + purl, "--nats-listen-addr", natsAddr}, serve(cport)...)...)
+	wport, lport, gport := freePort(t), freePort(t), freePort(t)
+	wf := startTLSProc(t, "watchfanout", wport, certs, append(append([]string{"watchfanout", "--name", "wf1",
+		"--consensus-endpoints", cons.url(), "--nats-url", "nats://" + natsAddr}, serve(wport)...), dial...)...)
+	ls := startTLSProc(t, "leasesvc", lport, certs, append(append([]string{"leasesvc", "--name", "ls1",
+		"--consensus-endpoints", cons.url()}, serve(lport)...), dial...)...)
+	gw := startTLSProc(t, "gateway", gport, certs, append(append([]string{"gateway", "--consensus-endpoints", cons.url(),
+		"--watchfanout-endpoints", wf.url(), "--leasesvc-endpoints", ls.url()}, serve(gport)...), dial...)...)
+
+	ep := gw.url()
+	ctl := func(args ...string) string { return mustCtl(t, ep, append(dial, args...)...) }
+	if out := ctl("put", "foo", "bar"); out != "OK\n" {
+		t.Fatalf("put: %q", out)
+	}
+	if out := ctl("get", "foo"); out != "foo\nbar\n" {
+		t.Fatalf("get: %q", out)
+	}
+	w := startBgCtl(t, ep, false, append(dial, "watch", "foo", "--rev=1")...)
+	if !w.wait(3, 0) {
+		t.Fatalf("watch from revision 1: %+v", w.result())
+	}
+	ctl("put", "foo", "baz")
+	if !w.wait(6, 0) {
+		t.Fatalf("watch: %+v", w.result())
+	}
+	w.kill()
+	if got := w.result().stdout; got != "PUT\nfoo\nbar\nPUT\nfoo\nbaz\n" {
+		t.Fatalf("watch output %q", got)
+	}
+	out := ctl("lease", "grant", "60")
+	var id string
+	if _, err := fmt.Sscanf(out, "lease %s granted", &id); err != nil {
+		t.Fatalf("lease grant: %q", out)
+	}
+	if out := ctl("lease", "keep-alive", "--once", id); !strings.Contains(out, "keepalived with TTL") {
+		t.Fatalf("lease keep-alive --once: %q", out)
+	}
+	// Consensus itself refuses a client without a certificate.
+	r := runCtl(t, cons.url(), "", "--dial-timeout=2s", "--command-timeout=3s", "--cacert", certs.CA, "get", "foo")
+	if r.exit == 0 {
+		t.Fatalf("etcdctl without a client certificate reached consensus: %+v", r)
 	}
 }
