@@ -64,6 +64,9 @@ type serverOptions struct {
 	// --client-cert-auth).
 	tls            *tlstest.Files
 	clientCertAuth bool
+	// autoTLS serves the client URL as https:// with --auto-tls (a
+	// self-signed certificate) instead.
+	autoTLS bool
 }
 
 // Server is one etcd or concord process started with etcd's flags on loopback ports. Its data
@@ -162,7 +165,7 @@ func probePort() (int, error) {
 func (s *Server) Endpoint() string { return fmt.Sprintf("127.0.0.1:%d", s.clientPort) }
 
 func (s *Server) clientURL() string {
-	if s.opts.tls != nil {
+	if s.opts.tls != nil || s.opts.autoTLS {
 		return "https://" + s.Endpoint()
 	}
 	return "http://" + s.Endpoint()
@@ -189,6 +192,9 @@ func (s *Server) args() []string {
 		if s.opts.clientCertAuth {
 			args = append(args, "--trusted-ca-file", t.CA, "--client-cert-auth")
 		}
+	}
+	if s.opts.autoTLS {
+		args = append(args, "--auto-tls")
 	}
 	if f := leanHTTP2Flag(); s.impl == concordImpl && f != "" {
 		args = append(args, f)
@@ -230,6 +236,9 @@ func (s *Server) waitReady(done <-chan struct{}) error {
 	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 	defer cancel()
 	var tlsCfg *tls.Config
+	if s.opts.autoTLS {
+		tlsCfg = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // a self-signed certificate
+	}
 	if s.opts.tls != nil {
 		var err error
 		if tlsCfg, err = s.opts.tls.ClientConfig(s.opts.clientCertAuth); err != nil {

@@ -175,3 +175,25 @@ func TestSplitTLS(t *testing.T) {
 		t.Fatalf("etcdctl without a client certificate reached consensus: %+v", r)
 	}
 }
+
+// TestAutoTLS starts etcd and concord with --auto-tls on an https:// client
+// URL: etcdctl reaches both with --insecure-skip-tls-verify, and refuses
+// both without it (the certificate is self-signed).
+func TestAutoTLS(t *testing.T) {
+	for _, im := range impls {
+		t.Run(im.name, func(t *testing.T) {
+			s := startServer(t, im, serverOptions{autoTLS: true})
+			ep := "https://" + s.Endpoint()
+			if out := mustCtl(t, ep, "--insecure-skip-tls-verify", "put", "foo", "bar"); out != "OK\n" {
+				t.Fatalf("put: %q", out)
+			}
+			if out := mustCtl(t, ep, "--insecure-skip-tls-verify", "get", "foo"); out != "foo\nbar\n" {
+				t.Fatalf("get: %q", out)
+			}
+			r := runCtl(t, ep, "", "--dial-timeout=2s", "--command-timeout=3s", "get", "foo")
+			if r.exit != 1 || !strings.Contains(r.stderr, "certificate") {
+				t.Fatalf("etcdctl get verifying the self-signed certificate: %+v", r)
+			}
+		})
+	}
+}
