@@ -21,7 +21,7 @@ import (
 	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
 )
 
-func genCerts(t *testing.T) *tlstest.Files {
+func genCerts(t testing.TB) *tlstest.Files {
 	t.Helper()
 	f, err := tlstest.Generate(t.TempDir())
 	if err != nil {
@@ -32,7 +32,7 @@ func genCerts(t *testing.T) *tlstest.Files {
 
 // serveTLS serves g with ServeTLS on a loopback port until the test ends and
 // returns the address.
-func serveTLS(t *testing.T, g *gateway.Gateway) string {
+func serveTLS(t testing.TB, g *gateway.Gateway) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -58,7 +58,7 @@ func serveTLS(t *testing.T, g *gateway.Gateway) string {
 	return ln.Addr().String()
 }
 
-func tlsClientv3(t *testing.T, addr string, c *tls.Config) *clientv3.Client {
+func tlsClientv3(t testing.TB, addr string, c *tls.Config) *clientv3.Client {
 	t.Helper()
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   []string{"https://" + addr},
@@ -268,6 +268,35 @@ func TestServeTLSConfig(t *testing.T) {
 	} {
 		if _, err := gateway.New(gateway.Config{TLS: c}, newFake()); !errors.Is(err, gateway.ErrInvalidConfig) {
 			t.Errorf("%s: New = %v, want ErrInvalidConfig", name, err)
+		}
+	}
+}
+
+// BenchmarkClientGetTLS is BenchmarkClientGet over TLS: the cost of TLS
+// records on a long-lived connection (the handshake is done once).
+func BenchmarkClientGetTLS(b *testing.B) {
+	certs := genCerts(b)
+	scfg, err := certs.ServerConfig(false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	g, err := gateway.New(gateway.Config{TLS: scfg}, newFake())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ccfg, err := certs.ClientConfig(false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cli := tlsClientv3(b, serveTLS(b, g), ccfg)
+	ctx := context.Background()
+	if _, err := cli.Put(ctx, "foo", "bar"); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := cli.Get(ctx, "foo"); err != nil {
+			b.Fatal(err)
 		}
 	}
 }
