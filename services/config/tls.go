@@ -37,10 +37,11 @@ const (
 // --auto-tls. http:// URLs ignore it, as etcd's do.
 type ClientTLS struct {
 	CertFile, KeyFile string
-	// TrustedCAFile verifies client certificates (with ClientCertAuth).
+	// TrustedCAFile verifies client certificates; as in etcd, setting it
+	// requires them, ClientCertAuth or not.
 	TrustedCAFile string
 	// ClientCertAuth refuses clients without a certificate signed by
-	// TrustedCAFile.
+	// TrustedCAFile (or, without it, by the system's roots).
 	ClientCertAuth bool
 	// AutoTLS serves a generated self-signed certificate when no
 	// CertFile is given.
@@ -50,7 +51,7 @@ type ClientTLS struct {
 func clientTLSFlags(fs *pflag.FlagSet) {
 	fs.String(fCertFile, "", "path to the client server TLS cert file (for https:// client URLs)")
 	fs.String(fKeyFile, "", "path to the client server TLS key file")
-	fs.String(fTrustedCAFile, "", "path to the client server TLS trusted CA cert file (verifies client certificates with --client-cert-auth)")
+	fs.String(fTrustedCAFile, "", "path to the client server TLS trusted CA cert file; clients must then present a certificate it signed")
 	fs.Bool(fClientCertAuth, false, "enable client cert authentication: clients must present a certificate signed by --trusted-ca-file")
 	fs.Bool(fAutoTLS, false, "client TLS using a generated self-signed certificate (when no --cert-file is given)")
 }
@@ -79,8 +80,6 @@ func (t ClientTLS) validate(urls []url.URL) error {
 	switch {
 	case (t.CertFile == "") != (t.KeyFile == ""):
 		return fmt.Errorf("%w: --%s and --%s must be given together", ErrInvalid, fCertFile, fKeyFile)
-	case t.ClientCertAuth && t.TrustedCAFile == "":
-		return fmt.Errorf("%w: --%s needs --%s (the CA that signs client certificates)", ErrInvalid, fClientCertAuth, fTrustedCAFile)
 	}
 	for _, u := range urls {
 		switch {
@@ -121,14 +120,24 @@ func (t ClientTLS) ServerConfig(urls []url.URL) (*tls.Config, error) {
 		}
 		c.Certificates = []tls.Certificate{cert}
 	}
-	if t.TrustedCAFile != "" {
+	// As etcd (transport.TLSInfo.ServerConfig): either flag requires a
+	// client certificate, verified against --trusted-ca-file, or without
+	// it against the system's roots.
+	switch {
+	case t.TrustedCAFile != "":
 		pool, err := certPool(fTrustedCAFile, t.TrustedCAFile)
 		if err != nil {
 			return nil, err
 		}
 		c.ClientCAs = pool
+	case t.ClientCertAuth:
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			return nil, fmt.Errorf("--%s without --%s: the system's roots: %w", fClientCertAuth, fTrustedCAFile, err)
+		}
+		c.ClientCAs = pool
 	}
-	if t.ClientCertAuth {
+	if t.TrustedCAFile != "" || t.ClientCertAuth {
 		c.ClientAuth = tls.RequireAndVerifyClientCert
 	}
 	return c, nil

@@ -241,7 +241,9 @@ func (s *Server) waitReady(done <-chan struct{}) error {
 	}
 	if s.opts.tls != nil {
 		var err error
-		if tlsCfg, err = s.opts.tls.ClientConfig(s.opts.clientCertAuth); err != nil {
+		// A certificate always: a server that does not ask for one
+		// ignores it.
+		if tlsCfg, err = s.opts.tls.ClientConfig(true); err != nil {
 			return err
 		}
 	}

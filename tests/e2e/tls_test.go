@@ -197,3 +197,25 @@ func TestAutoTLS(t *testing.T) {
 		})
 	}
 }
+
+// TestTrustedCAOnly: as etcd does, --trusted-ca-file without
+// --client-cert-auth still requires a client certificate it signed.
+func TestTrustedCAOnly(t *testing.T) {
+	for _, im := range impls {
+		t.Run(im.name, func(t *testing.T) {
+			certs, err := tlstest.Generate(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := startServer(t, im, serverOptions{tls: certs, extra: []string{"--trusted-ca-file", certs.CA}})
+			ep := "https://" + s.Endpoint()
+			if out := mustCtl(t, ep, "--cacert", certs.CA, "--cert", certs.ClientCert, "--key", certs.ClientKey, "put", "foo", "bar"); out != "OK\n" {
+				t.Fatalf("put with a client certificate: %q", out)
+			}
+			r := runCtl(t, ep, "", "--dial-timeout=2s", "--command-timeout=3s", "--cacert", certs.CA, "get", "foo")
+			if r.exit != 1 || r.stdout != "" {
+				t.Fatalf("etcdctl get without a client certificate: %+v", r)
+			}
+		})
+	}
+}
