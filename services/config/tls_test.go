@@ -119,7 +119,7 @@ func TestClientTLSInvalid(t *testing.T) {
 			"TLS key/cert (--cert-file, --key-file) must be provided for client url https://127.0.0.1:2379 with HTTPS scheme"},
 		"unixs without cert": {[]string{"--listen-client-urls", "unixs://sock:1"}, "must be provided"},
 		"cert without key":   {[]string{"--cert-file", f.ServerCert}, "--cert-file and --key-file must be given together"},
-		"ftp": {[]string{"--listen-client-urls", "ftp://127.0.0.1:2379"}, "scheme must be"},
+		"ftp":                {[]string{"--listen-client-urls", "ftp://127.0.0.1:2379"}, "scheme must be"},
 	} {
 		_, err := load(t, tc.args...)
 		if !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), tc.msg) {
