@@ -301,12 +301,12 @@ func (g *Gateway) serve(ctx context.Context, ln net.Listener, tlsCfg *tls.Config
 		split = h2server.NewSplit(sln, lean)
 		h1ln = split.HTTP1()
 	}
-	var cln net.Listener
-	cln, lerr := h2conn.NewListener(h1ln, h2conn.Config{})
+	hln, lerr := h2conn.NewListener(h1ln, h2conn.Config{})
 	if lerr != nil {
 		ln.Close()
 		return lerr
 	}
+	var cln net.Listener = hln
 	if tlsCfg != nil && lean == nil {
 		// net/http must see *tls.Conn to negotiate HTTP/2; TLS goes on top
 		// of h2conn so that its records are what h2conn coalesces.
