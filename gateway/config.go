@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -49,6 +50,11 @@ type Config struct {
 	// ShutdownTimeout is how long Serve waits for in-flight calls once its
 	// context is done before closing connections.
 	ShutdownTimeout time.Duration
+	// TLS is the server side of the TLS listeners served by ServeTLS
+	// (etcd's https:// client URLs): certificates, and ClientAuth with
+	// ClientCAs for client certificate authentication. The gateway uses a
+	// copy that offers ALPN h2 and http/1.1. nil: ServeTLS fails.
+	TLS *tls.Config
 	// Logger receives the gateway's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -87,6 +93,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: ShutdownTimeout must not be negative", ErrInvalidConfig)
 	case c.Logger == nil:
 		return fmt.Errorf("%w: Logger is nil (call SetDefaults)", ErrInvalidConfig)
+	case c.TLS != nil && len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil && c.TLS.GetConfigForClient == nil:
+		return fmt.Errorf("%w: TLS has no certificate", ErrInvalidConfig)
+	case c.TLS != nil && c.TLS.ClientAuth >= tls.VerifyClientCertIfGiven && c.TLS.ClientCAs == nil && c.TLS.GetConfigForClient == nil:
+		return fmt.Errorf("%w: TLS verifies client certificates but has no ClientCAs", ErrInvalidConfig)
 	}
 	return nil
 }

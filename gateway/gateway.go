@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -120,6 +121,9 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.TLS != nil {
+		cfg.TLS = serverTLS(cfg.TLS)
 	}
 	g := &Gateway{
 		cfg:      cfg,
@@ -242,9 +246,30 @@ func (g *Gateway) requireLeader(ctx context.Context, _ connect.Spec, _ connect.P
 // never finish on their own). It returns nil after a shutdown caused by ctx
 // or Close, and the server's error otherwise. ln is closed on return.
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
+	return g.serve(ctx, ln, nil)
+}
+
+// ServeTLS is Serve over TLS with Config.TLS (ErrInvalidConfig without
+// it): the handshake offers ALPN h2 and http/1.1, and each connection is
+// then routed as on Serve's cleartext listener, by the HTTP/2 client preface
+// after the handshake, so gRPC, gRPC-Web/Connect and HTTP/1.1 JSON share the
+// port.
+func (g *Gateway) ServeTLS(ctx context.Context, ln net.Listener) error {
+	if g.cfg.TLS == nil {
+		ln.Close()
+		return fmt.Errorf("%w: ServeTLS needs Config.TLS", ErrInvalidConfig)
+	}
+	return g.serve(ctx, ln, g.cfg.TLS)
+}
+
+// serve is Serve, over TLS when tlsCfg is set.
+func (g *Gateway) serve(ctx context.Context, ln net.Listener, tlsCfg *tls.Config) error {
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
+	// With net/http's HTTP/2 server over TLS, net/http itself does the
+	// handshake and picks HTTP/2 by ALPN.
+	protocols.SetHTTP2(tlsCfg != nil)
 	srv := &http.Server{
 		Handler:   g.handler,
 		Protocols: &protocols,
@@ -272,13 +297,25 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 			ln.Close()
 			return err
 		}
-		split = h2server.NewSplit(ln, lean)
+		sln := ln
+		if tlsCfg != nil {
+			// The handshake happens on Split's sniffing goroutine (the
+			// first Read), so a slow client holds up no one else.
+			sln = newTLSListener(ln, tlsCfg, g.log)
+		}
+		split = h2server.NewSplit(sln, lean)
 		h1ln = split.HTTP1()
 	}
-	cln, lerr := h2conn.NewListener(h1ln, h2conn.Config{})
+	hln, lerr := h2conn.NewListener(h1ln, h2conn.Config{})
 	if lerr != nil {
 		ln.Close()
 		return lerr
+	}
+	var cln net.Listener = hln
+	if tlsCfg != nil && lean == nil {
+		// net/http must see *tls.Conn to negotiate HTTP/2; TLS goes on top
+		// of h2conn so that its records are what h2conn coalesces.
+		cln = tls.NewListener(cln, tlsCfg)
 	}
 
 	g.mu.Lock()
@@ -299,7 +336,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		g.mu.Unlock()
 	}()
 
-	g.log.Info("gateway serving", "addr", ln.Addr().String(), "lean_http2", lean != nil)
+	g.log.Info("gateway serving", "addr", ln.Addr().String(), "lean_http2", lean != nil, "tls", tlsCfg != nil)
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(cln) }()
 	pending := 1

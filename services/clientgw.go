@@ -1,6 +1,7 @@
 package services
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -71,4 +72,10 @@ func metricsOptions(src metrics.Sources) ([]gateway.Option, error) {
 		return nil, err
 	}
 	return []gateway.Option{gateway.WithHTTPHandler("/metrics", reg.Handler()), gateway.WithCallObserver(reg.Calls())}, nil
+}
+
+// withTLS is c serving TLS listeners with t.
+func withTLS(c gateway.Config, t *tls.Config) gateway.Config {
+	c.TLS = t
+	return c
 }

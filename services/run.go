@@ -6,6 +6,7 @@ package services
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/consensus/compactor"
 	"github.com/concord-kv/concord/consensus/eventbus"
+	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/internal/metrics"
 	"github.com/concord-kv/concord/leasesvc"
 	"github.com/concord-kv/concord/services/config"
@@ -36,11 +38,11 @@ import (
 // --listen-peer-urls) that still runs every other service for itself: its
 // own NATS carries the revisions this member applies to its own watchers.
 func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error {
-	listeners, err := listenAll(cfg.ListenClientURLs)
+	listeners, tlsCfg, err := listenClients(cfg.ListenClientURLs, cfg.ClientTLS)
 	if err != nil {
 		return err
 	}
-	defer closeAll(listeners)
+	defer closeClients(listeners)
 
 	bus, err := eventbus.StartNATS(ctx, eventbus.NATSConfig{Logger: log.With("component", "nats")})
 	if err != nil {
@@ -102,7 +104,7 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	if err != nil {
 		return err
 	}
-	gw, err := newClientGateway(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), cfg.EnablePprof, node, fanout, leases, log, mopts...)
+	gw, err := newClientGateway(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cfg.EnablePprof, node, fanout, leases, log, mopts...)
 	if err != nil {
 		return err
 	}
@@ -118,8 +120,8 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 		waitLeaseAuthority(ctx, leases, log)
 	}
 	for _, ln := range listeners {
-		log.Info("serving client requests", "address", ln.Addr().String())
-		g.Go(func() error { return gw.Serve(ctx, ln) })
+		log.Info("serving client requests", "address", ln.Addr().String(), "tls", ln.tls)
+		g.Go(func() error { return ln.serve(ctx, gw.Gateway) })
 	}
 	log.Info("concord is ready", "name", cfg.Name, "data-dir", cfg.DataDir,
 		"advertise-client-urls", joinURLs(cfg.AdvertiseClientURLs))
@@ -174,13 +176,51 @@ func consensusConfig(cfg config.Server, log *slog.Logger) consensus.Config {
 	}
 }
 
+// clientListener is a bound client URL, served over TLS for https:// and
+// unixs://.
+type clientListener struct {
+	net.Listener
+	tls bool
+}
+
+func (l clientListener) serve(ctx context.Context, gw *gateway.Gateway) error {
+	if l.tls {
+		return gw.ServeTLS(ctx, l.Listener)
+	}
+	return gw.Serve(ctx, l.Listener)
+}
+
+// listenClients binds the client URLs (listenAll) and builds the TLS
+// configuration of the https:// ones (nil without any).
+func listenClients(urls []url.URL, t config.ClientTLS) ([]clientListener, *tls.Config, error) {
+	tlsCfg, err := t.ServerConfig(urls)
+	if err != nil {
+		return nil, nil, fmt.Errorf("client TLS: %w", err)
+	}
+	lns, err := listenAll(urls)
+	if err != nil {
+		return nil, nil, err
+	}
+	out := make([]clientListener, len(lns))
+	for i, ln := range lns {
+		out[i] = clientListener{Listener: ln, tls: config.IsTLS(urls[i])}
+	}
+	return out, tlsCfg, nil
+}
+
+func closeClients(lns []clientListener) {
+	for _, ln := range lns {
+		_ = ln.Close()
+	}
+}
+
 // listenAll binds every client URL before anything starts, so a taken port
 // fails the start instead of leaving a half-serving process.
 func listenAll(urls []url.URL) ([]net.Listener, error) {
 	var lns []net.Listener
 	for _, u := range urls {
 		network, addr := "tcp", u.Host
-		if u.Scheme == "unix" {
+		if u.Scheme == "unix" || u.Scheme == "unixs" {
 			network, addr = "unix", u.Host+u.Path
 		}
 		ln, err := net.Listen(network, addr)

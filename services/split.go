@@ -11,7 +11,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"golang.org/x/sync/errgroup"
@@ -34,11 +33,11 @@ import (
 // listings only), Maintenance and Cluster services plus
 // concord.v1.InternalService for the other processes.
 func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) error {
-	listeners, err := listenAll(cfg.ListenClientURLs)
+	listeners, tlsCfg, err := listenClients(cfg.ListenClientURLs, cfg.ClientTLS)
 	if err != nil {
 		return err
 	}
-	defer closeAll(listeners)
+	defer closeClients(listeners)
 
 	bus, err := eventbus.StartNATS(ctx, eventbus.NATSConfig{
 		ListenAddr:  cfg.NATSListenAddr,
@@ -80,7 +79,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	if cfg.EnablePprof {
 		opts = append(opts, pprofHandlers()...)
 	}
-	gw, err := gateway.New(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), node, opts...)
+	gw, err := gateway.New(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), node, opts...)
 	if err != nil {
 		return fmt.Errorf("starting the member's API: %w", err)
 	}
@@ -96,11 +95,11 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 // repairing from the history of a consensus member, serving etcd's Watch
 // service (and the browser watch) on its client URLs.
 func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) error {
-	listeners, err := listenAll(cfg.ListenClientURLs)
+	listeners, tlsCfg, err := listenClients(cfg.ListenClientURLs, cfg.ClientTLS)
 	if err != nil {
 		return err
 	}
-	defer closeAll(listeners)
+	defer closeClients(listeners)
 
 	cons, hdr, err := dialConsensus(ctx, cfg, log)
 	if err != nil {
@@ -132,7 +131,7 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 	if err != nil {
 		return err
 	}
-	gw, err := gateway.New(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), cons,
+	gw, err := gateway.New(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cons,
 		append(opts, gateway.WithWatch(gateway.NewWatchService(fanout)), gateway.WithBrowserWatch(fanout))...)
 	if err != nil {
 		return fmt.Errorf("starting the watch API: %w", err)
@@ -147,11 +146,11 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 // replicated lease authority lets one decide expiries (DESIGN.md invariant
 // 4), the others answer "no leader" until they take over.
 func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error {
-	listeners, err := listenAll(cfg.ListenClientURLs)
+	listeners, tlsCfg, err := listenClients(cfg.ListenClientURLs, cfg.ClientTLS)
 	if err != nil {
 		return err
 	}
-	defer closeAll(listeners)
+	defer closeClients(listeners)
 
 	cons, _, err := dialConsensus(ctx, cfg, log)
 	if err != nil {
@@ -170,7 +169,7 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 	if err != nil {
 		return err
 	}
-	gw, err := gateway.New(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), cons, append(opts, gateway.WithLease(leases),
+	gw, err := gateway.New(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cons, append(opts, gateway.WithLease(leases),
 		gateway.WithHTTPHandler(path, h),
 		gateway.WithReadyCheck("lease_authority", func(context.Context) error { return leases.Ready() }))...)
 	if err != nil {
@@ -191,23 +190,27 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 // service; locks and elections run here on top of those, as in the
 // all-in-one.
 func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
-	listeners, err := listenAll(cfg.ListenClientURLs)
+	listeners, tlsCfg, err := listenClients(cfg.ListenClientURLs, cfg.ClientTLS)
 	if err != nil {
 		return err
 	}
-	defer closeAll(listeners)
+	defer closeClients(listeners)
 
-	cons, err := remote.NewConsensus(cfg.ConsensusEndpoints, log.With("component", "remote-consensus"))
+	dial, err := dialOptions(cfg)
+	if err != nil {
+		return err
+	}
+	cons, err := remote.NewConsensus(cfg.ConsensusEndpoints, log.With("component", "remote-consensus"), dial...)
 	if err != nil {
 		return fmt.Errorf("consensus endpoints: %w", err)
 	}
 	defer cons.Close()
-	watcher, err := remote.NewWatcher(cfg.WatchfanoutEndpoints)
+	watcher, err := remote.NewWatcher(cfg.WatchfanoutEndpoints, dial...)
 	if err != nil {
 		return fmt.Errorf("watchfanout endpoints: %w", err)
 	}
 	defer watcher.Close()
-	lease, err := remote.NewLease(cfg.LeasesvcEndpoints, cons.Header)
+	lease, err := remote.NewLease(cfg.LeasesvcEndpoints, cons.Header, dial...)
 	if err != nil {
 		return fmt.Errorf("leasesvc endpoints: %w", err)
 	}
@@ -217,7 +220,7 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	gw, err := newClientGateway(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), cfg.EnablePprof, cons, watcher, lease, log, mopts...)
+	gw, err := newClientGateway(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cfg.EnablePprof, cons, watcher, lease, log, mopts...)
 	if err != nil {
 		return err
 	}
@@ -228,7 +231,11 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 // dialConsensus connects to consensus and waits until it answers, so that
 // components that need its identity (cluster and member IDs) get it.
 func dialConsensus(ctx context.Context, cfg config.Split, log *slog.Logger) (*remote.Consensus, *pb.ResponseHeader, error) {
-	cons, err := remote.NewConsensus(cfg.ConsensusEndpoints, log.With("component", "remote-consensus"))
+	dial, err := dialOptions(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	cons, err := remote.NewConsensus(cfg.ConsensusEndpoints, log.With("component", "remote-consensus"), dial...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("consensus endpoints: %w", err)
 	}
@@ -241,17 +248,27 @@ func dialConsensus(ctx context.Context, cfg config.Split, log *slog.Logger) (*re
 	return cons, hdr, nil
 }
 
+// dialOptions is how cfg's process reaches the https:// endpoints of the
+// others (--cacert, --cert, --key, --insecure-skip-tls-verify).
+func dialOptions(cfg config.Split) ([]remote.DialOption, error) {
+	c, err := cfg.EndpointTLS.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("endpoint TLS: %w", err)
+	}
+	return []remote.DialOption{remote.WithTLS(c)}, nil
+}
+
 // serveSplit serves gw on every listener until ctx ends or one fails; start,
 // if set, adds the process's own goroutines to the group first.
-func serveSplit(ctx context.Context, role string, gw *gateway.Gateway, listeners []net.Listener, log *slog.Logger,
+func serveSplit(ctx context.Context, role string, gw *gateway.Gateway, listeners []clientListener, log *slog.Logger,
 	start func(context.Context, *errgroup.Group)) error {
 	g, ctx := errgroup.WithContext(ctx)
 	if start != nil {
 		start(ctx, g)
 	}
 	for _, ln := range listeners {
-		log.Info("serving client requests", "address", ln.Addr().String())
-		g.Go(func() error { return gw.Serve(ctx, ln) })
+		log.Info("serving client requests", "address", ln.Addr().String(), "tls", ln.tls)
+		g.Go(func() error { return ln.serve(ctx, gw) })
 	}
 	log.Info("concord is ready", "role", role)
 	return endOfRun(g.Wait(), log)

@@ -90,6 +90,8 @@ func (m *endpointClients) down(now time.Time) bool { return m.downUntil.Load() >
 // rules (see call), so a write is never executed twice by the failover.
 type Consensus struct {
 	log *slog.Logger
+	// dial is how members learned from MemberList are reached.
+	dial dialOptions
 
 	mu       sync.Mutex
 	members  []*endpointClients // copy-on-write under mu
@@ -109,15 +111,16 @@ type Consensus struct {
 // (comma-separated client URLs; any one reachable member is enough, the
 // others are learned from it) and starts following the leader; Close stops
 // it.
-func NewConsensus(urls string, log *slog.Logger) (*Consensus, error) {
-	eps, err := DialAll(urls)
+func NewConsensus(urls string, log *slog.Logger, opts ...DialOption) (*Consensus, error) {
+	o := newDialOptions(opts)
+	eps, err := DialAll(urls, opts...)
 	if err != nil {
 		return nil, err
 	}
 	if log == nil {
 		log = slog.Default()
 	}
-	c := &Consensus{log: log, removed: make(map[uint64]bool)}
+	c := &Consensus{log: log, dial: o, removed: make(map[uint64]bool)}
 	for _, ep := range eps {
 		c.members = append(c.members, newEndpointClients(ep))
 	}
@@ -381,7 +384,7 @@ func (c *Consensus) applyMembers(members []*pb.Member) {
 		if c.removed[id] || i < 0 || slices.ContainsFunc(kept, func(m *endpointClients) bool { return m.advertiser == id }) {
 			continue
 		}
-		ep, err := dialOne(mem.GetClientURLs()[i])
+		ep, err := dialOne(mem.GetClientURLs()[i], c.dial)
 		if err != nil {
 			continue
 		}
@@ -429,7 +432,7 @@ func (c *Consensus) applyMembers(members []*pb.Member) {
 // own host, possibly this very process.
 func reachable(raw string) bool {
 	u, err := url.Parse(raw)
-	if err != nil || u.Scheme != "http" || u.Hostname() == "" {
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
 		return false
 	}
 	ip := net.ParseIP(u.Hostname())

@@ -349,7 +349,9 @@ func TestConsensusRetriesOnlyWhatWasNotExecuted(t *testing.T) {
 func TestLearnedClientURLsMustBeReachable(t *testing.T) {
 	for raw, want := range map[string]bool{
 		"http://10.0.0.1:2379": true, "http://consensus-2:2379": true, "http://[::1]:2379": true,
-		"http://0.0.0.0:2379": false, "http://[::]:2379": false, "unix://sock": false, "https://c:2379": false, "::": false,
+		"http://0.0.0.0:2379": false, "http://[::]:2379": false, "unix://sock": false, "::": false,
+		// TLS members are dialed with the client's TLS options (WithTLS).
+		"https://c:2379": true, "https://0.0.0.0:2379": false,
 	} {
 		if got := remote.ReachableForTest(raw); got != want {
 			t.Errorf("reachable(%q) = %v, want %v", raw, got, want)

@@ -62,8 +62,8 @@ var _ gateway.Lease = (*Lease)(nil)
 // NewLease returns a client of the lease services at urls. header supplies
 // the headers of answers the gateway makes up itself (the consensus
 // client's Header).
-func NewLease(urls string, header func() *pb.ResponseHeader) (*Lease, error) {
-	eps, err := DialAll(urls)
+func NewLease(urls string, header func() *pb.ResponseHeader, opts ...DialOption) (*Lease, error) {
+	eps, err := DialAll(urls, opts...)
 	if err != nil {
 		return nil, err
 	}

@@ -8,8 +8,8 @@
 // adapters differ from the all-in-one, which calls the components directly.
 //
 // Invariants:
-//   - Each endpoint is reached through one shared HTTP/2 cleartext (h2c)
-//     transport, so all calls and streams to it multiplex over one
+//   - Each endpoint is reached through one shared HTTP/2 transport
+//     (cleartext h2c for http://, TLS for https://), so all calls and streams to it multiplex over one
 //     connection, as gRPC clients do.
 //   - A call to consensus is sent again to another member only if it
 //     certainly was not executed (its dial failed) or is safe to repeat
@@ -54,11 +54,34 @@ type Endpoint struct {
 	tr     *http2.Transport
 }
 
-// Dial prepares an h2c client for the first of urls (a comma-separated
-// list, etcd style). It does not connect: the transport connects on the
-// first call and reconnects after failures.
-func Dial(urls string) (*Endpoint, error) {
-	eps, err := DialAll(urls)
+// DialOption configures how endpoints are reached.
+type DialOption func(*dialOptions)
+
+type dialOptions struct {
+	tls *tls.Config
+}
+
+// WithTLS is the client TLS configuration for https:// endpoints (trusted
+// CAs, client certificate); without it they are verified against the
+// system's roots. http:// endpoints ignore it.
+func WithTLS(c *tls.Config) DialOption {
+	return func(o *dialOptions) { o.tls = c }
+}
+
+func newDialOptions(opts []DialOption) dialOptions {
+	var o dialOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+// Dial prepares an HTTP/2 client for the first of urls (a comma-separated
+// list, etcd style): cleartext (h2c) for http://, TLS for https://. It does
+// not connect: the transport connects on the first call and reconnects
+// after failures.
+func Dial(urls string, opts ...DialOption) (*Endpoint, error) {
+	eps, err := DialAll(urls, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -68,15 +91,16 @@ func Dial(urls string) (*Endpoint, error) {
 	return eps[0], nil
 }
 
-// DialAll prepares an h2c client for each of urls (comma-separated).
-func DialAll(urls string) ([]*Endpoint, error) {
+// DialAll prepares a client for each of urls (comma-separated), as Dial.
+func DialAll(urls string, opts ...DialOption) ([]*Endpoint, error) {
+	o := newDialOptions(opts)
 	var eps []*Endpoint
 	for _, raw := range strings.Split(urls, ",") {
 		raw = strings.TrimSpace(raw)
 		if raw == "" {
 			continue
 		}
-		ep, err := dialOne(raw)
+		ep, err := dialOne(raw, o)
 		if err != nil {
 			return nil, err
 		}
@@ -100,17 +124,32 @@ func baseURL(raw string) (string, error) {
 	return u.Scheme + "://" + u.Host, nil
 }
 
-func dialOne(raw string) (*Endpoint, error) {
+func dialOne(raw string, o dialOptions) (*Endpoint, error) {
 	base, err := baseURL(raw)
 	if err != nil {
 		return nil, err
 	}
+	secure := strings.HasPrefix(base, "https://")
+	var tlsCfg *tls.Config
+	if secure {
+		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12}
+		if o.tls != nil {
+			tlsCfg = o.tls.Clone()
+		}
+		tlsCfg.NextProtos = []string{"h2"}
+	}
 	tr := &http2.Transport{
-		AllowHTTP: true,
-		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			// Short: a member that does not answer a dial is skipped for the next.
+		AllowHTTP:       true,
+		TLSClientConfig: tlsCfg,
+		DialTLSContext: func(ctx context.Context, network, addr string, cfg *tls.Config) (net.Conn, error) {
+			// Short: a member that does not answer a dial (or a
+			// handshake) is skipped for the next.
 			d := net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}
-			return d.DialContext(ctx, network, addr)
+			if !secure {
+				return d.DialContext(ctx, network, addr)
+			}
+			td := tls.Dialer{NetDialer: &d, Config: cfg}
+			return td.DialContext(ctx, network, addr)
 		},
 		// A connection silent for 5s is pinged and closed 2s later without
 		// an answer, so calls on a connection to a frozen or unreachable

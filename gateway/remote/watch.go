@@ -30,8 +30,8 @@ type Watcher struct {
 }
 
 // NewWatcher returns a client of the watch fan-outs at urls.
-func NewWatcher(urls string) (*Watcher, error) {
-	eps, err := DialAll(urls)
+func NewWatcher(urls string, opts ...DialOption) (*Watcher, error) {
+	eps, err := DialAll(urls, opts...)
 	if err != nil {
 		return nil, err
 	}

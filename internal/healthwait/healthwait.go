@@ -8,6 +8,7 @@ package healthwait
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net/http"
 	"time"
@@ -26,7 +27,18 @@ const pollTimeout = 2 * time.Second
 // Wait polls baseURL+"/health" every interval until it answers 200 OK
 // (nil), exited is closed (ErrExited) or ctx ends (ErrTimeout).
 func Wait(ctx context.Context, baseURL string, exited <-chan struct{}, interval time.Duration) error {
+	return WaitTLS(ctx, baseURL, nil, exited, interval)
+}
+
+// WaitTLS is Wait for an https:// baseURL, with tlsCfg's trusted CAs and
+// client certificate (nil: the system's roots, no certificate).
+func WaitTLS(ctx context.Context, baseURL string, tlsCfg *tls.Config, exited <-chan struct{}, interval time.Duration) error {
 	client := &http.Client{Timeout: pollTimeout}
+	if tlsCfg != nil {
+		tr := &http.Transport{TLSClientConfig: tlsCfg.Clone()}
+		defer tr.CloseIdleConnections()
+		client.Transport = tr
+	}
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {

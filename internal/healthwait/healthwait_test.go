@@ -2,6 +2,8 @@ package healthwait_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -37,5 +39,22 @@ func TestWait(t *testing.T) {
 	defer cancelShort()
 	if err := healthwait.Wait(short, "http://127.0.0.1:1", nil, time.Millisecond); !errors.Is(err, healthwait.ErrTimeout) {
 		t.Fatalf("Wait past its deadline = %v", err)
+	}
+}
+
+func TestWaitTLS(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	if err := healthwait.WaitTLS(ctx, srv.URL, &tls.Config{RootCAs: pool}, nil, time.Millisecond); err != nil {
+		t.Fatalf("WaitTLS trusting the server = %v", err)
+	}
+	short, cancel2 := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel2()
+	if err := healthwait.WaitTLS(short, srv.URL, &tls.Config{}, nil, time.Millisecond); !errors.Is(err, healthwait.ErrTimeout) {
+		t.Fatalf("WaitTLS not trusting the server = %v, want ErrTimeout", err)
 	}
 }

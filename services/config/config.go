@@ -72,6 +72,9 @@ type Server struct {
 	// AutoCompaction is --auto-compaction-mode and
 	// --auto-compaction-retention (off unless the retention is set).
 	AutoCompaction compactor.Config
+
+	// ClientTLS is the TLS of the https:// client URLs.
+	ClientTLS ClientTLS
 }
 
 // Watch progress notification bounds, etcd's: a period that is not positive
@@ -141,6 +144,7 @@ func ServerFlags(fs *pflag.FlagSet) {
 	fs.String(fAutoCompactionMode, string(compactor.ModePeriodic), "interpret 'auto-compaction-retention' one of: periodic|revision. 'periodic' for duration based retention, defaulting to hours if no time unit is provided (e.g. '5m'). 'revision' for revision number based retention.")
 	fs.String(fAutoCompactionRet, "0", "auto compaction retention for mvcc key value store. 0 means disable auto compaction.")
 	fs.String(fConfigFile, "", "path to a YAML configuration file whose keys are the flag names")
+	clientTLSFlags(fs)
 }
 
 // LoadServer reads the flags declared by ServerFlags (already parsed in fs),
@@ -206,6 +210,7 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	if c.AutoCompaction, err = parseAutoCompaction(v.GetString(fAutoCompactionMode), v.GetString(fAutoCompactionRet)); err != nil {
 		return Server{}, err
 	}
+	c.ClientTLS = loadClientTLS(v)
 	if err := c.LogLevel.UnmarshalText([]byte(v.GetString(fLogLevel))); err != nil {
 		return Server{}, fmt.Errorf("%w: --%s: %v", ErrInvalid, fLogLevel, err)
 	}
@@ -233,12 +238,7 @@ func (c Server) Validate() error {
 	case c.MaxTxnOps <= 0:
 		return fmt.Errorf("%w: --%s must be positive", ErrInvalid, fMaxTxnOps)
 	}
-	for _, u := range c.ListenClientURLs {
-		if u.Scheme != "http" && u.Scheme != "unix" {
-			return fmt.Errorf("%w: client URL %q: only http:// is supported so far", ErrInvalid, u.String())
-		}
-	}
-	return nil
+	return c.ClientTLS.validate(c.ListenClientURLs)
 }
 
 // newViper layers, from weakest to strongest: flag defaults, the YAML file,

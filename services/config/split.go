@@ -137,6 +137,12 @@ type Split struct {
 	LeanHTTP2 bool
 	// EnableGRPCGateway is Server.EnableGRPCGateway (--enable-grpc-gateway).
 	EnableGRPCGateway bool
+
+	// ClientTLS is Server.ClientTLS: the TLS of the https:// client URLs.
+	ClientTLS ClientTLS
+	// EndpointTLS is how this process dials the https:// endpoints of the
+	// others.
+	EndpointTLS EndpointTLS
 }
 
 // SplitFlags declares the flags of the subcommand for role.
@@ -159,6 +165,8 @@ func SplitFlags(fs *pflag.FlagSet, role Role) {
 	fs.Bool(fEnableGRPCGateway, true, enableGRPCGatewayUsage)
 	fs.String(fLogLevel, "info", "log level: debug, info, warn or error")
 	fs.String(fConfigFile, "", "path to a YAML configuration file whose keys are the flag names")
+	clientTLSFlags(fs)
+	endpointTLSFlags(fs)
 }
 
 // LoadSplit reads the flags declared by SplitFlags(fs, role).
@@ -179,6 +187,8 @@ func LoadSplit(fs *pflag.FlagSet, role Role) (Split, error) {
 		EnablePprof:          v.GetBool(fEnablePprof),
 		LeanHTTP2:            v.GetBool(fLeanHTTP2),
 		EnableGRPCGateway:    v.GetBool(fEnableGRPCGateway),
+		ClientTLS:            loadClientTLS(v),
+		EndpointTLS:          loadEndpointTLS(v),
 	}
 	if c.ListenClientURLs, err = parseURLs(fListenClientURLs, v.GetString(fListenClientURLs)); err != nil {
 		return Split{}, err
@@ -215,10 +225,8 @@ func (c Split) Validate() error {
 	case c.MaxRequestBytes <= 0 || c.MaxTxnOps <= 0:
 		return fmt.Errorf("%w: --%s and --%s must be positive", ErrInvalid, fMaxRequestBytes, fMaxTxnOps)
 	}
-	for _, u := range c.ListenClientURLs {
-		if u.Scheme != "http" && u.Scheme != "unix" {
-			return fmt.Errorf("%w: client URL %q: only http:// is supported so far", ErrInvalid, u.String())
-		}
+	if err := c.EndpointTLS.validate(); err != nil {
+		return err
 	}
-	return nil
+	return c.ClientTLS.validate(c.ListenClientURLs)
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/concord-kv/concord/internal/healthwait"
+	"github.com/concord-kv/concord/internal/tlstest"
 )
 
 const (
@@ -58,6 +60,15 @@ type serverOptions struct {
 	initialCluster string
 	// dataDir is --data-dir; default: a new temporary directory.
 	dataDir string
+	// tls serves the client URL as https:// with tls's server certificate
+	// (--cert-file, --key-file); with clientCertAuth, clients must present
+	// a certificate signed by tls's CA (--trusted-ca-file,
+	// --client-cert-auth).
+	tls            *tlstest.Files
+	clientCertAuth bool
+	// autoTLS serves the client URL as https:// with --auto-tls (a
+	// self-signed certificate) instead.
+	autoTLS bool
 }
 
 // Server is one etcd or concord process started with etcd's flags on loopback ports. Its data
@@ -158,7 +169,12 @@ func probePort() (int, error) {
 // Endpoint is the client endpoint in etcdctl's --endpoints form.
 func (s *Server) Endpoint() string { return fmt.Sprintf("127.0.0.1:%d", s.clientPort) }
 
-func (s *Server) clientURL() string { return "http://" + s.Endpoint() }
+func (s *Server) clientURL() string {
+	if s.opts.tls != nil || s.opts.autoTLS {
+		return "https://" + s.Endpoint()
+	}
+	return "http://" + s.Endpoint()
+}
 
 func (s *Server) peerURL() string { return fmt.Sprintf("http://127.0.0.1:%d", s.peerPort) }
 
@@ -175,6 +191,15 @@ func (s *Server) args() []string {
 	}
 	if s.opts.initialCluster != "" {
 		args[len(args)-1] = s.opts.initialCluster
+	}
+	if t := s.opts.tls; t != nil {
+		args = append(args, "--cert-file", t.ServerCert, "--key-file", t.ServerKey)
+		if s.opts.clientCertAuth {
+			args = append(args, "--trusted-ca-file", t.CA, "--client-cert-auth")
+		}
+	}
+	if s.opts.autoTLS {
+		args = append(args, "--auto-tls")
 	}
 	if f := leanHTTP2Flag(); s.impl == concordImpl && f != "" {
 		args = append(args, f)
@@ -215,7 +240,19 @@ func (s *Server) start() error {
 func (s *Server) waitReady(done <-chan struct{}) error {
 	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 	defer cancel()
-	return readyErr(healthwait.Wait(ctx, s.clientURL(), done, pollInterval), s.impl.name, s.clientURL())
+	var tlsCfg *tls.Config
+	if s.opts.autoTLS {
+		tlsCfg = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // a self-signed certificate
+	}
+	if s.opts.tls != nil {
+		var err error
+		// A certificate always: a server that does not ask for one
+		// ignores it.
+		if tlsCfg, err = s.opts.tls.ClientConfig(true); err != nil {
+			return err
+		}
+	}
+	return readyErr(healthwait.WaitTLS(ctx, s.clientURL(), tlsCfg, done, pollInterval), s.impl.name, s.clientURL())
 }
 
 // readyErr words a healthwait.Wait error for a test's output.

@@ -6,6 +6,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/http"
@@ -23,6 +24,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/concord-kv/concord/internal/healthwait"
+	"github.com/concord-kv/concord/internal/tlstest"
 )
 
 // proc is one concord process of the split topology. Unlike Server it
@@ -33,25 +35,41 @@ type proc struct {
 	args []string
 	port int // client port; ready when GET /health on it answers 200
 	log  *syncBuffer
+	// tls: the client URL is https:// and requires tls's client
+	// certificate (startTLSProc).
+	tls *tlstest.Files
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
 }
 
-func (p *proc) url() string      { return fmt.Sprintf("http://127.0.0.1:%d", p.port) }
+func (p *proc) url() string {
+	if p.tls != nil {
+		return fmt.Sprintf("https://127.0.0.1:%d", p.port)
+	}
+	return fmt.Sprintf("http://127.0.0.1:%d", p.port)
+}
 func (p *proc) endpoint() string { return fmt.Sprintf("127.0.0.1:%d", p.port) }
 
 // startProc starts `concord <args>` and waits until it is ready; it is killed
 // when the test ends.
 func startProc(t *testing.T, name string, port int, args ...string) *proc {
 	t.Helper()
+	return startTLSProc(t, name, port, nil, args...)
+}
+
+// startTLSProc is startProc for a process whose client URL is https://
+// and requires a client certificate signed by certs's CA (args must say
+// so); readiness is polled with certs's client certificate.
+func startTLSProc(t *testing.T, name string, port int, certs *tlstest.Files, args ...string) *proc {
+	t.Helper()
 	requireBinary(t, concordImpl)
 	if f := leanHTTP2Flag(); f != "" && len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		// After the subcommand, which every split role takes first.
 		args = append([]string{args[0], f}, args[1:]...)
 	}
-	p := &proc{t: t, name: name, args: args, port: port, log: &syncBuffer{}}
+	p := &proc{t: t, name: name, args: args, port: port, log: &syncBuffer{}, tls: certs}
 	t.Cleanup(func() {
 		p.kill()
 		if t.Failed() {
@@ -83,7 +101,14 @@ func (p *proc) start() error {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 	defer cancel()
-	return readyErr(healthwait.Wait(ctx, p.url(), done, pollInterval), p.name, p.url())
+	var tlsCfg *tls.Config
+	if p.tls != nil {
+		var err error
+		if tlsCfg, err = p.tls.ClientConfig(true); err != nil {
+			return err
+		}
+	}
+	return readyErr(healthwait.WaitTLS(ctx, p.url(), tlsCfg, done, pollInterval), p.name, p.url())
 }
 
 // kill SIGKILLs the process and waits for it. Idempotent.

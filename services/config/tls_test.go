@@ -1,0 +1,248 @@
+package config_test
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/concord-kv/concord/internal/tlstest"
+	"github.com/concord-kv/concord/services/config"
+)
+
+func certs(t *testing.T) *tlstest.Files {
+	t.Helper()
+	f, err := tlstest.Generate(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func leaf(t *testing.T, c *tls.Config) *x509.Certificate {
+	t.Helper()
+	cert := c.Certificates
+	if c.GetCertificate != nil {
+		got, err := c.GetCertificate(&tls.ClientHelloInfo{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert = []tls.Certificate{*got}
+	}
+	if len(cert) != 1 {
+		t.Fatalf("%d certificates", len(cert))
+	}
+	x, err := x509.ParseCertificate(cert[0].Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x
+}
+
+// etcd's client TLS flags: https:// client URLs are served with the
+// certificate, and --client-cert-auth requires client certificates signed
+// by --trusted-ca-file; the advertised URLs follow the listen URLs.
+func TestClientTLSFlags(t *testing.T) {
+	f := certs(t)
+	c, err := load(t, "--listen-client-urls", "https://127.0.0.1:2379,http://127.0.0.1:2378",
+		"--cert-file", f.ServerCert, "--key-file", f.ServerKey,
+		"--trusted-ca-file", f.CA, "--client-cert-auth")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := config.ClientTLS{CertFile: f.ServerCert, KeyFile: f.ServerKey, TrustedCAFile: f.CA, ClientCertAuth: true}
+	if c.ClientTLS != want {
+		t.Fatalf("ClientTLS = %+v, want %+v", c.ClientTLS, want)
+	}
+	if c.AdvertiseClientURLs[0].String() != "https://127.0.0.1:2379" {
+		t.Errorf("advertised = %v", c.AdvertiseClientURLs)
+	}
+	if !config.IsTLS(c.ListenClientURLs[0]) || config.IsTLS(c.ListenClientURLs[1]) {
+		t.Errorf("IsTLS wrong for %v", c.ListenClientURLs)
+	}
+	sc, err := c.ClientTLS.ServerConfig(c.ListenClientURLs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc.ClientAuth != tls.RequireAndVerifyClientCert || sc.ClientCAs == nil {
+		t.Errorf("client auth = %v, CAs %v", sc.ClientAuth, sc.ClientCAs)
+	}
+	if got := leaf(t, sc); got.Subject.CommonName != "concord test server" {
+		t.Errorf("served certificate %q", got.Subject.CommonName)
+	}
+
+	// As etcd: --trusted-ca-file alone requires client certificates too;
+	// --client-cert-auth alone verifies them against the system's roots.
+	for _, args := range [][]string{{"--trusted-ca-file", f.CA}, {"--client-cert-auth"}} {
+		c, err := load(t, append([]string{"--listen-client-urls", "https://127.0.0.1:2379",
+			"--cert-file", f.ServerCert, "--key-file", f.ServerKey}, args...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc, err := c.ClientTLS.ServerConfig(c.ListenClientURLs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sc.ClientAuth != tls.RequireAndVerifyClientCert || sc.ClientCAs == nil {
+			t.Errorf("%v: client auth = %v, CAs %v", args, sc.ClientAuth, sc.ClientCAs)
+		}
+	}
+
+	// Only http:// URLs: the files are ignored, as etcd does.
+	c, err = load(t, "--cert-file", f.ServerCert, "--key-file", f.ServerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc, err := c.ClientTLS.ServerConfig(c.ListenClientURLs); sc != nil || err != nil {
+		t.Errorf("ServerConfig for http:// URLs = %v, %v; want nil", sc, err)
+	}
+
+	// Environment variables, as for every flag.
+	t.Setenv("ETCD_CERT_FILE", f.ServerCert)
+	t.Setenv("ETCD_KEY_FILE", f.ServerKey)
+	if c, err = load(t, "--listen-client-urls", "https://127.0.0.1:2379"); err != nil || c.ClientTLS.CertFile != f.ServerCert {
+		t.Errorf("ETCD_CERT_FILE: %+v, %v", c.ClientTLS, err)
+	}
+}
+
+func TestClientTLSInvalid(t *testing.T) {
+	f := certs(t)
+	for name, tc := range map[string]struct {
+		args []string
+		msg  string
+	}{
+		"https without cert": {[]string{"--listen-client-urls", "https://127.0.0.1:2379"},
+			"TLS key/cert (--cert-file, --key-file) must be provided for client url https://127.0.0.1:2379 with HTTPS scheme"},
+		"unixs without cert": {[]string{"--listen-client-urls", "unixs://sock:1"}, "must be provided"},
+		"cert without key":   {[]string{"--cert-file", f.ServerCert}, "--cert-file and --key-file must be given together"},
+		"ftp":                {[]string{"--listen-client-urls", "ftp://127.0.0.1:2379"}, "scheme must be"},
+	} {
+		_, err := load(t, tc.args...)
+		if !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%s: err = %v, want ErrInvalid with %q", name, err, tc.msg)
+		}
+	}
+	// Files that cannot be read fail when the TLS config is built.
+	c, err := load(t, "--listen-client-urls", "https://127.0.0.1:2379", "--cert-file", "/nonexistent.pem", "--key-file", f.ServerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ClientTLS.ServerConfig(c.ListenClientURLs); !errors.Is(err, config.ErrInvalid) {
+		t.Errorf("missing cert file: %v, want ErrInvalid", err)
+	}
+	c.ClientTLS = config.ClientTLS{CertFile: f.ServerCert, KeyFile: f.ServerKey, TrustedCAFile: f.ServerKey}
+	if _, err := c.ClientTLS.ServerConfig(c.ListenClientURLs); !errors.Is(err, config.ErrInvalid) {
+		t.Errorf("a CA file without a certificate: %v, want ErrInvalid", err)
+	}
+}
+
+// --auto-tls serves a self-signed certificate for the https:// URLs' hosts.
+func TestAutoTLS(t *testing.T) {
+	c, err := load(t, "--listen-client-urls", "https://127.0.0.1:2379,https://localhost:2380", "--auto-tls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := c.ClientTLS.ServerConfig(c.ListenClientURLs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := leaf(t, sc)
+	if err := x.VerifyHostname("127.0.0.1"); err != nil {
+		t.Error(err)
+	}
+	if err := x.VerifyHostname("localhost"); err != nil {
+		t.Error(err)
+	}
+	if !x.NotAfter.After(time.Now().Add(300 * 24 * time.Hour)) {
+		t.Errorf("expires %v", x.NotAfter)
+	}
+	if !x.IPAddresses[0].Equal(net.IPv4(127, 0, 0, 1)) {
+		t.Errorf("IPs %v", x.IPAddresses)
+	}
+}
+
+// A certificate rotated on disk is served from the next handshake on; a
+// half-written rotation keeps the previous certificate.
+func TestCertReload(t *testing.T) {
+	a, b := certs(t), certs(t)
+	dir := t.TempDir()
+	cert, key := dir+"/cert.pem", dir+"/key.pem"
+	cp := func(from, to string, mtime time.Time) {
+		data, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(to, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(to, mtime, mtime); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t0 := time.Now().Add(-time.Hour)
+	cp(a.ServerCert, cert, t0)
+	cp(a.ServerKey, key, t0)
+	c, err := load(t, "--listen-client-urls", "https://127.0.0.1:2379", "--cert-file", cert, "--key-file", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := c.ClientTLS.ServerConfig(c.ListenClientURLs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := leaf(t, sc)
+	cp(b.ServerCert, cert, t0.Add(time.Minute)) // key not rotated yet: mismatch
+	if got := leaf(t, sc); !got.Equal(first) {
+		t.Error("a mismatched pair replaced the served certificate")
+	}
+	cp(b.ServerKey, key, t0.Add(time.Minute))
+	if got := leaf(t, sc); got.Equal(first) {
+		t.Error("the rotated certificate is not served")
+	}
+}
+
+// The split processes take the same serving flags, and etcd grpc-proxy's
+// --cacert, --cert and --key to dial https:// endpoints.
+func TestSplitTLSFlags(t *testing.T) {
+	f := certs(t)
+	c, err := loadSplit(t, config.RoleGateway, "--consensus-endpoints", "https://127.0.0.1:2379",
+		"--watchfanout-endpoints", "https://127.0.0.1:2479", "--leasesvc-endpoints", "https://127.0.0.1:2579",
+		"--listen-client-urls", "https://127.0.0.1:3000", "--cert-file", f.ServerCert, "--key-file", f.ServerKey,
+		"--trusted-ca-file", f.CA, "--client-cert-auth",
+		"--cacert", f.CA, "--cert", f.ClientCert, "--key", f.ClientKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ClientTLS.CertFile != f.ServerCert || !c.ClientTLS.ClientCertAuth {
+		t.Errorf("ClientTLS = %+v", c.ClientTLS)
+	}
+	if want := (config.EndpointTLS{CAFile: f.CA, CertFile: f.ClientCert, KeyFile: f.ClientKey}); c.EndpointTLS != want {
+		t.Errorf("EndpointTLS = %+v, want %+v", c.EndpointTLS, want)
+	}
+	cc, err := c.EndpointTLS.ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cc.RootCAs == nil || len(cc.Certificates) != 1 || cc.InsecureSkipVerify {
+		t.Errorf("client TLS = %+v", cc)
+	}
+	for _, role := range []config.Role{config.RoleWatchfanout, config.RoleLeasesvc} {
+		if _, err := loadSplit(t, role, "--listen-client-urls", "https://127.0.0.1:3000", "--auto-tls", "--insecure-skip-tls-verify"); err != nil {
+			t.Errorf("%s: %v", role, err)
+		}
+	}
+	if _, err := loadSplit(t, config.RoleLeasesvc, "--cert", f.ClientCert); !errors.Is(err, config.ErrInvalid) {
+		t.Errorf("--cert without --key: %v, want ErrInvalid", err)
+	}
+	if _, err := (config.EndpointTLS{CAFile: "/nonexistent"}).ClientConfig(); !errors.Is(err, config.ErrInvalid) {
+		t.Errorf("missing --cacert file: %v, want ErrInvalid", err)
+	}
+	cs, err := loadConsensus(t, "--listen-client-urls", "https://127.0.0.1:2379", "--auto-tls")
+	if err != nil || !cs.ClientTLS.AutoTLS {
+		t.Errorf("consensus --auto-tls: %+v, %v", cs.ClientTLS, err)
+	}
+}

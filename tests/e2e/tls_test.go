@@ -1,0 +1,221 @@
+package e2e
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/concord-kv/concord/internal/tlstest"
+)
+
+// TestClientTLS starts etcd and concord with the same client TLS flags
+// (https:// client URL, --cert-file, --key-file, --trusted-ca-file,
+// --client-cert-auth) and runs the real etcdctl against both with --cacert,
+// --cert and --key: put, get and a watch over gRPC, etcd's JSON gateway over
+// HTTP/1.1, and the refusals of a client without a certificate or without
+// the CA.
+func TestClientTLS(t *testing.T) {
+	for _, im := range impls {
+		t.Run(im.name, func(t *testing.T) {
+			certs, err := tlstest.Generate(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := startServer(t, im, serverOptions{tls: certs, clientCertAuth: true})
+			ep := "https://" + s.Endpoint()
+			auth := []string{"--cacert", certs.CA, "--cert", certs.ClientCert, "--key", certs.ClientKey}
+			ctl := func(args ...string) string { return mustCtl(t, ep, append(auth, args...)...) }
+
+			if out := ctl("put", "foo", "bar"); out != "OK\n" {
+				t.Fatalf("put: %q", out)
+			}
+			if out := ctl("get", "foo"); out != "foo\nbar\n" {
+				t.Fatalf("get: %q", out)
+			}
+			w := startBgCtl(t, ep, false, append(auth, "watch", "foo", "--rev=1")...)
+			if !w.wait(3, 0) {
+				t.Fatalf("watch from revision 1: %+v", w.result())
+			}
+			ctl("put", "foo", "baz")
+			if !w.wait(6, 0) {
+				t.Fatalf("watch: %+v", w.result())
+			}
+			w.kill()
+			if got := w.result().stdout; got != "PUT\nfoo\nbar\nPUT\nfoo\nbaz\n" {
+				t.Fatalf("watch output %q", got)
+			}
+
+			// etcd's JSON gateway over HTTP/1.1, as curl --cacert --cert --key.
+			cc, err := certs.ClientConfig(true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tr := &http.Transport{TLSClientConfig: cc, TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}
+			defer tr.CloseIdleConnections()
+			resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Post(ep+"/v3/kv/range", "application/json", strings.NewReader(`{"key":"Zm9v"}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 1 || !strings.Contains(string(body), `"value":"YmF6"`) {
+				t.Fatalf("POST /v3/kv/range: %s %d %s", resp.Proto, resp.StatusCode, body)
+			}
+
+			// Refusals: no client certificate, or a server the client
+			// cannot verify. Short timeouts: both only time out.
+			short := []string{"--dial-timeout=2s", "--command-timeout=3s"}
+			// etcd and concord fail them alike: the handshake error, then
+			// etcdctl's deadline. With TLS 1.3 the client finishes its
+			// handshake before the server checks its certificate, so a
+			// client without one may see its first write fail (the server
+			// closed) rather than the server's "certificate required" alert.
+			for name, tc := range map[string]struct {
+				args []string
+				want []string // any of
+			}{
+				"no client certificate": {[]string{"--cacert", certs.CA},
+					[]string{"remote error: tls: certificate required", "broken pipe", "connection reset by peer"}},
+				"untrusted server": {[]string{"--cacert", certs.OtherCA, "--cert", certs.ClientCert, "--key", certs.ClientKey},
+					[]string{"certificate signed by unknown authority"}},
+			} {
+				r := runCtl(t, ep, "", append(append(short, tc.args...), "get", "foo")...)
+				if r.exit != 1 || r.stdout != "" || !slices.ContainsFunc(tc.want, func(w string) bool { return strings.Contains(r.stderr, w) }) ||
+					!strings.Contains(r.stderr, "Error: context deadline exceeded") {
+					t.Errorf("%s: etcdctl get = exit %d, stdout %q, stderr %s; want exit 1 with one of %q", name, r.exit, r.stdout, r.stderr, tc.want)
+				}
+			}
+			// A cleartext request on the TLS port is not served: etcd
+			// closes the connection; concord answers 400 "Client sent an
+			// HTTP request to an HTTPS server", as Go's HTTPS servers do.
+			hresp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + s.Endpoint() + "/health")
+			switch {
+			case im == etcdImpl && err == nil:
+				hresp.Body.Close()
+				t.Errorf("cleartext GET /health on etcd's TLS port: %d, want the connection closed", hresp.StatusCode)
+			case im == concordImpl && err != nil:
+				t.Errorf("cleartext GET /health on concord's TLS port: %v, want 400", err)
+			case im == concordImpl:
+				hbody, _ := io.ReadAll(hresp.Body)
+				hresp.Body.Close()
+				if hresp.StatusCode != http.StatusBadRequest || !strings.Contains(string(hbody), "HTTP request to an HTTPS server") {
+					t.Errorf("cleartext GET /health on the TLS port: %d %q", hresp.StatusCode, hbody)
+				}
+			}
+		})
+	}
+}
+
+// TestSplitTLS runs the split topology with every client URL on https://
+// and --client-cert-auth: the watch fan-out, the lease service and the
+// gateway reach consensus and each other with --cacert, --cert and --key,
+// and etcdctl reaches the gateway with its own.
+func TestSplitTLS(t *testing.T) {
+	certs, err := tlstest.Generate(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve := func(port int) []string {
+		return []string{"--listen-client-urls", fmt.Sprintf("https://127.0.0.1:%d", port),
+			"--cert-file", certs.ServerCert, "--key-file", certs.ServerKey, "--trusted-ca-file", certs.CA, "--client-cert-auth"}
+	}
+	dial := []string{"--cacert", certs.CA, "--cert", certs.ClientCert, "--key", certs.ClientKey}
+	cport, pport, err := freePorts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	purl := fmt.Sprintf("http://127.0.0.1:%d", pport)
+	cons := startTLSProc(t, "consensus", cport, certs, append([]string{"consensus", "--name", "c1", "--data-dir", t.TempDir(),
+		"--listen-peer-urls", purl, "--initial-cluster", "c1=" + purl, "--nats-listen-addr", natsAddr}, serve(cport)...)...)
+	wport, lport, gport := freePort(t), freePort(t), freePort(t)
+	wf := startTLSProc(t, "watchfanout", wport, certs, append(append([]string{"watchfanout", "--name", "wf1",
+		"--consensus-endpoints", cons.url(), "--nats-url", "nats://" + natsAddr}, serve(wport)...), dial...)...)
+	ls := startTLSProc(t, "leasesvc", lport, certs, append(append([]string{"leasesvc", "--name", "ls1",
+		"--consensus-endpoints", cons.url()}, serve(lport)...), dial...)...)
+	gw := startTLSProc(t, "gateway", gport, certs, append(append([]string{"gateway", "--consensus-endpoints", cons.url(),
+		"--watchfanout-endpoints", wf.url(), "--leasesvc-endpoints", ls.url()}, serve(gport)...), dial...)...)
+
+	ep := gw.url()
+	ctl := func(args ...string) string { return mustCtl(t, ep, append(dial, args...)...) }
+	if out := ctl("put", "foo", "bar"); out != "OK\n" {
+		t.Fatalf("put: %q", out)
+	}
+	if out := ctl("get", "foo"); out != "foo\nbar\n" {
+		t.Fatalf("get: %q", out)
+	}
+	w := startBgCtl(t, ep, false, append(dial, "watch", "foo", "--rev=1")...)
+	if !w.wait(3, 0) {
+		t.Fatalf("watch from revision 1: %+v", w.result())
+	}
+	ctl("put", "foo", "baz")
+	if !w.wait(6, 0) {
+		t.Fatalf("watch: %+v", w.result())
+	}
+	w.kill()
+	if got := w.result().stdout; got != "PUT\nfoo\nbar\nPUT\nfoo\nbaz\n" {
+		t.Fatalf("watch output %q", got)
+	}
+	out := ctl("lease", "grant", "60")
+	var id string
+	if _, err := fmt.Sscanf(out, "lease %s granted", &id); err != nil {
+		t.Fatalf("lease grant: %q", out)
+	}
+	if out := ctl("lease", "keep-alive", "--once", id); !strings.Contains(out, "keepalived with TTL") {
+		t.Fatalf("lease keep-alive --once: %q", out)
+	}
+	// Consensus itself refuses a client without a certificate.
+	r := runCtl(t, cons.url(), "", "--dial-timeout=2s", "--command-timeout=3s", "--cacert", certs.CA, "get", "foo")
+	if r.exit == 0 {
+		t.Fatalf("etcdctl without a client certificate reached consensus: %+v", r)
+	}
+}
+
+// TestAutoTLS starts etcd and concord with --auto-tls on an https:// client
+// URL: etcdctl reaches both with --insecure-skip-tls-verify, and refuses
+// both without it (the certificate is self-signed).
+func TestAutoTLS(t *testing.T) {
+	for _, im := range impls {
+		t.Run(im.name, func(t *testing.T) {
+			s := startServer(t, im, serverOptions{autoTLS: true})
+			ep := "https://" + s.Endpoint()
+			if out := mustCtl(t, ep, "--insecure-skip-tls-verify", "put", "foo", "bar"); out != "OK\n" {
+				t.Fatalf("put: %q", out)
+			}
+			if out := mustCtl(t, ep, "--insecure-skip-tls-verify", "get", "foo"); out != "foo\nbar\n" {
+				t.Fatalf("get: %q", out)
+			}
+			r := runCtl(t, ep, "", "--dial-timeout=2s", "--command-timeout=3s", "get", "foo")
+			if r.exit != 1 || !strings.Contains(r.stderr, "certificate") {
+				t.Fatalf("etcdctl get verifying the self-signed certificate: %+v", r)
+			}
+		})
+	}
+}
+
+// TestTrustedCAOnly: as etcd does, --trusted-ca-file without
+// --client-cert-auth still requires a client certificate it signed.
+func TestTrustedCAOnly(t *testing.T) {
+	for _, im := range impls {
+		t.Run(im.name, func(t *testing.T) {
+			certs, err := tlstest.Generate(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := startServer(t, im, serverOptions{tls: certs, extra: []string{"--trusted-ca-file", certs.CA}})
+			ep := "https://" + s.Endpoint()
+			if out := mustCtl(t, ep, "--cacert", certs.CA, "--cert", certs.ClientCert, "--key", certs.ClientKey, "put", "foo", "bar"); out != "OK\n" {
+				t.Fatalf("put with a client certificate: %q", out)
+			}
+			r := runCtl(t, ep, "", "--dial-timeout=2s", "--command-timeout=3s", "--cacert", certs.CA, "get", "foo")
+			if r.exit != 1 || r.stdout != "" {
+				t.Fatalf("etcdctl get without a client certificate: %+v", r)
+			}
+		})
+	}
+}
