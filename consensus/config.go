@@ -104,6 +104,10 @@ type Config struct {
 	// snapshot is durable, before raft applies anything after it (tests
 	// crash the member there).
 	afterSnapshotInstall func(n *Node)
+	// afterEarlyDeliver runs on the raft loop in persistWhileApplying, after
+	// the callers of the applied entries were answered and before the fsync
+	// of the Ready's new entries is waited for (tests).
+	afterEarlyDeliver func(n *Node)
 }
 
 // SetDefaults fills every zero field with etcd's default.

@@ -139,8 +139,11 @@ func TestMembershipLearnerJoinsBySnapshotIsPromotedAndReplacesAMember(t *testing
 		r, err := l.Range(ctxT(t), &pb.RangeRequest{Key: []byte("before/59"), Serializable: true})
 		return err == nil && len(r.Kvs) == 1 && string(r.Kvs[0].Value) == "59"
 	})
-	if l.snapshotsInstalled.Load() < 1 || c.nodes[lead].snapshotsSent.Load() <= sentBefore {
-		t.Fatalf("learner caught up without a snapshot (installed %d)", l.snapshotsInstalled.Load())
+	// The install is counted once Restore.Commit returns, after its data
+	// became readable.
+	waitFor(t, "the learner's snapshot install to be counted", func() bool { return l.snapshotsInstalled.Load() >= 1 })
+	if c.nodes[lead].snapshotsSent.Load() <= sentBefore {
+		t.Fatalf("learner caught up without a snapshot (sent %d before, %d now)", sentBefore, c.nodes[lead].snapshotsSent.Load())
 	}
 	st, err := l.Status(ctxT(t), &pb.StatusRequest{})
 	if err != nil || !st.IsLearner {

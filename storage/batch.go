@@ -45,6 +45,7 @@ type Batch struct {
 	err    error            // set when an op failed after writing: Commit refuses
 	done   bool
 	buf    []byte
+	kbuf   []byte // key filter probes
 }
 
 // NewBatch starts a write batch.
@@ -166,6 +167,18 @@ func (b *Batch) Txn(r *pb.TxnRequest) (resp *pb.TxnResponse, err error) {
 	return runTxn(o, r)
 }
 
+// mayExist reports whether key may have a version; false only when the
+// key filter rules it out (the put path then skips reading the previous
+// version).
+func (b *Batch) mayExist(key []byte) bool {
+	kf := b.s.keys.Load()
+	if kf == nil {
+		return true
+	}
+	b.kbuf = appendKVKeyPrefix(b.kbuf[:0], key)
+	return kf.mayContain(b.kbuf)
+}
+
 // view returns the batch reader, refreshed to see every write so far.
 func (o *writeOp) view() (*mvccReader, int64, int64, error) {
 	b := o.b
@@ -221,13 +234,19 @@ func (o *writeOp) put(p *pb.PutRequest) (*pb.PutResponse, error) {
 	if err := checkLease(o, p.Lease); err != nil {
 		return nil, err
 	}
-	r, rev, _, err := o.view()
-	if err != nil {
-		return nil, err
-	}
-	f, exists, err := r.get(p.Key, rev)
-	if err != nil {
-		return nil, err
+	var (
+		f      found
+		exists bool
+		err    error
+	)
+	if o.b.mayExist(p.Key) {
+		r, rev, _, err := o.view()
+		if err != nil {
+			return nil, err
+		}
+		if f, exists, err = r.get(p.Key, rev); err != nil {
+			return nil, err
+		}
 	}
 	if (p.IgnoreValue || p.IgnoreLease) && !exists {
 		return nil, ErrKeyNotFound
@@ -269,6 +288,9 @@ func (o *writeOp) writePut(key, val []byte, lease int64, cur *mvccpb.KeyValue) (
 	}
 	b.buf = encodeKVKey(b.buf[:0], key, rev, sub)
 	n := len(b.buf)
+	if kf := b.s.keys.Load(); kf != nil {
+		kf.add(b.buf[:n-16]) // what splitKVKey returns; before the version can be read
+	}
 	b.buf = encodeKVValue(b.buf, create, ver, lease, val)
 	if err := o.set(b.buf[:n], b.buf[n:]); err != nil {
 		return 0, err

@@ -232,6 +232,9 @@ func (s *Store) NewRestore() (*Restore, error) {
 		return nil, err
 	}
 	defer s.leave()
+	// The restored keys are not in the filter: off until Close rebuilds it
+	// from whatever the store then holds.
+	s.keys.Store(nil)
 	b := s.db.NewBatch()
 	// Everything outside the raft prefix goes; the records then rewrite it.
 	// Later operations of a batch shadow earlier ones, so the sets win.
@@ -370,7 +373,9 @@ func (r *Restore) Close() error {
 		return nil
 	}
 	r.done = true
-	return r.b.Close()
+	err := r.b.Close()
+	r.s.rebuildKeyFilter()
+	return err
 }
 
 // persistedState is the store state kept in its state keys.

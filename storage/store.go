@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -96,6 +97,9 @@ type Store struct {
 	// hashes are the hashes computed by the latest compactions (see
 	// compactionHash), oldest first. Like etcd's they live in memory only.
 	hashes []compactionHash
+	// keys is the filter of keys with a version (keyfilter.go); nil while
+	// it is off (during a restore).
+	keys atomic.Pointer[keyFilter]
 
 	// snaps are the open Snapshots, released by Close at the latest.
 	snapMu sync.Mutex
@@ -164,6 +168,12 @@ func Open(dir string, opts Options) (*Store, error) {
 		_ = db.Close()
 		return nil, err
 	}
+	f, err := buildKeyFilter(db)
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("storage: build key filter: %w", err)
+	}
+	s.keys.Store(f)
 	logger.Info("opened store", "dir", dir, "revision", s.rev, "compact-revision", s.compactRev,
 		"applied-index", s.appliedIndex, "applied-term", s.appliedTerm)
 	return s, nil
