@@ -205,6 +205,9 @@ type Node struct {
 	// leaderChanges counts changes to a new known leader (etcd's
 	// etcd_server_leader_changes_seen_total).
 	leaderChanges atomic.Uint64
+	// walFsync times the Ready commits that fsync (the raft log and the
+	// store share Pebble's WAL); backendCommit times every Ready commit.
+	walFsync, backendCommit durationHistogram
 	// overlappedReadys counts Readys whose committed entries were applied
 	// while their new entries were being fsynced (persistWhileApplying).
 	overlappedReadys atomic.Int64
@@ -702,11 +705,14 @@ func (n *Node) appliesOnlyDurableEntries(rd raft.Ready) bool {
 func (n *Node) persistWhileApplying(rd raft.Ready, out *applyOutput) (err error) {
 	db := n.store.DB()
 	w := db.NewBatch()
+	var syncStart time.Time // set once the fsync is under way
 	defer func() {
 		// The fsync must be over before the batch is released, also when
 		// applying failed.
 		if werr := w.SyncWait(); werr != nil && err == nil {
 			err = fmt.Errorf("commit raft batch: %w", werr)
+		} else if !syncStart.IsZero() {
+			n.walFsync.observe(time.Since(syncStart))
 		}
 		_ = w.Close()
 	}()
@@ -718,6 +724,7 @@ func (n *Node) persistWhileApplying(rd raft.Ready, out *applyOutput) (err error)
 			return err
 		}
 	}
+	syncStart = time.Now()
 	if err := db.ApplyNoSyncWait(w, pebble.Sync); err != nil {
 		return fmt.Errorf("commit raft batch: %w", err)
 	}
@@ -728,9 +735,11 @@ func (n *Node) persistWhileApplying(rd raft.Ready, out *applyOutput) (err error)
 	if err := n.applyEntries(b, rd.CommittedEntries, out); err != nil {
 		return err
 	}
+	commitStart := time.Now()
 	if err := b.Commit(false); err != nil {
 		return fmt.Errorf("commit apply batch: %w", err)
 	}
+	n.backendCommit.observe(time.Since(commitStart))
 	out.events = b.Events()
 	n.markApplied(rd, out)
 	n.deliver(out)
@@ -760,8 +769,14 @@ func (n *Node) persistAndApply(rd raft.Ready, out *applyOutput) error {
 			return err
 		}
 	}
+	start := time.Now()
 	if err := b.Commit(rd.MustSync); err != nil {
 		return fmt.Errorf("commit raft batch: %w", err)
+	}
+	took := time.Since(start)
+	n.backendCommit.observe(took)
+	if rd.MustSync {
+		n.walFsync.observe(took)
 	}
 	out.events = b.Events()
 	return nil

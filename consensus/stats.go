@@ -24,6 +24,10 @@ type Stats struct {
 	// SnapshotsSent and SnapshotsInstalled count store snapshots sent to
 	// followers and received from a leader.
 	SnapshotsSent, SnapshotsInstalled int64
+	// WALFsync times the commits of raft Readys that fsync; BackendCommit
+	// every Ready's commit (etcd's etcd_disk_wal_fsync_duration_seconds and
+	// etcd_disk_backend_commit_duration_seconds).
+	WALFsync, BackendCommit Histogram
 }
 
 // Stats returns the member's current Stats.
@@ -48,5 +52,7 @@ func (n *Node) Stats() Stats {
 		ReadIndexRounds:    n.readRounds.Load(),
 		SnapshotsSent:      n.snapshotsSent.Load(),
 		SnapshotsInstalled: n.snapshotsInstalled.Load(),
+		WALFsync:           n.walFsync.snapshot(),
+		BackendCommit:      n.backendCommit.snapshot(),
 	}
 }

@@ -206,6 +206,8 @@ var (
 	descReadIndex       = desc("concord_raft_read_index_rounds_total", "ReadIndex rounds started for linearizable reads (each serves every read waiting when it starts).")
 	descSnapsSent       = desc("concord_raft_snapshots_sent_total", "Store snapshots sent to followers far behind the leader's log.")
 	descSnapsInstalled  = desc("concord_raft_snapshots_installed_total", "Store snapshots received from a leader and installed.")
+	descWALFsync        = desc("etcd_disk_wal_fsync_duration_seconds", "The latency distributions of fsync called by WAL.")
+	descBackendCommit   = desc("etcd_disk_backend_commit_duration_seconds", "The latency distributions of commit called by backend.")
 
 	descWatchStreams = desc("etcd_debugging_mvcc_watch_stream_total", "Total number of watch streams.")
 	descWatchers     = desc("etcd_debugging_mvcc_watcher_total", "Total number of watchers.")
@@ -240,7 +242,7 @@ type consensusCollector struct {
 func (c consensusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descHasLeader, descIsLeader, descIsLearner, descLeaderChanges, descServerID,
 		descServerVersion, descCommitted, descApplied, descTerm, descDBSize, descDBSizeInUse, descQuota, descRevision,
-		descCompactRevision, descReadIndex, descSnapsSent, descSnapsInstalled} {
+		descCompactRevision, descReadIndex, descSnapsSent, descSnapsInstalled, descWALFsync, descBackendCommit} {
 		ch <- d
 	}
 }
@@ -269,6 +271,16 @@ func (c consensusCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descReadIndex, float64(s.ReadIndexRounds))
 	counter(descSnapsSent, float64(s.SnapshotsSent))
 	counter(descSnapsInstalled, float64(s.SnapshotsInstalled))
+	histogram(ch, descWALFsync, s.WALFsync)
+	histogram(ch, descBackendCommit, s.BackendCommit)
+}
+
+func histogram(ch chan<- prometheus.Metric, d *prometheus.Desc, h consensus.Histogram) {
+	m, err := prometheus.NewConstHistogram(d, h.Count, h.Sum, h.Buckets)
+	if err != nil {
+		m = prometheus.NewInvalidMetric(d, err)
+	}
+	ch <- m
 }
 
 type fanoutCollector struct{ src FanoutSource }

@@ -50,7 +50,8 @@ func TestComponentMetrics(t *testing.T) {
 		Version: "3.7.3",
 		Consensus: consensusStats{MemberID: 0xabc, Leader: 0xabc, IsLeader: true, LeaderChanges: 2, Term: 3,
 			CommittedIndex: 40, AppliedIndex: 39, Revision: 17, CompactRevision: -1, DBSize: 4096, DBSizeInUse: 2048,
-			QuotaBytes: 1 << 31, ReadIndexRounds: 5, SnapshotsSent: 1},
+			QuotaBytes: 1 << 31, ReadIndexRounds: 5, SnapshotsSent: 1,
+			WALFsync: consensus.Histogram{Buckets: map[float64]uint64{0.001: 3, 0.002: 5}, Count: 6, Sum: 0.25}},
 		Fanout: fanoutStats{Streams: 3, Synced: 7, Unsynced: 2, Victims: 4},
 	})
 	if err != nil {
@@ -76,6 +77,11 @@ func TestComponentMetrics(t *testing.T) {
 		"etcd_debugging_mvcc_watcher_total 9",
 		"etcd_debugging_mvcc_slow_watcher_total 2",
 		"concord_watch_victims_total 4",
+		`etcd_disk_wal_fsync_duration_seconds_bucket{le="0.001"} 3`,
+		`etcd_disk_wal_fsync_duration_seconds_bucket{le="0.002"} 5`,
+		`etcd_disk_wal_fsync_duration_seconds_bucket{le="+Inf"} 6`,
+		"etcd_disk_wal_fsync_duration_seconds_sum 0.25",
+		"etcd_disk_wal_fsync_duration_seconds_count 6",
 	)
 }
 

@@ -31,6 +31,9 @@ var etcdMetrics = []struct{ series, value string }{
 	{`grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"}`, "2"},
 	{`grpc_server_handled_total{grpc_code="InvalidArgument",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"}`, "1"},
 	{`grpc_server_started_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"}`, "1"},
+	{`etcd_disk_wal_fsync_duration_seconds_bucket{le="+Inf"}`, ""},
+	{"etcd_disk_wal_fsync_duration_seconds_count", ""},
+	{"etcd_disk_backend_commit_duration_seconds_count", ""},
 	{"process_resident_memory_bytes", ""},
 	{"go_goroutines", ""},
 }
