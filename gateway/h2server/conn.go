@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -506,6 +507,12 @@ func (c *conn) flusher() {
 	for {
 		select {
 		case <-c.kick:
+			// Let the handlers that are already runnable queue their
+			// responses first: on loopback a write(2) also runs the
+			// receiver's TCP input, so it costs as much as several
+			// requests' handling, and without this yield almost every
+			// response went out in a write of its own.
+			runtime.Gosched()
 			c.drain()
 		case <-c.closing:
 			_ = c.nc.SetWriteDeadline(time.Now().Add(c.cfg.CloseFlushTimeout))
