@@ -59,7 +59,16 @@ type stream struct {
 	wroteHeader bool
 	sentHeader  bool
 	out         *[]byte
+
+	// Storage that saves an allocation per stream: the request's URL, a
+	// small request body (a typical RPC's fits), the trailer list.
+	url       url.URL
+	bodyArr   [inlineBody]byte
+	trailerFs [4]hpack.HeaderField
 }
+
+// inlineBody is the request body size a stream holds without allocating.
+const inlineBody = 128
 
 type afterFunc struct{ f func() }
 
@@ -196,7 +205,8 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) (*http.Request,
 			return nil, false
 		}
 	} else {
-		u = &url.URL{Path: path}
+		st.url.Path = path
+		u = &st.url
 	}
 	cl := int64(-1)
 	if f.StreamEnded() {
@@ -323,6 +333,9 @@ func (st *stream) push(data []byte, end bool) (dropped int, ok bool) {
 	} else {
 		if st.boff == len(st.body) {
 			st.body, st.boff = st.body[:0], 0
+			if st.body == nil {
+				st.body = st.bodyArr[:0]
+			}
 		}
 		st.body = append(st.body, data...)
 	}
@@ -653,7 +666,7 @@ func (st *stream) encodeHeaders(buffered, extra []byte) {
 // trailers collects the response trailers: keys declared in the Trailer
 // header and keys set with http.TrailerPrefix (connect's gRPC form).
 func (st *stream) trailers() []hpack.HeaderField {
-	var out []hpack.HeaderField
+	out := st.trailerFs[:0]
 	for _, d := range st.hdr["Trailer"] {
 		for _, k := range strings.Split(d, ",") {
 			k = http.CanonicalHeaderKey(strings.TrimSpace(k))
