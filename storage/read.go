@@ -266,6 +266,102 @@ func (r *mvccReader) rangeKeys(key, end []byte, curRev, compactRev, atRev, limit
 	return res, nil
 }
 
+// pointResponse is a single-key RangeResponse with everything it points to
+// except the key and value bytes, allocated together.
+type pointResponse struct {
+	resp pb.RangeResponse
+	hdr  pb.ResponseHeader
+	kv   mvccpb.KeyValue
+	kvs  [1]*mvccpb.KeyValue
+}
+
+// rangePoint serves a RangeRequest without RangeEnd, the most common read,
+// with the semantics of rangeKeys + assembleRange and a few allocations
+// instead of a dozen: one buffer for the iterator bounds and the seek key,
+// one for the response structs, one for the key and value bytes. The caller
+// has entered the store.
+func (s *Store) rangePoint(r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	// buf holds lo (encoded key + terminator), hi (lo with the terminator's
+	// last byte raised: past every version of the key) and the seek key
+	// (lo + inverted revision). Pebble requires the bounds to stay
+	// unmodified while the iterator is open; nothing writes to buf after.
+	n := 1 + len(r.Key) + bytes.Count(r.Key, []byte{0}) + 2
+	buf := make([]byte, 0, 3*n+8)
+	lo := appendEscaped(append(buf, prefixKV), r.Key)
+	hi := append(lo[len(lo):len(lo)], lo...)
+	hi[len(hi)-1] = 0x02
+	seek := append(hi[len(hi):len(hi)], lo...)
+
+	s.stateMu.RLock()
+	curRev, compactRev := s.rev, s.compactRev
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	s.stateMu.RUnlock()
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+
+	rev := r.Revision
+	if rev > curRev {
+		return nil, ErrFutureRev
+	}
+	if rev <= 0 {
+		rev = curRev
+	}
+	if rev < compactRev {
+		return nil, ErrCompacted
+	}
+	seek = binary.BigEndian.AppendUint64(seek, ^uint64(rev))
+	pr := &pointResponse{}
+	pr.hdr.Revision = curRev
+	pr.resp.Header = &pr.hdr
+	pr.resp.Kvs = pr.kvs[:0]
+	if !it.SeekGE(seek) {
+		return &pr.resp, it.Error() // no version at or below rev
+	}
+	rd := mvccReader{it: it}
+	f, live, err := rd.current(it.Key())
+	if err != nil {
+		return nil, err
+	}
+	if !live {
+		return &pr.resp, nil
+	}
+	pr.resp.Count = 1
+	if r.CountOnly || !pointPassesFilters(&f, r) {
+		return &pr.resp, nil
+	}
+	kv := &pr.kv
+	size := len(f.encKey)
+	if !r.KeysOnly {
+		size += len(f.v.value)
+	}
+	b := make([]byte, 0, size)
+	uk, _, err := unescape(b, f.encKey[1:])
+	if err != nil {
+		return nil, err
+	}
+	kv.Key = uk[:len(uk):len(uk)]
+	if !r.KeysOnly && len(f.v.value) > 0 {
+		kv.Value = append(uk[len(uk):len(uk)], f.v.value...)
+	}
+	kv.CreateRevision = f.v.create
+	kv.ModRevision = f.main
+	kv.Version = f.v.ver
+	kv.Lease = f.v.lease
+	pr.kvs[0] = kv
+	pr.resp.Kvs = pr.kvs[:]
+	return &pr.resp, nil
+}
+
+// pointPassesFilters applies filterRange's revision filters to one version.
+func pointPassesFilters(f *found, r *pb.RangeRequest) bool {
+	return (r.MaxModRevision == 0 || f.main <= r.MaxModRevision) &&
+		(r.MinModRevision == 0 || f.main >= r.MinModRevision) &&
+		(r.MaxCreateRevision == 0 || f.v.create <= r.MaxCreateRevision) &&
+		(r.MinCreateRevision == 0 || f.v.create >= r.MinCreateRevision)
+}
+
 // mkGteRange mirrors etcd: a range end of "\x00" means "every key >= key",
 // represented here as a non-nil empty slice distinct from nil (single key).
 func mkGteRange(rangeEnd []byte) []byte {

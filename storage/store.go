@@ -315,6 +315,16 @@ func (s *Store) Range(r *pb.RangeRequest) (*pb.RangeResponse, error) {
 		return nil, err
 	}
 	defer s.leave()
+	if len(r.RangeEnd) == 0 {
+		return s.rangePoint(r)
+	}
+	return s.rangeGeneric(r)
+}
+
+// rangeGeneric serves any RangeRequest through rangeKeys and assembleRange;
+// Range uses it for everything but single keys (rangePoint), and the tests
+// check rangePoint against it.
+func (s *Store) rangeGeneric(r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	// Tight iterator bounds let pebble skip unrelated sstables.
 	lo, hi := kvLower, kvUpper
 	switch end := normEnd(r.RangeEnd); {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -661,6 +662,60 @@ func TestConcurrentUnary(t *testing.T) {
 					t.Errorf("call g%d i%d: %d bytes, %v, header %q trailer %q", g, i, len(b), err, resp.Header.Get("X-Len"), resp.Trailer.Get("X-Echo"))
 					return
 				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// Large writes are queued by reference (written with writev) rather than
+// copied: Write must not return before the bytes are on the socket, since
+// the handler reuses its buffer at once. Streams interleave on one
+// connection, with small-write frames between the large ones.
+func TestLargeWritesReuseBuffer(t *testing.T) {
+	const chunk, chunks = 200 << 10, 5
+	e := start(t, h2server.Config{MaxPending: 256 << 10}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seed, _ := strconv.Atoi(r.URL.Query().Get("seed"))
+		buf := make([]byte, chunk)
+		for i := range chunks {
+			for j := range buf {
+				buf[j] = byte(seed + i + j/7)
+			}
+			if _, err := w.Write(buf); err != nil {
+				t.Errorf("write: %v", err)
+				return
+			}
+			if _, err := w.Write([]byte{byte(i)}); err != nil { // a small, copied write in between
+				t.Errorf("write: %v", err)
+				return
+			}
+		}
+	}))
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := e.cli.Get(e.url(fmt.Sprintf("/big?seed=%d", g)))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer resp.Body.Close()
+			got, err := io.ReadAll(resp.Body)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			want := make([]byte, 0, chunks*(chunk+1))
+			for i := range chunks {
+				for j := range chunk {
+					want = append(want, byte(g+i+j/7))
+				}
+				want = append(want, byte(i))
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("stream %d: body differs (%d bytes, want %d)", g, len(got), len(want))
 			}
 		}()
 	}

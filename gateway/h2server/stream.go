@@ -59,7 +59,16 @@ type stream struct {
 	wroteHeader bool
 	sentHeader  bool
 	out         *[]byte
+
+	// Storage that saves an allocation per stream: the request's URL, a
+	// small request body (a typical RPC's fits), the trailer list.
+	url       url.URL
+	bodyArr   [inlineBody]byte
+	trailerFs [4]hpack.HeaderField
 }
+
+// inlineBody is the request body size a stream holds without allocating.
+const inlineBody = 128
 
 type afterFunc struct{ f func() }
 
@@ -196,7 +205,8 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) (*http.Request,
 			return nil, false
 		}
 	} else {
-		u = &url.URL{Path: path}
+		st.url.Path = path
+		u = &st.url
 	}
 	cl := int64(-1)
 	if f.StreamEnded() {
@@ -323,6 +333,9 @@ func (st *stream) push(data []byte, end bool) (dropped int, ok bool) {
 	} else {
 		if st.boff == len(st.body) {
 			st.body, st.boff = st.body[:0], 0
+			if st.body == nil {
+				st.body = st.bodyArr[:0]
+			}
 		}
 		st.body = append(st.body, data...)
 	}
@@ -528,13 +541,13 @@ func (st *stream) flush(extra []byte, end bool) error {
 			st.ended = true
 		}
 	}
-	if err := st.appendDataLocked(buffered, end && len(extra) == 0 && len(trailers) == 0); err != nil {
+	if err := st.appendDataLocked(buffered, end && len(extra) == 0 && len(trailers) == 0, false); err != nil {
 		return err
 	}
 	if st.out != nil {
 		*st.out = (*st.out)[:0]
 	}
-	if err := st.appendDataLocked(extra, end && len(trailers) == 0); err != nil {
+	if err := st.appendDataLocked(extra, end && len(trailers) == 0, len(extra) >= handoffMin); err != nil {
 		return err
 	}
 	if end && !st.ended {
@@ -552,23 +565,28 @@ func (st *stream) flush(extra []byte, end bool) error {
 	return nil
 }
 
+// handoffMin is the smallest Write whose bytes are queued by reference
+// rather than copied (on sockets that take writev).
+const handoffMin = 32 << 10
+
 // appendDataLocked frames p as DATA within the flow-control windows,
 // waiting (and releasing wmu) while they are closed. last marks the final
-// frame with END_STREAM (only if p is not empty).
-func (st *stream) appendDataLocked(p []byte, last bool) error {
+// frame with END_STREAM (only if p is not empty). With borrow (and a
+// socket that takes writev) p is queued by reference, and appendDataLocked
+// returns only once the flusher is done with it: the caller may reuse p.
+func (st *stream) appendDataLocked(p []byte, last, borrow bool) error {
 	c := st.c
+	borrow = borrow && c.vectored
+	handed := false
 	for len(p) > 0 {
-		for (st.sendWindow <= 0 || c.sendWindow <= 0 || len(c.wbuf) >= c.cfg.MaxPending) && !st.reset && c.werr == nil {
-			if len(c.wbuf) > 0 {
+		for (st.sendWindow <= 0 || c.sendWindow <= 0 || c.pendingLocked() >= c.cfg.MaxPending) && !st.reset && c.werr == nil {
+			if c.pendingLocked() > 0 {
 				c.kickLocked()
 			}
 			c.wcond.Wait()
 		}
-		if st.reset {
-			return errStreamReset
-		}
-		if c.werr != nil {
-			return c.werr
+		if st.reset || c.werr != nil {
+			break
 		}
 		n := int64(min(len(p), c.peerMaxFrame))
 		n = min(n, st.sendWindow, c.sendWindow)
@@ -578,10 +596,34 @@ func (st *stream) appendDataLocked(p []byte, last bool) error {
 			st.ended = true
 		}
 		c.wbuf = appendFrameHeader(c.wbuf, int(n), http2.FrameData, flags, st.id)
-		c.wbuf = append(c.wbuf, p[:n]...)
+		if borrow {
+			c.segs = append(c.segs, c.wbuf[c.segMark:len(c.wbuf):len(c.wbuf)], p[:n:n])
+			c.segMark = len(c.wbuf)
+			c.segBytes += int(n)
+			handed = true
+		} else {
+			c.wbuf = append(c.wbuf, p[:n]...)
+		}
 		st.sendWindow -= n
 		c.sendWindow -= n
 		p = p[n:]
+	}
+	if handed {
+		// Pieces of p may be queued, or being written, even if the stream
+		// was reset meanwhile: wait until the flusher is done with them,
+		// or until nothing more will be written.
+		c.handoff++
+		mine := c.handoff
+		c.kickLocked()
+		for c.written < mine && (c.werr == nil || c.writing) {
+			c.wcond.Wait()
+		}
+	}
+	if st.reset {
+		return errStreamReset
+	}
+	if c.werr != nil {
+		return c.werr
 	}
 	return nil
 }
@@ -624,7 +666,7 @@ func (st *stream) encodeHeaders(buffered, extra []byte) {
 // trailers collects the response trailers: keys declared in the Trailer
 // header and keys set with http.TrailerPrefix (connect's gRPC form).
 func (st *stream) trailers() []hpack.HeaderField {
-	var out []hpack.HeaderField
+	out := st.trailerFs[:0]
 	for _, d := range st.hdr["Trailer"] {
 		for _, k := range strings.Split(d, ",") {
 			k = http.CanonicalHeaderKey(strings.TrimSpace(k))
