@@ -64,7 +64,10 @@ func peerServer(cfg config.Server, log *slog.Logger) (*peer.Transport, func(), e
 	var protocols http.Protocols
 	protocols.SetUnencryptedHTTP2(true)
 	protocols.SetHTTP2(true)
-	srv := &http.Server{Handler: mux, Protocols: &protocols, ReadHeaderTimeout: 5 * time.Second}
+	// Refused TLS handshakes (a peer without an acceptable certificate)
+	// are logged as warnings, as etcd logs rejected peer connections.
+	srv := &http.Server{Handler: mux, Protocols: &protocols, ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.With("component", "peer").Handler(), slog.LevelWarn)}
 	var wg sync.WaitGroup
 	for i, ln := range lns {
 		log.Info("serving peer traffic", "address", ln.Addr().String(), "tls", config.IsTLS(cfg.ListenPeerURLs[i]))

@@ -251,7 +251,7 @@ func (t TLSInfo) PeerConfigs(listen []url.URL) (server, client *tls.Config, err 
 		server = &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 			c := base.Clone()
 			if c.ClientAuth == tls.RequireAndVerifyClientCert {
-				c.VerifyConnection = sanChecker(hello.Conn.RemoteAddr())
+				c.VerifyConnection = sanChecker(hello.Context(), hello.Conn.RemoteAddr())
 			}
 			return c, nil
 		}}
@@ -276,8 +276,9 @@ const sanLookupTimeout = 5 * time.Second
 
 // sanChecker is etcd's checkSAN for a peer connecting from remote: a
 // certificate naming IP addresses or DNS names must name remote's address
-// (a DNS name by resolving to it); one naming neither is accepted.
-func sanChecker(remote net.Addr) func(tls.ConnectionState) error {
+// (a DNS name by resolving to it, within the handshake's ctx); one naming
+// neither is accepted.
+func sanChecker(ctx context.Context, remote net.Addr) func(tls.ConnectionState) error {
 	return func(cs tls.ConnectionState) error {
 		if len(cs.PeerCertificates) == 0 {
 			return nil
@@ -296,7 +297,9 @@ func sanChecker(remote net.Addr) func(tls.ConnectionState) error {
 				return nil
 			}
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), sanLookupTimeout)
+		// The handshake's ctx ends with the server, not with the
+		// handshake timeout: bound the lookups too.
+		ctx, cancel := context.WithTimeout(ctx, sanLookupTimeout)
 		defer cancel()
 		for _, name := range cert.DNSNames {
 			addrs, err := net.DefaultResolver.LookupIPAddr(ctx, name)
