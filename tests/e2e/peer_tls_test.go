@@ -119,6 +119,30 @@ func peerHandshake(port int, c *tls.Config) error {
 	return err
 }
 
+// TestPeerAutoTLS starts 3-member etcd and concord clusters with https://
+// peer URLs and --peer-auto-tls: every member serves and presents its own
+// self-signed certificate, and peers do not verify them.
+func TestPeerAutoTLS(t *testing.T) {
+	for _, im := range impls {
+		t.Run(im.name, func(t *testing.T) {
+			c := startClusterWith(t, im, clusterSize, serverOptions{peerAutoTLS: true})
+			first, last := c.members[0], c.members[len(c.members)-1]
+			c.waitMembers(last)
+			if out := mustCtl(t, first.Endpoint(), "put", "foo", "bar"); out != "OK\n" {
+				t.Fatalf("put through %s: %q", first.opts.name, out)
+			}
+			if out := mustCtl(t, last.Endpoint(), "get", "foo"); out != "foo\nbar\n" {
+				t.Fatalf("get through %s: %q", last.opts.name, out)
+			}
+			// The peer port speaks TLS with a self-signed certificate.
+			err := peerHandshake(first.peerPort, &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"}})
+			if err == nil || !strings.Contains(err.Error(), "certificate") {
+				t.Errorf("verifying %s's auto TLS peer certificate: %v, want a verification failure", im.name, err)
+			}
+		})
+	}
+}
+
 // TestPeerTLSWithoutCert starts etcd and concord with an https:// peer URL
 // and no peer certificate: both refuse to start, with etcd's words.
 func TestPeerTLSWithoutCert(t *testing.T) {

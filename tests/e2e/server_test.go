@@ -76,6 +76,9 @@ type serverOptions struct {
 	// --peer-client-cert-auth).
 	peerTLS            *tlstest.Files
 	peerClientCertAuth bool
+	// peerAutoTLS serves the peer URL as https:// with --peer-auto-tls (a
+	// self-signed certificate) instead.
+	peerAutoTLS bool
 }
 
 // Server is one etcd or concord process started with etcd's flags on loopback ports. Its data
@@ -184,7 +187,7 @@ func (s *Server) clientURL() string {
 }
 
 func (s *Server) peerURL() string {
-	if s.opts.peerTLS != nil {
+	if s.opts.peerTLS != nil || s.opts.peerAutoTLS {
 		return fmt.Sprintf("https://127.0.0.1:%d", s.peerPort)
 	}
 	return fmt.Sprintf("http://127.0.0.1:%d", s.peerPort)
@@ -218,6 +221,9 @@ func (s *Server) args() []string {
 		if s.opts.peerClientCertAuth {
 			args = append(args, "--peer-trusted-ca-file", t.CA, "--peer-client-cert-auth")
 		}
+	}
+	if s.opts.peerAutoTLS {
+		args = append(args, "--peer-auto-tls")
 	}
 	if f := leanHTTP2Flag(); s.impl == concordImpl && f != "" {
 		args = append(args, f)
