@@ -2,6 +2,7 @@ package services
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,35 +34,43 @@ func multiMember(cfg config.Server) bool {
 }
 
 // peerServer serves the raft peer transport on --listen-peer-urls
-// (cleartext HTTP/2) from before consensus starts, so the other members can
+// (HTTP/2, over TLS on https:// URLs with --peer-cert-file and the other
+// peer TLS flags) from before consensus starts, so the other members can
 // reach this one while it waits for an election. The returned stop shuts
 // the listeners down and waits for the server goroutines; the transport
 // itself belongs to the consensus member once passed in its Config.
 func peerServer(cfg config.Server, log *slog.Logger) (*peer.Transport, func(), error) {
-	tr, err := peer.New(peer.Config{Logger: log.With("component", "peer")})
+	serverTLS, clientTLS, err := cfg.PeerTLS.PeerConfigs(cfg.ListenPeerURLs)
+	if err != nil {
+		return nil, nil, fmt.Errorf("peer TLS: %w", err)
+	}
+	tr, err := peer.New(peer.Config{Logger: log.With("component", "peer"), TLS: clientTLS})
 	if err != nil {
 		return nil, nil, err
-	}
-	for _, u := range cfg.ListenPeerURLs {
-		if u.Scheme != "http" {
-			tr.Stop()
-			return nil, nil, fmt.Errorf("%w: peer URL %q: only http:// is supported so far", config.ErrInvalid, u.String())
-		}
 	}
 	lns, err := listenAll(cfg.ListenPeerURLs)
 	if err != nil {
 		tr.Stop()
 		return nil, nil, err
 	}
+	for i, u := range cfg.ListenPeerURLs {
+		if config.IsTLS(u) {
+			lns[i] = tls.NewListener(lns[i], peerServerTLS(serverTLS))
+		}
+	}
 	path, h := tr.Handler()
 	mux := http.NewServeMux()
 	mux.Handle(path, h)
 	var protocols http.Protocols
 	protocols.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Handler: mux, Protocols: &protocols, ReadHeaderTimeout: 5 * time.Second}
+	protocols.SetHTTP2(true)
+	// Refused TLS handshakes (a peer without an acceptable certificate)
+	// are logged as warnings, as etcd logs rejected peer connections.
+	srv := &http.Server{Handler: mux, Protocols: &protocols, ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.With("component", "peer").Handler(), slog.LevelWarn)}
 	var wg sync.WaitGroup
-	for _, ln := range lns {
-		log.Info("serving peer traffic", "address", ln.Addr().String())
+	for i, ln := range lns {
+		log.Info("serving peer traffic", "address", ln.Addr().String(), "tls", config.IsTLS(cfg.ListenPeerURLs[i]))
 		wg.Go(func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("peer server failed", "address", ln.Addr().String(), "error", err)
@@ -77,4 +86,21 @@ func peerServer(cfg config.Server, log *slog.Logger) (*peer.Transport, func(), e
 		wg.Wait()
 	}
 	return tr, stop, nil
+}
+
+// peerServerTLS is c offering HTTP/2 only in ALPN, for the connections it
+// returns per client too: the peer service speaks nothing else.
+func peerServerTLS(c *tls.Config) *tls.Config {
+	c = c.Clone()
+	c.NextProtos = []string{"h2"}
+	if get := c.GetConfigForClient; get != nil {
+		c.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			cc, err := get(hello)
+			if cc != nil {
+				cc.NextProtos = []string{"h2"}
+			}
+			return cc, err
+		}
+	}
+	return c
 }

@@ -192,7 +192,7 @@ func (l clientListener) serve(ctx context.Context, gw *gateway.Gateway) error {
 
 // listenClients binds the client URLs (listenAll) and builds the TLS
 // configuration of the https:// ones (nil without any).
-func listenClients(urls []url.URL, t config.ClientTLS) ([]clientListener, *tls.Config, error) {
+func listenClients(urls []url.URL, t config.TLSInfo) ([]clientListener, *tls.Config, error) {
 	tlsCfg, err := t.ServerConfig(urls)
 	if err != nil {
 		return nil, nil, fmt.Errorf("client TLS: %w", err)

@@ -1,6 +1,7 @@
 // Package peer is consensus's network transport: raft messages between
 // members over concord.v1.PeerService (connect-go, gRPC protocol, HTTP/2
-// without TLS on --listen-peer-urls).
+// on --listen-peer-urls: cleartext for http:// peer URLs, TLS for https://
+// ones, dialed with Config.TLS).
 //
 // Sending: each peer has one bounded send queue and one goroutine that keeps
 // ONE long-lived client stream open to it. The goroutine waits for a
@@ -26,6 +27,7 @@ package peer
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -80,6 +82,10 @@ type Config struct {
 	DialTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the pause between reconnects.
 	MinBackoff, MaxBackoff time.Duration
+	// TLS is the client TLS for https:// peer URLs (etcd's peer
+	// certificate as client certificate, the peer CA as roots); nil dials
+	// them with Go's defaults. http:// peer URLs ignore it.
+	TLS *tls.Config
 }
 
 // SetDefaults fills zero fields.
@@ -150,12 +156,20 @@ func New(cfg Config) (*Transport, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	// HTTP/2 either way: prior knowledge on http://, ALPN h2 on https://.
 	var protocols http.Protocols
 	protocols.SetUnencryptedHTTP2(true)
+	protocols.SetHTTP2(true)
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
+	var tlsCfg *tls.Config
+	if cfg.TLS != nil {
+		tlsCfg = cfg.TLS.Clone()
+	}
 	ht := &http.Transport{
-		Protocols:   &protocols,
-		DialContext: dialer.DialContext,
+		Protocols:           &protocols,
+		DialContext:         dialer.DialContext,
+		TLSClientConfig:     tlsCfg,
+		TLSHandshakeTimeout: cfg.DialTimeout,
 		// A dead peer is noticed by the kernel (RST) or, on a silent
 		// network, by HTTP/2 pings.
 		HTTP2: &http.HTTP2Config{SendPingTimeout: 2 * time.Second, PingTimeout: 2 * time.Second},
@@ -172,7 +186,8 @@ func New(cfg Config) (*Transport, error) {
 }
 
 // Handler returns the path and handler of PeerService, to be served on the
-// peer URLs with cleartext HTTP/2 enabled.
+// peer URLs with HTTP/2 enabled (cleartext on http://, over TLS on
+// https://).
 func (t *Transport) Handler() (string, http.Handler) {
 	path, h := concordv1connect.NewPeerServiceHandler(handler{t}, connect.WithReadMaxBytes(maxReadBytes))
 	return path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -30,6 +30,9 @@ type Files struct {
 	// must reject both certificates.
 	OtherCA string
 	Pool    *x509.CertPool
+
+	caCert *x509.Certificate
+	caKey  *ecdsa.PrivateKey
 }
 
 // Generate writes the files into dir.
@@ -58,6 +61,7 @@ func Generate(dir string) (*Files, error) {
 	}
 	f.Pool = x509.NewCertPool()
 	f.Pool.AddCert(caCert)
+	f.caCert, f.caKey = caCert, caKey
 
 	server := &x509.Certificate{
 		Subject:     pkix.Name{CommonName: "concord test server"},
@@ -78,6 +82,17 @@ func Generate(dir string) (*Files, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+// IssueClient writes a client certificate signed by the CA naming ips as
+// its subject alternative names (for tests of etcd's peer check that a
+// certificate names the address it connects from).
+func (f *Files) IssueClient(certPath, keyPath string, ips ...net.IP) error {
+	return issue(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: "concord test client with addresses"},
+		IPAddresses: ips,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, f.caCert, f.caKey, certPath, keyPath)
 }
 
 // ServerConfig is a server TLS config with the server certificate; with

@@ -74,7 +74,10 @@ type Server struct {
 	AutoCompaction compactor.Config
 
 	// ClientTLS is the TLS of the https:// client URLs.
-	ClientTLS ClientTLS
+	ClientTLS TLSInfo
+	// PeerTLS is the TLS of the https:// peer URLs, and the certificate
+	// presented to the https:// peers this member dials.
+	PeerTLS TLSInfo
 }
 
 // Watch progress notification bounds, etcd's: a period that is not positive
@@ -145,6 +148,7 @@ func ServerFlags(fs *pflag.FlagSet) {
 	fs.String(fAutoCompactionRet, "0", "auto compaction retention for mvcc key value store. 0 means disable auto compaction.")
 	fs.String(fConfigFile, "", "path to a YAML configuration file whose keys are the flag names")
 	clientTLSFlags(fs)
+	peerTLSFlags(fs)
 }
 
 // LoadServer reads the flags declared by ServerFlags (already parsed in fs),
@@ -211,6 +215,7 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 		return Server{}, err
 	}
 	c.ClientTLS = loadClientTLS(v)
+	c.PeerTLS = loadPeerTLS(v)
 	if err := c.LogLevel.UnmarshalText([]byte(v.GetString(fLogLevel))); err != nil {
 		return Server{}, fmt.Errorf("%w: --%s: %v", ErrInvalid, fLogLevel, err)
 	}
@@ -238,7 +243,10 @@ func (c Server) Validate() error {
 	case c.MaxTxnOps <= 0:
 		return fmt.Errorf("%w: --%s must be positive", ErrInvalid, fMaxTxnOps)
 	}
-	return c.ClientTLS.validate(c.ListenClientURLs)
+	if err := c.ClientTLS.validate(c.ListenClientURLs); err != nil {
+		return err
+	}
+	return c.PeerTLS.asPeer().validate(c.ListenPeerURLs)
 }
 
 // newViper layers, from weakest to strongest: flag defaults, the YAML file,

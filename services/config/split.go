@@ -139,7 +139,7 @@ type Split struct {
 	EnableGRPCGateway bool
 
 	// ClientTLS is Server.ClientTLS: the TLS of the https:// client URLs.
-	ClientTLS ClientTLS
+	ClientTLS TLSInfo
 	// EndpointTLS is how this process dials the https:// endpoints of the
 	// others.
 	EndpointTLS EndpointTLS

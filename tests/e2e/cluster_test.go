@@ -39,11 +39,18 @@ type cluster struct {
 // until every one answers /health.
 func startCluster(t *testing.T, im *impl, size int) *cluster {
 	t.Helper()
+	return startClusterWith(t, im, size, serverOptions{})
+}
+
+// startClusterWith is startCluster with every member started with opts (its name and
+// --initial-cluster are the member's own).
+func startClusterWith(t *testing.T, im *impl, size int, opts serverOptions) *cluster {
+	t.Helper()
 	requireBinary(t, im)
 	var err error
 	for attempt := 1; attempt <= startAttempts; attempt++ {
 		var c *cluster
-		if c, err = tryStartCluster(t, im, size); err == nil {
+		if c, err = tryStartCluster(t, im, size, opts); err == nil {
 			return c
 		}
 		if !strings.Contains(err.Error(), "address already in use") {
@@ -54,11 +61,11 @@ func startCluster(t *testing.T, im *impl, size int) *cluster {
 	return nil
 }
 
-func tryStartCluster(t *testing.T, im *impl, size int) (*cluster, error) {
+func tryStartCluster(t *testing.T, im *impl, size int, opts serverOptions) (*cluster, error) {
 	c := &cluster{t: t}
 	var spec []string
 	for i := range size {
-		s := &Server{t: t, impl: im, dataDir: t.TempDir(), log: &syncBuffer{}}
+		s := &Server{t: t, impl: im, opts: opts, dataDir: t.TempDir(), log: &syncBuffer{}}
 		var err error
 		if s.clientPort, s.peerPort, err = freePorts(); err != nil {
 			return nil, err

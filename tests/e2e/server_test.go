@@ -69,6 +69,16 @@ type serverOptions struct {
 	// autoTLS serves the client URL as https:// with --auto-tls (a
 	// self-signed certificate) instead.
 	autoTLS bool
+	// peerTLS serves the peer URL as https:// with peerTLS's server
+	// certificate (--peer-cert-file, --peer-key-file), also presented to
+	// the peers dialed; with peerClientCertAuth, peers must present a
+	// certificate signed by peerTLS's CA (--peer-trusted-ca-file,
+	// --peer-client-cert-auth).
+	peerTLS            *tlstest.Files
+	peerClientCertAuth bool
+	// peerAutoTLS serves the peer URL as https:// with --peer-auto-tls (a
+	// self-signed certificate) instead.
+	peerAutoTLS bool
 }
 
 // Server is one etcd or concord process started with etcd's flags on loopback ports. Its data
@@ -176,7 +186,12 @@ func (s *Server) clientURL() string {
 	return "http://" + s.Endpoint()
 }
 
-func (s *Server) peerURL() string { return fmt.Sprintf("http://127.0.0.1:%d", s.peerPort) }
+func (s *Server) peerURL() string {
+	if s.opts.peerTLS != nil || s.opts.peerAutoTLS {
+		return fmt.Sprintf("https://127.0.0.1:%d", s.peerPort)
+	}
+	return fmt.Sprintf("http://127.0.0.1:%d", s.peerPort)
+}
 
 // Args are the flags both etcd and concord are started with.
 func (s *Server) args() []string {
@@ -200,6 +215,15 @@ func (s *Server) args() []string {
 	}
 	if s.opts.autoTLS {
 		args = append(args, "--auto-tls")
+	}
+	if t := s.opts.peerTLS; t != nil {
+		args = append(args, "--peer-cert-file", t.ServerCert, "--peer-key-file", t.ServerKey)
+		if s.opts.peerClientCertAuth {
+			args = append(args, "--peer-trusted-ca-file", t.CA, "--peer-client-cert-auth")
+		}
+	}
+	if s.opts.peerAutoTLS {
+		args = append(args, "--peer-auto-tls")
 	}
 	if f := leanHTTP2Flag(); s.impl == concordImpl && f != "" {
 		args = append(args, f)
