@@ -285,13 +285,28 @@ func startGateway(t testing.TB, cfg gateway.Config, b gateway.Backend, opts ...g
 	if err != nil {
 		t.Fatal(err)
 	}
+	addr := serveOn(t, g, g.Serve)
+	t.Cleanup(func() {
+		// serveOn's cleanup (run first) closed it: Close is idempotent.
+		if err := g.Close(); err != nil {
+			t.Errorf("second Close: %v", err)
+		}
+	})
+	return addr
+}
+
+// serveOn runs serve (g.Serve or g.ServeTLS) on a loopback listener until
+// the test ends, then checks that it returns and that g closes; it returns
+// the listener's address.
+func serveOn(t testing.TB, g *gateway.Gateway, serve func(context.Context, net.Listener) error) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- g.Serve(ctx, ln) }()
+	go func() { done <- serve(ctx, ln) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -304,9 +319,6 @@ func startGateway(t testing.TB, cfg gateway.Config, b gateway.Backend, opts ...g
 		}
 		if err := g.Close(); err != nil {
 			t.Errorf("Close: %v", err)
-		}
-		if err := g.Close(); err != nil {
-			t.Errorf("second Close: %v", err)
 		}
 	})
 	return ln.Addr().String()

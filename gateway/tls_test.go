@@ -34,28 +34,7 @@ func genCerts(t testing.TB) *tlstest.Files {
 // returns the address.
 func serveTLS(t testing.TB, g *gateway.Gateway) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- g.ServeTLS(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("ServeTLS: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Error("ServeTLS did not return after cancel")
-		}
-		if err := g.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	})
-	return ln.Addr().String()
+	return serveOn(t, g, g.ServeTLS)
 }
 
 func tlsClientv3(t testing.TB, addr string, c *tls.Config) *clientv3.Client {
