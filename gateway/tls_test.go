@@ -208,7 +208,13 @@ func TestServeTLSClientCertAuth(t *testing.T) {
 				if err == nil {
 					t.Fatalf("GET /health without a client certificate (h2=%v) succeeded", h2)
 				}
-				if !strings.Contains(err.Error(), "certificate") {
+				// Under TLS 1.3 the client's handshake is over before the
+				// server checks its certificate, so the refusal may reach the
+				// client as the server's alert or as a connection closed
+				// under it; the request with a certificate below shows that
+				// the refusal is the certificate's.
+				if msg := err.Error(); !strings.Contains(msg, "certificate") && !strings.Contains(msg, "could not be established") &&
+					!strings.Contains(msg, "connection reset") && !strings.Contains(msg, "broken pipe") && !strings.Contains(msg, "EOF") {
 					t.Errorf("GET /health without a client certificate: %v; want a TLS certificate error", err)
 				}
 				resp, err := httpClient(t, withCert, h2).Get("https://" + addr + "/health")
