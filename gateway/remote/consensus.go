@@ -85,7 +85,7 @@ type Consensus struct {
 
 	mu       sync.Mutex
 	members  []*endpointClients // copy-on-write under mu; never shrinks
-	lastSync time.Time          // of members, from MemberList (pollLeader only)
+	lastSync time.Time          // of members, from MemberList
 	pref     atomic.Pointer[endpointClients]
 
 	leader atomic.Uint64
@@ -296,7 +296,10 @@ func (c *Consensus) follow(ctx context.Context, leader uint64) {
 		return
 	}
 	m := c.byID(leader)
-	if m == nil || time.Since(c.lastSync) > memberSyncInterval {
+	c.mu.Lock()
+	stale := time.Since(c.lastSync) > memberSyncInterval
+	c.mu.Unlock()
+	if m == nil || stale {
 		if err := c.syncMembers(ctx); err != nil {
 			c.log.Debug("consensus member list failed", "error", err)
 			return
@@ -327,9 +330,9 @@ func (c *Consensus) syncMembers(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c.lastSync = time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.lastSync = time.Now()
 	for _, mem := range ml.GetMembers() {
 		var found bool
 		for _, raw := range mem.GetClientURLs() {
@@ -450,9 +453,34 @@ func (c *Consensus) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (
 	return unary(c, ctx, true, leaseOf, etcdserverpbconnect.LeaseClient.LeaseLeases, r, (*pb.LeaseLeasesResponse).GetHeader)
 }
 
-// Status implements gateway.Maintenance.
+// Status implements gateway.Maintenance. The answer is the leader's own
+// whenever a leader is known: etcdctl move-leader sends MoveLeader to the
+// endpoint whose status names itself the leader, and after a leader change
+// the preferred member may still be a follower until the next leader poll
+// (calls fail over to whichever member answers), which made a gateway "no
+// leader endpoint" for up to leaderPollInterval. A follower's answer is
+// returned only when the leader it names cannot be asked.
 func (c *Consensus) Status(ctx context.Context, r *pb.StatusRequest) (*pb.StatusResponse, error) {
-	return unary(c, ctx, true, maintOf, etcdserverpbconnect.MaintenanceClient.Status, r, (*pb.StatusResponse).GetHeader)
+	st, err := unary(c, ctx, true, maintOf, etcdserverpbconnect.MaintenanceClient.Status, r, (*pb.StatusResponse).GetHeader)
+	if err != nil || st.GetLeader() == 0 || st.GetHeader().GetMemberId() == st.GetLeader() {
+		return st, err
+	}
+	m := c.byID(st.GetLeader())
+	if m == nil && c.syncMembers(ctx) == nil {
+		m = c.byID(st.GetLeader())
+	}
+	if m == nil || m.down(time.Now()) {
+		return st, nil
+	}
+	lst, lerr := m.maint.Status(ctx, r)
+	if lerr != nil || lst.GetHeader().GetMemberId() != lst.GetLeader() {
+		return st, nil
+	}
+	if c.pref.Swap(m) != m {
+		c.log.Info("following the consensus leader", "endpoint", m.ep.URL, "member-id", fmt.Sprintf("%x", lst.GetLeader()))
+	}
+	c.seen(lst.GetHeader())
+	return lst, nil
 }
 
 // HashKV implements gateway.Maintenance.
