@@ -96,7 +96,7 @@ type Consensus struct {
 	mu       sync.Mutex
 	members  []*endpointClients // copy-on-write under mu
 	removed  map[uint64]bool    // IDs of members dropped (etcd never reuses one); under mu
-	lastSync time.Time          // of members, from MemberList (pollLeader only)
+	lastSync time.Time          // of members, from MemberList; under mu
 	pref     atomic.Pointer[endpointClients]
 
 	leader atomic.Uint64
@@ -308,7 +308,10 @@ func (c *Consensus) follow(ctx context.Context, leader uint64) {
 		return
 	}
 	m := c.byID(leader)
-	if m == nil || time.Since(c.lastSync) > memberSyncInterval {
+	c.mu.Lock()
+	stale := time.Since(c.lastSync) > memberSyncInterval
+	c.mu.Unlock()
+	if m == nil || stale {
 		if err := c.syncMembers(ctx); err != nil {
 			c.log.Debug("consensus member list failed", "error", err)
 			return
@@ -339,7 +342,9 @@ func (c *Consensus) syncMembers(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	c.mu.Lock()
 	c.lastSync = time.Now()
+	c.mu.Unlock()
 	c.applyMembers(ml.GetMembers())
 	return nil
 }
@@ -520,9 +525,34 @@ func (c *Consensus) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (
 	return unary(c, ctx, true, leaseOf, etcdserverpbconnect.LeaseClient.LeaseLeases, r, (*pb.LeaseLeasesResponse).GetHeader)
 }
 
-// Status implements gateway.Maintenance.
+// Status implements gateway.Maintenance. The answer is the leader's own
+// whenever a leader is known: etcdctl move-leader sends MoveLeader to the
+// endpoint whose status names itself the leader, and after a leader change
+// the preferred member may still be a follower until the next leader poll
+// (calls fail over to whichever member answers), which made a gateway "no
+// leader endpoint" for up to leaderPollInterval. A follower's answer is
+// returned only when the leader it names cannot be asked.
 func (c *Consensus) Status(ctx context.Context, r *pb.StatusRequest) (*pb.StatusResponse, error) {
-	return unary(c, ctx, true, maintOf, etcdserverpbconnect.MaintenanceClient.Status, r, (*pb.StatusResponse).GetHeader)
+	st, err := unary(c, ctx, true, maintOf, etcdserverpbconnect.MaintenanceClient.Status, r, (*pb.StatusResponse).GetHeader)
+	if err != nil || st.GetLeader() == 0 || st.GetHeader().GetMemberId() == st.GetLeader() {
+		return st, err
+	}
+	m := c.byID(st.GetLeader())
+	if m == nil && c.syncMembers(ctx) == nil {
+		m = c.byID(st.GetLeader())
+	}
+	if m == nil || m.down(time.Now()) {
+		return st, nil
+	}
+	lst, lerr := m.maint.Status(ctx, r)
+	if lerr != nil || lst.GetHeader().GetMemberId() != lst.GetLeader() {
+		return st, nil
+	}
+	if c.pref.Swap(m) != m {
+		c.log.Info("following the consensus leader", "endpoint", m.ep.URL, "member-id", fmt.Sprintf("%x", lst.GetLeader()))
+	}
+	c.seen(lst.GetHeader())
+	return lst, nil
 }
 
 // HashKV implements gateway.Maintenance.

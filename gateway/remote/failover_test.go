@@ -224,6 +224,78 @@ func TestConsensusFollowsLeaderAndFailsOver(t *testing.T) {
 	}
 }
 
+// TestStatusAndMoveLeaderReachTheLeader: right after a leader change, before
+// the client's leader poll has moved its calls to the new leader, MoveLeader
+// reaches the leader (a follower refuses it) and Status is the leader's own
+// (etcdctl move-leader sends MoveLeader only to an endpoint whose status
+// names itself the leader). Both failed through a gateway in the e2e tests
+// until the next poll.
+func TestStatusAndMoveLeaderReachTheLeader(t *testing.T) {
+	ms := startMembers(t, 3)
+	lead := leaderOf(t, ms)
+	var urls []string
+	for _, m := range ms {
+		urls = append(urls, m.url)
+	}
+	c := newConsensus(t, urls...)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for remote.PreferredForTest(c) != ms[lead].url {
+		if ctx.Err() != nil {
+			t.Fatalf("the client never moved to the leader %s: uses %v", ms[lead].url, remote.PreferredForTest(c))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	// Every member has published its client URL (as a started concord
+	// member does at once): the client can reach whichever becomes leader.
+	for {
+		ml, err := c.MemberList(ctx, &pb.MemberListRequest{})
+		if err == nil && !slices.ContainsFunc(ml.GetMembers(), func(m *pb.Member) bool { return len(m.GetClientURLs()) == 0 }) {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("members never all published their client URLs: %v, %v", ml, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	// The leader dies; the survivors elect another.
+	dead := ms[lead].node.MemberID()
+	ms[lead].kill(t)
+	survivors := slices.Delete(slices.Clone(ms), lead, lead+1)
+	newLead := 0
+	for {
+		l := survivors[0].node.Leader()
+		if l != 0 && l != dead && survivors[1].node.Leader() == l {
+			newLead = slices.IndexFunc(survivors, func(m *member) bool { return m.node.MemberID() == l })
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the survivors elected no leader")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	target := survivors[1-newLead].node.MemberID()
+	if _, err := c.MoveLeader(ctx, &pb.MoveLeaderRequest{TargetID: target}); err != nil {
+		t.Fatalf("MoveLeader to %x right after the leader change: %v", target, err)
+	}
+
+	// MoveLeader returned once the old leader follows the target: the
+	// client's preferred member is a follower now.
+	st, err := c.Status(ctx, &pb.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.GetLeader() != target || st.GetHeader().GetMemberId() != target {
+		t.Fatalf("Status right after move-leader to %x: member %x, leader %x; want the leader's own status",
+			target, st.GetHeader().GetMemberId(), st.GetLeader())
+	}
+}
+
 // fakeKV counts the writes a member received; with cut set it drops every
 // connection while a Put is being handled, so the client cannot know
 // whether the write was applied.

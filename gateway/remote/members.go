@@ -51,7 +51,11 @@ func (c *Consensus) MemberPromote(ctx context.Context, r *pb.MemberPromoteReques
 	return resp, err
 }
 
-// MoveLeader implements gateway.Maintenance.
+// MoveLeader implements gateway.Maintenance. Only the leader transfers
+// leadership (a follower answers "not leader"), so a Status first makes the
+// leader the preferred member when a leader change has not been polled yet;
+// its error is not returned, since MoveLeader's own answer says more.
 func (c *Consensus) MoveLeader(ctx context.Context, r *pb.MoveLeaderRequest) (*pb.MoveLeaderResponse, error) {
+	_, _ = c.Status(ctx, &pb.StatusRequest{})
 	return unary(c, ctx, false, maintOf, etcdserverpbconnect.MaintenanceClient.MoveLeader, r, (*pb.MoveLeaderResponse).GetHeader)
 }

@@ -337,7 +337,22 @@ type chaosCluster struct {
 }
 
 // leader returns the name of the consensus member that is the raft leader.
+// A member whose Status times out (the leader is the busiest process) or
+// that knows no leader for a moment after a restart is asked again, until
+// chaosProgressWait.
 func (c *chaosCluster) leader(ctx context.Context) (string, error) {
+	deadline := time.Now().Add(chaosProgressWait)
+	for {
+		name, err := c.leaderOnce(ctx)
+		if err == nil || !time.Now().Before(deadline) || ctx.Err() != nil {
+			return name, err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// leaderOnce asks every running consensus member once.
+func (c *chaosCluster) leaderOnce(ctx context.Context) (string, error) {
 	ids := map[uint64]string{}
 	var leader uint64
 	for _, name := range c.ByRole("consensus") {
@@ -357,6 +372,10 @@ func (c *chaosCluster) leader(ctx context.Context) (string, error) {
 			continue
 		}
 		ids[st.Header.MemberId] = name
+		if st.Leader != 0 && leader != 0 && st.Leader != leader {
+			// One of them has not heard of the latest election yet.
+			return "", fmt.Errorf("members disagree on the leader: %x and %x", leader, st.Leader)
+		}
 		if st.Leader != 0 {
 			leader = st.Leader
 		}

@@ -178,23 +178,42 @@ func (c *cluster) clusterStatus(via *Server) []ctlStatus {
 }
 
 // checkStatus asserts that status --cluster reports every member, one cluster, one leader.
+// A member may not know the leader for a moment after an election or a leader transfer (a
+// raft voter forgets the old leader when it votes and learns the winner from its first
+// append), so a disagreement is asked again until readyTimeout; one that lasts fails.
 func (c *cluster) checkStatus(via *Server) (leader uint64) {
+	c.t.Helper()
+	deadline := time.Now().Add(readyTimeout)
+	for {
+		leader, err := c.statusAgrees(via)
+		if err == nil {
+			return leader
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatal(err)
+		}
+		time.Sleep(pollInterval)
+	}
+}
+
+// statusAgrees is one round of checkStatus.
+func (c *cluster) statusAgrees(via *Server) (uint64, error) {
 	c.t.Helper()
 	st := c.clusterStatus(via)
 	if len(st) != len(c.members) {
-		c.t.Fatalf("endpoint status --cluster reported %d endpoints, want %d: %+v", len(st), len(c.members), st)
+		return 0, fmt.Errorf("endpoint status --cluster reported %d endpoints, want %d: %+v", len(st), len(c.members), st)
 	}
 	ids := map[uint64]bool{}
 	for _, e := range st {
 		ids[e.Status.Header.MemberID] = true
 		if e.Status.Header.ClusterID != st[0].Status.Header.ClusterID || e.Status.Leader != st[0].Status.Leader || e.Status.Leader == 0 {
-			c.t.Fatalf("endpoint status --cluster disagrees on cluster or leader: %+v", st)
+			return 0, fmt.Errorf("endpoint status --cluster disagrees on cluster or leader: %+v", st)
 		}
 	}
 	if len(ids) != len(c.members) || !ids[st[0].Status.Leader] {
-		c.t.Fatalf("endpoint status --cluster: member ids %v, leader %x", ids, st[0].Status.Leader)
+		return 0, fmt.Errorf("endpoint status --cluster: member ids %v, leader %x", ids, st[0].Status.Leader)
 	}
-	return st[0].Status.Leader
+	return st[0].Status.Leader, nil
 }
 
 // memberByID finds the member whose status reports id.
@@ -232,7 +251,7 @@ func testCluster(t *testing.T, im *impl) {
 	for _, s := range c.members {
 		c.waitMembers(s)
 	}
-	leaderID := c.checkStatus(a)
+	c.checkStatus(a)
 
 	// A write through one member is visible to a linearizable read through another, and to a
 	// watcher on a third.
@@ -254,13 +273,6 @@ func testCluster(t *testing.T, im *impl) {
 	}
 
 	// Writers on every member; then the leader is killed.
-	leader := c.memberByID(ctx, leaderID)
-	var survivors []*Server
-	for _, s := range c.members {
-		if s != leader {
-			survivors = append(survivors, s)
-		}
-	}
 	var (
 		mu     sync.Mutex
 		acked  = map[string]int64{}
@@ -290,6 +302,14 @@ func testCluster(t *testing.T, im *impl) {
 	}
 	for count.Load() < 300 && ctx.Err() == nil {
 		time.Sleep(pollInterval)
+	}
+	// The leader now: leadership may have moved since the status check above.
+	leader := c.memberByID(ctx, c.checkStatus(a))
+	var survivors []*Server
+	for _, s := range c.members {
+		if s != leader {
+			survivors = append(survivors, s)
+		}
 	}
 	leader.Kill()
 	killed := time.Now()

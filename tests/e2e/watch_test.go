@@ -929,9 +929,26 @@ func TestWatchFragments(t *testing.T) {
 		fragHist.create(req(true, 4))
 		wholeHist.create(req(false, 4))
 
-		checkFrags := func(what string, r *rawStream) {
+		// etcd's send loop holds back events that reach it before the watch's created response
+		// and then sends them with a plain Send, unfragmented; it also reads a watch's
+		// fragment and prev_kv flags when events reach it, and the receive loop records them
+		// only after the watch is registered. A watch from history has its events at once, so
+		// on a loaded machine etcd may answer it with one whole response, with or without
+		// previous values: etcd's race, tolerated (and logged) for etcd on the history streams
+		// only. concord must answer as asked.
+		etcdRace := func(what string, rs []*pb.WatchResponse) bool {
+			if s.impl != etcdImpl || len(rs) != 2 || rs[1].Fragment || len(rs[1].Events) != 2 || rs[1].Header.Revision != 4 {
+				return false
+			}
+			t.Logf("%s: etcd sent one whole response of %d bytes (its send-loop race)", what, proto.Size(rs[1]))
+			return true
+		}
+		checkFrags := func(what string, r *rawStream, history bool) {
 			t.Helper()
 			rs := r.waitFor(what, func(rs []*pb.WatchResponse) bool { return len(rs) > 1 && !rs[len(rs)-1].Fragment })
+			if history && etcdRace(what, rs) {
+				return
+			}
 			if len(rs) != 3 || !rs[1].Fragment || rs[2].Fragment || len(rs[1].Events) != 1 || len(rs[2].Events) != 1 ||
 				rs[1].Header.Revision != 4 || rs[2].Header.Revision != 4 || rs[1].WatchId != 0 {
 				t.Errorf("%s: %d responses, want created + 2 fragments of one event", what, len(rs))
@@ -940,17 +957,20 @@ func TestWatchFragments(t *testing.T) {
 				t.Errorf("%s: fragments hold %s, %s", what, rs[1].Events[0].Kv.Key, rs[2].Events[0].Kv.Key)
 			}
 		}
-		checkWhole := func(what string, r *rawStream) {
+		checkWhole := func(what string, r *rawStream, history bool) {
 			t.Helper()
 			rs := r.waitFor(what, func(rs []*pb.WatchResponse) bool { return len(rs) > 1 })
+			if history && proto.Size(rs[len(rs)-1]) < 2<<20 && etcdRace(what, rs) {
+				return
+			}
 			if len(rs) != 2 || rs[1].Fragment || len(rs[1].Events) != 2 || proto.Size(rs[1]) < 2<<20 {
 				t.Errorf("%s: %d responses, want created + one response of 2 events over 2 MiB", what, len(rs))
 			}
 		}
-		checkFrags("fragments, live", fragLive)
-		checkWhole("whole, live", wholeLive)
-		checkFrags("fragments, from history", fragHist)
-		checkWhole("whole, from history", wholeHist)
+		checkFrags("fragments, live", fragLive, false)
+		checkWhole("whole, live", wholeLive, false)
+		checkFrags("fragments, from history", fragHist, true)
+		checkWhole("whole, from history", wholeHist, true)
 		evs, resps := collectEvents(t, cwch, 2)
 		if len(resps) != 1 || len(evs) != 2 || len(evs[1].Kv.Value) != 700<<10 || evs[1].Kv.Value[0] != 'd' {
 			t.Errorf("clientv3 WithFragment: %d responses, %d events, want one reassembled response", len(resps), len(evs))
