@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 
 	"golang.org/x/sync/errgroup"
@@ -38,7 +39,7 @@ import (
 // --listen-peer-urls) that still runs every other service for itself: its
 // own NATS carries the revisions this member applies to its own watchers.
 func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error {
-	listeners, tlsCfg, err := listenClients(cfg.ListenClientURLs, cfg.ClientTLS)
+	listeners, tlsCfg, err := listenClients(cfg.ListenClientURLs, cfg.ListenMetricsURLs, cfg.ClientTLS)
 	if err != nil {
 		return err
 	}
@@ -120,7 +121,9 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 		waitLeaseAuthority(ctx, leases, log)
 	}
 	for _, ln := range listeners {
-		log.Info("serving client requests", "address", ln.Addr().String(), "tls", ln.tls)
+		if !ln.metrics { // ServeMetrics logs its own
+			log.Info("serving client requests", "address", ln.Addr().String(), "tls", ln.tls)
+		}
 		g.Go(func() error { return ln.serve(ctx, gw.Gateway) })
 	}
 	log.Info("concord is ready", "name", cfg.Name, "data-dir", cfg.DataDir,
@@ -181,29 +184,36 @@ func consensusConfig(cfg config.Server, log *slog.Logger) consensus.Config {
 type clientListener struct {
 	net.Listener
 	tls bool
+	// metrics marks a --listen-metrics-urls listener: /metrics and health
+	// only.
+	metrics bool
 }
 
 func (l clientListener) serve(ctx context.Context, gw *gateway.Gateway) error {
+	if l.metrics {
+		return gw.ServeMetrics(ctx, l.Listener, l.tls)
+	}
 	if l.tls {
 		return gw.ServeTLS(ctx, l.Listener)
 	}
 	return gw.Serve(ctx, l.Listener)
 }
 
-// listenClients binds the client URLs (listenAll) and builds the TLS
-// configuration of the https:// ones (nil without any).
-func listenClients(urls []url.URL, t config.TLSInfo) ([]clientListener, *tls.Config, error) {
-	tlsCfg, err := t.ServerConfig(urls)
+// listenClients binds the client URLs and the metrics URLs (listenAll) and
+// builds the TLS configuration of the https:// ones (nil without any).
+func listenClients(urls, metricsURLs []url.URL, t config.TLSInfo) ([]clientListener, *tls.Config, error) {
+	all := append(slices.Clone(urls), metricsURLs...)
+	tlsCfg, err := t.ServerConfig(all)
 	if err != nil {
 		return nil, nil, fmt.Errorf("client TLS: %w", err)
 	}
-	lns, err := listenAll(urls)
+	lns, err := listenAll(all)
 	if err != nil {
 		return nil, nil, err
 	}
 	out := make([]clientListener, len(lns))
 	for i, ln := range lns {
-		out[i] = clientListener{Listener: ln, tls: config.IsTLS(urls[i])}
+		out[i] = clientListener{Listener: ln, tls: config.IsTLS(all[i]), metrics: i >= len(urls)}
 	}
 	return out, tlsCfg, nil
 }

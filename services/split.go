@@ -33,7 +33,7 @@ import (
 // listings only), Maintenance and Cluster services plus
 // concord.v1.InternalService for the other processes.
 func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) error {
-	listeners, tlsCfg, err := listenClients(cfg.ListenClientURLs, cfg.ClientTLS)
+	listeners, tlsCfg, err := listenClients(cfg.ListenClientURLs, cfg.ListenMetricsURLs, cfg.ClientTLS)
 	if err != nil {
 		return err
 	}
@@ -95,7 +95,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 // repairing from the history of a consensus member, serving etcd's Watch
 // service (and the browser watch) on its client URLs.
 func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) error {
-	listeners, tlsCfg, err := listenClients(cfg.ListenClientURLs, cfg.ClientTLS)
+	listeners, tlsCfg, err := listenClients(cfg.ListenClientURLs, cfg.ListenMetricsURLs, cfg.ClientTLS)
 	if err != nil {
 		return err
 	}
@@ -146,7 +146,7 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 // replicated lease authority lets one decide expiries (DESIGN.md invariant
 // 4), the others answer "no leader" until they take over.
 func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error {
-	listeners, tlsCfg, err := listenClients(cfg.ListenClientURLs, cfg.ClientTLS)
+	listeners, tlsCfg, err := listenClients(cfg.ListenClientURLs, cfg.ListenMetricsURLs, cfg.ClientTLS)
 	if err != nil {
 		return err
 	}
@@ -190,7 +190,7 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 // service; locks and elections run here on top of those, as in the
 // all-in-one.
 func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
-	listeners, tlsCfg, err := listenClients(cfg.ListenClientURLs, cfg.ClientTLS)
+	listeners, tlsCfg, err := listenClients(cfg.ListenClientURLs, cfg.ListenMetricsURLs, cfg.ClientTLS)
 	if err != nil {
 		return err
 	}
@@ -267,7 +267,9 @@ func serveSplit(ctx context.Context, role string, gw *gateway.Gateway, listeners
 		start(ctx, g)
 	}
 	for _, ln := range listeners {
-		log.Info("serving client requests", "address", ln.Addr().String(), "tls", ln.tls)
+		if !ln.metrics { // ServeMetrics logs its own
+			log.Info("serving client requests", "address", ln.Addr().String(), "tls", ln.tls)
+		}
 		g.Go(func() error { return ln.serve(ctx, gw) })
 	}
 	log.Info("concord is ready", "role", role)

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -33,7 +34,13 @@ type Server struct {
 	Name    string
 	DataDir string
 
-	ListenClientURLs         []url.URL
+	ListenClientURLs []url.URL
+	// ListenMetricsURLs serve /metrics and the health endpoints only
+	// (etcd's --listen-metrics-urls).
+	ListenMetricsURLs []url.URL
+	// FeatureGates are etcd's --feature-gates: validated against etcd's
+	// gates and accepted, but concord's behaviour does not depend on them.
+	FeatureGates             map[string]bool
 	AdvertiseClientURLs      []url.URL
 	ListenPeerURLs           []url.URL
 	InitialAdvertisePeerURLs []url.URL
@@ -116,6 +123,9 @@ const (
 	fEnablePprof         = "enable-pprof"
 	fLeanHTTP2           = "lean-http2"
 	fEnableGRPCGateway   = "enable-grpc-gateway"
+	fListenMetricsURLs   = "listen-metrics-urls"
+	fMetrics             = "metrics"
+	fFeatureGates        = "feature-gates"
 	fAutoCompactionMode  = "auto-compaction-mode"
 	fAutoCompactionRet   = "auto-compaction-retention"
 	fConfigFile          = "config-file"
@@ -127,6 +137,7 @@ func ServerFlags(fs *pflag.FlagSet) {
 	fs.String(fName, "default", "human-readable name for this member")
 	fs.String(fDataDir, "", "path to the data directory (default \"${name}.concord\")")
 	fs.String(fListenClientURLs, "http://127.0.0.1:2379", "comma-separated URLs to listen on for client traffic")
+	monitoringFlags(fs)
 	fs.String(fAdvertiseClientURLs, "", "comma-separated client URLs to advertise to the rest of the cluster (default: the listen client URLs)")
 	fs.String(fListenPeerURLs, "http://127.0.0.1:2380", "comma-separated URLs to listen on for peer traffic")
 	fs.String(fAdvertisePeerURLs, "", "comma-separated peer URLs to advertise to the rest of the cluster (default: the listen peer URLs)")
@@ -169,6 +180,7 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 		dst  *[]url.URL
 	}{
 		{fListenClientURLs, &c.ListenClientURLs},
+		{fListenMetricsURLs, &c.ListenMetricsURLs},
 		{fAdvertiseClientURLs, &c.AdvertiseClientURLs},
 		{fListenPeerURLs, &c.ListenPeerURLs},
 		{fAdvertisePeerURLs, &c.InitialAdvertisePeerURLs},
@@ -211,6 +223,9 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	c.EnablePprof = v.GetBool(fEnablePprof)
 	c.LeanHTTP2 = v.GetBool(fLeanHTTP2)
 	c.EnableGRPCGateway = v.GetBool(fEnableGRPCGateway)
+	if c.FeatureGates, err = parseFeatureGates(v.GetString(fFeatureGates)); err != nil {
+		return Server{}, err
+	}
 	if c.AutoCompaction, err = parseAutoCompaction(v.GetString(fAutoCompactionMode), v.GetString(fAutoCompactionRet)); err != nil {
 		return Server{}, err
 	}
@@ -243,7 +258,7 @@ func (c Server) Validate() error {
 	case c.MaxTxnOps <= 0:
 		return fmt.Errorf("%w: --%s must be positive", ErrInvalid, fMaxTxnOps)
 	}
-	if err := c.ClientTLS.validate(c.ListenClientURLs); err != nil {
+	if err := c.ClientTLS.validate(append(slices.Clone(c.ListenClientURLs), c.ListenMetricsURLs...)); err != nil {
 		return err
 	}
 	return c.PeerTLS.asPeer().validate(c.ListenPeerURLs)
@@ -319,4 +334,47 @@ func parseAutoCompaction(mode, retention string) (compactor.Config, error) {
 	}
 	c.Retention = d
 	return c, nil
+}
+
+// etcdFeatureGates are the gates etcd 3.7 knows (server/features), so that
+// a command line written for etcd (kubeadm sets InitialCorruptCheck=true)
+// starts concord unchanged, and a misspelt gate fails as it does in etcd.
+var etcdFeatureGates = []string{
+	"StopGRPCServiceOnDefrag", "TxnModeWriteWithSharedBuffer", "InitialCorruptCheck", "CompactHashCheck",
+	"LeaseCheckpoint", "LeaseCheckpointPersist", "SetMemberLocalAddr", "FastLeaseKeepAlive", "PriorityRequest",
+	"AllAlpha", "AllBeta",
+}
+
+// parseFeatureGates reads --feature-gates=Name=true,Other=false with etcd's
+// errors.
+func parseFeatureGates(s string) (map[string]bool, error) {
+	gates := map[string]bool{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(part, "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if !ok {
+			return nil, fmt.Errorf("%w: --%s: missing bool value for %s", ErrInvalid, fFeatureGates, k)
+		}
+		if !slices.Contains(etcdFeatureGates, k) {
+			return nil, fmt.Errorf("%w: --%s: unrecognized feature gate: %s", ErrInvalid, fFeatureGates, k)
+		}
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return nil, fmt.Errorf("%w: --%s: invalid value of %s=%s, err: %v", ErrInvalid, fFeatureGates, k, v, err)
+		}
+		gates[k] = b
+	}
+	return gates, nil
+}
+
+// monitoringFlags declares etcd's monitoring flags, taken by every process
+// that serves clients.
+func monitoringFlags(fs *pflag.FlagSet) {
+	fs.String(fListenMetricsURLs, "", "comma-separated URLs to serve /metrics and the health endpoints on (nothing else)")
+	fs.String(fMetrics, "basic", "level of detail of exported metrics (etcd's 'basic' or 'extensive'; concord exports the same set for both)")
+	fs.String(fFeatureGates, "", "etcd's feature gates, Name=true|false,...; validated and accepted, concord's behaviour does not depend on them")
 }

@@ -186,3 +186,28 @@ func TestAutoCompactionFlags(t *testing.T) {
 		}
 	}
 }
+
+// kubeadm's etcd flags: a metrics URL, feature gates checked against
+// etcd's, an https metrics URL needing the client certificate.
+func TestMonitoringFlags(t *testing.T) {
+	c, err := load(t, "--listen-metrics-urls=http://127.0.0.1:2381", "--feature-gates=InitialCorruptCheck=true,LeaseCheckpoint=false", "--metrics=extensive")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.ListenMetricsURLs) != 1 || c.ListenMetricsURLs[0].Host != "127.0.0.1:2381" {
+		t.Errorf("metrics URLs %v", c.ListenMetricsURLs)
+	}
+	if !c.FeatureGates["InitialCorruptCheck"] || c.FeatureGates["LeaseCheckpoint"] || len(c.FeatureGates) != 2 {
+		t.Errorf("feature gates %v", c.FeatureGates)
+	}
+	for _, tc := range []struct{ arg, want string }{
+		{"--feature-gates=Bogus=true", "unrecognized feature gate: Bogus"},
+		{"--feature-gates=InitialCorruptCheck=maybe", "invalid value of InitialCorruptCheck=maybe"},
+		{"--listen-metrics-urls=https://127.0.0.1:2381", "--cert-file"},
+		{"--listen-metrics-urls=127.0.0.1:2381", "is not a URL"},
+	} {
+		if _, err := load(t, tc.arg); err == nil || !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.arg, err, tc.want)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -113,6 +114,8 @@ type Split struct {
 	// it must be unique among lease services).
 	Name             string
 	ListenClientURLs []url.URL
+	// ListenMetricsURLs is Server.ListenMetricsURLs.
+	ListenMetricsURLs []url.URL
 	// ConsensusEndpoints are the consensus members' client URLs
 	// (comma-separated). One reachable member is enough: the others are
 	// learned from it, calls follow the leader and fail over
@@ -149,6 +152,7 @@ type Split struct {
 func SplitFlags(fs *pflag.FlagSet, role Role) {
 	fs.String(fName, string(role), "name of this process (for leasesvc: the lease authority holder, unique per instance)")
 	fs.String(fListenClientURLs, "http://127.0.0.1:2379", "comma-separated URLs to listen on for client traffic")
+	monitoringFlags(fs)
 	fs.String(fConsensusEndpoints, "http://127.0.0.1:2379", "comma-separated client URLs of the consensus members")
 	switch role {
 	case RoleWatchfanout:
@@ -193,6 +197,12 @@ func LoadSplit(fs *pflag.FlagSet, role Role) (Split, error) {
 	if c.ListenClientURLs, err = parseURLs(fListenClientURLs, v.GetString(fListenClientURLs)); err != nil {
 		return Split{}, err
 	}
+	if c.ListenMetricsURLs, err = parseURLs(fListenMetricsURLs, v.GetString(fListenMetricsURLs)); err != nil {
+		return Split{}, err
+	}
+	if _, err := parseFeatureGates(v.GetString(fFeatureGates)); err != nil {
+		return Split{}, err
+	}
 	c.WatchProgressNotifyInterval = v.GetDuration(fWatchProgressNotify)
 	switch {
 	case c.WatchProgressNotifyInterval <= 0:
@@ -228,5 +238,5 @@ func (c Split) Validate() error {
 	if err := c.EndpointTLS.validate(); err != nil {
 		return err
 	}
-	return c.ClientTLS.validate(c.ListenClientURLs)
+	return c.ClientTLS.validate(append(slices.Clone(c.ListenClientURLs), c.ListenMetricsURLs...))
 }
