@@ -721,3 +721,43 @@ func TestLargeWritesReuseBuffer(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// Close after a Shutdown that timed out ends a stream the client keeps open
+// (a watch): the handler's context is cancelled and ServeConn returns.
+func TestCloseAfterShutdownTimeoutCancelsOpenStreams(t *testing.T) {
+	started := make(chan struct{})
+	ended := make(chan struct{})
+	e := start(t, h2server.Config{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(200)
+		w.(http.Flusher).Flush()
+		close(started)
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		<-ctx.Done()
+		close(ended)
+	}))
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	req, err := http.NewRequest("POST", e.url("/watch"), pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		if resp, err := e.cli.Do(req); err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}()
+	<-started
+	sctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := e.srv.Shutdown(sctx); err == nil {
+		t.Fatal("Shutdown returned nil with a stream open")
+	}
+	e.srv.Close()
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the open stream's context was not cancelled by Close")
+	}
+}

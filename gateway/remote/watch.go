@@ -70,6 +70,13 @@ func (w *Watcher) Serve(ctx context.Context, s watchfanout.Stream) error {
 		return err
 	}
 	defer func() { _ = up.CloseResponse() }()
+	// The HTTP/2 client notices a cancelled context only once the request
+	// body is done: while the client's side is idle (a watch that only
+	// listens), Receive would wait for the fan-out's next event however
+	// long the client has been gone (a stopping gateway waited for its
+	// watchers to disconnect). Ending the request side lets it see ctx.
+	stop := context.AfterFunc(ctx, func() { _ = up.CloseRequest() })
+	defer stop()
 
 	go func() {
 		for {

@@ -365,6 +365,50 @@ func TestSplitTopology(t *testing.T) {
 			}
 		}
 	})
+
+	// SIGTERM stops a gateway within its 5 s graceful shutdown plus the
+	// closing of what is left, also while a client keeps a watch open that
+	// never sends (the relayed fan-out stream used to keep the process
+	// alive until the client went away).
+	t.Run("gateway-stops-with-open-watch", func(t *testing.T) {
+		cli := splitClient(t, g2)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		wch := cli.Watch(ctx, "open/")
+		must(cli.Put(ctx, "open/", "v"))(t)
+		select {
+		case <-wch:
+		case <-ctx.Done():
+			t.Fatal("the watch saw nothing")
+		}
+		if took, ok := c.gateways[1].terminate(15 * time.Second); !ok {
+			t.Fatalf("gateway-2 still running 15 s after SIGTERM with a watch open")
+		} else {
+			t.Logf("gateway-2 stopped %v after SIGTERM with a watch open", took.Round(time.Millisecond))
+		}
+	})
+}
+
+// terminate sends SIGTERM and waits up to timeout for the process to exit;
+// it reports how long that took and whether it did.
+func (p *proc) terminate(timeout time.Duration) (time.Duration, bool) {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	if cmd == nil {
+		return 0, true
+	}
+	start := time.Now()
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+		p.mu.Lock()
+		p.cmd = nil
+		p.mu.Unlock()
+		return time.Since(start), true
+	case <-time.After(timeout):
+		return time.Since(start), false
+	}
 }
 
 // clientErrors runs calls that fail and returns each error by name.
