@@ -29,26 +29,7 @@ func TestClientTLS(t *testing.T) {
 			s := startServer(t, im, serverOptions{tls: certs, clientCertAuth: true})
 			ep := "https://" + s.Endpoint()
 			auth := []string{"--cacert", certs.CA, "--cert", certs.ClientCert, "--key", certs.ClientKey}
-			ctl := func(args ...string) string { return mustCtl(t, ep, append(auth, args...)...) }
-
-			if out := ctl("put", "foo", "bar"); out != "OK\n" {
-				t.Fatalf("put: %q", out)
-			}
-			if out := ctl("get", "foo"); out != "foo\nbar\n" {
-				t.Fatalf("get: %q", out)
-			}
-			w := startBgCtl(t, ep, false, append(auth, "watch", "foo", "--rev=1")...)
-			if !w.wait(3, 0) {
-				t.Fatalf("watch from revision 1: %+v", w.result())
-			}
-			ctl("put", "foo", "baz")
-			if !w.wait(6, 0) {
-				t.Fatalf("watch: %+v", w.result())
-			}
-			w.kill()
-			if got := w.result().stdout; got != "PUT\nfoo\nbar\nPUT\nfoo\nbaz\n" {
-				t.Fatalf("watch output %q", got)
-			}
+			ctlPutGetWatch(t, ep, auth)
 
 			// etcd's JSON gateway over HTTP/1.1, as curl --cacert --cert --key.
 			cc, err := certs.ClientConfig(true)
@@ -143,24 +124,7 @@ func TestSplitTLS(t *testing.T) {
 
 	ep := gw.url()
 	ctl := func(args ...string) string { return mustCtl(t, ep, append(dial, args...)...) }
-	if out := ctl("put", "foo", "bar"); out != "OK\n" {
-		t.Fatalf("put: %q", out)
-	}
-	if out := ctl("get", "foo"); out != "foo\nbar\n" {
-		t.Fatalf("get: %q", out)
-	}
-	w := startBgCtl(t, ep, false, append(dial, "watch", "foo", "--rev=1")...)
-	if !w.wait(3, 0) {
-		t.Fatalf("watch from revision 1: %+v", w.result())
-	}
-	ctl("put", "foo", "baz")
-	if !w.wait(6, 0) {
-		t.Fatalf("watch: %+v", w.result())
-	}
-	w.kill()
-	if got := w.result().stdout; got != "PUT\nfoo\nbar\nPUT\nfoo\nbaz\n" {
-		t.Fatalf("watch output %q", got)
-	}
+	ctlPutGetWatch(t, ep, dial)
 	out := ctl("lease", "grant", "60")
 	var id string
 	if _, err := fmt.Sscanf(out, "lease %s granted", &id); err != nil {
@@ -217,5 +181,30 @@ func TestTrustedCAOnly(t *testing.T) {
 				t.Fatalf("etcdctl get without a client certificate: %+v", r)
 			}
 		})
+	}
+}
+
+// ctlPutGetWatch runs etcdctl with flags against ep: put foo=bar, get it,
+// then a watch from revision 1 that sees it and a second put.
+func ctlPutGetWatch(t *testing.T, ep string, flags []string) {
+	t.Helper()
+	ctl := func(args ...string) string { return mustCtl(t, ep, append(slices.Clone(flags), args...)...) }
+	if out := ctl("put", "foo", "bar"); out != "OK\n" {
+		t.Fatalf("put: %q", out)
+	}
+	if out := ctl("get", "foo"); out != "foo\nbar\n" {
+		t.Fatalf("get: %q", out)
+	}
+	w := startBgCtl(t, ep, false, append(slices.Clone(flags), "watch", "foo", "--rev=1")...)
+	if !w.wait(3, 0) {
+		t.Fatalf("watch from revision 1: %+v", w.result())
+	}
+	ctl("put", "foo", "baz")
+	if !w.wait(6, 0) {
+		t.Fatalf("watch: %+v", w.result())
+	}
+	w.kill()
+	if got := w.result().stdout; got != "PUT\nfoo\nbar\nPUT\nfoo\nbaz\n" {
+		t.Fatalf("watch output %q", got)
 	}
 }
