@@ -120,12 +120,7 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 		// authority; the others stay standbys and must not delay serving.
 		waitLeaseAuthority(ctx, leases, log)
 	}
-	for _, ln := range listeners {
-		if !ln.metrics { // ServeMetrics logs its own
-			log.Info("serving client requests", "address", ln.Addr().String(), "tls", ln.tls)
-		}
-		g.Go(func() error { return ln.serve(ctx, gw.Gateway) })
-	}
+	serveListeners(ctx, g, listeners, gw.Gateway, log)
 	log.Info("concord is ready", "name", cfg.Name, "data-dir", cfg.DataDir,
 		"advertise-client-urls", joinURLs(cfg.AdvertiseClientURLs))
 	return endOfRun(g.Wait(), log)
@@ -187,6 +182,16 @@ type clientListener struct {
 	// metrics marks a --listen-metrics-urls listener: /metrics and health
 	// only.
 	metrics bool
+}
+
+// serveListeners serves gw on every listener in g.
+func serveListeners(ctx context.Context, g *errgroup.Group, lns []clientListener, gw *gateway.Gateway, log *slog.Logger) {
+	for _, ln := range lns {
+		if !ln.metrics { // ServeMetrics logs its own
+			log.Info("serving client requests", "address", ln.Addr().String(), "tls", ln.tls)
+		}
+		g.Go(func() error { return ln.serve(ctx, gw) })
+	}
 }
 
 func (l clientListener) serve(ctx context.Context, gw *gateway.Gateway) error {

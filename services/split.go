@@ -266,12 +266,7 @@ func serveSplit(ctx context.Context, role string, gw *gateway.Gateway, listeners
 	if start != nil {
 		start(ctx, g)
 	}
-	for _, ln := range listeners {
-		if !ln.metrics { // ServeMetrics logs its own
-			log.Info("serving client requests", "address", ln.Addr().String(), "tls", ln.tls)
-		}
-		g.Go(func() error { return ln.serve(ctx, gw) })
-	}
+	serveListeners(ctx, g, listeners, gw, log)
 	log.Info("concord is ready", "role", role)
 	return endOfRun(g.Wait(), log)
 }
