@@ -229,8 +229,8 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	if c.AutoCompaction, err = parseAutoCompaction(v.GetString(fAutoCompactionMode), v.GetString(fAutoCompactionRet)); err != nil {
 		return Server{}, err
 	}
-	c.ClientTLS = loadClientTLS(v)
-	c.PeerTLS = loadPeerTLS(v)
+	c.ClientTLS = loadTLS(v, false)
+	c.PeerTLS = loadTLS(v, true)
 	if err := c.LogLevel.UnmarshalText([]byte(v.GetString(fLogLevel))); err != nil {
 		return Server{}, fmt.Errorf("%w: --%s: %v", ErrInvalid, fLogLevel, err)
 	}

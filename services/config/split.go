@@ -191,7 +191,7 @@ func LoadSplit(fs *pflag.FlagSet, role Role) (Split, error) {
 		EnablePprof:          v.GetBool(fEnablePprof),
 		LeanHTTP2:            v.GetBool(fLeanHTTP2),
 		EnableGRPCGateway:    v.GetBool(fEnableGRPCGateway),
-		ClientTLS:            loadClientTLS(v),
+		ClientTLS:            loadTLS(v, false),
 		EndpointTLS:          loadEndpointTLS(v),
 	}
 	if c.ListenClientURLs, err = parseURLs(fListenClientURLs, v.GetString(fListenClientURLs)); err != nil {

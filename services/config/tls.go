@@ -83,25 +83,16 @@ func peerTLSFlags(fs *pflag.FlagSet) {
 	fs.Bool(fPeerAutoTLS, false, "peer TLS using a generated self-signed certificate (when no --peer-cert-file is given)")
 }
 
-func loadClientTLS(v getter) TLSInfo {
-	return TLSInfo{
-		CertFile:       v.GetString(fCertFile),
-		KeyFile:        v.GetString(fKeyFile),
-		TrustedCAFile:  v.GetString(fTrustedCAFile),
-		ClientCertAuth: v.GetBool(fClientCertAuth),
-		AutoTLS:        v.GetBool(fAutoTLS),
-	}
-}
-
-func loadPeerTLS(v getter) TLSInfo {
-	return TLSInfo{
-		CertFile:       v.GetString(fPeerCertFile),
-		KeyFile:        v.GetString(fPeerKeyFile),
-		TrustedCAFile:  v.GetString(fPeerTrustedCAFile),
-		ClientCertAuth: v.GetBool(fPeerClientCertAuth),
-		AutoTLS:        v.GetBool(fPeerAutoTLS),
-		peer:           true,
-	}
+// loadTLS reads one side's TLS flags: the client ones, or with peer the
+// --peer-* ones (the same names, prefixed).
+func loadTLS(v getter, peer bool) TLSInfo {
+	t := TLSInfo{peer: peer}
+	t.CertFile = v.GetString(t.flag(fCertFile))
+	t.KeyFile = v.GetString(t.flag(fKeyFile))
+	t.TrustedCAFile = v.GetString(t.flag(fTrustedCAFile))
+	t.ClientCertAuth = v.GetBool(t.flag(fClientCertAuth))
+	t.AutoTLS = v.GetBool(t.flag(fAutoTLS))
+	return t
 }
 
 type getter interface {
