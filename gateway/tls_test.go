@@ -30,6 +30,22 @@ func genCerts(t testing.TB) *tlstest.Files {
 	return f
 }
 
+// startTLSGateway serves a gateway over a fake backend with certs's server
+// certificate (requiring client certificates with clientAuth) until the
+// test ends, and returns its address.
+func startTLSGateway(t *testing.T, certs *tlstest.Files, clientAuth, netHTTP2 bool) string {
+	t.Helper()
+	scfg, err := certs.ServerConfig(clientAuth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := gateway.New(gateway.Config{TLS: scfg, NetHTTP2: netHTTP2}, newFake())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serveTLS(t, g)
+}
+
 // serveTLS serves g with ServeTLS on a loopback port until the test ends and
 // returns the address.
 func serveTLS(t testing.TB, g *gateway.Gateway) string {
@@ -77,15 +93,7 @@ func TestServeTLS(t *testing.T) {
 			name = "nethttp2"
 		}
 		t.Run(name, func(t *testing.T) {
-			scfg, err := certs.ServerConfig(false)
-			if err != nil {
-				t.Fatal(err)
-			}
-			g, err := gateway.New(gateway.Config{TLS: scfg, NetHTTP2: netHTTP2}, newFake())
-			if err != nil {
-				t.Fatal(err)
-			}
-			addr := serveTLS(t, g)
+			addr := startTLSGateway(t, certs, false, netHTTP2)
 			ccfg, err := certs.ClientConfig(false)
 			if err != nil {
 				t.Fatal(err)
@@ -176,15 +184,7 @@ func TestServeTLSClientCertAuth(t *testing.T) {
 	certs := genCerts(t)
 	for _, netHTTP2 := range []bool{false, true} {
 		t.Run(map[bool]string{false: "lean", true: "nethttp2"}[netHTTP2], func(t *testing.T) {
-			scfg, err := certs.ServerConfig(true)
-			if err != nil {
-				t.Fatal(err)
-			}
-			g, err := gateway.New(gateway.Config{TLS: scfg, NetHTTP2: netHTTP2}, newFake())
-			if err != nil {
-				t.Fatal(err)
-			}
-			addr := serveTLS(t, g)
+			addr := startTLSGateway(t, certs, true, netHTTP2)
 			withCert, err := certs.ClientConfig(true)
 			if err != nil {
 				t.Fatal(err)
