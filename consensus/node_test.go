@@ -942,31 +942,13 @@ func BenchmarkPut(b *testing.B) {
 		}
 	})
 	b.Run("parallel", func(b *testing.B) {
-		n := startNode(b, testConfig(b))
-		b.ReportAllocs()
-		b.SetParallelism(32) // many concurrent clients, as a server sees
-		var ctr atomic.Int64
-		b.RunParallel(func(p *testing.PB) {
-			for p.Next() {
-				k := fmt.Appendf(nil, "k%08d", ctr.Add(1))
-				if _, err := n.Put(context.Background(), &pb.PutRequest{Key: k, Value: value}); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
+		benchParallelPuts(b, startNode(b, testConfig(b)), value)
 	})
 }
 
-// BenchmarkPutSlowDisk runs concurrent puts on an in-memory disk whose
-// fsync takes 500µs, so the figure shows how many fsyncs a put waits for
-// rather than this machine's disk and CPU load.
-func BenchmarkPutSlowDisk(b *testing.B) {
-	value := make([]byte, 256)
-	cfg := testConfig(b)
-	cfg.DataDir = "/data"
-	cfg.storageFS = slowSyncFS{FS: vfs.NewMem(), delay: 500 * time.Microsecond}
-	n := startNode(b, cfg)
+// benchParallelPuts puts distinct keys from many goroutines, as a server
+// with many concurrent clients sees them.
+func benchParallelPuts(b *testing.B, n *Node, value []byte) {
 	b.ReportAllocs()
 	b.SetParallelism(32)
 	var ctr atomic.Int64
@@ -979,6 +961,17 @@ func BenchmarkPutSlowDisk(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkPutSlowDisk runs concurrent puts on an in-memory disk whose
+// fsync takes 500µs, so the figure shows how many fsyncs a put waits for
+// rather than this machine's disk and CPU load.
+func BenchmarkPutSlowDisk(b *testing.B) {
+	value := make([]byte, 256)
+	cfg := testConfig(b)
+	cfg.DataDir = "/data"
+	cfg.storageFS = slowSyncFS{FS: vfs.NewMem(), delay: 500 * time.Microsecond}
+	benchParallelPuts(b, startNode(b, cfg), value)
 }
 
 func testLogger() *slog.Logger {
