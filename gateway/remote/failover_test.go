@@ -155,15 +155,7 @@ func TestConsensusFollowsLeaderAndFailsOver(t *testing.T) {
 	c := newConsensus(t, ms[follower].url)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := c.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	for remote.PreferredForTest(c) != ms[lead].url {
-		if ctx.Err() != nil {
-			t.Fatalf("the client never moved to the leader %s: uses %v", ms[lead].url, remote.PreferredForTest(c))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFollowsLeader(ctx, t, c, ms[lead].url)
 
 	// What preferring the leader saves: puts through the leader against
 	// puts a follower forwards (one client per member, same workload).
@@ -240,15 +232,7 @@ func TestStatusAndMoveLeaderReachTheLeader(t *testing.T) {
 	c := newConsensus(t, urls...)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := c.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	for remote.PreferredForTest(c) != ms[lead].url {
-		if ctx.Err() != nil {
-			t.Fatalf("the client never moved to the leader %s: uses %v", ms[lead].url, remote.PreferredForTest(c))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFollowsLeader(ctx, t, c, ms[lead].url)
 
 	// Every member has published its client URL (as a started concord
 	// member does at once): the client can reach whichever becomes leader.
@@ -487,6 +471,20 @@ func TestConsensusLeavesAMemberThatDoesNotAnswer(t *testing.T) {
 	for remote.PreferredForTest(c) != okURL {
 		if time.Since(start) > 10*time.Second {
 			t.Fatalf("the client does not follow the answering leader: uses %s", remote.PreferredForTest(c))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitFollowsLeader waits until c is ready and prefers leaderURL.
+func waitFollowsLeader(ctx context.Context, t *testing.T, c *remote.Consensus, leaderURL string) {
+	t.Helper()
+	if _, err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for remote.PreferredForTest(c) != leaderURL {
+		if ctx.Err() != nil {
+			t.Fatalf("the client never moved to the leader %s: uses %v", leaderURL, remote.PreferredForTest(c))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
