@@ -67,21 +67,17 @@ func ctlFails(t *testing.T, endpoint, wantErr string, args ...string) {
 	}
 }
 
-func testMembership(t *testing.T, im *impl) {
-	c := startCluster(t, im, clusterSize)
-	for _, s := range c.members {
-		c.waitMembers(s)
-	}
-	first := c.members[0]
-	mustCtl(t, c.endpoints(), "put", "before", "1")
-
-	// The learner-to-be: its ports are picked before it is added.
-	j := &Server{t: t, impl: im, dataDir: t.TempDir(), log: &syncBuffer{}}
+// addLearner picks the ports of a member m4 with opts, adds it to c as a
+// learner with etcdctl member add and returns it (not started; it is killed
+// when the test ends) and what member add printed.
+func addLearner(t *testing.T, c *cluster, im *impl, opts serverOptions) (*Server, string) {
+	t.Helper()
+	opts.name = "m4"
+	j := &Server{t: t, impl: im, opts: opts, dataDir: t.TempDir(), log: &syncBuffer{}}
 	var err error
 	if j.clientPort, j.peerPort, err = freePorts(); err != nil {
 		t.Fatal(err)
 	}
-	j.opts.name = "m4"
 	t.Cleanup(func() {
 		j.Kill()
 		if t.Failed() {
@@ -91,6 +87,18 @@ func testMembership(t *testing.T, im *impl) {
 	// etcd refuses changes until its peers have been connected for 5 s.
 	out := ctlUntil(t, c.endpoints(), []string{"etcdserver: unhealthy cluster"},
 		"member", "add", "m4", "--learner", "--peer-urls="+j.peerURL())
+	return j, out
+}
+
+func testMembership(t *testing.T, im *impl) {
+	c := startCluster(t, im, clusterSize)
+	for _, s := range c.members {
+		c.waitMembers(s)
+	}
+	first := c.members[0]
+	mustCtl(t, c.endpoints(), "put", "before", "1")
+
+	j, out := addLearner(t, c, im, serverOptions{})
 	m := addedRe.FindStringSubmatch(out)
 	ic := initialRe.FindStringSubmatch(out)
 	if m == nil || ic == nil || !strings.Contains(out, `ETCD_INITIAL_CLUSTER_STATE="existing"`) {

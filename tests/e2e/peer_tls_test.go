@@ -66,20 +66,7 @@ func TestPeerTLS(t *testing.T) {
 
 			// A member joining with --initial-cluster-state existing
 			// learns the cluster and catches up over the TLS peer links.
-			j := &Server{t: t, impl: im, dataDir: t.TempDir(), log: &syncBuffer{},
-				opts: serverOptions{name: "m4", peerTLS: certs, peerClientCertAuth: true}}
-			if j.clientPort, j.peerPort, err = freePorts(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				j.Kill()
-				if t.Failed() {
-					t.Logf("%s m4 output (last %d bytes):\n%s", im.name, logTail, j.log.Tail(logTail))
-				}
-			})
-			// etcd refuses changes until its peers have been connected for 5 s.
-			out := ctlUntil(t, c.endpoints(), []string{"etcdserver: unhealthy cluster"},
-				"member", "add", "m4", "--learner", "--peer-urls="+j.peerURL())
+			j, out := addLearner(t, c, im, serverOptions{peerTLS: certs, peerClientCertAuth: true})
 			ic := initialRe.FindStringSubmatch(out)
 			if ic == nil || !strings.Contains(ic[1], "m4="+j.peerURL()) {
 				t.Fatalf("member add output:\n%s", out)
