@@ -216,15 +216,9 @@ type rangeResult struct {
 // key", otherwise the exclusive end. limit <= 0 means no limit; count is
 // always the total number of live keys in the range.
 func (r *mvccReader) rangeKeys(key, end []byte, curRev, compactRev, atRev, limit int64, countOnly, keysOnly bool) (*rangeResult, error) {
-	rev := atRev
-	if rev > curRev {
-		return nil, ErrFutureRev
-	}
-	if rev <= 0 {
-		rev = curRev
-	}
-	if rev < compactRev {
-		return nil, ErrCompacted
+	rev, err := readRev(atRev, curRev, compactRev)
+	if err != nil {
+		return nil, err
 	}
 	res := &rangeResult{rev: curRev}
 	var a arena
@@ -244,7 +238,6 @@ func (r *mvccReader) rangeKeys(key, end []byte, curRev, compactRev, atRev, limit
 		return res, nil
 	}
 	lo, hi := rangeBounds(key, end)
-	var err error
 	scanErr := r.scan(lo, hi, rev, func(f *found) bool {
 		res.count++
 		if countOnly || (limit > 0 && int64(len(res.kvs)) >= limit) {
@@ -301,15 +294,9 @@ func (s *Store) rangePoint(r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	}
 	defer it.Close()
 
-	rev := r.Revision
-	if rev > curRev {
-		return nil, ErrFutureRev
-	}
-	if rev <= 0 {
-		rev = curRev
-	}
-	if rev < compactRev {
-		return nil, ErrCompacted
+	rev, err := readRev(r.Revision, curRev, compactRev)
+	if err != nil {
+		return nil, err
 	}
 	seek = binary.BigEndian.AppendUint64(seek, ^uint64(rev))
 	pr := &pointResponse{}
@@ -500,3 +487,17 @@ type kvSorter struct {
 func (s kvSorter) Len() int           { return len(s.kvs) }
 func (s kvSorter) Swap(i, j int)      { s.kvs[i], s.kvs[j] = s.kvs[j], s.kvs[i] }
 func (s kvSorter) Less(i, j int) bool { return s.less(s.kvs[i], s.kvs[j]) }
+
+// readRev is the revision a read asked for at atRev (0 or less: the
+// current one) reads, or etcd's error for a future or compacted one.
+func readRev(atRev, curRev, compactRev int64) (int64, error) {
+	switch {
+	case atRev > curRev:
+		return 0, ErrFutureRev
+	case atRev <= 0:
+		return curRev, nil
+	case atRev < compactRev:
+		return 0, ErrCompacted
+	}
+	return atRev, nil
+}
