@@ -318,23 +318,12 @@ func (g *Gateway) serve(ctx context.Context, ln net.Listener, tlsCfg *tls.Config
 		cln = tls.NewListener(cln, tlsCfg)
 	}
 
-	g.mu.Lock()
-	if g.closed {
-		g.mu.Unlock()
+	untrack, err := g.track(srv, lean, split)
+	if err != nil {
 		ln.Close()
-		return ErrClosed
+		return err
 	}
-	g.servers[srv] = struct{}{}
-	if lean != nil {
-		g.lean[lean] = split
-	}
-	g.mu.Unlock()
-	defer func() {
-		g.mu.Lock()
-		delete(g.servers, srv)
-		delete(g.lean, lean)
-		g.mu.Unlock()
-	}()
+	defer untrack()
 
 	g.log.Info("gateway serving", "addr", ln.Addr().String(), "lean_http2", lean != nil, "tls", tlsCfg != nil)
 	errc := make(chan error, 2)
@@ -381,6 +370,27 @@ func (g *Gateway) serve(ctx context.Context, ln net.Listener, tlsCfg *tls.Config
 	}
 	g.log.Info("gateway stopped", "addr", ln.Addr().String())
 	return nil
+}
+
+// track registers the servers of one Serve, so that Close stops them; it
+// fails with ErrClosed after Close. lean and split may be nil. untrack
+// forgets them.
+func (g *Gateway) track(srv *http.Server, lean *h2server.Server, split *h2server.Split) (untrack func(), err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return nil, ErrClosed
+	}
+	g.servers[srv] = struct{}{}
+	if lean != nil {
+		g.lean[lean] = split
+	}
+	return func() {
+		g.mu.Lock()
+		delete(g.servers, srv)
+		delete(g.lean, lean)
+		g.mu.Unlock()
+	}, nil
 }
 
 // shutdown stops srv and lean gracefully for up to ShutdownTimeout, then

@@ -42,19 +42,12 @@ func (g *Gateway) ServeMetrics(ctx context.Context, ln net.Listener, useTLS bool
 		}
 		g.misc.ServeHTTP(w, r)
 	})}
-	g.mu.Lock()
-	if g.closed {
-		g.mu.Unlock()
+	untrack, err := g.track(srv, nil, nil)
+	if err != nil {
 		ln.Close()
-		return ErrClosed
+		return err
 	}
-	g.servers[srv] = struct{}{}
-	g.mu.Unlock()
-	defer func() {
-		g.mu.Lock()
-		delete(g.servers, srv)
-		g.mu.Unlock()
-	}()
+	defer untrack()
 	g.log.Info("serving metrics", "addr", ln.Addr().String(), "tls", useTLS)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
