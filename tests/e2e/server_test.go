@@ -81,6 +81,23 @@ type serverOptions struct {
 	peerAutoTLS bool
 }
 
+// tlsArgs are etcd's TLS flags of one side (prefix "--" for the client
+// URLs, "--peer-" for the peer URLs): t's server certificate, with
+// certAuth its CA and client certificate authentication, or auto-TLS.
+func tlsArgs(prefix string, t *tlstest.Files, certAuth, auto bool) []string {
+	var args []string
+	if t != nil {
+		args = append(args, prefix+"cert-file", t.ServerCert, prefix+"key-file", t.ServerKey)
+		if certAuth {
+			args = append(args, prefix+"trusted-ca-file", t.CA, prefix+"client-cert-auth")
+		}
+	}
+	if auto {
+		args = append(args, prefix+"auto-tls")
+	}
+	return args
+}
+
 // Server is one etcd or concord process started with etcd's flags on loopback ports. Its data
 // directory survives Stop/Kill so Restart can start it again on the same data.
 type Server struct {
@@ -207,24 +224,8 @@ func (s *Server) args() []string {
 	if s.opts.initialCluster != "" {
 		args[len(args)-1] = s.opts.initialCluster
 	}
-	if t := s.opts.tls; t != nil {
-		args = append(args, "--cert-file", t.ServerCert, "--key-file", t.ServerKey)
-		if s.opts.clientCertAuth {
-			args = append(args, "--trusted-ca-file", t.CA, "--client-cert-auth")
-		}
-	}
-	if s.opts.autoTLS {
-		args = append(args, "--auto-tls")
-	}
-	if t := s.opts.peerTLS; t != nil {
-		args = append(args, "--peer-cert-file", t.ServerCert, "--peer-key-file", t.ServerKey)
-		if s.opts.peerClientCertAuth {
-			args = append(args, "--peer-trusted-ca-file", t.CA, "--peer-client-cert-auth")
-		}
-	}
-	if s.opts.peerAutoTLS {
-		args = append(args, "--peer-auto-tls")
-	}
+	args = append(args, tlsArgs("--", s.opts.tls, s.opts.clientCertAuth, s.opts.autoTLS)...)
+	args = append(args, tlsArgs("--peer-", s.opts.peerTLS, s.opts.peerClientCertAuth, s.opts.peerAutoTLS)...)
 	if f := leanHTTP2Flag(); s.impl == concordImpl && f != "" {
 		args = append(args, f)
 	}
