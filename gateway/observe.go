@@ -10,10 +10,15 @@ import (
 // grpc_server_started_total and grpc_server_handled_total. Its methods run
 // on the request path: they must be cheap and must not block.
 type CallObserver interface {
-	// Started is called when an RPC's handler starts.
-	Started(procedure string, streamType connect.StreamType)
-	// Handled is called when it returns; code is 0 for success.
-	Handled(procedure string, streamType connect.StreamType, code connect.Code)
+	// Started is called when an RPC's handler starts; the CallDone it
+	// returns is told how the RPC ended.
+	Started(procedure string, streamType connect.StreamType) CallDone
+}
+
+// CallDone is told when an observed RPC's handler returns; code is 0 for
+// success.
+type CallDone interface {
+	Handled(code connect.Code)
 }
 
 // WithCallObserver reports every RPC to o.
@@ -27,9 +32,9 @@ type observerInterceptor struct{ o CallObserver }
 func (i observerInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 		spec := req.Spec()
-		i.o.Started(spec.Procedure, spec.StreamType)
+		done := i.o.Started(spec.Procedure, spec.StreamType)
 		resp, err := next(ctx, req)
-		i.o.Handled(spec.Procedure, spec.StreamType, codeOf(err))
+		done.Handled(codeOf(err))
 		return resp, err
 	}
 }
@@ -41,9 +46,9 @@ func (observerInterceptor) WrapStreamingClient(next connect.StreamingClientFunc)
 func (i observerInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
 		spec := conn.Spec()
-		i.o.Started(spec.Procedure, spec.StreamType)
+		done := i.o.Started(spec.Procedure, spec.StreamType)
 		err := next(ctx, conn)
-		i.o.Handled(spec.Procedure, spec.StreamType, codeOf(err))
+		done.Handled(codeOf(err))
 		return err
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/concord-kv/concord/consensus"
+	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/watchfanout"
 )
 
@@ -80,15 +81,17 @@ func (r *Registry) Calls() *CallCounter { return r.calls }
 // grpc_server_handled_total, which etcd exports, for the gateway's RPCs.
 type CallCounter struct {
 	started, handled *prometheus.CounterVec
-
-	mu sync.RWMutex
-	// byProc caches the resolved counters of each procedure, so a call
-	// costs a map read and an atomic add, not a label hash.
-	byProc map[string]*procCounters
+	// byProc maps a procedure to its resolved counters (*procCounters),
+	// so a call costs one lock-free map read and atomic adds, not label
+	// hashing.
+	byProc sync.Map
 }
 
+// procCounters are one procedure's counters; it is the gateway.CallDone of
+// its calls.
 type procCounters struct {
 	started, ok prometheus.Counter
+	handledVec  *prometheus.CounterVec
 	labels      [3]string // grpc_type, grpc_service, grpc_method
 	mu          sync.Mutex
 	handled     map[connect.Code]prometheus.Counter // error codes seen
@@ -105,39 +108,28 @@ func newCallMetrics() *CallCounter {
 			Name: "grpc_server_handled_total",
 			Help: "Total number of RPCs completed on the server, regardless of success or failure.",
 		}, append(labels, "grpc_code")),
-		byProc: make(map[string]*procCounters),
 	}
-}
-
-func (m *CallCounter) proc(procedure string, st connect.StreamType) *procCounters {
-	m.mu.RLock()
-	p := m.byProc[procedure]
-	m.mu.RUnlock()
-	if p != nil {
-		return p
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if p = m.byProc[procedure]; p != nil {
-		return p
-	}
-	// "/etcdserverpb.KV/Range" -> service "etcdserverpb.KV", method "Range".
-	service, method, _ := strings.Cut(strings.TrimPrefix(procedure, "/"), "/")
-	p = &procCounters{labels: [3]string{grpcType(st), service, method}, handled: make(map[connect.Code]prometheus.Counter)}
-	p.started = m.started.WithLabelValues(p.labels[:]...)
-	p.ok = m.handled.WithLabelValues(p.labels[0], p.labels[1], p.labels[2], codeName(0))
-	m.byProc[procedure] = p
-	return p
 }
 
 // Started implements gateway.CallObserver.
-func (m *CallCounter) Started(procedure string, st connect.StreamType) {
-	m.proc(procedure, st).started.Inc()
+func (m *CallCounter) Started(procedure string, st connect.StreamType) gateway.CallDone {
+	v, ok := m.byProc.Load(procedure)
+	if !ok {
+		// "/etcdserverpb.KV/Range" -> service "etcdserverpb.KV", method "Range".
+		service, method, _ := strings.Cut(strings.TrimPrefix(procedure, "/"), "/")
+		p := &procCounters{labels: [3]string{grpcType(st), service, method}, handledVec: m.handled,
+			handled: make(map[connect.Code]prometheus.Counter)}
+		p.started = m.started.WithLabelValues(p.labels[:]...)
+		p.ok = m.handled.WithLabelValues(p.labels[0], p.labels[1], p.labels[2], codeName(0))
+		v, _ = m.byProc.LoadOrStore(procedure, p)
+	}
+	p := v.(*procCounters)
+	p.started.Inc()
+	return p
 }
 
-// Handled implements gateway.CallObserver.
-func (m *CallCounter) Handled(procedure string, st connect.StreamType, code connect.Code) {
-	p := m.proc(procedure, st)
+// Handled implements gateway.CallDone.
+func (p *procCounters) Handled(code connect.Code) {
 	if code == 0 {
 		p.ok.Inc()
 		return
@@ -145,7 +137,7 @@ func (m *CallCounter) Handled(procedure string, st connect.StreamType, code conn
 	p.mu.Lock()
 	c := p.handled[code]
 	if c == nil {
-		c = m.handled.WithLabelValues(p.labels[0], p.labels[1], p.labels[2], codeName(code))
+		c = p.handledVec.WithLabelValues(p.labels[0], p.labels[1], p.labels[2], codeName(code))
 		p.handled[code] = c
 	}
 	p.mu.Unlock()

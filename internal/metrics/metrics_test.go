@@ -110,11 +110,9 @@ func TestCallCounters(t *testing.T) {
 	}
 	c := r.Calls()
 	for range 3 {
-		c.Started("/etcdserverpb.KV/Range", connect.StreamTypeUnary)
-		c.Handled("/etcdserverpb.KV/Range", connect.StreamTypeUnary, 0)
+		c.Started("/etcdserverpb.KV/Range", connect.StreamTypeUnary).Handled(0)
 	}
-	c.Started("/etcdserverpb.KV/Put", connect.StreamTypeUnary)
-	c.Handled("/etcdserverpb.KV/Put", connect.StreamTypeUnary, connect.CodeInvalidArgument)
+	c.Started("/etcdserverpb.KV/Put", connect.StreamTypeUnary).Handled(connect.CodeInvalidArgument)
 	c.Started("/etcdserverpb.Watch/Watch", connect.StreamTypeBidi)
 	wantLines(t, scrape(t, r),
 		`grpc_server_started_total{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"} 3`,
@@ -133,7 +131,7 @@ func TestCodeNamesMatchGRPC(t *testing.T) {
 	}
 	c := r.Calls()
 	for code := connect.Code(0); code <= 16; code++ {
-		c.Handled("/s.S/M", connect.StreamTypeUnary, code)
+		c.Started("/s.S/M", connect.StreamTypeUnary).Handled(code)
 	}
 	body := scrape(t, r)
 	for code := codes.Code(0); code <= 16; code++ {
