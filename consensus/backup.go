@@ -91,38 +91,35 @@ func (n *Node) Snapshot(ctx context.Context, send func(*pb.SnapshotResponse) err
 // padding is the number of zero bytes that align size to backupAlign.
 func padding(size int64) int64 { return (backupAlign - size%backupAlign) % backupAlign }
 
-// RestoreBackup creates a member's data directory dataDir from a backup
-// (what etcdctl snapshot save wrote). dataDir must not exist. The member
-// started on it bootstraps a new cluster from its flags (--name,
+// RestoreBackup creates a member's data directory dataDir from a backup of
+// size bytes (what etcdctl snapshot save wrote). dataDir must not exist.
+// The member started on it bootstraps a new cluster from its flags (--name,
 // --initial-cluster, ...) around the restored keys, leases and revisions,
 // as etcd does after etcdutl snapshot restore; every member of the new
-// cluster is restored from the same backup. skipHashCheck accepts a file
-// without the digest (a store snapshot copied some other way).
-func RestoreBackup(dataDir string, backup io.Reader, skipHashCheck bool, log *slog.Logger) error {
+// cluster is restored from the same backup.
+// skipHashCheck accepts a file without the digest (a store snapshot copied
+// some other way).
+func RestoreBackup(dataDir string, backup io.ReaderAt, size int64, skipHashCheck bool, log *slog.Logger) error {
 	if _, err := os.Stat(dataDir); err == nil {
 		return fmt.Errorf("consensus: data-dir %q exists", dataDir)
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	data, err := io.ReadAll(backup)
-	if err != nil {
-		return fmt.Errorf("consensus: read backup: %w", err)
-	}
+	bodySize := size
 	if !skipHashCheck {
-		if len(data)%backupAlign != sha256.Size {
-			return fmt.Errorf("%w: no SHA-256 digest at the end (%d bytes); --skip-hash-check restores anyway", ErrBadBackup, len(data))
+		if size%backupAlign != sha256.Size {
+			return fmt.Errorf("%w: no SHA-256 digest at the end (%d bytes); --skip-hash-check restores anyway", ErrBadBackup, size)
 		}
-		body, sum := data[:len(data)-sha256.Size], data[len(data)-sha256.Size:]
-		if digest := sha256.Sum256(body); !bytes.Equal(digest[:], sum) {
-			return fmt.Errorf("%w: SHA-256 digest mismatch", ErrBadBackup)
+		bodySize = size - sha256.Size
+		if err := verifyDigest(backup, bodySize); err != nil {
+			return err
 		}
-		data = body
 	}
 	store, err := storage.Open(dataDir, storage.Options{Logger: log})
 	if err != nil {
 		return err
 	}
-	err = restoreInto(store, data)
+	err = restoreInto(store, io.NewSectionReader(backup, 0, bodySize))
 	if cerr := store.Close(); err == nil {
 		err = cerr
 	}
@@ -132,13 +129,31 @@ func RestoreBackup(dataDir string, backup io.Reader, skipHashCheck bool, log *sl
 	return err
 }
 
-func restoreInto(store *storage.Store, data []byte) error {
+// verifyDigest checks that the SHA-256 of the backup's first bodySize bytes
+// is the digest after them, reading the file once without holding it.
+func verifyDigest(backup io.ReaderAt, bodySize int64) error {
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(backup, 0, bodySize)); err != nil {
+		return fmt.Errorf("consensus: read backup: %w", err)
+	}
+	sum := make([]byte, sha256.Size)
+	if _, err := backup.ReadAt(sum, bodySize); err != nil {
+		return fmt.Errorf("consensus: read backup: %w", err)
+	}
+	if !bytes.Equal(h.Sum(nil), sum) {
+		return fmt.Errorf("%w: SHA-256 digest mismatch", ErrBadBackup)
+	}
+	return nil
+}
+
+// restoreInto decodes the store snapshot stream body into store.
+func restoreInto(store *storage.Store, body io.Reader) error {
 	r, err := store.NewRestore()
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	if _, err := r.ReadFrom(bytes.NewReader(data)); err != nil {
+	if _, err := r.ReadFrom(body); err != nil {
 		return fmt.Errorf("%w: %w", ErrBadBackup, err)
 	}
 	return r.Commit()
