@@ -35,6 +35,9 @@ type Sample struct {
 	Result    *bench.Result // nil when the run failed
 	Err       string
 	ServerCPU time.Duration // server user+system time during the timed phase
+	// ClientCPU is the benchmark process's own user+system time during the
+	// timed phase (0 in reports written before it was measured).
+	ClientCPU time.Duration `json:",omitempty"`
 	RSS       int64         // server RSS right after the timed phase
 	// RoleCPU is the CPU of each role of a cluster (and of the client)
 	// during the timed phase.
@@ -97,7 +100,12 @@ type Summary struct {
 	Rate         float64
 	Latency      bench.Latency // each percentile is the median of that percentile
 	CPUPerOp     time.Duration // server CPU per operation (primary op only)
-	Errors       int64         // failed requests, summed over runs
+	// ClientCPUPerOp is the benchmark client's CPU per operation, and
+	// CoresBusy the cores server and client kept busy together during the
+	// timed phase (primary op only; 0 where not measured).
+	ClientCPUPerOp time.Duration
+	CoresBusy      float64
+	Errors         int64 // failed requests, summed over runs
 }
 
 // OK reports whether at least one run succeeded.
@@ -107,7 +115,7 @@ func (s Summary) OK() bool { return s.Runs > s.Failed }
 func (c *CaseResult) Summary(impl, op string) Summary {
 	var s Summary
 	var rates []float64
-	var cpu []float64
+	var cpu, clientCPU, cores []float64
 	lat := map[string][]float64{}
 	for _, sm := range c.Samples[impl] {
 		s.Runs++
@@ -135,12 +143,24 @@ func (c *CaseResult) Summary(impl, op string) Summary {
 		}
 		if primary && o.Count > 0 && sm.ServerCPU > 0 {
 			cpu = append(cpu, float64(sm.ServerCPU)/float64(o.Count))
+			if sm.ClientCPU > 0 {
+				clientCPU = append(clientCPU, float64(sm.ClientCPU)/float64(o.Count))
+				if o.Elapsed > 0 {
+					cores = append(cores, float64(sm.ServerCPU+sm.ClientCPU)/float64(o.Elapsed))
+				}
+			}
 		}
 	}
 	s.Rate = Median(rates)
 	d := func(p string) time.Duration { return time.Duration(math.Round(Median(lat[p]))) }
 	s.Latency = bench.Latency{Min: d("min"), Mean: d("mean"), P50: d("p50"), P90: d("p90"), P99: d("p99"), P999: d("p999"), Max: d("max")}
 	s.CPUPerOp = time.Duration(math.Round(Median(cpu)))
+	if len(clientCPU) > 0 {
+		s.ClientCPUPerOp = time.Duration(math.Round(Median(clientCPU)))
+	}
+	if len(cores) > 0 {
+		s.CoresBusy = Median(cores)
+	}
 	return s
 }
 
@@ -442,6 +462,10 @@ func WriteMarkdown(w io.Writer, r *Report, notes, svgName string) error {
 				formatRatio(row.Ratio), row.Target)
 			if !row.isMem && row.etcdS.CPUPerOp > 0 && row.concordS.CPUPerOp > 0 {
 				p(" Server CPU per op: concord %s, etcd %s.", fmtMicros(row.concordS.CPUPerOp), fmtMicros(row.etcdS.CPUPerOp))
+				if c, e := row.concordS, row.etcdS; c.ClientCPUPerOp > 0 && e.ClientCPUPerOp > 0 {
+					p(" Client CPU per op: %s against concord, %s against etcd; server and client kept %.2f and %.2f of %d cores busy.",
+						fmtMicros(c.ClientCPUPerOp), fmtMicros(e.ClientCPUPerOp), c.CoresBusy, e.CoresBusy, r.Env.CPUs)
+				}
 			}
 			p("\n")
 		}
@@ -492,29 +516,26 @@ func writeWorkloads(b *strings.Builder, r *Report) {
 	p := func(format string, a ...any) { fmt.Fprintf(b, format, a...) }
 	p("\n## All workloads\n\n")
 	p("Medians over the rounds of each percentile; server CPU is the server process's user+system time\n")
-	p("during the timed phase divided by the operations (it includes everything the server did meanwhile).\n")
+	p("during the timed phase divided by the operations (it includes everything the server did meanwhile);\n")
+	p("client CPU is the same for the benchmark process, which shares the machine's cores with the server.\n")
 	for _, c := range r.Cases {
 		if c.Custom {
 			p("\n### %s\n\n`%s` (a measurement of `concord bench compare`) with %s\n\n", c.Title, c.Workload, c.Params)
 		} else {
 			p("\n### %s\n\n`concord bench %s` with %s\n\n", c.Title, c.Workload, c.Params)
 		}
-		p("| server | op | rate/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | server CPU/op | failed requests | failed runs |\n")
-		p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		p("| server | op | rate/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | server CPU/op | client CPU/op | failed requests | failed runs |\n")
+		p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, op := range c.opNames(r.impls()) {
 			for _, impl := range r.impls() {
 				s := c.Summary(impl, op)
 				if !s.OK() {
 					continue
 				}
-				cpu := "—"
-				if s.CPUPerOp > 0 {
-					cpu = fmtMicros(s.CPUPerOp)
-				}
 				l := s.Latency
-				p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d/%d |\n", impl, op, bench.FormatRate(s.Rate),
+				p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d/%d |\n", impl, op, bench.FormatRate(s.Rate),
 					bench.FormatMillis(l.P50), bench.FormatMillis(l.P90), bench.FormatMillis(l.P99), bench.FormatMillis(l.P999),
-					bench.FormatMillis(l.Max), cpu, s.Errors, s.Failed, s.Runs)
+					bench.FormatMillis(l.Max), microsOrDash(s.CPUPerOp), microsOrDash(s.ClientCPUPerOp), s.Errors, s.Failed, s.Runs)
 			}
 		}
 		for _, impl := range r.impls() {
@@ -524,6 +545,14 @@ func writeWorkloads(b *strings.Builder, r *Report) {
 		}
 	}
 
+}
+
+// microsOrDash formats a CPU time per op, "—" where none was measured.
+func microsOrDash(d time.Duration) string {
+	if d <= 0 {
+		return "—"
+	}
+	return fmtMicros(d)
 }
 
 func fmtMicros(d time.Duration) string {

@@ -58,8 +58,8 @@ func testReport() *Report {
 		Samples: map[string][]Sample{
 			Etcd: {{Round: 1, Result: result("put", 1000, ms, 4*ms), ServerCPU: 100 * ms},
 				{Round: 2, Result: result("put", 3000, 3*ms, 8*ms), ServerCPU: 300 * ms}},
-			Concord: {{Round: 1, Result: result("put", 3000, ms, 2*ms), ServerCPU: 150 * ms},
-				{Round: 2, Result: result("put", 5000, ms, 4*ms), ServerCPU: 250 * ms}},
+			Concord: {{Round: 1, Result: result("put", 3000, ms, 2*ms), ServerCPU: 150 * ms, ClientCPU: 60 * ms},
+				{Round: 2, Result: result("put", 5000, ms, 4*ms), ServerCPU: 250 * ms, ClientCPU: 100 * ms}},
 		}}
 	lease := &CaseResult{ID: "lease", Title: "lease keep-alive", Workload: "lease-keepalive",
 		Targets: []Target{{Metric: MetricRate, Ratio: 2}},
@@ -97,6 +97,14 @@ func TestSummaryMedians(t *testing.T) {
 	// CPU per op: median of 150ms/3000 = 50µs and 250ms/5000 = 50µs.
 	if s.CPUPerOp != 50*time.Microsecond {
 		t.Fatalf("cpu/op = %v, want 50µs", s.CPUPerOp)
+	}
+	// Client CPU per op: 60ms/3000 = 100ms/5000 = 20µs; cores busy in the
+	// one-second timed phases: (150+60)/1000 and (250+100)/1000, median 0.28.
+	if s.ClientCPUPerOp != 20*time.Microsecond || math.Abs(s.CoresBusy-0.28) > 1e-9 {
+		t.Fatalf("client cpu/op = %v, cores = %v; want 20µs, 0.28", s.ClientCPUPerOp, s.CoresBusy)
+	}
+	if e := r.Cases[0].Summary(Etcd, ""); e.ClientCPUPerOp != 0 || e.CoresBusy != 0 {
+		t.Fatalf("etcd samples without client CPU gave %v, %v", e.ClientCPUPerOp, e.CoresBusy)
 	}
 	f := r.Cases[1].Summary(Concord, "")
 	if f.OK() || f.Failed != 1 || !strings.Contains(f.FirstErr, "LeaseKeepAlive") {
@@ -156,7 +164,8 @@ func TestWriteMarkdown(t *testing.T) {
 		"1.00 2.00 3.00 before, 4.00 5.00 6.00 after",
 		NotesBegin + "\nmy analysis\nkept\n" + NotesEnd,
 		"![latency percentiles, etcd vs concord](chart.svg)",
-		"| concord | put | 4000 |",
+		"| concord | put | 4000 | 1.00 | 1.50 | 3.00 | 6.00 | 9.00 | 50 µs | 20 µs | 0 | 0/2 |",
+		"| etcd | put | 2000 | 2.00 | 3.00 | 6.00 | 12.0 | 18.0 | 100 µs | — | 0 | 0/2 |",
 		"concord failed 1 of 1 runs",
 		"- Note: round 2: concord had exited before lease; restarted",
 		"`--snapshot-count 10000 --quota-backend-bytes 2147483648 --log-level warn`",

@@ -354,6 +354,7 @@ func runOne(ctx context.Context, cfg Config, cs Case, sys System, m meter, round
 	defer cancel()
 	sm := Sample{Round: round}
 	var before, after Usage
+	var clientBefore, clientAfter time.Duration
 	var rolesBefore, rolesAfter map[string]time.Duration
 	roles, _ := m.(interface {
 		RoleCPU() map[string]time.Duration
@@ -371,10 +372,16 @@ func runOne(ctx context.Context, cfg Config, cs Case, sys System, m meter, round
 			if roles != nil {
 				r = roles.RoleCPU()
 			}
+			// The client shares the machine's cores with the server: its
+			// CPU says how much of them the server could have had.
+			var client time.Duration
+			if cu, err := ProcUsage(os.Getpid()); err == nil {
+				client = cu.CPU
+			}
 			if timed {
-				before, rolesBefore = u, r
+				before, rolesBefore, clientBefore = u, r, client
 			} else {
-				after, rolesAfter = u, r
+				after, rolesAfter, clientAfter = u, r, client
 			}
 		},
 	}
@@ -395,6 +402,9 @@ func runOne(ctx context.Context, cfg Config, cs Case, sys System, m meter, round
 	sm.Result = res
 	if sampleErr == nil && after.CPU >= before.CPU {
 		sm.ServerCPU = after.CPU - before.CPU
+	}
+	if clientAfter > clientBefore {
+		sm.ClientCPU = clientAfter - clientBefore
 	}
 	sm.RSS = after.RSS
 	if rolesBefore != nil && rolesAfter != nil {
