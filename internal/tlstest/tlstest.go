@@ -95,6 +95,36 @@ func (f *Files) IssueClient(certPath, keyPath string, ips ...net.IP) error {
 	}, f.caCert, f.caKey, certPath, keyPath)
 }
 
+// Revoke writes to crlPath a DER certificate revocation list of the CA that
+// revokes the certificates in certPaths (for --client-crl-file and
+// --peer-crl-file).
+func (f *Files) Revoke(crlPath string, certPaths ...string) error {
+	var revoked []x509.RevocationListEntry
+	for _, cp := range certPaths {
+		b, err := os.ReadFile(cp)
+		if err != nil {
+			return err
+		}
+		p, _ := pem.Decode(b)
+		if p == nil {
+			return fmt.Errorf("tlstest: no PEM in %s", cp)
+		}
+		c, err := x509.ParseCertificate(p.Bytes)
+		if err != nil {
+			return err
+		}
+		revoked = append(revoked, x509.RevocationListEntry{SerialNumber: c.SerialNumber, RevocationTime: time.Now().Add(-time.Minute)})
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+		Number: big.NewInt(1), ThisUpdate: time.Now().Add(-time.Hour), NextUpdate: time.Now().Add(24 * time.Hour),
+		RevokedCertificateEntries: revoked,
+	}, f.caCert, f.caKey)
+	if err != nil {
+		return fmt.Errorf("tlstest: CRL: %w", err)
+	}
+	return os.WriteFile(crlPath, der, 0o600) // DER: etcd reads no PEM CRLs
+}
+
 // ServerConfig is a server TLS config with the server certificate; with
 // clientAuth, clients must present a certificate signed by the CA.
 func (f *Files) ServerConfig(clientAuth bool) (*tls.Config, error) {
@@ -141,7 +171,7 @@ func newCA(name string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 		Subject:               pkix.Name{CommonName: name},
 		IsCA:                  true,
 		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 	})
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {

@@ -229,8 +229,12 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	if c.AutoCompaction, err = parseAutoCompaction(v.GetString(fAutoCompactionMode), v.GetString(fAutoCompactionRet)); err != nil {
 		return Server{}, err
 	}
-	c.ClientTLS = loadTLS(v, false)
-	c.PeerTLS = loadTLS(v, true)
+	if c.ClientTLS, err = loadTLS(v, false); err != nil {
+		return Server{}, err
+	}
+	if c.PeerTLS, err = loadTLS(v, true); err != nil {
+		return Server{}, err
+	}
 	if err := c.LogLevel.UnmarshalText([]byte(v.GetString(fLogLevel))); err != nil {
 		return Server{}, fmt.Errorf("%w: --%s: %v", ErrInvalid, fLogLevel, err)
 	}

@@ -191,8 +191,10 @@ func LoadSplit(fs *pflag.FlagSet, role Role) (Split, error) {
 		EnablePprof:          v.GetBool(fEnablePprof),
 		LeanHTTP2:            v.GetBool(fLeanHTTP2),
 		EnableGRPCGateway:    v.GetBool(fEnableGRPCGateway),
-		ClientTLS:            loadTLS(v, false),
 		EndpointTLS:          loadEndpointTLS(v),
+	}
+	if c.ClientTLS, err = loadTLS(v, false); err != nil {
+		return Split{}, err
 	}
 	if c.ListenClientURLs, err = parseURLs(fListenClientURLs, v.GetString(fListenClientURLs)); err != nil {
 		return Split{}, err

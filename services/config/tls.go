@@ -8,11 +8,15 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
 	"net/url"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -44,6 +48,24 @@ const (
 	fPeerAutoTLS        = "peer-auto-tls"
 )
 
+// etcd's further TLS flags. The CRL, the allowed names and the dialing
+// certificate exist per side (the client names here, --peer- for the
+// peer side, except the allowed CNs and the SAN switch, which only peers
+// have); versions, suites and the self-signed validity are shared.
+const (
+	fCRLFile                 = "crl-file" // --client-crl-file, --peer-crl-file
+	fClientCertAllowedHost   = "client-cert-allowed-hostname"
+	fPeerCertAllowedCN       = "peer-cert-allowed-cn"
+	fPeerCertAllowedHost     = "peer-cert-allowed-hostname"
+	fPeerSkipClientSANVerify = "peer-skip-client-san-verification"
+	fClientCertFile          = "client-cert-file" // also --peer-client-cert-file
+	fClientKeyFile           = "client-key-file"  // also --peer-client-key-file
+	fCipherSuites            = "cipher-suites"
+	fTLSMinVersion           = "tls-min-version"
+	fTLSMaxVersion           = "tls-max-version"
+	fSelfSignedCertValidity  = "self-signed-cert-validity"
+)
+
 // TLSInfo is one side's TLS files and switches, as etcd's transport.TLSInfo:
 // the client URLs' (--cert-file, --key-file, --trusted-ca-file,
 // --client-cert-auth, --auto-tls) or the peer URLs' (the same with
@@ -62,6 +84,33 @@ type TLSInfo struct {
 	// CertFile is given.
 	AutoTLS bool
 
+	// CRLFile is a certificate revocation list: a client (a peer) whose
+	// certificate chain holds a revoked serial is refused. As in etcd it
+	// is read at every handshake, so a new list applies at once.
+	CRLFile string
+	// AllowedCNs and AllowedHostnames restrict the verified client
+	// certificates to those with one of the common names (peers only) or
+	// valid for one of the host names; at most one of them is set.
+	AllowedCNs, AllowedHostnames []string
+	// SkipClientSANVerify turns off the check that a peer's certificate
+	// names the address it connects from (peers only).
+	SkipClientSANVerify bool
+	// ClientCertFile and ClientKeyFile are the certificate presented when
+	// dialing: to peers instead of CertFile. On the client side etcd
+	// presents it to itself from its JSON gateway; concord's JSON gateway
+	// calls the handlers in memory, so there it is only checked.
+	ClientCertFile, ClientKeyFile string
+
+	// MinVersion and MaxVersion bound the TLS versions (0: TLS 1.2, and
+	// Go's newest), CipherSuites the TLS 1.2 suites (nil: Go's); the same
+	// for both sides, as etcd's --tls-min-version, --tls-max-version and
+	// --cipher-suites.
+	MinVersion, MaxVersion uint16
+	CipherSuites           []uint16
+	// SelfSignedValidity is how long an AutoTLS certificate is valid
+	// (--self-signed-cert-validity, in years; 0 means one year).
+	SelfSignedValidity time.Duration
+
 	// peer names the --peer-* flags in errors and selects etcd's peer
 	// wording.
 	peer bool
@@ -73,6 +122,14 @@ func clientTLSFlags(fs *pflag.FlagSet) {
 	fs.String(fTrustedCAFile, "", "path to the client server TLS trusted CA cert file; clients must then present a certificate it signed")
 	fs.Bool(fClientCertAuth, false, "enable client cert authentication: clients must present a certificate signed by --trusted-ca-file")
 	fs.Bool(fAutoTLS, false, "client TLS using a generated self-signed certificate (when no --cert-file is given)")
+	fs.String("client-"+fCRLFile, "", "path to the client certificate revocation list file; clients presenting a revoked certificate are refused")
+	fs.String(fClientCertAllowedHost, "", "comma-separated list of SAN hostnames for client cert authentication: a client certificate must be valid for one of them")
+	fs.String(fClientCertFile, "", "path to an explicit client TLS cert file (etcd presents it from its JSON gateway to itself; concord's JSON gateway needs none, so it is only checked)")
+	fs.String(fClientKeyFile, "", "path to the key of --client-cert-file")
+	fs.String(fCipherSuites, "", "comma-separated list of supported TLS cipher suites between client/server and peers, as Go names them (empty: Go's)")
+	fs.String(fTLSMinVersion, "TLS1.2", "minimum TLS version supported: TLS1.2 or TLS1.3")
+	fs.String(fTLSMaxVersion, "", "maximum TLS version supported: TLS1.2 or TLS1.3 (empty: Go's newest)")
+	fs.Uint(fSelfSignedCertValidity, 1, "validity, in years, of the certificates --auto-tls and --peer-auto-tls generate")
 }
 
 func peerTLSFlags(fs *pflag.FlagSet) {
@@ -81,23 +138,112 @@ func peerTLSFlags(fs *pflag.FlagSet) {
 	fs.String(fPeerTrustedCAFile, "", "path to the peer server TLS trusted CA file; peers must then present a certificate it signed, and the certificates of the peers dialed are verified with it")
 	fs.Bool(fPeerClientCertAuth, false, "enable peer client cert authentication: peers must present a certificate signed by --peer-trusted-ca-file")
 	fs.Bool(fPeerAutoTLS, false, "peer TLS using a generated self-signed certificate (when no --peer-cert-file is given)")
+	fs.String("peer-"+fCRLFile, "", "path to the peer certificate revocation list file; peers presenting a revoked certificate are refused")
+	fs.String(fPeerCertAllowedCN, "", "comma-separated list of allowed CNs for inter-peer TLS authentication")
+	fs.String(fPeerCertAllowedHost, "", "comma-separated list of allowed SAN hostnames for inter-peer TLS authentication")
+	fs.Bool(fPeerSkipClientSANVerify, false, "skip the check that a peer's client certificate names the address it connects from")
+	fs.String("peer-"+fClientCertFile, "", "path to an explicit peer client TLS cert file, presented when dialing peers (default: --peer-cert-file)")
+	fs.String("peer-"+fClientKeyFile, "", "path to the key of --peer-client-cert-file")
 }
 
 // loadTLS reads one side's TLS flags: the client ones, or with peer the
-// --peer-* ones (the same names, prefixed).
-func loadTLS(v getter, peer bool) TLSInfo {
+// --peer-* ones (the same names, prefixed), and the shared ones.
+func loadTLS(v getter, peer bool) (TLSInfo, error) {
 	t := TLSInfo{peer: peer}
 	t.CertFile = v.GetString(t.flag(fCertFile))
 	t.KeyFile = v.GetString(t.flag(fKeyFile))
 	t.TrustedCAFile = v.GetString(t.flag(fTrustedCAFile))
 	t.ClientCertAuth = v.GetBool(t.flag(fClientCertAuth))
 	t.AutoTLS = v.GetBool(t.flag(fAutoTLS))
-	return t
+	if peer {
+		t.CRLFile = v.GetString("peer-" + fCRLFile)
+		t.AllowedCNs = stringList(v, fPeerCertAllowedCN)
+		t.AllowedHostnames = stringList(v, fPeerCertAllowedHost)
+		t.SkipClientSANVerify = v.GetBool(fPeerSkipClientSANVerify)
+		t.ClientCertFile = v.GetString("peer-" + fClientCertFile)
+		t.ClientKeyFile = v.GetString("peer-" + fClientKeyFile)
+	} else {
+		t.CRLFile = v.GetString("client-" + fCRLFile)
+		t.AllowedHostnames = stringList(v, fClientCertAllowedHost)
+		t.ClientCertFile = v.GetString(fClientCertFile)
+		t.ClientKeyFile = v.GetString(fClientKeyFile)
+	}
+	var err error
+	if t.MinVersion, err = tlsVersion(fTLSMinVersion, v.GetString(fTLSMinVersion)); err != nil {
+		return t, err
+	}
+	if t.MaxVersion, err = tlsVersion(fTLSMaxVersion, v.GetString(fTLSMaxVersion)); err != nil {
+		return t, err
+	}
+	for _, name := range stringList(v, fCipherSuites) {
+		id, ok := cipherSuite(name)
+		if !ok {
+			return t, fmt.Errorf("%w: --%s: unexpected TLS cipher suite %q", ErrInvalid, fCipherSuites, name)
+		}
+		t.CipherSuites = append(t.CipherSuites, id)
+	}
+	t.SelfSignedValidity = time.Duration(v.GetUint(fSelfSignedCertValidity)) * 365 * 24 * time.Hour
+	return t, nil
 }
 
 type getter interface {
+	Get(string) any
 	GetString(string) string
 	GetBool(string) bool
+	GetUint(string) uint
+}
+
+// stringList reads a comma-separated flag, or a YAML list (etcd's
+// configuration file spells cipher-suites and the allowed names as lists).
+func stringList(v getter, name string) []string {
+	var parts []string
+	switch x := v.Get(name).(type) {
+	case []any:
+		for _, e := range x {
+			parts = append(parts, fmt.Sprint(e))
+		}
+	case []string:
+		parts = x
+	default:
+		parts = strings.Split(v.GetString(name), ",")
+	}
+	var out []string
+	for _, p := range parts {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// tlsVersion parses etcd's TLS version names; "" is 0 (Go's choice).
+func tlsVersion(flag, s string) (uint16, error) {
+	switch s {
+	case "":
+		return 0, nil
+	case "TLS1.2":
+		return tls.VersionTLS12, nil
+	case "TLS1.3":
+		return tls.VersionTLS13, nil
+	}
+	return 0, fmt.Errorf("%w: --%s: unexpected TLS version %q (must be one of: TLS1.2, TLS1.3)", ErrInvalid, flag, s)
+}
+
+// cipherSuite looks a suite up by Go's name, insecure ones included, and
+// by the two short ChaCha20 names etcd also accepts.
+func cipherSuite(name string) (uint16, bool) {
+	for _, c := range append(tls.CipherSuites(), tls.InsecureCipherSuites()...) {
+		if c.Name == name {
+			return c.ID, true
+		}
+	}
+	switch name {
+	case "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305":
+		return tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256, true
+	case "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305":
+		return tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, true
+	}
+	return 0, false
 }
 
 // asPeer is t naming the --peer-* flags, however it was built.
@@ -123,6 +269,9 @@ func (t TLSInfo) validate(urls []url.URL) error {
 	if (t.CertFile == "") != (t.KeyFile == "") {
 		return fmt.Errorf("%w: --%s and --%s must be given together", ErrInvalid, t.flag(fCertFile), t.flag(fKeyFile))
 	}
+	if err := t.validateExtras(); err != nil {
+		return err
+	}
 	for _, u := range urls {
 		switch {
 		case t.peer && u.Scheme != "http" && u.Scheme != "https":
@@ -135,6 +284,115 @@ func (t TLSInfo) validate(urls []url.URL) error {
 				ErrInvalid, u.Host, fPeerCertFile, fPeerKeyFile, fPeerAutoTLS)
 		case IsTLS(u) && t.CertFile == "" && !t.AutoTLS:
 			return fmt.Errorf("%w: TLS key/cert (--%s, --%s) must be provided for client url %s with HTTPS scheme", ErrInvalid, fCertFile, fKeyFile, u.String())
+		}
+	}
+	return nil
+}
+
+// validateExtras checks etcd's further TLS settings with etcd's rules, and
+// reads the files they name so that a bad one fails at start, not at the
+// first handshake.
+func (t TLSInfo) validateExtras() error {
+	switch {
+	case t.MaxVersion != 0 && t.MinVersion > t.MaxVersion:
+		return fmt.Errorf("%w: min version (--%s) is greater than max version (--%s)", ErrInvalid, fTLSMinVersion, fTLSMaxVersion)
+	case t.MinVersion == tls.VersionTLS13 && len(t.CipherSuites) > 0:
+		return fmt.Errorf("%w: cipher suites cannot be configured when only TLS1.3 is enabled", ErrInvalid)
+	case len(t.AllowedCNs) > 0 && len(t.AllowedHostnames) > 0:
+		return fmt.Errorf("%w: AllowedCNs and AllowedHostnames are mutually exclusive (cns=%q, hostnames=%q)", ErrInvalid, t.AllowedCNs, t.AllowedHostnames)
+	case (t.ClientCertFile == "") != (t.ClientKeyFile == ""):
+		return fmt.Errorf("%w: --%s and --%s must be given together", ErrInvalid, t.flag(fClientCertFile), t.flag(fClientKeyFile))
+	}
+	if t.ClientCertFile != "" {
+		if _, err := tls.LoadX509KeyPair(t.ClientCertFile, t.ClientKeyFile); err != nil {
+			return fmt.Errorf("%w: --%s/--%s: %v", ErrInvalid, t.flag(fClientCertFile), t.flag(fClientKeyFile), err)
+		}
+	}
+	if t.CRLFile != "" {
+		if _, err := readCRL(t.CRLFile); err != nil {
+			return fmt.Errorf("%w: --%s: %v", ErrInvalid, t.crlFlag(), err)
+		}
+	}
+	return nil
+}
+
+func (t TLSInfo) crlFlag() string {
+	if t.peer {
+		return "peer-" + fCRLFile
+	}
+	return "client-" + fCRLFile
+}
+
+// base is a TLS config with t's versions and suites.
+func (t TLSInfo) base() *tls.Config {
+	c := &tls.Config{MinVersion: t.MinVersion, MaxVersion: t.MaxVersion, CipherSuites: t.CipherSuites}
+	if c.MinVersion == 0 {
+		c.MinVersion = tls.VersionTLS12 // older versions are insecure, as etcd says
+	}
+	return c
+}
+
+// verifyClient is the check of a verified client (peer) certificate that
+// t's CRL and allowed names ask for, nil if none does.
+func (t TLSInfo) verifyClient() func(tls.ConnectionState) error {
+	if t.CRLFile == "" && len(t.AllowedCNs) == 0 && len(t.AllowedHostnames) == 0 {
+		return nil
+	}
+	return func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return nil
+		}
+		if t.CRLFile != "" {
+			if err := checkCRL(t.CRLFile, cs.PeerCertificates); err != nil {
+				return err
+			}
+		}
+		if len(t.AllowedCNs) == 0 && len(t.AllowedHostnames) == 0 {
+			return nil
+		}
+		for _, chain := range cs.VerifiedChains {
+			if len(chain) > 0 && t.allowed(chain[0]) {
+				return nil
+			}
+		}
+		return errors.New("client certificate authentication failed")
+	}
+}
+
+func (t TLSInfo) allowed(cert *x509.Certificate) bool {
+	if slices.Contains(t.AllowedCNs, cert.Subject.CommonName) {
+		return true
+	}
+	for _, h := range t.AllowedHostnames {
+		if cert.VerifyHostname(h) == nil {
+			return true
+		}
+	}
+	return false
+}
+
+func readCRL(file string) (*x509.RevocationList, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	if p, _ := pem.Decode(b); p != nil {
+		b = p.Bytes
+	}
+	return x509.ParseRevocationList(b)
+}
+
+// checkCRL refuses certs if the list at file revokes any of them.
+func checkCRL(file string, certs []*x509.Certificate) error {
+	crl, err := readCRL(file)
+	if err != nil {
+		return fmt.Errorf("certificate revocation list: %w", err)
+	}
+	for _, c := range certs {
+		for _, r := range crl.RevokedCertificateEntries {
+			if r.SerialNumber.Cmp(c.SerialNumber) == 0 {
+				return fmt.Errorf("certificate serial %x revoked", c.SerialNumber.Bytes())
+			}
 		}
 	}
 	return nil
@@ -163,7 +421,7 @@ func (t TLSInfo) keyPair(hosts []string) (func() (*tls.Certificate, error), erro
 		}
 		return r.get, nil
 	case t.AutoTLS:
-		cert, err := selfSigned(hosts)
+		cert, err := selfSigned(hosts, t.SelfSignedValidity)
 		if err != nil {
 			return nil, fmt.Errorf("--%s: %w", t.flag(fAutoTLS), err)
 		}
@@ -189,7 +447,7 @@ func (t TLSInfo) ServerConfig(urls []url.URL) (*tls.Config, error) {
 }
 
 func (t TLSInfo) serverConfig(kp func() (*tls.Certificate, error)) (*tls.Config, error) {
-	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	c := t.base()
 	if kp == nil {
 		return nil, fmt.Errorf("%w: no certificate (--%s, --%s or --%s)", ErrInvalid, t.flag(fCertFile), t.flag(fKeyFile), t.flag(fAutoTLS))
 	}
@@ -213,6 +471,7 @@ func (t TLSInfo) serverConfig(kp func() (*tls.Certificate, error)) (*tls.Config,
 	}
 	if t.TrustedCAFile != "" || t.ClientCertAuth {
 		c.ClientAuth = tls.RequireAndVerifyClientCert
+		c.VerifyConnection = t.verifyClient()
 	}
 	return c, nil
 }
@@ -237,17 +496,35 @@ func (t TLSInfo) PeerConfigs(listen []url.URL) (server, client *tls.Config, err 
 			return nil, nil, err
 		}
 		// etcd checks that a peer's certificate names the address it
-		// connects from (transport.checkSAN).
-		base := server
-		server = &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			c := base.Clone()
-			if c.ClientAuth == tls.RequireAndVerifyClientCert {
-				c.VerifyConnection = sanChecker(hello.Context(), hello.Conn.RemoteAddr())
+		// connects from (transport.checkSAN), unless told not to.
+		if !t.SkipClientSANVerify {
+			base := server
+			server = t.base()
+			server.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+				c := base.Clone()
+				if c.ClientAuth == tls.RequireAndVerifyClientCert {
+					san, other := sanChecker(hello.Context(), hello.Conn.RemoteAddr()), base.VerifyConnection
+					c.VerifyConnection = func(cs tls.ConnectionState) error {
+						if other != nil {
+							if err := other(cs); err != nil {
+								return err
+							}
+						}
+						return san(cs)
+					}
+				}
+				return c, nil
 			}
-			return c, nil
-		}}
+		}
 	}
-	client = &tls.Config{MinVersion: tls.VersionTLS12}
+	client = t.base()
+	if t.ClientCertFile != "" {
+		r := &certReloader{certFile: t.ClientCertFile, keyFile: t.ClientKeyFile, flags: "--" + t.flag(fClientCertFile) + "/--" + t.flag(fClientKeyFile)}
+		if _, err := r.get(); err != nil {
+			return nil, nil, err
+		}
+		kp = r.get
+	}
 	if t.CertFile == "" && t.AutoTLS {
 		client.InsecureSkipVerify = true //nolint:gosec // etcd's --peer-auto-tls: self-signed peers
 	}
@@ -355,9 +632,12 @@ func (r *certReloader) get() (*tls.Certificate, error) {
 }
 
 // selfSigned makes a certificate for hosts (IP addresses or names), valid
-// for a year, as etcd's --auto-tls does; clients cannot verify it and must
-// skip verification (etcdctl --insecure-skip-tls-verify).
-func selfSigned(hosts []string) (tls.Certificate, error) {
+// for validity (a year if 0), as etcd's --auto-tls does; clients cannot
+// verify it and must skip verification (etcdctl --insecure-skip-tls-verify).
+func selfSigned(hosts []string, validity time.Duration) (tls.Certificate, error) {
+	if validity <= 0 {
+		validity = 365 * 24 * time.Hour
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, err
@@ -370,7 +650,7 @@ func selfSigned(hosts []string) (tls.Certificate, error) {
 		SerialNumber: serial,
 		Subject:      pkix.Name{Organization: []string{"concord"}},
 		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(365 * 24 * time.Hour),
+		NotAfter:     time.Now().Add(validity),
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -54,9 +55,8 @@ func TestClientTLSFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := config.TLSInfo{CertFile: f.ServerCert, KeyFile: f.ServerKey, TrustedCAFile: f.CA, ClientCertAuth: true}
-	if c.ClientTLS != want {
-		t.Fatalf("ClientTLS = %+v, want %+v", c.ClientTLS, want)
+	if ct := c.ClientTLS; ct.CertFile != f.ServerCert || ct.KeyFile != f.ServerKey || ct.TrustedCAFile != f.CA || !ct.ClientCertAuth || ct.AutoTLS {
+		t.Fatalf("ClientTLS = %+v", ct)
 	}
 	if c.AdvertiseClientURLs[0].String() != "https://127.0.0.1:2379" {
 		t.Errorf("advertised = %v", c.AdvertiseClientURLs)
@@ -308,8 +308,8 @@ func TestPeerTLS(t *testing.T) {
 	if c.PeerTLS.CertFile != want.CertFile || c.PeerTLS.KeyFile != want.KeyFile || c.PeerTLS.TrustedCAFile != want.TrustedCAFile || !c.PeerTLS.ClientCertAuth || c.PeerTLS.AutoTLS {
 		t.Fatalf("PeerTLS = %+v, want %+v", c.PeerTLS, want)
 	}
-	if c.ClientTLS != (config.TLSInfo{}) {
-		t.Errorf("peer flags set the client TLS: %+v", c.ClientTLS)
+	if ct := c.ClientTLS; ct.CertFile != "" || ct.KeyFile != "" || ct.TrustedCAFile != "" || ct.ClientCertAuth {
+		t.Errorf("peer flags set the client TLS: %+v", ct)
 	}
 	server, client, err := c.PeerTLS.PeerConfigs(c.ListenPeerURLs)
 	if err != nil || server == nil || client == nil {
@@ -434,5 +434,249 @@ func TestPeerAutoTLS(t *testing.T) {
 	}
 	if serr, cerr := handshake(t, server, client); serr != nil || cerr != nil {
 		t.Errorf("auto TLS member to member: server %v, client %v", serr, cerr)
+	}
+}
+
+// etcd's --tls-min-version, --tls-max-version and --cipher-suites shape
+// both sides' TLS, with etcd's validation.
+func TestTLSVersionsAndCipherSuites(t *testing.T) {
+	f := certs(t)
+	serve := []string{"--listen-client-urls", "https://127.0.0.1:2379", "--cert-file", f.ServerCert, "--key-file", f.ServerKey}
+	c, err := load(t, append(serve, "--tls-min-version", "TLS1.3")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := c.ClientTLS.ServerConfig(c.ListenClientURLs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc.MinVersion != tls.VersionTLS13 {
+		t.Fatalf("MinVersion = %x", sc.MinVersion)
+	}
+	tls12 := &tls.Config{RootCAs: f.Pool, MinVersion: tls.VersionTLS12, MaxVersion: tls.VersionTLS12}
+	if _, cerr := handshake(t, sc, tls12); cerr == nil {
+		t.Error("a TLS 1.2 client was served under --tls-min-version TLS1.3")
+	}
+	tls13 := &tls.Config{RootCAs: f.Pool, MinVersion: tls.VersionTLS13}
+	if serr, cerr := handshake(t, sc, tls13); serr != nil || cerr != nil {
+		t.Errorf("TLS 1.3 client: server %v, client %v", serr, cerr)
+	}
+
+	const suite = "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"
+	c, err = load(t, append(serve, "--tls-max-version", "TLS1.2", "--cipher-suites", suite+",TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc, err = c.ClientTLS.ServerConfig(c.ListenClientURLs); err != nil {
+		t.Fatal(err)
+	}
+	want := []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256}
+	if !slices.Equal(sc.CipherSuites, want) || sc.MaxVersion != tls.VersionTLS12 || sc.MinVersion != tls.VersionTLS12 {
+		t.Fatalf("suites %x, versions %x-%x", sc.CipherSuites, sc.MinVersion, sc.MaxVersion)
+	}
+	other := tls12.Clone()
+	other.CipherSuites = []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}
+	if _, cerr := handshake(t, sc, other); cerr == nil {
+		t.Error("a client offering only another suite was served")
+	}
+	same := tls12.Clone()
+	same.CipherSuites = want[:1]
+	if serr, cerr := handshake(t, sc, same); serr != nil || cerr != nil {
+		t.Errorf("client with the configured suite: server %v, client %v", serr, cerr)
+	}
+	// The peer side takes the same shared flags.
+	if c.PeerTLS.MaxVersion != tls.VersionTLS12 || !slices.Equal(c.PeerTLS.CipherSuites, want) {
+		t.Errorf("peer TLS: %+v", c.PeerTLS)
+	}
+
+	for _, tc := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"--cipher-suites", "TLS_NOPE"}, `unexpected TLS cipher suite "TLS_NOPE"`},
+		{[]string{"--tls-min-version", "TLS1.1"}, `unexpected TLS version "TLS1.1" (must be one of: TLS1.2, TLS1.3)`},
+		{[]string{"--tls-min-version", "TLS1.3", "--tls-max-version", "TLS1.2"}, "min version (--tls-min-version) is greater than max version"},
+		{[]string{"--tls-min-version", "TLS1.3", "--cipher-suites", suite}, "cipher suites cannot be configured when only TLS1.3 is enabled"},
+	} {
+		if _, err := load(t, tc.args...); !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%v: err = %v, want %q", tc.args, err, tc.msg)
+		}
+	}
+
+	// etcd's configuration file spells the suites as a list.
+	file := t.TempDir() + "/etcd.yaml"
+	if err := os.WriteFile(file, []byte("cipher-suites: ["+suite+"]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if c, err = load(t, "--config-file", file); err != nil || !slices.Equal(c.ClientTLS.CipherSuites, want[:1]) {
+		t.Errorf("cipher-suites from YAML: %x, %v", c.ClientTLS.CipherSuites, err)
+	}
+}
+
+// --client-crl-file and --peer-crl-file refuse revoked certificates, read
+// at each handshake.
+func TestCRL(t *testing.T) {
+	f := certs(t)
+	dir := t.TempDir()
+	crl := dir + "/crl.pem"
+	if err := f.Revoke(crl); err != nil { // revokes nothing yet
+		t.Fatal(err)
+	}
+	c, err := load(t, "--listen-client-urls", "https://127.0.0.1:2379", "--cert-file", f.ServerCert, "--key-file", f.ServerKey,
+		"--trusted-ca-file", f.CA, "--client-crl-file", crl,
+		"--listen-peer-urls", "https://127.0.0.1:2380", "--peer-cert-file", f.ServerCert, "--peer-key-file", f.ServerKey,
+		"--peer-trusted-ca-file", f.CA, "--peer-crl-file", crl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := c.ClientTLS.ServerConfig(c.ListenClientURLs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerServer, peerClient, err := c.PeerTLS.PeerConfigs(c.ListenPeerURLs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := f.ClientConfig(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if serr, cerr := handshake(t, sc, client); serr != nil || cerr != nil {
+		t.Fatalf("before revocation: server %v, client %v", serr, cerr)
+	}
+	if serr, cerr := handshake(t, peerServer, peerClient); serr != nil || cerr != nil {
+		t.Fatalf("peer before revocation: server %v, client %v", serr, cerr)
+	}
+	if err := f.Revoke(crl, f.ClientCert, f.ServerCert); err != nil {
+		t.Fatal(err)
+	}
+	if serr, _ := handshake(t, sc, client); serr == nil || !strings.Contains(serr.Error(), "revoked") {
+		t.Errorf("revoked client certificate: server %v", serr)
+	}
+	if serr, _ := handshake(t, peerServer, peerClient); serr == nil || !strings.Contains(serr.Error(), "revoked") {
+		t.Errorf("revoked peer certificate: server %v", serr)
+	}
+
+	if err := os.WriteFile(crl, []byte("not a CRL"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := load(t, "--client-crl-file", crl); !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), "--client-crl-file") {
+		t.Errorf("bad CRL: %v", err)
+	}
+}
+
+// --peer-cert-allowed-cn, --peer-cert-allowed-hostname and
+// --client-cert-allowed-hostname narrow the verified certificates.
+func TestAllowedNames(t *testing.T) {
+	f := certs(t)
+	peer := func(args ...string) (server, client *tls.Config) {
+		t.Helper()
+		c, err := load(t, append([]string{"--listen-peer-urls", "https://127.0.0.1:2380", "--peer-cert-file", f.ServerCert,
+			"--peer-key-file", f.ServerKey, "--peer-trusted-ca-file", f.CA}, args...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		server, client, err = c.PeerTLS.PeerConfigs(c.ListenPeerURLs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return server, client
+	}
+	for _, tc := range []struct {
+		args []string
+		ok   bool
+	}{
+		{[]string{"--peer-cert-allowed-cn", "someone,concord test server"}, true},
+		{[]string{"--peer-cert-allowed-cn", "someone else"}, false},
+		{[]string{"--peer-cert-allowed-hostname", "localhost"}, true},
+		{[]string{"--peer-cert-allowed-hostname", "example.com"}, false},
+	} {
+		server, client := peer(tc.args...)
+		serr, _ := handshake(t, server, client)
+		if (serr == nil) != tc.ok {
+			t.Errorf("%v: server %v, want accepted %v", tc.args, serr, tc.ok)
+		}
+		if !tc.ok && (serr == nil || !strings.Contains(serr.Error(), "client certificate authentication failed")) {
+			t.Errorf("%v: error %v", tc.args, serr)
+		}
+	}
+	if _, err := load(t, "--peer-cert-allowed-cn", "a", "--peer-cert-allowed-hostname", "b"); !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), "mutually exclusive") {
+		t.Errorf("CN and hostname together: %v", err)
+	}
+
+	// Clients: the certificate must be valid for an allowed host name.
+	dir := t.TempDir()
+	if err := f.IssueClient(dir+"/c.pem", dir+"/k.pem", net.IPv4(127, 0, 0, 1)); err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.LoadX509KeyPair(dir+"/c.pem", dir+"/k.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &tls.Config{RootCAs: f.Pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	for host, ok := range map[string]bool{"127.0.0.1": true, "10.0.0.1": false} {
+		c, err := load(t, "--listen-client-urls", "https://127.0.0.1:2379", "--cert-file", f.ServerCert, "--key-file", f.ServerKey,
+			"--trusted-ca-file", f.CA, "--client-cert-allowed-hostname", host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc, err := c.ClientTLS.ServerConfig(c.ListenClientURLs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if serr, _ := handshake(t, sc, client); (serr == nil) != ok {
+			t.Errorf("--client-cert-allowed-hostname %s: server %v, want accepted %v", host, serr, ok)
+		}
+	}
+}
+
+// --peer-skip-client-san-verification turns etcd's SAN check off, and
+// --peer-client-cert-file is what a member presents when it dials.
+func TestPeerSANSkipAndClientCert(t *testing.T) {
+	f := certs(t)
+	dir := t.TempDir()
+	if err := f.IssueClient(dir+"/c.pem", dir+"/k.pem", net.IPv4(10, 9, 8, 7)); err != nil {
+		t.Fatal(err)
+	}
+	c, err := load(t, "--listen-peer-urls", "https://127.0.0.1:2380", "--peer-cert-file", f.ServerCert, "--peer-key-file", f.ServerKey,
+		"--peer-trusted-ca-file", f.CA, "--peer-client-cert-auth", "--peer-skip-client-san-verification",
+		"--peer-client-cert-file", dir+"/c.pem", "--peer-client-key-file", dir+"/k.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, client, err := c.PeerTLS.PeerConfigs(c.ListenPeerURLs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := client.GetClientCertificate(&tls.CertificateRequestInfo{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := x509.ParseCertificate(got.Certificate[0])
+	if err != nil || x.Subject.CommonName != "concord test client with addresses" {
+		t.Fatalf("dialing certificate %v, %v", x.Subject, err)
+	}
+	// That certificate names 10.9.8.7, not the loopback it connects from:
+	// accepted only because the SAN check is off.
+	if serr, cerr := handshake(t, server, client); serr != nil || cerr != nil {
+		t.Errorf("SAN check skipped: server %v, client %v", serr, cerr)
+	}
+	if _, err := load(t, "--peer-client-cert-file", dir+"/c.pem"); !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), "--peer-client-cert-file and --peer-client-key-file must be given together") {
+		t.Errorf("cert without key: %v", err)
+	}
+}
+
+// --self-signed-cert-validity sets how long --auto-tls certificates last.
+func TestSelfSignedCertValidity(t *testing.T) {
+	c, err := load(t, "--listen-client-urls", "https://127.0.0.1:2379", "--auto-tls", "--self-signed-cert-validity", "3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := c.ClientTLS.ServerConfig(c.ListenClientURLs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Until(leaf(t, sc).NotAfter); left < 3*364*24*time.Hour || left > 3*366*24*time.Hour {
+		t.Errorf("certificate valid for %v more, want about 3 years", left)
 	}
 }

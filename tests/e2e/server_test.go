@@ -66,6 +66,9 @@ type serverOptions struct {
 	// --client-cert-auth).
 	tls            *tlstest.Files
 	clientCertAuth bool
+	// readyCert, if set, is the client certificate and key the readiness
+	// probe presents instead of tls's client certificate.
+	readyCert [2]string
 	// autoTLS serves the client URL as https:// with --auto-tls (a
 	// self-signed certificate) instead.
 	autoTLS bool
@@ -275,6 +278,13 @@ func (s *Server) waitReady(done <-chan struct{}) error {
 		// ignores it.
 		if tlsCfg, err = s.opts.tls.ClientConfig(true); err != nil {
 			return err
+		}
+		if c := s.opts.readyCert; c[0] != "" {
+			cert, err := tls.LoadX509KeyPair(c[0], c[1])
+			if err != nil {
+				return err
+			}
+			tlsCfg.Certificates = []tls.Certificate{cert}
 		}
 	}
 	return readyErr(healthwait.WaitTLS(ctx, s.clientURL(), tlsCfg, done, pollInterval), s.impl.name, s.clientURL())
