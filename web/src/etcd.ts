@@ -69,7 +69,7 @@ function after(key: Uint8Array): Uint8Array {
 /** Page is one page of a prefix listing. */
 export interface Page {
   kvs: KeyValue[];
-  /** count is the number of keys under the prefix at revision. */
+  /** count is the number of keys under the prefix at revision (all pages). */
   count: bigint;
   /** revision is the store revision every page of the listing is read at. */
   revision: bigint;
@@ -101,16 +101,24 @@ export class Concord {
    */
   async list(prefix: string, limit: number): Promise<Page> {
     const key = prefix === "" ? new Uint8Array([0]) : bytes(prefix);
-    return this.page(key, prefixEnd(bytes(prefix)), BigInt(limit), 0n);
+    return this.page(key, prefixEnd(bytes(prefix)), BigInt(limit));
   }
 
-  private async page(key: Uint8Array, rangeEnd: Uint8Array, limit: bigint, revision: bigint): Promise<Page> {
-    const resp = await this.kv.range({ key, rangeEnd, limit, revision });
-    const rev = revision !== 0n ? revision : (resp.header?.revision ?? 0n);
-    const page: Page = { kvs: resp.kvs, count: resp.count, revision: rev };
+  /**
+   * page reads the page starting at key. The first page (no first) sets the
+   * revision, and the count: etcd counts the keys from the requested start
+   * on, so a later page's count covers only the rest of the listing.
+   */
+  private async page(key: Uint8Array, rangeEnd: Uint8Array, limit: bigint, first?: Page): Promise<Page> {
+    const resp = await this.kv.range({ key, rangeEnd, limit, revision: first?.revision ?? 0n });
+    const page: Page = {
+      kvs: resp.kvs,
+      count: first?.count ?? resp.count,
+      revision: first?.revision ?? resp.header?.revision ?? 0n,
+    };
     if (resp.more && resp.kvs.length > 0) {
       const last = resp.kvs[resp.kvs.length - 1].key;
-      page.next = () => this.page(after(last), rangeEnd, limit, rev);
+      page.next = () => this.page(after(last), rangeEnd, limit, page);
     }
     return page;
   }
