@@ -220,6 +220,7 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	mopts = append(mopts, consoleOptions(cfg.EnableConsole)...)
 	gw, err := newClientGateway(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cfg.EnablePprof, cons, watcher, lease, log, mopts...)
 	if err != nil {
 		return err

@@ -140,6 +140,9 @@ type Split struct {
 	LeanHTTP2 bool
 	// EnableGRPCGateway is Server.EnableGRPCGateway (--enable-grpc-gateway).
 	EnableGRPCGateway bool
+	// EnableConsole is Server.EnableConsole (--enable-console; gateway
+	// only).
+	EnableConsole bool
 
 	// ClientTLS is Server.ClientTLS: the TLS of the https:// client URLs.
 	ClientTLS TLSInfo
@@ -162,6 +165,7 @@ func SplitFlags(fs *pflag.FlagSet, role Role) {
 		fs.String(fWatchfanoutEndpoints, "", "comma-separated client URLs of the watch fan-outs")
 		fs.String(fLeasesvcEndpoints, "", "comma-separated client URLs of the lease services")
 		fs.Bool(fEnablePprof, false, "enable runtime profiling data via HTTP server; address is at client URL + \"/debug/pprof/\"")
+		fs.Bool(fEnableConsole, true, enableConsoleUsage)
 	}
 	fs.Int(fMaxRequestBytes, 1572864, "maximum client request size in bytes the server will accept")
 	fs.Int(fMaxTxnOps, 128, "maximum number of operations permitted in a transaction")
@@ -191,6 +195,7 @@ func LoadSplit(fs *pflag.FlagSet, role Role) (Split, error) {
 		EnablePprof:          v.GetBool(fEnablePprof),
 		LeanHTTP2:            v.GetBool(fLeanHTTP2),
 		EnableGRPCGateway:    v.GetBool(fEnableGRPCGateway),
+		EnableConsole:        v.GetBool(fEnableConsole),
 		EndpointTLS:          loadEndpointTLS(v),
 	}
 	if c.ClientTLS, err = loadTLS(v, false); err != nil {
