@@ -14,6 +14,7 @@ import (
 
 	"github.com/concord-kv/concord/consensus/eventbus"
 	"github.com/concord-kv/concord/consensus/eventbus/eventbustest"
+	"github.com/concord-kv/concord/internal/tlstest"
 )
 
 // smallPayload makes the suite's large revisions fragment on NATS.
@@ -56,6 +57,38 @@ func TestConformanceNATSLoopback(t *testing.T) {
 		}
 		if got := cli.MaxPayload(); got != smallPayload {
 			t.Fatalf("client sees max payload %d, want %d", got, smallPayload)
+		}
+		return split{pub: srv, sub: cli}
+	})
+}
+
+// TestConformanceNATSTLS is TestConformanceNATSLoopback over mutual TLS:
+// the server requires a certificate signed by the test CA, and the client
+// presents one and verifies the server's with that CA.
+func TestConformanceNATSTLS(t *testing.T) {
+	certs, err := tlstest.Generate(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventbustest.Run(t, func(t *testing.T) eventbus.Bus {
+		srv, err := eventbus.StartNATS(context.Background(), eventbus.NATSConfig{
+			ListenAddr: "127.0.0.1:0", MaxPayload: smallPayload, Logger: logger(),
+			TLS: eventbus.TLSFiles{CertFile: certs.ServerCert, KeyFile: certs.ServerKey, CAFile: certs.CA},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u := srv.ClientURL(); !strings.HasPrefix(u, "tls://") {
+			srv.Close()
+			t.Fatalf("ClientURL of a TLS server = %q, want tls://", u)
+		}
+		// A nats:// URL: TLS comes from WithTLS, not from the scheme.
+		cli, err := eventbus.ConnectNATS(context.Background(), "nats://"+strings.TrimPrefix(srv.ClientURL(), "tls://"),
+			eventbus.WithLogger(logger()),
+			eventbus.WithTLS(eventbus.TLSFiles{CertFile: certs.ClientCert, KeyFile: certs.ClientKey, CAFile: certs.CA}))
+		if err != nil {
+			srv.Close()
+			t.Fatal(err)
 		}
 		return split{pub: srv, sub: cli}
 	})
