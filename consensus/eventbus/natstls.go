@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -28,9 +29,12 @@ const DefaultTLSTimeout = 5 * time.Second
 //
 // On a client (WithTLS) the certificate is presented to the server (needed
 // when the server has a CAFile), and the server's certificate is verified
-// with CAFile (the system's roots without it). The client reads the files
-// again at every (re)connection, so rotated files are used without a
-// restart; the embedded server reads its files once, at start.
+// with CAFile (the system's roots without it).
+//
+// Rotated certificates are used without a restart: the client reads its
+// files again at every (re)connection, the server its certificate and key
+// when either file changes (a pair that fails to load, a rotation half
+// done, keeps the previous one). The server reads CAFile once, at start.
 type TLSFiles struct {
 	CertFile, KeyFile string
 	CAFile            string
@@ -75,11 +79,15 @@ func (f TLSFiles) caPool() (*x509.CertPool, error) {
 // route) and of the routes it dials: one config serves both roles, since a
 // route handshake is the same certificate and CA seen from either side.
 func (f TLSFiles) serverConfig() (*tls.Config, error) {
-	cert, err := f.keyPair()
-	if err != nil {
+	kp := &keyPairReloader{files: f}
+	if _, err := kp.get(); err != nil {
 		return nil, err
 	}
-	c := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	c := &tls.Config{
+		MinVersion:           tls.VersionTLS12,
+		GetCertificate:       func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return kp.get() },
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return kp.get() },
+	}
 	if f.CAFile != "" {
 		pool, err := f.caPool()
 		if err != nil {
@@ -124,4 +132,37 @@ func WithTLS(f TLSFiles) ClientOption {
 		f := f
 		o.tls = &f
 	}
+}
+
+// keyPairReloader serves the key pair of files, loading it again when the
+// modification time of either file changes.
+type keyPairReloader struct {
+	files TLSFiles
+
+	mu     sync.Mutex
+	cert   *tls.Certificate
+	mtimes [2]time.Time
+}
+
+func (r *keyPairReloader) get() (*tls.Certificate, error) {
+	var mt [2]time.Time
+	for i, name := range []string{r.files.CertFile, r.files.KeyFile} {
+		if st, err := os.Stat(name); err == nil {
+			mt[i] = st.ModTime()
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cert != nil && mt == r.mtimes {
+		return r.cert, nil
+	}
+	cert, err := r.files.keyPair()
+	if err != nil {
+		if r.cert != nil {
+			return r.cert, nil
+		}
+		return nil, err
+	}
+	r.cert, r.mtimes = &cert, mt
+	return r.cert, nil
 }

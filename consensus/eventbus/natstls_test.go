@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -213,3 +214,58 @@ func (l *logWatch) Handle(_ context.Context, r slog.Record) error {
 }
 func (l *logWatch) WithAttrs([]slog.Attr) slog.Handler { return l }
 func (l *logWatch) WithGroup(string) slog.Handler      { return l }
+
+// TestNATSTLSServerCertificateRotation: the server serves a new certificate
+// once its files change, and keeps the current one while they do not load.
+func TestNATSTLSServerCertificateRotation(t *testing.T) {
+	a, b := genCerts(t), genCerts(t)
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem")
+	install := func(certSrc, keySrc string, at time.Time) {
+		t.Helper()
+		for dst, src := range map[string]string{cert: certSrc, key: keySrc} {
+			pem, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(dst, pem, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			// An explicit time: a rotation must not go unnoticed for
+			// sharing the previous files' modification time.
+			if err := os.Chtimes(dst, at, at); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	now := time.Now()
+	install(a.ServerCert, a.ServerKey, now.Add(-time.Hour))
+	srv := startNATS(t, NATSConfig{ListenAddr: "127.0.0.1:0", TLS: TLSFiles{CertFile: cert, KeyFile: key, CAFile: a.CA}})
+	// Trusts the server certificate of b only; presents a's client
+	// certificate, which the server (trusting a's CA) accepts.
+	trustsB := WithTLS(TLSFiles{CertFile: a.ClientCert, KeyFile: a.ClientKey, CAFile: b.CA})
+	connect := func() error {
+		cli, err := ConnectNATS(context.Background(), srv.ClientURL(), WithLogger(quietLogger()), trustsB)
+		if err == nil {
+			cli.Close()
+		}
+		return err
+	}
+	if err := connect(); !errors.As(err, new(x509.UnknownAuthorityError)) {
+		t.Fatalf("before the rotation: %v, want an unknown authority error", err)
+	}
+	install(b.ServerCert, b.ServerKey, now)
+	if err := connect(); err != nil {
+		t.Fatalf("after the rotation: %v", err)
+	}
+	// A key that does not load (a rotation half done) keeps b's pair.
+	if err := os.WriteFile(key, []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(key, now.Add(time.Hour), now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := connect(); err != nil {
+		t.Fatalf("with a broken key file: %v", err)
+	}
+}
