@@ -209,3 +209,28 @@ func TestRestoreOldFormat(t *testing.T) {
 		t.Fatalf("restored: %v", got)
 	}
 }
+
+// TestRestoreDatabaseWithoutDigest: an etcd database without the digest
+// (an etcd member's member/snap/db copied as it is) restores with
+// skipHashCheck and is refused without it.
+func TestRestoreDatabaseWithoutDigest(t *testing.T) {
+	n := startNode(t, testConfig(t))
+	last := put(t, n, "a", "1").Header.Revision
+	_, data := takeBackup(t, n)
+	path := filepath.Join(t.TempDir(), "db")
+	if err := os.WriteFile(path, data[:len(data)-sha256.Size], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t)
+	cfg.DataDir = filepath.Join(t.TempDir(), "restored")
+	if err := restoreFile(t, path, cfg.DataDir, false); !errors.Is(err, ErrBadBackup) || !strings.Contains(err.Error(), "no SHA-256 digest") {
+		t.Fatalf("restore without a digest: %v", err)
+	}
+	if err := restoreFile(t, path, cfg.DataDir, true); err != nil {
+		t.Fatalf("restore with --skip-hash-check: %v", err)
+	}
+	r := startNode(t, cfg)
+	if got := get(t, r, "a", false); len(got.Kvs) != 1 || got.Kvs[0].ModRevision != last {
+		t.Fatalf("restored: %v", got)
+	}
+}
