@@ -33,6 +33,7 @@ import (
 	"hash/fnv"
 	"io"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -80,9 +81,10 @@ const (
 	tombstoneMark   = 't'
 	boltMagic       = 0xED0CDAED
 	boltMagicOffset = 16 // after bbolt's page header, in the first meta page
-	// writeChunk is how many key-bucket entries one write transaction holds
-	// before it commits.
-	writeChunk = 10000
+	// writeChunk and writeChunkBytes bound the key-bucket entries (count
+	// and bytes) one write transaction holds in memory before it commits.
+	writeChunk      = 10000
+	writeChunkBytes = 16 << 20
 )
 
 // Member is one row of the members bucket.
@@ -235,7 +237,7 @@ func writeLeases(db *bolt.DB, src Source) error {
 func writeHistory(ctx context.Context, db *bolt.DB, src Source) error {
 	var tx *bolt.Tx
 	var b *bolt.Bucket
-	n := 0
+	n, size := 0, 0
 	err := src.History(func(e storage.HistoryEntry) error {
 		if tx == nil {
 			if err := ctx.Err(); err != nil {
@@ -259,9 +261,10 @@ func writeHistory(ctx context.Context, db *bolt.DB, src Source) error {
 		if err := b.Put(revKey(e.Main, e.Sub, e.Tombstone), v); err != nil {
 			return err
 		}
-		if n++; n%writeChunk == 0 {
+		n++
+		if size += len(v); n%writeChunk == 0 || size >= writeChunkBytes {
 			err := tx.Commit()
-			tx = nil
+			tx, size = nil, 0
 			return err
 		}
 		return nil
@@ -449,11 +452,22 @@ type Info struct {
 
 // Read reads the database at path into dst: leases first, then every
 // key-bucket entry in revision order.
-func Read(ctx context.Context, path string, dst Sink) (Info, error) {
-	info := Info{CompactRev: -1}
+func Read(ctx context.Context, path string, dst Sink) (info Info, err error) {
+	info = Info{CompactRev: -1}
 	if err := checkFile(path); err != nil {
 		return info, err
 	}
+	// bbolt trusts the page references it follows: in a damaged file they
+	// can point outside the mapping or make it panic. Both become errors
+	// here instead of killing the process. (bbolt's tx.Check is not run: in
+	// a read-only database without a stored freelist it walks the pages on
+	// a goroutine of its own, where a damaged page panics beyond recovery.)
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %s: reading the database failed: %v", ErrBadDB, path, r)
+		}
+	}()
 	db, err := bolt.Open(path, 0o400, &bolt.Options{ReadOnly: true, Timeout: time.Second})
 	if err != nil {
 		return info, fmt.Errorf("%w: %s: %w", ErrBadDB, path, err)

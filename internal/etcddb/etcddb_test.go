@@ -1,6 +1,7 @@
 package etcddb_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -317,4 +318,57 @@ func TestImportRejectsBadHistory(t *testing.T) {
 	if _, err := full.NewImport(); !errors.Is(err, storage.ErrBadHistory) {
 		t.Fatalf("import into a store with keys: %v", err)
 	}
+}
+
+// FuzzRead: whatever the file holds, Read returns an error wrapping ErrBadDB
+// (or the sink's) or succeeds; it never crashes. The seeds are a database
+// and damaged copies of it.
+func FuzzRead(f *testing.F) {
+	s, err := storage.Open(filepath.Join(f.TempDir(), "store"), storage.Options{Logger: quiet})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer s.Close()
+	b := s.NewBatch()
+	if err := b.LeaseGrant(5, 60); err != nil {
+		f.Fatal(err)
+	}
+	if _, err := b.Put(&pb.PutRequest{Key: []byte("a"), Value: []byte("1"), Lease: 5}); err != nil {
+		f.Fatal(err)
+	}
+	if err := b.Commit(false); err != nil {
+		f.Fatal(err)
+	}
+	sn, err := s.NewSnapshot()
+	if err != nil {
+		f.Fatal(err)
+	}
+	path := filepath.Join(f.TempDir(), "db")
+	err = etcddb.Write(context.Background(), path, etcddb.Header{CompactRev: -1, StorageVersion: "3.7.0"}, sn)
+	sn.Close()
+	if err != nil {
+		f.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(data)
+	for _, off := range []int{20, 4096 + 20, 2*4096 + 30, 3*4096 + 100, len(data) - 10} {
+		if off < len(data) {
+			d := bytes.Clone(data)
+			d[off] ^= 0x5a
+			f.Add(d)
+		}
+	}
+	f.Add(data[:len(data)/2])
+	f.Fuzz(func(t *testing.T, file []byte) {
+		p := filepath.Join(t.TempDir(), "db")
+		if err := os.WriteFile(p, file, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := etcddb.Read(context.Background(), p, discard{}); err != nil && !errors.Is(err, etcddb.ErrBadDB) {
+			t.Fatalf("Read: %v, not ErrBadDB", err)
+		}
+	})
 }
