@@ -21,8 +21,11 @@ type backupState struct {
 	rev        int64
 	compactRev int64
 	kvs        []*mvccpb.KeyValue
-	lease      clientv3.LeaseID
-	leaseKeys  []string
+	// atCompact is every key as of the compact revision: history, not
+	// the current state.
+	atCompact []*mvccpb.KeyValue
+	lease     clientv3.LeaseID
+	leaseKeys []string
 }
 
 // fillForBackup writes history worth backing up: overwrites (versions), a
@@ -50,7 +53,8 @@ func fillForBackup(ctx context.Context, t *testing.T, c *clientv3.Client) backup
 func readBackupState(ctx context.Context, t *testing.T, c *clientv3.Client, lease clientv3.LeaseID, compactRev int64) backupState {
 	t.Helper()
 	all := must(c.Get(ctx, "", clientv3.WithPrefix()))(t)
-	st := backupState{rev: all.Header.Revision, compactRev: compactRev, kvs: all.Kvs, lease: lease}
+	old := must(c.Get(ctx, "", clientv3.WithPrefix(), clientv3.WithRev(compactRev)))(t)
+	st := backupState{rev: all.Header.Revision, compactRev: compactRev, kvs: all.Kvs, atCompact: old.Kvs, lease: lease}
 	ttl := must(c.TimeToLive(ctx, lease, clientv3.WithAttachedKeys()))(t)
 	if ttl.GrantedTTL != 900 || ttl.TTL <= 0 {
 		t.Fatalf("lease %x: granted %d, remaining %d; want 900 granted, alive", lease, ttl.GrantedTTL, ttl.TTL)
@@ -78,18 +82,27 @@ func checkRestored(ctx context.Context, t *testing.T, c *clientv3.Client, want b
 	if got.rev != want.rev || len(got.kvs) != len(want.kvs) {
 		t.Fatalf("restored %d keys at revision %d, want %d at %d", len(got.kvs), got.rev, len(want.kvs), want.rev)
 	}
-	for i, w := range want.kvs {
-		g := got.kvs[i]
-		if string(g.Key) != string(w.Key) || string(g.Value) != string(w.Value) || g.CreateRevision != w.CreateRevision ||
-			g.ModRevision != w.ModRevision || g.Version != w.Version || g.Lease != w.Lease {
-			t.Errorf("restored %s, want %s", g, w)
-		}
-	}
+	sameKVs(t, "current", got.kvs, want.kvs)
+	sameKVs(t, fmt.Sprintf("at revision %d", want.compactRev), got.atCompact, want.atCompact)
 	if strings.Join(got.leaseKeys, ",") != strings.Join(want.leaseKeys, ",") || len(want.leaseKeys) != 2 {
 		t.Errorf("restored lease keys %v, want %v", got.leaseKeys, want.leaseKeys)
 	}
 	if p := must(c.Put(ctx, "new", "1"))(t); p.Header.Revision != want.rev+1 {
 		t.Errorf("first put after the restore at revision %d, want %d", p.Header.Revision, want.rev+1)
+	}
+}
+
+func sameKVs(t *testing.T, what string, got, want []*mvccpb.KeyValue) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: restored %d keys, want %d", what, len(got), len(want))
+	}
+	for i, w := range want {
+		g := got[i]
+		if string(g.Key) != string(w.Key) || string(g.Value) != string(w.Value) || g.CreateRevision != w.CreateRevision ||
+			g.ModRevision != w.ModRevision || g.Version != w.Version || g.Lease != w.Lease {
+			t.Errorf("%s: restored %s, want %s", what, g, w)
+		}
 	}
 }
 
