@@ -38,68 +38,95 @@ type HistoryEntry struct {
 // was never compacted).
 func (sn *Snapshot) CompactRev() int64 { return sn.compactRev }
 
+// historyChunk is how many versions History reads per visit to the store:
+// fn runs between visits, so Store.Close never waits for a whole export.
+const historyChunk = 1024
+
 // History calls fn for every version the snapshot holds, in revision
-// order (main, then sub), tombstones included, until fn fails.
+// order (main, then sub), tombstones included, until fn fails. If the
+// store closes meanwhile it fails with ErrClosed.
 func (sn *Snapshot) History(fn func(HistoryEntry) error) error {
+	from := encodeRevKey(nil, 0, 0)
+	for {
+		chunk, next, err := sn.historyChunk(from)
+		if err != nil {
+			return err
+		}
+		for _, e := range chunk {
+			if err := fn(e); err != nil {
+				return err
+			}
+		}
+		if next == nil {
+			return nil
+		}
+		from = next
+	}
+}
+
+// historyChunk reads up to historyChunk versions from revision key from
+// on, and the revision key to continue at (nil at the end).
+func (sn *Snapshot) historyChunk(from []byte) (chunk []HistoryEntry, next []byte, err error) {
 	if err := sn.s.enter(); err != nil {
-		return err
+		return nil, nil, err
 	}
 	defer sn.s.leave()
 	if sn.snap == nil {
-		return ErrClosed
+		return nil, nil, ErrClosed
 	}
 	revIt, err := sn.snap.NewIter(&pebble.IterOptions{LowerBound: revLower, UpperBound: revUpper})
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer revIt.Close()
+	defer func() { err = errors.Join(err, revIt.Close()) }()
 	kvIt, err := sn.snap.NewIter(&pebble.IterOptions{LowerBound: kvLower, UpperBound: kvUpper})
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer kvIt.Close()
+	defer func() { err = errors.Join(err, kvIt.Close()) }()
 	var kvKey []byte
-	for ok := revIt.First(); ok; ok = revIt.Next() {
+	for ok := revIt.SeekGE(from); ok; ok = revIt.Next() {
 		main, sub, err := decodeRevKey(revIt.Key())
 		if err != nil {
-			return err
+			return nil, nil, err
+		}
+		if len(chunk) == historyChunk {
+			return chunk, encodeRevKey(nil, main, sub), nil
 		}
 		rv, err := revIt.ValueAndErr()
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
 		userKey, tomb, err := decodeRevValue(rv)
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
 		kvKey = encodeKVKey(kvKey[:0], userKey, main, sub)
 		if !kvIt.SeekGE(kvKey) || !bytes.Equal(kvIt.Key(), kvKey) {
 			if err := kvIt.Error(); err != nil {
-				return err
+				return nil, nil, err
 			}
-			return fmt.Errorf("%w: revision %d.%d of %q has no version", errCorrupt, main, sub, userKey)
+			return nil, nil, fmt.Errorf("%w: revision %d.%d of %q has no version", errCorrupt, main, sub, userKey)
 		}
 		val, err := kvIt.ValueAndErr()
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
 		v, err := decodeKVValue(val)
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
 		if v.tombstone != tomb {
-			return fmt.Errorf("%w: revision %d.%d of %q: index and version disagree on the tombstone", errCorrupt, main, sub, userKey)
+			return nil, nil, fmt.Errorf("%w: revision %d.%d of %q: index and version disagree on the tombstone", errCorrupt, main, sub, userKey)
 		}
 		e := HistoryEntry{Main: main, Sub: sub, Tombstone: tomb, KV: &mvccpb.KeyValue{Key: bytes.Clone(userKey), ModRevision: main}}
 		if !tomb {
 			e.KV.CreateRevision, e.KV.Version, e.KV.Lease = v.create, v.ver, v.lease
 			e.KV.Value = bytes.Clone(v.value)
 		}
-		if err := fn(e); err != nil {
-			return err
-		}
+		chunk = append(chunk, e)
 	}
-	return revIt.Error()
+	return chunk, nil, revIt.Error()
 }
 
 // Leases calls fn for every lease of the snapshot, in id order.
