@@ -62,7 +62,8 @@ type Snapshot struct {
 	it   *pebble.Iterator
 
 	appliedIndex, appliedTerm uint64
-	rev                       int64
+	rev, compactRev           int64
+	alarms                    []*pb.AlarmMember
 
 	buf     bytes.Buffer
 	crc     hash.Hash32
@@ -83,7 +84,8 @@ func (s *Store) NewSnapshot() (*Snapshot, error) {
 	sn := &Snapshot{s: s, crc: crc32.New(crcTable)}
 	s.stateMu.RLock()
 	sn.snap = s.db.NewSnapshot()
-	sn.appliedIndex, sn.appliedTerm, sn.rev = s.appliedIndex, s.appliedTerm, s.rev
+	sn.appliedIndex, sn.appliedTerm, sn.rev, sn.compactRev = s.appliedIndex, s.appliedTerm, s.rev, s.compactRev
+	sn.alarms = cloneAlarms(s.alarms)
 	s.stateMu.RUnlock()
 	it, err := sn.snap.NewIter(nil)
 	if err != nil {
@@ -479,3 +481,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	c.n += int64(n)
 	return n, err
 }
+
+// IsSnapshotStream reports whether prefix, the first bytes of a file, is
+// the start of a snapshot stream.
+func IsSnapshotStream(prefix []byte) bool { return bytes.HasPrefix(prefix, []byte(snapshotMagic)) }
