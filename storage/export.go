@@ -335,21 +335,7 @@ func (im *Import) Commit(rev, compactRev int64) error {
 			return err
 		}
 	}
-	s.commitMu.Lock()
-	defer s.commitMu.Unlock()
-	s.stateMu.Lock()
-	defer s.stateMu.Unlock()
-	if err := im.b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("storage: commit import: %w", err)
-	}
-	st, err := s.readState()
-	if err != nil {
-		return err
-	}
-	s.rev, s.compactRev, s.appliedIndex, s.appliedTerm, s.alarms = st.rev, st.compactRev, st.appliedIndex, st.appliedTerm, st.alarms
-	s.hashes = nil
-	s.seq++
-	return nil
+	return s.commitReplacement(im.b, "import")
 }
 
 // attachLeases reads the committed versions, newest first for each key,

@@ -351,12 +351,19 @@ func (r *Restore) Commit() error {
 		return err
 	}
 	defer s.leave()
+	return s.commitReplacement(r.b, "restore")
+}
+
+// commitReplacement commits b, which replaced the store's contents (a
+// restore or an import), and reloads the in-memory state from what it
+// wrote. The caller is inside enter.
+func (s *Store) commitReplacement(b *pebble.Batch, what string) error {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	s.stateMu.Lock()
 	defer s.stateMu.Unlock()
-	if err := r.b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("storage: commit restore: %w", err)
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("storage: commit %s: %w", what, err)
 	}
 	st, err := s.readState()
 	if err != nil {
