@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/concord-kv/concord/consensus/eventbus"
 	"log/slog"
 	"net/url"
 	"slices"
@@ -13,6 +12,9 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/concord-kv/concord/consensus/eventbus"
 )
 
 // Defaults, matching etcd's where the meaning is the same.
@@ -68,6 +70,10 @@ type Config struct {
 	// QuotaBackendBytes is the store size above which writes fail with
 	// ErrNoSpace; 0 means the default 2 GiB, negative disables the quota.
 	QuotaBackendBytes int64
+	// BcryptCost is the bcrypt cost of the password hashes UserAdd and
+	// UserChangePassword store (etcd's --bcrypt-cost); 0 means the default,
+	// bcrypt.DefaultCost (10).
+	BcryptCost int
 	// Logger receives start-up, leader-change and error logs.
 	Logger *slog.Logger
 	// Events, when set, receives every applied revision with all its events
@@ -152,6 +158,9 @@ func (c *Config) SetDefaults() {
 	if c.QuotaBackendBytes == 0 {
 		c.QuotaBackendBytes = DefaultQuotaBackendBytes
 	}
+	if c.BcryptCost == 0 {
+		c.BcryptCost = bcrypt.DefaultCost
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -188,6 +197,9 @@ func (c Config) Validate() error {
 	}
 	if c.SnapshotCount == 0 {
 		return errors.New("consensus: snapshot count must be positive")
+	}
+	if c.BcryptCost < bcrypt.MinCost || c.BcryptCost > bcrypt.MaxCost {
+		return fmt.Errorf("consensus: bcrypt cost %d outside [%d, %d]", c.BcryptCost, bcrypt.MinCost, bcrypt.MaxCost)
 	}
 	members, err := c.initialMembers()
 	if err != nil {

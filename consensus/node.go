@@ -68,6 +68,7 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/storage"
 )
 
@@ -197,6 +198,7 @@ type Node struct {
 	leader, term, committed, applied atomic.Uint64
 	noSpace                          atomic.Bool
 	leaseAuthPub                     atomic.Pointer[LeaseAuthority]
+	authPub                          atomic.Pointer[auth.State]
 	// Read statistics: ReadIndex rounds started and reads currently waiting.
 	readRounds, readsWaiting atomic.Int64
 	// snapshotsSent counts store snapshots handed to the transport,
@@ -227,6 +229,7 @@ type Node struct {
 	readWaiting    []appliedWait
 	alarms         map[alarmKey]bool
 	leaseAuth      LeaseAuthority
+	auth           *auth.State
 	alarmReqID     uint64
 	noSpaceWaiters []uint64
 	leaderSeen     bool
@@ -386,6 +389,10 @@ func newNode(ctx context.Context, cfg Config, store *storage.Store) (*Node, erro
 	}
 	auth := n.leaseAuth
 	n.leaseAuthPub.Store(&auth)
+	if n.auth, err = loadAuth(store); err != nil {
+		return nil, err
+	}
+	n.authPub.Store(n.auth)
 	n.ids = newIDGenerator(n.memberID, time.Now())
 
 	n.rn, err = raft.NewRawNode(&raft.Config{
@@ -670,6 +677,9 @@ func (n *Node) markApplied(rd raft.Ready, out *applyOutput) {
 	}
 	if out.leaseAuth != nil {
 		n.leaseAuthPub.Store(out.leaseAuth)
+	}
+	if out.auth != nil {
+		n.authPub.Store(out.auth)
 	}
 	if out.members != nil {
 		n.setMembers(out.members)

@@ -159,7 +159,7 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 	g.mount(etcdserverpbconnect.NewLeaseHandler(leaseService{g: g, l: o.lease}, hopts...))
 	g.mount(etcdserverpbconnect.NewClusterHandler(clusterService{g: g}, hopts...))
 	g.mount(etcdserverpbconnect.NewMaintenanceHandler(maintenanceService{g: g}, hopts...))
-	g.mount(etcdserverpbconnect.NewAuthHandler(etcdserverpbconnect.UnimplementedAuthHandler{}, hopts...))
+	g.mount(etcdserverpbconnect.NewAuthHandler(authHandler(b), hopts...))
 	g.mount(v3lockpbconnect.NewLockHandler(o.lock, hopts...))
 	g.mount(v3electionpbconnect.NewElectionHandler(o.election, hopts...))
 	g.installHTTPEndpoints(o.readyChecks)

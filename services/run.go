@@ -170,6 +170,7 @@ func consensusConfig(cfg config.Server, log *slog.Logger) consensus.Config {
 		ElectionTimeout:   cfg.ElectionTimeout,
 		SnapshotCount:     cfg.SnapshotCount,
 		QuotaBackendBytes: cfg.QuotaBackendBytes,
+		BcryptCost:        cfg.BcryptCost,
 		Logger:            log.With("component", "consensus"),
 	}
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/concord-kv/concord/consensus/compactor"
 )
@@ -52,8 +53,11 @@ type Server struct {
 	ElectionTimeout   time.Duration
 	SnapshotCount     uint64
 	QuotaBackendBytes int64
-	MaxRequestBytes   int
-	MaxTxnOps         int
+	// BcryptCost is the bcrypt cost of stored password hashes (etcd's
+	// --bcrypt-cost, default 10).
+	BcryptCost      int
+	MaxRequestBytes int
+	MaxTxnOps       int
 
 	// WatchProgressNotifyInterval is the period of the progress
 	// notifications of watches created with progress_notify (etcd's
@@ -116,6 +120,7 @@ const (
 	fElectionTimeout     = "election-timeout"
 	fSnapshotCount       = "snapshot-count"
 	fQuotaBackendBytes   = "quota-backend-bytes"
+	fBcryptCost          = "bcrypt-cost"
 	fMaxRequestBytes     = "max-request-bytes"
 	fMaxTxnOps           = "max-txn-ops"
 	fWatchProgressNotify = "watch-progress-notify-interval"
@@ -148,6 +153,7 @@ func ServerFlags(fs *pflag.FlagSet) {
 	fs.Uint(fElectionTimeout, 1000, "time (in milliseconds) for an election to timeout")
 	fs.Uint64(fSnapshotCount, 10000, "number of committed transactions to trigger a snapshot and truncate the raft log")
 	fs.Int64(fQuotaBackendBytes, 0, "raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB)")
+	fs.Uint(fBcryptCost, uint(bcrypt.DefaultCost), "Specify bcrypt algorithm cost factor for auth password hashing.")
 	fs.Int(fMaxRequestBytes, 1572864, "maximum client request size in bytes the server will accept")
 	fs.Int(fMaxTxnOps, 128, "maximum number of operations permitted in a transaction")
 	fs.Duration(fWatchProgressNotify, DefaultWatchProgressNotifyInterval, "duration of periodic watch progress notifications (at least 100ms)")
@@ -209,6 +215,7 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	c.ElectionTimeout = time.Duration(v.GetUint(fElectionTimeout)) * time.Millisecond
 	c.SnapshotCount = v.GetUint64(fSnapshotCount)
 	c.QuotaBackendBytes = v.GetInt64(fQuotaBackendBytes)
+	c.BcryptCost = int(min(v.GetUint(fBcryptCost), uint(bcrypt.MaxCost)+1))
 	c.MaxRequestBytes = v.GetInt(fMaxRequestBytes)
 	c.MaxTxnOps = v.GetInt(fMaxTxnOps)
 	// As etcd: not positive keeps the default, too short is raised to the
@@ -257,6 +264,8 @@ func (c Server) Validate() error {
 		return fmt.Errorf("%w: --%s (%v) must be at least 5 times --%s (%v)", ErrInvalid, fElectionTimeout, c.ElectionTimeout, fHeartbeatInterval, c.HeartbeatInterval)
 	case c.QuotaBackendBytes < 0:
 		return fmt.Errorf("%w: --%s must not be negative", ErrInvalid, fQuotaBackendBytes)
+	case c.BcryptCost < bcrypt.MinCost || c.BcryptCost > bcrypt.MaxCost:
+		return fmt.Errorf("%w: --%s must be between %d and %d", ErrInvalid, fBcryptCost, bcrypt.MinCost, bcrypt.MaxCost)
 	case c.MaxRequestBytes <= 0:
 		return fmt.Errorf("%w: --%s must be positive", ErrInvalid, fMaxRequestBytes)
 	case c.MaxTxnOps <= 0:

@@ -1,0 +1,100 @@
+package consensus
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+
+	"go.etcd.io/etcd/api/v3/authpb"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/concord-kv/concord/auth"
+)
+
+// TestAuthReplicatedThroughSnapshotAndRestart checks that auth changes
+// reach every member through the log, reach a member that was down through
+// a store snapshot, survive a restart, and that AuthEnable refuses while
+// permissions are not enforced.
+func TestAuthReplicatedThroughSnapshotAndRestart(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *Config) {
+		cfg.SnapshotCount = 20
+		cfg.SnapshotCatchUpEntries = 5
+		cfg.BcryptCost = bcrypt.MinCost
+	})
+	lead := c.leader()
+	behind := c.followers(lead)[0]
+	n := c.nodes[lead]
+	if _, err := n.UserAdd(ctxT(t), &pb.AuthUserAddRequest{Name: "early", Password: "pw"}); err != nil {
+		t.Fatal(err)
+	}
+	c.converged()
+	c.stop(behind)
+
+	if _, err := n.UserAdd(ctxT(t), &pb.AuthUserAddRequest{Name: "root", Password: "rootpw"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: "root", Role: "root"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.RoleAdd(ctxT(t), &pb.AuthRoleAddRequest{Name: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.RoleGrantPermission(ctxT(t), &pb.AuthRoleGrantPermissionRequest{Name: "r",
+		Perm: &authpb.Permission{Key: []byte("a"), RangeEnd: []byte("b"), PermType: authpb.Permission_READ}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: "early", Role: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.UserAdd(ctxT(t), &pb.AuthUserAddRequest{Name: "root", Password: "x"}); !errors.Is(err, auth.ErrUserAlreadyExist) {
+		t.Fatalf("second root: %v, want ErrUserAlreadyExist", err)
+	}
+	// Enough entries to truncate the log past the stopped member.
+	for i := range 60 {
+		if _, err := putCtx(ctxT(t), n, fmt.Sprintf("k/%02d", i), "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.start(behind)
+	c.converged()
+	if got := c.nodes[behind].snapshotsInstalled.Load(); got < 1 {
+		t.Fatalf("member caught up without a snapshot (%d installed)", got)
+	}
+	want := n.AuthState().Revision()
+	for _, i := range c.running() {
+		waitFor(t, "auth state to replicate", func() bool { return c.nodes[i].AuthState().Revision() == want })
+		st := c.nodes[i].AuthState()
+		if !st.HasRootRole("root") || st.User("early") == nil {
+			t.Errorf("member %d: auth state lacks users", i+1)
+		}
+		if !st.RangePermitted("early", []byte("a1"), nil, authpb.Permission_READ) || st.RangePermitted("early", []byte("b"), nil, authpb.Permission_READ) {
+			t.Errorf("member %d: early's permissions are not r's [a, b)", i+1)
+		}
+	}
+
+	c.stop(behind)
+	c.start(behind)
+	b := c.nodes[behind]
+	if b.AuthState().Revision() != want {
+		t.Fatalf("restarted member at auth revision %d, want %d", b.AuthState().Revision(), want)
+	}
+	list, err := b.UserList(ctxT(t), &pb.AuthUserListRequest{})
+	if err != nil || !slices.Equal(list.Users, []string{"early", "root"}) {
+		t.Fatalf("UserList on the restarted member: %v, %v", list, err)
+	}
+	st, err := b.AuthStatus(ctxT(t), &pb.AuthStatusRequest{})
+	if err != nil || st.Enabled || st.AuthRevision != want || st.Header.GetMemberId() != b.MemberID() {
+		t.Fatalf("AuthStatus: %v, %v", st, err)
+	}
+	if _, err := b.AuthEnable(ctxT(t), &pb.AuthEnableRequest{}); !errors.Is(err, ErrAuthEnableUnsupported) {
+		t.Fatalf("AuthEnable: %v, want ErrAuthEnableUnsupported", err)
+	}
+	if b.AuthState().Enabled() {
+		t.Fatal("auth enabled after a refused AuthEnable")
+	}
+	if _, err := b.Authenticate(ctxT(t), &pb.AuthenticateRequest{Name: "root", Password: "rootpw"}); !errors.Is(err, auth.ErrAuthNotEnabled) {
+		t.Fatalf("Authenticate: %v, want ErrAuthNotEnabled", err)
+	}
+}
