@@ -13,6 +13,7 @@ import (
 //
 //	1: enabled (varint)   2: revision (varint)
 //	3: authpb.User (repeated)   4: authpb.Role (repeated)
+//	5: token key (bytes)
 //
 // Auth data is small (tens of users and roles), so the whole state is
 // stored as one blob, rewritten by each change, in the same batch as the
@@ -22,6 +23,7 @@ const (
 	fieldRevision = 2
 	fieldUser     = 3
 	fieldRole     = 4
+	fieldTokenKey = 5
 )
 
 // Marshal encodes s for storage. Users and roles are written in name order
@@ -51,6 +53,10 @@ func (s *State) Marshal() ([]byte, error) {
 		b = protowire.AppendTag(b, fieldRole, protowire.BytesType)
 		b = protowire.AppendBytes(b, m)
 	}
+	if len(s.tokenKey) > 0 {
+		b = protowire.AppendTag(b, fieldTokenKey, protowire.BytesType)
+		b = protowire.AppendBytes(b, s.tokenKey)
+	}
 	return b, nil
 }
 
@@ -76,6 +82,13 @@ func Unmarshal(data []byte) (*State, error) {
 			} else {
 				s.revision = v
 			}
+		case num == fieldTokenKey && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(data)
+			if n < 0 {
+				return nil, fmt.Errorf("%w: %w", ErrCorrupt, protowire.ParseError(n))
+			}
+			data = data[n:]
+			s.tokenKey = append([]byte(nil), v...)
 		case (num == fieldUser || num == fieldRole) && typ == protowire.BytesType:
 			v, n := protowire.ConsumeBytes(data)
 			if n < 0 {

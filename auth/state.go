@@ -29,6 +29,9 @@ type State struct {
 	revision uint64
 	users    map[string]*authpb.User
 	roles    map[string]*authpb.Role
+	// tokenKey signs and verifies tokens (token.go); chosen when auth is
+	// enabled, dropped when it is disabled.
+	tokenKey []byte
 	// perms are the merged key permissions of each user, rebuilt whenever
 	// users or roles change (etcd's rangePermCache).
 	perms map[string]*unifiedPerms
@@ -115,7 +118,10 @@ func (s *State) Apply(r *pb.InternalRaftRequest) (next *State, resp proto.Messag
 	handled = true
 	switch {
 	case r.AuthEnable != nil:
-		next, err = s.authEnable()
+		// concord proposes enables as Enable commands carrying the token
+		// key; an etcd-style entry enables auth without one, so no token
+		// can be issued or verified until it is enabled again.
+		next, err = s.Enable(nil)
 		resp = &pb.AuthEnableResponse{}
 	case r.AuthDisable != nil:
 		next = s.authDisable()
@@ -194,9 +200,11 @@ func sortedKeys[V any](m map[string]V) []string {
 	return ks
 }
 
-// authEnable is etcd's AuthEnable: a no-op when enabled, else it needs the
+// Enable is etcd's AuthEnable: a no-op when enabled, else it needs the
 // root user with the root role. Enabling does not change the revision.
-func (s *State) authEnable() (*State, error) {
+// tokenKey (TokenKeySize random bytes chosen by the proposer, so that every
+// member applies the same one) signs the tokens issued from now on.
+func (s *State) Enable(tokenKey []byte) (*State, error) {
 	if s.enabled {
 		return s, nil
 	}
@@ -209,6 +217,7 @@ func (s *State) authEnable() (*State, error) {
 	}
 	n := s.clone()
 	n.enabled = true
+	n.tokenKey = bytes.Clone(tokenKey)
 	return n, nil
 }
 
@@ -220,6 +229,7 @@ func (s *State) authDisable() *State {
 	}
 	n := s.clone()
 	n.enabled = false
+	n.tokenKey = nil
 	return n.commit()
 }
 

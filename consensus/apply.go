@@ -155,6 +155,9 @@ func (n *Node) applyRequest(b *storage.Batch, r *pb.InternalRaftRequest, out *ap
 		err  error
 		fits = true
 	)
+	if err := n.checkApply(b, r); err != nil {
+		return result{err: err}, false, nil
+	}
 	switch {
 	case r.Put != nil:
 		if n.capped() {

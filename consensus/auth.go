@@ -8,25 +8,195 @@ package consensus
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"math"
+	"time"
 
+	"go.etcd.io/etcd/api/v3/authpb"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"golang.org/x/crypto/bcrypt"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/concord-kv/concord/auth"
+	concordv1 "github.com/concord-kv/concord/proto/gen/concord/v1"
 	"github.com/concord-kv/concord/storage"
 )
 
 // metaAuth is the storage metadata key of the auth state.
 var metaAuth = []byte("auth")
 
-// ErrAuthEnableUnsupported is AuthEnable's answer while concord does not
-// enforce permissions: enabling auth must never make a user believe that
-// keys are protected when they are not.
-var ErrAuthEnableUnsupported = errors.New("concord: auth enable is not supported yet: permissions are not enforced")
+// ErrAuthEnableUnsupported is AuthEnable's answer where concord cannot yet
+// enforce permissions on every path (Config.RefuseAuthEnable): enabling auth
+// must never make a user believe that keys are protected when they are not.
+var ErrAuthEnableUnsupported = errors.New("concord: auth enable is not supported in the split topology yet: its watch and lease processes do not enforce permissions")
+
+// internalAuth is who requests without client credentials run as: the
+// member's own components (health checks, the compactor) are trusted, as
+// etcd's internal requests run as root. Auth can only be enabled while root
+// has the root role, and neither can be removed while it is enabled.
+var internalAuth = &auth.AuthInfo{Username: auth.RootUser, Revision: math.MaxUint64}
+
+// authInfo is who the request of ctx runs as under st, etcd's
+// AuthInfoFromCtx: nil (no credentials; checks then fail with
+// ErrUserEmpty) or the user of a valid token, or of the verified client
+// certificate when no token was given. Requests that did not come from a
+// client (no credentials in ctx at all) run as internalAuth.
+func (n *Node) authInfo(ctx context.Context, st *auth.State) (*auth.AuthInfo, error) {
+	if !st.Enabled() {
+		return nil, nil
+	}
+	c, ok := auth.CredentialsFrom(ctx)
+	if !ok {
+		return internalAuth, nil
+	}
+	if c.Token != "" {
+		ai, err := st.VerifyToken(c.Token, time.Now())
+		if err != nil {
+			return nil, err
+		}
+		return &ai, nil
+	}
+	if c.CommonName != "" {
+		return &auth.AuthInfo{Username: c.CommonName, Revision: st.Revision()}, nil
+	}
+	return nil, nil
+}
+
+// proposer is the identity a proposal carries in its header.
+func (n *Node) proposer(ctx context.Context) (*auth.AuthInfo, error) {
+	return n.authInfo(ctx, n.AuthState())
+}
+
+// requireAdmin is etcd's AuthAdmin.isPermitted: root only, once enabled.
+func (n *Node) requireAdmin(ctx context.Context) error {
+	st := n.AuthState()
+	ai, err := n.authInfo(ctx, st)
+	if err != nil {
+		return err
+	}
+	return st.IsAdminPermitted(ai)
+}
+
+// requireAuthInfo is etcd's AuthAdmin.requireAuthInfo: any authenticated
+// user, once enabled.
+func (n *Node) requireAuthInfo(ctx context.Context) error {
+	st := n.AuthState()
+	ai, err := n.authInfo(ctx, st)
+	if err != nil {
+		return err
+	}
+	if st.Enabled() && ai == nil {
+		return auth.ErrUserEmpty
+	}
+	return nil
+}
+
+// checkRead checks read permission on [key, end) for a locally served read
+// (etcd's doSerialize with IsRangePermitted).
+func (n *Node) checkRead(ctx context.Context, key, end []byte) error {
+	st := n.AuthState()
+	ai, err := n.authInfo(ctx, st)
+	if err != nil {
+		return err
+	}
+	return st.IsOpPermitted(ai, key, end, authpb.Permission_READ)
+}
+
+// AuthorizeWatch is etcd's isWatchPermitted: read permission on the
+// watched range. It returns the header of the refusal etcd sends.
+func (n *Node) AuthorizeWatch(ctx context.Context, key, end []byte) (*pb.ResponseHeader, error) {
+	return n.header(nil), n.checkRead(ctx, key, end)
+}
+
+// AuthorizeLease is etcd's checkLeaseRenew (write, for keep-alives) and
+// checkLeaseTimeToLive (read, for TimeToLive with keys): root, or the
+// permission on every key attached to the lease.
+func (n *Node) AuthorizeLease(ctx context.Context, id int64, write bool) error {
+	st := n.AuthState()
+	if !st.Enabled() {
+		return nil
+	}
+	ai, err := n.authInfo(ctx, st)
+	if err != nil {
+		return err
+	}
+	if ai == nil {
+		return auth.ErrUserEmpty
+	}
+	if st.IsAdminPermitted(ai) == nil {
+		return nil
+	}
+	l, ok := n.store.Lease(id)
+	if !ok {
+		return nil
+	}
+	typ := authpb.Permission_READ
+	if write {
+		typ = authpb.Permission_WRITE
+	}
+	for _, k := range l.Keys {
+		if err := st.IsOpPermitted(ai, k, nil, typ); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkApply runs etcd's apply-time permission checks for r, as the user
+// its header names.
+func (n *Node) checkApply(b *storage.Batch, r *pb.InternalRaftRequest) error {
+	if !n.auth.Enabled() {
+		return nil
+	}
+	var ai *auth.AuthInfo
+	if h := r.GetHeader(); h.GetUsername() != "" || h.GetAuthRevision() != 0 {
+		ai = &auth.AuthInfo{Username: h.GetUsername(), Revision: h.GetAuthRevision()}
+	}
+	var keysErr error
+	err := n.auth.CheckApply(r, ai, func(id int64) [][]byte {
+		ks, err := b.LeaseKeys(id)
+		if err != nil && keysErr == nil {
+			keysErr = err
+		}
+		return ks
+	})
+	if keysErr != nil {
+		// A store that cannot list a lease's keys cannot decide: refuse.
+		return fmt.Errorf("consensus: lease keys for an auth check: %w", keysErr)
+	}
+	return err
+}
+
+// applyAuthEnable applies a concord AuthEnable command.
+func (n *Node) applyAuthEnable(b *storage.Batch, c *concordv1.AuthEnable, out *applyOutput) (result, error) {
+	next, err := n.auth.Enable(c.GetTokenKey())
+	if err != nil {
+		return result{err: err}, nil
+	}
+	if err := n.setAuth(b, next, out); err != nil {
+		return result{}, err
+	}
+	return result{resp: &pb.AuthEnableResponse{}}, nil
+}
+
+// setAuth records a new auth state in the batch and the loop's copy; it is
+// published once the batch is committed.
+func (n *Node) setAuth(b *storage.Batch, next *auth.State, out *applyOutput) error {
+	if next == n.auth {
+		return nil
+	}
+	data, err := next.Marshal()
+	if err != nil {
+		return err
+	}
+	b.SetMeta(metaAuth, data)
+	n.auth = next
+	out.auth = next
+	return nil
+}
 
 func loadAuth(s *storage.Store) (*auth.State, error) {
 	v, err := s.Meta(metaAuth)
@@ -52,14 +222,8 @@ func (n *Node) applyAuth(b *storage.Batch, r *pb.InternalRaftRequest, out *apply
 	if err != nil {
 		return result{err: err}, true, nil
 	}
-	if next != n.auth {
-		data, err := next.Marshal()
-		if err != nil {
-			return result{}, true, err
-		}
-		b.SetMeta(metaAuth, data)
-		n.auth = next
-		out.auth = next
+	if err := n.setAuth(b, next, out); err != nil {
+		return result{}, true, err
 	}
 	return result{resp: resp}, true, nil
 }
@@ -92,23 +256,34 @@ func (n *Node) hashPassword(pw string) (string, error) {
 	return base64.StdEncoding.EncodeToString(h), nil
 }
 
-// AuthEnable refuses, after etcd's checks of the root user and role on the
-// applied state, until permissions are enforced.
+// AuthEnable turns auth on, with etcd's checks (root user with the root
+// role; root only once enabled), choosing the key that signs tokens.
 func (n *Node) AuthEnable(ctx context.Context, _ *pb.AuthEnableRequest) (*pb.AuthEnableResponse, error) {
 	if err := n.learnerGuard(); err != nil {
 		return nil, err
 	}
-	if err := n.linearizableReadNotify(ctx); err != nil {
+	if n.cfg.RefuseAuthEnable {
+		return nil, ErrAuthEnableUnsupported
+	}
+	if err := n.requireAdmin(ctx); err != nil {
 		return nil, err
 	}
-	st := n.AuthState()
-	if st.User(auth.RootUser) == nil {
-		return nil, auth.ErrRootUserNotExist
+	key := make([]byte, auth.TokenKeySize)
+	if _, err := rand.Read(key); err != nil {
+		return nil, fmt.Errorf("consensus: token key: %w", err)
 	}
-	if !st.HasRootRole(auth.RootUser) {
-		return nil, auth.ErrRootRoleNotExist
+	m, err := n.proposeCommand(ctx, &concordv1.RaftCommand{Command: &concordv1.RaftCommand_AuthEnable{
+		AuthEnable: &concordv1.AuthEnable{TokenKey: key},
+	}})
+	if err != nil {
+		return nil, err
 	}
-	return nil, ErrAuthEnableUnsupported
+	resp, ok := m.(*pb.AuthEnableResponse)
+	if !ok {
+		return nil, fmt.Errorf("consensus: unexpected apply response %T", m)
+	}
+	resp.Header = n.header(resp.Header)
+	return resp, nil
 }
 
 // AuthDisable turns auth off (a no-op while it is off).
@@ -121,16 +296,25 @@ func (n *Node) AuthStatus(ctx context.Context, r *pb.AuthStatusRequest) (*pb.Aut
 	return proposeAuth(ctx, n, &pb.InternalRaftRequest{AuthStatus: r}, func(m *pb.AuthStatusResponse, h *pb.ResponseHeader) { m.Header = h })
 }
 
-// Authenticate checks a user's password and issues a token. Auth cannot be
-// enabled yet, so it answers etcd's "authentication is not enabled".
+// Authenticate checks a user's password (bcrypt, outside the apply loop)
+// and issues a token for the auth revision it was checked at.
 func (n *Node) Authenticate(ctx context.Context, r *pb.AuthenticateRequest) (*pb.AuthenticateResponse, error) {
 	if err := n.linearizableReadNotify(ctx); err != nil {
 		return nil, err
 	}
-	if _, err := n.AuthState().CheckPassword(r.GetName(), r.GetPassword(), bcrypt.CompareHashAndPassword); err != nil {
+	st := n.AuthState()
+	rev, err := st.CheckPassword(r.GetName(), r.GetPassword(), bcrypt.CompareHashAndPassword)
+	if err != nil {
+		if !errors.Is(err, auth.ErrAuthNotEnabled) {
+			n.lg.Warn("invalid authentication was requested", "user", r.GetName(), "error", err)
+		}
 		return nil, err
 	}
-	return nil, ErrAuthEnableUnsupported
+	token, err := st.IssueToken(r.GetName(), rev, time.Now().Add(n.cfg.AuthTokenTTL))
+	if err != nil {
+		return nil, err
+	}
+	return &pb.AuthenticateResponse{Header: n.header(nil), Token: token}, nil
 }
 
 // UserAdd adds a user, hashing its password first.
@@ -212,4 +396,14 @@ func (n *Node) RoleGrantPermission(ctx context.Context, r *pb.AuthRoleGrantPermi
 // RoleRevokePermission revokes a key permission from a role.
 func (n *Node) RoleRevokePermission(ctx context.Context, r *pb.AuthRoleRevokePermissionRequest) (*pb.AuthRoleRevokePermissionResponse, error) {
 	return proposeAuth(ctx, n, &pb.InternalRaftRequest{AuthRoleRevokePermission: r}, func(m *pb.AuthRoleRevokePermissionResponse, h *pb.ResponseHeader) { m.Header = h })
+}
+
+// checkReadTxn checks a txn served locally (no writes): etcd's checkTxnAuth.
+func (n *Node) checkReadTxn(ctx context.Context, r *pb.TxnRequest) error {
+	st := n.AuthState()
+	ai, err := n.authInfo(ctx, st)
+	if err != nil {
+		return err
+	}
+	return st.CheckTxn(ai, r, func(int64) [][]byte { return nil })
 }

@@ -15,8 +15,8 @@ import (
 
 // TestAuthReplicatedThroughSnapshotAndRestart checks that auth changes
 // reach every member through the log, reach a member that was down through
-// a store snapshot, survive a restart, and that AuthEnable refuses while
-// permissions are not enforced.
+// a store snapshot and survive a restart, and that once enabled a token
+// issued by one member is checked the same way on every member.
 func TestAuthReplicatedThroughSnapshotAndRestart(t *testing.T) {
 	c := newTestCluster(t, 3, func(cfg *Config) {
 		cfg.SnapshotCount = 20
@@ -88,13 +88,67 @@ func TestAuthReplicatedThroughSnapshotAndRestart(t *testing.T) {
 	if err != nil || st.Enabled || st.AuthRevision != want || st.Header.GetMemberId() != b.MemberID() {
 		t.Fatalf("AuthStatus: %v, %v", st, err)
 	}
-	if _, err := b.AuthEnable(ctxT(t), &pb.AuthEnableRequest{}); !errors.Is(err, ErrAuthEnableUnsupported) {
+	if _, err := b.Authenticate(ctxT(t), &pb.AuthenticateRequest{Name: "root", Password: "rootpw"}); !errors.Is(err, auth.ErrAuthNotEnabled) {
+		t.Fatalf("Authenticate before enable: %v, want ErrAuthNotEnabled", err)
+	}
+	// A client request without credentials, once auth is enabled.
+	client := auth.WithCredentials(ctxT(t), auth.Credentials{})
+	if _, err := b.AuthEnable(ctxT(t), &pb.AuthEnableRequest{}); err != nil {
+		t.Fatalf("AuthEnable: %v", err)
+	}
+	if !b.AuthState().Enabled() {
+		t.Fatal("auth not enabled after AuthEnable")
+	}
+	if _, err := b.Put(client, &pb.PutRequest{Key: []byte("a1"), Value: []byte("v")}); !errors.Is(err, auth.ErrUserEmpty) {
+		t.Fatalf("put without credentials: %v, want ErrUserEmpty", err)
+	}
+	// A token issued by one member works on every other: the key is
+	// replicated.
+	if _, err := b.UserChangePassword(ctxT(t), &pb.AuthUserChangePasswordRequest{Name: "early", Password: "earlypw"}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := b.Authenticate(ctxT(t), &pb.AuthenticateRequest{Name: "early", Password: "earlypw"})
+	if err != nil {
+		t.Fatalf("Authenticate: %v", err)
+	}
+	for _, i := range c.running() {
+		early := auth.WithCredentials(ctxT(t), auth.Credentials{Token: tok.Token})
+		waitFor(t, "the enable to replicate", func() bool { return c.nodes[i].AuthState().Enabled() })
+		if _, err := c.nodes[i].Range(early, &pb.RangeRequest{Key: []byte("a1")}); err != nil {
+			t.Errorf("member %d: read within early's permissions: %v", i+1, err)
+		}
+		if _, err := c.nodes[i].Range(early, &pb.RangeRequest{Key: []byte("b")}); !errors.Is(err, auth.ErrPermissionDenied) {
+			t.Errorf("member %d: read outside early's permissions: %v, want ErrPermissionDenied", i+1, err)
+		}
+		if _, err := c.nodes[i].Put(early, &pb.PutRequest{Key: []byte("a1")}); !errors.Is(err, auth.ErrPermissionDenied) {
+			t.Errorf("member %d: write with read permission only: %v, want ErrPermissionDenied", i+1, err)
+		}
+		if _, err := c.nodes[i].Compact(early, &pb.CompactionRequest{Revision: 2}); !errors.Is(err, auth.ErrPermissionDenied) {
+			t.Errorf("member %d: compact as non-root: %v, want ErrPermissionDenied", i+1, err)
+		}
+		bad := auth.WithCredentials(ctxT(t), auth.Credentials{Token: tok.Token + "x"})
+		if _, err := c.nodes[i].Range(bad, &pb.RangeRequest{Key: []byte("a1")}); !errors.Is(err, auth.ErrInvalidAuthToken) {
+			t.Errorf("member %d: forged token: %v, want ErrInvalidAuthToken", i+1, err)
+		}
+	}
+}
+
+func TestAuthEnableRefusedWhenConfigured(t *testing.T) {
+	c := newTestCluster(t, 1, func(cfg *Config) {
+		cfg.BcryptCost = bcrypt.MinCost
+		cfg.RefuseAuthEnable = true
+	})
+	n := c.nodes[c.leader()]
+	if _, err := n.UserAdd(ctxT(t), &pb.AuthUserAddRequest{Name: "root", Password: "pw"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: "root", Role: "root"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.AuthEnable(ctxT(t), &pb.AuthEnableRequest{}); !errors.Is(err, ErrAuthEnableUnsupported) {
 		t.Fatalf("AuthEnable: %v, want ErrAuthEnableUnsupported", err)
 	}
-	if b.AuthState().Enabled() {
+	if n.AuthState().Enabled() {
 		t.Fatal("auth enabled after a refused AuthEnable")
-	}
-	if _, err := b.Authenticate(ctxT(t), &pb.AuthenticateRequest{Name: "root", Password: "rootpw"}); !errors.Is(err, auth.ErrAuthNotEnabled) {
-		t.Fatalf("Authenticate: %v, want ErrAuthNotEnabled", err)
 	}
 }

@@ -29,6 +29,7 @@ const (
 	DefaultSnapshotCatchUpEntries = 5000
 	DefaultProgressInterval       = 100 * time.Millisecond
 	DefaultQuotaBackendBytes      = int64(2 << 30) // 2 GiB, as etcd
+	DefaultAuthTokenTTL           = 300 * time.Second
 
 	// ClusterStateNew bootstraps a new cluster; ClusterStateExisting joins one.
 	ClusterStateNew      = "new"
@@ -74,6 +75,13 @@ type Config struct {
 	// UserChangePassword store (etcd's --bcrypt-cost); 0 means the default,
 	// bcrypt.DefaultCost (10).
 	BcryptCost int
+	// AuthTokenTTL is how long a token issued by Authenticate is valid
+	// (etcd's --auth-token-ttl); 0 means 300 s.
+	AuthTokenTTL time.Duration
+	// RefuseAuthEnable makes AuthEnable fail with ErrAuthEnableUnsupported:
+	// the split topology sets it while its watch and lease processes do not
+	// enforce permissions.
+	RefuseAuthEnable bool
 	// Logger receives start-up, leader-change and error logs.
 	Logger *slog.Logger
 	// Events, when set, receives every applied revision with all its events
@@ -157,6 +165,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.QuotaBackendBytes == 0 {
 		c.QuotaBackendBytes = DefaultQuotaBackendBytes
+	}
+	if c.AuthTokenTTL == 0 {
+		c.AuthTokenTTL = DefaultAuthTokenTTL
 	}
 	if c.BcryptCost == 0 {
 		c.BcryptCost = bcrypt.DefaultCost

@@ -1038,8 +1038,17 @@ func (n *Node) failReads(err error) {
 
 // propose replicates r and returns its apply result.
 func (n *Node) propose(ctx context.Context, r *pb.InternalRaftRequest) (proto.Message, error) {
+	ai, err := n.proposer(ctx)
+	if err != nil {
+		return nil, err
+	}
 	id := n.ids.next()
 	r.Header = &pb.RequestHeader{ID: id}
+	if ai != nil {
+		// Checked at apply against the auth state of that log position,
+		// as etcd's authApplierV3 does.
+		r.Header.Username, r.Header.AuthRevision = ai.Username, ai.Revision
+	}
 	data, err := proto.Marshal(r)
 	if err != nil {
 		return nil, fmt.Errorf("consensus: encode request: %w", err)

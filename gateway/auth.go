@@ -2,10 +2,17 @@ package gateway
 
 import (
 	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
+	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
+	"github.com/concord-kv/concord/watchfanout"
 )
 
 // Auth is etcd's Auth service on the backend: users, roles, permissions
@@ -121,4 +128,92 @@ func (s authService) RoleGrantPermission(ctx context.Context, r *pb.AuthRoleGran
 
 func (s authService) RoleRevokePermission(ctx context.Context, r *pb.AuthRoleRevokePermissionRequest) (*pb.AuthRoleRevokePermissionResponse, error) {
 	return call(ctx, r, s.a.RoleRevokePermission)
+}
+
+// Header names of the credentials etcd accepts: gRPC metadata "token"
+// (clientv3, etcdctl) and, from its JSON gateway, "authorization".
+var (
+	tokenHeader         = http.CanonicalHeaderKey(rpctypes.TokenFieldNameGRPC)
+	authorizationHeader = http.CanonicalHeaderKey(rpctypes.TokenFieldNameSwagger)
+)
+
+// withCredentials marks ctx as a client request carrying the credentials
+// of h, which the backend checks once auth is enabled (consensus/auth.go).
+func withCredentials(ctx context.Context, h http.Header) context.Context {
+	var c auth.Credentials
+	if v := h[tokenHeader]; len(v) > 0 {
+		c.Token = v[0]
+	} else if v := h[authorizationHeader]; len(v) > 0 {
+		c.Token = strings.TrimPrefix(v[0], "Bearer ")
+	}
+	return auth.WithCredentials(ctx, c)
+}
+
+// WatchAuthorizer checks the creation of a watch (etcd's
+// isWatchPermitted); consensus.Node implements it. With a backend that
+// does, the gateway's watch service refuses the watches it denies.
+type WatchAuthorizer interface {
+	// AuthorizeWatch returns the header of a refusal and nil when the
+	// caller may watch [key, end).
+	AuthorizeWatch(ctx context.Context, key, end []byte) (*pb.ResponseHeader, error)
+}
+
+// LeaseAuthorizer checks keep-alives (write) and TimeToLive with keys
+// (read) against the permissions on the lease's keys, as etcd does;
+// consensus.Node implements it.
+type LeaseAuthorizer interface {
+	AuthorizeLease(ctx context.Context, id int64, write bool) error
+}
+
+// watchCancelReason is the cancel reason etcd gives a refused watch.
+func watchCancelReason(err error) string {
+	switch {
+	case errors.Is(err, auth.ErrInvalidAuthToken):
+		return rpctypes.ErrGRPCInvalidAuthToken.Error()
+	case errors.Is(err, auth.ErrAuthOldRevision):
+		return rpctypes.ErrGRPCAuthOldRevision.Error()
+	case errors.Is(err, auth.ErrUserEmpty):
+		return rpctypes.ErrGRPCUserEmpty.Error()
+	default:
+		return rpctypes.ErrGRPCPermissionDenied.Error()
+	}
+}
+
+// authWatchStream answers the watch creations its authorizer refuses
+// itself, as etcd does (created and canceled at once, watch ID -1), and
+// passes everything else to the fan-out. Sends are serialized because the
+// refusals are sent from Recv's goroutine.
+type authWatchStream struct {
+	ctx   context.Context
+	inner watchfanout.Stream
+	authz WatchAuthorizer
+	mu    sync.Mutex
+}
+
+func (s *authWatchStream) Recv() (*pb.WatchRequest, error) {
+	for {
+		req, err := s.inner.Recv()
+		if err != nil {
+			return nil, err
+		}
+		cr := req.GetCreateRequest()
+		if cr == nil {
+			return req, nil
+		}
+		h, aerr := s.authz.AuthorizeWatch(s.ctx, cr.GetKey(), cr.GetRangeEnd())
+		if aerr == nil {
+			return req, nil
+		}
+		if err := s.Send(&pb.WatchResponse{
+			Header: h, WatchId: -1, Created: true, Canceled: true, CancelReason: watchCancelReason(aerr),
+		}); err != nil {
+			return nil, err
+		}
+	}
+}
+
+func (s *authWatchStream) Send(r *pb.WatchResponse) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inner.Send(r)
 }

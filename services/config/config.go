@@ -55,7 +55,10 @@ type Server struct {
 	QuotaBackendBytes int64
 	// BcryptCost is the bcrypt cost of stored password hashes (etcd's
 	// --bcrypt-cost, default 10).
-	BcryptCost      int
+	BcryptCost int
+	// AuthTokenTTL is the lifetime of auth tokens (etcd's --auth-token-ttl,
+	// seconds, default 300).
+	AuthTokenTTL    time.Duration
 	MaxRequestBytes int
 	MaxTxnOps       int
 
@@ -121,6 +124,8 @@ const (
 	fSnapshotCount       = "snapshot-count"
 	fQuotaBackendBytes   = "quota-backend-bytes"
 	fBcryptCost          = "bcrypt-cost"
+	fAuthToken           = "auth-token"
+	fAuthTokenTTL        = "auth-token-ttl"
 	fMaxRequestBytes     = "max-request-bytes"
 	fMaxTxnOps           = "max-txn-ops"
 	fWatchProgressNotify = "watch-progress-notify-interval"
@@ -154,6 +159,8 @@ func ServerFlags(fs *pflag.FlagSet) {
 	fs.Uint64(fSnapshotCount, 10000, "number of committed transactions to trigger a snapshot and truncate the raft log")
 	fs.Int64(fQuotaBackendBytes, 0, "raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB)")
 	fs.Uint(fBcryptCost, uint(bcrypt.DefaultCost), "Specify bcrypt algorithm cost factor for auth password hashing.")
+	fs.String(fAuthToken, "simple", "Specify auth token specific options: 'simple' (concord's signed tokens, verifiable by every member)")
+	fs.Uint(fAuthTokenTTL, 300, "The lifetime in seconds of the auth token.")
 	fs.Int(fMaxRequestBytes, 1572864, "maximum client request size in bytes the server will accept")
 	fs.Int(fMaxTxnOps, 128, "maximum number of operations permitted in a transaction")
 	fs.Duration(fWatchProgressNotify, DefaultWatchProgressNotifyInterval, "duration of periodic watch progress notifications (at least 100ms)")
@@ -216,6 +223,11 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	c.SnapshotCount = v.GetUint64(fSnapshotCount)
 	c.QuotaBackendBytes = v.GetInt64(fQuotaBackendBytes)
 	c.BcryptCost = int(min(v.GetUint(fBcryptCost), uint(bcrypt.MaxCost)+1))
+	// etcd's token options: only "simple" is served (jwt is not yet).
+	if tok := v.GetString(fAuthToken); tok != "simple" {
+		return Server{}, fmt.Errorf("%w: --%s %q: only 'simple' is supported", ErrInvalid, fAuthToken, tok)
+	}
+	c.AuthTokenTTL = time.Duration(min(v.GetUint(fAuthTokenTTL), 1<<31)) * time.Second
 	c.MaxRequestBytes = v.GetInt(fMaxRequestBytes)
 	c.MaxTxnOps = v.GetInt(fMaxTxnOps)
 	// As etcd: not positive keeps the default, too short is raised to the
@@ -266,6 +278,8 @@ func (c Server) Validate() error {
 		return fmt.Errorf("%w: --%s must not be negative", ErrInvalid, fQuotaBackendBytes)
 	case c.BcryptCost < bcrypt.MinCost || c.BcryptCost > bcrypt.MaxCost:
 		return fmt.Errorf("%w: --%s must be between %d and %d", ErrInvalid, fBcryptCost, bcrypt.MinCost, bcrypt.MaxCost)
+	case c.AuthTokenTTL <= 0:
+		return fmt.Errorf("%w: --%s must be positive", ErrInvalid, fAuthTokenTTL)
 	case c.MaxRequestBytes <= 0:
 		return fmt.Errorf("%w: --%s must be positive", ErrInvalid, fMaxRequestBytes)
 	case c.MaxTxnOps <= 0:

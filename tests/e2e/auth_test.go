@@ -2,12 +2,14 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 // TestCtlAuthManagement drives etcdctl's user, role and auth commands
@@ -75,42 +77,63 @@ func TestCtlAuthManagement(t *testing.T) {
 	)})
 }
 
-// TestAuthEnableRefused checks that concord, which does not enforce
-// permissions yet, never reports auth as enabled: with a root user holding
-// the root role, where etcd would enable auth, AuthEnable fails and keys
-// stay readable without credentials.
-func TestAuthEnableRefused(t *testing.T) {
-	t.Parallel()
-	s := startServer(t, concordImpl, serverOptions{extra: []string{"--bcrypt-cost=4"}})
-	mustCtl(t, s.Endpoint(), "user", "add", "root", "--new-user-password=pw")
-	mustCtl(t, s.Endpoint(), "user", "grant-role", "root", "root")
-	r := runCtl(t, s.Endpoint(), "", "auth", "enable")
-	if r.exit == 0 || !strings.Contains(r.stderr, "auth enable is not supported yet") {
-		t.Fatalf("auth enable: exit %d, stdout %q, stderr %q; want a refusal", r.exit, r.stdout, r.stderr)
-	}
-	if out := mustCtl(t, s.Endpoint(), "auth", "status"); !strings.Contains(out, "Authentication Status: false") {
-		t.Fatalf("auth status after refused enable: %q", out)
-	}
-
-	c := newClient(t, s)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := c.AuthEnable(ctx); err == nil {
-		t.Fatal("clientv3 AuthEnable succeeded")
-	}
-	if _, err := c.Authenticate(ctx, "root", "pw"); err == nil || err.Error() != rpctypes.ErrAuthNotEnabled.Error() {
-		t.Fatalf("Authenticate: %v, want %v", err, rpctypes.ErrAuthNotEnabled)
-	}
-	// clientv3 with credentials authenticates when it connects; auth being
-	// off, etcd's client goes on without a token, and so must concord's.
-	cc, err := clientv3.New(clientv3.Config{Endpoints: []string{s.Endpoint()}, Username: "root", Password: "pw", DialTimeout: 10 * time.Second})
-	if err != nil {
-		t.Fatalf("clientv3 with credentials: %v", err)
-	}
-	defer cc.Close()
-	if _, err := cc.Put(ctx, "k", "v"); err != nil {
-		t.Fatalf("put with credentials while auth is off: %v", err)
-	}
+// TestCtlAuthEnabled enables auth with etcdctl and checks, against etcd,
+// what root, a limited user, a wrong password and no credentials may do.
+func TestCtlAuthEnabled(t *testing.T) {
+	alice := "--user=alice:alicepw"
+	root := "--user=root:rootpw"
+	runScenario(t, scenario{name: "auth-enabled", extra: []string{"--bcrypt-cost=4"}, steps: seq(
+		ctl("put", "dir/a", "1"),
+		ctl("put", "secret", "s"),
+		ctl("user", "add", "root", "--new-user-password=rootpw"),
+		ctl("user", "add", "alice", "--new-user-password=alicepw"),
+		ctl("role", "add", "reader"),
+		ctl("role", "grant-permission", "reader", "--prefix", "read", "dir/"),
+		ctl("role", "grant-permission", "reader", "readwrite", "rw"),
+		ctl("user", "grant-role", "alice", "reader"),
+		// etcdctl grants root the root role itself, then enables.
+		ctl("auth", "enable"),
+		ctl("auth", "enable", root),
+		ctl("get", "dir/a"),
+		ctl("put", "dir/a", "2"),
+		ctl("user", "list"),
+		ctl(root, "get", "dir/a"),
+		ctl(root, "put", "secret", "s2"),
+		ctl(alice, "get", "dir/a"),
+		ctl(alice, "get", "dir/", "--prefix"),
+		ctl(alice, "get", "secret"),
+		ctl(alice, "get", "", "--prefix"),
+		ctl(alice, "put", "dir/b", "2"),
+		ctl(alice, "put", "rw", "x"),
+		ctl(alice, "put", "rw", "y", "--prev-kv"),
+		ctl(alice, "del", "dir/a"),
+		ctlIn("value(\"dir/a\") = \"1\"\n\nput rw z\n\nget secret\n\n", alice, "txn"),
+		ctlIn("value(\"dir/a\") = \"1\"\n\nput rw z\n\nget dir/a\n\n", alice, "txn"),
+		ctl("--user=alice:wrong", "get", "dir/a"),
+		ctl("--user=nobody:pw", "get", "dir/a"),
+		ctl(alice, "user", "list"),
+		ctl(alice, "user", "get", "alice"),
+		ctl(alice, "user", "get", "root"),
+		ctl(alice, "role", "get", "reader"),
+		ctl(alice, "role", "get", "root"),
+		ctl(alice, "user", "add", "eve", "--new-user-password=x"),
+		ctl(alice, "compaction", "2"),
+		ctl(alice, "defrag"),
+		ctl(alice, "alarm", "list"),
+		ctl(alice, "auth", "disable"),
+		ctl(root, "user", "revoke-role", "root", "root"),
+		ctl(root, "user", "delete", "root"),
+		ctl(root, "role", "delete", "root"),
+		ctl(root, "role", "revoke-permission", "reader", "dir/", "--prefix"),
+		ctl(alice, "get", "dir/a"),
+		ctl(root, "auth", "status"),
+		step{kind: stepRestart},
+		ctl("get", "dir/a"),
+		ctl(root, "get", "dir/a"),
+		ctl(root, "auth", "disable"),
+		ctl("get", "dir/a"),
+		ctl("auth", "status"),
+	)})
 }
 
 // TestClientAuthManagement checks clientv3's auth API against etcd's
@@ -205,7 +228,143 @@ func TestSplitAuthManagement(t *testing.T) {
 		t.Fatalf("second root: exit %d stderr %q", r.exit, r.stderr)
 	}
 	r = runCtl(t, g1, "", "auth", "enable")
-	if r.exit == 0 || !strings.Contains(r.stderr, "auth enable is not supported yet") {
+	if r.exit == 0 || !strings.Contains(r.stderr, "auth enable is not supported in the split topology") {
 		t.Fatalf("auth enable: exit %d stdout %q stderr %q; want a refusal", r.exit, r.stdout, r.stderr)
 	}
+	if out := mustCtl(t, g2, "auth", "status"); !strings.Contains(out, "Authentication Status: false") {
+		t.Fatalf("auth status after the refused enable: %q", out)
+	}
+}
+
+// TestClientAuthEnforced checks what clientv3 clients with and without
+// credentials see once auth is enabled: KV, watch and lease calls, with the
+// same outcomes and errors as etcd.
+func TestClientAuthEnforced(t *testing.T) {
+	t.Parallel()
+	var etcdOutcomes []string
+	for _, im := range impls {
+		t.Run(im.name, func(t *testing.T) {
+			s := startServer(t, im, serverOptions{extra: []string{"--bcrypt-cost=4"}})
+			got := authOutcomes(t, s)
+			if im == etcdImpl {
+				etcdOutcomes = got
+				t.Logf("etcd's outcomes:\n%s", strings.Join(got, "\n"))
+				return
+			}
+			if etcdOutcomes == nil {
+				t.Skip("etcd's run failed")
+			}
+			for i := range max(len(got), len(etcdOutcomes)) {
+				var g, w string
+				if i < len(got) {
+					g = got[i]
+				}
+				if i < len(etcdOutcomes) {
+					w = etcdOutcomes[i]
+				}
+				if g != w {
+					t.Errorf("outcome %d: %s\n  etcd: %s", i, g, w)
+				}
+			}
+		})
+	}
+}
+
+// authOutcomes enables auth on s and lists what each call gave.
+func authOutcomes(t *testing.T, s *Server) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	admin := newClient(t, s)
+	must := func(_ any, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(admin.UserAdd(ctx, "root", "rootpw"))
+	must(admin.UserGrantRole(ctx, "root", "root"))
+	must(admin.UserAdd(ctx, "alice", "alicepw"))
+	must(admin.RoleAdd(ctx, "reader"))
+	must(admin.RoleGrantPermission(ctx, "reader", "dir/", clientv3.GetPrefixRangeEnd("dir/"), clientv3.PermissionType(clientv3.PermRead)))
+	must(admin.RoleGrantPermission(ctx, "reader", "rw", "", clientv3.PermissionType(clientv3.PermReadWrite)))
+	must(admin.UserGrantRole(ctx, "alice", "reader"))
+	must(admin.Put(ctx, "dir/a", "1"))
+	must(admin.AuthEnable(ctx))
+
+	user := func(name, pw string) *clientv3.Client {
+		c, err := clientv3.New(clientv3.Config{Endpoints: []string{s.Endpoint()}, Username: name, Password: pw,
+			DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatalf("client as %s: %v", name, err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	root, alice := user("root", "rootpw"), user("alice", "alicepw")
+	var out []string
+	note := func(what string, err error) {
+		msg := "ok"
+		if err != nil {
+			msg = err.Error()
+		}
+		out = append(out, what+": "+msg)
+	}
+	_, err := admin.Get(ctx, "dir/a")
+	note("no credentials get", err)
+	_, err = root.Put(ctx, "secret", "s")
+	note("root put", err)
+	_, err = alice.Get(ctx, "dir/a")
+	note("alice get dir/a", err)
+	_, err = alice.Get(ctx, "secret")
+	note("alice get secret", err)
+	_, err = alice.Put(ctx, "dir/a", "2")
+	note("alice put dir/a", err)
+	_, err = alice.Put(ctx, "rw", "1")
+	note("alice put rw", err)
+
+	watch := func(who string, c *clientv3.Client, key string) {
+		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+		defer wcancel()
+		wr := <-c.Watch(clientv3.WithRequireLeader(wctx), key, clientv3.WithCreatedNotify())
+		out = append(out, fmt.Sprintf("%s watch %s: created=%v canceled=%v err=%v", who, key, wr.Created, wr.Canceled, wr.Err()))
+	}
+	watch("alice", alice, "dir/a")
+	watch("alice", alice, "secret")
+	watch("root", root, "secret")
+	watch("nobody", admin, "dir/a")
+
+	l, err := alice.Grant(ctx, 100)
+	note("alice grant", err)
+	if err == nil {
+		_, err = root.Put(ctx, "secret2", "s", clientv3.WithLease(l.ID))
+		note("root put with alice's lease", err)
+		_, err = alice.KeepAliveOnce(ctx, l.ID)
+		note("alice keep-alive of a lease with a secret key", err)
+		_, err = alice.TimeToLive(ctx, l.ID)
+		note("alice ttl", err)
+		_, err = alice.TimeToLive(ctx, l.ID, clientv3.WithAttachedKeys())
+		note("alice ttl with keys", err)
+		_, err = alice.Revoke(ctx, l.ID)
+		note("alice revoke", err)
+		_, err = root.Revoke(ctx, l.ID)
+		note("root revoke", err)
+	}
+	_, err = alice.Compact(ctx, 2)
+	note("alice compact", err)
+	_, err = root.Compact(ctx, 2)
+	note("root compact", err)
+	_, err = alice.Status(ctx, s.Endpoint())
+	note("alice status", err)
+	_, err = admin.Status(ctx, s.Endpoint())
+	note("no credentials status", err)
+	_, err = alice.MemberList(ctx)
+	note("alice member list", err)
+	_, err = alice.AuthDisable(ctx)
+	note("alice auth disable", err)
+	_, err = root.AuthDisable(ctx)
+	note("root auth disable", err)
+	_, err = admin.Get(ctx, "secret")
+	note("no credentials get after disable", err)
+	return out
 }
