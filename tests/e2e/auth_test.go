@@ -3,6 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -368,3 +371,76 @@ func authOutcomes(t *testing.T, s *Server) []string {
 	note("no credentials get after disable", err)
 	return out
 }
+
+// TestJSONGatewayAuth authenticates through etcd's JSON gateway and sends
+// the token in the Authorization header, as curl users of etcd do, and
+// compares every answer with etcd's.
+func TestJSONGatewayAuth(t *testing.T) {
+	t.Parallel()
+	transcripts := map[string][]string{}
+	for _, im := range impls {
+		t.Run(im.name, func(t *testing.T) {
+			s := startServer(t, im, serverOptions{extra: []string{"--bcrypt-cost=4"}})
+			transcripts[im.name] = jsonAuthTranscript(t, s)
+		})
+	}
+	want, got := transcripts["etcd"], transcripts["concord"]
+	if len(want) == 0 || len(want) != len(got) {
+		t.Fatalf("incomplete transcripts: etcd %d, concord %d calls", len(want), len(got))
+	}
+	for i := range want {
+		if want[i] != got[i] {
+			t.Errorf("call %d differs:\netcd:    %s\nconcord: %s", i, want[i], got[i])
+		}
+	}
+}
+
+func jsonAuthTranscript(t *testing.T, s *Server) []string {
+	n := newNormalizer()
+	var token string
+	var out []string
+	call := func(path, body string, auth string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, "POST", s.clientURL()+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := reToken.FindSubmatch(b); m != nil {
+			token = string(m[1])
+			b = reToken.ReplaceAll(b, []byte(`"token":"<token>"`))
+		}
+		out = append(out, fmt.Sprintf("POST %s %s (auth %v)\n  status %d\n  %s\n", path, body, auth != "", resp.StatusCode, normalizeJSON(n, string(b))))
+	}
+	call("/v3/kv/put", `{"key":"`+b64("k")+`","value":"`+b64("v")+`"}`, "")
+	call("/v3/auth/user/add", `{"name":"root","password":"pw"}`, "")
+	call("/v3/auth/user/grant", `{"user":"root","role":"root"}`, "")
+	call("/v3/auth/authenticate", `{"name":"root","password":"pw"}`, "")
+	call("/v3/auth/enable", `{}`, "")
+	call("/v3/auth/authenticate", `{"name":"root","password":"wrong"}`, "")
+	call("/v3/auth/authenticate", `{"name":"root","password":"pw"}`, "")
+	call("/v3/kv/range", `{"key":"`+b64("k")+`"}`, "")
+	call("/v3/kv/range", `{"key":"`+b64("k")+`"}`, token)
+	call("/v3/kv/range", `{"key":"`+b64("k")+`"}`, "Bearer "+token)
+	call("/v3/kv/range", `{"key":"`+b64("k")+`"}`, "not-a-token")
+	call("/v3/auth/status", `{}`, token)
+	call("/v3/auth/disable", `{}`, token)
+	call("/v3/kv/range", `{"key":"`+b64("k")+`"}`, "")
+	return out
+}
+
+// reToken finds the token of an Authenticate answer.
+var reToken = regexp.MustCompile(`"token":\s*"([^"]+)"`)
