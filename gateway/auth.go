@@ -146,6 +146,7 @@ func withCredentials(ctx context.Context, h http.Header) context.Context {
 	} else if v := h[authorizationHeader]; len(v) > 0 {
 		c.Token = strings.TrimPrefix(v[0], "Bearer ")
 	}
+	c.CommonName, _ = ctx.Value(certNameKey{}).(string)
 	return auth.WithCredentials(ctx, c)
 }
 
@@ -216,4 +217,20 @@ func (s *authWatchStream) Send(r *pb.WatchResponse) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.inner.Send(r)
+}
+
+type certNameKey struct{}
+
+// withClientCertName records the common name of r's verified client
+// certificate, which etcd takes as the user of a request without a token
+// (--client-cert-auth).
+func withClientCertName(r *http.Request) *http.Request {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
+		return r
+	}
+	cn := r.TLS.VerifiedChains[0][0].Subject.CommonName
+	if cn == "" {
+		return r
+	}
+	return r.WithContext(context.WithValue(r.Context(), certNameKey{}, cn))
 }

@@ -207,7 +207,7 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 				// gRPC has no use for a Date header; without it the server
 				// skips formatting and encoding one per response.
 				w.Header()["Date"] = nil
-				h.ServeHTTP(w, r)
+				h.ServeHTTP(w, withClientCertName(r))
 				return
 			}
 			if isGRPC(r) {

@@ -13,6 +13,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/concord-kv/concord/internal/tlstest"
 )
 
 // TestCtlAuthManagement drives etcdctl's user, role and auth commands
@@ -444,3 +446,46 @@ func jsonAuthTranscript(t *testing.T, s *Server) []string {
 
 // reToken finds the token of an Authenticate answer.
 var reToken = regexp.MustCompile(`"token":\s*"([^"]+)"`)
+
+// TestAuthClientCertCommonName: with --client-cert-auth, the common name of
+// a verified client certificate is the user of a request without a token,
+// as etcd does; a token takes precedence.
+func TestAuthClientCertCommonName(t *testing.T) {
+	t.Parallel()
+	certs, err := tlstest.Generate(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const cn = "concord test client" // tlstest's client certificate
+	for _, im := range impls {
+		t.Run(im.name, func(t *testing.T) {
+			s := startServer(t, im, serverOptions{tls: certs, clientCertAuth: true, extra: []string{"--bcrypt-cost=4"}})
+			ep := "https://" + s.Endpoint()
+			dial := []string{"--cacert", certs.CA, "--cert", certs.ClientCert, "--key", certs.ClientKey}
+			ctl := func(args ...string) ctlResult { return runCtl(t, ep, "", append(dial, args...)...) }
+			for _, args := range [][]string{
+				{"put", "dir/a", "1"}, {"put", "secret", "s"},
+				{"user", "add", "root", "--new-user-password=rootpw"}, {"user", "grant-role", "root", "root"},
+				{"user", "add", cn, "--no-password"}, {"role", "add", "reader"},
+				{"role", "grant-permission", "reader", "--prefix", "read", "dir/"}, {"user", "grant-role", cn, "reader"},
+				{"auth", "enable"},
+			} {
+				if r := ctl(args...); r.exit != 0 {
+					t.Fatalf("etcdctl %v: exit %d: %s", args, r.exit, r.stderr)
+				}
+			}
+			if r := ctl("get", "dir/a", "--print-value-only"); r.exit != 0 || r.stdout != "1\n" {
+				t.Fatalf("get as the certificate's user: %+v", r)
+			}
+			if r := ctl("get", "secret"); r.exit == 0 || !strings.Contains(r.stderr, "Error: etcdserver: permission denied") {
+				t.Fatalf("get outside the certificate user's permissions: %+v", r)
+			}
+			if r := ctl("--user=root:rootpw", "get", "secret", "--print-value-only"); r.exit != 0 || r.stdout != "s\n" {
+				t.Fatalf("get as root with a certificate: %+v", r)
+			}
+			if r := ctl("--user=root:rootpw", "auth", "disable"); r.exit != 0 {
+				t.Fatalf("auth disable: %+v", r)
+			}
+		})
+	}
+}
