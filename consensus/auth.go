@@ -53,7 +53,7 @@ func (n *Node) authInfo(ctx context.Context, st *auth.State) (*auth.AuthInfo, er
 		return internalAuth, nil
 	}
 	if c.Token != "" {
-		ai, err := st.VerifyToken(c.Token, time.Now())
+		ai, err := n.tokens.Verify(st, c.Token, time.Now())
 		if err != nil {
 			return nil, err
 		}
@@ -310,7 +310,7 @@ func (n *Node) Authenticate(ctx context.Context, r *pb.AuthenticateRequest) (*pb
 		}
 		return nil, err
 	}
-	token, err := st.IssueToken(r.GetName(), rev, time.Now().Add(n.cfg.AuthTokenTTL))
+	token, err := n.tokens.Assign(st, r.GetName(), rev, time.Now())
 	if err != nil {
 		return nil, err
 	}

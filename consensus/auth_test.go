@@ -3,9 +3,12 @@ package consensus
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 
+	"github.com/golang-jwt/jwt/v5"
 	"go.etcd.io/etcd/api/v3/authpb"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"golang.org/x/crypto/bcrypt"
@@ -150,5 +153,40 @@ func TestAuthEnableRefusedWhenConfigured(t *testing.T) {
 	}
 	if n.AuthState().Enabled() {
 		t.Fatal("auth enabled after a refused AuthEnable")
+	}
+}
+
+// TestAuthJWTTokens checks that --auth-token jwt makes Authenticate issue
+// JWTs (the same HS256 secret verifies them) that the member accepts.
+func TestAuthJWTTokens(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("jwt-secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := newTestCluster(t, 1, func(cfg *Config) {
+		cfg.BcryptCost = bcrypt.MinCost
+		cfg.AuthToken = "jwt,sign-method=HS256,priv-key=" + secret + ",ttl=1m"
+	})
+	n := c.nodes[c.leader()]
+	if _, err := n.UserAdd(ctxT(t), &pb.AuthUserAddRequest{Name: "root", Password: "pw"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: "root", Role: "root"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.AuthEnable(ctxT(t), &pb.AuthEnableRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := n.Authenticate(ctxT(t), &pb.AuthenticateRequest{Name: "root", Password: "pw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := jwt.Parse(resp.Token, func(*jwt.Token) (any, error) { return []byte("jwt-secret"), nil })
+	if err != nil || parsed.Claims.(jwt.MapClaims)["username"] != "root" {
+		t.Fatalf("token %q is not an HS256 JWT for root: %v", resp.Token, err)
+	}
+	ctx := auth.WithCredentials(ctxT(t), auth.Credentials{Token: resp.Token})
+	if _, err := n.Put(ctx, &pb.PutRequest{Key: []byte("k"), Value: []byte("v")}); err != nil {
+		t.Fatalf("put with the JWT: %v", err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/consensus/eventbus"
 )
 
@@ -75,8 +76,12 @@ type Config struct {
 	// UserChangePassword store (etcd's --bcrypt-cost); 0 means the default,
 	// bcrypt.DefaultCost (10).
 	BcryptCost int
-	// AuthTokenTTL is how long a token issued by Authenticate is valid
-	// (etcd's --auth-token-ttl); 0 means 300 s.
+	// AuthToken is etcd's --auth-token: "simple" (the default; concord's
+	// signed tokens, valid for AuthTokenTTL) or
+	// "jwt,sign-method=...,priv-key=...,pub-key=...,ttl=...".
+	AuthToken string
+	// AuthTokenTTL is how long a simple token issued by Authenticate is
+	// valid (etcd's --auth-token-ttl); 0 means 300 s.
 	AuthTokenTTL time.Duration
 	// RefuseAuthEnable makes AuthEnable fail with ErrAuthEnableUnsupported:
 	// the split topology sets it while its watch and lease processes do not
@@ -166,6 +171,9 @@ func (c *Config) SetDefaults() {
 	if c.QuotaBackendBytes == 0 {
 		c.QuotaBackendBytes = DefaultQuotaBackendBytes
 	}
+	if c.AuthToken == "" {
+		c.AuthToken = "simple"
+	}
 	if c.AuthTokenTTL == 0 {
 		c.AuthTokenTTL = DefaultAuthTokenTTL
 	}
@@ -208,6 +216,9 @@ func (c Config) Validate() error {
 	}
 	if c.SnapshotCount == 0 {
 		return errors.New("consensus: snapshot count must be positive")
+	}
+	if _, err := auth.ParseTokenOptions(c.AuthToken, c.AuthTokenTTL); err != nil {
+		return fmt.Errorf("consensus: --auth-token: %w", err)
 	}
 	if c.BcryptCost < bcrypt.MinCost || c.BcryptCost > bcrypt.MaxCost {
 		return fmt.Errorf("consensus: bcrypt cost %d outside [%d, %d]", c.BcryptCost, bcrypt.MinCost, bcrypt.MaxCost)

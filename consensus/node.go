@@ -199,6 +199,8 @@ type Node struct {
 	noSpace                          atomic.Bool
 	leaseAuthPub                     atomic.Pointer[LeaseAuthority]
 	authPub                          atomic.Pointer[auth.State]
+	// tokens issues and verifies auth tokens (--auth-token).
+	tokens auth.TokenProvider
 	// Read statistics: ReadIndex rounds started and reads currently waiting.
 	readRounds, readsWaiting atomic.Int64
 	// snapshotsSent counts store snapshots handed to the transport,
@@ -387,10 +389,13 @@ func newNode(ctx context.Context, cfg Config, store *storage.Store) (*Node, erro
 	if n.leaseAuth, err = loadLeaseAuthority(store); err != nil {
 		return nil, err
 	}
-	auth := n.leaseAuth
-	n.leaseAuthPub.Store(&auth)
+	la := n.leaseAuth
+	n.leaseAuthPub.Store(&la)
 	if n.auth, err = loadAuth(store); err != nil {
 		return nil, err
+	}
+	if n.tokens, err = auth.ParseTokenOptions(cfg.AuthToken, cfg.AuthTokenTTL); err != nil {
+		return nil, fmt.Errorf("consensus: --auth-token: %w", err)
 	}
 	n.authPub.Store(n.auth)
 	n.ids = newIDGenerator(n.memberID, time.Now())

@@ -171,6 +171,7 @@ func consensusConfig(cfg config.Server, log *slog.Logger) consensus.Config {
 		SnapshotCount:     cfg.SnapshotCount,
 		QuotaBackendBytes: cfg.QuotaBackendBytes,
 		BcryptCost:        cfg.BcryptCost,
+		AuthToken:         cfg.AuthToken,
 		AuthTokenTTL:      cfg.AuthTokenTTL,
 		Logger:            log.With("component", "consensus"),
 	}

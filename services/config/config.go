@@ -24,6 +24,7 @@ import (
 	"github.com/spf13/viper"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/consensus/compactor"
 )
 
@@ -58,7 +59,10 @@ type Server struct {
 	BcryptCost int
 	// AuthTokenTTL is the lifetime of auth tokens (etcd's --auth-token-ttl,
 	// seconds, default 300).
-	AuthTokenTTL    time.Duration
+	AuthTokenTTL time.Duration
+	// AuthToken is etcd's --auth-token: "simple" or
+	// "jwt,sign-method=...,priv-key=...,pub-key=...,ttl=...".
+	AuthToken       string
 	MaxRequestBytes int
 	MaxTxnOps       int
 
@@ -159,7 +163,7 @@ func ServerFlags(fs *pflag.FlagSet) {
 	fs.Uint64(fSnapshotCount, 10000, "number of committed transactions to trigger a snapshot and truncate the raft log")
 	fs.Int64(fQuotaBackendBytes, 0, "raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB)")
 	fs.Uint(fBcryptCost, uint(bcrypt.DefaultCost), "Specify bcrypt algorithm cost factor for auth password hashing.")
-	fs.String(fAuthToken, "simple", "Specify auth token specific options: 'simple' (concord's signed tokens, verifiable by every member)")
+	fs.String(fAuthToken, "simple", "Specify auth token specific options: 'simple' (concord's signed tokens, verifiable by every member) or 'jwt,sign-method=...,priv-key=...,pub-key=...,ttl=...'")
 	fs.Uint(fAuthTokenTTL, 300, "The lifetime in seconds of the auth token.")
 	fs.Int(fMaxRequestBytes, 1572864, "maximum client request size in bytes the server will accept")
 	fs.Int(fMaxTxnOps, 128, "maximum number of operations permitted in a transaction")
@@ -223,11 +227,11 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	c.SnapshotCount = v.GetUint64(fSnapshotCount)
 	c.QuotaBackendBytes = v.GetInt64(fQuotaBackendBytes)
 	c.BcryptCost = int(min(v.GetUint(fBcryptCost), uint(bcrypt.MaxCost)+1))
-	// etcd's token options: only "simple" is served (jwt is not yet).
-	if tok := v.GetString(fAuthToken); tok != "simple" {
-		return Server{}, fmt.Errorf("%w: --%s %q: only 'simple' is supported", ErrInvalid, fAuthToken, tok)
-	}
+	c.AuthToken = v.GetString(fAuthToken)
 	c.AuthTokenTTL = time.Duration(min(v.GetUint(fAuthTokenTTL), 1<<31)) * time.Second
+	if _, err := auth.ParseTokenOptions(c.AuthToken, c.AuthTokenTTL); err != nil {
+		return Server{}, fmt.Errorf("%w: --%s: %v", ErrInvalid, fAuthToken, err)
+	}
 	c.MaxRequestBytes = v.GetInt(fMaxRequestBytes)
 	c.MaxTxnOps = v.GetInt(fMaxTxnOps)
 	// As etcd: not positive keeps the default, too short is raised to the

@@ -2,9 +2,15 @@ package e2e
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -488,4 +494,46 @@ func TestAuthClientCertCommonName(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCtlAuthJWT runs etcdctl with auth enabled and JWT tokens
+// (--auth-token jwt,...) against etcd and concord.
+func TestCtlAuthJWT(t *testing.T) {
+	dir := t.TempDir()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	privDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubDER, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, pub := filepath.Join(dir, "jwt.key"), filepath.Join(dir, "jwt.pub")
+	if err := os.WriteFile(priv, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: privDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	root := "--user=root:rootpw"
+	runScenario(t, scenario{name: "auth-jwt", extra: []string{"--bcrypt-cost=4",
+		"--auth-token=jwt,pub-key=" + pub + ",priv-key=" + priv + ",sign-method=RS256,ttl=10m"}, steps: seq(
+		ctl("user", "add", "root", "--new-user-password=rootpw"),
+		ctl("user", "add", "bob", "--new-user-password=bobpw"),
+		ctl("auth", "enable"),
+		ctl("put", "k", "v"),
+		ctl(root, "put", "k", "v"),
+		ctl(root, "get", "k"),
+		ctl("--user=bob:bobpw", "get", "k"),
+		ctl("--user=bob:wrong", "get", "k"),
+		ctl(root, "auth", "status"),
+		step{kind: stepRestart},
+		ctl(root, "get", "k"),
+		ctl(root, "auth", "disable"),
+		ctl("get", "k"),
+	)})
 }
