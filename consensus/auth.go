@@ -1,10 +1,19 @@
 package consensus
 
-// Authentication and authorization state (package auth). Every auth
+// Authentication and authorization (package auth). Every auth management
 // request, reads included, goes through raft and is executed at apply, as
-// in etcd, so all members hold the same auth state at the same log index.
+// in etcd, so all members hold the same auth state at the same log index;
+// AuthEnable is a concord RaftCommand because it carries the token key.
 // The state is stored as one metadata blob in the apply batch; the loop
 // keeps the current auth.State and publishes it after the batch commits.
+//
+// Permission checks follow etcd's layering: the identity comes from the
+// credentials the gateway put in the request's context (a token, or a
+// client certificate's common name); reads are checked when served, writes
+// and lease revokes at apply against the auth state of that log position
+// (the proposal's header carries user and auth revision), admin calls
+// before anything is done. A context without credentials is the member's
+// own work (health checks, the compactor) and is not checked.
 
 import (
 	"context"
