@@ -110,11 +110,26 @@ func TestAuthReplicatedThroughSnapshotAndRestart(t *testing.T) {
 	if _, err := b.UserChangePassword(ctxT(t), &pb.AuthUserChangePasswordRequest{Name: "early", Password: "earlypw"}); err != nil {
 		t.Fatal(err)
 	}
+	old, err := b.Authenticate(ctxT(t), &pb.AuthenticateRequest{Name: "early", Password: "earlypw"})
+	if err != nil {
+		t.Fatalf("Authenticate: %v", err)
+	}
+	// Any auth change makes earlier tokens old, as in etcd.
+	if _, err := b.RoleAdd(ctxT(t), &pb.AuthRoleAddRequest{Name: "later"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Range(auth.WithCredentials(ctxT(t), auth.Credentials{Token: old.Token}), &pb.RangeRequest{Key: []byte("a1")}); !errors.Is(err, auth.ErrAuthOldRevision) {
+		t.Fatalf("read with a token of an old auth revision: %v, want ErrAuthOldRevision", err)
+	}
+	if _, err := b.Put(auth.WithCredentials(ctxT(t), auth.Credentials{Token: old.Token}), &pb.PutRequest{Key: []byte("a1")}); !errors.Is(err, auth.ErrAuthOldRevision) {
+		t.Fatalf("write with a token of an old auth revision: %v, want ErrAuthOldRevision", err)
+	}
 	tok, err := b.Authenticate(ctxT(t), &pb.AuthenticateRequest{Name: "early", Password: "earlypw"})
 	if err != nil {
 		t.Fatalf("Authenticate: %v", err)
 	}
 	for _, i := range c.running() {
+		waitFor(t, "the password change to replicate", func() bool { return c.nodes[i].AuthState().Revision() == b.AuthState().Revision() })
 		early := auth.WithCredentials(ctxT(t), auth.Credentials{Token: tok.Token})
 		waitFor(t, "the enable to replicate", func() bool { return c.nodes[i].AuthState().Enabled() })
 		if _, err := c.nodes[i].Range(early, &pb.RangeRequest{Key: []byte("a1")}); err != nil {

@@ -333,6 +333,12 @@ func authOutcomes(t *testing.T, s *Server) []string {
 	note("alice put dir/a", err)
 	_, err = alice.Put(ctx, "rw", "1")
 	note("alice put rw", err)
+	// A change to the auth state makes alice's token old: clientv3
+	// authenticates again on etcd's ErrAuthOldRevision and retries.
+	_, err = root.RoleGrantPermission(ctx, "reader", "rw2", "", clientv3.PermissionType(clientv3.PermRead))
+	note("root grant (new auth revision)", err)
+	_, err = alice.Get(ctx, "rw2")
+	note("alice get rw2 with a token of the old revision", err)
 
 	watch := func(who string, c *clientv3.Client, key string) {
 		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
