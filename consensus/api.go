@@ -50,6 +50,9 @@ func (n *Node) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse
 	if err := n.readBarrier(ctx, r.GetSerializable()); err != nil {
 		return nil, err
 	}
+	if err := n.checkRead(ctx, r.GetKey(), r.GetRangeEnd()); err != nil {
+		return nil, err
+	}
 	resp, err := n.store.Range(r)
 	if err != nil {
 		return nil, n.storeErr(err)
@@ -115,6 +118,9 @@ func (n *Node) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, erro
 		if err := n.readBarrier(ctx, txnSerializable(r)); err != nil {
 			return nil, err
 		}
+		if err := n.checkReadTxn(ctx, r); err != nil {
+			return nil, err
+		}
 		resp, err := n.store.ReadTxn(r)
 		if err != nil {
 			return nil, n.storeErr(err)
@@ -167,6 +173,9 @@ func txnSerializable(r *pb.TxnRequest) bool {
 // Compact compacts the key history through raft.
 func (n *Node) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
 	if err := n.learnerGuard(); err != nil {
+		return nil, err
+	}
+	if err := n.requireAdmin(ctx); err != nil {
 		return nil, err
 	}
 	resp, err := proposeAs[*pb.CompactionResponse](ctx, n, &pb.InternalRaftRequest{Compaction: r})
@@ -238,6 +247,11 @@ func (n *Node) Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.AlarmResponse
 		if err := n.learnerGuard(); err != nil {
 			return nil, err
 		}
+		if err := n.requireAdmin(ctx); err != nil {
+			return nil, err
+		}
+	} else if err := n.requireAuthInfo(ctx); err != nil {
+		return nil, err
 	}
 	resp, err := proposeAs[*pb.AlarmResponse](ctx, n, &pb.InternalRaftRequest{Alarm: r})
 	if err != nil {
@@ -275,6 +289,9 @@ func (n *Node) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRespo
 	if n.stopped() {
 		return nil, ErrStopped
 	}
+	if err := n.requireAuthInfo(ctx); err != nil {
+		return nil, err
+	}
 	total, inUse := n.store.Size()
 	resp := &pb.StatusResponse{
 		Header:           n.header(nil),
@@ -310,6 +327,9 @@ func (n *Node) HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVRespo
 	if err := n.learnerGuard(); err != nil {
 		return nil, err
 	}
+	if err := n.requireAdmin(ctx); err != nil {
+		return nil, err
+	}
 	if n.stopped() {
 		return nil, ErrStopped
 	}
@@ -329,6 +349,9 @@ func (n *Node) HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVRespo
 // Defragment reclaims space in the store; reads and writes keep working.
 func (n *Node) Defragment(ctx context.Context, _ *pb.DefragmentRequest) (*pb.DefragmentResponse, error) {
 	if err := n.learnerGuard(); err != nil {
+		return nil, err
+	}
+	if err := n.requireAdmin(ctx); err != nil {
 		return nil, err
 	}
 	if n.stopped() {

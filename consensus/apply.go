@@ -8,6 +8,7 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/storage"
 )
 
@@ -51,6 +52,7 @@ type applyOutput struct {
 	size         int64                    // store size estimate for quota checks in this batch
 	events       []storage.RevisionEvents // revisions the batch committed, for the event bus
 	leaseAuth    *LeaseAuthority          // the lease authority record the batch set, if any
+	auth         *auth.State              // the auth state the batch set, if any
 	members      []member                 // the member table the batch set, if any
 }
 
@@ -153,6 +155,9 @@ func (n *Node) applyRequest(b *storage.Batch, r *pb.InternalRaftRequest, out *ap
 		err  error
 		fits = true
 	)
+	if err := n.checkApply(b, r); err != nil {
+		return result{err: err}, false, nil
+	}
 	switch {
 	case r.Put != nil:
 		if n.capped() {
@@ -202,7 +207,11 @@ func (n *Node) applyRequest(b *storage.Batch, r *pb.InternalRaftRequest, out *ap
 			resp = ar
 		}
 	default:
-		return result{err: errUnknownRequest}, false, nil
+		res, handled, fatal := n.applyAuth(b, r, out)
+		if !handled {
+			return result{err: errUnknownRequest}, false, nil
+		}
+		return res, false, fatal
 	}
 	if errors.Is(err, storage.ErrClosed) {
 		return result{}, false, err

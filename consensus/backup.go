@@ -54,6 +54,9 @@ func (n *Node) Snapshot(ctx context.Context, send func(*pb.SnapshotResponse) err
 	if n.stopped() {
 		return ErrStopped
 	}
+	if err := n.requireAdmin(ctx); err != nil {
+		return err
+	}
 	sn, err := n.store.NewSnapshot()
 	if err != nil {
 		return n.storeErr(err)

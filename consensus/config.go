@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/concord-kv/concord/consensus/eventbus"
 	"log/slog"
 	"net/url"
 	"slices"
@@ -13,6 +12,10 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/concord-kv/concord/auth"
+	"github.com/concord-kv/concord/consensus/eventbus"
 )
 
 // Defaults, matching etcd's where the meaning is the same.
@@ -27,6 +30,7 @@ const (
 	DefaultSnapshotCatchUpEntries = 5000
 	DefaultProgressInterval       = 100 * time.Millisecond
 	DefaultQuotaBackendBytes      = int64(2 << 30) // 2 GiB, as etcd
+	DefaultAuthTokenTTL           = 300 * time.Second
 
 	// ClusterStateNew bootstraps a new cluster; ClusterStateExisting joins one.
 	ClusterStateNew      = "new"
@@ -68,6 +72,21 @@ type Config struct {
 	// QuotaBackendBytes is the store size above which writes fail with
 	// ErrNoSpace; 0 means the default 2 GiB, negative disables the quota.
 	QuotaBackendBytes int64
+	// BcryptCost is the bcrypt cost of the password hashes UserAdd and
+	// UserChangePassword store (etcd's --bcrypt-cost); 0 means the default,
+	// bcrypt.DefaultCost (10).
+	BcryptCost int
+	// AuthToken is etcd's --auth-token: "simple" (the default; concord's
+	// signed tokens, valid for AuthTokenTTL) or
+	// "jwt,sign-method=...,priv-key=...,pub-key=...,ttl=...".
+	AuthToken string
+	// AuthTokenTTL is how long a simple token issued by Authenticate is
+	// valid (etcd's --auth-token-ttl); 0 means 300 s.
+	AuthTokenTTL time.Duration
+	// RefuseAuthEnable makes AuthEnable fail with ErrAuthEnableUnsupported:
+	// the split topology sets it while its watch and lease processes do not
+	// enforce permissions.
+	RefuseAuthEnable bool
 	// Logger receives start-up, leader-change and error logs.
 	Logger *slog.Logger
 	// Events, when set, receives every applied revision with all its events
@@ -152,6 +171,15 @@ func (c *Config) SetDefaults() {
 	if c.QuotaBackendBytes == 0 {
 		c.QuotaBackendBytes = DefaultQuotaBackendBytes
 	}
+	if c.AuthToken == "" {
+		c.AuthToken = "simple"
+	}
+	if c.AuthTokenTTL == 0 {
+		c.AuthTokenTTL = DefaultAuthTokenTTL
+	}
+	if c.BcryptCost == 0 {
+		c.BcryptCost = bcrypt.DefaultCost
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -188,6 +216,12 @@ func (c Config) Validate() error {
 	}
 	if c.SnapshotCount == 0 {
 		return errors.New("consensus: snapshot count must be positive")
+	}
+	if _, err := auth.ParseTokenOptions(c.AuthToken, c.AuthTokenTTL); err != nil {
+		return fmt.Errorf("consensus: --auth-token: %w", err)
+	}
+	if c.BcryptCost < bcrypt.MinCost || c.BcryptCost > bcrypt.MaxCost {
+		return fmt.Errorf("consensus: bcrypt cost %d outside [%d, %d]", c.BcryptCost, bcrypt.MinCost, bcrypt.MaxCost)
 	}
 	members, err := c.initialMembers()
 	if err != nil {

@@ -252,6 +252,8 @@ func (n *Node) applyCommand(b *storage.Batch, index uint64, cmd *concordv1.RaftC
 		return result{resp: res}, nil
 	case *concordv1.RaftCommand_MemberAttributes:
 		return n.applyMemberAttributes(b, c.MemberAttributes, out), nil
+	case *concordv1.RaftCommand_AuthEnable:
+		return n.applyAuthEnable(b, c.AuthEnable, out)
 	default:
 		return result{err: errUnknownRequest}, nil
 	}

@@ -238,6 +238,10 @@ func (n *Node) reloadReplicatedState() error {
 	}
 	auth := n.leaseAuth
 	n.leaseAuthPub.Store(&auth)
+	if n.auth, err = loadAuth(n.store); err != nil {
+		return err
+	}
+	n.authPub.Store(n.auth)
 	n.alarms = map[alarmKey]bool{}
 	for _, a := range n.store.Alarms() {
 		n.alarms[alarmKey{a.MemberID, a.Alarm}] = true

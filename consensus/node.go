@@ -68,6 +68,7 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/storage"
 )
 
@@ -197,6 +198,9 @@ type Node struct {
 	leader, term, committed, applied atomic.Uint64
 	noSpace                          atomic.Bool
 	leaseAuthPub                     atomic.Pointer[LeaseAuthority]
+	authPub                          atomic.Pointer[auth.State]
+	// tokens issues and verifies auth tokens (--auth-token).
+	tokens auth.TokenProvider
 	// Read statistics: ReadIndex rounds started and reads currently waiting.
 	readRounds, readsWaiting atomic.Int64
 	// snapshotsSent counts store snapshots handed to the transport,
@@ -227,6 +231,7 @@ type Node struct {
 	readWaiting    []appliedWait
 	alarms         map[alarmKey]bool
 	leaseAuth      LeaseAuthority
+	auth           *auth.State
 	alarmReqID     uint64
 	noSpaceWaiters []uint64
 	leaderSeen     bool
@@ -384,8 +389,15 @@ func newNode(ctx context.Context, cfg Config, store *storage.Store) (*Node, erro
 	if n.leaseAuth, err = loadLeaseAuthority(store); err != nil {
 		return nil, err
 	}
-	auth := n.leaseAuth
-	n.leaseAuthPub.Store(&auth)
+	la := n.leaseAuth
+	n.leaseAuthPub.Store(&la)
+	if n.auth, err = loadAuth(store); err != nil {
+		return nil, err
+	}
+	if n.tokens, err = auth.ParseTokenOptions(cfg.AuthToken, cfg.AuthTokenTTL); err != nil {
+		return nil, fmt.Errorf("consensus: --auth-token: %w", err)
+	}
+	n.authPub.Store(n.auth)
 	n.ids = newIDGenerator(n.memberID, time.Now())
 
 	n.rn, err = raft.NewRawNode(&raft.Config{
@@ -670,6 +682,9 @@ func (n *Node) markApplied(rd raft.Ready, out *applyOutput) {
 	}
 	if out.leaseAuth != nil {
 		n.leaseAuthPub.Store(out.leaseAuth)
+	}
+	if out.auth != nil {
+		n.authPub.Store(out.auth)
 	}
 	if out.members != nil {
 		n.setMembers(out.members)
@@ -1028,8 +1043,17 @@ func (n *Node) failReads(err error) {
 
 // propose replicates r and returns its apply result.
 func (n *Node) propose(ctx context.Context, r *pb.InternalRaftRequest) (proto.Message, error) {
+	ai, err := n.proposer(ctx)
+	if err != nil {
+		return nil, err
+	}
 	id := n.ids.next()
 	r.Header = &pb.RequestHeader{ID: id}
+	if ai != nil {
+		// Checked at apply against the auth state of that log position,
+		// as etcd's authApplierV3 does.
+		r.Header.Username, r.Header.AuthRevision = ai.Username, ai.Revision
+	}
 	data, err := proto.Marshal(r)
 	if err != nil {
 		return nil, fmt.Errorf("consensus: encode request: %w", err)

@@ -62,6 +62,9 @@ func (n *Node) MemberAdd(ctx context.Context, r *pb.MemberAddRequest) (*pb.Membe
 	if err := n.learnerGuard(); err != nil {
 		return nil, err
 	}
+	if err := n.requireAdmin(ctx); err != nil {
+		return nil, err
+	}
 	urls, err := parsePeerURLs(r.GetPeerURLs())
 	if err != nil {
 		return nil, err
@@ -94,6 +97,9 @@ func (n *Node) MemberRemove(ctx context.Context, r *pb.MemberRemoveRequest) (*pb
 	if err := n.learnerGuard(); err != nil {
 		return nil, err
 	}
+	if err := n.requireAdmin(ctx); err != nil {
+		return nil, err
+	}
 	if err := n.onLoopErr(ctx, func() error { return n.mayRemoveMember(r.GetID()) }); err != nil {
 		return nil, err
 	}
@@ -107,6 +113,9 @@ func (n *Node) MemberRemove(ctx context.Context, r *pb.MemberRemoveRequest) (*pb
 // MemberUpdate changes a member's peer URLs.
 func (n *Node) MemberUpdate(ctx context.Context, r *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error) {
 	if err := n.learnerGuard(); err != nil {
+		return nil, err
+	}
+	if err := n.requireAdmin(ctx); err != nil {
 		return nil, err
 	}
 	urls, err := parsePeerURLs(r.GetPeerURLs())
@@ -126,6 +135,9 @@ func (n *Node) MemberUpdate(ctx context.Context, r *pb.MemberUpdateRequest) (*pb
 // the peer transport, as etcd does, until it is answered or ctx ends.
 func (n *Node) MemberPromote(ctx context.Context, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
 	if err := n.learnerGuard(); err != nil {
+		return nil, err
+	}
+	if err := n.requireAdmin(ctx); err != nil {
 		return nil, err
 	}
 	resp, err := n.PromoteMember(ctx, r)
@@ -183,6 +195,9 @@ type PromoteForwarder interface {
 // ctx ends. It must be asked of the leader.
 func (n *Node) MoveLeader(ctx context.Context, r *pb.MoveLeaderRequest) (*pb.MoveLeaderResponse, error) {
 	if err := n.learnerGuard(); err != nil {
+		return nil, err
+	}
+	if err := n.requireAdmin(ctx); err != nil {
 		return nil, err
 	}
 	target := r.GetTargetID()

@@ -35,10 +35,10 @@ func WithBrowserWatch(w Watcher) Option {
 
 // browserWatchHandler returns the mount path and handler of
 // concord.v1.WatchService for w (nil: Unimplemented).
-func browserWatchHandler(w Watcher, opts ...connect.HandlerOption) (string, http.Handler) {
+func browserWatchHandler(w Watcher, authz WatchAuthorizer, opts ...connect.HandlerOption) (string, http.Handler) {
 	var h concordv1connect.WatchServiceHandler = concordv1connect.UnimplementedWatchServiceHandler{}
 	if w != nil {
-		h = NewBrowserWatchService(w)
+		h = browserWatchService{w: w, authz: authz}
 	}
 	return concordv1connect.NewWatchServiceHandler(h, opts...)
 }
@@ -47,6 +47,8 @@ func browserWatchHandler(w Watcher, opts ...connect.HandlerOption) (string, http
 // Watcher.
 type browserWatchService struct {
 	w Watcher
+	// authz, when set, checks the watch's creation (auth.go).
+	authz WatchAuthorizer
 }
 
 // NewBrowserWatchService returns the handler to pass to
@@ -58,6 +60,12 @@ func NewBrowserWatchService(w Watcher) concordv1connect.WatchServiceHandler {
 // Watch serves one watch until the client ends the call, the server cancels
 // the watch, or the Watcher stops.
 func (b browserWatchService) Watch(ctx context.Context, req *pb.WatchCreateRequest, ss *connect.ServerStream[pb.WatchResponse]) error {
+	if b.authz != nil {
+		if h, err := b.authz.AuthorizeWatch(ctx, req.GetKey(), req.GetRangeEnd()); err != nil {
+			// Refused as the Watch service refuses: created and canceled.
+			return ss.Send(&pb.WatchResponse{Header: h, WatchId: -1, Created: true, Canceled: true, CancelReason: watchCancelReason(err)})
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	st := &singleWatchStream{ctx: ctx, end: cancel, send: ss.Send}

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/leasesvc"
 	"github.com/concord-kv/concord/storage"
@@ -65,6 +66,31 @@ var errorTable = []struct {
 	{consensus.ErrStaleEpoch, rpctypes.ErrGRPCLeaderChanged},
 	{leasesvc.ErrClosed, rpctypes.ErrGRPCStopped},
 	{watchfanout.ErrClosed, rpctypes.ErrGRPCStopped},
+	// Authentication and authorization (etcd's auth errors, as its
+	// togRPCError maps them).
+	{auth.ErrRootUserNotExist, rpctypes.ErrGRPCRootUserNotExist},
+	{auth.ErrRootRoleNotExist, rpctypes.ErrGRPCRootRoleNotExist},
+	{auth.ErrUserAlreadyExist, rpctypes.ErrGRPCUserAlreadyExist},
+	{auth.ErrUserEmpty, rpctypes.ErrGRPCUserEmpty},
+	{auth.ErrUserNotFound, rpctypes.ErrGRPCUserNotFound},
+	{auth.ErrRoleAlreadyExist, rpctypes.ErrGRPCRoleAlreadyExist},
+	{auth.ErrRoleNotFound, rpctypes.ErrGRPCRoleNotFound},
+	{auth.ErrRoleEmpty, rpctypes.ErrGRPCRoleEmpty},
+	{auth.ErrAuthFailed, rpctypes.ErrGRPCAuthFailed},
+	{auth.ErrPermissionNotGiven, rpctypes.ErrGRPCPermissionNotGiven},
+	{auth.ErrPermissionDenied, rpctypes.ErrGRPCPermissionDenied},
+	{auth.ErrRoleNotGranted, rpctypes.ErrGRPCRoleNotGranted},
+	{auth.ErrPermissionNotGranted, rpctypes.ErrGRPCPermissionNotGranted},
+	{auth.ErrAuthNotEnabled, rpctypes.ErrGRPCAuthNotEnabled},
+	{auth.ErrInvalidAuthToken, rpctypes.ErrGRPCInvalidAuthToken},
+	{auth.ErrInvalidAuthMgmt, rpctypes.ErrGRPCInvalidAuthMgmt},
+	{auth.ErrAuthOldRevision, rpctypes.ErrGRPCAuthOldRevision},
+	// etcd's togRPCError has no entry for a password given to a no-password
+	// user: it falls back to Unknown with the auth error's text.
+	{auth.ErrNoPasswordUser, status.Error(codes.Unknown, auth.ErrNoPasswordUser.Error())},
+	// The split topology refuses AuthEnable until its watch and lease
+	// processes enforce permissions (consensus/auth.go).
+	{consensus.ErrAuthEnableUnsupported, status.Error(codes.Unimplemented, consensus.ErrAuthEnableUnsupported.Error())},
 }
 
 // wireError is a precomputed code and message for a translated error.

@@ -144,6 +144,14 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
+	authz, _ := b.(WatchAuthorizer)
+	if ws, ok := o.watch.(watchService); ok {
+		// Watches served in this process are checked against the
+		// backend's permissions; a remote backend's consensus cannot see
+		// them, so only a backend that can check them does.
+		ws.authz = authz
+		o.watch = ws
+	}
 	hopts := []connect.HandlerOption{
 		// etcd lets the transport accept MaxRequestBytes plus gRPC overhead;
 		// the exact limit is then enforced per request (tooLarge).
@@ -155,11 +163,11 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 	}
 	g.mount(etcdserverpbconnect.NewKVHandler(kvService{g: g}, hopts...))
 	g.mount(etcdserverpbconnect.NewWatchHandler(o.watch, hopts...))
-	g.mount(browserWatchHandler(o.browserWatch, hopts...))
+	g.mount(browserWatchHandler(o.browserWatch, authz, hopts...))
 	g.mount(etcdserverpbconnect.NewLeaseHandler(leaseService{g: g, l: o.lease}, hopts...))
 	g.mount(etcdserverpbconnect.NewClusterHandler(clusterService{g: g}, hopts...))
 	g.mount(etcdserverpbconnect.NewMaintenanceHandler(maintenanceService{g: g}, hopts...))
-	g.mount(etcdserverpbconnect.NewAuthHandler(etcdserverpbconnect.UnimplementedAuthHandler{}, hopts...))
+	g.mount(etcdserverpbconnect.NewAuthHandler(authHandler(b), hopts...))
 	g.mount(v3lockpbconnect.NewLockHandler(o.lock, hopts...))
 	g.mount(v3electionpbconnect.NewElectionHandler(o.election, hopts...))
 	g.installHTTPEndpoints(o.readyChecks)
@@ -199,7 +207,7 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 				// gRPC has no use for a Date header; without it the server
 				// skips formatting and encoding one per response.
 				w.Header()["Date"] = nil
-				h.ServeHTTP(w, r)
+				h.ServeHTTP(w, withClientCertName(r))
 				return
 			}
 			if isGRPC(r) {

@@ -49,5 +49,5 @@ func (g *Gateway) gate(ctx context.Context, spec connect.Spec, peer connect.Peer
 	if g.isLearner() && !learnerServes[spec.Procedure] {
 		return ctx, learnerRefusal.err()
 	}
-	return g.requireLeader(ctx, spec, peer, h)
+	return g.requireLeader(withCredentials(ctx, h), spec, peer, h)
 }

@@ -145,6 +145,12 @@ func (s leaseService) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLive
 	if s.l == nil {
 		return s.UnimplementedLeaseHandler.LeaseTimeToLive(ctx, r)
 	}
+	// As etcd, only a TimeToLive that lists the keys checks permissions.
+	if la, ok := s.g.b.(LeaseAuthorizer); ok && r.GetKeys() {
+		if err := la.AuthorizeLease(ctx, r.GetID(), false); err != nil {
+			return nil, TranslateError(err)
+		}
+	}
 	resp, err := s.l.LeaseTimeToLive(ctx, r)
 	if errors.Is(err, storage.ErrLeaseNotFound) {
 		return &pb.LeaseTimeToLiveResponse{Header: s.l.Header(), ID: r.GetID(), TTL: -1}, nil
@@ -169,6 +175,11 @@ func (s leaseService) LeaseKeepAlive(ctx context.Context, stream *connect.BidiSt
 		}
 		if err != nil {
 			return err
+		}
+		if la, ok := s.g.b.(LeaseAuthorizer); ok {
+			if err := la.AuthorizeLease(ctx, req.GetID(), true); err != nil {
+				return TranslateError(err)
+			}
 		}
 		resp, err := s.l.LeaseKeepAlive(ctx, req)
 		if errors.Is(err, storage.ErrLeaseNotFound) {

@@ -41,6 +41,8 @@ func NewWatchStream(s *connect.BidiStream[pb.WatchRequest, pb.WatchResponse]) wa
 type watchService struct {
 	etcdserverpbconnect.UnimplementedWatchHandler
 	w Watcher
+	// authz, when set, checks every watch creation (auth.go).
+	authz WatchAuthorizer
 }
 
 // NewWatchService returns the handler to pass to
@@ -51,7 +53,11 @@ func NewWatchService(w Watcher) etcdserverpbconnect.WatchHandler {
 
 // Watch serves one Watch RPC.
 func (ws watchService) Watch(ctx context.Context, s *connect.BidiStream[pb.WatchRequest, pb.WatchResponse]) error {
-	return watchError(ws.w.Serve(ctx, NewWatchStream(s)))
+	stream := NewWatchStream(s)
+	if ws.authz != nil {
+		stream = &authWatchStream{ctx: ctx, inner: stream, authz: ws.authz}
+	}
+	return watchError(ws.w.Serve(ctx, stream))
 }
 
 // watchError maps the end of a watch stream to what etcd returns: a canceled

@@ -171,6 +171,9 @@ func consensusConfig(cfg config.Server, log *slog.Logger) consensus.Config {
 		ElectionTimeout:   cfg.ElectionTimeout,
 		SnapshotCount:     cfg.SnapshotCount,
 		QuotaBackendBytes: cfg.QuotaBackendBytes,
+		BcryptCost:        cfg.BcryptCost,
+		AuthToken:         cfg.AuthToken,
+		AuthTokenTTL:      cfg.AuthTokenTTL,
 		Logger:            log.With("component", "consensus"),
 	}
 }

@@ -464,6 +464,10 @@ func (b *Batch) LeaseRevoke(id int64) (err error) {
 }
 
 // leaseKeys lists the keys attached to a lease as the batch sees them.
+// LeaseKeys lists the keys attached to lease id, including the batch's
+// own writes so far (for permission checks at apply).
+func (b *Batch) LeaseKeys(id int64) ([][]byte, error) { return b.leaseKeys(id) }
+
 func (b *Batch) leaseKeys(id int64) ([][]byte, error) {
 	lo := encodeLeaseKeyKey(id, nil)
 	it, err := b.pb.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: prefixEnd(lo)})

@@ -3,6 +3,7 @@ package h2server
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +37,8 @@ type conn struct {
 	fr  *http2.Framer
 	// remoteAddr is computed once for every request's RemoteAddr.
 	remoteAddr string
+	// tls is the connection's TLS state, nil in cleartext.
+	tls *tls.ConnectionState
 
 	// Stream table. lastID is written by the reader only, read by goAway.
 	smu       sync.Mutex
@@ -104,6 +107,17 @@ func newConn(s *Server, nc net.Conn) *conn {
 	}
 	if a := nc.RemoteAddr(); a != nil {
 		c.remoteAddr = a.String()
+	}
+	// Requests report the connection's TLS state as net/http's do (the
+	// handshake is done: the client preface was read through it), so
+	// handlers see verified client certificates.
+	inner := nc
+	if pc, ok := nc.(*prefixConn); ok {
+		inner = pc.Conn
+	}
+	if tc, ok := inner.(interface{ ConnectionState() tls.ConnectionState }); ok {
+		st := tc.ConnectionState()
+		c.tls = &st
 	}
 	c.vw = nc
 	if pc, ok := nc.(*prefixConn); ok {

@@ -226,6 +226,7 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) (*http.Request,
 		ContentLength: cl,
 		Host:          authority,
 		RemoteAddr:    c.remoteAddr,
+		TLS:           c.tls,
 		RequestURI:    path,
 	}
 	return tmpl.WithContext((*streamCtx)(st)), true

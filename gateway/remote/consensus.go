@@ -52,6 +52,7 @@ type endpointClients struct {
 	lease    etcdserverpbconnect.LeaseClient
 	maint    etcdserverpbconnect.MaintenanceClient
 	cluster  etcdserverpbconnect.ClusterClient
+	auth     etcdserverpbconnect.AuthClient
 	internal concordv1connect.InternalServiceClient
 
 	id        atomic.Uint64 // the member's ID once a response named it
@@ -70,6 +71,7 @@ func newEndpointClients(ep *Endpoint) *endpointClients {
 		lease:    etcdserverpbconnect.NewLeaseClient(ep.client, ep.URL, o...),
 		maint:    etcdserverpbconnect.NewMaintenanceClient(ep.client, ep.URL, o...),
 		cluster:  etcdserverpbconnect.NewClusterClient(ep.client, ep.URL, o...),
+		auth:     etcdserverpbconnect.NewAuthClient(ep.client, ep.URL, o...),
 		internal: concordv1connect.NewInternalServiceClient(ep.client, ep.URL, internalOpts()...),
 	}
 }
@@ -268,6 +270,7 @@ func kvOf(m *endpointClients) etcdserverpbconnect.KVClient                 { ret
 func leaseOf(m *endpointClients) etcdserverpbconnect.LeaseClient           { return m.lease }
 func maintOf(m *endpointClients) etcdserverpbconnect.MaintenanceClient     { return m.maint }
 func clusterOf(m *endpointClients) etcdserverpbconnect.ClusterClient       { return m.cluster }
+func authOf(m *endpointClients) etcdserverpbconnect.AuthClient             { return m.auth }
 func internalOf(m *endpointClients) concordv1connect.InternalServiceClient { return m.internal }
 
 // pollLeader keeps Leader (used by /health and require-leader requests),

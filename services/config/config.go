@@ -22,7 +22,9 @@ import (
 
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
+	"golang.org/x/crypto/bcrypt"
 
+	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/consensus/compactor"
 )
 
@@ -52,8 +54,17 @@ type Server struct {
 	ElectionTimeout   time.Duration
 	SnapshotCount     uint64
 	QuotaBackendBytes int64
-	MaxRequestBytes   int
-	MaxTxnOps         int
+	// BcryptCost is the bcrypt cost of stored password hashes (etcd's
+	// --bcrypt-cost, default 10).
+	BcryptCost int
+	// AuthTokenTTL is the lifetime of auth tokens (etcd's --auth-token-ttl,
+	// seconds, default 300).
+	AuthTokenTTL time.Duration
+	// AuthToken is etcd's --auth-token: "simple" or
+	// "jwt,sign-method=...,priv-key=...,pub-key=...,ttl=...".
+	AuthToken       string
+	MaxRequestBytes int
+	MaxTxnOps       int
 
 	// WatchProgressNotifyInterval is the period of the progress
 	// notifications of watches created with progress_notify (etcd's
@@ -122,6 +133,9 @@ const (
 	fElectionTimeout     = "election-timeout"
 	fSnapshotCount       = "snapshot-count"
 	fQuotaBackendBytes   = "quota-backend-bytes"
+	fBcryptCost          = "bcrypt-cost"
+	fAuthToken           = "auth-token"
+	fAuthTokenTTL        = "auth-token-ttl"
 	fMaxRequestBytes     = "max-request-bytes"
 	fMaxTxnOps           = "max-txn-ops"
 	fWatchProgressNotify = "watch-progress-notify-interval"
@@ -155,6 +169,9 @@ func ServerFlags(fs *pflag.FlagSet) {
 	fs.Uint(fElectionTimeout, 1000, "time (in milliseconds) for an election to timeout")
 	fs.Uint64(fSnapshotCount, 10000, "number of committed transactions to trigger a snapshot and truncate the raft log")
 	fs.Int64(fQuotaBackendBytes, 0, "raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB)")
+	fs.Uint(fBcryptCost, uint(bcrypt.DefaultCost), "Specify bcrypt algorithm cost factor for auth password hashing.")
+	fs.String(fAuthToken, "simple", "Specify auth token specific options: 'simple' (concord's signed tokens, verifiable by every member) or 'jwt,sign-method=...,priv-key=...,pub-key=...,ttl=...'")
+	fs.Uint(fAuthTokenTTL, 300, "The lifetime in seconds of the auth token.")
 	fs.Int(fMaxRequestBytes, 1572864, "maximum client request size in bytes the server will accept")
 	fs.Int(fMaxTxnOps, 128, "maximum number of operations permitted in a transaction")
 	fs.Duration(fWatchProgressNotify, DefaultWatchProgressNotifyInterval, "duration of periodic watch progress notifications (at least 100ms)")
@@ -217,6 +234,12 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	c.ElectionTimeout = time.Duration(v.GetUint(fElectionTimeout)) * time.Millisecond
 	c.SnapshotCount = v.GetUint64(fSnapshotCount)
 	c.QuotaBackendBytes = v.GetInt64(fQuotaBackendBytes)
+	c.BcryptCost = int(min(v.GetUint(fBcryptCost), uint(bcrypt.MaxCost)+1))
+	c.AuthToken = v.GetString(fAuthToken)
+	c.AuthTokenTTL = time.Duration(min(v.GetUint(fAuthTokenTTL), 1<<31)) * time.Second
+	if _, err := auth.ParseTokenOptions(c.AuthToken, c.AuthTokenTTL); err != nil {
+		return Server{}, fmt.Errorf("%w: --%s: %v", ErrInvalid, fAuthToken, err)
+	}
 	c.MaxRequestBytes = v.GetInt(fMaxRequestBytes)
 	c.MaxTxnOps = v.GetInt(fMaxTxnOps)
 	// As etcd: not positive keeps the default, too short is raised to the
@@ -266,6 +289,10 @@ func (c Server) Validate() error {
 		return fmt.Errorf("%w: --%s (%v) must be at least 5 times --%s (%v)", ErrInvalid, fElectionTimeout, c.ElectionTimeout, fHeartbeatInterval, c.HeartbeatInterval)
 	case c.QuotaBackendBytes < 0:
 		return fmt.Errorf("%w: --%s must not be negative", ErrInvalid, fQuotaBackendBytes)
+	case c.BcryptCost < bcrypt.MinCost || c.BcryptCost > bcrypt.MaxCost:
+		return fmt.Errorf("%w: --%s must be between %d and %d", ErrInvalid, fBcryptCost, bcrypt.MinCost, bcrypt.MaxCost)
+	case c.AuthTokenTTL <= 0:
+		return fmt.Errorf("%w: --%s must be positive", ErrInvalid, fAuthTokenTTL)
 	case c.MaxRequestBytes <= 0:
 		return fmt.Errorf("%w: --%s must be positive", ErrInvalid, fMaxRequestBytes)
 	case c.MaxTxnOps <= 0:

@@ -37,6 +37,7 @@ type RaftCommand struct {
 	//	*RaftCommand_LeaseAuthorityRenew
 	//	*RaftCommand_LeaseRevokeExpired
 	//	*RaftCommand_MemberAttributes
+	//	*RaftCommand_AuthEnable
 	Command       isRaftCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -122,6 +123,15 @@ func (x *RaftCommand) GetMemberAttributes() *MemberAttributes {
 	return nil
 }
 
+func (x *RaftCommand) GetAuthEnable() *AuthEnable {
+	if x != nil {
+		if x, ok := x.Command.(*RaftCommand_AuthEnable); ok {
+			return x.AuthEnable
+		}
+	}
+	return nil
+}
+
 type isRaftCommand_Command interface {
 	isRaftCommand_Command()
 }
@@ -142,6 +152,10 @@ type RaftCommand_MemberAttributes struct {
 	MemberAttributes *MemberAttributes `protobuf:"bytes,5,opt,name=member_attributes,json=memberAttributes,proto3,oneof"`
 }
 
+type RaftCommand_AuthEnable struct {
+	AuthEnable *AuthEnable `protobuf:"bytes,6,opt,name=auth_enable,json=authEnable,proto3,oneof"`
+}
+
 func (*RaftCommand_LeaseAuthorityAcquire) isRaftCommand_Command() {}
 
 func (*RaftCommand_LeaseAuthorityRenew) isRaftCommand_Command() {}
@@ -149,6 +163,56 @@ func (*RaftCommand_LeaseAuthorityRenew) isRaftCommand_Command() {}
 func (*RaftCommand_LeaseRevokeExpired) isRaftCommand_Command() {}
 
 func (*RaftCommand_MemberAttributes) isRaftCommand_Command() {}
+
+func (*RaftCommand_AuthEnable) isRaftCommand_Command() {}
+
+// AuthEnable turns authentication on (etcd's AuthEnableRequest, applied
+// with etcd's checks). It carries the key that signs and verifies auth
+// tokens, chosen at random by the proposer so that every member applies the
+// same key and any member can verify a token issued by another.
+type AuthEnable struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TokenKey      []byte                 `protobuf:"bytes,1,opt,name=token_key,json=tokenKey,proto3" json:"token_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthEnable) Reset() {
+	*x = AuthEnable{}
+	mi := &file_concord_v1_raft_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthEnable) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthEnable) ProtoMessage() {}
+
+func (x *AuthEnable) ProtoReflect() protoreflect.Message {
+	mi := &file_concord_v1_raft_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthEnable.ProtoReflect.Descriptor instead.
+func (*AuthEnable) Descriptor() ([]byte, []int) {
+	return file_concord_v1_raft_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AuthEnable) GetTokenKey() []byte {
+	if x != nil {
+		return x.TokenKey
+	}
+	return nil
+}
 
 // MemberAttributes publishes a member's name and client URLs in the
 // replicated member table (etcd publishes its attributes through raft the
@@ -165,7 +229,7 @@ type MemberAttributes struct {
 
 func (x *MemberAttributes) Reset() {
 	*x = MemberAttributes{}
-	mi := &file_concord_v1_raft_proto_msgTypes[1]
+	mi := &file_concord_v1_raft_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -177,7 +241,7 @@ func (x *MemberAttributes) String() string {
 func (*MemberAttributes) ProtoMessage() {}
 
 func (x *MemberAttributes) ProtoReflect() protoreflect.Message {
-	mi := &file_concord_v1_raft_proto_msgTypes[1]
+	mi := &file_concord_v1_raft_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -190,7 +254,7 @@ func (x *MemberAttributes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberAttributes.ProtoReflect.Descriptor instead.
 func (*MemberAttributes) Descriptor() ([]byte, []int) {
-	return file_concord_v1_raft_proto_rawDescGZIP(), []int{1}
+	return file_concord_v1_raft_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *MemberAttributes) GetMemberId() uint64 {
@@ -233,7 +297,7 @@ type LeaseAuthority struct {
 
 func (x *LeaseAuthority) Reset() {
 	*x = LeaseAuthority{}
-	mi := &file_concord_v1_raft_proto_msgTypes[2]
+	mi := &file_concord_v1_raft_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -245,7 +309,7 @@ func (x *LeaseAuthority) String() string {
 func (*LeaseAuthority) ProtoMessage() {}
 
 func (x *LeaseAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_concord_v1_raft_proto_msgTypes[2]
+	mi := &file_concord_v1_raft_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -258,7 +322,7 @@ func (x *LeaseAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseAuthority.ProtoReflect.Descriptor instead.
 func (*LeaseAuthority) Descriptor() ([]byte, []int) {
-	return file_concord_v1_raft_proto_rawDescGZIP(), []int{2}
+	return file_concord_v1_raft_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *LeaseAuthority) GetHolder() string {
@@ -300,7 +364,7 @@ type LeaseAuthorityAcquire struct {
 
 func (x *LeaseAuthorityAcquire) Reset() {
 	*x = LeaseAuthorityAcquire{}
-	mi := &file_concord_v1_raft_proto_msgTypes[3]
+	mi := &file_concord_v1_raft_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -312,7 +376,7 @@ func (x *LeaseAuthorityAcquire) String() string {
 func (*LeaseAuthorityAcquire) ProtoMessage() {}
 
 func (x *LeaseAuthorityAcquire) ProtoReflect() protoreflect.Message {
-	mi := &file_concord_v1_raft_proto_msgTypes[3]
+	mi := &file_concord_v1_raft_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -325,7 +389,7 @@ func (x *LeaseAuthorityAcquire) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseAuthorityAcquire.ProtoReflect.Descriptor instead.
 func (*LeaseAuthorityAcquire) Descriptor() ([]byte, []int) {
-	return file_concord_v1_raft_proto_rawDescGZIP(), []int{3}
+	return file_concord_v1_raft_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *LeaseAuthorityAcquire) GetHolder() string {
@@ -361,7 +425,7 @@ type LeaseAuthorityRenew struct {
 
 func (x *LeaseAuthorityRenew) Reset() {
 	*x = LeaseAuthorityRenew{}
-	mi := &file_concord_v1_raft_proto_msgTypes[4]
+	mi := &file_concord_v1_raft_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -373,7 +437,7 @@ func (x *LeaseAuthorityRenew) String() string {
 func (*LeaseAuthorityRenew) ProtoMessage() {}
 
 func (x *LeaseAuthorityRenew) ProtoReflect() protoreflect.Message {
-	mi := &file_concord_v1_raft_proto_msgTypes[4]
+	mi := &file_concord_v1_raft_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -386,7 +450,7 @@ func (x *LeaseAuthorityRenew) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseAuthorityRenew.ProtoReflect.Descriptor instead.
 func (*LeaseAuthorityRenew) Descriptor() ([]byte, []int) {
-	return file_concord_v1_raft_proto_rawDescGZIP(), []int{4}
+	return file_concord_v1_raft_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *LeaseAuthorityRenew) GetHolder() string {
@@ -416,7 +480,7 @@ type LeaseRevokeExpired struct {
 
 func (x *LeaseRevokeExpired) Reset() {
 	*x = LeaseRevokeExpired{}
-	mi := &file_concord_v1_raft_proto_msgTypes[5]
+	mi := &file_concord_v1_raft_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -428,7 +492,7 @@ func (x *LeaseRevokeExpired) String() string {
 func (*LeaseRevokeExpired) ProtoMessage() {}
 
 func (x *LeaseRevokeExpired) ProtoReflect() protoreflect.Message {
-	mi := &file_concord_v1_raft_proto_msgTypes[5]
+	mi := &file_concord_v1_raft_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -441,7 +505,7 @@ func (x *LeaseRevokeExpired) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeExpired.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeExpired) Descriptor() ([]byte, []int) {
-	return file_concord_v1_raft_proto_rawDescGZIP(), []int{5}
+	return file_concord_v1_raft_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *LeaseRevokeExpired) GetEpoch() uint64 {
@@ -473,7 +537,7 @@ type LeaseRevokeExpiredResult struct {
 
 func (x *LeaseRevokeExpiredResult) Reset() {
 	*x = LeaseRevokeExpiredResult{}
-	mi := &file_concord_v1_raft_proto_msgTypes[6]
+	mi := &file_concord_v1_raft_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -485,7 +549,7 @@ func (x *LeaseRevokeExpiredResult) String() string {
 func (*LeaseRevokeExpiredResult) ProtoMessage() {}
 
 func (x *LeaseRevokeExpiredResult) ProtoReflect() protoreflect.Message {
-	mi := &file_concord_v1_raft_proto_msgTypes[6]
+	mi := &file_concord_v1_raft_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -498,7 +562,7 @@ func (x *LeaseRevokeExpiredResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeExpiredResult.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeExpiredResult) Descriptor() ([]byte, []int) {
-	return file_concord_v1_raft_proto_rawDescGZIP(), []int{6}
+	return file_concord_v1_raft_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *LeaseRevokeExpiredResult) GetRevoked() []int64 {
@@ -527,14 +591,19 @@ var File_concord_v1_raft_proto protoreflect.FileDescriptor
 const file_concord_v1_raft_proto_rawDesc = "" +
 	"\n" +
 	"\x15concord/v1/raft.proto\x12\n" +
-	"concord.v1\"\xfd\x02\n" +
+	"concord.v1\"\xb8\x03\n" +
 	"\vRaftCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12[\n" +
 	"\x17lease_authority_acquire\x18\x02 \x01(\v2!.concord.v1.LeaseAuthorityAcquireH\x00R\x15leaseAuthorityAcquire\x12U\n" +
 	"\x15lease_authority_renew\x18\x03 \x01(\v2\x1f.concord.v1.LeaseAuthorityRenewH\x00R\x13leaseAuthorityRenew\x12R\n" +
 	"\x14lease_revoke_expired\x18\x04 \x01(\v2\x1e.concord.v1.LeaseRevokeExpiredH\x00R\x12leaseRevokeExpired\x12K\n" +
-	"\x11member_attributes\x18\x05 \x01(\v2\x1c.concord.v1.MemberAttributesH\x00R\x10memberAttributesB\t\n" +
-	"\acommand\"d\n" +
+	"\x11member_attributes\x18\x05 \x01(\v2\x1c.concord.v1.MemberAttributesH\x00R\x10memberAttributes\x129\n" +
+	"\vauth_enable\x18\x06 \x01(\v2\x16.concord.v1.AuthEnableH\x00R\n" +
+	"authEnableB\t\n" +
+	"\acommand\")\n" +
+	"\n" +
+	"AuthEnable\x12\x1b\n" +
+	"\ttoken_key\x18\x01 \x01(\fR\btokenKey\"d\n" +
 	"\x10MemberAttributes\x12\x1b\n" +
 	"\tmember_id\x18\x01 \x01(\x04R\bmemberId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1f\n" +
@@ -571,26 +640,28 @@ func file_concord_v1_raft_proto_rawDescGZIP() []byte {
 	return file_concord_v1_raft_proto_rawDescData
 }
 
-var file_concord_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_concord_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_concord_v1_raft_proto_goTypes = []any{
 	(*RaftCommand)(nil),              // 0: concord.v1.RaftCommand
-	(*MemberAttributes)(nil),         // 1: concord.v1.MemberAttributes
-	(*LeaseAuthority)(nil),           // 2: concord.v1.LeaseAuthority
-	(*LeaseAuthorityAcquire)(nil),    // 3: concord.v1.LeaseAuthorityAcquire
-	(*LeaseAuthorityRenew)(nil),      // 4: concord.v1.LeaseAuthorityRenew
-	(*LeaseRevokeExpired)(nil),       // 5: concord.v1.LeaseRevokeExpired
-	(*LeaseRevokeExpiredResult)(nil), // 6: concord.v1.LeaseRevokeExpiredResult
+	(*AuthEnable)(nil),               // 1: concord.v1.AuthEnable
+	(*MemberAttributes)(nil),         // 2: concord.v1.MemberAttributes
+	(*LeaseAuthority)(nil),           // 3: concord.v1.LeaseAuthority
+	(*LeaseAuthorityAcquire)(nil),    // 4: concord.v1.LeaseAuthorityAcquire
+	(*LeaseAuthorityRenew)(nil),      // 5: concord.v1.LeaseAuthorityRenew
+	(*LeaseRevokeExpired)(nil),       // 6: concord.v1.LeaseRevokeExpired
+	(*LeaseRevokeExpiredResult)(nil), // 7: concord.v1.LeaseRevokeExpiredResult
 }
 var file_concord_v1_raft_proto_depIdxs = []int32{
-	3, // 0: concord.v1.RaftCommand.lease_authority_acquire:type_name -> concord.v1.LeaseAuthorityAcquire
-	4, // 1: concord.v1.RaftCommand.lease_authority_renew:type_name -> concord.v1.LeaseAuthorityRenew
-	5, // 2: concord.v1.RaftCommand.lease_revoke_expired:type_name -> concord.v1.LeaseRevokeExpired
-	1, // 3: concord.v1.RaftCommand.member_attributes:type_name -> concord.v1.MemberAttributes
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	4, // 0: concord.v1.RaftCommand.lease_authority_acquire:type_name -> concord.v1.LeaseAuthorityAcquire
+	5, // 1: concord.v1.RaftCommand.lease_authority_renew:type_name -> concord.v1.LeaseAuthorityRenew
+	6, // 2: concord.v1.RaftCommand.lease_revoke_expired:type_name -> concord.v1.LeaseRevokeExpired
+	2, // 3: concord.v1.RaftCommand.member_attributes:type_name -> concord.v1.MemberAttributes
+	1, // 4: concord.v1.RaftCommand.auth_enable:type_name -> concord.v1.AuthEnable
+	5, // [5:5] is the sub-list for method output_type
+	5, // [5:5] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_concord_v1_raft_proto_init() }
@@ -603,6 +674,7 @@ func file_concord_v1_raft_proto_init() {
 		(*RaftCommand_LeaseAuthorityRenew)(nil),
 		(*RaftCommand_LeaseRevokeExpired)(nil),
 		(*RaftCommand_MemberAttributes)(nil),
+		(*RaftCommand_AuthEnable)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -610,7 +682,7 @@ func file_concord_v1_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_concord_v1_raft_proto_rawDesc), len(file_concord_v1_raft_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,207 @@
+package consensus
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/golang-jwt/jwt/v5"
+	"go.etcd.io/etcd/api/v3/authpb"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/concord-kv/concord/auth"
+)
+
+// TestAuthReplicatedThroughSnapshotAndRestart checks that auth changes
+// reach every member through the log, reach a member that was down through
+// a store snapshot and survive a restart, and that once enabled a token
+// issued by one member is checked the same way on every member.
+func TestAuthReplicatedThroughSnapshotAndRestart(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *Config) {
+		cfg.SnapshotCount = 20
+		cfg.SnapshotCatchUpEntries = 5
+		cfg.BcryptCost = bcrypt.MinCost
+	})
+	lead := c.leader()
+	behind := c.followers(lead)[0]
+	n := c.nodes[lead]
+	if _, err := n.UserAdd(ctxT(t), &pb.AuthUserAddRequest{Name: "early", Password: "pw"}); err != nil {
+		t.Fatal(err)
+	}
+	c.converged()
+	c.stop(behind)
+
+	if _, err := n.UserAdd(ctxT(t), &pb.AuthUserAddRequest{Name: "root", Password: "rootpw"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: "root", Role: "root"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.RoleAdd(ctxT(t), &pb.AuthRoleAddRequest{Name: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.RoleGrantPermission(ctxT(t), &pb.AuthRoleGrantPermissionRequest{Name: "r",
+		Perm: &authpb.Permission{Key: []byte("a"), RangeEnd: []byte("b"), PermType: authpb.Permission_READ}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: "early", Role: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.UserAdd(ctxT(t), &pb.AuthUserAddRequest{Name: "root", Password: "x"}); !errors.Is(err, auth.ErrUserAlreadyExist) {
+		t.Fatalf("second root: %v, want ErrUserAlreadyExist", err)
+	}
+	// Enough entries to truncate the log past the stopped member.
+	for i := range 60 {
+		if _, err := putCtx(ctxT(t), n, fmt.Sprintf("k/%02d", i), "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.start(behind)
+	c.converged()
+	if got := c.nodes[behind].snapshotsInstalled.Load(); got < 1 {
+		t.Fatalf("member caught up without a snapshot (%d installed)", got)
+	}
+	want := n.AuthState().Revision()
+	for _, i := range c.running() {
+		waitFor(t, "auth state to replicate", func() bool { return c.nodes[i].AuthState().Revision() == want })
+		st := c.nodes[i].AuthState()
+		if !st.HasRootRole("root") || st.User("early") == nil {
+			t.Errorf("member %d: auth state lacks users", i+1)
+		}
+		if !st.RangePermitted("early", []byte("a1"), nil, authpb.Permission_READ) || st.RangePermitted("early", []byte("b"), nil, authpb.Permission_READ) {
+			t.Errorf("member %d: early's permissions are not r's [a, b)", i+1)
+		}
+	}
+
+	c.stop(behind)
+	c.start(behind)
+	b := c.nodes[behind]
+	if b.AuthState().Revision() != want {
+		t.Fatalf("restarted member at auth revision %d, want %d", b.AuthState().Revision(), want)
+	}
+	list, err := b.UserList(ctxT(t), &pb.AuthUserListRequest{})
+	if err != nil || !slices.Equal(list.Users, []string{"early", "root"}) {
+		t.Fatalf("UserList on the restarted member: %v, %v", list, err)
+	}
+	st, err := b.AuthStatus(ctxT(t), &pb.AuthStatusRequest{})
+	if err != nil || st.Enabled || st.AuthRevision != want || st.Header.GetMemberId() != b.MemberID() {
+		t.Fatalf("AuthStatus: %v, %v", st, err)
+	}
+	if _, err := b.Authenticate(ctxT(t), &pb.AuthenticateRequest{Name: "root", Password: "rootpw"}); !errors.Is(err, auth.ErrAuthNotEnabled) {
+		t.Fatalf("Authenticate before enable: %v, want ErrAuthNotEnabled", err)
+	}
+	// A client request without credentials, once auth is enabled.
+	client := auth.WithCredentials(ctxT(t), auth.Credentials{})
+	if _, err := b.AuthEnable(ctxT(t), &pb.AuthEnableRequest{}); err != nil {
+		t.Fatalf("AuthEnable: %v", err)
+	}
+	if !b.AuthState().Enabled() {
+		t.Fatal("auth not enabled after AuthEnable")
+	}
+	if _, err := b.Put(client, &pb.PutRequest{Key: []byte("a1"), Value: []byte("v")}); !errors.Is(err, auth.ErrUserEmpty) {
+		t.Fatalf("put without credentials: %v, want ErrUserEmpty", err)
+	}
+	// A token issued by one member works on every other: the key is
+	// replicated.
+	if _, err := b.UserChangePassword(ctxT(t), &pb.AuthUserChangePasswordRequest{Name: "early", Password: "earlypw"}); err != nil {
+		t.Fatal(err)
+	}
+	old, err := b.Authenticate(ctxT(t), &pb.AuthenticateRequest{Name: "early", Password: "earlypw"})
+	if err != nil {
+		t.Fatalf("Authenticate: %v", err)
+	}
+	// Any auth change makes earlier tokens old, as in etcd.
+	if _, err := b.RoleAdd(ctxT(t), &pb.AuthRoleAddRequest{Name: "later"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Range(auth.WithCredentials(ctxT(t), auth.Credentials{Token: old.Token}), &pb.RangeRequest{Key: []byte("a1")}); !errors.Is(err, auth.ErrAuthOldRevision) {
+		t.Fatalf("read with a token of an old auth revision: %v, want ErrAuthOldRevision", err)
+	}
+	if _, err := b.Put(auth.WithCredentials(ctxT(t), auth.Credentials{Token: old.Token}), &pb.PutRequest{Key: []byte("a1")}); !errors.Is(err, auth.ErrAuthOldRevision) {
+		t.Fatalf("write with a token of an old auth revision: %v, want ErrAuthOldRevision", err)
+	}
+	tok, err := b.Authenticate(ctxT(t), &pb.AuthenticateRequest{Name: "early", Password: "earlypw"})
+	if err != nil {
+		t.Fatalf("Authenticate: %v", err)
+	}
+	for _, i := range c.running() {
+		waitFor(t, "the password change to replicate", func() bool { return c.nodes[i].AuthState().Revision() == b.AuthState().Revision() })
+		early := auth.WithCredentials(ctxT(t), auth.Credentials{Token: tok.Token})
+		waitFor(t, "the enable to replicate", func() bool { return c.nodes[i].AuthState().Enabled() })
+		if _, err := c.nodes[i].Range(early, &pb.RangeRequest{Key: []byte("a1")}); err != nil {
+			t.Errorf("member %d: read within early's permissions: %v", i+1, err)
+		}
+		if _, err := c.nodes[i].Range(early, &pb.RangeRequest{Key: []byte("b")}); !errors.Is(err, auth.ErrPermissionDenied) {
+			t.Errorf("member %d: read outside early's permissions: %v, want ErrPermissionDenied", i+1, err)
+		}
+		if _, err := c.nodes[i].Put(early, &pb.PutRequest{Key: []byte("a1")}); !errors.Is(err, auth.ErrPermissionDenied) {
+			t.Errorf("member %d: write with read permission only: %v, want ErrPermissionDenied", i+1, err)
+		}
+		if _, err := c.nodes[i].Compact(early, &pb.CompactionRequest{Revision: 2}); !errors.Is(err, auth.ErrPermissionDenied) {
+			t.Errorf("member %d: compact as non-root: %v, want ErrPermissionDenied", i+1, err)
+		}
+		bad := auth.WithCredentials(ctxT(t), auth.Credentials{Token: tok.Token + "x"})
+		if _, err := c.nodes[i].Range(bad, &pb.RangeRequest{Key: []byte("a1")}); !errors.Is(err, auth.ErrInvalidAuthToken) {
+			t.Errorf("member %d: forged token: %v, want ErrInvalidAuthToken", i+1, err)
+		}
+	}
+}
+
+func TestAuthEnableRefusedWhenConfigured(t *testing.T) {
+	c := newTestCluster(t, 1, func(cfg *Config) {
+		cfg.BcryptCost = bcrypt.MinCost
+		cfg.RefuseAuthEnable = true
+	})
+	n := c.nodes[c.leader()]
+	if _, err := n.UserAdd(ctxT(t), &pb.AuthUserAddRequest{Name: "root", Password: "pw"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: "root", Role: "root"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.AuthEnable(ctxT(t), &pb.AuthEnableRequest{}); !errors.Is(err, ErrAuthEnableUnsupported) {
+		t.Fatalf("AuthEnable: %v, want ErrAuthEnableUnsupported", err)
+	}
+	if n.AuthState().Enabled() {
+		t.Fatal("auth enabled after a refused AuthEnable")
+	}
+}
+
+// TestAuthJWTTokens checks that --auth-token jwt makes Authenticate issue
+// JWTs (the same HS256 secret verifies them) that the member accepts.
+func TestAuthJWTTokens(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("jwt-secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := newTestCluster(t, 1, func(cfg *Config) {
+		cfg.BcryptCost = bcrypt.MinCost
+		cfg.AuthToken = "jwt,sign-method=HS256,priv-key=" + secret + ",ttl=1m"
+	})
+	n := c.nodes[c.leader()]
+	if _, err := n.UserAdd(ctxT(t), &pb.AuthUserAddRequest{Name: "root", Password: "pw"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: "root", Role: "root"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.AuthEnable(ctxT(t), &pb.AuthEnableRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := n.Authenticate(ctxT(t), &pb.AuthenticateRequest{Name: "root", Password: "pw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := jwt.Parse(resp.Token, func(*jwt.Token) (any, error) { return []byte("jwt-secret"), nil })
+	if err != nil || parsed.Claims.(jwt.MapClaims)["username"] != "root" {
+		t.Fatalf("token %q is not an HS256 JWT for root: %v", resp.Token, err)
+	}
+	ctx := auth.WithCredentials(ctxT(t), auth.Credentials{Token: resp.Token})
+	if _, err := n.Put(ctx, &pb.PutRequest{Key: []byte("k"), Value: []byte("v")}); err != nil {
+		t.Fatalf("put with the JWT: %v", err)
+	}
+}

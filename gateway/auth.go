@@ -1,0 +1,236 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+
+	"github.com/concord-kv/concord/auth"
+	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
+	"github.com/concord-kv/concord/watchfanout"
+)
+
+// Auth is etcd's Auth service on the backend: users, roles, permissions
+// and the auth switch, replicated through raft (consensus/auth.go). A
+// Backend that does not implement it leaves the Auth service answering
+// Unimplemented.
+type Auth interface {
+	AuthEnable(ctx context.Context, r *pb.AuthEnableRequest) (*pb.AuthEnableResponse, error)
+	AuthDisable(ctx context.Context, r *pb.AuthDisableRequest) (*pb.AuthDisableResponse, error)
+	AuthStatus(ctx context.Context, r *pb.AuthStatusRequest) (*pb.AuthStatusResponse, error)
+	Authenticate(ctx context.Context, r *pb.AuthenticateRequest) (*pb.AuthenticateResponse, error)
+	UserAdd(ctx context.Context, r *pb.AuthUserAddRequest) (*pb.AuthUserAddResponse, error)
+	UserGet(ctx context.Context, r *pb.AuthUserGetRequest) (*pb.AuthUserGetResponse, error)
+	UserList(ctx context.Context, r *pb.AuthUserListRequest) (*pb.AuthUserListResponse, error)
+	UserDelete(ctx context.Context, r *pb.AuthUserDeleteRequest) (*pb.AuthUserDeleteResponse, error)
+	UserChangePassword(ctx context.Context, r *pb.AuthUserChangePasswordRequest) (*pb.AuthUserChangePasswordResponse, error)
+	UserGrantRole(ctx context.Context, r *pb.AuthUserGrantRoleRequest) (*pb.AuthUserGrantRoleResponse, error)
+	UserRevokeRole(ctx context.Context, r *pb.AuthUserRevokeRoleRequest) (*pb.AuthUserRevokeRoleResponse, error)
+	RoleAdd(ctx context.Context, r *pb.AuthRoleAddRequest) (*pb.AuthRoleAddResponse, error)
+	RoleGet(ctx context.Context, r *pb.AuthRoleGetRequest) (*pb.AuthRoleGetResponse, error)
+	RoleList(ctx context.Context, r *pb.AuthRoleListRequest) (*pb.AuthRoleListResponse, error)
+	RoleDelete(ctx context.Context, r *pb.AuthRoleDeleteRequest) (*pb.AuthRoleDeleteResponse, error)
+	RoleGrantPermission(ctx context.Context, r *pb.AuthRoleGrantPermissionRequest) (*pb.AuthRoleGrantPermissionResponse, error)
+	RoleRevokePermission(ctx context.Context, r *pb.AuthRoleRevokePermissionRequest) (*pb.AuthRoleRevokePermissionResponse, error)
+}
+
+// authHandler serves etcdserverpb.Auth from b when it implements Auth.
+func authHandler(b Backend) etcdserverpbconnect.AuthHandler {
+	a, ok := b.(Auth)
+	if !ok {
+		return etcdserverpbconnect.UnimplementedAuthHandler{}
+	}
+	return authService{a: a}
+}
+
+// authService serves etcdserverpb.Auth: like etcd's v3rpc AuthServer, it
+// only translates the backend's errors.
+type authService struct{ a Auth }
+
+// call runs one backend method and translates its error.
+func call[Req, Resp any](ctx context.Context, r Req, f func(context.Context, Req) (Resp, error)) (Resp, error) {
+	resp, err := f(ctx, r)
+	if err != nil {
+		var zero Resp
+		return zero, TranslateError(err)
+	}
+	return resp, nil
+}
+
+func (s authService) AuthEnable(ctx context.Context, r *pb.AuthEnableRequest) (*pb.AuthEnableResponse, error) {
+	return call(ctx, r, s.a.AuthEnable)
+}
+
+func (s authService) AuthDisable(ctx context.Context, r *pb.AuthDisableRequest) (*pb.AuthDisableResponse, error) {
+	return call(ctx, r, s.a.AuthDisable)
+}
+
+func (s authService) AuthStatus(ctx context.Context, r *pb.AuthStatusRequest) (*pb.AuthStatusResponse, error) {
+	return call(ctx, r, s.a.AuthStatus)
+}
+
+func (s authService) Authenticate(ctx context.Context, r *pb.AuthenticateRequest) (*pb.AuthenticateResponse, error) {
+	return call(ctx, r, s.a.Authenticate)
+}
+
+func (s authService) UserAdd(ctx context.Context, r *pb.AuthUserAddRequest) (*pb.AuthUserAddResponse, error) {
+	return call(ctx, r, s.a.UserAdd)
+}
+
+func (s authService) UserGet(ctx context.Context, r *pb.AuthUserGetRequest) (*pb.AuthUserGetResponse, error) {
+	return call(ctx, r, s.a.UserGet)
+}
+
+func (s authService) UserList(ctx context.Context, r *pb.AuthUserListRequest) (*pb.AuthUserListResponse, error) {
+	return call(ctx, r, s.a.UserList)
+}
+
+func (s authService) UserDelete(ctx context.Context, r *pb.AuthUserDeleteRequest) (*pb.AuthUserDeleteResponse, error) {
+	return call(ctx, r, s.a.UserDelete)
+}
+
+func (s authService) UserChangePassword(ctx context.Context, r *pb.AuthUserChangePasswordRequest) (*pb.AuthUserChangePasswordResponse, error) {
+	return call(ctx, r, s.a.UserChangePassword)
+}
+
+func (s authService) UserGrantRole(ctx context.Context, r *pb.AuthUserGrantRoleRequest) (*pb.AuthUserGrantRoleResponse, error) {
+	return call(ctx, r, s.a.UserGrantRole)
+}
+
+func (s authService) UserRevokeRole(ctx context.Context, r *pb.AuthUserRevokeRoleRequest) (*pb.AuthUserRevokeRoleResponse, error) {
+	return call(ctx, r, s.a.UserRevokeRole)
+}
+
+func (s authService) RoleAdd(ctx context.Context, r *pb.AuthRoleAddRequest) (*pb.AuthRoleAddResponse, error) {
+	return call(ctx, r, s.a.RoleAdd)
+}
+
+func (s authService) RoleGet(ctx context.Context, r *pb.AuthRoleGetRequest) (*pb.AuthRoleGetResponse, error) {
+	return call(ctx, r, s.a.RoleGet)
+}
+
+func (s authService) RoleList(ctx context.Context, r *pb.AuthRoleListRequest) (*pb.AuthRoleListResponse, error) {
+	return call(ctx, r, s.a.RoleList)
+}
+
+func (s authService) RoleDelete(ctx context.Context, r *pb.AuthRoleDeleteRequest) (*pb.AuthRoleDeleteResponse, error) {
+	return call(ctx, r, s.a.RoleDelete)
+}
+
+func (s authService) RoleGrantPermission(ctx context.Context, r *pb.AuthRoleGrantPermissionRequest) (*pb.AuthRoleGrantPermissionResponse, error) {
+	return call(ctx, r, s.a.RoleGrantPermission)
+}
+
+func (s authService) RoleRevokePermission(ctx context.Context, r *pb.AuthRoleRevokePermissionRequest) (*pb.AuthRoleRevokePermissionResponse, error) {
+	return call(ctx, r, s.a.RoleRevokePermission)
+}
+
+// Header names of the credentials etcd accepts: gRPC metadata "token"
+// (clientv3, etcdctl) and, from its JSON gateway, "authorization".
+var (
+	tokenHeader         = http.CanonicalHeaderKey(rpctypes.TokenFieldNameGRPC)
+	authorizationHeader = http.CanonicalHeaderKey(rpctypes.TokenFieldNameSwagger)
+)
+
+// withCredentials marks ctx as a client request carrying the credentials
+// of h, which the backend checks once auth is enabled (consensus/auth.go).
+func withCredentials(ctx context.Context, h http.Header) context.Context {
+	var c auth.Credentials
+	if v := h[tokenHeader]; len(v) > 0 {
+		c.Token = v[0]
+	} else if v := h[authorizationHeader]; len(v) > 0 {
+		c.Token = strings.TrimPrefix(v[0], "Bearer ")
+	}
+	c.CommonName, _ = ctx.Value(certNameKey{}).(string)
+	return auth.WithCredentials(ctx, c)
+}
+
+// WatchAuthorizer checks the creation of a watch (etcd's
+// isWatchPermitted); consensus.Node implements it. With a backend that
+// does, the gateway's watch service refuses the watches it denies.
+type WatchAuthorizer interface {
+	// AuthorizeWatch returns the header of a refusal and nil when the
+	// caller may watch [key, end).
+	AuthorizeWatch(ctx context.Context, key, end []byte) (*pb.ResponseHeader, error)
+}
+
+// LeaseAuthorizer checks keep-alives (write) and TimeToLive with keys
+// (read) against the permissions on the lease's keys, as etcd does;
+// consensus.Node implements it.
+type LeaseAuthorizer interface {
+	AuthorizeLease(ctx context.Context, id int64, write bool) error
+}
+
+// watchCancelReason is the cancel reason etcd gives a refused watch.
+func watchCancelReason(err error) string {
+	switch {
+	case errors.Is(err, auth.ErrInvalidAuthToken):
+		return rpctypes.ErrGRPCInvalidAuthToken.Error()
+	case errors.Is(err, auth.ErrAuthOldRevision):
+		return rpctypes.ErrGRPCAuthOldRevision.Error()
+	case errors.Is(err, auth.ErrUserEmpty):
+		return rpctypes.ErrGRPCUserEmpty.Error()
+	default:
+		return rpctypes.ErrGRPCPermissionDenied.Error()
+	}
+}
+
+// authWatchStream answers the watch creations its authorizer refuses
+// itself, as etcd does (created and canceled at once, watch ID -1), and
+// passes everything else to the fan-out. Sends are serialized because the
+// refusals are sent from Recv's goroutine.
+type authWatchStream struct {
+	ctx   context.Context
+	inner watchfanout.Stream
+	authz WatchAuthorizer
+	mu    sync.Mutex
+}
+
+func (s *authWatchStream) Recv() (*pb.WatchRequest, error) {
+	for {
+		req, err := s.inner.Recv()
+		if err != nil {
+			return nil, err
+		}
+		cr := req.GetCreateRequest()
+		if cr == nil {
+			return req, nil
+		}
+		h, aerr := s.authz.AuthorizeWatch(s.ctx, cr.GetKey(), cr.GetRangeEnd())
+		if aerr == nil {
+			return req, nil
+		}
+		if err := s.Send(&pb.WatchResponse{
+			Header: h, WatchId: -1, Created: true, Canceled: true, CancelReason: watchCancelReason(aerr),
+		}); err != nil {
+			return nil, err
+		}
+	}
+}
+
+func (s *authWatchStream) Send(r *pb.WatchResponse) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inner.Send(r)
+}
+
+type certNameKey struct{}
+
+// withClientCertName records the common name of r's verified client
+// certificate, which etcd takes as the user of a request without a token
+// (--client-cert-auth).
+func withClientCertName(r *http.Request) *http.Request {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
+		return r
+	}
+	cn := r.TLS.VerifiedChains[0][0].Subject.CommonName
+	if cn == "" {
+		return r
+	}
+	return r.WithContext(context.WithValue(r.Context(), certNameKey{}, cn))
+}

@@ -1,0 +1,545 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/concord-kv/concord/internal/tlstest"
+)
+
+// TestCtlAuthManagement drives etcdctl's user, role and auth commands
+// (everything but a successful auth enable) against etcd and concord.
+func TestCtlAuthManagement(t *testing.T) {
+	runScenario(t, scenario{name: "auth-mgmt", extra: []string{"--bcrypt-cost=4"}, steps: seq(
+		ctl("auth", "status"),
+		ctl("auth", "enable"),
+		ctl("user", "add", "root", "--new-user-password=rootpw"),
+		ctl("user", "add", "root", "--new-user-password=other"),
+		// No second auth enable: etcdctl's would grant root the root role
+		// and enable auth (TestClientAuthManagement checks the server's
+		// ErrRootRoleNotExist).
+		ctl("user", "add", "alice", "--new-user-password=alicepw"),
+		ctl("user", "add", "np", "--no-password"),
+		ctl("user", "list"),
+		ctl("user", "get", "root"),
+		ctl("user", "get", "nobody"),
+		ctl("role", "add", "root"),
+		ctl("role", "add", "reader"),
+		ctl("role", "add", "reader"),
+		ctl("user", "grant-role", "root", "root"),
+		ctl("user", "grant-role", "root", "root"),
+		ctl("user", "grant-role", "alice", "nope"),
+		ctl("user", "grant-role", "nobody", "reader"),
+		ctl("role", "grant-permission", "reader", "read", "foo"),
+		ctl("role", "grant-permission", "reader", "--prefix", "readwrite", "dir/"),
+		ctl("role", "grant-permission", "reader", "--from-key", "read", "z"),
+		ctl("role", "grant-permission", "reader", "write", "k1", "k5"),
+		ctl("role", "grant-permission", "reader", "write", "b", "a"),
+		ctl("role", "grant-permission", "reader", "write", "foo"),
+		ctl("role", "grant-permission", "nope", "read", "foo"),
+		ctl("role", "get", "reader"),
+		ctl("role", "get", "reader", "-w", "json"),
+		ctl("role", "get", "root"),
+		ctl("role", "get", "nope"),
+		ctl("role", "list"),
+		ctl("user", "grant-role", "alice", "reader"),
+		ctl("user", "get", "alice"),
+		ctl("user", "get", "alice", "--detail"),
+		ctl("user", "get", "alice", "-w", "json"),
+		ctl("user", "revoke-role", "alice", "root"),
+		ctl("role", "revoke-permission", "reader", "foo"),
+		ctl("role", "revoke-permission", "reader", "foo"),
+		ctl("role", "revoke-permission", "reader", "dir/", "--prefix"),
+		ctl("role", "revoke-permission", "nope", "foo"),
+		ctl("role", "get", "reader"),
+		ctlIn("newpw\n", "user", "passwd", "alice", "--interactive=false"),
+		ctlIn("newpw\n", "user", "passwd", "nobody", "--interactive=false"),
+		ctl("auth", "status", "-w", "json"),
+		ctl("auth", "disable"),
+		step{kind: stepRestart},
+		ctl("user", "list"),
+		ctl("role", "get", "reader"),
+		ctl("auth", "status"),
+		ctl("role", "delete", "reader"),
+		ctl("role", "delete", "reader"),
+		ctl("user", "get", "alice"),
+		ctl("user", "delete", "alice"),
+		ctl("user", "delete", "alice"),
+		ctl("user", "revoke-role", "root", "root"),
+		ctl("user", "list"),
+		ctl("role", "list"),
+		ctl("auth", "status"),
+	)})
+}
+
+// TestCtlAuthEnabled enables auth with etcdctl and checks, against etcd,
+// what root, a limited user, a wrong password and no credentials may do.
+func TestCtlAuthEnabled(t *testing.T) {
+	alice := "--user=alice:alicepw"
+	root := "--user=root:rootpw"
+	runScenario(t, scenario{name: "auth-enabled", extra: []string{"--bcrypt-cost=4"}, steps: seq(
+		ctl("put", "dir/a", "1"),
+		ctl("put", "secret", "s"),
+		ctl("user", "add", "root", "--new-user-password=rootpw"),
+		ctl("user", "add", "alice", "--new-user-password=alicepw"),
+		ctl("role", "add", "reader"),
+		ctl("role", "grant-permission", "reader", "--prefix", "read", "dir/"),
+		ctl("role", "grant-permission", "reader", "readwrite", "rw"),
+		ctl("user", "grant-role", "alice", "reader"),
+		// etcdctl grants root the root role itself, then enables.
+		ctl("auth", "enable"),
+		ctl("auth", "enable", root),
+		ctl("get", "dir/a"),
+		ctl("put", "dir/a", "2"),
+		ctl("user", "list"),
+		ctl(root, "get", "dir/a"),
+		ctl(root, "put", "secret", "s2"),
+		ctl(alice, "get", "dir/a"),
+		ctl(alice, "get", "dir/", "--prefix"),
+		ctl(alice, "get", "secret"),
+		ctl(alice, "get", "", "--prefix"),
+		ctl(alice, "put", "dir/b", "2"),
+		ctl(alice, "put", "rw", "x"),
+		ctl(alice, "put", "rw", "y", "--prev-kv"),
+		ctl(alice, "del", "dir/a"),
+		ctlIn("value(\"dir/a\") = \"1\"\n\nput rw z\n\nget secret\n\n", alice, "txn"),
+		ctlIn("value(\"dir/a\") = \"1\"\n\nput rw z\n\nget dir/a\n\n", alice, "txn"),
+		ctl("--user=alice:wrong", "get", "dir/a"),
+		ctl("--user=nobody:pw", "get", "dir/a"),
+		ctl(alice, "user", "list"),
+		ctl(alice, "user", "get", "alice"),
+		ctl(alice, "user", "get", "root"),
+		ctl(alice, "role", "get", "reader"),
+		ctl(alice, "role", "get", "root"),
+		ctl(alice, "user", "add", "eve", "--new-user-password=x"),
+		ctl(alice, "compaction", "2"),
+		ctl(alice, "defrag"),
+		ctl(alice, "alarm", "list"),
+		ctl(alice, "auth", "disable"),
+		ctl(root, "user", "revoke-role", "root", "root"),
+		ctl(root, "user", "delete", "root"),
+		ctl(root, "role", "delete", "root"),
+		ctl(root, "role", "revoke-permission", "reader", "dir/", "--prefix"),
+		ctl(alice, "get", "dir/a"),
+		ctl(root, "auth", "status"),
+		step{kind: stepRestart},
+		ctl("get", "dir/a"),
+		ctl(root, "get", "dir/a"),
+		ctl(root, "auth", "disable"),
+		ctl("get", "dir/a"),
+		ctl("auth", "status"),
+	)})
+}
+
+// TestClientAuthManagement checks clientv3's auth API against etcd's
+// answers and errors.
+func TestClientAuthManagement(t *testing.T) {
+	t.Parallel()
+	for _, im := range impls {
+		t.Run(im.name, func(t *testing.T) {
+			s := startServer(t, im, serverOptions{extra: []string{"--bcrypt-cost=4"}})
+			c := newClient(t, s)
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			want := func(what string, err, target error) {
+				t.Helper()
+				if err == nil || err.Error() != target.Error() {
+					t.Fatalf("%s: %v, want %v", what, err, target)
+				}
+			}
+			_, err := c.UserAdd(ctx, "", "pw")
+			want("UserAdd empty", err, rpctypes.ErrUserEmpty)
+			_, err = c.RoleAdd(ctx, "")
+			want("RoleAdd empty", err, rpctypes.ErrRoleEmpty)
+			if _, err := c.UserAdd(ctx, "u", "pw"); err != nil {
+				t.Fatal(err)
+			}
+			_, err = c.UserAdd(ctx, "u", "pw")
+			want("UserAdd twice", err, rpctypes.ErrUserAlreadyExist)
+			_, err = c.RoleGrantPermission(ctx, "r", "a", "", clientv3.PermissionType(clientv3.PermRead))
+			want("grant to missing role", err, rpctypes.ErrRoleNotFound)
+			if _, err := c.RoleAdd(ctx, "r"); err != nil {
+				t.Fatal(err)
+			}
+			_, err = c.RoleAdd(ctx, "r")
+			want("RoleAdd twice", err, rpctypes.ErrRoleAlreadyExist)
+			_, err = c.RoleGrantPermission(ctx, "r", "", "", clientv3.PermissionType(clientv3.PermRead))
+			want("grant empty key", err, rpctypes.ErrInvalidAuthMgmt)
+			if _, err := c.RoleGrantPermission(ctx, "r", "a", clientv3.GetPrefixRangeEnd("a"), clientv3.PermissionType(clientv3.PermReadWrite)); err != nil {
+				t.Fatal(err)
+			}
+			_, err = c.UserRevokeRole(ctx, "u", "r")
+			want("revoke ungranted", err, rpctypes.ErrRoleNotGranted)
+			_, err = c.RoleRevokePermission(ctx, "r", "b", "")
+			want("revoke missing perm", err, rpctypes.ErrPermissionNotGranted)
+			if _, err := c.UserGrantRole(ctx, "u", "r"); err != nil {
+				t.Fatal(err)
+			}
+			ug, err := c.UserGet(ctx, "u")
+			if err != nil || len(ug.Roles) != 1 || ug.Roles[0] != "r" {
+				t.Fatalf("UserGet: %v, %v", ug, err)
+			}
+			rg, err := c.RoleGet(ctx, "r")
+			if err != nil || len(rg.Perm) != 1 || string(rg.Perm[0].Key) != "a" || string(rg.Perm[0].RangeEnd) != "b" {
+				t.Fatalf("RoleGet: %v, %v", rg, err)
+			}
+			st, err := c.AuthStatus(ctx)
+			if err != nil || st.Enabled || st.AuthRevision != 5 {
+				t.Fatalf("AuthStatus: %v, %v (want disabled, revision 5)", st, err)
+			}
+			_, err = c.AuthEnable(ctx)
+			want("AuthEnable without root", err, rpctypes.ErrRootUserNotExist)
+			if _, err := c.UserAdd(ctx, "root", "pw"); err != nil {
+				t.Fatal(err)
+			}
+			_, err = c.AuthEnable(ctx)
+			want("AuthEnable without root role", err, rpctypes.ErrRootRoleNotExist)
+			_, err = c.UserDelete(ctx, "nobody")
+			want("UserDelete missing", err, rpctypes.ErrUserNotFound)
+			_, err = c.RoleDelete(ctx, "nobody")
+			want("RoleDelete missing", err, rpctypes.ErrRoleNotFound)
+		})
+	}
+}
+
+// TestSplitAuthManagement checks that the split topology's gateways forward
+// the Auth service to consensus: a user added through one gateway is seen
+// through the other, errors keep etcd's text, and auth enable refuses.
+func TestSplitAuthManagement(t *testing.T) {
+	c := startSplit(t)
+	g1, g2 := c.gateways[0].endpoint(), c.gateways[1].endpoint()
+	mustCtl(t, g1, "user", "add", "root", "--new-user-password=pw")
+	mustCtl(t, g1, "role", "add", "reader")
+	mustCtl(t, g1, "role", "grant-permission", "reader", "--prefix", "read", "dir/")
+	mustCtl(t, g2, "user", "grant-role", "root", "root")
+	if got := mustCtl(t, g2, "user", "get", "root"); got != "User: root\nRoles: root\n" {
+		t.Fatalf("user get through the other gateway = %q", got)
+	}
+	if got := mustCtl(t, g2, "role", "get", "reader"); got != "Role reader\nKV Read:\n\t[dir/, dir0) (prefix dir/)\nKV Write:\n" {
+		t.Fatalf("role get through the other gateway = %q", got)
+	}
+	r := runCtl(t, g2, "", "user", "add", "root", "--new-user-password=x")
+	if r.exit == 0 || !strings.Contains(r.stderr, "Error: etcdserver: user name already exists") {
+		t.Fatalf("second root: exit %d stderr %q", r.exit, r.stderr)
+	}
+	r = runCtl(t, g1, "", "auth", "enable")
+	if r.exit == 0 || !strings.Contains(r.stderr, "auth enable is not supported in the split topology") {
+		t.Fatalf("auth enable: exit %d stdout %q stderr %q; want a refusal", r.exit, r.stdout, r.stderr)
+	}
+	if out := mustCtl(t, g2, "auth", "status"); !strings.Contains(out, "Authentication Status: false") {
+		t.Fatalf("auth status after the refused enable: %q", out)
+	}
+}
+
+// TestClientAuthEnforced checks what clientv3 clients with and without
+// credentials see once auth is enabled: KV, watch and lease calls, with the
+// same outcomes and errors as etcd.
+func TestClientAuthEnforced(t *testing.T) {
+	t.Parallel()
+	var etcdOutcomes []string
+	for _, im := range impls {
+		t.Run(im.name, func(t *testing.T) {
+			s := startServer(t, im, serverOptions{extra: []string{"--bcrypt-cost=4"}})
+			got := authOutcomes(t, s)
+			if im == etcdImpl {
+				etcdOutcomes = got
+				t.Logf("etcd's outcomes:\n%s", strings.Join(got, "\n"))
+				return
+			}
+			if etcdOutcomes == nil {
+				t.Skip("etcd's run failed")
+			}
+			for i := range max(len(got), len(etcdOutcomes)) {
+				var g, w string
+				if i < len(got) {
+					g = got[i]
+				}
+				if i < len(etcdOutcomes) {
+					w = etcdOutcomes[i]
+				}
+				if g != w {
+					t.Errorf("outcome %d: %s\n  etcd: %s", i, g, w)
+				}
+			}
+		})
+	}
+}
+
+// authOutcomes enables auth on s and lists what each call gave.
+func authOutcomes(t *testing.T, s *Server) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	admin := newClient(t, s)
+	must := func(_ any, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(admin.UserAdd(ctx, "root", "rootpw"))
+	must(admin.UserGrantRole(ctx, "root", "root"))
+	must(admin.UserAdd(ctx, "alice", "alicepw"))
+	must(admin.RoleAdd(ctx, "reader"))
+	must(admin.RoleGrantPermission(ctx, "reader", "dir/", clientv3.GetPrefixRangeEnd("dir/"), clientv3.PermissionType(clientv3.PermRead)))
+	must(admin.RoleGrantPermission(ctx, "reader", "rw", "", clientv3.PermissionType(clientv3.PermReadWrite)))
+	must(admin.UserGrantRole(ctx, "alice", "reader"))
+	must(admin.Put(ctx, "dir/a", "1"))
+	must(admin.AuthEnable(ctx))
+
+	user := func(name, pw string) *clientv3.Client {
+		c, err := clientv3.New(clientv3.Config{Endpoints: []string{s.Endpoint()}, Username: name, Password: pw,
+			DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatalf("client as %s: %v", name, err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	root, alice := user("root", "rootpw"), user("alice", "alicepw")
+	var out []string
+	note := func(what string, err error) {
+		msg := "ok"
+		if err != nil {
+			msg = err.Error()
+		}
+		out = append(out, what+": "+msg)
+	}
+	_, err := admin.Get(ctx, "dir/a")
+	note("no credentials get", err)
+	_, err = root.Put(ctx, "secret", "s")
+	note("root put", err)
+	_, err = alice.Get(ctx, "dir/a")
+	note("alice get dir/a", err)
+	_, err = alice.Get(ctx, "secret")
+	note("alice get secret", err)
+	_, err = alice.Put(ctx, "dir/a", "2")
+	note("alice put dir/a", err)
+	_, err = alice.Put(ctx, "rw", "1")
+	note("alice put rw", err)
+	// A change to the auth state makes alice's token old: clientv3
+	// authenticates again on etcd's ErrAuthOldRevision and retries.
+	_, err = root.RoleGrantPermission(ctx, "reader", "rw2", "", clientv3.PermissionType(clientv3.PermRead))
+	note("root grant (new auth revision)", err)
+	_, err = alice.Get(ctx, "rw2")
+	note("alice get rw2 with a token of the old revision", err)
+
+	watch := func(who string, c *clientv3.Client, key string) {
+		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+		defer wcancel()
+		wr := <-c.Watch(clientv3.WithRequireLeader(wctx), key, clientv3.WithCreatedNotify())
+		out = append(out, fmt.Sprintf("%s watch %s: created=%v canceled=%v err=%v", who, key, wr.Created, wr.Canceled, wr.Err()))
+	}
+	watch("alice", alice, "dir/a")
+	watch("alice", alice, "secret")
+	watch("root", root, "secret")
+	watch("nobody", admin, "dir/a")
+
+	l, err := alice.Grant(ctx, 100)
+	note("alice grant", err)
+	if err == nil {
+		_, err = root.Put(ctx, "secret2", "s", clientv3.WithLease(l.ID))
+		note("root put with alice's lease", err)
+		_, err = alice.KeepAliveOnce(ctx, l.ID)
+		note("alice keep-alive of a lease with a secret key", err)
+		_, err = alice.TimeToLive(ctx, l.ID)
+		note("alice ttl", err)
+		_, err = alice.TimeToLive(ctx, l.ID, clientv3.WithAttachedKeys())
+		note("alice ttl with keys", err)
+		_, err = alice.Revoke(ctx, l.ID)
+		note("alice revoke", err)
+		_, err = root.Revoke(ctx, l.ID)
+		note("root revoke", err)
+	}
+	_, err = alice.Compact(ctx, 2)
+	note("alice compact", err)
+	_, err = root.Compact(ctx, 2)
+	note("root compact", err)
+	_, err = alice.Status(ctx, s.Endpoint())
+	note("alice status", err)
+	_, err = admin.Status(ctx, s.Endpoint())
+	note("no credentials status", err)
+	_, err = alice.MemberList(ctx)
+	note("alice member list", err)
+	_, err = alice.AuthDisable(ctx)
+	note("alice auth disable", err)
+	_, err = root.AuthDisable(ctx)
+	note("root auth disable", err)
+	_, err = admin.Get(ctx, "secret")
+	note("no credentials get after disable", err)
+	return out
+}
+
+// TestJSONGatewayAuth authenticates through etcd's JSON gateway and sends
+// the token in the Authorization header, as curl users of etcd do, and
+// compares every answer with etcd's.
+func TestJSONGatewayAuth(t *testing.T) {
+	t.Parallel()
+	transcripts := map[string][]string{}
+	for _, im := range impls {
+		t.Run(im.name, func(t *testing.T) {
+			s := startServer(t, im, serverOptions{extra: []string{"--bcrypt-cost=4"}})
+			transcripts[im.name] = jsonAuthTranscript(t, s)
+		})
+	}
+	want, got := transcripts["etcd"], transcripts["concord"]
+	if len(want) == 0 || len(want) != len(got) {
+		t.Fatalf("incomplete transcripts: etcd %d, concord %d calls", len(want), len(got))
+	}
+	for i := range want {
+		if want[i] != got[i] {
+			t.Errorf("call %d differs:\netcd:    %s\nconcord: %s", i, want[i], got[i])
+		}
+	}
+}
+
+func jsonAuthTranscript(t *testing.T, s *Server) []string {
+	n := newNormalizer()
+	var token string
+	var out []string
+	call := func(path, body string, auth string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, "POST", s.clientURL()+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := reToken.FindSubmatch(b); m != nil {
+			token = string(m[1])
+			b = reToken.ReplaceAll(b, []byte(`"token":"<token>"`))
+		}
+		out = append(out, fmt.Sprintf("POST %s %s (auth %v)\n  status %d\n  %s\n", path, body, auth != "", resp.StatusCode, normalizeJSON(n, string(b))))
+	}
+	call("/v3/kv/put", `{"key":"`+b64("k")+`","value":"`+b64("v")+`"}`, "")
+	call("/v3/auth/user/add", `{"name":"root","password":"pw"}`, "")
+	call("/v3/auth/user/grant", `{"user":"root","role":"root"}`, "")
+	call("/v3/auth/authenticate", `{"name":"root","password":"pw"}`, "")
+	call("/v3/auth/enable", `{}`, "")
+	call("/v3/auth/authenticate", `{"name":"root","password":"wrong"}`, "")
+	call("/v3/auth/authenticate", `{"name":"root","password":"pw"}`, "")
+	call("/v3/kv/range", `{"key":"`+b64("k")+`"}`, "")
+	call("/v3/kv/range", `{"key":"`+b64("k")+`"}`, token)
+	call("/v3/kv/range", `{"key":"`+b64("k")+`"}`, "Bearer "+token)
+	call("/v3/kv/range", `{"key":"`+b64("k")+`"}`, "not-a-token")
+	call("/v3/auth/status", `{}`, token)
+	call("/v3/auth/disable", `{}`, token)
+	call("/v3/kv/range", `{"key":"`+b64("k")+`"}`, "")
+	return out
+}
+
+// reToken finds the token of an Authenticate answer.
+var reToken = regexp.MustCompile(`"token":\s*"([^"]+)"`)
+
+// TestAuthClientCertCommonName: with --client-cert-auth, the common name of
+// a verified client certificate is the user of a request without a token,
+// as etcd does; a token takes precedence.
+func TestAuthClientCertCommonName(t *testing.T) {
+	t.Parallel()
+	certs, err := tlstest.Generate(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const cn = "concord test client" // tlstest's client certificate
+	for _, im := range impls {
+		t.Run(im.name, func(t *testing.T) {
+			s := startServer(t, im, serverOptions{tls: certs, clientCertAuth: true, extra: []string{"--bcrypt-cost=4"}})
+			ep := "https://" + s.Endpoint()
+			dial := []string{"--cacert", certs.CA, "--cert", certs.ClientCert, "--key", certs.ClientKey}
+			ctl := func(args ...string) ctlResult { return runCtl(t, ep, "", append(dial, args...)...) }
+			for _, args := range [][]string{
+				{"put", "dir/a", "1"}, {"put", "secret", "s"},
+				{"user", "add", "root", "--new-user-password=rootpw"}, {"user", "grant-role", "root", "root"},
+				{"user", "add", cn, "--no-password"}, {"role", "add", "reader"},
+				{"role", "grant-permission", "reader", "--prefix", "read", "dir/"}, {"user", "grant-role", cn, "reader"},
+				{"auth", "enable"},
+			} {
+				if r := ctl(args...); r.exit != 0 {
+					t.Fatalf("etcdctl %v: exit %d: %s", args, r.exit, r.stderr)
+				}
+			}
+			if r := ctl("get", "dir/a", "--print-value-only"); r.exit != 0 || r.stdout != "1\n" {
+				t.Fatalf("get as the certificate's user: %+v", r)
+			}
+			if r := ctl("get", "secret"); r.exit == 0 || !strings.Contains(r.stderr, "Error: etcdserver: permission denied") {
+				t.Fatalf("get outside the certificate user's permissions: %+v", r)
+			}
+			if r := ctl("--user=root:rootpw", "get", "secret", "--print-value-only"); r.exit != 0 || r.stdout != "s\n" {
+				t.Fatalf("get as root with a certificate: %+v", r)
+			}
+			if r := ctl("--user=root:rootpw", "auth", "disable"); r.exit != 0 {
+				t.Fatalf("auth disable: %+v", r)
+			}
+		})
+	}
+}
+
+// TestCtlAuthJWT runs etcdctl with auth enabled and JWT tokens
+// (--auth-token jwt,...) against etcd and concord.
+func TestCtlAuthJWT(t *testing.T) {
+	dir := t.TempDir()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	privDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubDER, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, pub := filepath.Join(dir, "jwt.key"), filepath.Join(dir, "jwt.pub")
+	if err := os.WriteFile(priv, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: privDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	root := "--user=root:rootpw"
+	runScenario(t, scenario{name: "auth-jwt", extra: []string{"--bcrypt-cost=4",
+		"--auth-token=jwt,pub-key=" + pub + ",priv-key=" + priv + ",sign-method=RS256,ttl=10m"}, steps: seq(
+		ctl("user", "add", "root", "--new-user-password=rootpw"),
+		ctl("user", "add", "bob", "--new-user-password=bobpw"),
+		ctl("auth", "enable"),
+		ctl("put", "k", "v"),
+		ctl(root, "put", "k", "v"),
+		ctl(root, "get", "k"),
+		ctl("--user=bob:bobpw", "get", "k"),
+		ctl("--user=bob:wrong", "get", "k"),
+		ctl(root, "auth", "status"),
+		step{kind: stepRestart},
+		ctl(root, "get", "k"),
+		ctl(root, "auth", "disable"),
+		ctl("get", "k"),
+	)})
+}
