@@ -53,6 +53,7 @@ service in one process (single-voter raft, clients on 127.0.0.1:2379, data in
 			}
 			log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 			log.Info("starting concord", "version", Version, "etcd-api-version", version.Version, "go-version", runtime.Version())
+			logInertFlags(log, cfg.InertFlags)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			defer tuneGC(ctx, log)()
@@ -91,6 +92,14 @@ func tuneGC(ctx context.Context, log *slog.Logger) (stop func()) {
 	return func() {
 		cancel()
 		<-done
+	}
+}
+
+// logInertFlags notes the etcd flags that were given but mean nothing to
+// concord.
+func logInertFlags(log *slog.Logger, notes []string) {
+	for _, n := range notes {
+		log.Info(n)
 	}
 }
 

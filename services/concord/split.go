@@ -37,6 +37,7 @@ to any of them receives every revision.`,
 				return err
 			}
 			return runRole(cmd, "consensus", cfg.LogLevel, func(ctx context.Context, log *slog.Logger) error {
+				logInertFlags(log, cfg.InertFlags)
 				return services.RunConsensus(ctx, cfg, log)
 			})
 		},

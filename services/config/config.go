@@ -80,6 +80,10 @@ type Server struct {
 	// --auto-compaction-retention (off unless the retention is set).
 	AutoCompaction compactor.Config
 
+	// InertFlags describe the etcd flags given with a value other than
+	// their default that have no effect in concord, for the log.
+	InertFlags []string
+
 	// ClientTLS is the TLS of the https:// client URLs.
 	ClientTLS TLSInfo
 	// PeerTLS is the TLS of the https:// peer URLs, and the certificate
@@ -160,6 +164,7 @@ func ServerFlags(fs *pflag.FlagSet) {
 	fs.String(fConfigFile, "", "path to a YAML configuration file whose keys are the flag names")
 	clientTLSFlags(fs)
 	peerTLSFlags(fs)
+	etcdCompatFlags(fs)
 }
 
 // LoadServer reads the flags declared by ServerFlags (already parsed in fs),
@@ -238,6 +243,12 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	if err := c.LogLevel.UnmarshalText([]byte(v.GetString(fLogLevel))); err != nil {
 		return Server{}, fmt.Errorf("%w: --%s: %v", ErrInvalid, fLogLevel, err)
 	}
+	if err := validateLogger(v.GetString(fLogger)); err != nil {
+		return Server{}, err
+	}
+	if c.InertFlags, err = checkEtcdOnly(v, fs); err != nil {
+		return Server{}, err
+	}
 	return c, c.Validate()
 }
 
@@ -291,6 +302,9 @@ func newViper(fs *pflag.FlagSet) (*viper.Viper, error) {
 		v.SetConfigType("yaml")
 		if err := v.ReadInConfig(); err != nil {
 			return nil, fmt.Errorf("%w: --%s %s: %v", ErrInvalid, fConfigFile, file, err)
+		}
+		if err := mergeEtcdFileSections(v); err != nil {
+			return nil, err
 		}
 	}
 	return v, nil
