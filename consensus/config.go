@@ -27,6 +27,7 @@ const (
 	DefaultSnapshotCatchUpEntries = 5000
 	DefaultProgressInterval       = 100 * time.Millisecond
 	DefaultQuotaBackendBytes      = int64(2 << 30) // 2 GiB, as etcd
+	DefaultMaxLearners            = 1
 
 	// ClusterStateNew bootstraps a new cluster; ClusterStateExisting joins one.
 	ClusterStateNew      = "new"
@@ -65,6 +66,22 @@ type Config struct {
 	// slow followers can catch up from the log (etcd's SnapshotCatchUpEntries).
 	// Addition to the team contract; 0 means the default.
 	SnapshotCatchUpEntries uint64
+	// MaxLearners is how many learners the member table may hold (etcd's
+	// --max-learners); 0 means etcd's default, 1. Every member checks it
+	// when it applies a learner add, so give all members the same value,
+	// as etcd requires.
+	MaxLearners int
+	// DisablePreVote turns off raft's Pre-Vote (etcd's --pre-vote=false):
+	// a member returning from a partition may then disrupt the leader.
+	DisablePreVote bool
+	// DisableStrictReconfigCheck skips the checks that a membership change
+	// keeps a quorum of started and active members (etcd's
+	// --strict-reconfig-check=false); a learner must still have caught up
+	// to be promoted.
+	DisableStrictReconfigCheck bool
+	// UnsafeNoFsync never fsyncs the store (etcd's --unsafe-no-fsync): a
+	// crash of the machine loses acknowledged writes. For tests only.
+	UnsafeNoFsync bool
 	// QuotaBackendBytes is the store size above which writes fail with
 	// ErrNoSpace; 0 means the default 2 GiB, negative disables the quota.
 	QuotaBackendBytes int64
@@ -152,6 +169,9 @@ func (c *Config) SetDefaults() {
 	if c.QuotaBackendBytes == 0 {
 		c.QuotaBackendBytes = DefaultQuotaBackendBytes
 	}
+	if c.MaxLearners == 0 {
+		c.MaxLearners = DefaultMaxLearners
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -188,6 +208,9 @@ func (c Config) Validate() error {
 	}
 	if c.SnapshotCount == 0 {
 		return errors.New("consensus: snapshot count must be positive")
+	}
+	if c.MaxLearners < 0 {
+		return fmt.Errorf("consensus: max learners %d is negative", c.MaxLearners)
 	}
 	members, err := c.initialMembers()
 	if err != nil {

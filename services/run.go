@@ -171,6 +171,12 @@ func consensusConfig(cfg config.Server, log *slog.Logger) consensus.Config {
 		SnapshotCount:     cfg.SnapshotCount,
 		QuotaBackendBytes: cfg.QuotaBackendBytes,
 		Logger:            log.With("component", "consensus"),
+
+		SnapshotCatchUpEntries:     cfg.SnapshotCatchUpEntries,
+		MaxLearners:                cfg.MaxLearners,
+		DisablePreVote:             !cfg.PreVote,
+		DisableStrictReconfigCheck: !cfg.StrictReconfigCheck,
+		UnsafeNoFsync:              cfg.UnsafeNoFsync,
 	}
 }
 

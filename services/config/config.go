@@ -51,9 +51,19 @@ type Server struct {
 	HeartbeatInterval time.Duration
 	ElectionTimeout   time.Duration
 	SnapshotCount     uint64
-	QuotaBackendBytes int64
-	MaxRequestBytes   int
-	MaxTxnOps         int
+	// SnapshotCatchUpEntries are kept in the raft log below a truncation
+	// for slow followers (--snapshot-catchup-entries).
+	SnapshotCatchUpEntries uint64
+	QuotaBackendBytes      int64
+	// MaxLearners, PreVote, StrictReconfigCheck and UnsafeNoFsync are
+	// etcd's --max-learners, --pre-vote, --strict-reconfig-check and
+	// --unsafe-no-fsync (consensus.Config).
+	MaxLearners         int
+	PreVote             bool
+	StrictReconfigCheck bool
+	UnsafeNoFsync       bool
+	MaxRequestBytes     int
+	MaxTxnOps           int
 
 	// WatchProgressNotifyInterval is the period of the progress
 	// notifications of watches created with progress_notify (etcd's
@@ -214,6 +224,11 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	c.ElectionTimeout = time.Duration(v.GetUint(fElectionTimeout)) * time.Millisecond
 	c.SnapshotCount = v.GetUint64(fSnapshotCount)
 	c.QuotaBackendBytes = v.GetInt64(fQuotaBackendBytes)
+	c.SnapshotCatchUpEntries = v.GetUint64(fSnapshotCatchUp)
+	c.MaxLearners = v.GetInt(fMaxLearners)
+	c.PreVote = v.GetBool(fPreVote)
+	c.StrictReconfigCheck = v.GetBool(fStrictReconfigCheck)
+	c.UnsafeNoFsync = v.GetBool(fUnsafeNoFsync)
 	c.MaxRequestBytes = v.GetInt(fMaxRequestBytes)
 	c.MaxTxnOps = v.GetInt(fMaxTxnOps)
 	// As etcd: not positive keeps the default, too short is raised to the
@@ -272,6 +287,8 @@ func (c Server) Validate() error {
 		return fmt.Errorf("%w: --%s must be positive", ErrInvalid, fMaxRequestBytes)
 	case c.MaxTxnOps <= 0:
 		return fmt.Errorf("%w: --%s must be positive", ErrInvalid, fMaxTxnOps)
+	case c.MaxLearners < 1:
+		return fmt.Errorf("%w: --%s must be at least 1", ErrInvalid, fMaxLearners)
 	}
 	if err := c.ClientTLS.validate(append(slices.Clone(c.ListenClientURLs), c.ListenMetricsURLs...)); err != nil {
 		return err

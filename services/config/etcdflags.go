@@ -117,11 +117,6 @@ var etcdOnlyFlags = []etcdOnlyFlag{
 	{fLogRotationConfig, false, "only used with --enable-log-rotation"},
 	{fWarningUnaryDuration, true, "not implemented yet"},
 	{fWarningApplyDuration, true, "not implemented yet"},
-	{fMaxLearners, true, "not implemented yet"},
-	{fPreVote, true, "not implemented yet"},
-	{fStrictReconfigCheck, true, "not implemented yet"},
-	{fUnsafeNoFsync, true, "not implemented yet"},
-	{fSnapshotCatchUp, true, "not implemented yet"},
 	{fMaxConcurrentStreams, true, "not implemented yet"},
 }
 

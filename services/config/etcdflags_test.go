@@ -151,3 +151,23 @@ func TestInertEtcdFlagsAreNoted(t *testing.T) {
 		t.Errorf("defaults: inert notes %q, err %v", c.InertFlags, err)
 	}
 }
+
+func TestConsensusEtcdFlags(t *testing.T) {
+	c, err := load(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MaxLearners != 1 || !c.PreVote || !c.StrictReconfigCheck || c.UnsafeNoFsync || c.SnapshotCatchUpEntries != 5000 {
+		t.Errorf("etcd's defaults: %+v", c)
+	}
+	c, err = load(t, "--max-learners=3", "--pre-vote=false", "--strict-reconfig-check=false", "--unsafe-no-fsync", "--snapshot-catchup-entries=77")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MaxLearners != 3 || c.PreVote || c.StrictReconfigCheck || !c.UnsafeNoFsync || c.SnapshotCatchUpEntries != 77 {
+		t.Errorf("set: max-learners %d, pre-vote %v, strict %v, no-fsync %v, catch-up %d", c.MaxLearners, c.PreVote, c.StrictReconfigCheck, c.UnsafeNoFsync, c.SnapshotCatchUpEntries)
+	}
+	if _, err := load(t, "--max-learners=0"); !errors.Is(err, config.ErrInvalid) {
+		t.Errorf("--max-learners=0: %v", err)
+	}
+}
