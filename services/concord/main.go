@@ -16,6 +16,7 @@ import (
 	"go.etcd.io/etcd/api/v3/version"
 
 	"github.com/concord-kv/concord/internal/gctune"
+	"github.com/concord-kv/concord/internal/logging"
 	"github.com/concord-kv/concord/services"
 	"github.com/concord-kv/concord/services/config"
 )
@@ -51,7 +52,11 @@ service in one process (single-voter raft, clients on 127.0.0.1:2379, data in
 			if err != nil {
 				return err
 			}
-			log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+			log, closeLog, err := logging.New(cfg.Log)
+			if err != nil {
+				return err
+			}
+			defer closeLog.Close()
 			log.Info("starting concord", "version", Version, "etcd-api-version", version.Version, "go-version", runtime.Version())
 			logInertFlags(log, cfg.InertFlags)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)

@@ -24,6 +24,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/concord-kv/concord/consensus/compactor"
+	"github.com/concord-kv/concord/internal/logging"
 )
 
 // ErrInvalid is wrapped by every validation error of this package.
@@ -72,6 +73,9 @@ type Server struct {
 	WatchProgressNotifyInterval time.Duration
 
 	LogLevel slog.Level
+	// Log is etcd's logging flags: level (LogLevel), format, outputs
+	// and rotation.
+	Log logging.Config
 
 	// EnablePprof serves Go's runtime profiles under /debug/pprof/ on the
 	// client URLs (etcd's --enable-pprof).
@@ -165,7 +169,7 @@ func ServerFlags(fs *pflag.FlagSet) {
 	fs.Int(fMaxRequestBytes, 1572864, "maximum client request size in bytes the server will accept")
 	fs.Int(fMaxTxnOps, 128, "maximum number of operations permitted in a transaction")
 	fs.Duration(fWatchProgressNotify, DefaultWatchProgressNotifyInterval, "duration of periodic watch progress notifications (at least 100ms)")
-	fs.String(fLogLevel, "info", "log level: debug, info, warn or error")
+	fs.String(fLogLevel, "info", "log level: debug, info, warn, error, panic or fatal")
 	fs.Bool(fEnablePprof, false, "enable runtime profiling data via HTTP server; address is at client URL + \"/debug/pprof/\"")
 	fs.Bool(fLeanHTTP2, true, leanHTTP2Usage)
 	fs.Bool(fEnableGRPCGateway, true, enableGRPCGatewayUsage)
@@ -255,12 +259,10 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	if c.PeerTLS, err = loadTLS(v, true); err != nil {
 		return Server{}, err
 	}
-	if err := c.LogLevel.UnmarshalText([]byte(v.GetString(fLogLevel))); err != nil {
-		return Server{}, fmt.Errorf("%w: --%s: %v", ErrInvalid, fLogLevel, err)
-	}
-	if err := validateLogger(v.GetString(fLogger)); err != nil {
+	if c.Log, err = loadLogging(v); err != nil {
 		return Server{}, err
 	}
+	c.LogLevel = c.Log.Level
 	if c.InertFlags, err = checkEtcdOnly(v, fs); err != nil {
 		return Server{}, err
 	}

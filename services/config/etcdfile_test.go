@@ -58,7 +58,7 @@ socket-options:
 cipher-suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]
 tls-min-version: 'TLS1.2'
 log-level: debug
-log-outputs: [default]
+log-outputs: [stderr]
 logger: zap
 `
 	file := filepath.Join(t.TempDir(), "etcd.conf.yml")

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"log/slog"
 	"net/url"
 	"slices"
 	"strconv"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
+
+	"github.com/concord-kv/concord/internal/logging"
 )
 
 // The rest of etcd 3.7.3's server flags (embed.Config.AddFlags and
@@ -111,10 +114,6 @@ var etcdOnlyFlags = []etcdOnlyFlag{
 	{fGRPCKeepAliveTimeout, true, "not implemented yet"},
 	{fSocketReusePort, true, "not implemented yet"},
 	{fSocketReuseAddress, true, "not implemented yet"},
-	{fLogOutputs, true, "not implemented yet"},
-	{fLogFormat, true, "not implemented yet"},
-	{fEnableLogRotation, true, "not implemented yet"},
-	{fLogRotationConfig, false, "only used with --enable-log-rotation"},
 	{fWarningUnaryDuration, true, "not implemented yet"},
 	{fWarningApplyDuration, true, "not implemented yet"},
 	{fMaxConcurrentStreams, true, "not implemented yet"},
@@ -141,10 +140,10 @@ func etcdCompatFlags(fs *pflag.FlagSet) {
 	fs.Bool(fSocketReusePort, false, "set SO_REUSEPORT on listeners, allowing rebinding of a port already in use")
 	fs.Bool(fSocketReuseAddress, false, "set SO_REUSEADDR on listeners, allowing binding to an address in TIME_WAIT state")
 	fs.String(fLogger, "zap", "etcd's structured logger; 'zap' is the only value, concord logs with log/slog")
-	fs.String(fLogOutputs, "default", "comma-separated log outputs: 'default' or 'stderr', 'stdout', or file paths")
+	fs.String(fLogOutputs, logging.OutputDefault, "comma-separated log outputs: 'default' or 'stderr', 'stdout', 'systemd/journal' (stderr), or file paths")
 	fs.String(fLogFormat, "json", "log format: json or console")
 	fs.Bool(fEnableLogRotation, false, "rotate the log file (a single file in --log-outputs)")
-	fs.String(fLogRotationConfig, `{"maxsize": 100, "maxage": 0, "maxbackups": 0, "localtime": false, "compress": false}`, "log rotation settings, as etcd's JSON")
+	fs.String(fLogRotationConfig, logging.DefaultRotationJSON, "log rotation settings, as etcd's JSON: maxsize (MB), maxage (days), maxbackups, localtime, compress")
 	fs.Duration(fWarningUnaryDuration, 300*time.Millisecond, "a unary request taking longer is logged as a warning")
 	fs.Duration(fWarningApplyDuration, 100*time.Millisecond, "applying a raft entry taking longer is logged as a warning")
 	fs.Int(fMaxLearners, 1, "maximum number of learners in the cluster membership")
@@ -270,6 +269,47 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// loadLogging reads etcd's logging flags.
+func loadLogging(v *viper.Viper) (logging.Config, error) {
+	c := logging.Config{
+		Format:  v.GetString(fLogFormat),
+		Outputs: stringList(v, fLogOutputs),
+		Rotate:  v.GetBool(fEnableLogRotation),
+	}
+	if err := validateLogger(v.GetString(fLogger)); err != nil {
+		return c, err
+	}
+	var err error
+	if c.Level, err = logLevel(v.GetString(fLogLevel)); err != nil {
+		return c, err
+	}
+	if c.Rotate {
+		if c.Rotation, err = logging.ParseRotation(v.GetString(fLogRotationConfig)); err != nil {
+			return c, fmt.Errorf("%w: --%s: %w", ErrInvalid, fLogRotationConfig, err)
+		}
+	}
+	if err := c.Validate(); err != nil {
+		return c, fmt.Errorf("%w: --%s/--%s: %w", ErrInvalid, fLogOutputs, fLogFormat, err)
+	}
+	return c, nil
+}
+
+// logLevel reads --log-level: slog's levels, and etcd's panic and fatal,
+// above error (concord logs nothing there, as etcd logs little).
+func logLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "panic", "dpanic":
+		return slog.LevelError + 4, nil
+	case "fatal":
+		return slog.LevelError + 8, nil
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("%w: --%s: %v (debug, info, warn, error, panic or fatal)", ErrInvalid, fLogLevel, err)
+	}
+	return l, nil
 }
 
 // validateLogger checks --logger as etcd does.

@@ -171,3 +171,31 @@ func TestConsensusEtcdFlags(t *testing.T) {
 		t.Errorf("--max-learners=0: %v", err)
 	}
 }
+
+func TestLoggingEtcdFlags(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "etcd.log")
+	c, err := load(t, "--log-outputs", "stderr,"+file, "--log-format=console", "--enable-log-rotation",
+		`--log-rotation-config-json={"maxsize": 7, "maxbackups": 3}`, "--log-level=warn", "--logger=zap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := c.Log
+	if l.Format != "console" || len(l.Outputs) != 2 || l.Outputs[1] != file || !l.Rotate || l.Rotation.MaxSize != 7 ||
+		l.Rotation.MaxBackups != 3 || l.Level.String() != "WARN" || c.LogLevel != l.Level {
+		t.Errorf("logging = %+v", l)
+	}
+	if c, err = load(t, "--log-level=fatal"); err != nil || c.Log.Level <= 8 {
+		t.Errorf("--log-level=fatal: %v, %v", c.Log.Level, err)
+	}
+	for _, bad := range [][]string{
+		{"--log-format=xml"},
+		{"--enable-log-rotation"}, // needs a file
+		{"--log-outputs=default,stdout"},
+		{"--enable-log-rotation", "--log-outputs=" + file, "--log-rotation-config-json={"},
+		{"--log-level=loud"},
+	} {
+		if _, err := load(t, bad...); !errors.Is(err, config.ErrInvalid) {
+			t.Errorf("%v: %v, want ErrInvalid", bad, err)
+		}
+	}
+}
