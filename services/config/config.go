@@ -36,6 +36,18 @@ type Server struct {
 	DataDir string
 
 	ListenClientURLs []url.URL
+	// ListenClientHTTPURLs serve the HTTP endpoints (JSON gateway,
+	// health, metrics) only; set, ListenClientURLs serve RPCs only
+	// (etcd's --listen-client-http-urls).
+	ListenClientHTTPURLs []url.URL
+	// CORS and HostWhitelist are etcd's --cors and --host-whitelist for
+	// the HTTP endpoints; nil allows every origin, or host.
+	CORS, HostWhitelist []string
+	// MaxConcurrentStreams is the HTTP/2 stream limit per client
+	// connection (--max-concurrent-streams).
+	MaxConcurrentStreams uint32
+	// Socket are the options of the client and peer listeners.
+	Socket SocketOptions
 	// ListenMetricsURLs serve /metrics and the health endpoints only
 	// (etcd's --listen-metrics-urls).
 	ListenMetricsURLs []url.URL
@@ -199,6 +211,7 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 		dst  *[]url.URL
 	}{
 		{fListenClientURLs, &c.ListenClientURLs},
+		{fListenClientHTTPURLs, &c.ListenClientHTTPURLs},
 		{fListenMetricsURLs, &c.ListenMetricsURLs},
 		{fAdvertiseClientURLs, &c.AdvertiseClientURLs},
 		{fListenPeerURLs, &c.ListenPeerURLs},
@@ -244,6 +257,11 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	case c.WatchProgressNotifyInterval < MinWatchProgressNotifyInterval:
 		c.WatchProgressNotifyInterval = MinWatchProgressNotifyInterval
 	}
+	if c.CORS, c.HostWhitelist, err = loadHTTPAccess(v); err != nil {
+		return Server{}, err
+	}
+	c.MaxConcurrentStreams = v.GetUint32(fMaxConcurrentStreams)
+	c.Socket = SocketOptions{ReusePort: v.GetBool(fSocketReusePort), ReuseAddress: v.GetBool(fSocketReuseAddress)}
 	c.EnablePprof = v.GetBool(fEnablePprof)
 	c.LeanHTTP2 = v.GetBool(fLeanHTTP2)
 	c.EnableGRPCGateway = v.GetBool(fEnableGRPCGateway)
@@ -289,10 +307,12 @@ func (c Server) Validate() error {
 		return fmt.Errorf("%w: --%s must be positive", ErrInvalid, fMaxRequestBytes)
 	case c.MaxTxnOps <= 0:
 		return fmt.Errorf("%w: --%s must be positive", ErrInvalid, fMaxTxnOps)
+	case c.MaxConcurrentStreams == 0:
+		return fmt.Errorf("%w: --%s must be positive", ErrInvalid, fMaxConcurrentStreams)
 	case c.MaxLearners < 1:
 		return fmt.Errorf("%w: --%s must be at least 1", ErrInvalid, fMaxLearners)
 	}
-	if err := c.ClientTLS.validate(append(slices.Clone(c.ListenClientURLs), c.ListenMetricsURLs...)); err != nil {
+	if err := c.ClientTLS.validate(slices.Concat(c.ListenClientURLs, c.ListenClientHTTPURLs, c.ListenMetricsURLs)); err != nil {
 		return err
 	}
 	return c.PeerTLS.asPeer().validate(c.ListenPeerURLs)

@@ -106,17 +106,11 @@ var etcdOnlyFlags = []etcdOnlyFlag{
 	{"compaction-sleep-interval", false, "concord compacts with Pebble range deletions, not in batches of revisions"},
 	{"downgrade-check-time", false, "concord has no cluster downgrade"},
 	{fV2Deprecation, false, "etcd 3.7 ignores it too and enforces its default; concord has no v2 store"},
-	{fListenClientHTTPURLs, true, "not implemented yet"},
-	{fCORS, true, "not implemented yet"},
-	{fHostWhitelist, true, "not implemented yet"},
 	{fGRPCKeepAliveMinTime, true, "not implemented yet"},
 	{fGRPCKeepAliveIntvl, true, "not implemented yet"},
 	{fGRPCKeepAliveTimeout, true, "not implemented yet"},
-	{fSocketReusePort, true, "not implemented yet"},
-	{fSocketReuseAddress, true, "not implemented yet"},
 	{fWarningUnaryDuration, true, "not implemented yet"},
 	{fWarningApplyDuration, true, "not implemented yet"},
-	{fMaxConcurrentStreams, true, "not implemented yet"},
 }
 
 // etcdIgnoredFlags are the flags etcd 3.7 accepts and ignores (etcdmain's
@@ -196,6 +190,12 @@ func etcdCompatFlags(fs *pflag.FlagSet) {
 		fs.Lookup(name).NoOptDefVal = "true"
 		fs.Lookup(name).Hidden = true
 	}
+}
+
+// SocketOptions are etcd's --socket-reuse-port and --socket-reuse-address,
+// set on the client and peer listeners.
+type SocketOptions struct {
+	ReusePort, ReuseAddress bool
 }
 
 // DefaultMaxConcurrentStreams is etcd's default --max-concurrent-streams:
@@ -318,6 +318,19 @@ func validateLogger(name string) error {
 		return fmt.Errorf("%w: --%s: unknown logger option %q", ErrInvalid, fLogger, name)
 	}
 	return nil
+}
+
+// loadHTTPAccess reads --cors and --host-whitelist, etcd's way: origins
+// are URLs, either list empty or with * lets everything through (nil).
+func loadHTTPAccess(v *viper.Viper) (cors, hosts []string, err error) {
+	if cors, err = parseOrigins(stringList(v, fCORS)); err != nil {
+		return nil, nil, err
+	}
+	hosts = stringList(v, fHostWhitelist)
+	if slices.Contains(hosts, "*") {
+		hosts = nil
+	}
+	return cors, hosts, nil
 }
 
 // parseOrigins reads --cors: URLs, or *; empty or * allow every origin (nil).
