@@ -28,6 +28,7 @@ const (
 	DefaultProgressInterval       = 100 * time.Millisecond
 	DefaultQuotaBackendBytes      = int64(2 << 30) // 2 GiB, as etcd
 	DefaultMaxLearners            = 1
+	DefaultWarningApplyDuration   = 100 * time.Millisecond
 
 	// ClusterStateNew bootstraps a new cluster; ClusterStateExisting joins one.
 	ClusterStateNew      = "new"
@@ -79,6 +80,10 @@ type Config struct {
 	// --strict-reconfig-check=false); a learner must still have caught up
 	// to be promoted.
 	DisableStrictReconfigCheck bool
+	// WarningApplyDuration logs a warning when applying one Ready's
+	// committed entries takes longer (etcd's --warning-apply-duration,
+	// which etcd checks per entry); 0 means etcd's default, 100ms.
+	WarningApplyDuration time.Duration
 	// UnsafeNoFsync never fsyncs the store (etcd's --unsafe-no-fsync): a
 	// crash of the machine loses acknowledged writes. For tests only.
 	UnsafeNoFsync bool
@@ -171,6 +176,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.MaxLearners == 0 {
 		c.MaxLearners = DefaultMaxLearners
+	}
+	if c.WarningApplyDuration == 0 {
+		c.WarningApplyDuration = DefaultWarningApplyDuration
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -1,8 +1,11 @@
 package consensus
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -141,5 +144,51 @@ func TestPreVote(t *testing.T) {
 			}
 			c.net.Heal()
 		})
+	}
+}
+
+// logSink collects a member's log records.
+type logSink struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (s *logSink) Enabled(context.Context, slog.Level) bool { return true }
+func (s *logSink) Handle(_ context.Context, r slog.Record) error {
+	s.mu.Lock()
+	s.msgs = append(s.msgs, r.Message)
+	s.mu.Unlock()
+	return nil
+}
+func (s *logSink) WithAttrs([]slog.Attr) slog.Handler { return s }
+func (s *logSink) WithGroup(string) slog.Handler      { return s }
+func (s *logSink) count(msg string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, m := range s.msgs {
+		if m == msg {
+			n++
+		}
+	}
+	return n
+}
+
+// TestWarningApplyDuration: applies slower than --warning-apply-duration
+// are logged as etcd logs them; with a generous threshold, none is.
+func TestWarningApplyDuration(t *testing.T) {
+	for _, c := range []struct {
+		threshold time.Duration
+		warns     bool
+	}{{time.Nanosecond, true}, {time.Hour, false}} {
+		sink := &logSink{}
+		cl := newTestCluster(t, 1, func(cfg *Config) {
+			cfg.Logger = slog.New(sink)
+			cfg.WarningApplyDuration = c.threshold
+		})
+		put(t, cl.nodes[cl.leader()], "k", "v")
+		if got := sink.count("apply request took too long"); (got > 0) != c.warns {
+			t.Errorf("threshold %v: %d warnings", c.threshold, got)
+		}
 	}
 }

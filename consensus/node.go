@@ -735,7 +735,7 @@ func (n *Node) persistWhileApplying(rd raft.Ready, out *applyOutput) (err error)
 
 	b := n.store.NewBatch()
 	defer b.Close()
-	if err := n.applyEntries(b, rd.CommittedEntries, out); err != nil {
+	if err := n.applyTimed(b, rd.CommittedEntries, out); err != nil {
 		return err
 	}
 	commitStart := time.Now()
@@ -768,7 +768,7 @@ func (n *Node) persistAndApply(rd raft.Ready, out *applyOutput) error {
 		}
 	}
 	if len(rd.CommittedEntries) > 0 {
-		if err := n.applyEntries(b, rd.CommittedEntries, out); err != nil {
+		if err := n.applyTimed(b, rd.CommittedEntries, out); err != nil {
 			return err
 		}
 	}

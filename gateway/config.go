@@ -59,6 +59,9 @@ type Config struct {
 	// endpoints are then on the listeners of ServeHTTPOnly (etcd's
 	// --listen-client-http-urls).
 	SeparateHTTP bool
+	// WarningUnaryRequestDuration logs a warning for every unary RPC that
+	// takes longer (etcd's --warning-unary-request-duration); 0: none.
+	WarningUnaryRequestDuration time.Duration
 	// ShutdownTimeout is how long Serve waits for in-flight calls once its
 	// context is done before closing connections.
 	ShutdownTimeout time.Duration

@@ -156,6 +156,9 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 	if o.observer != nil {
 		hopts = append(hopts, connect.WithInterceptors(observerInterceptor{o.observer}))
 	}
+	if cfg.WarningUnaryRequestDuration > 0 {
+		hopts = append(hopts, connect.WithInterceptors(slowUnaryInterceptor{cfg.WarningUnaryRequestDuration, cfg.Logger}))
+	}
 	g.mount(etcdserverpbconnect.NewKVHandler(kvService{g: g}, hopts...))
 	g.mount(etcdserverpbconnect.NewWatchHandler(o.watch, hopts...))
 	g.mount(browserWatchHandler(o.browserWatch, hopts...))

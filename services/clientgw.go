@@ -77,11 +77,13 @@ func metricsOptions(src metrics.Sources) ([]gateway.Option, error) {
 
 // withServerHTTP is c with a server's etcd HTTP settings: --cors,
 // --host-whitelist, --listen-client-http-urls (the client listeners then
-// serve RPCs only) and --max-concurrent-streams.
+// serve RPCs only), --max-concurrent-streams and
+// --warning-unary-request-duration.
 func withServerHTTP(c gateway.Config, s config.Server) gateway.Config {
 	c.CORS, c.HostWhitelist = s.CORS, s.HostWhitelist
 	c.SeparateHTTP = len(s.ListenClientHTTPURLs) > 0
 	c.MaxConcurrentStreams = s.MaxConcurrentStreams
+	c.WarningUnaryRequestDuration = s.WarningUnaryRequestDuration
 	return c
 }
 

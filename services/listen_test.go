@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/concord-kv/concord/services/config"
 )
@@ -65,8 +66,8 @@ func TestListenClientsMarksHTTPOnly(t *testing.T) {
 	}
 
 	g := withServerHTTP(gatewayConfig(1, 1, true, true, slog.Default()), config.Server{CORS: []string{"http://a"}, HostWhitelist: []string{"h"},
-		ListenClientHTTPURLs: []url.URL{u}, MaxConcurrentStreams: 7})
-	if len(g.CORS) != 1 || len(g.HostWhitelist) != 1 || !g.SeparateHTTP || g.MaxConcurrentStreams != 7 {
+		ListenClientHTTPURLs: []url.URL{u}, MaxConcurrentStreams: 7, WarningUnaryRequestDuration: time.Second})
+	if len(g.CORS) != 1 || len(g.HostWhitelist) != 1 || !g.SeparateHTTP || g.MaxConcurrentStreams != 7 || g.WarningUnaryRequestDuration != time.Second {
 		t.Errorf("gateway config = %+v", g)
 	}
 }

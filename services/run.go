@@ -177,6 +177,7 @@ func consensusConfig(cfg config.Server, log *slog.Logger) consensus.Config {
 		DisablePreVote:             !cfg.PreVote,
 		DisableStrictReconfigCheck: !cfg.StrictReconfigCheck,
 		UnsafeNoFsync:              cfg.UnsafeNoFsync,
+		WarningApplyDuration:       cfg.WarningApplyDuration,
 	}
 }
 

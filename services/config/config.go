@@ -46,6 +46,9 @@ type Server struct {
 	// MaxConcurrentStreams is the HTTP/2 stream limit per client
 	// connection (--max-concurrent-streams).
 	MaxConcurrentStreams uint32
+	// WarningUnaryRequestDuration and WarningApplyDuration are the
+	// thresholds of etcd's slow request and slow apply warnings.
+	WarningUnaryRequestDuration, WarningApplyDuration time.Duration
 	// Socket are the options of the client and peer listeners.
 	Socket SocketOptions
 	// ListenMetricsURLs serve /metrics and the health endpoints only
@@ -261,6 +264,13 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 		return Server{}, err
 	}
 	c.MaxConcurrentStreams = v.GetUint32(fMaxConcurrentStreams)
+	// As etcd: 0 keeps the defaults.
+	if c.WarningUnaryRequestDuration = v.GetDuration(fWarningUnaryDuration); c.WarningUnaryRequestDuration <= 0 {
+		c.WarningUnaryRequestDuration = 300 * time.Millisecond
+	}
+	if c.WarningApplyDuration = v.GetDuration(fWarningApplyDuration); c.WarningApplyDuration <= 0 {
+		c.WarningApplyDuration = 100 * time.Millisecond
+	}
 	c.Socket = SocketOptions{ReusePort: v.GetBool(fSocketReusePort), ReuseAddress: v.GetBool(fSocketReuseAddress)}
 	c.EnablePprof = v.GetBool(fEnablePprof)
 	c.LeanHTTP2 = v.GetBool(fLeanHTTP2)

@@ -109,8 +109,6 @@ var etcdOnlyFlags = []etcdOnlyFlag{
 	{fGRPCKeepAliveMinTime, true, "not implemented yet"},
 	{fGRPCKeepAliveIntvl, true, "not implemented yet"},
 	{fGRPCKeepAliveTimeout, true, "not implemented yet"},
-	{fWarningUnaryDuration, true, "not implemented yet"},
-	{fWarningApplyDuration, true, "not implemented yet"},
 }
 
 // etcdIgnoredFlags are the flags etcd 3.7 accepts and ignores (etcdmain's

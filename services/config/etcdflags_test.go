@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -224,5 +225,16 @@ func TestHTTPEtcdFlags(t *testing.T) {
 		if _, err := load(t, bad...); !errors.Is(err, config.ErrInvalid) {
 			t.Errorf("%v: %v, want ErrInvalid", bad, err)
 		}
+	}
+}
+
+func TestWarningEtcdFlags(t *testing.T) {
+	c, err := load(t)
+	if err != nil || c.WarningUnaryRequestDuration != 300*time.Millisecond || c.WarningApplyDuration != 100*time.Millisecond {
+		t.Errorf("etcd's defaults: %v %v %v", c.WarningUnaryRequestDuration, c.WarningApplyDuration, err)
+	}
+	c, err = load(t, "--warning-unary-request-duration=1s", "--warning-apply-duration=250ms")
+	if err != nil || c.WarningUnaryRequestDuration != time.Second || c.WarningApplyDuration != 250*time.Millisecond {
+		t.Errorf("set: %v %v %v", c.WarningUnaryRequestDuration, c.WarningApplyDuration, err)
 	}
 }
