@@ -38,3 +38,19 @@ func TestCommandsTakeEveryEtcdFlag(t *testing.T) {
 		t.Errorf("only %d flags checked", n)
 	}
 }
+
+// TestEtcdSingleDashArgs: `concord -name m1` and `concord consensus
+// -name m1` parse as etcd would; other subcommands are untouched.
+func TestEtcdSingleDashArgs(t *testing.T) {
+	root := newRootCommand()
+	for _, c := range []struct{ in, want []string }{
+		{[]string{"-name", "m1", "-heartbeat-interval=50"}, []string{"--name", "m1", "--heartbeat-interval=50"}},
+		{[]string{"consensus", "-name", "m1", "-nats-listen-addr", "x"}, []string{"consensus", "--name", "m1", "--nats-listen-addr", "x"}},
+		{[]string{"bench", "put", "-name"}, []string{"bench", "put", "-name"}},
+		{[]string{"-help"}, []string{"--help"}},
+	} {
+		if got := etcdArgs(root, c.in); strings.Join(got, " ") != strings.Join(c.want, " ") {
+			t.Errorf("etcdArgs(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}

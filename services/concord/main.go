@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -26,7 +27,9 @@ import (
 var Version = "0.1.0-dev"
 
 func main() {
-	if err := newRootCommand().Execute(); err != nil {
+	root := newRootCommand()
+	root.SetArgs(etcdArgs(root, os.Args[1:]))
+	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "concord:", err)
 		os.Exit(1)
 	}
@@ -98,6 +101,20 @@ func tuneGC(ctx context.Context, log *slog.Logger) (stop func()) {
 		cancel()
 		<-done
 	}
+}
+
+// etcdArgs accepts etcd's single-dash long flags (-name m1) for `concord`
+// and `concord consensus`, which take etcd's flags; other subcommands'
+// arguments are left alone.
+func etcdArgs(root *cobra.Command, args []string) []string {
+	root.InitDefaultHelpFlag() // so -help is etcd's --help too
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return config.EtcdArgs(args, root.Flags())
+	}
+	if sub, _, err := root.Find(args[:1]); err == nil && sub.Name() == "consensus" {
+		return config.EtcdArgs(args, sub.Flags())
+	}
+	return args // another subcommand, or a stray argument
 }
 
 // logInertFlags notes the etcd flags that were given but mean nothing to

@@ -64,6 +64,7 @@ const (
 	whyDiscOpt   = "only used with --discovery-endpoints, which concord does not support"
 	whyTracing   = "only used with --enable-distributed-tracing, which concord does not support"
 	whyIgnored   = "ignored by etcd 3.7 too (a flag of older etcd versions)"
+	whyKeepAlive = "concord finds dead client connections with TCP keep-alive probes (Go's, every 15 s) instead of HTTP/2 pings"
 )
 
 // etcdOnlyFlags are the etcd flags concord accepts but does not implement.
@@ -106,9 +107,9 @@ var etcdOnlyFlags = []etcdOnlyFlag{
 	{"compaction-sleep-interval", false, "concord compacts with Pebble range deletions, not in batches of revisions"},
 	{"downgrade-check-time", false, "concord has no cluster downgrade"},
 	{fV2Deprecation, false, "etcd 3.7 ignores it too and enforces its default; concord has no v2 store"},
-	{fGRPCKeepAliveMinTime, true, "not implemented yet"},
-	{fGRPCKeepAliveIntvl, true, "not implemented yet"},
-	{fGRPCKeepAliveTimeout, true, "not implemented yet"},
+	{fGRPCKeepAliveMinTime, false, "concord's HTTP/2 servers answer every client ping and never close a connection for pinging too often"},
+	{fGRPCKeepAliveIntvl, false, whyKeepAlive},
+	{fGRPCKeepAliveTimeout, false, whyKeepAlive},
 }
 
 // etcdIgnoredFlags are the flags etcd 3.7 accepts and ignores (etcdmain's
@@ -345,4 +346,28 @@ func parseOrigins(list []string) ([]string, error) {
 		out = append(out, o)
 	}
 	return out, nil
+}
+
+// EtcdArgs rewrites etcd's single-dash long flags (-name default, as Go's
+// flag package, which etcd uses, accepts them) to pflag's --name, for
+// the flags of the given sets that have no one-letter shorthand of that
+// name; everything after "--" is left alone.
+func EtcdArgs(args []string, sets ...*pflag.FlagSet) []string {
+	out := make([]string, 0, len(args))
+	for i, a := range args {
+		if a == "--" {
+			return append(out, args[i:]...)
+		}
+		if len(a) > 1 && a[0] == '-' && a[1] != '-' {
+			name, _, _ := strings.Cut(a[1:], "=")
+			for _, fs := range sets {
+				if fs.Lookup(name) != nil && (len(name) > 1 || fs.ShorthandLookup(name) == nil) {
+					a = "-" + a
+					break
+				}
+			}
+		}
+		out = append(out, a)
+	}
+	return out
 }

@@ -238,3 +238,20 @@ func TestWarningEtcdFlags(t *testing.T) {
 		t.Errorf("set: %v %v %v", c.WarningUnaryRequestDuration, c.WarningApplyDuration, err)
 	}
 }
+
+// TestEtcdArgs: etcd's -name value form (Go's flag package) reaches
+// pflag as --name value.
+func TestEtcdArgs(t *testing.T) {
+	fs := pflag.NewFlagSet("concord", pflag.ContinueOnError)
+	config.ServerFlags(fs)
+	fs.BoolP("help", "h", false, "")
+	got := config.EtcdArgs([]string{"-name", "m1", "-data-dir=/d", "--listen-client-urls", "http://127.0.0.1:1", "-v", "-h", "-nosuch", "--", "-name"}, fs)
+	want := []string{"--name", "m1", "--data-dir=/d", "--listen-client-urls", "http://127.0.0.1:1", "--v", "-h", "-nosuch", "--", "-name"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("EtcdArgs = %q, want %q", got, want)
+	}
+	c, err := load(t, config.EtcdArgs([]string{"-name", "m1", "-snapshot-count=5"}, fs)...)
+	if err != nil || c.Name != "m1" || c.SnapshotCount != 5 {
+		t.Errorf("loaded %q %d, %v", c.Name, c.SnapshotCount, err)
+	}
+}
