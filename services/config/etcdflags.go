@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"slices"
 	"strconv"
@@ -339,9 +340,16 @@ func parseOrigins(list []string) ([]string, error) {
 		if o == "*" {
 			return nil, nil
 		}
+		// etcd parses them as its URLs (types.NewURLs): host:port, no path.
 		u, err := url.Parse(o)
-		if err != nil || u.Scheme == "" || u.Host == "" {
-			return nil, fmt.Errorf("%w: --%s: %q is not an origin URL like http://example.com or *", ErrInvalid, fCORS, o)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+			return nil, fmt.Errorf("%w: --%s: %q is not an origin like http://example.com:8080 or *", ErrInvalid, fCORS, o)
+		}
+		if _, _, err := net.SplitHostPort(u.Host); err != nil {
+			return nil, fmt.Errorf("%w: --%s: URL address does not have the form \"host:port\": %s", ErrInvalid, fCORS, o)
+		}
+		if u.Path != "" {
+			return nil, fmt.Errorf("%w: --%s: URL must not contain a path: %s", ErrInvalid, fCORS, o)
 		}
 		out = append(out, o)
 	}

@@ -209,7 +209,7 @@ func TestHTTPEtcdFlags(t *testing.T) {
 	if c.CORS != nil || c.HostWhitelist != nil || c.ListenClientHTTPURLs != nil || c.MaxConcurrentStreams != 1<<32-1 || c.Socket.ReusePort || c.Socket.ReuseAddress {
 		t.Errorf("etcd's defaults: cors %q, hosts %q, http URLs %v, streams %d, socket %+v", c.CORS, c.HostWhitelist, c.ListenClientHTTPURLs, c.MaxConcurrentStreams, c.Socket)
 	}
-	c, err = load(t, "--cors=http://a.example.com,https://b.example.com:8443", "--host-whitelist=etcd.local,10.0.0.1",
+	c, err = load(t, "--cors=http://a.example.com:80,https://b.example.com:8443", "--host-whitelist=etcd.local,10.0.0.1",
 		"--listen-client-http-urls=http://127.0.0.1:2382", "--max-concurrent-streams=100", "--socket-reuse-port", "--socket-reuse-address")
 	if err != nil {
 		t.Fatal(err)
@@ -218,10 +218,10 @@ func TestHTTPEtcdFlags(t *testing.T) {
 		len(c.ListenClientHTTPURLs) != 1 || c.MaxConcurrentStreams != 100 || !c.Socket.ReusePort || !c.Socket.ReuseAddress {
 		t.Errorf("set: cors %q, hosts %q, http URLs %v, streams %d, socket %+v", c.CORS, c.HostWhitelist, c.ListenClientHTTPURLs, c.MaxConcurrentStreams, c.Socket)
 	}
-	if c, err = load(t, "--cors=http://a.example.com,*", "--host-whitelist=*,x"); err != nil || c.CORS != nil || c.HostWhitelist != nil {
+	if c, err = load(t, "--cors=http://a.example.com:80,*", "--host-whitelist=*,x"); err != nil || c.CORS != nil || c.HostWhitelist != nil {
 		t.Errorf("* among others allows all: %q %q %v", c.CORS, c.HostWhitelist, err)
 	}
-	for _, bad := range [][]string{{"--cors=not a url"}, {"--max-concurrent-streams=0"}, {"--listen-client-http-urls=https://127.0.0.1:2382"}} {
+	for _, bad := range [][]string{{"--cors=not a url"}, {"--cors=http://no-port.example.com"}, {"--cors=http://a.example.com:80/path"}, {"--max-concurrent-streams=0"}, {"--listen-client-http-urls=https://127.0.0.1:2382"}} {
 		if _, err := load(t, bad...); !errors.Is(err, config.ErrInvalid) {
 			t.Errorf("%v: %v, want ErrInvalid", bad, err)
 		}

@@ -1,0 +1,61 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// TestCORSAndHostWhitelist starts etcd and concord with etcd's --cors and
+// --host-whitelist and checks that their HTTP endpoints answer alike: 421
+// for a Host not whitelisted (DNS rebinding), CORS headers for a listed
+// Origin only, 200 to a preflight; gRPC clients are not affected.
+func TestCORSAndHostWhitelist(t *testing.T) {
+	t.Parallel()
+	for _, im := range impls {
+		t.Run(im.name, func(t *testing.T) {
+			s := startServer(t, im, serverOptions{extra: []string{"--cors=http://console.example.com:8080", "--host-whitelist=127.0.0.1,etcd.local"}})
+			mustCtl(t, s.Endpoint(), "put", "foo", "bar")
+			base := "http://" + s.Endpoint()
+			for _, c := range []struct {
+				method, path, host, origin string
+				status                     int
+				body, allowOrigin          string
+			}{
+				{"POST", "/v3/kv/range", "rebound.example.com", "", 421, "the Host header was unrecognized", ""},
+				{"GET", "/health", "rebound.example.com:2379", "", 421, `--host-whitelist "rebound.example.com"`, ""},
+				{"POST", "/v3/kv/range", "etcd.local", "", 200, `"kvs"`, ""},
+				{"POST", "/v3/kv/range", fmt.Sprintf("etcd.local:%d", 2379), "http://console.example.com:8080", 200, `"kvs"`, "http://console.example.com:8080"},
+				{"GET", "/health", "", "http://console.example.com:8080", 200, `"health":"true"`, "http://console.example.com:8080"},
+				{"GET", "/health", "", "http://other.example.com", 200, `"health":"true"`, ""},
+				{"OPTIONS", "/v3/kv/put", "", "http://console.example.com:8080", 200, "", "http://console.example.com:8080"},
+			} {
+				req, err := http.NewRequest(c.method, base+c.path, strings.NewReader(`{"key":"Zm9v"}`))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c.host != "" {
+					req.Host = c.host
+				}
+				if c.origin != "" {
+					req.Header.Set("Origin", c.origin)
+				}
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatalf("%s %s: %v", c.method, c.path, err)
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if resp.StatusCode != c.status || !strings.Contains(string(b), c.body) || resp.Header.Get("Access-Control-Allow-Origin") != c.allowOrigin {
+					t.Errorf("%s %s Host %q Origin %q: %d %q, Access-Control-Allow-Origin %q; want %d with %q, %q",
+						c.method, c.path, c.host, c.origin, resp.StatusCode, b, resp.Header.Get("Access-Control-Allow-Origin"), c.status, c.body, c.allowOrigin)
+				}
+			}
+		})
+	}
+}
