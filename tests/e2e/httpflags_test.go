@@ -59,3 +59,38 @@ func TestCORSAndHostWhitelist(t *testing.T) {
 		})
 	}
 }
+
+// TestEtcdCommandLine starts etcd and concord with one command line full
+// of etcd 3.7.3 flags, in both the --flag=value and Go's -flag value
+// forms, and expects both to start and serve; concord notes the flags that
+// mean nothing to it.
+func TestEtcdCommandLine(t *testing.T) {
+	t.Parallel()
+	flags := []string{
+		"--initial-cluster-state=new", "--initial-cluster-token=etcd-cluster", "--snapshot-count=10000",
+		"-max-snapshots", "3", "-max-wals", "3", "--initial-election-tick-advance=false",
+		"--backend-bbolt-freelist-type=map", "--backend-batch-interval=10ms", "--backend-batch-limit=1000",
+		"--max-concurrent-streams=1000", "--grpc-keepalive-min-time=5s", "--grpc-keepalive-interval=2h", "--grpc-keepalive-timeout=20s",
+		"--socket-reuse-port", "--socket-reuse-address", "--raft-read-timeout=5s", "--raft-write-timeout=5s",
+		"--discovery-fallback=exit", "--strict-reconfig-check=true", "--pre-vote=true", "--cors=*", "--host-whitelist=*",
+		"--logger=zap", "--log-outputs=stderr", "--log-level=info", "--log-format=json",
+		"--auto-compaction-mode=periodic", "--auto-compaction-retention=1h", "--enable-pprof", "--metrics=basic",
+		"--distributed-tracing-address=localhost:4317", "--corrupt-check-time=0s", "--compact-hash-check-time=1m",
+		"--compaction-batch-limit=1000", "--compaction-sleep-interval=10ms", "--watch-progress-notify-interval=10m",
+		"--downgrade-check-time=5s", "--warning-apply-duration=200ms", "--warning-unary-request-duration=1s",
+		"--memory-mlock=false", "--bootstrap-defrag-threshold-megabytes=0", "--max-learners=2", "--snapshot-catchup-entries=1000",
+		"--unsafe-no-fsync", "--force-new-cluster=false", "--feature-gates=InitialCorruptCheck=true",
+	}
+	for _, im := range impls {
+		t.Run(im.name, func(t *testing.T) {
+			s := startServer(t, im, serverOptions{extra: flags})
+			mustCtl(t, s.Endpoint(), "put", "foo", "bar")
+			if got := mustCtl(t, s.Endpoint(), "get", "foo", "--print-value-only"); strings.TrimSpace(got) != "bar" {
+				t.Errorf("get foo = %q", got)
+			}
+			if im == concordImpl && !strings.Contains(s.log.String(), "--max-wals has no effect in concord") {
+				t.Error("concord did not note that --max-wals has no effect")
+			}
+		})
+	}
+}
