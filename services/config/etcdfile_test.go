@@ -97,3 +97,16 @@ logger: zap
 		t.Errorf("discovery-config: %v", err)
 	}
 }
+
+// TestEtcdConfigFileFromEnv: etcd reads ETCD_CONFIG_FILE too.
+func TestEtcdConfigFileFromEnv(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "etcd.conf.yml")
+	if err := os.WriteFile(file, []byte("name: from-env-file\nsocket-options:\n  reuse-port: true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("ETCD_CONFIG_FILE", file)
+	c, err := load(t)
+	if err != nil || c.Name != "from-env-file" || !c.Socket.ReusePort {
+		t.Errorf("ETCD_CONFIG_FILE: name %q, reuse-port %v, %v", c.Name, c.Socket.ReusePort, err)
+	}
+}

@@ -78,7 +78,7 @@ var etcdOnlyFlags = []etcdOnlyFlag{
 	{"backend-batch-interval", false, whyBbolt},
 	{"backend-batch-limit", false, whyBbolt},
 	{"bootstrap-defrag-threshold-megabytes", false, whyBbolt},
-	{"memory-mlock", true, "concord does not lock its memory"},
+	{"memory-mlock", true, "etcd locks its bbolt file in memory; concord's Pebble store has no such option"},
 	{"raft-read-timeout", false, "a timeout of etcd's rafthttp connections; concord's peer transport is one HTTP/2 stream per peer with its own keep-alive"},
 	{"raft-write-timeout", false, "a timeout of etcd's rafthttp connections; concord's peer transport is one HTTP/2 stream per peer with its own keep-alive"},
 	{"discovery-endpoints", true, whyDiscovery},
