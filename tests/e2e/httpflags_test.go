@@ -1,11 +1,16 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
+	"os/exec"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/concord-kv/concord/internal/healthwait"
 )
 
 // TestCORSAndHostWhitelist starts etcd and concord with etcd's --cors and
@@ -90,6 +95,73 @@ func TestEtcdCommandLine(t *testing.T) {
 			}
 			if im == concordImpl && !strings.Contains(s.log.String(), "--max-wals has no effect in concord") {
 				t.Error("concord did not note that --max-wals has no effect")
+			}
+		})
+	}
+}
+
+// TestListenClientHTTPURLs starts etcd and concord with etcd's
+// --listen-client-http-urls: the HTTP endpoints move to that URL, gRPC
+// stays on the client URL, and both answer alike.
+func TestListenClientHTTPURLs(t *testing.T) {
+	t.Parallel()
+	for _, im := range impls {
+		t.Run(im.name, func(t *testing.T) {
+			requireBinary(t, im)
+			var ports [3]int
+			for i := range ports {
+				p, err := probePort()
+				if err != nil {
+					t.Fatal(err)
+				}
+				ports[i] = p
+			}
+			grpcURL, httpURL := fmt.Sprintf("http://127.0.0.1:%d", ports[0]), fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+			peerURL := fmt.Sprintf("http://127.0.0.1:%d", ports[2])
+			var out syncBuffer
+			cmd := exec.Command(im.bin, "--name", "e2e", "--data-dir", t.TempDir(),
+				"--listen-client-urls", grpcURL, "--advertise-client-urls", grpcURL, "--listen-client-http-urls", httpURL,
+				"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL, "--initial-cluster", "e2e="+peerURL)
+			cmd.Env = cleanEnv()
+			cmd.Stdout, cmd.Stderr = &out, &out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan struct{})
+			go func() { _ = cmd.Wait(); close(exited) }()
+			t.Cleanup(func() {
+				_ = cmd.Process.Kill()
+				<-exited
+				if t.Failed() {
+					t.Logf("%s output:\n%s", im.name, out.Tail(logTail))
+				}
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+			defer cancel()
+			if err := healthwait.Wait(ctx, httpURL, exited, pollInterval); err != nil {
+				t.Fatalf("/health on the HTTP URL: %v", err)
+			}
+			mustCtl(t, strings.TrimPrefix(grpcURL, "http://"), "put", "foo", "bar")
+			resp, err := http.Post(httpURL+"/v3/kv/range", "application/json", strings.NewReader(`{"key":"Zm9v"}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || !strings.Contains(string(b), `"value":"YmFy"`) {
+				t.Errorf("JSON gateway on the HTTP URL: %d %q", resp.StatusCode, b)
+			}
+			// The client URL serves no HTTP endpoint any more.
+			hc := &http.Client{Timeout: 2 * time.Second}
+			if resp, err := hc.Get(grpcURL + "/health"); err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					t.Errorf("/health on the gRPC-only client URL: %d %q", resp.StatusCode, b)
+				}
+				t.Logf("/health on the client URL: %d", resp.StatusCode)
+			} else {
+				t.Logf("/health on the client URL: %v", err)
 			}
 		})
 	}
