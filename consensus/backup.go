@@ -3,30 +3,39 @@ package consensus
 // Backups: etcd's Maintenance.Snapshot (etcdctl snapshot save) and its
 // restore (etcdutl snapshot restore; here `concord snapshot restore`).
 //
-// A backup file is the store snapshot stream (storage.Snapshot), padded with
-// zero bytes to a multiple of 512, followed by the SHA-256 of everything
-// before it. The padding and the digest are etcd's framing: etcdctl accepts
-// a download only if its size is a multiple of 512 plus 32 (the digest),
-// and a restore checks the digest. The stream itself ends with its own
-// record count and CRC, so the padding is never read as data.
+// A backup file is etcd's: the bbolt database of an etcd member holding
+// the store's keys with their whole history, leases, compaction, members
+// and alarms (internal/etcddb), followed by the SHA-256 of the database
+// bytes. etcdctl accepts a download only if its size is a multiple of 512
+// plus 32 (the digest), which a bbolt file of whole pages is; etcdutl
+// snapshot status and restore read it, and the etcd started on what
+// etcdutl restored serves the same keys, revisions and leases.
+//
+// RestoreBackup reads such a file, from concord or from a real etcd, and
+// also the format concord wrote before (the store snapshot stream of
+// storage.Snapshot, zero-padded to 512, then the digest): it tells them
+// apart by their first bytes.
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
+	"github.com/concord-kv/concord/internal/etcddb"
 	"github.com/concord-kv/concord/storage"
 )
 
 const (
-	// backupAlign is the size a backup (without its digest) is padded to.
+	// backupAlign is the size a backup (without its digest) is a multiple of.
 	backupAlign = 512
 	// backupChunk is the blob size of one SnapshotResponse (etcd's 32 KiB).
 	backupChunk = 32 * 1024
@@ -37,9 +46,10 @@ var ErrBadBackup = errors.New("consensus: bad backup")
 
 // Snapshot streams a consistent backup of the store as etcd's
 // Maintenance.Snapshot does: blobs with the bytes remaining after each, then
-// a last response holding the SHA-256 digest. The snapshot is spooled to a
-// temporary file first, so the size is known before the first blob (etcd
-// reports it) and a slow client never holds a store snapshot open.
+// a last response holding the SHA-256 digest. The database is built in a
+// temporary file from one store snapshot, so the size is known before the
+// first blob (etcd reports it), memory stays flat whatever the store's
+// size, and a slow client never holds a store snapshot open.
 func (n *Node) Snapshot(ctx context.Context, send func(*pb.SnapshotResponse) error) error {
 	if n.stopped() {
 		return ErrStopped
@@ -48,78 +58,171 @@ func (n *Node) Snapshot(ctx context.Context, send func(*pb.SnapshotResponse) err
 	if err != nil {
 		return n.storeErr(err)
 	}
-	f, err := os.CreateTemp("", "concord-backup-*")
+	dir, err := os.MkdirTemp("", "concord-backup-*")
 	if err != nil {
 		sn.Close()
 		return fmt.Errorf("consensus: backup spool: %w", err)
 	}
-	defer func() {
-		f.Close()
-		os.Remove(f.Name())
-	}()
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "db")
 	rev := sn.Rev()
-	size, err := io.Copy(f, sn)
+	hdr, err := backupHeader(sn)
+	if err == nil {
+		err = etcddb.Write(ctx, path, hdr, sn)
+	}
 	sn.Close()
 	if err != nil {
-		return fmt.Errorf("consensus: backup spool: %w", err)
+		return fmt.Errorf("consensus: backup: %w", err)
 	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return fmt.Errorf("consensus: backup spool: %w", err)
+	img, err := etcddb.OpenImage(path)
+	if err != nil {
+		return fmt.Errorf("consensus: backup: %w", err)
 	}
+	defer img.Close()
+	size := img.Size()
 	total := size + padding(size)
-	body := io.MultiReader(f, bytes.NewReader(make([]byte, padding(size))))
 	n.lg.Info("sending a backup of the store", "size", total, "revision", rev)
-	h := sha256.New()
-	hdr := n.header(nil)
-	for sent := int64(0); sent < total; {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		buf := make([]byte, min(backupChunk, total-sent))
-		if _, err := io.ReadFull(body, buf); err != nil {
-			return fmt.Errorf("consensus: backup spool: %w", err)
-		}
-		h.Write(buf)
-		sent += int64(len(buf))
-		if err := send(&pb.SnapshotResponse{Header: hdr, RemainingBytes: uint64(total - sent), Blob: buf, Version: storageVersion}); err != nil {
-			return err
+	out := &blobSender{ctx: ctx, send: send, hdr: n.header(nil), h: sha256.New(), total: total}
+	if _, err := img.WriteTo(out); err != nil {
+		return err
+	}
+	// A bbolt file is whole pages, which 512 divides on every platform
+	// etcd runs on; zeros after the last page are ignored by bbolt.
+	if _, err := out.Write(make([]byte, padding(size))); err != nil {
+		return err
+	}
+	if err := out.flush(); err != nil {
+		return err
+	}
+	if out.sent != total {
+		return fmt.Errorf("consensus: backup: sent %d of %d bytes", out.sent, total)
+	}
+	return send(&pb.SnapshotResponse{Header: out.hdr, Blob: out.h.Sum(nil), Version: storageVersion})
+}
+
+// backupHeader is what the etcd database says besides keys and leases:
+// the raft position, compaction, versions, members and alarms of the
+// snapshot.
+func backupHeader(sn *storage.Snapshot) (etcddb.Header, error) {
+	index, term := sn.Applied()
+	hdr := etcddb.Header{
+		ConsistentIndex: index,
+		Term:            term,
+		CompactRev:      sn.CompactRev(),
+		StorageVersion:  storageVersion,
+		ClusterVersion:  storageVersion,
+		Alarms:          sn.Alarms(),
+	}
+	raw, err := sn.Meta(metaClusterKey)
+	if err != nil || len(raw) == 0 {
+		return hdr, err
+	}
+	var meta clusterMeta
+	if err := json.Unmarshal(raw, &meta); err != nil {
+		return hdr, fmt.Errorf("decode cluster metadata: %w", err)
+	}
+	for _, m := range meta.Members {
+		hdr.Members = append(hdr.Members, etcddb.Member{ID: m.ID, Name: m.Name, PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs, IsLearner: m.IsLearner})
+	}
+	hdr.RemovedMembers = meta.Removed
+	return hdr, nil
+}
+
+// blobSender cuts what is written to it into SnapshotResponse blobs of
+// backupChunk bytes, hashing them as they go.
+type blobSender struct {
+	ctx         context.Context
+	send        func(*pb.SnapshotResponse) error
+	hdr         *pb.ResponseHeader
+	h           hash.Hash
+	total, sent int64
+	buf         []byte
+}
+
+func (s *blobSender) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		k := min(backupChunk-len(s.buf), len(p))
+		s.buf = append(s.buf, p[:k]...)
+		p = p[k:]
+		if len(s.buf) == backupChunk {
+			if err := s.flush(); err != nil {
+				return 0, err
+			}
 		}
 	}
-	return send(&pb.SnapshotResponse{Header: hdr, Blob: h.Sum(nil), Version: storageVersion})
+	return n, nil
+}
+
+func (s *blobSender) flush() error {
+	if len(s.buf) == 0 {
+		return nil
+	}
+	if err := s.ctx.Err(); err != nil {
+		return err
+	}
+	s.h.Write(s.buf)
+	s.sent += int64(len(s.buf))
+	blob := s.buf
+	s.buf = nil // the stream may still hold blob
+	return s.send(&pb.SnapshotResponse{Header: s.hdr, RemainingBytes: uint64(s.total - s.sent), Blob: blob, Version: storageVersion})
 }
 
 // padding is the number of zero bytes that align size to backupAlign.
 func padding(size int64) int64 { return (backupAlign - size%backupAlign) % backupAlign }
 
 // RestoreBackup creates a member's data directory dataDir from a backup of
-// size bytes (what etcdctl snapshot save wrote). dataDir must not exist.
-// The member started on it bootstraps a new cluster from its flags (--name,
-// --initial-cluster, ...) around the restored keys, leases and revisions,
-// as etcd does after etcdutl snapshot restore; every member of the new
-// cluster is restored from the same backup.
-// skipHashCheck accepts a file without the digest (a store snapshot copied
-// some other way).
-func RestoreBackup(dataDir string, backup io.ReaderAt, size int64, skipHashCheck bool, log *slog.Logger) error {
+// size bytes: what etcdctl snapshot save wrote from concord or from etcd,
+// or an etcd member's member/snap/db copied as it is (with skipHashCheck).
+// dataDir must not exist. The member started on it bootstraps a new
+// cluster from its flags (--name, --initial-cluster, ...) around the
+// restored keys, leases and revisions, as etcd does after etcdutl snapshot
+// restore; every member of the new cluster is restored from the same
+// backup. skipHashCheck accepts a file without the digest.
+func RestoreBackup(ctx context.Context, dataDir string, backup io.ReaderAt, size int64, skipHashCheck bool, log *slog.Logger) error {
 	if _, err := os.Stat(dataDir); err == nil {
 		return fmt.Errorf("consensus: data-dir %q exists", dataDir)
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
+	if log == nil {
+		log = slog.Default()
+	}
 	bodySize := size
-	if !skipHashCheck {
-		if size%backupAlign != sha256.Size {
-			return fmt.Errorf("%w: no SHA-256 digest at the end (%d bytes); --skip-hash-check restores anyway", ErrBadBackup, size)
-		}
+	hasDigest := size%backupAlign == sha256.Size
+	switch {
+	case hasDigest:
 		bodySize = size - sha256.Size
-		if err := verifyDigest(backup, bodySize); err != nil {
-			return err
+		if !skipHashCheck {
+			if err := verifyDigest(backup, bodySize); err != nil {
+				return err
+			}
 		}
+	case !skipHashCheck:
+		return fmt.Errorf("%w: no SHA-256 digest at the end (%d bytes); --skip-hash-check restores anyway", ErrBadBackup, size)
+	}
+	prefix := make([]byte, 32)
+	n, err := backup.ReadAt(prefix, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("consensus: read backup: %w", err)
+	}
+	prefix = prefix[:min(int64(n), bodySize)]
+	var restore func(*storage.Store) error
+	switch {
+	case storage.IsSnapshotStream(prefix):
+		restore = func(store *storage.Store) error { return restoreInto(store, io.NewSectionReader(backup, 0, bodySize)) }
+	case etcddb.LooksLikeDB(prefix):
+		restore = func(store *storage.Store) error {
+			return restoreEtcdDB(ctx, store, filepath.Dir(dataDir), io.NewSectionReader(backup, 0, bodySize), log)
+		}
+	default:
+		return fmt.Errorf("%w: neither an etcd database nor a concord store snapshot", ErrBadBackup)
 	}
 	store, err := storage.Open(dataDir, storage.Options{Logger: log})
 	if err != nil {
 		return err
 	}
-	err = restoreInto(store, io.NewSectionReader(backup, 0, bodySize))
+	err = restore(store)
 	if cerr := store.Close(); err == nil {
 		err = cerr
 	}
@@ -140,7 +243,7 @@ func verifyDigest(backup io.ReaderAt, bodySize int64) error {
 	if _, err := backup.ReadAt(sum, bodySize); err != nil {
 		return fmt.Errorf("consensus: read backup: %w", err)
 	}
-	if !bytes.Equal(h.Sum(nil), sum) {
+	if string(h.Sum(nil)) != string(sum) {
 		return fmt.Errorf("%w: SHA-256 digest mismatch", ErrBadBackup)
 	}
 	return nil
@@ -157,4 +260,54 @@ func restoreInto(store *storage.Store, body io.Reader) error {
 		return fmt.Errorf("%w: %w", ErrBadBackup, err)
 	}
 	return r.Commit()
+}
+
+// restoreEtcdDB imports an etcd database into store. bbolt reads a file of
+// its own, so the database is first copied (without the digest) next to
+// the new data directory, in tmpDir.
+func restoreEtcdDB(ctx context.Context, store *storage.Store, tmpDir string, db io.Reader, log *slog.Logger) error {
+	f, err := os.CreateTemp(tmpDir, ".concord-restore-*.db")
+	if err != nil {
+		return fmt.Errorf("consensus: restore: %w", err)
+	}
+	defer os.Remove(f.Name())
+	_, err = io.Copy(f, db)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("consensus: restore: copy the database: %w", err)
+	}
+	imp, err := store.NewImport()
+	if err != nil {
+		return err
+	}
+	defer imp.Close()
+	info, err := etcddb.Read(ctx, f.Name(), imp)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrBadBackup, err)
+	}
+	if err := imp.Commit(info.Rev, info.CompactRev); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadBackup, err)
+	}
+	if info.ScheduledCompactRev > 0 {
+		// etcd finishes an interrupted compaction when it starts; so does
+		// the restore.
+		b := store.NewBatch()
+		_, err := b.Compact(info.ScheduledCompactRev)
+		if err == nil {
+			err = b.Commit(true)
+		}
+		b.Close()
+		if err != nil {
+			return fmt.Errorf("consensus: restore: finish the compaction at %d: %w", info.ScheduledCompactRev, err)
+		}
+	}
+	if info.AuthEnabled || info.AuthUsers > 0 || info.AuthRoles > 0 {
+		log.Warn("the backup has auth users, roles or auth enabled; concord has no auth yet, so they are not restored",
+			"auth-enabled", info.AuthEnabled, "users", info.AuthUsers, "roles", info.AuthRoles)
+	}
+	log.Info("restored an etcd database", "revision", info.Rev, "compact-revision", max(info.CompactRev, info.ScheduledCompactRev),
+		"events", info.Revisions, "leases", info.Leases, "storage-version", info.StorageVersion)
+	return nil
 }

@@ -179,7 +179,7 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 		g.fallback = http.NotFoundHandler()
 	}
 	if !cfg.NoJSONGateway {
-		g.rest = newRESTGateway(g.handler, cfg.MaxConcurrentStreams)
+		g.rest = newRESTGateway(g.handler, cfg.MaxConcurrentStreams, cfg.MaxRequestBytes+grpcOverheadBytes)
 		g.misc.Handle("/v3/", g.rest)
 		g.misc.Handle("/v3beta/", g.rest)
 	}

@@ -599,12 +599,8 @@ func TestUnimplemented(t *testing.T) {
 			_, err = w.Recv()
 			return err
 		},
-		"RangeStream": func() error {
-			s, err := pb.NewKVClient(conn).RangeStream(ctx, &pb.RangeRequest{Key: []byte("a")})
-			if err != nil {
-				return err
-			}
-			_, err = s.Recv()
+		"Downgrade": func() error {
+			_, err := pb.NewMaintenanceClient(conn).Downgrade(ctx, &pb.DowngradeRequest{Version: "3.6.0"})
 			return err
 		},
 		// grpc-go maps the HTTP 404 for an unknown method to Unimplemented.

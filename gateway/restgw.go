@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/gorilla/websocket"
 	gwruntime "github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	etcdgw "go.etcd.io/etcd/api/v3/etcdserverpb/gw"
 	electiongw "go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb/gw"
@@ -32,6 +33,8 @@ import (
 type restGateway struct {
 	rpc        http.Handler
 	maxStreams uint32
+	// maxMessageBytes bounds one WebSocket message from a client.
+	maxMessageBytes int
 
 	// The client side is built on the first JSON request (init), so that a
 	// gateway nobody sends JSON to starts no goroutines.
@@ -68,9 +71,9 @@ var restRegistrations = []func(context.Context, *gwruntime.ServeMux, *grpc.Clien
 
 // newRESTGateway returns the JSON gateway in front of rpc, the gateway's
 // own RPC handler.
-func newRESTGateway(rpc http.Handler, maxConcurrentStreams uint32) *restGateway {
+func newRESTGateway(rpc http.Handler, maxConcurrentStreams uint32, maxMessageBytes int) *restGateway {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &restGateway{rpc: rpc, maxStreams: maxConcurrentStreams, ctx: ctx, cancel: cancel}
+	return &restGateway{rpc: rpc, maxStreams: maxConcurrentStreams, maxMessageBytes: maxMessageBytes, ctx: ctx, cancel: cancel}
 }
 
 // start builds the in-memory server, the client connection and the
@@ -123,7 +126,8 @@ func (r *restGateway) dial(ctx context.Context, _ string) (net.Conn, error) {
 }
 
 // ServeHTTP serves /v3/... (and etcd's old /v3beta/ prefix, which etcd
-// rewrites to /v3/ for compatibility).
+// rewrites to /v3/ for compatibility); a WebSocket upgrade runs the stream
+// over the WebSocket (restws.go).
 func (r *restGateway) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	r.init.Do(func() { r.initErr = r.start() })
 	if r.initErr != nil {
@@ -133,6 +137,10 @@ func (r *restGateway) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if rest, ok := strings.CutPrefix(req.URL.Path, "/v3beta/"); ok {
 		req.URL.Path = "/v3/" + rest
 		req.URL.RawPath = ""
+	}
+	if websocket.IsWebSocketUpgrade(req) {
+		r.serveWebSocket(w, req, r.mux)
+		return
 	}
 	r.mux.ServeHTTP(w, req)
 }

@@ -18,8 +18,8 @@ import (
 
 // kvService serves etcdserverpb.KV.
 type kvService struct {
-	etcdserverpbconnect.UnimplementedKVHandler // RangeStream
-	g                                          *Gateway
+	etcdserverpbconnect.UnimplementedKVHandler
+	g *Gateway
 }
 
 func (s kvService) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {

@@ -33,6 +33,10 @@
 // etcd's own Go packages. proto/internal/gengo is the protoc-gen-go of go.mod
 // restricted to files whose go_package is inside this module (a buf type
 // filter would also generate the etcd files concord's services refer to).
+// web/src/gen holds TypeScript for the web console (protoc-gen-es, run from
+// web/node_modules at the version in web/package-lock.json, so `npm ci
+// --prefix web` must come first): message types and service descriptors of
+// the services the console calls, etcd's messages included.
 //
 // Regenerate everything (after changing go.mod's etcd or connect versions)
 // with, from the repository root:

@@ -105,6 +105,7 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	if err != nil {
 		return err
 	}
+	mopts = append(mopts, consoleOptions(cfg.EnableConsole)...)
 	gw, err := newClientGateway(withServerHTTP(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cfg), cfg.EnablePprof, node, fanout, leases, log, mopts...)
 	if err != nil {
 		return err

@@ -44,6 +44,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 		ServerName:  cfg.Name,
 		ClusterAddr: cfg.NATSClusterListenAddr,
 		Routes:      cfg.NATSRoutes,
+		TLS:         natsTLS(cfg.NATSTLS),
 		Logger:      log.With("component", "nats"),
 	})
 	if err != nil {
@@ -107,8 +108,11 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 	}
 	defer cons.Close()
 
-	bus, err := eventbus.ConnectNATS(ctx, cfg.NATSURL,
-		eventbus.WithLogger(log.With("component", "eventbus")), eventbus.WithName(cfg.Name))
+	busOpts := []eventbus.ClientOption{eventbus.WithLogger(log.With("component", "eventbus")), eventbus.WithName(cfg.Name)}
+	if !cfg.NATSTLS.IsZero() {
+		busOpts = append(busOpts, eventbus.WithTLS(natsTLS(cfg.NATSTLS)))
+	}
+	bus, err := eventbus.ConnectNATS(ctx, cfg.NATSURL, busOpts...)
 	if err != nil {
 		return fmt.Errorf("connecting to the event bus %s: %w", cfg.NATSURL, err)
 	}
@@ -220,12 +224,19 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	mopts = append(mopts, consoleOptions(cfg.EnableConsole)...)
 	gw, err := newClientGateway(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cfg.EnablePprof, cons, watcher, lease, log, mopts...)
 	if err != nil {
 		return err
 	}
 	defer gw.Close()
 	return serveSplit(ctx, "gateway", gw.Gateway, listeners, log, nil)
+}
+
+// natsTLS is the event bus's TLS flags (--nats-*) as eventbus files: the
+// same three mean the same on the server and on the client.
+func natsTLS(t config.NATSTLS) eventbus.TLSFiles {
+	return eventbus.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.TrustedCAFile}
 }
 
 // dialConsensus connects to consensus and waits until it answers, so that

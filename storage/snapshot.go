@@ -62,7 +62,8 @@ type Snapshot struct {
 	it   *pebble.Iterator
 
 	appliedIndex, appliedTerm uint64
-	rev                       int64
+	rev, compactRev           int64
+	alarms                    []*pb.AlarmMember
 
 	buf     bytes.Buffer
 	crc     hash.Hash32
@@ -83,7 +84,8 @@ func (s *Store) NewSnapshot() (*Snapshot, error) {
 	sn := &Snapshot{s: s, crc: crc32.New(crcTable)}
 	s.stateMu.RLock()
 	sn.snap = s.db.NewSnapshot()
-	sn.appliedIndex, sn.appliedTerm, sn.rev = s.appliedIndex, s.appliedTerm, s.rev
+	sn.appliedIndex, sn.appliedTerm, sn.rev, sn.compactRev = s.appliedIndex, s.appliedTerm, s.rev, s.compactRev
+	sn.alarms = cloneAlarms(s.alarms)
 	s.stateMu.RUnlock()
 	it, err := sn.snap.NewIter(nil)
 	if err != nil {
@@ -349,12 +351,19 @@ func (r *Restore) Commit() error {
 		return err
 	}
 	defer s.leave()
+	return s.commitReplacement(r.b, "restore")
+}
+
+// commitReplacement commits b, which replaced the store's contents (a
+// restore or an import), and reloads the in-memory state from what it
+// wrote. The caller is inside enter.
+func (s *Store) commitReplacement(b *pebble.Batch, what string) error {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	s.stateMu.Lock()
 	defer s.stateMu.Unlock()
-	if err := r.b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("storage: commit restore: %w", err)
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("storage: commit %s: %w", what, err)
 	}
 	st, err := s.readState()
 	if err != nil {
@@ -479,3 +488,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	c.n += int64(n)
 	return n, err
 }
+
+// IsSnapshotStream reports whether prefix, the first bytes of a file, is
+// the start of a snapshot stream.
+func IsSnapshotStream(prefix []byte) bool { return bytes.HasPrefix(prefix, []byte(snapshotMagic)) }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/concord-kv/concord/consensus/eventbus"
 	"github.com/concord-kv/concord/consensus/eventbus/eventbustest"
+	"github.com/concord-kv/concord/internal/tlstest"
 )
 
 // smallPayload makes the suite's large revisions fragment on NATS.
@@ -61,13 +62,63 @@ func TestConformanceNATSLoopback(t *testing.T) {
 	})
 }
 
+// TestConformanceNATSTLS is TestConformanceNATSLoopback over mutual TLS:
+// the server requires a certificate signed by the test CA, and the client
+// presents one and verifies the server's with that CA.
+func TestConformanceNATSTLS(t *testing.T) {
+	certs, err := tlstest.Generate(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventbustest.Run(t, func(t *testing.T) eventbus.Bus {
+		srv, err := eventbus.StartNATS(context.Background(), eventbus.NATSConfig{
+			ListenAddr: "127.0.0.1:0", MaxPayload: smallPayload, Logger: logger(),
+			TLS: eventbus.TLSFiles{CertFile: certs.ServerCert, KeyFile: certs.ServerKey, CAFile: certs.CA},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u := srv.ClientURL(); !strings.HasPrefix(u, "tls://") {
+			srv.Close()
+			t.Fatalf("ClientURL of a TLS server = %q, want tls://", u)
+		}
+		// A nats:// URL: TLS comes from WithTLS, not from the scheme.
+		cli, err := eventbus.ConnectNATS(context.Background(), "nats://"+strings.TrimPrefix(srv.ClientURL(), "tls://"),
+			eventbus.WithLogger(logger()),
+			eventbus.WithTLS(eventbus.TLSFiles{CertFile: certs.ClientCert, KeyFile: certs.ClientKey, CAFile: certs.CA}))
+		if err != nil {
+			srv.Close()
+			t.Fatal(err)
+		}
+		return split{pub: srv, sub: cli}
+	})
+}
+
 // TestConformanceNATSCluster runs the suite over a three-server cluster,
 // the shape of three consensus members: servers a, b and c are joined by
 // routes (every one given the same route list, itself included, as the
 // members' --nats-routes); the subscriber connects to c with b as the
 // alternative, then c is killed, so it must fail over to b; revisions are
 // published on a.
-func TestConformanceNATSCluster(t *testing.T) {
+func TestConformanceNATSCluster(t *testing.T) { runClusterConformance(t, nil) }
+
+// TestConformanceNATSClusterTLS is TestConformanceNATSCluster with mutual
+// TLS on the routes and for the client, which must fail over to b over TLS.
+func TestConformanceNATSClusterTLS(t *testing.T) {
+	certs, err := tlstest.Generate(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	runClusterConformance(t, certs)
+}
+
+func runClusterConformance(t *testing.T, certs *tlstest.Files) {
+	var srvTLS eventbus.TLSFiles
+	cliOpts := []eventbus.ClientOption{eventbus.WithLogger(logger()), eventbus.WithNATSOptions(nats.DontRandomize())}
+	if certs != nil {
+		srvTLS = eventbus.TLSFiles{CertFile: certs.ServerCert, KeyFile: certs.ServerKey, CAFile: certs.CA}
+		cliOpts = append(cliOpts, eventbus.WithTLS(eventbus.TLSFiles{CertFile: certs.ClientCert, KeyFile: certs.ClientKey, CAFile: certs.CA}))
+	}
 	eventbustest.Run(t, func(t *testing.T) eventbus.Bus {
 		ctx := context.Background()
 		routes := make([]string, 3)
@@ -78,7 +129,7 @@ func TestConformanceNATSCluster(t *testing.T) {
 		for i := range srvs {
 			b, err := eventbus.StartNATS(ctx, eventbus.NATSConfig{
 				ServerName: fmt.Sprint("abc"[i : i+1]), ListenAddr: "127.0.0.1:0", MaxPayload: smallPayload,
-				ClusterAddr: strings.TrimPrefix(routes[i], "nats://"), Routes: routes, Logger: logger(),
+				ClusterAddr: strings.TrimPrefix(routes[i], "nats://"), Routes: routes, Logger: logger(), TLS: srvTLS,
 			})
 			if err != nil {
 				closeAll(srvs)
@@ -91,8 +142,7 @@ func TestConformanceNATSCluster(t *testing.T) {
 			closeAll(srvs)
 			t.Fatalf("ClusterURL = %q, want %q", a.ClusterURL(), routes[0])
 		}
-		cli, err := eventbus.ConnectNATS(ctx, c.ClientURL()+","+b.ClientURL(), eventbus.WithLogger(logger()),
-			eventbus.WithNATSOptions(nats.DontRandomize()))
+		cli, err := eventbus.ConnectNATS(ctx, c.ClientURL()+","+b.ClientURL(), cliOpts...)
 		if err != nil {
 			closeAll(srvs)
 			t.Fatal(err)

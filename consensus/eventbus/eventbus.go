@@ -15,6 +15,9 @@
 //     Subscribe returned.
 //   - Handlers run on one goroutine per subscription, in the order received;
 //     unsubscribe waits until the handler has returned for the last time.
+//   - With TLS configured (NATSConfig.TLS, WithTLS) nothing crosses the
+//     network in cleartext: the server refuses clients and routes that do not
+//     handshake, and a configured client refuses a server that offers no TLS.
 //
 // Implementations: Memory (in-process, for unit tests), NATS (an embedded
 // nats-server or a client of one; the production transport), and Faulty (a

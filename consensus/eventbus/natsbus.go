@@ -2,6 +2,7 @@ package eventbus
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -79,7 +80,13 @@ type NATSConfig struct {
 	MaxRevisionBytes int64
 	// StartTimeout bounds the wait for the server (default DefaultStartTimeout).
 	StartTimeout time.Duration
-	Logger       *slog.Logger
+	// TLS, if set, is required on the client listener and on routes (see
+	// TLSFiles); it needs ListenAddr, and with ClusterAddr a CAFile.
+	// In-process connections stay in cleartext.
+	TLS TLSFiles
+	// TLSTimeout bounds a TLS handshake (default DefaultTLSTimeout).
+	TLSTimeout time.Duration
+	Logger     *slog.Logger
 }
 
 // SetDefaults fills zero fields with defaults.
@@ -101,6 +108,9 @@ func (c *NATSConfig) SetDefaults() {
 	}
 	if c.ClusterName == "" {
 		c.ClusterName = "concord"
+	}
+	if c.TLSTimeout == 0 {
+		c.TLSTimeout = DefaultTLSTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -146,6 +156,29 @@ func (c NATSConfig) Validate() error {
 		if u, err := url.Parse(r); err != nil || u.Host == "" {
 			return fmt.Errorf("%w: route %q is not a URL like nats://host:port", ErrInvalidConfig, r)
 		}
+	}
+	return c.validateTLS()
+}
+
+func (c NATSConfig) validateTLS() error {
+	if c.TLSTimeout <= 0 {
+		return fmt.Errorf("%w: TLS timeout %v", ErrInvalidConfig, c.TLSTimeout)
+	}
+	if c.TLS.IsZero() {
+		return nil
+	}
+	if err := c.TLS.validate(true); err != nil {
+		return err
+	}
+	switch {
+	case c.ListenAddr == "":
+		// In-process connections never use TLS: configured, it would
+		// protect nothing.
+		return fmt.Errorf("%w: TLS needs a client listen address", ErrInvalidConfig)
+	case c.ClusterAddr != "" && c.TLS.CAFile == "":
+		// Each member dials the others' routes as a client: it must verify
+		// them, and be verified, with a CA.
+		return fmt.Errorf("%w: TLS routes are mutual: a cluster address with TLS needs a trusted CA", ErrInvalidConfig)
 	}
 	return nil
 }
@@ -217,12 +250,26 @@ func StartNATS(ctx context.Context, cfg NATSConfig) (*NATS, error) {
 	if cfg.ListenAddr != "" {
 		opts.Host, opts.Port, _ = splitHostPort(cfg.ListenAddr)
 	}
+	var tlsCfg *tls.Config
+	if !cfg.TLS.IsZero() {
+		var err error
+		if tlsCfg, err = cfg.TLS.serverConfig(); err != nil {
+			return nil, err
+		}
+		opts.TLSConfig = tlsCfg
+		opts.TLSVerify = tlsCfg.ClientAuth == tls.RequireAndVerifyClientCert
+		opts.TLSTimeout = cfg.TLSTimeout.Seconds()
+	}
 	if cfg.ClusterAddr != "" {
 		opts.Cluster.Name = cfg.ClusterName
 		opts.Cluster.Host, opts.Cluster.Port, _ = splitHostPort(cfg.ClusterAddr)
 		for _, r := range cfg.Routes {
 			u, _ := url.Parse(r)
 			opts.Routes = append(opts.Routes, u)
+		}
+		if tlsCfg != nil {
+			opts.Cluster.TLSConfig = tlsCfg.Clone()
+			opts.Cluster.TLSTimeout = cfg.TLSTimeout.Seconds()
 		}
 	}
 	srv, err := server.NewServer(opts)
@@ -282,6 +329,7 @@ type clientOptions struct {
 	pendingBytes     int
 	maxRevisionBytes int64
 	connectTimeout   time.Duration
+	tls              *TLSFiles
 	natsOpts         []nats.Option
 }
 
@@ -327,7 +375,8 @@ func WithNATSOptions(opts ...nats.Option) ClientOption {
 }
 
 // ConnectNATS returns a client-only Bus connected to existing NATS servers
-// (urls: comma-separated nats://host:port). It reconnects forever after the
+// (urls: comma-separated nats://host:port, tls://host:port or host:port;
+// see WithTLS). It reconnects forever after the
 // initial connection; what is lost meanwhile is repaired from history.
 func ConnectNATS(ctx context.Context, urls string, opts ...ClientOption) (*NATS, error) {
 	o := clientOptions{
@@ -349,7 +398,15 @@ func ConnectNATS(ctx context.Context, urls string, opts ...ClientOption) (*NATS,
 	if o.pendingMsgs < -1 || o.pendingBytes < -1 || o.maxRevisionBytes < -1 {
 		return nil, fmt.Errorf("%w: negative limits", ErrInvalidConfig)
 	}
-	return connect(ctx, urls, o, o.natsOpts...)
+	var extra []nats.Option
+	if o.tls != nil {
+		tlsOpts, err := o.tls.clientOptions()
+		if err != nil {
+			return nil, err
+		}
+		extra = append(extra, tlsOpts...)
+	}
+	return connect(ctx, urls, o, append(extra, o.natsOpts...)...)
 }
 
 func connect(ctx context.Context, urls string, o clientOptions, extra ...nats.Option) (*NATS, error) {
@@ -400,7 +457,7 @@ func connect(ctx context.Context, urls string, o clientOptions, extra ...nats.Op
 }
 
 // ClientURL returns the URL other processes can connect to: the embedded
-// server's listener, or the server this client is connected to. It is ""
+// server's listener (tls://host:port when it requires TLS), or the server this client is connected to. It is ""
 // for an embedded server without a listener.
 func (n *NATS) ClientURL() string {
 	if n.srv != nil {

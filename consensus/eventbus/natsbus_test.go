@@ -353,10 +353,13 @@ func TestConnectNATSFailures(t *testing.T) {
 
 // TestNATSClusterRoutes runs two embedded servers joined by a route: what is
 // published on one reaches subscribers of the other, in order.
-func TestNATSClusterRoutes(t *testing.T) {
-	a := startNATS(t, NATSConfig{ServerName: "a", ListenAddr: "127.0.0.1:0", ClusterAddr: "127.0.0.1:0"})
+func TestNATSClusterRoutes(t *testing.T) { testClusterRoutes(t, TLSFiles{}) }
+
+// testClusterRoutes is TestNATSClusterRoutes with both servers on tls.
+func testClusterRoutes(t *testing.T, tls TLSFiles) {
+	a := startNATS(t, NATSConfig{ServerName: "a", ListenAddr: "127.0.0.1:0", ClusterAddr: "127.0.0.1:0", TLS: tls})
 	route := fmt.Sprintf("nats://%s", a.srv.ClusterAddr().String())
-	b := startNATS(t, NATSConfig{ServerName: "b", ListenAddr: "127.0.0.1:0", ClusterAddr: "127.0.0.1:0", Routes: []string{route}})
+	b := startNATS(t, NATSConfig{ServerName: "b", ListenAddr: "127.0.0.1:0", ClusterAddr: "127.0.0.1:0", Routes: []string{route}, TLS: tls})
 	c := subscribe(t, b)
 	ctx := context.Background()
 	// Interest propagates over the route asynchronously: beat until one arrives.

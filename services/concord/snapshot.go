@@ -44,7 +44,7 @@ revisions and leases. Restore the same backup for every member.`,
 			}
 			// Only the store's warnings: the command prints its outcome.
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-			if err := consensus.RestoreBackup(dataDir, f, fi.Size(), skipHashCheck, log); err != nil {
+			if err := consensus.RestoreBackup(cmd.Context(), dataDir, f, fi.Size(), skipHashCheck, log); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "restored %s into %s\n", args[0], dataDir)

@@ -105,6 +105,10 @@ type Server struct {
 	// the client URLs (etcd's --enable-grpc-gateway, on by default).
 	EnableGRPCGateway bool
 
+	// EnableConsole serves the web console under /console/ on the client
+	// URLs (--enable-console, on by default).
+	EnableConsole bool
+
 	// AutoCompaction is --auto-compaction-mode and
 	// --auto-compaction-retention (off unless the retention is set).
 	AutoCompaction compactor.Config
@@ -134,6 +138,8 @@ const leanHTTP2Usage = "serve gRPC clients (cleartext HTTP/2) with concord's own
 
 const enableGRPCGatewayUsage = "enable etcd's JSON gateway (POST /v3/kv/range, /v3/watch, ...) on the client URLs"
 
+const enableConsoleUsage = "serve the web console (Connect-Web from the browser) under /console/ on the client URLs"
+
 // flag names, shared by the flag set, the environment and the YAML file.
 const (
 	fName                = "name"
@@ -156,6 +162,7 @@ const (
 	fEnablePprof         = "enable-pprof"
 	fLeanHTTP2           = "lean-http2"
 	fEnableGRPCGateway   = "enable-grpc-gateway"
+	fEnableConsole       = "enable-console"
 	fListenMetricsURLs   = "listen-metrics-urls"
 	fMetrics             = "metrics"
 	fFeatureGates        = "feature-gates"
@@ -188,6 +195,7 @@ func ServerFlags(fs *pflag.FlagSet) {
 	fs.Bool(fEnablePprof, false, "enable runtime profiling data via HTTP server; address is at client URL + \"/debug/pprof/\"")
 	fs.Bool(fLeanHTTP2, true, leanHTTP2Usage)
 	fs.Bool(fEnableGRPCGateway, true, enableGRPCGatewayUsage)
+	fs.Bool(fEnableConsole, true, enableConsoleUsage)
 	fs.String(fAutoCompactionMode, string(compactor.ModePeriodic), "interpret 'auto-compaction-retention' one of: periodic|revision. 'periodic' for duration based retention, defaulting to hours if no time unit is provided (e.g. '5m'). 'revision' for revision number based retention.")
 	fs.String(fAutoCompactionRet, "0", "auto compaction retention for mvcc key value store. 0 means disable auto compaction.")
 	fs.String(fConfigFile, "", "path to a YAML configuration file whose keys are the flag names")
@@ -275,6 +283,7 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	c.EnablePprof = v.GetBool(fEnablePprof)
 	c.LeanHTTP2 = v.GetBool(fLeanHTTP2)
 	c.EnableGRPCGateway = v.GetBool(fEnableGRPCGateway)
+	c.EnableConsole = v.GetBool(fEnableConsole)
 	if c.FeatureGates, err = parseFeatureGates(v.GetString(fFeatureGates)); err != nil {
 		return Server{}, err
 	}

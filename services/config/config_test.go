@@ -147,6 +147,30 @@ func TestEnablePprof(t *testing.T) {
 	}
 }
 
+// --enable-console is on by default, off with =false or CONCORD_ENABLE_CONSOLE,
+// on the all-in-one server and the split gateway alike.
+func TestEnableConsole(t *testing.T) {
+	c, err := load(t)
+	if err != nil || !c.EnableConsole {
+		t.Errorf("default: enabled=%v err=%v", c.EnableConsole, err)
+	}
+	if c, err = load(t, "--enable-console=false"); err != nil || c.EnableConsole {
+		t.Errorf("--enable-console=false: enabled=%v err=%v", c.EnableConsole, err)
+	}
+	gw := []string{"--watchfanout-endpoints=http://127.0.0.1:1", "--leasesvc-endpoints=http://127.0.0.1:2"}
+	s, err := loadSplit(t, config.RoleGateway, gw...)
+	if err != nil || !s.EnableConsole {
+		t.Errorf("gateway default: enabled=%v err=%v", s.EnableConsole, err)
+	}
+	t.Setenv("CONCORD_ENABLE_CONSOLE", "false")
+	if c, err = load(t); err != nil || c.EnableConsole {
+		t.Errorf("CONCORD_ENABLE_CONSOLE=false: enabled=%v err=%v", c.EnableConsole, err)
+	}
+	if s, err = loadSplit(t, config.RoleGateway, gw...); err != nil || s.EnableConsole {
+		t.Errorf("gateway, CONCORD_ENABLE_CONSOLE=false: enabled=%v err=%v", s.EnableConsole, err)
+	}
+}
+
 // --lean-http2 is on by default and can be turned off.
 func TestLeanHTTP2Flag(t *testing.T) {
 	c, err := load(t)

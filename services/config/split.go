@@ -45,15 +45,18 @@ type Consensus struct {
 	// members' NATS servers; the same list, this member's own included, may
 	// be given to every member.
 	NATSRoutes []string
+	// NATSTLS is the TLS of the NATS client listener and routes.
+	NATSTLS NATSTLS
 }
 
 // ConsensusFlags declares the flags of `concord consensus`: the server flags
-// and --nats-listen-addr.
+// and the event bus's (--nats-*).
 func ConsensusFlags(fs *pflag.FlagSet) {
 	ServerFlags(fs)
 	fs.String(fNATSListenAddr, DefaultNATSListenAddr, "host:port of the embedded NATS server's client listener (watch fan-outs connect here)")
 	fs.String(fNATSClusterAddr, "", "host:port of the embedded NATS server's route listener; with several members, set it and --nats-routes so their NATS servers form one cluster (only the raft leader then publishes)")
 	fs.String(fNATSRoutes, "", "comma-separated route URLs (nats://host:port) of the members' NATS servers (--nats-cluster-listen-addr); the same list, this member's own included, may be given to every member")
+	natsTLSFlags(fs)
 }
 
 // LoadConsensus reads the flags declared by ConsensusFlags.
@@ -66,7 +69,8 @@ func LoadConsensus(fs *pflag.FlagSet) (Consensus, error) {
 	if err != nil {
 		return Consensus{}, err
 	}
-	c := Consensus{Server: s, NATSListenAddr: v.GetString(fNATSListenAddr), NATSClusterListenAddr: v.GetString(fNATSClusterAddr)}
+	c := Consensus{Server: s, NATSListenAddr: v.GetString(fNATSListenAddr), NATSClusterListenAddr: v.GetString(fNATSClusterAddr),
+		NATSTLS: loadNATSTLS(v)}
 	for _, r := range strings.Split(v.GetString(fNATSRoutes), ",") {
 		if r = strings.TrimSpace(r); r != "" {
 			c.NATSRoutes = append(c.NATSRoutes, r)
@@ -93,7 +97,7 @@ func (c Consensus) Validate() error {
 			return fmt.Errorf("%w: --%s: %q is not a URL like nats://host:port", ErrInvalid, fNATSRoutes, r)
 		}
 	}
-	return nil
+	return c.NATSTLS.validate(true, c.NATSClusterListenAddr != "")
 }
 
 // Role names a split-topology process that is not a consensus member.
@@ -125,6 +129,8 @@ type Split struct {
 	// URLs, the members' --nats-listen-addr; the client moves to another
 	// when its server goes away (with clustered members, any one serves).
 	NATSURL string
+	// NATSTLS is how a watch fan-out reaches NATSURL over TLS.
+	NATSTLS NATSTLS
 	// WatchfanoutEndpoints and LeasesvcEndpoints are where a gateway
 	// forwards watch streams and lease calls: one at a time, moving to the
 	// next when one answers Unavailable.
@@ -140,6 +146,9 @@ type Split struct {
 	LeanHTTP2 bool
 	// EnableGRPCGateway is Server.EnableGRPCGateway (--enable-grpc-gateway).
 	EnableGRPCGateway bool
+	// EnableConsole is Server.EnableConsole (--enable-console; gateway
+	// only).
+	EnableConsole bool
 
 	// ClientTLS is Server.ClientTLS: the TLS of the https:// client URLs.
 	ClientTLS TLSInfo
@@ -158,10 +167,12 @@ func SplitFlags(fs *pflag.FlagSet, role Role) {
 	case RoleWatchfanout:
 		fs.String(fNATSURL, "nats://"+DefaultNATSListenAddr, "comma-separated NATS URLs of the event bus (the consensus members' --nats-listen-addr)")
 		fs.Duration(fWatchProgressNotify, DefaultWatchProgressNotifyInterval, "duration of periodic watch progress notifications (at least 100ms)")
+		natsTLSFlags(fs)
 	case RoleGateway:
 		fs.String(fWatchfanoutEndpoints, "", "comma-separated client URLs of the watch fan-outs")
 		fs.String(fLeasesvcEndpoints, "", "comma-separated client URLs of the lease services")
 		fs.Bool(fEnablePprof, false, "enable runtime profiling data via HTTP server; address is at client URL + \"/debug/pprof/\"")
+		fs.Bool(fEnableConsole, true, enableConsoleUsage)
 	}
 	fs.Int(fMaxRequestBytes, 1572864, "maximum client request size in bytes the server will accept")
 	fs.Int(fMaxTxnOps, 128, "maximum number of operations permitted in a transaction")
@@ -191,7 +202,11 @@ func LoadSplit(fs *pflag.FlagSet, role Role) (Split, error) {
 		EnablePprof:          v.GetBool(fEnablePprof),
 		LeanHTTP2:            v.GetBool(fLeanHTTP2),
 		EnableGRPCGateway:    v.GetBool(fEnableGRPCGateway),
+		EnableConsole:        v.GetBool(fEnableConsole),
 		EndpointTLS:          loadEndpointTLS(v),
+	}
+	if role == RoleWatchfanout {
+		c.NATSTLS = loadNATSTLS(v)
 	}
 	if c.ClientTLS, err = loadTLS(v, false); err != nil {
 		return Split{}, err
@@ -238,6 +253,9 @@ func (c Split) Validate() error {
 		return fmt.Errorf("%w: --%s and --%s must be positive", ErrInvalid, fMaxRequestBytes, fMaxTxnOps)
 	}
 	if err := c.EndpointTLS.validate(); err != nil {
+		return err
+	}
+	if err := c.NATSTLS.validate(false, false); err != nil {
 		return err
 	}
 	return c.ClientTLS.validate(append(slices.Clone(c.ListenClientURLs), c.ListenMetricsURLs...))

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 )
 
 // jsonCall is one request to etcd's JSON gateway. stream marks a streaming
@@ -209,5 +211,100 @@ func TestJSONGateway(t *testing.T) {
 		if want[i] != got[i] {
 			t.Errorf("call %d differs:\netcd:    %s\nconcord: %s", i, want[i], got[i])
 		}
+	}
+}
+
+// runJSONWebSocket drives the JSON gateway's streams over WebSocket, as a
+// browser would through etcd's gateway: a watch (created, then an event for
+// a put made over plain JSON) and a lease keep-alive, with the token
+// subprotocol a browser uses for credentials. It returns a transcript of
+// normalized messages.
+func runJSONWebSocket(t *testing.T, s *Server) []string {
+	ctx := testCtx(t)
+	n := newNormalizer()
+	wsURL := "ws" + strings.TrimPrefix(s.clientURL(), "http")
+	post := func(path, body string) string {
+		req, err := http.NewRequestWithContext(ctx, "POST", s.clientURL()+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("POST %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("POST %s: status %d, %s, %v", path, resp.StatusCode, b, err)
+		}
+		return string(b)
+	}
+	var out []string
+	hide := strings.NewReplacer() // of IDs in what is sent
+	dial := func(path string) *websocket.Conn {
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		hdr := http.Header{"Sec-WebSocket-Protocol": []string{"Bearer, some-token"}}
+		c, resp, err := websocket.DefaultDialer.DialContext(dctx, wsURL+path, hdr)
+		if err != nil {
+			t.Fatalf("dial %s: %v", path, err)
+		}
+		out = append(out, fmt.Sprintf("dial %s: status %d, subprotocol %q", path, resp.StatusCode, c.Subprotocol()))
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	exchange := func(c *websocket.Conn, send string, replies int) {
+		if send != "" {
+			if err := c.WriteMessage(websocket.TextMessage, []byte(send)); err != nil {
+				t.Fatalf("send %s: %v", send, err)
+			}
+			out = append(out, "send "+hide.Replace(send))
+		}
+		for range replies {
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			typ, msg, err := c.ReadMessage()
+			if err != nil {
+				t.Fatalf("after %q: %v", send, err)
+			}
+			out = append(out, fmt.Sprintf("  recv type %d %s", typ, normalizeJSON(n, string(msg))))
+		}
+	}
+
+	w := dial("/v3/watch")
+	exchange(w, `{"create_request":{"key":"`+b64("ws/")+`","range_end":"`+b64("ws0")+`"}}`, 1)
+	post("/v3/kv/put", `{"key":"`+b64("ws/a")+`","value":"`+b64("1")+`"}`)
+	exchange(w, "", 1)
+	exchange(w, `{"create_request":{"key":"`+b64("ws/a")+`","start_revision":"1"}}`, 2)
+	// A malformed request ends the request side only (etcd's gateway logs
+	// it and answers nothing); events keep coming.
+	exchange(w, `not json`, 0)
+	post("/v3/kv/put", `{"key":"`+b64("ws/b")+`","value":"`+b64("2")+`"}`)
+	exchange(w, "", 1)
+
+	lease := reLeaseID.FindStringSubmatch(post("/v3/lease/grant", `{"TTL":"60"}`))
+	if lease == nil {
+		t.Fatal("no lease ID in the grant response")
+	}
+	hide = strings.NewReplacer(lease[1], "<lease>")
+	k := dial("/v3/lease/keepalive")
+	exchange(k, `{"ID":"`+lease[1]+`"}`, 1)
+	exchange(k, `{"ID":"`+lease[1]+`"}`, 1)
+	return out
+}
+
+// TestJSONGatewayWebSocket requires the same WebSocket transcript from
+// concord as from etcd, whose gateway serves its streams over WebSocket
+// (grpc-websocket-proxy).
+func TestJSONGatewayWebSocket(t *testing.T) {
+	t.Parallel()
+	transcripts := map[string][]string{}
+	for _, im := range impls {
+		t.Run(im.name, func(t *testing.T) {
+			transcripts[im.name] = runJSONWebSocket(t, startServer(t, im, serverOptions{}))
+		})
+	}
+	want, got := transcripts["etcd"], transcripts["concord"]
+	if len(want) == 0 || !slices.Equal(want, got) {
+		t.Errorf("transcripts differ:\netcd:\n%s\nconcord:\n%s", strings.Join(want, "\n"), strings.Join(got, "\n"))
 	}
 }

@@ -38,19 +38,21 @@ var (
 	concordImpl = &impl{name: "concord"}
 	// etcdctlBin is the real etcdctl of the version pinned in go.mod.
 	etcdctlBin = &impl{name: "etcdctl"}
+	// etcdutlBin is the real etcdutl of that version (snapshot status and restore).
+	etcdutlBin = &impl{name: "etcdutl"}
 
 	// impls lists the servers every comparing test runs against, etcd first so that its
 	// subtest (which may rewrite golden files) runs before concord's.
 	impls = []*impl{etcdImpl, concordImpl}
 )
 
-// TestMain builds the three binaries once per run into a temporary directory. The go build cache
+// TestMain builds the four binaries once per run into a temporary directory. The go build cache
 // makes every build after the first one quick.
 func TestMain(m *testing.M) {
 	flag.Parse()
 	dir, err := os.MkdirTemp("", "concord-e2e-bin-")
 	if err != nil {
-		etcdImpl.err, concordImpl.err, etcdctlBin.err = err, err, err
+		etcdImpl.err, concordImpl.err, etcdctlBin.err, etcdutlBin.err = err, err, err, err
 	} else {
 		defer os.RemoveAll(dir)
 		buildAll(dir)
@@ -58,13 +60,13 @@ func TestMain(m *testing.M) {
 	m.Run()
 }
 
-// buildAll builds etcdctl, etcd and concord concurrently; failures are recorded per binary.
+// buildAll builds etcdctl, etcdutl, etcd and concord concurrently; failures are recorded per binary.
 func buildAll(dir string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	root, err := moduleRoot(ctx)
 	if err != nil {
-		for _, b := range []*impl{etcdImpl, concordImpl, etcdctlBin} {
+		for _, b := range []*impl{etcdImpl, concordImpl, etcdctlBin, etcdutlBin} {
 			b.err = err
 		}
 		return
@@ -74,12 +76,13 @@ func buildAll(dir string) {
 		pkg string
 	}{
 		{etcdctlBin, "go.etcd.io/etcd/etcdctl/v3"},
+		{etcdutlBin, "go.etcd.io/etcd/etcdutl/v3"},
 		{etcdImpl, "go.etcd.io/etcd/server/v3"},
 		{concordImpl, "./services/concord"},
 	}
 	if bin := os.Getenv(concordBinEnv); bin != "" {
 		concordImpl.bin = bin
-		targets = targets[:2]
+		targets = targets[:len(targets)-1]
 	}
 	var wg sync.WaitGroup
 	for _, tg := range targets {
