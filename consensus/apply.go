@@ -3,6 +3,7 @@ package consensus
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/raft/v3/raftpb"
@@ -334,4 +335,17 @@ func (n *Node) proposeNoSpaceAlarm() {
 	}
 	n.alarmReqID = id
 	n.proposeOne(proposal{id: id, data: data, internal: true})
+}
+
+// applyTimed is applyEntries, with etcd's warning when applying took
+// longer than Config.WarningApplyDuration (timed per Ready, not per entry:
+// two clock reads per batch).
+func (n *Node) applyTimed(b *storage.Batch, ents []*raftpb.Entry, out *applyOutput) error {
+	start := time.Now()
+	err := n.applyEntries(b, ents, out)
+	if took := time.Since(start); took > n.cfg.WarningApplyDuration && len(ents) > 0 {
+		n.lg.Warn("apply request took too long", "took", took, "expected-duration", n.cfg.WarningApplyDuration,
+			"entries", len(ents), "first-index", ents[0].GetIndex(), "last-index", ents[len(ents)-1].GetIndex())
+	}
+	return err
 }

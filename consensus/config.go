@@ -31,6 +31,8 @@ const (
 	DefaultProgressInterval       = 100 * time.Millisecond
 	DefaultQuotaBackendBytes      = int64(2 << 30) // 2 GiB, as etcd
 	DefaultAuthTokenTTL           = 300 * time.Second
+	DefaultMaxLearners            = 1
+	DefaultWarningApplyDuration   = 100 * time.Millisecond
 
 	// ClusterStateNew bootstraps a new cluster; ClusterStateExisting joins one.
 	ClusterStateNew      = "new"
@@ -69,6 +71,26 @@ type Config struct {
 	// slow followers can catch up from the log (etcd's SnapshotCatchUpEntries).
 	// Addition to the team contract; 0 means the default.
 	SnapshotCatchUpEntries uint64
+	// MaxLearners is how many learners the member table may hold (etcd's
+	// --max-learners); 0 means etcd's default, 1. Every member checks it
+	// when it applies a learner add, so give all members the same value,
+	// as etcd requires.
+	MaxLearners int
+	// DisablePreVote turns off raft's Pre-Vote (etcd's --pre-vote=false):
+	// a member returning from a partition may then disrupt the leader.
+	DisablePreVote bool
+	// DisableStrictReconfigCheck skips the checks that a membership change
+	// keeps a quorum of started and active members (etcd's
+	// --strict-reconfig-check=false); a learner must still have caught up
+	// to be promoted.
+	DisableStrictReconfigCheck bool
+	// WarningApplyDuration logs a warning when applying one Ready's
+	// committed entries takes longer (etcd's --warning-apply-duration,
+	// which etcd checks per entry); 0 means etcd's default, 100ms.
+	WarningApplyDuration time.Duration
+	// UnsafeNoFsync never fsyncs the store (etcd's --unsafe-no-fsync): a
+	// crash of the machine loses acknowledged writes. For tests only.
+	UnsafeNoFsync bool
 	// QuotaBackendBytes is the store size above which writes fail with
 	// ErrNoSpace; 0 means the default 2 GiB, negative disables the quota.
 	QuotaBackendBytes int64
@@ -180,6 +202,12 @@ func (c *Config) SetDefaults() {
 	if c.BcryptCost == 0 {
 		c.BcryptCost = bcrypt.DefaultCost
 	}
+	if c.MaxLearners == 0 {
+		c.MaxLearners = DefaultMaxLearners
+	}
+	if c.WarningApplyDuration == 0 {
+		c.WarningApplyDuration = DefaultWarningApplyDuration
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -222,6 +250,9 @@ func (c Config) Validate() error {
 	}
 	if c.BcryptCost < bcrypt.MinCost || c.BcryptCost > bcrypt.MaxCost {
 		return fmt.Errorf("consensus: bcrypt cost %d outside [%d, %d]", c.BcryptCost, bcrypt.MinCost, bcrypt.MaxCost)
+	}
+	if c.MaxLearners < 0 {
+		return fmt.Errorf("consensus: max learners %d is negative", c.MaxLearners)
 	}
 	members, err := c.initialMembers()
 	if err != nil {

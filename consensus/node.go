@@ -272,7 +272,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	store, err := storage.Open(cfg.DataDir, storage.Options{FS: cfg.storageFS, Logger: cfg.Logger})
+	store, err := storage.Open(cfg.DataDir, storage.Options{FS: storageFS(cfg), Logger: cfg.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("consensus: open storage: %w", err)
 	}
@@ -410,13 +410,16 @@ func newNode(ctx context.Context, cfg Config, store *storage.Store) (*Node, erro
 		MaxInflightMsgs:           maxInflightMsgs,
 		MaxUncommittedEntriesSize: maxUncommittedEntriesSize,
 		CheckQuorum:               true,
-		PreVote:                   true,
+		PreVote:                   !cfg.DisablePreVote,
 		// A leader that applied its own removal hands over at once.
 		StepDownOnRemoval: true,
 		Logger:            raftLogger{lg: n.lg},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("consensus: create raft node: %w", err)
+	}
+	if cfg.UnsafeNoFsync {
+		n.lg.Warn("unsafe-no-fsync: the store is never fsynced; a crash of the machine can lose acknowledged writes")
 	}
 	n.lg.Info("consensus starting",
 		"name", cfg.Name, "member-id", fmt.Sprintf("%x", n.memberID), "cluster-id", fmt.Sprintf("%x", n.clusterID),
@@ -747,7 +750,7 @@ func (n *Node) persistWhileApplying(rd raft.Ready, out *applyOutput) (err error)
 
 	b := n.store.NewBatch()
 	defer b.Close()
-	if err := n.applyEntries(b, rd.CommittedEntries, out); err != nil {
+	if err := n.applyTimed(b, rd.CommittedEntries, out); err != nil {
 		return err
 	}
 	commitStart := time.Now()
@@ -780,7 +783,7 @@ func (n *Node) persistAndApply(rd raft.Ready, out *applyOutput) error {
 		}
 	}
 	if len(rd.CommittedEntries) > 0 {
-		if err := n.applyEntries(b, rd.CommittedEntries, out); err != nil {
+		if err := n.applyTimed(b, rd.CommittedEntries, out); err != nil {
 			return err
 		}
 	}

@@ -39,8 +39,6 @@ import (
 )
 
 const (
-	// maxLearners is etcd's default --max-learners.
-	maxLearners = 1
 	// readyPercentThreshold is how far (of the leader's match index) a
 	// learner must have caught up to be promoted (etcd's).
 	readyPercentThreshold = 0.9
@@ -319,6 +317,9 @@ func started(m member) bool { return m.Name != "" }
 
 // mayAddMember is etcd's strict reconfiguration check for adds.
 func (n *Node) mayAddMember(m member) error {
+	if n.cfg.DisableStrictReconfigCheck {
+		return nil
+	}
 	voters := n.votingMembers()
 	if !m.IsLearner {
 		members, nstarted := len(voters)+1, 0
@@ -352,6 +353,9 @@ func (n *Node) mayAddMember(m member) error {
 
 // mayRemoveMember is etcd's strict reconfiguration check for removals.
 func (n *Node) mayRemoveMember(id uint64) error {
+	if n.cfg.DisableStrictReconfigCheck {
+		return nil
+	}
 	m, ok := findMember(n.members, id)
 	if ok && m.IsLearner {
 		return nil
@@ -405,6 +409,9 @@ func (n *Node) mayPromoteMember(id uint64) error {
 		n.lg.Warn("rejecting promote learner: learner is not ready", "learner", fmt.Sprintf("%x", id),
 			"learner-match", pr.Match, "leader-match", lead.Match)
 		return ErrLearnerNotReady
+	}
+	if n.cfg.DisableStrictReconfigCheck {
+		return nil
 	}
 	members, nstarted := 1, 1 // the learner counts, as started
 	for _, v := range n.votingMembers() {
@@ -532,7 +539,7 @@ func (n *Node) validateConfChange(cc *raftpb.ConfChange) ([]member, error) {
 					learners++
 				}
 			}
-			if learners+1 > maxLearners {
+			if learners+1 > n.cfg.MaxLearners {
 				return nil, ErrTooManyLearners
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -20,11 +21,22 @@ import (
 // (Connect protocol, binary) without the network: routing, the leader
 // gate, validation, decoding, the backend call and encoding.
 func BenchmarkHandlerRange(b *testing.B) {
+	// warn-unary is what servers run: etcd's --warning-unary-request-duration
+	// times every unary call.
+	for _, c := range []struct {
+		name string
+		cfg  gateway.Config
+	}{{"plain", gateway.Config{}}, {"warn-unary", gateway.Config{WarningUnaryRequestDuration: 300 * time.Millisecond}}} {
+		b.Run(c.name, func(b *testing.B) { benchHandlerRange(b, c.cfg) })
+	}
+}
+
+func benchHandlerRange(b *testing.B, cfg gateway.Config) {
 	f := newFake()
 	if _, err := f.Put(context.Background(), &pb.PutRequest{Key: []byte("foo"), Value: []byte("bar")}); err != nil {
 		b.Fatal(err)
 	}
-	g, err := gateway.New(gateway.Config{}, f)
+	g, err := gateway.New(cfg, f)
 	if err != nil {
 		b.Fatal(err)
 	}

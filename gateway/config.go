@@ -47,6 +47,21 @@ type Config struct {
 	// NoJSONGateway turns off etcd's JSON gateway (POST /v3/kv/range, ...;
 	// restgw.go), which etcd serves unless --enable-grpc-gateway=false.
 	NoJSONGateway bool
+	// CORS are the origins whose requests to the HTTP/JSON routes get
+	// etcd's CORS headers (--cors); empty or "*" answers every origin with
+	// "*", etcd's default.
+	CORS []string
+	// HostWhitelist are the host names a cleartext HTTP/1.1 request may
+	// name in its Host header (--host-whitelist); others get 421
+	// Misdirected Request. Empty or "*" accepts every host.
+	HostWhitelist []string
+	// SeparateHTTP makes Serve and ServeTLS serve RPCs only: the HTTP
+	// endpoints are then on the listeners of ServeHTTPOnly (etcd's
+	// --listen-client-http-urls).
+	SeparateHTTP bool
+	// WarningUnaryRequestDuration logs a warning for every unary RPC that
+	// takes longer (etcd's --warning-unary-request-duration); 0: none.
+	WarningUnaryRequestDuration time.Duration
 	// ShutdownTimeout is how long Serve waits for in-flight calls once its
 	// context is done before closing connections.
 	ShutdownTimeout time.Duration

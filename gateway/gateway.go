@@ -46,8 +46,11 @@ type Gateway struct {
 	// without connect's early flush (fastpath.go).
 	unary map[string]bool
 	// misc serves the non-RPC endpoints (/health, /version, ...).
-	misc    *http.ServeMux
-	handler http.Handler
+	misc *http.ServeMux
+	// httpRoutes is misc as clients reach it, with etcd's CORS headers;
+	// route falls back to it, or to a 404 with Config.SeparateHTTP.
+	httpRoutes, fallback http.Handler
+	handler              http.Handler
 	// rest serves etcd's JSON gateway; nil with Config.NoJSONGateway.
 	rest *restGateway
 
@@ -161,6 +164,9 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 	if o.observer != nil {
 		hopts = append(hopts, connect.WithInterceptors(observerInterceptor{o.observer}))
 	}
+	if cfg.WarningUnaryRequestDuration > 0 {
+		hopts = append(hopts, connect.WithInterceptors(slowUnaryInterceptor{cfg.WarningUnaryRequestDuration, cfg.Logger}))
+	}
 	g.mount(etcdserverpbconnect.NewKVHandler(kvService{g: g}, hopts...))
 	g.mount(etcdserverpbconnect.NewWatchHandler(o.watch, hopts...))
 	g.mount(browserWatchHandler(o.browserWatch, authz, hopts...))
@@ -175,6 +181,11 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 		g.misc.Handle(e.pattern, e.h)
 	}
 	g.handler = http.HandlerFunc(g.route)
+	g.httpRoutes = g.withCORS(g.misc)
+	g.fallback = g.httpRoutes
+	if cfg.SeparateHTTP {
+		g.fallback = http.NotFoundHandler()
+	}
 	if !cfg.NoJSONGateway {
 		g.rest = newRESTGateway(g.handler, cfg.MaxConcurrentStreams, cfg.MaxRequestBytes+grpcOverheadBytes)
 		g.misc.Handle("/v3/", g.rest)
@@ -218,7 +229,7 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	g.misc.ServeHTTP(w, r)
+	g.fallback.ServeHTTP(w, r)
 }
 
 func isGRPC(r *http.Request) bool {
@@ -278,8 +289,12 @@ func (g *Gateway) serve(ctx context.Context, ln net.Listener, tlsCfg *tls.Config
 	// With net/http's HTTP/2 server over TLS, net/http itself does the
 	// handshake and picks HTTP/2 by ALPN.
 	protocols.SetHTTP2(tlsCfg != nil)
+	h := g.handler
+	if tlsCfg == nil {
+		h = g.cleartextHandler(h)
+	}
 	srv := &http.Server{
-		Handler:   g.handler,
+		Handler:   h,
 		Protocols: &protocols,
 		HTTP2: &http.HTTP2Config{
 			MaxConcurrentStreams: int(min(uint64(g.cfg.MaxConcurrentStreams), math.MaxInt)),
@@ -300,7 +315,7 @@ func (g *Gateway) serve(ctx context.Context, ln net.Listener, tlsCfg *tls.Config
 		lean, err = h2server.New(h2server.Config{
 			MaxConcurrentStreams: g.cfg.MaxConcurrentStreams,
 			Logger:               g.log,
-		}, g.handler)
+		}, h)
 		if err != nil {
 			ln.Close()
 			return err

@@ -2,9 +2,6 @@ package gateway
 
 import (
 	"context"
-	"crypto/tls"
-	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -28,42 +25,12 @@ func isMetricsPath(p string) bool {
 // else) on ln over HTTP/1.1, with TLS when useTLS (Config.TLS), until ctx is
 // done or Close; it returns nil then. ln is closed on return.
 func (g *Gateway) ServeMetrics(ctx context.Context, ln net.Listener, useTLS bool) error {
-	if useTLS {
-		if g.cfg.TLS == nil {
-			ln.Close()
-			return fmt.Errorf("%w: TLS metrics listener without Config.TLS", ErrInvalidConfig)
-		}
-		ln = tls.NewListener(ln, g.cfg.TLS)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !isMetricsPath(r.URL.Path) {
 			http.NotFound(w, r)
 			return
 		}
 		g.misc.ServeHTTP(w, r)
-	})}
-	untrack, err := g.track(srv, nil, nil)
-	if err != nil {
-		ln.Close()
-		return err
-	}
-	defer untrack()
-	g.log.Info("serving metrics", "addr", ln.Addr().String(), "tls", useTLS)
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		if errors.Is(err, http.ErrServerClosed) {
-			return nil
-		}
-		return err
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.ShutdownTimeout)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		srv.Close()
-	}
-	<-errc
-	return nil
+	})
+	return g.serveHTTP1(ctx, ln, useTLS, h, "serving metrics")
 }

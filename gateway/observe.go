@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"log/slog"
+	"time"
 
 	"connectrpc.com/connect"
 )
@@ -59,4 +61,32 @@ func codeOf(err error) connect.Code {
 		return 0
 	}
 	return connect.CodeOf(err)
+}
+
+// slowUnaryInterceptor logs unary RPCs that took longer than warnAfter,
+// as etcd's --warning-unary-request-duration ("request stats"). It costs
+// two clock reads per unary call.
+type slowUnaryInterceptor struct {
+	warnAfter time.Duration
+	log       *slog.Logger
+}
+
+func (i slowUnaryInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		start := time.Now()
+		resp, err := next(ctx, req)
+		if took := time.Since(start); took > i.warnAfter {
+			i.log.Warn("request stats: request took too long", "procedure", req.Spec().Procedure,
+				"remote", req.Peer().Addr, "took", took, "expected-duration", i.warnAfter, "code", codeOf(err).String())
+		}
+		return resp, err
+	}
+}
+
+func (slowUnaryInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (slowUnaryInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
 }

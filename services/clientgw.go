@@ -11,6 +11,7 @@ import (
 	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/gateway/recipes"
 	"github.com/concord-kv/concord/internal/metrics"
+	"github.com/concord-kv/concord/services/config"
 )
 
 // clientGateway is the gateway clients talk to: every etcd service, with
@@ -72,6 +73,18 @@ func metricsOptions(src metrics.Sources) ([]gateway.Option, error) {
 		return nil, err
 	}
 	return []gateway.Option{gateway.WithHTTPHandler("/metrics", reg.Handler()), gateway.WithCallObserver(reg.Calls())}, nil
+}
+
+// withServerHTTP is c with a server's etcd HTTP settings: --cors,
+// --host-whitelist, --listen-client-http-urls (the client listeners then
+// serve RPCs only), --max-concurrent-streams and
+// --warning-unary-request-duration.
+func withServerHTTP(c gateway.Config, s config.Server) gateway.Config {
+	c.CORS, c.HostWhitelist = s.CORS, s.HostWhitelist
+	c.SeparateHTTP = len(s.ListenClientHTTPURLs) > 0
+	c.MaxConcurrentStreams = s.MaxConcurrentStreams
+	c.WarningUnaryRequestDuration = s.WarningUnaryRequestDuration
+	return c
 }
 
 // withTLS is c serving TLS listeners with t.

@@ -48,7 +48,7 @@ func peerServer(cfg config.Server, log *slog.Logger) (*peer.Transport, func(), e
 	if err != nil {
 		return nil, nil, err
 	}
-	lns, err := listenAll(cfg.ListenPeerURLs)
+	lns, err := listenAll(cfg.ListenPeerURLs, cfg.Socket)
 	if err != nil {
 		tr.Stop()
 		return nil, nil, err

@@ -39,7 +39,7 @@ import (
 // --listen-peer-urls) that still runs every other service for itself: its
 // own NATS carries the revisions this member applies to its own watchers.
 func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error {
-	listeners, tlsCfg, err := listenClients(cfg.ListenClientURLs, cfg.ListenMetricsURLs, cfg.ClientTLS)
+	listeners, tlsCfg, err := listenClients(serverListenSpec(cfg))
 	if err != nil {
 		return err
 	}
@@ -106,7 +106,7 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 		return err
 	}
 	mopts = append(mopts, consoleOptions(cfg.EnableConsole)...)
-	gw, err := newClientGateway(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cfg.EnablePprof, node, fanout, leases, log, mopts...)
+	gw, err := newClientGateway(withServerHTTP(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cfg), cfg.EnablePprof, node, fanout, leases, log, mopts...)
 	if err != nil {
 		return err
 	}
@@ -175,6 +175,13 @@ func consensusConfig(cfg config.Server, log *slog.Logger) consensus.Config {
 		AuthToken:         cfg.AuthToken,
 		AuthTokenTTL:      cfg.AuthTokenTTL,
 		Logger:            log.With("component", "consensus"),
+
+		SnapshotCatchUpEntries:     cfg.SnapshotCatchUpEntries,
+		MaxLearners:                cfg.MaxLearners,
+		DisablePreVote:             !cfg.PreVote,
+		DisableStrictReconfigCheck: !cfg.StrictReconfigCheck,
+		UnsafeNoFsync:              cfg.UnsafeNoFsync,
+		WarningApplyDuration:       cfg.WarningApplyDuration,
 	}
 }
 
@@ -186,12 +193,15 @@ type clientListener struct {
 	// metrics marks a --listen-metrics-urls listener: /metrics and health
 	// only.
 	metrics bool
+	// httpOnly marks a --listen-client-http-urls listener: the HTTP
+	// endpoints, no RPC.
+	httpOnly bool
 }
 
 // serveListeners serves gw on every listener in g.
 func serveListeners(ctx context.Context, g *errgroup.Group, lns []clientListener, gw *gateway.Gateway, log *slog.Logger) {
 	for _, ln := range lns {
-		if !ln.metrics { // ServeMetrics logs its own
+		if !ln.metrics && !ln.httpOnly { // those log their own
 			log.Info("serving client requests", "address", ln.Addr().String(), "tls", ln.tls)
 		}
 		g.Go(func() error { return ln.serve(ctx, gw) })
@@ -202,27 +212,48 @@ func (l clientListener) serve(ctx context.Context, gw *gateway.Gateway) error {
 	if l.metrics {
 		return gw.ServeMetrics(ctx, l.Listener, l.tls)
 	}
+	if l.httpOnly {
+		return gw.ServeHTTPOnly(ctx, l.Listener, l.tls)
+	}
 	if l.tls {
 		return gw.ServeTLS(ctx, l.Listener)
 	}
 	return gw.Serve(ctx, l.Listener)
 }
 
-// listenClients binds the client URLs and the metrics URLs (listenAll) and
-// builds the TLS configuration of the https:// ones (nil without any).
-func listenClients(urls, metricsURLs []url.URL, t config.TLSInfo) ([]clientListener, *tls.Config, error) {
-	all := append(slices.Clone(urls), metricsURLs...)
-	tlsCfg, err := t.ServerConfig(all)
+// listenSpec is what a process listens on for clients: the client URLs
+// (RPCs, and the HTTP endpoints unless HTTP URLs are given), the HTTP-only
+// URLs, the metrics URLs, their TLS and socket options.
+type listenSpec struct {
+	Client, HTTP, Metrics []url.URL
+	TLS                   config.TLSInfo
+	Socket                config.SocketOptions
+}
+
+func serverListenSpec(cfg config.Server) listenSpec {
+	return listenSpec{Client: cfg.ListenClientURLs, HTTP: cfg.ListenClientHTTPURLs, Metrics: cfg.ListenMetricsURLs, TLS: cfg.ClientTLS, Socket: cfg.Socket}
+}
+
+func splitListenSpec(cfg config.Split) listenSpec {
+	return listenSpec{Client: cfg.ListenClientURLs, Metrics: cfg.ListenMetricsURLs, TLS: cfg.ClientTLS}
+}
+
+// listenClients binds every URL of s (listenAll) and builds the TLS
+// configuration of the https:// ones (nil without any).
+func listenClients(s listenSpec) ([]clientListener, *tls.Config, error) {
+	all := slices.Concat(s.Client, s.HTTP, s.Metrics)
+	tlsCfg, err := s.TLS.ServerConfig(all)
 	if err != nil {
 		return nil, nil, fmt.Errorf("client TLS: %w", err)
 	}
-	lns, err := listenAll(all)
+	lns, err := listenAll(all, s.Socket)
 	if err != nil {
 		return nil, nil, err
 	}
 	out := make([]clientListener, len(lns))
 	for i, ln := range lns {
-		out[i] = clientListener{Listener: ln, tls: config.IsTLS(all[i]), metrics: i >= len(urls)}
+		out[i] = clientListener{Listener: ln, tls: config.IsTLS(all[i]),
+			httpOnly: i >= len(s.Client) && i < len(s.Client)+len(s.HTTP), metrics: i >= len(s.Client)+len(s.HTTP)}
 	}
 	return out, tlsCfg, nil
 }
@@ -233,16 +264,17 @@ func closeClients(lns []clientListener) {
 	}
 }
 
-// listenAll binds every client URL before anything starts, so a taken port
-// fails the start instead of leaving a half-serving process.
-func listenAll(urls []url.URL) ([]net.Listener, error) {
+// listenAll binds every URL before anything starts, so a taken port fails
+// the start instead of leaving a half-serving process.
+func listenAll(urls []url.URL, opts config.SocketOptions) ([]net.Listener, error) {
+	lc := listenConfig(opts)
 	var lns []net.Listener
 	for _, u := range urls {
 		network, addr := "tcp", u.Host
 		if u.Scheme == "unix" || u.Scheme == "unixs" {
 			network, addr = "unix", u.Host+u.Path
 		}
-		ln, err := net.Listen(network, addr)
+		ln, err := lc.Listen(context.Background(), network, addr)
 		if err != nil {
 			closeAll(lns)
 			return nil, fmt.Errorf("listening on %s: %w", u.String(), err)

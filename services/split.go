@@ -34,7 +34,7 @@ import (
 // listings only), Maintenance and Cluster services plus
 // concord.v1.InternalService for the other processes.
 func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) error {
-	listeners, tlsCfg, err := listenClients(cfg.ListenClientURLs, cfg.ListenMetricsURLs, cfg.ClientTLS)
+	listeners, tlsCfg, err := listenClients(serverListenSpec(cfg.Server))
 	if err != nil {
 		return err
 	}
@@ -89,7 +89,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	if cfg.EnablePprof {
 		opts = append(opts, pprofHandlers()...)
 	}
-	gw, err := gateway.New(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), node, opts...)
+	gw, err := gateway.New(withServerHTTP(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cfg.Server), node, opts...)
 	if err != nil {
 		return fmt.Errorf("starting the member's API: %w", err)
 	}
@@ -105,7 +105,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 // repairing from the history of a consensus member, serving etcd's Watch
 // service (and the browser watch) on its client URLs.
 func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) error {
-	listeners, tlsCfg, err := listenClients(cfg.ListenClientURLs, cfg.ListenMetricsURLs, cfg.ClientTLS)
+	listeners, tlsCfg, err := listenClients(splitListenSpec(cfg))
 	if err != nil {
 		return err
 	}
@@ -159,7 +159,7 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 // replicated lease authority lets one decide expiries (DESIGN.md invariant
 // 4), the others answer "no leader" until they take over.
 func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error {
-	listeners, tlsCfg, err := listenClients(cfg.ListenClientURLs, cfg.ListenMetricsURLs, cfg.ClientTLS)
+	listeners, tlsCfg, err := listenClients(splitListenSpec(cfg))
 	if err != nil {
 		return err
 	}
@@ -203,7 +203,7 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 // service; locks and elections run here on top of those, as in the
 // all-in-one.
 func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
-	listeners, tlsCfg, err := listenClients(cfg.ListenClientURLs, cfg.ListenMetricsURLs, cfg.ClientTLS)
+	listeners, tlsCfg, err := listenClients(splitListenSpec(cfg))
 	if err != nil {
 		return err
 	}

@@ -10,12 +10,14 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
 	"go.etcd.io/etcd/api/v3/version"
 
 	"github.com/concord-kv/concord/internal/gctune"
+	"github.com/concord-kv/concord/internal/logging"
 	"github.com/concord-kv/concord/services"
 	"github.com/concord-kv/concord/services/config"
 )
@@ -25,7 +27,9 @@ import (
 var Version = "0.1.0-dev"
 
 func main() {
-	if err := newRootCommand().Execute(); err != nil {
+	root := newRootCommand()
+	root.SetArgs(etcdArgs(root, os.Args[1:]))
+	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "concord:", err)
 		os.Exit(1)
 	}
@@ -51,8 +55,13 @@ service in one process (single-voter raft, clients on 127.0.0.1:2379, data in
 			if err != nil {
 				return err
 			}
-			log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+			log, closeLog, err := logging.New(cfg.Log)
+			if err != nil {
+				return err
+			}
+			defer closeLog.Close()
 			log.Info("starting concord", "version", Version, "etcd-api-version", version.Version, "go-version", runtime.Version())
+			logInertFlags(log, cfg.InertFlags)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			defer tuneGC(ctx, log)()
@@ -91,6 +100,28 @@ func tuneGC(ctx context.Context, log *slog.Logger) (stop func()) {
 	return func() {
 		cancel()
 		<-done
+	}
+}
+
+// etcdArgs accepts etcd's single-dash long flags (-name m1) for `concord`
+// and `concord consensus`, which take etcd's flags; other subcommands'
+// arguments are left alone.
+func etcdArgs(root *cobra.Command, args []string) []string {
+	root.InitDefaultHelpFlag() // so -help is etcd's --help too
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return config.EtcdArgs(args, root.Flags())
+	}
+	if sub, _, err := root.Find(args[:1]); err == nil && sub.Name() == "consensus" {
+		return config.EtcdArgs(args, sub.Flags())
+	}
+	return args // another subcommand, or a stray argument
+}
+
+// logInertFlags notes the etcd flags that were given but mean nothing to
+// concord.
+func logInertFlags(log *slog.Logger, notes []string) {
+	for _, n := range notes {
+		log.Info(n)
 	}
 }
 

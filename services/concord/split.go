@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.etcd.io/etcd/api/v3/version"
 
+	"github.com/concord-kv/concord/internal/logging"
 	"github.com/concord-kv/concord/services"
 	"github.com/concord-kv/concord/services/config"
 )
@@ -36,7 +37,8 @@ to any of them receives every revision.`,
 			if err != nil {
 				return err
 			}
-			return runRole(cmd, "consensus", cfg.LogLevel, func(ctx context.Context, log *slog.Logger) error {
+			return runRole(cmd, "consensus", cfg.Log, func(ctx context.Context, log *slog.Logger) error {
+				logInertFlags(log, cfg.InertFlags)
 				return services.RunConsensus(ctx, cfg, log)
 			})
 		},
@@ -65,7 +67,7 @@ func splitCommand(role config.Role, short string, run func(context.Context, conf
 			if err != nil {
 				return err
 			}
-			return runRole(cmd, string(role), cfg.LogLevel, func(ctx context.Context, log *slog.Logger) error {
+			return runRole(cmd, string(role), logging.Config{Level: cfg.LogLevel}, func(ctx context.Context, log *slog.Logger) error {
 				return run(ctx, cfg, log)
 			})
 		},
@@ -74,8 +76,13 @@ func splitCommand(role config.Role, short string, run func(context.Context, conf
 	return cmd
 }
 
-func runRole(cmd *cobra.Command, role string, level slog.Level, run func(context.Context, *slog.Logger) error) error {
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("role", role)
+func runRole(cmd *cobra.Command, role string, lc logging.Config, run func(context.Context, *slog.Logger) error) error {
+	log, closeLog, err := logging.New(lc)
+	if err != nil {
+		return err
+	}
+	defer closeLog.Close()
+	log = log.With("role", role)
 	log.Info("starting concord", "version", Version, "etcd-api-version", version.Version, "go-version", runtime.Version())
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -26,6 +26,7 @@ import (
 
 	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/consensus/compactor"
+	"github.com/concord-kv/concord/internal/logging"
 )
 
 // ErrInvalid is wrapped by every validation error of this package.
@@ -37,6 +38,21 @@ type Server struct {
 	DataDir string
 
 	ListenClientURLs []url.URL
+	// ListenClientHTTPURLs serve the HTTP endpoints (JSON gateway,
+	// health, metrics) only; set, ListenClientURLs serve RPCs only
+	// (etcd's --listen-client-http-urls).
+	ListenClientHTTPURLs []url.URL
+	// CORS and HostWhitelist are etcd's --cors and --host-whitelist for
+	// the HTTP endpoints; nil allows every origin, or host.
+	CORS, HostWhitelist []string
+	// MaxConcurrentStreams is the HTTP/2 stream limit per client
+	// connection (--max-concurrent-streams).
+	MaxConcurrentStreams uint32
+	// WarningUnaryRequestDuration and WarningApplyDuration are the
+	// thresholds of etcd's slow request and slow apply warnings.
+	WarningUnaryRequestDuration, WarningApplyDuration time.Duration
+	// Socket are the options of the client and peer listeners.
+	Socket SocketOptions
 	// ListenMetricsURLs serve /metrics and the health endpoints only
 	// (etcd's --listen-metrics-urls).
 	ListenMetricsURLs []url.URL
@@ -53,7 +69,19 @@ type Server struct {
 	HeartbeatInterval time.Duration
 	ElectionTimeout   time.Duration
 	SnapshotCount     uint64
-	QuotaBackendBytes int64
+	// SnapshotCatchUpEntries are kept in the raft log below a truncation
+	// for slow followers (--snapshot-catchup-entries).
+	SnapshotCatchUpEntries uint64
+	QuotaBackendBytes      int64
+	// MaxLearners, PreVote, StrictReconfigCheck and UnsafeNoFsync are
+	// etcd's --max-learners, --pre-vote, --strict-reconfig-check and
+	// --unsafe-no-fsync (consensus.Config).
+	MaxLearners         int
+	PreVote             bool
+	StrictReconfigCheck bool
+	UnsafeNoFsync       bool
+	MaxRequestBytes     int
+	MaxTxnOps           int
 	// BcryptCost is the bcrypt cost of stored password hashes (etcd's
 	// --bcrypt-cost, default 10).
 	BcryptCost int
@@ -62,9 +90,7 @@ type Server struct {
 	AuthTokenTTL time.Duration
 	// AuthToken is etcd's --auth-token: "simple" or
 	// "jwt,sign-method=...,priv-key=...,pub-key=...,ttl=...".
-	AuthToken       string
-	MaxRequestBytes int
-	MaxTxnOps       int
+	AuthToken string
 
 	// WatchProgressNotifyInterval is the period of the progress
 	// notifications of watches created with progress_notify (etcd's
@@ -73,6 +99,9 @@ type Server struct {
 	WatchProgressNotifyInterval time.Duration
 
 	LogLevel slog.Level
+	// Log is etcd's logging flags: level (LogLevel), format, outputs
+	// and rotation.
+	Log logging.Config
 
 	// EnablePprof serves Go's runtime profiles under /debug/pprof/ on the
 	// client URLs (etcd's --enable-pprof).
@@ -94,6 +123,10 @@ type Server struct {
 	// AutoCompaction is --auto-compaction-mode and
 	// --auto-compaction-retention (off unless the retention is set).
 	AutoCompaction compactor.Config
+
+	// InertFlags describe the etcd flags given with a value other than
+	// their default that have no effect in concord, for the log.
+	InertFlags []string
 
 	// ClientTLS is the TLS of the https:// client URLs.
 	ClientTLS TLSInfo
@@ -175,7 +208,7 @@ func ServerFlags(fs *pflag.FlagSet) {
 	fs.Int(fMaxRequestBytes, 1572864, "maximum client request size in bytes the server will accept")
 	fs.Int(fMaxTxnOps, 128, "maximum number of operations permitted in a transaction")
 	fs.Duration(fWatchProgressNotify, DefaultWatchProgressNotifyInterval, "duration of periodic watch progress notifications (at least 100ms)")
-	fs.String(fLogLevel, "info", "log level: debug, info, warn or error")
+	fs.String(fLogLevel, "info", "log level: debug, info, warn, error, panic or fatal")
 	fs.Bool(fEnablePprof, false, "enable runtime profiling data via HTTP server; address is at client URL + \"/debug/pprof/\"")
 	fs.Bool(fLeanHTTP2, true, leanHTTP2Usage)
 	fs.Bool(fEnableGRPCGateway, true, enableGRPCGatewayUsage)
@@ -185,6 +218,7 @@ func ServerFlags(fs *pflag.FlagSet) {
 	fs.String(fConfigFile, "", "path to a YAML configuration file whose keys are the flag names")
 	clientTLSFlags(fs)
 	peerTLSFlags(fs)
+	etcdCompatFlags(fs)
 }
 
 // LoadServer reads the flags declared by ServerFlags (already parsed in fs),
@@ -205,6 +239,7 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 		dst  *[]url.URL
 	}{
 		{fListenClientURLs, &c.ListenClientURLs},
+		{fListenClientHTTPURLs, &c.ListenClientHTTPURLs},
 		{fListenMetricsURLs, &c.ListenMetricsURLs},
 		{fAdvertiseClientURLs, &c.AdvertiseClientURLs},
 		{fListenPeerURLs, &c.ListenPeerURLs},
@@ -240,6 +275,11 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	if _, err := auth.ParseTokenOptions(c.AuthToken, c.AuthTokenTTL); err != nil {
 		return Server{}, fmt.Errorf("%w: --%s: %v", ErrInvalid, fAuthToken, err)
 	}
+	c.SnapshotCatchUpEntries = v.GetUint64(fSnapshotCatchUp)
+	c.MaxLearners = v.GetInt(fMaxLearners)
+	c.PreVote = v.GetBool(fPreVote)
+	c.StrictReconfigCheck = v.GetBool(fStrictReconfigCheck)
+	c.UnsafeNoFsync = v.GetBool(fUnsafeNoFsync)
 	c.MaxRequestBytes = v.GetInt(fMaxRequestBytes)
 	c.MaxTxnOps = v.GetInt(fMaxTxnOps)
 	// As etcd: not positive keeps the default, too short is raised to the
@@ -251,6 +291,18 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	case c.WatchProgressNotifyInterval < MinWatchProgressNotifyInterval:
 		c.WatchProgressNotifyInterval = MinWatchProgressNotifyInterval
 	}
+	if c.CORS, c.HostWhitelist, err = loadHTTPAccess(v); err != nil {
+		return Server{}, err
+	}
+	c.MaxConcurrentStreams = v.GetUint32(fMaxConcurrentStreams)
+	// As etcd: 0 keeps the defaults.
+	if c.WarningUnaryRequestDuration = v.GetDuration(fWarningUnaryDuration); c.WarningUnaryRequestDuration <= 0 {
+		c.WarningUnaryRequestDuration = 300 * time.Millisecond
+	}
+	if c.WarningApplyDuration = v.GetDuration(fWarningApplyDuration); c.WarningApplyDuration <= 0 {
+		c.WarningApplyDuration = 100 * time.Millisecond
+	}
+	c.Socket = SocketOptions{ReusePort: v.GetBool(fSocketReusePort), ReuseAddress: v.GetBool(fSocketReuseAddress)}
 	c.EnablePprof = v.GetBool(fEnablePprof)
 	c.LeanHTTP2 = v.GetBool(fLeanHTTP2)
 	c.EnableGRPCGateway = v.GetBool(fEnableGRPCGateway)
@@ -267,8 +319,12 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	if c.PeerTLS, err = loadTLS(v, true); err != nil {
 		return Server{}, err
 	}
-	if err := c.LogLevel.UnmarshalText([]byte(v.GetString(fLogLevel))); err != nil {
-		return Server{}, fmt.Errorf("%w: --%s: %v", ErrInvalid, fLogLevel, err)
+	if c.Log, err = loadLogging(v); err != nil {
+		return Server{}, err
+	}
+	c.LogLevel = c.Log.Level
+	if c.InertFlags, err = checkEtcdOnly(v, fs); err != nil {
+		return Server{}, err
 	}
 	return c, c.Validate()
 }
@@ -297,8 +353,12 @@ func (c Server) Validate() error {
 		return fmt.Errorf("%w: --%s must be positive", ErrInvalid, fMaxRequestBytes)
 	case c.MaxTxnOps <= 0:
 		return fmt.Errorf("%w: --%s must be positive", ErrInvalid, fMaxTxnOps)
+	case c.MaxConcurrentStreams == 0:
+		return fmt.Errorf("%w: --%s must be positive", ErrInvalid, fMaxConcurrentStreams)
+	case c.MaxLearners < 1:
+		return fmt.Errorf("%w: --%s must be at least 1", ErrInvalid, fMaxLearners)
 	}
-	if err := c.ClientTLS.validate(append(slices.Clone(c.ListenClientURLs), c.ListenMetricsURLs...)); err != nil {
+	if err := c.ClientTLS.validate(slices.Concat(c.ListenClientURLs, c.ListenClientHTTPURLs, c.ListenMetricsURLs)); err != nil {
 		return err
 	}
 	return c.PeerTLS.asPeer().validate(c.ListenPeerURLs)
@@ -327,6 +387,9 @@ func newViper(fs *pflag.FlagSet) (*viper.Viper, error) {
 		v.SetConfigType("yaml")
 		if err := v.ReadInConfig(); err != nil {
 			return nil, fmt.Errorf("%w: --%s %s: %v", ErrInvalid, fConfigFile, file, err)
+		}
+		if err := mergeEtcdFileSections(v); err != nil {
+			return nil, err
 		}
 	}
 	return v, nil

@@ -164,6 +164,7 @@ func loadTLS(v getter, peer bool) (TLSInfo, error) {
 		t.ClientKeyFile = v.GetString("peer-" + fClientKeyFile)
 	} else {
 		t.CRLFile = v.GetString("client-" + fCRLFile)
+		t.AllowedCNs = stringList(v, fClientCertAllowedCN)
 		t.AllowedHostnames = stringList(v, fClientCertAllowedHost)
 		t.ClientCertFile = v.GetString(fClientCertFile)
 		t.ClientKeyFile = v.GetString(fClientKeyFile)

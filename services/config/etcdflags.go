@@ -1,0 +1,381 @@
+package config
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+
+	"github.com/concord-kv/concord/internal/logging"
+)
+
+// The rest of etcd 3.7.3's server flags (embed.Config.AddFlags and
+// etcdmain's newConfig), so that an etcd command line, ETCD_* environment or
+// configuration file starts concord unchanged. Each one is implemented, or
+// listed in etcdOnlyFlags as inert (accepted, no effect in concord by
+// design) or refused (its default is accepted, any other value is an error
+// naming the flag and why), so nothing that changes behaviour is silently
+// dropped. testdata/etcd-3.7.3-server-flags.txt lists etcd's flag set, and
+// TestEveryEtcdFlagIsAccepted checks each.
+const (
+	fListenClientHTTPURLs = "listen-client-http-urls"
+	fCORS                 = "cors"
+	fHostWhitelist        = "host-whitelist"
+	fMaxConcurrentStreams = "max-concurrent-streams"
+	fGRPCKeepAliveMinTime = "grpc-keepalive-min-time"
+	fGRPCKeepAliveIntvl   = "grpc-keepalive-interval"
+	fGRPCKeepAliveTimeout = "grpc-keepalive-timeout"
+	fSocketReusePort      = "socket-reuse-port"
+	fSocketReuseAddress   = "socket-reuse-address"
+	fLogger               = "logger"
+	fLogOutputs           = "log-outputs"
+	fLogFormat            = "log-format"
+	fEnableLogRotation    = "enable-log-rotation"
+	fLogRotationConfig    = "log-rotation-config-json"
+	fWarningUnaryDuration = "warning-unary-request-duration"
+	fWarningApplyDuration = "warning-apply-duration"
+	fMaxLearners          = "max-learners"
+	fPreVote              = "pre-vote"
+	fStrictReconfigCheck  = "strict-reconfig-check"
+	fUnsafeNoFsync        = "unsafe-no-fsync"
+	fSnapshotCatchUp      = "snapshot-catchup-entries"
+	fDiscoveryFallback    = "discovery-fallback"
+	fV2Deprecation        = "v2-deprecation"
+)
+
+// etcdOnlyFlag is an etcd flag concord accepts without implementing it.
+type etcdOnlyFlag struct {
+	name string
+	// refused: a value other than the default is an error; otherwise the
+	// flag is inert and a value other than the default is only noted.
+	refused bool
+	why     string
+}
+
+const (
+	whyBbolt     = "tunes etcd's bbolt backend; concord's store is Pebble, written once per raft Ready"
+	whyDiscovery = "concord bootstraps from --initial-cluster only; it has no etcd v3 discovery service or DNS SRV discovery"
+	whyDiscOpt   = "only used with --discovery-endpoints, which concord does not support"
+	whyTracing   = "only used with --enable-distributed-tracing, which concord does not support"
+	whyIgnored   = "ignored by etcd 3.7 too (a flag of older etcd versions)"
+	whyKeepAlive = "concord finds dead client connections with TCP keep-alive probes (Go's, every 15 s) instead of HTTP/2 pings"
+)
+
+// etcdOnlyFlags are the etcd flags concord accepts but does not implement.
+var etcdOnlyFlags = []etcdOnlyFlag{
+	{"wal-dir", true, "concord keeps its raft log in the Pebble store under --data-dir and has no separate WAL directory"},
+	{"max-snapshots", false, "concord writes no snapshot files: a snapshot is the Pebble store, sent to a member that needs it"},
+	{"max-wals", false, "concord writes no WAL files: its raft log lives in Pebble and is truncated after --snapshot-count entries"},
+	{"initial-election-tick-advance", false, "the members of a multi-member concord cluster wait a full randomized election timeout before their first election (a lone member campaigns at once)"},
+	{"backend-bbolt-freelist-type", false, whyBbolt},
+	{"backend-batch-interval", false, whyBbolt},
+	{"backend-batch-limit", false, whyBbolt},
+	{"bootstrap-defrag-threshold-megabytes", false, whyBbolt},
+	{"memory-mlock", true, "etcd locks its bbolt file in memory; concord's Pebble store has no such option"},
+	{"raft-read-timeout", false, "a timeout of etcd's rafthttp connections; concord's peer transport is one HTTP/2 stream per peer with its own keep-alive"},
+	{"raft-write-timeout", false, "a timeout of etcd's rafthttp connections; concord's peer transport is one HTTP/2 stream per peer with its own keep-alive"},
+	{"discovery-endpoints", true, whyDiscovery},
+	{"discovery-token", true, whyDiscovery},
+	{"discovery-srv", true, whyDiscovery},
+	{"discovery-srv-name", true, whyDiscovery},
+	{"discovery-dial-timeout", false, whyDiscOpt},
+	{"discovery-request-timeout", false, whyDiscOpt},
+	{"discovery-keepalive-time", false, whyDiscOpt},
+	{"discovery-keepalive-timeout", false, whyDiscOpt},
+	{"discovery-insecure-transport", false, whyDiscOpt},
+	{"discovery-insecure-skip-tls-verify", false, whyDiscOpt},
+	{"discovery-cert", false, whyDiscOpt},
+	{"discovery-key", false, whyDiscOpt},
+	{"discovery-cacert", false, whyDiscOpt},
+	{"discovery-user", false, whyDiscOpt},
+	{"discovery-password", false, whyDiscOpt},
+	{"force-new-cluster", true, "concord cannot turn a member's data into a new one-member cluster; restore a backup with `concord snapshot restore` instead"},
+	{"enable-distributed-tracing", true, "concord exports no OpenTelemetry traces"},
+	{"distributed-tracing-address", false, whyTracing},
+	{"distributed-tracing-service-name", false, whyTracing},
+	{"distributed-tracing-instance-id", false, whyTracing},
+	{"distributed-tracing-sampling-rate", false, whyTracing},
+	{"corrupt-check-time", true, "concord does not run etcd's periodic cross-member corruption check"},
+	{"compact-hash-check-time", false, "concord does not run etcd's compaction hash check (the CompactHashCheck gate is accepted and has no effect)"},
+	{"compaction-batch-limit", false, "concord compacts in the apply of the compaction request, in one store batch, not in timed batches of revisions"},
+	{"compaction-sleep-interval", false, "concord compacts in the apply of the compaction request, in one store batch, not in timed batches of revisions"},
+	{"downgrade-check-time", false, "concord has no cluster downgrade"},
+	{fV2Deprecation, false, "etcd 3.7 ignores it too and enforces its default; concord has no v2 store"},
+	{fGRPCKeepAliveMinTime, false, "concord's HTTP/2 servers answer every client ping and never close a connection for pinging too often"},
+	{fGRPCKeepAliveIntvl, false, whyKeepAlive},
+	{fGRPCKeepAliveTimeout, false, whyKeepAlive},
+}
+
+// etcdIgnoredFlags are the flags etcd 3.7 accepts and ignores (etcdmain's
+// ignored list); they take no value, or any.
+var etcdIgnoredFlags = []string{
+	"cluster-active-size", "cluster-remove-delay", "cluster-sync-interval", "config", "force",
+	"max-result-buffer", "max-retry-attempts", "peer-heartbeat-interval", "peer-election-timeout",
+	"retry-interval", "snapshot", "v", "vv", "test.coverprofile", "test.outputdir",
+}
+
+// etcdCompatFlags declares etcd's server flags that ServerFlags does not
+// declare elsewhere, with etcd's defaults.
+func etcdCompatFlags(fs *pflag.FlagSet) {
+	fs.String(fListenClientHTTPURLs, "", "comma-separated URLs to listen on for HTTP-only client traffic; set, --listen-client-urls serve gRPC only")
+	fs.String(fCORS, "*", "comma-separated origins allowed for CORS on the HTTP (JSON) endpoints (empty or * means allow all)")
+	fs.String(fHostWhitelist, "*", "comma-separated host names accepted in the Host header of cleartext HTTP requests (empty or * means allow all)")
+	fs.Uint32(fMaxConcurrentStreams, DefaultMaxConcurrentStreams, "maximum concurrent streams that each client can open at a time")
+	fs.Duration(fGRPCKeepAliveMinTime, 5*time.Second, "minimum interval a client should wait before pinging the server")
+	fs.Duration(fGRPCKeepAliveIntvl, 2*time.Hour, "frequency of server-to-client pings to check that a connection is alive (0 to disable)")
+	fs.Duration(fGRPCKeepAliveTimeout, 20*time.Second, "additional wait before closing a non-responsive connection (0 to disable)")
+	fs.Bool(fSocketReusePort, false, "set SO_REUSEPORT on listeners, allowing rebinding of a port already in use")
+	fs.Bool(fSocketReuseAddress, false, "set SO_REUSEADDR on listeners, allowing binding to an address in TIME_WAIT state")
+	fs.String(fLogger, "zap", "etcd's structured logger; 'zap' is the only value, concord logs with log/slog")
+	fs.String(fLogOutputs, logging.OutputDefault, "comma-separated log outputs: 'default' or 'stderr', 'stdout', 'systemd/journal' (stderr), or file paths")
+	fs.String(fLogFormat, "json", "log format: json or console")
+	fs.Bool(fEnableLogRotation, false, "rotate the log file (a single file in --log-outputs)")
+	fs.String(fLogRotationConfig, logging.DefaultRotationJSON, "log rotation settings, as etcd's JSON: maxsize (MB), maxage (days), maxbackups, localtime, compress")
+	fs.Duration(fWarningUnaryDuration, 300*time.Millisecond, "a unary request taking longer is logged as a warning")
+	fs.Duration(fWarningApplyDuration, 100*time.Millisecond, "applying a raft entry taking longer is logged as a warning")
+	fs.Int(fMaxLearners, 1, "maximum number of learners in the cluster membership")
+	fs.Bool(fPreVote, true, "enable raft Pre-Vote, so a member that rejoins after a partition does not disrupt the cluster")
+	fs.Bool(fStrictReconfigCheck, true, "reject reconfiguration requests that would cause quorum loss")
+	fs.Bool(fUnsafeNoFsync, false, "disable fsync: unsafe, a crash loses acknowledged writes")
+	fs.Uint64(fSnapshotCatchUp, 5000, "number of entries kept for a slow follower to catch up after the raft log is truncated")
+	fs.String(fDiscoveryFallback, "exit", "etcd's behaviour when discovery fails: 'exit' ('proxy' is refused, as by etcd)")
+	fs.String(fV2Deprecation, "", "etcd's v2 store deprecation stage; ignored, as by etcd 3.7")
+
+	fs.String("wal-dir", "", "etcd's dedicated WAL directory; concord refuses it (its raft log is in --data-dir)")
+	fs.Uint("max-snapshots", 5, "etcd's snapshot file retention; inert in concord")
+	fs.Uint("max-wals", 5, "etcd's WAL file retention; inert in concord")
+	fs.Bool("initial-election-tick-advance", true, "etcd's fast first election; inert in concord")
+	fs.String("backend-bbolt-freelist-type", "", "bbolt tuning; inert in concord")
+	fs.Duration("backend-batch-interval", 0, "bbolt tuning; inert in concord")
+	fs.Int("backend-batch-limit", 0, "bbolt tuning; inert in concord")
+	fs.Uint("bootstrap-defrag-threshold-megabytes", 0, "bbolt defragmentation at start; inert in concord")
+	fs.Bool("memory-mlock", false, "lock etcd's memory; refused by concord when true")
+	fs.Duration("raft-read-timeout", 5*time.Second, "etcd's rafthttp read timeout; inert in concord")
+	fs.Duration("raft-write-timeout", 5*time.Second, "etcd's rafthttp write timeout; inert in concord")
+	fs.String("discovery-endpoints", "", "etcd v3 discovery; refused by concord")
+	fs.String("discovery-token", "", "etcd v3 discovery; refused by concord")
+	fs.String("discovery-srv", "", "DNS SRV discovery; refused by concord")
+	fs.String("discovery-srv-name", "", "DNS SRV discovery; refused by concord")
+	fs.Duration("discovery-dial-timeout", 2*time.Second, "etcd v3 discovery; inert in concord")
+	fs.Duration("discovery-request-timeout", 5*time.Second, "etcd v3 discovery; inert in concord")
+	fs.Duration("discovery-keepalive-time", 2*time.Second, "etcd v3 discovery; inert in concord")
+	fs.Duration("discovery-keepalive-timeout", 6*time.Second, "etcd v3 discovery; inert in concord")
+	fs.Bool("discovery-insecure-transport", true, "etcd v3 discovery; inert in concord")
+	fs.Bool("discovery-insecure-skip-tls-verify", false, "etcd v3 discovery; inert in concord")
+	fs.String("discovery-cert", "", "etcd v3 discovery; inert in concord")
+	fs.String("discovery-key", "", "etcd v3 discovery; inert in concord")
+	fs.String("discovery-cacert", "", "etcd v3 discovery; inert in concord")
+	fs.String("discovery-user", "", "etcd v3 discovery; inert in concord")
+	fs.String("discovery-password", "", "etcd v3 discovery; inert in concord")
+	fs.Bool("force-new-cluster", false, "etcd's forced one-member cluster; refused by concord when true")
+	fs.Bool("enable-distributed-tracing", false, "OpenTelemetry tracing; refused by concord when true")
+	fs.String("distributed-tracing-address", "localhost:4317", "OpenTelemetry tracing; inert in concord")
+	fs.String("distributed-tracing-service-name", "etcd", "OpenTelemetry tracing; inert in concord")
+	fs.String("distributed-tracing-instance-id", "", "OpenTelemetry tracing; inert in concord")
+	fs.Int("distributed-tracing-sampling-rate", 0, "OpenTelemetry tracing; inert in concord")
+	fs.Duration("corrupt-check-time", 0, "etcd's periodic corruption check; refused by concord when set")
+	fs.Duration("compact-hash-check-time", time.Minute, "etcd's compaction hash check; inert in concord")
+	fs.Int("compaction-batch-limit", 0, "etcd's compaction batch size; inert in concord")
+	fs.Duration("compaction-sleep-interval", 0, "etcd's pause between compaction batches; inert in concord")
+	fs.Duration("downgrade-check-time", 5*time.Second, "etcd's downgrade check period; inert in concord")
+	for _, name := range etcdIgnoredFlags {
+		fs.String(name, "", "ignored, as by etcd")
+		fs.Lookup(name).NoOptDefVal = "true"
+		fs.Lookup(name).Hidden = true
+	}
+}
+
+// SocketOptions are etcd's --socket-reuse-port and --socket-reuse-address,
+// set on the client and peer listeners.
+type SocketOptions struct {
+	ReusePort, ReuseAddress bool
+}
+
+// DefaultMaxConcurrentStreams is etcd's default --max-concurrent-streams:
+// no limit.
+const DefaultMaxConcurrentStreams = ^uint32(0)
+
+// checkEtcdOnly refuses a refused flag set to another value than its
+// default, and returns the inert flags set to another value, for the log.
+func checkEtcdOnly(v *viper.Viper, fs *pflag.FlagSet) (inert []string, err error) {
+	for _, e := range etcdOnlyFlags {
+		f := fs.Lookup(e.name)
+		if f == nil || isDefault(v, f) {
+			continue
+		}
+		if e.refused {
+			return nil, fmt.Errorf("%w: --%s=%s: %s; concord accepts only the default (%q)", ErrInvalid, e.name, valueString(v, f), e.why, f.DefValue)
+		}
+		inert = append(inert, fmt.Sprintf("--%s has no effect in concord: %s", e.name, e.why))
+	}
+	for _, name := range etcdIgnoredFlags {
+		if fs.Lookup(name) != nil && v.GetString(name) != "" {
+			inert = append(inert, fmt.Sprintf("--%s has no effect in concord: %s", name, whyIgnored))
+		}
+	}
+	switch fb := v.GetString(fDiscoveryFallback); fb {
+	case "exit":
+	case "proxy":
+		return nil, fmt.Errorf("%w: v2 proxy is deprecated, and --%s can't be configured as %q", ErrInvalid, fDiscoveryFallback, fb)
+	default:
+		return nil, fmt.Errorf("%w: --%s: invalid value %q (valid: exit, proxy)", ErrInvalid, fDiscoveryFallback, fb)
+	}
+	if d := v.GetString(fV2Deprecation); d != "" && !slices.Contains([]string{"write-only", "write-only-drop-data", "gone", "write-only-skip-check"}, d) {
+		return nil, fmt.Errorf("%w: --%s: invalid value %q", ErrInvalid, fV2Deprecation, d)
+	}
+	return inert, nil
+}
+
+// isDefault reports whether flag f's value in v is its default, compared
+// as f's type (a duration "1m" and "60s" are the same).
+func isDefault(v *viper.Viper, f *pflag.Flag) bool {
+	switch f.Value.Type() {
+	case "bool":
+		d, _ := strconv.ParseBool(f.DefValue)
+		return v.GetBool(f.Name) == d
+	case "duration":
+		d, _ := time.ParseDuration(f.DefValue)
+		return v.GetDuration(f.Name) == d
+	case "int", "int64":
+		d, _ := strconv.ParseInt(f.DefValue, 10, 64)
+		return v.GetInt64(f.Name) == d
+	case "uint", "uint32", "uint64":
+		d, _ := strconv.ParseUint(f.DefValue, 10, 64)
+		return v.GetUint64(f.Name) == d
+	}
+	return slices.Equal(stringList(v, f.Name), splitList(f.DefValue))
+}
+
+// valueString is f's value in v as a command line would give it.
+func valueString(v *viper.Viper, f *pflag.Flag) string {
+	if f.Value.Type() == "string" {
+		return strings.Join(stringList(v, f.Name), ",")
+	}
+	return v.GetString(f.Name)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for p := range strings.SplitSeq(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// loadLogging reads etcd's logging flags.
+func loadLogging(v *viper.Viper) (logging.Config, error) {
+	c := logging.Config{
+		Format:  v.GetString(fLogFormat),
+		Outputs: stringList(v, fLogOutputs),
+		Rotate:  v.GetBool(fEnableLogRotation),
+	}
+	if err := validateLogger(v.GetString(fLogger)); err != nil {
+		return c, err
+	}
+	var err error
+	if c.Level, err = logLevel(v.GetString(fLogLevel)); err != nil {
+		return c, err
+	}
+	if c.Rotate {
+		if c.Rotation, err = logging.ParseRotation(v.GetString(fLogRotationConfig)); err != nil {
+			return c, fmt.Errorf("%w: --%s: %w", ErrInvalid, fLogRotationConfig, err)
+		}
+	}
+	if err := c.Validate(); err != nil {
+		return c, fmt.Errorf("%w: --%s/--%s: %w", ErrInvalid, fLogOutputs, fLogFormat, err)
+	}
+	return c, nil
+}
+
+// logLevel reads --log-level: slog's levels, and etcd's panic and fatal,
+// above error (concord logs nothing there, as etcd logs little).
+func logLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "panic", "dpanic":
+		return slog.LevelError + 4, nil
+	case "fatal":
+		return slog.LevelError + 8, nil
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("%w: --%s: %v (debug, info, warn, error, panic or fatal)", ErrInvalid, fLogLevel, err)
+	}
+	return l, nil
+}
+
+// validateLogger checks --logger as etcd does.
+func validateLogger(name string) error {
+	if name != "zap" {
+		return fmt.Errorf("%w: --%s: unknown logger option %q", ErrInvalid, fLogger, name)
+	}
+	return nil
+}
+
+// loadHTTPAccess reads --cors and --host-whitelist, etcd's way: origins
+// are URLs, either list empty or with * lets everything through (nil).
+func loadHTTPAccess(v *viper.Viper) (cors, hosts []string, err error) {
+	if cors, err = parseOrigins(stringList(v, fCORS)); err != nil {
+		return nil, nil, err
+	}
+	hosts = stringList(v, fHostWhitelist)
+	if slices.Contains(hosts, "*") {
+		hosts = nil
+	}
+	return cors, hosts, nil
+}
+
+// parseOrigins reads --cors: URLs, or *; empty or * allow every origin (nil).
+func parseOrigins(list []string) ([]string, error) {
+	var out []string
+	for _, o := range list {
+		if o == "*" {
+			return nil, nil
+		}
+		// etcd parses them as its URLs (types.NewURLs): host:port, no path.
+		u, err := url.Parse(o)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+			return nil, fmt.Errorf("%w: --%s: %q is not an origin like http://example.com:8080 or *", ErrInvalid, fCORS, o)
+		}
+		if _, _, err := net.SplitHostPort(u.Host); err != nil {
+			return nil, fmt.Errorf("%w: --%s: URL address does not have the form \"host:port\": %s", ErrInvalid, fCORS, o)
+		}
+		if u.Path != "" {
+			return nil, fmt.Errorf("%w: --%s: URL must not contain a path: %s", ErrInvalid, fCORS, o)
+		}
+		out = append(out, o)
+	}
+	return out, nil
+}
+
+// EtcdArgs rewrites etcd's single-dash long flags (-name default, as Go's
+// flag package, which etcd uses, accepts them) to pflag's --name, for
+// the flags of the given sets that have no one-letter shorthand of that
+// name; everything after "--" is left alone.
+func EtcdArgs(args []string, sets ...*pflag.FlagSet) []string {
+	out := make([]string, 0, len(args))
+	for i, a := range args {
+		if a == "--" {
+			return append(out, args[i:]...)
+		}
+		if len(a) > 1 && a[0] == '-' && a[1] != '-' {
+			name, _, _ := strings.Cut(a[1:], "=")
+			for _, fs := range sets {
+				if fs.Lookup(name) != nil && (len(name) > 1 || fs.ShorthandLookup(name) == nil) {
+					a = "-" + a
+					break
+				}
+			}
+		}
+		out = append(out, a)
+	}
+	return out
+}
