@@ -240,6 +240,10 @@ type Node struct {
 	// snapshot). It equals the store's applied index except right after a
 	// snapshot install, when the store is ahead (snapshot.go).
 	raftApplied uint64
+	// tokenKeyTerm is the term in which this member, as leader, last
+	// proposed a token key (proposeTokenKey).
+	tokenKeyTerm uint64
+
 	pendingSnap *incomingSnap
 	peers       map[uint64]bool // the transport's peers
 	// lastHeard is when each peer's last message arrived (strict
@@ -670,6 +674,7 @@ func (n *Node) handleReady() error {
 		n.onLeaderChange()
 	}
 	n.proposeNoSpaceAlarm()
+	n.proposeTokenKey()
 	return n.maybeTruncate()
 }
 
