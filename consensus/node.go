@@ -398,6 +398,11 @@ func newNode(ctx context.Context, cfg Config, store *storage.Store) (*Node, erro
 	if n.auth, err = loadAuth(store); err != nil {
 		return nil, err
 	}
+	if n.auth.Enabled() && cfg.RefuseAuthEnable {
+		// A restored backup can bring auth along where it cannot be
+		// enabled; say so rather than let users trust it.
+		n.lg.Warn("auth is enabled in the stored state, but in this topology the watch and lease processes do not check permissions")
+	}
 	if n.tokens, err = auth.ParseTokenOptions(cfg.AuthToken, cfg.AuthTokenTTL); err != nil {
 		return nil, fmt.Errorf("consensus: --auth-token: %w", err)
 	}
