@@ -4,12 +4,13 @@ package consensus
 // restore (etcdutl snapshot restore; here `concord snapshot restore`).
 //
 // A backup file is etcd's: the bbolt database of an etcd member holding
-// the store's keys with their whole history, leases, compaction, members
-// and alarms (internal/etcddb), followed by the SHA-256 of the database
+// the store's keys with their whole history, leases, compaction, members,
+// alarms and auth state (users, roles, enabled, revision; never the token
+// key), see internal/etcddb, followed by the SHA-256 of the database
 // bytes. etcdctl accepts a download only if its size is a multiple of 512
 // plus 32 (the digest), which a bbolt file of whole pages is; etcdutl
 // snapshot status and restore read it, and the etcd started on what
-// etcdutl restored serves the same keys, revisions and leases.
+// etcdutl restored serves the same keys, revisions, leases and auth.
 //
 // RestoreBackup reads such a file, from concord or from a real etcd, and
 // also the format concord wrote before (the store snapshot stream of
