@@ -120,7 +120,8 @@ func (s *State) Apply(r *pb.InternalRaftRequest) (next *State, resp proto.Messag
 	case r.AuthEnable != nil:
 		// concord proposes enables as Enable commands carrying the token
 		// key; an etcd-style entry enables auth without one, so no token
-		// can be issued or verified until it is enabled again.
+		// can be issued or verified until the leader proposes a key
+		// (NeedsTokenKey).
 		next, err = s.Enable(nil)
 		resp = &pb.AuthEnableResponse{}
 	case r.AuthDisable != nil:
@@ -203,10 +204,17 @@ func sortedKeys[V any](m map[string]V) []string {
 // Enable is etcd's AuthEnable: a no-op when enabled, else it needs the
 // root user with the root role. Enabling does not change the revision.
 // tokenKey (TokenKeySize random bytes chosen by the proposer, so that every
-// member applies the same one) signs the tokens issued from now on.
+// member applies the same one) signs the tokens issued from now on. An
+// enabled state without a key (NeedsTokenKey) takes the key and stays as
+// it is otherwise.
 func (s *State) Enable(tokenKey []byte) (*State, error) {
 	if s.enabled {
-		return s, nil
+		if len(s.tokenKey) > 0 || len(tokenKey) == 0 {
+			return s, nil
+		}
+		n := s.clone()
+		n.tokenKey = bytes.Clone(tokenKey)
+		return n, nil
 	}
 	u := s.users[RootUser]
 	if u == nil {

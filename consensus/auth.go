@@ -219,6 +219,37 @@ func loadAuth(s *storage.Store) (*auth.State, error) {
 	return st, nil
 }
 
+// proposeTokenKey has the leader choose the token key of an auth state that
+// is enabled without one (restored from a backup, or enabled by an
+// etcd-style entry), once in each term it leads: the key must be the same
+// on every member, so it travels through the log like the one AuthEnable
+// chooses. Until it is applied, Authenticate answers that auth is not
+// enabled. Called from the raft loop.
+func (n *Node) proposeTokenKey() {
+	if !n.auth.NeedsTokenKey() || n.leader.Load() != n.memberID {
+		return
+	}
+	term := n.term.Load()
+	if n.tokenKeyTerm == term {
+		return
+	}
+	n.tokenKeyTerm = term
+	key := make([]byte, auth.TokenKeySize)
+	if _, err := rand.Read(key); err != nil {
+		n.lg.Error("choose a token key", "error", err)
+		return
+	}
+	id := n.ids.next()
+	data, err := proto.MarshalOptions{}.MarshalAppend([]byte{commandPrefix}, &concordv1.RaftCommand{Id: id,
+		Command: &concordv1.RaftCommand_AuthEnable{AuthEnable: &concordv1.AuthEnable{TokenKey: key}}})
+	if err != nil {
+		n.lg.Error("encode the token key command", "error", err)
+		return
+	}
+	n.lg.Info("auth is enabled without a token key; proposing one", "term", term)
+	n.proposeOne(proposal{id: id, data: data, internal: true})
+}
+
 // AuthState is the auth state as of this member's applied index.
 func (n *Node) AuthState() *auth.State { return n.authPub.Load() }
 

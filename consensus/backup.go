@@ -4,12 +4,13 @@ package consensus
 // restore (etcdutl snapshot restore; here `concord snapshot restore`).
 //
 // A backup file is etcd's: the bbolt database of an etcd member holding
-// the store's keys with their whole history, leases, compaction, members
-// and alarms (internal/etcddb), followed by the SHA-256 of the database
+// the store's keys with their whole history, leases, compaction, members,
+// alarms and auth state (users, roles, enabled, revision; never the token
+// key), see internal/etcddb, followed by the SHA-256 of the database
 // bytes. etcdctl accepts a download only if its size is a multiple of 512
 // plus 32 (the digest), which a bbolt file of whole pages is; etcdutl
 // snapshot status and restore read it, and the etcd started on what
-// etcdutl restored serves the same keys, revisions and leases.
+// etcdutl restored serves the same keys, revisions, leases and auth.
 //
 // RestoreBackup reads such a file, from concord or from a real etcd, and
 // also the format concord wrote before (the store snapshot stream of
@@ -30,6 +31,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
+	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/internal/etcddb"
 	"github.com/concord-kv/concord/storage"
 )
@@ -104,8 +106,8 @@ func (n *Node) Snapshot(ctx context.Context, send func(*pb.SnapshotResponse) err
 }
 
 // backupHeader is what the etcd database says besides keys and leases:
-// the raft position, compaction, versions, members and alarms of the
-// snapshot.
+// the raft position, compaction, versions, members, alarms and auth state
+// (without the token key) of the snapshot.
 func backupHeader(sn *storage.Snapshot) (etcddb.Header, error) {
 	index, term := sn.Applied()
 	hdr := etcddb.Header{
@@ -116,6 +118,15 @@ func backupHeader(sn *storage.Snapshot) (etcddb.Header, error) {
 		ClusterVersion:  storageVersion,
 		Alarms:          sn.Alarms(),
 	}
+	rawAuth, err := sn.Meta(metaAuth)
+	if err != nil {
+		return hdr, err
+	}
+	st, err := auth.Unmarshal(rawAuth)
+	if err != nil {
+		return hdr, err
+	}
+	hdr.Auth = etcddb.Auth{Enabled: st.Enabled(), Revision: st.Revision(), Users: st.Users(), Roles: st.Roles()}
 	raw, err := sn.Meta(metaClusterKey)
 	if err != nil || len(raw) == 0 {
 		return hdr, err
@@ -213,7 +224,16 @@ func RestoreBackup(ctx context.Context, dataDir string, backup io.ReaderAt, size
 	var restore func(*storage.Store) error
 	switch {
 	case storage.IsSnapshotStream(prefix):
-		restore = func(store *storage.Store) error { return restoreInto(store, io.NewSectionReader(backup, 0, bodySize)) }
+		restore = func(store *storage.Store) error {
+			if err := restoreInto(store, io.NewSectionReader(backup, 0, bodySize)); err != nil {
+				return err
+			}
+			st, err := loadAuth(store)
+			if err != nil {
+				return err
+			}
+			return restoreAuth(store, etcddb.Auth{Enabled: st.Enabled(), Revision: st.Revision(), Users: st.Users(), Roles: st.Roles()}, log)
+		}
 	case etcddb.LooksLikeDB(prefix):
 		restore = func(store *storage.Store) error {
 			return restoreEtcdDB(ctx, store, filepath.Dir(dataDir), io.NewSectionReader(backup, 0, bodySize), log)
@@ -306,11 +326,37 @@ func restoreEtcdDB(ctx context.Context, store *storage.Store, tmpDir string, db 
 			return fmt.Errorf("consensus: restore: finish the compaction at %d: %w", info.ScheduledCompactRev, err)
 		}
 	}
-	if info.AuthEnabled || info.AuthUsers > 0 || info.AuthRoles > 0 {
-		log.Warn("the backup has auth users, roles or auth enabled; concord has no auth yet, so they are not restored",
-			"auth-enabled", info.AuthEnabled, "users", info.AuthUsers, "roles", info.AuthRoles)
+	if err := restoreAuth(store, info.Auth, log); err != nil {
+		return err
 	}
 	log.Info("restored an etcd database", "revision", info.Rev, "compact-revision", max(info.CompactRev, info.ScheduledCompactRev),
 		"events", info.Revisions, "leases", info.Leases, "storage-version", info.StorageVersion)
+	return nil
+}
+
+// restoreAuth stores the users, roles, enabled flag and auth revision of a
+// backup as the store's auth state, without a token key: tokens issued
+// before the backup do not work on the restored cluster (etcd's simple
+// tokens die with the process too), and its leader chooses a new key when
+// it starts (proposeTokenKey), one key for every member.
+func restoreAuth(store *storage.Store, a etcddb.Auth, log *slog.Logger) error {
+	st, err := auth.Restored(a.Enabled, a.Revision, a.Users, a.Roles)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrBadBackup, err)
+	}
+	data, err := st.Marshal()
+	if err != nil {
+		return err
+	}
+	b := store.NewBatch()
+	defer b.Close()
+	b.SetMeta(metaAuth, data)
+	if err := b.Commit(true); err != nil {
+		return fmt.Errorf("consensus: restore: auth state: %w", err)
+	}
+	if len(a.Users) > 0 || len(a.Roles) > 0 || a.Enabled {
+		log.Info("restored auth", "auth-enabled", st.Enabled(), "auth-revision", st.Revision(),
+			"users", len(a.Users), "roles", len(a.Roles))
+	}
 	return nil
 }

@@ -7,11 +7,16 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"go.etcd.io/etcd/api/v3/authpb"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"golang.org/x/crypto/bcrypt"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/internal/etcddb"
 	"github.com/concord-kv/concord/storage"
 )
@@ -233,4 +238,119 @@ func TestRestoreDatabaseWithoutDigest(t *testing.T) {
 	if got := get(t, r, "a", false); len(got.Kvs) != 1 || got.Kvs[0].ModRevision != last {
 		t.Fatalf("restored: %v", got)
 	}
+}
+
+// TestBackupCarriesAuth: users with their password hashes, roles with
+// their permissions, the enabled flag and the auth revision travel through
+// a backup. The restored member chooses a new token key through the log:
+// a token issued before the backup is invalid, new ones work.
+func TestBackupCarriesAuth(t *testing.T) {
+	n := startNodeWithAuth(t)
+	old, err := n.Authenticate(ctxT(t), &pb.AuthenticateRequest{Name: "alice", Password: "alicepw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := n.AuthState()
+	path, _ := takeBackup(t, n)
+
+	rcfg := testConfig(t)
+	rcfg.BcryptCost = bcrypt.MinCost
+	rcfg.DataDir = filepath.Join(t.TempDir(), "restored")
+	if err := restoreFile(t, path, rcfg.DataDir, false); err != nil {
+		t.Fatalf("RestoreBackup: %v", err)
+	}
+	r := startNode(t, rcfg)
+	waitFor(t, "the restored leader to choose a token key", func() bool { return !r.AuthState().NeedsTokenKey() })
+	got := r.AuthState()
+	if !got.Enabled() || got.Revision() != want.Revision() {
+		t.Fatalf("restored auth: enabled %v at revision %d, want enabled at %d", got.Enabled(), got.Revision(), want.Revision())
+	}
+	if !slices.EqualFunc(got.Users(), want.Users(), func(a, b *authpb.User) bool { return proto.Equal(a, b) }) ||
+		!slices.EqualFunc(got.Roles(), want.Roles(), func(a, b *authpb.Role) bool { return proto.Equal(a, b) }) {
+		t.Fatalf("restored users %v roles %v, want %v %v", got.Users(), got.Roles(), want.Users(), want.Roles())
+	}
+	if _, err := r.Range(auth.WithCredentials(ctxT(t), auth.Credentials{Token: old.Token}), &pb.RangeRequest{Key: []byte("a1")}); !errors.Is(err, auth.ErrInvalidAuthToken) {
+		t.Fatalf("a token from before the backup: %v, want ErrInvalidAuthToken", err)
+	}
+	checkAlice(t, r, r)
+}
+
+// TestRestoredClusterSharesTokenKey: every member of a cluster restored
+// from one backup verifies the tokens any member issues, because the key
+// is chosen once, by the leader, through the log.
+func TestRestoredClusterSharesTokenKey(t *testing.T) {
+	path, _ := takeBackup(t, startNodeWithAuth(t))
+	dir := t.TempDir()
+	c := newTestCluster(t, 3, func(cfg *Config) {
+		cfg.BcryptCost = bcrypt.MinCost
+		cfg.storageFS = nil
+		cfg.DataDir = filepath.Join(dir, cfg.Name)
+		if err := restoreFile(t, path, cfg.DataDir, false); err != nil {
+			t.Fatalf("RestoreBackup: %v", err)
+		}
+	})
+	for _, n := range c.nodes {
+		waitFor(t, "the token key to reach every member", func() bool { return !n.AuthState().NeedsTokenKey() })
+	}
+	for _, issuer := range c.nodes {
+		for _, checker := range c.nodes {
+			checkAlice(t, issuer, checker)
+		}
+	}
+}
+
+// checkAlice logs alice in on issuer and checks her permissions, as
+// startNodeWithAuth set them, on checker.
+func checkAlice(t *testing.T, issuer, checker *Node) {
+	t.Helper()
+	tok, err := issuer.Authenticate(ctxT(t), &pb.AuthenticateRequest{Name: "alice", Password: "alicepw"})
+	if err != nil {
+		t.Fatalf("Authenticate with the backed-up password: %v", err)
+	}
+	alice := auth.WithCredentials(ctxT(t), auth.Credentials{Token: tok.Token})
+	if res, err := checker.Range(alice, &pb.RangeRequest{Key: []byte("a1"), Serializable: true}); err != nil || len(res.Kvs) != 1 {
+		t.Fatalf("read within alice's permission: %v, %v", res, err)
+	}
+	if _, err := checker.Range(alice, &pb.RangeRequest{Key: []byte("b"), Serializable: true}); !errors.Is(err, auth.ErrPermissionDenied) {
+		t.Fatalf("read outside alice's permission: %v, want ErrPermissionDenied", err)
+	}
+}
+
+// startNodeWithAuth starts a member holding keys a1 and b, users root and
+// alice (who may read [a, b)), with auth enabled.
+func startNodeWithAuth(t *testing.T) *Node {
+	t.Helper()
+	cfg := testConfig(t)
+	cfg.BcryptCost = bcrypt.MinCost
+	n := startNode(t, cfg)
+	put(t, n, "a1", "x")
+	put(t, n, "b", "y")
+	for _, r := range []*pb.InternalRaftRequest{
+		{AuthUserAdd: &pb.AuthUserAddRequest{Name: "root", Password: "rootpw"}},
+		{AuthUserGrantRole: &pb.AuthUserGrantRoleRequest{User: "root", Role: "root"}},
+		{AuthUserAdd: &pb.AuthUserAddRequest{Name: "alice", Password: "alicepw"}},
+		{AuthRoleAdd: &pb.AuthRoleAddRequest{Name: "r"}},
+		{AuthRoleGrantPermission: &pb.AuthRoleGrantPermissionRequest{Name: "r",
+			Perm: &authpb.Permission{Key: []byte("a"), RangeEnd: []byte("b"), PermType: authpb.Permission_READ}}},
+		{AuthUserGrantRole: &pb.AuthUserGrantRoleRequest{User: "alice", Role: "r"}},
+	} {
+		var err error
+		switch {
+		case r.AuthUserAdd != nil:
+			_, err = n.UserAdd(ctxT(t), r.AuthUserAdd)
+		case r.AuthUserGrantRole != nil:
+			_, err = n.UserGrantRole(ctxT(t), r.AuthUserGrantRole)
+		case r.AuthRoleAdd != nil:
+			_, err = n.RoleAdd(ctxT(t), r.AuthRoleAdd)
+		case r.AuthRoleGrantPermission != nil:
+			_, err = n.RoleGrantPermission(ctxT(t), r.AuthRoleGrantPermission)
+		}
+		if err != nil {
+			t.Fatalf("%v: %v", r, err)
+		}
+	}
+	if _, err := n.AuthEnable(ctxT(t), &pb.AuthEnableRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -240,6 +240,10 @@ type Node struct {
 	// snapshot). It equals the store's applied index except right after a
 	// snapshot install, when the store is ahead (snapshot.go).
 	raftApplied uint64
+	// tokenKeyTerm is the term in which this member, as leader, last
+	// proposed a token key (proposeTokenKey).
+	tokenKeyTerm uint64
+
 	pendingSnap *incomingSnap
 	peers       map[uint64]bool // the transport's peers
 	// lastHeard is when each peer's last message arrived (strict
@@ -393,6 +397,11 @@ func newNode(ctx context.Context, cfg Config, store *storage.Store) (*Node, erro
 	n.leaseAuthPub.Store(&la)
 	if n.auth, err = loadAuth(store); err != nil {
 		return nil, err
+	}
+	if n.auth.Enabled() && cfg.RefuseAuthEnable {
+		// A restored backup can bring auth along where it cannot be
+		// enabled; say so rather than let users trust it.
+		n.lg.Warn("auth is enabled in the stored state, but in this topology the watch and lease processes do not check permissions")
 	}
 	if n.tokens, err = auth.ParseTokenOptions(cfg.AuthToken, cfg.AuthTokenTTL); err != nil {
 		return nil, fmt.Errorf("consensus: --auth-token: %w", err)
@@ -670,6 +679,7 @@ func (n *Node) handleReady() error {
 		n.onLeaderChange()
 	}
 	n.proposeNoSpaceAlarm()
+	n.proposeTokenKey()
 	return n.maybeTruncate()
 }
 

@@ -16,7 +16,9 @@
 //	alarm    etcdserverpb.AlarmMember -> empty
 //	members  member id in hex -> JSON member; members_removed: id -> "removed"
 //	cluster  clusterVersion
-//	auth, authUsers, authRoles: created empty (concord has no auth yet)
+//	auth     authEnabled (one byte, 1 or 0), authRevision (8-byte BE)
+//	authUsers  user name -> authpb.User (bcrypt password hash)
+//	authRoles  role name -> authpb.Role
 //
 // Both directions stream: Write commits to the file in chunks and Read
 // hands entries to its sink one at a time, so neither holds the history in
@@ -38,6 +40,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"go.etcd.io/etcd/api/v3/authpb"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/server/v3/lease/leasepb"
@@ -70,6 +73,7 @@ var (
 	metaStorageVersion   = []byte("storageVersion")
 	clusterVersionKey    = []byte("clusterVersion")
 	authEnabledKey       = []byte("authEnabled")
+	authRevisionKey      = []byte("authRevision")
 )
 
 // allBuckets is etcd's schema.AllBuckets: an etcd member creates them all.
@@ -117,6 +121,17 @@ type Header struct {
 	Members                        []Member
 	RemovedMembers                 []uint64
 	Alarms                         []*pb.AlarmMember
+	Auth                           Auth
+}
+
+// Auth is what the auth buckets hold.
+type Auth struct {
+	Enabled bool
+	// Revision is the auth revision; 0 (none stored) only in a database
+	// whose etcd never started its auth store.
+	Revision uint64
+	Users    []*authpb.User
+	Roles    []*authpb.Role
 }
 
 // Source is a point-in-time store: storage.Snapshot.
@@ -204,6 +219,9 @@ func writeHeader(tx *bolt.Tx, hdr Header) error {
 			return err
 		}
 	}
+	if err := writeAuth(tx, hdr.Auth); err != nil {
+		return err
+	}
 	for _, a := range hdr.Alarms {
 		k, err := proto.Marshal(a)
 		if err != nil {
@@ -214,6 +232,86 @@ func writeHeader(tx *bolt.Tx, hdr Header) error {
 		}
 	}
 	return nil
+}
+
+func writeAuth(tx *bolt.Tx, a Auth) error {
+	b := tx.Bucket(bucketAuth)
+	enabled := []byte{0}
+	if a.Enabled {
+		enabled = []byte{1}
+	}
+	if err := b.Put(authEnabledKey, enabled); err != nil {
+		return err
+	}
+	if a.Revision > 0 {
+		if err := b.Put(authRevisionKey, binary.BigEndian.AppendUint64(nil, a.Revision)); err != nil {
+			return err
+		}
+	}
+	for _, u := range a.Users {
+		v, err := proto.Marshal(u)
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketAuthUsers).Put(u.Name, v); err != nil {
+			return fmt.Errorf("etcddb: user %q: %w", u.Name, err)
+		}
+	}
+	for _, r := range a.Roles {
+		v, err := proto.Marshal(r)
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketAuthRoles).Put(r.Name, v); err != nil {
+			return fmt.Errorf("etcddb: role %q: %w", r.Name, err)
+		}
+	}
+	return nil
+}
+
+// readAuth decodes the auth buckets, each of which may be missing.
+func readAuth(tx *bolt.Tx) (Auth, error) {
+	var a Auth
+	if b := tx.Bucket(bucketAuth); b != nil {
+		a.Enabled = bytes.Equal(b.Get(authEnabledKey), []byte{1})
+		if v := b.Get(authRevisionKey); v != nil {
+			if len(v) != 8 {
+				return a, fmt.Errorf("%w: authRevision has %d bytes", ErrBadDB, len(v))
+			}
+			a.Revision = binary.BigEndian.Uint64(v)
+		}
+	}
+	if b := tx.Bucket(bucketAuthUsers); b != nil {
+		if err := b.ForEach(func(k, v []byte) error {
+			u := &authpb.User{}
+			if err := proto.Unmarshal(v, u); err != nil {
+				return fmt.Errorf("%w: user %q: %w", ErrBadDB, k, err)
+			}
+			if !bytes.Equal(k, u.Name) {
+				return fmt.Errorf("%w: user key %q holds user %q", ErrBadDB, k, u.Name)
+			}
+			a.Users = append(a.Users, u)
+			return nil
+		}); err != nil {
+			return a, err
+		}
+	}
+	if b := tx.Bucket(bucketAuthRoles); b != nil {
+		if err := b.ForEach(func(k, v []byte) error {
+			r := &authpb.Role{}
+			if err := proto.Unmarshal(v, r); err != nil {
+				return fmt.Errorf("%w: role %q: %w", ErrBadDB, k, err)
+			}
+			if !bytes.Equal(k, r.Name) {
+				return fmt.Errorf("%w: role key %q holds role %q", ErrBadDB, k, r.Name)
+			}
+			a.Roles = append(a.Roles, r)
+			return nil
+		}); err != nil {
+			return a, err
+		}
+	}
+	return a, nil
 }
 
 // memberKey is etcd's types.ID.String(): hex without padding.
@@ -444,10 +542,8 @@ type Info struct {
 	StorageVersion                  string
 	// Revisions and Leases count what went to the sink.
 	Revisions, Leases int64
-	// AuthEnabled and AuthUsers, AuthRoles say whether the database had
-	// auth settings, which the sink does not receive.
-	AuthEnabled          bool
-	AuthUsers, AuthRoles int
+	// Auth is the content of the auth buckets, in name order.
+	Auth Auth
 }
 
 // Read reads the database at path into dst: leases first, then every
@@ -481,14 +577,9 @@ func Read(ctx context.Context, path string, dst Sink) (info Info, err error) {
 		if err := readMeta(meta, &info); err != nil {
 			return err
 		}
-		if b := tx.Bucket(bucketAuth); b != nil {
-			info.AuthEnabled = bytes.Equal(b.Get(authEnabledKey), []byte{1})
-		}
-		if b := tx.Bucket(bucketAuthUsers); b != nil {
-			info.AuthUsers = b.Stats().KeyN
-		}
-		if b := tx.Bucket(bucketAuthRoles); b != nil {
-			info.AuthRoles = b.Stats().KeyN
+		var err error
+		if info.Auth, err = readAuth(tx); err != nil {
+			return err
 		}
 		if b := tx.Bucket(bucketLease); b != nil {
 			if err := b.ForEach(func(k, v []byte) error {
