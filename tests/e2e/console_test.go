@@ -38,16 +38,64 @@ func TestWebConsole(t *testing.T) {
 		mustCtl(t, ep, "put", fmt.Sprintf("%spage/%d", prefix, i), fmt.Sprintf("v%d", i))
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), consoleTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, node, filepath.Join(webDir, "e2e", "console.mjs"))
-	cmd.Dir = webDir
-	cmd.Env = append(cleanEnv(),
+	script := runConsoleScript(t, node, filepath.Join(webDir, "e2e", "console.mjs"),
 		"CONSOLE_URL="+s.clientURL()+"/console/",
 		"CHROMIUM="+chromium,
-		"USER_DATA_DIR="+t.TempDir(),
 		"PREFIX="+prefix,
 	)
+	expect, tell := script.expect, script.tell
+	get := func(key string) string {
+		t.Helper()
+		return strings.TrimSpace(mustCtl(t, ep, "get", key, "--print-value-only"))
+	}
+
+	browserKey := prefix + "from-browser"
+	if got := expect("step listed "); got != browserKey {
+		t.Fatalf("the console put %q, want %q", got, browserKey)
+	}
+	if got := get(browserKey); got != "hello from chromium" {
+		t.Fatalf("etcdctl get %s = %q after the console's put, want %q", browserKey, got, "hello from chromium")
+	}
+
+	ctlKey := prefix + "from-etcdctl"
+	mustCtl(t, ep, "put", ctlKey, "hello from etcdctl")
+	tell("put " + ctlKey + " hello from etcdctl")
+	if got := expect("step watched "); got != ctlKey {
+		t.Fatalf("the console's watch showed %q, want %q", got, ctlKey)
+	}
+
+	if got := expect("step deleted "); got != browserKey {
+		t.Fatalf("the console deleted %q, want %q", got, browserKey)
+	}
+	if got := get(browserKey); got != "" {
+		t.Fatalf("etcdctl get %s = %q after the console's delete, want nothing", browserKey, got)
+	}
+	expect("done")
+	script.finish()
+}
+
+// consoleScript is a browser script (web/e2e/*.mjs) running under node,
+// which the test talks with over its stdin and stdout.
+type consoleScript struct {
+	// expect returns the rest of the script's next line, which must start
+	// with want.
+	expect func(want string) string
+	// tell sends the script a line.
+	tell func(line string)
+	// finish closes the script's stdin and waits for it to succeed.
+	finish func()
+}
+
+// runConsoleScript starts the script with env (plus a fresh USER_DATA_DIR)
+// and stops it when the test ends, logging its stderr on failure.
+func runConsoleScript(t *testing.T, node, script string, env ...string) consoleScript {
+	t.Helper()
+	name := filepath.Base(script)
+	ctx, cancel := context.WithTimeout(context.Background(), consoleTimeout)
+	t.Cleanup(cancel)
+	cmd := exec.CommandContext(ctx, node, script)
+	cmd.Dir = filepath.Dir(filepath.Dir(script))
+	cmd.Env = append(append(cleanEnv(), "USER_DATA_DIR="+t.TempDir()), env...)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +110,7 @@ func TestWebConsole(t *testing.T) {
 		t.Fatalf("start node: %v", err)
 	}
 	// The scanner goroutine ends when the script's stdout closes, which
-	// Wait (below, or the cleanup's kill and Wait) guarantees.
+	// Wait (in finish, or the cleanup's kill and Wait) guarantees.
 	lines := make(chan string)
 	go func() {
 		defer close(lines)
@@ -84,57 +132,39 @@ func TestWebConsole(t *testing.T) {
 			_ = wait()
 		}
 		if t.Failed() {
-			t.Logf("console.mjs stderr:\n%s", stderr.String())
+			t.Logf("%s stderr:\n%s", name, stderr.String())
 		}
 	})
-	expect := func(want string) string {
-		t.Helper()
-		select {
-		case line, ok := <-lines:
-			if !ok {
-				t.Fatalf("console.mjs ended before %q", want)
+	return consoleScript{
+		expect: func(want string) string {
+			t.Helper()
+			select {
+			case line, ok := <-lines:
+				if !ok {
+					t.Fatalf("%s ended before %q", name, want)
+				}
+				if !strings.HasPrefix(line, want) {
+					t.Fatalf("%s said %q, want %q", name, line, want)
+				}
+				return strings.TrimPrefix(line, want)
+			case <-ctx.Done():
+				t.Fatalf("no %q from %s within %v", want, name, consoleTimeout)
 			}
-			if !strings.HasPrefix(line, want) {
-				t.Fatalf("console.mjs said %q, want %q", line, want)
+			return ""
+		},
+		tell: func(line string) {
+			t.Helper()
+			if _, err := io.WriteString(stdin, line+"\n"); err != nil {
+				t.Fatalf("tell %s: %v", name, err)
 			}
-			return strings.TrimPrefix(line, want)
-		case <-ctx.Done():
-			t.Fatalf("no %q from console.mjs within %v", want, consoleTimeout)
-		}
-		return ""
-	}
-	get := func(key string) string {
-		t.Helper()
-		return strings.TrimSpace(mustCtl(t, ep, "get", key, "--print-value-only"))
-	}
-
-	browserKey := prefix + "from-browser"
-	if got := expect("step listed "); got != browserKey {
-		t.Fatalf("the console put %q, want %q", got, browserKey)
-	}
-	if got := get(browserKey); got != "hello from chromium" {
-		t.Fatalf("etcdctl get %s = %q after the console's put, want %q", browserKey, got, "hello from chromium")
-	}
-
-	ctlKey := prefix + "from-etcdctl"
-	mustCtl(t, ep, "put", ctlKey, "hello from etcdctl")
-	if _, err := io.WriteString(stdin, "put "+ctlKey+" hello from etcdctl\n"); err != nil {
-		t.Fatalf("tell console.mjs: %v", err)
-	}
-	if got := expect("step watched "); got != ctlKey {
-		t.Fatalf("the console's watch showed %q, want %q", got, ctlKey)
-	}
-
-	if got := expect("step deleted "); got != browserKey {
-		t.Fatalf("the console deleted %q, want %q", got, browserKey)
-	}
-	if got := get(browserKey); got != "" {
-		t.Fatalf("etcdctl get %s = %q after the console's delete, want nothing", browserKey, got)
-	}
-	expect("done")
-	stdin.Close()
-	if err := wait(); err != nil {
-		t.Fatalf("console.mjs: %v", err)
+		},
+		finish: func() {
+			t.Helper()
+			stdin.Close()
+			if err := wait(); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+		},
 	}
 }
 

@@ -8,73 +8,21 @@
 //   script -> test  "step deleted KEY"  KEY was deleted through the console
 //   script -> test  "done"
 //
-// Environment: CONSOLE_URL (http://host:port/console/), CHROMIUM (the
-// browser), USER_DATA_DIR (a fresh profile directory), PREFIX (the keys'
-// prefix; PREFIX+"page/1..3" exist before the script starts), SCREENSHOT
-// (optional: a PNG of the page at the end or on failure).
+// Environment: PREFIX (the keys' prefix; PREFIX+"page/1..3" exist before
+// the script starts), and browser.mjs's.
 //
 // Any failure, uncaught page error or console error exits non-zero with the
 // reason on stderr.
 
-import { createInterface } from "node:readline";
+import { drive, env, expectText, nextLine, say } from "./browser.mjs";
 
-import { chromium } from "playwright-core";
-
-const env = (name) => {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set`);
-  return v;
-};
-const url = env("CONSOLE_URL");
 const prefix = env("PREFIX");
 
-// The flags this machine's Chromium needs as root and without network
-// access beyond loopback (see the machine notes in .ci/run).
-const args = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
+await drive(async (page, noProblems) => {
+  const byTest = (id) => page.getByTestId(id);
+  const row = (key) => byTest("list-rows").locator(`tr[data-key="${key}"]`);
+  const event = (type, key) => byTest("watch-events").locator(`li.${type}[data-key="${key}"]`);
 
-const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-async function nextLine() {
-  const { value, done } = await lines.next();
-  if (done) throw new Error("the test closed stdin");
-  return value;
-}
-const say = (line) => process.stdout.write(line + "\n");
-
-const context = await chromium.launchPersistentContext(env("USER_DATA_DIR"), {
-  executablePath: env("CHROMIUM"),
-  headless: true,
-  args,
-  timeout: 60_000,
-});
-const page = context.pages()[0] ?? (await context.newPage());
-page.setDefaultTimeout(30_000);
-const problems = [];
-page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
-page.on("console", (msg) => {
-  if (msg.type() === "error") problems.push(`console error: ${msg.text()}`);
-});
-const noProblems = () => {
-  if (problems.length > 0) throw new Error(problems.join("\n"));
-};
-
-const byTest = (id) => page.getByTestId(id);
-const row = (key) => byTest("list-rows").locator(`tr[data-key="${key}"]`);
-const event = (type, key) => byTest("watch-events").locator(`li.${type}[data-key="${key}"]`);
-/** expectText waits until locator's text contains want. */
-async function expectText(locator, want) {
-  await locator.filter({ hasText: want }).first().waitFor();
-}
-
-try {
-  await page.goto(url);
   // The page loads the cluster panel on its own: this member and its list.
   await expectText(byTest("status"), "member ID");
   await byTest("members").locator("tr").first().waitFor();
@@ -121,18 +69,4 @@ try {
   await event("DELETE", mine).waitFor();
   noProblems();
   say(`step deleted ${mine}`);
-
-  if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
-  say("done");
-} catch (err) {
-  if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true }).catch(() => {});
-  const errText = await byTest("error").textContent().catch(() => "");
-  console.error(`console e2e: ${err.stack ?? err}`);
-  if (errText) console.error(`the page shows the error: ${errText}`);
-  if (problems.length > 0) console.error(problems.join("\n"));
-  process.exitCode = 1;
-} finally {
-  await context.close();
-  lines.return?.();
-  process.stdin.destroy();
-}
+});
