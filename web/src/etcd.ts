@@ -4,11 +4,18 @@
 //
 // Every call goes to the origin that served the console: the gateway serves
 // the console and the RPCs on the same port, so no CORS is involved.
+//
+// Once auth is enabled, every call carries the token of the logged-in user
+// in the "token" header (what clientv3 sends as gRPC metadata). The user's
+// name and password stay in this object's memory only, never in storage, so
+// that an expired or outdated token can be replaced as clientv3 replaces it:
+// authenticate again once and repeat the call.
 
-import { createClient, type Client } from "@connectrpc/connect";
+import { ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 
 import {
+  Auth,
   Cluster,
   KV,
   Maintenance,
@@ -77,21 +84,108 @@ export interface Page {
   next?: () => Promise<Page>;
 }
 
+/** etcd's messages (rpctypes) for a call without a usable token. */
+const userEmpty = "etcdserver: user name is empty";
+const invalidToken = "etcdserver: invalid auth token";
+const oldRevision = "etcdserver: revision of auth store is old";
+
+/**
+ * needsLogin reports whether err (a call's error or a watch's cancel reason)
+ * is etcd refusing a call for its missing or stale token: the page then
+ * asks the user to log in.
+ */
+export function needsLogin(err: unknown): boolean {
+  const message = typeof err === "string" ? err : ConnectError.from(err).rawMessage;
+  return message === userEmpty || message === invalidToken || message === oldRevision;
+}
+
+interface Credentials {
+  name: string;
+  password: string;
+}
+
 /** Concord is the console's view of one concord (or etcd gateway) endpoint. */
 export class Concord {
   readonly kv: Client<typeof KV>;
   readonly cluster: Client<typeof Cluster>;
   readonly maintenance: Client<typeof Maintenance>;
   readonly watcher: Client<typeof WatchService>;
+  private readonly auth: Client<typeof Auth>;
+
+  private credentials?: Credentials;
+  private token?: string;
+  /** refreshing is the Authenticate in flight, shared by the calls that need its token. */
+  private refreshing?: Promise<void>;
 
   constructor(baseUrl: string) {
     // Binary protobuf: the server decodes it with less work than JSON, and
     // keys and values are bytes anyway.
-    const transport = createConnectTransport({ baseUrl, useBinaryFormat: true });
+    const withToken: Interceptor = (next) => async (req) => {
+      const sent = this.token;
+      if (sent) req.header.set("token", sent);
+      if (req.stream) return next(req); // a stream's request cannot be sent twice (watch retries itself)
+      try {
+        return await next(req);
+      } catch (err) {
+        if (!(await this.refreshAfter(err, sent))) throw err;
+        if (this.token) req.header.set("token", this.token);
+        return next(req);
+      }
+    };
+    const transport = createConnectTransport({ baseUrl, useBinaryFormat: true, interceptors: [withToken] });
+    // Authenticate never carries a token: a stale one must not stand in the way of a new one.
+    this.auth = createClient(Auth, createConnectTransport({ baseUrl, useBinaryFormat: true }));
     this.kv = createClient(KV, transport);
     this.cluster = createClient(Cluster, transport);
     this.maintenance = createClient(Maintenance, transport);
     this.watcher = createClient(WatchService, transport);
+  }
+
+  /** user is the logged-in user's name, or undefined. */
+  get user(): string | undefined {
+    return this.credentials?.name;
+  }
+
+  /**
+   * login authenticates as name and, when etcd accepts, sends the token with
+   * every later call and keeps the credentials to authenticate again.
+   */
+  async login(name: string, password: string): Promise<void> {
+    const resp = await this.auth.authenticate({ name, password });
+    this.credentials = { name, password };
+    this.token = resp.token;
+  }
+
+  /** logout forgets the token and the credentials: later calls go without a token. */
+  logout(): void {
+    this.credentials = undefined;
+    this.token = undefined;
+    this.refreshing = undefined;
+  }
+
+  /**
+   * refreshAfter authenticates again with the kept credentials when a call
+   * sent with token sent failed for its token (clientv3's
+   * shouldRefreshToken), and reports whether the call is worth repeating.
+   * Calls that fail together share one Authenticate; a call that was sent
+   * before a newer token arrived only repeats with it.
+   */
+  private async refreshAfter(err: unknown, sent: string | undefined): Promise<boolean> {
+    const creds = this.credentials;
+    if (!creds || !needsLogin(err)) return false;
+    if (this.token !== sent) return true;
+    if (!this.refreshing) {
+      this.refreshing = this.auth
+        .authenticate({ name: creds.name, password: creds.password })
+        .then((resp) => {
+          if (this.credentials === creds) this.token = resp.token;
+        })
+        .finally(() => {
+          this.refreshing = undefined;
+        });
+    }
+    await this.refreshing;
+    return this.credentials === creds;
   }
 
   /**
@@ -145,9 +239,23 @@ export class Concord {
    * watch streams the events under prefix, from now on, until signal aborts
    * it; prevKv asks for each event's previous value.
    */
-  watch(prefix: string, signal: AbortSignal): AsyncIterable<WatchResponse> {
+  async *watch(prefix: string, signal: AbortSignal): AsyncIterable<WatchResponse> {
     const key = prefix === "" ? new Uint8Array([0]) : bytes(prefix);
-    return this.watcher.watch({ key, rangeEnd: prefixEnd(bytes(prefix)), prevKv: true }, { signal });
+    const req = { key, rangeEnd: prefixEnd(bytes(prefix)), prevKv: true };
+    // A watch refused for its token is created and canceled in its first
+    // response; it is tried once more after authenticating again.
+    for (let attempt = 0; ; attempt++) {
+      const sent = this.token;
+      let retry = false;
+      for await (const resp of this.watcher.watch(req, { signal })) {
+        if (attempt === 0 && resp.created && resp.canceled && (await this.refreshAfter(resp.cancelReason, sent))) {
+          retry = true;
+          break;
+        }
+        yield resp;
+      }
+      if (!retry) return;
+    }
   }
 
   /** status is Maintenance.Status of the member that serves the console. */

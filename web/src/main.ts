@@ -4,7 +4,7 @@
 
 import { Code, ConnectError } from "@connectrpc/connect";
 
-import { Concord, EventType, text, type KeyValue, type Page } from "./etcd";
+import { Concord, EventType, needsLogin, text, type KeyValue, type Page } from "./etcd";
 import "./style.css";
 
 const api = new Concord(window.location.origin);
@@ -25,13 +25,18 @@ function td(content: string, cls?: string): HTMLTableCellElement {
 
 const errorBox = el<HTMLSpanElement>("error");
 
+const header = document.querySelector("header") as HTMLElement;
+
 function showError(err: unknown): void {
   errorBox.textContent = ConnectError.from(err).message;
+  // etcd refused the call for want of a (valid) token: point at the login form.
+  if (needsLogin(err)) header.classList.add("login-needed");
 }
 
 /** run runs an action from the UI, showing its error instead of throwing. */
 async function run(action: () => Promise<void>): Promise<void> {
   errorBox.textContent = "";
+  header.classList.remove("login-needed");
   try {
     await action();
   } catch (err) {
@@ -177,6 +182,7 @@ async function watch(prefix: string, abort: AbortController): Promise<void> {
       }
       while (watchEvents.children.length > maxEvents) watchEvents.lastElementChild?.remove();
       if (resp.canceled) {
+        if (needsLogin(resp.cancelReason)) header.classList.add("login-needed");
         throw new Error(`watch canceled by the server: ${resp.cancelReason || "compacted at " + resp.compactRevision}`);
       }
     }
@@ -247,7 +253,50 @@ async function refreshCluster(): Promise<void> {
 
 el<HTMLButtonElement>("cluster-refresh").addEventListener("click", () => run(refreshCluster));
 
-el<HTMLSpanElement>("endpoint").textContent = window.location.host;
-void run(async () => {
+// ---- login: etcd's auth ------------------------------------------------------
+
+const loginForm = el<HTMLFormElement>("login-form");
+const loginUser = el<HTMLInputElement>("login-user");
+const loginPassword = el<HTMLInputElement>("login-password");
+const session = el<HTMLSpanElement>("session");
+
+function showSession(): void {
+  const user = api.user;
+  loginForm.hidden = user !== undefined;
+  session.hidden = user === undefined;
+  el<HTMLSpanElement>("session-user").textContent = user ? `logged in as ${user}` : "";
+}
+
+/** reload shows the panels again as the current user (or as nobody) sees them. */
+async function reload(): Promise<void> {
   await Promise.all([list(), refreshCluster()]);
+}
+
+loginForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  void run(async () => {
+    await api.login(loginUser.value, loginPassword.value);
+    // The password lives on in Concord's memory only (to authenticate again), not in the page.
+    loginPassword.value = "";
+    showSession();
+    await reload();
+  });
 });
+
+el<HTMLButtonElement>("logout").addEventListener("click", () => {
+  stopWatch?.abort();
+  api.logout();
+  showSession();
+  listRows.replaceChildren();
+  listSummary.textContent = "";
+  listMore.hidden = true;
+  nextPage = undefined;
+  editValue.value = "";
+  editResult.textContent = "";
+  errorBox.textContent = "";
+  header.classList.remove("login-needed");
+});
+
+el<HTMLSpanElement>("endpoint").textContent = window.location.host;
+showSession();
+void run(reload);
