@@ -6,7 +6,8 @@
 //   script -> test  "step put KEY"      LOGIN_USER put KEY=VALUE through the console
 //   test -> script  "bumped"            the test has changed auth (a new role as
 //                                       root), so the token is of an old revision
-//   script -> test  "step got KEY"      the console read KEY again, with a new token
+//   script -> test  "step got KEY"      the console watched PREFIX and read KEY again,
+//                                       with a new token
 //   script -> test  "done"              after logging out
 //
 // Environment: LOGIN_USER, LOGIN_PASSWORD, PREFIX (PREFIX+"a" exists), OUTSIDE (a key
@@ -70,6 +71,12 @@ await drive(
     // The auth store moved on: the console authenticates again, once,
     // with the credentials it kept, and the listing succeeds.
     if ((await nextLine()) !== "bumped") throw new Error("unexpected request from the test");
+    // First a new watch: refused for its token, it is created again
+    // after authenticating; then a get with the new token.
+    await byTest("watch-toggle").click();
+    await page.locator('[data-testid="watch-state"][data-state="idle"]').waitFor();
+    await byTest("watch-toggle").click();
+    await page.locator('[data-testid="watch-state"][data-state="watching"]').waitFor();
     await byTest("get").click();
     await expectText(byTest("edit-result"), `${mine} at mod revision`);
     const shown = await byTest("error").textContent();

@@ -89,13 +89,16 @@ const userEmpty = "etcdserver: user name is empty";
 const invalidToken = "etcdserver: invalid auth token";
 const oldRevision = "etcdserver: revision of auth store is old";
 
+/** grpcStatus is how a watch's cancel reason spells a gRPC status before etcd's message. */
+const grpcStatus = /^rpc error: code = \w+ desc = /;
+
 /**
  * needsLogin reports whether err (a call's error or a watch's cancel reason)
  * is etcd refusing a call for its missing or stale token: the page then
  * asks the user to log in.
  */
 export function needsLogin(err: unknown): boolean {
-  const message = typeof err === "string" ? err : ConnectError.from(err).rawMessage;
+  const message = typeof err === "string" ? err.replace(grpcStatus, "") : ConnectError.from(err).rawMessage;
   return message === userEmpty || message === invalidToken || message === oldRevision;
 }
 

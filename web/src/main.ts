@@ -285,6 +285,7 @@ loginForm.addEventListener("submit", (e) => {
 
 el<HTMLButtonElement>("logout").addEventListener("click", () => {
   stopWatch?.abort();
+  watchEvents.replaceChildren();
   api.logout();
   showSession();
   listRows.replaceChildren();
