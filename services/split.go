@@ -234,7 +234,9 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 		return err
 	}
 	mopts = append(mopts, consoleOptions(cfg.EnableConsole)...)
-	gw, err := newClientGateway(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cfg.EnablePprof, cons, watcher, lease, log, mopts...)
+	gcfg := withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg)
+	gcfg.CORS, gcfg.HostWhitelist = cfg.CORS, cfg.HostWhitelist
+	gw, err := newClientGateway(gcfg, cfg.EnablePprof, cons, watcher, lease, log, mopts...)
 	if err != nil {
 		return err
 	}

@@ -125,8 +125,7 @@ var etcdIgnoredFlags = []string{
 // declare elsewhere, with etcd's defaults.
 func etcdCompatFlags(fs *pflag.FlagSet) {
 	fs.String(fListenClientHTTPURLs, "", "comma-separated URLs to listen on for HTTP-only client traffic; set, --listen-client-urls serve gRPC only")
-	fs.String(fCORS, "*", "comma-separated origins allowed for CORS on the HTTP (JSON) endpoints (empty or * means allow all)")
-	fs.String(fHostWhitelist, "*", "comma-separated host names accepted in the Host header of cleartext HTTP requests (empty or * means allow all)")
+	httpAccessFlags(fs)
 	fs.Uint32(fMaxConcurrentStreams, DefaultMaxConcurrentStreams, "maximum concurrent streams that each client can open at a time")
 	fs.Duration(fGRPCKeepAliveMinTime, 5*time.Second, "minimum interval a client should wait before pinging the server")
 	fs.Duration(fGRPCKeepAliveIntvl, 2*time.Hour, "frequency of server-to-client pings to check that a connection is alive (0 to disable)")
@@ -318,6 +317,13 @@ func validateLogger(name string) error {
 		return fmt.Errorf("%w: --%s: unknown logger option %q", ErrInvalid, fLogger, name)
 	}
 	return nil
+}
+
+// httpAccessFlags declares --cors and --host-whitelist, for the
+// all-in-one server and the split gateway.
+func httpAccessFlags(fs *pflag.FlagSet) {
+	fs.String(fCORS, "*", "comma-separated origins allowed for CORS on the HTTP (JSON) endpoints (empty or * means allow all)")
+	fs.String(fHostWhitelist, "*", "comma-separated host names accepted in the Host header of cleartext HTTP requests (empty or * means allow all)")
 }
 
 // loadHTTPAccess reads --cors and --host-whitelist, etcd's way: origins

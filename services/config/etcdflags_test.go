@@ -225,6 +225,22 @@ func TestHTTPEtcdFlags(t *testing.T) {
 	}
 }
 
+// The split gateway serves the HTTP side too, so it takes --cors and
+// --host-whitelist with the same parsing.
+func TestSplitGatewayHTTPAccess(t *testing.T) {
+	gw := []string{"--watchfanout-endpoints=http://127.0.0.1:1", "--leasesvc-endpoints=http://127.0.0.1:2"}
+	s, err := loadSplit(t, config.RoleGateway, append(gw, "--cors=http://a.example.com:80", "--host-whitelist=etcd.local")...)
+	if err != nil || len(s.CORS) != 1 || s.CORS[0] != "http://a.example.com:80" || len(s.HostWhitelist) != 1 || s.HostWhitelist[0] != "etcd.local" {
+		t.Errorf("gateway: cors %q, hosts %q, %v", s.CORS, s.HostWhitelist, err)
+	}
+	if s, err = loadSplit(t, config.RoleGateway, gw...); err != nil || s.CORS != nil || s.HostWhitelist != nil {
+		t.Errorf("gateway defaults: cors %q, hosts %q, %v", s.CORS, s.HostWhitelist, err)
+	}
+	if _, err := loadSplit(t, config.RoleGateway, append(gw, "--cors=http://no-port.example.com")...); !errors.Is(err, config.ErrInvalid) {
+		t.Errorf("bad origin: %v, want ErrInvalid", err)
+	}
+}
+
 func TestWarningEtcdFlags(t *testing.T) {
 	c, err := load(t)
 	if err != nil || c.WarningUnaryRequestDuration != 300*time.Millisecond || c.WarningApplyDuration != 100*time.Millisecond {

@@ -149,6 +149,9 @@ type Split struct {
 	// EnableConsole is Server.EnableConsole (--enable-console; gateway
 	// only).
 	EnableConsole bool
+	// CORS and HostWhitelist are Server.CORS and Server.HostWhitelist
+	// (--cors, --host-whitelist; gateway only).
+	CORS, HostWhitelist []string
 
 	// ClientTLS is Server.ClientTLS: the TLS of the https:// client URLs.
 	ClientTLS TLSInfo
@@ -173,6 +176,7 @@ func SplitFlags(fs *pflag.FlagSet, role Role) {
 		fs.String(fLeasesvcEndpoints, "", "comma-separated client URLs of the lease services")
 		fs.Bool(fEnablePprof, false, "enable runtime profiling data via HTTP server; address is at client URL + \"/debug/pprof/\"")
 		fs.Bool(fEnableConsole, true, enableConsoleUsage)
+		httpAccessFlags(fs)
 	}
 	fs.Int(fMaxRequestBytes, 1572864, "maximum client request size in bytes the server will accept")
 	fs.Int(fMaxTxnOps, 128, "maximum number of operations permitted in a transaction")
@@ -207,6 +211,11 @@ func LoadSplit(fs *pflag.FlagSet, role Role) (Split, error) {
 	}
 	if role == RoleWatchfanout {
 		c.NATSTLS = loadNATSTLS(v)
+	}
+	if role == RoleGateway {
+		if c.CORS, c.HostWhitelist, err = loadHTTPAccess(v); err != nil {
+			return Split{}, err
+		}
 	}
 	if c.ClientTLS, err = loadTLS(v, false); err != nil {
 		return Split{}, err
