@@ -20,6 +20,8 @@
 //     exact errors), and also match the backend sentinel the message names
 //     (errors.Is), so leasesvc and watchfanout branch on them as they do in
 //     process.
+//   - A call made for a client's request presents that client's token to
+//     the next hop (credentials.go); nothing else names a user.
 package remote
 
 import (
@@ -157,7 +159,7 @@ func dialOne(raw string, o dialOptions) (*Endpoint, error) {
 		ReadIdleTimeout: 5 * time.Second,
 		PingTimeout:     2 * time.Second,
 	}
-	return &Endpoint{URL: base, client: &http.Client{Transport: tr}, tr: tr}, nil
+	return &Endpoint{URL: base, client: &http.Client{Transport: forwardToken{next: tr}}, tr: tr}, nil
 }
 
 // rotation picks which of several equivalent endpoints to use: the current
