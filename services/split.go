@@ -23,7 +23,6 @@ import (
 	"github.com/concord-kv/concord/gateway/remote"
 	"github.com/concord-kv/concord/internal/metrics"
 	"github.com/concord-kv/concord/leasesvc"
-	"github.com/concord-kv/concord/proto/gen/concord/v1/concordv1connect"
 	"github.com/concord-kv/concord/services/config"
 	"github.com/concord-kv/concord/watchfanout"
 )
@@ -80,7 +79,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 		return errors.New("concord consensus: auth is enabled in this data dir; the split topology cannot enforce it yet (run the all-in-one, or disable auth there first)")
 	}
 
-	path, h := concordv1connect.NewInternalServiceHandler(internalapi.New(node))
+	path, h := internalapi.Handler(node)
 	opts, err := metricsOptions(metrics.Sources{Consensus: node})
 	if err != nil {
 		return err
@@ -144,7 +143,7 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 	if err != nil {
 		return err
 	}
-	gw, err := gateway.New(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cons,
+	gw, err := gateway.New(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), authorizing(cons),
 		append(opts, gateway.WithWatch(gateway.NewWatchService(fanout)), gateway.WithBrowserWatch(fanout))...)
 	if err != nil {
 		return fmt.Errorf("starting the watch API: %w", err)
@@ -177,12 +176,12 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 	}
 	defer leases.Close()
 
-	path, h := concordv1connect.NewLeaseKeepAliveServiceHandler(remote.KeepAliveServer{L: leases})
+	path, h := remote.KeepAliveHandler(remote.KeepAliveServer{L: leases, Authz: remote.Authorizer{C: cons}})
 	opts, err := metricsOptions(metrics.Sources{})
 	if err != nil {
 		return err
 	}
-	gw, err := gateway.New(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cons, append(opts, gateway.WithLease(leases),
+	gw, err := gateway.New(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), authorizing(cons), append(opts, gateway.WithLease(leases),
 		gateway.WithHTTPHandler(path, h),
 		gateway.WithReadyCheck("lease_authority", func(context.Context) error { return leases.Ready() }))...)
 	if err != nil {
@@ -289,4 +288,20 @@ func serveSplit(ctx context.Context, role string, gw *gateway.Gateway, listeners
 	serveListeners(ctx, g, listeners, gw, log)
 	log.Info("concord is ready", "role", role)
 	return endOfRun(g.Wait(), log)
+}
+
+// authorizingConsensus is the backend of a process that serves watches or
+// lease keep-alives itself (a watch fan-out, a lease service): consensus,
+// plus the permission checks etcd makes on those (gateway.WatchAuthorizer,
+// gateway.LeaseAuthorizer), asked of consensus for the token each client
+// presented, directly or forwarded by a gateway. The client gateway's
+// backend is plain consensus: it leaves these checks to the process it
+// forwards the watch or keep-alive to, which makes them whoever calls it.
+type authorizingConsensus struct {
+	*remote.Consensus
+	remote.Authorizer
+}
+
+func authorizing(c *remote.Consensus) authorizingConsensus {
+	return authorizingConsensus{Consensus: c, Authorizer: remote.Authorizer{C: c}}
 }

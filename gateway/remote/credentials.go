@@ -6,6 +6,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
 	"github.com/concord-kv/concord/auth"
+	"github.com/concord-kv/concord/gateway"
 )
 
 // forwardToken is the transport of every endpoint: a call made for a
@@ -18,18 +19,25 @@ import (
 // next hop sees the certificate of this process, not the client's, and
 // nothing a client sends may name a user it did not authenticate as (a
 // header carrying a common name would let any client forge one). Calls
-// without a token therefore reach the next hop without credentials.
+// for a client without a token therefore reach the next hop marked as
+// forwarded and without credentials: etcd's "user name is empty" once auth
+// is enabled.
 type forwardToken struct{ next http.RoundTripper }
 
 func (f forwardToken) RoundTrip(r *http.Request) (*http.Response, error) {
 	c, ok := auth.CredentialsFrom(r.Context())
-	if !ok || c.Token == "" {
+	if !ok {
 		return f.next.RoundTrip(r)
 	}
 	// A RoundTripper must not modify the caller's request: only the header
 	// map is copied, the body stays the same stream.
 	fwd := *r
 	fwd.Header = r.Header.Clone()
-	fwd.Header.Set(rpctypes.TokenFieldNameGRPC, c.Token)
+	// Marked as a client's: the next hop must not take this process's
+	// certificate for the client's identity (gateway.ForwardedHeader).
+	fwd.Header.Set(gateway.ForwardedHeader, "client")
+	if c.Token != "" {
+		fwd.Header.Set(rpctypes.TokenFieldNameGRPC, c.Token)
+	}
 	return f.next.RoundTrip(&fwd)
 }

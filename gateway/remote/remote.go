@@ -41,6 +41,7 @@ import (
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc/status"
 
+	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/storage"
 	"github.com/concord-kv/concord/watchfanout"
@@ -228,6 +229,12 @@ var sentinels = []struct {
 	{rpctypes.ErrGRPCLeaseTTLTooLarge, []error{consensus.ErrLeaseTTLTooLarge}},
 	{rpctypes.ErrGRPCRequestTooManyRequests, []error{consensus.ErrTooManyRequests}},
 	{rpctypes.ErrGRPCLeaderChanged, []error{consensus.ErrStaleEpoch}},
+	// A refused Authorize: the gateway's watch service picks the cancel
+	// reason of a refused watch from these.
+	{rpctypes.ErrGRPCPermissionDenied, []error{auth.ErrPermissionDenied}},
+	{rpctypes.ErrGRPCUserEmpty, []error{auth.ErrUserEmpty}},
+	{rpctypes.ErrGRPCInvalidAuthToken, []error{auth.ErrInvalidAuthToken}},
+	{rpctypes.ErrGRPCAuthOldRevision, []error{auth.ErrAuthOldRevision}},
 }
 
 // wireError is a connect error that also matches the sentinels it stands
