@@ -114,6 +114,26 @@ func (n *Node) checkRead(ctx context.Context, key, end []byte) error {
 	return st.IsOpPermitted(ai, key, end, authpb.Permission_READ)
 }
 
+// AuthorizeInternal admits a caller of the member's internal API (the
+// split topology's watch fan-outs and lease services): once auth is
+// enabled, a root-role user, named by the common name of its verified
+// client certificate or by a token, since that API serves the history of
+// every key and decides lease expiries.
+func (n *Node) AuthorizeInternal(ctx context.Context) error {
+	st := n.AuthState()
+	if !st.Enabled() {
+		return nil
+	}
+	c, _ := auth.CredentialsFrom(ctx)
+	if c.CommonName != "" {
+		err := st.IsAdminPermitted(&auth.AuthInfo{Username: c.CommonName, Revision: st.Revision()})
+		if err == nil || c.Token == "" {
+			return err
+		}
+	}
+	return n.requireAdmin(auth.WithCredentials(ctx, auth.Credentials{Token: c.Token}))
+}
+
 // AuthorizeWatch is etcd's isWatchPermitted: read permission on the
 // watched range. It returns the header of the refusal etcd sends.
 func (n *Node) AuthorizeWatch(ctx context.Context, key, end []byte) (*pb.ResponseHeader, error) {

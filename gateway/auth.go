@@ -254,6 +254,37 @@ func (s *authWatchStream) Send(r *pb.WatchResponse) error {
 	return s.inner.Send(r)
 }
 
+// RequireInternalCaller is a handler option for concord's internal
+// services: every unary call to a procedure other than exempt runs only if
+// authorize admits the credentials of its caller, the token it presents
+// and the common name of its verified client certificate (both the calling
+// process's own: no ForwardedHeader applies here, see WithClientCertName).
+// Refusals are etcd's errors. The call itself runs with the context it came
+// with, as the member's own work.
+func RequireInternalCaller(authorize func(context.Context) error, exempt ...string) connect.HandlerOption {
+	return connect.WithInterceptors(connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			if !slices.Contains(exempt, req.Spec().Procedure) {
+				c := tokenCredentials(req.Header())
+				c.CommonName, _ = ctx.Value(certNameKey{}).(string)
+				if err := authorize(auth.WithCredentials(ctx, c)); err != nil {
+					return nil, TranslateError(err)
+				}
+			}
+			return next(ctx, req)
+		}
+	}))
+}
+
+// WithClientCertName serves h with the common name of each request's
+// verified client certificate recorded for RequireInternalCaller (the
+// client API records it itself).
+func WithClientCertName(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, withClientCertName(r))
+	})
+}
+
 type certNameKey struct{}
 
 // withClientCertName records the common name of r's verified client

@@ -41,6 +41,7 @@ type Node interface {
 	Lease(ctx context.Context, id int64) (storage.LeaseInfo, bool, error)
 	AuthorizeWatch(ctx context.Context, key, end []byte) (*pb.ResponseHeader, error)
 	AuthorizeLease(ctx context.Context, id int64, write bool) error
+	AuthorizeInternal(ctx context.Context) error
 }
 
 // Server implements concordv1connect.InternalServiceHandler.
@@ -54,9 +55,19 @@ var _ concordv1connect.InternalServiceHandler = (*Server)(nil)
 func New(n Node) *Server { return &Server{n: n} }
 
 // Handler is the internal API of n with the options it needs: Authorize
-// sees the token its caller forwarded.
+// sees the token its caller forwarded, and, once auth is enabled, every
+// other call needs a caller n admits (AuthorizeInternal: a root-role user),
+// because they serve the history of every key and decide lease expiries.
+// Authorize needs none: it only tells a caller about the token it sent;
+// neither does Header, which every process waits on at start and which
+// carries no keys (etcd's response headers).
 func Handler(n Node, opts ...connect.HandlerOption) (string, http.Handler) {
-	return concordv1connect.NewInternalServiceHandler(New(n), append([]connect.HandlerOption{gateway.TokenCredentials(concordv1connect.InternalServiceAuthorizeProcedure)}, opts...)...)
+	path, h := concordv1connect.NewInternalServiceHandler(New(n), append([]connect.HandlerOption{
+		gateway.TokenCredentials(concordv1connect.InternalServiceAuthorizeProcedure),
+		gateway.RequireInternalCaller(n.AuthorizeInternal,
+			concordv1connect.InternalServiceAuthorizeProcedure, concordv1connect.InternalServiceHeaderProcedure),
+	}, opts...)...)
+	return path, gateway.WithClientCertName(h)
 }
 
 func authority(a consensus.LeaseAuthority, h *pb.ResponseHeader) *concordv1.LeaseAuthorityResponse {

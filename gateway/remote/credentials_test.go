@@ -168,3 +168,33 @@ type fixedLease struct{ gateway.Lease }
 func (fixedLease) LeaseKeepAlive(_ context.Context, r *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error) {
 	return &pb.LeaseKeepAliveResponse{Header: hdr, ID: r.GetID(), TTL: 30}, nil
 }
+
+// The internal API serves its history only to callers the member admits;
+// Authorize stays open to anyone (it only answers about the caller's own
+// token).
+func TestInternalAPIRequiresAnAdmittedCaller(t *testing.T) {
+	path, h := internalapi.Handler(fakeNode{})
+	c, err := remote.NewConsensus(h2cServer(t, path, h), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	as := func(tok string) context.Context {
+		return auth.WithCredentials(context.Background(), auth.Credentials{Token: tok})
+	}
+	if _, err := c.RangeEvents(context.Background(), 5, 6, []byte("k"), nil); !errors.Is(err, auth.ErrUserEmpty) {
+		t.Errorf("RangeEvents without credentials: %v, want user name is empty", err)
+	}
+	if _, err := c.RangeEvents(as("alice"), 5, 6, []byte("k"), nil); !errors.Is(err, auth.ErrPermissionDenied) {
+		t.Errorf("RangeEvents as alice: %v, want permission denied", err)
+	}
+	if revs, err := c.RangeEvents(as("root"), 5, 6, []byte("k"), nil); err != nil || len(revs) != 2 {
+		t.Errorf("RangeEvents as root: %v %v", revs, err)
+	}
+	if _, err := c.LeaseAuthority(context.Background()); !errors.Is(err, auth.ErrUserEmpty) {
+		t.Errorf("LeaseAuthority without credentials: %v, want user name is empty", err)
+	}
+	if _, err := (remote.Authorizer{C: c}).AuthorizeWatch(as("alice"), []byte("a/x"), nil); err != nil {
+		t.Errorf("Authorize for alice: %v", err)
+	}
+}

@@ -256,3 +256,16 @@ func fakeAuthorize(ctx context.Context, key string) error {
 	}
 	return nil
 }
+
+// AuthorizeInternal admits the token "root" only, as a member with auth
+// enabled admits root-role users only.
+func (fakeNode) AuthorizeInternal(ctx context.Context) error {
+	c, _ := auth.CredentialsFrom(ctx)
+	if c.Token == "root" {
+		return nil
+	}
+	if c.Token == "" {
+		return auth.ErrUserEmpty
+	}
+	return auth.ErrPermissionDenied
+}
