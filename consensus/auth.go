@@ -37,10 +37,11 @@ import (
 // metaAuth is the storage metadata key of the auth state.
 var metaAuth = []byte("auth")
 
-// ErrAuthEnableUnsupported is AuthEnable's answer where concord cannot yet
-// enforce permissions on every path (Config.RefuseAuthEnable): enabling auth
-// must never make a user believe that keys are protected when they are not.
-var ErrAuthEnableUnsupported = errors.New("concord: auth enable is not supported in the split topology yet: its watch and lease processes do not enforce permissions")
+// ErrAuthEnableUnsupported is AuthEnable's answer where concord could not
+// run with auth enabled (Config.RefuseAuthEnable: a split consensus that
+// does not verify client certificates, by which its watch and lease
+// processes would identify themselves to its internal API).
+var ErrAuthEnableUnsupported = errors.New("concord: auth enable is not supported in the split topology without verified client certificates (--client-cert-auth): its watch and lease processes call consensus as the root-role user their certificate names")
 
 // internalAuth is who requests without client credentials run as: the
 // member's own components (health checks, the compactor) are trusted, as

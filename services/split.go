@@ -53,9 +53,14 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	defer bus.Close()
 
 	ccfg := consensusConfig(cfg.Server, log)
-	// The split topology's watch and lease processes do not check
-	// permissions yet: auth must not be enabled there.
-	ccfg.RefuseAuthEnable = true
+	// With auth enabled, the watch fan-outs and lease services check
+	// permissions by asking consensus for their clients' forwarded tokens,
+	// and the internal API serves history and lease expiries to root-role
+	// callers only (internalapi.Handler), which those processes are by the
+	// common name of their client certificate. Without verified client
+	// certificates they could not be: auth enable is refused.
+	authPossible := splitAuthPossible(cfg.Server)
+	ccfg.RefuseAuthEnable = !authPossible
 	ccfg.Events = bus
 	// Clustered NATS servers are one bus: the leader alone publishes to it.
 	ccfg.EventsFromLeaderOnly = cfg.NATSClusterListenAddr != ""
@@ -73,10 +78,9 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 		return fmt.Errorf("starting consensus: %w", err)
 	}
 	defer node.Close()
-	if node.AuthState().Enabled() {
-		// Its internal API and the watch and lease processes would serve
-		// keys without checking permissions.
-		return errors.New("concord consensus: auth is enabled in this data dir; the split topology cannot enforce it yet (run the all-in-one, or disable auth there first)")
+	if node.AuthState().Enabled() && !authPossible {
+		// The watch and lease processes could not call the internal API.
+		return errors.New("concord consensus: auth is enabled in this data dir; the split topology needs verified client certificates for it (--client-cert-auth, or --trusted-ca-file, on https:// client URLs): its watch and lease processes call consensus as the root-role user their certificate names")
 	}
 
 	path, h := internalapi.Handler(node)
@@ -304,4 +308,12 @@ type authorizingConsensus struct {
 
 func authorizing(c *remote.Consensus) authorizingConsensus {
 	return authorizingConsensus{Consensus: c, Authorizer: remote.Authorizer{C: c}}
+}
+
+// splitAuthPossible tells whether a consensus member verifies the client
+// certificates of its callers, through which the split topology's watch
+// fan-outs and lease services name the root-role user they call its
+// internal API as once auth is enabled.
+func splitAuthPossible(s config.Server) bool {
+	return s.ClientTLS.ClientCertAuth || s.ClientTLS.TrustedCAFile != ""
 }
