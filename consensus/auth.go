@@ -37,10 +37,11 @@ import (
 // metaAuth is the storage metadata key of the auth state.
 var metaAuth = []byte("auth")
 
-// ErrAuthEnableUnsupported is AuthEnable's answer where concord cannot yet
-// enforce permissions on every path (Config.RefuseAuthEnable): enabling auth
-// must never make a user believe that keys are protected when they are not.
-var ErrAuthEnableUnsupported = errors.New("concord: auth enable is not supported in the split topology yet: its watch and lease processes do not enforce permissions")
+// ErrAuthEnableUnsupported is AuthEnable's answer where concord could not
+// run with auth enabled (Config.RefuseAuthEnable: a split consensus that
+// does not verify client certificates, by which its watch and lease
+// processes would identify themselves to its internal API).
+var ErrAuthEnableUnsupported = errors.New("concord: auth enable is not supported in the split topology without verified client certificates (--client-cert-auth): its watch and lease processes call consensus as the root-role user their certificate names")
 
 // internalAuth is who requests without client credentials run as: the
 // member's own components (health checks, the compactor) are trusted, as
@@ -112,6 +113,26 @@ func (n *Node) checkRead(ctx context.Context, key, end []byte) error {
 		return err
 	}
 	return st.IsOpPermitted(ai, key, end, authpb.Permission_READ)
+}
+
+// AuthorizeInternal admits a caller of the member's internal API (the
+// split topology's watch fan-outs and lease services): once auth is
+// enabled, a root-role user, named by the common name of its verified
+// client certificate or by a token, since that API serves the history of
+// every key and decides lease expiries.
+func (n *Node) AuthorizeInternal(ctx context.Context) error {
+	st := n.AuthState()
+	if !st.Enabled() {
+		return nil
+	}
+	c, _ := auth.CredentialsFrom(ctx)
+	if c.CommonName != "" {
+		err := st.IsAdminPermitted(&auth.AuthInfo{Username: c.CommonName, Revision: st.Revision()})
+		if err == nil || c.Token == "" {
+			return err
+		}
+	}
+	return n.requireAdmin(auth.WithCredentials(ctx, auth.Credentials{Token: c.Token}))
 }
 
 // AuthorizeWatch is etcd's isWatchPermitted: read permission on the

@@ -1,6 +1,7 @@
 package consensus
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -203,5 +204,54 @@ func TestAuthJWTTokens(t *testing.T) {
 	ctx := auth.WithCredentials(ctxT(t), auth.Credentials{Token: resp.Token})
 	if _, err := n.Put(ctx, &pb.PutRequest{Key: []byte("k"), Value: []byte("v")}); err != nil {
 		t.Fatalf("put with the JWT: %v", err)
+	}
+}
+
+// TestAuthorizeInternal checks who may call the internal API: anyone while
+// auth is disabled, then only root-role users, by token or by the common
+// name of a verified client certificate.
+func TestAuthorizeInternal(t *testing.T) {
+	c := newTestCluster(t, 1, func(cfg *Config) { cfg.BcryptCost = bcrypt.MinCost })
+	n := c.nodes[c.leader()]
+	as := func(cr auth.Credentials) context.Context { return auth.WithCredentials(ctxT(t), cr) }
+	if err := n.AuthorizeInternal(as(auth.Credentials{})); err != nil {
+		t.Fatalf("auth disabled: %v", err)
+	}
+	for _, u := range []string{"root", "alice"} {
+		if _, err := n.UserAdd(ctxT(t), &pb.AuthUserAddRequest{Name: u, Password: "pw"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: "root", Role: "root"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.AuthEnable(ctxT(t), &pb.AuthEnableRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	token := func(u string) string {
+		r, err := n.Authenticate(ctxT(t), &pb.AuthenticateRequest{Name: u, Password: "pw"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Token
+	}
+	for _, tc := range []struct {
+		name string
+		cr   auth.Credentials
+		want error
+	}{
+		{"root token", auth.Credentials{Token: token("root")}, nil},
+		{"root certificate", auth.Credentials{CommonName: "root"}, nil},
+		{"alice's certificate, root's token", auth.Credentials{CommonName: "alice", Token: token("root")}, nil},
+		{"alice token", auth.Credentials{Token: token("alice")}, auth.ErrPermissionDenied},
+		{"alice certificate", auth.Credentials{CommonName: "alice"}, auth.ErrPermissionDenied},
+		{"unknown certificate", auth.Credentials{CommonName: "mallory"}, auth.ErrUserNotFound},
+		{"forged token", auth.Credentials{Token: token("root") + "x"}, auth.ErrInvalidAuthToken},
+		{"nothing", auth.Credentials{}, auth.ErrUserEmpty},
+	} {
+		err := n.AuthorizeInternal(as(tc.cr))
+		if !errors.Is(err, tc.want) || (err == nil) != (tc.want == nil) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
 	}
 }

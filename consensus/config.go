@@ -106,8 +106,9 @@ type Config struct {
 	// valid (etcd's --auth-token-ttl); 0 means 300 s.
 	AuthTokenTTL time.Duration
 	// RefuseAuthEnable makes AuthEnable fail with ErrAuthEnableUnsupported:
-	// the split topology sets it while its watch and lease processes do not
-	// enforce permissions.
+	// the split topology sets it where consensus does not verify client
+	// certificates, through which its watch and lease processes would call
+	// the internal API once auth is enabled.
 	RefuseAuthEnable bool
 	// Logger receives start-up, leader-change and error logs.
 	Logger *slog.Logger

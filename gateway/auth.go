@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 
+	"connectrpc.com/connect"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
@@ -137,17 +139,50 @@ var (
 	authorizationHeader = http.CanonicalHeaderKey(rpctypes.TokenFieldNameSwagger)
 )
 
+// ForwardedHeader marks a request that a concord process (a split
+// gateway, watch fan-out or lease service) sends for one of its clients
+// (gateway/remote): the certificate on its connection is the process's, not
+// the client's, so its common name names no user. Only the client's token,
+// forwarded, does. A client that sets it itself can only lose the identity
+// of its own certificate.
+const ForwardedHeader = "Concord-Forwarded"
+
 // withCredentials marks ctx as a client request carrying the credentials
 // of h, which the backend checks once auth is enabled (consensus/auth.go).
 func withCredentials(ctx context.Context, h http.Header) context.Context {
+	c := tokenCredentials(h)
+	if h.Get(ForwardedHeader) == "" {
+		c.CommonName, _ = ctx.Value(certNameKey{}).(string)
+	}
+	return auth.WithCredentials(ctx, c)
+}
+
+// tokenCredentials are the token of h's request, no common name.
+func tokenCredentials(h http.Header) auth.Credentials {
 	var c auth.Credentials
 	if v := h[tokenHeader]; len(v) > 0 {
 		c.Token = v[0]
 	} else if v := h[authorizationHeader]; len(v) > 0 {
 		c.Token = strings.TrimPrefix(v[0], "Bearer ")
 	}
-	c.CommonName, _ = ctx.Value(certNameKey{}).(string)
-	return auth.WithCredentials(ctx, c)
+	return c
+}
+
+// TokenCredentials is a handler option for concord's internal services
+// (served with WithHTTPHandler, outside the client API's interceptors): the
+// context of each unary call to one of procedures carries the credentials
+// of the token it presents, and never a certificate's common name, since
+// their callers are concord processes calling for their clients. Other
+// procedures are the callers' own work and get no client credentials.
+func TokenCredentials(procedures ...string) connect.HandlerOption {
+	return connect.WithInterceptors(connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			if slices.Contains(procedures, req.Spec().Procedure) {
+				ctx = auth.WithCredentials(ctx, tokenCredentials(req.Header()))
+			}
+			return next(ctx, req)
+		}
+	}))
 }
 
 // WatchAuthorizer checks the creation of a watch (etcd's
@@ -217,6 +252,37 @@ func (s *authWatchStream) Send(r *pb.WatchResponse) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.inner.Send(r)
+}
+
+// RequireInternalCaller is a handler option for concord's internal
+// services: every unary call to a procedure other than exempt runs only if
+// authorize admits the credentials of its caller, the token it presents
+// and the common name of its verified client certificate (both the calling
+// process's own: no ForwardedHeader applies here, see WithClientCertName).
+// Refusals are etcd's errors. The call itself runs with the context it came
+// with, as the member's own work.
+func RequireInternalCaller(authorize func(context.Context) error, exempt ...string) connect.HandlerOption {
+	return connect.WithInterceptors(connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			if !slices.Contains(exempt, req.Spec().Procedure) {
+				c := tokenCredentials(req.Header())
+				c.CommonName, _ = ctx.Value(certNameKey{}).(string)
+				if err := authorize(auth.WithCredentials(ctx, c)); err != nil {
+					return nil, TranslateError(err)
+				}
+			}
+			return next(ctx, req)
+		}
+	}))
+}
+
+// WithClientCertName serves h with the common name of each request's
+// verified client certificate recorded for RequireInternalCaller (the
+// client API records it itself).
+func WithClientCertName(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, withClientCertName(r))
+	})
 }
 
 type certNameKey struct{}

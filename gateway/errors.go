@@ -88,8 +88,8 @@ var errorTable = []struct {
 	// etcd's togRPCError has no entry for a password given to a no-password
 	// user: it falls back to Unknown with the auth error's text.
 	{auth.ErrNoPasswordUser, status.Error(codes.Unknown, auth.ErrNoPasswordUser.Error())},
-	// The split topology refuses AuthEnable until its watch and lease
-	// processes enforce permissions (consensus/auth.go).
+	// The split topology refuses AuthEnable where its watch and lease
+	// processes could not reach the internal API (consensus/auth.go).
 	{consensus.ErrAuthEnableUnsupported, status.Error(codes.Unimplemented, consensus.ErrAuthEnableUnsupported.Error())},
 }
 

@@ -23,7 +23,6 @@ import (
 	"github.com/concord-kv/concord/gateway/remote"
 	"github.com/concord-kv/concord/internal/metrics"
 	"github.com/concord-kv/concord/leasesvc"
-	"github.com/concord-kv/concord/proto/gen/concord/v1/concordv1connect"
 	"github.com/concord-kv/concord/services/config"
 	"github.com/concord-kv/concord/watchfanout"
 )
@@ -54,9 +53,14 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	defer bus.Close()
 
 	ccfg := consensusConfig(cfg.Server, log)
-	// The split topology's watch and lease processes do not check
-	// permissions yet: auth must not be enabled there.
-	ccfg.RefuseAuthEnable = true
+	// With auth enabled, the watch fan-outs and lease services check
+	// permissions by asking consensus for their clients' forwarded tokens,
+	// and the internal API serves history and lease expiries to root-role
+	// callers only (internalapi.Handler), which those processes are by the
+	// common name of their client certificate. Without verified client
+	// certificates they could not be: auth enable is refused.
+	authPossible := splitAuthPossible(cfg.Server)
+	ccfg.RefuseAuthEnable = !authPossible
 	ccfg.Events = bus
 	// Clustered NATS servers are one bus: the leader alone publishes to it.
 	ccfg.EventsFromLeaderOnly = cfg.NATSClusterListenAddr != ""
@@ -74,13 +78,12 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 		return fmt.Errorf("starting consensus: %w", err)
 	}
 	defer node.Close()
-	if node.AuthState().Enabled() {
-		// Its internal API and the watch and lease processes would serve
-		// keys without checking permissions.
-		return errors.New("concord consensus: auth is enabled in this data dir; the split topology cannot enforce it yet (run the all-in-one, or disable auth there first)")
+	if node.AuthState().Enabled() && !authPossible {
+		// The watch and lease processes could not call the internal API.
+		return errors.New("concord consensus: auth is enabled in this data dir; the split topology needs verified client certificates for it (--client-cert-auth, or --trusted-ca-file, on https:// client URLs): its watch and lease processes call consensus as the root-role user their certificate names")
 	}
 
-	path, h := concordv1connect.NewInternalServiceHandler(internalapi.New(node))
+	path, h := internalapi.Handler(node)
 	opts, err := metricsOptions(metrics.Sources{Consensus: node})
 	if err != nil {
 		return err
@@ -144,7 +147,7 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 	if err != nil {
 		return err
 	}
-	gw, err := gateway.New(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cons,
+	gw, err := gateway.New(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), authorizing(cons),
 		append(opts, gateway.WithWatch(gateway.NewWatchService(fanout)), gateway.WithBrowserWatch(fanout))...)
 	if err != nil {
 		return fmt.Errorf("starting the watch API: %w", err)
@@ -177,12 +180,12 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 	}
 	defer leases.Close()
 
-	path, h := concordv1connect.NewLeaseKeepAliveServiceHandler(remote.KeepAliveServer{L: leases})
+	path, h := remote.KeepAliveHandler(remote.KeepAliveServer{L: leases, Authz: remote.Authorizer{C: cons}})
 	opts, err := metricsOptions(metrics.Sources{})
 	if err != nil {
 		return err
 	}
-	gw, err := gateway.New(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cons, append(opts, gateway.WithLease(leases),
+	gw, err := gateway.New(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), authorizing(cons), append(opts, gateway.WithLease(leases),
 		gateway.WithHTTPHandler(path, h),
 		gateway.WithReadyCheck("lease_authority", func(context.Context) error { return leases.Ready() }))...)
 	if err != nil {
@@ -291,4 +294,28 @@ func serveSplit(ctx context.Context, role string, gw *gateway.Gateway, listeners
 	serveListeners(ctx, g, listeners, gw, log)
 	log.Info("concord is ready", "role", role)
 	return endOfRun(g.Wait(), log)
+}
+
+// authorizingConsensus is the backend of a process that serves watches or
+// lease keep-alives itself (a watch fan-out, a lease service): consensus,
+// plus the permission checks etcd makes on those (gateway.WatchAuthorizer,
+// gateway.LeaseAuthorizer), asked of consensus for the token each client
+// presented, directly or forwarded by a gateway. The client gateway's
+// backend is plain consensus: it leaves these checks to the process it
+// forwards the watch or keep-alive to, which makes them whoever calls it.
+type authorizingConsensus struct {
+	*remote.Consensus
+	remote.Authorizer
+}
+
+func authorizing(c *remote.Consensus) authorizingConsensus {
+	return authorizingConsensus{Consensus: c, Authorizer: remote.Authorizer{C: c}}
+}
+
+// splitAuthPossible tells whether a consensus member verifies the client
+// certificates of its callers, through which the split topology's watch
+// fan-outs and lease services name the root-role user they call its
+// internal API as once auth is enabled.
+func splitAuthPossible(s config.Server) bool {
+	return s.ClientTLS.ClientCertAuth || s.ClientTLS.TrustedCAFile != ""
 }

@@ -11,9 +11,14 @@ package internalapi
 
 import (
 	"context"
+	"errors"
+	"net/http"
+
+	"connectrpc.com/connect"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
+	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/consensus/eventbus"
 	"github.com/concord-kv/concord/gateway"
@@ -34,6 +39,9 @@ type Node interface {
 	RevokeExpiredLeases(ctx context.Context, epoch uint64, ids []int64) (consensus.RevokeExpiredResult, error)
 	Leases(ctx context.Context) ([]storage.LeaseInfo, error)
 	Lease(ctx context.Context, id int64) (storage.LeaseInfo, bool, error)
+	AuthorizeWatch(ctx context.Context, key, end []byte) (*pb.ResponseHeader, error)
+	AuthorizeLease(ctx context.Context, id int64, write bool) error
+	AuthorizeInternal(ctx context.Context) error
 }
 
 // Server implements concordv1connect.InternalServiceHandler.
@@ -45,6 +53,22 @@ var _ concordv1connect.InternalServiceHandler = (*Server)(nil)
 
 // New returns the internal API of n.
 func New(n Node) *Server { return &Server{n: n} }
+
+// Handler is the internal API of n with the options it needs: Authorize
+// sees the token its caller forwarded, and, once auth is enabled, every
+// other call needs a caller n admits (AuthorizeInternal: a root-role user),
+// because they serve the history of every key and decide lease expiries.
+// Authorize needs none: it only tells a caller about the token it sent;
+// neither does Header, which every process waits on at start and which
+// carries no keys (etcd's response headers).
+func Handler(n Node, opts ...connect.HandlerOption) (string, http.Handler) {
+	path, h := concordv1connect.NewInternalServiceHandler(New(n), append([]connect.HandlerOption{
+		gateway.TokenCredentials(concordv1connect.InternalServiceAuthorizeProcedure),
+		gateway.RequireInternalCaller(n.AuthorizeInternal,
+			concordv1connect.InternalServiceAuthorizeProcedure, concordv1connect.InternalServiceHeaderProcedure),
+	}, opts...)...)
+	return path, gateway.WithClientCertName(h)
+}
 
 func authority(a consensus.LeaseAuthority, h *pb.ResponseHeader) *concordv1.LeaseAuthorityResponse {
 	return &concordv1.LeaseAuthorityResponse{
@@ -144,4 +168,28 @@ func (s *Server) Leases(ctx context.Context, r *concordv1.LeasesRequest) (*conco
 
 func leaseInfo(li storage.LeaseInfo) *concordv1.LeaseInfo {
 	return &concordv1.LeaseInfo{Id: li.ID, Ttl: li.TTL, Keys: li.Keys}
+}
+
+// Authorize implements InternalServiceHandler. It fails closed: served
+// without gateway.TokenCredentials, its context carries no credentials,
+// which it checks as a client request without a token, never as the
+// member's own (trusted) work.
+func (s *Server) Authorize(ctx context.Context, r *concordv1.AuthorizeRequest) (*concordv1.AuthorizeResponse, error) {
+	c, _ := auth.CredentialsFrom(ctx)
+	ctx = auth.WithCredentials(ctx, auth.Credentials{Token: c.Token})
+	switch w := r.GetWhat().(type) {
+	case *concordv1.AuthorizeRequest_Watch:
+		h, err := s.n.AuthorizeWatch(ctx, w.Watch.GetKey(), w.Watch.GetEnd())
+		if err != nil {
+			return nil, gateway.TranslateError(err)
+		}
+		return &concordv1.AuthorizeResponse{Header: h}, nil
+	case *concordv1.AuthorizeRequest_Lease:
+		if err := s.n.AuthorizeLease(ctx, w.Lease.GetId(), w.Lease.GetWrite()); err != nil {
+			return nil, gateway.TranslateError(err)
+		}
+		return &concordv1.AuthorizeResponse{Header: s.n.Header()}, nil
+	default:
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("authorize: nothing to authorize"))
+	}
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/consensus/eventbus"
+	"github.com/concord-kv/concord/gateway"
 	concordv1 "github.com/concord-kv/concord/proto/gen/concord/v1"
 	"github.com/concord-kv/concord/proto/gen/concord/v1/concordv1connect"
 	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
@@ -668,4 +669,37 @@ func (c *Consensus) Lease(ctx context.Context, id int64) (storage.LeaseInfo, boo
 	}
 	l := resp.GetLeases()[0]
 	return storage.LeaseInfo{ID: l.GetId(), TTL: l.GetTtl(), Keys: l.GetKeys()}, true, nil
+}
+
+// Authorizer checks watches and lease uses against the permissions of the
+// token its callers forwarded (gateway.WatchAuthorizer and
+// gateway.LeaseAuthorizer), by asking a consensus member (Authorize on its
+// internal API), which holds the replicated auth state: the answer always
+// reflects the member's current users, roles and auth revision. The split
+// watch fan-outs and lease services use it; every call is a round trip, so
+// a process that forwards to one of those leaves the checks to it.
+type Authorizer struct{ C *Consensus }
+
+var (
+	_ gateway.WatchAuthorizer = Authorizer{}
+	_ gateway.LeaseAuthorizer = Authorizer{}
+)
+
+// AuthorizeWatch implements gateway.WatchAuthorizer.
+func (a Authorizer) AuthorizeWatch(ctx context.Context, key, end []byte) (*pb.ResponseHeader, error) {
+	resp, err := unary(a.C, ctx, true, internalOf, concordv1connect.InternalServiceClient.Authorize,
+		&concordv1.AuthorizeRequest{What: &concordv1.AuthorizeRequest_Watch{Watch: &concordv1.AuthorizeWatch{Key: key, End: end}}},
+		(*concordv1.AuthorizeResponse).GetHeader)
+	if err != nil {
+		return a.C.Header(), err
+	}
+	return resp.GetHeader(), nil
+}
+
+// AuthorizeLease implements gateway.LeaseAuthorizer.
+func (a Authorizer) AuthorizeLease(ctx context.Context, id int64, write bool) error {
+	_, err := unary(a.C, ctx, true, internalOf, concordv1connect.InternalServiceClient.Authorize,
+		&concordv1.AuthorizeRequest{What: &concordv1.AuthorizeRequest_Lease{Lease: &concordv1.AuthorizeLease{Id: id, Write: write}}},
+		(*concordv1.AuthorizeResponse).GetHeader)
+	return err
 }

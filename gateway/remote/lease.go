@@ -2,6 +2,7 @@ package remote
 
 import (
 	"context"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"connectrpc.com/connect"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
+	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/proto/gen/concord/v1/concordv1connect"
 	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
@@ -250,13 +252,32 @@ func (l *Lease) Header() *pb.ResponseHeader { return l.header() }
 // service in process (*leasesvc.Service).
 type KeepAliveServer struct {
 	L gateway.Lease
+	// Authz, when set, checks each keep-alive as etcd does (write
+	// permission on the lease's keys) for the token the caller forwarded
+	// (KeepAliveHandler).
+	Authz gateway.LeaseAuthorizer
 }
 
 var _ concordv1connect.LeaseKeepAliveServiceHandler = KeepAliveServer{}
 
+// KeepAliveHandler serves s with the caller's forwarded token in each
+// call's context.
+func KeepAliveHandler(s KeepAliveServer, opts ...connect.HandlerOption) (string, http.Handler) {
+	return concordv1connect.NewLeaseKeepAliveServiceHandler(s,
+		append([]connect.HandlerOption{gateway.TokenCredentials(concordv1connect.LeaseKeepAliveServiceKeepAliveProcedure)}, opts...)...)
+}
+
 // KeepAlive implements LeaseKeepAliveServiceHandler; errors travel as
 // etcd's (storage.ErrLeaseNotFound as "requested lease not found").
 func (s KeepAliveServer) KeepAlive(ctx context.Context, r *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error) {
+	if s.Authz != nil {
+		// Fails closed: without the forwarded credentials in ctx, the
+		// call is checked as a client's without a token.
+		c, _ := auth.CredentialsFrom(ctx)
+		if err := s.Authz.AuthorizeLease(auth.WithCredentials(ctx, auth.Credentials{Token: c.Token}), r.GetID(), true); err != nil {
+			return nil, gateway.TranslateError(err)
+		}
+	}
 	resp, err := s.L.LeaseKeepAlive(ctx, r)
 	if err != nil {
 		return nil, gateway.TranslateError(err)

@@ -20,6 +20,8 @@
 //     exact errors), and also match the backend sentinel the message names
 //     (errors.Is), so leasesvc and watchfanout branch on them as they do in
 //     process.
+//   - A call made for a client's request presents that client's token to
+//     the next hop (credentials.go); nothing else names a user.
 package remote
 
 import (
@@ -39,6 +41,7 @@ import (
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc/status"
 
+	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/storage"
 	"github.com/concord-kv/concord/watchfanout"
@@ -157,7 +160,7 @@ func dialOne(raw string, o dialOptions) (*Endpoint, error) {
 		ReadIdleTimeout: 5 * time.Second,
 		PingTimeout:     2 * time.Second,
 	}
-	return &Endpoint{URL: base, client: &http.Client{Transport: tr}, tr: tr}, nil
+	return &Endpoint{URL: base, client: &http.Client{Transport: forwardToken{next: tr}}, tr: tr}, nil
 }
 
 // rotation picks which of several equivalent endpoints to use: the current
@@ -226,6 +229,12 @@ var sentinels = []struct {
 	{rpctypes.ErrGRPCLeaseTTLTooLarge, []error{consensus.ErrLeaseTTLTooLarge}},
 	{rpctypes.ErrGRPCRequestTooManyRequests, []error{consensus.ErrTooManyRequests}},
 	{rpctypes.ErrGRPCLeaderChanged, []error{consensus.ErrStaleEpoch}},
+	// A refused Authorize: the gateway's watch service picks the cancel
+	// reason of a refused watch from these.
+	{rpctypes.ErrGRPCPermissionDenied, []error{auth.ErrPermissionDenied}},
+	{rpctypes.ErrGRPCUserEmpty, []error{auth.ErrUserEmpty}},
+	{rpctypes.ErrGRPCInvalidAuthToken, []error{auth.ErrInvalidAuthToken}},
+	{rpctypes.ErrGRPCAuthOldRevision, []error{auth.ErrAuthOldRevision}},
 }
 
 // wireError is a connect error that also matches the sentinels it stands

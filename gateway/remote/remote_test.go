@@ -14,6 +14,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
+	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/consensus/eventbus"
 	"github.com/concord-kv/concord/consensus/internalapi"
@@ -224,4 +225,47 @@ func TestNoCompressionBetweenProcesses(t *testing.T) {
 			t.Fatalf("a client offered gzip: %q", got)
 		}
 	}
+}
+
+// AuthorizeWatch lets the token "alice" watch under "a/"; anything else is
+// refused as a member with auth enabled refuses it.
+func (fakeNode) AuthorizeWatch(ctx context.Context, key, _ []byte) (*pb.ResponseHeader, error) {
+	return hdr, fakeAuthorize(ctx, string(key))
+}
+
+// AuthorizeLease lets the token "alice" use lease 1 (its keys are under
+// "a/").
+func (fakeNode) AuthorizeLease(ctx context.Context, id int64, _ bool) error {
+	if id != 1 {
+		return fakeAuthorize(ctx, "")
+	}
+	return fakeAuthorize(ctx, "a/k")
+}
+
+func fakeAuthorize(ctx context.Context, key string) error {
+	c, ok := auth.CredentialsFrom(ctx)
+	switch {
+	case !ok:
+		return nil // the member's own work: trusted, as consensus.Node does
+	case c.Token == "":
+		return auth.ErrUserEmpty
+	case c.Token != "alice":
+		return auth.ErrInvalidAuthToken
+	case !strings.HasPrefix(key, "a/"):
+		return auth.ErrPermissionDenied
+	}
+	return nil
+}
+
+// AuthorizeInternal admits the token "root" only, as a member with auth
+// enabled admits root-role users only.
+func (fakeNode) AuthorizeInternal(ctx context.Context) error {
+	c, _ := auth.CredentialsFrom(ctx)
+	if c.Token == "root" {
+		return nil
+	}
+	if c.Token == "" {
+		return auth.ErrUserEmpty
+	}
+	return auth.ErrPermissionDenied
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
@@ -21,6 +22,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/concord-kv/concord/internal/tlstest"
+	concordv1 "github.com/concord-kv/concord/proto/gen/concord/v1"
+	"github.com/concord-kv/concord/proto/gen/concord/v1/concordv1connect"
 )
 
 // TestCtlAuthManagement drives etcdctl's user, role and auth commands
@@ -247,6 +250,114 @@ func TestSplitAuthManagement(t *testing.T) {
 	}
 }
 
+// TestSplitAuthEnforced enables auth in the split topology (which needs
+// verified client certificates: the watch fan-out and lease service call
+// consensus's internal API as the root-role user their certificate names)
+// and checks that clients see through its gateway what they see from etcd:
+// KV, watch and lease calls of a user limited to a prefix, of root and of a
+// client without a token, with etcd's errors. A direct call to consensus's
+// internal API gets no history without a root-role identity.
+func TestSplitAuthEnforced(t *testing.T) {
+	etcd := startServer(t, etcdImpl, serverOptions{extra: []string{"--bcrypt-cost=4"}})
+	want := authOutcomes(t, etcd)
+
+	dir := t.TempDir()
+	certs, err := tlstest.Generate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Clients present a certificate of their own, naming no user.
+	userCert, userKey := filepath.Join(dir, "user.pem"), filepath.Join(dir, "user-key.pem")
+	if err := certs.IssueClient(userCert, userKey); err != nil {
+		t.Fatal(err)
+	}
+	serve := func(port int) []string {
+		return []string{"--listen-client-urls", fmt.Sprintf("https://127.0.0.1:%d", port),
+			"--cert-file", certs.ServerCert, "--key-file", certs.ServerKey, "--trusted-ca-file", certs.CA, "--client-cert-auth"}
+	}
+	dial := []string{"--cacert", certs.CA, "--cert", certs.ClientCert, "--key", certs.ClientKey}
+	cport, pport, err := freePorts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	purl := fmt.Sprintf("http://127.0.0.1:%d", pport)
+	cons := startTLSProc(t, "consensus", cport, certs, append([]string{"consensus", "--name", "c1", "--data-dir", t.TempDir(),
+		"--listen-peer-urls", purl, "--initial-cluster", "c1=" + purl, "--nats-listen-addr", natsAddr, "--bcrypt-cost=4"}, serve(cport)...)...)
+	wport, lport, gport := freePort(t), freePort(t), freePort(t)
+	wf := startTLSProc(t, "watchfanout", wport, certs, append(append([]string{"watchfanout", "--name", "wf1",
+		"--consensus-endpoints", cons.url(), "--nats-url", "nats://" + natsAddr}, serve(wport)...), dial...)...)
+	ls := startTLSProc(t, "leasesvc", lport, certs, append(append([]string{"leasesvc", "--name", "ls1",
+		"--consensus-endpoints", cons.url()}, serve(lport)...), dial...)...)
+	gw := startTLSProc(t, "gateway", gport, certs, append(append([]string{"gateway", "--consensus-endpoints", cons.url(),
+		"--watchfanout-endpoints", wf.url(), "--leasesvc-endpoints", ls.url()}, serve(gport)...), dial...)...)
+
+	userTLS, err := tls.LoadX509KeyPair(userCert, userKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsCfg, err := certs.ClientConfig(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsCfg.Certificates = []tls.Certificate{userTLS}
+
+	// The processes' certificate names a root-role user.
+	admin, err := clientv3.New(clientv3.Config{Endpoints: []string{gw.url()}, TLS: tlsCfg, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = admin.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	procUser := "concord test client"
+	if _, err := admin.UserAddWithOptions(ctx, procUser, "", &clientv3.UserAddOptions{NoPassword: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.UserGrantRole(ctx, procUser, "root"); err != nil {
+		t.Fatal(err)
+	}
+
+	got := authOutcomesAt(t, gw.url(), tlsCfg)
+	for i := range max(len(got), len(want)) {
+		var g, w string
+		if i < len(got) {
+			g = got[i]
+		}
+		if i < len(want) {
+			w = want[i]
+		}
+		if g != w {
+			t.Errorf("outcome %d: %s\n  etcd: %s", i, g, w)
+		}
+	}
+
+	// authOutcomes ends with auth disabled: on again, the internal API
+	// serves history only to a root-role caller, here named by the
+	// processes' certificate.
+	if _, err := admin.AuthEnable(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rangeEvents := func(cfg *tls.Config) error {
+		tr := &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}
+		defer tr.CloseIdleConnections()
+		c := concordv1connect.NewInternalServiceClient(&http.Client{Transport: tr}, cons.url())
+		// authOutcomes compacted at revision 2.
+		_, err := c.RangeEvents(ctx, &concordv1.RangeEventsRequest{From: 3, To: 3, Key: []byte("secret")})
+		return err
+	}
+	if err := rangeEvents(tlsCfg); err == nil || !strings.Contains(err.Error(), "user name not found") {
+		t.Errorf("internal RangeEvents with a certificate naming no user: %v, want a refusal", err)
+	}
+	procCfg, err := certs.ClientConfig(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rangeEvents(procCfg); err != nil {
+		t.Errorf("internal RangeEvents as the processes' root-role user: %v", err)
+	}
+}
+
 // TestClientAuthEnforced checks what clientv3 clients with and without
 // credentials see once auth is enabled: KV, watch and lease calls, with the
 // same outcomes and errors as etcd.
@@ -284,9 +395,27 @@ func TestClientAuthEnforced(t *testing.T) {
 // authOutcomes enables auth on s and lists what each call gave.
 func authOutcomes(t *testing.T, s *Server) []string {
 	t.Helper()
+	return authOutcomesAt(t, s.Endpoint(), nil)
+}
+
+// authOutcomesAt is authOutcomes for the server at endpoint, reached with
+// tlsCfg (nil: plain) by every client; the client without credentials
+// ("no credentials", "nobody") presents tlsCfg's certificate, if any, and
+// nothing else.
+func authOutcomesAt(t *testing.T, endpoint string, tlsCfg *tls.Config) []string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	admin := newClient(t, s)
+	client := func(name, pw string) *clientv3.Client {
+		c, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, Username: name, Password: pw, TLS: tlsCfg,
+			DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatalf("client as %q: %v", name, err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	admin := client("", "")
 	must := func(_ any, err error) {
 		t.Helper()
 		if err != nil {
@@ -303,16 +432,7 @@ func authOutcomes(t *testing.T, s *Server) []string {
 	must(admin.Put(ctx, "dir/a", "1"))
 	must(admin.AuthEnable(ctx))
 
-	user := func(name, pw string) *clientv3.Client {
-		c, err := clientv3.New(clientv3.Config{Endpoints: []string{s.Endpoint()}, Username: name, Password: pw,
-			DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
-		if err != nil {
-			t.Fatalf("client as %s: %v", name, err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
-		return c
-	}
-	root, alice := user("root", "rootpw"), user("alice", "alicepw")
+	root, alice := client("root", "rootpw"), client("alice", "alicepw")
 	var out []string
 	note := func(what string, err error) {
 		msg := "ok"
@@ -371,9 +491,9 @@ func authOutcomes(t *testing.T, s *Server) []string {
 	note("alice compact", err)
 	_, err = root.Compact(ctx, 2)
 	note("root compact", err)
-	_, err = alice.Status(ctx, s.Endpoint())
+	_, err = alice.Status(ctx, endpoint)
 	note("alice status", err)
-	_, err = admin.Status(ctx, s.Endpoint())
+	_, err = admin.Status(ctx, endpoint)
 	note("no credentials status", err)
 	_, err = alice.MemberList(ctx)
 	note("alice member list", err)

@@ -697,6 +697,237 @@ func (x *LeasesResponse) GetHeader() *etcdserverpb.ResponseHeader {
 	return nil
 }
 
+type AuthorizeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to What:
+	//
+	//	*AuthorizeRequest_Watch
+	//	*AuthorizeRequest_Lease
+	What          isAuthorizeRequest_What `protobuf_oneof:"what"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorizeRequest) Reset() {
+	*x = AuthorizeRequest{}
+	mi := &file_concord_v1_internal_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorizeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorizeRequest) ProtoMessage() {}
+
+func (x *AuthorizeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_concord_v1_internal_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorizeRequest.ProtoReflect.Descriptor instead.
+func (*AuthorizeRequest) Descriptor() ([]byte, []int) {
+	return file_concord_v1_internal_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *AuthorizeRequest) GetWhat() isAuthorizeRequest_What {
+	if x != nil {
+		return x.What
+	}
+	return nil
+}
+
+func (x *AuthorizeRequest) GetWatch() *AuthorizeWatch {
+	if x != nil {
+		if x, ok := x.What.(*AuthorizeRequest_Watch); ok {
+			return x.Watch
+		}
+	}
+	return nil
+}
+
+func (x *AuthorizeRequest) GetLease() *AuthorizeLease {
+	if x != nil {
+		if x, ok := x.What.(*AuthorizeRequest_Lease); ok {
+			return x.Lease
+		}
+	}
+	return nil
+}
+
+type isAuthorizeRequest_What interface {
+	isAuthorizeRequest_What()
+}
+
+type AuthorizeRequest_Watch struct {
+	Watch *AuthorizeWatch `protobuf:"bytes,1,opt,name=watch,proto3,oneof"`
+}
+
+type AuthorizeRequest_Lease struct {
+	Lease *AuthorizeLease `protobuf:"bytes,2,opt,name=lease,proto3,oneof"`
+}
+
+func (*AuthorizeRequest_Watch) isAuthorizeRequest_What() {}
+
+func (*AuthorizeRequest_Lease) isAuthorizeRequest_What() {}
+
+type AuthorizeWatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	End           []byte                 `protobuf:"bytes,2,opt,name=end,proto3" json:"end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorizeWatch) Reset() {
+	*x = AuthorizeWatch{}
+	mi := &file_concord_v1_internal_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorizeWatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorizeWatch) ProtoMessage() {}
+
+func (x *AuthorizeWatch) ProtoReflect() protoreflect.Message {
+	mi := &file_concord_v1_internal_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorizeWatch.ProtoReflect.Descriptor instead.
+func (*AuthorizeWatch) Descriptor() ([]byte, []int) {
+	return file_concord_v1_internal_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *AuthorizeWatch) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *AuthorizeWatch) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+type AuthorizeLease struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// write is set for a keep-alive, unset for TimeToLive with keys.
+	Write         bool `protobuf:"varint,2,opt,name=write,proto3" json:"write,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorizeLease) Reset() {
+	*x = AuthorizeLease{}
+	mi := &file_concord_v1_internal_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorizeLease) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorizeLease) ProtoMessage() {}
+
+func (x *AuthorizeLease) ProtoReflect() protoreflect.Message {
+	mi := &file_concord_v1_internal_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorizeLease.ProtoReflect.Descriptor instead.
+func (*AuthorizeLease) Descriptor() ([]byte, []int) {
+	return file_concord_v1_internal_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *AuthorizeLease) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *AuthorizeLease) GetWrite() bool {
+	if x != nil {
+		return x.Write
+	}
+	return false
+}
+
+type AuthorizeResponse struct {
+	state         protoimpl.MessageState       `protogen:"open.v1"`
+	Header        *etcdserverpb.ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorizeResponse) Reset() {
+	*x = AuthorizeResponse{}
+	mi := &file_concord_v1_internal_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorizeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorizeResponse) ProtoMessage() {}
+
+func (x *AuthorizeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_concord_v1_internal_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorizeResponse.ProtoReflect.Descriptor instead.
+func (*AuthorizeResponse) Descriptor() ([]byte, []int) {
+	return file_concord_v1_internal_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *AuthorizeResponse) GetHeader() *etcdserverpb.ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
 var File_concord_v1_internal_proto protoreflect.FileDescriptor
 
 const file_concord_v1_internal_proto_rawDesc = "" +
@@ -740,7 +971,19 @@ const file_concord_v1_internal_proto_rawDesc = "" +
 	"\x0eLeasesResponse\x12-\n" +
 	"\x06leases\x18\x01 \x03(\v2\x15.concord.v1.LeaseInfoR\x06leases\x12\x14\n" +
 	"\x05found\x18\x02 \x01(\bR\x05found\x124\n" +
-	"\x06header\x18\x03 \x01(\v2\x1c.etcdserverpb.ResponseHeaderR\x06header2\xba\x05\n" +
+	"\x06header\x18\x03 \x01(\v2\x1c.etcdserverpb.ResponseHeaderR\x06header\"\x82\x01\n" +
+	"\x10AuthorizeRequest\x122\n" +
+	"\x05watch\x18\x01 \x01(\v2\x1a.concord.v1.AuthorizeWatchH\x00R\x05watch\x122\n" +
+	"\x05lease\x18\x02 \x01(\v2\x1a.concord.v1.AuthorizeLeaseH\x00R\x05leaseB\x06\n" +
+	"\x04what\"4\n" +
+	"\x0eAuthorizeWatch\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x10\n" +
+	"\x03end\x18\x02 \x01(\fR\x03end\"6\n" +
+	"\x0eAuthorizeLease\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x14\n" +
+	"\x05write\x18\x02 \x01(\bR\x05write\"I\n" +
+	"\x11AuthorizeResponse\x124\n" +
+	"\x06header\x18\x01 \x01(\v2\x1c.etcdserverpb.ResponseHeaderR\x06header2\x84\x06\n" +
 	"\x0fInternalService\x12N\n" +
 	"\vRangeEvents\x12\x1e.concord.v1.RangeEventsRequest\x1a\x1f.concord.v1.RangeEventsResponse\x12Z\n" +
 	"\x0fCurrentRevision\x12\".concord.v1.CurrentRevisionRequest\x1a#.concord.v1.CurrentRevisionResponse\x12?\n" +
@@ -749,7 +992,8 @@ const file_concord_v1_internal_proto_rawDesc = "" +
 	"\x15AcquireLeaseAuthority\x12!.concord.v1.LeaseAuthorityAcquire\x1a\".concord.v1.LeaseAuthorityResponse\x12Z\n" +
 	"\x13RenewLeaseAuthority\x12\x1f.concord.v1.LeaseAuthorityRenew\x1a\".concord.v1.LeaseAuthorityResponse\x12^\n" +
 	"\x13RevokeExpiredLeases\x12\x1e.concord.v1.LeaseRevokeExpired\x1a'.concord.v1.RevokeExpiredLeasesResponse\x12?\n" +
-	"\x06Leases\x12\x19.concord.v1.LeasesRequest\x1a\x1a.concord.v1.LeasesResponse2o\n" +
+	"\x06Leases\x12\x19.concord.v1.LeasesRequest\x1a\x1a.concord.v1.LeasesResponse\x12H\n" +
+	"\tAuthorize\x12\x1c.concord.v1.AuthorizeRequest\x1a\x1d.concord.v1.AuthorizeResponse2o\n" +
 	"\x15LeaseKeepAliveService\x12V\n" +
 	"\tKeepAlive\x12#.etcdserverpb.LeaseKeepAliveRequest\x1a$.etcdserverpb.LeaseKeepAliveResponseB>Z<github.com/concord-kv/concord/proto/gen/concord/v1;concordv1b\x06proto3"
 
@@ -765,7 +1009,7 @@ func file_concord_v1_internal_proto_rawDescGZIP() []byte {
 	return file_concord_v1_internal_proto_rawDescData
 }
 
-var file_concord_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_concord_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_concord_v1_internal_proto_goTypes = []any{
 	(*RangeEventsRequest)(nil),                  // 0: concord.v1.RangeEventsRequest
 	(*RevisionEvents)(nil),                      // 1: concord.v1.RevisionEvents
@@ -780,49 +1024,58 @@ var file_concord_v1_internal_proto_goTypes = []any{
 	(*LeasesRequest)(nil),                       // 10: concord.v1.LeasesRequest
 	(*LeaseInfo)(nil),                           // 11: concord.v1.LeaseInfo
 	(*LeasesResponse)(nil),                      // 12: concord.v1.LeasesResponse
-	(*mvccpb.Event)(nil),                        // 13: mvccpb.Event
-	(*etcdserverpb.ResponseHeader)(nil),         // 14: etcdserverpb.ResponseHeader
-	(*LeaseAuthority)(nil),                      // 15: concord.v1.LeaseAuthority
-	(*LeaseAuthorityAcquire)(nil),               // 16: concord.v1.LeaseAuthorityAcquire
-	(*LeaseAuthorityRenew)(nil),                 // 17: concord.v1.LeaseAuthorityRenew
-	(*LeaseRevokeExpired)(nil),                  // 18: concord.v1.LeaseRevokeExpired
-	(*etcdserverpb.LeaseKeepAliveRequest)(nil),  // 19: etcdserverpb.LeaseKeepAliveRequest
-	(*etcdserverpb.LeaseKeepAliveResponse)(nil), // 20: etcdserverpb.LeaseKeepAliveResponse
+	(*AuthorizeRequest)(nil),                    // 13: concord.v1.AuthorizeRequest
+	(*AuthorizeWatch)(nil),                      // 14: concord.v1.AuthorizeWatch
+	(*AuthorizeLease)(nil),                      // 15: concord.v1.AuthorizeLease
+	(*AuthorizeResponse)(nil),                   // 16: concord.v1.AuthorizeResponse
+	(*mvccpb.Event)(nil),                        // 17: mvccpb.Event
+	(*etcdserverpb.ResponseHeader)(nil),         // 18: etcdserverpb.ResponseHeader
+	(*LeaseAuthority)(nil),                      // 19: concord.v1.LeaseAuthority
+	(*LeaseAuthorityAcquire)(nil),               // 20: concord.v1.LeaseAuthorityAcquire
+	(*LeaseAuthorityRenew)(nil),                 // 21: concord.v1.LeaseAuthorityRenew
+	(*LeaseRevokeExpired)(nil),                  // 22: concord.v1.LeaseRevokeExpired
+	(*etcdserverpb.LeaseKeepAliveRequest)(nil),  // 23: etcdserverpb.LeaseKeepAliveRequest
+	(*etcdserverpb.LeaseKeepAliveResponse)(nil), // 24: etcdserverpb.LeaseKeepAliveResponse
 }
 var file_concord_v1_internal_proto_depIdxs = []int32{
-	13, // 0: concord.v1.RevisionEvents.events:type_name -> mvccpb.Event
+	17, // 0: concord.v1.RevisionEvents.events:type_name -> mvccpb.Event
 	1,  // 1: concord.v1.RangeEventsResponse.revisions:type_name -> concord.v1.RevisionEvents
-	14, // 2: concord.v1.RangeEventsResponse.header:type_name -> etcdserverpb.ResponseHeader
-	14, // 3: concord.v1.CurrentRevisionResponse.header:type_name -> etcdserverpb.ResponseHeader
-	14, // 4: concord.v1.HeaderResponse.header:type_name -> etcdserverpb.ResponseHeader
-	15, // 5: concord.v1.LeaseAuthorityResponse.authority:type_name -> concord.v1.LeaseAuthority
-	14, // 6: concord.v1.LeaseAuthorityResponse.header:type_name -> etcdserverpb.ResponseHeader
-	14, // 7: concord.v1.RevokeExpiredLeasesResponse.header:type_name -> etcdserverpb.ResponseHeader
+	18, // 2: concord.v1.RangeEventsResponse.header:type_name -> etcdserverpb.ResponseHeader
+	18, // 3: concord.v1.CurrentRevisionResponse.header:type_name -> etcdserverpb.ResponseHeader
+	18, // 4: concord.v1.HeaderResponse.header:type_name -> etcdserverpb.ResponseHeader
+	19, // 5: concord.v1.LeaseAuthorityResponse.authority:type_name -> concord.v1.LeaseAuthority
+	18, // 6: concord.v1.LeaseAuthorityResponse.header:type_name -> etcdserverpb.ResponseHeader
+	18, // 7: concord.v1.RevokeExpiredLeasesResponse.header:type_name -> etcdserverpb.ResponseHeader
 	11, // 8: concord.v1.LeasesResponse.leases:type_name -> concord.v1.LeaseInfo
-	14, // 9: concord.v1.LeasesResponse.header:type_name -> etcdserverpb.ResponseHeader
-	0,  // 10: concord.v1.InternalService.RangeEvents:input_type -> concord.v1.RangeEventsRequest
-	3,  // 11: concord.v1.InternalService.CurrentRevision:input_type -> concord.v1.CurrentRevisionRequest
-	5,  // 12: concord.v1.InternalService.Header:input_type -> concord.v1.HeaderRequest
-	7,  // 13: concord.v1.InternalService.GetLeaseAuthority:input_type -> concord.v1.GetLeaseAuthorityRequest
-	16, // 14: concord.v1.InternalService.AcquireLeaseAuthority:input_type -> concord.v1.LeaseAuthorityAcquire
-	17, // 15: concord.v1.InternalService.RenewLeaseAuthority:input_type -> concord.v1.LeaseAuthorityRenew
-	18, // 16: concord.v1.InternalService.RevokeExpiredLeases:input_type -> concord.v1.LeaseRevokeExpired
-	10, // 17: concord.v1.InternalService.Leases:input_type -> concord.v1.LeasesRequest
-	19, // 18: concord.v1.LeaseKeepAliveService.KeepAlive:input_type -> etcdserverpb.LeaseKeepAliveRequest
-	2,  // 19: concord.v1.InternalService.RangeEvents:output_type -> concord.v1.RangeEventsResponse
-	4,  // 20: concord.v1.InternalService.CurrentRevision:output_type -> concord.v1.CurrentRevisionResponse
-	6,  // 21: concord.v1.InternalService.Header:output_type -> concord.v1.HeaderResponse
-	8,  // 22: concord.v1.InternalService.GetLeaseAuthority:output_type -> concord.v1.LeaseAuthorityResponse
-	8,  // 23: concord.v1.InternalService.AcquireLeaseAuthority:output_type -> concord.v1.LeaseAuthorityResponse
-	8,  // 24: concord.v1.InternalService.RenewLeaseAuthority:output_type -> concord.v1.LeaseAuthorityResponse
-	9,  // 25: concord.v1.InternalService.RevokeExpiredLeases:output_type -> concord.v1.RevokeExpiredLeasesResponse
-	12, // 26: concord.v1.InternalService.Leases:output_type -> concord.v1.LeasesResponse
-	20, // 27: concord.v1.LeaseKeepAliveService.KeepAlive:output_type -> etcdserverpb.LeaseKeepAliveResponse
-	19, // [19:28] is the sub-list for method output_type
-	10, // [10:19] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	18, // 9: concord.v1.LeasesResponse.header:type_name -> etcdserverpb.ResponseHeader
+	14, // 10: concord.v1.AuthorizeRequest.watch:type_name -> concord.v1.AuthorizeWatch
+	15, // 11: concord.v1.AuthorizeRequest.lease:type_name -> concord.v1.AuthorizeLease
+	18, // 12: concord.v1.AuthorizeResponse.header:type_name -> etcdserverpb.ResponseHeader
+	0,  // 13: concord.v1.InternalService.RangeEvents:input_type -> concord.v1.RangeEventsRequest
+	3,  // 14: concord.v1.InternalService.CurrentRevision:input_type -> concord.v1.CurrentRevisionRequest
+	5,  // 15: concord.v1.InternalService.Header:input_type -> concord.v1.HeaderRequest
+	7,  // 16: concord.v1.InternalService.GetLeaseAuthority:input_type -> concord.v1.GetLeaseAuthorityRequest
+	20, // 17: concord.v1.InternalService.AcquireLeaseAuthority:input_type -> concord.v1.LeaseAuthorityAcquire
+	21, // 18: concord.v1.InternalService.RenewLeaseAuthority:input_type -> concord.v1.LeaseAuthorityRenew
+	22, // 19: concord.v1.InternalService.RevokeExpiredLeases:input_type -> concord.v1.LeaseRevokeExpired
+	10, // 20: concord.v1.InternalService.Leases:input_type -> concord.v1.LeasesRequest
+	13, // 21: concord.v1.InternalService.Authorize:input_type -> concord.v1.AuthorizeRequest
+	23, // 22: concord.v1.LeaseKeepAliveService.KeepAlive:input_type -> etcdserverpb.LeaseKeepAliveRequest
+	2,  // 23: concord.v1.InternalService.RangeEvents:output_type -> concord.v1.RangeEventsResponse
+	4,  // 24: concord.v1.InternalService.CurrentRevision:output_type -> concord.v1.CurrentRevisionResponse
+	6,  // 25: concord.v1.InternalService.Header:output_type -> concord.v1.HeaderResponse
+	8,  // 26: concord.v1.InternalService.GetLeaseAuthority:output_type -> concord.v1.LeaseAuthorityResponse
+	8,  // 27: concord.v1.InternalService.AcquireLeaseAuthority:output_type -> concord.v1.LeaseAuthorityResponse
+	8,  // 28: concord.v1.InternalService.RenewLeaseAuthority:output_type -> concord.v1.LeaseAuthorityResponse
+	9,  // 29: concord.v1.InternalService.RevokeExpiredLeases:output_type -> concord.v1.RevokeExpiredLeasesResponse
+	12, // 30: concord.v1.InternalService.Leases:output_type -> concord.v1.LeasesResponse
+	16, // 31: concord.v1.InternalService.Authorize:output_type -> concord.v1.AuthorizeResponse
+	24, // 32: concord.v1.LeaseKeepAliveService.KeepAlive:output_type -> etcdserverpb.LeaseKeepAliveResponse
+	23, // [23:33] is the sub-list for method output_type
+	13, // [13:23] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_concord_v1_internal_proto_init() }
@@ -831,13 +1084,17 @@ func file_concord_v1_internal_proto_init() {
 		return
 	}
 	file_concord_v1_raft_proto_init()
+	file_concord_v1_internal_proto_msgTypes[13].OneofWrappers = []any{
+		(*AuthorizeRequest_Watch)(nil),
+		(*AuthorizeRequest_Lease)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_concord_v1_internal_proto_rawDesc), len(file_concord_v1_internal_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

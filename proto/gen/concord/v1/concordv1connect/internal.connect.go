@@ -61,6 +61,9 @@ const (
 	InternalServiceRevokeExpiredLeasesProcedure = "/concord.v1.InternalService/RevokeExpiredLeases"
 	// InternalServiceLeasesProcedure is the fully-qualified name of the InternalService's Leases RPC.
 	InternalServiceLeasesProcedure = "/concord.v1.InternalService/Leases"
+	// InternalServiceAuthorizeProcedure is the fully-qualified name of the InternalService's Authorize
+	// RPC.
+	InternalServiceAuthorizeProcedure = "/concord.v1.InternalService/Authorize"
 	// LeaseKeepAliveServiceKeepAliveProcedure is the fully-qualified name of the
 	// LeaseKeepAliveService's KeepAlive RPC.
 	LeaseKeepAliveServiceKeepAliveProcedure = "/concord.v1.LeaseKeepAliveService/KeepAlive"
@@ -81,6 +84,13 @@ type InternalServiceClient interface {
 	RevokeExpiredLeases(context.Context, *v1.LeaseRevokeExpired) (*v1.RevokeExpiredLeasesResponse, error)
 	// Leases reads the replicated leases linearizably; with id set, only it.
 	Leases(context.Context, *v1.LeasesRequest) (*v1.LeasesResponse, error)
+	// Authorize checks the permissions of the caller's token (gRPC metadata
+	// "token", forwarded from the client) on what the member does not do
+	// itself in the split topology: creating a watch on a range (read, etcd's
+	// isWatchPermitted) or using a lease (a keep-alive needs write and
+	// TimeToLive with keys read permission on every key attached to it). It
+	// answers with the error etcd gives the client, or with a header.
+	Authorize(context.Context, *v1.AuthorizeRequest) (*v1.AuthorizeResponse, error)
 }
 
 // NewInternalServiceClient constructs a client for the concord.v1.InternalService service. By
@@ -142,6 +152,12 @@ func NewInternalServiceClient(httpClient connect.HTTPClient, baseURL string, opt
 			connect.WithSchema(internalServiceMethods.ByName("Leases")),
 			connect.WithClientOptions(opts...),
 		),
+		authorize: connect.NewClient[v1.AuthorizeRequest, v1.AuthorizeResponse](
+			httpClient,
+			baseURL+InternalServiceAuthorizeProcedure,
+			connect.WithSchema(internalServiceMethods.ByName("Authorize")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -155,6 +171,7 @@ type internalServiceClient struct {
 	renewLeaseAuthority   *connect.Client[v1.LeaseAuthorityRenew, v1.LeaseAuthorityResponse]
 	revokeExpiredLeases   *connect.Client[v1.LeaseRevokeExpired, v1.RevokeExpiredLeasesResponse]
 	leases                *connect.Client[v1.LeasesRequest, v1.LeasesResponse]
+	authorize             *connect.Client[v1.AuthorizeRequest, v1.AuthorizeResponse]
 }
 
 // RangeEvents calls concord.v1.InternalService.RangeEvents.
@@ -229,6 +246,15 @@ func (c *internalServiceClient) Leases(ctx context.Context, req *v1.LeasesReques
 	return nil, err
 }
 
+// Authorize calls concord.v1.InternalService.Authorize.
+func (c *internalServiceClient) Authorize(ctx context.Context, req *v1.AuthorizeRequest) (*v1.AuthorizeResponse, error) {
+	response, err := c.authorize.CallUnary(ctx, connect.NewRequest(req))
+	if response != nil {
+		return response.Msg, err
+	}
+	return nil, err
+}
+
 // InternalServiceHandler is an implementation of the concord.v1.InternalService service.
 type InternalServiceHandler interface {
 	// RangeEvents returns the committed history [from, to] of [key, end).
@@ -244,6 +270,13 @@ type InternalServiceHandler interface {
 	RevokeExpiredLeases(context.Context, *v1.LeaseRevokeExpired) (*v1.RevokeExpiredLeasesResponse, error)
 	// Leases reads the replicated leases linearizably; with id set, only it.
 	Leases(context.Context, *v1.LeasesRequest) (*v1.LeasesResponse, error)
+	// Authorize checks the permissions of the caller's token (gRPC metadata
+	// "token", forwarded from the client) on what the member does not do
+	// itself in the split topology: creating a watch on a range (read, etcd's
+	// isWatchPermitted) or using a lease (a keep-alive needs write and
+	// TimeToLive with keys read permission on every key attached to it). It
+	// answers with the error etcd gives the client, or with a header.
+	Authorize(context.Context, *v1.AuthorizeRequest) (*v1.AuthorizeResponse, error)
 }
 
 // NewInternalServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -301,6 +334,12 @@ func NewInternalServiceHandler(svc InternalServiceHandler, opts ...connect.Handl
 		connect.WithSchema(internalServiceMethods.ByName("Leases")),
 		connect.WithHandlerOptions(opts...),
 	)
+	internalServiceAuthorizeHandler := connect.NewUnaryHandlerSimple(
+		InternalServiceAuthorizeProcedure,
+		svc.Authorize,
+		connect.WithSchema(internalServiceMethods.ByName("Authorize")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/concord.v1.InternalService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case InternalServiceRangeEventsProcedure:
@@ -319,6 +358,8 @@ func NewInternalServiceHandler(svc InternalServiceHandler, opts ...connect.Handl
 			internalServiceRevokeExpiredLeasesHandler.ServeHTTP(w, r)
 		case InternalServiceLeasesProcedure:
 			internalServiceLeasesHandler.ServeHTTP(w, r)
+		case InternalServiceAuthorizeProcedure:
+			internalServiceAuthorizeHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -358,6 +399,10 @@ func (UnimplementedInternalServiceHandler) RevokeExpiredLeases(context.Context, 
 
 func (UnimplementedInternalServiceHandler) Leases(context.Context, *v1.LeasesRequest) (*v1.LeasesResponse, error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("concord.v1.InternalService.Leases is not implemented"))
+}
+
+func (UnimplementedInternalServiceHandler) Authorize(context.Context, *v1.AuthorizeRequest) (*v1.AuthorizeResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("concord.v1.InternalService.Authorize is not implemented"))
 }
 
 // LeaseKeepAliveServiceClient is a client for the concord.v1.LeaseKeepAliveService service.

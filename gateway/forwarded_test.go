@@ -1,0 +1,92 @@
+package gateway_test
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"testing"
+
+	"connectrpc.com/connect"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
+	"github.com/concord-kv/concord/auth"
+	"github.com/concord-kv/concord/gateway"
+	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
+)
+
+// credentialsBackend records the credentials each Range ran with.
+type credentialsBackend struct {
+	*fakeBackend
+	mu   sync.Mutex
+	seen []auth.Credentials
+}
+
+func (b *credentialsBackend) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	c, _ := auth.CredentialsFrom(ctx)
+	b.mu.Lock()
+	b.seen = append(b.seen, c)
+	b.mu.Unlock()
+	return b.fakeBackend.Range(ctx, r)
+}
+
+// A verified client certificate names the user of a request, unless the
+// request says it is forwarded by a concord process for one of its
+// clients: then the certificate is the process's, and only a token names
+// the user.
+func TestForwardedRequestsDropTheCertificateName(t *testing.T) {
+	certs := genCerts(t)
+	scfg, err := certs.ServerConfig(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &credentialsBackend{fakeBackend: newFake()}
+	g, err := gateway.New(gateway.Config{TLS: scfg}, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serveTLS(t, g)
+	ccfg, err := certs.ClientConfig(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var extra map[string]string
+	tr := &http.Transport{TLSClientConfig: ccfg, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	withHeaders := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		r = r.Clone(r.Context())
+		for k, v := range extra {
+			r.Header.Set(k, v)
+		}
+		return tr.RoundTrip(r)
+	})
+	kv := etcdserverpbconnect.NewKVClient(&http.Client{Transport: withHeaders}, "https://"+addr, connect.WithGRPC())
+
+	for _, tc := range []struct {
+		name    string
+		headers map[string]string
+		want    auth.Credentials
+	}{
+		{"direct", nil, auth.Credentials{CommonName: "concord test client"}},
+		{"direct with a token", map[string]string{"token": "t1"}, auth.Credentials{Token: "t1", CommonName: "concord test client"}},
+		{"forwarded", map[string]string{gateway.ForwardedHeader: "client"}, auth.Credentials{}},
+		{"forwarded with a token", map[string]string{gateway.ForwardedHeader: "client", "token": "t2"}, auth.Credentials{Token: "t2"}},
+	} {
+		b.mu.Lock()
+		b.seen = nil
+		b.mu.Unlock()
+		extra = tc.headers
+		if _, err := kv.Range(t.Context(), &pb.RangeRequest{Key: []byte("k")}); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		b.mu.Lock()
+		got := b.seen
+		b.mu.Unlock()
+		if len(got) != 1 || got[0] != tc.want {
+			t.Errorf("%s: the backend saw %+v, want [%+v]", tc.name, got, tc.want)
+		}
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
