@@ -274,6 +274,9 @@ func (n *Node) proposeTokenKey() {
 // AuthState is the auth state as of this member's applied index.
 func (n *Node) AuthState() *auth.State { return n.authPub.Load() }
 
+// AuthEnabled tells whether auth is enabled in the applied state.
+func (n *Node) AuthEnabled() bool { return n.AuthState().Enabled() }
+
 // applyAuth executes r if it is an auth request (handled reports it).
 func (n *Node) applyAuth(b *storage.Batch, r *pb.InternalRaftRequest, out *applyOutput) (res result, handled bool, fatal error) {
 	next, resp, handled, err := n.auth.Apply(r)

@@ -180,7 +180,7 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 	}
 	defer leases.Close()
 
-	path, h := remote.KeepAliveHandler(remote.KeepAliveServer{L: leases, Authz: remote.Authorizer{C: cons}})
+	path, h := remote.KeepAliveHandler(remote.KeepAliveServer{L: leases, Authz: remote.NewAuthorizer(cons, nil)})
 	opts, err := metricsOptions(metrics.Sources{})
 	if err != nil {
 		return err
@@ -305,11 +305,11 @@ func serveSplit(ctx context.Context, role string, gw *gateway.Gateway, listeners
 // forwards the watch or keep-alive to, which makes them whoever calls it.
 type authorizingConsensus struct {
 	*remote.Consensus
-	remote.Authorizer
+	*remote.Authorizer
 }
 
 func authorizing(c *remote.Consensus) authorizingConsensus {
-	return authorizingConsensus{Consensus: c, Authorizer: remote.Authorizer{C: c}}
+	return authorizingConsensus{Consensus: c, Authorizer: remote.NewAuthorizer(c, nil)}
 }
 
 // splitAuthPossible tells whether a consensus member verifies the client

@@ -42,6 +42,7 @@ type Node interface {
 	AuthorizeWatch(ctx context.Context, key, end []byte) (*pb.ResponseHeader, error)
 	AuthorizeLease(ctx context.Context, id int64, write bool) error
 	AuthorizeInternal(ctx context.Context) error
+	AuthEnabled() bool
 }
 
 // Server implements concordv1connect.InternalServiceHandler.
@@ -183,12 +184,12 @@ func (s *Server) Authorize(ctx context.Context, r *concordv1.AuthorizeRequest) (
 		if err != nil {
 			return nil, gateway.TranslateError(err)
 		}
-		return &concordv1.AuthorizeResponse{Header: h}, nil
+		return &concordv1.AuthorizeResponse{Header: h, AuthEnabled: s.n.AuthEnabled()}, nil
 	case *concordv1.AuthorizeRequest_Lease:
 		if err := s.n.AuthorizeLease(ctx, w.Lease.GetId(), w.Lease.GetWrite()); err != nil {
 			return nil, gateway.TranslateError(err)
 		}
-		return &concordv1.AuthorizeResponse{Header: s.n.Header()}, nil
+		return &concordv1.AuthorizeResponse{Header: s.n.Header(), AuthEnabled: s.n.AuthEnabled()}, nil
 	default:
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("authorize: nothing to authorize"))
 	}

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
@@ -85,7 +87,7 @@ func TestAuthorizerForwardsTheClientToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	a := remote.Authorizer{C: c}
+	a := remote.NewAuthorizer(c, nil)
 	as := func(tok string) context.Context {
 		return auth.WithCredentials(context.Background(), auth.Credentials{Token: tok, CommonName: "root"})
 	}
@@ -130,7 +132,7 @@ func TestAuthorizeFailsClosedWithoutCredentials(t *testing.T) {
 	}
 	defer c.Close()
 	ctx := auth.WithCredentials(context.Background(), auth.Credentials{Token: "alice"})
-	if _, err := (remote.Authorizer{C: c}).AuthorizeWatch(ctx, []byte("a/x"), nil); !errors.Is(err, auth.ErrUserEmpty) {
+	if _, err := remote.NewAuthorizer(c, nil).AuthorizeWatch(ctx, []byte("a/x"), nil); !errors.Is(err, auth.ErrUserEmpty) {
 		t.Errorf("AuthorizeWatch: %v, want user name is empty", err)
 	}
 }
@@ -144,7 +146,7 @@ func TestKeepAliveServerChecksTheForwardedToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	path, h := remote.KeepAliveHandler(remote.KeepAliveServer{L: fixedLease{}, Authz: remote.Authorizer{C: c}})
+	path, h := remote.KeepAliveHandler(remote.KeepAliveServer{L: fixedLease{}, Authz: remote.NewAuthorizer(c, nil)})
 	l, err := remote.NewLease(h2cServer(t, path, h), c.Header)
 	if err != nil {
 		t.Fatal(err)
@@ -194,7 +196,62 @@ func TestInternalAPIRequiresAnAdmittedCaller(t *testing.T) {
 	if _, err := c.LeaseAuthority(context.Background()); !errors.Is(err, auth.ErrUserEmpty) {
 		t.Errorf("LeaseAuthority without credentials: %v, want user name is empty", err)
 	}
-	if _, err := (remote.Authorizer{C: c}).AuthorizeWatch(as("alice"), []byte("a/x"), nil); err != nil {
+	if _, err := remote.NewAuthorizer(c, nil).AuthorizeWatch(as("alice"), []byte("a/x"), nil); err != nil {
 		t.Errorf("Authorize for alice: %v", err)
 	}
+}
+
+// authToggleNode is fakeNode with auth switched on and off, counting the
+// lease checks it is asked for (a member with auth off allows them all).
+type authToggleNode struct {
+	fakeNode
+	on     *atomic.Bool
+	checks *atomic.Int32
+}
+
+func (n authToggleNode) AuthEnabled() bool { return n.on.Load() }
+
+func (n authToggleNode) AuthorizeLease(ctx context.Context, id int64, write bool) error {
+	n.checks.Add(1)
+	if !n.on.Load() {
+		return nil
+	}
+	return n.fakeNode.AuthorizeLease(ctx, id, write)
+}
+
+// Keep-alives skip the round trip for KeepAliveRecheck after a member said
+// auth is off, and never while it is on; TimeToLive is always checked.
+func TestAuthorizerKeepAliveRecheck(t *testing.T) {
+	n := authToggleNode{on: new(atomic.Bool), checks: new(atomic.Int32)}
+	path, h := internalapi.Handler(n)
+	c, err := remote.NewConsensus(h2cServer(t, path, h), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	now := time.Unix(1000, 0)
+	a := remote.NewAuthorizer(c, func() time.Time { return now })
+	mallory := auth.WithCredentials(context.Background(), auth.Credentials{Token: "mallory"})
+	step := func(what string, write bool, wantChecks int32, wantErr error) {
+		t.Helper()
+		if err := a.AuthorizeLease(mallory, 1, write); !errors.Is(err, wantErr) || (err == nil) != (wantErr == nil) {
+			t.Errorf("%s: %v, want %v", what, err, wantErr)
+		}
+		if got := n.checks.Load(); got != wantChecks {
+			t.Errorf("%s: %d checks asked of consensus, want %d", what, got, wantChecks)
+		}
+	}
+	step("first keep-alive, auth off", true, 1, nil)
+	step("keep-alive within the recheck", true, 1, nil)
+	step("TimeToLive within the recheck", false, 2, nil)
+	n.on.Store(true)
+	now = now.Add(remote.KeepAliveRecheck / 2)
+	// The documented window: auth was just enabled, the last answer said off.
+	step("keep-alive, auth just enabled", true, 2, nil)
+	now = now.Add(remote.KeepAliveRecheck)
+	step("keep-alive after the recheck", true, 3, auth.ErrInvalidAuthToken)
+	step("keep-alive, auth on", true, 4, auth.ErrInvalidAuthToken)
+	n.on.Store(false)
+	step("keep-alive, auth off again", true, 5, nil)
+	step("keep-alive, still off", true, 5, nil)
 }

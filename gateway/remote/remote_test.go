@@ -257,6 +257,9 @@ func fakeAuthorize(ctx context.Context, key string) error {
 	return nil
 }
 
+// AuthEnabled: the fake answers as a member with auth enabled.
+func (fakeNode) AuthEnabled() bool { return true }
+
 // AuthorizeInternal admits the token "root" only, as a member with auth
 // enabled admits root-role users only.
 func (fakeNode) AuthorizeInternal(ctx context.Context) error {

@@ -885,8 +885,11 @@ func (x *AuthorizeLease) GetWrite() bool {
 }
 
 type AuthorizeResponse struct {
-	state         protoimpl.MessageState       `protogen:"open.v1"`
-	Header        *etcdserverpb.ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	state  protoimpl.MessageState       `protogen:"open.v1"`
+	Header *etcdserverpb.ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// auth_enabled tells whether auth was enabled on the member when it
+	// answered (with it off, every call is allowed).
+	AuthEnabled   bool `protobuf:"varint,2,opt,name=auth_enabled,json=authEnabled,proto3" json:"auth_enabled,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -926,6 +929,13 @@ func (x *AuthorizeResponse) GetHeader() *etcdserverpb.ResponseHeader {
 		return x.Header
 	}
 	return nil
+}
+
+func (x *AuthorizeResponse) GetAuthEnabled() bool {
+	if x != nil {
+		return x.AuthEnabled
+	}
+	return false
 }
 
 var File_concord_v1_internal_proto protoreflect.FileDescriptor
@@ -981,9 +991,10 @@ const file_concord_v1_internal_proto_rawDesc = "" +
 	"\x03end\x18\x02 \x01(\fR\x03end\"6\n" +
 	"\x0eAuthorizeLease\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x14\n" +
-	"\x05write\x18\x02 \x01(\bR\x05write\"I\n" +
+	"\x05write\x18\x02 \x01(\bR\x05write\"l\n" +
 	"\x11AuthorizeResponse\x124\n" +
-	"\x06header\x18\x01 \x01(\v2\x1c.etcdserverpb.ResponseHeaderR\x06header2\x84\x06\n" +
+	"\x06header\x18\x01 \x01(\v2\x1c.etcdserverpb.ResponseHeaderR\x06header\x12!\n" +
+	"\fauth_enabled\x18\x02 \x01(\bR\vauthEnabled2\x84\x06\n" +
 	"\x0fInternalService\x12N\n" +
 	"\vRangeEvents\x12\x1e.concord.v1.RangeEventsRequest\x1a\x1f.concord.v1.RangeEventsResponse\x12Z\n" +
 	"\x0fCurrentRevision\x12\".concord.v1.CurrentRevisionRequest\x1a#.concord.v1.CurrentRevisionResponse\x12?\n" +
