@@ -271,26 +271,8 @@ func TestSplitAuthEnforced(t *testing.T) {
 	if err := certs.IssueClient(userCert, userKey); err != nil {
 		t.Fatal(err)
 	}
-	serve := func(port int) []string {
-		return []string{"--listen-client-urls", fmt.Sprintf("https://127.0.0.1:%d", port),
-			"--cert-file", certs.ServerCert, "--key-file", certs.ServerKey, "--trusted-ca-file", certs.CA, "--client-cert-auth"}
-	}
-	dial := []string{"--cacert", certs.CA, "--cert", certs.ClientCert, "--key", certs.ClientKey}
-	cport, pport, err := freePorts()
-	if err != nil {
-		t.Fatal(err)
-	}
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	purl := fmt.Sprintf("http://127.0.0.1:%d", pport)
-	cons := startTLSProc(t, "consensus", cport, certs, append([]string{"consensus", "--name", "c1", "--data-dir", t.TempDir(),
-		"--listen-peer-urls", purl, "--initial-cluster", "c1=" + purl, "--nats-listen-addr", natsAddr, "--bcrypt-cost=4"}, serve(cport)...)...)
-	wport, lport, gport := freePort(t), freePort(t), freePort(t)
-	wf := startTLSProc(t, "watchfanout", wport, certs, append(append([]string{"watchfanout", "--name", "wf1",
-		"--consensus-endpoints", cons.url(), "--nats-url", "nats://" + natsAddr}, serve(wport)...), dial...)...)
-	ls := startTLSProc(t, "leasesvc", lport, certs, append(append([]string{"leasesvc", "--name", "ls1",
-		"--consensus-endpoints", cons.url()}, serve(lport)...), dial...)...)
-	gw := startTLSProc(t, "gateway", gport, certs, append(append([]string{"gateway", "--consensus-endpoints", cons.url(),
-		"--watchfanout-endpoints", wf.url(), "--leasesvc-endpoints", ls.url()}, serve(gport)...), dial...)...)
+	split := startTLSSplit(t, certs, "--bcrypt-cost=4")
+	cons, gw := split.cons, split.gw
 
 	userTLS, err := tls.LoadX509KeyPair(userCert, userKey)
 	if err != nil {

@@ -102,26 +102,8 @@ func TestSplitTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	serve := func(port int) []string {
-		return []string{"--listen-client-urls", fmt.Sprintf("https://127.0.0.1:%d", port),
-			"--cert-file", certs.ServerCert, "--key-file", certs.ServerKey, "--trusted-ca-file", certs.CA, "--client-cert-auth"}
-	}
-	dial := []string{"--cacert", certs.CA, "--cert", certs.ClientCert, "--key", certs.ClientKey}
-	cport, pport, err := freePorts()
-	if err != nil {
-		t.Fatal(err)
-	}
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	purl := fmt.Sprintf("http://127.0.0.1:%d", pport)
-	cons := startTLSProc(t, "consensus", cport, certs, append([]string{"consensus", "--name", "c1", "--data-dir", t.TempDir(),
-		"--listen-peer-urls", purl, "--initial-cluster", "c1=" + purl, "--nats-listen-addr", natsAddr}, serve(cport)...)...)
-	wport, lport, gport := freePort(t), freePort(t), freePort(t)
-	wf := startTLSProc(t, "watchfanout", wport, certs, append(append([]string{"watchfanout", "--name", "wf1",
-		"--consensus-endpoints", cons.url(), "--nats-url", "nats://" + natsAddr}, serve(wport)...), dial...)...)
-	ls := startTLSProc(t, "leasesvc", lport, certs, append(append([]string{"leasesvc", "--name", "ls1",
-		"--consensus-endpoints", cons.url()}, serve(lport)...), dial...)...)
-	gw := startTLSProc(t, "gateway", gport, certs, append(append([]string{"gateway", "--consensus-endpoints", cons.url(),
-		"--watchfanout-endpoints", wf.url(), "--leasesvc-endpoints", ls.url()}, serve(gport)...), dial...)...)
+	split := startTLSSplit(t, certs)
+	cons, gw, dial := split.cons, split.gw, split.dial
 
 	ep := gw.url()
 	ctl := func(args ...string) string { return mustCtl(t, ep, append(dial, args...)...) }
@@ -139,6 +121,42 @@ func TestSplitTLS(t *testing.T) {
 	if r.exit == 0 {
 		t.Fatalf("etcdctl without a client certificate reached consensus: %+v", r)
 	}
+}
+
+// tlsSplit is a split topology (one consensus member, watch fan-out, lease
+// service, gateway) with every client URL on https:// and
+// --client-cert-auth; dial is the etcdctl TLS flags of the processes'
+// client certificate.
+type tlsSplit struct {
+	cons, wf, ls, gw *proc
+	dial             []string
+}
+
+// startTLSSplit starts a tlsSplit with certs; consensusArgs are added to
+// the consensus member's flags.
+func startTLSSplit(t *testing.T, certs *tlstest.Files, consensusArgs ...string) tlsSplit {
+	t.Helper()
+	serve := func(port int) []string {
+		return []string{"--listen-client-urls", fmt.Sprintf("https://127.0.0.1:%d", port),
+			"--cert-file", certs.ServerCert, "--key-file", certs.ServerKey, "--trusted-ca-file", certs.CA, "--client-cert-auth"}
+	}
+	dial := []string{"--cacert", certs.CA, "--cert", certs.ClientCert, "--key", certs.ClientKey}
+	cport, pport, err := freePorts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	purl := fmt.Sprintf("http://127.0.0.1:%d", pport)
+	cons := startTLSProc(t, "consensus", cport, certs, append(append([]string{"consensus", "--name", "c1", "--data-dir", t.TempDir(),
+		"--listen-peer-urls", purl, "--initial-cluster", "c1=" + purl, "--nats-listen-addr", natsAddr}, consensusArgs...), serve(cport)...)...)
+	wport, lport, gport := freePort(t), freePort(t), freePort(t)
+	wf := startTLSProc(t, "watchfanout", wport, certs, append(append([]string{"watchfanout", "--name", "wf1",
+		"--consensus-endpoints", cons.url(), "--nats-url", "nats://" + natsAddr}, serve(wport)...), dial...)...)
+	ls := startTLSProc(t, "leasesvc", lport, certs, append(append([]string{"leasesvc", "--name", "ls1",
+		"--consensus-endpoints", cons.url()}, serve(lport)...), dial...)...)
+	gw := startTLSProc(t, "gateway", gport, certs, append(append([]string{"gateway", "--consensus-endpoints", cons.url(),
+		"--watchfanout-endpoints", wf.url(), "--leasesvc-endpoints", ls.url()}, serve(gport)...), dial...)...)
+	return tlsSplit{cons: cons, wf: wf, ls: ls, gw: gw, dial: dial}
 }
 
 // TestAutoTLS starts etcd and concord with --auto-tls on an https:// client
