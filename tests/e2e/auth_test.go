@@ -300,19 +300,7 @@ func TestSplitAuthEnforced(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	got := authOutcomesAt(t, gw.url(), tlsCfg)
-	for i := range max(len(got), len(want)) {
-		var g, w string
-		if i < len(got) {
-			g = got[i]
-		}
-		if i < len(want) {
-			w = want[i]
-		}
-		if g != w {
-			t.Errorf("outcome %d: %s\n  etcd: %s", i, g, w)
-		}
-	}
+	compareOutcomes(t, authOutcomesAt(t, gw.url(), tlsCfg), want)
 
 	// authOutcomes ends with auth disabled: on again, the internal API
 	// serves history only to a root-role caller, here named by the
@@ -345,32 +333,33 @@ func TestSplitAuthEnforced(t *testing.T) {
 // same outcomes and errors as etcd.
 func TestClientAuthEnforced(t *testing.T) {
 	t.Parallel()
-	var etcdOutcomes []string
+	outcomes := map[string][]string{}
 	for _, im := range impls {
 		t.Run(im.name, func(t *testing.T) {
-			s := startServer(t, im, serverOptions{extra: []string{"--bcrypt-cost=4"}})
-			got := authOutcomes(t, s)
-			if im == etcdImpl {
-				etcdOutcomes = got
-				t.Logf("etcd's outcomes:\n%s", strings.Join(got, "\n"))
-				return
-			}
-			if etcdOutcomes == nil {
-				t.Skip("etcd's run failed")
-			}
-			for i := range max(len(got), len(etcdOutcomes)) {
-				var g, w string
-				if i < len(got) {
-					g = got[i]
-				}
-				if i < len(etcdOutcomes) {
-					w = etcdOutcomes[i]
-				}
-				if g != w {
-					t.Errorf("outcome %d: %s\n  etcd: %s", i, g, w)
-				}
-			}
+			outcomes[im.name] = authOutcomes(t, startServer(t, im, serverOptions{extra: []string{"--bcrypt-cost=4"}}))
 		})
+	}
+	if len(outcomes["etcd"]) == 0 {
+		t.Fatal("no outcomes from etcd")
+	}
+	compareOutcomes(t, outcomes["concord"], outcomes["etcd"])
+}
+
+// compareOutcomes fails the test for every line of got that differs from
+// etcd's (want), a missing or extra line included.
+func compareOutcomes(t *testing.T, got, want []string) {
+	t.Helper()
+	for i := range max(len(got), len(want)) {
+		var g, w string
+		if i < len(got) {
+			g = got[i]
+		}
+		if i < len(want) {
+			w = want[i]
+		}
+		if g != w {
+			t.Errorf("outcome %d: %s\n  etcd: %s", i, g, w)
+		}
 	}
 }
 
