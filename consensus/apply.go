@@ -210,7 +210,7 @@ func (n *Node) applyRequest(b *storage.Batch, r *pb.InternalRaftRequest, out *ap
 	default:
 		res, handled, fatal := n.applyAuth(b, r, out)
 		if !handled {
-			return result{err: errUnknownRequest}, false, nil
+			return result{err: ErrUnknownMethod}, false, nil
 		}
 		return res, false, fatal
 	}

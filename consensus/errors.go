@@ -53,6 +53,7 @@ var (
 	// the team contract; gateway maps it to rpctypes.ErrGRPCLeaseTTLTooLarge).
 	ErrLeaseTTLTooLarge = errors.New("lease: TTL is too large")
 
-	// errUnknownRequest marks a committed command this version cannot apply.
-	errUnknownRequest = errors.New("etcdserver: unknown method")
+	// ErrUnknownMethod marks a request this version cannot serve: a
+	// committed command it cannot apply, or an unknown downgrade action.
+	ErrUnknownMethod = errors.New("etcdserver: unknown method")
 )

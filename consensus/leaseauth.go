@@ -255,7 +255,7 @@ func (n *Node) applyCommand(b *storage.Batch, index uint64, cmd *concordv1.RaftC
 	case *concordv1.RaftCommand_AuthEnable:
 		return n.applyAuthEnable(b, c.AuthEnable, out)
 	default:
-		return result{err: errUnknownRequest}, nil
+		return result{err: ErrUnknownMethod}, nil
 	}
 }
 

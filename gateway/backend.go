@@ -48,6 +48,7 @@ type Maintenance interface {
 	Defragment(ctx context.Context, r *pb.DefragmentRequest) (*pb.DefragmentResponse, error)
 	// MoveLeader transfers raft leadership; it must reach the leader.
 	MoveLeader(ctx context.Context, r *pb.MoveLeaderRequest) (*pb.MoveLeaderResponse, error)
+	Downgrade(ctx context.Context, r *pb.DowngradeRequest) (*pb.DowngradeResponse, error)
 }
 
 // Cluster is the membership part of the backend: changes go through raft

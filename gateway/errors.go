@@ -49,6 +49,13 @@ var errorTable = []struct {
 	{consensus.ErrNotLeader, rpctypes.ErrGRPCNotLeader},
 	{consensus.ErrBadLeaderTransferee, rpctypes.ErrGRPCBadLeaderTransferee},
 	{consensus.ErrNotSupportedForLearner, rpctypes.ErrGRPCNotSupportedForLearner},
+	// Not in etcd's table either: Unknown with the server error's text.
+	{consensus.ErrUnknownMethod, status.Error(codes.Unknown, consensus.ErrUnknownMethod.Error())},
+	{consensus.ErrWrongDowngradeVersionFormat, rpctypes.ErrGRPCWrongDowngradeVersionFormat},
+	{consensus.ErrInvalidDowngradeTargetVersion, rpctypes.ErrGRPCInvalidDowngradeTargetVersion},
+	// etcd would start the downgrade; concord cannot finish one, so it
+	// refuses before anything changes.
+	{consensus.ErrDowngradeUnsupported, status.Error(codes.FailedPrecondition, consensus.ErrDowngradeUnsupported.Error())},
 	// etcd has no rpctypes error for a leader transfer that took too long:
 	// its togRPCError falls back to Unknown with the server error's text.
 	{consensus.ErrTimeoutLeaderTransfer, status.Error(codes.Unknown, consensus.ErrTimeoutLeaderTransfer.Error())},

@@ -599,10 +599,6 @@ func TestUnimplemented(t *testing.T) {
 			_, err = w.Recv()
 			return err
 		},
-		"Downgrade": func() error {
-			_, err := pb.NewMaintenanceClient(conn).Downgrade(ctx, &pb.DowngradeRequest{Version: "3.6.0"})
-			return err
-		},
 		// grpc-go maps the HTTP 404 for an unknown method to Unimplemented.
 		"unknown method": func() error {
 			return conn.Invoke(ctx, "/etcdserverpb.KV/Nope", &pb.RangeRequest{}, &pb.RangeResponse{})

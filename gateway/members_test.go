@@ -158,3 +158,9 @@ func TestMembershipErrorsAreEtcds(t *testing.T) {
 		t.Errorf("move leader timeout: %v", err)
 	}
 }
+
+// Downgrade refuses as concord's consensus does for ENABLE; the real
+// behaviour is compared with etcd in tests/e2e (TestDowngrade).
+func (f *fakeBackend) Downgrade(context.Context, *pb.DowngradeRequest) (*pb.DowngradeResponse, error) {
+	return nil, consensus.ErrDowngradeUnsupported
+}

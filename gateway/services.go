@@ -194,8 +194,8 @@ func (s leaseService) LeaseKeepAlive(ctx context.Context, stream *connect.BidiSt
 	}
 }
 
-// maintenanceService serves etcdserverpb.Maintenance (Hash and Downgrade
-// are unimplemented; Snapshot needs a Snapshotter backend).
+// maintenanceService serves etcdserverpb.Maintenance (Hash is
+// unimplemented; Snapshot needs a Snapshotter backend).
 type maintenanceService struct {
 	etcdserverpbconnect.UnimplementedMaintenanceHandler
 	g *Gateway
@@ -253,6 +253,14 @@ func (s maintenanceService) HashKV(ctx context.Context, r *pb.HashKVRequest) (*p
 
 // MoveLeader transfers leadership; etcdctl sends it to the leader's
 // endpoint itself, and the backend refuses it anywhere else.
+func (s maintenanceService) Downgrade(ctx context.Context, r *pb.DowngradeRequest) (*pb.DowngradeResponse, error) {
+	resp, err := s.g.b.Downgrade(ctx, r)
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}
+
 func (s maintenanceService) MoveLeader(ctx context.Context, r *pb.MoveLeaderRequest) (*pb.MoveLeaderResponse, error) {
 	resp, err := s.g.b.MoveLeader(ctx, r)
 	if err != nil {

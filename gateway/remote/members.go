@@ -59,3 +59,8 @@ func (c *Consensus) MoveLeader(ctx context.Context, r *pb.MoveLeaderRequest) (*p
 	_, _ = c.Status(ctx, &pb.StatusRequest{})
 	return unary(c, ctx, false, maintOf, etcdserverpbconnect.MaintenanceClient.MoveLeader, r, (*pb.MoveLeaderResponse).GetHeader)
 }
+
+// Downgrade implements gateway.Maintenance.
+func (c *Consensus) Downgrade(ctx context.Context, r *pb.DowngradeRequest) (*pb.DowngradeResponse, error) {
+	return unary(c, ctx, false, maintOf, etcdserverpbconnect.MaintenanceClient.Downgrade, r, (*pb.DowngradeResponse).GetHeader)
+}

@@ -105,3 +105,41 @@ func TestCtlRestart(t *testing.T) {
 		ctl("endpoint", "hashkv", "-w", "json"),
 	)})
 }
+
+// TestCtlDowngrade compares etcd's downgrade validation and cancellation. Enabling a downgrade is
+// left out: etcd starts one, concord refuses (TestDowngradeEnableRefused).
+func TestCtlDowngrade(t *testing.T) {
+	runScenario(t, scenario{name: "downgrade", steps: seq(
+		ctl("downgrade", "validate", "3.6"),
+		ctl("downgrade", "validate", "3.6.0"),
+		ctl("downgrade", "validate", "3.6.9"),
+		ctl("downgrade", "validate", "3.5"),
+		ctl("downgrade", "validate", "3.7"),
+		ctl("downgrade", "validate", "4.6"),
+		ctl("downgrade", "validate", "three"),
+		ctl("downgrade", "validate", "v3.6"),
+		ctl("downgrade", "enable", "3.5"),
+		ctl("downgrade", "enable", "bad"),
+		ctl("downgrade", "cancel"),
+		ctl("endpoint", "status", "-w", "json"),
+	)})
+}
+
+// TestDowngradeEnableRefused: concord's data directory is not etcd's, so no older binary could
+// finish a downgrade; concord refuses to start one, and nothing changes.
+func TestDowngradeEnableRefused(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, concordImpl, serverOptions{})
+	r := runCtl(t, s.Endpoint(), "", "downgrade", "enable", "3.6")
+	if r.exit == 0 || !strings.Contains(r.stderr, "concord cannot be downgraded in place") {
+		t.Fatalf("downgrade enable 3.6: exit %d, stderr %q; want a refusal", r.exit, r.stderr)
+	}
+	r = runCtl(t, s.Endpoint(), "", "endpoint", "status", "-w", "json")
+	if r.exit != 0 || !strings.Contains(r.stdout, `"downgradeInfo":{}`) {
+		t.Fatalf("endpoint status after a refused enable: exit %d, %s %s", r.exit, r.stdout, r.stderr)
+	}
+	r = runCtl(t, s.Endpoint(), "", "downgrade", "validate", "3.6")
+	if r.exit != 0 || !strings.Contains(r.stdout, "Downgrade validate success, cluster version 3.7") {
+		t.Fatalf("downgrade validate after a refused enable: exit %d, %s %s", r.exit, r.stdout, r.stderr)
+	}
+}
