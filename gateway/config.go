@@ -62,6 +62,9 @@ type Config struct {
 	// WarningUnaryRequestDuration logs a warning for every unary RPC that
 	// takes longer (etcd's --warning-unary-request-duration); 0: none.
 	WarningUnaryRequestDuration time.Duration
+	// StopServingOnDefrag makes the gRPC health service answer NOT_SERVING
+	// while a defragmentation runs (etcd's StopGRPCServiceOnDefrag gate).
+	StopServingOnDefrag bool
 	// ShutdownTimeout is how long Serve waits for in-flight calls once its
 	// context is done before closing connections.
 	ShutdownTimeout time.Duration

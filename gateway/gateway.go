@@ -53,6 +53,8 @@ type Gateway struct {
 	handler              http.Handler
 	// rest serves etcd's JSON gateway; nil with Config.NoJSONGateway.
 	rest *restGateway
+	// health is the gRPC health service (grpchealth.go).
+	health *healthService
 
 	mu      sync.Mutex
 	closed  bool
@@ -176,6 +178,8 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 	g.mount(etcdserverpbconnect.NewAuthHandler(authHandler(b), hopts...))
 	g.mount(v3lockpbconnect.NewLockHandler(o.lock, hopts...))
 	g.mount(v3electionpbconnect.NewElectionHandler(o.election, hopts...))
+	g.health = &healthService{stopOnDefrag: cfg.StopServingOnDefrag}
+	g.mount(healthServicePrefix, g.health.handler(hopts...))
 	g.installHTTPEndpoints(o.readyChecks)
 	for _, e := range o.extra {
 		g.misc.Handle(e.pattern, e.h)

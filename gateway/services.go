@@ -236,7 +236,11 @@ func (s maintenanceService) Status(ctx context.Context, r *pb.StatusRequest) (*p
 }
 
 func (s maintenanceService) Defragment(ctx context.Context, r *pb.DefragmentRequest) (*pb.DefragmentResponse, error) {
-	resp, err := s.g.b.Defragment(ctx, r)
+	var resp *pb.DefragmentResponse
+	err := s.g.health.defragment(func() (err error) {
+		resp, err = s.g.b.Defragment(ctx, r)
+		return err
+	})
 	if err != nil {
 		return nil, TranslateError(err)
 	}

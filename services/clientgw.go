@@ -84,7 +84,21 @@ func withServerHTTP(c gateway.Config, s config.Server) gateway.Config {
 	c.SeparateHTTP = len(s.ListenClientHTTPURLs) > 0
 	c.MaxConcurrentStreams = s.MaxConcurrentStreams
 	c.WarningUnaryRequestDuration = s.WarningUnaryRequestDuration
+	c.StopServingOnDefrag = featureEnabled(s.FeatureGates, "StopGRPCServiceOnDefrag", true)
 	return c
+}
+
+// featureEnabled resolves one of etcd's feature gates as etcd does: the
+// gate's own setting, else AllAlpha or AllBeta for its stage, else off (the
+// default of every gate concord acts on).
+func featureEnabled(gates map[string]bool, name string, alpha bool) bool {
+	if v, ok := gates[name]; ok {
+		return v
+	}
+	if alpha {
+		return gates["AllAlpha"]
+	}
+	return gates["AllBeta"]
 }
 
 // withTLS is c serving TLS listeners with t.
