@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/coreos/go-semver/semver"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/version"
 
@@ -18,13 +17,7 @@ const maxLeaseTTL = 9000000000
 
 // storageVersion is the etcd storage schema version concord reports: the
 // major.minor of the etcd API it implements.
-var storageVersion = func() string {
-	v, err := semver.NewVersion(version.Version)
-	if err != nil {
-		return ""
-	}
-	return fmt.Sprintf("%d.%d.0", v.Major, v.Minor)
-}()
+var storageVersion = clusterVersion.String()
 
 // header completes a response header: cluster and member IDs, raft term and,
 // unless the operation set it, the current revision.
