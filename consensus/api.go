@@ -165,10 +165,7 @@ func txnSerializable(r *pb.TxnRequest) bool {
 
 // Compact compacts the key history through raft.
 func (n *Node) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
-	if err := n.learnerGuard(); err != nil {
-		return nil, err
-	}
-	if err := n.requireAdmin(ctx); err != nil {
+	if err := n.adminGuard(ctx); err != nil {
 		return nil, err
 	}
 	resp, err := proposeAs[*pb.CompactionResponse](ctx, n, &pb.InternalRaftRequest{Compaction: r})
@@ -315,12 +312,34 @@ func formatAlarm(a *pb.AlarmMember) string {
 	return fmt.Sprintf("memberID:%d alarm:%s ", a.GetMemberID(), a.GetAlarm())
 }
 
-// HashKV hashes the MVCC keyspace up to r.Revision (0 = current).
-func (n *Node) HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVResponse, error) {
+// adminGuard is what etcd checks before a member or maintenance admin call:
+// a learner refuses it, and once auth is on only root may make it.
+func (n *Node) adminGuard(ctx context.Context) error {
 	if err := n.learnerGuard(); err != nil {
+		return err
+	}
+	return n.requireAdmin(ctx)
+}
+
+// Hash is etcd's Maintenance.Hash: a hash of this member's replicated
+// store (storage.Store.Hash) at the revision in the header.
+func (n *Node) Hash(ctx context.Context, _ *pb.HashRequest) (*pb.HashResponse, error) {
+	if err := n.adminGuard(ctx); err != nil {
 		return nil, err
 	}
-	if err := n.requireAdmin(ctx); err != nil {
+	if n.stopped() {
+		return nil, ErrStopped
+	}
+	hash, rev, err := n.store.Hash()
+	if err != nil {
+		return nil, n.storeErr(err)
+	}
+	return &pb.HashResponse{Header: n.header(&pb.ResponseHeader{Revision: rev}), Hash: hash}, nil
+}
+
+// HashKV hashes the MVCC keyspace up to r.Revision (0 = current).
+func (n *Node) HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVResponse, error) {
+	if err := n.adminGuard(ctx); err != nil {
 		return nil, err
 	}
 	if n.stopped() {
@@ -341,10 +360,7 @@ func (n *Node) HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVRespo
 
 // Defragment reclaims space in the store; reads and writes keep working.
 func (n *Node) Defragment(ctx context.Context, _ *pb.DefragmentRequest) (*pb.DefragmentResponse, error) {
-	if err := n.learnerGuard(); err != nil {
-		return nil, err
-	}
-	if err := n.requireAdmin(ctx); err != nil {
+	if err := n.adminGuard(ctx); err != nil {
 		return nil, err
 	}
 	if n.stopped() {

@@ -154,7 +154,8 @@ func (c *testCluster) followers(lead int) []int {
 }
 
 // converged waits until every running member applied the same index and
-// holds the same revision and KV hash, and returns that revision.
+// holds the same revision, KV hash and store hash (Maintenance.Hash), and
+// returns that revision.
 func (c *testCluster) converged() int64 {
 	c.t.Helper()
 	var rev int64
@@ -165,12 +166,19 @@ func (c *testCluster) converged() int64 {
 		if err != nil {
 			return false
 		}
+		s0, _, err := first.Store().Hash()
+		if err != nil {
+			return false
+		}
 		for _, i := range run[1:] {
 			n := c.nodes[i]
 			if n.applied.Load() != first.applied.Load() || n.Store().Rev() != first.Store().Rev() {
 				return false
 			}
 			if h, _, _, err := n.Store().HashKV(0); err != nil || h != h0 {
+				return false
+			}
+			if h, _, err := n.Store().Hash(); err != nil || h != s0 {
 				return false
 			}
 		}

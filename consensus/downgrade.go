@@ -40,10 +40,7 @@ var clusterVersion = func() semver.Version {
 // refuses with ErrDowngradeUnsupported; CANCEL finds no downgrade in flight,
 // which etcd logs and answers with success.
 func (n *Node) Downgrade(ctx context.Context, r *pb.DowngradeRequest) (*pb.DowngradeResponse, error) {
-	if err := n.learnerGuard(); err != nil {
-		return nil, err
-	}
-	if err := n.requireAdmin(ctx); err != nil {
+	if err := n.adminGuard(ctx); err != nil {
 		return nil, err
 	}
 	switch r.GetAction() {

@@ -228,6 +228,14 @@ func TestPutGetRoundTripAndHeaders(t *testing.T) {
 	if hk.HashRevision != n.Store().Rev() || hk.CompactRevision != tx.Header.Revision {
 		t.Fatalf("hashkv = %v (rev %d, compacted at %d)", hk, n.Store().Rev(), tx.Header.Revision)
 	}
+	hs, err := n.Hash(ctx, &pb.HashRequest{})
+	if err != nil {
+		t.Fatalf("Hash: %v", err)
+	}
+	checkHeader("hash", hs.Header)
+	if want, _, _ := n.Store().Hash(); hs.Hash != want || hs.Header.Revision != n.Store().Rev() {
+		t.Fatalf("hash = %v, store hash %d at %d", hs, want, n.Store().Rev())
+	}
 	df, err := n.Defragment(ctx, &pb.DefragmentRequest{})
 	if err != nil {
 		t.Fatalf("Defragment: %v", err)

@@ -57,10 +57,7 @@ type confChangeContext struct {
 // MemberAdd adds a member (a learner if asked) with etcd's ID for a
 // runtime-added member: peer URLs and the current time.
 func (n *Node) MemberAdd(ctx context.Context, r *pb.MemberAddRequest) (*pb.MemberAddResponse, error) {
-	if err := n.learnerGuard(); err != nil {
-		return nil, err
-	}
-	if err := n.requireAdmin(ctx); err != nil {
+	if err := n.adminGuard(ctx); err != nil {
 		return nil, err
 	}
 	urls, err := parsePeerURLs(r.GetPeerURLs())
@@ -92,10 +89,7 @@ func (n *Node) MemberAdd(ctx context.Context, r *pb.MemberAddRequest) (*pb.Membe
 // MemberRemove removes a member; removing the leader works (raft hands
 // leadership over when the old leader steps down).
 func (n *Node) MemberRemove(ctx context.Context, r *pb.MemberRemoveRequest) (*pb.MemberRemoveResponse, error) {
-	if err := n.learnerGuard(); err != nil {
-		return nil, err
-	}
-	if err := n.requireAdmin(ctx); err != nil {
+	if err := n.adminGuard(ctx); err != nil {
 		return nil, err
 	}
 	if err := n.onLoopErr(ctx, func() error { return n.mayRemoveMember(r.GetID()) }); err != nil {
@@ -110,10 +104,7 @@ func (n *Node) MemberRemove(ctx context.Context, r *pb.MemberRemoveRequest) (*pb
 
 // MemberUpdate changes a member's peer URLs.
 func (n *Node) MemberUpdate(ctx context.Context, r *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error) {
-	if err := n.learnerGuard(); err != nil {
-		return nil, err
-	}
-	if err := n.requireAdmin(ctx); err != nil {
+	if err := n.adminGuard(ctx); err != nil {
 		return nil, err
 	}
 	urls, err := parsePeerURLs(r.GetPeerURLs())
@@ -132,10 +123,7 @@ func (n *Node) MemberUpdate(ctx context.Context, r *pb.MemberUpdateRequest) (*pb
 // knows the learner's progress: a follower forwards the request to it over
 // the peer transport, as etcd does, until it is answered or ctx ends.
 func (n *Node) MemberPromote(ctx context.Context, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
-	if err := n.learnerGuard(); err != nil {
-		return nil, err
-	}
-	if err := n.requireAdmin(ctx); err != nil {
+	if err := n.adminGuard(ctx); err != nil {
 		return nil, err
 	}
 	resp, err := n.PromoteMember(ctx, r)
@@ -192,10 +180,7 @@ type PromoteForwarder interface {
 // MoveLeader transfers leadership to a voter and waits until it leads or
 // ctx ends. It must be asked of the leader.
 func (n *Node) MoveLeader(ctx context.Context, r *pb.MoveLeaderRequest) (*pb.MoveLeaderResponse, error) {
-	if err := n.learnerGuard(); err != nil {
-		return nil, err
-	}
-	if err := n.requireAdmin(ctx); err != nil {
+	if err := n.adminGuard(ctx); err != nil {
 		return nil, err
 	}
 	target := r.GetTargetID()

@@ -44,6 +44,7 @@ type Lease interface {
 type Maintenance interface {
 	Status(ctx context.Context, r *pb.StatusRequest) (*pb.StatusResponse, error)
 	HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVResponse, error)
+	Hash(ctx context.Context, r *pb.HashRequest) (*pb.HashResponse, error)
 	Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.AlarmResponse, error)
 	Defragment(ctx context.Context, r *pb.DefragmentRequest) (*pb.DefragmentResponse, error)
 	// MoveLeader transfers raft leadership; it must reach the leader.

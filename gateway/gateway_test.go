@@ -579,10 +579,6 @@ func TestUnimplemented(t *testing.T) {
 	calls := map[string]func() error{
 		"LeaseTimeToLive": func() error { _, err := cli.TimeToLive(ctx, 1); return err },
 		"AuthStatus":      func() error { _, err := cli.AuthStatus(ctx); return err },
-		"Hash": func() error {
-			_, err := pb.NewMaintenanceClient(conn).Hash(ctx, &pb.HashRequest{})
-			return err
-		},
 		"Lock": func() error {
 			_, err := v3lockpb.NewLockClient(conn).Lock(ctx, &v3lockpb.LockRequest{Name: []byte("l")})
 			return err

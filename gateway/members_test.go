@@ -164,3 +164,12 @@ func TestMembershipErrorsAreEtcds(t *testing.T) {
 func (f *fakeBackend) Downgrade(context.Context, *pb.DowngradeRequest) (*pb.DowngradeResponse, error) {
 	return nil, consensus.ErrDowngradeUnsupported
 }
+
+func (f *fakeBackend) Hash(context.Context, *pb.HashRequest) (*pb.HashResponse, error) {
+	err := f.enter()
+	defer f.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return &pb.HashResponse{Header: f.hdr(), Hash: uint32(f.rev)}, nil
+}

@@ -194,8 +194,8 @@ func (s leaseService) LeaseKeepAlive(ctx context.Context, stream *connect.BidiSt
 	}
 }
 
-// maintenanceService serves etcdserverpb.Maintenance (Hash is
-// unimplemented; Snapshot needs a Snapshotter backend).
+// maintenanceService serves etcdserverpb.Maintenance (Snapshot needs a
+// Snapshotter backend).
 type maintenanceService struct {
 	etcdserverpbconnect.UnimplementedMaintenanceHandler
 	g *Gateway
@@ -241,6 +241,14 @@ func (s maintenanceService) Defragment(ctx context.Context, r *pb.DefragmentRequ
 		resp, err = s.g.b.Defragment(ctx, r)
 		return err
 	})
+	if err != nil {
+		return nil, TranslateError(err)
+	}
+	return resp, nil
+}
+
+func (s maintenanceService) Hash(ctx context.Context, r *pb.HashRequest) (*pb.HashResponse, error) {
+	resp, err := s.g.b.Hash(ctx, r)
 	if err != nil {
 		return nil, TranslateError(err)
 	}

@@ -1130,3 +1130,52 @@ func TestSizeAndDefragment(t *testing.T) {
 		t.Fatalf("count after defragment %d", resp.Count)
 	}
 }
+
+// TestHash: Hash covers what members replicate (history, compaction, leases, alarms) and nothing
+// member-local (the applied raft index), and reports the revision it hashed.
+func TestHash(t *testing.T) {
+	build := func(ttl int64, applied uint64) *h {
+		x := newMem(t)
+		x.put("a", "1")
+		x.put("a", "2")
+		x.apply(func(b *storage.Batch) {
+			if err := b.LeaseGrant(7, ttl); err != nil {
+				t.Fatal(err)
+			}
+			b.SetApplied(applied, 1)
+		})
+		x.putReq(&pb.PutRequest{Key: []byte("l"), Value: []byte("v"), Lease: 7})
+		return x
+	}
+	hash := func(x *h) (uint32, int64) {
+		t.Helper()
+		hv, rev, err := x.s.Hash()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return hv, rev
+	}
+	x, y, z := build(60, 10), build(60, 99), build(61, 10)
+	hx, rx := hash(x)
+	if hy, _ := hash(y); hy != hx {
+		t.Fatal("equal replicated state, different applied index: different hashes")
+	}
+	if rx != x.s.Rev() {
+		t.Fatalf("hash revision %d, store at %d", rx, x.s.Rev())
+	}
+	if hz, _ := hash(z); hz == hx {
+		t.Fatal("different lease TTLs, equal hashes")
+	}
+	x.apply(func(b *storage.Batch) {
+		if _, err := b.Alarm(&pb.AlarmRequest{Action: pb.AlarmRequest_ACTIVATE, MemberID: 1, Alarm: pb.AlarmType_NOSPACE}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if ha, _ := hash(x); ha == hx {
+		t.Fatal("an alarm did not change the hash")
+	}
+	y.compact(2)
+	if hc, _ := hash(y); hc == hx {
+		t.Fatal("a compaction did not change the hash")
+	}
+}

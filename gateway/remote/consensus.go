@@ -559,6 +559,11 @@ func (c *Consensus) Status(ctx context.Context, r *pb.StatusRequest) (*pb.Status
 	return lst, nil
 }
 
+// Hash implements gateway.Maintenance.
+func (c *Consensus) Hash(ctx context.Context, r *pb.HashRequest) (*pb.HashResponse, error) {
+	return unary(c, ctx, true, maintOf, etcdserverpbconnect.MaintenanceClient.Hash, r, (*pb.HashResponse).GetHeader)
+}
+
 // HashKV implements gateway.Maintenance.
 func (c *Consensus) HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVResponse, error) {
 	return unary(c, ctx, true, maintOf, etcdserverpbconnect.MaintenanceClient.HashKV, r, (*pb.HashKVResponse).GetHeader)

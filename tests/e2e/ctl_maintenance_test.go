@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 )
 
 func TestCtlMaintenance(t *testing.T) {
@@ -142,4 +144,26 @@ func TestDowngradeEnableRefused(t *testing.T) {
 	if r.exit != 0 || !strings.Contains(r.stdout, "Downgrade validate success, cluster version 3.7") {
 		t.Fatalf("downgrade validate after a refused enable: exit %d, %s %s", r.exit, r.stdout, r.stderr)
 	}
+}
+
+// TestMaintenanceHash: etcd's Maintenance.Hash (no etcdctl command; gRPC only) answers with the
+// revision it hashed, the same hash while nothing changes, and a new one after a write, on both
+// servers. The values differ between etcd and concord (etcd hashes its bbolt file's buckets).
+func TestMaintenanceHash(t *testing.T) {
+	forEachImpl(t, serverOptions{}, func(t *testing.T, s *Server) {
+		c := newClient(t, s)
+		ctx := testCtx(t)
+		mc := pb.NewMaintenanceClient(c.ActiveConnection())
+		must(c.Put(ctx, "a", "1"))(t)
+		put := must(c.Put(ctx, "b", "2"))(t)
+		h1 := must(mc.Hash(ctx, &pb.HashRequest{}))(t)
+		h2 := must(mc.Hash(ctx, &pb.HashRequest{}))(t)
+		if h1.Header.Revision != put.Header.Revision || h1.Hash != h2.Hash || h1.Hash == 0 {
+			t.Fatalf("hash %d at %d, again %d; last put at %d", h1.Hash, h1.Header.Revision, h2.Hash, put.Header.Revision)
+		}
+		must(c.Put(ctx, "a", "3"))(t)
+		if h3 := must(mc.Hash(ctx, &pb.HashRequest{}))(t); h3.Hash == h1.Hash || h3.Header.Revision != put.Header.Revision+1 {
+			t.Fatalf("after a put: hash %d at %d, before %d at %d", h3.Hash, h3.Header.Revision, h1.Hash, h1.Header.Revision)
+		}
+	})
 }
