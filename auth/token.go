@@ -97,11 +97,17 @@ func (s *State) IssueToken(user string, rev uint64, expiry time.Time) (string, e
 }
 
 // Credentials are what a request presented: a token (gRPC metadata
-// "token", or the JSON gateway's Authorization header) and the common name
-// of a verified client certificate.
+// "token", or the JSON gateway's Authorization header), the common name
+// of a verified client certificate, and whether it proved to come from a
+// process of the split topology acting for itself, by the internal secret
+// they share (Internal; never for a call a process forwards for a client).
 type Credentials struct {
 	Token      string
 	CommonName string
+	// Internal: the caller presented the split topology's internal secret
+	// (--internal-secret-file). It is trusted as a root-role user, as a
+	// verified client certificate naming one is.
+	Internal bool
 }
 
 type credentialsKey struct{}

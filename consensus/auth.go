@@ -39,9 +39,9 @@ var metaAuth = []byte("auth")
 
 // ErrAuthEnableUnsupported is AuthEnable's answer where concord could not
 // run with auth enabled (Config.RefuseAuthEnable: a split consensus that
-// does not verify client certificates, by which its watch and lease
-// processes would identify themselves to its internal API).
-var ErrAuthEnableUnsupported = errors.New("concord: auth enable is not supported in the split topology without verified client certificates (--client-cert-auth): its watch and lease processes call consensus as the root-role user their certificate names")
+// neither verifies client certificates nor shares an internal secret with
+// the other processes, by which they would identify themselves to it).
+var ErrAuthEnableUnsupported = errors.New("concord: auth enable is not supported in the split topology without verified client certificates (--client-cert-auth) or an internal secret (--internal-secret-file): its watch, lease and gateway processes call consensus as the root-role user their certificate names, or with the secret")
 
 // internalAuth is who requests without client credentials run as: the
 // member's own components (health checks, the compactor) are trusted, as
@@ -51,9 +51,11 @@ var internalAuth = &auth.AuthInfo{Username: auth.RootUser, Revision: math.MaxUin
 
 // authInfo is who the request of ctx runs as under st, etcd's
 // AuthInfoFromCtx: nil (no credentials; checks then fail with
-// ErrUserEmpty) or the user of a valid token, or of the verified client
-// certificate when no token was given. Requests that did not come from a
-// client (no credentials in ctx at all) run as internalAuth.
+// ErrUserEmpty) or the user of a valid token, or, when no token was given,
+// the root user for a process of the split topology that presented the
+// internal secret, else the user of the verified client certificate.
+// Requests that did not come from a client (no credentials in ctx at all)
+// run as internalAuth.
 func (n *Node) authInfo(ctx context.Context, st *auth.State) (*auth.AuthInfo, error) {
 	if !st.Enabled() {
 		return nil, nil
@@ -68,6 +70,11 @@ func (n *Node) authInfo(ctx context.Context, st *auth.State) (*auth.AuthInfo, er
 			return nil, err
 		}
 		return &ai, nil
+	}
+	if c.Internal {
+		// As a verified certificate naming a root-role user: root has the
+		// root role as long as auth is enabled (neither can be removed).
+		return &auth.AuthInfo{Username: auth.RootUser, Revision: st.Revision()}, nil
 	}
 	if c.CommonName != "" {
 		return &auth.AuthInfo{Username: c.CommonName, Revision: st.Revision()}, nil
@@ -117,15 +124,19 @@ func (n *Node) checkRead(ctx context.Context, key, end []byte) error {
 
 // AuthorizeInternal admits a caller of the member's internal API (the
 // split topology's watch fan-outs and lease services): once auth is
-// enabled, a root-role user, named by the common name of its verified
-// client certificate or by a token, since that API serves the history of
-// every key and decides lease expiries.
+// enabled, a process that presented the internal secret, or a root-role
+// user, named by the common name of its verified client certificate or by
+// a token, since that API serves the history of every key and decides
+// lease expiries.
 func (n *Node) AuthorizeInternal(ctx context.Context) error {
 	st := n.AuthState()
 	if !st.Enabled() {
 		return nil
 	}
 	c, _ := auth.CredentialsFrom(ctx)
+	if c.Internal {
+		return nil
+	}
 	if c.CommonName != "" {
 		err := st.IsAdminPermitted(&auth.AuthInfo{Username: c.CommonName, Revision: st.Revision()})
 		if err == nil || c.Token == "" {

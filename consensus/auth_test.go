@@ -208,8 +208,9 @@ func TestAuthJWTTokens(t *testing.T) {
 }
 
 // TestAuthorizeInternal checks who may call the internal API: anyone while
-// auth is disabled, then only root-role users, by token or by the common
-// name of a verified client certificate.
+// auth is disabled, then only processes that presented the internal secret
+// and root-role users, by token or by the common name of a verified client
+// certificate.
 func TestAuthorizeInternal(t *testing.T) {
 	c := newTestCluster(t, 1, func(cfg *Config) { cfg.BcryptCost = bcrypt.MinCost })
 	n := c.nodes[c.leader()]
@@ -248,10 +249,36 @@ func TestAuthorizeInternal(t *testing.T) {
 		{"unknown certificate", auth.Credentials{CommonName: "mallory"}, auth.ErrUserNotFound},
 		{"forged token", auth.Credentials{Token: token("root") + "x"}, auth.ErrInvalidAuthToken},
 		{"nothing", auth.Credentials{}, auth.ErrUserEmpty},
+		{"internal secret", auth.Credentials{Internal: true}, nil},
+		{"internal secret, alice's certificate", auth.Credentials{Internal: true, CommonName: "alice"}, nil},
 	} {
 		err := n.AuthorizeInternal(as(tc.cr))
 		if !errors.Is(err, tc.want) || (err == nil) != (tc.want == nil) {
 			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+	}
+
+	// On etcd's services a process that presented the internal secret is
+	// root, as one whose certificate names a root-role user (its own
+	// calls: status polls, member lists, a lock waiter's cleanup); a token
+	// still takes precedence, as over a certificate.
+	for _, tc := range []struct {
+		name string
+		cr   auth.Credentials
+		want error
+	}{
+		{"internal secret", auth.Credentials{Internal: true}, nil},
+		{"root certificate", auth.Credentials{CommonName: "root"}, nil},
+		{"alice's token, internal secret", auth.Credentials{Token: token("alice"), Internal: true}, auth.ErrPermissionDenied},
+		{"nothing", auth.Credentials{}, auth.ErrUserEmpty},
+	} {
+		_, err := n.UserList(as(tc.cr), &pb.AuthUserListRequest{})
+		if !errors.Is(err, tc.want) || (err == nil) != (tc.want == nil) {
+			t.Errorf("user list, %s: %v, want %v", tc.name, err, tc.want)
+		}
+		_, err = n.Put(as(tc.cr), &pb.PutRequest{Key: []byte("k"), Value: []byte("v")})
+		if !errors.Is(err, tc.want) || (err == nil) != (tc.want == nil) {
+			t.Errorf("put, %s: %v, want %v", tc.name, err, tc.want)
 		}
 	}
 }

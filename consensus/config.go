@@ -106,9 +106,10 @@ type Config struct {
 	// valid (etcd's --auth-token-ttl); 0 means 300 s.
 	AuthTokenTTL time.Duration
 	// RefuseAuthEnable makes AuthEnable fail with ErrAuthEnableUnsupported:
-	// the split topology sets it where consensus does not verify client
-	// certificates, through which its watch and lease processes would call
-	// the internal API once auth is enabled.
+	// the split topology sets it where consensus neither verifies client
+	// certificates nor has an internal secret, through one of which its
+	// watch, lease and gateway processes would call it once auth is
+	// enabled.
 	RefuseAuthEnable bool
 	// Logger receives start-up, leader-change and error logs.
 	Logger *slog.Logger

@@ -149,10 +149,14 @@ const ForwardedHeader = "Concord-Forwarded"
 
 // withCredentials marks ctx as a client request carrying the credentials
 // of h, which the backend checks once auth is enabled (consensus/auth.go).
+// What the connection proves (a certificate's name, the internal secret)
+// is the caller's own identity, which a request forwarded for a client
+// does not carry.
 func withCredentials(ctx context.Context, h http.Header) context.Context {
 	c := tokenCredentials(h)
 	if h.Get(ForwardedHeader) == "" {
-		c.CommonName, _ = ctx.Value(certNameKey{}).(string)
+		who := callerOf(ctx)
+		c.CommonName, c.Internal = who.certName, who.internal
 	}
 	return auth.WithCredentials(ctx, c)
 }
@@ -256,9 +260,10 @@ func (s *authWatchStream) Send(r *pb.WatchResponse) error {
 
 // RequireInternalCaller is a handler option for concord's internal
 // services: every unary call to a procedure other than exempt runs only if
-// authorize admits the credentials of its caller, the token it presents
-// and the common name of its verified client certificate (both the calling
-// process's own: no ForwardedHeader applies here, see WithClientCertName).
+// authorize admits the credentials of its caller, the token it presents,
+// the common name of its verified client certificate and whether it
+// presented the internal secret (all the calling process's own: no
+// ForwardedHeader applies here, see WithClientCertName and Config.InternalSecret).
 // Refusals are etcd's errors. The call itself runs with the context it came
 // with, as the member's own work.
 func RequireInternalCaller(authorize func(context.Context) error, exempt ...string) connect.HandlerOption {
@@ -266,7 +271,8 @@ func RequireInternalCaller(authorize func(context.Context) error, exempt ...stri
 		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 			if !slices.Contains(exempt, req.Spec().Procedure) {
 				c := tokenCredentials(req.Header())
-				c.CommonName, _ = ctx.Value(certNameKey{}).(string)
+				who := callerOf(ctx)
+				c.CommonName, c.Internal = who.certName, who.internal
 				if err := authorize(auth.WithCredentials(ctx, c)); err != nil {
 					return nil, TranslateError(err)
 				}
@@ -278,25 +284,10 @@ func RequireInternalCaller(authorize func(context.Context) error, exempt ...stri
 
 // WithClientCertName serves h with the common name of each request's
 // verified client certificate recorded for RequireInternalCaller (the
-// client API records it itself).
+// client API records it itself). Mounted on a Gateway (WithHTTPHandler),
+// h also sees whether a request presented the gateway's internal secret
+// (Config.InternalSecret); alone, that header is dropped and proves
+// nothing.
 func WithClientCertName(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.ServeHTTP(w, withClientCertName(r))
-	})
-}
-
-type certNameKey struct{}
-
-// withClientCertName records the common name of r's verified client
-// certificate, which etcd takes as the user of a request without a token
-// (--client-cert-auth).
-func withClientCertName(r *http.Request) *http.Request {
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
-		return r
-	}
-	cn := r.TLS.VerifiedChains[0][0].Subject.CommonName
-	if cn == "" {
-		return r
-	}
-	return r.WithContext(context.WithValue(r.Context(), certNameKey{}, cn))
+	return (*callers)(nil).wrap(h)
 }

@@ -73,6 +73,12 @@ type Config struct {
 	// ClientCAs for client certificate authentication. The gateway uses a
 	// copy that offers ALPN h2 and http/1.1. nil: ServeTLS fails.
 	TLS *tls.Config
+	// InternalSecret is the secret the split topology's processes share
+	// (--internal-secret-file, at least MinInternalSecretBytes): a request
+	// presenting its proof in InternalSecretHeader is a concord process
+	// calling for itself, trusted as a root-role user once auth is enabled
+	// (internalsecret.go). nil: the header is ignored.
+	InternalSecret []byte
 	// Logger receives the gateway's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -111,6 +117,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: ShutdownTimeout must not be negative", ErrInvalidConfig)
 	case c.Logger == nil:
 		return fmt.Errorf("%w: Logger is nil (call SetDefaults)", ErrInvalidConfig)
+	case len(c.InternalSecret) > 0 && len(c.InternalSecret) < MinInternalSecretBytes:
+		return fmt.Errorf("%w: InternalSecret has %d bytes, at least %d are needed", ErrInvalidConfig, len(c.InternalSecret), MinInternalSecretBytes)
 	case c.TLS != nil && len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil && c.TLS.GetConfigForClient == nil:
 		return fmt.Errorf("%w: TLS has no certificate", ErrInvalidConfig)
 	case c.TLS != nil && c.TLS.ClientAuth >= tls.VerifyClientCertIfGiven && c.TLS.ClientCAs == nil && c.TLS.GetConfigForClient == nil:

@@ -38,6 +38,8 @@ type Gateway struct {
 	log *slog.Logger
 	// learner is b when it may be a raft learner (learner.go), else nil.
 	learner Learner
+	// callers identifies each request's caller (internalsecret.go).
+	callers *callers
 
 	// services maps "/<package>.<Service>/" to the connect handler of that
 	// service; exact-prefix lookup is cheaper than a ServeMux walk.
@@ -141,6 +143,7 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 		lean:     make(map[*h2server.Server]*h2server.Split),
 	}
 	g.learner, _ = b.(Learner)
+	g.callers = newCallers(cfg.InternalSecret, cfg.Logger)
 	o := options{
 		watch:    etcdserverpbconnect.UnimplementedWatchHandler{},
 		lock:     v3lockpbconnect.UnimplementedLockHandler{},
@@ -182,7 +185,7 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 	g.mount(healthServicePrefix, g.health.handler(hopts...))
 	g.installHTTPEndpoints(o.readyChecks)
 	for _, e := range o.extra {
-		g.misc.Handle(e.pattern, e.h)
+		g.misc.Handle(e.pattern, g.callers.wrap(e.h))
 	}
 	g.handler = http.HandlerFunc(g.route)
 	g.httpRoutes = g.withCORS(g.misc)
@@ -222,7 +225,7 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 				// gRPC has no use for a Date header; without it the server
 				// skips formatting and encoding one per response.
 				w.Header()["Date"] = nil
-				h.ServeHTTP(w, withClientCertName(r))
+				h.ServeHTTP(w, g.callers.identify(r))
 				return
 			}
 			if isGRPC(r) {

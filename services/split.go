@@ -52,14 +52,19 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	}
 	defer bus.Close()
 
+	secret, err := config.ReadInternalSecret(cfg.InternalSecretFile)
+	if err != nil {
+		return err
+	}
 	ccfg := consensusConfig(cfg.Server, log)
 	// With auth enabled, the watch fan-outs and lease services check
 	// permissions by asking consensus for their clients' forwarded tokens,
 	// and the internal API serves history and lease expiries to root-role
 	// callers only (internalapi.Handler), which those processes are by the
-	// common name of their client certificate. Without verified client
-	// certificates they could not be: auth enable is refused.
-	authPossible := splitAuthPossible(cfg.Server)
+	// common name of their client certificate or by the internal secret
+	// they share with consensus. With neither they could not be: auth
+	// enable is refused.
+	authPossible := splitAuthPossible(cfg.Server, secret)
 	ccfg.RefuseAuthEnable = !authPossible
 	ccfg.Events = bus
 	// Clustered NATS servers are one bus: the leader alone publishes to it.
@@ -80,7 +85,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	defer node.Close()
 	if node.AuthState().Enabled() && !authPossible {
 		// The watch and lease processes could not call the internal API.
-		return errors.New("concord consensus: auth is enabled in this data dir; the split topology needs verified client certificates for it (--client-cert-auth, or --trusted-ca-file, on https:// client URLs): its watch and lease processes call consensus as the root-role user their certificate names")
+		return errors.New("concord consensus: auth is enabled in this data dir; the split topology needs verified client certificates for it (--client-cert-auth, or --trusted-ca-file, on https:// client URLs) or an internal secret (--internal-secret-file, the same file on every process): its watch, lease and gateway processes call consensus as the root-role user their certificate names, or with the secret")
 	}
 
 	path, h := internalapi.Handler(node)
@@ -92,7 +97,9 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	if cfg.EnablePprof {
 		opts = append(opts, pprofHandlers()...)
 	}
-	gw, err := gateway.New(withServerHTTP(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cfg.Server), node, opts...)
+	gcfg := withServerHTTP(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cfg.Server)
+	gcfg.InternalSecret = secret
+	gw, err := gateway.New(gcfg, node, opts...)
 	if err != nil {
 		return fmt.Errorf("starting the member's API: %w", err)
 	}
@@ -216,7 +223,11 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	cons, err := remote.NewConsensus(cfg.ConsensusEndpoints, log.With("component", "remote-consensus"), dial...)
+	consDial, err := consensusDialOptions(cfg)
+	if err != nil {
+		return err
+	}
+	cons, err := remote.NewConsensus(cfg.ConsensusEndpoints, log.With("component", "remote-consensus"), consDial...)
 	if err != nil {
 		return fmt.Errorf("consensus endpoints: %w", err)
 	}
@@ -256,7 +267,7 @@ func natsTLS(t config.NATSTLS) eventbus.TLSFiles {
 // dialConsensus connects to consensus and waits until it answers, so that
 // components that need its identity (cluster and member IDs) get it.
 func dialConsensus(ctx context.Context, cfg config.Split, log *slog.Logger) (*remote.Consensus, *pb.ResponseHeader, error) {
-	dial, err := dialOptions(cfg)
+	dial, err := consensusDialOptions(cfg)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -281,6 +292,22 @@ func dialOptions(cfg config.Split) ([]remote.DialOption, error) {
 		return nil, fmt.Errorf("endpoint TLS: %w", err)
 	}
 	return []remote.DialOption{remote.WithTLS(c)}, nil
+}
+
+// consensusDialOptions is how cfg's process reaches the consensus
+// members: dialOptions, and the internal secret (--internal-secret-file)
+// presented on every call, which only consensus checks, so it goes to no
+// other process.
+func consensusDialOptions(cfg config.Split) ([]remote.DialOption, error) {
+	dial, err := dialOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	secret, err := config.ReadInternalSecret(cfg.InternalSecretFile)
+	if err != nil {
+		return nil, err
+	}
+	return append(dial, remote.WithInternalSecret(secret)), nil
 }
 
 // serveSplit serves gw on every listener until ctx ends or one fails; start,
@@ -312,10 +339,10 @@ func authorizing(c *remote.Consensus) authorizingConsensus {
 	return authorizingConsensus{Consensus: c, Authorizer: remote.NewAuthorizer(c, nil)}
 }
 
-// splitAuthPossible tells whether a consensus member verifies the client
-// certificates of its callers, through which the split topology's watch
-// fan-outs and lease services name the root-role user they call its
-// internal API as once auth is enabled.
-func splitAuthPossible(s config.Server) bool {
-	return s.ClientTLS.ClientCertAuth || s.ClientTLS.TrustedCAFile != ""
+// splitAuthPossible tells whether a consensus member can tell the split
+// topology's other processes from clients once auth is enabled: by
+// verified client certificates, through which they name the root-role user
+// they call it as, or by the internal secret they share with it.
+func splitAuthPossible(s config.Server, secret []byte) bool {
+	return s.ClientTLS.ClientCertAuth || s.ClientTLS.TrustedCAFile != "" || len(secret) > 0
 }

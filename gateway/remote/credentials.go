@@ -22,22 +22,36 @@ import (
 // for a client without a token therefore reach the next hop marked as
 // forwarded and without credentials: etcd's "user name is empty" once auth
 // is enabled.
-type forwardToken struct{ next http.RoundTripper }
+//
+// With proof set (WithInternalSecret), every request also presents the
+// internal secret's proof, forwarded ones too: the internal API admits a
+// process by it whoever the call is for, while etcd's services ignore it
+// on a forwarded call, as they ignore this process's certificate.
+type forwardToken struct {
+	next  http.RoundTripper
+	proof string
+}
 
 func (f forwardToken) RoundTrip(r *http.Request) (*http.Response, error) {
 	c, ok := auth.CredentialsFrom(r.Context())
-	if !ok {
+	if !ok && f.proof == "" {
 		return f.next.RoundTrip(r)
 	}
 	// A RoundTripper must not modify the caller's request: only the header
 	// map is copied, the body stays the same stream.
 	fwd := *r
 	fwd.Header = r.Header.Clone()
-	// Marked as a client's: the next hop must not take this process's
-	// certificate for the client's identity (gateway.ForwardedHeader).
-	fwd.Header.Set(gateway.ForwardedHeader, "client")
-	if c.Token != "" {
-		fwd.Header.Set(rpctypes.TokenFieldNameGRPC, c.Token)
+	if f.proof != "" {
+		fwd.Header.Set(gateway.InternalSecretHeader, f.proof)
+	}
+	if ok {
+		// Marked as a client's: the next hop must not take this process's
+		// certificate, or its secret, for the client's identity
+		// (gateway.ForwardedHeader).
+		fwd.Header.Set(gateway.ForwardedHeader, "client")
+		if c.Token != "" {
+			fwd.Header.Set(rpctypes.TokenFieldNameGRPC, c.Token)
+		}
 	}
 	return f.next.RoundTrip(&fwd)
 }

@@ -21,7 +21,10 @@
 //     (errors.Is), so leasesvc and watchfanout branch on them as they do in
 //     process.
 //   - A call made for a client's request presents that client's token to
-//     the next hop (credentials.go); nothing else names a user.
+//     the next hop, marked as forwarded (credentials.go); nothing else
+//     names a user. With WithInternalSecret every call also presents the
+//     secret's proof, which the next hop trusts for the process's own
+//     calls only, never for a forwarded one.
 package remote
 
 import (
@@ -43,6 +46,7 @@ import (
 
 	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/consensus"
+	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/storage"
 	"github.com/concord-kv/concord/watchfanout"
 )
@@ -62,6 +66,8 @@ type DialOption func(*dialOptions)
 
 type dialOptions struct {
 	tls *tls.Config
+	// proof is gateway.InternalSecretProof of WithInternalSecret's secret.
+	proof string
 }
 
 // WithTLS is the client TLS configuration for https:// endpoints (trusted
@@ -69,6 +75,21 @@ type dialOptions struct {
 // system's roots. http:// endpoints ignore it.
 func WithTLS(c *tls.Config) DialOption {
 	return func(o *dialOptions) { o.tls = c }
+}
+
+// WithInternalSecret makes every request to the endpoints present the
+// proof of the split topology's internal secret (gateway.Config.InternalSecret),
+// by which a consensus member that has the same secret trusts this
+// process's own calls as a root-role user's once auth is enabled. Give it
+// only for consensus members: other processes have no use for it. Empty:
+// nothing is presented.
+func WithInternalSecret(secret []byte) DialOption {
+	return func(o *dialOptions) {
+		o.proof = ""
+		if len(secret) > 0 {
+			o.proof = gateway.InternalSecretProof(secret)
+		}
+	}
 }
 
 func newDialOptions(opts []DialOption) dialOptions {
@@ -160,7 +181,7 @@ func dialOne(raw string, o dialOptions) (*Endpoint, error) {
 		ReadIdleTimeout: 5 * time.Second,
 		PingTimeout:     2 * time.Second,
 	}
-	return &Endpoint{URL: base, client: &http.Client{Transport: forwardToken{next: tr}}, tr: tr}, nil
+	return &Endpoint{URL: base, client: &http.Client{Transport: forwardToken{next: tr, proof: o.proof}}, tr: tr}, nil
 }
 
 // rotation picks which of several equivalent endpoints to use: the current

@@ -22,6 +22,7 @@ const (
 	fConsensusEndpoints   = "consensus-endpoints"
 	fWatchfanoutEndpoints = "watchfanout-endpoints"
 	fLeasesvcEndpoints    = "leasesvc-endpoints"
+	fInternalSecretFile   = "internal-secret-file"
 )
 
 // DefaultNATSListenAddr is where `concord consensus` serves its embedded NATS
@@ -47,6 +48,9 @@ type Consensus struct {
 	NATSRoutes []string
 	// NATSTLS is the TLS of the NATS client listener and routes.
 	NATSTLS NATSTLS
+	// InternalSecretFile holds the secret shared with the split topology's
+	// other processes (ReadInternalSecret); "": none.
+	InternalSecretFile string
 }
 
 // ConsensusFlags declares the flags of `concord consensus`: the server flags
@@ -57,6 +61,7 @@ func ConsensusFlags(fs *pflag.FlagSet) {
 	fs.String(fNATSClusterAddr, "", "host:port of the embedded NATS server's route listener; with several members, set it and --nats-routes so their NATS servers form one cluster (only the raft leader then publishes)")
 	fs.String(fNATSRoutes, "", "comma-separated route URLs (nats://host:port) of the members' NATS servers (--nats-cluster-listen-addr); the same list, this member's own included, may be given to every member")
 	natsTLSFlags(fs)
+	internalSecretFlag(fs)
 }
 
 // LoadConsensus reads the flags declared by ConsensusFlags.
@@ -70,7 +75,7 @@ func LoadConsensus(fs *pflag.FlagSet) (Consensus, error) {
 		return Consensus{}, err
 	}
 	c := Consensus{Server: s, NATSListenAddr: v.GetString(fNATSListenAddr), NATSClusterListenAddr: v.GetString(fNATSClusterAddr),
-		NATSTLS: loadNATSTLS(v)}
+		NATSTLS: loadNATSTLS(v), InternalSecretFile: v.GetString(fInternalSecretFile)}
 	for _, r := range strings.Split(v.GetString(fNATSRoutes), ",") {
 		if r = strings.TrimSpace(r); r != "" {
 			c.NATSRoutes = append(c.NATSRoutes, r)
@@ -96,6 +101,9 @@ func (c Consensus) Validate() error {
 		if u, err := url.Parse(r); err != nil || u.Scheme != "nats" || u.Host == "" {
 			return fmt.Errorf("%w: --%s: %q is not a URL like nats://host:port", ErrInvalid, fNATSRoutes, r)
 		}
+	}
+	if err := validateInternalSecretFile(c.InternalSecretFile); err != nil {
+		return err
 	}
 	return c.NATSTLS.validate(true, c.NATSClusterListenAddr != "")
 }
@@ -158,6 +166,10 @@ type Split struct {
 	// EndpointTLS is how this process dials the https:// endpoints of the
 	// others.
 	EndpointTLS EndpointTLS
+	// InternalSecretFile holds the secret shared with the consensus
+	// members (ReadInternalSecret), presented on every call to them; "":
+	// none.
+	InternalSecretFile string
 }
 
 // SplitFlags declares the flags of the subcommand for role.
@@ -186,6 +198,7 @@ func SplitFlags(fs *pflag.FlagSet, role Role) {
 	fs.String(fConfigFile, "", "path to a YAML configuration file whose keys are the flag names")
 	clientTLSFlags(fs)
 	endpointTLSFlags(fs)
+	internalSecretFlag(fs)
 }
 
 // LoadSplit reads the flags declared by SplitFlags(fs, role).
@@ -208,6 +221,7 @@ func LoadSplit(fs *pflag.FlagSet, role Role) (Split, error) {
 		EnableGRPCGateway:    v.GetBool(fEnableGRPCGateway),
 		EnableConsole:        v.GetBool(fEnableConsole),
 		EndpointTLS:          loadEndpointTLS(v),
+		InternalSecretFile:   v.GetString(fInternalSecretFile),
 	}
 	if role == RoleWatchfanout {
 		c.NATSTLS = loadNATSTLS(v)
@@ -262,6 +276,9 @@ func (c Split) Validate() error {
 		return fmt.Errorf("%w: --%s and --%s must be positive", ErrInvalid, fMaxRequestBytes, fMaxTxnOps)
 	}
 	if err := c.EndpointTLS.validate(); err != nil {
+		return err
+	}
+	if err := validateInternalSecretFile(c.InternalSecretFile); err != nil {
 		return err
 	}
 	if err := c.NATSTLS.validate(false, false); err != nil {

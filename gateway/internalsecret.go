@@ -1,0 +1,139 @@
+package gateway
+
+// The split topology's internal secret (--internal-secret-file): the
+// processes that call a consensus member for themselves (gateways, watch
+// fan-outs, lease services) prove they are concord's own by a secret they
+// share with it, where client certificates would otherwise name a
+// root-role user for them. A request that presents it is trusted as such a
+// certificate is (auth.Credentials.Internal): for the process's own calls
+// on etcd's services, and on the internal API (RequireInternalCaller).
+// Calls forwarded for a client (ForwardedHeader) still run as the client,
+// whatever the connection proves.
+//
+// The header carries a proof derived from the secret, not the secret:
+// printable whatever bytes the file holds, of one length, and the file's
+// content itself never crosses the network. It is a bearer credential all
+// the same: on http:// URLs anyone who can read the traffic can replay
+// it, as they can read the passwords and tokens clients send.
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"log/slog"
+	"net/http"
+	"sync/atomic"
+	"time"
+)
+
+// InternalSecretHeader is the request header in which a split process
+// presents InternalSecretProof of the secret it shares with consensus.
+const InternalSecretHeader = "Concord-Internal-Secret"
+
+// MinInternalSecretBytes is the shortest internal secret accepted: 256
+// bits, so it cannot be guessed.
+const MinInternalSecretBytes = 32
+
+// InternalSecretProof is what a process presents in InternalSecretHeader
+// for secret: HMAC-SHA256 keyed by the secret over a fixed label, in hex.
+func InternalSecretProof(secret []byte) string {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte("concord internal caller v1"))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// internalSecretHeaderKey is InternalSecretHeader in canonical form, for
+// direct map lookups.
+var internalSecretHeaderKey = http.CanonicalHeaderKey(InternalSecretHeader)
+
+// wrongSecretLogInterval spaces the warnings about requests presenting a
+// wrong proof: a misconfigured process sends one every few hundred
+// milliseconds.
+const wrongSecretLogInterval = 10 * time.Second
+
+// callers identifies the callers of a gateway's requests: the common name
+// of a verified client certificate and, with an internal secret
+// configured, whether the request presented its proof.
+type callers struct {
+	// proof is InternalSecretProof of Config.InternalSecret; nil: no
+	// secret, and the header is ignored.
+	proof []byte
+	log   *slog.Logger
+	// lastWarn is when a wrong proof was last logged (UnixNano).
+	lastWarn atomic.Int64
+}
+
+func newCallers(secret []byte, log *slog.Logger) *callers {
+	c := &callers{log: log}
+	if len(secret) > 0 {
+		c.proof = []byte(InternalSecretProof(secret))
+	}
+	return c
+}
+
+// caller is what a request's connection and headers prove about its
+// sender, recorded in its context by identify.
+type caller struct {
+	// certName is the common name of its verified client certificate.
+	certName string
+	// internal: it presented the internal secret's proof.
+	internal bool
+}
+
+type callerKey struct{}
+
+// callerOf is the caller identify recorded in ctx (zero: nothing proven).
+func callerOf(ctx context.Context) caller {
+	c, _ := ctx.Value(callerKey{}).(caller)
+	return c
+}
+
+// identify records in r's context what r proves about its caller, once:
+// a request identified already (by the gateway, before a handler that
+// identifies again) is returned as it is. The proof header is removed, so
+// no handler sees it and nothing can pass it on.
+func (cs *callers) identify(r *http.Request) *http.Request {
+	if _, done := r.Context().Value(callerKey{}).(caller); done {
+		return r
+	}
+	var c caller
+	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0 {
+		c.certName = r.TLS.VerifiedChains[0][0].Subject.CommonName
+	}
+	if v, ok := r.Header[internalSecretHeaderKey]; ok {
+		delete(r.Header, internalSecretHeaderKey)
+		if cs != nil && cs.proof != nil {
+			if len(v) == 1 && subtle.ConstantTimeCompare([]byte(v[0]), cs.proof) == 1 {
+				c.internal = true
+			} else {
+				cs.warnWrongProof(r)
+			}
+		}
+	}
+	if c == (caller{}) {
+		return r
+	}
+	return r.WithContext(context.WithValue(r.Context(), callerKey{}, c))
+}
+
+// warnWrongProof logs, at most once per wrongSecretLogInterval, that a
+// request presented a proof of another secret: a process started with
+// another --internal-secret-file, which is treated as an ordinary client.
+func (cs *callers) warnWrongProof(r *http.Request) {
+	now := time.Now().UnixNano()
+	last := cs.lastWarn.Load()
+	if now-last < int64(wrongSecretLogInterval) || !cs.lastWarn.CompareAndSwap(last, now) {
+		return
+	}
+	cs.log.Warn("a request presented a wrong internal secret; it is treated as a client's (is --internal-secret-file the same file on every process?)",
+		"remote-addr", r.RemoteAddr, "path", r.URL.Path)
+}
+
+// wrap serves h with each request identified.
+func (cs *callers) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, cs.identify(r))
+	})
+}

@@ -1,0 +1,79 @@
+package config_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/concord-kv/concord/services/config"
+)
+
+// --internal-secret-file is read and checked by Validate on consensus and
+// on the split processes: a missing or short file is refused at start,
+// not found out when auth is enabled.
+func TestInternalSecretFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("good", strings.Repeat("a", 32)+"\n")
+	short := write("short", strings.Repeat("a", 31)+"\r\n")
+	missing := filepath.Join(dir, "missing")
+
+	secret, err := config.ReadInternalSecret(good)
+	if err != nil || string(secret) != strings.Repeat("a", 32) {
+		t.Fatalf("ReadInternalSecret(good) = %q, %v; want 32 bytes without the newline", secret, err)
+	}
+	if secret, err := config.ReadInternalSecret(""); err != nil || secret != nil {
+		t.Fatalf("ReadInternalSecret(\"\") = %q, %v; want none", secret, err)
+	}
+
+	base := func(role config.Role) []string {
+		switch role {
+		case config.RoleGateway:
+			return []string{"--watchfanout-endpoints", "http://w", "--leasesvc-endpoints", "http://l"}
+		}
+		return nil
+	}
+	for _, role := range []config.Role{config.RoleGateway, config.RoleWatchfanout, config.RoleLeasesvc} {
+		c, err := loadSplit(t, role, append(base(role), "--internal-secret-file", good)...)
+		if err != nil || c.InternalSecretFile != good {
+			t.Errorf("%s with a good file: %+v, %v", role, c.InternalSecretFile, err)
+		}
+		for _, bad := range []string{short, missing} {
+			if _, err := loadSplit(t, role, append(base(role), "--internal-secret-file", bad)...); !errors.Is(err, config.ErrInvalid) {
+				t.Errorf("%s with %s: %v, want ErrInvalid", role, filepath.Base(bad), err)
+			}
+		}
+	}
+	c, err := loadConsensus(t, "--internal-secret-file", good)
+	if err != nil || c.InternalSecretFile != good {
+		t.Errorf("consensus with a good file: %+v, %v", c.InternalSecretFile, err)
+	}
+	for _, bad := range []string{short, missing} {
+		_, err := loadConsensus(t, "--internal-secret-file", bad)
+		if !errors.Is(err, config.ErrInvalid) {
+			t.Errorf("consensus with %s: %v, want ErrInvalid", filepath.Base(bad), err)
+		}
+		if bad == short && (err == nil || !strings.Contains(err.Error(), "holds 31 bytes")) {
+			t.Errorf("consensus with a short file: %v, want its length named", err)
+		}
+		// Validate itself refuses it, whoever built the struct.
+		c.InternalSecretFile = bad
+		if err := c.Validate(); !errors.Is(err, config.ErrInvalid) {
+			t.Errorf("Validate with %s: %v, want ErrInvalid", filepath.Base(bad), err)
+		}
+	}
+
+	// As every flag: from the environment too.
+	t.Setenv("CONCORD_INTERNAL_SECRET_FILE", short)
+	if _, err := loadConsensus(t); !errors.Is(err, config.ErrInvalid) {
+		t.Errorf("CONCORD_INTERNAL_SECRET_FILE naming a short file: %v, want ErrInvalid", err)
+	}
+}
