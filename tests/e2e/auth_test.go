@@ -6,6 +6,7 @@ import (
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -21,9 +22,11 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/internal/tlstest"
 	concordv1 "github.com/concord-kv/concord/proto/gen/concord/v1"
 	"github.com/concord-kv/concord/proto/gen/concord/v1/concordv1connect"
+	"github.com/concord-kv/concord/services/config"
 )
 
 // TestCtlAuthManagement drives etcdctl's user, role and auth commands
@@ -326,6 +329,186 @@ func TestSplitAuthEnforced(t *testing.T) {
 	if err := rangeEvents(procCfg); err != nil {
 		t.Errorf("internal RangeEvents as the processes' root-role user: %v", err)
 	}
+}
+
+// TestSplitAuthSecret runs the split topology without TLS, its processes
+// sharing an internal secret (--internal-secret-file), which lets consensus
+// tell their own calls from clients' where no client certificate can:
+// etcdctl enables auth through a gateway, and a user with a prefix's
+// permissions, root and clients without credentials see through it what
+// they see from etcd (etcdctl put, get, watch, lease keep-alive, their
+// refusals, then authOutcomes' clientv3 calls). The processes stay healthy
+// with auth on; a gateway given another secret does not (it is a client
+// without credentials to consensus), and consensus's internal API refuses
+// a wrong or missing secret.
+func TestSplitAuthSecret(t *testing.T) {
+	dir := t.TempDir()
+	writeSecret := func(name string) string {
+		b := make([]byte, 32)
+		if _, err := rand.Read(b); err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(hex.EncodeToString(b)+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	secretFile, wrongFile := writeSecret("secret"), writeSecret("wrong")
+
+	etcd := startServer(t, etcdImpl, serverOptions{extra: []string{"--bcrypt-cost=4"}})
+	split := startSplitWith(t, []string{"--bcrypt-cost=4"}, "--internal-secret-file", secretFile)
+	gw := split.gateways[0]
+	// Started while auth is off, when a gateway needs no identity.
+	wport := freePort(t)
+	wrongGW := startProc(t, "gateway-wrong-secret", wport, "gateway", "--consensus-endpoints", split.consensus.url(),
+		"--watchfanout-endpoints", split.watchfanout.url(), "--leasesvc-endpoints", split.leasesvc.url(),
+		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", wport), "--internal-secret-file", wrongFile)
+
+	want := secretCtlOutcomes(t, etcd.Endpoint())
+	compareOutcomes(t, secretCtlOutcomes(t, gw.endpoint()), want)
+
+	// Auth is on. Every process's own calls to consensus (health checks,
+	// leader polls, the lease authority) still work: /health as etcd's.
+	health := func(url string) (int, string) {
+		t.Helper()
+		resp, err := http.Get(url + "/health")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, strings.TrimSpace(string(b))
+	}
+	wantCode, wantBody := health(etcd.clientURL())
+	for _, p := range []*proc{split.consensus, split.watchfanout, split.leasesvc, gw, split.gateways[1]} {
+		if code, body := health(p.url()); code != wantCode || body != wantBody {
+			t.Errorf("%s /health with auth on: %d %s; etcd: %d %s", p.name, code, body, wantCode, wantBody)
+		}
+	}
+	// The gateway with another secret is a client without credentials to
+	// consensus for its own calls: its health check is refused.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, body := health(wrongGW.url())
+		if code == http.StatusServiceUnavailable && strings.Contains(body, rpctypes.ErrUserEmpty.Error()) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/health of the gateway with a wrong secret: %d %s, want 503 naming %q", code, body, rpctypes.ErrUserEmpty.Error())
+		}
+		time.Sleep(pollInterval)
+	}
+	// Consensus's internal API admits only the secret.
+	currentRevision := func(proof string) error {
+		c := concordv1connect.NewInternalServiceClient(&http.Client{Transport: headerTransport{gateway.InternalSecretHeader, proof}},
+			split.consensus.url())
+		_, err := c.CurrentRevision(t.Context(), &concordv1.CurrentRevisionRequest{})
+		return err
+	}
+	secret, err := config.ReadInternalSecret(secretFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrong, err := config.ReadInternalSecret(wrongFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := currentRevision(gateway.InternalSecretProof(secret)); err != nil {
+		t.Errorf("internal CurrentRevision with the secret: %v", err)
+	}
+	for what, proof := range map[string]string{"a wrong secret": gateway.InternalSecretProof(wrong), "no secret": ""} {
+		if err := currentRevision(proof); err == nil || !strings.Contains(err.Error(), rpctypes.ErrUserEmpty.Error()) {
+			t.Errorf("internal CurrentRevision with %s: %v, want %q", what, err, rpctypes.ErrUserEmpty.Error())
+		}
+	}
+
+	// authOutcomes adds root and alice itself, with auth off.
+	for _, ep := range []string{etcd.Endpoint(), gw.endpoint()} {
+		mustCtl(t, ep, "--user=root:rootpw", "auth", "disable")
+		mustCtl(t, ep, "user", "delete", "root")
+	}
+	want = authOutcomes(t, etcd)
+	compareOutcomes(t, authOutcomesAt(t, gw.endpoint(), nil), want)
+}
+
+// headerTransport sets header name to value (unless empty) on every
+// request.
+type headerTransport struct{ name, value string }
+
+func (h headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if h.value != "" {
+		r = r.Clone(r.Context())
+		r.Header.Set(h.name, h.value)
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// secretCtlOutcomes enables auth with etcdctl at ep and returns what each
+// later etcdctl call printed (lease IDs replaced): bob may read and write
+// foo, put, get and watch it through ctlPutGetWatch and keep a lease alive,
+// until the lease holds a key he may not write; root may do anything;
+// others get etcd's errors. Auth stays enabled, root's password is rootpw.
+func secretCtlOutcomes(t *testing.T, ep string) []string {
+	t.Helper()
+	for _, args := range [][]string{
+		{"user", "add", "root", "--new-user-password=rootpw"},
+		{"user", "add", "bob", "--new-user-password=bobpw"},
+		{"role", "add", "foo-rw"},
+		{"role", "grant-permission", "foo-rw", "readwrite", "foo"},
+		{"user", "grant-role", "bob", "foo-rw"},
+		{"put", "secret", "s"},
+	} {
+		mustCtl(t, ep, args...)
+	}
+	if out := mustCtl(t, ep, "auth", "enable"); out != "Authentication Enabled\n" {
+		t.Fatalf("auth enable at %s: %q", ep, out)
+	}
+	bob, root := "--user=bob:bobpw", "--user=root:rootpw"
+	ctlPutGetWatch(t, ep, []string{bob})
+	grant := mustCtl(t, ep, bob, "lease", "grant", "60")
+	var id string
+	if _, err := fmt.Sscanf(grant, "lease %s granted", &id); err != nil {
+		t.Fatalf("lease grant at %s: %q", ep, grant)
+	}
+	n := newNormalizer()
+	var out []string
+	for _, args := range [][]string{
+		{bob, "put", "foo", "leased", "--lease=" + id},
+		{bob, "lease", "keep-alive", "--once", id},
+		{bob, "get", "foo", "--print-value-only"},
+		{bob, "put", "secret", "x"},
+		{bob, "get", "secret"},
+		{bob, "watch", "secret"},
+		{"get", "foo"},
+		{"--user=bob:wrong", "get", "foo"},
+		{bob, "user", "list"},
+		{root, "get", "secret", "--print-value-only"},
+		{root, "put", "secret2", "s", "--lease=" + id},
+		{bob, "lease", "keep-alive", "--once", id},
+		{root, "lease", "keep-alive", "--once", id},
+		{root, "watch", "secret", "--rev=1"},
+	} {
+		var r ctlResult
+		if args[len(args)-1] == "--rev=1" {
+			// A live watch ends only when killed: root's sees history.
+			w := startBgCtl(t, ep, false, args...)
+			if !w.wait(3, 0) {
+				t.Fatalf("etcdctl %s at %s: %+v", strings.Join(args, " "), ep, w.result())
+			}
+			w.kill()
+			r = w.result()
+			r.exit = 0
+		} else {
+			r = runCtl(t, ep, "", args...)
+		}
+		line := fmt.Sprintf("%s: exit %d stdout %q stderr %q", strings.Join(args, " "), r.exit, n.stdout(r.stdout), n.stderr(r.stderr))
+		out = append(out, strings.ReplaceAll(line, id, "<lease>"))
+	}
+	return out
 }
 
 // TestClientAuthEnforced checks what clientv3 clients with and without

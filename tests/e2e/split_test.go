@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -154,8 +155,9 @@ func freePort(t *testing.T) int {
 }
 
 // startSingleConsensus starts a one-member `concord consensus` with its
-// NATS server; it returns the process, its client URL and its NATS address.
-func startSingleConsensus(t *testing.T) (p *proc, clientURL, natsAddr string) {
+// NATS server and extra flags; it returns the process, its client URL and
+// its NATS address.
+func startSingleConsensus(t *testing.T, extra ...string) (p *proc, clientURL, natsAddr string) {
 	t.Helper()
 	cport, pport, err := freePorts()
 	if err != nil {
@@ -164,28 +166,35 @@ func startSingleConsensus(t *testing.T) (p *proc, clientURL, natsAddr string) {
 	natsAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	clientURL = fmt.Sprintf("http://127.0.0.1:%d", cport)
 	purl := fmt.Sprintf("http://127.0.0.1:%d", pport)
-	p = startProc(t, "consensus", cport, "consensus", "--name", "c1", "--data-dir", t.TempDir(),
-		"--listen-client-urls", clientURL, "--listen-peer-urls", purl, "--initial-cluster", "c1="+purl,
-		"--nats-listen-addr", natsAddr)
+	p = startProc(t, "consensus", cport, append([]string{"consensus", "--name", "c1", "--data-dir", t.TempDir(),
+		"--listen-client-urls", clientURL, "--listen-peer-urls", purl, "--initial-cluster", "c1=" + purl,
+		"--nats-listen-addr", natsAddr}, extra...)...)
 	return p, clientURL, natsAddr
 }
 
 func startSplit(t *testing.T) *splitCluster {
 	t.Helper()
+	return startSplitWith(t, nil)
+}
+
+// startSplitWith is startSplit with consensusArgs added to the consensus
+// member's flags and every extra to every process's.
+func startSplitWith(t *testing.T, consensusArgs []string, extra ...string) *splitCluster {
+	t.Helper()
 	c := &splitCluster{}
 	var curl, natsAddr string
-	c.consensus, curl, natsAddr = startSingleConsensus(t)
+	c.consensus, curl, natsAddr = startSingleConsensus(t, append(slices.Clone(consensusArgs), extra...)...)
 	wport, lport := freePort(t), freePort(t)
-	c.watchfanout = startProc(t, "watchfanout", wport, "watchfanout", "--name", "wf1",
-		"--consensus-endpoints", curl, "--nats-url", "nats://"+natsAddr,
-		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", wport))
-	c.leasesvc = startProc(t, "leasesvc", lport, "leasesvc", "--name", "ls1",
-		"--consensus-endpoints", curl, "--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", lport))
+	c.watchfanout = startProc(t, "watchfanout", wport, append([]string{"watchfanout", "--name", "wf1",
+		"--consensus-endpoints", curl, "--nats-url", "nats://" + natsAddr,
+		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", wport)}, extra...)...)
+	c.leasesvc = startProc(t, "leasesvc", lport, append([]string{"leasesvc", "--name", "ls1",
+		"--consensus-endpoints", curl, "--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", lport)}, extra...)...)
 	for i := range c.gateways {
 		gport := freePort(t)
-		c.gateways[i] = startProc(t, fmt.Sprintf("gateway-%d", i+1), gport, "gateway",
+		c.gateways[i] = startProc(t, fmt.Sprintf("gateway-%d", i+1), gport, append([]string{"gateway",
 			"--consensus-endpoints", curl, "--watchfanout-endpoints", c.watchfanout.url(),
-			"--leasesvc-endpoints", c.leasesvc.url(), "--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", gport))
+			"--leasesvc-endpoints", c.leasesvc.url(), "--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", gport)}, extra...)...)
 	}
 	return c
 }
