@@ -225,7 +225,7 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 				// gRPC has no use for a Date header; without it the server
 				// skips formatting and encoding one per response.
 				w.Header()["Date"] = nil
-				h.ServeHTTP(w, g.callers.identify(r))
+				h.ServeHTTP(w, g.callers.identify(r, true))
 				return
 			}
 			if isGRPC(r) {
