@@ -140,3 +140,60 @@ func TestConfigRefusesAShortInternalSecret(t *testing.T) {
 		t.Fatalf("New with a 5-byte secret: %v, want ErrInvalidConfig", err)
 	}
 }
+
+// Certificates and the secret together: a process's own call carries both
+// its certificate's name and Internal; a forwarded one neither.
+func TestInternalSecretWithCertificates(t *testing.T) {
+	certs := genCerts(t)
+	scfg, err := certs.ServerConfig(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := []byte(strings.Repeat("s", gateway.MinInternalSecretBytes))
+	b := &credentialsBackend{fakeBackend: newFake()}
+	g, err := gateway.New(gateway.Config{TLS: scfg, InternalSecret: secret}, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serveTLS(t, g)
+	ccfg, err := certs.ClientConfig(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var extra map[string]string
+	tr := &http.Transport{TLSClientConfig: ccfg, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	withHeaders := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		r = r.Clone(r.Context())
+		for k, v := range extra {
+			r.Header.Set(k, v)
+		}
+		return tr.RoundTrip(r)
+	})
+	kv := etcdserverpbconnect.NewKVClient(&http.Client{Transport: withHeaders}, "https://"+addr, connect.WithGRPC())
+	proof := gateway.InternalSecretProof(secret)
+	for _, tc := range []struct {
+		name    string
+		headers map[string]string
+		want    auth.Credentials
+	}{
+		{"certificate", nil, auth.Credentials{CommonName: "concord test client"}},
+		{"certificate and secret", map[string]string{gateway.InternalSecretHeader: proof},
+			auth.Credentials{CommonName: "concord test client", Internal: true}},
+		{"forwarded", map[string]string{gateway.InternalSecretHeader: proof, gateway.ForwardedHeader: "client"}, auth.Credentials{}},
+	} {
+		b.mu.Lock()
+		b.seen = nil
+		b.mu.Unlock()
+		extra = tc.headers
+		if _, err := kv.Range(t.Context(), &pb.RangeRequest{Key: []byte("k")}); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		b.mu.Lock()
+		got := b.seen
+		b.mu.Unlock()
+		if len(got) != 1 || got[0] != tc.want {
+			t.Errorf("%s: the backend saw %+v, want [%+v]", tc.name, got, tc.want)
+		}
+	}
+}

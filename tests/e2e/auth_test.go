@@ -226,7 +226,8 @@ func TestClientAuthManagement(t *testing.T) {
 
 // TestSplitAuthManagement checks that the split topology's gateways forward
 // the Auth service to consensus: a user added through one gateway is seen
-// through the other, errors keep etcd's text, and auth enable refuses.
+// through the other, errors keep etcd's text, and auth enable refuses
+// (neither client certificates nor an internal secret here).
 func TestSplitAuthManagement(t *testing.T) {
 	c := startSplit(t)
 	g1, g2 := c.gateways[0].endpoint(), c.gateways[1].endpoint()
@@ -253,10 +254,10 @@ func TestSplitAuthManagement(t *testing.T) {
 	}
 }
 
-// TestSplitAuthEnforced enables auth in the split topology (which needs
-// verified client certificates: the watch fan-out and lease service call
-// consensus's internal API as the root-role user their certificate names)
-// and checks that clients see through its gateway what they see from etcd:
+// TestSplitAuthEnforced enables auth in the split topology with verified
+// client certificates (the watch fan-out and lease service call
+// consensus's internal API as the root-role user their certificate names;
+// TestSplitAuthSecret runs it on an internal secret instead) and checks that clients see through its gateway what they see from etcd:
 // KV, watch and lease calls of a user limited to a prefix, of root and of a
 // client without a token, with etcd's errors. A direct call to consensus's
 // internal API gets no history without a root-role identity.
