@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -85,6 +86,21 @@ type conn struct {
 	inflow      int32
 	connUnacked int32
 
+	// sentStreamFrames (under wmu) records that HEADERS or DATA were
+	// queued since the peer's last PING, which clears its ping strikes.
+	sentStreamFrames bool
+
+	// Keep-alive (KeepAlive.Time): when the socket last delivered bytes,
+	// in nanoseconds since epoch on the config's clock; kaDone is closed
+	// when the keep-alive goroutine returns (nil: none was started).
+	epoch    time.Time
+	lastRead atomic.Int64
+	kaDone   chan struct{}
+	// Ping policy (KeepAlive.MinTime), owned by the reader.
+	lastPingAt  int64
+	pinged      bool
+	pingStrikes int
+
 	kick      chan struct{}
 	closing   chan struct{}
 	flushDone chan struct{}
@@ -129,7 +145,15 @@ func newConn(s *Server, nc net.Conn) *conn {
 	}
 	c.wcond.L = &c.wmu
 	c.henc = hpack.NewEncoder(&c.hbuf)
-	br := bufio.NewReaderSize(nc, 16<<10)
+	c.epoch = time.Now()
+	if s.cfg.Clock != nil {
+		c.epoch = s.cfg.Clock.Now()
+	}
+	var src io.Reader = nc
+	if s.cfg.KeepAlive.Time > 0 {
+		src = readStamper{c}
+	}
+	br := bufio.NewReaderSize(src, 16<<10)
 	c.fr = http2.NewFramer(nil, br)
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.MaxHeaderListSize = s.cfg.MaxHeaderListSize
@@ -155,12 +179,18 @@ func (c *conn) serve() (err error) {
 		streams := c.streams
 		c.streams = nil
 		c.smu.Unlock()
-		c.closeWrites()
+		// No closeWrites here: it would drop what is queued, such as the
+		// GOAWAY of a connection error, before the flusher's last write
+		// (which ends with closeWrites). Failing the streams wakes their
+		// writers.
 		for _, st := range streams {
 			st.fail(errConnClosed)
 		}
 		c.handlers.Wait()
 		<-c.flushDone
+		if c.kaDone != nil {
+			<-c.kaDone
+		}
 		if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 			err = nil
 		}
@@ -185,6 +215,10 @@ func (c *conn) serve() (err error) {
 	}
 	c.kickLocked()
 	c.wmu.Unlock()
+	if c.cfg.KeepAlive.Time > 0 {
+		c.kaDone = make(chan struct{})
+		go c.keepAlive()
+	}
 
 	first := true
 	for {
@@ -197,10 +231,10 @@ func (c *conn) serve() (err error) {
 			}
 			var ce http2.ConnectionError
 			if errors.As(err, &ce) {
-				return c.connError(http2.ErrCode(ce), err)
+				return c.connError(http2.ErrCode(ce), nil, err)
 			}
 			if errors.Is(err, http2.ErrFrameTooLarge) {
-				return c.connError(http2.ErrCodeFrameSize, err)
+				return c.connError(http2.ErrCodeFrameSize, nil, err)
 			}
 			select {
 			case <-c.closing:
@@ -211,14 +245,17 @@ func (c *conn) serve() (err error) {
 		}
 		if first {
 			if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
-				return c.connError(http2.ErrCodeProtocol, errors.New("h2server: first frame is not SETTINGS"))
+				return c.connError(http2.ErrCodeProtocol, nil, errors.New("h2server: first frame is not SETTINGS"))
 			}
 			first = false
 		}
 		if err := c.processFrame(f); err != nil {
 			var ce http2.ConnectionError
 			if errors.As(err, &ce) {
-				return c.connError(http2.ErrCode(ce), err)
+				return c.connError(http2.ErrCode(ce), nil, err)
+			}
+			if errors.Is(err, errTooManyPings) {
+				return c.connError(http2.ErrCodeEnhanceYourCalm, tooManyPingsDebug, err)
 			}
 			return err
 		}
@@ -238,13 +275,13 @@ func (c *conn) readPreface() error {
 	return nil
 }
 
-// connError sends GOAWAY with code and ends the connection.
-func (c *conn) connError(code http2.ErrCode, err error) error {
+// connError sends GOAWAY with code and debug data and ends the connection.
+func (c *conn) connError(code http2.ErrCode, debug []byte, err error) error {
 	c.smu.Lock()
 	last := c.lastID
 	c.smu.Unlock()
 	c.wmu.Lock()
-	c.wbuf = appendGoAway(c.wbuf, last, code)
+	c.wbuf = appendGoAway(c.wbuf, last, code, debug...)
 	c.kickLocked()
 	c.wmu.Unlock()
 	c.cfg.Logger.Debug("h2server: connection error", "remote", c.remoteAddr, "code", code, "err", err)
@@ -273,7 +310,14 @@ func (c *conn) processFrame(f http2.Frame) error {
 		c.wbuf = appendFrameHeader(c.wbuf, 8, http2.FramePing, http2.FlagPingAck, 0)
 		c.wbuf = append(c.wbuf, f.Data[:]...)
 		c.kickLocked()
+		sent := c.sentStreamFrames
+		c.sentStreamFrames = false
 		c.wmu.Unlock()
+		if c.cfg.KeepAlive.MinTime > 0 {
+			// After the ack, as grpc-go: a client that gets GOAWAY
+			// has its last PING answered.
+			return c.policePing(sent)
+		}
 	case *http2.RSTStreamFrame:
 		if c.isIdle(f.StreamID) {
 			return http2.ConnectionError(http2.ErrCodeProtocol)
@@ -650,10 +694,11 @@ func appendRSTStream(b []byte, id uint32, code http2.ErrCode) []byte {
 	return append(b, byte(code>>24), byte(code>>16), byte(code>>8), byte(code))
 }
 
-func appendGoAway(b []byte, last uint32, code http2.ErrCode) []byte {
-	b = appendFrameHeader(b, 8, http2.FrameGoAway, 0, 0)
-	return append(b, byte(last>>24)&0x7f, byte(last>>16), byte(last>>8), byte(last),
+func appendGoAway(b []byte, last uint32, code http2.ErrCode, debug ...byte) []byte {
+	b = appendFrameHeader(b, 8+len(debug), http2.FrameGoAway, 0, 0)
+	b = append(b, byte(last>>24)&0x7f, byte(last>>16), byte(last>>8), byte(last),
 		byte(code>>24), byte(code>>16), byte(code>>8), byte(code))
+	return append(b, debug...)
 }
 
 var statusText [600]string

@@ -64,6 +64,8 @@ const (
 	// DefaultCloseFlushTimeout bounds the final flush to a peer that does
 	// not read.
 	DefaultCloseFlushTimeout = time.Second
+	// DefaultKeepAliveTimeout is KeepAlive.Timeout's default, grpc-go's.
+	DefaultKeepAliveTimeout = 20 * time.Second
 
 	// prefaceTimeout bounds how long a connection may take to send the
 	// client preface.
@@ -92,6 +94,13 @@ type Config struct {
 	MaxPending int
 	// CloseFlushTimeout bounds the last write when a connection closes.
 	CloseFlushTimeout time.Duration
+	// KeepAlive is the server's pings and its policy for the peer's pings
+	// (grpc-go's keepalive.ServerParameters and EnforcementPolicy); the
+	// zero value sends no pings and answers every ping.
+	KeepAlive KeepAlive
+	// Clock is the keep-alive's time source; nil is the real clock
+	// (tests inject a manual one).
+	Clock Clock
 	// Logger receives handler panics and connection errors; nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -120,6 +129,9 @@ func (c *Config) SetDefaults() {
 	if c.CloseFlushTimeout == 0 {
 		c.CloseFlushTimeout = DefaultCloseFlushTimeout
 	}
+	if c.KeepAlive.Time > 0 && c.KeepAlive.Timeout == 0 {
+		c.KeepAlive.Timeout = DefaultKeepAliveTimeout
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -136,6 +148,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: MaxPending must be positive", ErrInvalidConfig)
 	case c.CloseFlushTimeout < 0:
 		return fmt.Errorf("%w: CloseFlushTimeout must not be negative", ErrInvalidConfig)
+	case c.KeepAlive.Time < 0 || c.KeepAlive.Timeout < 0 || c.KeepAlive.MinTime < 0:
+		return fmt.Errorf("%w: KeepAlive durations must not be negative", ErrInvalidConfig)
 	case c.Logger == nil:
 		return fmt.Errorf("%w: Logger is nil (call SetDefaults)", ErrInvalidConfig)
 	}

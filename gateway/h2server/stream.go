@@ -532,6 +532,10 @@ func (st *stream) flush(extra []byte, end bool) error {
 	if c.werr != nil {
 		return c.werr
 	}
+	// A plain store under the lock already held: clears the peer's ping
+	// strikes at its next PING (KeepAlive.MinTime), as grpc-go does for
+	// every HEADERS and DATA it writes.
+	c.sentStreamFrames = true
 	noBody := len(buffered) == 0 && len(extra) == 0
 	if !st.sentHeader {
 		st.encodeHeaders(buffered, extra)
