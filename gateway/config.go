@@ -18,6 +18,12 @@ const (
 	// because every watch and keep-alive stream of a client shares one
 	// HTTP/2 connection.
 	DefaultMaxConcurrentStreams = math.MaxUint32
+	// DefaultKeepAliveInterval, DefaultKeepAliveTimeout and
+	// DefaultKeepAliveMinTime are etcd's --grpc-keepalive-interval,
+	// --grpc-keepalive-timeout and --grpc-keepalive-min-time defaults.
+	DefaultKeepAliveInterval = 2 * time.Hour
+	DefaultKeepAliveTimeout  = 20 * time.Second
+	DefaultKeepAliveMinTime  = 5 * time.Second
 	// DefaultShutdownTimeout bounds the graceful part of Serve's shutdown;
 	// long-lived streams (watches) are cut after it.
 	DefaultShutdownTimeout = 5 * time.Second
@@ -39,6 +45,9 @@ type Config struct {
 	MaxTxnOps int
 	// MaxConcurrentStreams is the HTTP/2 per-connection stream limit.
 	MaxConcurrentStreams uint32
+	// KeepAlive is the HTTP/2 connections' keep-alive pings and client
+	// ping policy (etcd's --grpc-keepalive-*).
+	KeepAlive KeepAlive
 	// NetHTTP2 serves HTTP/2 prior-knowledge connections (gRPC clients)
 	// with net/http's HTTP/2 server instead of gateway/h2server, the
 	// default (less CPU per call); every other connection goes to net/http
@@ -83,6 +92,33 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// KeepAlive is etcd's gRPC keep-alive (grpc-go's ServerParameters Time and
+// Timeout, EnforcementPolicy MinTime and PermitWithoutStream) on the
+// gateway's HTTP/2 connections. Zero fields get etcd's defaults.
+//
+// gateway/h2server implements all of it. net/http's HTTP/2 server
+// (NetHTTP2) pings after Interval without reading and closes the
+// connection when the PING's own ack is not back within Timeout (other
+// frames do not count, unlike grpc-go), and it does not police client
+// pings: MinTime and PermitWithoutStream have no effect there.
+type KeepAlive struct {
+	// Interval: a connection nothing was read from for Interval gets a
+	// PING (--grpc-keepalive-interval).
+	Interval time.Duration
+	// Timeout: ... and is closed when nothing arrives Timeout after it
+	// (--grpc-keepalive-timeout).
+	Timeout time.Duration
+	// MinTime: a client pinging more often (with no stream open and
+	// without PermitWithoutStream: more often than every two hours) gets
+	// strikes, and GOAWAY ENHANCE_YOUR_CALM "too_many_pings" at the third
+	// (--grpc-keepalive-min-time).
+	MinTime time.Duration
+	// PermitWithoutStream holds pings on connections without streams to
+	// MinTime too. etcd leaves it false; concord's internal services set
+	// it, as concord's own clients ping idle connections every 5 s.
+	PermitWithoutStream bool
+}
+
 // SetDefaults fills in zero fields.
 func (c *Config) SetDefaults() {
 	if c.MaxRequestBytes == 0 {
@@ -96,6 +132,15 @@ func (c *Config) SetDefaults() {
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.KeepAlive.Interval == 0 {
+		c.KeepAlive.Interval = DefaultKeepAliveInterval
+	}
+	if c.KeepAlive.Timeout == 0 {
+		c.KeepAlive.Timeout = DefaultKeepAliveTimeout
+	}
+	if c.KeepAlive.MinTime == 0 {
+		c.KeepAlive.MinTime = DefaultKeepAliveMinTime
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -113,6 +158,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: MaxTxnOps must be positive, got %d", ErrInvalidConfig, c.MaxTxnOps)
 	case c.MaxConcurrentStreams == 0:
 		return fmt.Errorf("%w: MaxConcurrentStreams must be positive", ErrInvalidConfig)
+	case c.KeepAlive.Interval <= 0 || c.KeepAlive.Timeout <= 0 || c.KeepAlive.MinTime <= 0:
+		return fmt.Errorf("%w: KeepAlive durations must be positive, got %+v", ErrInvalidConfig, c.KeepAlive)
 	case c.ShutdownTimeout < 0:
 		return fmt.Errorf("%w: ShutdownTimeout must not be negative", ErrInvalidConfig)
 	case c.Logger == nil:

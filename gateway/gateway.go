@@ -305,6 +305,9 @@ func (g *Gateway) serve(ctx context.Context, ln net.Listener, tlsCfg *tls.Config
 		Protocols: &protocols,
 		HTTP2: &http.HTTP2Config{
 			MaxConcurrentStreams: int(min(uint64(g.cfg.MaxConcurrentStreams), math.MaxInt)),
+			// The part of KeepAlive net/http has (see KeepAlive).
+			SendPingTimeout: g.cfg.KeepAlive.Interval,
+			PingTimeout:     g.cfg.KeepAlive.Timeout,
 		},
 		// No ReadTimeout/WriteTimeout: they would cut watch and keep-alive
 		// streams.
@@ -321,7 +324,13 @@ func (g *Gateway) serve(ctx context.Context, ln net.Listener, tlsCfg *tls.Config
 		var err error
 		lean, err = h2server.New(h2server.Config{
 			MaxConcurrentStreams: g.cfg.MaxConcurrentStreams,
-			Logger:               g.log,
+			KeepAlive: h2server.KeepAlive{
+				Time:                g.cfg.KeepAlive.Interval,
+				Timeout:             g.cfg.KeepAlive.Timeout,
+				MinTime:             g.cfg.KeepAlive.MinTime,
+				PermitWithoutStream: g.cfg.KeepAlive.PermitWithoutStream,
+			},
+			Logger: g.log,
 		}, h)
 		if err != nil {
 			ln.Close()

@@ -77,12 +77,13 @@ func metricsOptions(src metrics.Sources) ([]gateway.Option, error) {
 
 // withServerHTTP is c with a server's etcd HTTP settings: --cors,
 // --host-whitelist, --listen-client-http-urls (the client listeners then
-// serve RPCs only), --max-concurrent-streams and
+// serve RPCs only), --max-concurrent-streams, --grpc-keepalive-* and
 // --warning-unary-request-duration.
 func withServerHTTP(c gateway.Config, s config.Server) gateway.Config {
 	c.CORS, c.HostWhitelist = s.CORS, s.HostWhitelist
 	c.SeparateHTTP = len(s.ListenClientHTTPURLs) > 0
 	c.MaxConcurrentStreams = s.MaxConcurrentStreams
+	c.KeepAlive = keepAlive(s.GRPCKeepAlive)
 	c.WarningUnaryRequestDuration = s.WarningUnaryRequestDuration
 	c.StopServingOnDefrag = featureEnabled(s.FeatureGates, "StopGRPCServiceOnDefrag", true)
 	return c
@@ -99,6 +100,22 @@ func featureEnabled(gates map[string]bool, name string, alpha bool) bool {
 		return gates["AllAlpha"]
 	}
 	return gates["AllBeta"]
+}
+
+// keepAlive is etcd's --grpc-keepalive-* as the gateway's KeepAlive, with
+// etcd's PermitWithoutStream (false).
+func keepAlive(k config.GRPCKeepAlive) gateway.KeepAlive {
+	return gateway.KeepAlive{Interval: k.Interval, Timeout: k.Timeout, MinTime: k.MinTime}
+}
+
+// withInternalKeepAlive is c for the watch fan-out's and lease service's
+// servers, whose clients are concord's gateways: their HTTP/2 transport
+// pings every connection idle for 5 s (gateway/remote), streams or not,
+// which etcd's policy (PermitWithoutStream false) would answer with GOAWAY
+// too_many_pings after 20 s of idleness. Pings 5 s apart are allowed.
+func withInternalKeepAlive(c gateway.Config) gateway.Config {
+	c.KeepAlive = gateway.KeepAlive{PermitWithoutStream: true}
+	return c
 }
 
 // withTLS is c serving TLS listeners with t.

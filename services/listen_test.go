@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/services/config"
 )
 
@@ -66,8 +67,13 @@ func TestListenClientsMarksHTTPOnly(t *testing.T) {
 	}
 
 	g := withServerHTTP(gatewayConfig(1, 1, true, true, slog.Default()), config.Server{CORS: []string{"http://a"}, HostWhitelist: []string{"h"},
-		ListenClientHTTPURLs: []url.URL{u}, MaxConcurrentStreams: 7, WarningUnaryRequestDuration: time.Second})
-	if len(g.CORS) != 1 || len(g.HostWhitelist) != 1 || !g.SeparateHTTP || g.MaxConcurrentStreams != 7 || g.WarningUnaryRequestDuration != time.Second {
+		ListenClientHTTPURLs: []url.URL{u}, MaxConcurrentStreams: 7, WarningUnaryRequestDuration: time.Second,
+		GRPCKeepAlive: config.GRPCKeepAlive{MinTime: time.Second, Interval: time.Minute, Timeout: 3 * time.Second}})
+	if len(g.CORS) != 1 || len(g.HostWhitelist) != 1 || !g.SeparateHTTP || g.MaxConcurrentStreams != 7 || g.WarningUnaryRequestDuration != time.Second ||
+		g.KeepAlive != (gateway.KeepAlive{MinTime: time.Second, Interval: time.Minute, Timeout: 3 * time.Second}) {
 		t.Errorf("gateway config = %+v", g)
+	}
+	if ka := withInternalKeepAlive(g).KeepAlive; !ka.PermitWithoutStream {
+		t.Errorf("internal services' keep-alive %+v: concord's clients ping idle connections", ka)
 	}
 }

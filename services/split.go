@@ -154,7 +154,7 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 	if err != nil {
 		return err
 	}
-	gw, err := gateway.New(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), authorizing(cons),
+	gw, err := gateway.New(withInternalKeepAlive(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg)), authorizing(cons),
 		append(opts, gateway.WithWatch(gateway.NewWatchService(fanout)), gateway.WithBrowserWatch(fanout))...)
 	if err != nil {
 		return fmt.Errorf("starting the watch API: %w", err)
@@ -192,7 +192,7 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 	if err != nil {
 		return err
 	}
-	gw, err := gateway.New(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), authorizing(cons), append(opts, gateway.WithLease(leases),
+	gw, err := gateway.New(withInternalKeepAlive(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg)), authorizing(cons), append(opts, gateway.WithLease(leases),
 		gateway.WithHTTPHandler(path, h),
 		gateway.WithReadyCheck("lease_authority", func(context.Context) error { return leases.Ready() }))...)
 	if err != nil {
@@ -250,6 +250,7 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 	mopts = append(mopts, consoleOptions(cfg.EnableConsole)...)
 	gcfg := withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg)
 	gcfg.CORS, gcfg.HostWhitelist = cfg.CORS, cfg.HostWhitelist
+	gcfg.KeepAlive = keepAlive(cfg.GRPCKeepAlive)
 	gw, err := newClientGateway(gcfg, cfg.EnablePprof, cons, watcher, lease, log, mopts...)
 	if err != nil {
 		return err

@@ -601,6 +601,9 @@ func (st *stream) appendDataLocked(p []byte, last, borrow bool) error {
 			st.ended = true
 		}
 		c.wbuf = appendFrameHeader(c.wbuf, int(n), http2.FrameData, flags, st.id)
+		// Per frame, as grpc-go: a client's BDP pings follow the DATA
+		// of one long write.
+		c.sentStreamFrames = true
 		if borrow {
 			c.segs = append(c.segs, c.wbuf[c.segMark:len(c.wbuf):len(c.wbuf)], p[:n:n])
 			c.segMark = len(c.wbuf)

@@ -48,6 +48,8 @@ type Server struct {
 	// MaxConcurrentStreams is the HTTP/2 stream limit per client
 	// connection (--max-concurrent-streams).
 	MaxConcurrentStreams uint32
+	// GRPCKeepAlive is --grpc-keepalive-*: the client connections' pings.
+	GRPCKeepAlive GRPCKeepAlive
 	// WarningUnaryRequestDuration and WarningApplyDuration are the
 	// thresholds of etcd's slow request and slow apply warnings.
 	WarningUnaryRequestDuration, WarningApplyDuration time.Duration
@@ -295,6 +297,7 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 		return Server{}, err
 	}
 	c.MaxConcurrentStreams = v.GetUint32(fMaxConcurrentStreams)
+	c.GRPCKeepAlive = loadGRPCKeepAlive(v)
 	// As etcd: 0 keeps the defaults.
 	if c.WarningUnaryRequestDuration = v.GetDuration(fWarningUnaryDuration); c.WarningUnaryRequestDuration <= 0 {
 		c.WarningUnaryRequestDuration = 300 * time.Millisecond

@@ -65,7 +65,6 @@ const (
 	whyDiscOpt   = "only used with --discovery-endpoints, which concord does not support"
 	whyTracing   = "only used with --enable-distributed-tracing, which concord does not support"
 	whyIgnored   = "ignored by etcd 3.7 too (a flag of older etcd versions)"
-	whyKeepAlive = "concord finds dead client connections with TCP keep-alive probes (Go's, every 15 s) instead of HTTP/2 pings"
 )
 
 // etcdOnlyFlags are the etcd flags concord accepts but does not implement.
@@ -108,9 +107,6 @@ var etcdOnlyFlags = []etcdOnlyFlag{
 	{"compaction-sleep-interval", false, "concord compacts in the apply of the compaction request, in one store batch, not in timed batches of revisions"},
 	{"downgrade-check-time", false, "concord has no cluster downgrade"},
 	{fV2Deprecation, false, "etcd 3.7 ignores it too and enforces its default; concord has no v2 store"},
-	{fGRPCKeepAliveMinTime, false, "concord's HTTP/2 servers answer every client ping and never close a connection for pinging too often"},
-	{fGRPCKeepAliveIntvl, false, whyKeepAlive},
-	{fGRPCKeepAliveTimeout, false, whyKeepAlive},
 }
 
 // etcdIgnoredFlags are the flags etcd 3.7 accepts and ignores (etcdmain's
@@ -127,9 +123,7 @@ func etcdCompatFlags(fs *pflag.FlagSet) {
 	fs.String(fListenClientHTTPURLs, "", "comma-separated URLs to listen on for HTTP-only client traffic; set, --listen-client-urls serve gRPC only")
 	httpAccessFlags(fs)
 	fs.Uint32(fMaxConcurrentStreams, DefaultMaxConcurrentStreams, "maximum concurrent streams that each client can open at a time")
-	fs.Duration(fGRPCKeepAliveMinTime, 5*time.Second, "minimum interval a client should wait before pinging the server")
-	fs.Duration(fGRPCKeepAliveIntvl, 2*time.Hour, "frequency of server-to-client pings to check that a connection is alive (0 to disable)")
-	fs.Duration(fGRPCKeepAliveTimeout, 20*time.Second, "additional wait before closing a non-responsive connection (0 to disable)")
+	keepAliveFlags(fs)
 	fs.Bool(fSocketReusePort, false, "set SO_REUSEPORT on listeners, allowing rebinding of a port already in use")
 	fs.Bool(fSocketReuseAddress, false, "set SO_REUSEADDR on listeners, allowing binding to an address in TIME_WAIT state")
 	fs.String(fLogger, "zap", "etcd's structured logger; 'zap' is the only value, concord logs with log/slog")
@@ -384,4 +378,45 @@ func EtcdArgs(args []string, sets ...*pflag.FlagSet) []string {
 		out = append(out, a)
 	}
 	return out
+}
+
+// GRPCKeepAlive is etcd's --grpc-keepalive-* as etcd hands them to grpc-go:
+// the client connections' server pings (Interval, Timeout) and client ping
+// policy (MinTime).
+type GRPCKeepAlive struct {
+	MinTime, Interval, Timeout time.Duration
+}
+
+// grpc-go's defaults, which apply in etcd when a flag is not positive.
+const (
+	grpcDefaultMinTime  = 5 * time.Minute
+	grpcDefaultInterval = 2 * time.Hour
+	grpcDefaultTimeout  = 20 * time.Second
+)
+
+// keepAliveFlags declares etcd's --grpc-keepalive-* with etcd's defaults,
+// for the all-in-one server and the split gateway.
+func keepAliveFlags(fs *pflag.FlagSet) {
+	fs.Duration(fGRPCKeepAliveMinTime, 5*time.Second, "minimum interval a client should wait before pinging the server (one with no stream open: 2 hours); the third ping too early gets GOAWAY too_many_pings. 0 means grpc-go's 5m, as in etcd")
+	fs.Duration(fGRPCKeepAliveIntvl, 2*time.Hour, "a client connection the server has read nothing from for this long is pinged. 0 (or a 0 --grpc-keepalive-timeout) means grpc-go's 2h and 20s, as in etcd")
+	fs.Duration(fGRPCKeepAliveTimeout, 20*time.Second, "a pinged connection is closed when nothing arrives within this. 0 (or a 0 --grpc-keepalive-interval) means grpc-go's 2h and 20s, as in etcd")
+}
+
+// loadGRPCKeepAlive reads --grpc-keepalive-* as etcd uses them: etcd gives
+// grpc-go the enforcement policy only for a positive min time and the
+// server parameters only when both are positive, so grpc-go's defaults
+// apply otherwise (whatever etcd's help says about 0 disabling them).
+func loadGRPCKeepAlive(v *viper.Viper) GRPCKeepAlive {
+	k := GRPCKeepAlive{
+		MinTime:  v.GetDuration(fGRPCKeepAliveMinTime),
+		Interval: v.GetDuration(fGRPCKeepAliveIntvl),
+		Timeout:  v.GetDuration(fGRPCKeepAliveTimeout),
+	}
+	if k.MinTime <= 0 {
+		k.MinTime = grpcDefaultMinTime
+	}
+	if k.Interval <= 0 || k.Timeout <= 0 {
+		k.Interval, k.Timeout = grpcDefaultInterval, grpcDefaultTimeout
+	}
+	return k
 }

@@ -268,3 +268,36 @@ func TestEtcdArgs(t *testing.T) {
 		t.Errorf("loaded %q %d, %v", c.Name, c.SnapshotCount, err)
 	}
 }
+
+// --grpc-keepalive-* reach the config as etcd hands them to grpc-go: a
+// value that is not positive leaves grpc-go's default (min time 5m; interval
+// and timeout 2h and 20s, together), and they are not inert.
+func TestGRPCKeepAliveFlags(t *testing.T) {
+	ka := func(min, interval, timeout time.Duration) config.GRPCKeepAlive {
+		return config.GRPCKeepAlive{MinTime: min, Interval: interval, Timeout: timeout}
+	}
+	for _, c := range []struct {
+		args []string
+		want config.GRPCKeepAlive
+	}{
+		{nil, ka(5*time.Second, 2*time.Hour, 20*time.Second)},
+		{[]string{"--grpc-keepalive-min-time=1s", "--grpc-keepalive-interval=30s", "--grpc-keepalive-timeout=3s"}, ka(time.Second, 30*time.Second, 3*time.Second)},
+		{[]string{"--grpc-keepalive-min-time=0"}, ka(5*time.Minute, 2*time.Hour, 20*time.Second)},
+		{[]string{"--grpc-keepalive-interval=0", "--grpc-keepalive-timeout=3s"}, ka(5*time.Second, 2*time.Hour, 20*time.Second)},
+		{[]string{"--grpc-keepalive-interval=30s", "--grpc-keepalive-timeout=0"}, ka(5*time.Second, 2*time.Hour, 20*time.Second)},
+		{[]string{"--grpc-keepalive-interval=-1s"}, ka(5*time.Second, 2*time.Hour, 20*time.Second)},
+	} {
+		s, err := load(t, c.args...)
+		if err != nil || s.GRPCKeepAlive != c.want {
+			t.Errorf("%q: %+v, %v; want %+v", c.args, s.GRPCKeepAlive, err, c.want)
+		}
+		if len(s.InertFlags) != 0 {
+			t.Errorf("%q: noted as inert: %q", c.args, s.InertFlags)
+		}
+	}
+	gw := []string{"--watchfanout-endpoints=http://127.0.0.1:1", "--leasesvc-endpoints=http://127.0.0.1:2"}
+	s, err := loadSplit(t, config.RoleGateway, append(gw, "--grpc-keepalive-min-time=1s", "--grpc-keepalive-interval=30s", "--grpc-keepalive-timeout=3s")...)
+	if err != nil || s.GRPCKeepAlive != ka(time.Second, 30*time.Second, 3*time.Second) {
+		t.Errorf("split gateway: %+v, %v", s.GRPCKeepAlive, err)
+	}
+}

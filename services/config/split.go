@@ -160,6 +160,9 @@ type Split struct {
 	// CORS and HostWhitelist are Server.CORS and Server.HostWhitelist
 	// (--cors, --host-whitelist; gateway only).
 	CORS, HostWhitelist []string
+	// GRPCKeepAlive is Server.GRPCKeepAlive (--grpc-keepalive-*; gateway
+	// only: the others serve concord's own clients).
+	GRPCKeepAlive GRPCKeepAlive
 
 	// ClientTLS is Server.ClientTLS: the TLS of the https:// client URLs.
 	ClientTLS TLSInfo
@@ -189,6 +192,7 @@ func SplitFlags(fs *pflag.FlagSet, role Role) {
 		fs.Bool(fEnablePprof, false, "enable runtime profiling data via HTTP server; address is at client URL + \"/debug/pprof/\"")
 		fs.Bool(fEnableConsole, true, enableConsoleUsage)
 		httpAccessFlags(fs)
+		keepAliveFlags(fs)
 	}
 	fs.Int(fMaxRequestBytes, 1572864, "maximum client request size in bytes the server will accept")
 	fs.Int(fMaxTxnOps, 128, "maximum number of operations permitted in a transaction")
@@ -230,6 +234,7 @@ func LoadSplit(fs *pflag.FlagSet, role Role) (Split, error) {
 		if c.CORS, c.HostWhitelist, err = loadHTTPAccess(v); err != nil {
 			return Split{}, err
 		}
+		c.GRPCKeepAlive = loadGRPCKeepAlive(v)
 	}
 	if c.ClientTLS, err = loadTLS(v, false); err != nil {
 		return Split{}, err
