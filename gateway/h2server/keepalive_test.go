@@ -287,3 +287,40 @@ func TestKeepAliveValidate(t *testing.T) {
 		}
 	}
 }
+
+// Every DATA frame the server sends clears the ping strikes, not only the
+// first of a long write: grpc-go clients send a BDP ping after receiving
+// data, several during one large response.
+func TestPingStrikesClearedPerDataFrame(t *testing.T) {
+	clk := clocktest.New()
+	const window = 65535 // the client's initial windows
+	e := start(t, h2server.Config{KeepAlive: h2server.KeepAlive{MinTime: 5 * time.Second}, Clock: clk},
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Write(make([]byte, 6*window)) // one Write, many frames
+		}))
+	rc := dialRaw(t, e.addr)
+	rc.headers(1, true, "/big")
+	got := 0
+	for cycle := byte(1); cycle <= 5; cycle++ {
+		// The server is blocked on the window once it has sent it all.
+		for got < int(cycle)*window {
+			f := rc.next(func(f http2.Frame) bool {
+				if _, ok := f.(*http2.GoAwayFrame); ok {
+					t.Fatalf("GOAWAY in cycle %d", cycle)
+				}
+				return f.Header().Type == http2.FrameData && f.Header().StreamID == 1
+			})
+			got += len(f.(*http2.DataFrame).Data())
+		}
+		// Data was sent since the last PING: this one is no strike.
+		rc.roundTrip([8]byte{cycle})
+		rc.fr.WriteWindowUpdate(0, window)
+		rc.fr.WriteWindowUpdate(1, window)
+	}
+	rc.next(func(f http2.Frame) bool {
+		if _, ok := f.(*http2.GoAwayFrame); ok {
+			t.Fatal("GOAWAY")
+		}
+		return f.Header().StreamID == 1 && f.Header().Flags.Has(http2.FlagDataEndStream)
+	})
+}
