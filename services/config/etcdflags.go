@@ -387,25 +387,28 @@ type GRPCKeepAlive struct {
 	MinTime, Interval, Timeout time.Duration
 }
 
-// grpc-go's defaults, which apply in etcd when a flag is not positive.
+// grpc-go's defaults, which apply in etcd when a flag is not positive, and
+// its floor for the server's ping interval (internal.KeepaliveMinServerPingTime).
 const (
 	grpcDefaultMinTime  = 5 * time.Minute
 	grpcDefaultInterval = 2 * time.Hour
 	grpcDefaultTimeout  = 20 * time.Second
+	grpcMinInterval     = time.Second
 )
 
 // keepAliveFlags declares etcd's --grpc-keepalive-* with etcd's defaults,
 // for the all-in-one server and the split gateway.
 func keepAliveFlags(fs *pflag.FlagSet) {
 	fs.Duration(fGRPCKeepAliveMinTime, 5*time.Second, "minimum interval a client should wait before pinging the server (one with no stream open: 2 hours); the third ping too early gets GOAWAY too_many_pings. 0 means grpc-go's 5m, as in etcd")
-	fs.Duration(fGRPCKeepAliveIntvl, 2*time.Hour, "a client connection the server has read nothing from for this long is pinged. 0 (or a 0 --grpc-keepalive-timeout) means grpc-go's 2h and 20s, as in etcd")
+	fs.Duration(fGRPCKeepAliveIntvl, 2*time.Hour, "a client connection the server has read nothing from for this long is pinged. 0 (or a 0 --grpc-keepalive-timeout) means grpc-go's 2h and 20s, as in etcd; below 1s means 1s, as in grpc-go")
 	fs.Duration(fGRPCKeepAliveTimeout, 20*time.Second, "a pinged connection is closed when nothing arrives within this. 0 (or a 0 --grpc-keepalive-interval) means grpc-go's 2h and 20s, as in etcd")
 }
 
 // loadGRPCKeepAlive reads --grpc-keepalive-* as etcd uses them: etcd gives
 // grpc-go the enforcement policy only for a positive min time and the
 // server parameters only when both are positive, so grpc-go's defaults
-// apply otherwise (whatever etcd's help says about 0 disabling them).
+// apply otherwise (whatever etcd's help says about 0 disabling them), and
+// grpc-go raises an interval below a second to a second.
 func loadGRPCKeepAlive(v *viper.Viper) GRPCKeepAlive {
 	k := GRPCKeepAlive{
 		MinTime:  v.GetDuration(fGRPCKeepAliveMinTime),
@@ -418,5 +421,6 @@ func loadGRPCKeepAlive(v *viper.Viper) GRPCKeepAlive {
 	if k.Interval <= 0 || k.Timeout <= 0 {
 		k.Interval, k.Timeout = grpcDefaultInterval, grpcDefaultTimeout
 	}
+	k.Interval = max(k.Interval, grpcMinInterval)
 	return k
 }

@@ -271,7 +271,8 @@ func TestEtcdArgs(t *testing.T) {
 
 // --grpc-keepalive-* reach the config as etcd hands them to grpc-go: a
 // value that is not positive leaves grpc-go's default (min time 5m; interval
-// and timeout 2h and 20s, together), and they are not inert.
+// and timeout 2h and 20s, together), an interval below 1s is 1s, and they
+// are not inert.
 func TestGRPCKeepAliveFlags(t *testing.T) {
 	ka := func(min, interval, timeout time.Duration) config.GRPCKeepAlive {
 		return config.GRPCKeepAlive{MinTime: min, Interval: interval, Timeout: timeout}
@@ -286,6 +287,7 @@ func TestGRPCKeepAliveFlags(t *testing.T) {
 		{[]string{"--grpc-keepalive-interval=0", "--grpc-keepalive-timeout=3s"}, ka(5*time.Second, 2*time.Hour, 20*time.Second)},
 		{[]string{"--grpc-keepalive-interval=30s", "--grpc-keepalive-timeout=0"}, ka(5*time.Second, 2*time.Hour, 20*time.Second)},
 		{[]string{"--grpc-keepalive-interval=-1s"}, ka(5*time.Second, 2*time.Hour, 20*time.Second)},
+		{[]string{"--grpc-keepalive-interval=100ms", "--grpc-keepalive-min-time=10ms"}, ka(10*time.Millisecond, time.Second, 20*time.Second)},
 	} {
 		s, err := load(t, c.args...)
 		if err != nil || s.GRPCKeepAlive != c.want {
