@@ -21,7 +21,10 @@
 // Frames are parsed by golang.org/x/net/http2's Framer and header blocks
 // (with CONTINUATION) decoded by its hpack package; the connection state
 // machine (SETTINGS, PING, WINDOW_UPDATE, RST_STREAM, GOAWAY, flow control
-// both ways, concurrency limit) is this package's.
+// both ways, concurrency limit) is this package's, and so is grpc-go's
+// keep-alive (Config.KeepAlive: server pings, with one timer goroutine per
+// connection that checks when the socket last delivered bytes, and the
+// ping-strike policy, checked by the reader).
 //
 // Invariants:
 //   - The HPACK encoder's state and the order of header blocks on the wire
