@@ -2,17 +2,22 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/connectivity"
 )
 
 // keepAliveFlags are the --grpc-keepalive-* both servers get: a 1 s
@@ -219,4 +224,94 @@ func tooManyPings(t *testing.T, addr string, stream bool) []string {
 			return out
 		}
 	}
+}
+
+// TestGRPCKeepAliveClients runs grpc-go clients (clientv3) with keep-alive
+// against etcd and concord at etcd's default --grpc-keepalive-* (min time
+// 5 s): one pinging every 10 s (grpc-go's floor) with PermitWithoutStream
+// and no stream open is sent GOAWAY too_many_pings at its third keep-alive
+// ping, 30 s in (the first of its pings, which strikes nothing, is grpc-go's
+// BDP ping after the Put's response), then reconnects for its next call;
+// one with a watch open pings every 10 s undisturbed and its watch delivers
+// the next event. The outcomes must be etcd's. The servers run side by
+// side: each takes ~30 s.
+func TestGRPCKeepAliveClients(t *testing.T) {
+	t.Parallel()
+	if leanHTTP2Flag() == "--lean-http2=false" {
+		t.Skip("net/http's HTTP/2 server polices no pings (README, --grpc-keepalive-min-time)")
+	}
+	var mu sync.Mutex
+	outcomes := map[string][]string{}
+	t.Run("servers", func(t *testing.T) {
+		for _, im := range impls {
+			t.Run(im.name, func(t *testing.T) {
+				t.Parallel()
+				out := keepAliveClientOutcomes(t, startServer(t, im, serverOptions{}))
+				mu.Lock()
+				outcomes[im.name] = out
+				mu.Unlock()
+			})
+		}
+	})
+	if len(outcomes["etcd"]) == 0 {
+		t.Fatal("no outcomes from etcd")
+	}
+	t.Logf("etcd's outcomes:\n%s", strings.Join(outcomes["etcd"], "\n"))
+	compareOutcomes(t, outcomes["concord"], outcomes["etcd"])
+}
+
+func keepAliveClientOutcomes(t *testing.T, s *Server) []string {
+	dial := func(permitWithoutStream bool) *clientv3.Client {
+		c, err := clientv3.New(clientv3.Config{
+			Endpoints: []string{s.Endpoint()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+			DialKeepAliveTime: 10 * time.Second, DialKeepAliveTimeout: 5 * time.Second, PermitWithoutStream: permitWithoutStream,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	idle, watcher := dial(true), dial(false)
+	var out []string
+	note := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
+	if _, err := idle.Put(ctx, "k", "v0"); err != nil {
+		t.Fatal(err)
+	}
+	wch := watcher.Watch(ctx, "k", clientv3.WithCreatedNotify())
+	if r := <-wch; !r.Created {
+		t.Fatalf("watch not created: %+v", r)
+	}
+	start := time.Now()
+	wctx, stopWatching := context.WithCancel(ctx)
+	watcherLost := make(chan bool, 1)
+	go func() { watcherLost <- watcher.ActiveConnection().WaitForStateChange(wctx, connectivity.Ready) }()
+
+	lctx, lcancel := context.WithTimeout(ctx, 70*time.Second)
+	lost := idle.ActiveConnection().WaitForStateChange(lctx, connectivity.Ready)
+	lcancel()
+	note("idle client pinging every 10 s without streams: connection lost %v", lost)
+	if d := time.Since(start); lost && d < 25*time.Second {
+		t.Errorf("idle client's connection lost after %v, before its third keep-alive ping", d)
+	}
+	stopWatching()
+	note("client pinging every 10 s with a watch open: connection lost %v", <-watcherLost)
+	if _, err := idle.Put(ctx, "k", "v1"); err != nil {
+		note("put after the GOAWAY: %v", err)
+	} else {
+		note("put after the GOAWAY: ok")
+	}
+	select {
+	case r := <-wch:
+		if len(r.Events) == 1 {
+			note("watch event %s=%s", r.Events[0].Kv.Key, r.Events[0].Kv.Value)
+		} else {
+			note("watch response without the event: %v", r.Err())
+		}
+	case <-ctx.Done():
+		note("no watch event")
+	}
+	return out
 }
