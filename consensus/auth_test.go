@@ -323,7 +323,9 @@ func TestForwardedCertificateUser(t *testing.T) {
 		}
 		return r.Token
 	}
-	fwd := func(user string, via ...auth.Hop) *auth.ForwardedUser { return &auth.ForwardedUser{Name: user, Via: via} }
+	fwd := func(user string, via ...auth.Hop) *auth.ForwardedUser {
+		return &auth.ForwardedUser{Name: user, Via: via}
+	}
 	proc, secret, aliceHop := auth.Hop{CommonName: "proc"}, auth.Hop{Internal: true}, auth.Hop{CommonName: "alice"}
 	for _, tc := range []struct {
 		name          string
