@@ -357,7 +357,8 @@ func serveSplit(ctx context.Context, role string, gw *gateway.Gateway, listeners
 // lease keep-alives itself (a watch fan-out, a lease service): consensus,
 // plus the permission checks etcd makes on those (gateway.WatchAuthorizer,
 // gateway.LeaseAuthorizer), asked of consensus for the token each client
-// presented, directly or forwarded by a gateway. The client gateway's
+// presented, directly or forwarded by a gateway, or the user its
+// certificate names (a claim consensus checks the hops of). The client gateway's
 // backend is plain consensus: it leaves these checks to the process it
 // forwards the watch or keep-alive to, which makes them whoever calls it.
 type authorizingConsensus struct {
