@@ -579,8 +579,8 @@ func (h headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // secretCtlOutcomes enables auth with etcdctl at ep and returns what each
 // later etcdctl call printed (lease IDs replaced): bob may read and write
-// foo, put, get and watch it through ctlPutGetWatch and keep a lease alive,
-// until the lease holds a key he may not write; root may do anything;
+// foo, put, get and watch it through ctlPutGetWatch, keep a lease alive and
+// see its keys, until the lease holds a key he may not write; root may do anything;
 // others get etcd's errors. Auth stays enabled, root's password is rootpw.
 func secretCtlOutcomes(t *testing.T, ep string) []string {
 	t.Helper()
@@ -635,6 +635,7 @@ func ctlUserOutcomes(t *testing.T, ep string, id ctlIdentities) []string {
 	}{
 		{"user", id.user, []string{"put", "foo", "leased", "--lease=" + lease}},
 		{"user", id.user, []string{"lease", "keep-alive", "--once", lease}},
+		{"user", id.user, []string{"lease", "timetolive", "--keys", lease}},
 		{"user", id.user, []string{"get", "foo", "--print-value-only"}},
 		{"user", id.user, []string{"put", "secret", "x"}},
 		{"user", id.user, []string{"get", "secret"}},
@@ -645,6 +646,7 @@ func ctlUserOutcomes(t *testing.T, ep string, id ctlIdentities) []string {
 		{"root", root, []string{"get", "secret", "--print-value-only"}},
 		{"root", root, []string{"put", "secret2", "s", "--lease=" + lease}},
 		{"user", id.user, []string{"lease", "keep-alive", "--once", lease}},
+		{"user", id.user, []string{"lease", "timetolive", "--keys", lease}},
 		{"root", root, []string{"lease", "keep-alive", "--once", lease}},
 		{"root", root, []string{"watch", "secret", "--rev=1"}},
 	} {
@@ -663,7 +665,8 @@ func ctlUserOutcomes(t *testing.T, ep string, id ctlIdentities) []string {
 			r = runCtl(t, ep, "", args...)
 		}
 		line := fmt.Sprintf("%s: %s: exit %d stdout %q stderr %q", c.who, strings.Join(c.args, " "), r.exit, n.stdout(r.stdout), n.stderr(r.stderr))
-		out = append(out, strings.ReplaceAll(line, lease, "<lease>"))
+		// The remaining TTL timetolive prints depends on when it ran.
+		out = append(out, reRemaining.ReplaceAllString(strings.ReplaceAll(line, lease, "<lease>"), "granted with TTL(${1}s), remaining(<ttl>)"))
 	}
 	return out
 }
