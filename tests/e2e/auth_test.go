@@ -351,18 +351,7 @@ func TestSplitAuthEnforced(t *testing.T) {
 // a wrong or missing secret.
 func TestSplitAuthSecret(t *testing.T) {
 	dir := t.TempDir()
-	writeSecret := func(name string) string {
-		b := make([]byte, 32)
-		if _, err := rand.Read(b); err != nil {
-			t.Fatal(err)
-		}
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(hex.EncodeToString(b)+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	secretFile, wrongFile := writeSecret("secret"), writeSecret("wrong")
+	secretFile, wrongFile := writeInternalSecret(t, dir, "secret"), writeInternalSecret(t, dir, "wrong")
 
 	etcd := startServer(t, etcdImpl, serverOptions{extra: []string{"--bcrypt-cost=4"}})
 	split := startSplitWith(t, []string{"--bcrypt-cost=4"}, "--internal-secret-file", secretFile)
@@ -450,10 +439,20 @@ func TestSplitAuthSecret(t *testing.T) {
 // gateway, the watch fan-out and the lease service), and gets etcd's
 // refusals outside its permissions; root's token takes precedence over the
 // certificate. The processes identify themselves by their own certificate,
-// which names a root-role user. A client that sends the gateway's
+// which names a root-role user, or by an internal secret. A client that
+// sends the gateway's
 // forwarded-user headers itself gains nothing, by gRPC metadata or through
 // the JSON gateway, at the gateway or at consensus.
 func TestSplitAuthClientCertUser(t *testing.T) {
+	t.Run("process certificates", func(t *testing.T) { testSplitAuthClientCertUser(t, false) })
+	// The processes share an internal secret and present no certificate;
+	// only the gateway verifies client certificates. The watch fan-out and
+	// lease service take the gateway's forwarded user by the secret's
+	// proof.
+	t.Run("internal secret", func(t *testing.T) { testSplitAuthClientCertUser(t, true) })
+}
+
+func testSplitAuthClientCertUser(t *testing.T, withSecret bool) {
 	dir := t.TempDir()
 	certs, err := tlstest.Generate(dir)
 	if err != nil {
@@ -473,7 +472,11 @@ func TestSplitAuthClientCertUser(t *testing.T) {
 		setup: [][]string{{"user", "add", procCN, "--no-password"}, {"user", "grant-role", procCN, "root"}}}
 
 	etcd := startServer(t, etcdImpl, serverOptions{tls: certs, clientCertAuth: true, extra: []string{"--bcrypt-cost=4"}})
-	split := startTLSSplit(t, certs, "--bcrypt-cost=4")
+	opts := tlsSplitOptions{consensusArgs: []string{"--bcrypt-cost=4"}}
+	if withSecret {
+		opts.secretFile = writeInternalSecret(t, dir, "secret")
+	}
+	split := startTLSSplitWith(t, certs, opts)
 	etcdURL := "https://" + etcd.Endpoint()
 	want := ctlUserOutcomes(t, etcdURL, id)
 	compareOutcomes(t, ctlUserOutcomes(t, split.gw.url(), id), want)
@@ -564,6 +567,21 @@ func TestSplitAuthClientCertUser(t *testing.T) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// writeInternalSecret writes a new random --internal-secret-file into dir
+// and returns its path.
+func writeInternalSecret(t *testing.T, dir, name string) string {
+	t.Helper()
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(hex.EncodeToString(b)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
 
 // headerTransport sets header name to value (unless empty) on every
 // request.
