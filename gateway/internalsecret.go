@@ -8,7 +8,9 @@ package gateway
 // certificate is (auth.Credentials.Internal): for the process's own calls
 // on etcd's services, and on the internal API (RequireInternalCaller).
 // Calls forwarded for a client (ForwardedHeader) still run as the client,
-// whatever the connection proves.
+// whatever the connection proves; there the proof only vouches for the
+// sender of a client certificate's user (ForwardedUserHeader), which is why
+// watch fan-outs and lease services check it too.
 //
 // The header carries a proof derived from the secret, not the secret:
 // printable whatever bytes the file holds, of one length, and the file's
