@@ -101,6 +101,9 @@ func (s *State) IssueToken(user string, rev uint64, expiry time.Time) (string, e
 // of a verified client certificate, and whether it proved to come from a
 // process of the split topology acting for itself, by the internal secret
 // they share (Internal; never for a call a process forwards for a client).
+// A call forwarded for a client has neither CommonName nor Internal (they
+// would be the forwarding process's), only the client's token or, without
+// one, the claim naming the client's certificate user (Forwarded).
 type Credentials struct {
 	Token      string
 	CommonName string
@@ -108,6 +111,11 @@ type Credentials struct {
 	// (--internal-secret-file). It is trusted as a root-role user, as a
 	// verified client certificate naming one is.
 	Internal bool
+	// Forwarded is, on a call forwarded for a client that presented no
+	// token, the user its verified certificate names, as the processes it
+	// went through claim: believed only by State.TrustedForwardedUser.
+	// nil otherwise.
+	Forwarded *ForwardedUser
 }
 
 type credentialsKey struct{}

@@ -53,7 +53,10 @@ var internalAuth = &auth.AuthInfo{Username: auth.RootUser, Revision: math.MaxUin
 // AuthInfoFromCtx: nil (no credentials; checks then fail with
 // ErrUserEmpty) or the user of a valid token, or, when no token was given,
 // the root user for a process of the split topology that presented the
-// internal secret, else the user of the verified client certificate.
+// internal secret, else the user of the verified client certificate, else,
+// for a call a split process forwarded, the user of its client's
+// certificate if concord's own processes alone vouch for it
+// (auth.State.TrustedForwardedUser).
 // Requests that did not come from a client (no credentials in ctx at all)
 // run as internalAuth.
 func (n *Node) authInfo(ctx context.Context, st *auth.State) (*auth.AuthInfo, error) {
@@ -78,6 +81,11 @@ func (n *Node) authInfo(ctx context.Context, st *auth.State) (*auth.AuthInfo, er
 	}
 	if c.CommonName != "" {
 		return &auth.AuthInfo{Username: c.CommonName, Revision: st.Revision()}, nil
+	}
+	if name, ok := st.TrustedForwardedUser(c.Forwarded); ok {
+		// A split gateway's client, named by its certificate, as every
+		// process the call went through (all concord's own) says.
+		return &auth.AuthInfo{Username: name, Revision: st.Revision()}, nil
 	}
 	return nil, nil
 }

@@ -282,3 +282,85 @@ func TestAuthorizeInternal(t *testing.T) {
 		}
 	}
 }
+
+// TestForwardedCertificateUser: a call a split process forwarded for a
+// client without a token runs as the user the client's certificate names
+// only when every process it went through is concord's own (the internal
+// secret, or a certificate naming a root-role user); a claim a client
+// makes itself names nobody, a token takes precedence, and a claim never
+// admits a caller to the internal API.
+func TestForwardedCertificateUser(t *testing.T) {
+	c := newTestCluster(t, 1, func(cfg *Config) { cfg.BcryptCost = bcrypt.MinCost })
+	n := c.nodes[c.leader()]
+	as := func(cr auth.Credentials) context.Context { return auth.WithCredentials(ctxT(t), cr) }
+	for _, u := range []string{"root", "proc", "alice"} {
+		if _, err := n.UserAdd(ctxT(t), &pb.AuthUserAddRequest{Name: u, Password: "pw"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, u := range []string{"root", "proc"} {
+		if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: u, Role: "root"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := n.RoleAdd(ctxT(t), &pb.AuthRoleAddRequest{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.RoleGrantPermission(ctxT(t), &pb.AuthRoleGrantPermissionRequest{Name: "a",
+		Perm: &authpb.Permission{Key: []byte("a"), RangeEnd: []byte("b"), PermType: authpb.Permission_READWRITE}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: "alice", Role: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.AuthEnable(ctxT(t), &pb.AuthEnableRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	token := func(u string) string {
+		r, err := n.Authenticate(ctxT(t), &pb.AuthenticateRequest{Name: u, Password: "pw"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Token
+	}
+	fwd := func(user string, via ...auth.Hop) *auth.ForwardedUser {
+		return &auth.ForwardedUser{Name: user, Via: via}
+	}
+	proc, secret, aliceHop := auth.Hop{CommonName: "proc"}, auth.Hop{Internal: true}, auth.Hop{CommonName: "alice"}
+	for _, tc := range []struct {
+		name          string
+		cr            auth.Credentials
+		inside, other error // a put in alice's range, and outside it
+		admin         error // UserList
+	}{
+		{"alice through a gateway's certificate", auth.Credentials{Forwarded: fwd("alice", proc)}, nil, auth.ErrPermissionDenied, auth.ErrPermissionDenied},
+		{"alice through a gateway and a fan-out", auth.Credentials{Forwarded: fwd("alice", proc, secret)}, nil, auth.ErrPermissionDenied, auth.ErrPermissionDenied},
+		{"root through a process with the secret", auth.Credentials{Forwarded: fwd("root", secret)}, nil, nil, nil},
+		{"root claimed by alice's certificate", auth.Credentials{Forwarded: fwd("root", aliceHop)}, auth.ErrUserEmpty, auth.ErrUserEmpty, auth.ErrUserEmpty},
+		{"root claimed by alice, passed on by a gateway", auth.Credentials{Forwarded: fwd("root", aliceHop, proc)}, auth.ErrUserEmpty, auth.ErrUserEmpty, auth.ErrUserEmpty},
+		{"root claimed by a caller that proved nothing", auth.Credentials{Forwarded: fwd("root", auth.Hop{})}, auth.ErrUserEmpty, auth.ErrUserEmpty, auth.ErrUserEmpty},
+		{"alice's token over a root claim", auth.Credentials{Token: token("alice"), Forwarded: fwd("root", secret)}, nil, auth.ErrPermissionDenied, auth.ErrPermissionDenied},
+		{"root's token over alice's claim", auth.Credentials{Token: token("root"), Forwarded: fwd("alice", proc)}, nil, nil, nil},
+	} {
+		if _, err := n.Put(as(tc.cr), &pb.PutRequest{Key: []byte("a1"), Value: []byte("v")}); !errors.Is(err, tc.inside) || (err == nil) != (tc.inside == nil) {
+			t.Errorf("%s: put a1: %v, want %v", tc.name, err, tc.inside)
+		}
+		if _, err := n.Range(as(tc.cr), &pb.RangeRequest{Key: []byte("a1"), Serializable: true}); !errors.Is(err, tc.inside) || (err == nil) != (tc.inside == nil) {
+			t.Errorf("%s: get a1: %v, want %v", tc.name, err, tc.inside)
+		}
+		if _, err := n.AuthorizeWatch(as(tc.cr), []byte("a1"), nil); !errors.Is(err, tc.inside) || (err == nil) != (tc.inside == nil) {
+			t.Errorf("%s: watch a1: %v, want %v", tc.name, err, tc.inside)
+		}
+		if _, err := n.Put(as(tc.cr), &pb.PutRequest{Key: []byte("b"), Value: []byte("v")}); !errors.Is(err, tc.other) || (err == nil) != (tc.other == nil) {
+			t.Errorf("%s: put b: %v, want %v", tc.name, err, tc.other)
+		}
+		if _, err := n.UserList(as(tc.cr), &pb.AuthUserListRequest{}); !errors.Is(err, tc.admin) || (err == nil) != (tc.admin == nil) {
+			t.Errorf("%s: user list: %v, want %v", tc.name, err, tc.admin)
+		}
+	}
+	// The internal API admits the calling process itself, never whom it
+	// forwards for.
+	if err := n.AuthorizeInternal(as(auth.Credentials{Forwarded: fwd("root", secret)})); !errors.Is(err, auth.ErrUserEmpty) {
+		t.Errorf("internal API for a forwarded root: %v, want ErrUserEmpty", err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -143,22 +144,119 @@ var (
 // gateway, watch fan-out or lease service) sends for one of its clients
 // (gateway/remote): the certificate on its connection is the process's, not
 // the client's, so its common name names no user. Only the client's token,
-// forwarded, does. A client that sets it itself can only lose the identity
-// of its own certificate.
+// forwarded, does, or, for a client that presented none, the user its
+// verified certificate named (ForwardedUserHeader), when concord's own
+// processes alone passed that on. A client that sets it itself can only
+// lose the identity of its own certificate.
 const ForwardedHeader = "Concord-Forwarded"
+
+// ForwardedUserHeader and ForwardedViaHeader carry, on a forwarded request
+// without a token, the common name of the client's verified certificate
+// and the processes the claim went through before the sender (each added
+// by the process that verified it: "internal" for the internal secret's
+// proof, "cn:" and the common name of a verified certificate), all
+// query-escaped. The receiver adds the sender as its connection proved it
+// (forwardedUser); consensus believes the claim only if every hop is one of
+// concord's processes (auth.State.TrustedForwardedUser). A client that
+// sends these headers is a hop itself, and no process it is not.
+const (
+	ForwardedUserHeader = "Concord-Forwarded-User"
+	ForwardedViaHeader  = "Concord-Forwarded-Via"
+)
+
+// hopInternal is a hop that presented the internal secret's proof;
+// hopCertPrefix starts one known by its certificate's common name.
+const (
+	hopInternal   = "internal"
+	hopCertPrefix = "cn:"
+)
+
+// ForwardedUserHeaders are the values of ForwardedUserHeader and
+// ForwardedViaHeader (empty: not sent) that pass f on.
+func ForwardedUserHeaders(f *auth.ForwardedUser) (user, via string) {
+	hops := make([]string, len(f.Via))
+	for i, h := range f.Via {
+		if h.Internal {
+			hops[i] = hopInternal
+		} else {
+			hops[i] = hopCertPrefix + url.QueryEscape(h.CommonName)
+		}
+	}
+	return url.QueryEscape(f.Name), strings.Join(hops, ",")
+}
+
+// forwardedUser is the claim of a forwarded request's headers, with its
+// sender added as who proved it: nil without a claim, or when it cannot
+// be believed anyway (a sender that proved nothing, a malformed header, too
+// many hops), so that nothing passes it on.
+func forwardedUser(h http.Header, who caller) *auth.ForwardedUser {
+	v := h[forwardedUserHeaderKey]
+	if len(v) != 1 || (who.certName == "" && !who.internal) {
+		return nil
+	}
+	name, err := url.QueryUnescape(v[0])
+	if err != nil || name == "" {
+		return nil
+	}
+	f := &auth.ForwardedUser{Name: name}
+	if vv := h[forwardedViaHeaderKey]; len(vv) > 1 {
+		return nil
+	} else if len(vv) == 1 && vv[0] != "" {
+		for hop := range strings.SplitSeq(vv[0], ",") {
+			if len(f.Via) == auth.MaxForwardHops {
+				return nil
+			}
+			switch cn, ok := strings.CutPrefix(hop, hopCertPrefix); {
+			case hop == hopInternal:
+				f.Via = append(f.Via, auth.Hop{Internal: true})
+			case ok:
+				n, err := url.QueryUnescape(cn)
+				if err != nil || n == "" {
+					return nil
+				}
+				f.Via = append(f.Via, auth.Hop{CommonName: n})
+			default:
+				return nil
+			}
+		}
+	}
+	if len(f.Via) == auth.MaxForwardHops {
+		return nil
+	}
+	// The secret's proof is enough: the certificate then adds nothing.
+	if who.internal {
+		f.Via = append(f.Via, auth.Hop{Internal: true})
+	} else {
+		f.Via = append(f.Via, auth.Hop{CommonName: who.certName})
+	}
+	return f
+}
 
 // withCredentials marks ctx as a client request carrying the credentials
 // of h, which the backend checks once auth is enabled (consensus/auth.go).
 // What the connection proves (a certificate's name, the internal secret)
 // is the caller's own identity, which a request forwarded for a client
-// does not carry.
+// does not carry: it carries the client's token, or the claim naming its
+// certificate's user (forwardedCredentials).
 func withCredentials(ctx context.Context, h http.Header) context.Context {
-	c := tokenCredentials(h)
-	if h.Get(ForwardedHeader) == "" {
-		who := callerOf(ctx)
-		c.CommonName, c.Internal = who.certName, who.internal
+	if h.Get(ForwardedHeader) != "" {
+		return auth.WithCredentials(ctx, forwardedCredentials(ctx, h))
 	}
+	c := tokenCredentials(h)
+	who := callerOf(ctx)
+	c.CommonName, c.Internal = who.certName, who.internal
 	return auth.WithCredentials(ctx, c)
+}
+
+// forwardedCredentials are the credentials of a request forwarded for a
+// client: its token, which takes precedence as in etcd, else the claim of
+// the user its certificate names, with the sender ctx's connection proved.
+func forwardedCredentials(ctx context.Context, h http.Header) auth.Credentials {
+	c := tokenCredentials(h)
+	if c.Token == "" && h.Get(ForwardedHeader) != "" {
+		c.Forwarded = forwardedUser(h, callerOf(ctx))
+	}
+	return c
 }
 
 // tokenCredentials are the token of h's request, no common name.
@@ -172,17 +270,19 @@ func tokenCredentials(h http.Header) auth.Credentials {
 	return c
 }
 
-// TokenCredentials is a handler option for concord's internal services
+// ForwardedCredentials is a handler option for concord's internal services
 // (served with WithHTTPHandler, outside the client API's interceptors): the
 // context of each unary call to one of procedures carries the credentials
-// of the token it presents, and never a certificate's common name, since
-// their callers are concord processes calling for their clients. Other
-// procedures are the callers' own work and get no client credentials.
-func TokenCredentials(procedures ...string) connect.HandlerOption {
+// its caller forwarded for a client, the token or the claim of the client's
+// certificate user (forwardedCredentials), and never a certificate's
+// common name, since their callers are concord processes calling for their
+// clients. Other procedures are the callers' own work and get no client
+// credentials.
+func ForwardedCredentials(procedures ...string) connect.HandlerOption {
 	return connect.WithInterceptors(connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
 		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 			if slices.Contains(procedures, req.Spec().Procedure) {
-				ctx = auth.WithCredentials(ctx, tokenCredentials(req.Header()))
+				ctx = auth.WithCredentials(ctx, forwardedCredentials(ctx, req.Header()))
 			}
 			return next(ctx, req)
 		}

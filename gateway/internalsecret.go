@@ -8,7 +8,9 @@ package gateway
 // certificate is (auth.Credentials.Internal): for the process's own calls
 // on etcd's services, and on the internal API (RequireInternalCaller).
 // Calls forwarded for a client (ForwardedHeader) still run as the client,
-// whatever the connection proves.
+// whatever the connection proves; there the proof only vouches for the
+// sender of a client certificate's user (ForwardedUserHeader), which is why
+// watch fan-outs and lease services check it too.
 //
 // The header carries a proof derived from the secret, not the secret:
 // printable whatever bytes the file holds, of one length, and the file's
@@ -49,6 +51,8 @@ func InternalSecretProof(secret []byte) string {
 var (
 	internalSecretHeaderKey = http.CanonicalHeaderKey(InternalSecretHeader)
 	forwardedHeaderKey      = http.CanonicalHeaderKey(ForwardedHeader)
+	forwardedUserHeaderKey  = http.CanonicalHeaderKey(ForwardedUserHeader)
+	forwardedViaHeaderKey   = http.CanonicalHeaderKey(ForwardedViaHeader)
 )
 
 // wrongSecretLogInterval spaces the warnings about requests presenting a
@@ -100,7 +104,8 @@ func callerOf(ctx context.Context) caller {
 // services, where a call forwarded for a client is the client's whatever
 // the connection proves: withCredentials), the proof of a forwarded call
 // is dropped unchecked, which spares the check on nearly every call a
-// gateway makes.
+// gateway makes; unless the call forwards a client certificate's user
+// (ForwardedUserHeader), whose sender the proof vouches for.
 func (cs *callers) identify(r *http.Request, ownCallsOnly bool) *http.Request {
 	if _, done := r.Context().Value(callerKey{}).(caller); done {
 		return r
@@ -111,7 +116,7 @@ func (cs *callers) identify(r *http.Request, ownCallsOnly bool) *http.Request {
 	}
 	if v, ok := r.Header[internalSecretHeaderKey]; ok {
 		delete(r.Header, internalSecretHeaderKey)
-		if ownCallsOnly && len(r.Header[forwardedHeaderKey]) > 0 {
+		if ownCallsOnly && len(r.Header[forwardedHeaderKey]) > 0 && len(r.Header[forwardedUserHeaderKey]) == 0 {
 			// Not needed: withCredentials ignores it.
 		} else if cs != nil && cs.proof != nil {
 			if len(v) == 1 && subtle.ConstantTimeCompare([]byte(v[0]), cs.proof) == 1 {

@@ -5,6 +5,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/concord-kv/concord/auth"
 )
 
 // BenchmarkIdentify is the cost identify adds to each request a consensus
@@ -40,6 +42,42 @@ func BenchmarkIdentify(b *testing.B) {
 				got := cs.identify(r, true)
 				if want := bc.proof != "" && !bc.forwarded; callerOf(got.Context()).internal != want {
 					b.Fatalf("internal %v, want %v", !want, want)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkForwardedCredentials is what a consensus member spends on the
+// credentials of a call forwarded for a client (identify, then
+// withCredentials): with a token, and with the claim of a certificate's
+// user from a gateway with the secret, directly and through a fan-out.
+func BenchmarkForwardedCredentials(b *testing.B) {
+	secret := []byte(strings.Repeat("s", MinInternalSecretBytes))
+	proof := []string{InternalSecretProof(secret)}
+	cs := newCallers(secret, slog.New(slog.DiscardHandler))
+	for _, bc := range []struct {
+		name    string
+		headers map[string]string
+		claim   bool
+	}{
+		{"token", map[string]string{"Token": "t"}, false},
+		{"claim", map[string]string{ForwardedUserHeader: "alice"}, true},
+		{"claim-via-fanout", map[string]string{ForwardedUserHeader: "alice", ForwardedViaHeader: "cn:concord+gateway"}, true},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			r := httptest.NewRequest("POST", "/etcdserverpb.KV/Range", nil)
+			r.Header.Set(ForwardedHeader, "client")
+			for k, v := range bc.headers {
+				r.Header.Set(k, v)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				r.Header[internalSecretHeaderKey] = proof
+				got := cs.identify(r, true)
+				c, _ := auth.CredentialsFrom(withCredentials(got.Context(), got.Header))
+				if (c.Forwarded != nil) != bc.claim {
+					b.Fatalf("credentials %+v", c)
 				}
 			}
 		})

@@ -154,7 +154,11 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 	if err != nil {
 		return err
 	}
-	gw, err := gateway.New(withInternalKeepAlive(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg)), authorizing(cons),
+	gcfg, err := claimCheckingConfig(withInternalKeepAlive(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg)), cfg)
+	if err != nil {
+		return err
+	}
+	gw, err := gateway.New(gcfg, authorizing(cons),
 		append(opts, gateway.WithWatch(gateway.NewWatchService(fanout)), gateway.WithBrowserWatch(fanout))...)
 	if err != nil {
 		return fmt.Errorf("starting the watch API: %w", err)
@@ -192,7 +196,11 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 	if err != nil {
 		return err
 	}
-	gw, err := gateway.New(withInternalKeepAlive(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg)), authorizing(cons), append(opts, gateway.WithLease(leases),
+	gcfg, err := claimCheckingConfig(withInternalKeepAlive(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg)), cfg)
+	if err != nil {
+		return err
+	}
+	gw, err := gateway.New(gcfg, authorizing(cons), append(opts, gateway.WithLease(leases),
 		gateway.WithHTTPHandler(path, h),
 		gateway.WithReadyCheck("lease_authority", func(context.Context) error { return leases.Ready() }))...)
 	if err != nil {
@@ -232,6 +240,13 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 		return fmt.Errorf("consensus endpoints: %w", err)
 	}
 	defer cons.Close()
+	secret, err := config.ReadInternalSecret(cfg.InternalSecretFile)
+	if err != nil {
+		return err
+	}
+	// The fan-outs and lease services check the secret where this gateway
+	// forwards a client certificate's user for consensus to check.
+	dial = append(dial, remote.WithClaimSecret(secret))
 	watcher, err := remote.NewWatcher(cfg.WatchfanoutEndpoints, dial...)
 	if err != nil {
 		return fmt.Errorf("watchfanout endpoints: %w", err)
@@ -297,8 +312,8 @@ func dialOptions(cfg config.Split) ([]remote.DialOption, error) {
 
 // consensusDialOptions is how cfg's process reaches the consensus
 // members: dialOptions, and the internal secret (--internal-secret-file)
-// presented on every call, which only consensus checks, so it goes to no
-// other process.
+// presented on every call. The other processes check it only on calls
+// that forward a client certificate's user (RunGateway: WithClaimSecret).
 func consensusDialOptions(cfg config.Split) ([]remote.DialOption, error) {
 	dial, err := dialOptions(cfg)
 	if err != nil {
@@ -309,6 +324,20 @@ func consensusDialOptions(cfg config.Split) ([]remote.DialOption, error) {
 		return nil, err
 	}
 	return append(dial, remote.WithInternalSecret(secret)), nil
+}
+
+// claimCheckingConfig is gcfg for a watch fan-out or lease service: with
+// the internal secret, by which a gateway that forwards a client
+// certificate's user proves, to it and through it to consensus, to be one
+// of concord's processes (gateway.ForwardedUserHeader); a gateway's
+// verified certificate does as well.
+func claimCheckingConfig(gcfg gateway.Config, cfg config.Split) (gateway.Config, error) {
+	secret, err := config.ReadInternalSecret(cfg.InternalSecretFile)
+	if err != nil {
+		return gcfg, err
+	}
+	gcfg.InternalSecret = secret
+	return gcfg, nil
 }
 
 // serveSplit serves gw on every listener until ctx ends or one fails; start,
@@ -328,7 +357,8 @@ func serveSplit(ctx context.Context, role string, gw *gateway.Gateway, listeners
 // lease keep-alives itself (a watch fan-out, a lease service): consensus,
 // plus the permission checks etcd makes on those (gateway.WatchAuthorizer,
 // gateway.LeaseAuthorizer), asked of consensus for the token each client
-// presented, directly or forwarded by a gateway. The client gateway's
+// presented, directly or forwarded by a gateway, or the user its
+// certificate names (a claim consensus checks the hops of). The client gateway's
 // backend is plain consensus: it leaves these checks to the process it
 // forwards the watch or keep-alive to, which makes them whoever calls it.
 type authorizingConsensus struct {

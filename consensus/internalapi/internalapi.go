@@ -56,7 +56,8 @@ var _ concordv1connect.InternalServiceHandler = (*Server)(nil)
 func New(n Node) *Server { return &Server{n: n} }
 
 // Handler is the internal API of n with the options it needs: Authorize
-// sees the token its caller forwarded, and, once auth is enabled, every
+// sees the credentials its caller forwarded (a token, or the claim of a
+// client certificate's user), and, once auth is enabled, every
 // other call needs a caller n admits (AuthorizeInternal: a root-role user),
 // because they serve the history of every key and decide lease expiries.
 // Authorize needs none: it only tells a caller about the token it sent;
@@ -64,7 +65,7 @@ func New(n Node) *Server { return &Server{n: n} }
 // carries no keys (etcd's response headers).
 func Handler(n Node, opts ...connect.HandlerOption) (string, http.Handler) {
 	path, h := concordv1connect.NewInternalServiceHandler(New(n), append([]connect.HandlerOption{
-		gateway.TokenCredentials(concordv1connect.InternalServiceAuthorizeProcedure),
+		gateway.ForwardedCredentials(concordv1connect.InternalServiceAuthorizeProcedure),
 		gateway.RequireInternalCaller(n.AuthorizeInternal,
 			concordv1connect.InternalServiceAuthorizeProcedure, concordv1connect.InternalServiceHeaderProcedure),
 	}, opts...)...)
@@ -172,12 +173,15 @@ func leaseInfo(li storage.LeaseInfo) *concordv1.LeaseInfo {
 }
 
 // Authorize implements InternalServiceHandler. It fails closed: served
-// without gateway.TokenCredentials, its context carries no credentials,
+// without gateway.ForwardedCredentials, its context carries no credentials,
 // which it checks as a client request without a token, never as the
-// member's own (trusted) work.
+// member's own (trusted) work. It checks the client's token or, without
+// one, the user its certificate names if the claim came through concord's
+// processes only (the caller, a fan-out or lease service, and the gateway
+// before it); never the caller's own identity.
 func (s *Server) Authorize(ctx context.Context, r *concordv1.AuthorizeRequest) (*concordv1.AuthorizeResponse, error) {
 	c, _ := auth.CredentialsFrom(ctx)
-	ctx = auth.WithCredentials(ctx, auth.Credentials{Token: c.Token})
+	ctx = auth.WithCredentials(ctx, auth.Credentials{Token: c.Token, Forwarded: c.Forwarded})
 	switch w := r.GetWhat().(type) {
 	case *concordv1.AuthorizeRequest_Watch:
 		h, err := s.n.AuthorizeWatch(ctx, w.Watch.GetKey(), w.Watch.GetEnd())

@@ -677,7 +677,8 @@ func (c *Consensus) Lease(ctx context.Context, id int64) (storage.LeaseInfo, boo
 }
 
 // Authorizer checks watches and lease uses against the permissions of the
-// token its callers forwarded (gateway.WatchAuthorizer and
+// token its callers forwarded, or of the certificate user they claimed
+// (credentials.go) (gateway.WatchAuthorizer and
 // gateway.LeaseAuthorizer), by asking a consensus member (Authorize on its
 // internal API), which holds the replicated auth state: the answer always
 // reflects the member's current users, roles and auth revision. The split

@@ -11,39 +11,44 @@ import (
 
 // forwardToken is the transport of every endpoint: a call made for a
 // client's request (its context carries auth.Credentials, set by the
-// gateway that received it) presents the client's token to the next hop as
-// etcd's gRPC metadata "token", so consensus, a watch fan-out or a lease
+// gateway that received it) presents that client's token to the next hop
+// as etcd's gRPC metadata "token", so consensus, a watch fan-out or a lease
 // service checks the same user the all-in-one would.
 //
-// Only the token travels. A client certificate's common name cannot: the
-// next hop sees the certificate of this process, not the client's, and
-// nothing a client sends may name a user it did not authenticate as (a
-// header carrying a common name would let any client forge one). Calls
-// for a client without a token therefore reach the next hop marked as
-// forwarded and without credentials: etcd's "user name is empty" once auth
-// is enabled.
+// A client certificate's common name cannot simply travel: the next hop
+// sees the certificate of this process, not the client's, and a header
+// anyone could send must not name a user. For a client without a token,
+// the user its verified certificate names is sent as a claim
+// (gateway.ForwardedUserHeader) with the processes it went through so far
+// (gateway.ForwardedViaHeader); the next hop adds this process as its
+// connection proves it, and consensus believes the claim only if every hop
+// is one of concord's processes, by the internal secret or a certificate
+// naming a root-role user (auth.State.TrustedForwardedUser). A client
+// that sends the headers itself is the first hop, and is not one.
 //
-// With proof set (WithInternalSecret), every request also presents the
-// internal secret's proof, forwarded ones too: the internal API admits a
-// process by it whoever the call is for, while etcd's services ignore it
-// on a forwarded call, as they ignore this process's certificate.
+// With proof set (WithInternalSecret), requests also present the internal
+// secret's proof: every request to consensus, forwarded ones too (the
+// internal API admits a process by it whoever the call is for, while
+// etcd's services ignore it on a forwarded call, as they ignore this
+// process's certificate, unless it vouches for a claim); with
+// proofForClaimsOnly (WithClaimSecret, fan-outs and lease services) only
+// the requests that carry a claim, the only ones where they check it.
 type forwardToken struct {
-	next  http.RoundTripper
-	proof string
+	next               http.RoundTripper
+	proof              string
+	proofForClaimsOnly bool
 }
 
 func (f forwardToken) RoundTrip(r *http.Request) (*http.Response, error) {
 	c, ok := auth.CredentialsFrom(r.Context())
-	if !ok && f.proof == "" {
+	if !ok && (f.proof == "" || f.proofForClaimsOnly) {
 		return f.next.RoundTrip(r)
 	}
 	// A RoundTripper must not modify the caller's request: only the header
 	// map is copied, the body stays the same stream.
 	fwd := *r
 	fwd.Header = r.Header.Clone()
-	if f.proof != "" {
-		fwd.Header.Set(gateway.InternalSecretHeader, f.proof)
-	}
+	claim := false
 	if ok {
 		// Marked as a client's: the next hop must not take this process's
 		// certificate, or its secret, for the client's identity
@@ -51,7 +56,32 @@ func (f forwardToken) RoundTrip(r *http.Request) (*http.Response, error) {
 		fwd.Header.Set(gateway.ForwardedHeader, "client")
 		if c.Token != "" {
 			fwd.Header.Set(rpctypes.TokenFieldNameGRPC, c.Token)
+		} else if u := claimOf(c); u != nil {
+			user, via := gateway.ForwardedUserHeaders(u)
+			fwd.Header.Set(gateway.ForwardedUserHeader, user)
+			if via != "" {
+				fwd.Header.Set(gateway.ForwardedViaHeader, via)
+			}
+			claim = true
 		}
 	}
+	if f.proof != "" && (claim || !f.proofForClaimsOnly) {
+		fwd.Header.Set(gateway.InternalSecretHeader, f.proof)
+	}
 	return f.next.RoundTrip(&fwd)
+}
+
+// claimOf is the certificate user c's call is forwarded as: the claim this
+// process received (Forwarded, its sender already added to Via), or the
+// common name of its own client's verified certificate, which starts one.
+// nil: none (a process's own call, one with the secret included, names no
+// client).
+func claimOf(c auth.Credentials) *auth.ForwardedUser {
+	if c.Forwarded != nil {
+		return c.Forwarded
+	}
+	if c.CommonName != "" {
+		return &auth.ForwardedUser{Name: c.CommonName}
+	}
+	return nil
 }

@@ -29,8 +29,9 @@ func (rangeKV) Range(context.Context, *pb.RangeRequest) (*pb.RangeResponse, erro
 }
 
 // The gateway's client token reaches consensus as etcd's "token" metadata;
-// a certificate's common name never travels, and neither does anything for
-// a call that is no client's.
+// a certificate's common name does not (without a token it travels as a
+// claim: TestCertificateUserClaimIsForwarded), and nothing does for a call
+// that is no client's.
 func TestClientTokenIsForwarded(t *testing.T) {
 	var (
 		mu     sync.Mutex
@@ -100,7 +101,10 @@ func TestAuthorizerForwardsTheClientToken(t *testing.T) {
 		{"permitted", as("alice"), "a/x", nil},
 		{"outside the prefix", as("alice"), "b/x", auth.ErrPermissionDenied},
 		{"bad token", as("mallory"), "a/x", auth.ErrInvalidAuthToken},
-		{"no token, a certificate's name is not forwarded", as(""), "a/x", auth.ErrUserEmpty},
+		// The certificate's name travels only as a claim, which a member
+		// believes from concord's processes alone, and this caller proved
+		// nothing (no certificate, no secret).
+		{"no token, a certificate's name is no user", as(""), "a/x", auth.ErrUserEmpty},
 		// A process's own call carries no client credentials; consensus
 		// still checks it as a client without a token (fails closed).
 		{"no client", context.Background(), "a/x", auth.ErrUserEmpty},

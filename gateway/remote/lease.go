@@ -253,18 +253,19 @@ func (l *Lease) Header() *pb.ResponseHeader { return l.header() }
 type KeepAliveServer struct {
 	L gateway.Lease
 	// Authz, when set, checks each keep-alive as etcd does (write
-	// permission on the lease's keys) for the token the caller forwarded
-	// (KeepAliveHandler).
+	// permission on the lease's keys) for the credentials the caller
+	// forwarded (KeepAliveHandler).
 	Authz gateway.LeaseAuthorizer
 }
 
 var _ concordv1connect.LeaseKeepAliveServiceHandler = KeepAliveServer{}
 
-// KeepAliveHandler serves s with the caller's forwarded token in each
-// call's context.
+// KeepAliveHandler serves s with the caller's forwarded credentials (the
+// client's token, or the claim of its certificate's user) in each call's
+// context.
 func KeepAliveHandler(s KeepAliveServer, opts ...connect.HandlerOption) (string, http.Handler) {
 	return concordv1connect.NewLeaseKeepAliveServiceHandler(s,
-		append([]connect.HandlerOption{gateway.TokenCredentials(concordv1connect.LeaseKeepAliveServiceKeepAliveProcedure)}, opts...)...)
+		append([]connect.HandlerOption{gateway.ForwardedCredentials(concordv1connect.LeaseKeepAliveServiceKeepAliveProcedure)}, opts...)...)
 }
 
 // KeepAlive implements LeaseKeepAliveServiceHandler; errors travel as
@@ -274,7 +275,7 @@ func (s KeepAliveServer) KeepAlive(ctx context.Context, r *pb.LeaseKeepAliveRequ
 		// Fails closed: without the forwarded credentials in ctx, the
 		// call is checked as a client's without a token.
 		c, _ := auth.CredentialsFrom(ctx)
-		if err := s.Authz.AuthorizeLease(auth.WithCredentials(ctx, auth.Credentials{Token: c.Token}), r.GetID(), true); err != nil {
+		if err := s.Authz.AuthorizeLease(auth.WithCredentials(ctx, auth.Credentials{Token: c.Token, Forwarded: c.Forwarded}), r.GetID(), true); err != nil {
 			return nil, gateway.TranslateError(err)
 		}
 	}

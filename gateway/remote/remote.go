@@ -21,10 +21,13 @@
 //     (errors.Is), so leasesvc and watchfanout branch on them as they do in
 //     process.
 //   - A call made for a client's request presents that client's token to
-//     the next hop, marked as forwarded (credentials.go); nothing else
-//     names a user. With WithInternalSecret every call also presents the
-//     secret's proof, which the next hop trusts for the process's own
-//     calls only, never for a forwarded one.
+//     the next hop, marked as forwarded, or, without a token, the claim of
+//     the user its verified certificate names, which consensus believes
+//     only if concord's processes alone passed it on (credentials.go).
+//     With WithInternalSecret every call also presents the secret's
+//     proof, which the next hop trusts for the process's own calls, and
+//     for having made or passed on a claim, never as the identity of the
+//     client a call is forwarded for.
 package remote
 
 import (
@@ -66,8 +69,10 @@ type DialOption func(*dialOptions)
 
 type dialOptions struct {
 	tls *tls.Config
-	// proof is gateway.InternalSecretProof of WithInternalSecret's secret.
-	proof string
+	// proof is gateway.InternalSecretProof of WithInternalSecret's or
+	// WithClaimSecret's secret; claimsOnly: WithClaimSecret's.
+	proof      string
+	claimsOnly bool
 }
 
 // WithTLS is the client TLS configuration for https:// endpoints (trusted
@@ -81,14 +86,27 @@ func WithTLS(c *tls.Config) DialOption {
 // proof of the split topology's internal secret (gateway.Config.InternalSecret),
 // by which a consensus member that has the same secret trusts this
 // process's own calls as a root-role user's once auth is enabled. Give it
-// only for consensus members: other processes have no use for it. Empty:
-// nothing is presented.
+// for consensus members; fan-outs and lease services only need
+// WithClaimSecret. Empty: nothing is presented.
 func WithInternalSecret(secret []byte) DialOption {
 	return func(o *dialOptions) {
-		o.proof = ""
+		o.proof, o.claimsOnly = "", false
 		if len(secret) > 0 {
 			o.proof = gateway.InternalSecretProof(secret)
 		}
+	}
+}
+
+// WithClaimSecret makes the requests that forward a client certificate's
+// user (gateway.ForwardedUserHeader) present the internal secret's proof,
+// by which a watch fan-out or lease service with the same secret vouches,
+// to consensus, for this process having made the claim. Those processes
+// check nothing else by it, so the other requests do not carry it. Empty:
+// nothing is presented.
+func WithClaimSecret(secret []byte) DialOption {
+	return func(o *dialOptions) {
+		WithInternalSecret(secret)(o)
+		o.claimsOnly = o.proof != ""
 	}
 }
 
@@ -181,7 +199,7 @@ func dialOne(raw string, o dialOptions) (*Endpoint, error) {
 		ReadIdleTimeout: 5 * time.Second,
 		PingTimeout:     2 * time.Second,
 	}
-	return &Endpoint{URL: base, client: &http.Client{Transport: forwardToken{next: tr, proof: o.proof}}, tr: tr}, nil
+	return &Endpoint{URL: base, client: &http.Client{Transport: forwardToken{next: tr, proof: o.proof, proofForClaimsOnly: o.claimsOnly}}, tr: tr}, nil
 }
 
 // rotation picks which of several equivalent endpoints to use: the current

@@ -11,13 +11,17 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -26,6 +30,7 @@ import (
 	"github.com/concord-kv/concord/internal/tlstest"
 	concordv1 "github.com/concord-kv/concord/proto/gen/concord/v1"
 	"github.com/concord-kv/concord/proto/gen/concord/v1/concordv1connect"
+	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
 	"github.com/concord-kv/concord/services/config"
 )
 
@@ -262,22 +267,19 @@ func TestSplitAuthManagement(t *testing.T) {
 // client without a token, with etcd's errors. A direct call to consensus's
 // internal API gets no history without a root-role identity.
 func TestSplitAuthEnforced(t *testing.T) {
-	etcd := startServer(t, etcdImpl, serverOptions{extra: []string{"--bcrypt-cost=4"}})
-	want := authOutcomes(t, etcd)
-
 	dir := t.TempDir()
 	certs, err := tlstest.Generate(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Clients present a certificate of their own, naming no user.
+	// Clients present a certificate of their own, whose common name names
+	// no existing user: the clients "without credentials" of authOutcomes
+	// are that user, at etcd with the same flags as through the gateway
+	// (refused with permission denied rather than user name is empty).
 	userCert, userKey := filepath.Join(dir, "user.pem"), filepath.Join(dir, "user-key.pem")
 	if err := certs.IssueClient(userCert, userKey); err != nil {
 		t.Fatal(err)
 	}
-	split := startTLSSplit(t, certs, "--bcrypt-cost=4")
-	cons, gw := split.cons, split.gw
-
 	userTLS, err := tls.LoadX509KeyPair(userCert, userKey)
 	if err != nil {
 		t.Fatal(err)
@@ -287,6 +289,11 @@ func TestSplitAuthEnforced(t *testing.T) {
 		t.Fatal(err)
 	}
 	tlsCfg.Certificates = []tls.Certificate{userTLS}
+	etcd := startServer(t, etcdImpl, serverOptions{tls: certs, clientCertAuth: true, extra: []string{"--bcrypt-cost=4"}})
+	want := authOutcomesAt(t, "https://"+etcd.Endpoint(), tlsCfg)
+
+	split := startTLSSplit(t, certs, "--bcrypt-cost=4")
+	cons, gw := split.cons, split.gw
 
 	// The processes' certificate names a root-role user.
 	admin, err := clientv3.New(clientv3.Config{Endpoints: []string{gw.url()}, TLS: tlsCfg, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
@@ -344,18 +351,7 @@ func TestSplitAuthEnforced(t *testing.T) {
 // a wrong or missing secret.
 func TestSplitAuthSecret(t *testing.T) {
 	dir := t.TempDir()
-	writeSecret := func(name string) string {
-		b := make([]byte, 32)
-		if _, err := rand.Read(b); err != nil {
-			t.Fatal(err)
-		}
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(hex.EncodeToString(b)+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	secretFile, wrongFile := writeSecret("secret"), writeSecret("wrong")
+	secretFile, wrongFile := writeInternalSecret(t, dir, "secret"), writeInternalSecret(t, dir, "wrong")
 
 	etcd := startServer(t, etcdImpl, serverOptions{extra: []string{"--bcrypt-cost=4"}})
 	split := startSplitWith(t, []string{"--bcrypt-cost=4"}, "--internal-secret-file", secretFile)
@@ -436,6 +432,157 @@ func TestSplitAuthSecret(t *testing.T) {
 	compareOutcomes(t, authOutcomesAt(t, gw.endpoint(), nil), want)
 }
 
+// TestSplitAuthClientCertUser: through a split gateway, as from etcd with
+// --client-cert-auth, a client whose verified certificate names a user and
+// that presents no token is that user: etcdctl with the certificate alone
+// puts, gets and watches its key and keeps its lease alive (through the
+// gateway, the watch fan-out and the lease service), and gets etcd's
+// refusals outside its permissions; root's token takes precedence over the
+// certificate. The processes identify themselves by their own certificate,
+// which names a root-role user, or by an internal secret. A client that
+// sends the gateway's
+// forwarded-user headers itself gains nothing, by gRPC metadata or through
+// the JSON gateway, at the gateway or at consensus.
+func TestSplitAuthClientCertUser(t *testing.T) {
+	t.Run("process certificates", func(t *testing.T) { testSplitAuthClientCertUser(t, false) })
+	// The processes share an internal secret and present no certificate;
+	// only the gateway verifies client certificates. The watch fan-out and
+	// lease service take the gateway's forwarded user by the secret's
+	// proof.
+	t.Run("internal secret", func(t *testing.T) { testSplitAuthClientCertUser(t, true) })
+}
+
+func testSplitAuthClientCertUser(t *testing.T, withSecret bool) {
+	dir := t.TempDir()
+	certs, err := tlstest.Generate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The user's certificate names "concord test client with addresses".
+	userCert, userKey := filepath.Join(dir, "user.pem"), filepath.Join(dir, "user-key.pem")
+	if err := certs.IssueClient(userCert, userKey); err != nil {
+		t.Fatal(err)
+	}
+	const userCN, procCN = "concord test client with addresses", "concord test client"
+	procDial := []string{"--cacert", certs.CA, "--cert", certs.ClientCert, "--key", certs.ClientKey}
+	userDial := []string{"--cacert", certs.CA, "--cert", userCert, "--key", userKey}
+	id := ctlIdentities{name: userCN, add: []string{"--no-password"}, user: userDial, anon: userDial, admin: procDial,
+		// The split processes call consensus as the user their
+		// certificate names; the same user at etcd changes nothing.
+		setup: [][]string{{"user", "add", procCN, "--no-password"}, {"user", "grant-role", procCN, "root"}}}
+
+	etcd := startServer(t, etcdImpl, serverOptions{tls: certs, clientCertAuth: true, extra: []string{"--bcrypt-cost=4"}})
+	opts := tlsSplitOptions{consensusArgs: []string{"--bcrypt-cost=4"}}
+	if withSecret {
+		opts.secretFile = writeInternalSecret(t, dir, "secret")
+	}
+	split := startTLSSplitWith(t, certs, opts)
+	etcdURL := "https://" + etcd.Endpoint()
+	want := ctlUserOutcomes(t, etcdURL, id)
+	compareOutcomes(t, ctlUserOutcomes(t, split.gw.url(), id), want)
+	// A token takes precedence over the certificate.
+	tokenWins := func(ep string) ctlResult {
+		return runCtl(t, ep, "", append(slices.Clone(userDial), "--user=root:rootpw", "get", "secret", "--print-value-only")...)
+	}
+	if got, want := tokenWins(split.gw.url()), tokenWins(etcdURL); got != want || got.stdout != "s\n" {
+		t.Errorf("root's token with the user's certificate: %+v; etcd: %+v", got, want)
+	}
+
+	// Forged claims. The user's certificate on a plain HTTP/2 client that
+	// sets the headers itself.
+	userTLS, err := tls.LoadX509KeyPair(userCert, userKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsCfg, err := certs.ClientConfig(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsCfg.Certificates = []tls.Certificate{userTLS}
+	tr := &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	with := func(h map[string]string) *http.Client {
+		return &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			r = r.Clone(r.Context())
+			for k, v := range h {
+				r.Header.Set(k, v)
+			}
+			return tr.RoundTrip(r)
+		})}
+	}
+	const F, U, V = gateway.ForwardedHeader, gateway.ForwardedUserHeader, gateway.ForwardedViaHeader
+	denied, empty := rpctypes.ErrPermissionDenied.Error(), rpctypes.ErrUserEmpty.Error()
+	for _, tc := range []struct {
+		name    string
+		url     string
+		headers map[string]string
+		want    string // the refusal of a get and a put of secret
+	}{
+		{"the certificate's user", split.gw.url(), nil, denied},
+		{"a claim without the forwarded mark", split.gw.url(), map[string]string{U: "root"}, denied},
+		{"a claim of root", split.gw.url(), map[string]string{F: "client", U: "root"}, empty},
+		{"a claim of root through the secret", split.gw.url(), map[string]string{F: "client", U: "root", V: "internal"}, empty},
+		{"a claim of root through the processes' certificate", split.gw.url(), map[string]string{F: "client", U: "root", V: "cn:" + url.QueryEscape(procCN)}, empty},
+		{"a claim of root at consensus", split.cons.url(), map[string]string{F: "client", U: "root"}, empty},
+		{"a claim of root through the secret at consensus", split.cons.url(), map[string]string{F: "client", U: "root", V: "internal"}, empty},
+	} {
+		kv := etcdserverpbconnect.NewKVClient(with(tc.headers), tc.url, connect.WithGRPC())
+		_, err := kv.Range(t.Context(), &pb.RangeRequest{Key: []byte("secret")})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: get secret: %v, want %q", tc.name, err, tc.want)
+		}
+		_, err = kv.Put(t.Context(), &pb.PutRequest{Key: []byte("secret"), Value: []byte("forged")})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: put secret: %v, want %q", tc.name, err, tc.want)
+		}
+	}
+	// The JSON gateway passes Grpc-Metadata-* headers on as metadata.
+	for _, ep := range []string{split.gw.url(), split.cons.url()} {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, ep+"/v3/kv/range", strings.NewReader(`{"key":"c2VjcmV0"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Grpc-Metadata-"+F, "client")
+		req.Header.Set("Grpc-Metadata-"+U, "root")
+		req.Header.Set("Grpc-Metadata-"+V, "internal")
+		resp, err := with(nil).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// "s" is "cw==" in the JSON gateway's base64.
+		if resp.StatusCode == http.StatusOK || strings.Contains(string(body), "cw==") || !strings.Contains(string(body), empty) {
+			t.Errorf("JSON range of secret at %s with a forged claim of root: %d %s, want %q", ep, resp.StatusCode, body, empty)
+		}
+	}
+	if out := mustCtl(t, split.gw.url(), append(slices.Clone(procDial), "--user=root:rootpw", "get", "secret", "--print-value-only")...); out != "s\n" {
+		t.Errorf("secret after the forged puts: %q", out)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// writeInternalSecret writes a new random --internal-secret-file into dir
+// and returns its path.
+func writeInternalSecret(t *testing.T, dir, name string) string {
+	t.Helper()
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(hex.EncodeToString(b)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // headerTransport sets header name to value (unless empty) on every
 // request.
 type headerTransport struct{ name, value string }
@@ -450,49 +597,78 @@ func (h headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // secretCtlOutcomes enables auth with etcdctl at ep and returns what each
 // later etcdctl call printed (lease IDs replaced): bob may read and write
-// foo, put, get and watch it through ctlPutGetWatch and keep a lease alive,
-// until the lease holds a key he may not write; root may do anything;
+// foo, put, get and watch it through ctlPutGetWatch, keep a lease alive and
+// see its keys, until the lease holds a key he may not write; root may do anything;
 // others get etcd's errors. Auth stays enabled, root's password is rootpw.
 func secretCtlOutcomes(t *testing.T, ep string) []string {
 	t.Helper()
-	for _, args := range [][]string{
+	return ctlUserOutcomes(t, ep, ctlIdentities{name: "bob", add: []string{"--new-user-password=bobpw"}, user: []string{"--user=bob:bobpw"}})
+}
+
+// ctlIdentities are the etcdctl flags of the callers ctlUserOutcomes
+// runs as.
+type ctlIdentities struct {
+	// name is the limited user's name; add the flags of its `user add`.
+	name string
+	add  []string
+	// user are the flags of its calls (a password, or a client certificate
+	// naming it); anon those of a client without credentials; admin those
+	// of every call before auth enable and, with root's password, of
+	// root's (connection flags only).
+	user, anon, admin []string
+	// setup are more calls made before auth enable, with admin.
+	setup [][]string
+}
+
+// ctlUserOutcomes is secretCtlOutcomes for the user and flags of id.
+func ctlUserOutcomes(t *testing.T, ep string, id ctlIdentities) []string {
+	t.Helper()
+	as := func(flags []string, args ...string) []string { return append(slices.Clone(flags), args...) }
+	for _, args := range append(slices.Clone(id.setup), [][]string{
 		{"user", "add", "root", "--new-user-password=rootpw"},
-		{"user", "add", "bob", "--new-user-password=bobpw"},
+		append([]string{"user", "add", id.name}, id.add...),
 		{"role", "add", "foo-rw"},
 		{"role", "grant-permission", "foo-rw", "readwrite", "foo"},
-		{"user", "grant-role", "bob", "foo-rw"},
+		{"user", "grant-role", id.name, "foo-rw"},
 		{"put", "secret", "s"},
-	} {
-		mustCtl(t, ep, args...)
+	}...) {
+		mustCtl(t, ep, as(id.admin, args...)...)
 	}
-	if out := mustCtl(t, ep, "auth", "enable"); out != "Authentication Enabled\n" {
+	if out := mustCtl(t, ep, as(id.admin, "auth", "enable")...); out != "Authentication Enabled\n" {
 		t.Fatalf("auth enable at %s: %q", ep, out)
 	}
-	bob, root := "--user=bob:bobpw", "--user=root:rootpw"
-	ctlPutGetWatch(t, ep, []string{bob})
-	grant := mustCtl(t, ep, bob, "lease", "grant", "60")
-	var id string
-	if _, err := fmt.Sscanf(grant, "lease %s granted", &id); err != nil {
+	root := as(id.admin, "--user=root:rootpw")
+	ctlPutGetWatch(t, ep, id.user)
+	grant := mustCtl(t, ep, as(id.user, "lease", "grant", "60")...)
+	var lease string
+	if _, err := fmt.Sscanf(grant, "lease %s granted", &lease); err != nil {
 		t.Fatalf("lease grant at %s: %q", ep, grant)
 	}
 	n := newNormalizer()
 	var out []string
-	for _, args := range [][]string{
-		{bob, "put", "foo", "leased", "--lease=" + id},
-		{bob, "lease", "keep-alive", "--once", id},
-		{bob, "get", "foo", "--print-value-only"},
-		{bob, "put", "secret", "x"},
-		{bob, "get", "secret"},
-		{bob, "watch", "secret"},
-		{"get", "foo"},
-		{"--user=bob:wrong", "get", "foo"},
-		{bob, "user", "list"},
-		{root, "get", "secret", "--print-value-only"},
-		{root, "put", "secret2", "s", "--lease=" + id},
-		{bob, "lease", "keep-alive", "--once", id},
-		{root, "lease", "keep-alive", "--once", id},
-		{root, "watch", "secret", "--rev=1"},
+	for _, c := range []struct {
+		who   string
+		flags []string
+		args  []string
+	}{
+		{"user", id.user, []string{"put", "foo", "leased", "--lease=" + lease}},
+		{"user", id.user, []string{"lease", "keep-alive", "--once", lease}},
+		{"user", id.user, []string{"lease", "timetolive", "--keys", lease}},
+		{"user", id.user, []string{"get", "foo", "--print-value-only"}},
+		{"user", id.user, []string{"put", "secret", "x"}},
+		{"user", id.user, []string{"get", "secret"}},
+		{"user", id.user, []string{"watch", "secret"}},
+		{"anon", id.anon, []string{"get", "foo"}},
+		{"anon", id.anon, []string{"--user=bob:wrong", "get", "foo"}},
+		{"user", id.user, []string{"user", "list"}},
+		{"root", root, []string{"get", "secret", "--print-value-only"}},
+		{"root", root, []string{"put", "secret2", "s", "--lease=" + lease}},
+		{"user", id.user, []string{"lease", "keep-alive", "--once", lease}},
+		{"user", id.user, []string{"lease", "timetolive", "--keys", lease}},
+		{"root", root, []string{"lease", "keep-alive", "--once", lease}},
+		{"root", root, []string{"watch", "secret", "--rev=1"}},
 	} {
+		args := as(c.flags, c.args...)
 		var r ctlResult
 		if args[len(args)-1] == "--rev=1" {
 			// A live watch ends only when killed: root's sees history.
@@ -506,8 +682,9 @@ func secretCtlOutcomes(t *testing.T, ep string) []string {
 		} else {
 			r = runCtl(t, ep, "", args...)
 		}
-		line := fmt.Sprintf("%s: exit %d stdout %q stderr %q", strings.Join(args, " "), r.exit, n.stdout(r.stdout), n.stderr(r.stderr))
-		out = append(out, strings.ReplaceAll(line, id, "<lease>"))
+		line := fmt.Sprintf("%s: %s: exit %d stdout %q stderr %q", c.who, strings.Join(c.args, " "), r.exit, n.stdout(r.stdout), n.stderr(r.stderr))
+		// The remaining TTL timetolive prints depends on when it ran.
+		out = append(out, reRemaining.ReplaceAllString(strings.ReplaceAll(line, lease, "<lease>"), "granted with TTL(${1}s), remaining(<ttl>)"))
 	}
 	return out
 }

@@ -136,11 +136,40 @@ type tlsSplit struct {
 // the consensus member's flags.
 func startTLSSplit(t *testing.T, certs *tlstest.Files, consensusArgs ...string) tlsSplit {
 	t.Helper()
-	serve := func(port int) []string {
-		return []string{"--listen-client-urls", fmt.Sprintf("https://127.0.0.1:%d", port),
-			"--cert-file", certs.ServerCert, "--key-file", certs.ServerKey, "--trusted-ca-file", certs.CA, "--client-cert-auth"}
-	}
+	return startTLSSplitWith(t, certs, tlsSplitOptions{consensusArgs: consensusArgs})
+}
+
+// tlsSplitOptions vary startTLSSplitWith's topology.
+type tlsSplitOptions struct {
+	consensusArgs []string
+	// secretFile, if set, is every process's --internal-secret-file, and
+	// only the gateway verifies client certificates: the others serve
+	// https:// with a server certificate alone, and the processes present
+	// none (dial is then the CA alone).
+	secretFile string
+}
+
+// startTLSSplitWith is startTLSSplit with opts.
+func startTLSSplitWith(t *testing.T, certs *tlstest.Files, opts tlsSplitOptions) tlsSplit {
+	t.Helper()
+	consensusArgs := opts.consensusArgs
+	clientAuth := []string{"--trusted-ca-file", certs.CA, "--client-cert-auth"}
 	dial := []string{"--cacert", certs.CA, "--cert", certs.ClientCert, "--key", certs.ClientKey}
+	var secret []string
+	if opts.secretFile != "" {
+		secret = []string{"--internal-secret-file", opts.secretFile}
+		dial = []string{"--cacert", certs.CA}
+	}
+	serveOnly := func(port int) []string {
+		return append([]string{"--listen-client-urls", fmt.Sprintf("https://127.0.0.1:%d", port),
+			"--cert-file", certs.ServerCert, "--key-file", certs.ServerKey}, secret...)
+	}
+	serve := func(port int) []string {
+		if opts.secretFile != "" {
+			return serveOnly(port)
+		}
+		return append(serveOnly(port), clientAuth...)
+	}
 	cport, pport, err := freePorts()
 	if err != nil {
 		t.Fatal(err)
@@ -155,7 +184,7 @@ func startTLSSplit(t *testing.T, certs *tlstest.Files, consensusArgs ...string) 
 	ls := startTLSProc(t, "leasesvc", lport, certs, append(append([]string{"leasesvc", "--name", "ls1",
 		"--consensus-endpoints", cons.url()}, serve(lport)...), dial...)...)
 	gw := startTLSProc(t, "gateway", gport, certs, append(append([]string{"gateway", "--consensus-endpoints", cons.url(),
-		"--watchfanout-endpoints", wf.url(), "--leasesvc-endpoints", ls.url()}, serve(gport)...), dial...)...)
+		"--watchfanout-endpoints", wf.url(), "--leasesvc-endpoints", ls.url()}, append(serveOnly(gport), clientAuth...)...), dial...)...)
 	return tlsSplit{cons: cons, wf: wf, ls: ls, gw: gw, dial: dial}
 }
 
