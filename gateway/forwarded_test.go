@@ -49,17 +49,10 @@ func TestForwardedRequestsDropTheCertificateName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var extra map[string]string
 	tr := &http.Transport{TLSClientConfig: ccfg, ForceAttemptHTTP2: true}
 	defer tr.CloseIdleConnections()
-	withHeaders := roundTripFunc(func(r *http.Request) (*http.Response, error) {
-		r = r.Clone(r.Context())
-		for k, v := range extra {
-			r.Header.Set(k, v)
-		}
-		return tr.RoundTrip(r)
-	})
-	kv := etcdserverpbconnect.NewKVClient(&http.Client{Transport: withHeaders}, "https://"+addr, connect.WithGRPC())
+	withHeaders, setHeaders := headerClient(tr)
+	kv := etcdserverpbconnect.NewKVClient(withHeaders, "https://"+addr, connect.WithGRPC())
 
 	for _, tc := range []struct {
 		name    string
@@ -74,7 +67,7 @@ func TestForwardedRequestsDropTheCertificateName(t *testing.T) {
 		b.mu.Lock()
 		b.seen = nil
 		b.mu.Unlock()
-		extra = tc.headers
+		setHeaders(tc.headers)
 		if _, err := kv.Range(t.Context(), &pb.RangeRequest{Key: []byte("k")}); err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
@@ -90,3 +83,17 @@ func TestForwardedRequestsDropTheCertificateName(t *testing.T) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// headerClient is a client over base whose requests also carry the headers
+// last given to set.
+func headerClient(base http.RoundTripper) (client *http.Client, set func(map[string]string)) {
+	var extra map[string]string
+	client = &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		r = r.Clone(r.Context())
+		for k, v := range extra {
+			r.Header.Set(k, v)
+		}
+		return base.RoundTrip(r)
+	})}
+	return client, func(h map[string]string) { extra = h }
+}

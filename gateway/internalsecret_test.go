@@ -64,15 +64,7 @@ func TestInternalSecretIdentifiesTheCaller(t *testing.T) {
 		}
 		return b, serve(t, g)
 	}
-	var extra map[string]string
-	withHeaders := roundTripFunc(func(r *http.Request) (*http.Response, error) {
-		r = r.Clone(r.Context())
-		for k, v := range extra {
-			r.Header.Set(k, v)
-		}
-		return http.DefaultTransport.RoundTrip(r)
-	})
-	client := &http.Client{Transport: withHeaders}
+	client, setHeaders := headerClient(http.DefaultTransport)
 
 	for _, tc := range []struct {
 		name      string
@@ -102,7 +94,7 @@ func TestInternalSecretIdentifiesTheCaller(t *testing.T) {
 			s = nil
 		}
 		b, url := start(s)
-		extra = tc.headers
+		setHeaders(tc.headers)
 		kv := etcdserverpbconnect.NewKVClient(client, url)
 		if _, err := kv.Range(t.Context(), &pb.RangeRequest{Key: []byte("k")}); err != nil {
 			t.Fatalf("%s: Range: %v", tc.name, err)
@@ -160,17 +152,10 @@ func TestInternalSecretWithCertificates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var extra map[string]string
 	tr := &http.Transport{TLSClientConfig: ccfg, ForceAttemptHTTP2: true}
 	defer tr.CloseIdleConnections()
-	withHeaders := roundTripFunc(func(r *http.Request) (*http.Response, error) {
-		r = r.Clone(r.Context())
-		for k, v := range extra {
-			r.Header.Set(k, v)
-		}
-		return tr.RoundTrip(r)
-	})
-	kv := etcdserverpbconnect.NewKVClient(&http.Client{Transport: withHeaders}, "https://"+addr, connect.WithGRPC())
+	withHeaders, setHeaders := headerClient(tr)
+	kv := etcdserverpbconnect.NewKVClient(withHeaders, "https://"+addr, connect.WithGRPC())
 	proof := gateway.InternalSecretProof(secret)
 	for _, tc := range []struct {
 		name    string
@@ -185,7 +170,7 @@ func TestInternalSecretWithCertificates(t *testing.T) {
 		b.mu.Lock()
 		b.seen = nil
 		b.mu.Unlock()
-		extra = tc.headers
+		setHeaders(tc.headers)
 		if _, err := kv.Range(t.Context(), &pb.RangeRequest{Key: []byte("k")}); err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}

@@ -3,7 +3,6 @@ package remote_test
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -12,11 +11,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/authpb"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/concord-kv/concord/auth"
-	"github.com/concord-kv/concord/consensus"
-	"github.com/concord-kv/concord/consensus/internalapi"
 	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/gateway/remote"
 	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
@@ -96,20 +92,7 @@ func TestCertificateUserAgainstAMember(t *testing.T) {
 	secret := []byte(strings.Repeat("k", gateway.MinInternalSecretBytes))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	log := slog.New(slog.DiscardHandler)
-	n, err := consensus.Start(ctx, consensus.Config{Name: "m1", DataDir: t.TempDir(), BcryptCost: bcrypt.MinCost,
-		HeartbeatInterval: 10 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = n.Close() })
-	path, h := internalapi.Handler(n)
-	gw, err := gateway.New(gateway.Config{InternalSecret: secret, Logger: log}, n, gateway.WithHTTPHandler(path, h))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = gw.Close() })
-	url := serveH2C(t, gw.Handler())
+	n, url := startSecretMember(t, ctx, secret)
 
 	for _, u := range []string{"root", "alice"} {
 		if _, err := n.UserAdd(ctx, &pb.AuthUserAddRequest{Name: u, Password: "pw"}); err != nil {
@@ -137,14 +120,7 @@ func TestCertificateUserAgainstAMember(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	dial := func(opts ...remote.DialOption) *remote.Consensus {
-		c, err := remote.NewConsensus(url, log, opts...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
-		return c
-	}
+	dial := func(opts ...remote.DialOption) *remote.Consensus { return dialMember(t, url, opts...) }
 	withSecret, without := dial(remote.WithInternalSecret(secret)), dial()
 	other := dial(remote.WithInternalSecret([]byte(strings.Repeat("x", gateway.MinInternalSecretBytes))))
 	as := func(c auth.Credentials) context.Context { return auth.WithCredentials(ctx, c) }

@@ -27,20 +27,7 @@ func TestInternalSecretAgainstAMember(t *testing.T) {
 	secret := []byte(strings.Repeat("k", gateway.MinInternalSecretBytes))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	log := slog.New(slog.DiscardHandler)
-	n, err := consensus.Start(ctx, consensus.Config{Name: "m1", DataDir: t.TempDir(), BcryptCost: bcrypt.MinCost,
-		HeartbeatInterval: 10 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = n.Close() })
-	path, h := internalapi.Handler(n)
-	gw, err := gateway.New(gateway.Config{InternalSecret: secret, Logger: log}, n, gateway.WithHTTPHandler(path, h))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = gw.Close() })
-	url := serveH2C(t, gw.Handler())
+	n, url := startSecretMember(t, ctx, secret)
 
 	// The member's own calls (no credentials) set up root and enable auth.
 	if _, err := n.UserAdd(ctx, &pb.AuthUserAddRequest{Name: "root", Password: "pw"}); err != nil {
@@ -53,14 +40,7 @@ func TestInternalSecretAgainstAMember(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	dial := func(opts ...remote.DialOption) *remote.Consensus {
-		c, err := remote.NewConsensus(url, log, opts...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
-		return c
-	}
+	dial := func(opts ...remote.DialOption) *remote.Consensus { return dialMember(t, url, opts...) }
 	client := auth.WithCredentials(ctx, auth.Credentials{})
 	for _, tc := range []struct {
 		name string
@@ -88,4 +68,36 @@ func TestInternalSecretAgainstAMember(t *testing.T) {
 		_, err = tc.c.Range(client, &pb.RangeRequest{Key: []byte("k")})
 		check("Range forwarded for a client without a token", err, auth.ErrUserEmpty)
 	}
+}
+
+// startSecretMember starts a single consensus member served, with its
+// internal API, by a gateway that knows secret; it returns the member and
+// the gateway's h2c URL.
+func startSecretMember(t *testing.T, ctx context.Context, secret []byte) (*consensus.Node, string) {
+	t.Helper()
+	log := slog.New(slog.DiscardHandler)
+	n, err := consensus.Start(ctx, consensus.Config{Name: "m1", DataDir: t.TempDir(), BcryptCost: bcrypt.MinCost,
+		HeartbeatInterval: 10 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	path, h := internalapi.Handler(n)
+	gw, err := gateway.New(gateway.Config{InternalSecret: secret, Logger: log}, n, gateway.WithHTTPHandler(path, h))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = gw.Close() })
+	return n, serveH2C(t, gw.Handler())
+}
+
+// dialMember is a remote client of the member at url, closed at cleanup.
+func dialMember(t *testing.T, url string, opts ...remote.DialOption) *remote.Consensus {
+	t.Helper()
+	c, err := remote.NewConsensus(url, slog.New(slog.DiscardHandler), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
 }
