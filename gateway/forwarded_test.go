@@ -34,25 +34,7 @@ func (b *credentialsBackend) Range(ctx context.Context, r *pb.RangeRequest) (*pb
 // clients: then the certificate is the process's, and only a token names
 // the user.
 func TestForwardedRequestsDropTheCertificateName(t *testing.T) {
-	certs := genCerts(t)
-	scfg, err := certs.ServerConfig(true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &credentialsBackend{fakeBackend: newFake()}
-	g, err := gateway.New(gateway.Config{TLS: scfg}, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := serveTLS(t, g)
-	ccfg, err := certs.ClientConfig(true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := &http.Transport{TLSClientConfig: ccfg, ForceAttemptHTTP2: true}
-	defer tr.CloseIdleConnections()
-	withHeaders, setHeaders := headerClient(tr)
-	kv := etcdserverpbconnect.NewKVClient(withHeaders, "https://"+addr, connect.WithGRPC())
+	b, kv, setHeaders := credentialsGateway(t, gateway.Config{})
 
 	for _, tc := range []struct {
 		name    string
@@ -83,6 +65,35 @@ func TestForwardedRequestsDropTheCertificateName(t *testing.T) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// credentialsGateway serves a gateway with cfg over TLS (with the test
+// server certificate, verifying client certificates) on a backend that
+// records the credentials of each Range, and returns it with a gRPC KV
+// client presenting the test client certificate and the headers last given
+// to set.
+func credentialsGateway(t *testing.T, cfg gateway.Config) (*credentialsBackend, etcdserverpbconnect.KVClient, func(map[string]string)) {
+	t.Helper()
+	certs := genCerts(t)
+	scfg, err := certs.ServerConfig(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.TLS = scfg
+	b := &credentialsBackend{fakeBackend: newFake()}
+	g, err := gateway.New(cfg, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serveTLS(t, g)
+	ccfg, err := certs.ClientConfig(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{TLSClientConfig: ccfg, ForceAttemptHTTP2: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	client, set := headerClient(tr)
+	return b, etcdserverpbconnect.NewKVClient(client, "https://"+addr, connect.WithGRPC()), set
+}
 
 // headerClient is a client over base whose requests also carry the headers
 // last given to set.

@@ -136,26 +136,8 @@ func TestConfigRefusesAShortInternalSecret(t *testing.T) {
 // Certificates and the secret together: a process's own call carries both
 // its certificate's name and Internal; a forwarded one neither.
 func TestInternalSecretWithCertificates(t *testing.T) {
-	certs := genCerts(t)
-	scfg, err := certs.ServerConfig(true)
-	if err != nil {
-		t.Fatal(err)
-	}
 	secret := []byte(strings.Repeat("s", gateway.MinInternalSecretBytes))
-	b := &credentialsBackend{fakeBackend: newFake()}
-	g, err := gateway.New(gateway.Config{TLS: scfg, InternalSecret: secret}, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := serveTLS(t, g)
-	ccfg, err := certs.ClientConfig(true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := &http.Transport{TLSClientConfig: ccfg, ForceAttemptHTTP2: true}
-	defer tr.CloseIdleConnections()
-	withHeaders, setHeaders := headerClient(tr)
-	kv := etcdserverpbconnect.NewKVClient(withHeaders, "https://"+addr, connect.WithGRPC())
+	b, kv, setHeaders := credentialsGateway(t, gateway.Config{InternalSecret: secret})
 	proof := gateway.InternalSecretProof(secret)
 	for _, tc := range []struct {
 		name    string
