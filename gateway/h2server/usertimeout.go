@@ -1,0 +1,28 @@
+package h2server
+
+import (
+	"net"
+	"syscall"
+	"time"
+)
+
+// setUserTimeout sets TCP_USER_TIMEOUT to d on the TCP socket under nc, as
+// grpc-go does on a server connection with keep-alive: data the peer has
+// not acknowledged for d ends the connection, so a peer that vanished while
+// the server was sending is noticed within the keep-alive timeout too (the
+// PINGs alone only notice it once the send queue drains). Connections that
+// are not TCP underneath (tests' pipes) are left alone.
+func setUserTimeout(nc net.Conn, d time.Duration) error {
+	for {
+		switch c := nc.(type) {
+		case *prefixConn:
+			nc = c.Conn
+		case interface{ NetConn() net.Conn }: // *tls.Conn and wrappers of it
+			nc = c.NetConn()
+		case syscall.Conn:
+			return setSocketUserTimeout(c, d)
+		default:
+			return nil
+		}
+	}
+}
