@@ -78,13 +78,21 @@ func (c *Config) SetDefaults() {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.Env == nil {
-		for _, kv := range os.Environ() {
-			if strings.HasPrefix(kv, "ETCD_") || strings.HasPrefix(kv, "ETCDCTL_") || strings.HasPrefix(kv, "CONCORD_") {
-				continue
-			}
-			c.Env = append(c.Env, kv)
-		}
+		c.Env = DefaultEnv()
 	}
+}
+
+// DefaultEnv is the launcher's own environment without the ETCD_*,
+// ETCDCTL_* and CONCORD_* variables, which would set every process's flags.
+func DefaultEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "ETCD_") || strings.HasPrefix(kv, "ETCDCTL_") || strings.HasPrefix(kv, "CONCORD_") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
 }
 
 // Validate reports the first field that cannot work.

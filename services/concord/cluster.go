@@ -57,11 +57,22 @@ func runCluster(cmd *cobra.Command, cfg config.Cluster) error {
 	defer stop()
 	out := cmd.OutOrStdout()
 	fmt.Fprintf(out, "starting %s as local processes (data and logs in %s)\n", cfg.ComposeFile, dir)
+	env := launcher.DefaultEnv()
+	if cfg.InternalSecretFile != "" {
+		// Through the environment, which every role reads, so that the
+		// compose file's commands stay as they are.
+		secret, err := filepath.Abs(cfg.InternalSecretFile)
+		if err != nil {
+			return err
+		}
+		env = append(env, "CONCORD_INTERNAL_SECRET_FILE="+secret)
+	}
 	c, err := launcher.Start(ctx, launcher.Config{
 		ComposeFile:    cfg.ComposeFile,
 		Binary:         bin,
 		Dir:            dir,
 		PublishedPorts: !cfg.FreePorts,
+		Env:            env,
 		Logger:         log,
 		Output:         func(string) io.Writer { return io.Discard },
 	})

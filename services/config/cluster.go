@@ -22,6 +22,9 @@ type Cluster struct {
 	// FreePorts picks free ports for every service instead of the host
 	// ports compose.yaml publishes (gateway-1 on 127.0.0.1:2379 ...).
 	FreePorts bool
+	// InternalSecretFile is given to every process (--internal-secret-file),
+	// so that auth can be enabled without client certificates; "": none.
+	InternalSecretFile string
 }
 
 // ClusterFlags declares the flags of `concord cluster`.
@@ -29,6 +32,7 @@ func ClusterFlags(fs *pflag.FlagSet) {
 	fs.String(fComposeFile, "compose.yaml", "the compose file describing the topology")
 	fs.String(fClusterDataDir, "cluster.concord", "directory for every service's data directory and log")
 	fs.Bool(fFreePorts, false, "use free ports for the gateways too, instead of the ports compose.yaml publishes")
+	internalSecretFlag(fs)
 }
 
 // LoadCluster reads the flags declared by ClusterFlags.
@@ -37,7 +41,11 @@ func LoadCluster(fs *pflag.FlagSet) (Cluster, error) {
 	if err != nil {
 		return Cluster{}, err
 	}
-	c := Cluster{ComposeFile: v.GetString(fComposeFile), DataDir: v.GetString(fClusterDataDir), FreePorts: v.GetBool(fFreePorts)}
+	c := Cluster{ComposeFile: v.GetString(fComposeFile), DataDir: v.GetString(fClusterDataDir), FreePorts: v.GetBool(fFreePorts),
+		InternalSecretFile: v.GetString(fInternalSecretFile)}
+	if err := validateInternalSecretFile(c.InternalSecretFile); err != nil {
+		return Cluster{}, err
+	}
 	switch {
 	case c.ComposeFile == "":
 		return Cluster{}, fmt.Errorf("%w: --%s must not be empty", ErrInvalid, fComposeFile)

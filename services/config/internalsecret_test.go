@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/pflag"
+
 	"github.com/concord-kv/concord/services/config"
 )
 
@@ -69,6 +71,22 @@ func TestInternalSecretFile(t *testing.T) {
 		if err := c.Validate(); !errors.Is(err, config.ErrInvalid) {
 			t.Errorf("Validate with %s: %v, want ErrInvalid", filepath.Base(bad), err)
 		}
+	}
+
+	// concord cluster hands the file to every process it starts.
+	cl := func(args ...string) (config.Cluster, error) {
+		fs := pflag.NewFlagSet("cluster", pflag.ContinueOnError)
+		config.ClusterFlags(fs)
+		if err := fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		return config.LoadCluster(fs)
+	}
+	if cc, err := cl("--internal-secret-file", good); err != nil || cc.InternalSecretFile != good {
+		t.Errorf("cluster with a good file: %+v, %v", cc, err)
+	}
+	if _, err := cl("--internal-secret-file", short); !errors.Is(err, config.ErrInvalid) {
+		t.Errorf("cluster with a short file: %v, want ErrInvalid", err)
 	}
 
 	// As every flag: from the environment too.
