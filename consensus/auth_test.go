@@ -218,24 +218,8 @@ func TestAuthorizeInternal(t *testing.T) {
 	if err := n.AuthorizeInternal(as(auth.Credentials{})); err != nil {
 		t.Fatalf("auth disabled: %v", err)
 	}
-	for _, u := range []string{"root", "alice"} {
-		if _, err := n.UserAdd(ctxT(t), &pb.AuthUserAddRequest{Name: u, Password: "pw"}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: "root", Role: "root"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.AuthEnable(ctxT(t), &pb.AuthEnableRequest{}); err != nil {
-		t.Fatal(err)
-	}
-	token := func(u string) string {
-		r, err := n.Authenticate(ctxT(t), &pb.AuthenticateRequest{Name: u, Password: "pw"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r.Token
-	}
+	addUsers(t, n, []string{"root"}, "alice")
+	token := enableAuth(t, n)
 	for _, tc := range []struct {
 		name string
 		cr   auth.Credentials
@@ -293,16 +277,7 @@ func TestForwardedCertificateUser(t *testing.T) {
 	c := newTestCluster(t, 1, func(cfg *Config) { cfg.BcryptCost = bcrypt.MinCost })
 	n := c.nodes[c.leader()]
 	as := func(cr auth.Credentials) context.Context { return auth.WithCredentials(ctxT(t), cr) }
-	for _, u := range []string{"root", "proc", "alice"} {
-		if _, err := n.UserAdd(ctxT(t), &pb.AuthUserAddRequest{Name: u, Password: "pw"}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, u := range []string{"root", "proc"} {
-		if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: u, Role: "root"}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	addUsers(t, n, []string{"root", "proc"}, "alice")
 	if _, err := n.RoleAdd(ctxT(t), &pb.AuthRoleAddRequest{Name: "a"}); err != nil {
 		t.Fatal(err)
 	}
@@ -313,16 +288,7 @@ func TestForwardedCertificateUser(t *testing.T) {
 	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: "alice", Role: "a"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := n.AuthEnable(ctxT(t), &pb.AuthEnableRequest{}); err != nil {
-		t.Fatal(err)
-	}
-	token := func(u string) string {
-		r, err := n.Authenticate(ctxT(t), &pb.AuthenticateRequest{Name: u, Password: "pw"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r.Token
-	}
+	token := enableAuth(t, n)
 	fwd := func(user string, via ...auth.Hop) *auth.ForwardedUser {
 		return &auth.ForwardedUser{Name: user, Via: via}
 	}
@@ -362,5 +328,38 @@ func TestForwardedCertificateUser(t *testing.T) {
 	// forwards for.
 	if err := n.AuthorizeInternal(as(auth.Credentials{Forwarded: fwd("root", secret)})); !errors.Is(err, auth.ErrUserEmpty) {
 		t.Errorf("internal API for a forwarded root: %v, want ErrUserEmpty", err)
+	}
+}
+
+// addUsers adds users with password "pw": roots with the root role, others
+// without a role.
+func addUsers(t *testing.T, n *Node, roots []string, others ...string) {
+	t.Helper()
+	for _, u := range append(append([]string(nil), roots...), others...) {
+		if _, err := n.UserAdd(ctxT(t), &pb.AuthUserAddRequest{Name: u, Password: "pw"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, u := range roots {
+		if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: u, Role: "root"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// enableAuth enables auth on n and returns a function that authenticates a
+// user added by addUsers and returns its token.
+func enableAuth(t *testing.T, n *Node) func(user string) string {
+	t.Helper()
+	if _, err := n.AuthEnable(ctxT(t), &pb.AuthEnableRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	return func(u string) string {
+		t.Helper()
+		r, err := n.Authenticate(ctxT(t), &pb.AuthenticateRequest{Name: u, Password: "pw"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Token
 	}
 }
