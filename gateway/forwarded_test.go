@@ -29,6 +29,21 @@ func (b *credentialsBackend) Range(ctx context.Context, r *pb.RangeRequest) (*pb
 	return b.fakeBackend.Range(ctx, r)
 }
 
+// rangeCredentials runs one Range through kv and returns the credentials
+// the backend saw for it.
+func (b *credentialsBackend) rangeCredentials(t *testing.T, name string, kv etcdserverpbconnect.KVClient) []auth.Credentials {
+	t.Helper()
+	b.mu.Lock()
+	b.seen = nil
+	b.mu.Unlock()
+	if _, err := kv.Range(t.Context(), &pb.RangeRequest{Key: []byte("k")}); err != nil {
+		t.Fatalf("%s: Range: %v", name, err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.seen
+}
+
 // A verified client certificate names the user of a request, unless the
 // request says it is forwarded by a concord process for one of its
 // clients: then the certificate is the process's, and only a token names
@@ -46,16 +61,8 @@ func TestForwardedRequestsDropTheCertificateName(t *testing.T) {
 		{"forwarded", map[string]string{gateway.ForwardedHeader: "client"}, auth.Credentials{}},
 		{"forwarded with a token", map[string]string{gateway.ForwardedHeader: "client", "token": "t2"}, auth.Credentials{Token: "t2"}},
 	} {
-		b.mu.Lock()
-		b.seen = nil
-		b.mu.Unlock()
 		setHeaders(tc.headers)
-		if _, err := kv.Range(t.Context(), &pb.RangeRequest{Key: []byte("k")}); err != nil {
-			t.Fatalf("%s: %v", tc.name, err)
-		}
-		b.mu.Lock()
-		got := b.seen
-		b.mu.Unlock()
+		got := b.rangeCredentials(t, tc.name, kv)
 		if len(got) != 1 || got[0] != tc.want {
 			t.Errorf("%s: the backend saw %+v, want [%+v]", tc.name, got, tc.want)
 		}

@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"connectrpc.com/connect"
-	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
 	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/gateway"
@@ -120,27 +119,13 @@ func TestForwardedUserClaim(t *testing.T) {
 		if tc.plain {
 			b, url, tr = plainB, plainURL, plainTr
 		}
-		withHeaders := roundTripFunc(func(r *http.Request) (*http.Response, error) {
-			r = r.Clone(r.Context())
-			for k, v := range tc.headers {
-				r.Header.Set(k, v)
-			}
-			return tr.RoundTrip(r)
-		})
-		client := &http.Client{Transport: withHeaders}
-		b.mu.Lock()
-		b.seen = nil
-		b.mu.Unlock()
+		client, setHeaders := headerClient(tr)
+		setHeaders(tc.headers)
 		var opts []connect.ClientOption
 		if !tc.plain {
 			opts = append(opts, connect.WithGRPC())
 		}
-		if _, err := etcdserverpbconnect.NewKVClient(client, url, opts...).Range(t.Context(), &pb.RangeRequest{Key: []byte("k")}); err != nil {
-			t.Fatalf("%s: Range: %v", tc.name, err)
-		}
-		b.mu.Lock()
-		got := b.seen
-		b.mu.Unlock()
+		got := b.rangeCredentials(t, tc.name, etcdserverpbconnect.NewKVClient(client, url, opts...))
 		if len(got) != 1 || !reflect.DeepEqual(got[0], tc.want) {
 			t.Errorf("%s: the backend saw %+v (%+v), want %+v (%+v)", tc.name, got, forwardedOf(got), tc.want, tc.want.Forwarded)
 		}

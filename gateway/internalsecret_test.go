@@ -149,16 +149,8 @@ func TestInternalSecretWithCertificates(t *testing.T) {
 			auth.Credentials{CommonName: "concord test client", Internal: true}},
 		{"forwarded", map[string]string{gateway.InternalSecretHeader: proof, gateway.ForwardedHeader: "client"}, auth.Credentials{}},
 	} {
-		b.mu.Lock()
-		b.seen = nil
-		b.mu.Unlock()
 		setHeaders(tc.headers)
-		if _, err := kv.Range(t.Context(), &pb.RangeRequest{Key: []byte("k")}); err != nil {
-			t.Fatalf("%s: %v", tc.name, err)
-		}
-		b.mu.Lock()
-		got := b.seen
-		b.mu.Unlock()
+		got := b.rangeCredentials(t, tc.name, kv)
 		if len(got) != 1 || got[0] != tc.want {
 			t.Errorf("%s: the backend saw %+v, want [%+v]", tc.name, got, tc.want)
 		}
