@@ -267,19 +267,11 @@ func TestSplitAuthManagement(t *testing.T) {
 // client without a token, with etcd's errors. A direct call to consensus's
 // internal API gets no history without a root-role identity.
 func TestSplitAuthEnforced(t *testing.T) {
-	dir := t.TempDir()
-	certs, err := tlstest.Generate(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Clients present a certificate of their own, whose common name names
 	// no existing user: the clients "without credentials" of authOutcomes
 	// are that user, at etcd with the same flags as through the gateway
 	// (refused with permission denied rather than user name is empty).
-	userCert, userKey := filepath.Join(dir, "user.pem"), filepath.Join(dir, "user-key.pem")
-	if err := certs.IssueClient(userCert, userKey); err != nil {
-		t.Fatal(err)
-	}
+	certs, userCert, userKey := certsWithUser(t)
 	userTLS, err := tls.LoadX509KeyPair(userCert, userKey)
 	if err != nil {
 		t.Fatal(err)
@@ -453,16 +445,8 @@ func TestSplitAuthClientCertUser(t *testing.T) {
 }
 
 func testSplitAuthClientCertUser(t *testing.T, withSecret bool) {
-	dir := t.TempDir()
-	certs, err := tlstest.Generate(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The user's certificate names "concord test client with addresses".
-	userCert, userKey := filepath.Join(dir, "user.pem"), filepath.Join(dir, "user-key.pem")
-	if err := certs.IssueClient(userCert, userKey); err != nil {
-		t.Fatal(err)
-	}
+	certs, userCert, userKey := certsWithUser(t)
 	const userCN, procCN = "concord test client with addresses", "concord test client"
 	procDial := []string{"--cacert", certs.CA, "--cert", certs.ClientCert, "--key", certs.ClientKey}
 	userDial := []string{"--cacert", certs.CA, "--cert", userCert, "--key", userKey}
@@ -474,7 +458,7 @@ func testSplitAuthClientCertUser(t *testing.T, withSecret bool) {
 	etcd := startServer(t, etcdImpl, serverOptions{tls: certs, clientCertAuth: true, extra: []string{"--bcrypt-cost=4"}})
 	opts := tlsSplitOptions{consensusArgs: []string{"--bcrypt-cost=4"}}
 	if withSecret {
-		opts.secretFile = writeInternalSecret(t, dir, "secret")
+		opts.secretFile = writeInternalSecret(t, t.TempDir(), "secret")
 	}
 	split := startTLSSplitWith(t, certs, opts)
 	etcdURL := "https://" + etcd.Endpoint()
@@ -994,4 +978,21 @@ func TestCtlAuthJWT(t *testing.T) {
 		ctl(root, "auth", "disable"),
 		ctl("get", "k"),
 	)})
+}
+
+// certsWithUser generates the test CA and certificates, and a second client
+// certificate (common name "concord test client with addresses") for a
+// user, returned as its certificate and key files.
+func certsWithUser(t *testing.T) (certs *tlstest.Files, userCert, userKey string) {
+	t.Helper()
+	dir := t.TempDir()
+	certs, err := tlstest.Generate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	userCert, userKey = filepath.Join(dir, "user.pem"), filepath.Join(dir, "user-key.pem")
+	if err := certs.IssueClient(userCert, userKey); err != nil {
+		t.Fatal(err)
+	}
+	return certs, userCert, userKey
 }
