@@ -121,7 +121,13 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 	}
 	defer closeClients(listeners)
 
-	cons, hdr, err := dialConsensus(ctx, cfg, log)
+	// Read once: presented to consensus, and checked on the claims a
+	// gateway forwards (gateway.ForwardedUserHeader).
+	secret, err := config.ReadInternalSecret(cfg.InternalSecretFile)
+	if err != nil {
+		return err
+	}
+	cons, hdr, err := dialConsensus(ctx, cfg, secret, log)
 	if err != nil {
 		return err
 	}
@@ -154,10 +160,8 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 	if err != nil {
 		return err
 	}
-	gcfg, err := claimCheckingConfig(withInternalKeepAlive(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg)), cfg)
-	if err != nil {
-		return err
-	}
+	gcfg := withInternalKeepAlive(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg))
+	gcfg.InternalSecret = secret
 	gw, err := gateway.New(gcfg, authorizing(cons),
 		append(opts, gateway.WithWatch(gateway.NewWatchService(fanout)), gateway.WithBrowserWatch(fanout))...)
 	if err != nil {
@@ -179,7 +183,13 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 	}
 	defer closeClients(listeners)
 
-	cons, _, err := dialConsensus(ctx, cfg, log)
+	// Read once: presented to consensus, and checked on the claims a
+	// gateway forwards (gateway.ForwardedUserHeader).
+	secret, err := config.ReadInternalSecret(cfg.InternalSecretFile)
+	if err != nil {
+		return err
+	}
+	cons, _, err := dialConsensus(ctx, cfg, secret, log)
 	if err != nil {
 		return err
 	}
@@ -196,10 +206,8 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 	if err != nil {
 		return err
 	}
-	gcfg, err := claimCheckingConfig(withInternalKeepAlive(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg)), cfg)
-	if err != nil {
-		return err
-	}
+	gcfg := withInternalKeepAlive(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg))
+	gcfg.InternalSecret = secret
 	gw, err := gateway.New(gcfg, authorizing(cons), append(opts, gateway.WithLease(leases),
 		gateway.WithHTTPHandler(path, h),
 		gateway.WithReadyCheck("lease_authority", func(context.Context) error { return leases.Ready() }))...)
@@ -231,7 +239,11 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	consDial, err := consensusDialOptions(cfg)
+	secret, err := config.ReadInternalSecret(cfg.InternalSecretFile)
+	if err != nil {
+		return err
+	}
+	consDial, err := consensusDialOptions(cfg, secret)
 	if err != nil {
 		return err
 	}
@@ -240,10 +252,6 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 		return fmt.Errorf("consensus endpoints: %w", err)
 	}
 	defer cons.Close()
-	secret, err := config.ReadInternalSecret(cfg.InternalSecretFile)
-	if err != nil {
-		return err
-	}
 	// The fan-outs and lease services check the secret where this gateway
 	// forwards a client certificate's user for consensus to check.
 	dial = append(dial, remote.WithClaimSecret(secret))
@@ -282,8 +290,8 @@ func natsTLS(t config.NATSTLS) eventbus.TLSFiles {
 
 // dialConsensus connects to consensus and waits until it answers, so that
 // components that need its identity (cluster and member IDs) get it.
-func dialConsensus(ctx context.Context, cfg config.Split, log *slog.Logger) (*remote.Consensus, *pb.ResponseHeader, error) {
-	dial, err := consensusDialOptions(cfg)
+func dialConsensus(ctx context.Context, cfg config.Split, secret []byte, log *slog.Logger) (*remote.Consensus, *pb.ResponseHeader, error) {
+	dial, err := consensusDialOptions(cfg, secret)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -314,30 +322,12 @@ func dialOptions(cfg config.Split) ([]remote.DialOption, error) {
 // members: dialOptions, and the internal secret (--internal-secret-file)
 // presented on every call. The other processes check it only on calls
 // that forward a client certificate's user (RunGateway: WithClaimSecret).
-func consensusDialOptions(cfg config.Split) ([]remote.DialOption, error) {
+func consensusDialOptions(cfg config.Split, secret []byte) ([]remote.DialOption, error) {
 	dial, err := dialOptions(cfg)
 	if err != nil {
 		return nil, err
 	}
-	secret, err := config.ReadInternalSecret(cfg.InternalSecretFile)
-	if err != nil {
-		return nil, err
-	}
 	return append(dial, remote.WithInternalSecret(secret)), nil
-}
-
-// claimCheckingConfig is gcfg for a watch fan-out or lease service: with
-// the internal secret, by which a gateway that forwards a client
-// certificate's user proves, to it and through it to consensus, to be one
-// of concord's processes (gateway.ForwardedUserHeader); a gateway's
-// verified certificate does as well.
-func claimCheckingConfig(gcfg gateway.Config, cfg config.Split) (gateway.Config, error) {
-	secret, err := config.ReadInternalSecret(cfg.InternalSecretFile)
-	if err != nil {
-		return gcfg, err
-	}
-	gcfg.InternalSecret = secret
-	return gcfg, nil
 }
 
 // serveSplit serves gw on every listener until ctx ends or one fails; start,
