@@ -85,21 +85,17 @@ func withServerHTTP(c gateway.Config, s config.Server) gateway.Config {
 	c.MaxConcurrentStreams = s.MaxConcurrentStreams
 	c.KeepAlive = keepAlive(s.GRPCKeepAlive)
 	c.WarningUnaryRequestDuration = s.WarningUnaryRequestDuration
-	c.StopServingOnDefrag = featureEnabled(s.FeatureGates, "StopGRPCServiceOnDefrag", true)
+	c.StopServingOnDefrag = alphaGateOn(s.FeatureGates, "StopGRPCServiceOnDefrag")
 	return c
 }
 
-// featureEnabled resolves one of etcd's feature gates as etcd does: the
-// gate's own setting, else AllAlpha or AllBeta for its stage, else off (the
-// default of every gate concord acts on).
-func featureEnabled(gates map[string]bool, name string, alpha bool) bool {
+// alphaGateOn resolves one of etcd's alpha feature gates as etcd does: the
+// gate's own setting, else AllAlpha, else off (etcd's default for them).
+func alphaGateOn(gates map[string]bool, name string) bool {
 	if v, ok := gates[name]; ok {
 		return v
 	}
-	if alpha {
-		return gates["AllAlpha"]
-	}
-	return gates["AllBeta"]
+	return gates["AllAlpha"]
 }
 
 // keepAlive is etcd's --grpc-keepalive-* as the gateway's KeepAlive, with

@@ -77,3 +77,22 @@ func TestListenClientsMarksHTTPOnly(t *testing.T) {
 		t.Errorf("internal services' keep-alive %+v: concord's clients ping idle connections", ka)
 	}
 }
+
+// etcd's StopGRPCServiceOnDefrag is alpha: off by default, on with its own
+// setting or with AllAlpha, and its own setting wins over AllAlpha.
+func TestStopServingOnDefragGate(t *testing.T) {
+	for _, tc := range []struct {
+		gates map[string]bool
+		want  bool
+	}{
+		{nil, false},
+		{map[string]bool{"StopGRPCServiceOnDefrag": true}, true},
+		{map[string]bool{"AllAlpha": true}, true},
+		{map[string]bool{"AllAlpha": true, "StopGRPCServiceOnDefrag": false}, false},
+		{map[string]bool{"AllBeta": true}, false},
+	} {
+		if got := withServerHTTP(gatewayConfig(1, 1, true, true, slog.Default()), config.Server{FeatureGates: tc.gates}).StopServingOnDefrag; got != tc.want {
+			t.Errorf("gates %v: StopServingOnDefrag = %v, want %v", tc.gates, got, tc.want)
+		}
+	}
+}
