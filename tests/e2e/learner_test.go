@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"errors"
+	"io"
 	"testing"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -56,7 +58,9 @@ func checkLearnerRefusals(t *testing.T, endpoint string) {
 			if err == nil {
 				err = s.Send(&pb.LeaseKeepAliveRequest{ID: 1})
 			}
-			if err == nil {
+			// Send returns io.EOF once the server has ended the stream;
+			// Recv returns the status it ended it with.
+			if err == nil || errors.Is(err, io.EOF) {
 				_, err = s.Recv()
 			}
 			return err
@@ -67,7 +71,9 @@ func checkLearnerRefusals(t *testing.T, endpoint string) {
 				err = s.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{
 					CreateRequest: &pb.WatchCreateRequest{Key: key}}})
 			}
-			if err == nil {
+			// Send returns io.EOF once the server has ended the stream;
+			// Recv returns the status it ended it with.
+			if err == nil || errors.Is(err, io.EOF) {
 				_, err = s.Recv()
 			}
 			return err
