@@ -321,6 +321,11 @@ func (n *Node) mayAddMember(m member) error {
 	if n.leader.Load() != n.memberID {
 		return nil // only the leader knows who is active
 	}
+	// etcd lets a one-member cluster grow although the new member is not
+	// active yet: otherwise `member add` could never take it past one.
+	if len(voters) == 1 {
+		return nil
+	}
 	since := time.Now().Add(-n.healthWindow())
 	active := 0
 	for _, v := range voters {

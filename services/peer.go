@@ -19,10 +19,7 @@ import (
 // the consensus member has already stopped its transport by then.
 const peerShutdownTimeout = 2 * time.Second
 
-// multiMember reports whether --initial-cluster names more than one member:
-// only then does a member need peers, a peer transport and the peer port.
-// A single member keeps the all-in-one path of one process with nothing
-// listening on the peer URLs.
+// multiMember reports whether --initial-cluster names more than one member.
 func multiMember(cfg config.Server) bool {
 	names := map[string]bool{}
 	for item := range strings.SplitSeq(cfg.InitialCluster, ",") {

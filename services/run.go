@@ -53,16 +53,15 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 
 	ccfg := consensusConfig(cfg, log)
 	ccfg.Events = bus
-	if multiMember(cfg) {
-		// The other members reach this one on its peer URLs (peer.go);
-		// consensus owns the transport from Start on.
-		tr, stopPeerServer, err := peerServer(cfg, log)
-		if err != nil {
-			return fmt.Errorf("starting the peer transport: %w", err)
-		}
-		defer stopPeerServer()
-		ccfg.Transport = tr
+	// The other members reach this one on its peer URLs (peer.go); a
+	// single member serves them too, as etcd does, so that `member add`
+	// can grow it. Consensus owns the transport from Start on.
+	tr, stopPeerServer, err := peerServer(cfg, log)
+	if err != nil {
+		return fmt.Errorf("starting the peer transport: %w", err)
 	}
+	defer stopPeerServer()
+	ccfg.Transport = tr
 	node, err := consensus.Start(ctx, ccfg)
 	if err != nil {
 		return fmt.Errorf("starting consensus: %w", err)

@@ -69,15 +69,14 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	ccfg.Events = bus
 	// Clustered NATS servers are one bus: the leader alone publishes to it.
 	ccfg.EventsFromLeaderOnly = cfg.NATSClusterListenAddr != ""
-	if multiMember(cfg.Server) {
-		// Several members: raft between them on the peer URLs (peer.go).
-		tr, stopPeerServer, err := peerServer(cfg.Server, log)
-		if err != nil {
-			return fmt.Errorf("starting the peer transport: %w", err)
-		}
-		defer stopPeerServer()
-		ccfg.Transport = tr
+	// Raft between the members on the peer URLs (peer.go), served by a
+	// single member too so that `member add` can grow it.
+	tr, stopPeerServer, err := peerServer(cfg.Server, log)
+	if err != nil {
+		return fmt.Errorf("starting the peer transport: %w", err)
 	}
+	defer stopPeerServer()
+	ccfg.Transport = tr
 	node, err := consensus.Start(ctx, ccfg)
 	if err != nil {
 		return fmt.Errorf("starting consensus: %w", err)

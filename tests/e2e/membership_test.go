@@ -67,13 +67,54 @@ func ctlFails(t *testing.T, endpoint, wantErr string, args ...string) {
 	}
 }
 
-// addLearner picks the ports of a member m4 with opts, adds it to c as a
-// learner with etcdctl member add and returns it (not started; it is killed
-// when the test ends) and what member add printed.
-func addLearner(t *testing.T, c *cluster, im *impl, opts serverOptions) (*Server, string) {
+// TestGrowFromOneMember adds a voting member to a one-member cluster with
+// etcdctl member add, as people grow a single etcd to a cluster. etcd allows
+// it at once (the new member cannot be active yet); the new member joins,
+// catches up and takes part in the quorum.
+func TestGrowFromOneMember(t *testing.T) {
+	t.Parallel()
+	for _, im := range impls {
+		t.Run(im.name, func(t *testing.T) {
+			t.Parallel()
+			c := startCluster(t, im, 1)
+			c.waitMembers(c.members[0])
+			for i := range 20 {
+				mustCtl(t, c.endpoints(), "put", fmt.Sprintf("before/%02d", i), "v")
+			}
+			j := newJoiner(t, im, "m2")
+			out := mustCtl(t, c.endpoints(), "member", "add", "m2", "--peer-urls="+j.peerURL())
+			ic := initialRe.FindStringSubmatch(out)
+			if !regexp.MustCompile(`Member +[0-9a-f]+ added to cluster +[0-9a-f]+`).MatchString(out) || ic == nil {
+				t.Fatalf("member add output:\n%s", out)
+			}
+			j.opts.initialCluster = ic[1]
+			j.opts.extra = []string{"--initial-cluster-state", "existing"}
+			if err := j.start(); err != nil {
+				t.Fatalf("start the joining member: %v", err)
+			}
+			c.members = append(c.members, j)
+			// Linearizable reads and writes through the new member need
+			// both members: the quorum of two.
+			if got := ctlUntil(t, j.Endpoint(), nil, "get", "before/19"); got != "before/19\nv\n" {
+				t.Fatalf("read through the new member: %q", got)
+			}
+			mustCtl(t, j.Endpoint(), "put", "after", "1")
+			if got := mustCtl(t, c.members[0].Endpoint(), "get", "after"); got != "after\n1\n" {
+				t.Fatalf("read of the new member's write through the first: %q", got)
+			}
+			if ms := c.waitMembers(c.members[0]); len(ms) != 2 {
+				t.Fatalf("member list: %v", ms)
+			}
+			mustCtl(t, j.Endpoint(), "endpoint", "health", "--cluster")
+		})
+	}
+}
+
+// newJoiner picks the ports of a member name that is not started yet (it
+// is killed when the test ends).
+func newJoiner(t *testing.T, im *impl, name string) *Server {
 	t.Helper()
-	opts.name = "m4"
-	j := &Server{t: t, impl: im, opts: opts, dataDir: t.TempDir(), log: &syncBuffer{}}
+	j := &Server{t: t, impl: im, opts: serverOptions{name: name}, dataDir: t.TempDir(), log: &syncBuffer{}}
 	var err error
 	if j.clientPort, j.peerPort, err = freePorts(); err != nil {
 		t.Fatal(err)
@@ -81,9 +122,20 @@ func addLearner(t *testing.T, c *cluster, im *impl, opts serverOptions) (*Server
 	t.Cleanup(func() {
 		j.Kill()
 		if t.Failed() {
-			t.Logf("%s m4 output (last %d bytes):\n%s", im.name, logTail, j.log.Tail(logTail))
+			t.Logf("%s %s output (last %d bytes):\n%s", im.name, name, logTail, j.log.Tail(logTail))
 		}
 	})
+	return j
+}
+
+// addLearner picks the ports of a member m4 with opts, adds it to c as a
+// learner with etcdctl member add and returns it (not started; it is killed
+// when the test ends) and what member add printed.
+func addLearner(t *testing.T, c *cluster, im *impl, opts serverOptions) (*Server, string) {
+	t.Helper()
+	opts.name = "m4"
+	j := newJoiner(t, im, opts.name)
+	j.opts = opts
 	// etcd refuses changes until its peers have been connected for 5 s.
 	out := ctlUntil(t, c.endpoints(), []string{"etcdserver: unhealthy cluster"},
 		"member", "add", "m4", "--learner", "--peer-urls="+j.peerURL())
