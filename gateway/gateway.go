@@ -312,6 +312,17 @@ func (g *Gateway) serve(ctx context.Context, ln net.Listener, tlsCfg *tls.Config
 		// No ReadTimeout/WriteTimeout: they would cut watch and keep-alive
 		// streams.
 	}
+	if g.cfg.NetHTTP2 || forceNetHTTP2 {
+		if d := g.cfg.KeepAlive.Timeout; g.cfg.KeepAlive.Interval > 0 && d > 0 {
+			// TCP_USER_TIMEOUT as the lean server sets it (h2server).
+			srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+				if err := h2server.SetUserTimeout(c, d); err != nil {
+					g.log.Debug("cannot set TCP_USER_TIMEOUT", "remote", c.RemoteAddr().String(), "err", err)
+				}
+				return ctx
+			}
+		}
+	}
 
 	// Coalesce the HTTP/2 server's writes and buffer its reads per
 	// connection (h2conn): a fraction of the system calls per call.

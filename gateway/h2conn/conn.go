@@ -155,6 +155,10 @@ func New(c net.Conn, cfg Config) (*Conn, error) {
 }
 
 // Read reads through the read buffer.
+// NetConn returns the wrapped connection, as tls.Conn.NetConn does, for
+// socket options (TCP_USER_TIMEOUT) that are set under the wrapper.
+func (c *Conn) NetConn() net.Conn { return c.Conn }
+
 func (c *Conn) Read(p []byte) (int, error) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()

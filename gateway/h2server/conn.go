@@ -152,7 +152,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	var src io.Reader = nc
 	if s.cfg.KeepAlive.Time > 0 {
 		src = readStamper{c}
-		if err := setUserTimeout(nc, s.cfg.KeepAlive.Timeout); err != nil {
+		if err := SetUserTimeout(nc, s.cfg.KeepAlive.Timeout); err != nil {
 			s.cfg.Logger.Debug("h2server: cannot set TCP_USER_TIMEOUT", "remote", nc.RemoteAddr().String(), "err", err)
 		}
 	}

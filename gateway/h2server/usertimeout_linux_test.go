@@ -8,10 +8,12 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/concord-kv/concord/gateway/h2conn"
 )
 
-// setUserTimeout reaches the TCP socket under the wrappers a connection
-// comes in (the sniffing Split's prefixConn, TLS) and sets TCP_USER_TIMEOUT
+// SetUserTimeout reaches the TCP socket under the wrappers a connection
+// comes in (the sniffing Split's prefixConn, TLS, h2conn) and sets TCP_USER_TIMEOUT
 // in milliseconds; a connection with no socket is left alone.
 func TestSetUserTimeout(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -46,6 +48,11 @@ func TestSetUserTimeout(t *testing.T) {
 		}
 		return v
 	}
+	coalescing, err := h2conn.New(server, h2conn.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer coalescing.Close()
 	for _, tc := range []struct {
 		name string
 		conn net.Conn
@@ -54,8 +61,9 @@ func TestSetUserTimeout(t *testing.T) {
 		{"sniffed", &prefixConn{Conn: server}, 7 * time.Second},
 		{"TLS over sniffed", tls.Server(&prefixConn{Conn: server}, &tls.Config{}), 3 * time.Second},
 		{"plain", server, 20 * time.Second},
+		{"TLS over coalescing (net/http's HTTP/2 server)", tls.Server(coalescing, &tls.Config{}), 11 * time.Second},
 	} {
-		if err := setUserTimeout(tc.conn, tc.d); err != nil {
+		if err := SetUserTimeout(tc.conn, tc.d); err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 		if got := userTimeout(); got != int(tc.d/time.Millisecond) {
@@ -65,7 +73,7 @@ func TestSetUserTimeout(t *testing.T) {
 	p1, p2 := net.Pipe()
 	defer p1.Close()
 	defer p2.Close()
-	if err := setUserTimeout(p1, time.Second); err != nil {
+	if err := SetUserTimeout(p1, time.Second); err != nil {
 		t.Fatalf("pipe: %v", err)
 	}
 }
