@@ -52,7 +52,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	}
 	defer bus.Close()
 
-	secret, err := config.ReadInternalSecret(cfg.InternalSecretFile)
+	secret, err := readInternalSecret(cfg.InternalSecretFile, log)
 	if err != nil {
 		return err
 	}
@@ -122,7 +122,7 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 
 	// Read once: presented to consensus, and checked on the claims a
 	// gateway forwards (gateway.ForwardedUserHeader).
-	secret, err := config.ReadInternalSecret(cfg.InternalSecretFile)
+	secret, err := readInternalSecret(cfg.InternalSecretFile, log)
 	if err != nil {
 		return err
 	}
@@ -184,7 +184,7 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 
 	// Read once: presented to consensus, and checked on the claims a
 	// gateway forwards (gateway.ForwardedUserHeader).
-	secret, err := config.ReadInternalSecret(cfg.InternalSecretFile)
+	secret, err := readInternalSecret(cfg.InternalSecretFile, log)
 	if err != nil {
 		return err
 	}
@@ -238,7 +238,7 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	secret, err := config.ReadInternalSecret(cfg.InternalSecretFile)
+	secret, err := readInternalSecret(cfg.InternalSecretFile, log)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,24 @@
+package services
+
+import (
+	"log/slog"
+	"os"
+
+	"github.com/concord-kv/concord/services/config"
+)
+
+// readInternalSecret reads --internal-secret-file once for the process
+// (config.ReadInternalSecret) and warns, as ssh does for private keys, when
+// the file's permissions let users other than its owner read it: whoever
+// reads it can act as any root-role user of the cluster.
+func readInternalSecret(path string, log *slog.Logger) ([]byte, error) {
+	secret, err := config.ReadInternalSecret(path)
+	if err != nil || secret == nil {
+		return secret, err
+	}
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		log.Warn("the internal secret file is accessible to users other than its owner; restrict it (chmod 600)",
+			"path", path, "mode", fi.Mode().Perm().String())
+	}
+	return secret, nil
+}
