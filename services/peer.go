@@ -36,7 +36,8 @@ func multiMember(cfg config.Server) bool {
 // reach this one while it waits for an election. The returned stop shuts
 // the listeners down and waits for the server goroutines; the transport
 // itself belongs to the consensus member once passed in its Config.
-func peerServer(cfg config.Server, log *slog.Logger) (*peer.Transport, func(), error) {
+// Besides raft, it serves extra (path to handler), e.g. peerLeases.
+func peerServer(cfg config.Server, log *slog.Logger, extra map[string]http.Handler) (*peer.Transport, func(), error) {
 	serverTLS, clientTLS, err := cfg.PeerTLS.PeerConfigs(cfg.ListenPeerURLs)
 	if err != nil {
 		return nil, nil, fmt.Errorf("peer TLS: %w", err)
@@ -58,6 +59,9 @@ func peerServer(cfg config.Server, log *slog.Logger) (*peer.Transport, func(), e
 	path, h := tr.Handler()
 	mux := http.NewServeMux()
 	mux.Handle(path, h)
+	for p, h := range extra {
+		mux.Handle(p, h)
+	}
 	var protocols http.Protocols
 	protocols.SetUnencryptedHTTP2(true)
 	protocols.SetHTTP2(true)

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/concord-kv/concord/consensus"
@@ -56,7 +57,8 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	// The other members reach this one on its peer URLs (peer.go); a
 	// single member serves them too, as etcd does, so that `member add`
 	// can grow it. Consensus owns the transport from Start on.
-	tr, stopPeerServer, err := peerServer(cfg, log)
+	var forwarded peerLeases
+	tr, stopPeerServer, err := peerServer(cfg, log, forwarded.handlers())
 	if err != nil {
 		return fmt.Errorf("starting the peer transport: %w", err)
 	}
@@ -99,13 +101,20 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 		return fmt.Errorf("starting the lease service: %w", err)
 	}
 	defer leases.Close()
+	forwarded.set(leases)
+	_, peerTLS, err := cfg.PeerTLS.PeerConfigs(cfg.ListenPeerURLs)
+	if err != nil {
+		return err
+	}
+	lease := newMemberLease(leases, node.MemberID(), func() []*pb.Member { return node.Membership().Members }, peerTLS)
+	defer lease.Close()
 
 	mopts, err := metricsOptions(metrics.Sources{Consensus: node, Fanout: fanout})
 	if err != nil {
 		return err
 	}
 	mopts = append(mopts, consoleOptions(cfg.EnableConsole)...)
-	gw, err := newClientGateway(withServerHTTP(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cfg), cfg.EnablePprof, node, fanout, leases, log, mopts...)
+	gw, err := newClientGateway(withServerHTTP(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cfg), cfg.EnablePprof, node, fanout, lease, log, mopts...)
 	if err != nil {
 		return err
 	}

@@ -71,7 +71,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	ccfg.EventsFromLeaderOnly = cfg.NATSClusterListenAddr != ""
 	// Raft between the members on the peer URLs (peer.go), served by a
 	// single member too so that `member add` can grow it.
-	tr, stopPeerServer, err := peerServer(cfg.Server, log)
+	tr, stopPeerServer, err := peerServer(cfg.Server, log, nil)
 	if err != nil {
 		return fmt.Errorf("starting the peer transport: %w", err)
 	}

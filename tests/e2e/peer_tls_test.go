@@ -46,6 +46,7 @@ func TestPeerTLS(t *testing.T) {
 			if out := mustCtl(t, c.members[1].Endpoint(), "get", "foo", "--consistency=s"); out != "foo\nbar\n" {
 				t.Fatalf("serializable get through %s: %q", c.members[1].opts.name, out)
 			}
+			checkKeepAliveEverywhere(t, c)
 
 			// A peer without a certificate: the server's verdict arrives
 			// after the client's TLS 1.3 handshake, on the first read.
@@ -121,6 +122,7 @@ func TestPeerAutoTLS(t *testing.T) {
 			if out := mustCtl(t, last.Endpoint(), "get", "foo"); out != "foo\nbar\n" {
 				t.Fatalf("get through %s: %q", last.opts.name, out)
 			}
+			checkKeepAliveEverywhere(t, c)
 			// The peer port speaks TLS with a self-signed certificate.
 			err := peerHandshake(first.peerPort, &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"}})
 			if err == nil || !strings.Contains(err.Error(), "certificate") {

@@ -1,0 +1,203 @@
+package services
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"connectrpc.com/connect"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
+	"github.com/concord-kv/concord/gateway"
+	"github.com/concord-kv/concord/gateway/remote"
+	"github.com/concord-kv/concord/leasesvc"
+	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
+	"github.com/concord-kv/concord/storage"
+)
+
+// Lease keep-alives across the members of a multi-member cluster.
+//
+// Every member runs its own lease service, and one of them holds the lease
+// authority (DESIGN.md invariant 4): only that one renews leases and knows
+// their remaining TTLs; the others refuse keep-alives and TimeToLive with
+// leasesvc.ErrNotActive. etcd's followers forward lease renewals to the
+// leader over the peer URLs, so clients may keep leases alive through any
+// member; a client's lock or election session would otherwise break on
+// every member but one. memberLease does the same: what its own lease
+// service refuses it sends, over the peer URLs, to the other members'
+// lease services (peerLeases), which answer only from their own state, so
+// a call is forwarded at most once. Permissions are checked where the
+// client's call arrives, before it is forwarded, as etcd does; the peer
+// URLs are trusted like raft traffic, which carries every key anyway.
+
+// memberLease is gateway.Lease for one member: its own lease service, and
+// the other members' for the keep-alives and TimeToLive it refuses.
+type memberLease struct {
+	*leasesvc.Service
+	self    uint64
+	members func() []*pb.Member
+	dial    []remote.DialOption
+
+	mu     sync.Mutex
+	peers  string        // the peer URLs others was made for
+	others *remote.Lease // nil while no other voter exists
+}
+
+func newMemberLease(l *leasesvc.Service, self uint64, members func() []*pb.Member, peerTLS *tls.Config) *memberLease {
+	return &memberLease{Service: l, self: self, members: members, dial: []remote.DialOption{remote.WithTLS(peerTLS)}}
+}
+
+// LeaseKeepAlive implements gateway.Lease.
+func (m *memberLease) LeaseKeepAlive(ctx context.Context, r *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error) {
+	resp, err := m.Service.LeaseKeepAlive(ctx, r)
+	if !errors.Is(err, leasesvc.ErrNotActive) {
+		return resp, err
+	}
+	if o := m.otherMembers(); o != nil {
+		return o.LeaseKeepAlive(ctx, r)
+	}
+	return nil, err
+}
+
+// LeaseTimeToLive implements gateway.Lease.
+func (m *memberLease) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
+	resp, err := m.Service.LeaseTimeToLive(ctx, r)
+	if !errors.Is(err, leasesvc.ErrNotActive) {
+		return resp, err
+	}
+	if o := m.otherMembers(); o != nil {
+		return o.LeaseTimeToLive(ctx, r)
+	}
+	return nil, err
+}
+
+// otherMembers returns a client of the other voting members' lease
+// services (learners never hold the authority), made again when the
+// membership changed; nil when there are none.
+func (m *memberLease) otherMembers() *remote.Lease {
+	var urls []string
+	for _, mb := range m.members() {
+		if mb.ID != m.self && !mb.IsLearner {
+			urls = append(urls, mb.PeerURLs...)
+		}
+	}
+	slices.Sort(urls)
+	peers := strings.Join(urls, ",")
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if peers == m.peers {
+		return m.others
+	}
+	if m.others != nil {
+		_ = m.others.Close()
+	}
+	m.peers, m.others = peers, nil
+	if peers != "" {
+		// Only malformed URLs fail, and members' peer URLs were parsed
+		// when they joined.
+		m.others, _ = remote.NewLease(peers, m.Service.Header, m.dial...)
+	}
+	return m.others
+}
+
+// Close drops the connections to the other members. Idempotent.
+func (m *memberLease) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.others != nil {
+		_ = m.others.Close()
+		m.others, m.peers = nil, ""
+	}
+	return nil
+}
+
+// peerLeases serves, on this member's peer URLs, the keep-alives and
+// TimeToLive other members forward (memberLease) from this member's own
+// lease service. Until set (the lease service starts after consensus,
+// the peer server before) every call answers "no leader", which sends the
+// forwarder on to another member.
+type peerLeases struct {
+	svc atomic.Pointer[leasesvc.Service]
+}
+
+func (p *peerLeases) set(l *leasesvc.Service) { p.svc.Store(l) }
+
+// handlers are the paths and handlers to mount on the peer server.
+func (p *peerLeases) handlers() map[string]http.Handler {
+	kaPath, ka := remote.KeepAliveHandler(remote.KeepAliveServer{L: peerLease{p}})
+	ttlPath, ttl := etcdserverpbconnect.NewLeaseHandler(peerTimeToLive{p: p})
+	return map[string]http.Handler{kaPath: ka, ttlPath: ttl}
+}
+
+// own is the lease service, or nil with the error to answer while unset.
+func (p *peerLeases) own() (*leasesvc.Service, error) {
+	if l := p.svc.Load(); l != nil {
+		return l, nil
+	}
+	return nil, leasesvc.ErrNotActive
+}
+
+// peerLease is the gateway.Lease behind the forwarded keep-alives: only
+// LeaseKeepAlive is reached (remote.KeepAliveServer).
+type peerLease struct{ p *peerLeases }
+
+func (l peerLease) LeaseKeepAlive(ctx context.Context, r *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error) {
+	own, err := l.p.own()
+	if err != nil {
+		return nil, err
+	}
+	return own.LeaseKeepAlive(ctx, r)
+}
+
+func (l peerLease) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
+	return nil, errPeerLeaseCall
+}
+
+func (l peerLease) LeaseGrant(context.Context, *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
+	return nil, errPeerLeaseCall
+}
+
+func (l peerLease) LeaseRevoke(context.Context, *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
+	return nil, errPeerLeaseCall
+}
+
+func (l peerLease) LeaseLeases(context.Context, *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
+	return nil, errPeerLeaseCall
+}
+
+func (l peerLease) Header() *pb.ResponseHeader {
+	if own, _ := l.p.own(); own != nil {
+		return own.Header()
+	}
+	return &pb.ResponseHeader{}
+}
+
+var errPeerLeaseCall = connect.NewError(connect.CodeUnimplemented, errors.New("not served on the peer URLs"))
+
+// peerTimeToLive serves etcd's LeaseTimeToLive for forwarded calls,
+// answering a missing lease with TTL -1 as the client gateway does (which
+// is what remote.Lease expects of the lease service it calls).
+type peerTimeToLive struct {
+	etcdserverpbconnect.UnimplementedLeaseHandler
+	p *peerLeases
+}
+
+func (s peerTimeToLive) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
+	own, err := s.p.own()
+	if err != nil {
+		return nil, gateway.TranslateError(err)
+	}
+	resp, err := own.LeaseTimeToLive(ctx, r)
+	if errors.Is(err, storage.ErrLeaseNotFound) {
+		return &pb.LeaseTimeToLiveResponse{Header: own.Header(), ID: r.GetID(), TTL: -1}, nil
+	}
+	if err != nil {
+		return nil, gateway.TranslateError(err)
+	}
+	return resp, nil
+}
