@@ -31,7 +31,8 @@ import (
 // every member but one. memberLease does the same: what its own lease
 // service refuses it sends, over the peer URLs, to the other members'
 // lease services (peerLeases), which answer only from their own state, so
-// a call is forwarded at most once. Permissions are checked where the
+// a call is forwarded at most once; during a takeover it keeps trying its
+// own service too, which may be the one taking over. Permissions are checked where the
 // client's call arrives, before it is forwarded, as etcd does; the peer
 // URLs are trusted like raft traffic, which carries every key anyway.
 
@@ -43,9 +44,9 @@ type memberLease struct {
 	members func() []*pb.Member
 	dial    []remote.DialOption
 
-	mu     sync.Mutex
-	peers  string        // the peer URLs others was made for
-	others *remote.Lease // nil while no other voter exists
+	mu    sync.Mutex
+	peers string        // the peer URLs all was made for
+	all   *remote.Lease // this member's lease service first, then the others'; nil while alone
 }
 
 func newMemberLease(l *leasesvc.Service, self uint64, members func() []*pb.Member, peerTLS *tls.Config) *memberLease {
@@ -54,32 +55,26 @@ func newMemberLease(l *leasesvc.Service, self uint64, members func() []*pb.Membe
 
 // LeaseKeepAlive implements gateway.Lease.
 func (m *memberLease) LeaseKeepAlive(ctx context.Context, r *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error) {
-	resp, err := m.Service.LeaseKeepAlive(ctx, r)
-	if !errors.Is(err, leasesvc.ErrNotActive) {
-		return resp, err
+	if all := m.allMembers(); all != nil {
+		return all.LeaseKeepAlive(ctx, r)
 	}
-	if o := m.otherMembers(); o != nil {
-		return o.LeaseKeepAlive(ctx, r)
-	}
-	return nil, err
+	return m.Service.LeaseKeepAlive(ctx, r)
 }
 
 // LeaseTimeToLive implements gateway.Lease.
 func (m *memberLease) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
-	resp, err := m.Service.LeaseTimeToLive(ctx, r)
-	if !errors.Is(err, leasesvc.ErrNotActive) {
-		return resp, err
+	if all := m.allMembers(); all != nil {
+		return all.LeaseTimeToLive(ctx, r)
 	}
-	if o := m.otherMembers(); o != nil {
-		return o.LeaseTimeToLive(ctx, r)
-	}
-	return nil, err
+	return m.Service.LeaseTimeToLive(ctx, r)
 }
 
-// otherMembers returns a client of the other voting members' lease
-// services (learners never hold the authority), made again when the
-// membership changed; nil when there are none.
-func (m *memberLease) otherMembers() *remote.Lease {
+// allMembers returns a client of the voting members' lease services (this
+// member's in process first; learners never hold the authority), which
+// sends each call to the one that last answered as the holder and fails
+// over as a split gateway does (remote.Lease), and is made again when the
+// membership changed; nil while no other voter exists.
+func (m *memberLease) allMembers() *remote.Lease {
 	var urls []string
 	for _, mb := range m.members() {
 		if mb.ID != m.self && !mb.IsLearner {
@@ -91,27 +86,27 @@ func (m *memberLease) otherMembers() *remote.Lease {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if peers == m.peers {
-		return m.others
+		return m.all
 	}
-	if m.others != nil {
-		_ = m.others.Close()
+	if m.all != nil {
+		_ = m.all.Close()
 	}
-	m.peers, m.others = peers, nil
+	m.peers, m.all = peers, nil
 	if peers != "" {
 		// Only malformed URLs fail, and members' peer URLs were parsed
 		// when they joined.
-		m.others, _ = remote.NewLease(peers, m.Service.Header, m.dial...)
+		m.all, _ = remote.NewLeaseWithLocal(m.Service, peers, m.dial...)
 	}
-	return m.others
+	return m.all
 }
 
 // Close drops the connections to the other members. Idempotent.
 func (m *memberLease) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.others != nil {
-		_ = m.others.Close()
-		m.others, m.peers = nil, ""
+	if m.all != nil {
+		_ = m.all.Close()
+		m.all, m.peers = nil, ""
 	}
 	return nil
 }

@@ -21,19 +21,19 @@ func TestMemberLeaseFollowsMembership(t *testing.T) {
 	}
 	m := newMemberLease(nil, 1, func() []*pb.Member { return members }, nil)
 	defer m.Close()
-	first := m.otherMembers()
+	first := m.allMembers()
 	if first == nil || m.peers != "http://127.0.0.1:2" {
 		t.Fatalf("other members %q", m.peers)
 	}
-	if m.otherMembers() != first {
+	if m.allMembers() != first {
 		t.Fatal("client made again without a membership change")
 	}
 	members[2].IsLearner = false // promoted
-	if o := m.otherMembers(); o == first || m.peers != "http://127.0.0.1:2,http://127.0.0.1:3" {
+	if o := m.allMembers(); o == first || m.peers != "http://127.0.0.1:2,http://127.0.0.1:3" {
 		t.Fatalf("after a promotion: other members %q", m.peers)
 	}
 	members = members[:1] // alone again
-	if o := m.otherMembers(); o != nil || m.peers != "" {
+	if o := m.allMembers(); o != nil || m.peers != "" {
 		t.Fatalf("alone: other members %q", m.peers)
 	}
 }

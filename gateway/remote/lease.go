@@ -2,6 +2,7 @@ package remote
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -80,14 +81,73 @@ func NewLease(urls string, header func() *pb.ResponseHeader, opts ...DialOption)
 	return l, nil
 }
 
+// NewLeaseWithLocal is NewLease with local, a lease service in process,
+// as one more target, tried first: a member of a multi-member cluster
+// (services) serves keep-alives itself once its own lease service holds
+// the authority, and others' otherwise, and it must notice when a
+// takeover makes it the holder while it is probing the others.
+func NewLeaseWithLocal(local gateway.Lease, urls string, opts ...DialOption) (*Lease, error) {
+	l, err := NewLease(urls, local.Header, opts...)
+	if err != nil {
+		return nil, err
+	}
+	c := localLeaseClient{local}
+	l.targets = append([]leaseTarget{{lease: c, ka: c}}, l.targets...)
+	return l, nil
+}
+
 // Close drops idle connections. Idempotent.
 func (l *Lease) Close() error {
 	l.closeOnce.Do(func() {
 		for _, t := range l.targets {
-			_ = t.ep.Close()
+			if t.ep != nil {
+				_ = t.ep.Close()
+			}
 		}
 	})
 	return nil
+}
+
+// localLeaseClient calls a lease service in process as if over the wire:
+// its errors become what a lease process would send (so that "no leader"
+// from a standby is a refusal, and fromWire maps the others back).
+type localLeaseClient struct{ l gateway.Lease }
+
+var (
+	_ etcdserverpbconnect.LeaseClient              = localLeaseClient{}
+	_ concordv1connect.LeaseKeepAliveServiceClient = localLeaseClient{}
+)
+
+func wire[Resp any](resp *Resp, err error) (*Resp, error) {
+	if err != nil {
+		return nil, gateway.TranslateError(err)
+	}
+	return resp, nil
+}
+
+func (c localLeaseClient) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
+	return wire(c.l.LeaseGrant(ctx, r))
+}
+
+func (c localLeaseClient) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
+	return wire(c.l.LeaseRevoke(ctx, r))
+}
+
+func (c localLeaseClient) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
+	return wire(c.l.LeaseLeases(ctx, r))
+}
+
+func (c localLeaseClient) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
+	return wire(c.l.LeaseTimeToLive(ctx, r))
+}
+
+func (c localLeaseClient) KeepAlive(ctx context.Context, r *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error) {
+	return wire(c.l.LeaseKeepAlive(ctx, r))
+}
+
+// LeaseKeepAlive is never called: Lease sends keep-alives through KeepAlive.
+func (localLeaseClient) LeaseKeepAlive(context.Context) (*connect.BidiStreamForClientSimple[pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("in-process lease streams are not used"))
 }
 
 // refused reports whether err says the target is not the active lease
