@@ -116,3 +116,42 @@ func TestLeaseSwitchesToTheActiveService(t *testing.T) {
 		t.Fatalf("after the switch: %v, b calls %d (want straight to b)", err, b.calls.Load())
 	}
 }
+
+// With a local lease service as first target (NewLeaseWithLocal): calls go
+// to the remote active service while the local one is a standby; when the
+// remote one dies and the local one takes over, a held call is answered by
+// the local one at once, not after the failover wait.
+func TestLeaseWithLocalTakesOverLocally(t *testing.T) {
+	defer remote.SetLeaseFailoverForTest(5*time.Second, 20*time.Millisecond)()
+	local, other := &switchLease{}, &switchLease{}
+	other.active.Store(true)
+	srv := serveSwitchLease(t, other)
+	l, err := remote.NewLeaseWithLocal(local, srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for range 2 {
+		if r, err := l.LeaseKeepAlive(ctx, &pb.LeaseKeepAliveRequest{ID: 7}); err != nil || r.GetTTL() != 30 {
+			t.Fatalf("keep-alive through the remote active service = %v, %v", r, err)
+		}
+	}
+	if local.calls.Load() != 1 || other.calls.Load() != 2 {
+		t.Fatalf("calls local=%d other=%d, want 1 and 2", local.calls.Load(), other.calls.Load())
+	}
+
+	srv.CloseClientConnections()
+	srv.Close()
+	const takeoverAfter = 200 * time.Millisecond
+	killed := time.Now()
+	timer := time.AfterFunc(takeoverAfter, func() { local.active.Store(true) })
+	defer timer.Stop()
+	if r, err := l.LeaseKeepAlive(ctx, &pb.LeaseKeepAliveRequest{ID: 8}); err != nil || r.GetTTL() != 30 {
+		t.Fatalf("keep-alive held through the local takeover = %v, %v", r, err)
+	}
+	if d := time.Since(killed); d < takeoverAfter || d >= 4*time.Second {
+		t.Fatalf("answered %v after the kill; the local takeover came after %v", d, takeoverAfter)
+	}
+}
