@@ -32,9 +32,10 @@ import (
 // service refuses it sends, over the peer URLs, to the other members'
 // lease services (peerLeases), which answer only from their own state, so
 // a call is forwarded at most once; during a takeover it keeps trying its
-// own service too, which may be the one taking over. Permissions are checked where the
-// client's call arrives, before it is forwarded, as etcd does; the peer
-// URLs are trusted like raft traffic, which carries every key anyway.
+// own service too, which may be the one taking over. Permissions are
+// checked where the client's call arrives, before it is forwarded, as etcd
+// does; the peer URLs are trusted like raft traffic, which carries every
+// key anyway.
 
 // memberLease is gateway.Lease for one member: its own lease service, and
 // the other members' for the keep-alives and TimeToLive it refuses.
@@ -54,19 +55,28 @@ func newMemberLease(l *leasesvc.Service, self uint64, members func() []*pb.Membe
 }
 
 // LeaseKeepAlive implements gateway.Lease.
+// The holder (and a single member) answers from its own service alone.
 func (m *memberLease) LeaseKeepAlive(ctx context.Context, r *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error) {
+	resp, err := m.Service.LeaseKeepAlive(ctx, r)
+	if !errors.Is(err, leasesvc.ErrNotActive) {
+		return resp, err
+	}
 	if all := m.allMembers(); all != nil {
 		return all.LeaseKeepAlive(ctx, r)
 	}
-	return m.Service.LeaseKeepAlive(ctx, r)
+	return nil, err
 }
 
 // LeaseTimeToLive implements gateway.Lease.
 func (m *memberLease) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
+	resp, err := m.Service.LeaseTimeToLive(ctx, r)
+	if !errors.Is(err, leasesvc.ErrNotActive) {
+		return resp, err
+	}
 	if all := m.allMembers(); all != nil {
 		return all.LeaseTimeToLive(ctx, r)
 	}
-	return m.Service.LeaseTimeToLive(ctx, r)
+	return nil, err
 }
 
 // allMembers returns a client of the voting members' lease services (this
