@@ -16,6 +16,10 @@ import (
 // followers forward lease renewals to the leader): etcdctl's outputs are
 // compared, and a lock session held through each member outlives its TTL.
 func TestClusterLeasesThroughEveryMember(t *testing.T) {
+	// Short, so that the test waits past it, with room for a loaded
+	// machine: clientv3 gives a session up when nothing answered its
+	// keep-alives (sent every third of it) for a whole TTL.
+	const sessionTTL = 5
 	t.Parallel()
 	idRe := regexp.MustCompile(`lease [0-9a-f]+ `)
 	remainingRe := regexp.MustCompile(`remaining\(\d+s\)`)
@@ -48,7 +52,7 @@ func TestClusterLeasesThroughEveryMember(t *testing.T) {
 			ctx := testCtx(t)
 			var sessions []*concurrency.Session
 			for _, s := range c.members {
-				sess, err := concurrency.NewSession(newClient(t, s), concurrency.WithTTL(3))
+				sess, err := concurrency.NewSession(newClient(t, s), concurrency.WithTTL(sessionTTL))
 				if err != nil {
 					t.Fatalf("session through %s: %v", s.opts.name, err)
 				}
@@ -59,7 +63,7 @@ func TestClusterLeasesThroughEveryMember(t *testing.T) {
 			if err := mu.Lock(ctx); err != nil {
 				t.Fatalf("lock through %s: %v", c.members[2].opts.name, err)
 			}
-			deadline := time.Now().Add(7 * time.Second) // more than twice the TTL
+			deadline := time.Now().Add(2*sessionTTL*time.Second + time.Second)
 			cl := newClient(t, c.members[0])
 			for time.Now().Before(deadline) {
 				for i, sess := range sessions {
@@ -94,7 +98,7 @@ func TestClusterLeasesThroughEveryMember(t *testing.T) {
 				}
 			}
 			cl = newClient(t, c.members[survivors[0]])
-			deadline = time.Now().Add(10 * time.Second) // a takeover, then more than twice the TTL
+			deadline = time.Now().Add(2*sessionTTL*time.Second + 3*time.Second) // a takeover, then twice the TTL
 			for time.Now().Before(deadline) {
 				for _, i := range survivors {
 					select {
