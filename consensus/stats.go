@@ -28,6 +28,12 @@ type Stats struct {
 	// every Ready's commit (etcd's etcd_disk_wal_fsync_duration_seconds and
 	// etcd_disk_backend_commit_duration_seconds).
 	WALFsync, BackendCommit Histogram
+	// ProposalsPending counts this member's proposals handed to raft and
+	// not yet answered; ProposalsFailed those that raft refused or that
+	// were not applied in time (etcd_server_proposals_pending and
+	// etcd_server_proposals_failed_total).
+	ProposalsPending int64
+	ProposalsFailed  uint64
 }
 
 // Stats returns the member's current Stats.
@@ -54,5 +60,7 @@ func (n *Node) Stats() Stats {
 		SnapshotsInstalled: n.snapshotsInstalled.Load(),
 		WALFsync:           n.walFsync.snapshot(),
 		BackendCommit:      n.backendCommit.snapshot(),
+		ProposalsPending:   n.proposalsPending.Load(),
+		ProposalsFailed:    n.proposalsFailed.Load(),
 	}
 }

@@ -189,6 +189,8 @@ var (
 	descServerVersion   = desc("etcd_server_version", "Which version is running. 1 for 'server_version' label with current version.", "server_version")
 	descCommitted       = desc("etcd_server_proposals_committed_total", "The total number of consensus proposals committed.")
 	descApplied         = desc("etcd_server_proposals_applied_total", "The total number of consensus proposals applied.")
+	descPending         = desc("etcd_server_proposals_pending", "The current number of pending proposals to commit.")
+	descFailed          = desc("etcd_server_proposals_failed_total", "The total number of failed proposals seen.")
 	descTerm            = desc("concord_raft_term", "The current raft term.")
 	descDBSize          = desc("etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes.")
 	descDBSizeInUse     = desc("etcd_mvcc_db_total_size_in_use_in_bytes", "Total size of the underlying database logically in use in bytes.")
@@ -233,7 +235,7 @@ type consensusCollector struct {
 
 func (c consensusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descHasLeader, descIsLeader, descIsLearner, descLeaderChanges, descServerID,
-		descServerVersion, descCommitted, descApplied, descTerm, descDBSize, descDBSizeInUse, descQuota, descRevision,
+		descServerVersion, descCommitted, descApplied, descPending, descFailed, descTerm, descDBSize, descDBSizeInUse, descQuota, descRevision,
 		descCompactRevision, descReadIndex, descSnapsSent, descSnapsInstalled, descWALFsync, descBackendCommit} {
 		ch <- d
 	}
@@ -254,6 +256,8 @@ func (c consensusCollector) Collect(ch chan<- prometheus.Metric) {
 	// etcd exports these two as gauges despite the _total suffix.
 	gauge(descCommitted, float64(s.CommittedIndex))
 	gauge(descApplied, float64(s.AppliedIndex))
+	gauge(descPending, float64(s.ProposalsPending))
+	counter(descFailed, float64(s.ProposalsFailed))
 	gauge(descTerm, float64(s.Term))
 	gauge(descDBSize, float64(s.DBSize))
 	gauge(descDBSizeInUse, float64(s.DBSizeInUse))

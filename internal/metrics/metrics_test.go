@@ -50,7 +50,7 @@ func TestComponentMetrics(t *testing.T) {
 		Version: "3.7.3",
 		Consensus: consensusStats{MemberID: 0xabc, Leader: 0xabc, IsLeader: true, LeaderChanges: 2, Term: 3,
 			CommittedIndex: 40, AppliedIndex: 39, Revision: 17, CompactRevision: -1, DBSize: 4096, DBSizeInUse: 2048,
-			QuotaBytes: 1 << 31, ReadIndexRounds: 5, SnapshotsSent: 1,
+			QuotaBytes: 1 << 31, ReadIndexRounds: 5, SnapshotsSent: 1, ProposalsPending: 2, ProposalsFailed: 7,
 			WALFsync: consensus.Histogram{Buckets: map[float64]uint64{0.001: 3, 0.002: 5}, Count: 6, Sum: 0.25}},
 		Fanout: fanoutStats{Streams: 3, Synced: 7, Unsynced: 2, Victims: 4},
 	})
@@ -66,6 +66,8 @@ func TestComponentMetrics(t *testing.T) {
 		`etcd_server_version{server_version="3.7.3"} 1`,
 		"etcd_server_proposals_committed_total 40",
 		"etcd_server_proposals_applied_total 39",
+		"etcd_server_proposals_pending 2",
+		"etcd_server_proposals_failed_total 7",
 		"etcd_mvcc_db_total_size_in_bytes 4096",
 		"etcd_mvcc_db_total_size_in_use_in_bytes 2048",
 		"etcd_server_quota_backend_bytes 2.147483648e+09",
