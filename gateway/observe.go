@@ -2,10 +2,12 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
 )
 
 // CallObserver is told of every RPC the gateway serves, for metrics such as
@@ -23,9 +25,69 @@ type CallDone interface {
 	Handled(code connect.Code)
 }
 
-// WithCallObserver reports every RPC to o.
+// WithCallObserver reports every RPC to o. An o that is also a
+// MessageSizeObserver is told the size of every binary protobuf message
+// read and written.
 func WithCallObserver(o CallObserver) Option {
 	return func(opts *options) { opts.observer = o }
+}
+
+// MessageSizeObserver is told the encoded size of each protobuf message the
+// gateway's RPCs receive and send, for etcd's
+// etcd_network_client_grpc_received_bytes_total and _sent_bytes_total,
+// which etcd counts in its gRPC codec too. Its methods run on the request
+// path: they must be cheap and must not block.
+type MessageSizeObserver interface {
+	Received(n int)
+	Sent(n int)
+}
+
+// sizeObservingCodec is connect's binary protobuf codec ("proto", used by
+// gRPC, gRPC-Web and Connect) that reports message sizes.
+type sizeObservingCodec struct{ o MessageSizeObserver }
+
+func (sizeObservingCodec) Name() string   { return "proto" }
+func (sizeObservingCodec) IsBinary() bool { return true }
+
+func (c sizeObservingCodec) Marshal(m any) ([]byte, error) {
+	return c.MarshalAppend(nil, m)
+}
+
+// MarshalAppend lets connect reuse its buffers, as with its own codec.
+func (c sizeObservingCodec) MarshalAppend(dst []byte, m any) ([]byte, error) {
+	pm, ok := m.(proto.Message)
+	if !ok {
+		return nil, fmt.Errorf("gateway: %T is not a protobuf message", m)
+	}
+	out, err := proto.MarshalOptions{}.MarshalAppend(dst, pm)
+	if err == nil {
+		c.o.Sent(len(out) - len(dst))
+	}
+	return out, err
+}
+
+func (c sizeObservingCodec) MarshalStable(m any) ([]byte, error) {
+	pm, ok := m.(proto.Message)
+	if !ok {
+		return nil, fmt.Errorf("gateway: %T is not a protobuf message", m)
+	}
+	out, err := proto.MarshalOptions{Deterministic: true}.Marshal(pm)
+	if err == nil {
+		c.o.Sent(len(out))
+	}
+	return out, err
+}
+
+func (c sizeObservingCodec) Unmarshal(data []byte, m any) error {
+	pm, ok := m.(proto.Message)
+	if !ok {
+		return fmt.Errorf("gateway: %T is not a protobuf message", m)
+	}
+	c.o.Received(len(data))
+	if err := proto.Unmarshal(data, pm); err != nil {
+		return fmt.Errorf("unmarshal into %T: %w", m, err)
+	}
+	return nil
 }
 
 // observerInterceptor feeds a CallObserver from connect's interceptor chain.

@@ -53,7 +53,7 @@ func New(src Sources) (*Registry, error) {
 	cs := []prometheus.Collector{
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		calls.started, calls.handled,
+		calls.started, calls.handled, calls.received, calls.sent,
 	}
 	if src.Consensus != nil {
 		cs = append(cs, consensusCollector{src.Consensus, src.Version})
@@ -81,6 +81,9 @@ func (r *Registry) Calls() *CallCounter { return r.calls }
 // grpc_server_handled_total, which etcd exports, for the gateway's RPCs.
 type CallCounter struct {
 	started, handled *prometheus.CounterVec
+	// received and sent are etcd's etcd_network_client_grpc_received_bytes_total
+	// and _sent_bytes_total: the encoded size of every message.
+	received, sent prometheus.Counter
 	// byProc maps a procedure to its resolved counters (*procCounters),
 	// so a call costs one lock-free map read and atomic adds, not label
 	// hashing.
@@ -108,8 +111,22 @@ func newCallMetrics() *CallCounter {
 			Name: "grpc_server_handled_total",
 			Help: "Total number of RPCs completed on the server, regardless of success or failure.",
 		}, append(labels, "grpc_code")),
+		received: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "etcd_network_client_grpc_received_bytes_total",
+			Help: "The total number of bytes received from grpc clients.",
+		}),
+		sent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "etcd_network_client_grpc_sent_bytes_total",
+			Help: "The total number of bytes sent to grpc clients.",
+		}),
 	}
 }
+
+// Received implements gateway.MessageSizeObserver.
+func (m *CallCounter) Received(n int) { m.received.Add(float64(n)) }
+
+// Sent implements gateway.MessageSizeObserver.
+func (m *CallCounter) Sent(n int) { m.sent.Add(float64(n)) }
 
 // Started implements gateway.CallObserver.
 func (m *CallCounter) Started(procedure string, st connect.StreamType) gateway.CallDone {

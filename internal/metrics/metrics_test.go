@@ -116,7 +116,12 @@ func TestCallCounters(t *testing.T) {
 	}
 	c.Started("/etcdserverpb.KV/Put", connect.StreamTypeUnary).Handled(connect.CodeInvalidArgument)
 	c.Started("/etcdserverpb.Watch/Watch", connect.StreamTypeBidi)
+	c.Received(10)
+	c.Sent(25)
+	c.Sent(5)
 	wantLines(t, scrape(t, r),
+		"etcd_network_client_grpc_received_bytes_total 10",
+		"etcd_network_client_grpc_sent_bytes_total 30",
 		`grpc_server_started_total{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"} 3`,
 		`grpc_server_handled_total{grpc_code="OK",grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"} 3`,
 		`grpc_server_handled_total{grpc_code="InvalidArgument",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"} 1`,

@@ -21,6 +21,8 @@ var etcdMetrics = []struct{ series, value string }{
 	{"etcd_server_proposals_applied_total", ""},
 	{"etcd_server_proposals_pending", "0"},
 	{"etcd_server_proposals_failed_total", "0"},
+	{"etcd_network_client_grpc_received_bytes_total", ""},
+	{"etcd_network_client_grpc_sent_bytes_total", ""},
 	{"etcd_server_quota_backend_bytes", "2.147483648e+09"},
 	{"etcd_mvcc_db_total_size_in_bytes", ""},
 	{"etcd_mvcc_db_total_size_in_use_in_bytes", ""},
