@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -38,6 +39,7 @@ func (g *Gateway) installHTTPEndpoints(extraReady map[string]check) {
 		"data_corruption":   g.alarmCheck(pb.AlarmType_CORRUPT),
 		"serializable_read": g.readCheck(true),
 		"linearizable_read": g.readCheck(false),
+		"non_learner":       g.learnerCheck,
 	}
 	maps.Copy(ready, extraReady)
 	g.installChecks("/readyz", ready)
@@ -107,6 +109,15 @@ func (g *Gateway) readCheck(serializable bool) check {
 		_, err := g.b.Range(ctx, healthRange(serializable))
 		return err
 	}
+}
+
+// learnerCheck fails on a learner as etcd's non_learner check does; a
+// backend that is never a learner (a split gateway's) always passes it.
+func (g *Gateway) learnerCheck(context.Context) error {
+	if g.isLearner() {
+		return errors.New("not supported for learner")
+	}
+	return nil
 }
 
 func (g *Gateway) alarmCheck(t pb.AlarmType) check {

@@ -45,3 +45,30 @@ func TestWithReadyCheck(t *testing.T) {
 		t.Fatalf("/livez = %d (the check is a readiness one only)", code)
 	}
 }
+
+// /readyz has etcd's non_learner check: it fails while the member is a
+// learner, with etcd's text, and passes once it is promoted.
+func TestReadyzNonLearner(t *testing.T) {
+	b := &learnerBackend{fakeBackend: newFake()}
+	b.learner.Store(true)
+	g, err := gateway.New(gateway.Config{}, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = g.Close() })
+	get := func(path string) (int, string) {
+		rec := httptest.NewRecorder()
+		g.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		return rec.Code, rec.Body.String()
+	}
+	if code, body := get("/readyz/non_learner"); code != 503 || body != "[-]non_learner failed: not supported for learner\n\n" { // http.Error adds a newline, in etcd too
+		t.Fatalf("/readyz/non_learner on a learner = %d %q", code, body)
+	}
+	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, "[-]non_learner failed: not supported for learner\n") {
+		t.Fatalf("/readyz on a learner = %d %q", code, body)
+	}
+	b.learner.Store(false)
+	if code, body := get("/readyz/non_learner?verbose"); code != 200 || body != "[+]non_learner ok\nok\n" {
+		t.Fatalf("/readyz/non_learner?verbose after promotion = %d %q", code, body)
+	}
+}
