@@ -215,6 +215,10 @@ type Node struct {
 	// etcd_server_proposals_pending and etcd_server_proposals_failed_total).
 	proposalsPending atomic.Int64
 	proposalsFailed  atomic.Uint64
+	// slowApplies counts applies of a batch of entries that took longer
+	// than --warning-apply-duration (etcd_server_slow_apply_total; etcd
+	// counts each slow request, concord applies a Ready's entries at once).
+	slowApplies atomic.Uint64
 	// walFsync times the Ready commits that fsync (the raft log and the
 	// store share Pebble's WAL); backendCommit times every Ready commit.
 	walFsync, backendCommit durationHistogram

@@ -34,6 +34,9 @@ type Stats struct {
 	// etcd_server_proposals_failed_total).
 	ProposalsPending int64
 	ProposalsFailed  uint64
+	// SlowApplies counts applies of a batch of entries that took longer
+	// than --warning-apply-duration (etcd_server_slow_apply_total).
+	SlowApplies uint64
 }
 
 // Stats returns the member's current Stats.
@@ -62,5 +65,6 @@ func (n *Node) Stats() Stats {
 		BackendCommit:      n.backendCommit.snapshot(),
 		ProposalsPending:   n.proposalsPending.Load(),
 		ProposalsFailed:    n.proposalsFailed.Load(),
+		SlowApplies:        n.slowApplies.Load(),
 	}
 }

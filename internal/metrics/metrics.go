@@ -12,6 +12,7 @@ package metrics
 import (
 	"fmt"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.etcd.io/etcd/api/v3/version"
 
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/gateway"
@@ -208,6 +210,9 @@ var (
 	descApplied         = desc("etcd_server_proposals_applied_total", "The total number of consensus proposals applied.")
 	descPending         = desc("etcd_server_proposals_pending", "The current number of pending proposals to commit.")
 	descFailed          = desc("etcd_server_proposals_failed_total", "The total number of failed proposals seen.")
+	descSlowApplies     = desc("etcd_server_slow_apply_total", "The total number of slow apply requests (likely overloaded from slow disk).")
+	descClusterVersion  = desc("etcd_cluster_version", "Which version is running. 1 for 'cluster_version' label with current cluster version", "cluster_version")
+	descGoVersion       = desc("etcd_server_go_version", "Which Go version server is running with. 1 for 'server_go_version' label with current version.", "server_go_version")
 	descTerm            = desc("concord_raft_term", "The current raft term.")
 	descDBSize          = desc("etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes.")
 	descDBSizeInUse     = desc("etcd_mvcc_db_total_size_in_use_in_bytes", "Total size of the underlying database logically in use in bytes.")
@@ -252,7 +257,7 @@ type consensusCollector struct {
 
 func (c consensusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descHasLeader, descIsLeader, descIsLearner, descLeaderChanges, descServerID,
-		descServerVersion, descCommitted, descApplied, descPending, descFailed, descTerm, descDBSize, descDBSizeInUse, descQuota, descRevision,
+		descServerVersion, descCommitted, descApplied, descPending, descFailed, descSlowApplies, descClusterVersion, descGoVersion, descTerm, descDBSize, descDBSizeInUse, descQuota, descRevision,
 		descCompactRevision, descReadIndex, descSnapsSent, descSnapsInstalled, descWALFsync, descBackendCommit} {
 		ch <- d
 	}
@@ -270,11 +275,16 @@ func (c consensusCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descLeaderChanges, float64(s.LeaderChanges))
 	gauge(descServerID, 1, fmt.Sprintf("%x", s.MemberID))
 	gauge(descServerVersion, 1, c.version)
+	// A cluster of concord members runs one version, so the cluster
+	// version is the server's major.minor, as /version reports it.
+	gauge(descClusterVersion, 1, version.Cluster(c.version))
+	gauge(descGoVersion, 1, runtime.Version())
 	// etcd exports these two as gauges despite the _total suffix.
 	gauge(descCommitted, float64(s.CommittedIndex))
 	gauge(descApplied, float64(s.AppliedIndex))
 	gauge(descPending, float64(s.ProposalsPending))
 	counter(descFailed, float64(s.ProposalsFailed))
+	counter(descSlowApplies, float64(s.SlowApplies))
 	gauge(descTerm, float64(s.Term))
 	gauge(descDBSize, float64(s.DBSize))
 	gauge(descDBSizeInUse, float64(s.DBSizeInUse))

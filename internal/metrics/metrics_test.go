@@ -3,6 +3,7 @@ package metrics_test
 import (
 	"io"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -51,7 +52,8 @@ func TestComponentMetrics(t *testing.T) {
 		Consensus: consensusStats{MemberID: 0xabc, Leader: 0xabc, IsLeader: true, LeaderChanges: 2, Term: 3,
 			CommittedIndex: 40, AppliedIndex: 39, Revision: 17, CompactRevision: -1, DBSize: 4096, DBSizeInUse: 2048,
 			QuotaBytes: 1 << 31, ReadIndexRounds: 5, SnapshotsSent: 1, ProposalsPending: 2, ProposalsFailed: 7,
-			WALFsync: consensus.Histogram{Buckets: map[float64]uint64{0.001: 3, 0.002: 5}, Count: 6, Sum: 0.25}},
+			SlowApplies: 4,
+			WALFsync:    consensus.Histogram{Buckets: map[float64]uint64{0.001: 3, 0.002: 5}, Count: 6, Sum: 0.25}},
 		Fanout: fanoutStats{Streams: 3, Synced: 7, Unsynced: 2, Victims: 4},
 	})
 	if err != nil {
@@ -68,6 +70,9 @@ func TestComponentMetrics(t *testing.T) {
 		"etcd_server_proposals_applied_total 39",
 		"etcd_server_proposals_pending 2",
 		"etcd_server_proposals_failed_total 7",
+		"etcd_server_slow_apply_total 4",
+		`etcd_cluster_version{cluster_version="3.7"} 1`,
+		`etcd_server_go_version{server_go_version="`+runtime.Version()+`"} 1`,
 		"etcd_mvcc_db_total_size_in_bytes 4096",
 		"etcd_mvcc_db_total_size_in_use_in_bytes 2048",
 		"etcd_server_quota_backend_bytes 2.147483648e+09",

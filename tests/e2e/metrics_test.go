@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +22,9 @@ var etcdMetrics = []struct{ series, value string }{
 	{"etcd_server_proposals_applied_total", ""},
 	{"etcd_server_proposals_pending", "0"},
 	{"etcd_server_proposals_failed_total", "0"},
+	{"etcd_server_slow_apply_total", ""},
+	{`etcd_cluster_version{cluster_version="3.7"}`, "1"},
+	{`etcd_server_go_version{server_go_version="` + runtime.Version() + `"}`, "1"},
 	{"etcd_network_client_grpc_received_bytes_total", ""},
 	{"etcd_network_client_grpc_sent_bytes_total", ""},
 	{"etcd_server_quota_backend_bytes", "2.147483648e+09"},
