@@ -37,12 +37,19 @@ type Stats struct {
 	// SlowApplies counts applies of a batch of entries that took longer
 	// than --warning-apply-duration (etcd_server_slow_apply_total).
 	SlowApplies uint64
+	// Peers are the peer transport's counters, by peer, when it keeps
+	// them (PeerStatser).
+	Peers []PeerStats
 }
 
 // Stats returns the member's current Stats.
 func (n *Node) Stats() Stats {
 	total, inUse := n.store.Size()
 	leader := n.leader.Load()
+	var peers []PeerStats
+	if ps, ok := n.transport.(PeerStatser); ok {
+		peers = ps.PeerStats()
+	}
 	return Stats{
 		MemberID:           n.memberID,
 		ClusterID:          n.clusterID,
@@ -66,5 +73,6 @@ func (n *Node) Stats() Stats {
 		ProposalsPending:   n.proposalsPending.Load(),
 		ProposalsFailed:    n.proposalsFailed.Load(),
 		SlowApplies:        n.slowApplies.Load(),
+		Peers:              peers,
 	}
 }

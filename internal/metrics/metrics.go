@@ -212,6 +212,11 @@ var (
 	descFailed          = desc("etcd_server_proposals_failed_total", "The total number of failed proposals seen.")
 	descSlowApplies     = desc("etcd_server_slow_apply_total", "The total number of slow apply requests (likely overloaded from slow disk).")
 	descClusterVersion  = desc("etcd_cluster_version", "Which version is running. 1 for 'cluster_version' label with current cluster version", "cluster_version")
+	descPeerSent        = desc("etcd_network_peer_sent_bytes_total", "The total number of bytes sent to peers.", "To")
+	descPeerReceived    = desc("etcd_network_peer_received_bytes_total", "The total number of bytes received from peers.", "From")
+	descPeerFailures    = desc("etcd_network_peer_sent_failures_total", "The total number of send failures from peers.", "To")
+	descActivePeers     = desc("etcd_network_active_peers", "The current number of active peer connections.", "Local", "Remote")
+	descDisconnected    = desc("etcd_network_disconnected_peers_total", "The total number of disconnected peers.", "Local", "Remote")
 	descGoVersion       = desc("etcd_server_go_version", "Which Go version server is running with. 1 for 'server_go_version' label with current version.", "server_go_version")
 	descTerm            = desc("concord_raft_term", "The current raft term.")
 	descDBSize          = desc("etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes.")
@@ -257,7 +262,7 @@ type consensusCollector struct {
 
 func (c consensusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descHasLeader, descIsLeader, descIsLearner, descLeaderChanges, descServerID,
-		descServerVersion, descCommitted, descApplied, descPending, descFailed, descSlowApplies, descClusterVersion, descGoVersion, descTerm, descDBSize, descDBSizeInUse, descQuota, descRevision,
+		descServerVersion, descCommitted, descApplied, descPending, descFailed, descSlowApplies, descClusterVersion, descGoVersion, descPeerSent, descPeerReceived, descPeerFailures, descActivePeers, descDisconnected, descTerm, descDBSize, descDBSizeInUse, descQuota, descRevision,
 		descCompactRevision, descReadIndex, descSnapsSent, descSnapsInstalled, descWALFsync, descBackendCommit} {
 		ch <- d
 	}
@@ -285,6 +290,20 @@ func (c consensusCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descPending, float64(s.ProposalsPending))
 	counter(descFailed, float64(s.ProposalsFailed))
 	counter(descSlowApplies, float64(s.SlowApplies))
+	local := fmt.Sprintf("%x", s.MemberID)
+	for _, p := range s.Peers {
+		id := fmt.Sprintf("%x", p.ID)
+		gauge(descActivePeers, boolGauge(p.Active), local, id)
+		if p.Disconnects > 0 {
+			emit(ch, descDisconnected, prometheus.CounterValue, float64(p.Disconnects), local, id)
+		}
+		emit(ch, descPeerSent, prometheus.CounterValue, float64(p.SentBytes), id)
+		emit(ch, descPeerReceived, prometheus.CounterValue, float64(p.ReceivedBytes), id)
+		// etcd's series appears with the first failure.
+		if p.SentFailures > 0 {
+			emit(ch, descPeerFailures, prometheus.CounterValue, float64(p.SentFailures), id)
+		}
+	}
 	gauge(descTerm, float64(s.Term))
 	gauge(descDBSize, float64(s.DBSize))
 	gauge(descDBSizeInUse, float64(s.DBSizeInUse))

@@ -52,14 +52,15 @@ func TestComponentMetrics(t *testing.T) {
 		Consensus: consensusStats{MemberID: 0xabc, Leader: 0xabc, IsLeader: true, LeaderChanges: 2, Term: 3,
 			CommittedIndex: 40, AppliedIndex: 39, Revision: 17, CompactRevision: -1, DBSize: 4096, DBSizeInUse: 2048,
 			QuotaBytes: 1 << 31, ReadIndexRounds: 5, SnapshotsSent: 1, ProposalsPending: 2, ProposalsFailed: 7,
-			SlowApplies: 4,
-			WALFsync:    consensus.Histogram{Buckets: map[float64]uint64{0.001: 3, 0.002: 5}, Count: 6, Sum: 0.25}},
+			SlowApplies: 4, Peers: []consensus.PeerStats{{ID: 0x1f, SentBytes: 100, ReceivedBytes: 80, SentFailures: 2, Disconnects: 1}, {ID: 0x2e, SentBytes: 5, Active: true}},
+			WALFsync: consensus.Histogram{Buckets: map[float64]uint64{0.001: 3, 0.002: 5}, Count: 6, Sum: 0.25}},
 		Fanout: fanoutStats{Streams: 3, Synced: 7, Unsynced: 2, Victims: 4},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantLines(t, scrape(t, r),
+	body := scrape(t, r)
+	wantLines(t, body,
 		"etcd_server_has_leader 1",
 		"etcd_server_is_leader 1",
 		"etcd_server_is_learner 0",
@@ -71,6 +72,14 @@ func TestComponentMetrics(t *testing.T) {
 		"etcd_server_proposals_pending 2",
 		"etcd_server_proposals_failed_total 7",
 		"etcd_server_slow_apply_total 4",
+		`etcd_network_peer_sent_bytes_total{To="1f"} 100`,
+		`etcd_network_peer_received_bytes_total{From="1f"} 80`,
+		`etcd_network_peer_sent_failures_total{To="1f"} 2`,
+		`etcd_network_peer_sent_bytes_total{To="2e"} 5`,
+		`etcd_network_peer_received_bytes_total{From="2e"} 0`,
+		`etcd_network_active_peers{Local="abc",Remote="1f"} 0`,
+		`etcd_network_active_peers{Local="abc",Remote="2e"} 1`,
+		`etcd_network_disconnected_peers_total{Local="abc",Remote="1f"} 1`,
 		`etcd_cluster_version{cluster_version="3.7"} 1`,
 		`etcd_server_go_version{server_go_version="`+runtime.Version()+`"} 1`,
 		"etcd_mvcc_db_total_size_in_bytes 4096",
@@ -90,6 +99,10 @@ func TestComponentMetrics(t *testing.T) {
 		"etcd_disk_wal_fsync_duration_seconds_sum 0.25",
 		"etcd_disk_wal_fsync_duration_seconds_count 6",
 	)
+	// As in etcd, a peer's failure series appears with its first failure.
+	if strings.Contains(body, `etcd_network_peer_sent_failures_total{To="2e"}`) {
+		t.Errorf("a failure series for a peer without failures:\n%s", body)
+	}
 }
 
 // A process without consensus (a split gateway) exports no member metrics
