@@ -6,7 +6,8 @@
 // expose plain snapshots (consensus.Node.Stats, watchfanout.Fanout.Stats),
 // read at scrape time, so nothing on a request path touches Prometheus
 // except the per-call gRPC counters, which are resolved once per method
-// and code and then cost one atomic add.
+// and code and then cost one atomic add, and the client byte counters (one
+// add per message).
 package metrics
 
 import (
