@@ -25,6 +25,35 @@ type CallDone interface {
 	Handled(code connect.Code)
 }
 
+// MessageCounter is a CallDone that also counts the RPC's messages, as
+// etcd's go-grpc-middleware prometheus provider counts
+// grpc_server_msg_received_total and _sent_total: a unary call receives
+// one and sends one, failed or not; a stream counts every Receive and Send,
+// failed ones included (the Receive that sees the stream end too).
+type MessageCounter interface {
+	CallDone
+	Received()
+	Sent()
+}
+
+// countingConn counts a streaming call's messages.
+type countingConn struct {
+	connect.StreamingHandlerConn
+	mc MessageCounter
+}
+
+func (c countingConn) Receive(m any) error {
+	err := c.StreamingHandlerConn.Receive(m)
+	c.mc.Received()
+	return err
+}
+
+func (c countingConn) Send(m any) error {
+	err := c.StreamingHandlerConn.Send(m)
+	c.mc.Sent()
+	return err
+}
+
 // WithCallObserver reports every RPC to o. An o that is also a
 // MessageSizeObserver is told the size of every binary protobuf message
 // read and written.
@@ -97,7 +126,14 @@ func (i observerInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 		spec := req.Spec()
 		done := i.o.Started(spec.Procedure, spec.StreamType)
+		mc, counts := done.(MessageCounter)
+		if counts {
+			mc.Received()
+		}
 		resp, err := next(ctx, req)
+		if counts {
+			mc.Sent()
+		}
 		done.Handled(codeOf(err))
 		return resp, err
 	}
@@ -111,6 +147,9 @@ func (i observerInterceptor) WrapStreamingHandler(next connect.StreamingHandlerF
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
 		spec := conn.Spec()
 		done := i.o.Started(spec.Procedure, spec.StreamType)
+		if mc, ok := done.(MessageCounter); ok {
+			conn = countingConn{conn, mc}
+		}
 		err := next(ctx, conn)
 		done.Handled(codeOf(err))
 		return err

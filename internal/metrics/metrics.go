@@ -56,7 +56,7 @@ func New(src Sources) (*Registry, error) {
 	cs := []prometheus.Collector{
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		calls.started, calls.handled, calls.received, calls.sent,
+		calls.started, calls.handled, calls.msgReceived, calls.msgSent, calls.received, calls.sent,
 	}
 	if src.Consensus != nil {
 		cs = append(cs, consensusCollector{src.Consensus, src.Version})
@@ -80,10 +80,14 @@ func (r *Registry) Handler() http.Handler {
 // Calls is the gateway.CallObserver that counts the process's RPCs.
 func (r *Registry) Calls() *CallCounter { return r.calls }
 
-// CallCounter keeps go-grpc-prometheus' grpc_server_started_total and
-// grpc_server_handled_total, which etcd exports, for the gateway's RPCs.
+// CallCounter keeps go-grpc-prometheus' grpc_server_started_total,
+// grpc_server_handled_total and grpc_server_msg_received_total/_sent_total,
+// which etcd exports, for the gateway's RPCs.
 type CallCounter struct {
 	started, handled *prometheus.CounterVec
+	// msgReceived and msgSent are go-grpc-prometheus'
+	// grpc_server_msg_received_total and _sent_total.
+	msgReceived, msgSent *prometheus.CounterVec
 	// received and sent are etcd's etcd_network_client_grpc_received_bytes_total
 	// and _sent_bytes_total: the encoded size of every message.
 	received, sent prometheus.Counter
@@ -97,10 +101,12 @@ type CallCounter struct {
 // its calls.
 type procCounters struct {
 	started, ok prometheus.Counter
-	handledVec  *prometheus.CounterVec
-	labels      [3]string // grpc_type, grpc_service, grpc_method
-	mu          sync.Mutex
-	handled     map[connect.Code]prometheus.Counter // error codes seen
+	// received and sent count the procedure's messages.
+	received, sent prometheus.Counter
+	handledVec     *prometheus.CounterVec
+	labels         [3]string // grpc_type, grpc_service, grpc_method
+	mu             sync.Mutex
+	handled        map[connect.Code]prometheus.Counter // error codes seen
 }
 
 func newCallMetrics() *CallCounter {
@@ -114,6 +120,14 @@ func newCallMetrics() *CallCounter {
 			Name: "grpc_server_handled_total",
 			Help: "Total number of RPCs completed on the server, regardless of success or failure.",
 		}, append(labels, "grpc_code")),
+		msgReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "grpc_server_msg_received_total",
+			Help: "Total number of RPC stream messages received on the server.",
+		}, labels),
+		msgSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "grpc_server_msg_sent_total",
+			Help: "Total number of gRPC stream messages sent by the server.",
+		}, labels),
 		received: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "etcd_network_client_grpc_received_bytes_total",
 			Help: "The total number of bytes received from grpc clients.",
@@ -141,12 +155,20 @@ func (m *CallCounter) Started(procedure string, st connect.StreamType) gateway.C
 			handled: make(map[connect.Code]prometheus.Counter)}
 		p.started = m.started.WithLabelValues(p.labels[:]...)
 		p.ok = m.handled.WithLabelValues(p.labels[0], p.labels[1], p.labels[2], codeName(0))
+		p.received = m.msgReceived.WithLabelValues(p.labels[:]...)
+		p.sent = m.msgSent.WithLabelValues(p.labels[:]...)
 		v, _ = m.byProc.LoadOrStore(procedure, p)
 	}
 	p := v.(*procCounters)
 	p.started.Inc()
 	return p
 }
+
+// Received implements gateway.MessageCounter.
+func (p *procCounters) Received() { p.received.Inc() }
+
+// Sent implements gateway.MessageCounter.
+func (p *procCounters) Sent() { p.sent.Inc() }
 
 // Handled implements gateway.CallDone.
 func (p *procCounters) Handled(code connect.Code) {

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/concord-kv/concord/consensus"
+	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/internal/metrics"
 	"github.com/concord-kv/concord/watchfanout"
 )
@@ -133,7 +134,10 @@ func TestCallCounters(t *testing.T) {
 		c.Started("/etcdserverpb.KV/Range", connect.StreamTypeUnary).Handled(0)
 	}
 	c.Started("/etcdserverpb.KV/Put", connect.StreamTypeUnary).Handled(connect.CodeInvalidArgument)
-	c.Started("/etcdserverpb.Watch/Watch", connect.StreamTypeBidi)
+	w := c.Started("/etcdserverpb.Watch/Watch", connect.StreamTypeBidi).(gateway.MessageCounter)
+	w.Received()
+	w.Received()
+	w.Sent()
 	c.Received(10)
 	c.Sent(25)
 	c.Sent(5)
@@ -144,6 +148,8 @@ func TestCallCounters(t *testing.T) {
 		`grpc_server_handled_total{grpc_code="OK",grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"} 3`,
 		`grpc_server_handled_total{grpc_code="InvalidArgument",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"} 1`,
 		`grpc_server_started_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"} 1`,
+		`grpc_server_msg_received_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"} 2`,
+		`grpc_server_msg_sent_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"} 1`,
 	)
 }
 
