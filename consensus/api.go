@@ -230,6 +230,11 @@ func (n *Node) LeaseLeases(ctx context.Context, _ *pb.LeaseLeasesRequest) (*pb.L
 	return &pb.LeaseLeasesResponse{Header: n.header(nil), Leases: out}, nil
 }
 
+// Alarms lists this member's applied alarms locally, without raft or auth
+// checks, as etcd's /health and /readyz read them (EtcdServer.Alarms): they
+// answer without a leader.
+func (n *Node) Alarms() []*pb.AlarmMember { return n.store.Alarms() }
+
 // Alarm activates, deactivates or lists alarms, through raft as in etcd.
 func (n *Node) Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.AlarmResponse, error) {
 	// A learner lists alarms (its /health does) but changes none.

@@ -344,6 +344,7 @@ func (n *Node) applyTimed(b *storage.Batch, ents []*raftpb.Entry, out *applyOutp
 	start := time.Now()
 	err := n.applyEntries(b, ents, out)
 	if took := time.Since(start); took > n.cfg.WarningApplyDuration && len(ents) > 0 {
+		n.slowApplies.Add(1)
 		n.lg.Warn("apply request took too long", "took", took, "expected-duration", n.cfg.WarningApplyDuration,
 			"entries", len(ents), "first-index", ents[0].GetIndex(), "last-index", ents[len(ents)-1].GetIndex())
 	}

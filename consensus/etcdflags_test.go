@@ -187,8 +187,14 @@ func TestWarningApplyDuration(t *testing.T) {
 			cfg.WarningApplyDuration = c.threshold
 		})
 		put(t, cl.nodes[cl.leader()], "k", "v")
-		if got := sink.count("apply request took too long"); (got > 0) != c.warns {
+		got := sink.count("apply request took too long")
+		if (got > 0) != c.warns {
 			t.Errorf("threshold %v: %d warnings", c.threshold, got)
+		}
+		// etcd_server_slow_apply_total counts them (other applies may run
+		// meanwhile: only whether there are any is stable).
+		if slow := cl.nodes[cl.leader()].Stats().SlowApplies; (slow > 0) != c.warns {
+			t.Errorf("threshold %v: %d slow applies counted", c.threshold, slow)
 		}
 	}
 }

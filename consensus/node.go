@@ -210,6 +210,15 @@ type Node struct {
 	// leaderChanges counts changes to a new known leader (etcd's
 	// etcd_server_leader_changes_seen_total).
 	leaderChanges atomic.Uint64
+	// proposalsPending counts proposals handed to raft and not yet answered,
+	// proposalsFailed those that failed or timed out (etcd's
+	// etcd_server_proposals_pending and etcd_server_proposals_failed_total).
+	proposalsPending atomic.Int64
+	proposalsFailed  atomic.Uint64
+	// slowApplies counts applies of a batch of entries that took longer
+	// than --warning-apply-duration (etcd_server_slow_apply_total; etcd
+	// counts each slow request, concord applies a Ready's entries at once).
+	slowApplies atomic.Uint64
 	// walFsync times the Ready commits that fsync (the raft log and the
 	// store share Pebble's WAL); backendCommit times every Ready commit.
 	walFsync, backendCommit durationHistogram
@@ -608,7 +617,7 @@ func (n *Node) proposeOne(p proposal) {
 			n.pendingProps = append(n.pendingProps, p)
 			return
 		}
-		n.wait.trigger(p.id, result{err: fmt.Errorf("consensus: propose: %w", err)})
+		n.wait.trigger(p.id, result{err: fmt.Errorf("consensus: propose: %w", err), failed: true})
 	}
 }
 
@@ -893,7 +902,7 @@ func (n *Node) failOrphanedProposals(now time.Time) {
 			delete(n.orphans, id) // applied, or its caller gave up
 		case now.After(deadline):
 			delete(n.orphans, id)
-			n.wait.trigger(id, result{err: ErrTimeoutLeaderFail})
+			n.wait.trigger(id, result{err: ErrTimeoutLeaderFail, failed: true})
 		}
 	}
 }
@@ -1153,20 +1162,31 @@ func (n *Node) proposeWait(ctx context.Context, p proposal) (proto.Message, erro
 	ch := n.wait.register(id)
 	cctx, cancel := context.WithTimeout(ctx, n.reqTimeout)
 	defer cancel()
+	// Failures and pending proposals are counted where etcd counts them:
+	// a proposal raft did not take in time or refused, or that was not
+	// applied before the deadline, failed; one handed to raft is pending
+	// until it is answered.
 	select {
 	case n.propC <- p:
 	case <-cctx.Done():
 		n.wait.cancel(id)
+		n.proposalsFailed.Add(1)
 		return nil, n.ctxErr(ctx)
 	case <-n.done:
 		n.wait.cancel(id)
 		return nil, ErrStopped
 	}
+	n.proposalsPending.Add(1)
+	defer n.proposalsPending.Add(-1)
 	select {
 	case res := <-ch:
+		if res.failed {
+			n.proposalsFailed.Add(1)
+		}
 		return res.resp, res.err
 	case <-cctx.Done():
 		n.wait.cancel(id)
+		n.proposalsFailed.Add(1)
 		return nil, n.ctxErr(ctx)
 	case <-n.done:
 		select {

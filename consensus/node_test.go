@@ -846,9 +846,19 @@ func TestRequestTimeoutAndCancel(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.reqTimeout = 50 * time.Millisecond
 	n := startNode(t, cfg)
+	put(t, n, "k", "v")
+	// A write applied is neither failed nor pending (etcd's
+	// etcd_server_proposals_failed_total and etcd_server_proposals_pending);
+	// one that timed out failed.
+	if s := n.Stats(); s.ProposalsFailed != 0 || s.ProposalsPending != 0 {
+		t.Fatalf("after an applied put: %d proposals failed, %d pending; want 0, 0", s.ProposalsFailed, s.ProposalsPending)
+	}
 	release := blockLoop(t, n)
 	if _, err := n.Put(context.Background(), &pb.PutRequest{Key: []byte("k")}); !errors.Is(err, ErrTimeout) {
 		t.Fatalf("put with stuck loop: %v, want ErrTimeout", err)
+	}
+	if s := n.Stats(); s.ProposalsFailed != 1 || s.ProposalsPending != 0 {
+		t.Fatalf("after a timed-out put: %d proposals failed, %d pending; want 1, 0", s.ProposalsFailed, s.ProposalsPending)
 	}
 	if _, err := n.Range(context.Background(), &pb.RangeRequest{Key: []byte("k")}); !errors.Is(err, ErrTimeout) {
 		t.Fatalf("read with stuck loop: %v, want ErrTimeout", err)

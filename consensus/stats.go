@@ -28,12 +28,28 @@ type Stats struct {
 	// every Ready's commit (etcd's etcd_disk_wal_fsync_duration_seconds and
 	// etcd_disk_backend_commit_duration_seconds).
 	WALFsync, BackendCommit Histogram
+	// ProposalsPending counts this member's proposals handed to raft and
+	// not yet answered; ProposalsFailed those that raft refused or that
+	// were not applied in time (etcd_server_proposals_pending and
+	// etcd_server_proposals_failed_total).
+	ProposalsPending int64
+	ProposalsFailed  uint64
+	// SlowApplies counts applies of a batch of entries that took longer
+	// than --warning-apply-duration (etcd_server_slow_apply_total).
+	SlowApplies uint64
+	// Peers are the peer transport's counters, by peer, when it keeps
+	// them (PeerStatser).
+	Peers []PeerStats
 }
 
 // Stats returns the member's current Stats.
 func (n *Node) Stats() Stats {
 	total, inUse := n.store.Size()
 	leader := n.leader.Load()
+	var peers []PeerStats
+	if ps, ok := n.transport.(PeerStatser); ok {
+		peers = ps.PeerStats()
+	}
 	return Stats{
 		MemberID:           n.memberID,
 		ClusterID:          n.clusterID,
@@ -54,5 +70,9 @@ func (n *Node) Stats() Stats {
 		SnapshotsInstalled: n.snapshotsInstalled.Load(),
 		WALFsync:           n.walFsync.snapshot(),
 		BackendCommit:      n.backendCommit.snapshot(),
+		ProposalsPending:   n.proposalsPending.Load(),
+		ProposalsFailed:    n.proposalsFailed.Load(),
+		SlowApplies:        n.slowApplies.Load(),
+		Peers:              peers,
 	}
 }

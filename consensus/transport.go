@@ -44,6 +44,26 @@ type Transport interface {
 	Stop()
 }
 
+// PeerStats are a transport's counters for one peer (etcd's
+// etcd_network_peer_sent_bytes_total, _received_bytes_total and
+// _sent_failures_total): raft message bytes sent to and received from it,
+// snapshot data included, and messages that could not be sent to it.
+type PeerStats struct {
+	ID                                     uint64
+	SentBytes, ReceivedBytes, SentFailures uint64
+	// Active is whether messages reach the peer now; Disconnects counts
+	// the times they stopped (etcd_network_active_peers and
+	// etcd_network_disconnected_peers_total).
+	Active      bool
+	Disconnects uint64
+}
+
+// PeerStatser is a Transport that counts its traffic per peer; Node.Stats
+// includes its counters.
+type PeerStatser interface {
+	PeerStats() []PeerStats
+}
+
 // LocalMember identifies the member a transport works for.
 type LocalMember struct {
 	ID, ClusterID uint64

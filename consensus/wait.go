@@ -12,6 +12,10 @@ import (
 type result struct {
 	resp proto.Message
 	err  error
+	// failed marks a proposal that was never applied (raft refused it, or
+	// the leader that had it failed), which etcd counts in
+	// etcd_server_proposals_failed_total; an apply error is not a failure.
+	failed bool
 }
 
 // waitRegistry maps request IDs to the callers waiting for their apply

@@ -168,6 +168,9 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 	}
 	if o.observer != nil {
 		hopts = append(hopts, connect.WithInterceptors(observerInterceptor{o.observer}))
+		if so, ok := o.observer.(MessageSizeObserver); ok {
+			hopts = append(hopts, connect.WithCodec(sizeObservingCodec{so}))
+		}
 	}
 	if cfg.WarningUnaryRequestDuration > 0 {
 		hopts = append(hopts, connect.WithInterceptors(slowUnaryInterceptor{cfg.WarningUnaryRequestDuration, cfg.Logger}))

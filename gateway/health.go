@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -12,6 +13,8 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/version"
+
+	"github.com/concord-kv/concord/consensus"
 )
 
 // HTTP endpoints with etcd's paths, status codes and bodies
@@ -38,6 +41,7 @@ func (g *Gateway) installHTTPEndpoints(extraReady map[string]check) {
 		"data_corruption":   g.alarmCheck(pb.AlarmType_CORRUPT),
 		"serializable_read": g.readCheck(true),
 		"linearizable_read": g.readCheck(false),
+		"non_learner":       g.learnerCheck,
 	}
 	maps.Copy(ready, extraReady)
 	g.installChecks("/readyz", ready)
@@ -63,14 +67,35 @@ func (g *Gateway) serveHealth(w http.ResponseWriter, r *http.Request) {
 	w.Write(body)
 }
 
+// LocalAlarms is implemented by a backend that knows its applied alarms
+// without a round through raft (consensus.Node), as etcd's health checks
+// read them: /health?serializable=true and /readyz's data_corruption then
+// answer on a member that lost its leader, as etcd's do (kubeadm's liveness
+// probe is /health?serializable=true). Other backends (a split gateway's
+// remote consensus) are asked with an Alarm GET.
+type LocalAlarms interface {
+	Alarms() []*pb.AlarmMember
+}
+
+var _ LocalAlarms = (*consensus.Node)(nil)
+
+// alarms lists the backend's alarms, locally when it can.
+func (g *Gateway) alarms(ctx context.Context) ([]*pb.AlarmMember, error) {
+	if la, ok := g.b.(LocalAlarms); ok {
+		return la.Alarms(), nil
+	}
+	resp, err := g.b.Alarm(ctx, &pb.AlarmRequest{Action: pb.AlarmRequest_GET})
+	return resp.GetAlarms(), err
+}
+
 func (g *Gateway) checkHealth(ctx context.Context, excluded []string, serializable bool) health {
 	ctx, cancel := context.WithTimeout(ctx, healthTimeout)
 	defer cancel()
-	alarms, err := g.b.Alarm(ctx, &pb.AlarmRequest{Action: pb.AlarmRequest_GET})
+	alarms, err := g.alarms(ctx)
 	if err != nil {
 		return health{Health: "false", Reason: fmt.Sprintf("ALARM ERROR:%s", err)}
 	}
-	for _, a := range alarms.GetAlarms() {
+	for _, a := range alarms {
 		if slices.Contains(excluded, a.Alarm.String()) {
 			continue
 		}
@@ -109,15 +134,24 @@ func (g *Gateway) readCheck(serializable bool) check {
 	}
 }
 
+// learnerCheck fails on a learner as etcd's non_learner check does; a
+// backend that is never a learner (a split gateway's) always passes it.
+func (g *Gateway) learnerCheck(context.Context) error {
+	if g.isLearner() {
+		return errors.New("not supported for learner")
+	}
+	return nil
+}
+
 func (g *Gateway) alarmCheck(t pb.AlarmType) check {
 	return func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, healthTimeout)
 		defer cancel()
-		resp, err := g.b.Alarm(ctx, &pb.AlarmRequest{Action: pb.AlarmRequest_GET})
+		alarms, err := g.alarms(ctx)
 		if err != nil {
 			return err
 		}
-		for _, a := range resp.GetAlarms() {
+		for _, a := range alarms {
 			if a.Alarm == t {
 				return fmt.Errorf("alarm activated: %s", t)
 			}

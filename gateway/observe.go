@@ -2,10 +2,12 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
 )
 
 // CallObserver is told of every RPC the gateway serves, for metrics such as
@@ -23,9 +25,98 @@ type CallDone interface {
 	Handled(code connect.Code)
 }
 
-// WithCallObserver reports every RPC to o.
+// MessageCounter is a CallDone that also counts the RPC's messages, as
+// etcd's go-grpc-middleware prometheus provider counts
+// grpc_server_msg_received_total and _sent_total: a unary call receives
+// one and sends one, failed or not; a stream counts every Receive and Send,
+// failed ones included (the Receive that sees the stream end too).
+type MessageCounter interface {
+	CallDone
+	Received()
+	Sent()
+}
+
+// countingConn counts a streaming call's messages.
+type countingConn struct {
+	connect.StreamingHandlerConn
+	mc MessageCounter
+}
+
+func (c countingConn) Receive(m any) error {
+	err := c.StreamingHandlerConn.Receive(m)
+	c.mc.Received()
+	return err
+}
+
+func (c countingConn) Send(m any) error {
+	err := c.StreamingHandlerConn.Send(m)
+	c.mc.Sent()
+	return err
+}
+
+// WithCallObserver reports every RPC to o. An o that is also a
+// MessageSizeObserver is told the size of every binary protobuf message
+// read and written.
 func WithCallObserver(o CallObserver) Option {
 	return func(opts *options) { opts.observer = o }
+}
+
+// MessageSizeObserver is told the encoded size of each protobuf message the
+// gateway's RPCs receive and send, for etcd's
+// etcd_network_client_grpc_received_bytes_total and _sent_bytes_total,
+// which etcd counts in its gRPC codec too. Its methods run on the request
+// path: they must be cheap and must not block.
+type MessageSizeObserver interface {
+	Received(n int)
+	Sent(n int)
+}
+
+// sizeObservingCodec is connect's binary protobuf codec ("proto", used by
+// gRPC, gRPC-Web and Connect) that reports message sizes.
+type sizeObservingCodec struct{ o MessageSizeObserver }
+
+func (sizeObservingCodec) Name() string   { return "proto" }
+func (sizeObservingCodec) IsBinary() bool { return true }
+
+func (c sizeObservingCodec) Marshal(m any) ([]byte, error) {
+	return c.MarshalAppend(nil, m)
+}
+
+// MarshalAppend lets connect reuse its buffers, as with its own codec.
+func (c sizeObservingCodec) MarshalAppend(dst []byte, m any) ([]byte, error) {
+	pm, ok := m.(proto.Message)
+	if !ok {
+		return nil, fmt.Errorf("gateway: %T is not a protobuf message", m)
+	}
+	out, err := proto.MarshalOptions{}.MarshalAppend(dst, pm)
+	if err == nil {
+		c.o.Sent(len(out) - len(dst))
+	}
+	return out, err
+}
+
+func (c sizeObservingCodec) MarshalStable(m any) ([]byte, error) {
+	pm, ok := m.(proto.Message)
+	if !ok {
+		return nil, fmt.Errorf("gateway: %T is not a protobuf message", m)
+	}
+	out, err := proto.MarshalOptions{Deterministic: true}.Marshal(pm)
+	if err == nil {
+		c.o.Sent(len(out))
+	}
+	return out, err
+}
+
+func (c sizeObservingCodec) Unmarshal(data []byte, m any) error {
+	pm, ok := m.(proto.Message)
+	if !ok {
+		return fmt.Errorf("gateway: %T is not a protobuf message", m)
+	}
+	c.o.Received(len(data))
+	if err := proto.Unmarshal(data, pm); err != nil {
+		return fmt.Errorf("unmarshal into %T: %w", m, err)
+	}
+	return nil
 }
 
 // observerInterceptor feeds a CallObserver from connect's interceptor chain.
@@ -35,7 +126,14 @@ func (i observerInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 		spec := req.Spec()
 		done := i.o.Started(spec.Procedure, spec.StreamType)
+		mc, counts := done.(MessageCounter)
+		if counts {
+			mc.Received()
+		}
 		resp, err := next(ctx, req)
+		if counts {
+			mc.Sent()
+		}
 		done.Handled(codeOf(err))
 		return resp, err
 	}
@@ -49,6 +147,9 @@ func (i observerInterceptor) WrapStreamingHandler(next connect.StreamingHandlerF
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
 		spec := conn.Spec()
 		done := i.o.Started(spec.Procedure, spec.StreamType)
+		if mc, ok := done.(MessageCounter); ok {
+			conn = countingConn{conn, mc}
+		}
 		err := next(ctx, conn)
 		done.Handled(codeOf(err))
 		return err

@@ -26,6 +26,7 @@
 package peer
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -34,8 +35,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -146,6 +149,43 @@ type Transport struct {
 	calls    map[*http.Request]struct{}
 	callsWG  sync.WaitGroup
 	stopOnce sync.Once
+	// counters maps a peer ID to its *peerCounters (PeerStats); created on
+	// first use, deleted by RemovePeer.
+	counters sync.Map
+}
+
+// peerCounters are one peer's traffic counters (consensus.PeerStats).
+type peerCounters struct {
+	sent, received, failures atomic.Uint64
+}
+
+// peerCounter returns id's counters.
+func (t *Transport) peerCounter(id uint64) *peerCounters {
+	if c, ok := t.counters.Load(id); ok {
+		return c.(*peerCounters)
+	}
+	c, _ := t.counters.LoadOrStore(id, &peerCounters{})
+	return c.(*peerCounters)
+}
+
+// PeerStats implements consensus.PeerStatser: the counters of every peer
+// this member sends to.
+func (t *Transport) PeerStats() []consensus.PeerStats {
+	t.mu.Lock()
+	senders := make([]*sender, 0, len(t.peers))
+	for _, s := range t.peers {
+		senders = append(senders, s)
+	}
+	t.mu.Unlock()
+	slices.SortFunc(senders, func(a, b *sender) int { return cmp.Compare(a.to, b.to) })
+	out := make([]consensus.PeerStats, 0, len(senders))
+	for _, s := range senders {
+		c := t.peerCounter(s.to)
+		out = append(out, consensus.PeerStats{ID: s.to, SentBytes: c.sent.Load(),
+			ReceivedBytes: c.received.Load(), SentFailures: c.failures.Load(),
+			Active: s.connected.Load(), Disconnects: s.disconnects.Load()})
+	}
+	return out
 }
 
 var _ consensus.Transport = (*Transport)(nil)
@@ -240,6 +280,7 @@ func (t *Transport) RemovePeer(id uint64) {
 		s.cancel()
 		delete(t.peers, id)
 	}
+	t.counters.Delete(id)
 }
 
 // Send implements consensus.Transport.
@@ -367,6 +408,11 @@ func (h handler) Stream(ctx context.Context, st *connect.ClientStream[concordv1.
 		if err != nil {
 			return nil, err
 		}
+		var size int
+		for _, m := range b.GetMessages() {
+			size += proto.Size(m)
+		}
+		h.t.peerCounter(b.GetFrom()).received.Add(uint64(size))
 		if err := r.Process(ctx, b.GetMessages()); err != nil {
 			if errors.Is(err, consensus.ErrMemberRemoved) {
 				// etcd's 410 Gone: the sender stops when it hears this.
@@ -397,7 +443,7 @@ func (h handler) Snapshot(ctx context.Context, st *connect.ClientStream[concordv
 	if m.GetType() != raftpb.MsgSnap {
 		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("peer: snapshot call carries %s", m.GetType()))
 	}
-	data := &chunkReader{st: st, buf: first.GetData()}
+	data := &chunkReader{st: st, buf: first.GetData(), received: &h.t.peerCounter(m.GetFrom()).received}
 	if err := r.ReceiveSnapshot(ctx, m, data); err != nil {
 		return nil, connect.NewError(connect.CodeAborted, err)
 	}
@@ -483,6 +529,8 @@ func (t *Transport) FetchMembership(ctx context.Context, urls []string) (consens
 type chunkReader struct {
 	st  *connect.ClientStream[concordv1.SnapshotChunk]
 	buf []byte
+	// received counts the bytes read (the sender's received bytes).
+	received *atomic.Uint64
 }
 
 func (c *chunkReader) Read(p []byte) (int, error) {
@@ -497,6 +545,7 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 	}
 	n := copy(p, c.buf)
 	c.buf = c.buf[n:]
+	c.received.Add(uint64(n))
 	return n, nil
 }
 
@@ -511,7 +560,11 @@ type sender struct {
 	mu     sync.Mutex
 	urls   []string
 	urlIdx int
-	active bool
+	active bool // owned by run
+	// connected mirrors active for PeerStats; disconnects counts its
+	// changes to false (etcd_network_disconnected_peers_total).
+	connected   atomic.Bool
+	disconnects atomic.Uint64
 }
 
 func newSender(t *Transport, to uint64, urls []string) *sender {
@@ -546,6 +599,7 @@ func (s *sender) dropped(n int, why string) {
 	if n == 0 {
 		return
 	}
+	s.t.peerCounter(s.to).failures.Add(uint64(n))
 	s.t.lg.Debug("dropped raft messages", "to", fmt.Sprintf("%x", s.to), "count", n, "reason", why)
 	s.t.report(func(r consensus.Raft) { r.ReportUnreachable(s.to) })
 }
@@ -555,6 +609,10 @@ func (s *sender) setActive(active bool, err error) {
 		return
 	}
 	s.active = active
+	s.connected.Store(active)
+	if !active {
+		s.disconnects.Add(1)
+	}
 	if active {
 		s.t.lg.Info("peer became active", "peer", fmt.Sprintf("%x", s.to))
 	} else {
@@ -607,6 +665,7 @@ func (s *sender) run() {
 		}
 		if err == nil {
 			s.setActive(true, nil)
+			s.t.peerCounter(s.to).sent.Add(uint64(size))
 			backoff = s.t.cfg.MinBackoff
 			continue
 		}
@@ -673,6 +732,7 @@ func (s *sender) sendSnapshot(m *raftpb.Message, data io.Reader) error {
 				return errors.Join(err, cerr)
 			}
 			sent += int64(n)
+			s.t.peerCounter(s.to).sent.Add(uint64(n))
 		}
 		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
 			break

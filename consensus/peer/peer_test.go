@@ -17,6 +17,7 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/concord-kv/concord/consensus"
 )
@@ -225,6 +226,32 @@ func TestMessagesArriveInOrderInFewBatches(t *testing.T) {
 	}
 }
 
+// PeerStats counts raft message bytes as etcd's
+// etcd_network_peer_sent_bytes_total and _received_bytes_total do: on the
+// sender by recipient, on the receiver by sender.
+func TestPeerStatsCountBytes(t *testing.T) {
+	a, b, _, fb, _ := pair(t)
+	b.AddPeer(1, []string{"http://127.0.0.1:1"}) // listed, never sent to
+	var want uint64
+	msgs := make([]*raftpb.Message, 10)
+	for i := range msgs {
+		msgs[i] = msg(1, 2, uint64(i))
+		want += uint64(proto.Size(msgs[i]))
+	}
+	a.Send(msgs)
+	waitFor(t, "every message", func() bool { return len(fb.messages()) == len(msgs) })
+	waitFor(t, "the sender's count", func() bool {
+		ps := a.PeerStats()
+		return len(ps) == 1 && ps[0].SentBytes == want
+	})
+	if ps := a.PeerStats(); ps[0].ID != 2 || ps[0].ReceivedBytes != 0 || ps[0].SentFailures != 0 || !ps[0].Active || ps[0].Disconnects != 0 {
+		t.Errorf("sender's peer stats: %+v, want %d bytes sent to 2", ps, want)
+	}
+	if ps := b.PeerStats(); len(ps) != 1 || ps[0] != (consensus.PeerStats{ID: 1, ReceivedBytes: want}) {
+		t.Errorf("receiver's peer stats: %+v, want %d bytes received from 1", ps, want)
+	}
+}
+
 func TestUnreachablePeerIsReportedAndReconnected(t *testing.T) {
 	a := newTransport(t)
 	fa := newFakeRaft()
@@ -243,6 +270,10 @@ func TestUnreachablePeerIsReportedAndReconnected(t *testing.T) {
 		a.Send([]*raftpb.Message{msg(1, 2, 1)})
 		return fa.unreachableCount(2) >= 2
 	})
+	// etcd_network_peer_sent_failures_total counts the dropped messages.
+	if ps := a.PeerStats(); len(ps) != 1 || ps[0].ID != 2 || ps[0].SentFailures == 0 || ps[0].SentBytes != 0 || ps[0].Active {
+		t.Errorf("peer stats of an unreachable peer: %+v", ps)
+	}
 
 	// The peer comes up on that address: messages flow again.
 	ln, err = net.Listen("tcp", addr)

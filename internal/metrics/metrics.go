@@ -6,12 +6,14 @@
 // expose plain snapshots (consensus.Node.Stats, watchfanout.Fanout.Stats),
 // read at scrape time, so nothing on a request path touches Prometheus
 // except the per-call gRPC counters, which are resolved once per method
-// and code and then cost one atomic add.
+// and code and then cost one atomic add, and the client byte counters (one
+// add per message).
 package metrics
 
 import (
 	"fmt"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 
@@ -19,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.etcd.io/etcd/api/v3/version"
 
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/gateway"
@@ -53,7 +56,7 @@ func New(src Sources) (*Registry, error) {
 	cs := []prometheus.Collector{
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		calls.started, calls.handled,
+		calls.started, calls.handled, calls.msgReceived, calls.msgSent, calls.received, calls.sent,
 	}
 	if src.Consensus != nil {
 		cs = append(cs, consensusCollector{src.Consensus, src.Version})
@@ -77,10 +80,17 @@ func (r *Registry) Handler() http.Handler {
 // Calls is the gateway.CallObserver that counts the process's RPCs.
 func (r *Registry) Calls() *CallCounter { return r.calls }
 
-// CallCounter keeps go-grpc-prometheus' grpc_server_started_total and
-// grpc_server_handled_total, which etcd exports, for the gateway's RPCs.
+// CallCounter keeps go-grpc-prometheus' grpc_server_started_total,
+// grpc_server_handled_total and grpc_server_msg_received_total/_sent_total,
+// which etcd exports, for the gateway's RPCs.
 type CallCounter struct {
 	started, handled *prometheus.CounterVec
+	// msgReceived and msgSent are go-grpc-prometheus'
+	// grpc_server_msg_received_total and _sent_total.
+	msgReceived, msgSent *prometheus.CounterVec
+	// received and sent are etcd's etcd_network_client_grpc_received_bytes_total
+	// and _sent_bytes_total: the encoded size of every message.
+	received, sent prometheus.Counter
 	// byProc maps a procedure to its resolved counters (*procCounters),
 	// so a call costs one lock-free map read and atomic adds, not label
 	// hashing.
@@ -91,10 +101,12 @@ type CallCounter struct {
 // its calls.
 type procCounters struct {
 	started, ok prometheus.Counter
-	handledVec  *prometheus.CounterVec
-	labels      [3]string // grpc_type, grpc_service, grpc_method
-	mu          sync.Mutex
-	handled     map[connect.Code]prometheus.Counter // error codes seen
+	// received and sent count the procedure's messages.
+	received, sent prometheus.Counter
+	handledVec     *prometheus.CounterVec
+	labels         [3]string // grpc_type, grpc_service, grpc_method
+	mu             sync.Mutex
+	handled        map[connect.Code]prometheus.Counter // error codes seen
 }
 
 func newCallMetrics() *CallCounter {
@@ -108,8 +120,30 @@ func newCallMetrics() *CallCounter {
 			Name: "grpc_server_handled_total",
 			Help: "Total number of RPCs completed on the server, regardless of success or failure.",
 		}, append(labels, "grpc_code")),
+		msgReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "grpc_server_msg_received_total",
+			Help: "Total number of RPC stream messages received on the server.",
+		}, labels),
+		msgSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "grpc_server_msg_sent_total",
+			Help: "Total number of gRPC stream messages sent by the server.",
+		}, labels),
+		received: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "etcd_network_client_grpc_received_bytes_total",
+			Help: "The total number of bytes received from grpc clients.",
+		}),
+		sent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "etcd_network_client_grpc_sent_bytes_total",
+			Help: "The total number of bytes sent to grpc clients.",
+		}),
 	}
 }
+
+// Received implements gateway.MessageSizeObserver.
+func (m *CallCounter) Received(n int) { m.received.Add(float64(n)) }
+
+// Sent implements gateway.MessageSizeObserver.
+func (m *CallCounter) Sent(n int) { m.sent.Add(float64(n)) }
 
 // Started implements gateway.CallObserver.
 func (m *CallCounter) Started(procedure string, st connect.StreamType) gateway.CallDone {
@@ -121,12 +155,20 @@ func (m *CallCounter) Started(procedure string, st connect.StreamType) gateway.C
 			handled: make(map[connect.Code]prometheus.Counter)}
 		p.started = m.started.WithLabelValues(p.labels[:]...)
 		p.ok = m.handled.WithLabelValues(p.labels[0], p.labels[1], p.labels[2], codeName(0))
+		p.received = m.msgReceived.WithLabelValues(p.labels[:]...)
+		p.sent = m.msgSent.WithLabelValues(p.labels[:]...)
 		v, _ = m.byProc.LoadOrStore(procedure, p)
 	}
 	p := v.(*procCounters)
 	p.started.Inc()
 	return p
 }
+
+// Received implements gateway.MessageCounter.
+func (p *procCounters) Received() { p.received.Inc() }
+
+// Sent implements gateway.MessageCounter.
+func (p *procCounters) Sent() { p.sent.Inc() }
 
 // Handled implements gateway.CallDone.
 func (p *procCounters) Handled(code connect.Code) {
@@ -189,6 +231,16 @@ var (
 	descServerVersion   = desc("etcd_server_version", "Which version is running. 1 for 'server_version' label with current version.", "server_version")
 	descCommitted       = desc("etcd_server_proposals_committed_total", "The total number of consensus proposals committed.")
 	descApplied         = desc("etcd_server_proposals_applied_total", "The total number of consensus proposals applied.")
+	descPending         = desc("etcd_server_proposals_pending", "The current number of pending proposals to commit.")
+	descFailed          = desc("etcd_server_proposals_failed_total", "The total number of failed proposals seen.")
+	descSlowApplies     = desc("etcd_server_slow_apply_total", "The total number of slow apply requests (likely overloaded from slow disk).")
+	descClusterVersion  = desc("etcd_cluster_version", "Which version is running. 1 for 'cluster_version' label with current cluster version", "cluster_version")
+	descPeerSent        = desc("etcd_network_peer_sent_bytes_total", "The total number of bytes sent to peers.", "To")
+	descPeerReceived    = desc("etcd_network_peer_received_bytes_total", "The total number of bytes received from peers.", "From")
+	descPeerFailures    = desc("etcd_network_peer_sent_failures_total", "The total number of send failures from peers.", "To")
+	descActivePeers     = desc("etcd_network_active_peers", "The current number of active peer connections.", "Local", "Remote")
+	descDisconnected    = desc("etcd_network_disconnected_peers_total", "The total number of disconnected peers.", "Local", "Remote")
+	descGoVersion       = desc("etcd_server_go_version", "Which Go version server is running with. 1 for 'server_go_version' label with current version.", "server_go_version")
 	descTerm            = desc("concord_raft_term", "The current raft term.")
 	descDBSize          = desc("etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes.")
 	descDBSizeInUse     = desc("etcd_mvcc_db_total_size_in_use_in_bytes", "Total size of the underlying database logically in use in bytes.")
@@ -233,7 +285,7 @@ type consensusCollector struct {
 
 func (c consensusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descHasLeader, descIsLeader, descIsLearner, descLeaderChanges, descServerID,
-		descServerVersion, descCommitted, descApplied, descTerm, descDBSize, descDBSizeInUse, descQuota, descRevision,
+		descServerVersion, descCommitted, descApplied, descPending, descFailed, descSlowApplies, descClusterVersion, descGoVersion, descPeerSent, descPeerReceived, descPeerFailures, descActivePeers, descDisconnected, descTerm, descDBSize, descDBSizeInUse, descQuota, descRevision,
 		descCompactRevision, descReadIndex, descSnapsSent, descSnapsInstalled, descWALFsync, descBackendCommit} {
 		ch <- d
 	}
@@ -251,9 +303,30 @@ func (c consensusCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descLeaderChanges, float64(s.LeaderChanges))
 	gauge(descServerID, 1, fmt.Sprintf("%x", s.MemberID))
 	gauge(descServerVersion, 1, c.version)
+	// A cluster of concord members runs one version, so the cluster
+	// version is the server's major.minor, as /version reports it.
+	gauge(descClusterVersion, 1, version.Cluster(c.version))
+	gauge(descGoVersion, 1, runtime.Version())
 	// etcd exports these two as gauges despite the _total suffix.
 	gauge(descCommitted, float64(s.CommittedIndex))
 	gauge(descApplied, float64(s.AppliedIndex))
+	gauge(descPending, float64(s.ProposalsPending))
+	counter(descFailed, float64(s.ProposalsFailed))
+	counter(descSlowApplies, float64(s.SlowApplies))
+	local := fmt.Sprintf("%x", s.MemberID)
+	for _, p := range s.Peers {
+		id := fmt.Sprintf("%x", p.ID)
+		gauge(descActivePeers, boolGauge(p.Active), local, id)
+		if p.Disconnects > 0 {
+			emit(ch, descDisconnected, prometheus.CounterValue, float64(p.Disconnects), local, id)
+		}
+		emit(ch, descPeerSent, prometheus.CounterValue, float64(p.SentBytes), id)
+		emit(ch, descPeerReceived, prometheus.CounterValue, float64(p.ReceivedBytes), id)
+		// etcd's series appears with the first failure.
+		if p.SentFailures > 0 {
+			emit(ch, descPeerFailures, prometheus.CounterValue, float64(p.SentFailures), id)
+		}
+	}
 	gauge(descTerm, float64(s.Term))
 	gauge(descDBSize, float64(s.DBSize))
 	gauge(descDBSizeInUse, float64(s.DBSizeInUse))

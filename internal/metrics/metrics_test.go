@@ -3,6 +3,7 @@ package metrics_test
 import (
 	"io"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/concord-kv/concord/consensus"
+	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/internal/metrics"
 	"github.com/concord-kv/concord/watchfanout"
 )
@@ -50,14 +52,16 @@ func TestComponentMetrics(t *testing.T) {
 		Version: "3.7.3",
 		Consensus: consensusStats{MemberID: 0xabc, Leader: 0xabc, IsLeader: true, LeaderChanges: 2, Term: 3,
 			CommittedIndex: 40, AppliedIndex: 39, Revision: 17, CompactRevision: -1, DBSize: 4096, DBSizeInUse: 2048,
-			QuotaBytes: 1 << 31, ReadIndexRounds: 5, SnapshotsSent: 1,
+			QuotaBytes: 1 << 31, ReadIndexRounds: 5, SnapshotsSent: 1, ProposalsPending: 2, ProposalsFailed: 7,
+			SlowApplies: 4, Peers: []consensus.PeerStats{{ID: 0x1f, SentBytes: 100, ReceivedBytes: 80, SentFailures: 2, Disconnects: 1}, {ID: 0x2e, SentBytes: 5, Active: true}},
 			WALFsync: consensus.Histogram{Buckets: map[float64]uint64{0.001: 3, 0.002: 5}, Count: 6, Sum: 0.25}},
 		Fanout: fanoutStats{Streams: 3, Synced: 7, Unsynced: 2, Victims: 4},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantLines(t, scrape(t, r),
+	body := scrape(t, r)
+	wantLines(t, body,
 		"etcd_server_has_leader 1",
 		"etcd_server_is_leader 1",
 		"etcd_server_is_learner 0",
@@ -66,6 +70,19 @@ func TestComponentMetrics(t *testing.T) {
 		`etcd_server_version{server_version="3.7.3"} 1`,
 		"etcd_server_proposals_committed_total 40",
 		"etcd_server_proposals_applied_total 39",
+		"etcd_server_proposals_pending 2",
+		"etcd_server_proposals_failed_total 7",
+		"etcd_server_slow_apply_total 4",
+		`etcd_network_peer_sent_bytes_total{To="1f"} 100`,
+		`etcd_network_peer_received_bytes_total{From="1f"} 80`,
+		`etcd_network_peer_sent_failures_total{To="1f"} 2`,
+		`etcd_network_peer_sent_bytes_total{To="2e"} 5`,
+		`etcd_network_peer_received_bytes_total{From="2e"} 0`,
+		`etcd_network_active_peers{Local="abc",Remote="1f"} 0`,
+		`etcd_network_active_peers{Local="abc",Remote="2e"} 1`,
+		`etcd_network_disconnected_peers_total{Local="abc",Remote="1f"} 1`,
+		`etcd_cluster_version{cluster_version="3.7"} 1`,
+		`etcd_server_go_version{server_go_version="`+runtime.Version()+`"} 1`,
 		"etcd_mvcc_db_total_size_in_bytes 4096",
 		"etcd_mvcc_db_total_size_in_use_in_bytes 2048",
 		"etcd_server_quota_backend_bytes 2.147483648e+09",
@@ -83,6 +100,10 @@ func TestComponentMetrics(t *testing.T) {
 		"etcd_disk_wal_fsync_duration_seconds_sum 0.25",
 		"etcd_disk_wal_fsync_duration_seconds_count 6",
 	)
+	// As in etcd, a peer's failure series appears with its first failure.
+	if strings.Contains(body, `etcd_network_peer_sent_failures_total{To="2e"}`) {
+		t.Errorf("a failure series for a peer without failures:\n%s", body)
+	}
 }
 
 // A process without consensus (a split gateway) exports no member metrics
@@ -113,12 +134,22 @@ func TestCallCounters(t *testing.T) {
 		c.Started("/etcdserverpb.KV/Range", connect.StreamTypeUnary).Handled(0)
 	}
 	c.Started("/etcdserverpb.KV/Put", connect.StreamTypeUnary).Handled(connect.CodeInvalidArgument)
-	c.Started("/etcdserverpb.Watch/Watch", connect.StreamTypeBidi)
+	w := c.Started("/etcdserverpb.Watch/Watch", connect.StreamTypeBidi).(gateway.MessageCounter)
+	w.Received()
+	w.Received()
+	w.Sent()
+	c.Received(10)
+	c.Sent(25)
+	c.Sent(5)
 	wantLines(t, scrape(t, r),
+		"etcd_network_client_grpc_received_bytes_total 10",
+		"etcd_network_client_grpc_sent_bytes_total 30",
 		`grpc_server_started_total{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"} 3`,
 		`grpc_server_handled_total{grpc_code="OK",grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"} 3`,
 		`grpc_server_handled_total{grpc_code="InvalidArgument",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"} 1`,
 		`grpc_server_started_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"} 1`,
+		`grpc_server_msg_received_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"} 2`,
+		`grpc_server_msg_sent_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"} 1`,
 	)
 }
 

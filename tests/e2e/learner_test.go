@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/http"
 	"testing"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -36,6 +37,11 @@ func checkLearnerRefusals(t *testing.T, endpoint string) {
 	}
 	if st, err := maint.Status(ctx, &pb.StatusRequest{}); err != nil || !st.IsLearner {
 		t.Errorf("status on the learner: %v, %v; want IsLearner", st, err)
+	}
+	// etcd's /readyz has a non_learner check that a learner fails.
+	if code, body := httpGet(t, "http://"+endpoint+"/readyz/non_learner"); code != http.StatusServiceUnavailable ||
+		body != "[-]non_learner failed: not supported for learner\n\n" {
+		t.Errorf("/readyz/non_learner on the learner: %d %q", code, body)
 	}
 
 	key := []byte("k")
@@ -94,4 +100,19 @@ func checkLearnerRefusals(t *testing.T, endpoint string) {
 			t.Errorf("%s on the learner: %v; want %v", name, st.Err(), want.Err())
 		}
 	}
+}
+
+// httpGet returns the status and body of a GET of url.
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode, string(b)
 }

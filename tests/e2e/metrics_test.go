@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,13 @@ var etcdMetrics = []struct{ series, value string }{
 	{`etcd_server_version{server_version="3.7.3"}`, "1"},
 	{"etcd_server_proposals_committed_total", ""},
 	{"etcd_server_proposals_applied_total", ""},
+	{"etcd_server_proposals_pending", "0"},
+	{"etcd_server_proposals_failed_total", "0"},
+	{"etcd_server_slow_apply_total", ""},
+	{`etcd_cluster_version{cluster_version="3.7"}`, "1"},
+	{`etcd_server_go_version{server_go_version="` + runtime.Version() + `"}`, "1"},
+	{"etcd_network_client_grpc_received_bytes_total", ""},
+	{"etcd_network_client_grpc_sent_bytes_total", ""},
 	{"etcd_server_quota_backend_bytes", "2.147483648e+09"},
 	{"etcd_mvcc_db_total_size_in_bytes", ""},
 	{"etcd_mvcc_db_total_size_in_use_in_bytes", ""},
@@ -31,6 +39,10 @@ var etcdMetrics = []struct{ series, value string }{
 	{`grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"}`, "2"},
 	{`grpc_server_handled_total{grpc_code="InvalidArgument",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"}`, "1"},
 	{`grpc_server_started_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"}`, "1"},
+	{`grpc_server_msg_received_total{grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"}`, "3"},
+	{`grpc_server_msg_sent_total{grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"}`, "3"},
+	{`grpc_server_msg_received_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"}`, "1"},
+	{`grpc_server_msg_sent_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"}`, "2"},
 	{`etcd_disk_wal_fsync_duration_seconds_bucket{le="+Inf"}`, ""},
 	{"etcd_disk_wal_fsync_duration_seconds_count", ""},
 	{"etcd_disk_backend_commit_duration_seconds_count", ""},
