@@ -46,10 +46,31 @@ func TestClusterLeasesThroughEveryMember(t *testing.T) {
 			}
 			outputs[im.name] = out.String()
 
+			// A lease granted through any member expires on time: its key
+			// is deleted within a few seconds of its TTL.
+			ctx := testCtx(t)
+			const grantTTL = 3
+			granted := time.Now()
+			for i, s := range c.members {
+				cl := newClient(t, s)
+				g := must(cl.Grant(ctx, grantTTL))(t)
+				must(cl.Put(ctx, fmt.Sprintf("expiring/m%d", i+1), "v", clientv3.WithLease(g.ID)))(t)
+			}
+			watcher := newClient(t, c.members[0])
+			for {
+				resp := must(watcher.Get(ctx, "expiring/", clientv3.WithPrefix(), clientv3.WithCountOnly()))(t)
+				if resp.Count == 0 {
+					break
+				}
+				if since := time.Since(granted); since > (grantTTL+4)*time.Second {
+					t.Fatalf("%d keys of leases with a %d s TTL still there %v after the grants", resp.Count, grantTTL, since.Round(time.Second))
+				}
+				time.Sleep(pollInterval)
+			}
+
 			// A session (what locks and elections hold) through each
 			// member stays alive past its TTL: its keep-alives reach the
 			// member that renews leases.
-			ctx := testCtx(t)
 			var sessions []*concurrency.Session
 			for _, s := range c.members {
 				sess, err := concurrency.NewSession(newClient(t, s), concurrency.WithTTL(sessionTTL))
