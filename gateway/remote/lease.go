@@ -266,11 +266,28 @@ func (l *Lease) endSearch(c chan struct{}) {
 	close(c)
 }
 
-// LeaseGrant implements gateway.Lease.
+// leaseLearnTimeout bounds how long a grant waits to tell the active lease
+// service about the lease.
+const leaseLearnTimeout = time.Second
+
+// LeaseGrant implements gateway.Lease. Any lease service grants (through
+// consensus), but only the active one expires leases, and it learns of one
+// granted by another only when asked about it (or at its next
+// reconciliation, up to 30 s later). So with several lease services the
+// new lease's TTL is then asked of the active one (starting with the one
+// that granted it, which answers from memory if it is the active one): the
+// lease expires on time, as etcd's do.
 func (l *Lease) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
-	return leaseCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
+	resp, err := leaseCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
 		return t.lease.LeaseGrant
 	}, ctx, r, false)
+	if err != nil || len(l.targets) == 1 {
+		return resp, err
+	}
+	lctx, cancel := context.WithTimeout(ctx, leaseLearnTimeout)
+	defer cancel()
+	_, _ = l.LeaseTimeToLive(lctx, &pb.LeaseTimeToLiveRequest{ID: resp.GetID()})
+	return resp, nil
 }
 
 // LeaseRevoke implements gateway.Lease.

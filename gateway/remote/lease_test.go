@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/http/httptest"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	"github.com/concord-kv/concord/gateway/remote"
 	"github.com/concord-kv/concord/leasesvc"
 	"github.com/concord-kv/concord/proto/gen/concord/v1/concordv1connect"
+	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
 )
 
 // switchLease is a lease service that is active or a standby ("no leader")
@@ -153,5 +156,57 @@ func TestLeaseWithLocalTakesOverLocally(t *testing.T) {
 	}
 	if d := time.Since(killed); d < takeoverAfter || d >= 4*time.Second {
 		t.Fatalf("answered %v after the kill; the local takeover came after %v", d, takeoverAfter)
+	}
+}
+
+// grantLease is a lease process that grants (any one does, through
+// consensus) and answers TimeToLive only while active, noting the leases
+// it was asked about.
+type grantLease struct {
+	etcdserverpbconnect.UnimplementedLeaseHandler
+	active atomic.Bool
+	mu     sync.Mutex
+	asked  []int64
+}
+
+func (g *grantLease) LeaseGrant(_ context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
+	return &pb.LeaseGrantResponse{Header: hdr, ID: r.GetID(), TTL: r.GetTTL()}, nil
+}
+
+func (g *grantLease) LeaseTimeToLive(_ context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
+	if !g.active.Load() {
+		return nil, gateway.TranslateError(leasesvc.ErrNotActive)
+	}
+	g.mu.Lock()
+	g.asked = append(g.asked, r.GetID())
+	g.mu.Unlock()
+	return &pb.LeaseTimeToLiveResponse{Header: hdr, ID: r.GetID(), TTL: 5}, nil
+}
+
+// A lease granted by a standby lease service is made known to the active
+// one (which alone expires leases) before the grant is answered.
+func TestLeaseGrantTellsTheActiveService(t *testing.T) {
+	standby, active := &grantLease{}, &grantLease{}
+	active.active.Store(true)
+	var urls []string
+	for _, g := range []*grantLease{standby, active} {
+		path, h := etcdserverpbconnect.NewLeaseHandler(g)
+		urls = append(urls, h2cServer(t, path, h))
+	}
+	// The standby first: it answers the grant.
+	l, err := remote.NewLease(strings.Join(urls, ","), func() *pb.ResponseHeader { return hdr })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if r, err := l.LeaseGrant(ctx, &pb.LeaseGrantRequest{ID: 42, TTL: 5}); err != nil || r.GetID() != 42 {
+		t.Fatalf("grant = %v, %v", r, err)
+	}
+	active.mu.Lock()
+	defer active.mu.Unlock()
+	if !slices.Equal(active.asked, []int64{42}) {
+		t.Fatalf("the active lease service was asked about %v, want [42]", active.asked)
 	}
 }
