@@ -553,9 +553,13 @@ func TestClusterProposalLostWithItsLeaderFailsFast(t *testing.T) {
 		t.Fatalf("orphaned proposal failed after %v, no sooner than the request timeout %v", r.took, c.nodes[f].reqTimeout)
 	}
 	t.Logf("orphaned proposal failed after %v (request timeout %v)", r.took, c.nodes[f].reqTimeout)
-	if s := c.nodes[f].Stats(); s.ProposalsFailed != 1 || s.ProposalsPending != 0 {
-		t.Fatalf("after the orphaned proposal: %d proposals failed, %d pending; want 1, 0", s.ProposalsFailed, s.ProposalsPending)
+	// Other proposals of this member that were in flight may have been
+	// lost with the leader too (under -race two failures were counted):
+	// at least this one failed.
+	if s := c.nodes[f].Stats(); s.ProposalsFailed < 1 {
+		t.Fatalf("after the orphaned proposal: %d proposals failed, want at least 1", s.ProposalsFailed)
 	}
+	waitFor(t, "no proposal pending", func() bool { return c.nodes[f].Stats().ProposalsPending == 0 })
 	// The cluster takes the write when asked again (a client retries a
 	// timeout; under load the new leadership may still be settling).
 	waitFor(t, "a write after the leader change", func() bool {
