@@ -16,25 +16,32 @@ import (
 	"github.com/concord-kv/concord/gateway"
 )
 
+// httpGetter serves GETs of the gateway's HTTP endpoints (b, opts) in
+// process, answering the status code and body.
+func httpGetter(t *testing.T, b gateway.Backend, opts ...gateway.Option) func(path string) (int, string) {
+	t.Helper()
+	g, err := gateway.New(gateway.Config{}, b, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = g.Close() })
+	return func(path string) (int, string) {
+		rec := httptest.NewRecorder()
+		g.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		return rec.Code, rec.Body.String()
+	}
+}
+
 // A process's own component adds its check to /readyz (a lease service
 // reports whether it is an active holder or a following standby).
 func TestWithReadyCheck(t *testing.T) {
 	var failing atomic.Bool
-	g, err := gateway.New(gateway.Config{}, newFake(), gateway.WithReadyCheck("lease_authority", func(context.Context) error {
+	get := httpGetter(t, newFake(), gateway.WithReadyCheck("lease_authority", func(context.Context) error {
 		if failing.Load() {
 			return errors.New("not renewed")
 		}
 		return nil
 	}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = g.Close() })
-	get := func(path string) (int, string) {
-		rec := httptest.NewRecorder()
-		g.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
-		return rec.Code, rec.Body.String()
-	}
 	if code, body := get("/readyz?verbose"); code != 200 || !strings.Contains(body, "[+]lease_authority ok") || !strings.Contains(body, "[+]linearizable_read ok") {
 		t.Fatalf("/readyz?verbose = %d %q", code, body)
 	}
@@ -55,16 +62,7 @@ func TestWithReadyCheck(t *testing.T) {
 func TestReadyzNonLearner(t *testing.T) {
 	b := &learnerBackend{fakeBackend: newFake()}
 	b.learner.Store(true)
-	g, err := gateway.New(gateway.Config{}, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = g.Close() })
-	get := func(path string) (int, string) {
-		rec := httptest.NewRecorder()
-		g.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
-		return rec.Code, rec.Body.String()
-	}
+	get := httpGetter(t, b)
 	if code, body := get("/readyz/non_learner"); code != 503 || body != "[-]non_learner failed: not supported for learner\n\n" { // http.Error adds a newline, in etcd too
 		t.Fatalf("/readyz/non_learner on a learner = %d %q", code, body)
 	}
@@ -102,16 +100,7 @@ func (l *localAlarmsBackend) Alarms() []*pb.AlarmMember {
 func TestHealthReadsAlarmsLocally(t *testing.T) {
 	b := &localAlarmsBackend{fakeBackend: newFake()}
 	b.leader.Store(0)
-	g, err := gateway.New(gateway.Config{}, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = g.Close() })
-	get := func(path string) (int, string) {
-		rec := httptest.NewRecorder()
-		g.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
-		return rec.Code, rec.Body.String()
-	}
+	get := httpGetter(t, b)
 	for path, want := range map[string]string{
 		"/health?serializable=true":                 `{"health":"true","reason":""}`,
 		"/health?exclude=NOSPACE&serializable=true": `{"health":"true","reason":""}`,

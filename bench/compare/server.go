@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/concord-kv/concord/internal/healthwait"
+	"github.com/concord-kv/concord/internal/launcher"
 )
 
 // Sentinel errors.
@@ -222,7 +223,7 @@ func (s *Server) launch() error {
 	fmt.Fprintf(log, "=== %s %s\n", s.cfg.Bin, strings.Join(s.Args(), " "))
 	// Not CommandContext: the process outlives the start context; Stop ends it.
 	cmd := exec.Command(s.cfg.Bin, s.Args()...)
-	cmd.Env = cleanEnv()
+	cmd.Env = launcher.DefaultEnv() // no ETCD_/ETCDCTL_/CONCORD_ variables: both servers would read them as flags
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		log.Close()
@@ -420,17 +421,4 @@ func parseStatCPU(stat string) (time.Duration, error) {
 		return 0, fmt.Errorf("malformed /proc stat line: %w", err)
 	}
 	return time.Duration(ut+st) * time.Second / clockTicks, nil
-}
-
-// cleanEnv is the environment without ETCD_/ETCDCTL_/CONCORD_ variables,
-// which both servers would read as flags.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "ETCD_") || strings.HasPrefix(kv, "ETCDCTL_") || strings.HasPrefix(kv, "CONCORD_") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	return env
 }

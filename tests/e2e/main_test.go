@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/concord-kv/concord/internal/launcher"
 )
 
 var updateGolden = flag.Bool("update", false, "rewrite testdata/*.golden from the etcd subtests")
@@ -151,13 +153,4 @@ func requireBinary(t testing.TB, b *impl) {
 
 // cleanEnv is the environment for every child process: without the ETCD_, ETCDCTL_ and CONCORD_
 // variables of whoever runs the tests, since both servers and etcdctl read their flags from those.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "ETCD_") || strings.HasPrefix(kv, "ETCDCTL_") || strings.HasPrefix(kv, "CONCORD_") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	return env
-}
+var cleanEnv = launcher.DefaultEnv
