@@ -272,15 +272,7 @@ func TestSplitAuthEnforced(t *testing.T) {
 	// are that user, at etcd with the same flags as through the gateway
 	// (refused with permission denied rather than user name is empty).
 	certs, userCert, userKey := certsWithUser(t)
-	userTLS, err := tls.LoadX509KeyPair(userCert, userKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsCfg, err := certs.ClientConfig(false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsCfg.Certificates = []tls.Certificate{userTLS}
+	tlsCfg := userClientTLS(t, certs, userCert, userKey)
 	etcd := startServer(t, etcdImpl, serverOptions{tls: certs, clientCertAuth: true, extra: []string{"--bcrypt-cost=4"}})
 	want := authOutcomesAt(t, "https://"+etcd.Endpoint(), tlsCfg)
 
@@ -361,16 +353,8 @@ func TestSplitAuthSecret(t *testing.T) {
 	// leader polls, the lease authority) still work: /health as etcd's.
 	health := func(url string) (int, string) {
 		t.Helper()
-		resp, err := http.Get(url + "/health")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp.StatusCode, strings.TrimSpace(string(b))
+		code, body := httpGet(t, url+"/health")
+		return code, strings.TrimSpace(body)
 	}
 	wantCode, wantBody := health(etcd.clientURL())
 	for _, p := range []*proc{split.consensus, split.watchfanout, split.leasesvc, gw, split.gateways[1]} {
@@ -474,15 +458,7 @@ func testSplitAuthClientCertUser(t *testing.T, withSecret bool) {
 
 	// Forged claims. The user's certificate on a plain HTTP/2 client that
 	// sets the headers itself.
-	userTLS, err := tls.LoadX509KeyPair(userCert, userKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsCfg, err := certs.ClientConfig(false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsCfg.Certificates = []tls.Certificate{userTLS}
+	tlsCfg := userClientTLS(t, certs, userCert, userKey)
 	tr := &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true}
 	t.Cleanup(tr.CloseIdleConnections)
 	with := func(h map[string]string) *http.Client {
@@ -983,6 +959,22 @@ func TestCtlAuthJWT(t *testing.T) {
 // certsWithUser generates the test CA and certificates, and a second client
 // certificate (common name "concord test client with addresses") for a
 // user, returned as its certificate and key files.
+// userClientTLS is a client configuration that trusts certs' CA and
+// presents the user's certificate.
+func userClientTLS(t *testing.T, certs *tlstest.Files, userCert, userKey string) *tls.Config {
+	t.Helper()
+	userTLS, err := tls.LoadX509KeyPair(userCert, userKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := certs.ClientConfig(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Certificates = []tls.Certificate{userTLS}
+	return cfg
+}
+
 func certsWithUser(t *testing.T) (certs *tlstest.Files, userCert, userKey string) {
 	t.Helper()
 	dir := t.TempDir()

@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"io"
-	"net/http"
 	"runtime"
 	"strings"
 	"testing"
@@ -95,16 +93,11 @@ func TestMetrics(t *testing.T) {
 
 func scrapeMetrics(t *testing.T, s *Server) string {
 	t.Helper()
-	resp, err := http.Get(s.clientURL() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	code, body := httpGet(t, s.clientURL()+"/metrics")
+	if code != 200 {
+		t.Fatalf("/metrics: status %d", code)
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("/metrics: status %d, %v", resp.StatusCode, err)
-	}
-	return string(b)
+	return body
 }
 
 // seriesValue finds "<series> <value>" in a Prometheus text exposition.

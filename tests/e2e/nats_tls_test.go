@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -121,16 +120,11 @@ func (cleartextDialer) SkipTLSHandshake() bool { return true }
 // catch-ups).
 func historyReads(t *testing.T, p *proc) string {
 	t.Helper()
-	resp, err := http.Get(p.url() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	code, body := httpGet(t, p.url()+"/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("%s /metrics: status %d", p.name, code)
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("%s /metrics: status %d, %v", p.name, resp.StatusCode, err)
-	}
-	v, ok := seriesValue(string(b), "concord_watch_history_reads_total")
+	v, ok := seriesValue(body, "concord_watch_history_reads_total")
 	if !ok {
 		t.Fatalf("%s /metrics has no concord_watch_history_reads_total", p.name)
 	}
