@@ -2,8 +2,6 @@ package gateway_test
 
 import (
 	"errors"
-	"io"
-	"net"
 	"os"
 	"testing"
 	"time"
@@ -11,27 +9,8 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/concord-kv/concord/gateway"
+	"github.com/concord-kv/concord/internal/h2test"
 )
-
-// h2Dial opens a raw cleartext HTTP/2 connection (what gRPC clients do) to
-// addr, with a deadline on everything.
-func h2Dial(t *testing.T, addr string) (net.Conn, *http2.Framer) {
-	t.Helper()
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	nc.SetDeadline(time.Now().Add(20 * time.Second))
-	fr := http2.NewFramer(nc, nc)
-	if _, err := io.WriteString(nc, http2.ClientPreface); err != nil {
-		t.Fatal(err)
-	}
-	if err := fr.WriteSettings(); err != nil {
-		t.Fatal(err)
-	}
-	return nc, fr
-}
 
 // KeepAlive.Interval and Timeout work on both HTTP/2 servers: a client that
 // sends nothing is pinged after Interval and, not answering, disconnected
@@ -41,7 +20,7 @@ func TestKeepAliveServerPing(t *testing.T) {
 	for _, netHTTP2 := range []bool{false, true} {
 		t.Run(map[bool]string{false: "lean", true: "nethttp2"}[netHTTP2], func(t *testing.T) {
 			addr := startGateway(t, gateway.Config{NetHTTP2: netHTTP2, KeepAlive: gateway.KeepAlive{Interval: 200 * time.Millisecond, Timeout: 300 * time.Millisecond}}, newFake())
-			_, fr := h2Dial(t, addr)
+			_, fr := h2test.Dial(t, addr, 20*time.Second)
 			pinged := false
 			for {
 				f, err := fr.ReadFrame()
@@ -83,7 +62,7 @@ func TestKeepAliveTooManyPings(t *testing.T) {
 		t.Run(map[bool]string{false: "lean", true: "nethttp2"}[netHTTP2], func(t *testing.T) {
 			lean := !netHTTP2 && os.Getenv("CONCORD_TEST_NET_HTTP2") != "1"
 			addr := startGateway(t, gateway.Config{NetHTTP2: netHTTP2}, newFake()) // etcd's defaults
-			_, fr := h2Dial(t, addr)
+			_, fr := h2test.Dial(t, addr, 20*time.Second)
 			for i := byte(1); i <= 4; i++ {
 				if err := fr.WritePing(false, [8]byte{i}); err != nil {
 					t.Fatal(err)

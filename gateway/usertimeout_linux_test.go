@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/concord-kv/concord/gateway"
+	"github.com/concord-kv/concord/internal/h2test"
 )
 
 // acceptRecorder is a listener that keeps the server side of every
@@ -65,7 +66,7 @@ func TestKeepAliveSetsTCPUserTimeout(t *testing.T) {
 				rec.Listener = ln // before Serve's goroutines exist
 				return g.Serve(ctx, rec)
 			})
-			_, fr := h2Dial(t, addr)
+			_, fr := h2test.Dial(t, addr, 20*time.Second)
 			// The server's SETTINGS arrive once it took the connection.
 			for {
 				f, err := fr.ReadFrame()

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/concord-kv/concord/gateway/h2server"
+	"github.com/concord-kv/concord/internal/h2test"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -283,21 +284,9 @@ type rawConn struct {
 
 func dialRaw(t testing.TB, addr string) *rawConn {
 	t.Helper()
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	nc.SetDeadline(time.Now().Add(10 * time.Second))
-	rc := &rawConn{t: t, nc: nc, fr: http2.NewFramer(nc, nc)}
-	rc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	nc, fr := h2test.Dial(t, addr, 10*time.Second)
+	rc := &rawConn{t: t, nc: nc, fr: fr}
 	rc.enc = hpack.NewEncoder(&rc.hb)
-	if _, err := io.WriteString(nc, http2.ClientPreface); err != nil {
-		t.Fatal(err)
-	}
-	if err := rc.fr.WriteSettings(); err != nil {
-		t.Fatal(err)
-	}
 	return rc
 }
 

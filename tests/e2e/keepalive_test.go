@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"strings"
@@ -18,6 +17,8 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/connectivity"
+
+	"github.com/concord-kv/concord/internal/h2test"
 )
 
 // keepAliveFlags are the --grpc-keepalive-* both servers get: a 1 s
@@ -65,21 +66,8 @@ type h2Client struct {
 
 func dialH2(t *testing.T, addr string) *h2Client {
 	t.Helper()
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	nc.SetDeadline(time.Now().Add(30 * time.Second))
-	c := &h2Client{t: t, nc: nc, fr: http2.NewFramer(nc, nc)}
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	if _, err := io.WriteString(nc, http2.ClientPreface); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.fr.WriteSettings(); err != nil {
-		t.Fatal(err)
-	}
-	return c
+	nc, fr := h2test.Dial(t, addr, 30*time.Second)
+	return &h2Client{t: t, nc: nc, fr: fr}
 }
 
 // event reads the next frame that matters to the keep-alive and describes
