@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"connectrpc.com/connect"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -68,28 +67,18 @@ func (m *memberLease) LeaseKeepAlive(ctx context.Context, r *pb.LeaseKeepAliveRe
 	return nil, err
 }
 
-// leaseLearnTimeout bounds how long a grant through a member that does not
-// hold the lease authority waits to tell the holder about the lease.
-const leaseLearnTimeout = time.Second
-
 // LeaseGrant implements gateway.Lease: the grant goes through consensus
-// from any member, and the holder of the lease authority learns a lease
-// granted elsewhere only when asked about it (or at its next
-// reconciliation, up to 30 s later), so a member that is not the holder
-// then asks it for the lease's TTL: the lease expires on time, as etcd's
-// do wherever they were granted. Failing that (a takeover under way), the
-// next holder loads every lease when it takes over.
+// from any member, and a member that does not hold the lease authority
+// then tells the holder (remote.Lease.TellActive), so that the lease
+// expires on time, as etcd's do wherever they were granted.
 func (m *memberLease) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
 	resp, err := m.Service.LeaseGrant(ctx, r)
 	if err != nil {
 		return resp, err
 	}
-	ttl := &pb.LeaseTimeToLiveRequest{ID: resp.GetID()}
-	if _, lerr := m.Service.LeaseTimeToLive(ctx, ttl); errors.Is(lerr, leasesvc.ErrNotActive) {
+	if !m.Service.Active() {
 		if all := m.allMembers(); all != nil {
-			lctx, cancel := context.WithTimeout(ctx, leaseLearnTimeout)
-			_, _ = all.LeaseTimeToLive(lctx, ttl)
-			cancel()
+			all.TellActive(ctx, resp.GetID())
 		}
 	}
 	return resp, nil

@@ -266,17 +266,25 @@ func (l *Lease) endSearch(c chan struct{}) {
 	close(c)
 }
 
-// leaseLearnTimeout bounds how long a grant waits to tell the active lease
-// service about the lease.
+// leaseLearnTimeout bounds how long TellActive waits.
 const leaseLearnTimeout = time.Second
 
+// TellActive makes the active lease service learn of lease id, which
+// another lease service granted: only the active one expires leases, and
+// it learns of one granted elsewhere only when asked about it (or at its
+// next reconciliation, up to 30 s later). It asks the active one for the
+// lease's TTL, for at most a second; failing that (a takeover under way),
+// the next active one loads every lease as it takes over.
+func (l *Lease) TellActive(ctx context.Context, id int64) {
+	ctx, cancel := context.WithTimeout(ctx, leaseLearnTimeout)
+	defer cancel()
+	_, _ = l.LeaseTimeToLive(ctx, &pb.LeaseTimeToLiveRequest{ID: id})
+}
+
 // LeaseGrant implements gateway.Lease. Any lease service grants (through
-// consensus), but only the active one expires leases, and it learns of one
-// granted by another only when asked about it (or at its next
-// reconciliation, up to 30 s later). So with several lease services the
-// new lease's TTL is then asked of the active one (starting with the one
-// that granted it, which answers from memory if it is the active one): the
-// lease expires on time, as etcd's do.
+// consensus); with several, the active one is then told (TellActive,
+// starting with the one that granted, which answers from memory if it is
+// the active one), so that the lease expires on time, as etcd's do.
 func (l *Lease) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
 	resp, err := leaseCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
 		return t.lease.LeaseGrant
@@ -284,9 +292,7 @@ func (l *Lease) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.Le
 	if err != nil || len(l.targets) == 1 {
 		return resp, err
 	}
-	lctx, cancel := context.WithTimeout(ctx, leaseLearnTimeout)
-	defer cancel()
-	_, _ = l.LeaseTimeToLive(lctx, &pb.LeaseTimeToLiveRequest{ID: resp.GetID()})
+	l.TellActive(ctx, resp.GetID())
 	return resp, nil
 }
 
