@@ -983,9 +983,12 @@ const memTrimEntries = 64
 // snapshot is at the compaction index, so a member that needs older
 // entries is sent a snapshot it can resume from.
 func (n *Node) trimMemoryLog() error {
+	if n.leader.Load() != n.memberID {
+		return nil
+	}
 	applied := n.raftApplied
 	first, err := n.ms.FirstIndex()
-	if err != nil || applied < first-1+memTrimEntries || n.leader.Load() != n.memberID {
+	if err != nil || applied < first-1+memTrimEntries {
 		return err
 	}
 	lagging := false
