@@ -10,7 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"connectrpc.com/connect"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
 	"github.com/concord-kv/concord/gateway"
@@ -164,8 +163,7 @@ func (p *peerLeases) own() (*leasesvc.Service, error) {
 	return nil, leasesvc.ErrNotActive
 }
 
-// peerLease is the gateway.Lease behind the forwarded keep-alives: only
-// LeaseKeepAlive is reached (remote.KeepAliveServer).
+// peerLease renews the forwarded keep-alives (remote.KeepAliveServer).
 type peerLease struct{ p *peerLeases }
 
 func (l peerLease) LeaseKeepAlive(ctx context.Context, r *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error) {
@@ -175,31 +173,6 @@ func (l peerLease) LeaseKeepAlive(ctx context.Context, r *pb.LeaseKeepAliveReque
 	}
 	return own.LeaseKeepAlive(ctx, r)
 }
-
-func (l peerLease) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
-	return nil, errPeerLeaseCall
-}
-
-func (l peerLease) LeaseGrant(context.Context, *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
-	return nil, errPeerLeaseCall
-}
-
-func (l peerLease) LeaseRevoke(context.Context, *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
-	return nil, errPeerLeaseCall
-}
-
-func (l peerLease) LeaseLeases(context.Context, *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
-	return nil, errPeerLeaseCall
-}
-
-func (l peerLease) Header() *pb.ResponseHeader {
-	if own, _ := l.p.own(); own != nil {
-		return own.Header()
-	}
-	return &pb.ResponseHeader{}
-}
-
-var errPeerLeaseCall = connect.NewError(connect.CodeUnimplemented, errors.New("not served on the peer URLs"))
 
 // peerTimeToLive serves etcd's LeaseTimeToLive for forwarded calls,
 // answering a missing lease with TTL -1 as the client gateway does (which

@@ -331,10 +331,16 @@ func (l *Lease) LeaseKeepAlive(ctx context.Context, r *pb.LeaseKeepAliveRequest)
 // Header implements gateway.Lease.
 func (l *Lease) Header() *pb.ResponseHeader { return l.header() }
 
+// KeepAliver renews a lease: the one call KeepAliveServer makes of a lease
+// service (gateway.Lease, *leasesvc.Service).
+type KeepAliver interface {
+	LeaseKeepAlive(ctx context.Context, r *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error)
+}
+
 // KeepAliveServer serves concord.v1.LeaseKeepAliveService for a lease
 // service in process (*leasesvc.Service).
 type KeepAliveServer struct {
-	L gateway.Lease
+	L KeepAliver
 	// Authz, when set, checks each keep-alive as etcd does (write
 	// permission on the lease's keys) for the credentials the caller
 	// forwarded (KeepAliveHandler).
