@@ -101,4 +101,3 @@ func checkLearnerRefusals(t *testing.T, endpoint string) {
 		}
 	}
 }
-
