@@ -680,8 +680,8 @@ func (n *Node) handleReady() error {
 	}
 	n.releaseReads()
 	if !delivered {
-		n.deliver(&out)
 		n.publish(out.events)
+		n.deliver(&out)
 	}
 	n.rn.Advance(rd)
 
@@ -783,8 +783,11 @@ func (n *Node) persistWhileApplying(rd raft.Ready, out *applyOutput) (err error)
 	n.backendCommit.observe(time.Since(commitStart))
 	out.events = b.Events()
 	n.markApplied(rd, out)
-	n.deliver(out)
+	// Publish before answering: the goroutine woken last runs first on
+	// this processor, so the waiting handlers answer their clients before
+	// the event bus's goroutines run, not after.
 	n.publish(out.events)
+	n.deliver(out)
 	if n.cfg.afterEarlyDeliver != nil {
 		n.cfg.afterEarlyDeliver(n)
 	}

@@ -45,7 +45,7 @@ type conn struct {
 	smu       sync.Mutex
 	streams   map[uint32]*stream
 	lastID    uint32
-	running   int // handler goroutines not yet returned
+	running   atomic.Int32 // handler goroutines not yet returned; changed under smu, read by the flusher without it
 	goingAway bool
 	dead      bool
 	handlers  sync.WaitGroup
@@ -572,8 +572,12 @@ func (c *conn) flusher() {
 			// responses first: on loopback a write(2) also runs the
 			// receiver's TCP input, so it costs as much as several
 			// requests' handling, and without this yield almost every
-			// response went out in a write of its own.
-			runtime.Gosched()
+			// response went out in a write of its own. With no handler
+			// running there is nothing to wait for, and the yield would
+			// only let unrelated goroutines (the event bus's) go first.
+			if c.running.Load() > 0 {
+				runtime.Gosched()
+			}
 			c.drain()
 		case <-c.closing:
 			_ = c.nc.SetWriteDeadline(time.Now().Add(c.cfg.CloseFlushTimeout))

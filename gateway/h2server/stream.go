@@ -118,7 +118,7 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	// Handlers of streams the peer already reset count too, so that
 	// opening and resetting streams in a loop cannot start unbounded
 	// handlers (the "rapid reset" attack).
-	if uint32(max(len(c.streams), c.running)) >= c.cfg.MaxConcurrentStreams {
+	if uint32(max(len(c.streams), int(c.running.Load()))) >= c.cfg.MaxConcurrentStreams {
 		c.smu.Unlock()
 		c.wmu.Lock()
 		c.wbuf = appendRSTStream(c.wbuf, id, http2.ErrCodeRefusedStream)
@@ -151,7 +151,7 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	st.sendWindow = int64(c.peerInitWin)
 	c.wmu.Unlock()
 	c.streams[id] = st
-	c.running++
+	c.running.Add(1)
 	c.handlers.Add(1)
 	c.smu.Unlock()
 	go c.runHandler(st)
@@ -237,7 +237,7 @@ func (c *conn) runHandler(st *stream) {
 	defer c.handlers.Done()
 	defer func() {
 		c.smu.Lock()
-		c.running--
+		c.running.Add(-1)
 		c.smu.Unlock()
 	}()
 	defer st.finish()
