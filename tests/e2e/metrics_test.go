@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -108,4 +111,144 @@ func seriesValue(body, series string) (string, bool) {
 		}
 	}
 	return "<missing>", false
+}
+
+// mvccOpMetrics are etcd's mvcc operation metrics; TestMetricsMVCCOps
+// compares how each request moves them on etcd and concord.
+var mvccOpMetrics = []string{
+	"etcd_mvcc_range_total",
+	"etcd_mvcc_put_total",
+	"etcd_mvcc_delete_total",
+	"etcd_mvcc_txn_total",
+	"etcd_debugging_mvcc_keys_total",
+	"etcd_debugging_mvcc_total_put_size_in_bytes",
+}
+
+// TestMetricsMVCCOps runs the same etcdctl commands against etcd and
+// concord and requires every command to move etcd_mvcc_range_total,
+// _put_total, _delete_total, _txn_total, etcd_debugging_mvcc_keys_total
+// and _total_put_size_in_bytes by the same amounts on both (etcd's
+// dashboards read them), and the metrics' help and type to be etcd's.
+// etcd's counting has quirks concord follows: a put with --prev-kv is a
+// "txn", a write txn's compares are counted apart from its ops, a
+// serializable get counts as any range, a delete that deletes nothing
+// counts.
+func TestMetricsMVCCOps(t *testing.T) {
+	got := map[string][]string{}
+	forEachImpl(t, serverOptions{}, func(t *testing.T, s *Server) {
+		ep := s.Endpoint()
+		var lease string
+		steps := []struct {
+			stdin string
+			args  func() []string
+		}{
+			{"", func() []string { return []string{"put", "a", "1"} }},
+			{"", func() []string { return []string{"put", "b", "2"} }},
+			{"", func() []string { return []string{"put", "a", "22", "--prev-kv"} }},
+			{"", func() []string { return []string{"put", "a", "--ignore-value"} }},
+			{"", func() []string { return []string{"put", "nope", "--ignore-value"} }},
+			{"", func() []string { return []string{"get", "a"} }},
+			{"", func() []string { return []string{"get", "a", "--consistency=s"} }},
+			{"", func() []string { return []string{"get", "", "--prefix", "--limit=1"} }},
+			{"", func() []string { return []string{"get", "a", "--rev=1"} }},
+			{"", func() []string { return []string{"del", "nothing"} }},
+			{"", func() []string { return []string{"del", "b", "--prev-kv"} }},
+			// Two compares (the second fails), then the failure branch.
+			{"version(\"a\") > \"0\"\nmod(\"c\") > \"0\"\nvalue(\"a\") = \"x\"\n\nput c v\n\nput c w\nget c\n\n",
+				func() []string { return []string{"txn"} }},
+			{"version(\"c\") = \"1\"\n\nput d v\n\n\n", func() []string { return []string{"txn"} }},
+			{"\nput d v2 --prev-kv\ndel a\n\n\n", func() []string { return []string{"txn"} }},
+			// Read only.
+			{"value(\"c\") = \"w\"\n\nget c\nget d\n\n\n", func() []string { return []string{"txn"} }},
+			{"", func() []string { return []string{"put", "l1", "v", "--lease=" + lease} }},
+			{"", func() []string { return []string{"put", "l2", "v", "--lease=" + lease} }},
+			{"", func() []string { return []string{"lease", "revoke", lease} }},
+			{"", func() []string { return []string{"compaction", "3"} }},
+			{"", func() []string { return []string{"compaction", "2"} }}, // compacted: refused
+		}
+		out := mustCtl(t, ep, "lease", "grant", "600")
+		m := reGrantText.FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("lease grant: %q", out)
+		}
+		lease = m[1]
+		var lines []string
+		prev := mvccOpValues(t, s)
+		for _, st := range steps {
+			args := st.args()
+			runCtl(t, ep, st.stdin, args...)
+			cur := mvccOpValues(t, s)
+			var d []string
+			for i, name := range mvccOpMetrics {
+				if cur[i] != prev[i] {
+					d = append(d, fmt.Sprintf("%s%+d", strings.TrimPrefix(name, "etcd_"), cur[i]-prev[i]))
+				}
+			}
+			lines = append(lines, fmt.Sprintf("etcdctl %s: %s", strings.ReplaceAll(strings.Join(args, " "), lease, "<lease>"),
+				strings.Join(d, " ")))
+			prev = cur
+		}
+		lines = append(lines, fmt.Sprintf("totals: %v", prev))
+		body := scrapeMetrics(t, s)
+		for _, name := range mvccOpMetrics {
+			for _, kind := range []string{"# HELP ", "# TYPE "} {
+				line, ok := metaLine(body, kind+name+" ")
+				if !ok {
+					t.Errorf("no %q line", kind+name)
+				}
+				lines = append(lines, line)
+			}
+		}
+		got[t.Name()[strings.LastIndex(t.Name(), "/")+1:]] = lines
+	})
+	want, have := got[etcdImpl.name], got[concordImpl.name]
+	if want == nil || have == nil {
+		return // a subtest failed already
+	}
+	t.Logf("etcd's counts:\n%s", strings.Join(want, "\n"))
+	for i := range max(len(want), len(have)) {
+		w, h := "<none>", "<none>"
+		if i < len(want) {
+			w = want[i]
+		}
+		if i < len(have) {
+			h = have[i]
+		}
+		if w != h {
+			t.Errorf("concord: %s\n   etcd: %s", h, w)
+		}
+	}
+	// The comparison above would pass if neither server counted anything.
+	if !slices.ContainsFunc(want, func(l string) bool { return strings.Contains(l, "mvcc_txn_total+") }) {
+		t.Errorf("etcd counted no txn; the steps no longer exercise the metrics:\n%s", strings.Join(want, "\n"))
+	}
+}
+
+// mvccOpValues scrapes mvccOpMetrics' values.
+func mvccOpValues(t *testing.T, s *Server) []int64 {
+	t.Helper()
+	body := scrapeMetrics(t, s)
+	out := make([]int64, len(mvccOpMetrics))
+	for i, name := range mvccOpMetrics {
+		v, ok := seriesValue(body, name)
+		if !ok {
+			t.Fatalf("%s: no %s", s.opts.name, name)
+		}
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			t.Fatalf("%s = %q: %v", name, v, err)
+		}
+		out[i] = int64(f)
+	}
+	return out
+}
+
+// metaLine finds the exposition line that starts with prefix.
+func metaLine(body, prefix string) (string, bool) {
+	for line := range strings.SplitSeq(body, "\n") {
+		if strings.HasPrefix(line, prefix) {
+			return line, true
+		}
+	}
+	return "", false
 }
