@@ -59,6 +59,7 @@ func peerServer(cfg config.Server, log *slog.Logger, extra map[string]http.Handl
 	path, h := tr.Handler()
 	mux := http.NewServeMux()
 	mux.Handle(path, h)
+	mux.Handle(tr.ProbeHandler())
 	for p, h := range extra {
 		mux.Handle(p, h)
 	}

@@ -240,6 +240,7 @@ var (
 	descPeerFailures    = desc("etcd_network_peer_sent_failures_total", "The total number of send failures from peers.", "To")
 	descActivePeers     = desc("etcd_network_active_peers", "The current number of active peer connections.", "Local", "Remote")
 	descDisconnected    = desc("etcd_network_disconnected_peers_total", "The total number of disconnected peers.", "Local", "Remote")
+	descPeerRTT         = desc("etcd_network_peer_round_trip_time_seconds", "Round-Trip-Time histogram between peers", "To")
 	descGoVersion       = desc("etcd_server_go_version", "Which Go version server is running with. 1 for 'server_go_version' label with current version.", "server_go_version")
 	descTerm            = desc("concord_raft_term", "The current raft term.")
 	descDBSize          = desc("etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes.")
@@ -291,7 +292,7 @@ type consensusCollector struct {
 
 func (c consensusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descHasLeader, descIsLeader, descIsLearner, descLeaderChanges, descServerID,
-		descServerVersion, descCommitted, descApplied, descPending, descFailed, descSlowApplies, descClusterVersion, descGoVersion, descPeerSent, descPeerReceived, descPeerFailures, descActivePeers, descDisconnected, descTerm, descDBSize, descDBSizeInUse, descQuota, descRevision,
+		descServerVersion, descCommitted, descApplied, descPending, descFailed, descSlowApplies, descClusterVersion, descGoVersion, descPeerSent, descPeerReceived, descPeerFailures, descActivePeers, descDisconnected, descPeerRTT, descTerm, descDBSize, descDBSizeInUse, descQuota, descRevision,
 		descCompactRevision, descReadIndex, descSnapsSent, descSnapsInstalled, descWALFsync, descBackendCommit,
 		descRangeOps, descPutOps, descDeleteOps, descTxnOps, descKeys, descPutSize} {
 		ch <- d
@@ -333,6 +334,11 @@ func (c consensusCollector) Collect(ch chan<- prometheus.Metric) {
 		if p.SentFailures > 0 {
 			emit(ch, descPeerFailures, prometheus.CounterValue, float64(p.SentFailures), id)
 		}
+		// etcd's series appears with the first record (5 s after the peer
+		// was added).
+		if p.RoundTrip.Count > 0 {
+			histogram(ch, descPeerRTT, p.RoundTrip, id)
+		}
 	}
 	gauge(descTerm, float64(s.Term))
 	gauge(descDBSize, float64(s.DBSize))
@@ -354,8 +360,8 @@ func (c consensusCollector) Collect(ch chan<- prometheus.Metric) {
 	histogram(ch, descBackendCommit, s.BackendCommit)
 }
 
-func histogram(ch chan<- prometheus.Metric, d *prometheus.Desc, h consensus.Histogram) {
-	m, err := prometheus.NewConstHistogram(d, h.Count, h.Sum, h.Buckets)
+func histogram(ch chan<- prometheus.Metric, d *prometheus.Desc, h consensus.Histogram, labels ...string) {
+	m, err := prometheus.NewConstHistogram(d, h.Count, h.Sum, h.Buckets, labels...)
 	if err != nil {
 		m = prometheus.NewInvalidMetric(d, err)
 	}

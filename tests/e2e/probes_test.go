@@ -9,7 +9,9 @@ import (
 // TestClusterProbes probes a 3-member cluster as monitoring does, with the
 // same expectations of etcd and concord. Each member exports its peer
 // traffic by peer (etcd_network_peer_sent_bytes_total{To},
-// _received_bytes_total{From}: etcd's dashboards' peer traffic panels).
+// _received_bytes_total{From}: etcd's dashboards' peer traffic panels) and
+// the round-trip time to each peer it probes
+// (etcd_network_peer_round_trip_time_seconds{To}).
 // Then two members are killed: the survivor fails /health with "RAFT NO
 // LEADER", but /health?serializable=true (kubeadm's liveness probe), /livez
 // and /readyz's data_corruption check still pass, since they read the
@@ -57,6 +59,38 @@ func TestClusterProbes(t *testing.T) {
 			}
 			if body := scrapeMetrics(t, survivor); !strings.Contains(body, "\netcd_network_peer_received_bytes_total{From=") {
 				t.Errorf("no etcd_network_peer_received_bytes_total on %s", survivor.opts.name)
+			}
+			// Every member probes every peer and records the round trip
+			// (the first record 5 s after it learned of the peer), in
+			// etcd's buckets, with etcd's help text.
+			for _, s := range c.members {
+				for _, p := range c.members {
+					if p == s {
+						continue
+					}
+					id := memberID(t, c, p)
+					series := `etcd_network_peer_round_trip_time_seconds_count{To="` + id + `"}`
+					for {
+						body := scrapeMetrics(t, s)
+						v, ok := seriesValue(body, series)
+						if ok && v != "0" {
+							if _, ok := seriesValue(body, `etcd_network_peer_round_trip_time_seconds_bucket{To="`+id+`",le="3.2768"}`); !ok {
+								t.Errorf("%s: no 3.2768 s bucket for %s: not etcd's buckets", s.opts.name, id)
+							}
+							for _, meta := range []string{"# HELP etcd_network_peer_round_trip_time_seconds Round-Trip-Time histogram between peers",
+								"# TYPE etcd_network_peer_round_trip_time_seconds histogram"} {
+								if !strings.Contains(body, "\n"+meta+"\n") {
+									t.Errorf("%s: no %q", s.opts.name, meta)
+								}
+							}
+							break
+						}
+						if time.Now().After(deadline) {
+							t.Fatalf("%s on %s: %q, %v; want round trips recorded", series, s.opts.name, v, ok)
+						}
+						time.Sleep(pollInterval)
+					}
+				}
 			}
 			for _, s := range others {
 				s.Kill()
