@@ -1,6 +1,12 @@
 package consensus
 
-import "github.com/concord-kv/concord/storage"
+import (
+	"context"
+
+	"go.etcd.io/raft/v3"
+
+	"github.com/concord-kv/concord/storage"
+)
 
 // Stats is a snapshot of a member's state for monitoring (/metrics). Every
 // field is read without waiting for the raft loop.
@@ -81,4 +87,15 @@ func (n *Node) Stats() Stats {
 		Ops:                n.store.OpCounts(),
 		Peers:              peers,
 	}
+}
+
+// RaftStatus returns the raft node's status (etcd's raft.status in
+// /debug/vars), read on the raft loop.
+func (n *Node) RaftStatus(ctx context.Context) (raft.Status, error) {
+	var st raft.Status
+	err := n.onLoopErr(ctx, func() error {
+		st = n.rn.Status()
+		return nil
+	})
+	return st, err
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"runtime"
 	"slices"
@@ -52,9 +53,13 @@ var etcdMetrics = []struct{ series, value string }{
 }
 
 // TestMetrics scrapes /metrics on the client port of etcd and concord after
-// the same traffic and requires etcd's names, labels and values.
+// the same traffic and requires etcd's names, labels and values. It also
+// reads /debug/vars (etcd's expvar JSON) on both and requires the same
+// variables, and the same fields in raft.status.
 func TestMetrics(t *testing.T) {
+	vars := map[string][]string{}
 	forEachImpl(t, serverOptions{}, func(t *testing.T, s *Server) {
+		vars[t.Name()[strings.LastIndex(t.Name(), "/")+1:]] = debugVarsShape(t, s)
 		ctx := testCtx(t)
 		c := newClient(t, s)
 		wctx, cancel := context.WithCancel(ctx)
@@ -92,6 +97,36 @@ func TestMetrics(t *testing.T) {
 			t.Error(m)
 		}
 	})
+	if want, got := vars[etcdImpl.name], vars[concordImpl.name]; want != nil && got != nil && !slices.Equal(got, want) {
+		t.Errorf("/debug/vars: concord has %v\n                 etcd has %v", got, want)
+	}
+}
+
+// debugVarsShape reads /debug/vars and returns its variables' names, then
+// raft.status's fields (prefixed "raft.status.") and its raftState.
+func debugVarsShape(t *testing.T, s *Server) []string {
+	t.Helper()
+	code, body := httpGet(t, s.clientURL()+"/debug/vars")
+	if code != 200 {
+		t.Fatalf("/debug/vars: status %d", code)
+	}
+	var vars map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(body), &vars); err != nil {
+		t.Fatalf("/debug/vars: %v\n%.300s", err, body)
+	}
+	var out []string
+	for k := range vars {
+		out = append(out, k)
+	}
+	var st map[string]json.RawMessage
+	if err := json.Unmarshal(vars["raft.status"], &st); err != nil {
+		t.Errorf("raft.status %.200s: %v", vars["raft.status"], err)
+	}
+	for k := range st {
+		out = append(out, "raft.status."+k)
+	}
+	slices.Sort(out)
+	return append(out, "raftState="+string(st["raftState"]))
 }
 
 func scrapeMetrics(t *testing.T, s *Server) string {
