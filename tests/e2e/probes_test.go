@@ -1,7 +1,14 @@
 package e2e
 
 import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -19,6 +26,15 @@ import (
 // that only lost quorum.
 func TestClusterProbes(t *testing.T) {
 	t.Parallel()
+	var (
+		mu    sync.Mutex
+		peers = map[string]string{} // impl -> its peer URLs' answers, normalized
+	)
+	t.Cleanup(func() { // after both parallel subtests
+		if want, got := peers[etcdImpl.name], peers[concordImpl.name]; want != "" && got != "" && got != want {
+			t.Errorf("peer URLs' /version and /members:\nconcord:\n%s\netcd:\n%s", got, want)
+		}
+	})
 	for _, im := range impls {
 		t.Run(im.name, func(t *testing.T) {
 			t.Parallel()
@@ -26,6 +42,10 @@ func TestClusterProbes(t *testing.T) {
 			for _, s := range c.members {
 				c.waitMembers(s)
 			}
+			answers := peerHTTPAnswers(t, c)
+			mu.Lock()
+			peers[im.name] = answers
+			mu.Unlock()
 			// The leader, which sends to every peer (a follower sends only
 			// to the leader, on concord's streams; etcd's also carry link
 			// heartbeats), survives.
@@ -122,4 +142,84 @@ func TestClusterProbes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// peerHTTPAnswers GETs /version and /members on every member's peer URL, as
+// an HTTP client of etcd's peer handler would, and returns the answers with
+// the member IDs and URLs, which differ between two clusters, replaced by
+// the members' names; it checks what that replacement hides: the members
+// are sorted by ID and the X-Etcd-Cluster-ID header is the cluster's ID.
+func peerHTTPAnswers(t *testing.T, c *cluster) string {
+	t.Helper()
+	var list struct {
+		Header struct {
+			ClusterID uint64 `json:"cluster_id"`
+		} `json:"header"`
+		Members []ctlMember `json:"members"`
+	}
+	out := mustCtl(t, c.endpoints(), "member", "list", "-w", "json")
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatalf("member list output %q: %v", out, err)
+	}
+	names := map[uint64]string{}
+	var repl []string
+	for _, m := range list.Members {
+		names[m.ID] = m.Name
+		for _, u := range m.PeerURLs {
+			repl = append(repl, u, "<peer:"+m.Name+">")
+		}
+		for _, u := range m.ClientURLs {
+			repl = append(repl, u, "<client:"+m.Name+">")
+		}
+	}
+	norm := strings.NewReplacer(repl...)
+	var b strings.Builder
+	for _, s := range c.members {
+		deadline := time.Now().Add(readyTimeout)
+		for {
+			// etcd reports the cluster version once the members agreed on it.
+			code, body := httpGet(t, s.peerURL()+"/version")
+			if !strings.Contains(body, "not_decided") || time.Now().After(deadline) {
+				fmt.Fprintf(&b, "%s /version: %d %s\n", s.opts.name, code, body)
+				break
+			}
+			time.Sleep(pollInterval)
+		}
+		resp, err := http.Get(s.peerURL() + "/members")
+		if err != nil {
+			t.Fatalf("GET /members on %s's peer URL: %v", s.opts.name, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := resp.Header.Get("X-Etcd-Cluster-ID"), strconv.FormatUint(list.Header.ClusterID, 16); got != want {
+			t.Errorf("%s: /members X-Etcd-Cluster-ID %q, want %q", s.opts.name, got, want)
+		}
+		var raw []json.RawMessage
+		if err := json.Unmarshal(body, &raw); err != nil || !strings.HasSuffix(string(body), "]\n") {
+			t.Fatalf("%s: /members %q: %v", s.opts.name, body, err)
+		}
+		// The IDs, hence the order, differ between the two clusters: the
+		// order is checked here, the members compared in name order.
+		var prev uint64
+		var entries []string
+		for i, r := range raw {
+			var m struct {
+				ID uint64 `json:"id"`
+			}
+			if err := json.Unmarshal(r, &m); err != nil {
+				t.Fatal(err)
+			}
+			if i > 0 && prev >= m.ID {
+				t.Errorf("%s: /members not sorted by ID: %s", s.opts.name, body)
+			}
+			prev = m.ID
+			entries = append(entries, norm.Replace(strings.Replace(string(r), fmt.Sprintf(`"id":%d,`, m.ID), `"id":<`+names[m.ID]+`>,`, 1)))
+		}
+		slices.Sort(entries)
+		fmt.Fprintf(&b, "%s /members: %d %s %s\n", s.opts.name, resp.StatusCode, resp.Header.Get("Content-Type"), strings.Join(entries, ","))
+	}
+	return b.String()
 }
