@@ -198,6 +198,13 @@ func TestMetricsMVCCOps(t *testing.T) {
 			{"", func() []string { return []string{"put", "l1", "v", "--lease=" + lease} }},
 			{"", func() []string { return []string{"put", "l2", "v", "--lease=" + lease} }},
 			{"", func() []string { return []string{"lease", "revoke", lease} }},
+			// 25 puts in one txn, then streamed ranges over them: a range
+			// per chunk (10 keys, then 20), plus the count of the rest
+			// when --limit stops the stream early.
+			{manyPuts("s", 25), func() []string { return []string{"txn"} }},
+			{"", func() []string { return []string{"get", "s", "--prefix", "--stream"} }},
+			{"", func() []string { return []string{"get", "s", "--prefix", "--stream", "--limit=15"} }},
+			{"", func() []string { return []string{"get", "s", "--prefix", "--stream", "--count-only"} }},
 			{"", func() []string { return []string{"compaction", "3"} }},
 			{"", func() []string { return []string{"compaction", "2"} }}, // compacted: refused
 		}
@@ -257,6 +264,18 @@ func TestMetricsMVCCOps(t *testing.T) {
 	if !slices.ContainsFunc(want, func(l string) bool { return strings.Contains(l, "mvcc_txn_total+") }) {
 		t.Errorf("etcd counted no txn; the steps no longer exercise the metrics:\n%s", strings.Join(want, "\n"))
 	}
+}
+
+// manyPuts is etcdctl txn's input for a txn without compares that puts n
+// keys prefix00, prefix01, ...
+func manyPuts(prefix string, n int) string {
+	var b strings.Builder
+	b.WriteString("\n")
+	for i := range n {
+		fmt.Fprintf(&b, "put %s%02d v\n", prefix, i)
+	}
+	b.WriteString("\n\n")
+	return b.String()
 }
 
 // mvccOpValues scrapes mvccOpMetrics' values.

@@ -18,7 +18,10 @@ import (
 // traffic by peer (etcd_network_peer_sent_bytes_total{To},
 // _received_bytes_total{From}: etcd's dashboards' peer traffic panels) and
 // the round-trip time to each peer it probes
-// (etcd_network_peer_round_trip_time_seconds{To}).
+// (etcd_network_peer_round_trip_time_seconds{To}); its peer URLs answer
+// GET /version and /members as etcd's; a write txn with a range op moves
+// the mvcc counters of the member that answers it and of the others as on
+// etcd.
 // Then two members are killed: the survivor fails /health with "RAFT NO
 // LEADER", but /health?serializable=true (kubeadm's liveness probe), /livez
 // and /readyz's data_corruption check still pass, since they read the
@@ -31,8 +34,9 @@ func TestClusterProbes(t *testing.T) {
 		peers = map[string]string{} // impl -> its peer URLs' answers, normalized
 	)
 	t.Cleanup(func() { // after both parallel subtests
+		t.Logf("etcd's answers:\n%s", peers[etcdImpl.name])
 		if want, got := peers[etcdImpl.name], peers[concordImpl.name]; want != "" && got != "" && got != want {
-			t.Errorf("peer URLs' /version and /members:\nconcord:\n%s\netcd:\n%s", got, want)
+			t.Errorf("peer URLs' /version and /members, mvcc counts by member:\nconcord:\n%s\netcd:\n%s", got, want)
 		}
 	})
 	for _, im := range impls {
@@ -42,7 +46,7 @@ func TestClusterProbes(t *testing.T) {
 			for _, s := range c.members {
 				c.waitMembers(s)
 			}
-			answers := peerHTTPAnswers(t, c)
+			answers := peerHTTPAnswers(t, c) + txnCountsByMember(t, c)
 			mu.Lock()
 			peers[im.name] = answers
 			mu.Unlock()
@@ -220,6 +224,41 @@ func peerHTTPAnswers(t *testing.T, c *cluster) string {
 		}
 		slices.Sort(entries)
 		fmt.Fprintf(&b, "%s /members: %d %s %s\n", s.opts.name, resp.StatusCode, resp.Header.Get("Content-Type"), strings.Join(entries, ","))
+	}
+	return b.String()
+}
+
+// txnCountsByMember runs a write txn with a range op through one member and
+// returns how each member's mvcc counters moved: every member applies the
+// compare and the put, but only the one that answers the client runs the
+// range op (etcd's skipRangeExecution), which shows in
+// etcd_mvcc_range_total and etcd_mvcc_txn_total.
+func txnCountsByMember(t *testing.T, c *cluster) string {
+	t.Helper()
+	before := make([][]int64, len(c.members))
+	for i, s := range c.members {
+		before[i] = mvccOpValues(t, s)
+	}
+	via := c.members[0]
+	if r := runCtl(t, via.Endpoint(), "version(\"rt\") = \"0\"\n\nput rt v\nget rt\n\n\n", "txn"); r.exit != 0 {
+		t.Fatalf("etcdctl txn: %+v", r)
+	}
+	var b strings.Builder
+	for i, s := range c.members {
+		deadline := time.Now().Add(readyTimeout)
+		var cur []int64
+		for {
+			cur = mvccOpValues(t, s)
+			if cur[1] > before[i][1] || time.Now().After(deadline) { // the put is applied
+				break
+			}
+			time.Sleep(pollInterval)
+		}
+		fmt.Fprintf(&b, "%s after a txn through %s:", s.opts.name, via.opts.name)
+		for j, name := range mvccOpMetrics {
+			fmt.Fprintf(&b, " %s%+d", strings.TrimPrefix(name, "etcd_"), cur[j]-before[i][j])
+		}
+		b.WriteString("\n")
 	}
 	return b.String()
 }
