@@ -175,7 +175,7 @@ func TestMetricsMVCCOps(t *testing.T) {
 		var lease string
 		steps := []struct {
 			stdin string
-			args  func() []string
+			args  func() []string // etcdctl's, or "GET", path: an HTTP GET of the client URL
 		}{
 			{"", func() []string { return []string{"put", "a", "1"} }},
 			{"", func() []string { return []string{"put", "b", "2"} }},
@@ -207,6 +207,14 @@ func TestMetricsMVCCOps(t *testing.T) {
 			{"", func() []string { return []string{"get", "s", "--prefix", "--stream", "--count-only"} }},
 			{"", func() []string { return []string{"compaction", "3"} }},
 			{"", func() []string { return []string{"compaction", "2"} }}, // compacted: refused
+			// The health checks read with a range, as etcd's do.
+			{"", func() []string { return []string{"GET", "/health"} }},
+			{"", func() []string { return []string{"GET", "/health?serializable=true"} }},
+			{"", func() []string { return []string{"GET", "/livez"} }},
+			{"", func() []string { return []string{"GET", "/readyz"} }},
+			{"", func() []string { return []string{"GET", "/readyz/linearizable_read"} }},
+			{"", func() []string { return []string{"GET", "/version"} }},
+			{"", func() []string { return []string{"GET", "/debug/vars"} }},
 		}
 		out := mustCtl(t, ep, "lease", "grant", "600")
 		m := reGrantText.FindStringSubmatch(out)
@@ -218,7 +226,13 @@ func TestMetricsMVCCOps(t *testing.T) {
 		prev := mvccOpValues(t, s)
 		for _, st := range steps {
 			args := st.args()
-			runCtl(t, ep, st.stdin, args...)
+			if args[0] == "GET" {
+				if code, body := httpGet(t, s.clientURL()+args[1]); code != 200 {
+					t.Errorf("GET %s: %d %s", args[1], code, body)
+				}
+			} else {
+				runCtl(t, ep, st.stdin, args...)
+			}
 			cur := mvccOpValues(t, s)
 			var d []string
 			for i, name := range mvccOpMetrics {
@@ -226,8 +240,11 @@ func TestMetricsMVCCOps(t *testing.T) {
 					d = append(d, fmt.Sprintf("%s%+d", strings.TrimPrefix(name, "etcd_"), cur[i]-prev[i]))
 				}
 			}
-			lines = append(lines, fmt.Sprintf("etcdctl %s: %s", strings.ReplaceAll(strings.Join(args, " "), lease, "<lease>"),
-				strings.Join(d, " ")))
+			cmd := "etcdctl " + strings.ReplaceAll(strings.Join(args, " "), lease, "<lease>")
+			if args[0] == "GET" {
+				cmd = strings.Join(args, " ")
+			}
+			lines = append(lines, cmd+": "+strings.Join(d, " "))
 			prev = cur
 		}
 		lines = append(lines, fmt.Sprintf("totals: %v", prev))
