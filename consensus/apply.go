@@ -90,10 +90,7 @@ func (n *Node) applyEntries(b *storage.Batch, ents []*raftpb.Entry, out *applyOu
 				n.lg.Error("skipping undecodable raft entry", "index", e.GetIndex(), "error", err)
 				continue
 			}
-			id := r.GetHeader().GetID()
-			if id == 0 {
-				id = r.GetID()
-			}
+			id := requestID(r)
 			res, deferred, err := n.applyRequest(b, r, out)
 			if err != nil {
 				return fmt.Errorf("apply entry %d: %w", e.GetIndex(), err)
@@ -142,6 +139,14 @@ func (n *Node) applyEntries(b *storage.Batch, ents []*raftpb.Entry, out *applyOu
 	return nil
 }
 
+// requestID is the ID a request's proposer waits on.
+func requestID(r *pb.InternalRaftRequest) uint64 {
+	if id := r.GetHeader().GetID(); id != 0 {
+		return id
+	}
+	return r.GetID()
+}
+
 func (n *Node) applyConfChange(b *storage.Batch, cc raftpb.ConfChangeI) error {
 	n.confState = n.rn.ApplyConfChange(cc)
 	n.confChanged = true
@@ -174,7 +179,14 @@ func (n *Node) applyRequest(b *storage.Batch, r *pb.InternalRaftRequest, out *ap
 			return result{err: ErrNoSpace}, false, nil
 		}
 		fits = n.fitsQuota(out, cost)
-		resp, err = nonNil(b.Txn(r.Txn))
+		if id := requestID(r); id != 0 && n.wait.has(id) {
+			resp, err = nonNil(b.Txn(r.Txn))
+		} else {
+			// Nobody here waits for the answer (another member took the
+			// request): etcd skips such a txn's range ops, which shows in
+			// etcd_mvcc_range_total.
+			resp, err = nonNil(b.ReplicaTxn(r.Txn))
+		}
 	case r.Compaction != nil:
 		resp, err = nonNil(b.Compact(r.Compaction.GetRevision()))
 	case r.LeaseGrant != nil:

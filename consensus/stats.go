@@ -1,5 +1,13 @@
 package consensus
 
+import (
+	"context"
+
+	"go.etcd.io/raft/v3"
+
+	"github.com/concord-kv/concord/storage"
+)
+
 // Stats is a snapshot of a member's state for monitoring (/metrics). Every
 // field is read without waiting for the raft loop.
 type Stats struct {
@@ -37,6 +45,9 @@ type Stats struct {
 	// SlowApplies counts applies of a batch of entries that took longer
 	// than --warning-apply-duration (etcd_server_slow_apply_total).
 	SlowApplies uint64
+	// Ops are the store's operation counters (etcd_mvcc_put_total and
+	// friends).
+	Ops storage.OpCounts
 	// Peers are the peer transport's counters, by peer, when it keeps
 	// them (PeerStatser).
 	Peers []PeerStats
@@ -73,6 +84,18 @@ func (n *Node) Stats() Stats {
 		ProposalsPending:   n.proposalsPending.Load(),
 		ProposalsFailed:    n.proposalsFailed.Load(),
 		SlowApplies:        n.slowApplies.Load(),
+		Ops:                n.store.OpCounts(),
 		Peers:              peers,
 	}
+}
+
+// RaftStatus returns the raft node's status (etcd's raft.status in
+// /debug/vars), read on the raft loop.
+func (n *Node) RaftStatus(ctx context.Context) (raft.Status, error) {
+	var st raft.Status
+	err := n.onLoopErr(ctx, func() error {
+		st = n.rn.Status()
+		return nil
+	})
+	return st, err
 }

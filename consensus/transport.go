@@ -56,6 +56,10 @@ type PeerStats struct {
 	// etcd_network_disconnected_peers_total).
 	Active      bool
 	Disconnects uint64
+	// RoundTrip is the peer's etcd_network_peer_round_trip_time_seconds:
+	// its smoothed round-trip time, recorded periodically (empty until
+	// the first record).
+	RoundTrip Histogram
 }
 
 // PeerStatser is a Transport that counts its traffic per peer; Node.Stats

@@ -222,6 +222,10 @@ var versions = func() []byte {
 	return b
 }()
 
+// VersionHandler serves etcd's /version body, for the peer URLs, where
+// etcd serves it too.
+func VersionHandler() http.Handler { return http.HandlerFunc(serveVersion) }
+
 func serveVersion(w http.ResponseWriter, r *http.Request) {
 	if !getOnly(w, r) {
 		return

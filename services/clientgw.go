@@ -65,14 +65,16 @@ func gatewayConfig(maxRequestBytes, maxTxnOps int, leanHTTP2, grpcGateway bool, 
 }
 
 // metricsOptions serves /metrics for the process's components (etcd's
-// metric names) and counts the gateway's RPCs in it.
+// metric names), counts the gateway's RPCs in it, and serves etcd's
+// /debug/vars.
 func metricsOptions(src metrics.Sources) ([]gateway.Option, error) {
 	src.Version = version.Version
 	reg, err := metrics.New(src)
 	if err != nil {
 		return nil, err
 	}
-	return []gateway.Option{gateway.WithHTTPHandler("/metrics", reg.Handler()), gateway.WithCallObserver(reg.Calls())}, nil
+	return []gateway.Option{gateway.WithHTTPHandler("/metrics", reg.Handler()), gateway.WithCallObserver(reg.Calls()),
+		gateway.WithHTTPHandler("/debug/vars", metrics.DebugVars(src))}, nil
 }
 
 // withServerHTTP is c with a server's etcd HTTP settings: --cors,

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/concord-kv/concord/consensus/peer"
+	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/services/config"
 )
 
@@ -59,12 +60,20 @@ func peerServer(cfg config.Server, log *slog.Logger, extra map[string]http.Handl
 	path, h := tr.Handler()
 	mux := http.NewServeMux()
 	mux.Handle(path, h)
+	mux.Handle(tr.ProbeHandler())
+	// etcd's peer handler also answers HTTP clients: the versions and
+	// the member list.
+	mux.Handle("/version", gateway.VersionHandler())
+	mux.Handle(tr.MembersHandler())
 	for p, h := range extra {
 		mux.Handle(p, h)
 	}
+	// HTTP/2 for the members; HTTP/1.1 too for the HTTP clients of
+	// /version and /members (curl), which etcd's peer URLs serve.
 	var protocols http.Protocols
 	protocols.SetUnencryptedHTTP2(true)
 	protocols.SetHTTP2(true)
+	protocols.SetHTTP1(true)
 	// Refused TLS handshakes (a peer without an acceptable certificate)
 	// are logged as warnings, as etcd logs rejected peer connections.
 	srv := &http.Server{Handler: mux, Protocols: &protocols, ReadHeaderTimeout: 5 * time.Second,
@@ -89,16 +98,17 @@ func peerServer(cfg config.Server, log *slog.Logger, extra map[string]http.Handl
 	return tr, stop, nil
 }
 
-// peerServerTLS is c offering HTTP/2 only in ALPN, for the connections it
-// returns per client too: the peer service speaks nothing else.
+// peerServerTLS is c offering HTTP/2 in ALPN, and HTTP/1.1 for HTTP
+// clients of /version and /members, for the connections it returns per
+// client too.
 func peerServerTLS(c *tls.Config) *tls.Config {
 	c = c.Clone()
-	c.NextProtos = []string{"h2"}
+	c.NextProtos = []string{"h2", "http/1.1"}
 	if get := c.GetConfigForClient; get != nil {
 		c.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 			cc, err := get(hello)
 			if cc != nil {
-				cc.NextProtos = []string{"h2"}
+				cc.NextProtos = []string{"h2", "http/1.1"}
 			}
 			return cc, err
 		}

@@ -41,11 +41,13 @@ type Batch struct {
 	appliedIndex, appliedTerm uint64
 
 	events []RevisionEvents
-	hashes []compactionHash // computed by this batch's compactions, in order
-	err    error            // set when an op failed after writing: Commit refuses
-	done   bool
-	buf    []byte
-	kbuf   []byte // key filter probes
+	// keysDelta is the change in live keys (OpCounts.Keys) the batch makes.
+	keysDelta int64
+	hashes    []compactionHash // computed by this batch's compactions, in order
+	err       error            // set when an op failed after writing: Commit refuses
+	done      bool
+	buf       []byte
+	kbuf      []byte // key filter probes
 }
 
 // NewBatch starts a write batch.
@@ -80,6 +82,10 @@ type writeOp struct {
 	changes  int64
 	wrote    bool
 	events   []*mvccpb.Event
+	ops      opTally
+	// replica marks a txn this member applies without answering it
+	// (Batch.ReplicaTxn).
+	replica bool
 }
 
 func (b *Batch) begin() (*writeOp, error) {
@@ -109,6 +115,7 @@ func (b *Batch) finish(o *writeOp, err error) {
 		b.it = nil
 	}
 	b.s.leave()
+	b.s.endTally(&o.ops)
 	if o.wrote {
 		b.stateful = true
 	}
@@ -167,6 +174,22 @@ func (b *Batch) Txn(r *pb.TxnRequest) (resp *pb.TxnResponse, err error) {
 	return runTxn(o, r)
 }
 
+// ReplicaTxn is Txn for a txn this member applies but does not answer
+// (another member received it). It does the same, but its range ops do not
+// count in OpCounts.Ranges: etcd does not execute them on such members.
+func (b *Batch) ReplicaTxn(r *pb.TxnRequest) (resp *pb.TxnResponse, err error) {
+	if r == nil {
+		return nil, errNilRequest
+	}
+	o, err := b.begin()
+	if err != nil {
+		return nil, err
+	}
+	defer func() { b.finish(o, err) }()
+	o.replica = true
+	return runTxn(o, r)
+}
+
 // mayExist reports whether key may have a version; false only when the
 // key filter rules it out (the put path then skips reading the previous
 // version).
@@ -206,8 +229,11 @@ func (o *writeOp) readRev() int64 {
 	return o.beginRev
 }
 
-func (o *writeOp) baseRev() int64 { return o.beginRev }
-func (o *writeOp) changed() bool  { return o.changes > 0 }
+func (o *writeOp) baseRev() int64       { return o.beginRev }
+func (o *writeOp) changed() bool        { return o.changes > 0 }
+func (o *writeOp) tally() *opTally      { return &o.ops }
+func (o *writeOp) endChecks()           { o.b.s.endTally(&o.ops) }
+func (o *writeOp) countsRangeOps() bool { return !o.replica }
 
 func (o *writeOp) leaseExists(id int64) (bool, error) { return o.b.leaseExists(id) }
 
@@ -233,6 +259,9 @@ func (o *writeOp) newRev() (int64, int64) { return o.beginRev + 1, o.changes }
 func (o *writeOp) put(p *pb.PutRequest) (*pb.PutResponse, error) {
 	if err := checkLease(o, p.Lease); err != nil {
 		return nil, err
+	}
+	if p.PrevKv || p.IgnoreValue || p.IgnoreLease {
+		o.ops.ranges++ // etcd reads the previous version only for these
 	}
 	var (
 		f      found
@@ -269,6 +298,8 @@ func (o *writeOp) put(p *pb.PutRequest) (*pb.PutResponse, error) {
 	if p.PrevKv && exists {
 		resp.PrevKv = cur
 	}
+	o.ops.puts++
+	o.ops.putBytes += int64(len(p.Key) + len(val))
 	resp.Header.Revision, err = o.writePut(p.Key, val, lease, cur)
 	if err != nil {
 		return nil, err
@@ -285,6 +316,8 @@ func (o *writeOp) writePut(key, val []byte, lease int64, cur *mvccpb.KeyValue) (
 	create, ver, oldLease := rev, int64(1), int64(0)
 	if cur != nil {
 		create, ver, oldLease = cur.CreateRevision, cur.Version+1, cur.Lease
+	} else {
+		b.keysDelta++
 	}
 	b.buf = encodeKVKey(b.buf[:0], key, rev, sub)
 	n := len(b.buf)
@@ -356,6 +389,10 @@ func (o *writeOp) prevAtBase(key []byte, cur *mvccpb.KeyValue) (*mvccpb.KeyValue
 
 // deleteRange mirrors etcd's deleteRange.
 func (o *writeOp) deleteRange(d *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	o.ops.deletes++ // counted by etcd whether or not anything matches
+	if d.PrevKv {
+		o.ops.ranges++
+	}
 	r, rev, compactRev, err := o.view()
 	if err != nil {
 		return nil, err
@@ -400,6 +437,7 @@ func (o *writeOp) writeDelete(cur *mvccpb.KeyValue) error {
 	if err != nil {
 		return err
 	}
+	o.b.keysDelta--
 	o.events = append(o.events, &mvccpb.Event{
 		Type:   mvccpb.Event_DELETE,
 		Kv:     &mvccpb.KeyValue{Key: slices.Clone(cur.Key), ModRevision: rev},
@@ -679,6 +717,9 @@ func (b *Batch) publish() {
 	}
 	if b.stateful {
 		s.seq++
+	}
+	if b.keysDelta != 0 {
+		s.ops.keys.Add(b.keysDelta)
 	}
 }
 

@@ -71,32 +71,34 @@ func (f *keyFilter) hash(k []byte) (uint64, uint64) {
 
 // buildKeyFilter scans every kv version key of db into a new filter: one
 // pass, or two when the store has more keys than the smallest filter is
-// sized for.
-func buildKeyFilter(db *pebble.DB) (*keyFilter, error) {
+// sized for. It also returns how many keys have a live version (the same
+// scan serves etcd_debugging_mvcc_keys_total, which etcd counts when it
+// rebuilds its index at start).
+func buildKeyFilter(db *pebble.DB) (*keyFilter, int64, error) {
 	f := newKeyFilter(0)
-	n, err := fillKeyFilter(db, f)
+	n, live, err := fillKeyFilter(db, f)
 	if err != nil || n <= keyFilterMinBits/keyFilterBitsPer {
-		return f, err
+		return f, live, err
 	}
 	f = newKeyFilter(n)
-	_, err = fillKeyFilter(db, f)
-	return f, err
+	_, live, err = fillKeyFilter(db, f)
+	return f, live, err
 }
 
 // fillKeyFilter adds every key with a version in db to f and returns how
-// many distinct keys it saw.
-func fillKeyFilter(db *pebble.DB, f *keyFilter) (int, error) {
+// many distinct keys it saw and how many of them are live (their newest
+// version, the first one seen, is not a tombstone).
+func fillKeyFilter(db *pebble.DB, f *keyFilter) (n int, live int64, err error) {
 	it, err := db.NewIter(&pebble.IterOptions{LowerBound: kvLower, UpperBound: kvUpper})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	n := 0
 	var last []byte
 	for ok := it.First(); ok; ok = it.Next() {
 		enc, _, _, valid := splitKVKey(it.Key())
 		if !valid {
 			_ = it.Close()
-			return 0, fmt.Errorf("%w: bad kv key %q", errCorrupt, it.Key())
+			return 0, 0, fmt.Errorf("%w: bad kv key %q", errCorrupt, it.Key())
 		}
 		if n > 0 && string(enc) == string(last) {
 			continue // another version of the same key
@@ -104,8 +106,13 @@ func fillKeyFilter(db *pebble.DB, f *keyFilter) (int, error) {
 		last = append(last[:0], enc...)
 		f.add(enc)
 		n++
+		// A live version's value is at least 4 bytes (encodeKVValue), a
+		// tombstone's 1: the length needs no value fetch.
+		if lv := it.LazyValue(); lv.Len() > len(tombstoneValue) {
+			live++
+		}
 	}
-	return n, it.Close()
+	return n, live, it.Close()
 }
 
 // rebuildKeyFilter replaces the filter with one built from the store's
@@ -115,12 +122,13 @@ func (s *Store) rebuildKeyFilter() {
 		return
 	}
 	defer s.leave()
-	f, err := buildKeyFilter(s.db)
+	f, live, err := buildKeyFilter(s.db)
 	if err != nil {
 		s.logger.Warn("key filter not rebuilt; puts read every key's previous version", "error", err)
 		return
 	}
 	s.keys.Store(f)
+	s.ops.keys.Store(live)
 }
 
 // appendKVKeyPrefix appends what splitKVKey returns as encKey for userKey.

@@ -154,6 +154,10 @@ func TestSnapshotRestoreReplacesReplicatedState(t *testing.T) {
 	if a := dst.s.Alarms(); len(a) != 1 || a[0].MemberID != 9 || a[0].Alarm != pb.AlarmType_NOSPACE {
 		t.Errorf("alarms after restore = %v", a)
 	}
+	// etcd_debugging_mvcc_keys_total: the restored store's live keys.
+	if got, want := dst.s.OpCounts().Keys, src.s.OpCounts().Keys; got != want || want != 1500 {
+		t.Errorf("live keys after restore = %d, want %d (the source's: 1500)", got, want)
+	}
 	if v, err := dst.s.Meta([]byte("cluster")); err != nil || string(v) != "members" {
 		t.Errorf("meta after restore = %q %v", v, err)
 	}

@@ -101,6 +101,8 @@ type Store struct {
 	// keys is the filter of keys with a version (keyfilter.go); nil while
 	// it is off (during a restore).
 	keys atomic.Pointer[keyFilter]
+	// ops are the operation counters (opcount.go).
+	ops opCounters
 
 	// snaps are the open Snapshots, released by Close at the latest.
 	snapMu sync.Mutex
@@ -169,12 +171,13 @@ func Open(dir string, opts Options) (*Store, error) {
 		_ = db.Close()
 		return nil, err
 	}
-	f, err := buildKeyFilter(db)
+	f, live, err := buildKeyFilter(db)
 	if err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("storage: build key filter: %w", err)
 	}
 	s.keys.Store(f)
+	s.ops.keys.Store(live)
 	logger.Info("opened store", "dir", dir, "revision", s.rev, "compact-revision", s.compactRev,
 		"applied-index", s.appliedIndex, "applied-term", s.appliedTerm)
 	return s, nil
@@ -316,6 +319,7 @@ func (s *Store) Range(r *pb.RangeRequest) (*pb.RangeResponse, error) {
 		return nil, err
 	}
 	defer s.leave()
+	s.ops.ranges.Add(1) // one range, so never a txn of etcd's
 	if len(r.RangeEnd) == 0 {
 		return s.rangePoint(r)
 	}
@@ -364,6 +368,9 @@ func (s *Store) ReadTxn(r *pb.TxnRequest) (*pb.TxnResponse, error) {
 	defer closeAll(its)
 	rd := &mvccReader{it: its[0]}
 	tx := &readTxn{r: rd, rev: rev, compactRev: compactRev}
+	// etcd counts a read-only txn's compares and ranges as one store
+	// transaction.
+	defer s.endTally(&tx.ops)
 	return runTxn(tx, r)
 }
 
@@ -371,12 +378,16 @@ func (s *Store) ReadTxn(r *pb.TxnRequest) (*pb.TxnResponse, error) {
 type readTxn struct {
 	r               *mvccReader
 	rev, compactRev int64
+	ops             opTally
 }
 
 func (t *readTxn) view() (*mvccReader, int64, int64, error) { return t.r, t.rev, t.compactRev, nil }
 func (t *readTxn) baseRev() int64                           { return t.rev }
 func (t *readTxn) leaseExists(int64) (bool, error)          { return false, nil }
 func (t *readTxn) changed() bool                            { return false }
+func (t *readTxn) tally() *opTally                          { return &t.ops }
+func (t *readTxn) endChecks()                               {}
+func (t *readTxn) countsRangeOps() bool                     { return true }
 func (t *readTxn) put(*pb.PutRequest) (*pb.PutResponse, error) {
 	return nil, ErrReadOnlyTxn
 }

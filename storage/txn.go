@@ -22,6 +22,15 @@ type txnExec interface {
 	changed() bool
 	put(p *pb.PutRequest) (*pb.PutResponse, error)
 	deleteRange(d *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error)
+	// tally counts the txn's operations (opcount.go).
+	tally() *opTally
+	// endChecks ends the compare and check phase: etcd runs a write txn's
+	// compares and checks in one store transaction and its ops in
+	// another, and counts each (a read-only txn is one).
+	endChecks()
+	// countsRangeOps reports whether the txn's range ops count: etcd skips
+	// them on members that do not answer the request.
+	countsRangeOps() bool
 }
 
 // runTxn evaluates the compares of every (nested) txn on the chosen path
@@ -32,12 +41,15 @@ func runTxn(tx txnExec, rt *pb.TxnRequest) (*pb.TxnResponse, error) {
 	if err != nil {
 		return nil, err
 	}
-	path, err := compareToPath(r, curRev, compactRev, rt)
+	path, err := compareToPath(r, curRev, compactRev, rt, tx.tally())
 	if err != nil {
+		tx.endChecks()
 		return nil, err
 	}
 	c := checker{tx: tx, r: r, rev: curRev, compactRev: compactRev}
-	if _, err := c.checkTxn(rt, path); err != nil {
+	_, err = c.checkTxn(rt, path)
+	tx.endChecks()
+	if err != nil {
 		return nil, err
 	}
 	resp, _ := newTxnResp(rt, path)
@@ -52,8 +64,8 @@ func runTxn(tx txnExec, rt *pb.TxnRequest) (*pb.TxnResponse, error) {
 	return resp, nil
 }
 
-func compareToPath(r *mvccReader, curRev, compactRev int64, rt *pb.TxnRequest) ([]bool, error) {
-	ok, err := applyCompares(r, curRev, compactRev, rt.Compare)
+func compareToPath(r *mvccReader, curRev, compactRev int64, rt *pb.TxnRequest, t *opTally) ([]bool, error) {
+	ok, err := applyCompares(r, curRev, compactRev, rt.Compare, t)
 	if err != nil {
 		return nil, err
 	}
@@ -67,7 +79,7 @@ func compareToPath(r *mvccReader, curRev, compactRev int64, rt *pb.TxnRequest) (
 		if !isTxn || tv.RequestTxn == nil {
 			continue
 		}
-		sub, err := compareToPath(r, curRev, compactRev, tv.RequestTxn)
+		sub, err := compareToPath(r, curRev, compactRev, tv.RequestTxn, t)
 		if err != nil {
 			return nil, err
 		}
@@ -76,8 +88,9 @@ func compareToPath(r *mvccReader, curRev, compactRev int64, rt *pb.TxnRequest) (
 	return path, nil
 }
 
-func applyCompares(r *mvccReader, curRev, compactRev int64, cmps []*pb.Compare) (bool, error) {
+func applyCompares(r *mvccReader, curRev, compactRev int64, cmps []*pb.Compare, t *opTally) (bool, error) {
 	for _, c := range cmps {
+		t.ranges++ // etcd reads each compare's range from the store
 		ok, err := applyCompare(r, curRev, compactRev, c)
 		if err != nil || !ok {
 			return false, err
@@ -211,6 +224,9 @@ func (c *checker) checkPut(p *pb.PutRequest) error {
 	if err := checkLease(c.tx, p.Lease); err != nil {
 		return err
 	}
+	if p.PrevKv || p.IgnoreValue || p.IgnoreLease {
+		c.tx.tally().ranges++ // etcd's check reads the previous version for these
+	}
 	if p.IgnoreValue || p.IgnoreLease {
 		_, exists, err := c.r.get(p.Key, c.rev)
 		if err != nil {
@@ -288,6 +304,9 @@ func executeTxn(tx txnExec, rt *pb.TxnRequest, path []bool, tresp *pb.TxnRespons
 		respi := tresp.Responses[i].Response
 		switch tv := req.GetRequest().(type) {
 		case *pb.RequestOp_RequestRange:
+			if tx.countsRangeOps() {
+				tx.tally().ranges++
+			}
 			r, curRev, compactRev, err := tx.view()
 			if err != nil {
 				return 0, err

@@ -85,6 +85,11 @@ type Config struct {
 	DialTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the pause between reconnects.
 	MinBackoff, MaxBackoff time.Duration
+	// ProbeInterval is how often each peer's round-trip time is measured;
+	// ProbeReportInterval and ProbeRetryInterval how often it is recorded
+	// in etcd_network_peer_round_trip_time_seconds while the probes succeed
+	// and while they fail (probe.go; etcd's 4 s, 30 s and 5 s by default).
+	ProbeInterval, ProbeReportInterval, ProbeRetryInterval time.Duration
 	// TLS is the client TLS for https:// peer URLs (etcd's peer
 	// certificate as client certificate, the peer CA as roots); nil dials
 	// them with Go's defaults. http:// peer URLs ignore it.
@@ -114,6 +119,15 @@ func (c *Config) SetDefaults() {
 	if c.MaxBackoff == 0 {
 		c.MaxBackoff = DefaultMaxBackoff
 	}
+	if c.ProbeInterval == 0 {
+		c.ProbeInterval = DefaultProbeInterval
+	}
+	if c.ProbeReportInterval == 0 {
+		c.ProbeReportInterval = DefaultProbeReportInterval
+	}
+	if c.ProbeRetryInterval == 0 {
+		c.ProbeRetryInterval = DefaultProbeRetryInterval
+	}
 }
 
 // Validate reports the first unusable setting.
@@ -125,6 +139,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: dial timeout must be positive", ErrInvalidConfig)
 	case c.MinBackoff <= 0 || c.MaxBackoff < c.MinBackoff:
 		return fmt.Errorf("%w: backoff must satisfy 0 < min <= max", ErrInvalidConfig)
+	case c.ProbeInterval <= 0 || c.ProbeReportInterval <= 0 || c.ProbeRetryInterval <= 0:
+		return fmt.Errorf("%w: probe intervals must be positive", ErrInvalidConfig)
 	}
 	return nil
 }
@@ -157,6 +173,7 @@ type Transport struct {
 // peerCounters are one peer's traffic counters (consensus.PeerStats).
 type peerCounters struct {
 	sent, received, failures atomic.Uint64
+	rtt                      rttHistogram
 }
 
 // peerCounter returns id's counters.
@@ -183,7 +200,7 @@ func (t *Transport) PeerStats() []consensus.PeerStats {
 		c := t.peerCounter(s.to)
 		out = append(out, consensus.PeerStats{ID: s.to, SentBytes: c.sent.Load(),
 			ReceivedBytes: c.received.Load(), SentFailures: c.failures.Load(),
-			Active: s.connected.Load(), Disconnects: s.disconnects.Load()})
+			Active: s.connected.Load(), Disconnects: s.disconnects.Load(), RoundTrip: c.rtt.snapshot()})
 	}
 	return out
 }
@@ -268,8 +285,9 @@ func (t *Transport) AddPeer(id uint64, urls []string) {
 	}
 	s := newSender(t, id, urls)
 	t.peers[id] = s
-	t.wg.Add(1)
+	t.wg.Add(2)
 	go s.run()
+	go s.probe()
 }
 
 // RemovePeer implements consensus.Transport.

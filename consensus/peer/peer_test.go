@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -156,10 +157,17 @@ func newEndpoint(t testing.TB) *endpoint {
 	return e
 }
 
+// sameCounters compares the counters of two PeerStats (not RoundTrip).
+func sameCounters(a, b consensus.PeerStats) bool {
+	a.RoundTrip, b.RoundTrip = consensus.Histogram{}, consensus.Histogram{}
+	return reflect.DeepEqual(a, b)
+}
+
 func (e *endpoint) serve(tr *Transport) {
 	path, h := tr.Handler()
 	mux := http.NewServeMux()
 	mux.Handle(path, h)
+	mux.Handle(tr.ProbeHandler())
 	var hh http.Handler = mux
 	e.h.Store(&hh)
 }
@@ -247,7 +255,7 @@ func TestPeerStatsCountBytes(t *testing.T) {
 	if ps := a.PeerStats(); ps[0].ID != 2 || ps[0].ReceivedBytes != 0 || ps[0].SentFailures != 0 || !ps[0].Active || ps[0].Disconnects != 0 {
 		t.Errorf("sender's peer stats: %+v, want %d bytes sent to 2", ps, want)
 	}
-	if ps := b.PeerStats(); len(ps) != 1 || ps[0] != (consensus.PeerStats{ID: 1, ReceivedBytes: want}) {
+	if ps := b.PeerStats(); len(ps) != 1 || !sameCounters(ps[0], consensus.PeerStats{ID: 1, ReceivedBytes: want}) {
 		t.Errorf("receiver's peer stats: %+v, want %d bytes received from 1", ps, want)
 	}
 }

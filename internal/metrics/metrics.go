@@ -240,6 +240,7 @@ var (
 	descPeerFailures    = desc("etcd_network_peer_sent_failures_total", "The total number of send failures from peers.", "To")
 	descActivePeers     = desc("etcd_network_active_peers", "The current number of active peer connections.", "Local", "Remote")
 	descDisconnected    = desc("etcd_network_disconnected_peers_total", "The total number of disconnected peers.", "Local", "Remote")
+	descPeerRTT         = desc("etcd_network_peer_round_trip_time_seconds", "Round-Trip-Time histogram between peers", "To")
 	descGoVersion       = desc("etcd_server_go_version", "Which Go version server is running with. 1 for 'server_go_version' label with current version.", "server_go_version")
 	descTerm            = desc("concord_raft_term", "The current raft term.")
 	descDBSize          = desc("etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes.")
@@ -250,6 +251,12 @@ var (
 	descReadIndex       = desc("concord_raft_read_index_rounds_total", "ReadIndex rounds started for linearizable reads (each serves every read waiting when it starts).")
 	descSnapsSent       = desc("concord_raft_snapshots_sent_total", "Store snapshots sent to followers far behind the leader's log.")
 	descSnapsInstalled  = desc("concord_raft_snapshots_installed_total", "Store snapshots received from a leader and installed.")
+	descRangeOps        = desc("etcd_mvcc_range_total", "Total number of ranges seen by this member.")
+	descPutOps          = desc("etcd_mvcc_put_total", "Total number of puts seen by this member.")
+	descDeleteOps       = desc("etcd_mvcc_delete_total", "Total number of deletes seen by this member.")
+	descTxnOps          = desc("etcd_mvcc_txn_total", "Total number of txns seen by this member.")
+	descKeys            = desc("etcd_debugging_mvcc_keys_total", "Total number of keys.")
+	descPutSize         = desc("etcd_debugging_mvcc_total_put_size_in_bytes", "The total size of put kv pairs seen by this member.")
 	descWALFsync        = desc("etcd_disk_wal_fsync_duration_seconds", "The latency distributions of fsync called by WAL.")
 	descBackendCommit   = desc("etcd_disk_backend_commit_duration_seconds", "The latency distributions of commit called by backend.")
 
@@ -285,8 +292,9 @@ type consensusCollector struct {
 
 func (c consensusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descHasLeader, descIsLeader, descIsLearner, descLeaderChanges, descServerID,
-		descServerVersion, descCommitted, descApplied, descPending, descFailed, descSlowApplies, descClusterVersion, descGoVersion, descPeerSent, descPeerReceived, descPeerFailures, descActivePeers, descDisconnected, descTerm, descDBSize, descDBSizeInUse, descQuota, descRevision,
-		descCompactRevision, descReadIndex, descSnapsSent, descSnapsInstalled, descWALFsync, descBackendCommit} {
+		descServerVersion, descCommitted, descApplied, descPending, descFailed, descSlowApplies, descClusterVersion, descGoVersion, descPeerSent, descPeerReceived, descPeerFailures, descActivePeers, descDisconnected, descPeerRTT, descTerm, descDBSize, descDBSizeInUse, descQuota, descRevision,
+		descCompactRevision, descReadIndex, descSnapsSent, descSnapsInstalled, descWALFsync, descBackendCommit,
+		descRangeOps, descPutOps, descDeleteOps, descTxnOps, descKeys, descPutSize} {
 		ch <- d
 	}
 }
@@ -326,6 +334,11 @@ func (c consensusCollector) Collect(ch chan<- prometheus.Metric) {
 		if p.SentFailures > 0 {
 			emit(ch, descPeerFailures, prometheus.CounterValue, float64(p.SentFailures), id)
 		}
+		// etcd's series appears with the first record (5 s after the peer
+		// was added).
+		if p.RoundTrip.Count > 0 {
+			histogram(ch, descPeerRTT, p.RoundTrip, id)
+		}
 	}
 	gauge(descTerm, float64(s.Term))
 	gauge(descDBSize, float64(s.DBSize))
@@ -333,6 +346,13 @@ func (c consensusCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descQuota, float64(s.QuotaBytes))
 	gauge(descRevision, float64(s.Revision))
 	gauge(descCompactRevision, float64(s.CompactRevision))
+	// Counted by the store as etcd's mvcc layer counts them (storage.OpCounts).
+	counter(descRangeOps, float64(s.Ops.Ranges))
+	counter(descPutOps, float64(s.Ops.Puts))
+	counter(descDeleteOps, float64(s.Ops.Deletes))
+	counter(descTxnOps, float64(s.Ops.Txns))
+	gauge(descKeys, float64(s.Ops.Keys))
+	gauge(descPutSize, float64(s.Ops.PutBytes))
 	counter(descReadIndex, float64(s.ReadIndexRounds))
 	counter(descSnapsSent, float64(s.SnapshotsSent))
 	counter(descSnapsInstalled, float64(s.SnapshotsInstalled))
@@ -340,8 +360,8 @@ func (c consensusCollector) Collect(ch chan<- prometheus.Metric) {
 	histogram(ch, descBackendCommit, s.BackendCommit)
 }
 
-func histogram(ch chan<- prometheus.Metric, d *prometheus.Desc, h consensus.Histogram) {
-	m, err := prometheus.NewConstHistogram(d, h.Count, h.Sum, h.Buckets)
+func histogram(ch chan<- prometheus.Metric, d *prometheus.Desc, h consensus.Histogram, labels ...string) {
+	m, err := prometheus.NewConstHistogram(d, h.Count, h.Sum, h.Buckets, labels...)
 	if err != nil {
 		m = prometheus.NewInvalidMetric(d, err)
 	}

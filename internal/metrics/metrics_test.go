@@ -13,6 +13,7 @@ import (
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/internal/metrics"
+	"github.com/concord-kv/concord/storage"
 	"github.com/concord-kv/concord/watchfanout"
 )
 
@@ -53,8 +54,10 @@ func TestComponentMetrics(t *testing.T) {
 		Consensus: consensusStats{MemberID: 0xabc, Leader: 0xabc, IsLeader: true, LeaderChanges: 2, Term: 3,
 			CommittedIndex: 40, AppliedIndex: 39, Revision: 17, CompactRevision: -1, DBSize: 4096, DBSizeInUse: 2048,
 			QuotaBytes: 1 << 31, ReadIndexRounds: 5, SnapshotsSent: 1, ProposalsPending: 2, ProposalsFailed: 7,
-			SlowApplies: 4, Peers: []consensus.PeerStats{{ID: 0x1f, SentBytes: 100, ReceivedBytes: 80, SentFailures: 2, Disconnects: 1}, {ID: 0x2e, SentBytes: 5, Active: true}},
-			WALFsync: consensus.Histogram{Buckets: map[float64]uint64{0.001: 3, 0.002: 5}, Count: 6, Sum: 0.25}},
+			SlowApplies: 4, Peers: []consensus.PeerStats{{ID: 0x1f, SentBytes: 100, ReceivedBytes: 80, SentFailures: 2, Disconnects: 1}, {ID: 0x2e, SentBytes: 5, Active: true,
+				RoundTrip: consensus.Histogram{Buckets: map[float64]uint64{0.0001: 0, 0.0002: 2}, Count: 2, Sum: 0.0003}}},
+			WALFsync: consensus.Histogram{Buckets: map[float64]uint64{0.001: 3, 0.002: 5}, Count: 6, Sum: 0.25},
+			Ops:      storage.OpCounts{Ranges: 11, Puts: 12, Deletes: 13, Txns: 14, PutBytes: 15, Keys: 16}},
 		Fanout: fanoutStats{Streams: 3, Synced: 7, Unsynced: 2, Victims: 4},
 	})
 	if err != nil {
@@ -99,9 +102,20 @@ func TestComponentMetrics(t *testing.T) {
 		`etcd_disk_wal_fsync_duration_seconds_bucket{le="+Inf"} 6`,
 		"etcd_disk_wal_fsync_duration_seconds_sum 0.25",
 		"etcd_disk_wal_fsync_duration_seconds_count 6",
+		"# TYPE etcd_network_peer_round_trip_time_seconds histogram",
+		`etcd_network_peer_round_trip_time_seconds_bucket{To="2e",le="0.0002"} 2`,
+		`etcd_network_peer_round_trip_time_seconds_count{To="2e"} 2`,
+		"# TYPE etcd_mvcc_range_total counter", "etcd_mvcc_range_total 11",
+		"# TYPE etcd_mvcc_put_total counter", "etcd_mvcc_put_total 12",
+		"# TYPE etcd_mvcc_delete_total counter", "etcd_mvcc_delete_total 13",
+		"# TYPE etcd_mvcc_txn_total counter", "etcd_mvcc_txn_total 14",
+		"# TYPE etcd_debugging_mvcc_total_put_size_in_bytes gauge", "etcd_debugging_mvcc_total_put_size_in_bytes 15",
+		"# TYPE etcd_debugging_mvcc_keys_total gauge", "etcd_debugging_mvcc_keys_total 16",
 	)
-	// As in etcd, a peer's failure series appears with its first failure.
-	if strings.Contains(body, `etcd_network_peer_sent_failures_total{To="2e"}`) {
+	// As in etcd, a peer's failure series appears with its first failure,
+	// its round-trip series with its first record.
+	if strings.Contains(body, `etcd_network_peer_sent_failures_total{To="2e"}`) ||
+		strings.Contains(body, `etcd_network_peer_round_trip_time_seconds_count{To="1f"}`) {
 		t.Errorf("a failure series for a peer without failures:\n%s", body)
 	}
 }

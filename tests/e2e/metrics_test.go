@@ -2,7 +2,11 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -49,9 +53,13 @@ var etcdMetrics = []struct{ series, value string }{
 }
 
 // TestMetrics scrapes /metrics on the client port of etcd and concord after
-// the same traffic and requires etcd's names, labels and values.
+// the same traffic and requires etcd's names, labels and values. It also
+// reads /debug/vars (etcd's expvar JSON) on both and requires the same
+// variables, and the same fields in raft.status.
 func TestMetrics(t *testing.T) {
+	vars := map[string][]string{}
 	forEachImpl(t, serverOptions{}, func(t *testing.T, s *Server) {
+		vars[t.Name()[strings.LastIndex(t.Name(), "/")+1:]] = debugVarsShape(t, s)
 		ctx := testCtx(t)
 		c := newClient(t, s)
 		wctx, cancel := context.WithCancel(ctx)
@@ -89,6 +97,36 @@ func TestMetrics(t *testing.T) {
 			t.Error(m)
 		}
 	})
+	if want, got := vars[etcdImpl.name], vars[concordImpl.name]; want != nil && got != nil && !slices.Equal(got, want) {
+		t.Errorf("/debug/vars: concord has %v\n                 etcd has %v", got, want)
+	}
+}
+
+// debugVarsShape reads /debug/vars and returns its variables' names, then
+// raft.status's fields (prefixed "raft.status.") and its raftState.
+func debugVarsShape(t *testing.T, s *Server) []string {
+	t.Helper()
+	code, body := httpGet(t, s.clientURL()+"/debug/vars")
+	if code != 200 {
+		t.Fatalf("/debug/vars: status %d", code)
+	}
+	var vars map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(body), &vars); err != nil {
+		t.Fatalf("/debug/vars: %v\n%.300s", err, body)
+	}
+	var out []string
+	for k := range vars {
+		out = append(out, k)
+	}
+	var st map[string]json.RawMessage
+	if err := json.Unmarshal(vars["raft.status"], &st); err != nil {
+		t.Errorf("raft.status %.200s: %v", vars["raft.status"], err)
+	}
+	for k := range st {
+		out = append(out, "raft.status."+k)
+	}
+	slices.Sort(out)
+	return append(out, "raftState="+string(st["raftState"]))
 }
 
 func scrapeMetrics(t *testing.T, s *Server) string {
@@ -108,4 +146,180 @@ func seriesValue(body, series string) (string, bool) {
 		}
 	}
 	return "<missing>", false
+}
+
+// mvccOpMetrics are etcd's mvcc operation metrics; TestMetricsMVCCOps
+// compares how each request moves them on etcd and concord.
+var mvccOpMetrics = []string{
+	"etcd_mvcc_range_total",
+	"etcd_mvcc_put_total",
+	"etcd_mvcc_delete_total",
+	"etcd_mvcc_txn_total",
+	"etcd_debugging_mvcc_keys_total",
+	"etcd_debugging_mvcc_total_put_size_in_bytes",
+}
+
+// TestMetricsMVCCOps runs the same etcdctl commands against etcd and
+// concord and requires every command to move etcd_mvcc_range_total,
+// _put_total, _delete_total, _txn_total, etcd_debugging_mvcc_keys_total
+// and _total_put_size_in_bytes by the same amounts on both (etcd's
+// dashboards read them), and the metrics' help and type to be etcd's.
+// etcd's counting has quirks concord follows: a put with --prev-kv is a
+// "txn", a write txn's compares are counted apart from its ops, a
+// serializable get counts as any range, a delete that deletes nothing
+// counts.
+func TestMetricsMVCCOps(t *testing.T) {
+	got := map[string][]string{}
+	forEachImpl(t, serverOptions{}, func(t *testing.T, s *Server) {
+		ep := s.Endpoint()
+		var lease string
+		steps := []struct {
+			stdin string
+			args  func() []string // etcdctl's, or "GET", path: an HTTP GET of the client URL
+		}{
+			{"", func() []string { return []string{"put", "a", "1"} }},
+			{"", func() []string { return []string{"put", "b", "2"} }},
+			{"", func() []string { return []string{"put", "a", "22", "--prev-kv"} }},
+			{"", func() []string { return []string{"put", "a", "--ignore-value"} }},
+			{"", func() []string { return []string{"put", "nope", "--ignore-value"} }},
+			{"", func() []string { return []string{"get", "a"} }},
+			{"", func() []string { return []string{"get", "a", "--consistency=s"} }},
+			{"", func() []string { return []string{"get", "", "--prefix", "--limit=1"} }},
+			{"", func() []string { return []string{"get", "a", "--rev=1"} }},
+			{"", func() []string { return []string{"del", "nothing"} }},
+			{"", func() []string { return []string{"del", "b", "--prev-kv"} }},
+			// Two compares (the second fails), then the failure branch.
+			{"version(\"a\") > \"0\"\nmod(\"c\") > \"0\"\nvalue(\"a\") = \"x\"\n\nput c v\n\nput c w\nget c\n\n",
+				func() []string { return []string{"txn"} }},
+			{"version(\"c\") = \"1\"\n\nput d v\n\n\n", func() []string { return []string{"txn"} }},
+			{"\nput d v2 --prev-kv\ndel a\n\n\n", func() []string { return []string{"txn"} }},
+			// Read only.
+			{"value(\"c\") = \"w\"\n\nget c\nget d\n\n\n", func() []string { return []string{"txn"} }},
+			{"", func() []string { return []string{"put", "l1", "v", "--lease=" + lease} }},
+			{"", func() []string { return []string{"put", "l2", "v", "--lease=" + lease} }},
+			{"", func() []string { return []string{"lease", "revoke", lease} }},
+			// 25 puts in one txn, then streamed ranges over them: a range
+			// per chunk (10 keys, then 20), plus the count of the rest
+			// when --limit stops the stream early.
+			{manyPuts("s", 25), func() []string { return []string{"txn"} }},
+			{"", func() []string { return []string{"get", "s", "--prefix", "--stream"} }},
+			{"", func() []string { return []string{"get", "s", "--prefix", "--stream", "--limit=15"} }},
+			{"", func() []string { return []string{"get", "s", "--prefix", "--stream", "--count-only"} }},
+			{"", func() []string { return []string{"compaction", "3"} }},
+			{"", func() []string { return []string{"compaction", "2"} }}, // compacted: refused
+			// The health checks read with a range, as etcd's do.
+			{"", func() []string { return []string{"GET", "/health"} }},
+			{"", func() []string { return []string{"GET", "/health?serializable=true"} }},
+			{"", func() []string { return []string{"GET", "/livez"} }},
+			{"", func() []string { return []string{"GET", "/readyz"} }},
+			{"", func() []string { return []string{"GET", "/readyz/linearizable_read"} }},
+			{"", func() []string { return []string{"GET", "/version"} }},
+			{"", func() []string { return []string{"GET", "/debug/vars"} }},
+		}
+		out := mustCtl(t, ep, "lease", "grant", "600")
+		m := reGrantText.FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("lease grant: %q", out)
+		}
+		lease = m[1]
+		var lines []string
+		prev := mvccOpValues(t, s)
+		for _, st := range steps {
+			args := st.args()
+			if args[0] == "GET" {
+				if code, body := httpGet(t, s.clientURL()+args[1]); code != 200 {
+					t.Errorf("GET %s: %d %s", args[1], code, body)
+				}
+			} else {
+				runCtl(t, ep, st.stdin, args...)
+			}
+			cur := mvccOpValues(t, s)
+			var d []string
+			for i, name := range mvccOpMetrics {
+				if cur[i] != prev[i] {
+					d = append(d, fmt.Sprintf("%s%+d", strings.TrimPrefix(name, "etcd_"), cur[i]-prev[i]))
+				}
+			}
+			cmd := "etcdctl " + strings.ReplaceAll(strings.Join(args, " "), lease, "<lease>")
+			if args[0] == "GET" {
+				cmd = strings.Join(args, " ")
+			}
+			lines = append(lines, cmd+": "+strings.Join(d, " "))
+			prev = cur
+		}
+		lines = append(lines, fmt.Sprintf("totals: %v", prev))
+		body := scrapeMetrics(t, s)
+		for _, name := range mvccOpMetrics {
+			for _, kind := range []string{"# HELP ", "# TYPE "} {
+				line, ok := metaLine(body, kind+name+" ")
+				if !ok {
+					t.Errorf("no %q line", kind+name)
+				}
+				lines = append(lines, line)
+			}
+		}
+		got[t.Name()[strings.LastIndex(t.Name(), "/")+1:]] = lines
+	})
+	want, have := got[etcdImpl.name], got[concordImpl.name]
+	if want == nil || have == nil {
+		return // a subtest failed already
+	}
+	t.Logf("etcd's counts:\n%s", strings.Join(want, "\n"))
+	for i := range max(len(want), len(have)) {
+		w, h := "<none>", "<none>"
+		if i < len(want) {
+			w = want[i]
+		}
+		if i < len(have) {
+			h = have[i]
+		}
+		if w != h {
+			t.Errorf("concord: %s\n   etcd: %s", h, w)
+		}
+	}
+	// The comparison above would pass if neither server counted anything.
+	if !slices.ContainsFunc(want, func(l string) bool { return strings.Contains(l, "mvcc_txn_total+") }) {
+		t.Errorf("etcd counted no txn; the steps no longer exercise the metrics:\n%s", strings.Join(want, "\n"))
+	}
+}
+
+// manyPuts is etcdctl txn's input for a txn without compares that puts n
+// keys prefix00, prefix01, ...
+func manyPuts(prefix string, n int) string {
+	var b strings.Builder
+	b.WriteString("\n")
+	for i := range n {
+		fmt.Fprintf(&b, "put %s%02d v\n", prefix, i)
+	}
+	b.WriteString("\n\n")
+	return b.String()
+}
+
+// mvccOpValues scrapes mvccOpMetrics' values.
+func mvccOpValues(t *testing.T, s *Server) []int64 {
+	t.Helper()
+	body := scrapeMetrics(t, s)
+	out := make([]int64, len(mvccOpMetrics))
+	for i, name := range mvccOpMetrics {
+		v, ok := seriesValue(body, name)
+		if !ok {
+			t.Fatalf("%s: no %s", s.opts.name, name)
+		}
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			t.Fatalf("%s = %q: %v", name, v, err)
+		}
+		out[i] = int64(f)
+	}
+	return out
+}
+
+// metaLine finds the exposition line that starts with prefix.
+func metaLine(body, prefix string) (string, bool) {
+	for line := range strings.SplitSeq(body, "\n") {
+		if strings.HasPrefix(line, prefix) {
+			return line, true
+		}
+	}
+	return "", false
 }

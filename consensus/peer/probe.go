@@ -1,0 +1,164 @@
+package peer
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/concord-kv/concord/consensus"
+)
+
+// ProbePath is where a member answers round-trip probes: etcd's rafthttp
+// ProbingPrefix, with the same answer.
+const ProbePath = "/raft/probing"
+
+// etcd's probing intervals (rafthttp's proberInterval, statusErrorInterval
+// and statusMonitoringInterval).
+const (
+	DefaultProbeInterval       = 4 * time.Second
+	DefaultProbeReportInterval = 30 * time.Second
+	DefaultProbeRetryInterval  = 5 * time.Second
+)
+
+// rttBuckets are the upper bounds, in seconds, of etcd's
+// etcd_network_peer_round_trip_time_seconds: 0.1 ms doubling to 3.2768 s.
+var rttBuckets = func() []float64 {
+	b := make([]float64, 16)
+	for i := range b {
+		b[i] = 0.0001 * math.Pow(2, float64(i))
+	}
+	return b
+}()
+
+// probeAnswer is the JSON a probe gets (github.com/xiang90/probing's
+// Health, which etcd serves).
+type probeAnswer struct {
+	OK  bool
+	Now time.Time
+}
+
+// ProbeHandler returns ProbePath and the handler that answers the probes of
+// the other members, as etcd's probing handler does.
+func (t *Transport) ProbeHandler() (string, http.Handler) {
+	return ProbePath, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_ = json.NewEncoder(w).Encode(probeAnswer{OK: true, Now: time.Now()})
+	})
+}
+
+// rttHistogram is one peer's etcd_network_peer_round_trip_time_seconds.
+// Observed every few seconds: a mutex is cheap enough.
+type rttHistogram struct {
+	mu     sync.Mutex
+	counts [17]uint64 // per bucket; the last is +Inf
+	sum    float64
+}
+
+func (h *rttHistogram) observe(d time.Duration) {
+	s := d.Seconds()
+	i := 0
+	for i < len(rttBuckets) && s > rttBuckets[i] {
+		i++
+	}
+	h.mu.Lock()
+	h.counts[i]++
+	h.sum += s
+	h.mu.Unlock()
+}
+
+func (h *rttHistogram) snapshot() consensus.Histogram {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := consensus.Histogram{Buckets: make(map[float64]uint64, len(rttBuckets)), Sum: h.sum}
+	for i, ub := range rttBuckets {
+		out.Count += h.counts[i]
+		out.Buckets[ub] = out.Count
+	}
+	out.Count += h.counts[len(rttBuckets)]
+	return out
+}
+
+// probe measures the round trip to the peer as etcd's rafthttp prober does:
+// a GET of ProbePath every ProbeInterval, kept as a smoothed round-trip
+// time (srtt = 7/8 srtt + 1/8 rtt, xiang90/probing's), recorded in the
+// peer's histogram ProbeRetryInterval after the peer is added, then every
+// ProbeReportInterval while probes succeed and every ProbeRetryInterval
+// while they fail (etcd's monitorProbingStatus; like it, a peer that never
+// answered records 0). etcd probes each peer twice, once per round
+// tripper, so its histogram counts two observations per interval; concord
+// has one connection per peer and records one.
+func (s *sender) probe() {
+	defer s.t.wg.Done()
+	cfg := s.t.cfg
+	h := &s.t.peerCounter(s.to).rtt
+	tick := time.NewTicker(cfg.ProbeInterval)
+	defer tick.Stop()
+	report := time.NewTimer(cfg.ProbeRetryInterval)
+	defer report.Stop()
+	var (
+		srtt    time.Duration
+		healthy bool
+		urlIdx  int
+		client  = &http.Client{Transport: s.t.http}
+	)
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-tick.C:
+			s.mu.Lock()
+			u := s.urls[urlIdx%len(s.urls)]
+			s.mu.Unlock()
+			rtt, err := probeOnce(s.ctx, client, u, cfg.ProbeInterval)
+			if err != nil {
+				if s.ctx.Err() != nil {
+					return
+				}
+				healthy = false
+				urlIdx++
+				s.t.lg.Debug("peer probe failed", "peer", fmt.Sprintf("%x", s.to), "error", err)
+				continue
+			}
+			healthy = true
+			if srtt == 0 {
+				srtt = rtt
+			}
+			srtt = time.Duration(0.875*float64(srtt) + 0.125*float64(rtt))
+		case <-report.C:
+			h.observe(srtt)
+			next := cfg.ProbeRetryInterval
+			if healthy {
+				next = cfg.ProbeReportInterval
+			}
+			report.Reset(next)
+		}
+	}
+}
+
+// probeOnce times one probe of the member at peer URL u.
+func probeOnce(ctx context.Context, c *http.Client, u string, timeout time.Duration) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(u, "/")+ProbePath, nil)
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("peer: probe of %s: status %s", u, resp.Status)
+	}
+	var a probeAnswer
+	if err := json.NewDecoder(resp.Body).Decode(&a); err != nil || !a.OK {
+		return 0, fmt.Errorf("peer: probe of %s: bad answer (%v)", u, err)
+	}
+	return time.Since(start), nil
+}

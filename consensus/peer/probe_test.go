@@ -1,0 +1,71 @@
+package peer
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"github.com/concord-kv/concord/consensus"
+)
+
+func probingTransport(t *testing.T) *Transport {
+	t.Helper()
+	tr, err := New(Config{Logger: quiet, MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond,
+		ProbeInterval: 2 * time.Millisecond, ProbeReportInterval: 10 * time.Millisecond, ProbeRetryInterval: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tr.Stop)
+	return tr
+}
+
+func roundTrip(tr *Transport, id uint64) consensus.Histogram {
+	for _, p := range tr.PeerStats() {
+		if p.ID == id {
+			return p.RoundTrip
+		}
+	}
+	return consensus.Histogram{}
+}
+
+// TestRoundTripIsProbed checks etcd_network_peer_round_trip_time_seconds'
+// source: a member probes each peer's ProbePath and records the smoothed
+// round trip, in etcd's buckets, periodically.
+func TestRoundTripIsProbed(t *testing.T) {
+	a, b := probingTransport(t), newTransport(t)
+	eb := newEndpoint(t)
+	eb.serve(b)
+	for i, tr := range []*Transport{a, b} {
+		if err := tr.Start(consensus.LocalMember{ID: uint64(i + 1), ClusterID: 7}, newFakeRaft()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.AddPeer(2, []string{eb.url})
+	waitFor(t, "three round-trip records", func() bool { return roundTrip(a, 2).Count >= 3 })
+	h := roundTrip(a, 2)
+	if h.Sum <= 0 || h.Sum > float64(h.Count)*DefaultProbeInterval.Seconds() {
+		t.Errorf("round trips: %d records summing to %gs; want positive loopback times", h.Count, h.Sum)
+	}
+	if len(h.Buckets) != 16 || h.Buckets[0.0001] > h.Count || h.Buckets[3.2768] != h.Count {
+		t.Errorf("buckets %v (count %d): want etcd's 16, 0.1 ms to 3.2768 s", h.Buckets, h.Count)
+	}
+}
+
+// A peer that never answers is recorded at 0, as etcd's prober records it.
+func TestRoundTripOfUnreachablePeer(t *testing.T) {
+	a := probingTransport(t)
+	if err := a.Start(consensus.LocalMember{ID: 1, ClusterID: 7}, newFakeRaft()); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	a.AddPeer(2, []string{"http://" + addr})
+	waitFor(t, "two round-trip records", func() bool { return roundTrip(a, 2).Count >= 2 })
+	if h := roundTrip(a, 2); h.Sum != 0 || h.Buckets[0.0001] != h.Count {
+		t.Errorf("round trips of an unreachable peer: %+v, want zeros", h)
+	}
+}
