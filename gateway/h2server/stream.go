@@ -690,7 +690,7 @@ func (st *stream) trailers() []hpack.HeaderField {
 			continue
 		}
 		name := lowerKey(k[len(http.TrailerPrefix):])
-		if name == "" || !httpguts.ValidHeaderFieldName(name) || isConnHeader(http.CanonicalHeaderKey(name)) {
+		if name == "" || !httpguts.ValidHeaderFieldName(name) || isConnHeader(canonicalKey(name)) {
 			continue
 		}
 		for _, v := range vs {
@@ -739,6 +739,7 @@ func init() {
 		"Grpc-Status-Details-Bin", "Grpc-Timeout", "Hasleader", "Origin", "Referer", "Te",
 		"Token", "Trailer", "User-Agent", "Vary", "X-Grpc-Web", "X-User-Agent",
 		"Access-Control-Allow-Origin", "Access-Control-Expose-Headers", "Location",
+		"Client-Api-Version", // etcd's clientv3 sends it with every call
 	} {
 		l := strings.ToLower(k)
 		canonByLower[l] = k
