@@ -88,6 +88,13 @@ type Config struct {
 	// committed entries takes longer (etcd's --warning-apply-duration,
 	// which etcd checks per entry); 0 means etcd's default, 100ms.
 	WarningApplyDuration time.Duration
+	// ForceNewCluster makes a member restarting on its data dir the only
+	// member of its cluster (etcd's --force-new-cluster, for a cluster that
+	// lost its quorum for good): its uncommitted raft entries are dropped
+	// and every other member is removed through raft conf changes it
+	// commits alone (forcenewcluster.go). Ignored on an empty data dir, as
+	// by etcd.
+	ForceNewCluster bool
 	// UnsafeNoFsync never fsyncs the store (etcd's --unsafe-no-fsync): a
 	// crash of the machine loses acknowledged writes. For tests only.
 	UnsafeNoFsync bool

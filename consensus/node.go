@@ -264,7 +264,11 @@ type Node struct {
 	lastHeard   map[uint64]time.Time
 	removedAt   time.Time
 	confChanged bool
-	loopErr     error
+	// campaignAlone: the log was rewritten by ForceNewCluster; once its
+	// conf changes are applied this member is the lone voter and campaigns
+	// at once rather than after an election timeout.
+	campaignAlone bool
+	loopErr       error
 	// orphans are proposals in flight at the last leader change, with the
 	// time by which they must have been applied (watchOrphanedProposals).
 	orphans map[uint64]time.Time
@@ -374,6 +378,10 @@ func newNode(ctx context.Context, cfg Config, store *storage.Store) (*Node, erro
 		}
 	} else if err := n.loadMembership(); err != nil {
 		return nil, err
+	} else if cfg.ForceNewCluster {
+		if err := n.forceNewCluster(st); err != nil {
+			return nil, err
+		}
 	}
 
 	n.ms, err = st.memoryStorage()
@@ -523,15 +531,20 @@ func (n *Node) run() {
 }
 
 func (n *Node) loop(tick <-chan time.Time) error {
-	if vs := n.confState.GetVoters(); len(vs) == 1 && vs[0] == n.memberID && len(n.confState.GetLearners()) == 0 {
-		// A lone voter needs no election timeout: become leader right away.
-		if err := n.rn.Campaign(); err != nil {
-			return fmt.Errorf("campaign: %w", err)
-		}
+	if err := n.campaignIfAlone(); err != nil {
+		return err
 	}
 	for {
 		if err := n.process(); err != nil {
 			return err
+		}
+		if n.campaignAlone {
+			// The first Readys applied the forced removals.
+			n.campaignAlone = false
+			if err := n.campaignIfAlone(); err != nil {
+				return err
+			}
+			continue
 		}
 		select {
 		case now := <-tick:
@@ -561,6 +574,18 @@ func (n *Node) loop(tick <-chan time.Time) error {
 			return nil
 		}
 	}
+}
+
+// campaignIfAlone starts an election right away when this member is the
+// only voter: a lone voter needs no election timeout.
+func (n *Node) campaignIfAlone() error {
+	if vs := n.confState.GetVoters(); len(vs) == 1 && vs[0] == n.memberID && len(n.confState.GetLearners()) == 0 &&
+		n.rn.BasicStatus().RaftState != raft.StateLeader {
+		if err := n.rn.Campaign(); err != nil {
+			return fmt.Errorf("campaign: %w", err)
+		}
+	}
+	return nil
 }
 
 // process handles Readys until raft is quiescent, feeding in proposals and

@@ -189,6 +189,7 @@ func consensusConfig(cfg config.Server, log *slog.Logger) consensus.Config {
 		DisablePreVote:             !cfg.PreVote,
 		DisableStrictReconfigCheck: !cfg.StrictReconfigCheck,
 		UnsafeNoFsync:              cfg.UnsafeNoFsync,
+		ForceNewCluster:            cfg.ForceNewCluster,
 		WarningApplyDuration:       cfg.WarningApplyDuration,
 	}
 }

@@ -84,6 +84,10 @@ type Server struct {
 	UnsafeNoFsync       bool
 	MaxRequestBytes     int
 	MaxTxnOps           int
+	// ForceNewCluster is etcd's --force-new-cluster: a member restarting
+	// on its data becomes the only member of its cluster
+	// (consensus.Config.ForceNewCluster).
+	ForceNewCluster bool
 	// BcryptCost is the bcrypt cost of stored password hashes (etcd's
 	// --bcrypt-cost, default 10).
 	BcryptCost int
@@ -282,6 +286,7 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 	c.PreVote = v.GetBool(fPreVote)
 	c.StrictReconfigCheck = v.GetBool(fStrictReconfigCheck)
 	c.UnsafeNoFsync = v.GetBool(fUnsafeNoFsync)
+	c.ForceNewCluster = v.GetBool(fForceNewCluster)
 	c.MaxRequestBytes = v.GetInt(fMaxRequestBytes)
 	c.MaxTxnOps = v.GetInt(fMaxTxnOps)
 	// As etcd: not positive keeps the default, too short is raised to the

@@ -48,6 +48,7 @@ const (
 	fSnapshotCatchUp      = "snapshot-catchup-entries"
 	fDiscoveryFallback    = "discovery-fallback"
 	fV2Deprecation        = "v2-deprecation"
+	fForceNewCluster      = "force-new-cluster"
 )
 
 // etcdOnlyFlag is an etcd flag concord accepts without implementing it.
@@ -95,7 +96,6 @@ var etcdOnlyFlags = []etcdOnlyFlag{
 	{"discovery-cacert", false, whyDiscOpt},
 	{"discovery-user", false, whyDiscOpt},
 	{"discovery-password", false, whyDiscOpt},
-	{"force-new-cluster", true, "concord cannot turn a member's data into a new one-member cluster; restore a backup with `concord snapshot restore` instead"},
 	{"enable-distributed-tracing", true, "concord exports no OpenTelemetry traces"},
 	{"distributed-tracing-address", false, whyTracing},
 	{"distributed-tracing-service-name", false, whyTracing},
@@ -167,7 +167,7 @@ func etcdCompatFlags(fs *pflag.FlagSet) {
 	fs.String("discovery-cacert", "", "etcd v3 discovery; inert in concord")
 	fs.String("discovery-user", "", "etcd v3 discovery; inert in concord")
 	fs.String("discovery-password", "", "etcd v3 discovery; inert in concord")
-	fs.Bool("force-new-cluster", false, "etcd's forced one-member cluster; refused by concord when true")
+	fs.Bool(fForceNewCluster, false, "force to create a new one member cluster: a member restarting on its data keeps it, drops its uncommitted raft entries and removes every other member (disaster recovery after a permanent loss of quorum)")
 	fs.Bool("enable-distributed-tracing", false, "OpenTelemetry tracing; refused by concord when true")
 	fs.String("distributed-tracing-address", "localhost:4317", "OpenTelemetry tracing; inert in concord")
 	fs.String("distributed-tracing-service-name", "etcd", "OpenTelemetry tracing; inert in concord")

@@ -112,7 +112,6 @@ func TestServerFlagsCoverEtcd(t *testing.T) {
 
 func TestRefusedEtcdFlags(t *testing.T) {
 	for _, c := range []struct{ arg, want string }{
-		{"--force-new-cluster", "--force-new-cluster=true: concord cannot turn"},
 		{"--discovery-endpoints=http://10.0.0.1:2379", "--discovery-endpoints=http://10.0.0.1:2379: concord bootstraps from --initial-cluster only"},
 		{"--discovery-srv=example.com", "--discovery-srv=example.com"},
 		{"--enable-distributed-tracing", "concord exports no OpenTelemetry traces"},
@@ -155,15 +154,15 @@ func TestConsensusEtcdFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.MaxLearners != 1 || !c.PreVote || !c.StrictReconfigCheck || c.UnsafeNoFsync || c.SnapshotCatchUpEntries != 5000 {
+	if c.MaxLearners != 1 || !c.PreVote || !c.StrictReconfigCheck || c.UnsafeNoFsync || c.ForceNewCluster || c.SnapshotCatchUpEntries != 5000 {
 		t.Errorf("etcd's defaults: %+v", c)
 	}
-	c, err = load(t, "--max-learners=3", "--pre-vote=false", "--strict-reconfig-check=false", "--unsafe-no-fsync", "--snapshot-catchup-entries=77")
+	c, err = load(t, "--max-learners=3", "--pre-vote=false", "--strict-reconfig-check=false", "--unsafe-no-fsync", "--snapshot-catchup-entries=77", "--force-new-cluster")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.MaxLearners != 3 || c.PreVote || c.StrictReconfigCheck || !c.UnsafeNoFsync || c.SnapshotCatchUpEntries != 77 {
-		t.Errorf("set: max-learners %d, pre-vote %v, strict %v, no-fsync %v, catch-up %d", c.MaxLearners, c.PreVote, c.StrictReconfigCheck, c.UnsafeNoFsync, c.SnapshotCatchUpEntries)
+	if c.MaxLearners != 3 || c.PreVote || c.StrictReconfigCheck || !c.UnsafeNoFsync || c.SnapshotCatchUpEntries != 77 || !c.ForceNewCluster {
+		t.Errorf("set: max-learners %d, pre-vote %v, strict %v, no-fsync %v, catch-up %d, force-new-cluster %v", c.MaxLearners, c.PreVote, c.StrictReconfigCheck, c.UnsafeNoFsync, c.SnapshotCatchUpEntries, c.ForceNewCluster)
 	}
 	if _, err := load(t, "--max-learners=0"); !errors.Is(err, config.ErrInvalid) {
 		t.Errorf("--max-learners=0: %v", err)
