@@ -401,5 +401,6 @@ func (n *Node) MemberList(ctx context.Context, r *pb.MemberListRequest) (*pb.Mem
 			ClientURLs: slices.Clone(client), IsLearner: m.IsLearner,
 		})
 	}
+	sortMembersByID(out) // etcd's order
 	return &pb.MemberListResponse{Header: n.clusterHeader(), Members: out}, nil
 }

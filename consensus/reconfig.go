@@ -24,6 +24,7 @@ package consensus
 // to a member that applied its removal, learns it the same way.
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -615,6 +616,8 @@ func (n *Node) checkRemoved(now time.Time) error {
 	return nil
 }
 
+// membersToPB lists ms in ID order, as etcd's RaftCluster.Members does
+// (etcdctl prints member add's ETCD_INITIAL_CLUSTER in that order).
 func membersToPB(ms []member) []*pb.Member {
 	out := make([]*pb.Member, 0, len(ms))
 	for _, m := range ms {
@@ -623,7 +626,12 @@ func membersToPB(ms []member) []*pb.Member {
 			ClientURLs: slices.Clone(m.ClientURLs), IsLearner: m.IsLearner,
 		})
 	}
+	sortMembersByID(out)
 	return out
+}
+
+func sortMembersByID(ms []*pb.Member) {
+	slices.SortFunc(ms, func(a, b *pb.Member) int { return cmp.Compare(a.ID, b.ID) })
 }
 
 // Membership is the cluster a member belongs to, as joining members learn
