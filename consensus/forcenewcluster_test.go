@@ -12,6 +12,8 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
+
 	"github.com/concord-kv/concord/storage"
 )
 
@@ -274,5 +276,102 @@ func TestEffectiveMembers(t *testing.T) {
 	}
 	if !slices.Equal(keys(v), []uint64{1, 3, 4}) || !slices.Equal(keys(l), []uint64{5}) {
 		t.Fatalf("voters %v learners %v", keys(v), keys(l))
+	}
+}
+
+// TestForceNewClusterStoreAheadOfLog: a member that crashed right after
+// installing a snapshot whose store is ahead of its raft log is forced: the
+// log restarts at the store's applied index, and every key of the store is
+// kept.
+func TestForceNewClusterStoreAheadOfLog(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *Config) {
+		cfg.SnapshotCount = 20
+		cfg.SnapshotCatchUpEntries = 5
+		cfg.storageFS = vfs.NewCrashableMem()
+	})
+	lead := c.leader()
+	behind := c.followers(lead)[0]
+	c.stop(behind)
+	for i := range 95 {
+		put(t, c.nodes[lead], fmt.Sprintf("k/%03d", i), "v")
+	}
+	rev := c.nodes[lead].Store().Rev()
+	fs := c.cfgs[behind].storageFS.(*vfs.MemFS)
+	crashed := make(chan *vfs.MemFS, 1)
+	c.cfgs[behind].afterSnapshotInstall = func(n *Node) {
+		crashed <- fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
+		<-n.stopC
+	}
+	c.start(behind)
+	var clone *vfs.MemFS
+	select {
+	case clone = <-crashed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the member did not install a snapshot")
+	}
+	// The member first: the leader's snapshot send waits for its install.
+	c.stop(behind)
+	for i := range c.nodes {
+		c.stop(i)
+	}
+
+	st, err := storage.Open(c.cfgs[behind].DataDir, storage.Options{FS: clone, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, _ := st.Applied()
+	rs, err := loadRaftState(st.DB())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if last := rs.ents[len(rs.ents)-1].GetIndex(); last >= stored {
+		t.Fatalf("raft log reaches %d, the store's applied index %d: the crash missed the state it tests", last, stored)
+	}
+
+	c.cfgs[behind].storageFS = clone
+	c.cfgs[behind].afterSnapshotInstall = nil
+	c.cfgs[behind].ForceNewCluster = true
+	c.start(behind)
+	n := c.nodes[behind]
+	ml, err := n.MemberList(ctxT(t), &pb.MemberListRequest{})
+	if err != nil || len(ml.Members) != 1 || ml.Members[0].ID != c.ids[behind] {
+		t.Fatalf("member list: %v, %v", ml, err)
+	}
+	r := get(t, n, "k/", false)
+	if r.Header.Revision != rev {
+		t.Fatalf("revision %d after force-new-cluster, want %d", r.Header.Revision, rev)
+	}
+	if r, err := n.Range(ctxT(t), &pb.RangeRequest{Key: []byte("k/"), RangeEnd: []byte("k0"), CountOnly: true}); err != nil || r.Count != 95 {
+		t.Fatalf("keys after force-new-cluster: %v, %v; want 95", r, err)
+	}
+	if p := put(t, n, "after", "1"); p.Header.Revision != rev+1 {
+		t.Fatalf("put at revision %d, want %d", p.Header.Revision, rev+1)
+	}
+	if applied := n.applied.Load(); applied <= stored {
+		t.Fatalf("applied index %d, want past %d", applied, stored)
+	}
+}
+
+// TestForceNewClusterRefusesALearner: a learner cannot be the one member.
+func TestForceNewClusterRefusesALearner(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	lead := c.leader()
+	put(t, c.nodes[lead], "a", "1")
+	lead = c.settled()
+	j := c.addProcess("m4", "http://127.0.0.1:12383")
+	if _, err := c.nodes[lead].MemberAdd(ctxT(t), &pb.MemberAddRequest{PeerURLs: []string{"http://127.0.0.1:12383"}, IsLearner: true}); err != nil {
+		t.Fatal(err)
+	}
+	c.startJoined(j)
+	c.converged()
+	for i := range c.nodes {
+		c.stop(i)
+	}
+	c.cfgs[j].ForceNewCluster = true
+	if err := c.startErr(j); !errors.Is(err, ErrForceNewClusterNotVoter) {
+		t.Fatalf("forcing a learner: %v, want %v", err, ErrForceNewClusterNotVoter)
 	}
 }
