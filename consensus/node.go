@@ -46,6 +46,9 @@
 // members and learners are added, promoted, updated and removed at runtime;
 // a member joining with ClusterState "existing" learns the cluster from the
 // others and catches up by snapshot; a removed member stops (Done, Err).
+// With Config.ForceNewCluster a member restarting on its data becomes the
+// only member of its cluster (etcd's --force-new-cluster,
+// forcenewcluster.go).
 // Learners serve serializable and linearizable reads and Status; everything
 // else answers ErrNotSupportedForLearner.
 package consensus
