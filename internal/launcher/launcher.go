@@ -552,7 +552,7 @@ func (c *Cluster) spawn(p *process) (done <-chan struct{}, err error) {
 	cmd.Env = c.cfg.Env
 	cmd.Dir = c.cfg.Dir
 	cmd.Stdout, cmd.Stderr = w, w
-	cmd.SysProcAttr = sysProcAttr()
+	cmd.SysProcAttr = SysProcAttr()
 	if err := cmd.Start(); err != nil {
 		p.mu.Unlock()
 		logFile.Close()

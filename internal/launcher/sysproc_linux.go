@@ -2,8 +2,8 @@ package launcher
 
 import "syscall"
 
-// sysProcAttr makes every child die with the launcher's thread (Pdeathsig),
+// SysProcAttr makes a child die with the thread that started it (Pdeathsig),
 // so a test binary that crashes or times out leaves no concord running.
-func sysProcAttr() *syscall.SysProcAttr {
+func SysProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }

@@ -4,4 +4,5 @@ package launcher
 
 import "syscall"
 
-func sysProcAttr() *syscall.SysProcAttr { return nil }
+// SysProcAttr is nil where Pdeathsig does not exist.
+func SysProcAttr() *syscall.SysProcAttr { return nil }

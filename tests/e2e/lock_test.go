@@ -20,6 +20,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+
+	"github.com/concord-kv/concord/internal/launcher"
 )
 
 // Locks: `etcdctl lock`, clientv3/concurrency's Mutex and STM, and the v3lock gRPC service, each
@@ -49,6 +51,7 @@ func startCtlProc(t *testing.T, endpoint string, args ...string) *ctlProc {
 	b := &ctlProc{t: t, args: args, out: &syncBuffer{}, errb: &syncBuffer{}, done: make(chan struct{})}
 	b.cmd = exec.Command(etcdctlBin.bin, full...)
 	b.cmd.Env = cleanEnv()
+	b.cmd.SysProcAttr = launcher.SysProcAttr()
 	b.cmd.Stdout, b.cmd.Stderr = b.out, b.errb
 	if err := b.cmd.Start(); err != nil {
 		t.Fatalf("start etcdctl %s: %v", strings.Join(args, " "), err)

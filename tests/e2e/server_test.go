@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/concord-kv/concord/internal/healthwait"
+	"github.com/concord-kv/concord/internal/launcher"
 	"github.com/concord-kv/concord/internal/tlstest"
 )
 
@@ -248,6 +249,7 @@ func (s *Server) start() error {
 	fmt.Fprintf(s.log, "=== %s incarnation %d: %s %s\n", s.impl.name, s.gen, s.impl.bin, strings.Join(s.args(), " "))
 	cmd := exec.Command(s.impl.bin, s.args()...)
 	cmd.Env = cleanEnv()
+	cmd.SysProcAttr = launcher.SysProcAttr()
 	cmd.Stdout, cmd.Stderr = s.log, s.log
 	if err := cmd.Start(); err != nil {
 		s.mu.Unlock()

@@ -25,6 +25,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/concord-kv/concord/internal/healthwait"
+	"github.com/concord-kv/concord/internal/launcher"
 	"github.com/concord-kv/concord/internal/tlstest"
 )
 
@@ -87,6 +88,7 @@ func (p *proc) start() error {
 	fmt.Fprintf(p.log, "=== %s: concord %s\n", p.name, strings.Join(p.args, " "))
 	cmd := exec.Command(concordImpl.bin, p.args...)
 	cmd.Env = cleanEnv()
+	cmd.SysProcAttr = launcher.SysProcAttr()
 	cmd.Stdout, cmd.Stderr = p.log, p.log
 	if err := cmd.Start(); err != nil {
 		return err

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/concord-kv/concord/consensus/eventbus"
+	"github.com/concord-kv/concord/internal/launcher"
 	"github.com/concord-kv/concord/watchfanout/watchtest"
 )
 
@@ -59,6 +60,7 @@ func startBgCtl(t *testing.T, endpoint string, interactive bool, args ...string)
 	b := &bgCtl{stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
 	b.cmd = exec.Command(etcdctlBin.bin, full...)
 	b.cmd.Env = cleanEnv()
+	b.cmd.SysProcAttr = launcher.SysProcAttr()
 	b.cmd.Stdout, b.cmd.Stderr = b.stdout, b.stderr
 	if interactive {
 		w, err := b.cmd.StdinPipe()
