@@ -224,6 +224,7 @@ func (s *Server) launch() error {
 	// Not CommandContext: the process outlives the start context; Stop ends it.
 	cmd := exec.Command(s.cfg.Bin, s.Args()...)
 	cmd.Env = launcher.DefaultEnv() // no ETCD_/ETCDCTL_/CONCORD_ variables: both servers would read them as flags
+	cmd.SysProcAttr = launcher.SysProcAttr() // an interrupted comparison leaves no server running
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		log.Close()
