@@ -223,8 +223,10 @@ func (s *Server) launch() error {
 	fmt.Fprintf(log, "=== %s %s\n", s.cfg.Bin, strings.Join(s.Args(), " "))
 	// Not CommandContext: the process outlives the start context; Stop ends it.
 	cmd := exec.Command(s.cfg.Bin, s.Args()...)
-	cmd.Env = launcher.DefaultEnv() // no ETCD_/ETCDCTL_/CONCORD_ variables: both servers would read them as flags
-	cmd.SysProcAttr = launcher.SysProcAttr() // an interrupted comparison leaves no server running
+	// No ETCD_/ETCDCTL_/CONCORD_ variables: both servers would read them as
+	// flags. Pdeathsig: an interrupted comparison leaves no server running.
+	cmd.Env = launcher.DefaultEnv()
+	cmd.SysProcAttr = launcher.SysProcAttr()
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		log.Close()
