@@ -668,22 +668,7 @@ func TestClusterCrashRightAfterSnapshotInstall(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	fs := c.cfgs[behind].storageFS.(*vfs.MemFS)
-	crashed := make(chan *vfs.MemFS, 1)
-	c.cfgs[behind].afterSnapshotInstall = func(n *Node) {
-		// Crash here: only what is synced survives (the install), and the
-		// member does nothing more until it is stopped.
-		crashed <- fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
-		<-n.stopC
-	}
-	c.start(behind)
-	var clone *vfs.MemFS
-	select {
-	case clone = <-crashed:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the member did not install a snapshot")
-	}
-	c.stop(behind)
+	clone := c.crashAfterSnapshotInstall(t, behind)
 
 	// The member comes back with the state of the moment right after the
 	// install: its store is ahead of raft.
@@ -712,4 +697,27 @@ func TestClusterCrashRightAfterSnapshotInstall(t *testing.T) {
 	c.stop(behind)
 	c.start(behind)
 	c.converged()
+}
+
+// crashAfterSnapshotInstall starts the stopped member i, whose storage is a
+// vfs.MemFS, lets it install the snapshot the leader sends, and returns its
+// file system as a crash right after the install leaves it (only what was
+// synced survives); the member does nothing more and is stopped.
+func (c *testCluster) crashAfterSnapshotInstall(t *testing.T, i int) *vfs.MemFS {
+	t.Helper()
+	fs := c.cfgs[i].storageFS.(*vfs.MemFS)
+	crashed := make(chan *vfs.MemFS, 1)
+	c.cfgs[i].afterSnapshotInstall = func(n *Node) {
+		crashed <- fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
+		<-n.stopC
+	}
+	c.start(i)
+	var clone *vfs.MemFS
+	select {
+	case clone = <-crashed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the member did not install a snapshot")
+	}
+	c.stop(i)
+	return clone
 }

@@ -296,21 +296,9 @@ func TestForceNewClusterStoreAheadOfLog(t *testing.T) {
 		put(t, c.nodes[lead], fmt.Sprintf("k/%03d", i), "v")
 	}
 	rev := c.nodes[lead].Store().Rev()
-	fs := c.cfgs[behind].storageFS.(*vfs.MemFS)
-	crashed := make(chan *vfs.MemFS, 1)
-	c.cfgs[behind].afterSnapshotInstall = func(n *Node) {
-		crashed <- fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
-		<-n.stopC
-	}
-	c.start(behind)
-	var clone *vfs.MemFS
-	select {
-	case clone = <-crashed:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the member did not install a snapshot")
-	}
-	// The member first: the leader's snapshot send waits for its install.
-	c.stop(behind)
+	// The member first (crashAfterSnapshotInstall stops it): the leader's
+	// snapshot send waits for its install.
+	clone := c.crashAfterSnapshotInstall(t, behind)
 	for i := range c.nodes {
 		c.stop(i)
 	}

@@ -162,22 +162,14 @@ func (b *Batch) DeleteRange(r *pb.DeleteRangeRequest) (resp *pb.DeleteRangeRespo
 // on the chosen path is validated before anything is written, so a failing
 // txn (ErrLeaseNotFound, ErrKeyNotFound, ErrCompacted, ErrFutureRev) leaves
 // the batch unchanged.
-func (b *Batch) Txn(r *pb.TxnRequest) (resp *pb.TxnResponse, err error) {
-	if r == nil {
-		return nil, errNilRequest
-	}
-	o, err := b.begin()
-	if err != nil {
-		return nil, err
-	}
-	defer func() { b.finish(o, err) }()
-	return runTxn(o, r)
-}
+func (b *Batch) Txn(r *pb.TxnRequest) (*pb.TxnResponse, error) { return b.txn(r, false) }
 
 // ReplicaTxn is Txn for a txn this member applies but does not answer
 // (another member received it). It does the same, but its range ops do not
 // count in OpCounts.Ranges: etcd does not execute them on such members.
-func (b *Batch) ReplicaTxn(r *pb.TxnRequest) (resp *pb.TxnResponse, err error) {
+func (b *Batch) ReplicaTxn(r *pb.TxnRequest) (*pb.TxnResponse, error) { return b.txn(r, true) }
+
+func (b *Batch) txn(r *pb.TxnRequest, replica bool) (resp *pb.TxnResponse, err error) {
 	if r == nil {
 		return nil, errNilRequest
 	}
@@ -186,7 +178,7 @@ func (b *Batch) ReplicaTxn(r *pb.TxnRequest) (resp *pb.TxnResponse, err error) {
 		return nil, err
 	}
 	defer func() { b.finish(o, err) }()
-	o.replica = true
+	o.replica = replica
 	return runTxn(o, r)
 }
 

@@ -266,13 +266,8 @@ func TestUnreachablePeerIsReportedAndReconnected(t *testing.T) {
 	if err := a.Start(consensus.LocalMember{ID: 1, ClusterID: 7}, fa); err != nil {
 		t.Fatal(err)
 	}
-	// Nothing listens yet: reserve an address, close it.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
+	// Nothing listens yet.
+	addr := unusedAddr(t)
 	a.AddPeer(2, []string{"http://" + addr})
 	waitFor(t, "unreachable reports", func() bool {
 		a.Send([]*raftpb.Message{msg(1, 2, 1)})
@@ -284,7 +279,7 @@ func TestUnreachablePeerIsReportedAndReconnected(t *testing.T) {
 	}
 
 	// The peer comes up on that address: messages flow again.
-	ln, err = net.Listen("tcp", addr)
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatalf("re-listen on %s: %v", addr, err)
 	}
@@ -431,4 +426,17 @@ func TestMembershipAndForwardedPromote(t *testing.T) {
 	if _, err := joiner.ForwardPromote(ctx, []string{eb.url}, &pb.MemberPromoteRequest{ID: 9}); !errors.Is(err, consensus.ErrLearnerNotReady) {
 		t.Fatalf("forwarded promote: %v, want %v", err, consensus.ErrLearnerNotReady)
 	}
+}
+
+// unusedAddr returns a loopback address nothing listens on (one just
+// reserved and released).
+func unusedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
 }

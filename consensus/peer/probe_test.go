@@ -1,7 +1,6 @@
 package peer
 
 import (
-	"net"
 	"testing"
 	"time"
 
@@ -57,12 +56,7 @@ func TestRoundTripOfUnreachablePeer(t *testing.T) {
 	if err := a.Start(consensus.LocalMember{ID: 1, ClusterID: 7}, newFakeRaft()); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
+	addr := unusedAddr(t)
 	a.AddPeer(2, []string{"http://" + addr})
 	waitFor(t, "two round-trip records", func() bool { return roundTrip(a, 2).Count >= 2 })
 	if h := roundTrip(a, 2); h.Sum != 0 || h.Buckets[0.0001] != h.Count {

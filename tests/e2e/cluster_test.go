@@ -125,7 +125,9 @@ type ctlStatus struct {
 			ClusterID uint64 `json:"cluster_id"`
 			MemberID  uint64 `json:"member_id"`
 		} `json:"header"`
-		Leader uint64 `json:"leader"`
+		Leader    uint64 `json:"leader"`
+		RaftIndex uint64 `json:"raftIndex"`
+		RaftTerm  uint64 `json:"raftTerm"`
 	} `json:"Status"`
 }
 

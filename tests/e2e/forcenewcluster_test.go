@@ -100,22 +100,9 @@ func (n fncNormalizer) memberList(t *testing.T, endpoint string) string {
 	return n.out(strings.Join(lines, "\n"))
 }
 
-// memberStatus is what `endpoint status -w json` says of one endpoint.
-type memberStatus struct {
-	Status struct {
-		Header struct {
-			ClusterID uint64 `json:"cluster_id"`
-			MemberID  uint64 `json:"member_id"`
-		} `json:"header"`
-		Leader    uint64 `json:"leader"`
-		RaftIndex uint64 `json:"raftIndex"`
-		RaftTerm  uint64 `json:"raftTerm"`
-	} `json:"Status"`
-}
-
-func endpointStatus(t *testing.T, endpoint string) memberStatus {
+func endpointStatus(t *testing.T, endpoint string) ctlStatus {
 	t.Helper()
-	var st []memberStatus
+	var st []ctlStatus
 	out := mustCtl(t, endpoint, "endpoint", "status", "-w", "json")
 	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st) != 1 {
 		t.Fatalf("endpoint status output %q: %v", out, err)
@@ -225,31 +212,7 @@ func testForceNewCluster(t *testing.T, im *impl) []string {
 // the write after it at its revision, the lease kept alive, and a member
 // list of one.
 func TestSplitForceNewCluster(t *testing.T) {
-	type member struct {
-		p                      *proc
-		curl, purl, nats, rurl string
-	}
-	ms := make([]*member, 3)
-	var spec, routes, curls []string
-	for i := range ms {
-		cport, pport, err := freePorts()
-		if err != nil {
-			t.Fatal(err)
-		}
-		m := &member{curl: fmt.Sprintf("http://127.0.0.1:%d", cport), purl: fmt.Sprintf("http://127.0.0.1:%d", pport),
-			nats: fmt.Sprintf("127.0.0.1:%d", freePort(t)), rurl: fmt.Sprintf("nats://127.0.0.1:%d", freePort(t))}
-		m.p = &proc{name: fmt.Sprintf("consensus-%d", i+1), port: cport}
-		ms[i] = m
-		spec = append(spec, fmt.Sprintf("c%d=%s", i+1, m.purl))
-		routes = append(routes, m.rurl)
-		curls = append(curls, m.curl)
-	}
-	for i, m := range ms {
-		m.p.args = []string{"consensus", "--name", fmt.Sprintf("c%d", i+1), "--data-dir", t.TempDir(),
-			"--listen-client-urls", m.curl, "--listen-peer-urls", m.purl, "--initial-cluster", strings.Join(spec, ","),
-			"--nats-listen-addr", m.nats, "--nats-cluster-listen-addr", strings.TrimPrefix(m.rurl, "nats://"),
-			"--nats-routes", strings.Join(routes, ",")}
-	}
+	ms, curls := threeConsensusMembers(t)
 	startProcs(t, ms[0].p, ms[1].p, ms[2].p)
 	c1 := ms[0]
 	wport, lport, gport := freePort(t), freePort(t), freePort(t)

@@ -45,31 +45,7 @@ func startProcs(t *testing.T, ps ...*proc) {
 // leader: writes through the gateway resume, and a watch through the
 // gateway sees every acknowledged revision once, in order.
 func TestSplitConsensusLeaderKilled(t *testing.T) {
-	type member struct {
-		p                      *proc
-		curl, purl, nats, rurl string
-	}
-	ms := make([]*member, 3)
-	var spec, routes, curls []string
-	for i := range ms {
-		cport, pport, err := freePorts()
-		if err != nil {
-			t.Fatal(err)
-		}
-		m := &member{curl: fmt.Sprintf("http://127.0.0.1:%d", cport), purl: fmt.Sprintf("http://127.0.0.1:%d", pport),
-			nats: fmt.Sprintf("127.0.0.1:%d", freePort(t)), rurl: fmt.Sprintf("nats://127.0.0.1:%d", freePort(t))}
-		m.p = &proc{name: fmt.Sprintf("consensus-%d", i+1), port: cport}
-		ms[i] = m
-		spec = append(spec, fmt.Sprintf("c%d=%s", i+1, m.purl))
-		routes = append(routes, m.rurl)
-		curls = append(curls, m.curl)
-	}
-	for i, m := range ms {
-		m.p.args = []string{"consensus", "--name", fmt.Sprintf("c%d", i+1), "--data-dir", t.TempDir(),
-			"--listen-client-urls", m.curl, "--listen-peer-urls", m.purl, "--initial-cluster", strings.Join(spec, ","),
-			"--nats-listen-addr", m.nats, "--nats-cluster-listen-addr", strings.TrimPrefix(m.rurl, "nats://"),
-			"--nats-routes", strings.Join(routes, ",")}
-	}
+	ms, curls := threeConsensusMembers(t)
 	startProcs(t, ms[0].p, ms[1].p, ms[2].p)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -89,7 +65,7 @@ func TestSplitConsensusLeaderKilled(t *testing.T) {
 	leader := ms[lead]
 	// What following the leader saves: sequential puts sent to the leader
 	// against puts a follower forwards (logged, not asserted).
-	for _, m := range []*member{leader, ms[(lead+1)%3]} {
+	for _, m := range []*splitMember{leader, ms[(lead+1)%3]} {
 		one := splitClient(t, m.p.endpoint())
 		must(one.Put(ctx, "lat", "warm"))(t)
 		begin := time.Now()
@@ -258,4 +234,39 @@ func TestSplitConsensusLeaderKilled(t *testing.T) {
 	if err := put("lk/moved", 10*time.Second); err != nil {
 		t.Fatalf("put after move-leader: %v", err)
 	}
+}
+
+// splitMember is one consensus process of threeConsensusMembers.
+type splitMember struct {
+	p                      *proc
+	curl, purl, nats, rurl string
+}
+
+// threeConsensusMembers returns three consensus processes of one cluster,
+// not started, whose embedded NATS servers form one NATS cluster, and their
+// client URLs.
+func threeConsensusMembers(t *testing.T) ([]*splitMember, []string) {
+	t.Helper()
+	ms := make([]*splitMember, 3)
+	var spec, routes, curls []string
+	for i := range ms {
+		cport, pport, err := freePorts()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := &splitMember{curl: fmt.Sprintf("http://127.0.0.1:%d", cport), purl: fmt.Sprintf("http://127.0.0.1:%d", pport),
+			nats: fmt.Sprintf("127.0.0.1:%d", freePort(t)), rurl: fmt.Sprintf("nats://127.0.0.1:%d", freePort(t))}
+		m.p = &proc{name: fmt.Sprintf("consensus-%d", i+1), port: cport}
+		ms[i] = m
+		spec = append(spec, fmt.Sprintf("c%d=%s", i+1, m.purl))
+		routes = append(routes, m.rurl)
+		curls = append(curls, m.curl)
+	}
+	for i, m := range ms {
+		m.p.args = []string{"consensus", "--name", fmt.Sprintf("c%d", i+1), "--data-dir", t.TempDir(),
+			"--listen-client-urls", m.curl, "--listen-peer-urls", m.purl, "--initial-cluster", strings.Join(spec, ","),
+			"--nats-listen-addr", m.nats, "--nats-cluster-listen-addr", strings.TrimPrefix(m.rurl, "nats://"),
+			"--nats-routes", strings.Join(routes, ",")}
+	}
+	return ms, curls
 }
