@@ -988,23 +988,3 @@ func certsWithUser(t *testing.T) (certs *tlstest.Files, userCert, userKey string
 	}
 	return certs, userCert, userKey
 }
-
-// closeClientBounded closes c, giving up after 10 s. clientv3 v3.7.3's
-// Close hung for good here once, on a heavily loaded machine: its watch
-// stream's goroutine, tearing down, waited for one of its watch goroutines,
-// which waited to report its end on a channel nobody read any more
-// (watch.go's closingc). These clients open refused watches (created and
-// canceled at once); the outcomes compared were already collected, so a
-// hang is logged rather than left to stall the whole suite.
-func closeClientBounded(t *testing.T, c *clientv3.Client) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = c.Close()
-	}()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Logf("clientv3 Close of %v did not return within 10s (clientv3 watch teardown race); left behind", c.Endpoints())
-	}
-}
