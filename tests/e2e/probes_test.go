@@ -181,9 +181,16 @@ func peerHTTPAnswers(t *testing.T, c *cluster) string {
 	for _, s := range c.members {
 		deadline := time.Now().Add(readyTimeout)
 		for {
-			// etcd reports the cluster version once the members agreed on it.
+			// etcd reports the cluster version once the members agreed on
+			// it, and moves the storage version up to it a few seconds
+			// later (its version monitor), each member on its own.
 			code, body := httpGet(t, s.peerURL()+"/version")
-			if !strings.Contains(body, "not_decided") || time.Now().After(deadline) {
+			var v struct {
+				Cluster string `json:"etcdcluster"`
+				Storage string `json:"storage"`
+			}
+			settled := json.Unmarshal([]byte(body), &v) == nil && v.Cluster != "not_decided" && v.Storage == v.Cluster
+			if settled || time.Now().After(deadline) {
 				fmt.Fprintf(&b, "%s /version: %d %s\n", s.opts.name, code, body)
 				break
 			}
