@@ -653,21 +653,7 @@ func TestConfigMultiMemberNeedsTransport(t *testing.T) {
 // at the snapshot index, the store is not rewound) and converges without
 // applying anything twice.
 func TestClusterCrashRightAfterSnapshotInstall(t *testing.T) {
-	c := newTestCluster(t, 3, func(cfg *Config) {
-		cfg.SnapshotCount = 20
-		cfg.SnapshotCatchUpEntries = 5
-		cfg.storageFS = vfs.NewCrashableMem()
-	})
-	lead := c.leader()
-	behind := c.followers(lead)[0]
-	c.stop(behind)
-	// Writes end between two raft snapshot records, so the store the
-	// leader sends is ahead of the snapshot's index.
-	for i := range 95 {
-		if _, err := putCtx(ctxT(t), c.nodes[lead], fmt.Sprintf("k/%03d", i), "v"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	c, lead, behind := newLaggingCluster(t)
 	clone := c.crashAfterSnapshotInstall(t, behind)
 
 	// The member comes back with the state of the moment right after the
@@ -697,6 +683,27 @@ func TestClusterCrashRightAfterSnapshotInstall(t *testing.T) {
 	c.stop(behind)
 	c.start(behind)
 	c.converged()
+}
+
+// newLaggingCluster returns three members that take a raft snapshot every
+// 20 entries on crashable in-memory storage, and the follower behind,
+// stopped while the leader lead took 95 puts (k/000 to k/094): started
+// again, it needs a snapshot. The writes end between two raft snapshot
+// records, so the store the leader sends is ahead of the snapshot's index.
+func newLaggingCluster(t *testing.T) (c *testCluster, lead, behind int) {
+	t.Helper()
+	c = newTestCluster(t, 3, func(cfg *Config) {
+		cfg.SnapshotCount = 20
+		cfg.SnapshotCatchUpEntries = 5
+		cfg.storageFS = vfs.NewCrashableMem()
+	})
+	lead = c.leader()
+	behind = c.followers(lead)[0]
+	c.stop(behind)
+	for i := range 95 {
+		put(t, c.nodes[lead], fmt.Sprintf("k/%03d", i), "v")
+	}
+	return c, lead, behind
 }
 
 // crashAfterSnapshotInstall starts the stopped member i, whose storage is a

@@ -12,8 +12,6 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/cockroachdb/pebble/v2/vfs"
-
 	"github.com/concord-kv/concord/storage"
 )
 
@@ -284,17 +282,7 @@ func TestEffectiveMembers(t *testing.T) {
 // log restarts at the store's applied index, and every key of the store is
 // kept.
 func TestForceNewClusterStoreAheadOfLog(t *testing.T) {
-	c := newTestCluster(t, 3, func(cfg *Config) {
-		cfg.SnapshotCount = 20
-		cfg.SnapshotCatchUpEntries = 5
-		cfg.storageFS = vfs.NewCrashableMem()
-	})
-	lead := c.leader()
-	behind := c.followers(lead)[0]
-	c.stop(behind)
-	for i := range 95 {
-		put(t, c.nodes[lead], fmt.Sprintf("k/%03d", i), "v")
-	}
+	c, lead, behind := newLaggingCluster(t)
 	rev := c.nodes[lead].Store().Rev()
 	// The member first (crashAfterSnapshotInstall stops it): the leader's
 	// snapshot send waits for its install.

@@ -35,18 +35,7 @@ func TestForceNewCluster(t *testing.T) {
 	if len(want) == 0 || len(got) == 0 {
 		t.Fatalf("missing outcomes: etcd %d steps, concord %d", len(want), len(got))
 	}
-	for i := range max(len(want), len(got)) {
-		var w, g string
-		if i < len(want) {
-			w = want[i]
-		}
-		if i < len(got) {
-			g = got[i]
-		}
-		if w != g {
-			t.Errorf("step %d differs:\netcd:    %q\nconcord: %q", i, w, g)
-		}
-	}
+	compareOutcomes(t, got, want)
 	t.Logf("both:\n%s", strings.Join(got, "\n"))
 }
 
@@ -215,17 +204,7 @@ func TestSplitForceNewCluster(t *testing.T) {
 	ms, curls := threeConsensusMembers(t)
 	startProcs(t, ms[0].p, ms[1].p, ms[2].p)
 	c1 := ms[0]
-	wport, lport, gport := freePort(t), freePort(t), freePort(t)
-	wf := &proc{name: "watchfanout", port: wport, args: []string{"watchfanout", "--name", "wf1",
-		"--consensus-endpoints", c1.curl, "--nats-url", "nats://" + c1.nats,
-		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", wport)}}
-	ls := &proc{name: "leasesvc", port: lport, args: []string{"leasesvc", "--name", "ls1",
-		"--consensus-endpoints", c1.curl, "--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", lport)}}
-	startProcs(t, wf, ls)
-	gw := &proc{name: "gateway", port: gport, args: []string{"gateway", "--consensus-endpoints", strings.Join(curls, ","),
-		"--watchfanout-endpoints", wf.url(), "--leasesvc-endpoints", ls.url(),
-		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", gport)}}
-	startProcs(t, gw)
+	gw, _ := startSplitServices(t, c1, curls)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -292,19 +271,5 @@ func TestSplitForceNewCluster(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the watch opened before the loss never saw the write after force-new-cluster")
 	}
-	for {
-		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
-		r, err := cli.KeepAliveOnce(actx, lease.ID)
-		acancel()
-		if err == nil {
-			if r.TTL != 30 {
-				t.Fatalf("keep-alive after force-new-cluster: TTL %d, want 30", r.TTL)
-			}
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("keep-alive after force-new-cluster: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	keepAliveEventually(ctx, t, cli, lease.ID, 30, "after force-new-cluster")
 }

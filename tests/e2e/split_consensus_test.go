@@ -75,17 +75,7 @@ func TestSplitConsensusLeaderKilled(t *testing.T) {
 		t.Logf("put latency via the %s: %v", map[bool]string{true: "leader", false: "follower"}[m == leader], time.Since(begin)/50)
 	}
 
-	wport, lport, gport := freePort(t), freePort(t), freePort(t)
-	wf := &proc{name: "watchfanout", port: wport, args: []string{"watchfanout", "--name", "wf1",
-		"--consensus-endpoints", leader.curl, "--nats-url", "nats://" + leader.nats,
-		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", wport)}}
-	ls := &proc{name: "leasesvc", port: lport, args: []string{"leasesvc", "--name", "ls1",
-		"--consensus-endpoints", leader.curl, "--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", lport)}}
-	startProcs(t, wf, ls)
-	gw := &proc{name: "gateway", port: gport, args: []string{"gateway", "--consensus-endpoints", strings.Join(curls, ","),
-		"--watchfanout-endpoints", wf.url(), "--leasesvc-endpoints", ls.url(),
-		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", gport)}}
-	startProcs(t, gw)
+	gw, wf := startSplitServices(t, leader, curls)
 
 	cli := splitClient(t, gw.endpoint())
 	start := must(cli.Get(ctx, "any"))(t).Header.Revision
@@ -170,21 +160,7 @@ func TestSplitConsensusLeaderKilled(t *testing.T) {
 	}
 	// The lease service, given only the dead leader's address, still keeps
 	// the lease alive (its authority renewals and revokes go elsewhere).
-	for {
-		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
-		r, err := cli.KeepAliveOnce(actx, lease.ID)
-		acancel()
-		if err == nil {
-			if r.TTL != 30 {
-				t.Fatalf("keep-alive after the leader's death: TTL %d, want 30", r.TTL)
-			}
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("keep-alive after the leader's death: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	keepAliveEventually(ctx, t, cli, lease.ID, 30, "after the leader's death")
 	if got := must(cli.Get(ctx, "leased"))(t); got.Count != 1 {
 		t.Fatalf("leased key lost with the leader: %v", got.Kvs)
 	}
@@ -269,4 +245,45 @@ func threeConsensusMembers(t *testing.T) ([]*splitMember, []string) {
 			"--nats-routes", strings.Join(routes, ",")}
 	}
 	return ms, curls
+}
+
+// startSplitServices starts a watch fan-out and a lease service given only
+// m's addresses (they learn the other members from it), then a gateway
+// given every consensus member's client URL, and returns the gateway and
+// the fan-out.
+func startSplitServices(t *testing.T, m *splitMember, curls []string) (gw, wf *proc) {
+	t.Helper()
+	wport, lport, gport := freePort(t), freePort(t), freePort(t)
+	wf = &proc{name: "watchfanout", port: wport, args: []string{"watchfanout", "--name", "wf1",
+		"--consensus-endpoints", m.curl, "--nats-url", "nats://" + m.nats,
+		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", wport)}}
+	ls := &proc{name: "leasesvc", port: lport, args: []string{"leasesvc", "--name", "ls1",
+		"--consensus-endpoints", m.curl, "--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", lport)}}
+	startProcs(t, wf, ls)
+	gw = &proc{name: "gateway", port: gport, args: []string{"gateway", "--consensus-endpoints", strings.Join(curls, ","),
+		"--watchfanout-endpoints", wf.url(), "--leasesvc-endpoints", ls.url(),
+		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", gport)}}
+	startProcs(t, gw)
+	return gw, wf
+}
+
+// keepAliveEventually keeps lease id alive through cli until a keep-alive
+// succeeds, which must report ttl, or ctx ends (a failure, described by when).
+func keepAliveEventually(ctx context.Context, t *testing.T, cli *clientv3.Client, id clientv3.LeaseID, ttl int64, when string) {
+	t.Helper()
+	for {
+		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
+		r, err := cli.KeepAliveOnce(actx, id)
+		acancel()
+		if err == nil {
+			if r.TTL != ttl {
+				t.Fatalf("keep-alive %s: TTL %d, want %d", when, r.TTL, ttl)
+			}
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("keep-alive %s: %v", when, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
