@@ -6,26 +6,17 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+
+	"github.com/concord-kv/concord/internal/etcddb"
 )
 
 // MembersPath is where a member lists the cluster's members for HTTP
 // clients on its peer URLs, as etcd's peer handler does.
 const MembersPath = "/members"
 
-// peerMember is etcd's membership.Member as JSON: the ID as a decimal
-// number (types.ID has no JSON form of its own), the raft attributes, then
-// the published ones, which a member that has not started yet lacks.
-type peerMember struct {
-	ID         uint64   `json:"id"`
-	PeerURLs   []string `json:"peerURLs"`
-	IsLearner  bool     `json:"isLearner,omitempty"`
-	Name       string   `json:"name,omitempty"`
-	ClientURLs []string `json:"clientURLs,omitempty"`
-}
-
 // MembersHandler returns MembersPath and the handler that answers a GET
 // with the members sorted by ID and the cluster ID in X-Etcd-Cluster-ID,
-// as etcd's peerMembersHandler does.
+// as etcd's etcddb.MemberJSONsHandler does.
 func (t *Transport) MembersHandler() (string, http.Handler) {
 	return MembersPath, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet {
@@ -44,12 +35,12 @@ func (t *Transport) MembersHandler() (string, http.Handler) {
 			http.Error(w, "bad path", http.StatusBadRequest)
 			return
 		}
-		out := make([]peerMember, 0, len(m.Members))
+		out := make([]etcddb.MemberJSON, 0, len(m.Members))
 		for _, pm := range m.Members {
-			out = append(out, peerMember{ID: pm.GetID(), PeerURLs: pm.GetPeerURLs(), IsLearner: pm.GetIsLearner(),
+			out = append(out, etcddb.MemberJSON{ID: pm.GetID(), PeerURLs: pm.GetPeerURLs(), IsLearner: pm.GetIsLearner(),
 				Name: pm.GetName(), ClientURLs: pm.GetClientURLs()})
 		}
-		slices.SortFunc(out, func(a, b peerMember) int { return cmp.Compare(a.ID, b.ID) })
+		slices.SortFunc(out, func(a, b etcddb.MemberJSON) int { return cmp.Compare(a.ID, b.ID) })
 		w.Header().Set("Content-Type", "application/json")
 		if err := json.NewEncoder(w).Encode(out); err != nil {
 			t.lg.Warn("failed to encode membership members", "error", err)

@@ -100,8 +100,11 @@ type Member struct {
 	IsLearner  bool
 }
 
-// memberJSON is the JSON etcd stores for a member (membership.Member).
-type memberJSON struct {
+// MemberJSON is etcd's membership.Member as JSON, as etcd stores it and as
+// its peer handler lists it: the ID as a decimal number, the raft
+// attributes, then the published ones, which a member that has not started
+// yet lacks.
+type MemberJSON struct {
 	ID         uint64   `json:"id"`
 	PeerURLs   []string `json:"peerURLs"`
 	IsLearner  bool     `json:"isLearner,omitempty"`
@@ -206,7 +209,7 @@ func writeHeader(tx *bolt.Tx, hdr Header) error {
 		}
 	}
 	for _, m := range hdr.Members {
-		v, err := json.Marshal(memberJSON{ID: m.ID, PeerURLs: m.PeerURLs, IsLearner: m.IsLearner, Name: m.Name, ClientURLs: m.ClientURLs})
+		v, err := json.Marshal(MemberJSON{ID: m.ID, PeerURLs: m.PeerURLs, IsLearner: m.IsLearner, Name: m.Name, ClientURLs: m.ClientURLs})
 		if err != nil {
 			return err
 		}
