@@ -1201,6 +1201,11 @@ func (n *Node) proposeWait(ctx context.Context, p proposal) (proto.Message, erro
 	// goroutine per call, which cost 5% of the server's CPU under puts.
 	timeout := time.NewTimer(n.reqTimeout)
 	defer timeout.Stop()
+	giveUp := func() (proto.Message, error) {
+		n.wait.cancel(id)
+		n.proposalsFailed.Add(1)
+		return nil, n.ctxErr(ctx)
+	}
 	// Failures and pending proposals are counted where etcd counts them:
 	// a proposal raft did not take in time or refused, or that was not
 	// applied before the deadline, failed; one handed to raft is pending
@@ -1208,13 +1213,9 @@ func (n *Node) proposeWait(ctx context.Context, p proposal) (proto.Message, erro
 	select {
 	case n.propC <- p:
 	case <-ctx.Done():
-		n.wait.cancel(id)
-		n.proposalsFailed.Add(1)
-		return nil, n.ctxErr(ctx)
+		return giveUp()
 	case <-timeout.C:
-		n.wait.cancel(id)
-		n.proposalsFailed.Add(1)
-		return nil, n.ctxErr(ctx)
+		return giveUp()
 	case <-n.done:
 		n.wait.cancel(id)
 		return nil, ErrStopped
@@ -1228,13 +1229,9 @@ func (n *Node) proposeWait(ctx context.Context, p proposal) (proto.Message, erro
 		}
 		return res.resp, res.err
 	case <-ctx.Done():
-		n.wait.cancel(id)
-		n.proposalsFailed.Add(1)
-		return nil, n.ctxErr(ctx)
+		return giveUp()
 	case <-timeout.C:
-		n.wait.cancel(id)
-		n.proposalsFailed.Add(1)
-		return nil, n.ctxErr(ctx)
+		return giveUp()
 	case <-n.done:
 		select {
 		case res := <-ch: // the loop fails every waiter before it exits
