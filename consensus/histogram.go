@@ -17,17 +17,25 @@ var diskBuckets = func() []float64 {
 	return b
 }()
 
-// durationHistogram counts durations in diskBuckets without locks: the
-// raft loop observes, /metrics reads.
-type durationHistogram struct {
-	counts   [15]atomic.Uint64 // per bucket; the last is +Inf
+// DurationHistogram counts durations in fixed buckets without locks: its
+// owner observes (the raft loop, a peer's prober), /metrics reads.
+type DurationHistogram struct {
+	bounds   []float64       // upper bounds in seconds, ascending
+	counts   []atomic.Uint64 // per bucket; the last is +Inf
 	sumNanos atomic.Uint64
 }
 
-func (h *durationHistogram) observe(d time.Duration) {
+// NewDurationHistogram returns an empty histogram with the upper bounds
+// bounds (seconds, ascending).
+func NewDurationHistogram(bounds []float64) *DurationHistogram {
+	return &DurationHistogram{bounds: bounds, counts: make([]atomic.Uint64, len(bounds)+1)}
+}
+
+// Observe counts d.
+func (h *DurationHistogram) Observe(d time.Duration) {
 	s := d.Seconds()
 	i := 0
-	for i < len(diskBuckets) && s > diskBuckets[i] {
+	for i < len(h.bounds) && s > h.bounds[i] {
 		i++
 	}
 	h.counts[i].Add(1)
@@ -44,13 +52,14 @@ type Histogram struct {
 	Sum float64
 }
 
-func (h *durationHistogram) snapshot() Histogram {
-	out := Histogram{Buckets: make(map[float64]uint64, len(diskBuckets))}
-	for i, ub := range diskBuckets {
+// Snapshot returns the counts so far.
+func (h *DurationHistogram) Snapshot() Histogram {
+	out := Histogram{Buckets: make(map[float64]uint64, len(h.bounds))}
+	for i, ub := range h.bounds {
 		out.Count += h.counts[i].Load()
 		out.Buckets[ub] = out.Count
 	}
-	out.Count += h.counts[len(diskBuckets)].Load()
+	out.Count += h.counts[len(h.bounds)].Load()
 	out.Sum = time.Duration(h.sumNanos.Load()).Seconds()
 	return out
 }

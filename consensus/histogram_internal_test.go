@@ -6,11 +6,11 @@ import (
 )
 
 func TestDurationHistogram(t *testing.T) {
-	var h durationHistogram
+	h := NewDurationHistogram(diskBuckets)
 	for _, d := range []time.Duration{500 * time.Microsecond, time.Millisecond, 3 * time.Millisecond, 20 * time.Second} {
-		h.observe(d)
+		h.Observe(d)
 	}
-	s := h.snapshot()
+	s := h.Snapshot()
 	if s.Count != 4 {
 		t.Fatalf("count %d, want 4", s.Count)
 	}

@@ -224,7 +224,7 @@ type Node struct {
 	slowApplies atomic.Uint64
 	// walFsync times the Ready commits that fsync (the raft log and the
 	// store share Pebble's WAL); backendCommit times every Ready commit.
-	walFsync, backendCommit durationHistogram
+	walFsync, backendCommit *DurationHistogram
 	// overlappedReadys counts Readys whose committed entries were applied
 	// while their new entries were being fsynced (persistWhileApplying).
 	overlappedReadys atomic.Int64
@@ -331,27 +331,29 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 
 func newNode(ctx context.Context, cfg Config, store *storage.Store) (*Node, error) {
 	n := &Node{
-		cfg:         cfg,
-		lg:          cfg.Logger,
-		store:       store,
-		transport:   cfg.Transport,
-		reqTimeout:  5*time.Second + 2*cfg.ElectionTimeout,
-		quota:       cfg.QuotaBackendBytes,
-		minLeaseTTL: minLeaseTTL(cfg),
-		wait:        newWaitRegistry(),
-		propC:       make(chan proposal, proposalQueue),
-		readC:       make(chan struct{}, 1),
-		stopC:       make(chan struct{}),
-		execC:       make(chan func()),
-		done:        make(chan struct{}),
-		leaderC:     make(chan struct{}),
-		recvC:       make(chan []*raftpb.Message, recvQueue),
-		reportC:     make(chan func(), 1024),
-		snapC:       make(chan *incomingSnap),
-		readNext:    newReadNotifier(),
-		alarms:      map[alarmKey]bool{},
-		removed:     map[uint64]bool{},
-		lastHeard:   map[uint64]time.Time{},
+		cfg:           cfg,
+		lg:            cfg.Logger,
+		store:         store,
+		transport:     cfg.Transport,
+		reqTimeout:    5*time.Second + 2*cfg.ElectionTimeout,
+		quota:         cfg.QuotaBackendBytes,
+		minLeaseTTL:   minLeaseTTL(cfg),
+		wait:          newWaitRegistry(),
+		walFsync:      NewDurationHistogram(diskBuckets),
+		backendCommit: NewDurationHistogram(diskBuckets),
+		propC:         make(chan proposal, proposalQueue),
+		readC:         make(chan struct{}, 1),
+		stopC:         make(chan struct{}),
+		execC:         make(chan func()),
+		done:          make(chan struct{}),
+		leaderC:       make(chan struct{}),
+		recvC:         make(chan []*raftpb.Message, recvQueue),
+		reportC:       make(chan func(), 1024),
+		snapC:         make(chan *incomingSnap),
+		readNext:      newReadNotifier(),
+		alarms:        map[alarmKey]bool{},
+		removed:       map[uint64]bool{},
+		lastHeard:     map[uint64]time.Time{},
 	}
 	if n.transport == nil {
 		n.transport = loopbackTransport{}
@@ -781,7 +783,7 @@ func (n *Node) persistWhileApplying(rd raft.Ready, out *applyOutput) (err error)
 		if werr := w.SyncWait(); werr != nil && err == nil {
 			err = fmt.Errorf("commit raft batch: %w", werr)
 		} else if !syncStart.IsZero() {
-			n.walFsync.observe(time.Since(syncStart))
+			n.walFsync.Observe(time.Since(syncStart))
 		}
 		_ = w.Close()
 	}()
@@ -808,7 +810,7 @@ func (n *Node) persistWhileApplying(rd raft.Ready, out *applyOutput) (err error)
 	if err := b.Commit(false); err != nil {
 		return fmt.Errorf("commit apply batch: %w", err)
 	}
-	n.backendCommit.observe(time.Since(commitStart))
+	n.backendCommit.Observe(time.Since(commitStart))
 	out.events = b.Events()
 	n.markApplied(rd, out)
 	// Publish before answering: the goroutine woken last runs first on
@@ -846,9 +848,9 @@ func (n *Node) persistAndApply(rd raft.Ready, out *applyOutput) error {
 		return fmt.Errorf("commit raft batch: %w", err)
 	}
 	took := time.Since(start)
-	n.backendCommit.observe(took)
+	n.backendCommit.Observe(took)
 	if rd.MustSync {
-		n.walFsync.observe(took)
+		n.walFsync.Observe(took)
 	}
 	out.events = b.Events()
 	return nil

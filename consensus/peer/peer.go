@@ -173,7 +173,7 @@ type Transport struct {
 // peerCounters are one peer's traffic counters (consensus.PeerStats).
 type peerCounters struct {
 	sent, received, failures atomic.Uint64
-	rtt                      rttHistogram
+	rtt                      *consensus.DurationHistogram
 }
 
 // peerCounter returns id's counters.
@@ -181,7 +181,7 @@ func (t *Transport) peerCounter(id uint64) *peerCounters {
 	if c, ok := t.counters.Load(id); ok {
 		return c.(*peerCounters)
 	}
-	c, _ := t.counters.LoadOrStore(id, &peerCounters{})
+	c, _ := t.counters.LoadOrStore(id, &peerCounters{rtt: consensus.NewDurationHistogram(rttBuckets)})
 	return c.(*peerCounters)
 }
 
@@ -200,7 +200,7 @@ func (t *Transport) PeerStats() []consensus.PeerStats {
 		c := t.peerCounter(s.to)
 		out = append(out, consensus.PeerStats{ID: s.to, SentBytes: c.sent.Load(),
 			ReceivedBytes: c.received.Load(), SentFailures: c.failures.Load(),
-			Active: s.connected.Load(), Disconnects: s.disconnects.Load(), RoundTrip: c.rtt.snapshot()})
+			Active: s.connected.Load(), Disconnects: s.disconnects.Load(), RoundTrip: c.rtt.Snapshot()})
 	}
 	return out
 }

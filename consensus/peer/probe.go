@@ -7,10 +7,7 @@ import (
 	"math"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
-
-	"github.com/concord-kv/concord/consensus"
 )
 
 // ProbePath is where a member answers round-trip probes: etcd's rafthttp
@@ -50,38 +47,6 @@ func (t *Transport) ProbeHandler() (string, http.Handler) {
 	})
 }
 
-// rttHistogram is one peer's etcd_network_peer_round_trip_time_seconds.
-// Observed every few seconds: a mutex is cheap enough.
-type rttHistogram struct {
-	mu     sync.Mutex
-	counts [17]uint64 // per bucket; the last is +Inf
-	sum    float64
-}
-
-func (h *rttHistogram) observe(d time.Duration) {
-	s := d.Seconds()
-	i := 0
-	for i < len(rttBuckets) && s > rttBuckets[i] {
-		i++
-	}
-	h.mu.Lock()
-	h.counts[i]++
-	h.sum += s
-	h.mu.Unlock()
-}
-
-func (h *rttHistogram) snapshot() consensus.Histogram {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	out := consensus.Histogram{Buckets: make(map[float64]uint64, len(rttBuckets)), Sum: h.sum}
-	for i, ub := range rttBuckets {
-		out.Count += h.counts[i]
-		out.Buckets[ub] = out.Count
-	}
-	out.Count += h.counts[len(rttBuckets)]
-	return out
-}
-
 // probe measures the round trip to the peer as etcd's rafthttp prober does:
 // a GET of ProbePath every ProbeInterval, kept as a smoothed round-trip
 // time (srtt = 7/8 srtt + 1/8 rtt, xiang90/probing's), recorded in the
@@ -94,7 +59,7 @@ func (h *rttHistogram) snapshot() consensus.Histogram {
 func (s *sender) probe() {
 	defer s.t.wg.Done()
 	cfg := s.t.cfg
-	h := &s.t.peerCounter(s.to).rtt
+	h := s.t.peerCounter(s.to).rtt
 	tick := time.NewTicker(cfg.ProbeInterval)
 	defer tick.Stop()
 	report := time.NewTimer(cfg.ProbeRetryInterval)
@@ -129,7 +94,7 @@ func (s *sender) probe() {
 			}
 			srtt = time.Duration(0.875*float64(srtt) + 0.125*float64(rtt))
 		case <-report.C:
-			h.observe(srtt)
+			h.Observe(srtt)
 			next := cfg.ProbeRetryInterval
 			if healthy {
 				next = cfg.ProbeReportInterval
