@@ -150,6 +150,25 @@ func ctx10(t *testing.T) context.Context {
 	return ctx
 }
 
+// retryTimeouts runs call until it returns anything but a timeout, for at
+// most 10 s. With a 200 ms election timeout, a loaded machine can change the
+// leader under a request, which is then answered as etcd does ("request timed
+// out, possibly due to previous leader failure") and which a client retries.
+// A retried put may be applied twice; callers read only the latest version.
+func retryTimeouts(t *testing.T, call func(context.Context) error) error {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		err := call(ctx)
+		cancel()
+		if !errors.Is(err, consensus.ErrTimeout) || time.Now().After(deadline) {
+			return err
+		}
+		t.Logf("retrying after: %v", err)
+	}
+}
+
 func TestClusterOverTheNetwork(t *testing.T) {
 	c := newNetCluster(t, 3, func(cfg *consensus.Config) {
 		cfg.SnapshotCount = 30
@@ -160,11 +179,19 @@ func TestClusterOverTheNetwork(t *testing.T) {
 	other := (lead + 2) % 3
 
 	// A write through a follower, read linearizably through the other one.
-	put, err := c.nodes[follower].Put(ctx10(t), &pb.PutRequest{Key: []byte("k"), Value: []byte("v")})
+	var put *pb.PutResponse
+	err := retryTimeouts(t, func(ctx context.Context) (err error) {
+		put, err = c.nodes[follower].Put(ctx, &pb.PutRequest{Key: []byte("k"), Value: []byte("v")})
+		return err
+	})
 	if err != nil {
 		t.Fatalf("put through a follower: %v", err)
 	}
-	got, err := c.nodes[other].Range(ctx10(t), &pb.RangeRequest{Key: []byte("k")})
+	var got *pb.RangeResponse
+	err = retryTimeouts(t, func(ctx context.Context) (err error) {
+		got, err = c.nodes[other].Range(ctx, &pb.RangeRequest{Key: []byte("k")})
+		return err
+	})
 	if err != nil || len(got.Kvs) != 1 || got.Kvs[0].ModRevision != put.Header.Revision {
 		t.Fatalf("linearizable read on another follower: %v %v", got, err)
 	}
@@ -188,7 +215,10 @@ func TestClusterOverTheNetwork(t *testing.T) {
 	// entries, restart it: it gets the store as a snapshot over the wire.
 	c.stop(other)
 	for i := range 120 {
-		if _, err := c.nodes[lead].Put(ctx10(t), &pb.PutRequest{Key: fmt.Appendf(nil, "bulk/%03d", i), Value: []byte("v")}); err != nil {
+		if err := retryTimeouts(t, func(ctx context.Context) error {
+			_, err := c.nodes[lead].Put(ctx, &pb.PutRequest{Key: fmt.Appendf(nil, "bulk/%03d", i), Value: []byte("v")})
+			return err
+		}); err != nil {
 			t.Fatal(err)
 		}
 	}
