@@ -131,9 +131,15 @@ func debugVarsShape(t *testing.T, s *Server) []string {
 
 func scrapeMetrics(t *testing.T, s *Server) string {
 	t.Helper()
-	code, body := httpGet(t, s.clientURL()+"/metrics")
+	return scrapeMetricsAt(t, s.clientURL())
+}
+
+// scrapeMetricsAt reads the /metrics of the server at url.
+func scrapeMetricsAt(t *testing.T, url string) string {
+	t.Helper()
+	code, body := httpGet(t, url+"/metrics")
 	if code != 200 {
-		t.Fatalf("/metrics: status %d", code)
+		t.Fatalf("%s/metrics: status %d", url, code)
 	}
 	return body
 }
@@ -167,120 +173,151 @@ var mvccOpMetrics = []string{
 // etcd's counting has quirks concord follows: a put with --prev-kv is a
 // "txn", a write txn's compares are counted apart from its ops, a
 // serializable get counts as any range, a delete that deletes nothing
-// counts.
+// counts. The same holds through concord's split topology, counted by its
+// consensus member.
 func TestMetricsMVCCOps(t *testing.T) {
-	got := map[string][]string{}
+	got, atStart := map[string][]string{}, map[string][]int64{}
 	forEachImpl(t, serverOptions{}, func(t *testing.T, s *Server) {
-		ep := s.Endpoint()
-		var lease string
-		steps := []struct {
-			stdin string
-			args  func() []string // etcdctl's, or "GET", path: an HTTP GET of the client URL
-		}{
-			{"", func() []string { return []string{"put", "a", "1"} }},
-			{"", func() []string { return []string{"put", "b", "2"} }},
-			{"", func() []string { return []string{"put", "a", "22", "--prev-kv"} }},
-			{"", func() []string { return []string{"put", "a", "--ignore-value"} }},
-			{"", func() []string { return []string{"put", "nope", "--ignore-value"} }},
-			{"", func() []string { return []string{"get", "a"} }},
-			{"", func() []string { return []string{"get", "a", "--consistency=s"} }},
-			{"", func() []string { return []string{"get", "", "--prefix", "--limit=1"} }},
-			{"", func() []string { return []string{"get", "a", "--rev=1"} }},
-			{"", func() []string { return []string{"del", "nothing"} }},
-			{"", func() []string { return []string{"del", "b", "--prev-kv"} }},
-			// Two compares (the second fails), then the failure branch.
-			{"version(\"a\") > \"0\"\nmod(\"c\") > \"0\"\nvalue(\"a\") = \"x\"\n\nput c v\n\nput c w\nget c\n\n",
-				func() []string { return []string{"txn"} }},
-			{"version(\"c\") = \"1\"\n\nput d v\n\n\n", func() []string { return []string{"txn"} }},
-			{"\nput d v2 --prev-kv\ndel a\n\n\n", func() []string { return []string{"txn"} }},
-			// Read only.
-			{"value(\"c\") = \"w\"\n\nget c\nget d\n\n\n", func() []string { return []string{"txn"} }},
-			{"", func() []string { return []string{"put", "l1", "v", "--lease=" + lease} }},
-			{"", func() []string { return []string{"put", "l2", "v", "--lease=" + lease} }},
-			{"", func() []string { return []string{"lease", "revoke", lease} }},
-			// 25 puts in one txn, then streamed ranges over them: a range
-			// per chunk (10 keys, then 20), plus the count of the rest
-			// when --limit stops the stream early.
-			{manyPuts("s", 25), func() []string { return []string{"txn"} }},
-			{"", func() []string { return []string{"get", "s", "--prefix", "--stream"} }},
-			{"", func() []string { return []string{"get", "s", "--prefix", "--stream", "--limit=15"} }},
-			{"", func() []string { return []string{"get", "s", "--prefix", "--stream", "--count-only"} }},
-			{"", func() []string { return []string{"compaction", "3"} }},
-			{"", func() []string { return []string{"compaction", "2"} }}, // compacted: refused
-			// The health checks read with a range, as etcd's do.
-			{"", func() []string { return []string{"GET", "/health"} }},
-			{"", func() []string { return []string{"GET", "/health?serializable=true"} }},
-			{"", func() []string { return []string{"GET", "/livez"} }},
-			{"", func() []string { return []string{"GET", "/readyz"} }},
-			{"", func() []string { return []string{"GET", "/readyz/linearizable_read"} }},
-			{"", func() []string { return []string{"GET", "/version"} }},
-			{"", func() []string { return []string{"GET", "/debug/vars"} }},
-		}
-		out := mustCtl(t, ep, "lease", "grant", "600")
-		m := reGrantText.FindStringSubmatch(out)
-		if m == nil {
-			t.Fatalf("lease grant: %q", out)
-		}
-		lease = m[1]
-		var lines []string
-		prev := mvccOpValues(t, s)
-		for _, st := range steps {
-			args := st.args()
-			if args[0] == "GET" {
-				if code, body := httpGet(t, s.clientURL()+args[1]); code != 200 {
-					t.Errorf("GET %s: %d %s", args[1], code, body)
-				}
-			} else {
-				runCtl(t, ep, st.stdin, args...)
-			}
-			cur := mvccOpValues(t, s)
-			var d []string
-			for i, name := range mvccOpMetrics {
-				if cur[i] != prev[i] {
-					d = append(d, fmt.Sprintf("%s%+d", strings.TrimPrefix(name, "etcd_"), cur[i]-prev[i]))
-				}
-			}
-			cmd := "etcdctl " + strings.ReplaceAll(strings.Join(args, " "), lease, "<lease>")
-			if args[0] == "GET" {
-				cmd = strings.Join(args, " ")
-			}
-			lines = append(lines, cmd+": "+strings.Join(d, " "))
-			prev = cur
-		}
-		lines = append(lines, fmt.Sprintf("totals: %v", prev))
-		body := scrapeMetrics(t, s)
-		for _, name := range mvccOpMetrics {
-			for _, kind := range []string{"# HELP ", "# TYPE "} {
-				line, ok := metaLine(body, kind+name+" ")
-				if !ok {
-					t.Errorf("no %q line", kind+name)
-				}
-				lines = append(lines, line)
-			}
-		}
-		got[t.Name()[strings.LastIndex(t.Name(), "/")+1:]] = lines
+		name := t.Name()[strings.LastIndex(t.Name(), "/")+1:]
+		atStart[name] = mvccOpValues(t, s)
+		got[name] = mvccOpSteps(t, s.Endpoint(), s.clientURL(), s.clientURL())
 	})
-	want, have := got[etcdImpl.name], got[concordImpl.name]
-	if want == nil || have == nil {
+	// In the split topology the requests go through a gateway and the
+	// counters are the consensus member's, which applies and reads. Its
+	// counts at start are not etcd's: the other services read at start.
+	t.Run("split", func(t *testing.T) {
+		c := startSplit(t)
+		got["split"] = mvccOpSteps(t, c.gateways[0].endpoint(), c.gateways[0].url(), c.consensus.url())
+	})
+	want := got[etcdImpl.name]
+	if want == nil {
 		return // a subtest failed already
 	}
 	t.Logf("etcd's counts:\n%s", strings.Join(want, "\n"))
-	for i := range max(len(want), len(have)) {
-		w, h := "<none>", "<none>"
-		if i < len(want) {
-			w = want[i]
+	if w, h := atStart[etcdImpl.name], atStart[concordImpl.name]; !slices.Equal(w, h) {
+		t.Errorf("counts at start: concord %v, etcd %v", h, w)
+	}
+	for _, name := range []string{concordImpl.name, "split"} {
+		have := got[name]
+		if have == nil {
+			continue // its subtest failed already
 		}
-		if i < len(have) {
-			h = have[i]
-		}
-		if w != h {
-			t.Errorf("concord: %s\n   etcd: %s", h, w)
+		for i := range max(len(want), len(have)) {
+			w, h := "<none>", "<none>"
+			if i < len(want) {
+				w = want[i]
+			}
+			if i < len(have) {
+				h = have[i]
+			}
+			if w != h {
+				t.Errorf("%s: %s\n   etcd: %s", name, h, w)
+			}
 		}
 	}
 	// The comparison above would pass if neither server counted anything.
 	if !slices.ContainsFunc(want, func(l string) bool { return strings.Contains(l, "mvcc_txn_total+") }) {
 		t.Errorf("etcd counted no txn; the steps no longer exercise the metrics:\n%s", strings.Join(want, "\n"))
 	}
+}
+
+// mvccOpSteps runs etcdctl and HTTP steps through ep (gRPC) and clientURL
+// (HTTP) and returns, per step, how the mvcc op counters scraped from
+// metricsURL moved, then how much they moved in all and their HELP/TYPE
+// lines.
+func mvccOpSteps(t *testing.T, ep, clientURL, metricsURL string) []string {
+	var lease string
+	steps := []struct {
+		stdin string
+		args  func() []string // etcdctl's, or "GET", path: an HTTP GET of the client URL
+	}{
+		{"", func() []string { return []string{"put", "a", "1"} }},
+		{"", func() []string { return []string{"put", "b", "2"} }},
+		{"", func() []string { return []string{"put", "a", "22", "--prev-kv"} }},
+		{"", func() []string { return []string{"put", "a", "--ignore-value"} }},
+		{"", func() []string { return []string{"put", "nope", "--ignore-value"} }},
+		{"", func() []string { return []string{"get", "a"} }},
+		{"", func() []string { return []string{"get", "a", "--consistency=s"} }},
+		{"", func() []string { return []string{"get", "", "--prefix", "--limit=1"} }},
+		{"", func() []string { return []string{"get", "a", "--rev=1"} }},
+		{"", func() []string { return []string{"del", "nothing"} }},
+		{"", func() []string { return []string{"del", "b", "--prev-kv"} }},
+		// Two compares (the second fails), then the failure branch.
+		{"version(\"a\") > \"0\"\nmod(\"c\") > \"0\"\nvalue(\"a\") = \"x\"\n\nput c v\n\nput c w\nget c\n\n",
+			func() []string { return []string{"txn"} }},
+		{"version(\"c\") = \"1\"\n\nput d v\n\n\n", func() []string { return []string{"txn"} }},
+		{"\nput d v2 --prev-kv\ndel a\n\n\n", func() []string { return []string{"txn"} }},
+		// Read only.
+		{"value(\"c\") = \"w\"\n\nget c\nget d\n\n\n", func() []string { return []string{"txn"} }},
+		{"", func() []string { return []string{"put", "l1", "v", "--lease=" + lease} }},
+		{"", func() []string { return []string{"put", "l2", "v", "--lease=" + lease} }},
+		{"", func() []string { return []string{"lease", "revoke", lease} }},
+		// 25 puts in one txn, then streamed ranges over them: a range
+		// per chunk (10 keys, then 20), plus the count of the rest
+		// when --limit stops the stream early.
+		{manyPuts("s", 25), func() []string { return []string{"txn"} }},
+		{"", func() []string { return []string{"get", "s", "--prefix", "--stream"} }},
+		{"", func() []string { return []string{"get", "s", "--prefix", "--stream", "--limit=15"} }},
+		{"", func() []string { return []string{"get", "s", "--prefix", "--stream", "--count-only"} }},
+		{"", func() []string { return []string{"compaction", "3"} }},
+		{"", func() []string { return []string{"compaction", "2"} }}, // compacted: refused
+		// The health checks read with a range, as etcd's do.
+		{"", func() []string { return []string{"GET", "/health"} }},
+		{"", func() []string { return []string{"GET", "/health?serializable=true"} }},
+		{"", func() []string { return []string{"GET", "/livez"} }},
+		{"", func() []string { return []string{"GET", "/readyz"} }},
+		{"", func() []string { return []string{"GET", "/readyz/linearizable_read"} }},
+		{"", func() []string { return []string{"GET", "/version"} }},
+		{"", func() []string { return []string{"GET", "/debug/vars"} }},
+	}
+	out := mustCtl(t, ep, "lease", "grant", "600")
+	m := reGrantText.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("lease grant: %q", out)
+	}
+	lease = m[1]
+	var lines []string
+	start := mvccOpValuesAt(t, metricsURL)
+	prev := start
+	for _, st := range steps {
+		args := st.args()
+		if args[0] == "GET" {
+			if code, body := httpGet(t, clientURL+args[1]); code != 200 {
+				t.Errorf("GET %s: %d %s", args[1], code, body)
+			}
+		} else {
+			runCtl(t, ep, st.stdin, args...)
+		}
+		cur := mvccOpValuesAt(t, metricsURL)
+		var d []string
+		for i, name := range mvccOpMetrics {
+			if cur[i] != prev[i] {
+				d = append(d, fmt.Sprintf("%s%+d", strings.TrimPrefix(name, "etcd_"), cur[i]-prev[i]))
+			}
+		}
+		cmd := "etcdctl " + strings.ReplaceAll(strings.Join(args, " "), lease, "<lease>")
+		if args[0] == "GET" {
+			cmd = strings.Join(args, " ")
+		}
+		lines = append(lines, cmd+": "+strings.Join(d, " "))
+		prev = cur
+	}
+	moved := make([]int64, len(prev))
+	for i := range prev {
+		moved[i] = prev[i] - start[i]
+	}
+	lines = append(lines, fmt.Sprintf("moved in all: %v", moved))
+	body := scrapeMetricsAt(t, metricsURL)
+	for _, name := range mvccOpMetrics {
+		for _, kind := range []string{"# HELP ", "# TYPE "} {
+			line, ok := metaLine(body, kind+name+" ")
+			if !ok {
+				t.Errorf("no %q line", kind+name)
+			}
+			lines = append(lines, line)
+		}
+	}
+	return lines
 }
 
 // manyPuts is etcdctl txn's input for a txn without compares that puts n
@@ -298,12 +335,18 @@ func manyPuts(prefix string, n int) string {
 // mvccOpValues scrapes mvccOpMetrics' values.
 func mvccOpValues(t *testing.T, s *Server) []int64 {
 	t.Helper()
-	body := scrapeMetrics(t, s)
+	return mvccOpValuesAt(t, s.clientURL())
+}
+
+// mvccOpValuesAt scrapes mvccOpMetrics' values from the server at url.
+func mvccOpValuesAt(t *testing.T, url string) []int64 {
+	t.Helper()
+	body := scrapeMetricsAt(t, url)
 	out := make([]int64, len(mvccOpMetrics))
 	for i, name := range mvccOpMetrics {
 		v, ok := seriesValue(body, name)
 		if !ok {
-			t.Fatalf("%s: no %s", s.opts.name, name)
+			t.Fatalf("%s: no %s", url, name)
 		}
 		f, err := strconv.ParseFloat(v, 64)
 		if err != nil {
