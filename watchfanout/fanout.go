@@ -559,6 +559,8 @@ func (f *Fanout) detachLocked(w *watcher) {
 func (f *Fanout) compactLocked(w *watcher, crev int64) {
 	f.detachLocked(w)
 	w.state = stCompacted
+	w.s.nCompacted++
+	delete(w.s.future, w)
 	w.s.nLive--
 	w.s.resize()
 	f.stats.compactCancels.Add(1)
@@ -592,7 +594,9 @@ func (f *Fanout) checkProgressLocked(s *stream) {
 	if !s.pendingProgress {
 		return
 	}
-	if s.nLive == 0 {
+	if s.nLive == 0 || s.nCompacted > 0 {
+		// Nothing to answer for, or (as etcd) a compacted watcher the client
+		// has not canceled: never answered.
 		s.pendingProgress = false
 		delete(f.pending, s)
 		return

@@ -189,9 +189,35 @@ func (c *client) waitEventRev(id, rev int64) {
 
 // sync sends progress requests until one is answered with revision rev or
 // later (the stream must have live watchers); the answer proves that every
-// watcher of the stream was given everything up to it.
+// watcher of the stream was given everything up to it. Like etcd, the
+// fanout answers none while the stream holds a watch canceled by compaction
+// that the client has not canceled, so sync first cancels those, as a
+// client that wants progress has to.
 func (c *client) sync(rev int64) {
 	c.t.Helper()
+	compacted := map[int64]bool{}
+	for _, r := range c.Responses() {
+		switch {
+		case r.Canceled && r.CompactRevision != 0:
+			compacted[r.WatchId] = true
+		case r.Canceled && !r.Created:
+			delete(compacted, r.WatchId)
+		}
+	}
+	for id := range compacted {
+		before := len(c.Responses())
+		if err := c.Cancel(ctxT(c.t), id); err != nil {
+			c.t.Fatal(err)
+		}
+		c.wait(func(rs []*pb.WatchResponse) bool {
+			for _, r := range rs[before:] {
+				if r.WatchId == id && r.Canceled && r.CompactRevision == 0 {
+					return true
+				}
+			}
+			return false
+		})
+	}
 	for {
 		before := len(c.Responses())
 		if err := c.RequestProgress(ctxT(c.t)); err != nil {
