@@ -166,7 +166,7 @@ func (f *Fanout) fromCacheLocked(w *watcher, budget *int, idx []int32) ([]int32,
 		}
 		*budget -= len(r.full) + 1
 		idx = matchIdx(w, r, idx)
-		if evs := eventsFor(w, r, idx); evs != nil {
+		if evs := eventsFor(w, r, idx, f.compactRev); evs != nil {
 			b.add(r.rev, evs)
 		}
 		w.next++
@@ -240,6 +240,9 @@ func (f *Fanout) fromHistory(ws []cuw, target int64) bool {
 			f.sleep(f.cfg.RetryInterval)
 			return progressed
 		}
+		f.mu.Lock()
+		crev := f.compactRev
+		f.mu.Unlock()
 		for _, hr := range revs {
 			if active == 0 {
 				break
@@ -263,7 +266,7 @@ func (f *Fanout) fromHistory(ws []cuw, target int64) bool {
 			}
 			for _, j := range pos {
 				c := &ws[j]
-				if evs := eventsFor(c.w, r, mark[j]); evs != nil {
+				if evs := eventsFor(c.w, r, mark[j], crev); evs != nil {
 					c.b.add(r.rev, evs)
 					c.next = r.rev + 1
 					progressed = true

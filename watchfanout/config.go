@@ -55,10 +55,11 @@
 //     watch's start revision is reached. A stream without watchers gets no
 //     answer. A cancel of an unknown ID gets no answer.
 //   - A compaction cancel's header carries no revision, as etcd's.
-//   - prev_kv comes from the stored event, so a watch from exactly the
-//     compaction revision gets the previous values of that revision's
-//     events; etcd reads them at revision-1 when it sends an event, which the
-//     compaction removed, and sends none there.
+//   - prev_kv comes from the stored event, except at or below the
+//     compaction revision: etcd reads previous values at revision-1 when it
+//     sends an event, which fails below the compaction revision, so a watch
+//     from exactly the compaction revision gets that revision's events
+//     without them, as from etcd.
 //   - Catch-up sends one response per revision (etcd batches up to 1000
 //     revisions in one response for unsynced watchers, with the store's
 //     revision in the header); ours keeps Header.Revision equal to the

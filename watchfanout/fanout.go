@@ -461,7 +461,7 @@ func (f *Fanout) deliverLocked(r *revEvents) {
 			}
 			one := [1]int32{0}
 			for _, w := range f.scratch {
-				if evs := eventsFor(w, r, one[:]); evs != nil {
+				if evs := eventsFor(w, r, one[:], f.compactRev); evs != nil {
 					f.sendSyncedLocked(w, r, evs)
 				}
 			}
@@ -491,7 +491,7 @@ func (f *Fanout) deliverLocked(r *revEvents) {
 			}
 			for i := range f.ms {
 				m := &f.ms[i]
-				if evs := eventsFor(m.w, r, m.idx); evs != nil {
+				if evs := eventsFor(m.w, r, m.idx, f.compactRev); evs != nil {
 					f.sendSyncedLocked(m.w, r, evs)
 				}
 				m.w, m.idx = nil, m.idx[:0]

@@ -874,8 +874,8 @@ func TestWatchRawStream(t *testing.T) {
 		r.cancel(30)
 		expect("cancel of a compacted watch", &pb.WatchResponse{Header: hdr(7), WatchId: 30, Canceled: true})
 		// From the compaction revision: served. (Without prev_kv: etcd reads previous values at
-		// revision-1 when it sends an event, so it has none for the compaction revision's events,
-		// where concord sends the stored ones.)
+		// revision-1 when it sends an event, so it has none for the compaction revision's events;
+		// TestDifferentialWatch compares that case.)
 		r.create(&pb.WatchCreateRequest{Key: []byte("f"), WatchId: 31, StartRevision: 6})
 		expect("create at the compaction revision", &pb.WatchResponse{Header: hdr(7), WatchId: 31, Created: true})
 		var got []int64
@@ -1122,7 +1122,7 @@ func TestWatchGuarantees(t *testing.T) {
 			}
 		}
 		// (prev_kv only above it: for the compaction revision's own events etcd has no previous
-		// values to send, concord sends the stored ones.)
+		// values to send, which the guarantee checker does not model.)
 		create(a, prefix(watchtest.Watch{StartRevision: mid}))
 		create(a, prefix(watchtest.Watch{StartRevision: mid + 1, PrevKV: true}))
 
