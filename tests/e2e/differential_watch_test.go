@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -45,8 +47,10 @@ import (
 //   - A watch from the past is "unsynced" in etcd until its sync loop (every
 //     100 ms) has sent its history; if that history is empty nobody can see
 //     when that happened, and a progress request or a compaction in that
-//     window is answered differently. Such watches are created from "now"
-//     instead (start_revision 0), which is what they are equivalent to.
+//     window is answered differently. Half of such watches are created from
+//     "now" instead (start_revision 0), which is what they are equivalent
+//     to; the others are kept, but until one got events no progress request
+//     goes to its stream and no compaction beyond its start revision is made.
 //   - etcd answers a progress request only when every watcher of the stream
 //     is synced and has reached its start revision (a compacted watcher the
 //     client has not canceled never is); otherwise it drops it for good. The
@@ -64,10 +68,11 @@ import (
 //     incarnation of a watch ID), the progress-request answers (watch ID -1)
 //     in order, but not the interleaving of these sequences.
 //   - Batching: a watch catching up from the past gets its revisions in one
-//     response (header: the revision at that moment) in both; should the two
-//     servers still split one watch's events into different responses, the
-//     flattened events are compared instead of the responses (counted as
-//     "rebatched", and reported). Fragments are reassembled first; the
+//     response (header: the revision at that moment) in both, mostly; where
+//     the two servers split one watch's events into different responses or
+//     at other header revisions, the flattened events are compared instead
+//     of the responses (counted as "rebatched", and logged). See
+//     dwTolerateCatchUpSplits for the known case. Fragments are reassembled first; the
 //     fragment count of each reassembled response is compared except for the
 //     first response of a watch from the past (etcd sends events it holds
 //     before the created response went out without fragmenting them: its
@@ -104,10 +109,13 @@ func TestDifferentialWatch(t *testing.T) {
 		srv := startServer(t, im, opts)
 		c := newClient(t, srv)
 		sd := &dwSide{name: im.name, c: c, lease: pb.NewLeaseClient(c.ActiveConnection())}
-		sd.oracle = openRaw(ctx, t, c)
+		// As clientv3 (MaxCallRecvMsgSize): etcd sends a watch catching up all
+		// its revisions (up to 1,000) in one response, whatever its size.
+		big := grpc.MaxCallRecvMsgSize(math.MaxInt32)
+		sd.oracle = openRaw(ctx, t, c, big)
 		sd.oracle.create(&pb.WatchCreateRequest{Key: []byte{0}, RangeEnd: []byte{0}, StartRevision: 1, PrevKv: true})
 		for range dwStreams {
-			sd.streams = append(sd.streams, openRaw(ctx, t, c))
+			sd.streams = append(sd.streams, openRaw(ctx, t, c, big))
 		}
 		sides[i] = sd
 	}
@@ -155,6 +163,17 @@ func TestDifferentialWatch(t *testing.T) {
 		stats.events, stats.prevKVs, stats.frags, stats.progress, stats.notify[0], stats.notify[1], stats.rebatched)
 }
 
+// dwTolerateCatchUpSplits relaxes the comparison of a watch whose events
+// the two servers split into different responses (or with other header
+// revisions) to its flattened events. Known difference: etcd's sync loop
+// sends a watch catching up all its pending revisions (up to 1,000) in one
+// response, whatever its size, with the store's revision in the header;
+// concord's catch-up also ends a response when it passes MaxResponseBytes
+// (2 MiB) and where it moves from History reads to its in-memory revision
+// cache (a response per part, each with its last revision in the header).
+// Set it to false to see those watches fail.
+const dwTolerateCatchUpSplits = true
+
 const (
 	dwDefaultSeed  = 20261207
 	dwDefaultSteps = 260
@@ -185,6 +204,10 @@ type dwWatch struct {
 	compacted  bool  // gets a compaction cancel
 	canceled   bool  // canceled by the client
 	history    bool  // starts in the past (gets its history in one response)
+	// uncertain: from the past with nothing to send at creation, so when etcd
+	// syncs it is unknown until it gets events; meanwhile no progress request
+	// on its stream and no compaction above its start revision.
+	uncertain bool
 }
 
 type dwStreamModel struct {
@@ -440,7 +463,18 @@ func (m *dwModel) genCompact() *dwOp {
 	if m.rev <= m.compactRev+1 {
 		return nil
 	}
-	rev := m.compactRev + 1 + m.rng.Int64N(m.rev-m.compactRev)
+	top := m.rev
+	for _, sm := range m.streams {
+		for _, w := range sm.byID {
+			if w.uncertain {
+				top = min(top, w.req.StartRevision)
+			}
+		}
+	}
+	if top <= m.compactRev {
+		return nil
+	}
+	rev := m.compactRev + 1 + m.rng.Int64N(top-m.compactRev)
 	m.compactRev = rev
 	return &dwOp{kind: "compact", desc: fmt.Sprintf("compact %d", rev), write: func(ctx context.Context, sd *dwSide) (int64, error) {
 		return revOf(sd.c.Compact(ctx, rev, clientv3.WithCompactPhysical()))
@@ -516,14 +550,20 @@ func (m *dwModel) genCreate() *dwOp {
 		req.Filters = []pb.WatchCreateRequest_FilterType{pb.WatchCreateRequest_NOPUT, pb.WatchCreateRequest_NODELETE}
 	}
 	// A watch from the past with nothing to send is synced by etcd's sync loop
-	// at a time nobody can observe (see the test's comment): from now instead.
+	// at a time nobody can observe (see the test's comment): from now
+	// instead, or uncertain until it gets events.
+	uncertain := false
 	if req.StartRevision >= max(m.compactRev, 1) && req.StartRevision <= m.rev && len(m.expected(req, req.StartRevision, m.rev)) == 0 {
-		req.StartRevision = 0
+		if m.rng.IntN(2) == 0 {
+			req.StartRevision = 0
+		} else {
+			uncertain = true
+		}
 	}
 	sm := m.streams[si]
 	n := sm.nCtrl + 1
 	sm.nCtrl = n
-	w := &dwWatch{req: req, stream: si, idx: len(sm.creates)}
+	w := &dwWatch{req: req, stream: si, idx: len(sm.creates), uncertain: uncertain}
 	sm.creates = append(sm.creates, w)
 	return &dwOp{kind: "create", desc: fmt.Sprintf("stream %d create %v", si, req), watch: func(t *testing.T, m *dwModel, sd *dwSide, isEtcd bool) string {
 		t.Helper()
@@ -602,6 +642,9 @@ func (m *dwModel) genProgress() *dwOp {
 	sm := m.streams[si]
 	answered := len(sm.byID) > 0
 	for _, w := range sm.byID {
+		if w.uncertain {
+			return nil
+		}
 		if w.compacted || m.rev < w.req.StartRevision {
 			answered = false
 		}
@@ -729,7 +772,18 @@ func (m *dwModel) barrier(sd *dwSide, isEtcd bool) error {
 				break
 			}
 			if !dwWake(r, deadline) {
-				return fmt.Errorf("stream %d: %s, within %v", si, missing, dwWait)
+				r.mu.Lock()
+				err := r.err
+				r.mu.Unlock()
+				return fmt.Errorf("stream %d: %s, within %v (stream error: %v)", si, missing, dwWait, err)
+			}
+		}
+		if isEtcd {
+			p := dwParse(r.all())
+			for _, w := range sm.creates {
+				if w.uncertain && len(p.data[w.idx]) > 0 {
+					w.uncertain = false
+				}
 			}
 		}
 	}
@@ -924,9 +978,12 @@ func (m *dwModel) compare(t *testing.T, sides [2]*dwSide) dwStats {
 			if !dwSameBoundaries(ls[0], ls[1]) {
 				st.rebatched++
 				a, b := dwFlatten(ls[0]), dwFlatten(ls[1])
-				if a != b {
+				switch {
+				case a != b:
 					fail("stream %d watch %d (%v) events:\n etcd    %s\n concord %s", si, w.id, w.req, a, b)
-				} else {
+				case !dwTolerateCatchUpSplits:
+					fail("stream %d watch %d (%v): same events in other responses:\n etcd    %s\n concord %s", si, w.id, w.req, dwRenderL(ls[0]), dwRenderL(ls[1]))
+				default:
 					t.Logf("stream %d watch %d (%v): same events in other responses:\n etcd    %s\n concord %s", si, w.id, w.req, dwRenderL(ls[0]), dwRenderL(ls[1]))
 				}
 				continue
@@ -960,12 +1017,15 @@ func (m *dwModel) compare(t *testing.T, sides [2]*dwSide) dwStats {
 	return st
 }
 
+// dwSameBoundaries says whether two watches' responses split the same
+// events the same way, at the same header revisions.
 func dwSameBoundaries(a, b []dwLogical) bool {
 	if len(a) != len(b) {
 		return false
 	}
 	for i := range a {
-		if len(a[i].resp.Events) != len(b[i].resp.Events) || (a[i].resp.CompactRevision != 0) != (b[i].resp.CompactRevision != 0) {
+		if len(a[i].resp.Events) != len(b[i].resp.Events) || (a[i].resp.CompactRevision != 0) != (b[i].resp.CompactRevision != 0) ||
+			a[i].resp.GetHeader().GetRevision() != b[i].resp.GetHeader().GetRevision() {
 			return false
 		}
 	}

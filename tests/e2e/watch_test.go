@@ -20,6 +20,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/concord-kv/concord/consensus/eventbus"
@@ -691,11 +692,12 @@ type rawStream struct {
 	done  chan struct{}
 }
 
-// openRaw opens a Watch stream of its own on c's connection; it ends with the test.
-func openRaw(ctx context.Context, t *testing.T, c *clientv3.Client) *rawStream {
+// openRaw opens a Watch stream of its own on c's connection, with the call options opts; it
+// ends with the test.
+func openRaw(ctx context.Context, t *testing.T, c *clientv3.Client, opts ...grpc.CallOption) *rawStream {
 	t.Helper()
 	ctx, cancel := context.WithCancel(ctx)
-	ws, err := pb.NewWatchClient(c.ActiveConnection()).Watch(ctx)
+	ws, err := pb.NewWatchClient(c.ActiveConnection()).Watch(ctx, opts...)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
