@@ -507,8 +507,10 @@ func (m *dwModel) genCreate() *dwOp {
 		req.Key, req.RangeEnd = []byte("k/"), []byte("k0")
 	case p < 70:
 		req.Key, req.RangeEnd = []byte(m.rkey()), []byte{0}
-	case p < 80:
+	case p < 78:
 		req.RangeEnd = []byte{0} // key "" is "\x00": everything
+	case p < 80:
+		// Key "" alone: the key "\x00" (which nothing writes).
 	case p < 85:
 		req.Key, req.RangeEnd = []byte{0}, []byte{0}
 	case p < 93:
@@ -859,6 +861,10 @@ func dwParse(rs []*pb.WatchResponse) *dwParsed {
 		default:
 			idx, ok := cur[r.WatchId]
 			switch {
+			case !ok && len(r.Events) == 0 && r.CompactRevision == 0:
+				// A progress notification etcd had queued when the client
+				// canceled the watch: its send loop may send it after the
+				// cancel response (two channels).
 			case !ok:
 				p.orphans = append(p.orphans, r)
 			case len(r.Events) == 0 && r.CompactRevision == 0 && !r.Fragment:
