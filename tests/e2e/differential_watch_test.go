@@ -36,7 +36,8 @@ import (
 // at and after the compaction revision), at the current revision, in the
 // future and at -1; with prev_kv, NOPUT/NODELETE filters, progress_notify,
 // fragment, automatic and client-chosen (also duplicate) IDs, empty ranges;
-// cancels of live, compacted and unknown IDs; progress requests.
+// cancels of live, compacted and unknown IDs; progress requests; and, two
+// thirds in, a stream whose client closes its sending side (its watches go on).
 //
 // Determinism. After every step the test waits, on both servers, until every
 // stream has all it will get: the control responses (created, canceled) the
@@ -228,6 +229,16 @@ type dwModel struct {
 	nextLease  int64
 	counts     map[string]int
 	hist       []*mvccpb.Event // etcd's oracle events, in order
+	sendClosed bool            // the last stream's sending side is closed
+}
+
+// stream picks the stream of a watch request: any, but the last one once
+// its sending side is closed.
+func (m *dwModel) stream() int {
+	if m.sendClosed {
+		return m.rng.IntN(dwStreams - 1)
+	}
+	return m.rng.IntN(dwStreams)
 }
 
 func (m *dwModel) nCreates() int {
@@ -304,6 +315,18 @@ func (m *dwModel) next() *dwOp {
 	// they make responses over the fragment limit.
 	if m.steps >= 8 && m.step%(m.steps/4) == m.steps/8 {
 		return m.genBig()
+	}
+	// Two thirds in, the client closes the sending side of the last stream:
+	// its watches go on (etcd keeps serving them), it gets no more requests.
+	if m.step == m.steps*2/3 {
+		si := dwStreams - 1
+		m.sendClosed = true
+		return &dwOp{kind: "closesend", desc: fmt.Sprintf("stream %d close send", si), watch: func(t *testing.T, m *dwModel, sd *dwSide, isEtcd bool) string {
+			if err := sd.streams[si].ws.CloseSend(); err != nil {
+				t.Fatalf("%s: CloseSend: %v", sd.name, err)
+			}
+			return "closed"
+		}}
 	}
 	for {
 		p := m.rng.IntN(100)
@@ -495,7 +518,7 @@ func (m *dwModel) genBig() *dwOp {
 
 // genCreate makes a random create request on a random stream.
 func (m *dwModel) genCreate() *dwOp {
-	si := m.rng.IntN(dwStreams)
+	si := m.stream()
 	req := &pb.WatchCreateRequest{}
 	switch p := m.rng.IntN(100); {
 	case p < 30:
@@ -593,7 +616,7 @@ func (m *dwModel) genCreate() *dwOp {
 
 // genCancel cancels a known ID (live or compacted), a canceled or an unknown one.
 func (m *dwModel) genCancel() *dwOp {
-	si := m.rng.IntN(dwStreams)
+	si := m.stream()
 	sm := m.streams[si]
 	var id int64
 	if ids := slices.Sorted(func(yield func(int64) bool) {
@@ -640,7 +663,7 @@ func (m *dwModel) genCancel() *dwOp {
 
 // genProgress sends a progress request; the model says whether etcd answers.
 func (m *dwModel) genProgress() *dwOp {
-	si := m.rng.IntN(dwStreams)
+	si := m.stream()
 	sm := m.streams[si]
 	answered := len(sm.byID) > 0
 	for _, w := range sm.byID {
