@@ -60,10 +60,12 @@
 //     sends an event, which fails below the compaction revision, so a watch
 //     from exactly the compaction revision gets that revision's events
 //     without them, as from etcd.
-//   - Catch-up sends one response per revision (etcd batches up to 1000
-//     revisions in one response for unsynced watchers, with the store's
-//     revision in the header); ours keeps Header.Revision equal to the
-//     revision of the events everywhere.
+//   - A catching-up watcher gets its pending revisions in one response (up
+//     to 1,000 revisions, History and cache alike), with the last revision
+//     examined in the header, as etcd's unsynced watchers do. Unlike etcd,
+//     whose response has no size bound, a response also ends once it passes
+//     MaxResponseBytes, which bounds what one response holds in memory
+//     and on the wire; the events are the same, in more responses.
 package watchfanout
 
 import (

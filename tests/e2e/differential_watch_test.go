@@ -170,9 +170,9 @@ func TestDifferentialWatch(t *testing.T) {
 // sends a watch catching up all its pending revisions (up to 1,000) in one
 // response, whatever its size, with the store's revision in the header;
 // concord's catch-up also ends a response when it passes MaxResponseBytes
-// (2 MiB) and where it moves from History reads to its in-memory revision
-// cache (a response per part, each with its last revision in the header).
-// Set it to false to see those watches fail.
+// (2 MiB: here, catching up over the 700 KiB values), each part with its
+// last revision in the header (watchfanout's package doc says why). Set it
+// to false to see those watches fail.
 const dwTolerateCatchUpSplits = true
 
 const (
