@@ -177,7 +177,7 @@ const dwTolerateCatchUpSplits = true
 
 const (
 	dwDefaultSeed  = 20261207
-	dwDefaultSteps = 260
+	dwDefaultSteps = 500
 	dwStreams      = 3
 	dwKeys         = 10 // k/0 .. k/9
 	dwBig          = 700 << 10
