@@ -148,7 +148,7 @@ func TestDifferentialWatch(t *testing.T) {
 	final := &dwOp{kind: "put", desc: "final put"}
 	final.write = func(ctx context.Context, sd *dwSide) (int64, error) {
 		r, err := sd.c.Put(ctx, "k/9", "final")
-		return revOf(r, err)
+		return dwRevOf(r, err)
 	}
 	for i, sd := range sides {
 		final.run(ctx, t, m, sd, i == 0)
@@ -257,9 +257,9 @@ type dwOp struct {
 	watch      func(t *testing.T, m *dwModel, sd *dwSide, isEtcd bool) string
 }
 
-// revOf is the revision in the header of a clientv3 response (its types are
+// dwRevOf is the revision in the header of a clientv3 response (its types are
 // conversions of etcdserverpb's, without the methods).
-func revOf[T clientv3.PutResponse | clientv3.DeleteResponse | clientv3.TxnResponse | clientv3.CompactResponse | clientv3.LeaseRevokeResponse | pb.LeaseGrantResponse](r *T, err error) (int64, error) {
+func dwRevOf[T clientv3.PutResponse | clientv3.DeleteResponse | clientv3.TxnResponse | clientv3.CompactResponse | clientv3.LeaseRevokeResponse | pb.LeaseGrantResponse](r *T, err error) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
@@ -368,14 +368,14 @@ func (m *dwModel) next() *dwOp {
 func (m *dwModel) genPut() *dwOp {
 	k, v := m.rkey(), m.val()
 	return &dwOp{kind: "put", desc: fmt.Sprintf("put %s=%s", k, v), write: func(ctx context.Context, sd *dwSide) (int64, error) {
-		return revOf(sd.c.Put(ctx, k, v))
+		return dwRevOf(sd.c.Put(ctx, k, v))
 	}}
 }
 
 func (m *dwModel) genDelete() *dwOp {
 	k := m.rkey()
 	return &dwOp{kind: "delete", desc: "delete " + k, write: func(ctx context.Context, sd *dwSide) (int64, error) {
-		return revOf(sd.c.Delete(ctx, k, clientv3.WithPrevKV()))
+		return dwRevOf(sd.c.Delete(ctx, k, clientv3.WithPrevKV()))
 	}}
 }
 
@@ -387,7 +387,7 @@ func (m *dwModel) genDeleteRange() *dwOp {
 		to = "k0" // the rest of the prefix
 	}
 	return &dwOp{kind: "deleterange", desc: fmt.Sprintf("delete [%s, %s)", from, to), write: func(ctx context.Context, sd *dwSide) (int64, error) {
-		return revOf(sd.c.Delete(ctx, from, clientv3.WithRange(to)))
+		return dwRevOf(sd.c.Delete(ctx, from, clientv3.WithRange(to)))
 	}}
 }
 
@@ -415,7 +415,7 @@ func (m *dwModel) genTxn() *dwOp {
 	cmpV := m.rng.IntN(3)
 	return &dwOp{kind: "txn", desc: fmt.Sprintf("txn if version(%s)>%d then %v else put %s, del %s", ck, cmpV, desc, ek, m.key(perm[n+1])),
 		write: func(ctx context.Context, sd *dwSide) (int64, error) {
-			return revOf(sd.c.Txn(ctx).If(clientv3.Compare(clientv3.Version(ck), ">", cmpV)).Then(then...).Else(els...).Commit())
+			return dwRevOf(sd.c.Txn(ctx).If(clientv3.Compare(clientv3.Version(ck), ">", cmpV)).Then(then...).Else(els...).Commit())
 		}}
 }
 
@@ -439,7 +439,7 @@ func (m *dwModel) genTxnSameKey() *dwOp {
 		desc = fmt.Sprintf("put %s, put %s, put %s", k, k2, k)
 	}
 	return &dwOp{kind: "txnsame", desc: "txn " + desc, write: func(ctx context.Context, sd *dwSide) (int64, error) {
-		return revOf(sd.c.Txn(ctx).Then(ops...).Commit())
+		return dwRevOf(sd.c.Txn(ctx).Then(ops...).Commit())
 	}}
 }
 
@@ -455,7 +455,7 @@ func (m *dwModel) genLeaseGrant() *dwOp {
 		if err == nil && r.Error != "" {
 			return 0, fmt.Errorf("grant: %s", r.Error)
 		}
-		return revOf(r, err)
+		return dwRevOf(r, err)
 	}}
 }
 
@@ -466,7 +466,7 @@ func (m *dwModel) genLeasePut() *dwOp {
 	id := m.leases[m.rng.IntN(len(m.leases))]
 	k, v := m.rkey(), m.val()
 	return &dwOp{kind: "leaseput", desc: fmt.Sprintf("put %s=%s lease %x", k, v, id), write: func(ctx context.Context, sd *dwSide) (int64, error) {
-		return revOf(sd.c.Put(ctx, k, v, clientv3.WithLease(clientv3.LeaseID(id))))
+		return dwRevOf(sd.c.Put(ctx, k, v, clientv3.WithLease(clientv3.LeaseID(id))))
 	}}
 }
 
@@ -478,7 +478,7 @@ func (m *dwModel) genLeaseRevoke() *dwOp {
 	id := m.leases[i]
 	m.leases = slices.Delete(m.leases, i, i+1)
 	return &dwOp{kind: "revoke", desc: fmt.Sprintf("lease revoke %x", id), write: func(ctx context.Context, sd *dwSide) (int64, error) {
-		return revOf(sd.c.Revoke(ctx, clientv3.LeaseID(id)))
+		return dwRevOf(sd.c.Revoke(ctx, clientv3.LeaseID(id)))
 	}}
 }
 
@@ -500,7 +500,7 @@ func (m *dwModel) genCompact() *dwOp {
 	rev := m.compactRev + 1 + m.rng.Int64N(top-m.compactRev)
 	m.compactRev = rev
 	return &dwOp{kind: "compact", desc: fmt.Sprintf("compact %d", rev), write: func(ctx context.Context, sd *dwSide) (int64, error) {
-		return revOf(sd.c.Compact(ctx, rev, clientv3.WithCompactPhysical()))
+		return dwRevOf(sd.c.Compact(ctx, rev, clientv3.WithCompactPhysical()))
 	}}
 }
 
@@ -510,7 +510,7 @@ func (m *dwModel) genBig() *dwOp {
 	c := byte('a' + m.step%26)
 	return &dwOp{kind: "big", desc: fmt.Sprintf("txn put b/1, b/2 = %c x 700KiB", c), write: func(ctx context.Context, sd *dwSide) (int64, error) {
 		v := strings.Repeat(string(c), dwBig)
-		return revOf(sd.c.Txn(ctx).Then(clientv3.OpPut("b/1", v), clientv3.OpPut("b/2", v)).Commit())
+		return dwRevOf(sd.c.Txn(ctx).Then(clientv3.OpPut("b/1", v), clientv3.OpPut("b/2", v)).Commit())
 	}}
 }
 
