@@ -834,3 +834,37 @@ func TestControlBackpressure(t *testing.T) {
 		}
 	}
 }
+
+// As etcd (progressIfSync: rev >= the watch's start revision), a watch
+// waiting for a future start revision gets no progress notification before
+// the store reaches it, not even at the revision just below; the ticks that
+// notify another watcher of the stream prove it was considered.
+func TestProgressNotifyWaitsForStart(t *testing.T) {
+	e := newEnv(t, envOpt{cfg: watchfanout.Config{ProgressNotifyInterval: 5 * time.Millisecond}})
+	c := e.client()
+	start := e.model.Rev() + 2
+	c.createWait(watchtest.Watch{Key: []byte("x"), ProgressNotify: true})                       // ID 0
+	c.createWait(watchtest.Watch{Key: []byte("k"), StartRevision: start, ProgressNotify: true}) // ID 1
+	below := e.model.Put("other", "v")                                                          // start-1
+	notified := func(id, rev int64) func([]*pb.WatchResponse) bool {
+		return func(rs []*pb.WatchResponse) bool {
+			n := 0
+			for _, r := range rs {
+				if r.WatchId == id && !r.Created && len(r.Events) == 0 && r.Header.Revision >= rev {
+					n++
+				}
+			}
+			return n >= 3
+		}
+	}
+	c.wait(notified(0, below))
+	for _, r := range c.Responses() {
+		if r.WatchId == 1 && !r.Created {
+			t.Fatalf("watch from revision %d notified at %d: %v", start, r.Header.Revision, r)
+		}
+	}
+	if r := e.model.Put("other", "v"); r != start {
+		t.Fatalf("put revision %d, want %d", r, start)
+	}
+	c.wait(notified(1, start))
+}
