@@ -50,15 +50,21 @@ func (r *revEvents) header(f *Fanout) *pb.ResponseHeader {
 }
 
 // eventsFor returns the events of r that w receives, given the ascending
-// indexes of the events on keys w watches. It shares r's slices whenever the
-// selection is contiguous and unfiltered (the common case), so a revision
-// delivered to 10,000 watchers allocates no event slices. nil: nothing.
-func eventsFor(w *watcher, r *revEvents, idx []int32) []*mvccpb.Event {
+// indexes of the events on keys w watches and the compaction revision. It
+// shares r's slices whenever the selection is contiguous and unfiltered (the
+// common case), so a revision delivered to 10,000 watchers allocates no
+// event slices. nil: nothing.
+//
+// Previous values go only to prev_kv watchers, and not for a revision at or
+// below crev: etcd reads them at revision-1 when it sends an event, and a
+// read below the compaction revision fails, so a watch from the compaction
+// revision gets that revision's events without them.
+func eventsFor(w *watcher, r *revEvents, idx []int32, crev int64) []*mvccpb.Event {
 	if len(idx) == 0 {
 		return nil
 	}
 	base := r.full
-	if w.flags&fPrevKV == 0 {
+	if w.flags&fPrevKV == 0 || r.rev <= crev {
 		base = r.strip()
 	}
 	if w.flags&(fNoPut|fNoDelete) == 0 {

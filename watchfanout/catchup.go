@@ -109,21 +109,21 @@ func (f *Fanout) catchUpRound() bool {
 		f.mu.Unlock()
 		return false
 	}
-	batch := make([]*watcher, 0, min(n, f.cfg.CatchUpBatch))
+	sel := make([]*watcher, 0, min(n, f.cfg.CatchUpBatch))
 	start := f.rr % n
-	for i := 0; i < n && len(batch) < f.cfg.CatchUpBatch; i++ {
+	for i := 0; i < n && len(sel) < f.cfg.CatchUpBatch; i++ {
 		w := f.unsynced[(start+i)%n]
 		if w.s.hasRoom() {
-			batch = append(batch, w)
+			sel = append(sel, w)
 		}
 	}
-	f.rr = start + len(batch)
+	f.rr = start + len(sel)
 	progressed := false
 	budget := cacheBudget
 	lo := f.cache.lo()
 	var idx []int32
 	var hist []cuw
-	for _, w := range batch {
+	for _, w := range sel {
 		if w.state != stUnsynced {
 			continue
 		}
@@ -136,7 +136,7 @@ func (f *Fanout) catchUpRound() bool {
 		if (lo != 0 && w.next >= lo) || w.next > f.rev {
 			if budget > 0 {
 				var moved bool
-				idx, moved = f.fromCacheLocked(w, &budget, idx)
+				idx, moved = f.fromCacheLocked(w, &budget, idx, &batch{})
 				progressed = progressed || moved
 			}
 			continue
@@ -155,10 +155,11 @@ func (f *Fanout) catchUpRound() bool {
 }
 
 // fromCacheLocked gives w the cached revisions from w.next on and moves it
-// to synced once it reaches f.rev. It reports whether w advanced.
-func (f *Fanout) fromCacheLocked(w *watcher, budget *int, idx []int32) ([]int32, bool) {
+// to synced once it reaches f.rev. It reports whether w advanced. The events
+// go into b, which may hold those w got from History just before (so that,
+// as from etcd, they make one response with the cached ones).
+func (f *Fanout) fromCacheLocked(w *watcher, budget *int, idx []int32, b *batch) ([]int32, bool) {
 	start := w.next
-	var b batch
 	for w.next <= f.rev && *budget > 0 {
 		r := f.cache.get(w.next)
 		if r == nil {
@@ -166,15 +167,15 @@ func (f *Fanout) fromCacheLocked(w *watcher, budget *int, idx []int32) ([]int32,
 		}
 		*budget -= len(r.full) + 1
 		idx = matchIdx(w, r, idx)
-		if evs := eventsFor(w, r, idx); evs != nil {
+		if evs := eventsFor(w, r, idx, f.compactRev); evs != nil {
 			b.add(r.rev, evs)
 		}
 		w.next++
-		if b.full(f.cfg.MaxResponseBytes) && f.flushBatch(w, &b, &w.next) != enqOK {
+		if b.full(f.cfg.MaxResponseBytes) && f.flushBatch(w, b, &w.next) != enqOK {
 			return idx, w.next > start
 		}
 	}
-	if f.flushBatch(w, &b, &w.next) != enqOK {
+	if f.flushBatch(w, b, &w.next) != enqOK {
 		return idx, w.next > start
 	}
 	if w.next > f.rev {
@@ -199,14 +200,32 @@ func (f *Fanout) fromHistory(ws []cuw, target int64) bool {
 		}
 	}
 	defer func() {
-		flushAll()
 		f.mu.Lock()
+		defer f.mu.Unlock()
+		// A watcher that read History up to the hub's cache goes on from the
+		// cache with the same batch, in this critical section: etcd sends
+		// a watcher catching up its pending revisions in one response, and
+		// where History ends and the cache begins is no business of the
+		// client's.
+		budget := cacheBudget
+		var idx []int32
 		for i := range ws {
-			if w := ws[i].w; w.state == stUnsynced {
-				w.next = ws[i].next
+			c := &ws[i]
+			w := c.w
+			if !c.blocked && w.state == stUnsynced && c.b.evs != nil && budget > 0 {
+				if lo := f.cache.lo(); lo != 0 && c.next >= lo && c.next <= f.rev {
+					w.next = c.next
+					idx, _ = f.fromCacheLocked(w, &budget, idx, &c.b)
+					continue
+				}
+			}
+			if !c.blocked {
+				f.flushCatchUp(c)
+			}
+			if w.state == stUnsynced {
+				w.next = c.next
 			}
 		}
-		f.mu.Unlock()
 	}()
 	var pos []int // watchers matched by the current revision, in first-match order
 	mark := make([][]int32, len(ws))
@@ -240,6 +259,9 @@ func (f *Fanout) fromHistory(ws []cuw, target int64) bool {
 			f.sleep(f.cfg.RetryInterval)
 			return progressed
 		}
+		f.mu.Lock()
+		crev := f.compactRev
+		f.mu.Unlock()
 		for _, hr := range revs {
 			if active == 0 {
 				break
@@ -263,7 +285,7 @@ func (f *Fanout) fromHistory(ws []cuw, target int64) bool {
 			}
 			for _, j := range pos {
 				c := &ws[j]
-				if evs := eventsFor(c.w, r, mark[j]); evs != nil {
+				if evs := eventsFor(c.w, r, mark[j], crev); evs != nil {
 					c.b.add(r.rev, evs)
 					c.next = r.rev + 1
 					progressed = true

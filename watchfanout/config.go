@@ -40,22 +40,32 @@
 //     created, then canceled with CompactRevision set; a start revision equal
 //     to the compaction revision is served (etcd's watchable store compares
 //     minRev < compactRev, and the store keeps tombstones at that revision).
-//   - A progress request answered while some watcher of the stream is not
-//     synced is deferred until they all are (etcd 3.5/3.6 "deferred
-//     progress"; etcd 3.7.3 drops such a request), and until the hub has
-//     reached the store's revision at the time of the request, so that its
-//     revision is at least that of any write acknowledged before it (etcd
-//     answers with the store's current revision). A stream without watchers
-//     gets no answer. A cancel of an unknown ID gets no answer.
+//   - A progress request is dropped, as etcd 3.7.3 drops it, while the
+//     stream holds a watch canceled by compaction that the client has not
+//     canceled, or a watch whose start revision is beyond the store's
+//     revision at the time of the request (etcd answers only when every
+//     watcher is synced and has reached its start revision; neither of these
+//     is). One made while some watcher is still catching up is deferred until
+//     they all are (etcd 3.5/3.6 "deferred progress"; etcd 3.7.3 drops it,
+//     at a moment its sync loop decides, which the hub's lag behind the store
+//     cannot reproduce), and until the hub has reached the store's revision
+//     at the time of the request, so that its revision is at least that of
+//     any write acknowledged before it (etcd answers with the store's current
+//     revision). A progress notification is likewise sent only once the
+//     watch's start revision is reached. A stream without watchers gets no
+//     answer. A cancel of an unknown ID gets no answer.
 //   - A compaction cancel's header carries no revision, as etcd's.
-//   - prev_kv comes from the stored event, so a watch from exactly the
-//     compaction revision gets the previous values of that revision's
-//     events; etcd reads them at revision-1 when it sends an event, which the
-//     compaction removed, and sends none there.
-//   - Catch-up sends one response per revision (etcd batches up to 1000
-//     revisions in one response for unsynced watchers, with the store's
-//     revision in the header); ours keeps Header.Revision equal to the
-//     revision of the events everywhere.
+//   - prev_kv comes from the stored event, except at or below the
+//     compaction revision: etcd reads previous values at revision-1 when it
+//     sends an event, which fails below the compaction revision, so a watch
+//     from exactly the compaction revision gets that revision's events
+//     without them, as from etcd.
+//   - A catching-up watcher gets its pending revisions in one response (up
+//     to 1,000 revisions, History and cache alike), with the last revision
+//     examined in the header, as etcd's unsynced watchers do. Unlike etcd,
+//     whose response has no size bound, a response also ends once it passes
+//     MaxResponseBytes, which bounds what one response holds in memory
+//     and on the wire; the events are the same, in more responses.
 package watchfanout
 
 import (

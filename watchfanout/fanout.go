@@ -461,7 +461,7 @@ func (f *Fanout) deliverLocked(r *revEvents) {
 			}
 			one := [1]int32{0}
 			for _, w := range f.scratch {
-				if evs := eventsFor(w, r, one[:]); evs != nil {
+				if evs := eventsFor(w, r, one[:], f.compactRev); evs != nil {
 					f.sendSyncedLocked(w, r, evs)
 				}
 			}
@@ -491,7 +491,7 @@ func (f *Fanout) deliverLocked(r *revEvents) {
 			}
 			for i := range f.ms {
 				m := &f.ms[i]
-				if evs := eventsFor(m.w, r, m.idx); evs != nil {
+				if evs := eventsFor(m.w, r, m.idx, f.compactRev); evs != nil {
 					f.sendSyncedLocked(m.w, r, evs)
 				}
 				m.w, m.idx = nil, m.idx[:0]
@@ -559,6 +559,8 @@ func (f *Fanout) detachLocked(w *watcher) {
 func (f *Fanout) compactLocked(w *watcher, crev int64) {
 	f.detachLocked(w)
 	w.state = stCompacted
+	w.s.nCompacted++
+	delete(w.s.future, w)
 	w.s.nLive--
 	w.s.resize()
 	f.stats.compactCancels.Add(1)
@@ -592,7 +594,9 @@ func (f *Fanout) checkProgressLocked(s *stream) {
 	if !s.pendingProgress {
 		return
 	}
-	if s.nLive == 0 {
+	if s.nLive == 0 || s.nCompacted > 0 {
+		// Nothing to answer for, or (as etcd) a compacted watcher the client
+		// has not canceled: never answered.
 		s.pendingProgress = false
 		delete(f.pending, s)
 		return

@@ -103,6 +103,7 @@ type client struct {
 	*watchtest.Stream
 	mu      sync.Mutex
 	creates []watchtest.Watch
+	hist    watchfanout.History // for the compaction revision
 	cancel  context.CancelFunc
 	served  chan error
 }
@@ -110,7 +111,7 @@ type client struct {
 func (e *env) client() *client {
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &client{t: e.t, Stream: watchtest.NewStream(ctx), cancel: cancel, served: make(chan error, 1)}
+	c := &client{t: e.t, Stream: watchtest.NewStream(ctx), hist: e.hist, cancel: cancel, served: make(chan error, 1)}
 	go func() { c.served <- e.f.Serve(ctx, c.Stream) }()
 	e.t.Cleanup(c.stop)
 	return c
@@ -189,28 +190,77 @@ func (c *client) waitEventRev(id, rev int64) {
 
 // sync sends progress requests until one is answered with revision rev or
 // later (the stream must have live watchers); the answer proves that every
-// watcher of the stream was given everything up to it.
+// watcher of the stream was given everything up to it. Like etcd, the
+// fanout answers none while the stream holds a watch canceled by compaction
+// that the client has not canceled, so sync first cancels those, as a
+// client that wants progress has to.
 func (c *client) sync(rev int64) {
 	c.t.Helper()
 	for {
+		if c.cancelCompacted() {
+			continue
+		}
 		before := len(c.Responses())
 		if err := c.RequestProgress(ctxT(c.t)); err != nil {
 			c.t.Fatal(err)
 		}
 		var got int64
+		compactedSince := false
 		c.wait(func(rs []*pb.WatchResponse) bool {
 			for _, r := range rs[before:] {
-				if r.WatchId == -1 {
+				switch {
+				case r.WatchId == -1:
 					got = r.Header.Revision
+					return true
+				case r.Canceled && r.CompactRevision != 0:
+					// Canceled by compaction meanwhile: the request is dropped.
+					compactedSince = true
 					return true
 				}
 			}
 			return false
 		})
-		if got >= rev {
+		if !compactedSince && got >= rev {
 			return
 		}
 	}
+}
+
+// compacted returns the IDs of the watches canceled by compaction that the
+// client has not canceled.
+func (c *client) compacted() map[int64]bool {
+	compacted := map[int64]bool{}
+	for _, r := range c.Responses() {
+		switch {
+		case r.Canceled && r.CompactRevision != 0:
+			compacted[r.WatchId] = true
+		case r.Canceled && !r.Created:
+			delete(compacted, r.WatchId)
+		}
+	}
+	return compacted
+}
+
+// cancelCompacted cancels the watches canceled by compaction, waiting for
+// each cancel response, and reports whether there were any.
+func (c *client) cancelCompacted() bool {
+	c.t.Helper()
+	compacted := c.compacted()
+	for id := range compacted {
+		before := len(c.Responses())
+		if err := c.Cancel(ctxT(c.t), id); err != nil {
+			c.t.Fatal(err)
+		}
+		c.wait(func(rs []*pb.WatchResponse) bool {
+			for _, r := range rs[before:] {
+				if r.WatchId == id && r.Canceled && r.CompactRevision == 0 {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	return len(compacted) > 0
 }
 
 // check runs the guarantee checker over everything this stream received.
@@ -219,7 +269,19 @@ func (c *client) check(hist watchtest.History) []watchtest.Result {
 	c.mu.Lock()
 	creates := append([]watchtest.Watch(nil), c.creates...)
 	c.mu.Unlock()
-	res, err := watchtest.CheckStream(hist, creates, c.Responses())
+	// The compaction revision now is the highest one while the stream ran.
+	var crev int64
+	for attempt := 0; ; attempt++ {
+		_, cr, err := c.hist.CurrentRevision(ctxT(c.t))
+		if err == nil {
+			crev = cr
+			break
+		}
+		if attempt == 20 { // a flaky History fails some calls
+			c.t.Fatalf("compaction revision: %v", err)
+		}
+	}
+	res, err := watchtest.CheckStreamCompacted(hist, crev, creates, c.Responses())
 	if err != nil {
 		c.t.Fatalf("watch guarantees: %v", err)
 	}

@@ -151,24 +151,45 @@ func TestEventsForSharesSlices(t *testing.T) {
 	plain := &watcher{}
 	noPut := &watcher{flags: fNoPut}
 	all := []int32{0, 1, 2, 3}
-	if got := eventsFor(prev, r, all); &got[0] != &evs[0] || len(got) != 4 {
+	if got := eventsFor(prev, r, all, 0); &got[0] != &evs[0] || len(got) != 4 {
 		t.Fatal("prev_kv watcher does not share the full slice")
 	}
-	got := eventsFor(plain, r, all)
+	got := eventsFor(plain, r, all, 0)
 	if got[0].PrevKv != nil || &got[0] != &r.strip()[0] {
 		t.Fatal("plain watcher does not get the shared stripped slice")
 	}
-	if got := eventsFor(plain, r, []int32{1, 2}); len(got) != 2 || got[0] != r.strip()[1] {
+	if got := eventsFor(plain, r, []int32{1, 2}, 0); len(got) != 2 || got[0] != r.strip()[1] {
 		t.Fatal("contiguous selection")
 	}
-	if got := eventsFor(noPut, r, all); len(got) != 1 || got[0].Type != mvccpb.Event_DELETE || got[0].PrevKv != nil {
+	if got := eventsFor(noPut, r, all, 0); len(got) != 1 || got[0].Type != mvccpb.Event_DELETE || got[0].PrevKv != nil {
 		t.Fatalf("filtered selection = %v", got)
 	}
-	if got := eventsFor(noPut, r, []int32{0}); got != nil {
+	if got := eventsFor(noPut, r, []int32{0}, 0); got != nil {
 		t.Fatalf("fully filtered = %v", got)
 	}
-	allocs := testing.AllocsPerRun(100, func() { eventsFor(plain, r, all[1:2]) })
+	allocs := testing.AllocsPerRun(100, func() { eventsFor(plain, r, all[1:2], 0) })
 	if allocs != 0 {
 		t.Fatalf("eventsFor allocates %v per call on the common path", allocs)
+	}
+}
+
+// etcd reads previous values at revision-1 when it sends an event, so a
+// prev_kv watcher gets none for the events of the compaction revision (the
+// read below it fails), and gets them above it.
+func TestEventsForNoPrevKVAtCompaction(t *testing.T) {
+	evs := bigEvents(2, 3)
+	for _, ev := range evs {
+		ev.PrevKv = &mvccpb.KeyValue{Key: ev.Kv.Key}
+	}
+	r := &revEvents{rev: 9, full: evs}
+	prev := &watcher{flags: fPrevKV}
+	both := []int32{0, 1}
+	for _, crev := range []int64{9, 12} {
+		if got := eventsFor(prev, r, both, crev); len(got) != 2 || got[0].PrevKv != nil || got[1].PrevKv != nil {
+			t.Fatalf("compaction at %d: events of revision 9 = %v, want no previous values", crev, got)
+		}
+	}
+	if got := eventsFor(prev, r, both, 8); len(got) != 2 || got[0].PrevKv == nil || got[1].PrevKv == nil {
+		t.Fatalf("compaction at 8: events of revision 9 = %v, want previous values", got)
 	}
 }

@@ -34,8 +34,14 @@ type stream struct {
 	nProgress       int                // watchers with progress_notify
 	maxNext         int64              // max next of synced watchers created with a future start
 	pendingProgress bool               // a progress request waits for every watcher to be synced
-	progressTarget  int64              // ... and for the hub to reach the store revision it was made at
-	detached        bool               // Serve is over
+	nCompacted      int                // watchers canceled by compaction that the client has not canceled
+	// future holds the start revisions of the watchers created with a start
+	// beyond the hub's revision, until the store is seen past them: etcd
+	// answers no progress (request or notification) for such a watcher
+	// before its start revision.
+	future         map[*watcher]int64
+	progressTarget int64 // ... and for the hub to reach the store revision it was made at
+	detached       bool  // Serve is over
 
 	// The send queue; guarded by qmu.
 	qmu    sync.Mutex
@@ -280,6 +286,11 @@ func (s *stream) create(ctx context.Context, creq *pb.WatchCreateRequest) {
 	case start > f.rev:
 		w.next = start
 		f.addSyncedLocked(w)
+		if s.future == nil {
+			s.future = make(map[*watcher]int64)
+		}
+		s.waitsForStartLocked(cur) // keeps the map to the watchers still waiting
+		s.future[w] = start
 	default:
 		w.next = start
 		f.addUnsyncedLocked(w)
@@ -324,9 +335,13 @@ func (s *stream) cancel(id int64) {
 		return
 	}
 	delete(s.watchers, id)
-	if w.state == stSynced || w.state == stUnsynced {
+	delete(s.future, w)
+	switch w.state {
+	case stSynced, stUnsynced:
 		s.nLive--
 		s.resize()
+	case stCompacted:
+		s.nCompacted--
 	}
 	f.detachLocked(w)
 	w.state = stCanceled
@@ -365,6 +380,17 @@ func (s *stream) progressRequest(ctx context.Context) {
 	if s.detached || s.nLive == 0 {
 		return
 	}
+	// etcd (watchableStore.progressIfSync) answers only if every watcher
+	// the client may still cancel is synced and the store has reached its
+	// start revision, and drops the request otherwise. A watcher canceled by
+	// compaction is never synced again, and one waiting for a future start
+	// revision is not synced at the store's revision of the request: both
+	// make etcd drop the request for good, so they do here. (Watchers still
+	// catching up make the answer wait instead: here the hub's catching up
+	// lags the store, so etcd's timing cannot be reproduced.)
+	if s.nCompacted > 0 || s.waitsForStartLocked(max(storeRev, f.rev)) {
+		return
+	}
 	// The hub is not hurried to storeRev (no History read per request):
 	// the bus brings it there, or its progress beats and polls repair it.
 	// One answer covers every request made before it.
@@ -375,6 +401,21 @@ func (s *stream) progressRequest(ctx context.Context) {
 	s.pendingProgress = true
 	f.pending[s] = struct{}{}
 	f.checkProgressLocked(s)
+}
+
+// waitsForStartLocked reports whether a watcher of s has a start revision
+// beyond rev, a store revision; it forgets the start revisions at or below
+// rev, which the store will never go back under.
+func (s *stream) waitsForStartLocked(rev int64) bool {
+	waits := false
+	for w, start := range s.future {
+		if start > rev {
+			waits = true
+		} else {
+			delete(s.future, w)
+		}
+	}
+	return waits
 }
 
 // progressTick sends progress notifications to the progress_notify
@@ -390,7 +431,9 @@ func (f *Fanout) progressTick(s *stream) {
 		if w.flags&fProgress == 0 {
 			continue
 		}
-		eligible := w.state == stSynced && w.next <= f.rev+1
+		// As etcd: only once the revision reached the watch's start.
+		start, future := s.future[w]
+		eligible := w.state == stSynced && w.next <= f.rev+1 && (!future || start <= f.rev)
 		s.qmu.Lock()
 		had := w.evSinceTick
 		w.evSinceTick = false

@@ -308,7 +308,22 @@ func TestCompactedWatchCanceled(t *testing.T) {
 		t.Fatalf("watch at the compaction revision canceled: %v", cr)
 	}
 	r := e.model.Put("k", "w")
+	c.waitEventRev(2, r)
+	// etcd answers no progress request while the compacted watch is not
+	// canceled by the client (it is never synced again); sync cancels it.
+	if err := c.RequestProgress(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
 	c.sync(r)
+	canceled := false
+	for _, resp := range c.Responses() {
+		switch {
+		case resp.WatchId == 0 && resp.Canceled && resp.CompactRevision == 0:
+			canceled = true
+		case resp.WatchId == -1 && !canceled:
+			t.Fatalf("progress answered before the compacted watch was canceled: %v", resp)
+		}
+	}
 	res := c.check(e.model.History())
 	if res[0].CompactRevision != 6 || res[2].Events != 7 || res[2].Reached != r {
 		t.Fatalf("results = %+v", res)
@@ -375,8 +390,8 @@ func TestFutureRevisionWaits(t *testing.T) {
 	for range 4 {
 		e.model.Put("k", "early")
 	}
-	// Deferred until the future watcher has reached the hub's revision,
-	// i.e. until revision start-1 is applied.
+	// As etcd: dropped, since the future watcher is not synced before its
+	// start revision (at start-1 too).
 	if err := c.RequestProgress(ctxT(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -384,19 +399,28 @@ func TestFutureRevisionWaits(t *testing.T) {
 	if r != start-1 {
 		t.Fatalf("put revision %d, want %d", r, start-1)
 	}
-	c.wait(func(rs []*pb.WatchResponse) bool { return rs[len(rs)-1].WatchId == -1 })
-	for _, resp := range c.Responses() {
-		switch {
-		case resp.WatchId == 0 && !resp.Created:
-			t.Fatalf("response before the start revision: %v", resp)
-		case resp.WatchId == -1 && resp.Header.Revision != start-1:
-			t.Fatalf("progress response %v, want revision %d", resp, start-1)
-		}
+	c.waitEventRev(1, start-1)
+	if err := c.RequestProgress(ctxT(t)); err != nil {
+		t.Fatal(err)
 	}
 	if r = e.model.Put("k", "first"); r != start {
 		t.Fatalf("put revision %d, want %d", r, start)
 	}
 	c.waitEventRev(0, start)
+	// At the start revision: answered. Answers are queued in order, so none
+	// of the requests above was answered if this is the only one.
+	if err := c.RequestProgress(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(func(rs []*pb.WatchResponse) bool { return rs[len(rs)-1].WatchId == -1 })
+	for _, resp := range c.Responses() {
+		switch {
+		case resp.WatchId == 0 && len(resp.Events) > 0 && resp.Events[0].Kv.ModRevision < start:
+			t.Fatalf("response before the start revision: %v", resp)
+		case resp.WatchId == -1 && resp.Header.Revision != start:
+			t.Fatalf("progress response %v, want only one, at revision %d", resp, start)
+		}
+	}
 	res := c.check(e.model.History())
 	if res[0].Events != 1 || res[0].Start != start {
 		t.Fatalf("results = %+v", res)
@@ -809,4 +833,38 @@ func TestControlBackpressure(t *testing.T) {
 			t.Fatalf("response %d = %v", i, r)
 		}
 	}
+}
+
+// As etcd (progressIfSync: rev >= the watch's start revision), a watch
+// waiting for a future start revision gets no progress notification before
+// the store reaches it, not even at the revision just below; the ticks that
+// notify another watcher of the stream prove it was considered.
+func TestProgressNotifyWaitsForStart(t *testing.T) {
+	e := newEnv(t, envOpt{cfg: watchfanout.Config{ProgressNotifyInterval: 5 * time.Millisecond}})
+	c := e.client()
+	start := e.model.Rev() + 2
+	c.createWait(watchtest.Watch{Key: []byte("x"), ProgressNotify: true})                       // ID 0
+	c.createWait(watchtest.Watch{Key: []byte("k"), StartRevision: start, ProgressNotify: true}) // ID 1
+	below := e.model.Put("other", "v")                                                          // start-1
+	notified := func(id, rev int64) func([]*pb.WatchResponse) bool {
+		return func(rs []*pb.WatchResponse) bool {
+			n := 0
+			for _, r := range rs {
+				if r.WatchId == id && !r.Created && len(r.Events) == 0 && r.Header.Revision >= rev {
+					n++
+				}
+			}
+			return n >= 3
+		}
+	}
+	c.wait(notified(0, below))
+	for _, r := range c.Responses() {
+		if r.WatchId == 1 && !r.Created {
+			t.Fatalf("watch from revision %d notified at %d: %v", start, r.Header.Revision, r)
+		}
+	}
+	if r := e.model.Put("other", "v"); r != start {
+		t.Fatalf("put revision %d, want %d", r, start)
+	}
+	c.wait(notified(1, start))
 }

@@ -20,6 +20,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/concord-kv/concord/consensus/eventbus"
@@ -691,11 +692,12 @@ type rawStream struct {
 	done  chan struct{}
 }
 
-// openRaw opens a Watch stream of its own on c's connection; it ends with the test.
-func openRaw(ctx context.Context, t *testing.T, c *clientv3.Client) *rawStream {
+// openRaw opens a Watch stream of its own on c's connection, with the call options opts; it
+// ends with the test.
+func openRaw(ctx context.Context, t *testing.T, c *clientv3.Client, opts ...grpc.CallOption) *rawStream {
 	t.Helper()
 	ctx, cancel := context.WithCancel(ctx)
-	ws, err := pb.NewWatchClient(c.ActiveConnection()).Watch(ctx)
+	ws, err := pb.NewWatchClient(c.ActiveConnection()).Watch(ctx, opts...)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -874,8 +876,8 @@ func TestWatchRawStream(t *testing.T) {
 		r.cancel(30)
 		expect("cancel of a compacted watch", &pb.WatchResponse{Header: hdr(7), WatchId: 30, Canceled: true})
 		// From the compaction revision: served. (Without prev_kv: etcd reads previous values at
-		// revision-1 when it sends an event, so it has none for the compaction revision's events,
-		// where concord sends the stored ones.)
+		// revision-1 when it sends an event, so it has none for the compaction revision's events;
+		// TestDifferentialWatch compares that case.)
 		r.create(&pb.WatchCreateRequest{Key: []byte("f"), WatchId: 31, StartRevision: 6})
 		expect("create at the compaction revision", &pb.WatchResponse{Header: hdr(7), WatchId: 31, Created: true})
 		var got []int64
@@ -1122,7 +1124,7 @@ func TestWatchGuarantees(t *testing.T) {
 			}
 		}
 		// (prev_kv only above it: for the compaction revision's own events etcd has no previous
-		// values to send, concord sends the stored ones.)
+		// values to send, which the guarantee checker does not model.)
 		create(a, prefix(watchtest.Watch{StartRevision: mid}))
 		create(a, prefix(watchtest.Watch{StartRevision: mid + 1, PrevKV: true}))
 
