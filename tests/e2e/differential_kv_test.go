@@ -1,0 +1,700 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// Knobs of TestDifferentialKV.
+const (
+	// diffSeedEnv picks the operation sequence (default diffDefaultSeed);
+	// "random" takes one from the clock and logs it.
+	diffSeedEnv = "CONCORD_DIFF_SEED"
+	// diffOpsEnv is the number of operations (default diffDefaultOps); a
+	// longer run: CONCORD_DIFF_OPS=50000.
+	diffOpsEnv = "CONCORD_DIFF_OPS"
+
+	diffDefaultSeed = 1
+	diffDefaultOps  = 3000
+)
+
+const (
+	// diffMaxRequestBytes is --max-request-bytes' default, which both
+	// servers run with: a put of a value this long is refused as too large,
+	// one diffBigMargin shorter is not.
+	diffMaxRequestBytes = 1572864
+	diffBigMargin       = 1024
+	// diffMaxTxnOps is --max-txn-ops' default.
+	diffMaxTxnOps = 128
+	// diffTTLTolerance is how far (in seconds) the remaining TTLs of the
+	// same lease on the two servers may differ: the two grants and the two
+	// reads are each a few milliseconds apart, and the remaining TTL is
+	// rounded to whole seconds.
+	diffTTLTolerance = 2
+	// diffCallTimeout bounds one RPC.
+	diffCallTimeout = 20 * time.Second
+)
+
+// diffKeys is the key space: few keys, with shared prefixes and bytes at
+// the ends of the byte range, so ranges, prefixes and sort orders overlap.
+var diffKeys = []string{
+	"\x00", "a", "a/", "a/b", "a/b/c", "a/c", "a\xff", "a\xff\xff", "ab", "b",
+	"b/1", "b/10", "b/2", "c", "c\x00", "foo", "foo/bar", "foo0", "z", "\xff",
+}
+
+// TestDifferentialKV runs one seeded random sequence of KV and lease
+// requests (Put, Range, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke,
+// LeaseTimeToLive, LeaseLeases; valid and invalid ones) against a real etcd
+// and against concord, each a single member, and compares every response
+// in full: the same gRPC code and message, or protobuf-equal responses
+// once what legitimately differs is normalized (cluster_id, member_id and
+// raft_term only as zero or not; etcd's lease IDs mapped to concord's by
+// order of grant; remaining TTLs within diffTTLTolerance; the key list of
+// LeaseTimeToLive and LeaseLeases' list, which etcd builds from maps, sorted).
+//
+// The first difference fails the test with the seed, the step, the request
+// and both responses. Reproduce or explore:
+//
+//	CONCORD_DIFF_SEED=7 go test -count=1 -run TestDifferentialKV ./tests/e2e/
+//	CONCORD_DIFF_SEED=random CONCORD_DIFF_OPS=50000 go test -count=1 -timeout 1h -run TestDifferentialKV ./tests/e2e/
+//
+// Requests are sent with the raw etcdserverpb clients on clientv3's
+// connection, so requests clientv3 would refuse to build (empty keys,
+// invalid sort options, both value and ignore_value) reach the servers.
+// Leases are granted with TTLs of an hour or more, so nothing expires.
+func TestDifferentialKV(t *testing.T) {
+	t.Parallel()
+	seed, n := diffParams(t)
+	etcd := startServer(t, etcdImpl, serverOptions{})
+	concord := startServer(t, concordImpl, serverOptions{})
+	runDifferential(t, seed, n, newDiffTarget(t, etcd), newDiffTarget(t, concord))
+}
+
+// diffParams reads the seed and the number of operations.
+func diffParams(t *testing.T) (uint64, int) {
+	t.Helper()
+	seed, n := uint64(diffDefaultSeed), diffDefaultOps
+	switch v := os.Getenv(diffSeedEnv); v {
+	case "":
+	case "random":
+		seed = uint64(time.Now().UnixNano())
+	default:
+		s, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			t.Fatalf("%s=%q: %v", diffSeedEnv, v, err)
+		}
+		seed = s
+	}
+	if v := os.Getenv(diffOpsEnv); v != "" {
+		k, err := strconv.Atoi(v)
+		if err != nil || k < 1 {
+			t.Fatalf("%s=%q: want a positive number", diffOpsEnv, v)
+		}
+		n = k
+	}
+	t.Logf("seed %d, %d operations (%s, %s)", seed, n, diffSeedEnv, diffOpsEnv)
+	return seed, n
+}
+
+// diffTarget is one server's KV and Lease services.
+type diffTarget struct {
+	name  string
+	kv    pb.KVClient
+	lease pb.LeaseClient
+}
+
+func newDiffTarget(t *testing.T, s *Server) diffTarget {
+	c := newClient(t, s)
+	conn := c.ActiveConnection()
+	return diffTarget{name: s.impl.name, kv: pb.NewKVClient(conn), lease: pb.NewLeaseClient(conn)}
+}
+
+// call sends req and returns the response, nil on error.
+func (d diffTarget) call(ctx context.Context, req proto.Message) (proto.Message, error) {
+	ctx, cancel := context.WithTimeout(ctx, diffCallTimeout)
+	defer cancel()
+	var (
+		resp proto.Message
+		err  error
+	)
+	switch r := req.(type) {
+	case *pb.PutRequest:
+		resp, err = nilOnErr(d.kv.Put(ctx, r))
+	case *pb.RangeRequest:
+		resp, err = nilOnErr(d.kv.Range(ctx, r))
+	case *pb.DeleteRangeRequest:
+		resp, err = nilOnErr(d.kv.DeleteRange(ctx, r))
+	case *pb.TxnRequest:
+		resp, err = nilOnErr(d.kv.Txn(ctx, r))
+	case *pb.CompactionRequest:
+		resp, err = nilOnErr(d.kv.Compact(ctx, r))
+	case *pb.LeaseGrantRequest:
+		resp, err = nilOnErr(d.lease.LeaseGrant(ctx, r))
+	case *pb.LeaseRevokeRequest:
+		resp, err = nilOnErr(d.lease.LeaseRevoke(ctx, r))
+	case *pb.LeaseTimeToLiveRequest:
+		resp, err = nilOnErr(d.lease.LeaseTimeToLive(ctx, r))
+	case *pb.LeaseLeasesRequest:
+		resp, err = nilOnErr(d.lease.LeaseLeases(ctx, r))
+	default:
+		return nil, fmt.Errorf("differential test: no call for %T", req)
+	}
+	return resp, err
+}
+
+// nilOnErr turns a typed response into a proto.Message that is nil (not a
+// typed nil) when err is set.
+func nilOnErr[T proto.Message](resp T, err error) (proto.Message, error) {
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// diffOutcome is one server's answer, normalized for comparison.
+type diffOutcome struct {
+	resp proto.Message
+	err  error
+}
+
+func (o diffOutcome) String() string {
+	if o.err != nil {
+		s := status.Convert(o.err)
+		return fmt.Sprintf("error code=%s message=%q", s.Code(), s.Message())
+	}
+	return fmt.Sprintf("%T %s", o.resp, diffFormat(o.resp))
+}
+
+func (o diffOutcome) equal(p diffOutcome) bool {
+	if (o.err == nil) != (p.err == nil) {
+		return false
+	}
+	if o.err != nil {
+		a, b := status.Convert(o.err), status.Convert(p.err)
+		return a.Code() == b.Code() && a.Message() == b.Message()
+	}
+	return proto.Equal(o.resp, p.resp)
+}
+
+// runDifferential sends n generated requests to etcd and concord in turn
+// and fails at the first response that differs.
+func runDifferential(t *testing.T, seed uint64, n int, etcd, concord diffTarget) {
+	ctx := testCtx(t)
+	// The sequence is long; testCtx's bound is for one scenario.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(n)*time.Second+time.Minute)
+	defer cancel()
+	g := newDiffGen(seed)
+	leaseIDs := map[int64]int64{} // etcd's lease ID -> concord's
+	var recent []string           // the last few requests, for the report
+	stats := map[string]int{}
+	start := time.Now()
+	step := func(i int, what string, req proto.Message) {
+		creq := proto.Clone(req)
+		mapLeaseIDs(creq, leaseIDs)
+		eresp, eerr := etcd.call(ctx, req)
+		cresp, cerr := concord.call(ctx, creq)
+		// A lease etcd numbered itself: its ID stands for concord's.
+		if gr, ok := eresp.(*pb.LeaseGrantResponse); ok && req.(*pb.LeaseGrantRequest).ID == 0 && cresp != nil {
+			leaseIDs[gr.ID] = cresp.(*pb.LeaseGrantResponse).ID
+		}
+		e, c := normalizeOutcome(eresp, eerr, leaseIDs), normalizeOutcome(cresp, cerr, nil)
+		reconcileTTL(&e, &c)
+		if !e.equal(c) {
+			t.Fatalf("seed %d step %d (%s): concord's response differs from etcd's\nrequest:  %T %s\netcd:     %v\nconcord:  %v\nrequest as sent to concord: %s\nthe requests before it (newest last):\n%s\nrerun: %s=%d go test -count=1 -run TestDifferentialKV ./tests/e2e/",
+				seed, i, what, req, diffFormat(req), e, c, diffFormat(creq), strings.Join(recent, "\n"), diffSeedEnv, seed)
+		}
+		key := what
+		if eerr != nil {
+			key += " (error)"
+		}
+		stats[key]++
+		g.observe(req, eresp, eerr)
+		recent = append(recent, fmt.Sprintf("  %d %s %s", i, what, diffFormat(req)))
+		if len(recent) > 8 {
+			recent = recent[1:]
+		}
+	}
+	for i := range n {
+		what, req := g.next()
+		step(i, what, req)
+	}
+	// The end state, in full: every key (with its history bounds) and every
+	// lease.
+	step(n, "final range", &pb.RangeRequest{Key: []byte{0}, RangeEnd: []byte{0}})
+	step(n+1, "final leases", &pb.LeaseLeasesRequest{})
+	names := make([]string, 0, len(stats))
+	for k := range stats {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	var b strings.Builder
+	for _, k := range names {
+		fmt.Fprintf(&b, " %s=%d", k, stats[k])
+	}
+	t.Logf("%d operations in %v, final revision %d, compacted at %d; by kind:%s", n+2, time.Since(start).Round(time.Millisecond), g.rev, g.compactRev, b.String())
+}
+
+// normalizeOutcome makes a response comparable: a copy with lease IDs
+// mapped through ids (etcd's to concord's; nil for concord's own), header
+// IDs and terms reduced to zero or one, and the lists etcd builds from
+// maps sorted.
+func normalizeOutcome(resp proto.Message, err error, ids map[int64]int64) diffOutcome {
+	if err != nil {
+		return diffOutcome{err: err}
+	}
+	resp = proto.Clone(resp)
+	if ids != nil {
+		mapLeaseIDs(resp, ids)
+	}
+	walkMessages(resp.ProtoReflect(), func(m proto.Message) {
+		switch v := m.(type) {
+		case *pb.ResponseHeader:
+			v.ClusterId, v.MemberId, v.RaftTerm = nonZero(v.ClusterId), nonZero(v.MemberId), nonZero(v.RaftTerm)
+		case *pb.LeaseTimeToLiveResponse:
+			slices.SortFunc(v.Keys, bytes.Compare)
+		case *pb.LeaseLeasesResponse:
+			slices.SortFunc(v.Leases, func(a, b *pb.LeaseStatus) int { return cmpInt64(a.ID, b.ID) })
+		}
+	})
+	return diffOutcome{resp: resp}
+}
+
+// reconcileTTL lets the remaining TTLs of one lease differ by
+// diffTTLTolerance: within it, etcd's is replaced by concord's.
+func reconcileTTL(e, c *diffOutcome) {
+	et, ok1 := e.resp.(*pb.LeaseTimeToLiveResponse)
+	ct, ok2 := c.resp.(*pb.LeaseTimeToLiveResponse)
+	if ok1 && ok2 && et.TTL > 0 && ct.TTL > 0 && abs64(et.TTL-ct.TTL) <= diffTTLTolerance {
+		et.TTL = ct.TTL
+	}
+}
+
+func nonZero(v uint64) uint64 {
+	if v != 0 {
+		return 1
+	}
+	return 0
+}
+
+func abs64(v int64) int64 {
+	if v < 0 {
+		return -v
+	}
+	return v
+}
+
+func cmpInt64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// mapLeaseIDs replaces, in place, every lease ID in m that ids maps.
+func mapLeaseIDs(m proto.Message, ids map[int64]int64) {
+	tr := func(id *int64) {
+		if v, ok := ids[*id]; ok {
+			*id = v
+		}
+	}
+	walkMessages(m.ProtoReflect(), func(m proto.Message) {
+		switch v := m.(type) {
+		case *pb.PutRequest:
+			tr(&v.Lease)
+		case *mvccpb.KeyValue:
+			tr(&v.Lease)
+		case *pb.Compare:
+			if u, ok := v.TargetUnion.(*pb.Compare_Lease); ok {
+				tr(&u.Lease)
+			}
+		case *pb.LeaseGrantRequest:
+			tr(&v.ID)
+		case *pb.LeaseGrantResponse:
+			tr(&v.ID)
+		case *pb.LeaseRevokeRequest:
+			tr(&v.ID)
+		case *pb.LeaseTimeToLiveRequest:
+			tr(&v.ID)
+		case *pb.LeaseTimeToLiveResponse:
+			tr(&v.ID)
+		case *pb.LeaseStatus:
+			tr(&v.ID)
+		}
+	})
+}
+
+// walkMessages calls fn for m and every message nested in it, parents
+// first.
+func walkMessages(m protoreflect.Message, fn func(proto.Message)) {
+	fn(m.Interface())
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.Message() == nil || fd.IsMap():
+		case fd.IsList():
+			l := v.List()
+			for i := range l.Len() {
+				walkMessages(l.Get(i).Message(), fn)
+			}
+		default:
+			walkMessages(v.Message(), fn)
+		}
+		return true
+	})
+}
+
+// diffFormat prints m with long values shortened.
+func diffFormat(m proto.Message) string {
+	if m == nil {
+		return "<nil>"
+	}
+	m = proto.Clone(m)
+	short := func(b *[]byte) {
+		if len(*b) > 48 {
+			*b = fmt.Appendf(nil, "%s...(%d bytes)", (*b)[:16], len(*b))
+		}
+	}
+	var nops int
+	walkMessages(m.ProtoReflect(), func(m proto.Message) {
+		switch v := m.(type) {
+		case *pb.PutRequest:
+			short(&v.Value)
+		case *mvccpb.KeyValue:
+			short(&v.Value)
+		case *pb.Compare:
+			if u, ok := v.TargetUnion.(*pb.Compare_Value); ok {
+				short(&u.Value)
+			}
+		case *pb.TxnRequest:
+			nops += len(v.Success)
+			if len(v.Success) > 8 {
+				v.Success = v.Success[:8] // the too-many-ops case: 129 alike
+			}
+		}
+	})
+	s := prototext.MarshalOptions{}.Format(m)
+	if nops > 8 {
+		s += fmt.Sprintf(" (success ops shown: 8 of %d)", nops)
+	}
+	return "{" + s + "}"
+}
+
+// diffGen generates the requests. It follows etcd's answers for the store's
+// revision, the compaction and the leases, so it can aim at past, compacted
+// and future revisions and at live, revoked and unknown leases.
+type diffGen struct {
+	r               *rand.Rand
+	rev, compactRev int64
+	live, revoked   []int64 // etcd's lease IDs
+	big, tooBig     []byte
+}
+
+func newDiffGen(seed uint64) *diffGen {
+	return &diffGen{
+		r:      rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+		rev:    1,
+		big:    bytes.Repeat([]byte("B"), diffMaxRequestBytes-diffBigMargin),
+		tooBig: bytes.Repeat([]byte("T"), diffMaxRequestBytes),
+	}
+}
+
+// chance reports true with probability pct percent.
+func (g *diffGen) chance(pct int) bool { return g.r.IntN(1000) < pct*10 }
+
+func (g *diffGen) pick(n int) int { return g.r.IntN(n) }
+
+func (g *diffGen) key() []byte { return []byte(diffKeys[g.pick(len(diffKeys))]) }
+
+// value is one of a few short values, so VALUE compares and value sorts
+// meet equal values often; or empty.
+func (g *diffGen) value() []byte {
+	if g.chance(10) {
+		return nil
+	}
+	return fmt.Appendf(nil, "v%d", g.pick(6))
+}
+
+// revision is a revision from 0 to one past the current one.
+func (g *diffGen) revision() int64 { return g.r.Int64N(g.rev + 2) }
+
+// lease is a live (mostly), revoked or never granted lease's ID.
+func (g *diffGen) lease() int64 {
+	switch x := g.pick(100); {
+	case x < 65 && len(g.live) > 0:
+		return g.live[g.pick(len(g.live))]
+	case x < 85 && len(g.revoked) > 0:
+		return g.revoked[g.pick(len(g.revoked))]
+	default:
+		return 1000 + int64(g.pick(20)) // never granted: chosen IDs are 1..30
+	}
+}
+
+// rangeEnd sets a range end for key: none, the prefix end, "\x00" (from
+// key on), another key (possibly below key: an empty range), or key
+// itself.
+func (g *diffGen) rangeEnd(key []byte) []byte {
+	switch x := g.pick(100); {
+	case x < 40:
+		return nil
+	case x < 65:
+		return []byte(clientv3.GetPrefixRangeEnd(string(key)))
+	case x < 75:
+		return []byte{0}
+	case x < 95:
+		return g.key()
+	default:
+		return slices.Clone(key)
+	}
+}
+
+func (g *diffGen) next() (string, proto.Message) {
+	switch x := g.pick(100); {
+	case x < 27:
+		return "put", g.put(true)
+	case x < 50:
+		return "range", g.rangeReq()
+	case x < 58:
+		return "delete", g.deleteReq()
+	case x < 78:
+		return "txn", g.txn(0)
+	case x < 81:
+		return "compact", g.compact()
+	case x < 87:
+		return "lease grant", g.grant()
+	case x < 91:
+		return "lease revoke", &pb.LeaseRevokeRequest{ID: g.lease()}
+	case x < 97:
+		return "lease ttl", &pb.LeaseTimeToLiveRequest{ID: g.lease(), Keys: g.chance(60)}
+	default:
+		return "lease leases", &pb.LeaseLeasesRequest{}
+	}
+}
+
+func (g *diffGen) put(top bool) *pb.PutRequest {
+	p := &pb.PutRequest{Key: g.key(), Value: g.value(), PrevKv: g.chance(30)}
+	if g.chance(25) {
+		p.Lease = g.lease()
+	}
+	if g.chance(8) {
+		p.IgnoreValue = true
+		if g.chance(75) {
+			p.Value = nil
+		}
+	}
+	if g.chance(8) {
+		p.IgnoreLease = true
+		if g.chance(75) {
+			p.Lease = 0
+		}
+	}
+	if g.chance(1) {
+		p.Key = nil
+	}
+	if top {
+		switch x := g.pick(1000); {
+		case x < 8:
+			p.Value = g.big
+		case x < 11:
+			p.Value = g.tooBig
+		}
+	}
+	return p
+}
+
+func (g *diffGen) rangeReq() *pb.RangeRequest {
+	r := &pb.RangeRequest{Key: g.key()}
+	r.RangeEnd = g.rangeEnd(r.Key)
+	if g.chance(2) {
+		r.Key = nil
+	}
+	if g.chance(35) {
+		r.Limit = []int64{1, 2, 3, 5, 100, -1}[g.pick(6)]
+	}
+	if g.chance(40) {
+		r.SortOrder = pb.RangeRequest_SortOrder(g.pick(3))
+		r.SortTarget = pb.RangeRequest_SortTarget(g.pick(5))
+	}
+	if g.chance(2) {
+		r.SortOrder = 7
+	}
+	if g.chance(2) {
+		r.SortTarget = 9
+	}
+	r.Serializable = g.chance(20)
+	r.KeysOnly = g.chance(15)
+	r.CountOnly = g.chance(10)
+	if g.chance(35) {
+		switch x := g.pick(100); {
+		case x < 25:
+			r.Revision = g.rev
+		case x < 60:
+			r.Revision = 1 + g.r.Int64N(g.rev)
+		case x < 75 && g.compactRev > 1:
+			r.Revision = 1 + g.r.Int64N(g.compactRev-1)
+		case x < 92:
+			r.Revision = g.rev + 1 + g.r.Int64N(3)
+		default:
+			r.Revision = -1
+		}
+	}
+	if g.chance(12) {
+		r.MinModRevision = g.revision()
+	}
+	if g.chance(12) {
+		r.MaxModRevision = g.revision()
+	}
+	if g.chance(12) {
+		r.MinCreateRevision = g.revision()
+	}
+	if g.chance(12) {
+		r.MaxCreateRevision = g.revision()
+	}
+	return r
+}
+
+func (g *diffGen) deleteReq() *pb.DeleteRangeRequest {
+	d := &pb.DeleteRangeRequest{Key: g.key(), PrevKv: g.chance(50)}
+	d.RangeEnd = g.rangeEnd(d.Key)
+	switch x := g.pick(100); {
+	case x < 3: // everything
+		d.Key, d.RangeEnd = []byte{0}, []byte{0}
+	case x < 5:
+		d.Key = nil
+	}
+	return d
+}
+
+func (g *diffGen) compare() *pb.Compare {
+	c := &pb.Compare{
+		Key:    g.key(),
+		Result: pb.Compare_CompareResult(g.pick(4)),
+		Target: pb.Compare_CompareTarget(g.pick(5)),
+	}
+	target := c.Target
+	if g.chance(3) { // a union that does not match the target
+		target = pb.Compare_CompareTarget(g.pick(5))
+	}
+	switch target {
+	case pb.Compare_VERSION:
+		c.TargetUnion = &pb.Compare_Version{Version: int64(g.pick(4))}
+	case pb.Compare_CREATE:
+		c.TargetUnion = &pb.Compare_CreateRevision{CreateRevision: g.revision()}
+	case pb.Compare_MOD:
+		c.TargetUnion = &pb.Compare_ModRevision{ModRevision: g.revision()}
+	case pb.Compare_VALUE:
+		c.TargetUnion = &pb.Compare_Value{Value: g.value()}
+	case pb.Compare_LEASE:
+		var id int64
+		if g.chance(70) {
+			id = g.lease()
+		}
+		c.TargetUnion = &pb.Compare_Lease{Lease: id}
+	}
+	if g.chance(15) {
+		c.RangeEnd = g.rangeEnd(c.Key)
+	}
+	return c
+}
+
+func (g *diffGen) requestOp(depth int) *pb.RequestOp {
+	switch x := g.pick(100); {
+	case x < 35:
+		return &pb.RequestOp{Request: &pb.RequestOp_RequestRange{RequestRange: g.rangeReq()}}
+	case x < 70:
+		return &pb.RequestOp{Request: &pb.RequestOp_RequestPut{RequestPut: g.put(false)}}
+	case x < 88 || depth >= 2:
+		return &pb.RequestOp{Request: &pb.RequestOp_RequestDeleteRange{RequestDeleteRange: g.deleteReq()}}
+	default:
+		return &pb.RequestOp{Request: &pb.RequestOp_RequestTxn{RequestTxn: g.txn(depth + 1)}}
+	}
+}
+
+func (g *diffGen) txn(depth int) *pb.TxnRequest {
+	t := &pb.TxnRequest{}
+	for range g.pick(4) {
+		t.Compare = append(t.Compare, g.compare())
+	}
+	for range g.pick(4) {
+		t.Success = append(t.Success, g.requestOp(depth))
+	}
+	for range g.pick(3) {
+		t.Failure = append(t.Failure, g.requestOp(depth))
+	}
+	if depth == 0 && g.chance(1) {
+		t.Success = nil
+		for range diffMaxTxnOps + 1 {
+			t.Success = append(t.Success, &pb.RequestOp{Request: &pb.RequestOp_RequestRange{RequestRange: &pb.RangeRequest{Key: g.key()}}})
+		}
+	}
+	return t
+}
+
+func (g *diffGen) compact() *pb.CompactionRequest {
+	c := &pb.CompactionRequest{Physical: g.chance(50)}
+	switch x := g.pick(100); {
+	case x < 70 && g.rev > g.compactRev:
+		c.Revision = g.compactRev + 1 + g.r.Int64N(g.rev-g.compactRev)
+	case x < 85 && g.compactRev > 0:
+		c.Revision = g.r.Int64N(g.compactRev + 1)
+	case x < 88:
+		c.Revision = -1 + g.r.Int64N(2)
+	default:
+		c.Revision = g.rev + 1 + g.r.Int64N(3)
+	}
+	return c
+}
+
+func (g *diffGen) grant() *pb.LeaseGrantRequest {
+	r := &pb.LeaseGrantRequest{TTL: 3600 + g.r.Int64N(100000)}
+	switch x := g.pick(100); {
+	case x < 60:
+	case x < 80:
+		r.ID = 1 + int64(g.pick(30))
+	case x < 90 && len(g.live) > 0:
+		r.ID = g.live[g.pick(len(g.live))]
+	case x < 95:
+		r.TTL = 9000000001 // above etcd's maximum
+	default:
+		r.ID = -1 - int64(g.pick(3))
+	}
+	return r
+}
+
+// observe follows etcd's answer to req.
+func (g *diffGen) observe(req, resp proto.Message, err error) {
+	if err != nil {
+		return
+	}
+	if h, ok := resp.(interface{ GetHeader() *pb.ResponseHeader }); ok && h.GetHeader().GetRevision() > g.rev {
+		g.rev = h.GetHeader().GetRevision()
+	}
+	switch r := req.(type) {
+	case *pb.CompactionRequest:
+		g.compactRev = r.Revision
+	case *pb.LeaseGrantRequest:
+		g.live = append(g.live, resp.(*pb.LeaseGrantResponse).ID)
+	case *pb.LeaseRevokeRequest:
+		if i := slices.Index(g.live, r.ID); i >= 0 {
+			g.live = slices.Delete(g.live, i, i+1)
+			g.revoked = append(g.revoked, r.ID)
+		}
+	}
+}
