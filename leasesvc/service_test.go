@@ -348,6 +348,30 @@ func TestUnknownLeaseIsLearned(t *testing.T) {
 	}
 }
 
+// A lease revoked through another instance (or member) is gone for
+// TimeToLive at once, as in etcd, not only after the next reconciliation;
+// and forgotten, so keep-alives fail too.
+func TestTimeToLiveOfLeaseRevokedElsewhere(t *testing.T) {
+	clk, b := clocktest.New(), newFakeBackend()
+	s := activeService(t, testConfig("a", clk), b)
+	ctx := context.Background()
+	id := grant(t, s, 100)
+	if st, err := s.TimeToLive(ctx, id, false); err != nil || st.TTL != 100 {
+		t.Fatalf("TimeToLive before the revoke = %+v, %v", st, err)
+	}
+	if _, err := b.LeaseRevoke(ctx, &pb.LeaseRevokeRequest{ID: id}); err != nil { // through another instance
+		t.Fatal(err)
+	}
+	for _, keys := range []bool{false, true} {
+		if st, err := s.TimeToLive(ctx, id, keys); !errors.Is(err, storage.ErrLeaseNotFound) {
+			t.Fatalf("TimeToLive (keys %v) after a revoke elsewhere = %+v, %v, want ErrLeaseNotFound", keys, st, err)
+		}
+	}
+	if ttl, err := s.KeepAlive(ctx, id); !errors.Is(err, storage.ErrLeaseNotFound) {
+		t.Fatalf("KeepAlive after a revoke elsewhere = %d, %v, want ErrLeaseNotFound", ttl, err)
+	}
+}
+
 func TestReconcile(t *testing.T) {
 	clk, b := clocktest.New(), newFakeBackend()
 	s := activeService(t, testConfig("a", clk), b)
