@@ -296,11 +296,19 @@ func (l *Lease) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.Le
 	return resp, nil
 }
 
-// LeaseRevoke implements gateway.Lease.
+// LeaseRevoke implements gateway.Lease. With several lease services, the
+// active one is then told (TellActive): its TimeToLive finds the lease
+// gone in consensus and forgets it, so its keep-alives fail at once, as
+// etcd's do after a revoke.
 func (l *Lease) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
-	return leaseCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
+	resp, err := leaseCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
 		return t.lease.LeaseRevoke
 	}, ctx, r, false)
+	if err != nil || len(l.targets) == 1 {
+		return resp, err
+	}
+	l.TellActive(ctx, r.GetID())
+	return resp, nil
 }
 
 // LeaseLeases implements gateway.Lease.

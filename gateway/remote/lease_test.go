@@ -173,6 +173,10 @@ func (g *grantLease) LeaseGrant(_ context.Context, r *pb.LeaseGrantRequest) (*pb
 	return &pb.LeaseGrantResponse{Header: hdr, ID: r.GetID(), TTL: r.GetTTL()}, nil
 }
 
+func (g *grantLease) LeaseRevoke(context.Context, *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
+	return &pb.LeaseRevokeResponse{Header: hdr}, nil
+}
+
 func (g *grantLease) LeaseTimeToLive(_ context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
 	if !g.active.Load() {
 		return nil, gateway.TranslateError(leasesvc.ErrNotActive)
@@ -208,5 +212,33 @@ func TestLeaseGrantTellsTheActiveService(t *testing.T) {
 	defer active.mu.Unlock()
 	if !slices.Equal(active.asked, []int64{42}) {
 		t.Fatalf("the active lease service was asked about %v, want [42]", active.asked)
+	}
+}
+
+// A lease revoked through a standby lease service is asked about at the
+// active one before the revoke is answered: its TimeToLive finds the lease
+// gone in consensus and forgets it, so keep-alives fail at once.
+func TestLeaseRevokeTellsTheActiveService(t *testing.T) {
+	standby, active := &grantLease{}, &grantLease{}
+	active.active.Store(true)
+	var urls []string
+	for _, g := range []*grantLease{standby, active} {
+		path, h := etcdserverpbconnect.NewLeaseHandler(g)
+		urls = append(urls, h2cServer(t, path, h))
+	}
+	l, err := remote.NewLease(strings.Join(urls, ","), func() *pb.ResponseHeader { return hdr })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := l.LeaseRevoke(ctx, &pb.LeaseRevokeRequest{ID: 43}); err != nil {
+		t.Fatalf("revoke: %v", err)
+	}
+	active.mu.Lock()
+	defer active.mu.Unlock()
+	if !slices.Equal(active.asked, []int64{43}) {
+		t.Fatalf("the active lease service was asked about %v, want [43]", active.asked)
 	}
 }
