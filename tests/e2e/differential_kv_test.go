@@ -15,6 +15,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
@@ -81,9 +82,27 @@ var diffKeys = []string{
 func TestDifferentialKV(t *testing.T) {
 	t.Parallel()
 	seed, n := diffParams(t)
-	etcd := startServer(t, etcdImpl, serverOptions{})
-	concord := startServer(t, concordImpl, serverOptions{})
-	runDifferential(t, seed, n, newDiffTarget(t, etcd), newDiffTarget(t, concord))
+	// Each topology gets its own etcd, so each sequence starts from an
+	// empty store; the other topologies run a shorter sequence.
+	t.Run("single", func(t *testing.T) {
+		etcd := startServer(t, etcdImpl, serverOptions{})
+		concord := startServer(t, concordImpl, serverOptions{})
+		runDifferential(t, seed, n, newDiffTarget(t, etcd.Endpoint(), "etcd"), newDiffTarget(t, concord.Endpoint(), "concord"))
+	})
+	// concord's split topology: a gateway in front of one consensus member,
+	// the lease service and the watch fan-out.
+	t.Run("split", func(t *testing.T) {
+		etcd := startServer(t, etcdImpl, serverOptions{})
+		c := startSplit(t)
+		runDifferential(t, seed, max(n/2, 1), newDiffTarget(t, etcd.Endpoint(), "etcd"), newDiffTarget(t, c.gateways[0].endpoint(), "concord split"))
+	})
+	// A three-member concord cluster, through one member (a follower or the
+	// leader, whichever is first): its answers are those of a single etcd.
+	t.Run("cluster3", func(t *testing.T) {
+		etcd := startServer(t, etcdImpl, serverOptions{})
+		c := startCluster(t, concordImpl, 3)
+		runDifferential(t, seed, max(n/2, 1), newDiffTarget(t, etcd.Endpoint(), "etcd"), newDiffTarget(t, c.members[0].Endpoint(), "concord cluster"))
+	})
 }
 
 // diffParams reads the seed and the number of operations.
@@ -119,10 +138,15 @@ type diffTarget struct {
 	lease pb.LeaseClient
 }
 
-func newDiffTarget(t *testing.T, s *Server) diffTarget {
-	c := newClient(t, s)
+func newDiffTarget(t *testing.T, endpoint, name string) diffTarget {
+	t.Helper()
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatalf("clientv3.New(%s): %v", endpoint, err)
+	}
+	t.Cleanup(func() { closeClientBounded(t, c) })
 	conn := c.ActiveConnection()
-	return diffTarget{name: s.impl.name, kv: pb.NewKVClient(conn), lease: pb.NewLeaseClient(conn)}
+	return diffTarget{name: name, kv: pb.NewKVClient(conn), lease: pb.NewLeaseClient(conn)}
 }
 
 // call sends req and returns the response, nil on error.
@@ -216,8 +240,8 @@ func runDifferential(t *testing.T, seed uint64, n int, etcd, concord diffTarget)
 		e, c := normalizeOutcome(eresp, eerr, leaseIDs), normalizeOutcome(cresp, cerr, nil)
 		reconcileTTL(&e, &c)
 		if !e.equal(c) {
-			t.Fatalf("seed %d step %d (%s): concord's response differs from etcd's\nrequest:  %T %s\netcd:     %v\nconcord:  %v\nrequest as sent to concord: %s\nthe requests before it (newest last):\n%s\nrerun: %s=%d go test -count=1 -run TestDifferentialKV ./tests/e2e/",
-				seed, i, what, req, diffFormat(req), e, c, diffFormat(creq), strings.Join(recent, "\n"), diffSeedEnv, seed)
+			t.Fatalf("seed %d step %d (%s): %s's response differs from etcd's\nrequest:  %T %s\netcd:     %v\nconcord:  %v\nrequest as sent to concord: %s\nthe requests before it (newest last):\n%s\nrerun: %s=%d go test -count=1 -run TestDifferentialKV ./tests/e2e/",
+				seed, i, what, concord.name, req, diffFormat(req), e, c, diffFormat(creq), strings.Join(recent, "\n"), diffSeedEnv, seed)
 		}
 		key := what
 		if eerr != nil {
