@@ -408,15 +408,16 @@ func diffFormat(m proto.Message) string {
 				short(&u.Value)
 			}
 		case *pb.TxnRequest:
-			nops += len(v.Success)
-			if len(v.Success) > 8 {
-				v.Success = v.Success[:8] // the too-many-ops case: 129 alike
+			// The too-many-ops case: 129 alike.
+			if n := len(v.Success) + len(v.Failure) + len(v.Compare); n > 24 {
+				nops = n
+				v.Success, v.Failure, v.Compare = v.Success[:min(len(v.Success), 8)], v.Failure[:min(len(v.Failure), 8)], v.Compare[:min(len(v.Compare), 8)]
 			}
 		}
 	})
 	s := prototext.MarshalOptions{}.Format(m)
-	if nops > 8 {
-		s += fmt.Sprintf(" (success ops shown: 8 of %d)", nops)
+	if nops > 0 {
+		s += fmt.Sprintf(" (at most 8 of each list shown; %d in all)", nops)
 	}
 	return "{" + s + "}"
 }
@@ -429,6 +430,9 @@ type diffGen struct {
 	rev, compactRev int64
 	live, revoked   []int64 // etcd's lease IDs
 	big, tooBig     []byte
+	// then is sent next, before anything is generated: the revoke of a
+	// short lease.
+	then []proto.Message
 }
 
 func newDiffGen(seed uint64) *diffGen {
@@ -490,6 +494,11 @@ func (g *diffGen) rangeEnd(key []byte) []byte {
 }
 
 func (g *diffGen) next() (string, proto.Message) {
+	if len(g.then) > 0 {
+		req := g.then[0]
+		g.then = g.then[1:]
+		return "lease revoke (short)", req
+	}
 	switch x := g.pick(100); {
 	case x < 27:
 		return "put", g.put(true)
@@ -501,8 +510,13 @@ func (g *diffGen) next() (string, proto.Message) {
 		return "txn", g.txn(0)
 	case x < 81:
 		return "compact", g.compact()
-	case x < 87:
+	case x < 86:
 		return "lease grant", g.grant()
+	case x < 87:
+		// A TTL below etcd's minimum (2 s with the default election
+		// timeout), zero or negative: raised to the minimum. Revoked by
+		// the next request, long before it could expire.
+		return "lease grant (short)", &pb.LeaseGrantRequest{TTL: []int64{1, 0, -5}[g.pick(3)]}
 	case x < 91:
 		return "lease revoke", &pb.LeaseRevokeRequest{ID: g.lease()}
 	case x < 97:
@@ -532,13 +546,11 @@ func (g *diffGen) put(top bool) *pb.PutRequest {
 	if g.chance(1) {
 		p.Key = nil
 	}
-	if top {
-		switch x := g.pick(1000); {
-		case x < 8:
-			p.Value = g.big
-		case x < 11:
-			p.Value = g.tooBig
-		}
+	switch x := g.pick(1000); {
+	case x < 8 && top, x < 3: // in a txn: two make it too large
+		p.Value = g.big
+	case x < 11 && top:
+		p.Value = g.tooBig
 	}
 	return p
 }
@@ -635,10 +647,16 @@ func (g *diffGen) compare() *pb.Compare {
 	if g.chance(15) {
 		c.RangeEnd = g.rangeEnd(c.Key)
 	}
+	if g.chance(1) {
+		c.Key = nil
+	}
 	return c
 }
 
 func (g *diffGen) requestOp(depth int) *pb.RequestOp {
+	if g.chance(1) {
+		return &pb.RequestOp{} // no request at all
+	}
 	switch x := g.pick(100); {
 	case x < 35:
 		return &pb.RequestOp{Request: &pb.RequestOp_RequestRange{RequestRange: g.rangeReq()}}
@@ -662,10 +680,21 @@ func (g *diffGen) txn(depth int) *pb.TxnRequest {
 	for range g.pick(3) {
 		t.Failure = append(t.Failure, g.requestOp(depth))
 	}
-	if depth == 0 && g.chance(1) {
-		t.Success = nil
-		for range diffMaxTxnOps + 1 {
-			t.Success = append(t.Success, &pb.RequestOp{Request: &pb.RequestOp_RequestRange{RequestRange: &pb.RangeRequest{Key: g.key()}}})
+	if depth == 0 && g.chance(1) { // too many operations in one list
+		many := make([]*pb.RequestOp, diffMaxTxnOps+1)
+		for i := range many {
+			many[i] = &pb.RequestOp{Request: &pb.RequestOp_RequestRange{RequestRange: &pb.RangeRequest{Key: g.key()}}}
+		}
+		switch g.pick(3) {
+		case 0:
+			t.Success = many
+		case 1:
+			t.Failure = many
+		default:
+			t.Compare = nil
+			for range diffMaxTxnOps + 1 {
+				t.Compare = append(t.Compare, &pb.Compare{Key: g.key(), TargetUnion: &pb.Compare_Version{}})
+			}
 		}
 	}
 	if depth == 0 {
@@ -742,7 +771,12 @@ func (g *diffGen) observe(req, resp proto.Message, err error) {
 	case *pb.CompactionRequest:
 		g.compactRev = r.Revision
 	case *pb.LeaseGrantRequest:
-		g.live = append(g.live, resp.(*pb.LeaseGrantResponse).ID)
+		id := resp.(*pb.LeaseGrantResponse).ID
+		if r.TTL < 3600 {
+			g.then = append(g.then, &pb.LeaseRevokeRequest{ID: id})
+			return
+		}
+		g.live = append(g.live, id)
 	case *pb.LeaseRevokeRequest:
 		if i := slices.Index(g.live, r.ID); i >= 0 {
 			g.live = slices.Delete(g.live, i, i+1)
