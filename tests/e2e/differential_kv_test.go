@@ -32,7 +32,7 @@ const (
 	diffOpsEnv = "CONCORD_DIFF_OPS"
 
 	diffDefaultSeed = 1
-	diffDefaultOps  = 3000
+	diffDefaultOps  = 4000
 )
 
 const (
@@ -48,6 +48,8 @@ const (
 	// reads are each a few milliseconds apart, and the remaining TTL is
 	// rounded to whole seconds.
 	diffTTLTolerance = 2
+	// diffFinalRevs bounds how many past revisions the final check reads.
+	diffFinalRevs = 500
 	// diffCallTimeout bounds one RPC.
 	diffCallTimeout = 20 * time.Second
 )
@@ -258,10 +260,15 @@ func runDifferential(t *testing.T, seed uint64, n int, etcd, concord diffTarget)
 		what, req := g.next()
 		step(i, what, req)
 	}
-	// The end state, in full: every key (with its history bounds) and every
-	// lease.
-	step(n, "final range", &pb.RangeRequest{Key: []byte{0}, RangeEnd: []byte{0}})
-	step(n+1, "final leases", &pb.LeaseLeasesRequest{})
+	// The end state, in full: every key (with its history bounds), at every
+	// revision still readable (the last diffFinalRevs), and every lease.
+	i := n
+	for rev := max(g.compactRev, g.rev-diffFinalRevs, 1); rev <= g.rev; rev++ {
+		step(i, "final range", &pb.RangeRequest{Key: []byte{0}, RangeEnd: []byte{0}, Revision: rev})
+		i++
+	}
+	step(i, "final leases", &pb.LeaseLeasesRequest{})
+	n = i + 1
 	names := make([]string, 0, len(stats))
 	for k := range stats {
 		names = append(names, k)
@@ -271,7 +278,7 @@ func runDifferential(t *testing.T, seed uint64, n int, etcd, concord diffTarget)
 	for _, k := range names {
 		fmt.Fprintf(&b, " %s=%d", k, stats[k])
 	}
-	t.Logf("%d operations in %v, final revision %d, compacted at %d; by kind:%s", n+2, time.Since(start).Round(time.Millisecond), g.rev, g.compactRev, b.String())
+	t.Logf("%d operations in %v, final revision %d, compacted at %d; by kind:%s", n, time.Since(start).Round(time.Millisecond), g.rev, g.compactRev, b.String())
 }
 
 // normalizeOutcome makes a response comparable: a copy with lease IDs
@@ -508,10 +515,10 @@ func (g *diffGen) next() (string, proto.Message) {
 		return "delete", g.deleteReq()
 	case x < 78:
 		return "txn", g.txn(0)
-	case x < 81:
+	case x < 80:
 		return "compact", g.compact()
 	case x < 86:
-		return "lease grant", g.grant()
+		return "lease grant", g.grant() // 6%
 	case x < 87:
 		// A TTL below etcd's minimum (2 s with the default election
 		// timeout), zero or negative: raised to the minimum. Revoked by
@@ -732,7 +739,13 @@ func (g *diffGen) compact() *pb.CompactionRequest {
 	c := &pb.CompactionRequest{Physical: g.chance(50)}
 	switch x := g.pick(100); {
 	case x < 70 && g.rev > g.compactRev:
-		c.Revision = g.compactRev + 1 + g.r.Int64N(g.rev-g.compactRev)
+		// Mostly in the older half of the history, so that some of it
+		// stays readable for long.
+		span := g.rev - g.compactRev
+		if g.chance(75) {
+			span = (span + 1) / 2
+		}
+		c.Revision = g.compactRev + 1 + g.r.Int64N(span)
 	case x < 85 && g.compactRev > 0:
 		c.Revision = g.r.Int64N(g.compactRev + 1)
 	case x < 88:
