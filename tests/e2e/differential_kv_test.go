@@ -16,6 +16,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
@@ -63,8 +64,10 @@ var diffKeys = []string{
 
 // TestDifferentialKV runs one seeded random sequence of KV and lease
 // requests (Put, Range, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke,
-// LeaseTimeToLive, LeaseLeases; valid and invalid ones) against a real etcd
-// and against concord, each a single member, and compares every response
+// LeaseTimeToLive, LeaseLeases; valid and invalid ones) against a real
+// single-member etcd and against concord, as one member (subtest single),
+// as the split topology (split) and as a three-member cluster (cluster3),
+// and compares every response
 // in full: the same gRPC code and message, or protobuf-equal responses
 // once what legitimately differs is normalized (cluster_id, member_id and
 // raft_term only as zero or not; etcd's lease IDs mapped to concord's by
@@ -80,7 +83,9 @@ var diffKeys = []string{
 // Requests are sent with the raw etcdserverpb clients on clientv3's
 // connection, so requests clientv3 would refuse to build (empty keys,
 // invalid sort options, both value and ignore_value) reach the servers.
-// Leases are granted with TTLs of an hour or more, so nothing expires.
+// Leases are granted with TTLs of an hour or more, so nothing expires
+// (a lease granted with a TTL below the minimum is revoked by the next
+// request, long before its 2 s are up).
 func TestDifferentialKV(t *testing.T) {
 	t.Parallel()
 	seed, n := diffParams(t)
@@ -241,9 +246,17 @@ func runDifferential(t *testing.T, seed uint64, n int, etcd, concord diffTarget)
 		}
 		e, c := normalizeOutcome(eresp, eerr, leaseIDs), normalizeOutcome(cresp, cerr, nil)
 		reconcileTTL(&e, &c)
-		if !e.equal(c) {
-			t.Fatalf("seed %d step %d (%s): %s's response differs from etcd's\nrequest:  %T %s\netcd:     %v\nconcord:  %v\nrequest as sent to concord: %s\nthe requests before it (newest last):\n%s\nrerun: %s=%d go test -count=1 -run TestDifferentialKV ./tests/e2e/",
-				seed, i, what, concord.name, req, diffFormat(req), e, c, diffFormat(creq), strings.Join(recent, "\n"), diffSeedEnv, seed)
+		problem := ""
+		switch {
+		case transportFailure(eerr) || transportFailure(cerr):
+			// Not an answer to compare (two timeouts would be "equal").
+			problem = "no answer (a server crashed, hung or was unreachable)"
+		case !e.equal(c):
+			problem = concord.name + "'s response differs from etcd's"
+		}
+		if problem != "" {
+			t.Fatalf("seed %d step %d (%s): %s\nrequest:  %T %s\netcd:     %v\n%s:  %v\nrequest as sent to %s: %s\nthe requests before it (newest last):\n%s\nrerun: %s=%d go test -count=1 -run '%s' ./tests/e2e/",
+				seed, i, what, problem, req, diffFormat(req), e, concord.name, c, concord.name, diffFormat(creq), strings.Join(recent, "\n"), diffSeedEnv, seed, t.Name())
 		}
 		key := what
 		if eerr != nil {
@@ -279,6 +292,16 @@ func runDifferential(t *testing.T, seed uint64, n int, etcd, concord diffTarget)
 		fmt.Fprintf(&b, " %s=%d", k, stats[k])
 	}
 	t.Logf("%d operations in %v, final revision %d, compacted at %d; by kind:%s", n, time.Since(start).Round(time.Millisecond), g.rev, g.compactRev, b.String())
+}
+
+// transportFailure reports whether err says the call got no answer: the
+// generated requests never make a healthy server time out or go away.
+func transportFailure(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+		return true
+	}
+	return false
 }
 
 // normalizeOutcome makes a response comparable: a copy with lease IDs
