@@ -104,12 +104,17 @@ func TestDifferentialKV(t *testing.T) {
 		c := startSplit(t)
 		runDifferential(t, seed, max(n/2, 1), newDiffTarget(t, etcd.Endpoint(), "etcd"), newDiffTarget(t, c.gateways[0].endpoint(), "concord split"))
 	})
-	// A three-member concord cluster, through one member (a follower or the
-	// leader, whichever is first): its answers are those of a single etcd.
+	// A three-member concord cluster, through a member that does not hold
+	// the lease authority, so lease calls take the forwarding paths: its
+	// answers are those of a single etcd.
 	t.Run("cluster3", func(t *testing.T) {
 		etcd := startServer(t, etcdImpl, serverOptions{})
 		c := startCluster(t, concordImpl, 3)
-		concord := newDiffTarget(t, c.members[0].Endpoint(), "concord cluster")
+		via := c.members[0]
+		if holder := waitAuthorityHolder(t, c); holder == via {
+			via = c.members[1]
+		}
+		concord := newDiffTarget(t, via.Endpoint(), "concord cluster ("+via.opts.name+", no lease authority)")
 		// LeaseLeases lists by expiry; a follower of etcd's has no expiries
 		// (its lessor keeps every lease "forever"), so its order is
 		// arbitrary, and so may concord's be through a member without
@@ -117,6 +122,21 @@ func TestDifferentialKV(t *testing.T) {
 		concord.leaseOrderArbitrary = true
 		runDifferential(t, seed, max(n/2, 1), newDiffTarget(t, etcd.Endpoint(), "etcd"), concord)
 	})
+}
+
+// waitAuthorityHolder waits until a member of c logged that it acquired
+// the lease authority and returns it.
+func waitAuthorityHolder(t *testing.T, c *cluster) *Server {
+	t.Helper()
+	for deadline := time.Now().Add(readyTimeout); time.Now().Before(deadline); time.Sleep(pollInterval) {
+		for _, s := range c.members {
+			if strings.Contains(s.log.String(), `"msg":"lease authority acquired","component":"leasesvc"`) {
+				return authorityHolder(t, c)
+			}
+		}
+	}
+	t.Fatalf("no member acquired the lease authority within %v", readyTimeout)
+	return nil
 }
 
 // diffParams reads the seed and the number of operations.
@@ -515,8 +535,10 @@ func (g *diffGen) lease() int64 {
 		return g.live[g.pick(len(g.live))]
 	case x < 85 && len(g.revoked) > 0:
 		return g.revoked[g.pick(len(g.revoked))]
-	default:
+	case x < 97:
 		return 1000 + int64(g.pick(20)) // never granted: chosen IDs are 1..30
+	default:
+		return []int64{0, -1000}[g.pick(2)] // no lease; negative, never granted
 	}
 }
 
@@ -802,8 +824,10 @@ func (g *diffGen) grant() *pb.LeaseGrantRequest {
 		r.ID = 1 + int64(g.pick(30))
 	case x < 90 && len(g.live) > 0:
 		r.ID = g.live[g.pick(len(g.live))]
-	case x < 95:
+	case x < 93:
 		r.TTL = 9000000001 // above etcd's maximum
+	case x < 95:
+		r.TTL = 9000000000 // etcd's maximum
 	default:
 		r.ID = -1 - int64(g.pick(3))
 	}
