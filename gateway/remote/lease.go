@@ -322,18 +322,42 @@ func (l *Lease) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.
 // already answers a missing lease with TTL -1, so that answer passes
 // through unchanged.
 func (l *Lease) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
-	return activeCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
+	resp, err := activeCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
 		return t.lease.LeaseTimeToLive
 	}, ctx, r)
+	if err == nil {
+		l.raiseRevision(resp.GetHeader())
+	}
+	return resp, err
+}
+
+// raiseRevision raises h's revision to the newest this process saw. A
+// split lease service's header is as new as the last answer it had from
+// consensus, which may predate a write this gateway forwarded and
+// acknowledged since; etcd's keep-alive and TimeToLive headers carry the
+// current revision, so a client would see its keep-alive answered at a
+// revision older than its own write. Both revisions were current at some
+// point, so the larger is never newer than the truth.
+func (l *Lease) raiseRevision(h *pb.ResponseHeader) {
+	if h == nil {
+		return
+	}
+	if rev := l.header().GetRevision(); rev > h.Revision {
+		h.Revision = rev
+	}
 }
 
 // LeaseKeepAlive implements gateway.Lease. A missing lease comes back as
 // storage.ErrLeaseNotFound (through fromWire), which the gateway answers
 // with TTL 0 as in process.
 func (l *Lease) LeaseKeepAlive(ctx context.Context, r *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error) {
-	return activeCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error) {
+	resp, err := activeCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error) {
 		return t.ka.KeepAlive
 	}, ctx, r)
+	if err == nil {
+		l.raiseRevision(resp.GetHeader())
+	}
+	return resp, err
 }
 
 // Header implements gateway.Lease.

@@ -36,6 +36,8 @@ func (s *switchLease) LeaseKeepAlive(_ context.Context, r *pb.LeaseKeepAliveRequ
 	return &pb.LeaseKeepAliveResponse{Header: hdr, ID: r.GetID(), TTL: 30}, nil
 }
 
+func (s *switchLease) Header() *pb.ResponseHeader { return hdr }
+
 func serveSwitchLease(t *testing.T, s *switchLease) *httptest.Server {
 	t.Helper()
 	var srv *httptest.Server
@@ -240,5 +242,30 @@ func TestLeaseRevokeTellsTheActiveService(t *testing.T) {
 	defer active.mu.Unlock()
 	if !slices.Equal(active.asked, []int64{43}) {
 		t.Fatalf("the active lease service was asked about %v, want [43]", active.asked)
+	}
+}
+
+// Keep-alive answers carry at least the newest revision the gateway saw:
+// the lease service's own may predate a write the gateway acknowledged.
+func TestLeaseKeepAliveHeaderNotOlderThanTheGateways(t *testing.T) {
+	a := &switchLease{}
+	a.active.Store(true)
+	srv := serveSwitchLease(t, a)
+	newer := &pb.ResponseHeader{ClusterId: 7, MemberId: 9, Revision: hdr.Revision + 5, RaftTerm: 3}
+	l, err := remote.NewLease(srv.URL, func() *pb.ResponseHeader { return newer })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := l.LeaseKeepAlive(ctx, &pb.LeaseKeepAliveRequest{ID: 7})
+	if err != nil || r.GetHeader().GetRevision() != newer.Revision {
+		t.Fatalf("keep-alive = %v, %v, want revision %d", r, err, newer.Revision)
+	}
+	// Never lowered.
+	newer.Revision = 1
+	if r, err = l.LeaseKeepAlive(ctx, &pb.LeaseKeepAliveRequest{ID: 7}); err != nil || r.GetHeader().GetRevision() != hdr.Revision {
+		t.Fatalf("keep-alive = %v, %v, want revision %d", r, err, hdr.Revision)
 	}
 }
