@@ -64,7 +64,8 @@ var diffKeys = []string{
 
 // TestDifferentialKV runs one seeded random sequence of KV and lease
 // requests (Put, Range, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke,
-// LeaseTimeToLive, LeaseLeases; valid and invalid ones) against a real
+// LeaseTimeToLive, LeaseLeases, LeaseKeepAlive on one stream; valid and
+// invalid ones) against a real
 // single-member etcd and against concord, as one member (subtest single),
 // as the split topology (split) and as a three-member cluster (cluster3),
 // and compares every response
@@ -172,6 +173,9 @@ type diffTarget struct {
 	lease pb.LeaseClient
 	// leaseOrderArbitrary: LeaseLeases' list is compared as a set.
 	leaseOrderArbitrary bool
+	// ka is the keep-alive stream, one for the whole sequence, as
+	// clientv3 keeps one.
+	ka pb.Lease_LeaseKeepAliveClient
 }
 
 func newDiffTarget(t *testing.T, endpoint, name string) diffTarget {
@@ -212,6 +216,11 @@ func (d diffTarget) call(ctx context.Context, req proto.Message) (proto.Message,
 		resp, err = nilOnErr(d.lease.LeaseTimeToLive(ctx, r))
 	case *pb.LeaseLeasesRequest:
 		resp, err = nilOnErr(d.lease.LeaseLeases(ctx, r))
+	case *pb.LeaseKeepAliveRequest:
+		// Recv is bounded by the stream's context, the whole sequence's.
+		if err = d.ka.Send(r); err == nil {
+			resp, err = nilOnErr(d.ka.Recv())
+		}
 	default:
 		return nil, fmt.Errorf("differential test: no call for %T", req)
 	}
@@ -259,6 +268,12 @@ func runDifferential(t *testing.T, seed uint64, n int, etcd, concord diffTarget)
 	// The sequence is long; testCtx's bound is for one scenario.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(n)*time.Second+time.Minute)
 	defer cancel()
+	for _, d := range []*diffTarget{&etcd, &concord} {
+		var err error
+		if d.ka, err = d.lease.LeaseKeepAlive(ctx); err != nil {
+			t.Fatalf("%s: open a keep-alive stream: %v", d.name, err)
+		}
+	}
 	g := newDiffGen(seed)
 	leaseIDs := map[int64]int64{} // etcd's lease ID -> concord's
 	var recent []string           // the last few requests, for the report
@@ -420,6 +435,10 @@ func mapLeaseIDs(m proto.Message, ids map[int64]int64) {
 		case *pb.LeaseGrantResponse:
 			tr(&v.ID)
 		case *pb.LeaseRevokeRequest:
+			tr(&v.ID)
+		case *pb.LeaseKeepAliveRequest:
+			tr(&v.ID)
+		case *pb.LeaseKeepAliveResponse:
 			tr(&v.ID)
 		case *pb.LeaseTimeToLiveRequest:
 			tr(&v.ID)
@@ -586,8 +605,10 @@ func (g *diffGen) next() (string, proto.Message) {
 		return "lease grant (short)", &pb.LeaseGrantRequest{TTL: []int64{1, 0, -5}[g.pick(3)]}
 	case x < 91:
 		return "lease revoke", &pb.LeaseRevokeRequest{ID: g.lease()}
-	case x < 97:
+	case x < 95:
 		return "lease ttl", &pb.LeaseTimeToLiveRequest{ID: g.lease(), Keys: g.chance(60)}
+	case x < 97:
+		return "lease keepalive", &pb.LeaseKeepAliveRequest{ID: g.lease()}
 	default:
 		return "lease leases", &pb.LeaseLeasesRequest{}
 	}
