@@ -42,6 +42,11 @@ const (
 	// one diffBigMargin shorter is not.
 	diffMaxRequestBytes = 1572864
 	diffBigMargin       = 1024
+	// etcd checks the request wrapped in a raft request with a header
+	// holding a request ID: diffEtcdOverheadMin to diffEtcdOverheadMax
+	// bytes more, depending on the ID's varint length, which depends on
+	// the member ID. The generator keeps clear of that band.
+	diffEtcdOverheadMin, diffEtcdOverheadMax = 17, 18
 	// diffMaxTxnOps is --max-txn-ops' default.
 	diffMaxTxnOps = 128
 	// diffTTLTolerance is how far (in seconds) the remaining TTLs of the
@@ -639,8 +644,18 @@ func (g *diffGen) put(top bool) *pb.PutRequest {
 		p.Value = g.big
 	case x < 11 && top:
 		p.Value = g.tooBig
+	case x < 15 && top:
+		// The PutRequest alone within the limit, by a margin smaller
+		// (too large) or larger (not) than what etcd wraps around it.
+		g.sizePut(p, diffMaxRequestBytes-[]int{diffEtcdOverheadMin - 9, diffEtcdOverheadMax + 12}[g.pick(2)])
 	}
 	return p
+}
+
+// sizePut gives p a value that makes its encoding size bytes long.
+func (g *diffGen) sizePut(p *pb.PutRequest, size int) {
+	p.Value = g.tooBig[:diffMaxRequestBytes/2] // the value's length takes 3 bytes, as at size
+	p.Value = g.tooBig[:len(p.Value)+size-proto.Size(p)]
 }
 
 func (g *diffGen) rangeReq() *pb.RangeRequest {
