@@ -783,21 +783,31 @@ func (g *diffGen) txn(depth int) *pb.TxnRequest {
 	for range g.pick(3) {
 		t.Failure = append(t.Failure, g.requestOp(depth))
 	}
-	if depth == 0 && g.chance(1) { // too many operations in one list
-		many := make([]*pb.RequestOp, diffMaxTxnOps+1)
-		for i := range many {
-			many[i] = &pb.RequestOp{Request: &pb.RequestOp_RequestRange{RequestRange: &pb.RangeRequest{Key: g.key()}}}
+	if depth == 0 && g.chance(2) { // as many operations as allowed, or one more
+		n := diffMaxTxnOps + g.pick(2)
+		ranges := func(n int) []*pb.RequestOp {
+			ops := make([]*pb.RequestOp, n)
+			for i := range ops {
+				ops[i] = &pb.RequestOp{Request: &pb.RequestOp_RequestRange{RequestRange: &pb.RangeRequest{Key: g.key()}}}
+			}
+			return ops
 		}
-		switch g.pick(3) {
+		switch g.pick(4) {
 		case 0:
-			t.Success = many
+			t.Success = ranges(n)
 		case 1:
-			t.Failure = many
-		default:
+			t.Failure = ranges(n)
+		case 2:
 			t.Compare = nil
-			for range diffMaxTxnOps + 1 {
+			for range n {
 				t.Compare = append(t.Compare, &pb.Compare{Key: g.key(), TargetUnion: &pb.Compare_Version{}})
 			}
+		default:
+			// etcd allows a nested txn only what its parent's longest
+			// list leaves of the limit.
+			outer := 1 + g.pick(5)
+			t.Success = append(ranges(outer-1), &pb.RequestOp{Request: &pb.RequestOp_RequestTxn{RequestTxn: &pb.TxnRequest{Success: ranges(n - outer)}}})
+			t.Compare, t.Failure = nil, nil
 		}
 	}
 	if depth == 0 {
