@@ -464,13 +464,15 @@ func (s *Service) learn(ctx context.Context, id int64) error {
 	if err != nil {
 		return err
 	}
-	if !ok {
+	// Another lease than the one asked for must not be tracked (and its
+	// deadline reset) under its own ID.
+	if !ok || li.ID != id {
 		return storage.ErrLeaseNotFound
 	}
 	now := s.clock.Now()
 	s.mu.Lock()
 	if s.activeLocked(now) && s.leases[id] == nil {
-		s.putLocked(li.ID, li.TTL, now)
+		s.putLocked(id, li.TTL, now)
 	}
 	s.mu.Unlock()
 	return nil
