@@ -16,6 +16,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/prototext"
@@ -31,6 +32,9 @@ const (
 	// diffOpsEnv is the number of operations (default diffDefaultOps); a
 	// longer run: CONCORD_DIFF_OPS=50000.
 	diffOpsEnv = "CONCORD_DIFF_OPS"
+
+	// diffTraceEnv, set to anything, logs every step with both answers.
+	diffTraceEnv = "CONCORD_DIFF_TRACE"
 
 	diffDefaultSeed = 1
 	diffDefaultOps  = 4000
@@ -204,23 +208,23 @@ func (d diffTarget) call(ctx context.Context, req proto.Message) (proto.Message,
 	)
 	switch r := req.(type) {
 	case *pb.PutRequest:
-		resp, err = nilOnErr(d.kv.Put(ctx, r))
+		resp, err = nilOnErr(d.kv.Put(ctx, r, diffRecvLimit))
 	case *pb.RangeRequest:
-		resp, err = nilOnErr(d.kv.Range(ctx, r))
+		resp, err = nilOnErr(d.kv.Range(ctx, r, diffRecvLimit))
 	case *pb.DeleteRangeRequest:
-		resp, err = nilOnErr(d.kv.DeleteRange(ctx, r))
+		resp, err = nilOnErr(d.kv.DeleteRange(ctx, r, diffRecvLimit))
 	case *pb.TxnRequest:
-		resp, err = nilOnErr(d.kv.Txn(ctx, r))
+		resp, err = nilOnErr(d.kv.Txn(ctx, r, diffRecvLimit))
 	case *pb.CompactionRequest:
-		resp, err = nilOnErr(d.kv.Compact(ctx, r))
+		resp, err = nilOnErr(d.kv.Compact(ctx, r, diffRecvLimit))
 	case *pb.LeaseGrantRequest:
-		resp, err = nilOnErr(d.lease.LeaseGrant(ctx, r))
+		resp, err = nilOnErr(d.lease.LeaseGrant(ctx, r, diffRecvLimit))
 	case *pb.LeaseRevokeRequest:
-		resp, err = nilOnErr(d.lease.LeaseRevoke(ctx, r))
+		resp, err = nilOnErr(d.lease.LeaseRevoke(ctx, r, diffRecvLimit))
 	case *pb.LeaseTimeToLiveRequest:
-		resp, err = nilOnErr(d.lease.LeaseTimeToLive(ctx, r))
+		resp, err = nilOnErr(d.lease.LeaseTimeToLive(ctx, r, diffRecvLimit))
 	case *pb.LeaseLeasesRequest:
-		resp, err = nilOnErr(d.lease.LeaseLeases(ctx, r))
+		resp, err = nilOnErr(d.lease.LeaseLeases(ctx, r, diffRecvLimit))
 	case *pb.LeaseKeepAliveRequest:
 		// Recv is bounded by the stream's context, the whole sequence's.
 		if err = d.ka.Send(r); err == nil {
@@ -231,6 +235,12 @@ func (d diffTarget) call(ctx context.Context, req proto.Message) (proto.Message,
 	}
 	return resp, err
 }
+
+// diffRecvLimit lifts gRPC's default 4 MiB limit on responses: ranges of
+// a few keys with values near the request limit (a txn of 128 of them too)
+// exceed it, and the answer, not the client's refusal (whose size includes
+// the headers, which differ), is what is compared.
+var diffRecvLimit = grpc.MaxCallRecvMsgSize(1 << 30)
 
 // nilOnErr turns a typed response into a proto.Message that is nil (not a
 // typed nil) when err is set.
@@ -275,11 +285,12 @@ func runDifferential(t *testing.T, seed uint64, n int, etcd, concord diffTarget)
 	defer cancel()
 	for _, d := range []*diffTarget{&etcd, &concord} {
 		var err error
-		if d.ka, err = d.lease.LeaseKeepAlive(ctx); err != nil {
+		if d.ka, err = d.lease.LeaseKeepAlive(ctx, diffRecvLimit); err != nil {
 			t.Fatalf("%s: open a keep-alive stream: %v", d.name, err)
 		}
 	}
 	g := newDiffGen(seed)
+	trace := os.Getenv(diffTraceEnv) != ""
 	leaseIDs := map[int64]int64{} // etcd's lease ID -> concord's
 	var recent []string           // the last few requests, for the report
 	stats := map[string]int{}
@@ -306,6 +317,9 @@ func runDifferential(t *testing.T, seed uint64, n int, etcd, concord diffTarget)
 		if problem != "" {
 			t.Fatalf("seed %d step %d (%s): %s\nrequest:  %T %s\netcd:     %v\n%s:  %v\nrequest as sent to %s: %s\nthe requests before it (newest last):\n%s\nrerun: %s=%d go test -count=1 -run '%s' ./tests/e2e/",
 				seed, i, what, problem, req, diffFormat(req), e, concord.name, c, concord.name, diffFormat(creq), strings.Join(recent, "\n"), diffSeedEnv, seed, t.Name())
+		}
+		if trace {
+			t.Logf("step %d %s %s -> etcd %v; %s %v", i, what, diffFormat(req), e, concord.name, c)
 		}
 		key := what
 		if eerr != nil {
