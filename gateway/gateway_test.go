@@ -572,6 +572,26 @@ func TestRequestTooLarge(t *testing.T) {
 	}
 }
 
+// etcd checks --max-request-bytes on the raft request it wraps a write in
+// (a header with a request ID: 17 or 18 bytes more for a put of this
+// size), so a put whose request alone is just under the limit is refused.
+func TestRequestTooLargeCountsEtcdsWrapping(t *testing.T) {
+	const limit = 4096
+	f, cli, _ := setup(t, gateway.Config{MaxRequestBytes: limit})
+	ctx := testCtx(t)
+	// The PutRequest's size is 1+1+len(key) + 1+2+len(value) = len(value)+6.
+	if _, err := cli.Put(ctx, "k", strings.Repeat("x", limit-6-8)); !errors.Is(err, rpctypes.ErrRequestTooLarge) {
+		t.Fatalf("put 8 bytes under the limit: %v, want ErrRequestTooLarge", err)
+	}
+	before := f.calls.Load()
+	if _, err := cli.Put(ctx, "k", strings.Repeat("x", limit-6-18)); err != nil {
+		t.Fatalf("put 18 bytes under the limit: %v", err)
+	}
+	if f.calls.Load() != before+1 {
+		t.Fatal("the put within the limit did not reach the backend")
+	}
+}
+
 func TestUnimplemented(t *testing.T) {
 	_, cli, _ := setup(t, gateway.Config{})
 	ctx := testCtx(t)

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"math"
 	"net"
 	"net/url"
 	"strings"
@@ -196,12 +197,41 @@ func hasWrites(r *pb.TxnRequest) bool {
 }
 
 // tooLarge reports whether a request that is proposed to raft exceeds
-// MaxRequestBytes, which etcd checks on the proposal it builds from it.
+// MaxRequestBytes, which etcd checks on the proposal it builds from it
+// (etcdRaftSize), not on the request alone.
 func (g *Gateway) tooLarge(m proto.Message) error {
-	if proto.Size(m) > g.cfg.MaxRequestBytes {
+	if etcdRaftSize(m) > g.cfg.MaxRequestBytes {
 		return rpctypes.ErrGRPCRequestTooLarge
 	}
 	return nil
+}
+
+// etcdRequestID stands for the ID in the header etcd proposes a write
+// with. etcd's request IDs begin with the low 16 bits of its member ID, so
+// their varint takes 9 or (with the top bit set) 10 bytes: this one takes
+// 10, so a write etcd refuses is refused here too, whatever its member ID;
+// one a byte smaller than that may be refused here and not by etcd.
+const etcdRequestID = math.MaxUint64
+
+// etcdRaftSize is the size of the raft request etcd builds from a Put,
+// DeleteRange or Txn, and checks against --max-request-bytes: the request
+// in an InternalRaftRequest with a header holding a request ID
+// (EtcdServer.processInternalRaftRequestOnce). With auth enabled etcd also
+// puts the user name and auth revision in that header; that is not
+// counted here. Other messages count as themselves.
+func etcdRaftSize(m proto.Message) int {
+	ir := &pb.InternalRaftRequest{Header: &pb.RequestHeader{ID: etcdRequestID}}
+	switch r := m.(type) {
+	case *pb.PutRequest:
+		ir.Put = r
+	case *pb.DeleteRangeRequest:
+		ir.DeleteRange = r
+	case *pb.TxnRequest:
+		ir.Txn = r
+	default:
+		return proto.Size(m)
+	}
+	return proto.Size(ir)
 }
 
 func validLeaseGrant(r *pb.LeaseGrantRequest) error {

@@ -408,6 +408,13 @@ func (s *Service) notActiveErrNow() error {
 
 // TimeToLive reports a lease's remaining TTL (from the deadline kept here)
 // and granted TTL, and with keys the keys attached to it (from consensus).
+// It always asks consensus (linearizably) whether the lease still exists:
+// a lease revoked through another instance or member stays tracked here
+// until the next reconciliation, and etcd, whose lessor applies every
+// revoke, answers TTL -1 right after one. A lease found gone is forgotten,
+// so its keep-alives fail from then on too. In the split topology the
+// lookup also brings the backend's header up to date, so the response's
+// revision is as current as etcd's.
 func (s *Service) TimeToLive(ctx context.Context, id int64, keys bool) (LeaseStatus, error) {
 	for learned := false; ; learned = true {
 		now := s.clock.Now()
@@ -430,14 +437,20 @@ func (s *Service) TimeToLive(ctx context.Context, id int64, keys bool) (LeaseSta
 		}
 		st := LeaseStatus{ID: id, TTL: int64(l.expiry.Sub(now).Seconds()), GrantedTTL: l.ttl}
 		s.mu.Unlock()
+		li, ok, err := s.b.Lease(ctx, id)
+		if err != nil {
+			return LeaseStatus{}, err
+		}
+		if !ok {
+			s.mu.Lock()
+			// A grant since the lookup made a new entry: that one stays.
+			if s.leases[id] == l {
+				s.forgetLocked(l)
+			}
+			s.mu.Unlock()
+			return LeaseStatus{}, storage.ErrLeaseNotFound
+		}
 		if keys {
-			li, ok, err := s.b.Lease(ctx, id)
-			if err != nil {
-				return LeaseStatus{}, err
-			}
-			if !ok {
-				return LeaseStatus{}, storage.ErrLeaseNotFound
-			}
 			st.Keys = li.Keys
 		}
 		return st, nil
@@ -451,13 +464,15 @@ func (s *Service) learn(ctx context.Context, id int64) error {
 	if err != nil {
 		return err
 	}
-	if !ok {
+	// Another lease than the one asked for must not be tracked (and its
+	// deadline reset) under its own ID.
+	if !ok || li.ID != id {
 		return storage.ErrLeaseNotFound
 	}
 	now := s.clock.Now()
 	s.mu.Lock()
 	if s.activeLocked(now) && s.leases[id] == nil {
-		s.putLocked(li.ID, li.TTL, now)
+		s.putLocked(id, li.TTL, now)
 	}
 	s.mu.Unlock()
 	return nil

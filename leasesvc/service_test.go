@@ -348,6 +348,57 @@ func TestUnknownLeaseIsLearned(t *testing.T) {
 	}
 }
 
+// A lease revoked through another instance (or member) is gone for
+// TimeToLive at once, as in etcd, not only after the next reconciliation;
+// and forgotten, so keep-alives fail too.
+func TestTimeToLiveOfLeaseRevokedElsewhere(t *testing.T) {
+	clk, b := clocktest.New(), newFakeBackend()
+	s := activeService(t, testConfig("a", clk), b)
+	ctx := context.Background()
+	id := grant(t, s, 100)
+	if st, err := s.TimeToLive(ctx, id, false); err != nil || st.TTL != 100 {
+		t.Fatalf("TimeToLive before the revoke = %+v, %v", st, err)
+	}
+	if _, err := b.LeaseRevoke(ctx, &pb.LeaseRevokeRequest{ID: id}); err != nil { // through another instance
+		t.Fatal(err)
+	}
+	for _, keys := range []bool{false, true} {
+		if st, err := s.TimeToLive(ctx, id, keys); !errors.Is(err, storage.ErrLeaseNotFound) {
+			t.Fatalf("TimeToLive (keys %v) after a revoke elsewhere = %+v, %v, want ErrLeaseNotFound", keys, st, err)
+		}
+	}
+	if ttl, err := s.KeepAlive(ctx, id); !errors.Is(err, storage.ErrLeaseNotFound) {
+		t.Fatalf("KeepAlive after a revoke elsewhere = %d, %v, want ErrLeaseNotFound", ttl, err)
+	}
+}
+
+// wrongLease answers every lookup with lease 5, as the split topology's
+// consensus client once answered lease 0 with the first of every lease.
+type wrongLease struct{ *fakeBackend }
+
+func (w wrongLease) Lease(ctx context.Context, _ int64) (storage.LeaseInfo, bool, error) {
+	return w.fakeBackend.Lease(ctx, 5)
+}
+
+// A TimeToLive or keep-alive of a lease the backend answers with another
+// one finds nothing and leaves the other's deadline alone.
+func TestLearnIgnoresAnotherLease(t *testing.T) {
+	clk, b := clocktest.New(), newFakeBackend()
+	s := activeService(t, testConfig("a", clk), wrongLease{b})
+	ctx := context.Background()
+	resp, err := s.LeaseGrant(ctx, &pb.LeaseGrantRequest{ID: 5, TTL: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	advance(clk, 10*time.Second, s)
+	if st, err := s.TimeToLive(ctx, 0, false); !errors.Is(err, storage.ErrLeaseNotFound) {
+		t.Fatalf("TimeToLive of lease 0 = %+v, %v, want ErrLeaseNotFound", st, err)
+	}
+	if st, err := s.TimeToLive(ctx, resp.ID, false); err != nil || st.TTL != 90 {
+		t.Fatalf("TimeToLive of lease 5 after a lookup of lease 0 = %+v, %v, want TTL 90", st, err)
+	}
+}
+
 func TestReconcile(t *testing.T) {
 	clk, b := clocktest.New(), newFakeBackend()
 	s := activeService(t, testConfig("a", clk), b)

@@ -83,6 +83,25 @@ func (m *memberLease) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (
 	return resp, nil
 }
 
+// LeaseRevoke implements gateway.Lease: the revoke goes through consensus
+// from any member, and a member that does not hold the lease authority
+// then tells the holder, whose TimeToLive finds the lease gone in
+// consensus and forgets it: keep-alives through any member then fail at
+// once, as etcd's do after a revoke, instead of renewing the revoked lease
+// until the holder's next reconciliation.
+func (m *memberLease) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
+	resp, err := m.Service.LeaseRevoke(ctx, r)
+	if err != nil {
+		return resp, err
+	}
+	if !m.Service.Active() {
+		if all := m.allMembers(); all != nil {
+			all.TellActive(ctx, r.GetID())
+		}
+	}
+	return resp, nil
+}
+
 // LeaseTimeToLive implements gateway.Lease.
 func (m *memberLease) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
 	resp, err := m.Service.LeaseTimeToLive(ctx, r)

@@ -196,6 +196,38 @@ func TestRangeOptions(t *testing.T) {
 	})
 }
 
+// keys_only drops the lease too, unless the range is sorted by value: etcd
+// 3.7 then serves the keys from its index, which has no leases
+// (mvcc.RangeOptions.FastKeysOnly). Single keys (the point path) and ranges
+// alike.
+func TestKeysOnlyDropsLease(t *testing.T) {
+	x := newMem(t)
+	x.apply(func(b *storage.Batch) {
+		if err := b.LeaseGrant(7, 100); err != nil {
+			t.Fatal(err)
+		}
+	})
+	x.putReq(&pb.PutRequest{Key: []byte("k"), Value: []byte("v"), Lease: 7}) // rev 2
+	for _, tc := range []struct {
+		name string
+		req  *pb.RangeRequest
+		want *mvccpb.KeyValue
+	}{
+		{"point", &pb.RangeRequest{Key: []byte("k"), KeysOnly: true}, kv("k", "", 2, 2, 1, 0)},
+		{"range", &pb.RangeRequest{Key: []byte("k"), RangeEnd: []byte("l"), KeysOnly: true}, kv("k", "", 2, 2, 1, 0)},
+		{"range by mod", &pb.RangeRequest{Key: []byte("k"), RangeEnd: []byte("l"), KeysOnly: true, SortTarget: pb.RangeRequest_MOD}, kv("k", "", 2, 2, 1, 0)},
+		{"point by value", &pb.RangeRequest{Key: []byte("k"), KeysOnly: true, SortTarget: pb.RangeRequest_VALUE}, kv("k", "", 2, 2, 1, 7)},
+		{"range by value", &pb.RangeRequest{Key: []byte("k"), RangeEnd: []byte("l"), KeysOnly: true, SortTarget: pb.RangeRequest_VALUE}, kv("k", "", 2, 2, 1, 7)},
+		{"not keys only", &pb.RangeRequest{Key: []byte("k")}, kv("k", "v", 2, 2, 1, 7)},
+	} {
+		resp := x.rng(tc.req)
+		if len(resp.Kvs) != 1 {
+			t.Fatalf("%s: %v", tc.name, resp.Kvs)
+		}
+		eqKV(t, tc.name, resp.Kvs[0], tc.want)
+	}
+}
+
 func TestKeysWithZeroAndFFBytes(t *testing.T) {
 	x := newMem(t)
 	keys := []string{"\x00", "\x00\x00", "\x00\xff", "a", "a\x00", "a\x00\x00", "a\x00\x01", "a\x01", "a\xff", "a\xff\xff", "b", "\xff", "\xff\x00", "\xff\xff"}

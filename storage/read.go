@@ -178,7 +178,9 @@ func (a *arena) copyBytes(b []byte) []byte {
 }
 
 // toKV materializes a found version. The user key is decoded from the
-// escaped form.
+// escaped form. keysOnly is etcd's FastKeysOnly (keys_only unless sorted
+// by value): etcd then reads the keys from its index, which holds no
+// leases, so the KeyValues carry no lease either; concord does the same.
 func (a *arena) toKV(f *found, keysOnly bool) (*mvccpb.KeyValue, error) {
 	kv := a.newKV()
 	n := len(f.encKey)
@@ -196,8 +198,8 @@ func (a *arena) toKV(f *found, keysOnly bool) (*mvccpb.KeyValue, error) {
 	kv.CreateRevision = f.v.create
 	kv.ModRevision = f.main
 	kv.Version = f.v.ver
-	kv.Lease = f.v.lease
 	if !keysOnly {
+		kv.Lease = f.v.lease
 		kv.Value = a.copyBytes(f.v.value)
 	}
 	return kv, nil
@@ -335,7 +337,9 @@ func (s *Store) rangePoint(r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	kv.CreateRevision = f.v.create
 	kv.ModRevision = f.main
 	kv.Version = f.v.ver
-	kv.Lease = f.v.lease
+	if !r.KeysOnly || r.SortTarget == pb.RangeRequest_VALUE { // see toKV
+		kv.Lease = f.v.lease
+	}
 	pr.kvs[0] = kv
 	pr.resp.Kvs = pr.kvs[:]
 	return &pr.resp, nil

@@ -666,10 +666,15 @@ func (c *Consensus) Leases(ctx context.Context) ([]storage.LeaseInfo, error) {
 	return out, nil
 }
 
-// Lease implements leasesvc.Backend.
+// Lease implements leasesvc.Backend. ID 0 is no lease (etcd's NoLease):
+// it is not asked for, since a LeasesRequest without an ID lists every
+// lease, and the first of those is not lease 0.
 func (c *Consensus) Lease(ctx context.Context, id int64) (storage.LeaseInfo, bool, error) {
+	if id == 0 {
+		return storage.LeaseInfo{}, false, nil
+	}
 	resp, err := unary(c, ctx, true, internalOf, concordv1connect.InternalServiceClient.Leases, &concordv1.LeasesRequest{Id: id}, (*concordv1.LeasesResponse).GetHeader)
-	if err != nil || !resp.GetFound() || len(resp.GetLeases()) == 0 {
+	if err != nil || !resp.GetFound() || len(resp.GetLeases()) == 0 || resp.GetLeases()[0].GetId() != id {
 		return storage.LeaseInfo{}, false, err
 	}
 	l := resp.GetLeases()[0]

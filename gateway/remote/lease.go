@@ -296,11 +296,19 @@ func (l *Lease) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.Le
 	return resp, nil
 }
 
-// LeaseRevoke implements gateway.Lease.
+// LeaseRevoke implements gateway.Lease. With several lease services, the
+// active one is then told (TellActive): its TimeToLive finds the lease
+// gone in consensus and forgets it, so its keep-alives fail at once, as
+// etcd's do after a revoke.
 func (l *Lease) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
-	return leaseCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
+	resp, err := leaseCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
 		return t.lease.LeaseRevoke
 	}, ctx, r, false)
+	if err != nil || len(l.targets) == 1 {
+		return resp, err
+	}
+	l.TellActive(ctx, r.GetID())
+	return resp, nil
 }
 
 // LeaseLeases implements gateway.Lease.
@@ -314,18 +322,42 @@ func (l *Lease) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.
 // already answers a missing lease with TTL -1, so that answer passes
 // through unchanged.
 func (l *Lease) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
-	return activeCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
+	resp, err := activeCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
 		return t.lease.LeaseTimeToLive
 	}, ctx, r)
+	if err == nil {
+		l.raiseRevision(resp.GetHeader())
+	}
+	return resp, err
+}
+
+// raiseRevision raises h's revision to the newest this process saw. A
+// split lease service's header is as new as the last answer it had from
+// consensus, which may predate a write this gateway forwarded and
+// acknowledged since; etcd's keep-alive and TimeToLive headers carry the
+// current revision, so a client would see its keep-alive answered at a
+// revision older than its own write. Both revisions were current at some
+// point, so the larger is never newer than the truth.
+func (l *Lease) raiseRevision(h *pb.ResponseHeader) {
+	if h == nil {
+		return
+	}
+	if rev := l.header().GetRevision(); rev > h.Revision {
+		h.Revision = rev
+	}
 }
 
 // LeaseKeepAlive implements gateway.Lease. A missing lease comes back as
 // storage.ErrLeaseNotFound (through fromWire), which the gateway answers
 // with TTL 0 as in process.
 func (l *Lease) LeaseKeepAlive(ctx context.Context, r *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error) {
-	return activeCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error) {
+	resp, err := activeCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error) {
 		return t.ka.KeepAlive
 	}, ctx, r)
+	if err == nil {
+		l.raiseRevision(resp.GetHeader())
+	}
+	return resp, err
 }
 
 // Header implements gateway.Lease.

@@ -36,6 +36,8 @@ func (s *switchLease) LeaseKeepAlive(_ context.Context, r *pb.LeaseKeepAliveRequ
 	return &pb.LeaseKeepAliveResponse{Header: hdr, ID: r.GetID(), TTL: 30}, nil
 }
 
+func (s *switchLease) Header() *pb.ResponseHeader { return hdr }
+
 func serveSwitchLease(t *testing.T, s *switchLease) *httptest.Server {
 	t.Helper()
 	var srv *httptest.Server
@@ -173,6 +175,10 @@ func (g *grantLease) LeaseGrant(_ context.Context, r *pb.LeaseGrantRequest) (*pb
 	return &pb.LeaseGrantResponse{Header: hdr, ID: r.GetID(), TTL: r.GetTTL()}, nil
 }
 
+func (g *grantLease) LeaseRevoke(context.Context, *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
+	return &pb.LeaseRevokeResponse{Header: hdr}, nil
+}
+
 func (g *grantLease) LeaseTimeToLive(_ context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
 	if !g.active.Load() {
 		return nil, gateway.TranslateError(leasesvc.ErrNotActive)
@@ -208,5 +214,58 @@ func TestLeaseGrantTellsTheActiveService(t *testing.T) {
 	defer active.mu.Unlock()
 	if !slices.Equal(active.asked, []int64{42}) {
 		t.Fatalf("the active lease service was asked about %v, want [42]", active.asked)
+	}
+}
+
+// A lease revoked through a standby lease service is asked about at the
+// active one before the revoke is answered: its TimeToLive finds the lease
+// gone in consensus and forgets it, so keep-alives fail at once.
+func TestLeaseRevokeTellsTheActiveService(t *testing.T) {
+	standby, active := &grantLease{}, &grantLease{}
+	active.active.Store(true)
+	var urls []string
+	for _, g := range []*grantLease{standby, active} {
+		path, h := etcdserverpbconnect.NewLeaseHandler(g)
+		urls = append(urls, h2cServer(t, path, h))
+	}
+	l, err := remote.NewLease(strings.Join(urls, ","), func() *pb.ResponseHeader { return hdr })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := l.LeaseRevoke(ctx, &pb.LeaseRevokeRequest{ID: 43}); err != nil {
+		t.Fatalf("revoke: %v", err)
+	}
+	active.mu.Lock()
+	defer active.mu.Unlock()
+	if !slices.Equal(active.asked, []int64{43}) {
+		t.Fatalf("the active lease service was asked about %v, want [43]", active.asked)
+	}
+}
+
+// Keep-alive answers carry at least the newest revision the gateway saw:
+// the lease service's own may predate a write the gateway acknowledged.
+func TestLeaseKeepAliveHeaderNotOlderThanTheGateways(t *testing.T) {
+	a := &switchLease{}
+	a.active.Store(true)
+	srv := serveSwitchLease(t, a)
+	newer := &pb.ResponseHeader{ClusterId: 7, MemberId: 9, Revision: hdr.Revision + 5, RaftTerm: 3}
+	l, err := remote.NewLease(srv.URL, func() *pb.ResponseHeader { return newer })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := l.LeaseKeepAlive(ctx, &pb.LeaseKeepAliveRequest{ID: 7})
+	if err != nil || r.GetHeader().GetRevision() != newer.Revision {
+		t.Fatalf("keep-alive = %v, %v, want revision %d", r, err, newer.Revision)
+	}
+	// Never lowered.
+	newer.Revision = 1
+	if r, err = l.LeaseKeepAlive(ctx, &pb.LeaseKeepAliveRequest{ID: 7}); err != nil || r.GetHeader().GetRevision() != hdr.Revision {
+		t.Fatalf("keep-alive = %v, %v, want revision %d", r, err, hdr.Revision)
 	}
 }
