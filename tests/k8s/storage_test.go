@@ -111,7 +111,9 @@ var compacting = map[string]bool{
 
 // cases mirrors the Test functions (and their t.Run cases) of k8s.io/apiserver/pkg/storage/etcd3's
 // store_test.go and watcher_test.go that exercise the storage contract through exported API, in
-// their order and with their arguments and feature gates. Left out: the implementation-specific
+// their order and with their arguments and feature gates, plus TestGetListStreamMultiChunk and
+// TestGetCurrentResourceVersion (runGetListStreamMultiChunk, runGetCurrentResourceVersion), which
+// test the server through exported API only. Left out: the implementation-specific
 // tests that reach into the store's unexported fields (TestPrefix, TestPrepareKey,
 // TestLeaseMaxObjectCount, TestWatchErrorIncorrectConfiguration, ...), the ones that need a server
 // without RangeStream or a fake client (the *FallsBackToPaginated, metrics and WatchChanSync
@@ -307,6 +309,18 @@ func cases() []tcase {
 		{"ListResourceVersionMatch", func(t *testing.T, b *backend) {
 			f := b.setup(t)
 			storagetesting.RunTestListResourceVersionMatch(f.ctx, t, f.prefixTransformerStore())
+		}},
+	}...)
+	cs = append(cs, []tcase{
+		{"GetListStreamMultiChunk", func(t *testing.T, b *backend) {
+			featuregatetesting.SetFeatureGateDuringTest(t, utilfeature.DefaultFeatureGate, features.EtcdRangeStream, true)
+			resetFeatureSupportCheckerDuringTest(t)
+			f := b.setup(t)
+			runGetListStreamMultiChunk(t, f)
+		}},
+		{"GetCurrentResourceVersion", func(t *testing.T, b *backend) {
+			f := b.setup(t)
+			runGetCurrentResourceVersion(t, f)
 		}},
 	}...)
 	for _, sizeBased := range []bool{true, false} {
