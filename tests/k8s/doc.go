@@ -15,10 +15,17 @@
 // TestStorageConformance/concord/<case>. etcd is the spec: a case that fails on etcd as well is
 // skipped on both with the reason (etcdFailures); a case that passes on etcd must pass on concord.
 //
+// TestWatchCacheConformance runs the part of the suite that k8s's cacher_test.go runs on the watch
+// cache (k8s.io/apiserver/pkg/storage/cacher, what kube-apiserver serves watches and most lists
+// from) and that needs none of its unexported fields, on a cache over the etcd3 store: a
+// long-running watch, bookmarks, and consistent lists served from the cache after a watch
+// progress request to the server.
+//
 // Each case builds its own store, client and compactor as k8s's testSetup does, but on one server
 // per implementation: each store gets its own key prefix (/k8s-<n>/), so cases do not see each
-// other's objects. Compactions are server-wide, as on a shared etcd; the cases only compact at
-// revisions they wrote themselves.
+// other's objects. Compactions are server-wide, so the cases that compact share a second server;
+// a case that needs a server without history (the watch cache's WatchSemantics, which watches
+// from revision 1) starts its own.
 //
 // Running: `go test -count=1 ./tests/k8s/`; one case on one server: `-run
 // 'TestStorageConformance/concord/GuaranteedUpdate$' -v`.

@@ -52,6 +52,9 @@ func init() {
 	utilruntime.Must(examplev1.AddToScheme(scheme))
 }
 
+// errNotPod is podAttrs's error for an object of another type.
+var errNotPod = errors.New("not a pod")
+
 // etcdFailures names the cases that fail on etcd 3.7.3 itself, with etcd's failure: they are
 // skipped on both servers, since etcd's behaviour is the spec.
 var etcdFailures = map[string]string{}
@@ -64,13 +67,24 @@ var concordGaps = map[string]string{}
 // TestStorageConformance runs k8s.io/apiserver's storage.Interface conformance suite on k8s's
 // etcd3 store against etcd and against concord (see the package doc).
 func TestStorageConformance(t *testing.T) {
+	runSuite(t, cases())
+}
+
+// runSuite runs cs against etcd, then concord, each on its own servers, as subtests
+// <impl>/<case>.
+func runSuite(t *testing.T, cs []tcase) {
 	for _, im := range impls {
 		t.Run(im.name, func(t *testing.T) {
-			shared := &backend{endpoint: startServer(t, im, progressNotifyFlag).clientURL}
+			shared := &backend{im: im, endpoint: startServer(t, im, progressNotifyFlag).clientURL}
 			// A compaction is server-wide: the cases that compact share a second server, so
 			// that the others can watch from revision 1 as on k8s's fresh etcd.
-			compactingServer := &backend{endpoint: startServer(t, im, progressNotifyFlag).clientURL}
-			for _, c := range cases() {
+			var compactingServer *backend
+			for _, c := range cs {
+				if compacting[c.name] && compactingServer == nil {
+					compactingServer = &backend{im: im, endpoint: startServer(t, im, progressNotifyFlag).clientURL}
+				}
+			}
+			for _, c := range cs {
 				t.Run(c.name, func(t *testing.T) {
 					if why, ok := etcdFailures[c.name]; ok {
 						t.Skipf("fails on etcd 3.7.3 too: %s", why)
@@ -443,8 +457,15 @@ func watchCases() []tcase {
 
 // backend is one running server that the cases share.
 type backend struct {
+	im       *impl
 	endpoint string
 	stores   atomic.Int64 // numbers the stores' key prefixes
+}
+
+// fresh starts a server of b's implementation for the case t alone, stopped when it ends.
+func (b *backend) fresh(t *testing.T) *backend {
+	t.Helper()
+	return &backend{im: b.im, endpoint: startServer(t, b.im, progressNotifyFlag).clientURL}
 }
 
 // etcdStore is what the cases use of the store etcd3.New returns (an unexported type).
