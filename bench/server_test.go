@@ -16,6 +16,7 @@ import (
 
 	"github.com/concord-kv/concord/bench"
 	"github.com/concord-kv/concord/bench/compare"
+	"github.com/concord-kv/concord/internal/gobuild"
 )
 
 // TestAgainstEtcd runs the put and range workloads for a few hundred
@@ -24,7 +25,7 @@ import (
 func TestAgainstEtcd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	root, err := compare.ModuleRoot(ctx, "")
+	root, err := gobuild.ModuleRoot(ctx, "")
 	if err != nil {
 		t.Fatal(err)
 	}

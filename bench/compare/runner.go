@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/concord-kv/concord/bench"
+	"github.com/concord-kv/concord/internal/gobuild"
 )
 
 // Implementation labels, in run order within a round.
@@ -222,7 +223,7 @@ func buildBinaries(ctx context.Context, cfg Config, work string) (map[string]str
 	root := cfg.ModuleRoot
 	if bins[Etcd] == "" || bins[Concord] == "" {
 		if root == "" {
-			r, err := ModuleRoot(ctx, "")
+			r, err := gobuild.ModuleRoot(ctx, "")
 			if err != nil {
 				return nil, err
 			}

@@ -41,6 +41,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/concord-kv/concord/consensus/eventbus"
+	"github.com/concord-kv/concord/internal/gobuild"
 	"github.com/concord-kv/concord/internal/kvmodel"
 	"github.com/concord-kv/concord/internal/launcher"
 	"github.com/concord-kv/concord/watchfanout/watchtest"
@@ -417,7 +418,7 @@ func TestChaos(t *testing.T) {
 	ctx, cancelAll := context.WithTimeout(context.Background(), 10*time.Minute+2*cfg.soak)
 	defer cancelAll()
 
-	root, err := moduleRoot(ctx)
+	root, err := gobuild.ModuleRoot(ctx, "")
 	if err != nil {
 		t.Fatal(err)
 	}

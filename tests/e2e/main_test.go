@@ -1,19 +1,17 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/concord-kv/concord/internal/gobuild"
 	"github.com/concord-kv/concord/internal/launcher"
 )
 
@@ -66,7 +64,7 @@ func TestMain(m *testing.M) {
 func buildAll(dir string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	root, err := moduleRoot(ctx)
+	root, err := gobuild.ModuleRoot(ctx, "")
 	if err != nil {
 		for _, b := range []*impl{etcdImpl, concordImpl, etcdctlBin, etcdutlBin} {
 			b.err = err
@@ -92,7 +90,7 @@ func buildAll(dir string) {
 		go func() {
 			defer wg.Done()
 			out := filepath.Join(dir, tg.b.name)
-			if err := goBuild(ctx, root, out, tg.pkg); err != nil {
+			if err := gobuild.Build(ctx, root, tg.pkg, out); err != nil {
 				tg.b.err = fmt.Errorf("%w: %s (go build %s): %v", errNoBinary, tg.b.name, tg.pkg, err)
 				return
 			}
@@ -100,47 +98,6 @@ func buildAll(dir string) {
 		}()
 	}
 	wg.Wait()
-}
-
-func goBuild(ctx context.Context, root, out, pkg string) error {
-	if strings.HasPrefix(pkg, "./") {
-		if _, err := os.Stat(filepath.Join(root, pkg)); err != nil {
-			return fmt.Errorf("package directory missing: %w", err)
-		}
-	}
-	cmd := exec.CommandContext(ctx, goTool(), "build", "-o", out, pkg)
-	cmd.Dir = root
-	var buf bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &buf, &buf
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%v\n%s", err, strings.TrimSpace(buf.String()))
-	}
-	return nil
-}
-
-// moduleRoot is the directory of the go.mod that contains this package.
-func moduleRoot(ctx context.Context) (string, error) {
-	out, err := exec.CommandContext(ctx, goTool(), "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", errors.New("tests/e2e is not inside a Go module")
-	}
-	return filepath.Dir(gomod), nil
-}
-
-// goTool is the go command that runs these tests: the one in GOROOT if `go test` exported it,
-// otherwise the first on PATH.
-func goTool() string {
-	if root := os.Getenv("GOROOT"); root != "" {
-		p := filepath.Join(root, "bin", "go")
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	return "go"
 }
 
 // requireBinary fails the test when b could not be built.

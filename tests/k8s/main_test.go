@@ -1,17 +1,16 @@
 package k8s
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/concord-kv/concord/internal/gobuild"
 )
 
 // errNoBinary says that a server binary could not be built; the tests that need it fail with
@@ -54,7 +53,7 @@ func TestMain(m *testing.M) {
 func buildAll(dir string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	root, err := moduleRoot(ctx)
+	root, err := gobuild.ModuleRoot(ctx, "")
 	if err != nil {
 		etcdImpl.err, concordImpl.err = err, err
 		return
@@ -63,7 +62,7 @@ func buildAll(dir string) {
 	for _, im := range impls {
 		wg.Go(func() {
 			out := filepath.Join(dir, im.name)
-			if err := goBuild(ctx, root, out, im.pkg); err != nil {
+			if err := gobuild.Build(ctx, root, im.pkg, out); err != nil {
 				im.err = fmt.Errorf("%w: %s (go build %s): %v", errNoBinary, im.name, im.pkg, err)
 				return
 			}
@@ -71,40 +70,4 @@ func buildAll(dir string) {
 		})
 	}
 	wg.Wait()
-}
-
-func goBuild(ctx context.Context, root, out, pkg string) error {
-	cmd := exec.CommandContext(ctx, goTool(), "build", "-o", out, pkg)
-	cmd.Dir = root
-	var buf bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &buf, &buf
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%v\n%s", err, strings.TrimSpace(buf.String()))
-	}
-	return nil
-}
-
-// moduleRoot is the directory of the go.mod that contains this package.
-func moduleRoot(ctx context.Context) (string, error) {
-	out, err := exec.CommandContext(ctx, goTool(), "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", errors.New("tests/k8s is not inside a Go module")
-	}
-	return filepath.Dir(gomod), nil
-}
-
-// goTool is the go command that runs these tests: the one in GOROOT if `go test` exported it,
-// otherwise the first on PATH.
-func goTool() string {
-	if root := os.Getenv("GOROOT"); root != "" {
-		p := filepath.Join(root, "bin", "go")
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	return "go"
 }
