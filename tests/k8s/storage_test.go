@@ -55,15 +55,6 @@ func init() {
 // errNotPod is podAttrs's error for an object of another type.
 var errNotPod = errors.New("not a pod")
 
-// etcdFailures names the cases that fail on etcd 3.7.3 itself, with etcd's failure: they are
-// skipped on both servers, since etcd's behaviour is the spec.
-var etcdFailures = map[string]string{}
-
-// concordGaps names the cases that pass on etcd and fail on concord, with the exact difference:
-// concord bugs not fixed yet. Each is skipped on concord only, so the suite stays green while
-// the gap is listed here.
-var concordGaps = map[string]string{}
-
 // TestStorageConformance runs k8s.io/apiserver's storage.Interface conformance suite on k8s's
 // etcd3 store against etcd and against concord (see the package doc).
 func TestStorageConformance(t *testing.T) {
@@ -71,7 +62,7 @@ func TestStorageConformance(t *testing.T) {
 }
 
 // runSuite runs cs against etcd, then concord, each on its own servers, as subtests
-// <impl>/<case>.
+// <impl>/<case>. Nothing is skipped: every case passes on etcd 3.7.3 and must pass on concord.
 func runSuite(t *testing.T, cs []tcase) {
 	for _, im := range impls {
 		t.Run(im.name, func(t *testing.T) {
@@ -86,12 +77,6 @@ func runSuite(t *testing.T, cs []tcase) {
 			}
 			for _, c := range cs {
 				t.Run(c.name, func(t *testing.T) {
-					if why, ok := etcdFailures[c.name]; ok {
-						t.Skipf("fails on etcd 3.7.3 too: %s", why)
-					}
-					if why, ok := concordGaps[c.name]; ok && im == concordImpl {
-						t.Skipf("concord differs from etcd: %s", why)
-					}
 					b := shared
 					if compacting[c.name] {
 						b = compactingServer
