@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -392,7 +393,7 @@ func normalizeOutcome(resp proto.Message, err error, ids map[int64]int64, sortLe
 			if !sortLeases {
 				break
 			}
-			slices.SortFunc(v.Leases, func(a, b *pb.LeaseStatus) int { return cmpInt64(a.ID, b.ID) })
+			slices.SortFunc(v.Leases, func(a, b *pb.LeaseStatus) int { return cmp.Compare(a.ID, b.ID) })
 		}
 	})
 	return diffOutcome{resp: resp}
@@ -403,30 +404,13 @@ func normalizeOutcome(resp proto.Message, err error, ids map[int64]int64, sortLe
 func reconcileTTL(e, c *diffOutcome) {
 	et, ok1 := e.resp.(*pb.LeaseTimeToLiveResponse)
 	ct, ok2 := c.resp.(*pb.LeaseTimeToLiveResponse)
-	if ok1 && ok2 && et.TTL > 0 && ct.TTL > 0 && abs64(et.TTL-ct.TTL) <= diffTTLTolerance {
+	if ok1 && ok2 && et.TTL > 0 && ct.TTL > 0 && max(et.TTL-ct.TTL, ct.TTL-et.TTL) <= diffTTLTolerance {
 		et.TTL = ct.TTL
 	}
 }
 
 func nonZero(v uint64) uint64 {
 	if v != 0 {
-		return 1
-	}
-	return 0
-}
-
-func abs64(v int64) int64 {
-	if v < 0 {
-		return -v
-	}
-	return v
-}
-
-func cmpInt64(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
 		return 1
 	}
 	return 0
