@@ -293,7 +293,7 @@ type Cluster struct {
 // process is one service and its current incarnation.
 type process struct {
 	svc Service
-	log *tailBuffer
+	log *TailBuffer
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -318,7 +318,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	}
 	c := &Cluster{cfg: cfg, services: services, byName: map[string]*process{}}
 	for _, s := range services {
-		c.byName[s.Name] = &process{svc: s, log: newTailBuffer(64 << 10)}
+		c.byName[s.Name] = &process{svc: s, log: NewTailBuffer(64 << 10)}
 	}
 	if err := c.StartAll(ctx); err != nil {
 		c.Stop()
@@ -610,16 +610,18 @@ func (p *process) signal(sig syscall.Signal, grace time.Duration) {
 	<-done
 }
 
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
+// TailBuffer keeps the last max bytes written to it; writes and reads may
+// come from different goroutines (a process's output and a test reading it).
+type TailBuffer struct {
 	mu  sync.Mutex
 	max int
 	buf []byte
 }
 
-func newTailBuffer(max int) *tailBuffer { return &tailBuffer{max: max} }
+// NewTailBuffer returns a TailBuffer that keeps the last max bytes.
+func NewTailBuffer(max int) *TailBuffer { return &TailBuffer{max: max} }
 
-func (b *tailBuffer) Write(p []byte) (int, error) {
+func (b *TailBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.buf = append(b.buf, p...)
@@ -629,7 +631,8 @@ func (b *tailBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (b *tailBuffer) String() string {
+// String returns the bytes kept.
+func (b *TailBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return string(b.buf)

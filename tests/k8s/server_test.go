@@ -1,7 +1,6 @@
 package k8s
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -33,7 +32,7 @@ const (
 type server struct {
 	im        *impl
 	clientURL string
-	log       *syncBuffer
+	log       *launcher.TailBuffer // the last logTail bytes of its output
 	cmd       *exec.Cmd
 	done      chan struct{} // closed once the process has been reaped
 }
@@ -52,7 +51,7 @@ func startServer(t *testing.T, im *impl, extra ...string) *server {
 			t.Cleanup(func() {
 				s.stop()
 				if t.Failed() {
-					t.Logf("%s output (last %d bytes):\n%s", im.name, logTail, s.log.tail(logTail))
+					t.Logf("%s output (last %d bytes):\n%s", im.name, logTail, s.log.String())
 				}
 			})
 			return s
@@ -63,7 +62,7 @@ func startServer(t *testing.T, im *impl, extra ...string) *server {
 		// Another process may have taken a port between our probe and the server's bind.
 		if attempt == startAttempts || s == nil || !strings.Contains(s.log.String(), "address already in use") {
 			if s != nil {
-				t.Logf("%s output:\n%s", im.name, s.log.tail(logTail))
+				t.Logf("%s output:\n%s", im.name, s.log.String())
 			}
 			t.Fatalf("start %s: %v", im.name, err)
 		}
@@ -90,7 +89,7 @@ func tryStart(im *impl, dataDir string, extra []string) (*server, error) {
 		"--initial-advertise-peer-urls", purl,
 		"--initial-cluster", "k8s=" + purl,
 	}, extra...)
-	s := &server{im: im, clientURL: curl, log: &syncBuffer{}, done: make(chan struct{})}
+	s := &server{im: im, clientURL: curl, log: launcher.NewTailBuffer(logTail), done: make(chan struct{})}
 	s.cmd = exec.Command(im.bin, args...)
 	s.cmd.Env = launcher.DefaultEnv()
 	s.cmd.SysProcAttr = launcher.SysProcAttr()
@@ -150,31 +149,4 @@ func freePort() (int, error) {
 		}
 	}
 	return 0, errors.New("no loopback port left that was not handed out already")
-}
-
-// syncBuffer is a bytes.Buffer safe for the process's writes and the test's reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// tail is the last n bytes of the output.
-func (b *syncBuffer) tail(n int) string {
-	s := b.String()
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
 }
