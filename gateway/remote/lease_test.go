@@ -3,6 +3,7 @@ package remote_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http/httptest"
 	"slices"
 	"strings"
@@ -189,59 +190,54 @@ func (g *grantLease) LeaseTimeToLive(_ context.Context, r *pb.LeaseTimeToLiveReq
 	return &pb.LeaseTimeToLiveResponse{Header: hdr, ID: r.GetID(), TTL: 5}, nil
 }
 
-// A lease granted by a standby lease service is made known to the active
-// one (which alone expires leases) before the grant is answered.
-func TestLeaseGrantTellsTheActiveService(t *testing.T) {
-	standby, active := &grantLease{}, &grantLease{}
-	active.active.Store(true)
-	var urls []string
-	for _, g := range []*grantLease{standby, active} {
-		path, h := etcdserverpbconnect.NewLeaseHandler(g)
-		urls = append(urls, h2cServer(t, path, h))
-	}
-	// The standby first: it answers the grant.
-	l, err := remote.NewLease(strings.Join(urls, ","), func() *pb.ResponseHeader { return hdr })
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = l.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if r, err := l.LeaseGrant(ctx, &pb.LeaseGrantRequest{ID: 42, TTL: 5}); err != nil || r.GetID() != 42 {
-		t.Fatalf("grant = %v, %v", r, err)
-	}
-	active.mu.Lock()
-	defer active.mu.Unlock()
-	if !slices.Equal(active.asked, []int64{42}) {
-		t.Fatalf("the active lease service was asked about %v, want [42]", active.asked)
-	}
-}
-
-// A lease revoked through a standby lease service is asked about at the
-// active one before the revoke is answered: its TimeToLive finds the lease
-// gone in consensus and forgets it, so keep-alives fail at once.
-func TestLeaseRevokeTellsTheActiveService(t *testing.T) {
-	standby, active := &grantLease{}, &grantLease{}
-	active.active.Store(true)
-	var urls []string
-	for _, g := range []*grantLease{standby, active} {
-		path, h := etcdserverpbconnect.NewLeaseHandler(g)
-		urls = append(urls, h2cServer(t, path, h))
-	}
-	l, err := remote.NewLease(strings.Join(urls, ","), func() *pb.ResponseHeader { return hdr })
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = l.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := l.LeaseRevoke(ctx, &pb.LeaseRevokeRequest{ID: 43}); err != nil {
-		t.Fatalf("revoke: %v", err)
-	}
-	active.mu.Lock()
-	defer active.mu.Unlock()
-	if !slices.Equal(active.asked, []int64{43}) {
-		t.Fatalf("the active lease service was asked about %v, want [43]", active.asked)
+// A lease granted or revoked through a standby lease service is asked about
+// at the active one (which alone expires leases) before the call is
+// answered: after a grant the active one learns the lease; after a revoke
+// its TimeToLive finds the lease gone in consensus and forgets it, so
+// keep-alives fail at once.
+func TestStandbyTellsTheActiveService(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		id   int64
+		call func(context.Context, *remote.Lease, int64) error
+	}{
+		{"grant", 42, func(ctx context.Context, l *remote.Lease, id int64) error {
+			r, err := l.LeaseGrant(ctx, &pb.LeaseGrantRequest{ID: id, TTL: 5})
+			if err == nil && r.GetID() != id {
+				err = fmt.Errorf("granted %d", r.GetID())
+			}
+			return err
+		}},
+		{"revoke", 43, func(ctx context.Context, l *remote.Lease, id int64) error {
+			_, err := l.LeaseRevoke(ctx, &pb.LeaseRevokeRequest{ID: id})
+			return err
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			standby, active := &grantLease{}, &grantLease{}
+			active.active.Store(true)
+			var urls []string
+			for _, g := range []*grantLease{standby, active} {
+				path, h := etcdserverpbconnect.NewLeaseHandler(g)
+				urls = append(urls, h2cServer(t, path, h))
+			}
+			// The standby first: it answers the call.
+			l, err := remote.NewLease(strings.Join(urls, ","), func() *pb.ResponseHeader { return hdr })
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = l.Close() })
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := c.call(ctx, l, c.id); err != nil {
+				t.Fatalf("%s: %v", c.name, err)
+			}
+			active.mu.Lock()
+			defer active.mu.Unlock()
+			if !slices.Equal(active.asked, []int64{c.id}) {
+				t.Fatalf("the active lease service was asked about %v, want [%d]", active.asked, c.id)
+			}
+		})
 	}
 }
 
