@@ -3,6 +3,8 @@ package gateway
 import (
 	"context"
 	"errors"
+	"net/http"
+	"strings"
 
 	"connectrpc.com/connect"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -161,4 +163,55 @@ func TranslateError(err error) error {
 		return connect.NewError(connect.Code(s.Code()), errors.New(s.Message()))
 	}
 	return connect.NewError(connect.CodeUnknown, err)
+}
+
+// connect's and grpc-go's answers to a request message that does not decode
+// (malformed protobuf, invalid UTF-8 in a string field). connect answers
+// InvalidArgument "unmarshal message: unmarshal into *T: <cause>"; etcd,
+// being grpc-go, answers Internal with its own prefix, one for unary calls
+// and one for stream receives.
+const (
+	connectDecodePrefix      = "unmarshal message: unmarshal into *"
+	grpcGoUnaryDecodePrefix  = "grpc: error unmarshalling request: "
+	grpcGoStreamDecodePrefix = "grpc: failed to unmarshal the received message: "
+)
+
+// grpcStatusKeys are where connect leaves a call's status once the handler
+// has returned: as HTTP/2 trailers, or as headers in a gRPC-Web
+// trailers-only response.
+var grpcStatusKeys = [2][2]string{
+	{http.TrailerPrefix + "Grpc-Status", http.TrailerPrefix + "Grpc-Message"},
+	{"Grpc-Status", "Grpc-Message"},
+}
+
+// asGRPCGoDecodeError rewrites, in the headers of a finished gRPC call,
+// connect's status for a request that did not decode into grpc-go's, so
+// clients see etcd's code and message. Only the gRPC protocols carry their
+// status in these headers; the Connect protocol's error is in the body and
+// keeps connect's wording. It looks up one header for any other call.
+func asGRPCGoDecodeError(h http.Header, unary bool) {
+	for _, k := range grpcStatusKeys {
+		st := h[k[0]]
+		if len(st) == 0 {
+			continue
+		}
+		msg := h[k[1]]
+		if len(st) != 1 || st[0] != "3" || len(msg) != 1 || !strings.HasPrefix(msg[0], connectDecodePrefix) {
+			return
+		}
+		// The cause follows the message type's name ("*pkg.T: cause");
+		// connect has percent-encoded it already, as grpc-go would.
+		cause := msg[0][len(connectDecodePrefix):]
+		i := strings.Index(cause, ": ")
+		if i < 0 {
+			return
+		}
+		prefix := grpcGoStreamDecodePrefix
+		if unary {
+			prefix = grpcGoUnaryDecodePrefix
+		}
+		h[k[0]] = []string{"13"}
+		h[k[1]] = []string{prefix + cause[i+2:]}
+		return
+	}
 }

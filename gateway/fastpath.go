@@ -59,11 +59,12 @@ type unaryWriter struct{ http.ResponseWriter }
 // Unwrap lets http.ResponseController reach the server's writer.
 func (w unaryWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// unaryProcedures returns the paths ("/pkg.Service/Method") of the unary
-// methods of the service served under prefix ("/pkg.Service/"), from the
-// protobuf registry. A service missing from the registry yields none, so its
-// calls keep connect's flushing.
-func unaryProcedures(prefix string) []string {
+// procedures returns the paths ("/pkg.Service/Method") of the methods of
+// the service served under prefix ("/pkg.Service/"), from the protobuf
+// registry, each mapped to whether it is unary. A service missing from the
+// registry yields nil, so its calls keep connect's flushing and its unknown
+// methods connect's answer.
+func procedures(prefix string) map[string]bool {
 	name := strings.Trim(prefix, "/")
 	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(name))
 	if err != nil {
@@ -73,13 +74,11 @@ func unaryProcedures(prefix string) []string {
 	if !ok {
 		return nil
 	}
-	var out []string
 	ms := sd.Methods()
+	out := make(map[string]bool, ms.Len())
 	for i := range ms.Len() {
 		m := ms.Get(i)
-		if !m.IsStreamingClient() && !m.IsStreamingServer() {
-			out = append(out, prefix+string(m.Name()))
-		}
+		out[prefix+string(m.Name())] = !m.IsStreamingClient() && !m.IsStreamingServer()
 	}
 	return out
 }

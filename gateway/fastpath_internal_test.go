@@ -3,38 +3,40 @@ package gateway
 import (
 	"net/http"
 	"net/http/httptest"
-	"slices"
 	"testing"
 
 	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
 )
 
-func TestUnaryProcedures(t *testing.T) {
-	kv := unaryProcedures("/etcdserverpb.KV/")
+func TestProcedures(t *testing.T) {
+	kv := procedures("/etcdserverpb.KV/")
 	for _, want := range []string{
 		etcdserverpbconnect.KVRangeProcedure, etcdserverpbconnect.KVPutProcedure,
 		etcdserverpbconnect.KVDeleteRangeProcedure, etcdserverpbconnect.KVTxnProcedure,
 		etcdserverpbconnect.KVCompactProcedure,
 	} {
-		if !slices.Contains(kv, want) {
-			t.Errorf("unary KV procedures %v lack %s", kv, want)
+		if unary, ok := kv[want]; !ok || !unary {
+			t.Errorf("KV procedures %v: %s listed %v, unary %v; want listed and unary", kv, want, ok, unary)
 		}
 	}
-	if slices.Contains(kv, etcdserverpbconnect.KVRangeStreamProcedure) {
-		t.Errorf("server-streaming RangeStream listed as unary")
+	if unary, ok := kv[etcdserverpbconnect.KVRangeStreamProcedure]; !ok || unary {
+		t.Errorf("server-streaming RangeStream: listed %v, unary %v; want listed, not unary", ok, unary)
 	}
-	lease := unaryProcedures("/etcdserverpb.Lease/")
-	if slices.Contains(lease, etcdserverpbconnect.LeaseLeaseKeepAliveProcedure) {
-		t.Errorf("bidi LeaseKeepAlive listed as unary: %v", lease)
+	lease := procedures("/etcdserverpb.Lease/")
+	if unary, ok := lease[etcdserverpbconnect.LeaseLeaseKeepAliveProcedure]; !ok || unary {
+		t.Errorf("bidi LeaseKeepAlive: listed %v, unary %v; want listed, not unary", ok, unary)
 	}
-	if !slices.Contains(lease, etcdserverpbconnect.LeaseLeaseGrantProcedure) {
-		t.Errorf("LeaseGrant missing from %v", lease)
+	if !lease[etcdserverpbconnect.LeaseLeaseGrantProcedure] {
+		t.Errorf("LeaseGrant missing from %v or not unary", lease)
 	}
-	if w := unaryProcedures("/etcdserverpb.Watch/"); len(w) != 0 {
-		t.Errorf("Watch has no unary methods, got %v", w)
+	if _, ok := lease["/etcdserverpb.Lease/Nope"]; ok {
+		t.Errorf("unknown method listed: %v", lease)
 	}
-	if u := unaryProcedures("/no.such.Service/"); len(u) != 0 {
-		t.Errorf("unknown service: %v, want none (keep connect's flushing)", u)
+	if w := procedures("/etcdserverpb.Watch/"); len(w) != 1 || w[etcdserverpbconnect.WatchWatchProcedure] {
+		t.Errorf("Watch has one bidi method, got %v", w)
+	}
+	if u := procedures("/no.such.Service/"); u != nil {
+		t.Errorf("unknown service: %v, want nil (keep connect's flushing and answers)", u)
 	}
 }
 

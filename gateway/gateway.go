@@ -44,9 +44,13 @@ type Gateway struct {
 	// services maps "/<package>.<Service>/" to the connect handler of that
 	// service; exact-prefix lookup is cheaper than a ServeMux walk.
 	services map[string]http.Handler
-	// unary holds the paths of unary methods, whose responses are written
+	// methods maps the path of every method of the services found in the
+	// protobuf registry to whether it is unary: unary responses are written
 	// without connect's early flush (fastpath.go).
-	unary map[string]bool
+	methods map[string]bool
+	// described holds the prefixes of services found in the registry, whose
+	// unknown methods route answers as grpc-go does.
+	described map[string]bool
 	// misc serves the non-RPC endpoints (/health, /version, ...).
 	misc *http.ServeMux
 	// httpRoutes is misc as clients reach it, with etcd's CORS headers;
@@ -133,14 +137,15 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 		cfg.TLS = serverTLS(cfg.TLS)
 	}
 	g := &Gateway{
-		cfg:      cfg,
-		b:        b,
-		log:      cfg.Logger,
-		services: make(map[string]http.Handler),
-		unary:    make(map[string]bool),
-		misc:     http.NewServeMux(),
-		servers:  make(map[*http.Server]struct{}),
-		lean:     make(map[*h2server.Server]*h2server.Split),
+		cfg:       cfg,
+		b:         b,
+		log:       cfg.Logger,
+		services:  make(map[string]http.Handler),
+		methods:   make(map[string]bool),
+		described: make(map[string]bool),
+		misc:      http.NewServeMux(),
+		servers:   make(map[*http.Server]struct{}),
+		lean:      make(map[*h2server.Server]*h2server.Split),
 	}
 	g.learner, _ = b.(Learner)
 	g.callers = newCallers(cfg.InternalSecret, cfg.Logger)
@@ -206,8 +211,12 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 
 func (g *Gateway) mount(prefix string, h http.Handler) {
 	g.services[prefix] = h
-	for _, p := range unaryProcedures(prefix) {
-		g.unary[p] = true
+	ps := procedures(prefix)
+	if ps != nil {
+		g.described[prefix] = true
+	}
+	for p, unary := range ps {
+		g.methods[p] = unary
 	}
 }
 
@@ -220,15 +229,23 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Path
 	if len(p) > 1 && p[0] == '/' {
 		if i := strings.IndexByte(p[1:], '/'); i > 0 {
-			if h, ok := g.services[p[:i+2]]; ok {
+			prefix := p[:i+2]
+			if h, ok := g.services[prefix]; ok {
+				unary, known := g.methods[p]
+				if !known && g.described[prefix] && isGRPC(r) {
+					// grpc-go's answer; connect's would be HTTP 404.
+					writeGRPCUnimplemented(w, "unknown method "+p[i+2:]+" for service "+p[1:i+1])
+					return
+				}
 				growStack()
-				if g.unary[p] {
+				if unary {
 					w = unaryWriter{w}
 				}
 				// gRPC has no use for a Date header; without it the server
 				// skips formatting and encoding one per response.
 				w.Header()["Date"] = nil
 				h.ServeHTTP(w, g.callers.identify(r, true))
+				asGRPCGoDecodeError(w.Header(), unary)
 				return
 			}
 			if isGRPC(r) {

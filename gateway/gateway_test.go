@@ -25,6 +25,7 @@ import (
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -615,7 +616,6 @@ func TestUnimplemented(t *testing.T) {
 			_, err = w.Recv()
 			return err
 		},
-		// grpc-go maps the HTTP 404 for an unknown method to Unimplemented.
 		"unknown method": func() error {
 			return conn.Invoke(ctx, "/etcdserverpb.KV/Nope", &pb.RangeRequest{}, &pb.RangeResponse{})
 		},
@@ -629,6 +629,103 @@ func TestUnimplemented(t *testing.T) {
 				t.Fatalf("err = %v, want code Unimplemented", err)
 			}
 		})
+	}
+}
+
+// receiveOnceWatch ends a Watch stream with what its first Receive returns,
+// as the watch fan-out's stream does with an error.
+type receiveOnceWatch struct {
+	etcdserverpbconnect.UnimplementedWatchHandler
+}
+
+func (receiveOnceWatch) Watch(_ context.Context, s *connect.BidiStream[pb.WatchRequest, pb.WatchResponse]) error {
+	_, err := s.Receive()
+	return err
+}
+
+// rawCodec sends and receives message bytes as they are, so a test can send
+// what no generated client would.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error) { return *(v.(*[]byte)), nil }
+func (rawCodec) Unmarshal(b []byte, v any) error {
+	*(v.(*[]byte)) = append([]byte(nil), b...)
+	return nil
+}
+func (rawCodec) Name() string { return "proto" }
+
+// TestGRPCGoAnswers checks the answers that come from grpc-go itself in
+// etcd, not from etcd's code, word for word: an unknown service or method,
+// and a request message that does not decode, in a unary call and in a
+// stream (tests/e2e compares them with a real etcd).
+func TestGRPCGoAnswers(t *testing.T) {
+	addr := startGateway(t, gateway.Config{}, newFake(), gateway.WithWatch(receiveOnceWatch{}))
+	cli := newClient(t, addr)
+	ctx := testCtx(t)
+	conn := cli.ActiveConnection()
+	unary := func(method string, msg []byte) error {
+		var out []byte
+		return conn.Invoke(ctx, method, &msg, &out, grpc.ForceCodec(rawCodec{}))
+	}
+	watch := func(msg []byte) error {
+		s, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true},
+			etcdserverpbconnect.WatchWatchProcedure, grpc.ForceCodec(rawCodec{}))
+		if err != nil {
+			return err
+		}
+		if err := s.SendMsg(&msg); err != nil {
+			return err
+		}
+		var out []byte
+		return s.RecvMsg(&out)
+	}
+	garbage := []byte{0xff, 0xff, 0xff}
+	badUTF8 := []byte{0x0a, 0x01, 0xff} // AuthUserAddRequest.name is a string
+	for _, tc := range []struct {
+		name string
+		err  error
+		code codes.Code
+		msg  string
+	}{
+		{"unknown service", unary("/nope.Service/Method", nil), codes.Unimplemented, "unknown service nope.Service"},
+		{"unknown method", unary("/etcdserverpb.KV/Nope", nil), codes.Unimplemented, "unknown method Nope for service etcdserverpb.KV"},
+		{"malformed unary", unary(etcdserverpbconnect.KVPutProcedure, garbage), codes.Internal,
+			"grpc: error unmarshalling request: proto: cannot parse invalid wire-format data"},
+		{"invalid UTF-8", unary(etcdserverpbconnect.AuthUserAddProcedure, badUTF8), codes.Internal,
+			"grpc: error unmarshalling request: string field contains invalid UTF-8"},
+		{"malformed stream message", watch(garbage), codes.Internal,
+			"grpc: failed to unmarshal the received message: proto: cannot parse invalid wire-format data"},
+	} {
+		// protobuf-go words its errors with a space or a no-break space,
+		// chosen per binary, so that nobody matches them; etcd's too.
+		st := status.Convert(tc.err)
+		if msg := strings.ReplaceAll(st.Message(), "\u00a0", " "); st.Code() != tc.code || msg != tc.msg {
+			t.Errorf("%s: got %v %q, want %v %q", tc.name, st.Code(), st.Message(), tc.code, tc.msg)
+		}
+	}
+	// gRPC-Web (trailers-only response: the status is in the headers).
+	frame := append([]byte{0, 0, 0, 0, byte(len(garbage))}, garbage...)
+	req, err := http.NewRequestWithContext(ctx, "POST", "http://"+addr+etcdserverpbconnect.KVRangeProcedure, bytes.NewReader(frame))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/grpc-web+proto")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if code, msg := resp.Header.Get("Grpc-Status"), resp.Header.Get("Grpc-Message"); code != "13" ||
+		strings.ReplaceAll(msg, "%C2%A0", " ") != "grpc: error unmarshalling request: proto: cannot parse invalid wire-format data" {
+		t.Errorf("gRPC-Web: grpc-status %q, grpc-message %q", code, msg)
+	}
+	// A request that decodes is not touched, and neither is another error
+	// with InvalidArgument.
+	if _, err := cli.Put(ctx, "k", "v"); err != nil {
+		t.Fatalf("put after malformed requests: %v", err)
+	}
+	if _, err := cli.Put(ctx, "", "v"); !errors.Is(err, rpctypes.ErrEmptyKey) {
+		t.Fatalf("empty key: %v, want %v", err, rpctypes.ErrEmptyKey)
 	}
 }
 

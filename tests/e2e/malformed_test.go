@@ -1,0 +1,148 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+// rawBytes is a gRPC codec that sends and receives message bytes as they
+// are, so a test can send what no generated client would build.
+type rawBytes struct{}
+
+func (rawBytes) Marshal(v any) ([]byte, error) { return *(v.(*[]byte)), nil }
+func (rawBytes) Unmarshal(b []byte, v any) error {
+	*(v.(*[]byte)) = append([]byte(nil), b...)
+	return nil
+}
+func (rawBytes) Name() string { return "proto" }
+
+// malformedMessages are request messages as bytes: ones that decode into no
+// message type (broken), and ones that decode into some types although no
+// client would send them (unknown fields, a known field with another wire
+// type, which protobuf keeps as unknown).
+var malformedMessages = []struct {
+	name, msg string
+	broken    bool
+}{
+	{"empty", "", false},
+	{"garbage", "\xff\xff\xff", true},
+	{"truncated length", "\x0a\x05a", true},
+	{"truncated varint", "\x08\xff", true},
+	{"group end", "\x0c", true},
+	{"field number 0", "\x00\x01", true},
+	{"invalid UTF-8", "\x0a\x01\xff", false},
+	{"unknown field", "\x0a\x01a\xf8\x07\x01", false},
+	{"other wire type", "\x08\x01", false},
+}
+
+// malformedCallTimeout bounds one call, so that a server that does not
+// answer one shows as that call's difference, not as every later call's.
+const malformedCallTimeout = 20 * time.Second
+
+// malformedMethods are the methods the messages go to: unary ones of each
+// service (with a string field for the UTF-8 check: AuthUserAdd's name),
+// the streams, and names no server knows.
+var malformedMethods = []struct {
+	method         string
+	server, client bool // streaming sides
+}{
+	{method: "/etcdserverpb.KV/Put"},
+	{method: "/etcdserverpb.KV/Range"},
+	{method: "/etcdserverpb.KV/Txn"},
+	{method: "/etcdserverpb.Lease/LeaseRevoke"},
+	{method: "/etcdserverpb.Auth/UserAdd"},
+	{method: "/etcdserverpb.Cluster/MemberList"},
+	{method: "/etcdserverpb.Watch/Watch", server: true, client: true},
+	{method: "/etcdserverpb.Lease/LeaseKeepAlive", server: true, client: true},
+	{method: "/etcdserverpb.KV/Nope"},
+	{method: "/nope.Service/Method"},
+}
+
+// TestMalformedRequests sends request messages that do not decode, or
+// decode only as unknown fields, to unary methods and streams of etcd and
+// concord, and to methods that do not exist, and requires the same outcome
+// from both: the same gRPC code and message for an error (grpc-go's own
+// wording in etcd), success for what decodes.
+func TestMalformedRequests(t *testing.T) {
+	t.Parallel()
+	transcripts := map[string][]string{}
+	for _, im := range impls {
+		t.Run(im.name, func(t *testing.T) {
+			s := startServer(t, im, serverOptions{})
+			transcripts[im.name] = malformedTranscript(t, s.Endpoint())
+		})
+	}
+	want, got := transcripts[etcdImpl.name], transcripts[concordImpl.name]
+	if len(want) == 0 || len(want) != len(got) {
+		t.Fatalf("incomplete transcripts: etcd %d, concord %d lines", len(want), len(got))
+	}
+	for i := range want {
+		if want[i] != got[i] {
+			t.Errorf("differs:\netcd:    %s\nconcord: %s", want[i], got[i])
+		}
+	}
+}
+
+// malformedTranscript calls every method with every message and returns
+// one line per call: the method, the message's name and the outcome ("ok",
+// or the error's code and message). A stream gets one broken message (a
+// stream's server answers a message that decodes only when it means
+// something); the outcome is what the first receive returns.
+func malformedTranscript(t *testing.T, endpoint string) []string {
+	ctx := testCtx(t)
+	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.ForceCodec(rawBytes{})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var lines []string
+	for _, m := range malformedMethods {
+		for _, msg := range malformedMessages {
+			stream := m.server || m.client
+			if stream && !msg.broken {
+				continue
+			}
+			in := []byte(msg.msg)
+			callCtx, cancel := context.WithTimeout(ctx, malformedCallTimeout)
+			var err error
+			if stream {
+				err = firstStreamAnswer(callCtx, conn, m.method, in)
+			} else {
+				var out []byte
+				err = conn.Invoke(callCtx, m.method, &in, &out)
+			}
+			cancel()
+			outcome := "ok"
+			if err != nil {
+				st := status.Convert(err)
+				// protobuf-go words its errors with a space or a no-break
+				// space, chosen per binary, so that nobody matches them.
+				outcome = fmt.Sprintf("%v: %s", st.Code(), strings.ReplaceAll(st.Message(), "\u00a0", " "))
+			}
+			lines = append(lines, fmt.Sprintf("%s %s: %s", m.method, msg.name, outcome))
+		}
+	}
+	return lines
+}
+
+func firstStreamAnswer(ctx context.Context, conn *grpc.ClientConn, method string, msg []byte) error {
+	s, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, method)
+	if err != nil {
+		return err
+	}
+	if err := s.SendMsg(&msg); err != nil {
+		// The server's answer, if it ended the stream, comes from RecvMsg.
+		var out []byte
+		return s.RecvMsg(&out)
+	}
+	var out []byte
+	return s.RecvMsg(&out)
+}
