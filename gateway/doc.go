@@ -15,9 +15,10 @@
 //   - Every method of etcd's services is routed. Methods concord does not
 //     implement (yet) answer code Unimplemented, never HTTP 404; unknown
 //     services and methods get grpc-go's words, as from etcd.
-//   - A gRPC request message that does not decode gets grpc-go's answer
-//     (Internal, "grpc: error unmarshalling request: ..."), not connect's
-//     (InvalidArgument), rewritten in one place (errors.go).
+//   - A gRPC request message that does not decode or is over the size
+//     limit gets grpc-go's answer (Internal "grpc: error unmarshalling
+//     request: ...", ResourceExhausted "grpc: received message larger than
+//     max ..."), not connect's, rewritten in one place (errors.go).
 //   - A request that fails validation never reaches the backend.
 //   - Every error leaving a handler is a *connect.Error whose code and
 //     message are those etcd would send (see errors.go, the single

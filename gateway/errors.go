@@ -165,15 +165,18 @@ func TranslateError(err error) error {
 	return connect.NewError(connect.CodeUnknown, err)
 }
 
-// connect's and grpc-go's answers to a request message that does not decode
-// (malformed protobuf, invalid UTF-8 in a string field). connect answers
-// InvalidArgument "unmarshal message: unmarshal into *T: <cause>"; etcd,
-// being grpc-go, answers Internal with its own prefix, one for unary calls
-// and one for stream receives.
+// connect's and grpc-go's answers to a request message that the transport
+// refuses. For one that does not decode (malformed protobuf, invalid UTF-8
+// in a string field) connect answers InvalidArgument "unmarshal message:
+// unmarshal into *T: <cause>"; etcd, being grpc-go, answers Internal with
+// its own prefix, one for unary calls and one for stream receives. For one
+// over the size limit both answer ResourceExhausted, in other words.
 const (
 	connectDecodePrefix      = "unmarshal message: unmarshal into *"
 	grpcGoUnaryDecodePrefix  = "grpc: error unmarshalling request: "
 	grpcGoStreamDecodePrefix = "grpc: failed to unmarshal the received message: "
+	connectTooLargePrefix    = "message size "
+	connectTooLargeMiddle    = " is larger than configured max "
 )
 
 // grpcStatusKeys are where connect leaves a call's status once the handler
@@ -184,34 +187,43 @@ var grpcStatusKeys = [2][2]string{
 	{"Grpc-Status", "Grpc-Message"},
 }
 
-// asGRPCGoDecodeError rewrites, in the headers of a finished gRPC call,
-// connect's status for a request that did not decode into grpc-go's, so
+// asGRPCGoReadError rewrites, in the headers of a finished gRPC call,
+// connect's status for a request message it refused into grpc-go's, so
 // clients see etcd's code and message. Only the gRPC protocols carry their
 // status in these headers; the Connect protocol's error is in the body and
 // keeps connect's wording. It looks up one header for any other call.
-func asGRPCGoDecodeError(h http.Header, unary bool) {
+func asGRPCGoReadError(h http.Header, unary bool) {
 	for _, k := range grpcStatusKeys {
 		st := h[k[0]]
 		if len(st) == 0 {
 			continue
 		}
 		msg := h[k[1]]
-		if len(st) != 1 || st[0] != "3" || len(msg) != 1 || !strings.HasPrefix(msg[0], connectDecodePrefix) {
+		if len(st) != 1 || len(msg) != 1 {
 			return
 		}
-		// The cause follows the message type's name ("*pkg.T: cause");
-		// connect has percent-encoded it already, as grpc-go would.
-		cause := msg[0][len(connectDecodePrefix):]
-		i := strings.Index(cause, ": ")
-		if i < 0 {
-			return
+		// connect has percent-encoded the message already, as grpc-go
+		// would, and the parts matched here need no encoding.
+		switch {
+		case st[0] == "3" && strings.HasPrefix(msg[0], connectDecodePrefix):
+			// The cause follows the message type's name ("pkg.T: cause").
+			_, cause, ok := strings.Cut(msg[0][len(connectDecodePrefix):], ": ")
+			if !ok {
+				return
+			}
+			prefix := grpcGoStreamDecodePrefix
+			if unary {
+				prefix = grpcGoUnaryDecodePrefix
+			}
+			h[k[0]] = []string{"13"}
+			h[k[1]] = []string{prefix + cause}
+		case st[0] == "8" && strings.HasPrefix(msg[0], connectTooLargePrefix):
+			size, limit, ok := strings.Cut(msg[0][len(connectTooLargePrefix):], connectTooLargeMiddle)
+			if !ok {
+				return
+			}
+			h[k[1]] = []string{"grpc: received message larger than max (" + size + " vs. " + limit + ")"}
 		}
-		prefix := grpcGoStreamDecodePrefix
-		if unary {
-			prefix = grpcGoUnaryDecodePrefix
-		}
-		h[k[0]] = []string{"13"}
-		h[k[1]] = []string{prefix + cause[i+2:]}
 		return
 	}
 }

@@ -245,7 +245,7 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 				// skips formatting and encoding one per response.
 				w.Header()["Date"] = nil
 				h.ServeHTTP(w, g.callers.identify(r, true))
-				asGRPCGoDecodeError(w.Header(), unary)
+				asGRPCGoReadError(w.Header(), unary)
 				return
 			}
 			if isGRPC(r) {

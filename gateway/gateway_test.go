@@ -656,8 +656,9 @@ func (rawCodec) Name() string { return "proto" }
 
 // TestGRPCGoAnswers checks the answers that come from grpc-go itself in
 // etcd, not from etcd's code, word for word: an unknown service or method,
-// and a request message that does not decode, in a unary call and in a
-// stream (tests/e2e compares them with a real etcd).
+// and a request message that does not decode or is over the transport's
+// size limit, in a unary call and in a stream (tests/e2e compares them with
+// a real etcd).
 func TestGRPCGoAnswers(t *testing.T) {
 	addr := startGateway(t, gateway.Config{}, newFake(), gateway.WithWatch(receiveOnceWatch{}))
 	cli := newClient(t, addr)
@@ -681,6 +682,9 @@ func TestGRPCGoAnswers(t *testing.T) {
 	}
 	garbage := []byte{0xff, 0xff, 0xff}
 	badUTF8 := []byte{0x0a, 0x01, 0xff} // AuthUserAddRequest.name is a string
+	// The transport's limit is etcd's: the request limit plus 512 KiB.
+	limit := gateway.DefaultMaxRequestBytes + 512<<10
+	huge := make([]byte, limit+1)
 	for _, tc := range []struct {
 		name string
 		err  error
@@ -695,6 +699,10 @@ func TestGRPCGoAnswers(t *testing.T) {
 			"grpc: error unmarshalling request: string field contains invalid UTF-8"},
 		{"malformed stream message", watch(garbage), codes.Internal,
 			"grpc: failed to unmarshal the received message: proto: cannot parse invalid wire-format data"},
+		{"too large", unary(etcdserverpbconnect.KVPutProcedure, huge), codes.ResourceExhausted,
+			fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", len(huge), limit)},
+		{"too large in a stream", watch(huge), codes.ResourceExhausted,
+			fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", len(huge), limit)},
 	} {
 		// protobuf-go words its errors with a space or a no-break space,
 		// chosen per binary, so that nobody matches them; etcd's too.

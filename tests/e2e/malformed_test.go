@@ -40,6 +40,9 @@ var malformedMessages = []struct {
 	{"invalid UTF-8", "\x0a\x01\xff", false},
 	{"unknown field", "\x0a\x01a\xf8\x07\x01", false},
 	{"other wire type", "\x08\x01", false},
+	// Over the transport's limit (--max-request-bytes + 512 KiB): refused
+	// before it is decoded.
+	{"too large", strings.Repeat("\x00", 2<<20+1), true},
 }
 
 // malformedCallTimeout bounds one call, so that a server that does not
@@ -98,7 +101,7 @@ func TestMalformedRequests(t *testing.T) {
 func malformedTranscript(t *testing.T, endpoint string) []string {
 	ctx := testCtx(t)
 	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.ForceCodec(rawBytes{})))
+		grpc.WithDefaultCallOptions(grpc.ForceCodec(rawBytes{}), grpc.MaxCallSendMsgSize(4<<20)))
 	if err != nil {
 		t.Fatal(err)
 	}
