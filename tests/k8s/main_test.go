@@ -28,10 +28,28 @@ type impl struct {
 var (
 	etcdImpl    = &impl{name: "etcd", pkg: "go.etcd.io/etcd/server/v3"}
 	concordImpl = &impl{name: "concord", pkg: "./services/concord"}
-	// impls lists the servers the suite runs against, etcd first: its result says which cases
-	// are etcd's own failures.
+	// impls lists the binaries TestMain builds.
 	impls = []*impl{etcdImpl, concordImpl}
+	// moduleRoot is the module's directory (where compose.yaml is); set by TestMain.
+	moduleRoot string
 )
+
+// target is one way of running a server that the suite runs against.
+type target struct {
+	name string // the subtest name
+	im   *impl  // the binary it runs
+	// start starts a server for t, stopped when t ends, and returns the client URLs
+	// Kubernetes talks to.
+	start func(t *testing.T, im *impl) []string
+}
+
+// targets lists what the suite runs against, etcd first: its result says which cases are etcd's
+// own failures. split is compose.yaml's topology of concord processes, reached through a gateway.
+var targets = []*target{
+	{name: "etcd", im: etcdImpl, start: startSingle},
+	{name: "concord", im: concordImpl, start: startSingle},
+	{name: "split", im: concordImpl, start: startSplit},
+}
 
 // TestMain builds both servers once per run into a temporary directory; the go build cache makes
 // every build after the first one quick.
@@ -58,6 +76,7 @@ func buildAll(dir string) {
 		etcdImpl.err, concordImpl.err = err, err
 		return
 	}
+	moduleRoot = root
 	var wg sync.WaitGroup
 	for _, im := range impls {
 		wg.Go(func() {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,6 +29,91 @@ const (
 	// logTail is how much of a server's output a failing test prints.
 	logTail = 16 << 10
 )
+
+// progressNotifyInterval is the period of progress notifications every target is started with:
+// a second, as k8s's ProgressNotify and WatchDispatchBookmarkEvents tests configure etcd; watches
+// that do not ask for progress notifications get none, so the other cases do not see them.
+const progressNotifyInterval = "1s"
+
+// startSingle is a target's start for a one-process server (etcd, concord all-in-one).
+func startSingle(t *testing.T, im *impl) []string {
+	t.Helper()
+	return []string{startServer(t, im, "--watch-progress-notify-interval="+progressNotifyInterval).clientURL}
+}
+
+// startSplit is the split target's start: every service of compose.yaml (three consensus
+// members, two watch fan-outs, two lease services, two gateways) as concord processes on
+// loopback, started by internal/launcher as `concord cluster` and the chaos tests start them.
+// Kubernetes talks to both gateways, as kube-apiserver is given every etcd member
+// (--etcd-servers): clientv3 sends its calls to them in turn, so a write through one gateway
+// is read or watched through the other. The progress notification interval reaches the watch
+// fan-outs (the processes that send them) through the environment, which every process reads,
+// so that compose.yaml's commands stay as they are.
+func startSplit(t *testing.T, im *impl) []string {
+	t.Helper()
+	if im.err != nil {
+		t.Fatalf("%s: %v", im.name, im.err)
+	}
+	env := append(launcher.DefaultEnv(), "CONCORD_WATCH_PROGRESS_NOTIFY_INTERVAL="+progressNotifyInterval)
+	for attempt := 1; ; attempt++ {
+		dir := t.TempDir()
+		t0 := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*readyTimeout)
+		lc, err := launcher.Start(ctx, launcher.Config{
+			ComposeFile:  filepath.Join(moduleRoot, "compose.yaml"),
+			Binary:       im.bin,
+			Dir:          dir,
+			Env:          env,
+			ReadyTimeout: readyTimeout,
+		})
+		cancel()
+		if err == nil {
+			t.Logf("split topology up in %v", time.Since(t0).Round(time.Millisecond))
+			t.Cleanup(func() {
+				lc.Stop()
+				if t.Failed() {
+					for _, s := range lc.Services() {
+						t.Logf("%s output (last %d bytes):\n%s", s.Name, logTail, lastBytes(lc.LogTail(s.Name), logTail))
+					}
+				}
+			})
+			var urls []string
+			for _, name := range lc.ByRole("gateway") {
+				gw, err := lc.Service(name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				urls = append(urls, gw.ClientURL)
+			}
+			return urls
+		}
+		// launcher.Start stopped what it started; the services' logs are in dir. Another
+		// process may have taken a port between the launcher's probe and a service's bind.
+		logs := splitLogs(dir)
+		if attempt == startAttempts || !strings.Contains(logs, "address already in use") {
+			t.Logf("split topology output:\n%s", lastBytes(logs, 4*logTail))
+			t.Fatalf("start the split topology: %v", err)
+		}
+	}
+}
+
+// splitLogs returns every service's log file in dir, one after the other.
+func splitLogs(dir string) string {
+	files, _ := filepath.Glob(filepath.Join(dir, "*.log")) // the pattern is valid
+	var b strings.Builder
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			fmt.Fprintf(&b, "=== %s: %v\n", f, err)
+			continue
+		}
+		b.Write(data)
+	}
+	return b.String()
+}
+
+// lastBytes returns the last n bytes of s.
+func lastBytes(s string, n int) string { return s[max(0, len(s)-n):] }
 
 // server is one etcd or concord process on loopback ports, stopped by the test's cleanup.
 type server struct {

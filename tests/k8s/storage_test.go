@@ -61,18 +61,19 @@ func TestStorageConformance(t *testing.T) {
 	runSuite(t, cases())
 }
 
-// runSuite runs cs against etcd, then concord, each on its own servers, as subtests
-// <impl>/<case>. Nothing is skipped: every case passes on etcd 3.7.3 and must pass on concord.
+// runSuite runs cs against each target (etcd, then concord, then concord's split topology),
+// each on its own servers, as subtests <target>/<case>. Nothing is skipped: every case passes on
+// etcd 3.7.3 and must pass on concord.
 func runSuite(t *testing.T, cs []tcase) {
-	for _, im := range impls {
-		t.Run(im.name, func(t *testing.T) {
-			shared := &backend{im: im, endpoint: startServer(t, im, progressNotifyFlag).clientURL}
+	for _, tg := range targets {
+		t.Run(tg.name, func(t *testing.T) {
+			shared := &backend{tg: tg, endpoints: tg.start(t, tg.im)}
 			// A compaction is server-wide: the cases that compact share a second server, so
 			// that the others can watch from revision 1 as on k8s's fresh etcd.
 			var compactingServer *backend
 			for _, c := range cs {
 				if compacting[c.name] && compactingServer == nil {
-					compactingServer = &backend{im: im, endpoint: startServer(t, im, progressNotifyFlag).clientURL}
+					compactingServer = &backend{tg: tg, endpoints: tg.start(t, tg.im)}
 				}
 			}
 			for _, c := range cs {
@@ -87,11 +88,6 @@ func runSuite(t *testing.T, cs []tcase) {
 		})
 	}
 }
-
-// progressNotifyFlag asks for a progress notification every second, as k8s's ProgressNotify and
-// WatchDispatchBookmarkEvents tests configure etcd; watches that do not ask for progress
-// notifications get none, so the other cases do not see them.
-const progressNotifyFlag = "--watch-progress-notify-interval=1s"
 
 // tcase is one of k8s's store or watcher tests.
 type tcase struct {
@@ -442,15 +438,15 @@ func watchCases() []tcase {
 
 // backend is one running server that the cases share.
 type backend struct {
-	im       *impl
-	endpoint string
-	stores   atomic.Int64 // numbers the stores' key prefixes
+	tg        *target
+	endpoints []string     // the client URLs of the server (one) or the split topology's gateways
+	stores    atomic.Int64 // numbers the stores' key prefixes
 }
 
-// fresh starts a server of b's implementation for the case t alone, stopped when it ends.
+// fresh starts a server of b's target for the case t alone, stopped when it ends.
 func (b *backend) fresh(t *testing.T) *backend {
 	t.Helper()
-	return &backend{im: b.im, endpoint: startServer(t, b.im, progressNotifyFlag).clientURL}
+	return &backend{tg: b.tg, endpoints: b.tg.start(t, b.tg.im)}
 }
 
 // etcdStore is what the cases use of the store etcd3.New returns (an unexported type).
@@ -528,7 +524,7 @@ func (b *backend) setup(t *testing.T, opts ...setupOption) *fixture {
 	f.transformer = newSwapTransformer(o.transformer)
 
 	client, err := kubernetes.New(clientv3.Config{
-		Endpoints:   []string{b.endpoint},
+		Endpoints:   b.endpoints,
 		DialTimeout: 10 * time.Second,
 		Logger:      zap.NewNop(),
 	})
