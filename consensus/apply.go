@@ -161,6 +161,11 @@ func (n *Node) applyRequest(b *storage.Batch, r *pb.InternalRaftRequest, out *ap
 		err  error
 		fits = true
 	)
+	// A CORRUPT alarm refuses every write before anything else looks at
+	// it, as etcd's corrupt applier wraps all its others.
+	if n.corrupt() && refusedWhenCorrupt(r) {
+		return result{err: ErrCorrupt}, false, nil
+	}
 	if err := n.checkApply(b, r); err != nil {
 		return result{err: err}, false, nil
 	}
@@ -273,6 +278,25 @@ func (n *Node) fitsQuota(out *applyOutput, cost int) bool {
 	ok := out.size+int64(cost) < n.quota
 	out.size += int64(cost)
 	return ok
+}
+
+// corrupt reports an active CORRUPT alarm of any member as of the apply
+// position, as capped does NOSPACE.
+func (n *Node) corrupt() bool {
+	for k := range n.alarms {
+		if k.alarm == pb.AlarmType_CORRUPT {
+			return true
+		}
+	}
+	return false
+}
+
+// refusedWhenCorrupt lists what etcd's applierV3Corrupt refuses: every
+// write and compaction, lease grants and revokes. Alarms (to clear it),
+// auth and membership changes go on.
+func refusedWhenCorrupt(r *pb.InternalRaftRequest) bool {
+	return r.Put != nil || r.DeleteRange != nil || r.Txn != nil || r.Compaction != nil ||
+		r.LeaseGrant != nil || r.LeaseRevoke != nil
 }
 
 // capped reports an active NOSPACE alarm as of the apply position (including

@@ -8,10 +8,13 @@ import (
 // Sentinel errors. Messages are etcd's (server/etcdserver/errors) so the
 // gateway can map them to rpctypes errors one to one.
 var (
-	ErrStopped         = errors.New("etcdserver: server stopped")
-	ErrNoLeader        = errors.New("etcdserver: no leader")
-	ErrTimeout         = errors.New("etcdserver: request timed out")
-	ErrNoSpace         = errors.New("etcdserver: no space")
+	ErrStopped  = errors.New("etcdserver: server stopped")
+	ErrNoLeader = errors.New("etcdserver: no leader")
+	ErrTimeout  = errors.New("etcdserver: request timed out")
+	ErrNoSpace  = errors.New("etcdserver: no space")
+	// ErrCorrupt refuses every write while a CORRUPT alarm is active, as
+	// etcd's corrupt applier: the data may differ between members.
+	ErrCorrupt         = errors.New("etcdserver: corrupt cluster")
 	ErrTooManyRequests = errors.New("etcdserver: too many requests")
 	ErrMemberNotFound  = errors.New("etcdserver: member not found")
 

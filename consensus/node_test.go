@@ -768,6 +768,55 @@ func TestQuotaNoSpaceAlarmAndDisarm(t *testing.T) {
 	}
 }
 
+// TestCorruptAlarmRefusesWrites: with a CORRUPT alarm of any member active,
+// etcd's corrupt applier refuses puts, deletes, write txns, compactions and
+// lease grants and revokes with "etcdserver: corrupt cluster"; reads,
+// read-only txns and the alarm's own deactivation go on.
+func TestCorruptAlarmRefusesWrites(t *testing.T) {
+	n := startNode(t, testConfig(t))
+	ctx := ctxT(t)
+	rev := put(t, n, "k", "before").Header.Revision
+	l, err := n.LeaseGrant(ctx, &pb.LeaseGrantRequest{TTL: 60})
+	if err != nil {
+		t.Fatal(err)
+	}
+	corrupt := &pb.AlarmRequest{Action: pb.AlarmRequest_ACTIVATE, MemberID: 12345, Alarm: pb.AlarmType_CORRUPT}
+	if _, err := n.Alarm(ctx, corrupt); err != nil {
+		t.Fatal(err)
+	}
+	putOp := &pb.RequestOp{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte("k"), Value: []byte("txn")}}}
+	refused := []struct {
+		name string
+		call func() error
+	}{
+		{"put", func() error { _, err := n.Put(ctx, &pb.PutRequest{Key: []byte("k"), Value: []byte("v")}); return err }},
+		{"delete", func() error { _, err := n.DeleteRange(ctx, &pb.DeleteRangeRequest{Key: []byte("k")}); return err }},
+		{"txn", func() error { _, err := n.Txn(ctx, &pb.TxnRequest{Success: []*pb.RequestOp{putOp}}); return err }},
+		{"compact", func() error { _, err := n.Compact(ctx, &pb.CompactionRequest{Revision: rev}); return err }},
+		{"lease grant", func() error { _, err := n.LeaseGrant(ctx, &pb.LeaseGrantRequest{TTL: 60}); return err }},
+		{"lease revoke", func() error { _, err := n.LeaseRevoke(ctx, &pb.LeaseRevokeRequest{ID: l.ID}); return err }},
+	}
+	for _, c := range refused {
+		if err := c.call(); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s with CORRUPT: %v, want ErrCorrupt", c.name, err)
+		}
+	}
+	if r := get(t, n, "k", false); len(r.Kvs) != 1 || string(r.Kvs[0].Value) != "before" || r.Header.Revision != rev {
+		t.Fatalf("range with CORRUPT = %v, want k=before at %d", r, rev)
+	}
+	rangeOp := &pb.RequestOp{Request: &pb.RequestOp_RequestRange{RequestRange: &pb.RangeRequest{Key: []byte("k")}}}
+	if _, err := n.Txn(ctx, &pb.TxnRequest{Success: []*pb.RequestOp{rangeOp}}); err != nil {
+		t.Fatalf("read-only txn with CORRUPT: %v", err)
+	}
+	corrupt.Action = pb.AlarmRequest_DEACTIVATE
+	if _, err := n.Alarm(ctx, corrupt); err != nil {
+		t.Fatal(err)
+	}
+	if r := put(t, n, "k", "after"); r.Header.Revision != rev+1 {
+		t.Fatalf("put after the alarm is cleared at %d, want %d", r.Header.Revision, rev+1)
+	}
+}
+
 func TestCompactionAndLeasesThroughRaft(t *testing.T) {
 	n := startNode(t, testConfig(t))
 	ctx := ctxT(t)

@@ -110,6 +110,12 @@ func (n *Node) MemberUpdate(ctx context.Context, r *pb.MemberUpdateRequest) (*pb
 	}
 	urls, err := parsePeerURLs(r.GetPeerURLs())
 	if err != nil {
+		// etcd checks no URLs of an update (concord does, so that a member
+		// cannot be given URLs nobody can reach) but refuses an unknown
+		// member: that answer comes first.
+		if !slices.ContainsFunc(*n.membersPub.Load(), func(m member) bool { return m.ID == r.GetID() }) {
+			return nil, ErrMemberNotFound
+		}
 		return nil, err
 	}
 	ms, err := n.configure(ctx, raftpb.ConfChangeUpdateNode, r.GetID(),

@@ -312,6 +312,10 @@ func TestMembershipUpdatePeerURLsAndErrors(t *testing.T) {
 			_, err := n.MemberUpdate(ctxT(t), &pb.MemberUpdateRequest{ID: c.ids[f], PeerURLs: []string{"127.0.0.1:1"}})
 			return err
 		}},
+		{"update of an unknown member with a bad URL", ErrMemberNotFound, func(n *Node) error {
+			_, err := n.MemberUpdate(ctxT(t), &pb.MemberUpdateRequest{ID: 42})
+			return err
+		}},
 		{"add with no URL", ErrBadPeerURLs, func(n *Node) error {
 			_, err := n.MemberAdd(ctxT(t), &pb.MemberAddRequest{})
 			return err

@@ -31,6 +31,7 @@ var errorTable = []struct {
 	{storage.ErrLeaseExists, rpctypes.ErrGRPCLeaseExist},
 	{storage.ErrKeyNotFound, rpctypes.ErrGRPCKeyNotFound},
 	{consensus.ErrNoSpace, rpctypes.ErrGRPCNoSpace},
+	{consensus.ErrCorrupt, rpctypes.ErrGRPCCorrupt},
 	{consensus.ErrNoLeader, rpctypes.ErrGRPCNoLeader},
 	// Before ErrTimeout, which it wraps.
 	{consensus.ErrTimeoutConnectionLost, rpctypes.ErrGRPCTimeoutDueToConnectionLost},

@@ -919,6 +919,7 @@ var errorTable = []struct {
 	{storage.ErrKeyNotFound, rpctypes.ErrGRPCKeyNotFound, rpctypes.ErrKeyNotFound},
 	{storage.ErrClosed, rpctypes.ErrGRPCStopped, rpctypes.ErrStopped},
 	{consensus.ErrNoSpace, rpctypes.ErrGRPCNoSpace, rpctypes.ErrNoSpace},
+	{consensus.ErrCorrupt, rpctypes.ErrGRPCCorrupt, rpctypes.ErrCorrupt},
 	{consensus.ErrNoLeader, rpctypes.ErrGRPCNoLeader, rpctypes.ErrNoLeader},
 	{consensus.ErrTimeout, rpctypes.ErrGRPCTimeout, rpctypes.ErrTimeout},
 	{consensus.ErrStopped, rpctypes.ErrGRPCStopped, rpctypes.ErrStopped},

@@ -103,11 +103,11 @@ func TestMembershipBadPeerURLsNeverReachTheBackend(t *testing.T) {
 			t.Errorf("%s: %v, want %v", what, err, want.Message())
 		}
 	}
+	// MemberUpdate's URLs are the backend's to check, after the member's
+	// existence, as etcd answers an unknown member first.
 	for _, urls := range [][]string{nil, {"127.0.0.1:2380"}, {"http://h"}, {"ftp://h:1"}, {"http://h:1/path"}, {"http://h:1", "::"}} {
 		_, err := cl.MemberAdd(ctx, &pb.MemberAddRequest{PeerURLs: urls})
 		check(fmt.Sprintf("member add %q", urls), err)
-		_, err = cl.MemberUpdate(ctx, &pb.MemberUpdateRequest{ID: 1, PeerURLs: urls})
-		check(fmt.Sprintf("member update %q", urls), err)
 	}
 	if n := f.calls.Load(); n != 0 {
 		t.Fatalf("%d bad requests reached the backend", n)

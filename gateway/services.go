@@ -314,10 +314,9 @@ func (s clusterService) MemberRemove(ctx context.Context, r *pb.MemberRemoveRequ
 	return resp, nil
 }
 
+// MemberUpdate leaves the URLs to the backend: etcd answers an update of
+// an unknown member "member not found" whatever its URLs.
 func (s clusterService) MemberUpdate(ctx context.Context, r *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error) {
-	if err := validPeerURLs(r.GetPeerURLs()); err != nil {
-		return nil, rpcError(err)
-	}
 	resp, err := s.g.b.MemberUpdate(ctx, r)
 	if err != nil {
 		return nil, TranslateError(err)

@@ -241,9 +241,8 @@ func validLeaseGrant(r *pb.LeaseGrantRequest) error {
 	return nil
 }
 
-// validPeerURLs is etcd's types.NewURLs check of MemberAdd (and, in
-// concord, MemberUpdate): at least one URL, each http(s) with host:port or
-// unix(s), without a path.
+// validPeerURLs is etcd's types.NewURLs check of MemberAdd: at least one
+// URL, each http(s) with host:port or unix(s), without a path.
 func validPeerURLs(urls []string) error {
 	if len(urls) == 0 {
 		return rpctypes.ErrGRPCMemberBadURLs

@@ -45,6 +45,7 @@ import (
 	"connectrpc.com/connect"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"golang.org/x/net/http2"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/concord-kv/concord/auth"
@@ -261,6 +262,7 @@ var sentinels = []struct {
 	{rpctypes.ErrGRPCLeaseNotFound, []error{storage.ErrLeaseNotFound}},
 	{rpctypes.ErrGRPCLeaseExist, []error{storage.ErrLeaseExists}},
 	{rpctypes.ErrGRPCNoSpace, []error{consensus.ErrNoSpace}},
+	{rpctypes.ErrGRPCCorrupt, []error{consensus.ErrCorrupt}},
 	{rpctypes.ErrGRPCNoLeader, []error{consensus.ErrNoLeader}},
 	{rpctypes.ErrGRPCTimeout, []error{consensus.ErrTimeout}},
 	{rpctypes.ErrGRPCTimeoutDueToConnectionLost, []error{consensus.ErrTimeoutConnectionLost}},
@@ -268,6 +270,9 @@ var sentinels = []struct {
 	{rpctypes.ErrGRPCLeaseTTLTooLarge, []error{consensus.ErrLeaseTTLTooLarge}},
 	{rpctypes.ErrGRPCRequestTooManyRequests, []error{consensus.ErrTooManyRequests}},
 	{rpctypes.ErrGRPCLeaderChanged, []error{consensus.ErrStaleEpoch}},
+	// etcd has no rpctypes error for it: gRPC's Unknown with its text,
+	// which classify would otherwise take for a broken connection.
+	{status.Error(codes.Unknown, consensus.ErrUnknownMethod.Error()), []error{consensus.ErrUnknownMethod}},
 	// A refused Authorize: the gateway's watch service picks the cancel
 	// reason of a refused watch from these.
 	{rpctypes.ErrGRPCPermissionDenied, []error{auth.ErrPermissionDenied}},

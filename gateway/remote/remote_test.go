@@ -99,6 +99,7 @@ func TestWireErrorsMapBackToSentinels(t *testing.T) {
 		storage.ErrCompacted, storage.ErrFutureRev, storage.ErrLeaseNotFound, storage.ErrLeaseExists,
 		consensus.ErrNoSpace, consensus.ErrNoLeader, consensus.ErrTimeout, consensus.ErrStopped,
 		consensus.ErrLeaseTTLTooLarge, consensus.ErrTooManyRequests, consensus.ErrStaleEpoch,
+		consensus.ErrCorrupt, consensus.ErrUnknownMethod,
 	} {
 		wire := gateway.TranslateError(fmt.Errorf("x: %w", s))
 		got := remote.FromWireForTest(wire)
