@@ -38,18 +38,8 @@ func TestAdminRequestsMatchEtcd(t *testing.T) {
 	t.Run("split", func(t *testing.T) {
 		transcripts["split"] = adminTranscript(t, startSplit(t).gateways[0].endpoint())
 	})
-	want := transcripts[etcdImpl.name]
 	for _, name := range []string{concordImpl.name, "split"} {
-		got := transcripts[name]
-		if len(want) == 0 || len(want) != len(got) {
-			t.Errorf("incomplete transcripts: etcd %d, %s %d lines", len(want), name, len(got))
-			continue
-		}
-		for i := range want {
-			if want[i] != got[i] {
-				t.Errorf("differs:\netcd:    %s\n%s: %s", want[i], name, got[i])
-			}
-		}
+		compareTranscripts(t, name, transcripts[etcdImpl.name], transcripts[name])
 	}
 }
 

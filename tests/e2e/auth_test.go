@@ -810,15 +810,7 @@ func TestJSONGatewayAuth(t *testing.T) {
 			transcripts[im.name] = jsonAuthTranscript(t, s)
 		})
 	}
-	want, got := transcripts["etcd"], transcripts["concord"]
-	if len(want) == 0 || len(want) != len(got) {
-		t.Fatalf("incomplete transcripts: etcd %d, concord %d calls", len(want), len(got))
-	}
-	for i := range want {
-		if want[i] != got[i] {
-			t.Errorf("call %d differs:\netcd:    %s\nconcord: %s", i, want[i], got[i])
-		}
-	}
+	compareTranscripts(t, concordImpl.name, transcripts[etcdImpl.name], transcripts[concordImpl.name])
 }
 
 func jsonAuthTranscript(t *testing.T, s *Server) []string {

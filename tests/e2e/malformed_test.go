@@ -82,15 +82,7 @@ func TestMalformedRequests(t *testing.T) {
 			transcripts[im.name] = malformedTranscript(t, s.Endpoint())
 		})
 	}
-	want, got := transcripts[etcdImpl.name], transcripts[concordImpl.name]
-	if len(want) == 0 || len(want) != len(got) {
-		t.Fatalf("incomplete transcripts: etcd %d, concord %d lines", len(want), len(got))
-	}
-	for i := range want {
-		if want[i] != got[i] {
-			t.Errorf("differs:\netcd:    %s\nconcord: %s", want[i], got[i])
-		}
-	}
+	compareTranscripts(t, concordImpl.name, transcripts[etcdImpl.name], transcripts[concordImpl.name])
 }
 
 // malformedTranscript calls every method with every message and returns

@@ -187,9 +187,13 @@ func readGolden(path string) ([]string, error) {
 	return entries, nil
 }
 
-// compareTranscripts reports every step whose output differs from etcd's (at most maxDiffs).
+// compareTranscripts reports every step whose output differs from etcd's (at most maxDiffs). An
+// empty etcd transcript fails too: the subtest that made it stopped early.
 func compareTranscripts(t *testing.T, who string, want, got []string) {
 	t.Helper()
+	if len(want) == 0 {
+		t.Errorf("etcd's transcript is empty")
+	}
 	const maxDiffs = 6
 	diffs := 0
 	for i := 0; i < len(want) || i < len(got); i++ {
@@ -205,7 +209,7 @@ func compareTranscripts(t *testing.T, who string, want, got []string) {
 		}
 		diffs++
 		if diffs <= maxDiffs {
-			t.Errorf("step %d differs from etcd\n--- etcd (golden):\n%s--- %s:\n%s", i+1, w, who, g)
+			t.Errorf("step %d differs from etcd\n--- etcd (golden):\n%s\n--- %s:\n%s", i+1, strings.TrimSuffix(w, "\n"), who, strings.TrimSuffix(g, "\n"))
 		}
 	}
 	if diffs > maxDiffs {
