@@ -3,7 +3,9 @@ package gateway
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"connectrpc.com/connect"
@@ -180,6 +182,18 @@ const (
 	connectTooLargeMiddle    = " is larger than configured max "
 )
 
+// countingBody counts the bytes read from a request body.
+type countingBody struct {
+	io.ReadCloser
+	n int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n += int64(n)
+	return n, err
+}
+
 // grpcStatusKeys are where connect leaves a call's status once the handler
 // has returned: as HTTP/2 trailers, or as headers in a gRPC-Web
 // trailers-only response.
@@ -193,7 +207,13 @@ var grpcStatusKeys = [2][2]string{
 // clients see etcd's code and message. Only the gRPC protocols carry their
 // status in these headers; the Connect protocol's error is in the body and
 // keeps connect's wording. It looks up one header for any other call.
-func asGRPCGoReadError(h http.Header, unary bool) {
+//
+// compressed counts what was read of a compressed request's body (nil for
+// one not compressed). connect words a message over the limit the same
+// before decompression (its size on the wire) and after (the size it
+// decompressed to); grpc-go's words differ, and only after decompression
+// can the size exceed what was read.
+func asGRPCGoReadError(h http.Header, unary bool, compressed *countingBody) {
 	for _, k := range grpcStatusKeys {
 		st := h[k[0]]
 		if len(st) == 0 {
@@ -221,6 +241,10 @@ func asGRPCGoReadError(h http.Header, unary bool) {
 		case st[0] == "8" && strings.HasPrefix(msg[0], connectTooLargePrefix):
 			size, limit, ok := strings.Cut(msg[0][len(connectTooLargePrefix):], connectTooLargeMiddle)
 			if !ok {
+				return
+			}
+			if n, err := strconv.ParseInt(size, 10, 64); err == nil && compressed != nil && compressed.n < n {
+				h[k[1]] = []string{"grpc: received message after decompression larger than max " + limit}
 				return
 			}
 			h[k[1]] = []string{"grpc: received message larger than max (" + size + " vs. " + limit + ")"}

@@ -244,8 +244,15 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 				// gRPC has no use for a Date header; without it the server
 				// skips formatting and encoding one per response.
 				w.Header()["Date"] = nil
+				var body *countingBody
+				if enc := r.Header["Grpc-Encoding"]; len(enc) > 0 && enc[0] != "identity" {
+					// Only compressed requests are counted: the count
+					// tells what was over the limit (asGRPCGoReadError).
+					body = &countingBody{ReadCloser: r.Body}
+					r.Body = body
+				}
 				h.ServeHTTP(w, g.callers.identify(r, true))
-				asGRPCGoReadError(w.Header(), unary)
+				asGRPCGoReadError(w.Header(), unary, body)
 				return
 			}
 			if isGRPC(r) {

@@ -2,11 +2,13 @@ package gateway_test
 
 import (
 	"bytes"
+	gogzip "compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"sort"
@@ -27,6 +29,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding/gzip"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -685,6 +688,12 @@ func TestGRPCGoAnswers(t *testing.T) {
 	// The transport's limit is etcd's: the request limit plus 512 KiB.
 	limit := gateway.DefaultMaxRequestBytes + 512<<10
 	huge := make([]byte, limit+1)
+	incompressible := make([]byte, limit+1)
+	rand.NewChaCha8([32]byte{1}).Read(incompressible)
+	unaryCompressed := func(method string, msg []byte) error {
+		var out []byte
+		return conn.Invoke(ctx, method, &msg, &out, grpc.ForceCodec(rawCodec{}), grpc.UseCompressor(gzip.Name))
+	}
 	for _, tc := range []struct {
 		name string
 		err  error
@@ -703,6 +712,12 @@ func TestGRPCGoAnswers(t *testing.T) {
 			fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", len(huge), limit)},
 		{"too large in a stream", watch(huge), codes.ResourceExhausted,
 			fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", len(huge), limit)},
+		// Compressed: within the limit on the wire, over it decompressed
+		// (grpc-go words it without the size, which it stops reading at).
+		{"too large decompressed", unaryCompressed(etcdserverpbconnect.KVPutProcedure, huge), codes.ResourceExhausted,
+			fmt.Sprintf("grpc: received message after decompression larger than max %d", limit)},
+		{"too large compressed", unaryCompressed(etcdserverpbconnect.KVPutProcedure, incompressible), codes.ResourceExhausted,
+			fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", len(incompressible)+gzipOverhead(t, incompressible), limit)},
 	} {
 		// protobuf-go words its errors with a space or a no-break space,
 		// chosen per binary, so that nobody matches them; etcd's too.
@@ -1119,4 +1134,17 @@ func TestWithWatch(t *testing.T) {
 	}
 	wcancel()
 	cli.Close()
+}
+
+// gzipOverhead is what gzip adds to b as grpc-go's compressor writes it.
+func gzipOverhead(t *testing.T, b []byte) int {
+	var buf bytes.Buffer
+	w := gogzip.NewWriter(&buf)
+	if _, err := w.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Len() - len(b)
 }

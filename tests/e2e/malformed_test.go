@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/encoding/gzip"
 	"google.golang.org/grpc/status"
 )
 
@@ -70,7 +71,8 @@ var malformedMethods = []struct {
 
 // TestMalformedRequests sends request messages that do not decode, or
 // decode only as unknown fields, to unary methods and streams of etcd and
-// concord, and to methods that do not exist, and requires the same outcome
+// concord (unary ones also gzip-compressed), and to methods that do not
+// exist, and requires the same outcome
 // from both: the same gRPC code and message for an error (grpc-go's own
 // wording in etcd), success for what decodes.
 func TestMalformedRequests(t *testing.T) {
@@ -106,29 +108,44 @@ func malformedTranscript(t *testing.T, endpoint string) []string {
 				continue
 			}
 			in := []byte(msg.msg)
-			callCtx, cancel := context.WithTimeout(ctx, malformedCallTimeout)
-			var err error
 			if stream {
-				err = firstStreamAnswer(callCtx, conn, m.method, in)
-			} else {
+				lines = append(lines, malformedLine(m.method, msg.name, firstStreamAnswer(ctx, conn, m.method, in)))
+				continue
+			}
+			// Unary calls also gzip-compressed: grpc-go words a message
+			// over the limit once decompressed in its own way.
+			for _, opts := range [][]grpc.CallOption{nil, {grpc.UseCompressor(gzip.Name)}} {
+				callCtx, cancel := context.WithTimeout(ctx, malformedCallTimeout)
 				var out []byte
-				err = conn.Invoke(callCtx, m.method, &in, &out)
+				err := conn.Invoke(callCtx, m.method, &in, &out, opts...)
+				cancel()
+				name := msg.name
+				if opts != nil {
+					name += " (gzip)"
+				}
+				lines = append(lines, malformedLine(m.method, name, err))
 			}
-			cancel()
-			outcome := "ok"
-			if err != nil {
-				st := status.Convert(err)
-				// protobuf-go words its errors with a space or a no-break
-				// space, chosen per binary, so that nobody matches them.
-				outcome = fmt.Sprintf("%v: %s", st.Code(), strings.ReplaceAll(st.Message(), "\u00a0", " "))
-			}
-			lines = append(lines, fmt.Sprintf("%s %s: %s", m.method, msg.name, outcome))
 		}
 	}
 	return lines
 }
 
+// malformedLine is a transcript line: the method, the message's name and
+// the outcome ("ok", or the error's code and message).
+func malformedLine(method, name string, err error) string {
+	outcome := "ok"
+	if err != nil {
+		st := status.Convert(err)
+		// protobuf-go words its errors with a space or a no-break space,
+		// chosen per binary, so that nobody matches them.
+		outcome = fmt.Sprintf("%v: %s", st.Code(), strings.ReplaceAll(st.Message(), "\u00a0", " "))
+	}
+	return fmt.Sprintf("%s %s: %s", method, name, outcome)
+}
+
 func firstStreamAnswer(ctx context.Context, conn *grpc.ClientConn, method string, msg []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, malformedCallTimeout)
+	defer cancel()
 	s, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, method)
 	if err != nil {
 		return err
