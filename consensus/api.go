@@ -223,6 +223,9 @@ func (n *Node) LeaseLeases(ctx context.Context, _ *pb.LeaseLeasesRequest) (*pb.L
 		return nil, ErrStopped
 	}
 	ls := n.store.Leases()
+	if err := n.checkLeaseLeases(ctx, ls); err != nil {
+		return nil, err
+	}
 	out := make([]*pb.LeaseStatus, 0, len(ls))
 	for _, l := range ls {
 		out = append(out, &pb.LeaseStatus{ID: l.ID})

@@ -194,6 +194,34 @@ func (n *Node) AuthorizeLease(ctx context.Context, id int64, write bool) error {
 	return nil
 }
 
+// checkLeaseLeases is etcd's checkLeaseLeases: once auth is enabled, the
+// list is for a user (ErrUserEmpty without one) with the root role or with
+// read permission on every key attached to any lease.
+func (n *Node) checkLeaseLeases(ctx context.Context, ls []storage.LeaseInfo) error {
+	st := n.AuthState()
+	if !st.Enabled() {
+		return nil
+	}
+	ai, err := n.authInfo(ctx, st)
+	if err != nil {
+		return err
+	}
+	if ai == nil {
+		return auth.ErrUserEmpty
+	}
+	if st.IsAdminPermitted(ai) == nil {
+		return nil
+	}
+	for _, l := range ls {
+		for _, k := range l.Keys {
+			if err := st.IsOpPermitted(ai, k, nil, authpb.Permission_READ); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // checkApply runs etcd's apply-time permission checks for r, as the user
 // its header names.
 func (n *Node) checkApply(b *storage.Batch, r *pb.InternalRaftRequest) error {

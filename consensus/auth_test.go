@@ -370,3 +370,47 @@ func enableAuth(t *testing.T, n *Node) func(user string) string {
 		return r.Token
 	}
 }
+
+// TestAuthLeaseLeases: once auth is enabled, LeaseLeases needs a user, as
+// etcd's checkLeaseLeases: root lists everything; another user only while
+// it may read every key attached to a lease.
+func TestAuthLeaseLeases(t *testing.T) {
+	c := newTestCluster(t, 1, func(cfg *Config) { cfg.BcryptCost = bcrypt.MinCost })
+	n := c.nodes[c.leader()]
+	addUsers(t, n, []string{"root"}, "alice")
+	if _, err := n.RoleAdd(ctxT(t), &pb.AuthRoleAddRequest{Name: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.RoleGrantPermission(ctxT(t), &pb.AuthRoleGrantPermissionRequest{Name: "r",
+		Perm: &authpb.Permission{Key: []byte("a"), RangeEnd: []byte("b"), PermType: authpb.Permission_READ}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: "alice", Role: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := n.LeaseGrant(ctxT(t), &pb.LeaseGrantRequest{TTL: 3600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Put(ctxT(t), &pb.PutRequest{Key: []byte("a1"), Lease: l.ID}); err != nil {
+		t.Fatal(err)
+	}
+	token := enableAuth(t, n)
+	as := func(cr auth.Credentials) context.Context { return auth.WithCredentials(ctxT(t), cr) }
+	root, alice := as(auth.Credentials{Token: token("root")}), as(auth.Credentials{Token: token("alice")})
+	check := func(what string, ctx context.Context, want error) {
+		t.Helper()
+		_, err := n.LeaseLeases(ctx, &pb.LeaseLeasesRequest{})
+		if !errors.Is(err, want) || (err == nil) != (want == nil) {
+			t.Errorf("%s: %v, want %v", what, err, want)
+		}
+	}
+	check("no token", as(auth.Credentials{}), auth.ErrUserEmpty)
+	check("root", root, nil)
+	check("alice, who may read a1", alice, nil)
+	if _, err := n.Put(root, &pb.PutRequest{Key: []byte("secret"), Lease: l.ID}); err != nil {
+		t.Fatal(err)
+	}
+	check("alice, who may not read secret", alice, auth.ErrPermissionDenied)
+	check("root", root, nil)
+}
