@@ -182,6 +182,10 @@ func (n *Node) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.Lea
 	if err := n.learnerGuard(); err != nil {
 		return nil, err
 	}
+	// Before anything else, as etcd's EtcdServer.LeaseGrant.
+	if err := n.requireAuthInfo(ctx); err != nil {
+		return nil, err
+	}
 	if r.GetTTL() > maxLeaseTTL {
 		return nil, ErrLeaseTTLTooLarge
 	}
@@ -203,6 +207,11 @@ func (n *Node) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.Lea
 // LeaseRevoke deletes a lease and its keys through raft.
 func (n *Node) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
 	if err := n.learnerGuard(); err != nil {
+		return nil, err
+	}
+	// etcd's EtcdServer.LeaseRevoke needs a user even for a lease without
+	// keys (whose write permission apply checks).
+	if err := n.requireAuthInfo(ctx); err != nil {
 		return nil, err
 	}
 	resp, err := proposeAs[*pb.LeaseRevokeResponse](ctx, n, &pb.InternalRaftRequest{LeaseRevoke: r})

@@ -414,3 +414,33 @@ func TestAuthLeaseLeases(t *testing.T) {
 	check("alice, who may not read secret", alice, auth.ErrPermissionDenied)
 	check("root", root, nil)
 }
+
+// TestAuthLeaseNeedsUser: once auth is enabled, LeaseGrant and LeaseRevoke
+// need a user before anything else, as etcd's EtcdServer.LeaseGrant and
+// LeaseRevoke (requireAuthInfo): a grant without a token fails with
+// ErrUserEmpty even with a TTL above the maximum, a revoke even of a lease
+// without keys.
+func TestAuthLeaseNeedsUser(t *testing.T) {
+	c := newTestCluster(t, 1, func(cfg *Config) { cfg.BcryptCost = bcrypt.MinCost })
+	n := c.nodes[c.leader()]
+	addUsers(t, n, []string{"root"}, "alice")
+	token := enableAuth(t, n)
+	none := auth.WithCredentials(ctxT(t), auth.Credentials{})
+	alice := auth.WithCredentials(ctxT(t), auth.Credentials{Token: token("alice")})
+	if _, err := n.LeaseGrant(none, &pb.LeaseGrantRequest{TTL: 3600}); !errors.Is(err, auth.ErrUserEmpty) {
+		t.Fatalf("grant without a token: %v, want ErrUserEmpty", err)
+	}
+	if _, err := n.LeaseGrant(none, &pb.LeaseGrantRequest{TTL: maxLeaseTTL + 1}); !errors.Is(err, auth.ErrUserEmpty) {
+		t.Fatalf("grant of a too long TTL without a token: %v, want ErrUserEmpty", err)
+	}
+	l, err := n.LeaseGrant(alice, &pb.LeaseGrantRequest{TTL: 3600})
+	if err != nil {
+		t.Fatalf("grant as alice: %v", err)
+	}
+	if _, err := n.LeaseRevoke(none, &pb.LeaseRevokeRequest{ID: l.ID}); !errors.Is(err, auth.ErrUserEmpty) {
+		t.Fatalf("revoke without a token: %v, want ErrUserEmpty", err)
+	}
+	if _, err := n.LeaseRevoke(alice, &pb.LeaseRevokeRequest{ID: l.ID}); err != nil {
+		t.Fatalf("revoke of a lease without keys as alice: %v", err)
+	}
+}

@@ -17,9 +17,6 @@ import (
 // that a bad request gets exactly the error etcd gives it and never
 // reaches the backend.
 
-// maxLeaseTTL is etcd's lease.MaxLeaseTTL.
-const maxLeaseTTL = 9000000000
-
 func validRangeRequest(r *pb.RangeRequest) error {
 	if len(r.Key) == 0 {
 		return rpctypes.ErrGRPCEmptyKey
@@ -233,13 +230,6 @@ func etcdRaftSize(m proto.Message) int {
 // is refused here too, whatever its member ID; one a byte smaller than that
 // may be refused here and not by etcd.
 const etcdRaftHeaderSize = 2 + 1 + 1 + 10
-
-func validLeaseGrant(r *pb.LeaseGrantRequest) error {
-	if r.TTL > maxLeaseTTL {
-		return rpctypes.ErrGRPCLeaseTTLTooLarge
-	}
-	return nil
-}
 
 // validPeerURLs is etcd's types.NewURLs check of MemberAdd (and, in
 // concord, MemberUpdate): at least one URL, each http(s) with host:port or
