@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"go.etcd.io/etcd/api/v3/authpb"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"golang.org/x/crypto/bcrypt"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/concord-kv/concord/auth"
 )
@@ -442,5 +444,73 @@ func TestAuthLeaseNeedsUser(t *testing.T) {
 	}
 	if _, err := n.LeaseRevoke(alice, &pb.LeaseRevokeRequest{ID: l.ID}); err != nil {
 		t.Fatalf("revoke of a lease without keys as alice: %v", err)
+	}
+}
+
+// TestAuthRequestSizeCountsHeader: with MaxRequestBytes set, a write is
+// refused when the raft request etcd would build from it is too large,
+// counting the user name and auth revision its header carries once auth
+// is enabled (etcd's processInternalRaftRequestOnce), and only after the
+// token is checked: an invalid token gets ErrInvalidAuthToken, as from
+// etcd, however large the write.
+func TestAuthRequestSizeCountsHeader(t *testing.T) {
+	const limit = 1000
+	c := newTestCluster(t, 1, func(cfg *Config) {
+		cfg.BcryptCost = bcrypt.MinCost
+		cfg.MaxRequestBytes = limit
+	})
+	n := c.nodes[c.leader()]
+	if !n.ChecksRequestSize() {
+		t.Fatal("ChecksRequestSize is false with MaxRequestBytes set")
+	}
+	// put returns a put whose raft request, as etcd builds it with the
+	// largest request ID and header h, takes size bytes.
+	put := func(h *pb.RequestHeader, size int) *pb.PutRequest {
+		t.Helper()
+		h = proto.Clone(h).(*pb.RequestHeader)
+		h.ID = math.MaxUint64
+		p := &pb.PutRequest{Key: []byte("k")}
+		for range size {
+			if n := proto.Size(&pb.InternalRaftRequest{Header: h, Put: p}); n >= size {
+				if n != size {
+					t.Fatalf("no put of raft size %d", size)
+				}
+				return p
+			}
+			p.Value = append(p.Value, 'v')
+		}
+		t.Fatalf("no put of raft size %d", size)
+		return nil
+	}
+	ctx := ctxT(t)
+	if _, err := n.Put(ctx, put(&pb.RequestHeader{}, limit)); err != nil {
+		t.Fatalf("put of the limit without auth: %v", err)
+	}
+	if _, err := n.Put(ctx, put(&pb.RequestHeader{}, limit+1)); !errors.Is(err, ErrRequestTooLarge) {
+		t.Fatalf("put over the limit without auth: %v, want ErrRequestTooLarge", err)
+	}
+
+	addUsers(t, n, []string{"root"})
+	token := enableAuth(t, n)
+	root := auth.WithCredentials(ctx, auth.Credentials{Token: token("root")})
+	h := &pb.RequestHeader{Username: "root", AuthRevision: n.AuthState().Revision()}
+	if _, err := n.Put(root, put(h, limit)); err != nil {
+		t.Fatalf("put of the limit as root: %v", err)
+	}
+	// Within the limit but for the header's user and revision.
+	over := put(h, limit+1)
+	if s := proto.Size(&pb.InternalRaftRequest{Header: &pb.RequestHeader{ID: math.MaxUint64}, Put: over}); s > limit {
+		t.Fatalf("test put takes %d bytes without the auth header", s)
+	}
+	if _, err := n.Put(root, over); !errors.Is(err, ErrRequestTooLarge) {
+		t.Fatalf("put over the limit with root's header: %v, want ErrRequestTooLarge", err)
+	}
+	txn := &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: over}}}}
+	if _, err := n.Txn(root, txn); !errors.Is(err, ErrRequestTooLarge) {
+		t.Fatalf("txn over the limit as root: %v, want ErrRequestTooLarge", err)
+	}
+	bogus := auth.WithCredentials(ctx, auth.Credentials{Token: "bogus"})
+	if _, err := n.Put(bogus, put(h, 2*limit)); !errors.Is(err, auth.ErrInvalidAuthToken) {
+		t.Fatalf("put over the limit with an invalid token: %v, want ErrInvalidAuthToken", err)
 	}
 }

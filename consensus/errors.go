@@ -13,6 +13,9 @@ var (
 	ErrTimeout         = errors.New("etcdserver: request timed out")
 	ErrNoSpace         = errors.New("etcdserver: no space")
 	ErrTooManyRequests = errors.New("etcdserver: too many requests")
+	// ErrRequestTooLarge refuses a write whose raft request exceeds
+	// Config.MaxRequestBytes.
+	ErrRequestTooLarge = errors.New("etcdserver: request is too large")
 	ErrMemberNotFound  = errors.New("etcdserver: member not found")
 
 	// Membership changes (etcd's membership and etcdserver errors, worded

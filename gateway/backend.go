@@ -62,6 +62,16 @@ type Cluster interface {
 	MemberPromote(ctx context.Context, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error)
 }
 
+// RequestSizeChecker is a backend that checks the size of the raft
+// requests it builds from writes itself, as etcd does: after the caller's
+// token, counting the user name and auth revision etcd's raft request
+// header carries once auth is enabled, which the gateway cannot know.
+// consensus.Node is one when its MaxRequestBytes is set; the gateway then
+// leaves the check to it (tooLarge).
+type RequestSizeChecker interface {
+	ChecksRequestSize() bool
+}
+
 // Backend is everything the gateway needs; consensus.Node implements it.
 type Backend interface {
 	KV

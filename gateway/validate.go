@@ -195,8 +195,13 @@ func hasWrites(r *pb.TxnRequest) bool {
 
 // tooLarge reports whether a request that is proposed to raft exceeds
 // MaxRequestBytes, which etcd checks on the proposal it builds from it
-// (etcdRaftSize), not on the request alone.
+// (etcdRaftSize), not on the request alone. A backend that checks the
+// proposals it builds (RequestSizeChecker) does so exactly, auth header
+// included, and in etcd's order (after the token): it is left to do so.
 func (g *Gateway) tooLarge(m proto.Message) error {
+	if c, ok := g.b.(RequestSizeChecker); ok && c.ChecksRequestSize() {
+		return nil
+	}
 	if etcdRaftSize(m) > g.cfg.MaxRequestBytes {
 		return rpctypes.ErrGRPCRequestTooLarge
 	}
@@ -208,7 +213,9 @@ func (g *Gateway) tooLarge(m proto.Message) error {
 // in an InternalRaftRequest with a header holding a request ID
 // (EtcdServer.processInternalRaftRequestOnce). With auth enabled etcd also
 // puts the user name and auth revision in that header; that is not
-// counted here. Other messages count as themselves. It is computed rather
+// counted here (so this is a lower bound then): a backend that knows the
+// user counts it (RequestSizeChecker; consensus.proposalSize). Other
+// messages count as themselves. It is computed rather
 // than built, to keep the write path free of allocations; a test checks it
 // against the message etcd builds.
 func etcdRaftSize(m proto.Message) int {

@@ -267,6 +267,7 @@ var sentinels = []struct {
 	{rpctypes.ErrGRPCStopped, []error{consensus.ErrStopped}},
 	{rpctypes.ErrGRPCLeaseTTLTooLarge, []error{consensus.ErrLeaseTTLTooLarge}},
 	{rpctypes.ErrGRPCRequestTooManyRequests, []error{consensus.ErrTooManyRequests}},
+	{rpctypes.ErrGRPCRequestTooLarge, []error{consensus.ErrRequestTooLarge}},
 	{rpctypes.ErrGRPCLeaderChanged, []error{consensus.ErrStaleEpoch}},
 	// A refused Authorize: the gateway's watch service picks the cancel
 	// reason of a refused watch from these.
