@@ -727,9 +727,32 @@ var (
 func (a *Authorizer) AuthorizeWatch(ctx context.Context, key, end []byte) (*pb.ResponseHeader, error) {
 	resp, err := a.authorize(ctx, &concordv1.AuthorizeRequest{What: &concordv1.AuthorizeRequest_Watch{Watch: &concordv1.AuthorizeWatch{Key: key, End: end}}})
 	if err != nil {
+		// A refusal carries the member's header (etcd's for a refused
+		// watch); the cached one may be older than writes made
+		// through other gateways or before this one saw them.
+		if h := refusalHeader(err); h != nil {
+			return h, err
+		}
 		return a.c.Header(), err
 	}
 	return resp.GetHeader(), nil
+}
+
+// refusalHeader is the header a refusal of consensus's Authorize carries,
+// nil if none.
+func refusalHeader(err error) *pb.ResponseHeader {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return nil
+	}
+	for _, d := range ce.Details() {
+		if v, derr := d.Value(); derr == nil {
+			if h, ok := v.(*pb.ResponseHeader); ok {
+				return h
+			}
+		}
+	}
+	return nil
 }
 
 // AuthorizeLease implements gateway.LeaseAuthorizer.

@@ -45,6 +45,7 @@ import (
 	"connectrpc.com/connect"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"golang.org/x/net/http2"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/concord-kv/concord/auth"
@@ -275,6 +276,12 @@ var sentinels = []struct {
 	{rpctypes.ErrGRPCUserEmpty, []error{auth.ErrUserEmpty}},
 	{rpctypes.ErrGRPCInvalidAuthToken, []error{auth.ErrInvalidAuthToken}},
 	{rpctypes.ErrGRPCAuthOldRevision, []error{auth.ErrAuthOldRevision}},
+	// Members' answers etcd sends as Unknown with the error's text (the
+	// gateway's table): without these, classify would take their code for
+	// a broken connection's.
+	{status.Error(codes.Unknown, auth.ErrNoPasswordUser.Error()), []error{auth.ErrNoPasswordUser}},
+	{status.Error(codes.Unknown, consensus.ErrUnknownMethod.Error()), []error{consensus.ErrUnknownMethod}},
+	{status.Error(codes.Unknown, consensus.ErrTimeoutLeaderTransfer.Error()), []error{consensus.ErrTimeoutLeaderTransfer}},
 }
 
 // wireError is a connect error that also matches the sentinels it stands
