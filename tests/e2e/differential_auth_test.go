@@ -2,16 +2,23 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"slices"
 	"testing"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/authpb"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/concord-kv/concord/gateway/remote"
 )
 
 // Knobs of TestDifferentialAuth, as diffSeedEnv and diffOpsEnv are
@@ -43,7 +50,11 @@ var (
 // Each Authenticate gives each server's token to the steps that send as
 // its user; tokens are compared only as present or not: etcd's simple
 // token is random letters and a raft index, concord's a signed blob, and
-// clients treat both as opaque (normalizeOutcome).
+// clients treat both as opaque (normalizeOutcome). Requests go over plain
+// gRPC connections (newRawDiffTarget); watches and keep-alives each open a
+// stream as their sender, since both servers check the stream's token.
+// After an auth enable, the split topology is given time to check
+// keep-alives (settleKeepAliveAuth).
 //
 //	CONCORD_DIFFAUTH_SEED=7 go test -count=1 -run TestDifferentialAuth ./tests/e2e/
 //	CONCORD_DIFFAUTH_SEED=random CONCORD_DIFFAUTH_OPS=20000 go test -count=1 -timeout 1h -run TestDifferentialAuth/single ./tests/e2e/
@@ -54,7 +65,7 @@ func TestDifferentialAuth(t *testing.T) {
 	t.Run("single", func(t *testing.T) {
 		etcd := startServer(t, etcdImpl, serverOptions{extra: flags})
 		concord := startServer(t, concordImpl, serverOptions{extra: flags})
-		runDiffSource(t, diffAuthKnobs, seed, n, newDiffTarget(t, etcd.Endpoint(), "etcd"), newDiffTarget(t, concord.Endpoint(), "concord"), newDiffAuthGen(seed))
+		runDiffSource(t, diffAuthKnobs, seed, n, newRawDiffTarget(t, etcd.Endpoint(), "etcd"), newRawDiffTarget(t, concord.Endpoint(), "concord"), newDiffAuthGen(seed))
 	})
 	// The split topology enables auth only with an internal secret (or
 	// verified client certificates) by which its processes identify
@@ -63,8 +74,50 @@ func TestDifferentialAuth(t *testing.T) {
 		etcd := startServer(t, etcdImpl, serverOptions{extra: flags})
 		secret := writeInternalSecret(t, t.TempDir(), "secret")
 		c := startSplitWith(t, flags, "--internal-secret-file", secret)
-		runDiffSource(t, diffAuthKnobs, seed, max(n/2, 1), newDiffTarget(t, etcd.Endpoint(), "etcd"), newDiffTarget(t, c.gateways[0].endpoint(), "concord split"), newDiffAuthGen(seed))
+		split := newRawDiffTarget(t, c.gateways[0].endpoint(), "concord split")
+		split.settleAuthEnable = settleKeepAliveAuth(split)
+		runDiffSource(t, diffAuthKnobs, seed, max(n/2, 1), newRawDiffTarget(t, etcd.Endpoint(), "etcd"), split, newDiffAuthGen(seed))
 	})
+}
+
+// newRawDiffTarget is newDiffTarget over a plain gRPC connection: clientv3's
+// interceptor retries a request refused for an invalid token or an old auth
+// revision (100 times, 2.7 s, to refresh a token it does not have), which
+// would only slow the sequence down.
+func newRawDiffTarget(t *testing.T, endpoint, name string) diffTarget {
+	t.Helper()
+	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("grpc.NewClient(%s): %v", endpoint, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return diffTarget{name: name, kv: pb.NewKVClient(conn), lease: pb.NewLeaseClient(conn), auth: pb.NewAuthClient(conn), watch: pb.NewWatchClient(conn), kaPerCall: true}
+}
+
+// settleKeepAliveAuth waits until d refuses a keep-alive without a token
+// as etcd does once auth is enabled (ErrUserEmpty). The split topology's
+// lease services let keep-alives through unchecked for up to
+// remote.KeepAliveRecheck after they last saw auth off (a documented
+// trade-off, remote.Authorizer), so one sent right after an auth enable
+// may renew a lease etcd would not.
+func settleKeepAliveAuth(d diffTarget) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		deadline := time.Now().Add(10 * remote.KeepAliveRecheck)
+		for {
+			_, err := d.keepAliveOnce(ctx, &pb.LeaseKeepAliveRequest{ID: 0})
+			if errors.Is(rpctypes.Error(err), rpctypes.ErrUserEmpty) {
+				return nil
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("a keep-alive without a token still gets %v", err)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
 }
 
 // callAuth sends an Auth service request.

@@ -200,6 +200,13 @@ type diffTarget struct {
 	// ka is the keep-alive stream, one for the whole sequence, as
 	// clientv3 keeps one.
 	ka pb.Lease_LeaseKeepAliveClient
+	// kaPerCall sends each keep-alive on a stream of its own, opened as
+	// the step's sender (the stream's token is the one checked), instead
+	// of ka (which an error ends).
+	kaPerCall bool
+	// settleAuthEnable waits, after a successful AuthEnable, until the
+	// target checks keep-alives (nil: at once).
+	settleAuthEnable func(ctx context.Context) error
 }
 
 func newDiffTarget(t *testing.T, endpoint, name string) diffTarget {
@@ -241,6 +248,10 @@ func (d diffTarget) call(ctx context.Context, req proto.Message) (proto.Message,
 	case *pb.LeaseLeasesRequest:
 		resp, err = nilOnErr(d.lease.LeaseLeases(ctx, r, diffRecvLimit))
 	case *pb.LeaseKeepAliveRequest:
+		if d.kaPerCall {
+			resp, err = d.keepAliveOnce(ctx, r)
+			break
+		}
 		// Recv is bounded by the stream's context, the whole sequence's.
 		if err = d.ka.Send(r); err == nil {
 			resp, err = nilOnErr(d.ka.Recv())
@@ -252,6 +263,21 @@ func (d diffTarget) call(ctx context.Context, req proto.Message) (proto.Message,
 		return d.callAuth(ctx, req)
 	}
 	return resp, err
+}
+
+// keepAliveOnce sends r on a keep-alive stream of its own, opened with
+// ctx (and its token), and returns the answer; the stream ends with ctx.
+func (d diffTarget) keepAliveOnce(ctx context.Context, r *pb.LeaseKeepAliveRequest) (proto.Message, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ka, err := d.lease.LeaseKeepAlive(ctx, diffRecvLimit)
+	if err != nil {
+		return nil, err
+	}
+	if err := ka.Send(r); err != nil {
+		return nil, err
+	}
+	return nilOnErr(ka.Recv())
 }
 
 // diffRecvLimit lifts gRPC's default 4 MiB limit on responses: ranges of
@@ -365,8 +391,9 @@ func runDiffSource(t *testing.T, k diffKnobs, seed uint64, n int, etcd, concord 
 		eresp, eerr := etcd.call(as(ctx, s.as, tokens[0]), req)
 		t1 := time.Now()
 		cresp, cerr := concord.call(as(ctx, s.as, tokens[1]), creq)
-		took[0][what] += t1.Sub(t0)
-		took[1][what] += time.Since(t1)
+		etook, ctook := t1.Sub(t0), time.Since(t1)
+		took[0][what] += etook
+		took[1][what] += ctook
 		// A lease etcd numbered itself: its ID stands for concord's.
 		if gr, ok := eresp.(*pb.LeaseGrantResponse); ok && req.(*pb.LeaseGrantRequest).ID == 0 && cresp != nil {
 			leaseIDs[gr.ID] = cresp.(*pb.LeaseGrantResponse).ID
@@ -390,7 +417,12 @@ func runDiffSource(t *testing.T, k diffKnobs, seed uint64, n int, etcd, concord 
 				seed, i, what, who, problem, req, diffFormat(req), e, concord.name, c, concord.name, diffFormat(creq), strings.Join(recent, "\n"), k.seedEnv, seed, t.Name())
 		}
 		if trace {
-			t.Logf("step %d %s%s %s -> etcd %v; %s %v", i, what, who, diffFormat(req), e, concord.name, c)
+			t.Logf("step %d %s%s %s -> etcd %v (%v); %s %v (%v)", i, what, who, diffFormat(req), e, etook.Round(time.Millisecond), concord.name, c, ctook.Round(time.Millisecond))
+		}
+		if _, ok := req.(*pb.AuthEnableRequest); ok && eerr == nil && concord.settleAuthEnable != nil {
+			if err := concord.settleAuthEnable(ctx); err != nil {
+				t.Fatalf("seed %d step %d: %s does not check keep-alives after auth enable: %v", seed, i, concord.name, err)
+			}
 		}
 		if eerr == nil {
 			if ar, ok := eresp.(*pb.AuthenticateResponse); ok {
