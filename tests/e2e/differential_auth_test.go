@@ -336,6 +336,9 @@ func (g *diffAuthGen) mgmt() diffStep {
 		if (r.Name == "np" || g.chance(5)) && r.Name != "root" {
 			r.Options = &authpb.UserAddOptions{NoPassword: true}
 		}
+		if r.Name == "root" && r.Password == "" {
+			r.Password = diffAuthPasswords[0]
+		}
 		s.req = r
 	case x < 17:
 		s.what = "user delete"
@@ -348,7 +351,12 @@ func (g *diffAuthGen) mgmt() diffStep {
 		s.req = &pb.AuthUserListRequest{}
 	case x < 29:
 		s.what = "user passwd"
-		s.req = &pb.AuthUserChangePasswordRequest{Name: g.user(), Password: diffAuthPasswords[g.pick(len(diffAuthPasswords))]}
+		r := &pb.AuthUserChangePasswordRequest{Name: g.user(), Password: diffAuthPasswords[g.pick(len(diffAuthPasswords))]}
+		// Nor with an empty password (final authenticates as root).
+		if r.Name == "root" && r.Password == "" {
+			r.Password = diffAuthPasswords[0]
+		}
+		s.req = r
 	case x < 41:
 		s.what = "user grant"
 		s.req = &pb.AuthUserGrantRoleRequest{User: g.user(), Role: g.role()}

@@ -378,6 +378,8 @@ func runDiffSource(t *testing.T, k diffKnobs, seed uint64, n int, etcd, concord 
 		switch {
 		case who == diffAsBogus:
 			return metadata.AppendToOutgoingContext(ctx, rpctypes.TokenFieldNameGRPC, diffBogusToken)
+		case who > len(tokens):
+			t.Fatalf("a step is sent as session %d of %d: an Authenticate the generator counted on failed", who, len(tokens))
 		case who > 0:
 			return metadata.AppendToOutgoingContext(ctx, rpctypes.TokenFieldNameGRPC, tokens[who-1])
 		}
