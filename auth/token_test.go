@@ -131,6 +131,11 @@ func TestCheckApply(t *testing.T) {
 		{"user list without credentials", &pb.InternalRaftRequest{AuthUserList: &pb.AuthUserListRequest{}}, nil, noKeys, ErrUserEmpty},
 		{"user get self", &pb.InternalRaftRequest{AuthUserGet: &pb.AuthUserGetRequest{Name: "alice"}}, alice, noKeys, nil},
 		{"user get other", &pb.InternalRaftRequest{AuthUserGet: &pb.AuthUserGetRequest{Name: "root"}}, alice, noKeys, ErrPermissionDenied},
+		// etcd compares the name with the user "" of a request without
+		// one: not refused (the apply finds no user "").
+		{"user get \"\" without credentials", &pb.InternalRaftRequest{AuthUserGet: &pb.AuthUserGetRequest{}}, nil, noKeys, nil},
+		{"user get without credentials", &pb.InternalRaftRequest{AuthUserGet: &pb.AuthUserGetRequest{Name: "alice"}}, nil, noKeys, ErrUserEmpty},
+		{"role get without credentials", &pb.InternalRaftRequest{AuthRoleGet: &pb.AuthRoleGetRequest{Role: "r"}}, nil, noKeys, ErrUserEmpty},
 		{"role get own", &pb.InternalRaftRequest{AuthRoleGet: &pb.AuthRoleGetRequest{Role: "r"}}, alice, noKeys, nil},
 		{"role get other", &pb.InternalRaftRequest{AuthRoleGet: &pb.AuthRoleGetRequest{Role: "root"}}, alice, noKeys, ErrPermissionDenied},
 		{"status", &pb.InternalRaftRequest{AuthStatus: &pb.AuthStatusRequest{}}, nil, noKeys, nil},
