@@ -460,7 +460,7 @@ func TestAuthRequestSizeCountsHeader(t *testing.T) {
 		cfg.MaxRequestBytes = limit
 	})
 	n := c.nodes[c.leader()]
-	if !n.ChecksRequestSize() {
+	if !n.ChecksRequestSize(ctxT(t)) {
 		t.Fatal("ChecksRequestSize is false with MaxRequestBytes set")
 	}
 	// put returns a put whose raft request, as etcd builds it with the

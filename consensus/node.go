@@ -1188,7 +1188,7 @@ func (n *Node) propose(ctx context.Context, r *pb.InternalRaftRequest) (proto.Me
 
 // ChecksRequestSize reports whether writes are size-checked here
 // (Config.MaxRequestBytes; gateway.RequestSizeChecker).
-func (n *Node) ChecksRequestSize() bool { return n.cfg.MaxRequestBytes > 0 }
+func (n *Node) ChecksRequestSize(context.Context) bool { return n.cfg.MaxRequestBytes > 0 }
 
 // proposalSize is the size of the raft request etcd would build where
 // concord built one of size n with request ID id: the same message (with

@@ -63,13 +63,15 @@ type Cluster interface {
 }
 
 // RequestSizeChecker is a backend that checks the size of the raft
-// requests it builds from writes itself, as etcd does: after the caller's
+// requests built from writes itself, as etcd does: after the caller's
 // token, counting the user name and auth revision etcd's raft request
 // header carries once auth is enabled, which the gateway cannot know.
-// consensus.Node is one when its MaxRequestBytes is set; the gateway then
-// leaves the check to it (tooLarge).
+// ChecksRequestSize reports whether it does for the request of ctx; the
+// gateway then leaves the check to it (tooLarge). consensus.Node does when
+// its MaxRequestBytes is set; remote.Consensus (the split topology) for a
+// request with a token, which the member checks first.
 type RequestSizeChecker interface {
-	ChecksRequestSize() bool
+	ChecksRequestSize(ctx context.Context) bool
 }
 
 // Backend is everything the gateway needs; consensus.Node implements it.

@@ -42,7 +42,7 @@ func (s kvService) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 	if err := validPutRequest(r); err != nil {
 		return nil, rpcError(err)
 	}
-	if err := s.g.tooLarge(r); err != nil {
+	if err := s.g.tooLarge(ctx, r); err != nil {
 		return nil, rpcError(err)
 	}
 	resp, err := s.g.b.Put(ctx, r)
@@ -56,7 +56,7 @@ func (s kvService) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*
 	if err := validDeleteRequest(r); err != nil {
 		return nil, rpcError(err)
 	}
-	if err := s.g.tooLarge(r); err != nil {
+	if err := s.g.tooLarge(ctx, r); err != nil {
 		return nil, rpcError(err)
 	}
 	resp, err := s.g.b.DeleteRange(ctx, r)
@@ -77,7 +77,7 @@ func (s kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 	}
 	// Read-only txns are not proposed to raft, so etcd does not size-check them.
 	if hasWrites(r) {
-		if err := s.g.tooLarge(r); err != nil {
+		if err := s.g.tooLarge(ctx, r); err != nil {
 			return nil, rpcError(err)
 		}
 	}

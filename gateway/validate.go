@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"net"
 	"net/url"
 	"strings"
@@ -198,8 +199,8 @@ func hasWrites(r *pb.TxnRequest) bool {
 // (etcdRaftSize), not on the request alone. A backend that checks the
 // proposals it builds (RequestSizeChecker) does so exactly, auth header
 // included, and in etcd's order (after the token): it is left to do so.
-func (g *Gateway) tooLarge(m proto.Message) error {
-	if c, ok := g.b.(RequestSizeChecker); ok && c.ChecksRequestSize() {
+func (g *Gateway) tooLarge(ctx context.Context, m proto.Message) error {
+	if c, ok := g.b.(RequestSizeChecker); ok && c.ChecksRequestSize(ctx) {
 		return nil
 	}
 	if etcdRaftSize(m) > g.cfg.MaxRequestBytes {

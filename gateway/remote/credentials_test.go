@@ -265,3 +265,15 @@ func TestAuthorizerKeepAliveRecheck(t *testing.T) {
 	step("keep-alive, auth off again", true, 5, nil)
 	step("keep-alive, still off", true, 5, nil)
 }
+
+// A write with a token is size-checked by the member, after the token, as
+// etcd does; one without is checked by the gateway.
+func TestConsensusLeavesTheSizeOfTokenWritesToTheMember(t *testing.T) {
+	var c *remote.Consensus // ChecksRequestSize looks at the request alone
+	if !c.ChecksRequestSize(auth.WithCredentials(context.Background(), auth.Credentials{Token: "t"})) {
+		t.Error("a write with a token is checked in the gateway")
+	}
+	if c.ChecksRequestSize(auth.WithCredentials(context.Background(), auth.Credentials{CommonName: "alice"})) || c.ChecksRequestSize(context.Background()) {
+		t.Error("a write without a token is left to the member")
+	}
+}
