@@ -155,8 +155,13 @@ func (n *Node) AuthorizeInternal(ctx context.Context) error {
 }
 
 // AuthorizeWatch is etcd's isWatchPermitted: read permission on the
-// watched range. It returns the header of the refusal etcd sends.
+// watched range. It returns the header of the refusal etcd sends. An empty
+// key is checked as "\x00", the smallest key, which etcd's watch server
+// (serverWatchStream.recvLoop) puts in its place before the check.
 func (n *Node) AuthorizeWatch(ctx context.Context, key, end []byte) (*pb.ResponseHeader, error) {
+	if len(key) == 0 {
+		key = []byte{0}
+	}
 	return n.header(nil), n.checkRead(ctx, key, end)
 }
 

@@ -514,3 +514,29 @@ func TestAuthRequestSizeCountsHeader(t *testing.T) {
 		t.Fatalf("put over the limit with an invalid token: %v, want ErrInvalidAuthToken", err)
 	}
 }
+
+// TestAuthWatchEmptyKey: a watch of the empty key is checked as one of
+// "\x00", which etcd's watch server puts in its place before the check.
+func TestAuthWatchEmptyKey(t *testing.T) {
+	c := newTestCluster(t, 1, func(cfg *Config) { cfg.BcryptCost = bcrypt.MinCost })
+	n := c.nodes[c.leader()]
+	addUsers(t, n, []string{"root"}, "alice")
+	if _, err := n.RoleAdd(ctxT(t), &pb.AuthRoleAddRequest{Name: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.RoleGrantPermission(ctxT(t), &pb.AuthRoleGrantPermissionRequest{Name: "r",
+		Perm: &authpb.Permission{Key: []byte{0}, PermType: authpb.Permission_READ}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: "alice", Role: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	token := enableAuth(t, n)
+	alice := auth.WithCredentials(ctxT(t), auth.Credentials{Token: token("alice")})
+	if _, err := n.AuthorizeWatch(alice, nil, nil); err != nil {
+		t.Fatalf("watch of the empty key: %v, want allowed (checked as \"\\x00\")", err)
+	}
+	if _, err := n.AuthorizeWatch(alice, []byte("a"), nil); !errors.Is(err, auth.ErrPermissionDenied) {
+		t.Fatalf("watch of a: %v, want permission denied", err)
+	}
+}
