@@ -19,8 +19,14 @@ func (s *State) CheckApply(r *pb.InternalRaftRequest, ai *AuthInfo, leaseKeys fu
 	case needAdminPermission(r):
 		return s.IsAdminPermitted(ai)
 	case r.AuthUserGet != nil:
-		// A user may read its own roles.
-		if err := s.IsAdminPermitted(ai); err != nil && (ai == nil || r.AuthUserGet.Name != ai.Username) {
+		// A user may read its own roles. As in etcd, a request without a
+		// user is the user "" here: its UserGet of "" is not refused but
+		// finds no user.
+		name := ""
+		if ai != nil {
+			name = ai.Username
+		}
+		if err := s.IsAdminPermitted(ai); err != nil && r.AuthUserGet.Name != name {
 			return err
 		}
 	case r.AuthRoleGet != nil:

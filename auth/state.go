@@ -377,6 +377,13 @@ func (s *State) roleDelete(r *pb.AuthRoleDeleteRequest) (*State, error) {
 	return n.commit(), nil
 }
 
+// permSlice is etcd's: permissions by key alone.
+type permSlice []*authpb.Permission
+
+func (p permSlice) Len() int           { return len(p) }
+func (p permSlice) Less(i, j int) bool { return bytes.Compare(p[i].Key, p[j].Key) < 0 }
+func (p permSlice) Swap(i, j int)      { p[i], p[j] = p[j], p[i] }
+
 func (s *State) roleGrantPermission(r *pb.AuthRoleGrantPermissionRequest) (*State, error) {
 	if r.Perm == nil {
 		return nil, ErrPermissionNotGiven
@@ -388,21 +395,22 @@ func (s *State) roleGrantPermission(r *pb.AuthRoleGrantPermissionRequest) (*Stat
 	if role == nil {
 		return nil, ErrRoleNotFound
 	}
-	perms := make([]*authpb.Permission, 0, len(role.KeyPermission)+1)
-	replaced := false
-	for _, p := range role.KeyPermission {
-		if bytes.Equal(p.Key, r.Perm.Key) && bytes.Equal(p.RangeEnd, r.Perm.RangeEnd) {
-			// A grant on the same range replaces the permission type.
-			p = &authpb.Permission{Key: p.Key, RangeEnd: p.RangeEnd, PermType: r.Perm.PermType}
-			replaced = true
-		}
-		perms = append(perms, p)
-	}
-	if !replaced {
+	// etcd's authStore.RoleGrantPermission, step for step, since the
+	// order RoleGet lists is its: only the first permission on the key
+	// (sort.Search) is replaced if its range end matches too; otherwise the
+	// new one is appended (a second one on the same range if another on
+	// the same key came first) and the list sorted by key with sort.Sort,
+	// which orders permissions on the same key as etcd's does.
+	perms := slices.Clone(role.KeyPermission)
+	idx := sort.Search(len(perms), func(i int) bool { return bytes.Compare(perms[i].Key, r.Perm.Key) >= 0 })
+	if idx < len(perms) && bytes.Equal(perms[idx].Key, r.Perm.Key) && bytes.Equal(perms[idx].RangeEnd, r.Perm.RangeEnd) {
+		p := perms[idx]
+		perms[idx] = &authpb.Permission{Key: p.Key, RangeEnd: p.RangeEnd, PermType: r.Perm.PermType}
+	} else {
 		perms = append(perms, &authpb.Permission{
 			Key: bytes.Clone(r.Perm.Key), RangeEnd: bytes.Clone(r.Perm.RangeEnd), PermType: r.Perm.PermType,
 		})
-		sort.SliceStable(perms, func(i, j int) bool { return bytes.Compare(perms[i].Key, perms[j].Key) < 0 })
+		sort.Sort(permSlice(perms))
 	}
 	n := s.clone()
 	n.roles[r.Name] = &authpb.Role{Name: role.Name, KeyPermission: perms}

@@ -174,6 +174,39 @@ func TestPermissionGrantRevoke(t *testing.T) {
 	}
 }
 
+// TestPermissionGrantOnSameKeyIsEtcds: a grant replaces only the first
+// permission on its key (etcd's sort.Search), and only if the range end
+// matches too; otherwise it is appended, a second time if need be, and a
+// revoke removes every copy, as etcd's authStore does.
+func TestPermissionGrantOnSameKeyIsEtcds(t *testing.T) {
+	s, _ := apply(t, New(), &pb.InternalRaftRequest{AuthRoleAdd: &pb.AuthRoleAddRequest{Name: "r"}}, nil)
+	grant := func(key, end string, typ authpb.Permission_Type) {
+		t.Helper()
+		s, _ = apply(t, s, &pb.InternalRaftRequest{AuthRoleGrantPermission: &pb.AuthRoleGrantPermissionRequest{Name: "r",
+			Perm: &authpb.Permission{Key: []byte(key), RangeEnd: []byte(end), PermType: typ}}}, nil)
+	}
+	perms := func() []string {
+		t.Helper()
+		_, resp := apply(t, s, &pb.InternalRaftRequest{AuthRoleGet: &pb.AuthRoleGetRequest{Role: "r"}}, nil)
+		var out []string
+		for _, p := range resp.(*pb.AuthRoleGetResponse).Perm {
+			out = append(out, string(p.Key)+","+string(p.RangeEnd)+","+p.PermType.String())
+		}
+		return out
+	}
+	grant("c", "\x00", authpb.Permission_READ)
+	grant("c", "foo0", authpb.Permission_READ)
+	grant("c", "\x00", authpb.Permission_WRITE) // the first on "c": replaced
+	grant("c", "foo0", authpb.Permission_WRITE) // not the first: appended again
+	if got, want := perms(), []string{"c,\x00,WRITE", "c,foo0,READ", "c,foo0,WRITE"}; !slices.Equal(got, want) {
+		t.Fatalf("perms %q, want %q", got, want)
+	}
+	s, _ = apply(t, s, &pb.InternalRaftRequest{AuthRoleRevokePermission: &pb.AuthRoleRevokePermissionRequest{Role: "r", Key: []byte("c"), RangeEnd: []byte("foo0")}}, nil)
+	if got, want := perms(), []string{"c,\x00,WRITE"}; !slices.Equal(got, want) {
+		t.Fatalf("perms after revoke %q, want %q", got, want)
+	}
+}
+
 func TestPasswordsAndCodec(t *testing.T) {
 	s := addUser(t, New(), "root", "secret")
 	s, _ = apply(t, s, &pb.InternalRaftRequest{AuthUserAdd: &pb.AuthUserAddRequest{Name: "np", Options: &authpb.UserAddOptions{NoPassword: true}}}, nil)

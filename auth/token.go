@@ -8,9 +8,20 @@ package auth
 // password was checked at and an expiry (--auth-token-ttl), signed with
 // HMAC-SHA256 under a random key that is chosen when auth is enabled and
 // replicated in the auth state. A token is refused once it expires, once
-// auth is disabled (the key is dropped) or re-enabled (a new key), and, as
-// in etcd, a token older than the auth revision fails with
-// ErrAuthOldRevision, which makes clientv3 authenticate again.
+// auth is disabled (the key is dropped) or re-enabled (a new key).
+//
+// Otherwise it is valid as long as etcd's simple token is: etcd forgets
+// the tokens of a user whose password changes or who is deleted
+// (tokenProvider.invalidateUser) and answers ErrInvalidAuthToken for them,
+// and takes every other token to run at the current auth revision
+// (tokenSimple.info), so a change of roles or permissions does not make a
+// token stale: requests are checked against the new permissions. A token
+// therefore carries a fingerprint of its user's stored password hash:
+// a new password (bcrypt salts every hash anew) or a deleted user, even
+// one added again, no longer matches it. (Only a user given the very same
+// hash again through hashed_password keeps its tokens, which etcd would
+// forget.) JWT tokens (provider.go) carry their revision instead, as
+// etcd's, and fail with ErrAuthOldRevision once it is old.
 
 import (
 	"context"
@@ -25,8 +36,9 @@ import (
 	"go.etcd.io/etcd/api/v3/authpb"
 )
 
-// tokenPrefix marks concord's signed tokens (and their format version).
-const tokenPrefix = "c1."
+// tokenPrefix marks concord's signed tokens (and their format version:
+// c1 tokens had no password fingerprint).
+const tokenPrefix = "c2."
 
 // TokenKeySize is the size of the HMAC key chosen when auth is enabled.
 const TokenKeySize = 32
@@ -41,11 +53,18 @@ type AuthInfo struct {
 	Revision uint64
 }
 
-// SignToken issues a token for user at revision rev, valid until expiry.
-func SignToken(key []byte, user string, rev uint64, expiry time.Time) string {
-	payload := strconv.FormatUint(rev, 10) + "." + strconv.FormatInt(expiry.Unix(), 10) + "." + user
+// SignToken issues a token for user, whose stored password hash is
+// password, at revision rev, valid until expiry.
+func SignToken(key []byte, user string, password []byte, rev uint64, expiry time.Time) string {
+	payload := strconv.FormatUint(rev, 10) + "." + strconv.FormatInt(expiry.Unix(), 10) + "." + passwordPrint(key, user, password) + "." + user
 	p := base64.RawURLEncoding.EncodeToString([]byte(payload))
 	return tokenPrefix + p + "." + base64.RawURLEncoding.EncodeToString(mac(key, p))
+}
+
+// passwordPrint is a token's fingerprint of its user's password hash:
+// keyed, so that a token reveals nothing of the hash.
+func passwordPrint(key []byte, user string, password []byte) string {
+	return base64.RawURLEncoding.EncodeToString(mac(key, "password\x00"+user+"\x00"+string(password))[:12])
 }
 
 func mac(key []byte, payload string) []byte {
@@ -54,8 +73,10 @@ func mac(key []byte, payload string) []byte {
 	return h.Sum(nil)
 }
 
-// VerifyToken checks a token against s's key and returns whom it names.
-// Any failure is ErrInvalidAuthToken, as etcd answers unknown tokens.
+// VerifyToken checks a token against s's key and its user's password and
+// returns whom it names, at s's revision, as etcd's simple tokens run at
+// the current one. Any failure is ErrInvalidAuthToken, as etcd answers
+// unknown tokens.
 func (s *State) VerifyToken(token string, now time.Time) (AuthInfo, error) {
 	if !s.enabled || len(s.tokenKey) == 0 {
 		return AuthInfo{}, ErrInvalidAuthToken
@@ -76,16 +97,21 @@ func (s *State) VerifyToken(token string, now time.Time) (AuthInfo, error) {
 	if err != nil {
 		return AuthInfo{}, ErrInvalidAuthToken
 	}
-	fields := strings.SplitN(string(raw), ".", 3)
-	if len(fields) != 3 {
+	fields := strings.SplitN(string(raw), ".", 4)
+	if len(fields) != 4 {
 		return AuthInfo{}, ErrInvalidAuthToken
 	}
-	rev, err1 := strconv.ParseUint(fields[0], 10, 64)
+	_, err1 := strconv.ParseUint(fields[0], 10, 64)
 	exp, err2 := strconv.ParseInt(fields[1], 10, 64)
 	if err1 != nil || err2 != nil || now.Unix() >= exp {
 		return AuthInfo{}, ErrInvalidAuthToken
 	}
-	return AuthInfo{Username: fields[2], Revision: rev}, nil
+	user := fields[3]
+	u := s.users[user]
+	if u == nil || fields[2] != passwordPrint(s.tokenKey, user, u.Password) {
+		return AuthInfo{}, ErrInvalidAuthToken
+	}
+	return AuthInfo{Username: user, Revision: s.revision}, nil
 }
 
 // IssueToken signs a token for user at revision rev with s's key.
@@ -93,7 +119,11 @@ func (s *State) IssueToken(user string, rev uint64, expiry time.Time) (string, e
 	if !s.enabled || len(s.tokenKey) == 0 {
 		return "", ErrAuthNotEnabled
 	}
-	return SignToken(s.tokenKey, user, rev, expiry), nil
+	u := s.users[user]
+	if u == nil {
+		return "", ErrAuthFailed
+	}
+	return SignToken(s.tokenKey, user, u.Password, rev, expiry), nil
 }
 
 // Credentials are what a request presented: a token (gRPC metadata

@@ -53,10 +53,12 @@ func TestTokens(t *testing.T) {
 		"expired":   "",
 		"forged":    tok[:len(tok)-2] + "AA",
 		"truncated": tok[:len(tok)/2],
-		"other key": SignToken([]byte(strings.Repeat("x", TokenKeySize)), "alice", s.Revision(), now.Add(time.Minute)),
+		"other key": SignToken([]byte(strings.Repeat("x", TokenKeySize)), "alice", s.User("alice").Password, s.Revision(), now.Add(time.Minute)),
 		// alice's signature on a payload naming root.
-		"renamed": tokenPrefix + strings.SplitN(SignToken(key, "root", s.Revision(), now.Add(time.Minute)), ".", 3)[1] + "." + strings.SplitN(tok, ".", 3)[2],
-		"garbage": "c1.!!.!!",
+		"renamed": tokenPrefix + strings.SplitN(SignToken(key, "root", s.User("root").Password, s.Revision(), now.Add(time.Minute)), ".", 3)[1] + "." + strings.SplitN(tok, ".", 3)[2],
+		// Another password's fingerprint.
+		"other password": SignToken(key, "alice", []byte("another hash"), s.Revision(), now.Add(time.Minute)),
+		"garbage":        "c2.!!.!!",
 	} {
 		at := now
 		if name == "expired" {
@@ -129,6 +131,11 @@ func TestCheckApply(t *testing.T) {
 		{"user list without credentials", &pb.InternalRaftRequest{AuthUserList: &pb.AuthUserListRequest{}}, nil, noKeys, ErrUserEmpty},
 		{"user get self", &pb.InternalRaftRequest{AuthUserGet: &pb.AuthUserGetRequest{Name: "alice"}}, alice, noKeys, nil},
 		{"user get other", &pb.InternalRaftRequest{AuthUserGet: &pb.AuthUserGetRequest{Name: "root"}}, alice, noKeys, ErrPermissionDenied},
+		// etcd compares the name with the user "" of a request without
+		// one: not refused (the apply finds no user "").
+		{"user get \"\" without credentials", &pb.InternalRaftRequest{AuthUserGet: &pb.AuthUserGetRequest{}}, nil, noKeys, nil},
+		{"user get without credentials", &pb.InternalRaftRequest{AuthUserGet: &pb.AuthUserGetRequest{Name: "alice"}}, nil, noKeys, ErrUserEmpty},
+		{"role get without credentials", &pb.InternalRaftRequest{AuthRoleGet: &pb.AuthRoleGetRequest{Role: "r"}}, nil, noKeys, ErrUserEmpty},
 		{"role get own", &pb.InternalRaftRequest{AuthRoleGet: &pb.AuthRoleGetRequest{Role: "r"}}, alice, noKeys, nil},
 		{"role get other", &pb.InternalRaftRequest{AuthRoleGet: &pb.AuthRoleGetRequest{Role: "root"}}, alice, noKeys, ErrPermissionDenied},
 		{"status", &pb.InternalRaftRequest{AuthStatus: &pb.AuthStatusRequest{}}, nil, noKeys, nil},
@@ -141,5 +148,47 @@ func TestCheckApply(t *testing.T) {
 	off, _ := apply(t, s, &pb.InternalRaftRequest{AuthDisable: &pb.AuthDisableRequest{}}, nil)
 	if err := off.CheckApply(put("a1", false), nil, noKeys); err != nil {
 		t.Errorf("disabled: %v", err)
+	}
+}
+
+// TestTokenLifetime: as etcd's simple tokens, a token survives changes of
+// roles and permissions and then runs at the new auth revision (etcd's
+// tokenSimple.info), and is invalid once its user's password changes or
+// the user is deleted, even if added again with the same password
+// (etcd's invalidateUser).
+func TestTokenLifetime(t *testing.T) {
+	key := []byte(strings.Repeat("k", TokenKeySize))
+	s := enabled(t, key)
+	now := time.Unix(1_000_000, 0)
+	issue := func(s *State, user string) string {
+		t.Helper()
+		tok, err := s.IssueToken(user, s.Revision(), now.Add(time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	tok := issue(s, "alice")
+	s, _ = apply(t, s, &pb.InternalRaftRequest{AuthUserRevokeRole: &pb.AuthUserRevokeRoleRequest{Name: "alice", Role: "r"}}, nil)
+	ai, err := s.VerifyToken(tok, now)
+	if err != nil || ai.Username != "alice" || ai.Revision != s.Revision() {
+		t.Fatalf("token after a role revoke: %+v, %v; want alice at revision %d", ai, err, s.Revision())
+	}
+	if err := s.IsOpPermitted(&ai, []byte("a"), nil, authpb.Permission_READ); !errors.Is(err, ErrPermissionDenied) {
+		t.Errorf("read with the role revoked: %v, want ErrPermissionDenied", err)
+	}
+	changed, _ := apply(t, s, &pb.InternalRaftRequest{AuthUserChangePassword: &pb.AuthUserChangePasswordRequest{Name: "alice", HashedPassword: hashed(t, "pw")}}, nil)
+	if _, err := changed.VerifyToken(tok, now); !errors.Is(err, ErrInvalidAuthToken) {
+		t.Errorf("token after a password change: %v, want ErrInvalidAuthToken", err)
+	}
+	if _, err := changed.VerifyToken(issue(changed, "alice"), now); err != nil {
+		t.Errorf("token issued after the password change: %v", err)
+	}
+	deleted, _ := apply(t, s, &pb.InternalRaftRequest{AuthUserDelete: &pb.AuthUserDeleteRequest{Name: "alice"}}, nil)
+	if _, err := deleted.VerifyToken(tok, now); !errors.Is(err, ErrInvalidAuthToken) {
+		t.Errorf("token of a deleted user: %v, want ErrInvalidAuthToken", err)
+	}
+	if _, err := addUser(t, deleted, "alice", "pw").VerifyToken(tok, now); !errors.Is(err, ErrInvalidAuthToken) {
+		t.Errorf("token of a deleted user added again: %v, want ErrInvalidAuthToken", err)
 	}
 }

@@ -182,6 +182,10 @@ func (n *Node) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.Lea
 	if err := n.learnerGuard(); err != nil {
 		return nil, err
 	}
+	// Before anything else, as etcd's EtcdServer.LeaseGrant.
+	if err := n.requireAuthInfo(ctx); err != nil {
+		return nil, err
+	}
 	if r.GetTTL() > maxLeaseTTL {
 		return nil, ErrLeaseTTLTooLarge
 	}
@@ -205,6 +209,11 @@ func (n *Node) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.L
 	if err := n.learnerGuard(); err != nil {
 		return nil, err
 	}
+	// etcd's EtcdServer.LeaseRevoke needs a user even for a lease without
+	// keys (whose write permission apply checks).
+	if err := n.requireAuthInfo(ctx); err != nil {
+		return nil, err
+	}
 	resp, err := proposeAs[*pb.LeaseRevokeResponse](ctx, n, &pb.InternalRaftRequest{LeaseRevoke: r})
 	if err != nil {
 		return nil, err
@@ -223,6 +232,9 @@ func (n *Node) LeaseLeases(ctx context.Context, _ *pb.LeaseLeasesRequest) (*pb.L
 		return nil, ErrStopped
 	}
 	ls := n.store.Leases()
+	if err := n.checkLeaseLeases(ctx, ls); err != nil {
+		return nil, err
+	}
 	out := make([]*pb.LeaseStatus, 0, len(ls))
 	for _, l := range ls {
 		out = append(out, &pb.LeaseStatus{ID: l.ID})

@@ -155,8 +155,13 @@ func (n *Node) AuthorizeInternal(ctx context.Context) error {
 }
 
 // AuthorizeWatch is etcd's isWatchPermitted: read permission on the
-// watched range. It returns the header of the refusal etcd sends.
+// watched range. It returns the header of the refusal etcd sends. An empty
+// key is checked as "\x00", the smallest key, which etcd's watch server
+// (serverWatchStream.recvLoop) puts in its place before the check.
 func (n *Node) AuthorizeWatch(ctx context.Context, key, end []byte) (*pb.ResponseHeader, error) {
+	if len(key) == 0 {
+		key = []byte{0}
+	}
 	return n.header(nil), n.checkRead(ctx, key, end)
 }
 
@@ -189,6 +194,34 @@ func (n *Node) AuthorizeLease(ctx context.Context, id int64, write bool) error {
 	for _, k := range l.Keys {
 		if err := st.IsOpPermitted(ai, k, nil, typ); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// checkLeaseLeases is etcd's checkLeaseLeases: once auth is enabled, the
+// list is for a user (ErrUserEmpty without one) with the root role or with
+// read permission on every key attached to any lease.
+func (n *Node) checkLeaseLeases(ctx context.Context, ls []storage.LeaseInfo) error {
+	st := n.AuthState()
+	if !st.Enabled() {
+		return nil
+	}
+	ai, err := n.authInfo(ctx, st)
+	if err != nil {
+		return err
+	}
+	if ai == nil {
+		return auth.ErrUserEmpty
+	}
+	if st.IsAdminPermitted(ai) == nil {
+		return nil
+	}
+	for _, l := range ls {
+		for _, k := range l.Keys {
+			if err := st.IsOpPermitted(ai, k, nil, authpb.Permission_READ); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"go.etcd.io/etcd/api/v3/authpb"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"golang.org/x/crypto/bcrypt"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/concord-kv/concord/auth"
 )
@@ -115,15 +117,22 @@ func TestAuthReplicatedThroughSnapshotAndRestart(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Authenticate: %v", err)
 	}
-	// Any auth change makes earlier tokens old, as in etcd.
+	// Another auth change leaves a simple token valid, at the new auth
+	// revision, as in etcd; a new password invalidates it.
 	if _, err := b.RoleAdd(ctxT(t), &pb.AuthRoleAddRequest{Name: "later"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Range(auth.WithCredentials(ctxT(t), auth.Credentials{Token: old.Token}), &pb.RangeRequest{Key: []byte("a1")}); !errors.Is(err, auth.ErrAuthOldRevision) {
-		t.Fatalf("read with a token of an old auth revision: %v, want ErrAuthOldRevision", err)
+	if _, err := b.Range(auth.WithCredentials(ctxT(t), auth.Credentials{Token: old.Token}), &pb.RangeRequest{Key: []byte("a1")}); err != nil {
+		t.Fatalf("read with a token from before a role add: %v", err)
 	}
-	if _, err := b.Put(auth.WithCredentials(ctxT(t), auth.Credentials{Token: old.Token}), &pb.PutRequest{Key: []byte("a1")}); !errors.Is(err, auth.ErrAuthOldRevision) {
-		t.Fatalf("write with a token of an old auth revision: %v, want ErrAuthOldRevision", err)
+	if _, err := b.UserChangePassword(ctxT(t), &pb.AuthUserChangePasswordRequest{Name: "early", Password: "earlypw"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Range(auth.WithCredentials(ctxT(t), auth.Credentials{Token: old.Token}), &pb.RangeRequest{Key: []byte("a1")}); !errors.Is(err, auth.ErrInvalidAuthToken) {
+		t.Fatalf("read with a token from before a password change: %v, want ErrInvalidAuthToken", err)
+	}
+	if _, err := b.Put(auth.WithCredentials(ctxT(t), auth.Credentials{Token: old.Token}), &pb.PutRequest{Key: []byte("a1")}); !errors.Is(err, auth.ErrInvalidAuthToken) {
+		t.Fatalf("write with a token from before a password change: %v, want ErrInvalidAuthToken", err)
 	}
 	tok, err := b.Authenticate(ctxT(t), &pb.AuthenticateRequest{Name: "early", Password: "earlypw"})
 	if err != nil {
@@ -361,5 +370,173 @@ func enableAuth(t *testing.T, n *Node) func(user string) string {
 			t.Fatal(err)
 		}
 		return r.Token
+	}
+}
+
+// TestAuthLeaseLeases: once auth is enabled, LeaseLeases needs a user, as
+// etcd's checkLeaseLeases: root lists everything; another user only while
+// it may read every key attached to a lease.
+func TestAuthLeaseLeases(t *testing.T) {
+	c := newTestCluster(t, 1, func(cfg *Config) { cfg.BcryptCost = bcrypt.MinCost })
+	n := c.nodes[c.leader()]
+	addUsers(t, n, []string{"root"}, "alice")
+	if _, err := n.RoleAdd(ctxT(t), &pb.AuthRoleAddRequest{Name: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.RoleGrantPermission(ctxT(t), &pb.AuthRoleGrantPermissionRequest{Name: "r",
+		Perm: &authpb.Permission{Key: []byte("a"), RangeEnd: []byte("b"), PermType: authpb.Permission_READ}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: "alice", Role: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := n.LeaseGrant(ctxT(t), &pb.LeaseGrantRequest{TTL: 3600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Put(ctxT(t), &pb.PutRequest{Key: []byte("a1"), Lease: l.ID}); err != nil {
+		t.Fatal(err)
+	}
+	token := enableAuth(t, n)
+	as := func(cr auth.Credentials) context.Context { return auth.WithCredentials(ctxT(t), cr) }
+	root, alice := as(auth.Credentials{Token: token("root")}), as(auth.Credentials{Token: token("alice")})
+	check := func(what string, ctx context.Context, want error) {
+		t.Helper()
+		_, err := n.LeaseLeases(ctx, &pb.LeaseLeasesRequest{})
+		if !errors.Is(err, want) || (err == nil) != (want == nil) {
+			t.Errorf("%s: %v, want %v", what, err, want)
+		}
+	}
+	check("no token", as(auth.Credentials{}), auth.ErrUserEmpty)
+	check("root", root, nil)
+	check("alice, who may read a1", alice, nil)
+	if _, err := n.Put(root, &pb.PutRequest{Key: []byte("secret"), Lease: l.ID}); err != nil {
+		t.Fatal(err)
+	}
+	check("alice, who may not read secret", alice, auth.ErrPermissionDenied)
+	check("root", root, nil)
+}
+
+// TestAuthLeaseNeedsUser: once auth is enabled, LeaseGrant and LeaseRevoke
+// need a user before anything else, as etcd's EtcdServer.LeaseGrant and
+// LeaseRevoke (requireAuthInfo): a grant without a token fails with
+// ErrUserEmpty even with a TTL above the maximum, a revoke even of a lease
+// without keys.
+func TestAuthLeaseNeedsUser(t *testing.T) {
+	c := newTestCluster(t, 1, func(cfg *Config) { cfg.BcryptCost = bcrypt.MinCost })
+	n := c.nodes[c.leader()]
+	addUsers(t, n, []string{"root"}, "alice")
+	token := enableAuth(t, n)
+	none := auth.WithCredentials(ctxT(t), auth.Credentials{})
+	alice := auth.WithCredentials(ctxT(t), auth.Credentials{Token: token("alice")})
+	if _, err := n.LeaseGrant(none, &pb.LeaseGrantRequest{TTL: 3600}); !errors.Is(err, auth.ErrUserEmpty) {
+		t.Fatalf("grant without a token: %v, want ErrUserEmpty", err)
+	}
+	if _, err := n.LeaseGrant(none, &pb.LeaseGrantRequest{TTL: maxLeaseTTL + 1}); !errors.Is(err, auth.ErrUserEmpty) {
+		t.Fatalf("grant of a too long TTL without a token: %v, want ErrUserEmpty", err)
+	}
+	l, err := n.LeaseGrant(alice, &pb.LeaseGrantRequest{TTL: 3600})
+	if err != nil {
+		t.Fatalf("grant as alice: %v", err)
+	}
+	if _, err := n.LeaseRevoke(none, &pb.LeaseRevokeRequest{ID: l.ID}); !errors.Is(err, auth.ErrUserEmpty) {
+		t.Fatalf("revoke without a token: %v, want ErrUserEmpty", err)
+	}
+	if _, err := n.LeaseRevoke(alice, &pb.LeaseRevokeRequest{ID: l.ID}); err != nil {
+		t.Fatalf("revoke of a lease without keys as alice: %v", err)
+	}
+}
+
+// TestAuthRequestSizeCountsHeader: with MaxRequestBytes set, a write is
+// refused when the raft request etcd would build from it is too large,
+// counting the user name and auth revision its header carries once auth
+// is enabled (etcd's processInternalRaftRequestOnce), and only after the
+// token is checked: an invalid token gets ErrInvalidAuthToken, as from
+// etcd, however large the write.
+func TestAuthRequestSizeCountsHeader(t *testing.T) {
+	const limit = 1000
+	c := newTestCluster(t, 1, func(cfg *Config) {
+		cfg.BcryptCost = bcrypt.MinCost
+		cfg.MaxRequestBytes = limit
+	})
+	n := c.nodes[c.leader()]
+	if !n.ChecksRequestSize(ctxT(t)) {
+		t.Fatal("ChecksRequestSize is false with MaxRequestBytes set")
+	}
+	// put returns a put whose raft request, as etcd builds it with the
+	// largest request ID and header h, takes size bytes.
+	put := func(h *pb.RequestHeader, size int) *pb.PutRequest {
+		t.Helper()
+		h = proto.Clone(h).(*pb.RequestHeader)
+		h.ID = math.MaxUint64
+		p := &pb.PutRequest{Key: []byte("k")}
+		for range size {
+			if n := proto.Size(&pb.InternalRaftRequest{Header: h, Put: p}); n >= size {
+				if n != size {
+					t.Fatalf("no put of raft size %d", size)
+				}
+				return p
+			}
+			p.Value = append(p.Value, 'v')
+		}
+		t.Fatalf("no put of raft size %d", size)
+		return nil
+	}
+	ctx := ctxT(t)
+	if _, err := n.Put(ctx, put(&pb.RequestHeader{}, limit)); err != nil {
+		t.Fatalf("put of the limit without auth: %v", err)
+	}
+	if _, err := n.Put(ctx, put(&pb.RequestHeader{}, limit+1)); !errors.Is(err, ErrRequestTooLarge) {
+		t.Fatalf("put over the limit without auth: %v, want ErrRequestTooLarge", err)
+	}
+
+	addUsers(t, n, []string{"root"})
+	token := enableAuth(t, n)
+	root := auth.WithCredentials(ctx, auth.Credentials{Token: token("root")})
+	h := &pb.RequestHeader{Username: "root", AuthRevision: n.AuthState().Revision()}
+	if _, err := n.Put(root, put(h, limit)); err != nil {
+		t.Fatalf("put of the limit as root: %v", err)
+	}
+	// Within the limit but for the header's user and revision.
+	over := put(h, limit+1)
+	if s := proto.Size(&pb.InternalRaftRequest{Header: &pb.RequestHeader{ID: math.MaxUint64}, Put: over}); s > limit {
+		t.Fatalf("test put takes %d bytes without the auth header", s)
+	}
+	if _, err := n.Put(root, over); !errors.Is(err, ErrRequestTooLarge) {
+		t.Fatalf("put over the limit with root's header: %v, want ErrRequestTooLarge", err)
+	}
+	txn := &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: over}}}}
+	if _, err := n.Txn(root, txn); !errors.Is(err, ErrRequestTooLarge) {
+		t.Fatalf("txn over the limit as root: %v, want ErrRequestTooLarge", err)
+	}
+	bogus := auth.WithCredentials(ctx, auth.Credentials{Token: "bogus"})
+	if _, err := n.Put(bogus, put(h, 2*limit)); !errors.Is(err, auth.ErrInvalidAuthToken) {
+		t.Fatalf("put over the limit with an invalid token: %v, want ErrInvalidAuthToken", err)
+	}
+}
+
+// TestAuthWatchEmptyKey: a watch of the empty key is checked as one of
+// "\x00", which etcd's watch server puts in its place before the check.
+func TestAuthWatchEmptyKey(t *testing.T) {
+	c := newTestCluster(t, 1, func(cfg *Config) { cfg.BcryptCost = bcrypt.MinCost })
+	n := c.nodes[c.leader()]
+	addUsers(t, n, []string{"root"}, "alice")
+	if _, err := n.RoleAdd(ctxT(t), &pb.AuthRoleAddRequest{Name: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.RoleGrantPermission(ctxT(t), &pb.AuthRoleGrantPermissionRequest{Name: "r",
+		Perm: &authpb.Permission{Key: []byte{0}, PermType: authpb.Permission_READ}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: "alice", Role: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	token := enableAuth(t, n)
+	alice := auth.WithCredentials(ctxT(t), auth.Credentials{Token: token("alice")})
+	if _, err := n.AuthorizeWatch(alice, nil, nil); err != nil {
+		t.Fatalf("watch of the empty key: %v, want allowed (checked as \"\\x00\")", err)
+	}
+	if _, err := n.AuthorizeWatch(alice, []byte("a"), nil); !errors.Is(err, auth.ErrPermissionDenied) {
+		t.Fatalf("watch of a: %v, want permission denied", err)
 	}
 }

@@ -101,6 +101,13 @@ type Config struct {
 	// QuotaBackendBytes is the store size above which writes fail with
 	// ErrNoSpace; 0 means the default 2 GiB, negative disables the quota.
 	QuotaBackendBytes int64
+	// MaxRequestBytes is etcd's --max-request-bytes, checked on the raft
+	// request built from a Put, DeleteRange or write Txn as etcd checks it:
+	// after the caller's token is checked, with the user name and auth
+	// revision the request header then carries (proposalSize). 0 leaves
+	// the size unchecked here (the gateway's own check is then the only
+	// one).
+	MaxRequestBytes int
 	// BcryptCost is the bcrypt cost of the password hashes UserAdd and
 	// UserChangePassword store (etcd's --bcrypt-cost); 0 means the default,
 	// bcrypt.DefaultCost (10).
@@ -256,6 +263,9 @@ func (c Config) Validate() error {
 	}
 	if _, err := auth.ParseTokenOptions(c.AuthToken, c.AuthTokenTTL); err != nil {
 		return fmt.Errorf("consensus: --auth-token: %w", err)
+	}
+	if c.MaxRequestBytes < 0 {
+		return fmt.Errorf("consensus: max request bytes %d is negative", c.MaxRequestBytes)
 	}
 	if c.BcryptCost < bcrypt.MinCost || c.BcryptCost > bcrypt.MaxCost {
 		return fmt.Errorf("consensus: bcrypt cost %d outside [%d, %d]", c.BcryptCost, bcrypt.MinCost, bcrypt.MaxCost)

@@ -16,6 +16,9 @@ var (
 	// etcd's corrupt applier: the data may differ between members.
 	ErrCorrupt         = errors.New("etcdserver: corrupt cluster")
 	ErrTooManyRequests = errors.New("etcdserver: too many requests")
+	// ErrRequestTooLarge refuses a write whose raft request exceeds
+	// Config.MaxRequestBytes.
+	ErrRequestTooLarge = errors.New("etcdserver: request is too large")
 	ErrMemberNotFound  = errors.New("etcdserver: member not found")
 
 	// Membership changes (etcd's membership and etcdserver errors, worded

@@ -70,6 +70,7 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.etcd.io/raft/v3/tracker"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/concord-kv/concord/auth"
@@ -1179,7 +1180,26 @@ func (n *Node) propose(ctx context.Context, r *pb.InternalRaftRequest) (proto.Me
 	if err != nil {
 		return nil, fmt.Errorf("consensus: encode request: %w", err)
 	}
+	if max := n.cfg.MaxRequestBytes; max > 0 && (r.Put != nil || r.DeleteRange != nil || r.Txn != nil) && proposalSize(len(data), id) > max {
+		return nil, ErrRequestTooLarge
+	}
 	return n.proposeData(ctx, id, data)
+}
+
+// ChecksRequestSize reports whether writes are size-checked here
+// (Config.MaxRequestBytes; gateway.RequestSizeChecker).
+func (n *Node) ChecksRequestSize(context.Context) bool { return n.cfg.MaxRequestBytes > 0 }
+
+// proposalSize is the size of the raft request etcd would build where
+// concord built one of size n with request ID id: the same message (with
+// auth enabled, the header also holds the user name and auth revision, as
+// etcd's processInternalRaftRequestOnce fills it) but etcd's request ID,
+// which begins with the low 16 bits of its member ID and so takes 9 or
+// (with the top bit set) 10 bytes. 10 are counted, so a write etcd refuses
+// is refused here too whatever its member ID (as the gateway's
+// etcdRaftSize counts).
+func proposalSize(n int, id uint64) int {
+	return n - protowire.SizeVarint(id) + 10
 }
 
 // proposeData replicates one encoded entry whose apply result is delivered

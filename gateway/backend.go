@@ -62,6 +62,18 @@ type Cluster interface {
 	MemberPromote(ctx context.Context, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error)
 }
 
+// RequestSizeChecker is a backend that checks the size of the raft
+// requests built from writes itself, as etcd does: after the caller's
+// token, counting the user name and auth revision etcd's raft request
+// header carries once auth is enabled, which the gateway cannot know.
+// ChecksRequestSize reports whether it does for the request of ctx; the
+// gateway then leaves the check to it (tooLarge). consensus.Node does when
+// its MaxRequestBytes is set; remote.Consensus (the split topology) for a
+// request with a token, which the member checks first.
+type RequestSizeChecker interface {
+	ChecksRequestSize(ctx context.Context) bool
+}
+
 // Backend is everything the gateway needs; consensus.Node implements it.
 type Backend interface {
 	KV

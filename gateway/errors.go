@@ -69,6 +69,7 @@ var errorTable = []struct {
 	// etcd's own table maps ErrTooManyRequests to a non-status error, which
 	// gRPC turns into Unknown; the status error is what clientv3 expects.
 	{consensus.ErrTooManyRequests, rpctypes.ErrGRPCRequestTooManyRequests},
+	{consensus.ErrRequestTooLarge, rpctypes.ErrGRPCRequestTooLarge},
 	// A store closed under a request means the member is going away.
 	{storage.ErrClosed, rpctypes.ErrGRPCStopped},
 	// No active lease authority (a standby, or one whose renewals fail):

@@ -419,7 +419,6 @@ func TestValidationErrors(t *testing.T) {
 	f, cli, _ := setup(t, gateway.Config{})
 	ctx := testCtx(t)
 	rawKV := pb.NewKVClient(cli.ActiveConnection())
-	rawLease := pb.NewLeaseClient(cli.ActiveConnection())
 	put := func(k string) *pb.RequestOp {
 		return &pb.RequestOp{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte(k)}}}
 	}
@@ -500,11 +499,6 @@ func TestValidationErrors(t *testing.T) {
 		{"txn nested put duplicates outer", func() error { return rawTxn(put("a"), nested([]*pb.RequestOp{put("a")}, nil)) }, rpctypes.ErrDuplicateKey},
 		{"txn nested else duplicates outer", func() error { return rawTxn(put("a"), nested(nil, []*pb.RequestOp{put("a")})) }, rpctypes.ErrDuplicateKey},
 		{"txn nested delete covers outer put", func() error { return rawTxn(put("b"), nested([]*pb.RequestOp{del("a", "z")}, nil)) }, rpctypes.ErrDuplicateKey},
-		{"lease ttl too large", func() error { _, err := cli.Grant(ctx, 9000000001); return err }, rpctypes.ErrLeaseTTLTooLarge},
-		{"lease ttl too large raw", func() error {
-			_, err := rawLease.LeaseGrant(ctx, &pb.LeaseGrantRequest{TTL: 9000000001})
-			return rpctypes.Error(err)
-		}, rpctypes.ErrLeaseTTLTooLarge},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

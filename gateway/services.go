@@ -42,7 +42,7 @@ func (s kvService) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 	if err := validPutRequest(r); err != nil {
 		return nil, rpcError(err)
 	}
-	if err := s.g.tooLarge(r); err != nil {
+	if err := s.g.tooLarge(ctx, r); err != nil {
 		return nil, rpcError(err)
 	}
 	resp, err := s.g.b.Put(ctx, r)
@@ -56,7 +56,7 @@ func (s kvService) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*
 	if err := validDeleteRequest(r); err != nil {
 		return nil, rpcError(err)
 	}
-	if err := s.g.tooLarge(r); err != nil {
+	if err := s.g.tooLarge(ctx, r); err != nil {
 		return nil, rpcError(err)
 	}
 	resp, err := s.g.b.DeleteRange(ctx, r)
@@ -77,7 +77,7 @@ func (s kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 	}
 	// Read-only txns are not proposed to raft, so etcd does not size-check them.
 	if hasWrites(r) {
-		if err := s.g.tooLarge(r); err != nil {
+		if err := s.g.tooLarge(ctx, r); err != nil {
 			return nil, rpcError(err)
 		}
 	}
@@ -112,10 +112,9 @@ func (s leaseService) store() LeaseStore {
 	return s.g.b
 }
 
+// LeaseGrant leaves the TTL bound to consensus: etcd checks it at apply,
+// after refusing a request without a user once auth is enabled.
 func (s leaseService) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
-	if err := validLeaseGrant(r); err != nil {
-		return nil, rpcError(err)
-	}
 	resp, err := s.store().LeaseGrant(ctx, r)
 	if err != nil {
 		return nil, TranslateError(err)
@@ -145,9 +144,16 @@ func (s leaseService) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLive
 	if s.l == nil {
 		return s.UnimplementedLeaseHandler.LeaseTimeToLive(ctx, r)
 	}
-	// As etcd, only a TimeToLive that lists the keys checks permissions.
-	if la, ok := s.g.b.(LeaseAuthorizer); ok && r.GetKeys() {
-		if err := la.AuthorizeLease(ctx, r.GetID(), false); err != nil {
+	// As etcd, only a TimeToLive that lists the keys checks permissions on
+	// them; every one needs a user once auth is enabled
+	// (EtcdServer.LeaseTimeToLive's requireAuthInfo): lease 0, which never
+	// exists, checks just that.
+	if la, ok := s.g.b.(LeaseAuthorizer); ok {
+		id := r.GetID()
+		if !r.GetKeys() {
+			id = 0
+		}
+		if err := la.AuthorizeLease(ctx, id, false); err != nil {
 			return nil, TranslateError(err)
 		}
 	}

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"net"
 	"net/url"
 	"strings"
@@ -16,9 +17,6 @@ import (
 // same checks in the same order, returning the same rpctypes errors, so
 // that a bad request gets exactly the error etcd gives it and never
 // reaches the backend.
-
-// maxLeaseTTL is etcd's lease.MaxLeaseTTL.
-const maxLeaseTTL = 9000000000
 
 func validRangeRequest(r *pb.RangeRequest) error {
 	if len(r.Key) == 0 {
@@ -198,8 +196,13 @@ func hasWrites(r *pb.TxnRequest) bool {
 
 // tooLarge reports whether a request that is proposed to raft exceeds
 // MaxRequestBytes, which etcd checks on the proposal it builds from it
-// (etcdRaftSize), not on the request alone.
-func (g *Gateway) tooLarge(m proto.Message) error {
+// (etcdRaftSize), not on the request alone. A backend that checks the
+// proposals it builds (RequestSizeChecker) does so exactly, auth header
+// included, and in etcd's order (after the token): it is left to do so.
+func (g *Gateway) tooLarge(ctx context.Context, m proto.Message) error {
+	if c, ok := g.b.(RequestSizeChecker); ok && c.ChecksRequestSize(ctx) {
+		return nil
+	}
 	if etcdRaftSize(m) > g.cfg.MaxRequestBytes {
 		return rpctypes.ErrGRPCRequestTooLarge
 	}
@@ -211,7 +214,9 @@ func (g *Gateway) tooLarge(m proto.Message) error {
 // in an InternalRaftRequest with a header holding a request ID
 // (EtcdServer.processInternalRaftRequestOnce). With auth enabled etcd also
 // puts the user name and auth revision in that header; that is not
-// counted here. Other messages count as themselves. It is computed rather
+// counted here (so this is a lower bound then): a backend that knows the
+// user counts it (RequestSizeChecker; consensus.proposalSize). Other
+// messages count as themselves. It is computed rather
 // than built, to keep the write path free of allocations; a test checks it
 // against the message etcd builds.
 func etcdRaftSize(m proto.Message) int {
@@ -233,13 +238,6 @@ func etcdRaftSize(m proto.Message) int {
 // is refused here too, whatever its member ID; one a byte smaller than that
 // may be refused here and not by etcd.
 const etcdRaftHeaderSize = 2 + 1 + 1 + 10
-
-func validLeaseGrant(r *pb.LeaseGrantRequest) error {
-	if r.TTL > maxLeaseTTL {
-		return rpctypes.ErrGRPCLeaseTTLTooLarge
-	}
-	return nil
-}
 
 // validPeerURLs is etcd's types.NewURLs check of MemberAdd: at least one
 // URL, each http(s) with host:port or unix(s), without a path.

@@ -179,6 +179,7 @@ func consensusConfig(cfg config.Server, log *slog.Logger) consensus.Config {
 		ElectionTimeout:   cfg.ElectionTimeout,
 		SnapshotCount:     cfg.SnapshotCount,
 		QuotaBackendBytes: cfg.QuotaBackendBytes,
+		MaxRequestBytes:   cfg.MaxRequestBytes,
 		BcryptCost:        cfg.BcryptCost,
 		AuthToken:         cfg.AuthToken,
 		AuthTokenTTL:      cfg.AuthTokenTTL,

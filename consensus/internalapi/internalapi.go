@@ -172,6 +172,20 @@ func leaseInfo(li storage.LeaseInfo) *concordv1.LeaseInfo {
 	return &concordv1.LeaseInfo{Id: li.ID, Ttl: li.TTL, Keys: li.Keys}
 }
 
+// withHeader adds h to the refusal err as a detail: etcd sends a refused
+// watch's creation with the member's current header, which the gateway
+// takes from it (remote.Authorizer.AuthorizeWatch).
+func withHeader(err error, h *pb.ResponseHeader) error {
+	var ce *connect.Error
+	if h == nil || !errors.As(err, &ce) {
+		return err
+	}
+	if d, derr := connect.NewErrorDetail(h); derr == nil {
+		ce.AddDetail(d)
+	}
+	return err
+}
+
 // Authorize implements InternalServiceHandler. It fails closed: served
 // without gateway.ForwardedCredentials, its context carries no credentials,
 // which it checks as a client request without a token, never as the
@@ -186,7 +200,7 @@ func (s *Server) Authorize(ctx context.Context, r *concordv1.AuthorizeRequest) (
 	case *concordv1.AuthorizeRequest_Watch:
 		h, err := s.n.AuthorizeWatch(ctx, w.Watch.GetKey(), w.Watch.GetEnd())
 		if err != nil {
-			return nil, gateway.TranslateError(err)
+			return nil, withHeader(gateway.TranslateError(err), h)
 		}
 		return &concordv1.AuthorizeResponse{Header: h, AuthEnabled: s.n.AuthEnabled()}, nil
 	case *concordv1.AuthorizeRequest_Lease:

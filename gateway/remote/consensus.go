@@ -18,6 +18,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/status"
 
+	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/consensus/eventbus"
 	"github.com/concord-kv/concord/gateway"
@@ -495,6 +496,17 @@ func (c *Consensus) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRes
 }
 
 // Put implements gateway.KV.
+// ChecksRequestSize implements gateway.RequestSizeChecker: a write with a
+// token is size-checked by the member, after the token as in etcd, with
+// the user name and auth revision etcd's raft request header then holds
+// (consensus.Config.MaxRequestBytes); without one, the gateway's check is
+// exact (the header holds no user), or a lower bound the member's check
+// completes for a client certificate's user.
+func (c *Consensus) ChecksRequestSize(ctx context.Context) bool {
+	cr, _ := auth.CredentialsFrom(ctx)
+	return cr.Token != ""
+}
+
 func (c *Consensus) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
 	return unary(c, ctx, false, kvOf, etcdserverpbconnect.KVClient.Put, r, (*pb.PutResponse).GetHeader)
 }
@@ -727,9 +739,32 @@ var (
 func (a *Authorizer) AuthorizeWatch(ctx context.Context, key, end []byte) (*pb.ResponseHeader, error) {
 	resp, err := a.authorize(ctx, &concordv1.AuthorizeRequest{What: &concordv1.AuthorizeRequest_Watch{Watch: &concordv1.AuthorizeWatch{Key: key, End: end}}})
 	if err != nil {
+		// A refusal carries the member's header (etcd's for a refused
+		// watch); the cached one may be older than writes made
+		// through other gateways or before this one saw them.
+		if h := refusalHeader(err); h != nil {
+			return h, err
+		}
 		return a.c.Header(), err
 	}
 	return resp.GetHeader(), nil
+}
+
+// refusalHeader is the header a refusal of consensus's Authorize carries,
+// nil if none.
+func refusalHeader(err error) *pb.ResponseHeader {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return nil
+	}
+	for _, d := range ce.Details() {
+		if v, derr := d.Value(); derr == nil {
+			if h, ok := v.(*pb.ResponseHeader); ok {
+				return h
+			}
+		}
+	}
+	return nil
 }
 
 // AuthorizeLease implements gateway.LeaseAuthorizer.

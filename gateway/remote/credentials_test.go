@@ -10,6 +10,7 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/consensus/internalapi"
@@ -80,7 +81,7 @@ func TestClientTokenIsForwarded(t *testing.T) {
 
 // Authorizer asks consensus with the token of the client it checks for, and
 // the refusals come back as the auth sentinels the gateway's watch service
-// picks its cancel reasons from.
+// picks its cancel reasons from, with the member's header.
 func TestAuthorizerForwardsTheClientToken(t *testing.T) {
 	path, h := internalapi.Handler(fakeNode{})
 	c, err := remote.NewConsensus(h2cServer(t, path, h), nil)
@@ -113,8 +114,13 @@ func TestAuthorizerForwardsTheClientToken(t *testing.T) {
 		if !errors.Is(err, tc.want) || (err == nil) != (tc.want == nil) {
 			t.Errorf("watch %s: %v, want %v", tc.name, err, tc.want)
 		}
-		if h.GetClusterId() != hdr.GetClusterId() {
-			t.Errorf("watch %s: header %v", tc.name, h)
+		// A refusal has the member's header, etcd's for a refused watch.
+		want := hdr
+		if tc.want != nil {
+			want = refusalHdr
+		}
+		if !proto.Equal(h, want) {
+			t.Errorf("watch %s: header %v, want %v", tc.name, h, want)
 		}
 	}
 	if err := a.AuthorizeLease(as("alice"), 1, true); err != nil {
@@ -258,4 +264,16 @@ func TestAuthorizerKeepAliveRecheck(t *testing.T) {
 	n.on.Store(false)
 	step("keep-alive, auth off again", true, 5, nil)
 	step("keep-alive, still off", true, 5, nil)
+}
+
+// A write with a token is size-checked by the member, after the token, as
+// etcd does; one without is checked by the gateway.
+func TestConsensusLeavesTheSizeOfTokenWritesToTheMember(t *testing.T) {
+	var c *remote.Consensus // ChecksRequestSize looks at the request alone
+	if !c.ChecksRequestSize(auth.WithCredentials(context.Background(), auth.Credentials{Token: "t"})) {
+		t.Error("a write with a token is checked in the gateway")
+	}
+	if c.ChecksRequestSize(auth.WithCredentials(context.Background(), auth.Credentials{CommonName: "alice"})) || c.ChecksRequestSize(context.Background()) {
+		t.Error("a write without a token is left to the member")
+	}
 }

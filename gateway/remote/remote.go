@@ -269,16 +269,20 @@ var sentinels = []struct {
 	{rpctypes.ErrGRPCStopped, []error{consensus.ErrStopped}},
 	{rpctypes.ErrGRPCLeaseTTLTooLarge, []error{consensus.ErrLeaseTTLTooLarge}},
 	{rpctypes.ErrGRPCRequestTooManyRequests, []error{consensus.ErrTooManyRequests}},
+	{rpctypes.ErrGRPCRequestTooLarge, []error{consensus.ErrRequestTooLarge}},
 	{rpctypes.ErrGRPCLeaderChanged, []error{consensus.ErrStaleEpoch}},
-	// etcd has no rpctypes error for it: gRPC's Unknown with its text,
-	// which classify would otherwise take for a broken connection.
-	{status.Error(codes.Unknown, consensus.ErrUnknownMethod.Error()), []error{consensus.ErrUnknownMethod}},
 	// A refused Authorize: the gateway's watch service picks the cancel
 	// reason of a refused watch from these.
 	{rpctypes.ErrGRPCPermissionDenied, []error{auth.ErrPermissionDenied}},
 	{rpctypes.ErrGRPCUserEmpty, []error{auth.ErrUserEmpty}},
 	{rpctypes.ErrGRPCInvalidAuthToken, []error{auth.ErrInvalidAuthToken}},
 	{rpctypes.ErrGRPCAuthOldRevision, []error{auth.ErrAuthOldRevision}},
+	// Members' answers etcd sends as Unknown with the error's text (the
+	// gateway's table): without these, classify would take their code for
+	// a broken connection's.
+	{status.Error(codes.Unknown, auth.ErrNoPasswordUser.Error()), []error{auth.ErrNoPasswordUser}},
+	{status.Error(codes.Unknown, consensus.ErrUnknownMethod.Error()), []error{consensus.ErrUnknownMethod}},
+	{status.Error(codes.Unknown, consensus.ErrTimeoutLeaderTransfer.Error()), []error{consensus.ErrTimeoutLeaderTransfer}},
 }
 
 // wireError is a connect error that also matches the sentinels it stands

@@ -99,7 +99,8 @@ func TestWireErrorsMapBackToSentinels(t *testing.T) {
 		storage.ErrCompacted, storage.ErrFutureRev, storage.ErrLeaseNotFound, storage.ErrLeaseExists,
 		consensus.ErrNoSpace, consensus.ErrNoLeader, consensus.ErrTimeout, consensus.ErrStopped,
 		consensus.ErrLeaseTTLTooLarge, consensus.ErrTooManyRequests, consensus.ErrStaleEpoch,
-		consensus.ErrCorrupt, consensus.ErrUnknownMethod,
+		consensus.ErrCorrupt, consensus.ErrRequestTooLarge, consensus.ErrUnknownMethod, consensus.ErrTimeoutLeaderTransfer,
+		auth.ErrNoPasswordUser, auth.ErrPermissionDenied,
 	} {
 		wire := gateway.TranslateError(fmt.Errorf("x: %w", s))
 		got := remote.FromWireForTest(wire)
@@ -231,8 +232,15 @@ func TestNoCompressionBetweenProcesses(t *testing.T) {
 // AuthorizeWatch lets the token "alice" watch under "a/"; anything else is
 // refused as a member with auth enabled refuses it.
 func (fakeNode) AuthorizeWatch(ctx context.Context, key, _ []byte) (*pb.ResponseHeader, error) {
-	return hdr, fakeAuthorize(ctx, string(key))
+	if err := fakeAuthorize(ctx, string(key)); err != nil {
+		return refusalHdr, err
+	}
+	return hdr, nil
 }
+
+// refusalHdr is the header of a refused watch: newer than any the client
+// cached, as after writes through other gateways.
+var refusalHdr = &pb.ResponseHeader{ClusterId: 7, MemberId: 9, Revision: 15, RaftTerm: 3}
 
 // AuthorizeLease lets the token "alice" use lease 1 (its keys are under
 // "a/").

@@ -63,9 +63,13 @@ func TestWebConsoleAuth(t *testing.T) {
 	if token == "" {
 		t.Fatal("Authenticate over Connect returned no token")
 	}
-	mustCtl(t, ep, root, "role", "add", "another")
-	if got := connectCall(t, s.clientURL(), token, "etcdserverpb.KV/Range", `{"key":"`+b64(prefix+"a")+`"}`)["message"]; got != "etcdserver: revision of auth store is old" {
-		t.Fatalf("Range with a token from before the auth change: message %q, want etcd's old revision", got)
+	// Setting alice's password (to the same one, which the console still
+	// holds) invalidates her tokens, in etcd and concord.
+	if r := runCtl(t, ep, "alicepw\n", root, "user", "passwd", "alice", "--interactive=false"); r.exit != 0 {
+		t.Fatalf("etcdctl user passwd: %+v", r)
+	}
+	if got := connectCall(t, s.clientURL(), token, "etcdserverpb.KV/Range", `{"key":"`+b64(prefix+"a")+`"}`)["message"]; got != "etcdserver: invalid auth token" {
+		t.Fatalf("Range with a token from before the password change: message %q, want etcd's invalid auth token", got)
 	}
 	script.tell("bumped")
 	if got := script.expect("step got "); got != browserKey {

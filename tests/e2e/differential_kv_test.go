@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -15,10 +16,12 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
@@ -100,7 +103,7 @@ var diffKeys = []string{
 // request, long before its 2 s are up).
 func TestDifferentialKV(t *testing.T) {
 	t.Parallel()
-	seed, n := diffParams(t)
+	seed, n := diffParams(t, diffKVKnobs)
 	// Each topology gets its own etcd, so each sequence starts from an
 	// empty store; the other topologies run a shorter sequence.
 	t.Run("single", func(t *testing.T) {
@@ -150,42 +153,60 @@ func waitAuthorityHolder(t *testing.T, c *cluster) *Server {
 	return nil
 }
 
-// diffParams reads the seed and the number of operations.
-func diffParams(t *testing.T) (uint64, int) {
+// diffKnobs name a differential test's environment knobs and defaults.
+type diffKnobs struct {
+	seedEnv, opsEnv string
+	seed            uint64
+	ops             int
+}
+
+var diffKVKnobs = diffKnobs{seedEnv: diffSeedEnv, opsEnv: diffOpsEnv, seed: diffDefaultSeed, ops: diffDefaultOps}
+
+// diffParams reads the seed and the number of operations from k's knobs.
+func diffParams(t *testing.T, k diffKnobs) (uint64, int) {
 	t.Helper()
-	seed, n := uint64(diffDefaultSeed), diffDefaultOps
-	switch v := os.Getenv(diffSeedEnv); v {
+	seed, n := k.seed, k.ops
+	switch v := os.Getenv(k.seedEnv); v {
 	case "":
 	case "random":
 		seed = uint64(time.Now().UnixNano())
 	default:
 		s, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
-			t.Fatalf("%s=%q: %v", diffSeedEnv, v, err)
+			t.Fatalf("%s=%q: %v", k.seedEnv, v, err)
 		}
 		seed = s
 	}
-	if v := os.Getenv(diffOpsEnv); v != "" {
-		k, err := strconv.Atoi(v)
-		if err != nil || k < 1 {
-			t.Fatalf("%s=%q: want a positive number", diffOpsEnv, v)
+	if v := os.Getenv(k.opsEnv); v != "" {
+		m, err := strconv.Atoi(v)
+		if err != nil || m < 1 {
+			t.Fatalf("%s=%q: want a positive number", k.opsEnv, v)
 		}
-		n = k
+		n = m
 	}
-	t.Logf("seed %d, %d operations (%s, %s)", seed, n, diffSeedEnv, diffOpsEnv)
+	t.Logf("seed %d, %d operations (%s, %s)", seed, n, k.seedEnv, k.opsEnv)
 	return seed, n
 }
 
-// diffTarget is one server's KV and Lease services.
+// diffTarget is one server's KV, Lease, Auth and Watch services.
 type diffTarget struct {
 	name  string
 	kv    pb.KVClient
 	lease pb.LeaseClient
+	auth  pb.AuthClient
+	watch pb.WatchClient
 	// leaseOrderArbitrary: LeaseLeases' list is compared as a set.
 	leaseOrderArbitrary bool
 	// ka is the keep-alive stream, one for the whole sequence, as
 	// clientv3 keeps one.
 	ka pb.Lease_LeaseKeepAliveClient
+	// kaPerCall sends each keep-alive on a stream of its own, opened as
+	// the step's sender (the stream's token is the one checked), instead
+	// of ka (which an error ends).
+	kaPerCall bool
+	// settleAuthEnable waits, after a successful AuthEnable, until the
+	// target checks keep-alives (nil: at once).
+	settleAuthEnable func(ctx context.Context) error
 }
 
 func newDiffTarget(t *testing.T, endpoint, name string) diffTarget {
@@ -196,7 +217,7 @@ func newDiffTarget(t *testing.T, endpoint, name string) diffTarget {
 	}
 	t.Cleanup(func() { closeClientBounded(t, c) })
 	conn := c.ActiveConnection()
-	return diffTarget{name: name, kv: pb.NewKVClient(conn), lease: pb.NewLeaseClient(conn)}
+	return diffTarget{name: name, kv: pb.NewKVClient(conn), lease: pb.NewLeaseClient(conn), auth: pb.NewAuthClient(conn), watch: pb.NewWatchClient(conn)}
 }
 
 // call sends req and returns the response, nil on error.
@@ -227,14 +248,36 @@ func (d diffTarget) call(ctx context.Context, req proto.Message) (proto.Message,
 	case *pb.LeaseLeasesRequest:
 		resp, err = nilOnErr(d.lease.LeaseLeases(ctx, r, diffRecvLimit))
 	case *pb.LeaseKeepAliveRequest:
+		if d.kaPerCall {
+			resp, err = d.keepAliveOnce(ctx, r)
+			break
+		}
 		// Recv is bounded by the stream's context, the whole sequence's.
 		if err = d.ka.Send(r); err == nil {
 			resp, err = nilOnErr(d.ka.Recv())
 		}
+	case *pb.WatchCreateRequest:
+		resp, err = d.watchCreate(ctx, r)
 	default:
-		return nil, fmt.Errorf("differential test: no call for %T", req)
+		// The Auth service's (differential_auth_test.go).
+		return d.callAuth(ctx, req)
 	}
 	return resp, err
+}
+
+// keepAliveOnce sends r on a keep-alive stream of its own, opened with
+// ctx (and its token), and returns the answer; the stream ends with ctx.
+func (d diffTarget) keepAliveOnce(ctx context.Context, r *pb.LeaseKeepAliveRequest) (proto.Message, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ka, err := d.lease.LeaseKeepAlive(ctx, diffRecvLimit)
+	if err != nil {
+		return nil, err
+	}
+	if err := ka.Send(r); err != nil {
+		return nil, err
+	}
+	return nilOnErr(ka.Recv())
 }
 
 // diffRecvLimit lifts gRPC's default 4 MiB limit on responses: ranges of
@@ -280,6 +323,40 @@ func (o diffOutcome) equal(p diffOutcome) bool {
 // runDifferential sends n generated requests to etcd and concord in turn
 // and fails at the first response that differs.
 func runDifferential(t *testing.T, seed uint64, n int, etcd, concord diffTarget) {
+	runDiffSource(t, diffKVKnobs, seed, n, etcd, concord, newDiffGen(seed))
+}
+
+// diffStep is one generated request and whom it is sent as.
+type diffStep struct {
+	what string
+	req  proto.Message
+	// as is who sends req: 0 no one (no token), k > 0 the user of the k-th
+	// successful Authenticate (each server's own token), diffAsBogus a
+	// token neither server issued.
+	as int
+}
+
+// diffAsBogus sends a token no server issued. It has no dot: etcd takes
+// what follows one in a simple token for a raft index and waits for it to
+// be applied (tokenSimple.isValidSimpleToken), for ever for a made-up one.
+const (
+	diffAsBogus    = -1
+	diffBogusToken = "bogustoken"
+)
+
+// diffSource generates a differential sequence and follows etcd's answers.
+type diffSource interface {
+	next() diffStep
+	// observe follows etcd's answer to s.
+	observe(s diffStep, resp proto.Message, err error)
+	// final returns the end-state checks, after the n generated steps,
+	// one at a time (ok false: no more).
+	final() (s diffStep, ok bool)
+}
+
+// runDiffSource sends n requests of src and then its final checks to etcd
+// and concord in turn and fails at the first response that differs.
+func runDiffSource(t *testing.T, k diffKnobs, seed uint64, n int, etcd, concord diffTarget, src diffSource) {
 	ctx := testCtx(t)
 	// The sequence is long; testCtx's bound is for one scenario.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(n)*time.Second+time.Minute)
@@ -290,17 +367,35 @@ func runDifferential(t *testing.T, seed uint64, n int, etcd, concord diffTarget)
 			t.Fatalf("%s: open a keep-alive stream: %v", d.name, err)
 		}
 	}
-	g := newDiffGen(seed)
 	trace := os.Getenv(diffTraceEnv) != ""
 	leaseIDs := map[int64]int64{} // etcd's lease ID -> concord's
+	var tokens [2][]string        // each server's token of each successful Authenticate
 	var recent []string           // the last few requests, for the report
 	stats := map[string]int{}
+	took := [2]map[string]time.Duration{{}, {}} // by kind: etcd's, concord's
 	start := time.Now()
-	step := func(i int, what string, req proto.Message) {
+	as := func(ctx context.Context, who int, tokens []string) context.Context {
+		switch {
+		case who == diffAsBogus:
+			return metadata.AppendToOutgoingContext(ctx, rpctypes.TokenFieldNameGRPC, diffBogusToken)
+		case who > len(tokens):
+			t.Fatalf("a step is sent as session %d of %d: an Authenticate the generator counted on failed", who, len(tokens))
+		case who > 0:
+			return metadata.AppendToOutgoingContext(ctx, rpctypes.TokenFieldNameGRPC, tokens[who-1])
+		}
+		return ctx
+	}
+	step := func(i int, s diffStep) {
+		what, req := s.what, s.req
 		creq := proto.Clone(req)
 		mapLeaseIDs(creq, leaseIDs)
-		eresp, eerr := etcd.call(ctx, req)
-		cresp, cerr := concord.call(ctx, creq)
+		t0 := time.Now()
+		eresp, eerr := etcd.call(as(ctx, s.as, tokens[0]), req)
+		t1 := time.Now()
+		cresp, cerr := concord.call(as(ctx, s.as, tokens[1]), creq)
+		etook, ctook := t1.Sub(t0), time.Since(t1)
+		took[0][what] += etook
+		took[1][what] += ctook
 		// A lease etcd numbered itself: its ID stands for concord's.
 		if gr, ok := eresp.(*pb.LeaseGrantResponse); ok && req.(*pb.LeaseGrantRequest).ID == 0 && cresp != nil {
 			leaseIDs[gr.ID] = cresp.(*pb.LeaseGrantResponse).ID
@@ -315,37 +410,49 @@ func runDifferential(t *testing.T, seed uint64, n int, etcd, concord diffTarget)
 		case !e.equal(c):
 			problem = concord.name + "'s response differs from etcd's"
 		}
+		who := ""
+		if s.as != 0 {
+			who = fmt.Sprintf(" as %d", s.as)
+		}
 		if problem != "" {
-			t.Fatalf("seed %d step %d (%s): %s\nrequest:  %T %s\netcd:     %v\n%s:  %v\nrequest as sent to %s: %s\nthe requests before it (newest last):\n%s\nrerun: %s=%d go test -count=1 -run '%s' ./tests/e2e/",
-				seed, i, what, problem, req, diffFormat(req), e, concord.name, c, concord.name, diffFormat(creq), strings.Join(recent, "\n"), diffSeedEnv, seed, t.Name())
+			t.Fatalf("seed %d step %d (%s%s): %s\nrequest:  %T %s\netcd:     %v\n%s:  %v\nrequest as sent to %s: %s\nthe requests before it (newest last):\n%s\nrerun: %s=%d go test -count=1 -run '%s' ./tests/e2e/",
+				seed, i, what, who, problem, req, diffFormat(req), e, concord.name, c, concord.name, diffFormat(creq), strings.Join(recent, "\n"), k.seedEnv, seed, t.Name())
 		}
 		if trace {
-			t.Logf("step %d %s %s -> etcd %v; %s %v", i, what, diffFormat(req), e, concord.name, c)
+			t.Logf("step %d %s%s %s -> etcd %v (%v); %s %v (%v)", i, what, who, diffFormat(req), e, etook.Round(time.Millisecond), concord.name, c, ctook.Round(time.Millisecond))
+		}
+		if _, ok := req.(*pb.AuthEnableRequest); ok && eerr == nil && concord.settleAuthEnable != nil {
+			if err := concord.settleAuthEnable(ctx); err != nil {
+				t.Fatalf("seed %d step %d: %s does not check keep-alives after auth enable: %v", seed, i, concord.name, err)
+			}
+		}
+		if eerr == nil {
+			if ar, ok := eresp.(*pb.AuthenticateResponse); ok {
+				tokens[0] = append(tokens[0], ar.Token)
+				tokens[1] = append(tokens[1], cresp.(*pb.AuthenticateResponse).Token)
+			}
 		}
 		key := what
 		if eerr != nil {
 			key += " (error)"
 		}
 		stats[key]++
-		g.observe(req, eresp, eerr)
-		recent = append(recent, fmt.Sprintf("  %d %s %s", i, what, diffFormat(req)))
+		src.observe(s, eresp, eerr)
+		recent = append(recent, fmt.Sprintf("  %d %s%s %s", i, what, who, diffFormat(req)))
 		if len(recent) > 8 {
 			recent = recent[1:]
 		}
 	}
 	for i := range n {
-		what, req := g.next()
-		step(i, what, req)
+		step(i, src.next())
 	}
-	// The end state, in full: every key (with its history bounds), at every
-	// revision still readable (the last diffFinalRevs), and every lease.
+	// The end state, in full.
 	i := n
-	for rev := max(g.compactRev, g.rev-diffFinalRevs, 1); rev <= g.rev; rev++ {
-		step(i, "final range", &pb.RangeRequest{Key: []byte{0}, RangeEnd: []byte{0}, Revision: rev})
+	for s, ok := src.final(); ok; s, ok = src.final() {
+		step(i, s)
 		i++
 	}
-	step(i, "final leases", &pb.LeaseLeasesRequest{})
-	n = i + 1
+	n = i
 	names := make([]string, 0, len(stats))
 	for k := range stats {
 		names = append(names, k)
@@ -355,7 +462,16 @@ func runDifferential(t *testing.T, seed uint64, n int, etcd, concord diffTarget)
 	for _, k := range names {
 		fmt.Fprintf(&b, " %s=%d", k, stats[k])
 	}
-	t.Logf("%d operations in %v, final revision %d, compacted at %d; by kind:%s", n, time.Since(start).Round(time.Millisecond), g.rev, g.compactRev, b.String())
+	t.Logf("%d operations in %v; by kind:%s", n, time.Since(start).Round(time.Millisecond), b.String())
+	// Where the time went, the slowest kinds first: a long sequence
+	// that slows down shows which requests wait.
+	kinds := slices.Collect(maps.Keys(took[0]))
+	slices.SortFunc(kinds, func(a, b string) int { return cmp.Compare(took[0][b]+took[1][b], took[0][a]+took[1][a]) })
+	b.Reset()
+	for _, k := range kinds[:min(len(kinds), 8)] {
+		fmt.Fprintf(&b, " %s=%v/%v", k, took[0][k].Round(time.Millisecond), took[1][k].Round(time.Millisecond))
+	}
+	t.Logf("time by kind (etcd/%s):%s", concord.name, b.String())
 }
 
 // transportFailure reports whether err says the call got no answer: the
@@ -389,6 +505,12 @@ func normalizeOutcome(resp proto.Message, err error, ids map[int64]int64, sortLe
 			v.ClusterId, v.MemberId, v.RaftTerm = nonZero(v.ClusterId), nonZero(v.MemberId), nonZero(v.RaftTerm)
 		case *pb.LeaseTimeToLiveResponse:
 			slices.SortFunc(v.Keys, bytes.Compare)
+		case *pb.AuthenticateResponse:
+			// etcd's simple token is random letters and a raft index,
+			// concord's a signed blob; clients use either as is.
+			if v.Token != "" {
+				v.Token = "<token>"
+			}
 		case *pb.LeaseLeasesResponse:
 			if !sortLeases {
 				break
@@ -520,6 +642,15 @@ type diffGen struct {
 	// then is sent next, before anything is generated: the revoke of a
 	// short lease.
 	then []proto.Message
+	// finalRev is the next revision final reads (0: not started);
+	// finalDone: final has listed the leases. finalAs sends them.
+	finalRev  int64
+	finalDone bool
+	finalAs   int
+	// raftExtra is what etcd adds to the raft request of the next put on
+	// top of diffEtcdOverheadMin..Max (with auth enabled, the user name
+	// and auth revision): sizePut's puts straddle the limit with it.
+	raftExtra int
 }
 
 func newDiffGen(seed uint64) *diffGen {
@@ -582,7 +713,12 @@ func (g *diffGen) rangeEnd(key []byte) []byte {
 	}
 }
 
-func (g *diffGen) next() (string, proto.Message) {
+func (g *diffGen) next() diffStep {
+	what, req := g.nextReq()
+	return diffStep{what: what, req: req}
+}
+
+func (g *diffGen) nextReq() (string, proto.Message) {
 	if len(g.then) > 0 {
 		req := g.then[0]
 		g.then = g.then[1:]
@@ -645,7 +781,7 @@ func (g *diffGen) put(top bool) *pb.PutRequest {
 	case x < 15 && top:
 		// The PutRequest alone within the limit, by a margin smaller
 		// (too large) or larger (not) than what etcd wraps around it.
-		g.sizePut(p, diffMaxRequestBytes-[]int{diffEtcdOverheadMin - 9, diffEtcdOverheadMax + 12}[g.pick(2)])
+		g.sizePut(p, diffMaxRequestBytes-g.raftExtra-[]int{diffEtcdOverheadMin - 1, diffEtcdOverheadMax + 12}[g.pick(2)])
 	}
 	return p
 }
@@ -878,8 +1014,29 @@ func (g *diffGen) grant() *pb.LeaseGrantRequest {
 	return r
 }
 
-// observe follows etcd's answer to req.
-func (g *diffGen) observe(req, resp proto.Message, err error) {
+// final: every key (with its history bounds), at every revision still
+// readable (the last diffFinalRevs), and every lease.
+func (g *diffGen) final() (diffStep, bool) {
+	if g.finalRev == 0 {
+		g.finalRev = max(g.compactRev, g.rev-diffFinalRevs, 1)
+	}
+	switch {
+	case g.finalRev <= g.rev:
+		g.finalRev++
+		return diffStep{what: "final range", req: &pb.RangeRequest{Key: []byte{0}, RangeEnd: []byte{0}, Revision: g.finalRev - 1}, as: g.finalAs}, true
+	case !g.finalDone:
+		g.finalDone = true
+		return diffStep{what: "final leases", req: &pb.LeaseLeasesRequest{}, as: g.finalAs}, true
+	}
+	return diffStep{}, false
+}
+
+func (g *diffGen) observe(s diffStep, resp proto.Message, err error) {
+	g.observeReq(s.req, resp, err)
+}
+
+// observeReq follows etcd's answer to req.
+func (g *diffGen) observeReq(req, resp proto.Message, err error) {
 	if err != nil {
 		return
 	}

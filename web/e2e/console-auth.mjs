@@ -4,8 +4,8 @@
 // stdio:
 //
 //   script -> test  "step put KEY"      LOGIN_USER put KEY=VALUE through the console
-//   test -> script  "bumped"            the test has changed auth (a new role as
-//                                       root), so the token is of an old revision
+//   test -> script  "bumped"            the test has set LOGIN_USER's password (to
+//                                       the same one), so the token is invalid
 //   script -> test  "step got KEY"      the console watched PREFIX and read KEY again,
 //                                       with a new token
 //   script -> test  "done"              after logging out
