@@ -21,6 +21,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"iter"
 	"math"
 	"time"
 
@@ -169,40 +170,41 @@ func (n *Node) AuthorizeWatch(ctx context.Context, key, end []byte) (*pb.Respons
 // checkLeaseTimeToLive (read, for TimeToLive with keys): root, or the
 // permission on every key attached to the lease.
 func (n *Node) AuthorizeLease(ctx context.Context, id int64, write bool) error {
-	st := n.AuthState()
-	if !st.Enabled() {
-		return nil
-	}
-	ai, err := n.authInfo(ctx, st)
-	if err != nil {
-		return err
-	}
-	if ai == nil {
-		return auth.ErrUserEmpty
-	}
-	if st.IsAdminPermitted(ai) == nil {
-		return nil
-	}
-	l, ok := n.store.Lease(id)
-	if !ok {
-		return nil
-	}
 	typ := authpb.Permission_READ
 	if write {
 		typ = authpb.Permission_WRITE
 	}
-	for _, k := range l.Keys {
-		if err := st.IsOpPermitted(ai, k, nil, typ); err != nil {
-			return err
+	return n.checkLeaseKeys(ctx, typ, func(yield func([]byte) bool) {
+		if l, ok := n.store.Lease(id); ok {
+			for _, k := range l.Keys {
+				if !yield(k) {
+					return
+				}
+			}
 		}
-	}
-	return nil
+	})
 }
 
 // checkLeaseLeases is etcd's checkLeaseLeases: once auth is enabled, the
 // list is for a user (ErrUserEmpty without one) with the root role or with
 // read permission on every key attached to any lease.
 func (n *Node) checkLeaseLeases(ctx context.Context, ls []storage.LeaseInfo) error {
+	return n.checkLeaseKeys(ctx, authpb.Permission_READ, func(yield func([]byte) bool) {
+		for _, l := range ls {
+			for _, k := range l.Keys {
+				if !yield(k) {
+					return
+				}
+			}
+		}
+	})
+}
+
+// checkLeaseKeys is the check etcd's lease calls share once auth is
+// enabled: a user (ErrUserEmpty without one) with the root role or typ
+// permission on every key of keys, which is listed only for a user
+// without the root role.
+func (n *Node) checkLeaseKeys(ctx context.Context, typ authpb.Permission_Type, keys iter.Seq[[]byte]) error {
 	st := n.AuthState()
 	if !st.Enabled() {
 		return nil
@@ -217,11 +219,9 @@ func (n *Node) checkLeaseLeases(ctx context.Context, ls []storage.LeaseInfo) err
 	if st.IsAdminPermitted(ai) == nil {
 		return nil
 	}
-	for _, l := range ls {
-		for _, k := range l.Keys {
-			if err := st.IsOpPermitted(ai, k, nil, authpb.Permission_READ); err != nil {
-				return err
-			}
+	for k := range keys {
+		if err := st.IsOpPermitted(ai, k, nil, typ); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -213,24 +213,20 @@ func newDiffAuthGen(seed uint64) *diffAuthGen {
 	return &diffAuthGen{diffGen: newDiffGen(seed), users: map[string]*diffAuthUser{}, perms: map[string][]*authpb.Permission{}, latest: map[string]int{}}
 }
 
-func (g *diffAuthGen) user() string {
-	switch x := g.pick(100); {
-	case x < 2:
-		return ""
-	case x < 6:
-		return "nobody"
-	}
-	return diffAuthUsers[g.pick(len(diffAuthUsers))]
-}
+func (g *diffAuthGen) user() string { return g.name(diffAuthUsers, "nobody") }
 
-func (g *diffAuthGen) role() string {
+func (g *diffAuthGen) role() string { return g.name(diffAuthRoles, "nope") }
+
+// name picks one of names, sometimes the empty name or missing, which is
+// never added.
+func (g *diffAuthGen) name(names []string, missing string) string {
 	switch x := g.pick(100); {
 	case x < 2:
 		return ""
 	case x < 6:
-		return "nope"
+		return missing
 	}
-	return diffAuthRoles[g.pick(len(diffAuthRoles))]
+	return names[g.pick(len(names))]
 }
 
 // who picks the sender of a KV, lease or watch request: mostly the newest
