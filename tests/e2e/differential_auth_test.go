@@ -299,6 +299,10 @@ func (g *diffAuthGen) next() diffStep {
 		if g.chance(3) {
 			w.Key = nil
 		}
+		if g.chance(20) {
+			// etcd refuses it as compacted before checking permissions.
+			w.StartRevision = -1
+		}
 		s.req = w
 	default:
 		s.what, s.req = g.diffGen.nextReq()
