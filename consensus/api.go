@@ -400,6 +400,10 @@ func (n *Node) MemberList(ctx context.Context, r *pb.MemberListRequest) (*pb.Mem
 	if err := n.readBarrier(ctx, !r.GetLinearizable()); err != nil {
 		return nil, err
 	}
+	// Any user, once auth is enabled, as etcd's EtcdServer.MemberList.
+	if err := n.requireAuthInfo(ctx); err != nil {
+		return nil, err
+	}
 	members := *n.membersPub.Load()
 	out := make([]*pb.Member, 0, len(members))
 	for _, m := range members {

@@ -540,3 +540,20 @@ func TestAuthWatchEmptyKey(t *testing.T) {
 		t.Fatalf("watch of a: %v, want permission denied", err)
 	}
 }
+
+// TestAuthMemberListNeedsUser: once auth is enabled, MemberList needs a
+// user (any), as etcd's EtcdServer.MemberList (requireAuthInfo).
+func TestAuthMemberListNeedsUser(t *testing.T) {
+	c := newTestCluster(t, 1, func(cfg *Config) { cfg.BcryptCost = bcrypt.MinCost })
+	n := c.nodes[c.leader()]
+	addUsers(t, n, []string{"root"}, "alice")
+	token := enableAuth(t, n)
+	none := auth.WithCredentials(ctxT(t), auth.Credentials{})
+	alice := auth.WithCredentials(ctxT(t), auth.Credentials{Token: token("alice")})
+	if _, err := n.MemberList(none, &pb.MemberListRequest{}); !errors.Is(err, auth.ErrUserEmpty) {
+		t.Fatalf("member list without a token: %v, want ErrUserEmpty", err)
+	}
+	if ml, err := n.MemberList(alice, &pb.MemberListRequest{Linearizable: true}); err != nil || len(ml.Members) != 1 {
+		t.Fatalf("member list as alice = %v, %v", ml, err)
+	}
+}
