@@ -51,7 +51,7 @@ func TestRestored(t *testing.T) {
 	if rev, err := s.CheckPassword("alice", "alicepw", bcrypt.CompareHashAndPassword); err != nil || rev != 9 {
 		t.Fatalf("CheckPassword: %d, %v", rev, err)
 	}
-	if _, err := s.IssueToken("alice", 9, time.Now().Add(time.Minute)); !errors.Is(err, ErrAuthNotEnabled) {
+	if _, err := s.IssueToken("alice", time.Now().Add(time.Minute)); !errors.Is(err, ErrAuthNotEnabled) {
 		t.Fatalf("token without a key: %v", err)
 	}
 	key := bytes.Repeat([]byte{7}, TokenKeySize)
@@ -59,7 +59,7 @@ func TestRestored(t *testing.T) {
 	if err != nil || k.NeedsTokenKey() || k.Revision() != 9 || !k.Enabled() {
 		t.Fatalf("Enable with a key: needs key %v revision %d, %v", k.NeedsTokenKey(), k.Revision(), err)
 	}
-	tok, err := k.IssueToken("alice", 9, time.Now().Add(time.Minute))
+	tok, err := k.IssueToken("alice", time.Now().Add(time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}

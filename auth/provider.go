@@ -32,8 +32,10 @@ type TokenProvider interface {
 // SimpleTokens are concord's signed simple tokens (token.go), valid for TTL.
 type SimpleTokens struct{ TTL time.Duration }
 
-func (p SimpleTokens) Assign(st *State, user string, rev uint64, now time.Time) (string, error) {
-	return st.IssueToken(user, rev, now.Add(p.TTL))
+// Assign ignores rev: a simple token runs at the current auth revision,
+// as etcd's does.
+func (p SimpleTokens) Assign(st *State, user string, _ uint64, now time.Time) (string, error) {
+	return st.IssueToken(user, now.Add(p.TTL))
 }
 
 func (p SimpleTokens) Verify(st *State, token string, now time.Time) (AuthInfo, error) {

@@ -4,10 +4,9 @@ package auth
 // one member's memory, which cannot work behind concord's stateless
 // gateways and split processes: a token issued through one member would be
 // unknown to the next. concord's simple tokens are instead self-contained
-// and verifiable by any member: the user name, the auth revision the
-// password was checked at and an expiry (--auth-token-ttl), signed with
-// HMAC-SHA256 under a random key that is chosen when auth is enabled and
-// replicated in the auth state. A token is refused once it expires, once
+// and verifiable by any member: the user name and an expiry
+// (--auth-token-ttl), signed with HMAC-SHA256 under a random key that is
+// chosen when auth is enabled and replicated in the auth state. A token is refused once it expires, once
 // auth is disabled (the key is dropped) or re-enabled (a new key).
 //
 // Otherwise it is valid as long as etcd's simple token is: etcd forgets
@@ -15,10 +14,10 @@ package auth
 // (tokenProvider.invalidateUser) and answers ErrInvalidAuthToken for them,
 // and takes every other token to run at the current auth revision
 // (tokenSimple.info), so a change of roles or permissions does not make a
-// token stale: requests are checked against the new permissions. A token
-// therefore carries a fingerprint of its user's stored password hash:
-// a new password (bcrypt salts every hash anew) or a deleted user, even
-// one added again, no longer matches it. (Only a user given the very same
+// token stale: requests are checked against the new permissions. A
+// token's signature therefore also covers its user's stored password hash
+// (which the token does not carry): a new password (bcrypt salts every
+// hash anew) or a deleted user, even one added again, no longer matches it. (Only a user given the very same
 // hash again through hashed_password keeps its tokens, which etcd would
 // forget.) JWT tokens (provider.go) carry their revision instead, as
 // etcd's, and fail with ErrAuthOldRevision once it is old.
@@ -37,7 +36,7 @@ import (
 )
 
 // tokenPrefix marks concord's signed tokens (and their format version:
-// c1 tokens had no password fingerprint).
+// c1 tokens carried an auth revision and signed no password hash).
 const tokenPrefix = "c2."
 
 // TokenKeySize is the size of the HMAC key chosen when auth is enabled.
@@ -54,22 +53,19 @@ type AuthInfo struct {
 }
 
 // SignToken issues a token for user, whose stored password hash is
-// password, at revision rev, valid until expiry.
-func SignToken(key []byte, user string, password []byte, rev uint64, expiry time.Time) string {
-	payload := strconv.FormatUint(rev, 10) + "." + strconv.FormatInt(expiry.Unix(), 10) + "." + passwordPrint(key, user, password) + "." + user
-	p := base64.RawURLEncoding.EncodeToString([]byte(payload))
-	return tokenPrefix + p + "." + base64.RawURLEncoding.EncodeToString(mac(key, p))
+// password, valid until expiry.
+func SignToken(key []byte, user string, password []byte, expiry time.Time) string {
+	p := base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(expiry.Unix(), 10) + "." + user))
+	return tokenPrefix + p + "." + base64.RawURLEncoding.EncodeToString(mac(key, p, password))
 }
 
-// passwordPrint is a token's fingerprint of its user's password hash:
-// keyed, so that a token reveals nothing of the hash.
-func passwordPrint(key []byte, user string, password []byte) string {
-	return base64.RawURLEncoding.EncodeToString(mac(key, "password\x00"+user+"\x00"+string(password))[:12])
-}
-
-func mac(key []byte, payload string) []byte {
+// mac signs a token's encoded payload and the password hash of the user
+// it names.
+func mac(key []byte, payload string, password []byte) []byte {
 	h := hmac.New(sha256.New, key)
 	h.Write([]byte(payload))
+	h.Write([]byte{0})
+	h.Write(password)
 	return h.Sum(nil)
 }
 
@@ -89,33 +85,34 @@ func (s *State) VerifyToken(token string, now time.Time) (AuthInfo, error) {
 	if !ok {
 		return AuthInfo{}, ErrInvalidAuthToken
 	}
-	got, err := base64.RawURLEncoding.DecodeString(sig)
-	if err != nil || !hmac.Equal(got, mac(s.tokenKey, p)) {
-		return AuthInfo{}, ErrInvalidAuthToken
-	}
 	raw, err := base64.RawURLEncoding.DecodeString(p)
 	if err != nil {
 		return AuthInfo{}, ErrInvalidAuthToken
 	}
-	fields := strings.SplitN(string(raw), ".", 4)
-	if len(fields) != 4 {
+	expiry, user, ok := strings.Cut(string(raw), ".")
+	if !ok {
 		return AuthInfo{}, ErrInvalidAuthToken
 	}
-	_, err1 := strconv.ParseUint(fields[0], 10, 64)
-	exp, err2 := strconv.ParseInt(fields[1], 10, 64)
-	if err1 != nil || err2 != nil || now.Unix() >= exp {
+	exp, err := strconv.ParseInt(expiry, 10, 64)
+	if err != nil || now.Unix() >= exp {
 		return AuthInfo{}, ErrInvalidAuthToken
 	}
-	user := fields[3]
+	// The signature is checked for a user that does not exist too, so
+	// that the time taken tells nothing of which users do.
+	var password []byte
 	u := s.users[user]
-	if u == nil || fields[2] != passwordPrint(s.tokenKey, user, u.Password) {
+	if u != nil {
+		password = u.Password
+	}
+	got, err := base64.RawURLEncoding.DecodeString(sig)
+	if err != nil || !hmac.Equal(got, mac(s.tokenKey, p, password)) || u == nil {
 		return AuthInfo{}, ErrInvalidAuthToken
 	}
 	return AuthInfo{Username: user, Revision: s.revision}, nil
 }
 
-// IssueToken signs a token for user at revision rev with s's key.
-func (s *State) IssueToken(user string, rev uint64, expiry time.Time) (string, error) {
+// IssueToken signs a token for user with s's key.
+func (s *State) IssueToken(user string, expiry time.Time) (string, error) {
 	if !s.enabled || len(s.tokenKey) == 0 {
 		return "", ErrAuthNotEnabled
 	}
@@ -123,7 +120,7 @@ func (s *State) IssueToken(user string, rev uint64, expiry time.Time) (string, e
 	if u == nil {
 		return "", ErrAuthFailed
 	}
-	return SignToken(s.tokenKey, user, u.Password, rev, expiry), nil
+	return SignToken(s.tokenKey, user, u.Password, expiry), nil
 }
 
 // Credentials are what a request presented: a token (gRPC metadata

@@ -32,7 +32,7 @@ func TestTokens(t *testing.T) {
 	key := []byte(strings.Repeat("k", TokenKeySize))
 	s := enabled(t, key)
 	now := time.Unix(1_000_000, 0)
-	tok, err := s.IssueToken("alice", s.Revision(), now.Add(time.Minute))
+	tok, err := s.IssueToken("alice", now.Add(time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,11 +53,11 @@ func TestTokens(t *testing.T) {
 		"expired":   "",
 		"forged":    tok[:len(tok)-2] + "AA",
 		"truncated": tok[:len(tok)/2],
-		"other key": SignToken([]byte(strings.Repeat("x", TokenKeySize)), "alice", s.User("alice").Password, s.Revision(), now.Add(time.Minute)),
+		"other key": SignToken([]byte(strings.Repeat("x", TokenKeySize)), "alice", s.User("alice").Password, now.Add(time.Minute)),
 		// alice's signature on a payload naming root.
-		"renamed": tokenPrefix + strings.SplitN(SignToken(key, "root", s.User("root").Password, s.Revision(), now.Add(time.Minute)), ".", 3)[1] + "." + strings.SplitN(tok, ".", 3)[2],
-		// Another password's fingerprint.
-		"other password": SignToken(key, "alice", []byte("another hash"), s.Revision(), now.Add(time.Minute)),
+		"renamed": tokenPrefix + strings.SplitN(SignToken(key, "root", s.User("root").Password, now.Add(time.Minute)), ".", 3)[1] + "." + strings.SplitN(tok, ".", 3)[2],
+		// Signed with another password hash.
+		"other password": SignToken(key, "alice", []byte("another hash"), now.Add(time.Minute)),
 		"garbage":        "c2.!!.!!",
 	} {
 		at := now
@@ -78,7 +78,7 @@ func TestTokens(t *testing.T) {
 	if _, err := on.VerifyToken(tok, now); !errors.Is(err, ErrInvalidAuthToken) {
 		t.Errorf("token after re-enable: %v", err)
 	}
-	if _, err := off.IssueToken("alice", 1, now); !errors.Is(err, ErrAuthNotEnabled) {
+	if _, err := off.IssueToken("alice", now); !errors.Is(err, ErrAuthNotEnabled) {
 		t.Errorf("IssueToken while disabled: %v", err)
 	}
 }
@@ -162,7 +162,7 @@ func TestTokenLifetime(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
 	issue := func(s *State, user string) string {
 		t.Helper()
-		tok, err := s.IssueToken(user, s.Revision(), now.Add(time.Minute))
+		tok, err := s.IssueToken(user, now.Add(time.Minute))
 		if err != nil {
 			t.Fatal(err)
 		}
