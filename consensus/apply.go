@@ -280,17 +280,6 @@ func (n *Node) fitsQuota(out *applyOutput, cost int) bool {
 	return ok
 }
 
-// corrupt reports an active CORRUPT alarm of any member as of the apply
-// position, as capped does NOSPACE.
-func (n *Node) corrupt() bool {
-	for k := range n.alarms {
-		if k.alarm == pb.AlarmType_CORRUPT {
-			return true
-		}
-	}
-	return false
-}
-
 // refusedWhenCorrupt lists what etcd's applierV3Corrupt refuses: every
 // write and compaction, lease grants and revokes. Alarms (to clear it),
 // auth and membership changes go on.
@@ -302,9 +291,16 @@ func refusedWhenCorrupt(r *pb.InternalRaftRequest) bool {
 // capped reports an active NOSPACE alarm as of the apply position (including
 // alarms applied earlier in the same batch): writes that need space are
 // rejected, like etcd's capped applier.
-func (n *Node) capped() bool {
+func (n *Node) capped() bool { return n.alarmed(pb.AlarmType_NOSPACE) }
+
+// corrupt reports an active CORRUPT alarm, as capped does NOSPACE.
+func (n *Node) corrupt() bool { return n.alarmed(pb.AlarmType_CORRUPT) }
+
+// alarmed reports an active alarm of type a of any member as of the apply
+// position.
+func (n *Node) alarmed(a pb.AlarmType) bool {
 	for k := range n.alarms {
-		if k.alarm == pb.AlarmType_NOSPACE {
+		if k.alarm == a {
 			return true
 		}
 	}

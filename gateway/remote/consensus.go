@@ -495,7 +495,6 @@ func (c *Consensus) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRes
 	return unary(c, ctx, true, kvOf, etcdserverpbconnect.KVClient.Range, r, (*pb.RangeResponse).GetHeader)
 }
 
-// Put implements gateway.KV.
 // ChecksRequestSize implements gateway.RequestSizeChecker: a write with a
 // token is size-checked by the member, after the token as in etcd, with
 // the user name and auth revision etcd's raft request header then holds
@@ -507,6 +506,7 @@ func (c *Consensus) ChecksRequestSize(ctx context.Context) bool {
 	return cr.Token != ""
 }
 
+// Put implements gateway.KV.
 func (c *Consensus) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
 	return unary(c, ctx, false, kvOf, etcdserverpbconnect.KVClient.Put, r, (*pb.PutResponse).GetHeader)
 }
