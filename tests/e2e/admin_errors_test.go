@@ -26,21 +26,32 @@ import (
 // v3.7.3 (its alarm store dereferences a nil alarm).
 func TestAdminRequestsMatchEtcd(t *testing.T) {
 	t.Parallel()
+	transcriptsMatchEtcd(t, nil, func(t *testing.T) *splitCluster { return startSplit(t) }, adminTranscript)
+}
+
+// transcriptsMatchEtcd runs transcript against a fresh etcd and concord,
+// each started with flags, and against the split topology split starts
+// (whose gateway answers for consensus members in other processes), and
+// requires concord's and split's transcripts to be etcd's.
+func transcriptsMatchEtcd(t *testing.T, flags []string, split func(*testing.T) *splitCluster, transcript func(*testing.T, string) []string) {
 	transcripts := map[string][]string{}
 	for _, im := range impls {
 		t.Run(im.name, func(t *testing.T) {
-			s := startServer(t, im, serverOptions{})
-			transcripts[im.name] = adminTranscript(t, s.Endpoint())
+			transcripts[im.name] = transcript(t, startServer(t, im, serverOptions{extra: flags}).Endpoint())
 		})
 	}
-	// The split topology answers through a gateway whose consensus
-	// members are other processes.
 	t.Run("split", func(t *testing.T) {
-		transcripts["split"] = adminTranscript(t, startSplit(t).gateways[0].endpoint())
+		transcripts["split"] = transcript(t, split(t).gateways[0].endpoint())
 	})
 	for _, name := range []string{concordImpl.name, "split"} {
 		compareTranscripts(t, name, transcripts[etcdImpl.name], transcripts[name])
 	}
+}
+
+// outcome is a transcript's word for an error: its gRPC code and message.
+func outcome(err error) string {
+	st := status.Convert(err)
+	return fmt.Sprintf("%v: %s", st.Code(), st.Message())
 }
 
 // adminTranscript runs the steps against endpoint and returns one line
@@ -150,18 +161,17 @@ func adminTranscript(t *testing.T, endpoint string) []string {
 	lines := make([]string, 0, len(steps))
 	for _, s := range steps {
 		resp, err := s.call(ctx)
-		outcome := "ok"
+		line := "ok"
 		switch {
 		case err != nil:
-			st := status.Convert(err)
-			outcome = fmt.Sprintf("%v: %s", st.Code(), st.Message())
+			line = outcome(err)
 		case !s.outcomeOnly:
 			if h, ok := resp.(interface{ GetHeader() *pb.ResponseHeader }); ok && h.GetHeader() != nil {
 				h.GetHeader().ClusterId, h.GetHeader().MemberId, h.GetHeader().RaftTerm = 0, 0, 0
 			}
-			outcome = "ok " + prototext.MarshalOptions{}.Format(resp)
+			line = "ok " + prototext.MarshalOptions{}.Format(resp)
 		}
-		lines = append(lines, s.name+": "+outcome)
+		lines = append(lines, s.name+": "+line)
 	}
 	return lines
 }

@@ -217,6 +217,17 @@ func (g *diffAuthGen) user() string { return g.name(diffAuthUsers, "nobody") }
 
 func (g *diffAuthGen) role() string { return g.name(diffAuthRoles, "nope") }
 
+// password picks a password for user: never none for root, who could
+// then never authenticate (nothing more could be administered once auth
+// is enabled, and the final checks authenticate as root).
+func (g *diffAuthGen) password(user string) string {
+	pw := diffAuthPasswords[g.pick(len(diffAuthPasswords))]
+	if user == "root" && pw == "" {
+		pw = diffAuthPasswords[0]
+	}
+	return pw
+}
+
 // name picks one of names, sometimes the empty name or missing, which is
 // never added.
 func (g *diffAuthGen) name(names []string, missing string) string {
@@ -330,14 +341,10 @@ func (g *diffAuthGen) mgmt() diffStep {
 	switch x := g.pick(100); {
 	case x < 14:
 		s.what = "user add"
-		r := &pb.AuthUserAddRequest{Name: g.user(), Password: diffAuthPasswords[g.pick(len(diffAuthPasswords))]}
-		// root without a password could never authenticate: once auth
-		// is enabled, nothing more could be administered.
+		r := &pb.AuthUserAddRequest{Name: g.user()}
+		r.Password = g.password(r.Name)
 		if (r.Name == "np" || g.chance(5)) && r.Name != "root" {
 			r.Options = &authpb.UserAddOptions{NoPassword: true}
-		}
-		if r.Name == "root" && r.Password == "" {
-			r.Password = diffAuthPasswords[0]
 		}
 		s.req = r
 	case x < 17:
@@ -351,11 +358,8 @@ func (g *diffAuthGen) mgmt() diffStep {
 		s.req = &pb.AuthUserListRequest{}
 	case x < 29:
 		s.what = "user passwd"
-		r := &pb.AuthUserChangePasswordRequest{Name: g.user(), Password: diffAuthPasswords[g.pick(len(diffAuthPasswords))]}
-		// Nor with an empty password (final authenticates as root).
-		if r.Name == "root" && r.Password == "" {
-			r.Password = diffAuthPasswords[0]
-		}
+		r := &pb.AuthUserChangePasswordRequest{Name: g.user()}
+		r.Password = g.password(r.Name)
 		s.req = r
 	case x < 41:
 		s.what = "user grant"

@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding/gzip"
-	"google.golang.org/grpc/status"
 )
 
 // rawBytes is a gRPC codec that sends and receives message bytes as they
@@ -133,14 +132,13 @@ func malformedTranscript(t *testing.T, endpoint string) []string {
 // malformedLine is a transcript line: the method, the message's name and
 // the outcome ("ok", or the error's code and message).
 func malformedLine(method, name string, err error) string {
-	outcome := "ok"
+	line := "ok"
 	if err != nil {
-		st := status.Convert(err)
 		// protobuf-go words its errors with a space or a no-break space,
 		// chosen per binary, so that nobody matches them.
-		outcome = fmt.Sprintf("%v: %s", st.Code(), strings.ReplaceAll(st.Message(), "\u00a0", " "))
+		line = strings.ReplaceAll(outcome(err), "\u00a0", " ")
 	}
-	return fmt.Sprintf("%s %s: %s", method, name, outcome)
+	return fmt.Sprintf("%s %s: %s", method, name, line)
 }
 
 func firstStreamAnswer(ctx context.Context, conn *grpc.ClientConn, method string, msg []byte) error {
