@@ -44,16 +44,7 @@ func TestAuthReplicatedThroughSnapshotAndRestart(t *testing.T) {
 	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: "root", Role: "root"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := n.RoleAdd(ctxT(t), &pb.AuthRoleAddRequest{Name: "r"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.RoleGrantPermission(ctxT(t), &pb.AuthRoleGrantPermissionRequest{Name: "r",
-		Perm: &authpb.Permission{Key: []byte("a"), RangeEnd: []byte("b"), PermType: authpb.Permission_READ}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: "early", Role: "r"}); err != nil {
-		t.Fatal(err)
-	}
+	grantRole(t, n, "early", &authpb.Permission{Key: []byte("a"), RangeEnd: []byte("b"), PermType: authpb.Permission_READ})
 	if _, err := n.UserAdd(ctxT(t), &pb.AuthUserAddRequest{Name: "root", Password: "x"}); !errors.Is(err, auth.ErrUserAlreadyExist) {
 		t.Fatalf("second root: %v, want ErrUserAlreadyExist", err)
 	}
@@ -221,8 +212,7 @@ func TestAuthJWTTokens(t *testing.T) {
 // and root-role users, by token or by the common name of a verified client
 // certificate.
 func TestAuthorizeInternal(t *testing.T) {
-	c := newTestCluster(t, 1, func(cfg *Config) { cfg.BcryptCost = bcrypt.MinCost })
-	n := c.nodes[c.leader()]
+	n := authTestNode(t)
 	as := func(cr auth.Credentials) context.Context { return auth.WithCredentials(ctxT(t), cr) }
 	if err := n.AuthorizeInternal(as(auth.Credentials{})); err != nil {
 		t.Fatalf("auth disabled: %v", err)
@@ -283,8 +273,7 @@ func TestAuthorizeInternal(t *testing.T) {
 // makes itself names nobody, a token takes precedence, and a claim never
 // admits a caller to the internal API.
 func TestForwardedCertificateUser(t *testing.T) {
-	c := newTestCluster(t, 1, func(cfg *Config) { cfg.BcryptCost = bcrypt.MinCost })
-	n := c.nodes[c.leader()]
+	n := authTestNode(t)
 	as := func(cr auth.Credentials) context.Context { return auth.WithCredentials(ctxT(t), cr) }
 	addUsers(t, n, []string{"root", "proc"}, "alice")
 	if _, err := n.RoleAdd(ctxT(t), &pb.AuthRoleAddRequest{Name: "a"}); err != nil {
@@ -356,6 +345,28 @@ func addUsers(t *testing.T, n *Node, roots []string, others ...string) {
 	}
 }
 
+// authTestNode is the leader of a one-member cluster with the cheapest
+// bcrypt cost, for auth tests.
+func authTestNode(t *testing.T) *Node {
+	t.Helper()
+	c := newTestCluster(t, 1, func(cfg *Config) { cfg.BcryptCost = bcrypt.MinCost })
+	return c.nodes[c.leader()]
+}
+
+// grantRole adds role "r" with perm and grants it to user.
+func grantRole(t *testing.T, n *Node, user string, perm *authpb.Permission) {
+	t.Helper()
+	if _, err := n.RoleAdd(ctxT(t), &pb.AuthRoleAddRequest{Name: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.RoleGrantPermission(ctxT(t), &pb.AuthRoleGrantPermissionRequest{Name: "r", Perm: perm}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: user, Role: "r"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // enableAuth enables auth on n and returns a function that authenticates a
 // user added by addUsers and returns its token.
 func enableAuth(t *testing.T, n *Node) func(user string) string {
@@ -377,19 +388,9 @@ func enableAuth(t *testing.T, n *Node) func(user string) string {
 // etcd's checkLeaseLeases: root lists everything; another user only while
 // it may read every key attached to a lease.
 func TestAuthLeaseLeases(t *testing.T) {
-	c := newTestCluster(t, 1, func(cfg *Config) { cfg.BcryptCost = bcrypt.MinCost })
-	n := c.nodes[c.leader()]
+	n := authTestNode(t)
 	addUsers(t, n, []string{"root"}, "alice")
-	if _, err := n.RoleAdd(ctxT(t), &pb.AuthRoleAddRequest{Name: "r"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.RoleGrantPermission(ctxT(t), &pb.AuthRoleGrantPermissionRequest{Name: "r",
-		Perm: &authpb.Permission{Key: []byte("a"), RangeEnd: []byte("b"), PermType: authpb.Permission_READ}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: "alice", Role: "r"}); err != nil {
-		t.Fatal(err)
-	}
+	grantRole(t, n, "alice", &authpb.Permission{Key: []byte("a"), RangeEnd: []byte("b"), PermType: authpb.Permission_READ})
 	l, err := n.LeaseGrant(ctxT(t), &pb.LeaseGrantRequest{TTL: 3600})
 	if err != nil {
 		t.Fatal(err)
@@ -423,8 +424,7 @@ func TestAuthLeaseLeases(t *testing.T) {
 // ErrUserEmpty even with a TTL above the maximum, a revoke even of a lease
 // without keys.
 func TestAuthLeaseNeedsUser(t *testing.T) {
-	c := newTestCluster(t, 1, func(cfg *Config) { cfg.BcryptCost = bcrypt.MinCost })
-	n := c.nodes[c.leader()]
+	n := authTestNode(t)
 	addUsers(t, n, []string{"root"}, "alice")
 	token := enableAuth(t, n)
 	none := auth.WithCredentials(ctxT(t), auth.Credentials{})
@@ -518,19 +518,9 @@ func TestAuthRequestSizeCountsHeader(t *testing.T) {
 // TestAuthWatchEmptyKey: a watch of the empty key is checked as one of
 // "\x00", which etcd's watch server puts in its place before the check.
 func TestAuthWatchEmptyKey(t *testing.T) {
-	c := newTestCluster(t, 1, func(cfg *Config) { cfg.BcryptCost = bcrypt.MinCost })
-	n := c.nodes[c.leader()]
+	n := authTestNode(t)
 	addUsers(t, n, []string{"root"}, "alice")
-	if _, err := n.RoleAdd(ctxT(t), &pb.AuthRoleAddRequest{Name: "r"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.RoleGrantPermission(ctxT(t), &pb.AuthRoleGrantPermissionRequest{Name: "r",
-		Perm: &authpb.Permission{Key: []byte{0}, PermType: authpb.Permission_READ}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.UserGrantRole(ctxT(t), &pb.AuthUserGrantRoleRequest{User: "alice", Role: "r"}); err != nil {
-		t.Fatal(err)
-	}
+	grantRole(t, n, "alice", &authpb.Permission{Key: []byte{0}, PermType: authpb.Permission_READ})
 	token := enableAuth(t, n)
 	alice := auth.WithCredentials(ctxT(t), auth.Credentials{Token: token("alice")})
 	if _, err := n.AuthorizeWatch(alice, nil, nil); err != nil {
@@ -544,8 +534,7 @@ func TestAuthWatchEmptyKey(t *testing.T) {
 // TestAuthMemberListNeedsUser: once auth is enabled, MemberList needs a
 // user (any), as etcd's EtcdServer.MemberList (requireAuthInfo).
 func TestAuthMemberListNeedsUser(t *testing.T) {
-	c := newTestCluster(t, 1, func(cfg *Config) { cfg.BcryptCost = bcrypt.MinCost })
-	n := c.nodes[c.leader()]
+	n := authTestNode(t)
 	addUsers(t, n, []string{"root"}, "alice")
 	token := enableAuth(t, n)
 	none := auth.WithCredentials(ctxT(t), auth.Credentials{})
