@@ -1,11 +1,13 @@
 package consensus
 
 import (
+	"context"
 	"crypto/sha1"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"slices"
 	"strings"
@@ -424,8 +426,62 @@ func normalizeURL(s string) (string, error) {
 }
 
 func sameURLs(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
 	x, y := slices.Clone(a), slices.Clone(b)
 	slices.Sort(x)
 	slices.Sort(y)
+	if slices.Equal(x, y) {
+		return true
+	}
+	// As etcd's netutil.URLStringsEqual: the same once host names are
+	// resolved, so an initial cluster may name a member by a host name
+	// it advertises by address (--discovery-srv gives the SRV targets).
+	x, okx := resolveURLs(x)
+	y, oky := resolveURLs(y)
+	if !okx || !oky {
+		return false
+	}
+	slices.Sort(x)
+	slices.Sort(y)
 	return slices.Equal(x, y)
+}
+
+// urlResolveTimeout bounds resolving the host names of sameURLs.
+const urlResolveTimeout = 10 * time.Second
+
+// resolveURLs returns urls with each host replaced by one of its addresses
+// (IPv4 first, as net.ResolveTCPAddr picks); false if one does not resolve.
+func resolveURLs(urls []string) ([]string, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), urlResolveTimeout)
+	defer cancel()
+	out := make([]string, len(urls))
+	for i, s := range urls {
+		u, err := url.Parse(s)
+		if err != nil {
+			return nil, false
+		}
+		host, port, err := net.SplitHostPort(u.Host)
+		if err != nil {
+			return nil, false
+		}
+		ip := net.ParseIP(host)
+		if ip == nil {
+			ips, err := net.DefaultResolver.LookupIPAddr(ctx, host)
+			if err != nil || len(ips) == 0 {
+				return nil, false
+			}
+			ip = ips[0].IP
+			for _, a := range ips {
+				if a.IP.To4() != nil {
+					ip = a.IP
+					break
+				}
+			}
+		}
+		u.Host = net.JoinHostPort(ip.String(), port)
+		out[i] = u.String()
+	}
+	return out, true
 }

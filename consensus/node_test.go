@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -140,6 +141,28 @@ func TestConfigValidate(t *testing.T) {
 		mutate(&c)
 		if err := c.Validate(); err == nil {
 			t.Errorf("%s: Validate accepted %+v", name, c)
+		}
+	}
+}
+
+// TestInitialClusterResolvesHostNames: as etcd, an initial cluster entry
+// that names this member by a host name it advertises by address matches
+// (--discovery-srv gives SRV targets), and the member ID comes from the
+// initial cluster's URL, which every member computes alike.
+func TestInitialClusterResolvesHostNames(t *testing.T) {
+	c := Config{Name: "a", PeerURLs: []string{"http://127.0.0.1:2380"}, InitialCluster: "a=http://localhost:2380,b=http://localhost:2381"}
+	c.SetDefaults()
+	members, err := c.initialMembers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := computeMemberID([]string{"http://localhost:2380"}, c.ClusterToken); members[0].ID != want {
+		t.Errorf("member id %x, want %x (from the initial cluster's URL)", members[0].ID, want)
+	}
+	for _, cluster := range []string{"a=http://localhost:2390", "a=https://localhost:2380", "a=http://localhost:2380,a=http://localhost:2381"} {
+		c.InitialCluster = cluster
+		if _, err := c.initialMembers(); err == nil || !strings.Contains(err.Error(), "do not match the initial cluster entry") {
+			t.Errorf("%s with advertised %v: err = %v, want a mismatch", cluster, c.PeerURLs, err)
 		}
 	}
 }

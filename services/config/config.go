@@ -10,9 +10,11 @@
 package config
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"slices"
@@ -230,6 +232,11 @@ func ServerFlags(fs *pflag.FlagSet) {
 // LoadServer reads the flags declared by ServerFlags (already parsed in fs),
 // the environment and the configuration file, and validates the result.
 func LoadServer(fs *pflag.FlagSet) (Server, error) {
+	return loadServer(fs, net.DefaultResolver)
+}
+
+// loadServer is LoadServer with the resolver that --discovery-srv uses.
+func loadServer(fs *pflag.FlagSet, resolver SRVResolver) (Server, error) {
 	v, err := newViper(fs)
 	if err != nil {
 		return Server{}, err
@@ -262,6 +269,20 @@ func LoadServer(fs *pflag.FlagSet) (Server, error) {
 		c.InitialAdvertisePeerURLs = c.ListenPeerURLs
 	}
 	c.InitialCluster = v.GetString(fInitialCluster)
+	srv, srvName := v.GetString(fDiscoverySRV), v.GetString(fDiscoverySRVName)
+	switch {
+	case srv != "" && c.InitialCluster != "":
+		return Server{}, fmt.Errorf("%w: %w", ErrInvalid, errConflictBootstrap)
+	case srv != "":
+		ctx, cancel := context.WithTimeout(context.Background(), discoveryTimeout)
+		c.InitialCluster, err = initialClusterFromSRV(ctx, resolver, srv, srvName, c.Name, c.InitialAdvertisePeerURLs)
+		cancel()
+		if err != nil {
+			return Server{}, err
+		}
+	case srvName != "":
+		return Server{}, fmt.Errorf("%w: --%s is only used with --%s", ErrInvalid, fDiscoverySRVName, fDiscoverySRV)
+	}
 	if c.InitialCluster == "" {
 		parts := make([]string, len(c.InitialAdvertisePeerURLs))
 		for i, u := range c.InitialAdvertisePeerURLs {

@@ -47,6 +47,8 @@ const (
 	fUnsafeNoFsync        = "unsafe-no-fsync"
 	fSnapshotCatchUp      = "snapshot-catchup-entries"
 	fDiscoveryFallback    = "discovery-fallback"
+	fDiscoverySRV         = "discovery-srv"
+	fDiscoverySRVName     = "discovery-srv-name"
 	fV2Deprecation        = "v2-deprecation"
 	fForceNewCluster      = "force-new-cluster"
 )
@@ -62,7 +64,7 @@ type etcdOnlyFlag struct {
 
 const (
 	whyBbolt     = "tunes etcd's bbolt backend; concord's store is Pebble, written once per raft Ready"
-	whyDiscovery = "concord bootstraps from --initial-cluster only; it has no etcd v3 discovery service or DNS SRV discovery"
+	whyDiscovery = "concord bootstraps from --initial-cluster or --discovery-srv; it has no etcd v3 discovery service"
 	whyDiscOpt   = "only used with --discovery-endpoints, which concord does not support"
 	whyTracing   = "only used with --enable-distributed-tracing, which concord does not support"
 	whyIgnored   = "ignored by etcd 3.7 too (a flag of older etcd versions)"
@@ -83,8 +85,6 @@ var etcdOnlyFlags = []etcdOnlyFlag{
 	{"raft-write-timeout", false, "a timeout of etcd's rafthttp connections; concord's peer transport is one HTTP/2 stream per peer with its own keep-alive"},
 	{"discovery-endpoints", true, whyDiscovery},
 	{"discovery-token", true, whyDiscovery},
-	{"discovery-srv", true, whyDiscovery},
-	{"discovery-srv-name", true, whyDiscovery},
 	{"discovery-dial-timeout", false, whyDiscOpt},
 	{"discovery-request-timeout", false, whyDiscOpt},
 	{"discovery-keepalive-time", false, whyDiscOpt},
@@ -154,8 +154,8 @@ func etcdCompatFlags(fs *pflag.FlagSet) {
 	fs.Duration("raft-write-timeout", 5*time.Second, "etcd's rafthttp write timeout; inert in concord")
 	fs.String("discovery-endpoints", "", "etcd v3 discovery; refused by concord")
 	fs.String("discovery-token", "", "etcd v3 discovery; refused by concord")
-	fs.String("discovery-srv", "", "DNS SRV discovery; refused by concord")
-	fs.String("discovery-srv-name", "", "DNS SRV discovery; refused by concord")
+	fs.String(fDiscoverySRV, "", "DNS domain used to bootstrap the initial cluster (SRV records _etcd-server-ssl._tcp and _etcd-server._tcp), instead of --initial-cluster")
+	fs.String(fDiscoverySRVName, "", "service name to query when using DNS discovery (_etcd-server-ssl-NAME._tcp, _etcd-server-NAME._tcp)")
 	fs.Duration("discovery-dial-timeout", 2*time.Second, "etcd v3 discovery; inert in concord")
 	fs.Duration("discovery-request-timeout", 5*time.Second, "etcd v3 discovery; inert in concord")
 	fs.Duration("discovery-keepalive-time", 2*time.Second, "etcd v3 discovery; inert in concord")

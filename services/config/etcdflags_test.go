@@ -112,8 +112,7 @@ func TestServerFlagsCoverEtcd(t *testing.T) {
 
 func TestRefusedEtcdFlags(t *testing.T) {
 	for _, c := range []struct{ arg, want string }{
-		{"--discovery-endpoints=http://10.0.0.1:2379", "--discovery-endpoints=http://10.0.0.1:2379: concord bootstraps from --initial-cluster only"},
-		{"--discovery-srv=example.com", "--discovery-srv=example.com"},
+		{"--discovery-endpoints=http://10.0.0.1:2379", "--discovery-endpoints=http://10.0.0.1:2379: concord bootstraps from --initial-cluster or --discovery-srv"},
 		{"--enable-distributed-tracing", "concord exports no OpenTelemetry traces"},
 		{"--wal-dir=/wal", "no separate WAL directory"},
 		{"--corrupt-check-time=5m", "corruption check"},

@@ -1,0 +1,4 @@
+package config
+
+// LoadServerWithResolver is LoadServer with the resolver --discovery-srv uses.
+var LoadServerWithResolver = loadServer
