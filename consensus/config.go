@@ -59,6 +59,12 @@ type Config struct {
 	// InitialCluster is "name=peerurl,name=peerurl,..."; empty means this
 	// member alone (Name=PeerURLs).
 	InitialCluster string
+	// DiscoverCluster, when set, gives a member that bootstraps a new
+	// cluster (ClusterState new, no data yet) its initial cluster in
+	// InitialCluster's format, instead of InitialCluster (etcd's v3
+	// discovery). It gets this member's ID and its own "name=peerurl,..."
+	// entry, both computed from Name, PeerURLs and ClusterToken.
+	DiscoverCluster func(ctx context.Context, memberID uint64, self string) (string, error)
 	// ClusterState is "new" or "existing".
 	ClusterState string
 	// ClusterToken is etcd's --initial-cluster-token.

@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -56,10 +57,15 @@ type clusterMeta struct {
 // ConfState lists the initial voters, so raft starts with the membership
 // already applied and no conf-change entries to replay. Every member of a
 // new cluster writes exactly the same replicated state.
-func (n *Node) bootstrap() (*raftState, error) {
+func (n *Node) bootstrap(ctx context.Context) (*raftState, error) {
 	members, err := n.cfg.initialMembers()
 	if err != nil {
 		return nil, err
+	}
+	if n.cfg.DiscoverCluster != nil {
+		if members, err = n.discover(ctx, members); err != nil {
+			return nil, err
+		}
 	}
 	ids := make([]uint64, 0, len(members))
 	for i, m := range members {
@@ -90,6 +96,31 @@ func (n *Node) bootstrap() (*raftState, error) {
 		"name", n.cfg.Name, "member-id", fmt.Sprintf("%x", n.memberID), "cluster-id", fmt.Sprintf("%x", n.clusterID),
 		"members", len(members))
 	return st, nil
+}
+
+// discover asks DiscoverCluster for the initial cluster, given self (this
+// member alone), and returns its members.
+func (n *Node) discover(ctx context.Context, self []member) ([]member, error) {
+	var own member
+	for _, m := range self {
+		if m.Name == n.cfg.Name {
+			own = m
+		}
+	}
+	entries := make([]string, len(own.PeerURLs))
+	for i, u := range own.PeerURLs {
+		entries[i] = own.Name + "=" + u
+	}
+	spec, err := n.cfg.DiscoverCluster(ctx, own.ID, strings.Join(entries, ","))
+	if err != nil {
+		return nil, err
+	}
+	n.cfg.InitialCluster = spec
+	members, err := n.cfg.initialMembers()
+	if err != nil {
+		return nil, fmt.Errorf("consensus: discovered cluster %q: %w", spec, err)
+	}
+	return members, nil
 }
 
 // persistInitial writes a member's first raft state, its identity and the

@@ -377,7 +377,7 @@ func newNode(ctx context.Context, cfg Config, store *storage.Store) (*Node, erro
 		if cfg.ClusterState == ClusterStateExisting {
 			st, err = n.join(ctx)
 		} else {
-			st, err = n.bootstrap()
+			st, err = n.bootstrap(ctx)
 		}
 		if err != nil {
 			return nil, err

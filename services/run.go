@@ -124,7 +124,7 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	g.Go(func() error { return leases.Run(ctx) })
 	g.Go(func() error { return watchNode(ctx, node) })
 	g.Go(func() error { return runCompactor(ctx, cfg.AutoCompaction, node, log) })
-	if !multiMember(cfg) {
+	if !multiMember(cfg) && !cfg.Discovery.Enabled() {
 		// With several members only one process's lease service holds the
 		// authority; the others stay standbys and must not delay serving.
 		waitLeaseAuthority(ctx, leases, log)
@@ -167,7 +167,7 @@ func waitLeaseAuthority(ctx context.Context, leases *leasesvc.Service, log *slog
 }
 
 func consensusConfig(cfg config.Server, log *slog.Logger) consensus.Config {
-	return consensus.Config{
+	c := consensus.Config{
 		Name:              cfg.Name,
 		DataDir:           cfg.DataDir,
 		ClientURLs:        urlStrings(cfg.AdvertiseClientURLs),
@@ -193,6 +193,13 @@ func consensusConfig(cfg config.Server, log *slog.Logger) consensus.Config {
 		ForceNewCluster:            cfg.ForceNewCluster,
 		WarningApplyDuration:       cfg.WarningApplyDuration,
 	}
+	if cfg.Discovery.Enabled() {
+		// As etcd: the member and cluster IDs come from the discovery
+		// token, not --initial-cluster-token.
+		c.ClusterToken = cfg.Discovery.Token
+		c.DiscoverCluster = discoverCluster(cfg.Discovery, c.Logger)
+	}
+	return c
 }
 
 // clientListener is a bound client URL, served over TLS for https:// and

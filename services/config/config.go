@@ -67,8 +67,11 @@ type Server struct {
 	ListenPeerURLs           []url.URL
 	InitialAdvertisePeerURLs []url.URL
 	InitialCluster           string
-	InitialClusterState      string
-	InitialClusterToken      string
+	// Discovery, when enabled, gives a new member its initial cluster
+	// (etcd's v3 discovery); InitialCluster is then this member alone.
+	Discovery           Discovery
+	InitialClusterState string
+	InitialClusterToken string
 
 	HeartbeatInterval time.Duration
 	ElectionTimeout   time.Duration
@@ -269,9 +272,18 @@ func loadServer(fs *pflag.FlagSet, resolver SRVResolver) (Server, error) {
 		c.InitialAdvertisePeerURLs = c.ListenPeerURLs
 	}
 	c.InitialCluster = v.GetString(fInitialCluster)
+	if c.Discovery, err = loadDiscovery(v); err != nil {
+		return Server{}, err
+	}
 	srv, srvName := v.GetString(fDiscoverySRV), v.GetString(fDiscoverySRVName)
+	bootstraps := 0
+	for _, set := range []bool{c.InitialCluster != "", srv != "", c.Discovery.Enabled()} {
+		if set {
+			bootstraps++
+		}
+	}
 	switch {
-	case srv != "" && c.InitialCluster != "":
+	case bootstraps > 1:
 		return Server{}, fmt.Errorf("%w: %w", ErrInvalid, errConflictBootstrap)
 	case srv != "":
 		ctx, cancel := context.WithTimeout(context.Background(), discoveryTimeout)

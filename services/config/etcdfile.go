@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"maps"
 
 	"github.com/spf13/viper"
 )
@@ -28,9 +29,16 @@ var etcdFileSections = map[string]map[string]string{
 		"allowed-hostname": fPeerCertAllowedHost, "skip-client-san-verification": fPeerSkipClientSANVerify,
 	},
 	"socket-options": {"reuse-port": fSocketReusePort, "reuse-address": fSocketReuseAddress},
-	// v3 discovery's client settings; endpoints and token are refused like
-	// their flags, the rest is only used with them.
-	"discovery-config": {"endpoints": "discovery-endpoints", "token": "discovery-token"},
+	// v3 discovery: the token, and the client's settings under "client"
+	// (etcd's clientv3.ConfigSpec).
+	"discovery-config": {
+		"token": fDiscoveryToken, "client.endpoints": fDiscoveryEndpoints,
+		"client.dial-timeout": fDiscoveryDialTimeout, "client.request-timeout": fDiscoveryRequestTimeout,
+		"client.keepalive-time": fDiscoveryKeepAliveTime, "client.keepalive-timeout": fDiscoveryKeepAliveTimeout,
+		"client.secure.cert": fDiscoveryCert, "client.secure.key": fDiscoveryKey, "client.secure.cacert": fDiscoveryCACert,
+		"client.secure.insecure-transport": fDiscoveryInsecure, "client.secure.insecure-skip-tls-verify": fDiscoverySkipVerify,
+		"client.auth.username": fDiscoveryUser, "client.auth.password": fDiscoveryPassword,
+	},
 }
 
 // mergeEtcdFileSections lifts the keys of etcd's nested configuration
@@ -47,7 +55,7 @@ func mergeEtcdFileSections(v *viper.Viper) error {
 		if !ok {
 			return fmt.Errorf("%w: --%s: invalid %s (want a mapping)", ErrInvalid, fConfigFile, section)
 		}
-		for k, val := range m {
+		for k, val := range flattenSection(m, "") {
 			name, known := keys[k]
 			if !known || name == "" || v.InConfig(name) {
 				continue
@@ -59,4 +67,18 @@ func mergeEtcdFileSections(v *viper.Viper) error {
 		return nil
 	}
 	return v.MergeConfigMap(flat)
+}
+
+// flattenSection names the values of nested mappings by their dotted path
+// ("client.secure.cert"), as etcdFileSections lists them.
+func flattenSection(m map[string]any, prefix string) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, val := range m {
+		if sub, ok := val.(map[string]any); ok {
+			maps.Copy(out, flattenSection(sub, prefix+k+"."))
+			continue
+		}
+		out[prefix+k] = val
+	}
+	return out
 }

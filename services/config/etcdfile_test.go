@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/concord-kv/concord/services/config"
 )
@@ -89,12 +90,23 @@ logger: zap
 	if _, err := load(t, "--config-file", file); !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), "peer-transport-security") {
 		t.Errorf("scalar peer-transport-security: %v", err)
 	}
-	// Discovery in the file is refused like its flag.
+	// v3 discovery in etcd's layout: the client settings under "client";
+	// a flat endpoints key is not etcd's, so the token stands alone.
+	if err := os.WriteFile(file, []byte("discovery-config:\n  token: t\n  client:\n    endpoints: [http://10.0.0.9:2379]\n    dial-timeout: 3s\n    secure:\n      insecure-skip-tls-verify: true\n    auth:\n      username: u\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err = load(t, "--config-file", file)
+	if err != nil {
+		t.Fatalf("discovery-config: %v", err)
+	}
+	if d := c.Discovery; !slices.Equal(d.Endpoints, []string{"http://10.0.0.9:2379"}) || d.Token != "t" || d.DialTimeout != 3*time.Second || !d.InsecureSkipVerify || !d.InsecureTransport || d.User != "u" {
+		t.Errorf("discovery-config read as %+v", d)
+	}
 	if err := os.WriteFile(file, []byte("discovery-config:\n  endpoints: [http://10.0.0.9:2379]\n  token: t\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := load(t, "--config-file", file); !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), "--discovery-") {
-		t.Errorf("discovery-config: %v", err)
+	if _, err := load(t, "--config-file", file); !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), "both --discovery-token and --discovery-endpoints must be set") {
+		t.Errorf("flat discovery-config: %v", err)
 	}
 }
 

@@ -47,8 +47,6 @@ const (
 	fUnsafeNoFsync        = "unsafe-no-fsync"
 	fSnapshotCatchUp      = "snapshot-catchup-entries"
 	fDiscoveryFallback    = "discovery-fallback"
-	fDiscoverySRV         = "discovery-srv"
-	fDiscoverySRVName     = "discovery-srv-name"
 	fV2Deprecation        = "v2-deprecation"
 	fForceNewCluster      = "force-new-cluster"
 )
@@ -63,11 +61,9 @@ type etcdOnlyFlag struct {
 }
 
 const (
-	whyBbolt     = "tunes etcd's bbolt backend; concord's store is Pebble, written once per raft Ready"
-	whyDiscovery = "concord bootstraps from --initial-cluster or --discovery-srv; it has no etcd v3 discovery service"
-	whyDiscOpt   = "only used with --discovery-endpoints, which concord does not support"
-	whyTracing   = "only used with --enable-distributed-tracing, which concord does not support"
-	whyIgnored   = "ignored by etcd 3.7 too (a flag of older etcd versions)"
+	whyBbolt   = "tunes etcd's bbolt backend; concord's store is Pebble, written once per raft Ready"
+	whyTracing = "only used with --enable-distributed-tracing, which concord does not support"
+	whyIgnored = "ignored by etcd 3.7 too (a flag of older etcd versions)"
 )
 
 // etcdOnlyFlags are the etcd flags concord accepts but does not implement.
@@ -83,19 +79,6 @@ var etcdOnlyFlags = []etcdOnlyFlag{
 	{"memory-mlock", true, "etcd locks its bbolt file in memory; concord's Pebble store has no such option"},
 	{"raft-read-timeout", false, "a timeout of etcd's rafthttp connections; concord's peer transport is one HTTP/2 stream per peer with its own keep-alive"},
 	{"raft-write-timeout", false, "a timeout of etcd's rafthttp connections; concord's peer transport is one HTTP/2 stream per peer with its own keep-alive"},
-	{"discovery-endpoints", true, whyDiscovery},
-	{"discovery-token", true, whyDiscovery},
-	{"discovery-dial-timeout", false, whyDiscOpt},
-	{"discovery-request-timeout", false, whyDiscOpt},
-	{"discovery-keepalive-time", false, whyDiscOpt},
-	{"discovery-keepalive-timeout", false, whyDiscOpt},
-	{"discovery-insecure-transport", false, whyDiscOpt},
-	{"discovery-insecure-skip-tls-verify", false, whyDiscOpt},
-	{"discovery-cert", false, whyDiscOpt},
-	{"discovery-key", false, whyDiscOpt},
-	{"discovery-cacert", false, whyDiscOpt},
-	{"discovery-user", false, whyDiscOpt},
-	{"discovery-password", false, whyDiscOpt},
 	{"enable-distributed-tracing", true, "concord exports no OpenTelemetry traces"},
 	{"distributed-tracing-address", false, whyTracing},
 	{"distributed-tracing-service-name", false, whyTracing},
@@ -152,21 +135,7 @@ func etcdCompatFlags(fs *pflag.FlagSet) {
 	fs.Bool("memory-mlock", false, "lock etcd's memory; refused by concord when true")
 	fs.Duration("raft-read-timeout", 5*time.Second, "etcd's rafthttp read timeout; inert in concord")
 	fs.Duration("raft-write-timeout", 5*time.Second, "etcd's rafthttp write timeout; inert in concord")
-	fs.String("discovery-endpoints", "", "etcd v3 discovery; refused by concord")
-	fs.String("discovery-token", "", "etcd v3 discovery; refused by concord")
-	fs.String(fDiscoverySRV, "", "DNS domain used to bootstrap the initial cluster (SRV records _etcd-server-ssl._tcp and _etcd-server._tcp), instead of --initial-cluster")
-	fs.String(fDiscoverySRVName, "", "service name to query when using DNS discovery (_etcd-server-ssl-NAME._tcp, _etcd-server-NAME._tcp)")
-	fs.Duration("discovery-dial-timeout", 2*time.Second, "etcd v3 discovery; inert in concord")
-	fs.Duration("discovery-request-timeout", 5*time.Second, "etcd v3 discovery; inert in concord")
-	fs.Duration("discovery-keepalive-time", 2*time.Second, "etcd v3 discovery; inert in concord")
-	fs.Duration("discovery-keepalive-timeout", 6*time.Second, "etcd v3 discovery; inert in concord")
-	fs.Bool("discovery-insecure-transport", true, "etcd v3 discovery; inert in concord")
-	fs.Bool("discovery-insecure-skip-tls-verify", false, "etcd v3 discovery; inert in concord")
-	fs.String("discovery-cert", "", "etcd v3 discovery; inert in concord")
-	fs.String("discovery-key", "", "etcd v3 discovery; inert in concord")
-	fs.String("discovery-cacert", "", "etcd v3 discovery; inert in concord")
-	fs.String("discovery-user", "", "etcd v3 discovery; inert in concord")
-	fs.String("discovery-password", "", "etcd v3 discovery; inert in concord")
+	discoveryFlags(fs)
 	fs.Bool(fForceNewCluster, false, "force to create a new one member cluster: a member restarting on its data keeps it, drops its uncommitted raft entries and removes every other member (disaster recovery after a permanent loss of quorum)")
 	fs.Bool("enable-distributed-tracing", false, "OpenTelemetry tracing; refused by concord when true")
 	fs.String("distributed-tracing-address", "localhost:4317", "OpenTelemetry tracing; inert in concord")

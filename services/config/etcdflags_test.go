@@ -112,7 +112,6 @@ func TestServerFlagsCoverEtcd(t *testing.T) {
 
 func TestRefusedEtcdFlags(t *testing.T) {
 	for _, c := range []struct{ arg, want string }{
-		{"--discovery-endpoints=http://10.0.0.1:2379", "--discovery-endpoints=http://10.0.0.1:2379: concord bootstraps from --initial-cluster or --discovery-srv"},
 		{"--enable-distributed-tracing", "concord exports no OpenTelemetry traces"},
 		{"--wal-dir=/wal", "no separate WAL directory"},
 		{"--corrupt-check-time=5m", "corruption check"},
@@ -130,18 +129,18 @@ func TestRefusedEtcdFlags(t *testing.T) {
 }
 
 func TestInertEtcdFlagsAreNoted(t *testing.T) {
-	c, err := load(t, "--backend-batch-limit=100", "--max-wals=0", "--discovery-dial-timeout=1s", "--snapshot", "--v2-deprecation=gone")
+	c, err := load(t, "--backend-batch-limit=100", "--max-wals=0", "--distributed-tracing-sampling-rate=1", "--snapshot", "--v2-deprecation=gone")
 	if err != nil {
 		t.Fatal(err)
 	}
 	joined := strings.Join(c.InertFlags, "\n")
-	for _, want := range []string{"--backend-batch-limit has no effect in concord: tunes etcd's bbolt backend", "--max-wals has no effect", "--discovery-dial-timeout has no effect", "--snapshot has no effect in concord: ignored by etcd 3.7 too"} {
+	for _, want := range []string{"--backend-batch-limit has no effect in concord: tunes etcd's bbolt backend", "--max-wals has no effect", "--distributed-tracing-sampling-rate has no effect", "--snapshot has no effect in concord: ignored by etcd 3.7 too"} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("inert notes %q lack %q", joined, want)
 		}
 	}
 	if len(c.InertFlags) != 5 {
-		t.Errorf("inert notes = %q, want 5 (backend-batch-limit, max-wals, discovery-dial-timeout, v2-deprecation, snapshot)", c.InertFlags)
+		t.Errorf("inert notes = %q, want 5 (backend-batch-limit, max-wals, distributed-tracing-sampling-rate, v2-deprecation, snapshot)", c.InertFlags)
 	}
 	if c, err = load(t); err != nil || len(c.InertFlags) != 0 {
 		t.Errorf("defaults: inert notes %q, err %v", c.InertFlags, err)

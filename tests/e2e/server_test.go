@@ -61,6 +61,8 @@ type serverOptions struct {
 	extra []string // extra flags, e.g. --quota-backend-bytes=N
 	// initialCluster is --initial-cluster; default: this member alone.
 	initialCluster string
+	// discovered leaves --initial-cluster out: extra names a discovery.
+	discovered bool
 	// dataDir is --data-dir; default: a new temporary directory.
 	dataDir string
 	// tls serves the client URL as https:// with tls's server certificate
@@ -227,7 +229,10 @@ func (s *Server) args() []string {
 		"--initial-advertise-peer-urls", s.peerURL(),
 		"--initial-cluster", s.opts.name + "=" + s.peerURL(),
 	}
-	if s.opts.initialCluster != "" {
+	switch {
+	case s.opts.discovered:
+		args = args[:len(args)-2]
+	case s.opts.initialCluster != "":
 		args[len(args)-1] = s.opts.initialCluster
 	}
 	args = append(args, tlsArgs("--", s.opts.tls, s.opts.clientCertAuth, s.opts.autoTLS)...)

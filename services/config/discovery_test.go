@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 	"golang.org/x/net/dns/dnsmessage"
@@ -180,5 +181,37 @@ func TestDiscoverySRVRefusals(t *testing.T) {
 				t.Errorf("err = %v, want ErrInvalid with %q", err, c.want)
 			}
 		})
+	}
+}
+
+// TestV3DiscoveryFlags checks etcd's v3 discovery flags: read with etcd's
+// defaults, refused with etcd's messages when incomplete or combined with
+// another way to bootstrap.
+func TestV3DiscoveryFlags(t *testing.T) {
+	c, err := load(t, "--discovery-endpoints=10.0.0.1:2379,10.0.0.2:2379", "--discovery-token=tok", "--discovery-user=alice:pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := c.Discovery
+	if !d.Enabled() || len(d.Endpoints) != 2 || d.Token != "tok" || d.User != "alice" || d.Password != "pw" ||
+		d.DialTimeout != 2*time.Second || d.RequestTimeout != 5*time.Second || !d.InsecureTransport {
+		t.Errorf("discovery read as %+v", d)
+	}
+	if c, err = load(t); err != nil || c.Discovery.Enabled() {
+		t.Errorf("defaults: %+v, %v", c.Discovery, err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--discovery-token=tok"}, "both --discovery-token and --discovery-endpoints must be set"},
+		{[]string{"--discovery-endpoints=10.0.0.1:2379"}, "both --discovery-token and --discovery-endpoints must be set"},
+		{[]string{"--discovery-endpoints=10.0.0.1:2379,,10.0.0.2:2379", "--discovery-token=tok"}, "--discovery-endpoints must not contain empty endpoints"},
+		{[]string{"--discovery-endpoints=10.0.0.1:2379", "--discovery-token=tok", "--initial-cluster=default=http://localhost:2380"}, "multiple discovery or bootstrap flags are set"},
+		{[]string{"--discovery-endpoints=10.0.0.1:2379", "--discovery-token=tok", "--discovery-srv=example.test"}, "multiple discovery or bootstrap flags are set"},
+	} {
+		if _, err := load(t, c.args...); !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: err = %v, want ErrInvalid with %q", c.args, err, c.want)
+		}
 	}
 }
