@@ -362,8 +362,18 @@ func (n *Node) HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVRespo
 	if n.stopped() {
 		return nil, ErrStopped
 	}
+	return n.PeerHashKV(r.GetRevision())
+}
+
+// PeerHashKV is HashKV without the auth and learner checks, for the
+// corruption check of another member (etcd's peer /members/hashkv): the
+// peer URLs are trusted as raft traffic is, which carries every key.
+func (n *Node) PeerHashKV(revision int64) (*pb.HashKVResponse, error) {
+	if n.stopped() {
+		return nil, ErrStopped
+	}
 	rev := n.store.Rev()
-	hash, hashRev, compactRev, err := n.store.HashKV(r.GetRevision())
+	hash, hashRev, compactRev, err := n.store.HashKV(revision)
 	if err != nil {
 		return nil, n.storeErr(err)
 	}
@@ -373,6 +383,16 @@ func (n *Node) HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVRespo
 		HashRevision:    hashRev,
 		CompactRevision: compactRev,
 	}, nil
+}
+
+// RaiseCorruptAlarm activates the CORRUPT alarm for member id through
+// raft, as etcd's corruption check does; it needs no user, as a member
+// raises it for itself.
+func (n *Node) RaiseCorruptAlarm(ctx context.Context, id uint64) error {
+	_, err := n.propose(ctx, &pb.InternalRaftRequest{Alarm: &pb.AlarmRequest{
+		Action: pb.AlarmRequest_ACTIVATE, MemberID: id, Alarm: pb.AlarmType_CORRUPT,
+	}})
+	return err
 }
 
 // Defragment reclaims space in the store; reads and writes keep working.

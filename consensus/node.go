@@ -1045,6 +1045,13 @@ func (n *Node) trimMemoryLog() error {
 
 // ---- linearizable reads ----
 
+// LinearizableReadNotify returns once the local state machine reflects
+// every write committed before the call, without auth checks (for the
+// corruption check, as etcd's).
+func (n *Node) LinearizableReadNotify(ctx context.Context) error {
+	return n.linearizableReadNotify(ctx)
+}
+
 // linearizableReadNotify returns once the local state machine reflects every
 // write committed before the call (etcd's ReadIndex protocol).
 func (n *Node) linearizableReadNotify(ctx context.Context) error {

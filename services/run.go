@@ -58,7 +58,11 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	// single member serves them too, as etcd does, so that `member add`
 	// can grow it. Consensus owns the transport from Start on.
 	var forwarded peerLeases
-	tr, stopPeerServer, err := peerServer(cfg, log, forwarded.handlers())
+	var hashes peerHashes
+	peerHandlers := forwarded.handlers()
+	hashPath, hashHandler := hashes.handler()
+	peerHandlers[hashPath] = hashHandler
+	tr, stopPeerServer, err := peerServer(cfg, log, peerHandlers)
 	if err != nil {
 		return fmt.Errorf("starting the peer transport: %w", err)
 	}
@@ -69,6 +73,7 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 		return fmt.Errorf("starting consensus: %w", err)
 	}
 	defer node.Close()
+	hashes.set(node)
 
 	fanout, err := watchfanout.New(watchfanout.Config{
 		Logger:                 log.With("component", "watchfanout"),
@@ -124,6 +129,7 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	g.Go(func() error { return leases.Run(ctx) })
 	g.Go(func() error { return watchNode(ctx, node) })
 	g.Go(func() error { return runCompactor(ctx, cfg.AutoCompaction, node, log) })
+	g.Go(func() error { return runCorruptCheck(ctx, cfg.CorruptCheckTime, node, peerTLS, log) })
 	if !multiMember(cfg) && !cfg.Discovery.Enabled() {
 		// With several members only one process's lease service holds the
 		// authority; the others stay standbys and must not delay serving.

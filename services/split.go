@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"golang.org/x/sync/errgroup"
@@ -71,7 +72,9 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	ccfg.EventsFromLeaderOnly = cfg.NATSClusterListenAddr != ""
 	// Raft between the members on the peer URLs (peer.go), served by a
 	// single member too so that `member add` can grow it.
-	tr, stopPeerServer, err := peerServer(cfg.Server, log, nil)
+	var hashes peerHashes
+	hashPath, hashHandler := hashes.handler()
+	tr, stopPeerServer, err := peerServer(cfg.Server, log, map[string]http.Handler{hashPath: hashHandler})
 	if err != nil {
 		return fmt.Errorf("starting the peer transport: %w", err)
 	}
@@ -82,6 +85,11 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 		return fmt.Errorf("starting consensus: %w", err)
 	}
 	defer node.Close()
+	hashes.set(node)
+	_, peerTLS, err := cfg.PeerTLS.PeerConfigs(cfg.ListenPeerURLs)
+	if err != nil {
+		return err
+	}
 	if node.AuthState().Enabled() && !authPossible {
 		// The watch and lease processes could not call the internal API.
 		return errors.New("concord consensus: auth is enabled in this data dir; the split topology needs verified client certificates for it (--client-cert-auth, or --trusted-ca-file, on https:// client URLs) or an internal secret (--internal-secret-file, the same file on every process): its watch, lease and gateway processes call consensus as the root-role user their certificate names, or with the secret")
@@ -107,6 +115,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	return serveSplit(ctx, "consensus", gw, listeners, log, func(ctx context.Context, g *errgroup.Group) {
 		g.Go(func() error { return watchNode(ctx, node) })
 		g.Go(func() error { return runCompactor(ctx, cfg.AutoCompaction, node, log) })
+		g.Go(func() error { return runCorruptCheck(ctx, cfg.CorruptCheckTime, node, peerTLS, log) })
 	})
 }
 

@@ -43,6 +43,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc/codes"
@@ -51,6 +52,7 @@ import (
 	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/gateway"
+	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
 	"github.com/concord-kv/concord/storage"
 	"github.com/concord-kv/concord/watchfanout"
 )
@@ -312,4 +314,16 @@ func fromWire(err error) error {
 		}
 	}
 	return err
+}
+
+// HashKV asks the member whose peer URL e is for its HashKV at revision,
+// as etcd's members ask each other on /members/hashkv for their
+// corruption checks.
+func (e *Endpoint) HashKV(ctx context.Context, revision int64) (*pb.HashKVResponse, error) {
+	c := etcdserverpbconnect.NewMaintenanceClient(e.client, e.URL, internalOpts()...)
+	resp, err := c.HashKV(ctx, &pb.HashKVRequest{Revision: revision})
+	if err != nil {
+		return nil, fromWire(err)
+	}
+	return resp, nil
 }

@@ -67,6 +67,8 @@ type Server struct {
 	ListenPeerURLs           []url.URL
 	InitialAdvertisePeerURLs []url.URL
 	InitialCluster           string
+	// CorruptCheckTime is the period of etcd's corruption check (0: none).
+	CorruptCheckTime time.Duration
 	// Discovery, when enabled, gives a new member its initial cluster
 	// (etcd's v3 discovery); InitialCluster is then this member alone.
 	Discovery           Discovery
@@ -320,6 +322,7 @@ func loadServer(fs *pflag.FlagSet, resolver SRVResolver) (Server, error) {
 	c.StrictReconfigCheck = v.GetBool(fStrictReconfigCheck)
 	c.UnsafeNoFsync = v.GetBool(fUnsafeNoFsync)
 	c.ForceNewCluster = v.GetBool(fForceNewCluster)
+	c.CorruptCheckTime = v.GetDuration(fCorruptCheckTime)
 	c.MaxRequestBytes = v.GetInt(fMaxRequestBytes)
 	c.MaxTxnOps = v.GetInt(fMaxTxnOps)
 	// As etcd: not positive keeps the default, too short is raised to the

@@ -47,6 +47,7 @@ const (
 	fUnsafeNoFsync        = "unsafe-no-fsync"
 	fSnapshotCatchUp      = "snapshot-catchup-entries"
 	fDiscoveryFallback    = "discovery-fallback"
+	fCorruptCheckTime     = "corrupt-check-time"
 	fV2Deprecation        = "v2-deprecation"
 	fForceNewCluster      = "force-new-cluster"
 )
@@ -84,7 +85,6 @@ var etcdOnlyFlags = []etcdOnlyFlag{
 	{"distributed-tracing-service-name", false, whyTracing},
 	{"distributed-tracing-instance-id", false, whyTracing},
 	{"distributed-tracing-sampling-rate", false, whyTracing},
-	{"corrupt-check-time", true, "concord does not run etcd's periodic cross-member corruption check"},
 	{"compact-hash-check-time", false, "concord does not run etcd's compaction hash check (the CompactHashCheck gate is accepted and has no effect)"},
 	{"compaction-batch-limit", false, "concord compacts in the apply of the compaction request, in one store batch, not in timed batches of revisions"},
 	{"compaction-sleep-interval", false, "concord compacts in the apply of the compaction request, in one store batch, not in timed batches of revisions"},
@@ -142,7 +142,7 @@ func etcdCompatFlags(fs *pflag.FlagSet) {
 	fs.String("distributed-tracing-service-name", "etcd", "OpenTelemetry tracing; inert in concord")
 	fs.String("distributed-tracing-instance-id", "", "OpenTelemetry tracing; inert in concord")
 	fs.Int("distributed-tracing-sampling-rate", 0, "OpenTelemetry tracing; inert in concord")
-	fs.Duration("corrupt-check-time", 0, "etcd's periodic corruption check; refused by concord when set")
+	fs.Duration(fCorruptCheckTime, 0, "period of the corruption check, in which the raft leader compares its keyspace hash with every other member's (0: no check)")
 	fs.Duration("compact-hash-check-time", time.Minute, "etcd's compaction hash check; inert in concord")
 	fs.Int("compaction-batch-limit", 0, "etcd's compaction batch size; inert in concord")
 	fs.Duration("compaction-sleep-interval", 0, "etcd's pause between compaction batches; inert in concord")

@@ -114,7 +114,6 @@ func TestRefusedEtcdFlags(t *testing.T) {
 	for _, c := range []struct{ arg, want string }{
 		{"--enable-distributed-tracing", "concord exports no OpenTelemetry traces"},
 		{"--wal-dir=/wal", "no separate WAL directory"},
-		{"--corrupt-check-time=5m", "corruption check"},
 		{"--memory-mlock", "--memory-mlock=true"},
 		{"--discovery-fallback=proxy", `--discovery-fallback can't be configured as "proxy"`},
 		{"--discovery-fallback=maybe", "--discovery-fallback: invalid value"},

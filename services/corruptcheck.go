@@ -1,0 +1,180 @@
+package services
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/concord-kv/concord/consensus"
+	"github.com/concord-kv/concord/gateway"
+	"github.com/concord-kv/concord/gateway/remote"
+	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
+)
+
+// etcd's periodic corruption check (--corrupt-check-time): every interval
+// the raft leader hashes its keyspace at its current revision (HashKV),
+// asks every other member over the peer URLs for its hash at that revision,
+// hashes its own again after a linearizable read, and raises the CORRUPT
+// alarm (at most one per check) for
+//   - itself, if its own hash changed at the same revision and compaction;
+//   - a member that is ahead of it in revision or compaction;
+//   - a member whose hash differs at the same compact revision.
+// The alarm then refuses writes cluster-wide until an operator disarms it,
+// as in etcd. Members that do not answer are skipped.
+
+// peerHashes serves HashKV on this member's peer URLs for the other
+// members' corruption checks; until set (consensus starts after the peer
+// server) it answers Unavailable.
+type peerHashes struct {
+	etcdserverpbconnect.UnimplementedMaintenanceHandler
+	node atomic.Pointer[consensus.Node]
+}
+
+func (p *peerHashes) set(n *consensus.Node) { p.node.Store(n) }
+
+// handler is the path and handler to mount on the peer server.
+func (p *peerHashes) handler() (string, http.Handler) {
+	return etcdserverpbconnect.NewMaintenanceHandler(p)
+}
+
+func (p *peerHashes) HashKV(_ context.Context, r *pb.HashKVRequest) (*pb.HashKVResponse, error) {
+	n := p.node.Load()
+	if n == nil {
+		return nil, connect.NewError(connect.CodeUnavailable, consensus.ErrStopped)
+	}
+	resp, err := n.PeerHashKV(r.GetRevision())
+	if err != nil {
+		return nil, gateway.TranslateError(err)
+	}
+	return resp, nil
+}
+
+// runCorruptCheck runs the check every interval (0: never) until ctx ends.
+func runCorruptCheck(ctx context.Context, interval time.Duration, node *consensus.Node, peerTLS *tls.Config, log *slog.Logger) error {
+	if interval <= 0 {
+		return nil
+	}
+	log = log.With("component", "corruption-check")
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if node.Leader() != node.MemberID() {
+			continue
+		}
+		if err := checkHashes(ctx, node, peerTLS, interval, log); err != nil && ctx.Err() == nil {
+			log.Warn("failed to check hash KV", "error", err)
+		}
+	}
+}
+
+// peerHash is one member's answer to the check.
+type peerHash struct {
+	id   uint64
+	resp *pb.HashKVResponse
+}
+
+// checkHashes is one check, as etcd's corruptionChecker.PeriodicCheck.
+func checkHashes(ctx context.Context, node *consensus.Node, peerTLS *tls.Config, timeout time.Duration, log *slog.Logger) error {
+	h, err := node.PeerHashKV(0)
+	if err != nil {
+		return err
+	}
+	peers := askPeerHashes(ctx, node, peerTLS, h.HashRevision, min(timeout, 5*time.Second), log)
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err = node.LinearizableReadNotify(rctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	h2, err := node.PeerHashKV(0)
+	if err != nil {
+		return err
+	}
+	alarmed := false
+	mismatch := func(id uint64, why string, args ...any) {
+		log.Warn(why, args...)
+		if alarmed {
+			return
+		}
+		alarmed = true
+		if err := node.RaiseCorruptAlarm(ctx, id); err != nil {
+			log.Warn("raising the CORRUPT alarm failed", "member-id", memberHex(id), "error", err)
+		}
+	}
+	if h2.Hash != h.Hash && h2.HashRevision == h.HashRevision && h2.CompactRevision == h.CompactRevision {
+		mismatch(node.MemberID(), "found hash mismatch", "revision", h.HashRevision, "compact-revision", h.CompactRevision,
+			"hash-1", h.Hash, "hash-2", h2.Hash)
+	}
+	for _, p := range peers {
+		id := memberHex(p.id)
+		switch {
+		case p.resp.GetHeader().GetRevision() > h2.GetHeader().GetRevision():
+			mismatch(p.id, "revision from follower must be less than or equal to leader's",
+				"leader-revision", h2.GetHeader().GetRevision(), "follower-revision", p.resp.GetHeader().GetRevision(), "follower-peer-id", id)
+		case p.resp.CompactRevision > h2.CompactRevision:
+			mismatch(p.id, "compact revision from follower must be less than or equal to leader's",
+				"leader-compact-revision", h2.CompactRevision, "follower-compact-revision", p.resp.CompactRevision, "follower-peer-id", id)
+		case p.resp.CompactRevision == h.CompactRevision && p.resp.Hash != h.Hash:
+			mismatch(p.id, "same compact revision then hashes must match",
+				"leader-compact-revision", h.CompactRevision, "leader-hash", h.Hash, "follower-hash", p.resp.Hash, "follower-peer-id", id)
+		}
+	}
+	log.Info("finished peer corruption check", "number-of-peers-checked", len(peers))
+	return nil
+}
+
+// askPeerHashes asks every other member, at the same time, for its HashKV
+// at rev over its peer URLs (the first that answers); members that do not
+// answer within timeout are left out.
+func askPeerHashes(ctx context.Context, node *consensus.Node, peerTLS *tls.Config, rev int64, timeout time.Duration, log *slog.Logger) []peerHash {
+	members := node.Membership().Members
+	answers := make([]*pb.HashKVResponse, len(members))
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var g errgroup.Group
+	for i, m := range members {
+		if m.GetID() == node.MemberID() {
+			continue
+		}
+		g.Go(func() error {
+			for _, u := range m.GetPeerURLs() {
+				ep, err := remote.Dial(u, remote.WithTLS(peerTLS))
+				if err != nil {
+					continue
+				}
+				resp, err := ep.HashKV(ctx, rev)
+				_ = ep.Close()
+				if err == nil {
+					answers[i] = resp
+					return nil
+				}
+				log.Warn("failed hash kv request", "remote-peer-id", memberHex(m.GetID()), "requested-revision", rev, "remote-peer-endpoint", u, "error", err)
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+	var out []peerHash
+	for i, a := range answers {
+		if a != nil {
+			out = append(out, peerHash{id: members[i].GetID(), resp: a})
+		}
+	}
+	return out
+}
+
+// memberHex is a member ID as etcd logs it.
+func memberHex(id uint64) string { return strconv.FormatUint(id, 16) }

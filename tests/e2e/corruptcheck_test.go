@@ -1,0 +1,89 @@
+package e2e
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+
+	"github.com/concord-kv/concord/storage"
+)
+
+// TestCorruptCheck runs etcd's periodic corruption check
+// (--corrupt-check-time) on a three-member cluster: while the members
+// agree, the leader's checks pass and raise nothing; once one member's
+// store is changed behind raft's back (a write made directly in its data
+// dir while it was down), a check raises the CORRUPT alarm, and the
+// cluster then refuses writes with etcd's "corrupt cluster", as etcd's
+// does.
+func TestCorruptCheck(t *testing.T) {
+	t.Parallel()
+	c := startClusterWith(t, concordImpl, 3, serverOptions{extra: []string{"--corrupt-check-time", "500ms"}})
+	cli := newClient(t, c.members[0])
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, k := range []string{"a", "b", "c"} {
+		if _, err := cli.Put(ctx, k, "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Checks that compared both followers, and found nothing.
+	const checked = `"number-of-peers-checked":2`
+	waitUntil(t, "a corruption check of both followers", func() bool {
+		return slices.ContainsFunc(c.members, func(s *Server) bool { return strings.Count(s.log.String(), checked) >= 2 })
+	})
+	if alarms := alarmList(t, ctx, c.members[0]); len(alarms) != 0 {
+		t.Fatalf("alarms on an intact cluster: %v", alarms)
+	}
+
+	bad := c.members[2]
+	bad.Kill()
+	st, err := storage.Open(bad.dataDir, storage.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := st.NewBatch()
+	if _, err := b.Put(&pb.PutRequest{Key: []byte("a"), Value: []byte("changed behind raft's back")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(true); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	bad.Restart()
+
+	waitUntil(t, "the CORRUPT alarm", func() bool {
+		return slices.ContainsFunc(alarmList(t, ctx, c.members[0]), func(a *pb.AlarmMember) bool { return a.Alarm == pb.AlarmType_CORRUPT })
+	})
+	if _, err := cli.Put(ctx, "d", "v"); err == nil || err.Error() != rpctypes.ErrCorrupt.Error() {
+		t.Errorf("put on a corrupt cluster: %v, want %v", err, rpctypes.ErrCorrupt)
+	}
+}
+
+func alarmList(t *testing.T, ctx context.Context, s *Server) []*pb.AlarmMember {
+	t.Helper()
+	resp, err := newClient(t, s).AlarmList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Alarms
+}
+
+// waitUntil polls cond until it holds, failing the test after readyTimeout.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(readyTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
