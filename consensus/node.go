@@ -233,6 +233,10 @@ type Node struct {
 	readMu   sync.Mutex
 	readNext *readNotifier
 
+	// restarted: the data dir held this member's raft state at Start
+	// (set before Start returns, then read only).
+	restarted bool
+
 	// Owned by the raft loop.
 	rn             *raft.RawNode
 	ms             *raft.MemoryStorage
@@ -373,6 +377,7 @@ func newNode(ctx context.Context, cfg Config, store *storage.Store) (*Node, erro
 	if err != nil {
 		return nil, err
 	}
+	n.restarted = st != nil
 	if st == nil {
 		if cfg.ClusterState == ClusterStateExisting {
 			st, err = n.join(ctx)
@@ -1044,6 +1049,11 @@ func (n *Node) trimMemoryLog() error {
 }
 
 // ---- linearizable reads ----
+
+// Restarted reports whether this member started from its data dir's raft
+// state, rather than bootstrapping or joining a cluster (etcd's "member
+// initialized").
+func (n *Node) Restarted() bool { return n.restarted }
 
 // LinearizableReadNotify returns once the local state machine reflects
 // every write committed before the call, without auth checks (for the

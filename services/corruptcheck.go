@@ -3,6 +3,7 @@ package services
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -133,6 +134,38 @@ func checkHashes(ctx context.Context, node *consensus.Node, peerTLS *tls.Config,
 		}
 	}
 	log.Info("finished peer corruption check", "number-of-peers-checked", len(peers))
+	return nil
+}
+
+// initialCorruptCheck is etcd's InitialCorruptCheck gate: before a
+// restarted member serves, it compares its HashKV with every other
+// member's at its revision and refuses to start on a mismatch at the same
+// compaction.
+func initialCorruptCheck(ctx context.Context, node *consensus.Node, peerTLS *tls.Config, log *slog.Logger) error {
+	log = log.With("component", "corruption-check")
+	h, err := node.PeerHashKV(0)
+	if err != nil {
+		return err
+	}
+	log.Info("starting initial corruption check", "local-member-id", memberHex(node.MemberID()), "revision", h.HashRevision)
+	mismatch := 0
+	for _, p := range askPeerHashes(ctx, node, peerTLS, h.HashRevision, 5*time.Second, log) {
+		switch {
+		case p.resp.Hash == h.Hash:
+		case p.resp.CompactRevision == h.CompactRevision:
+			log.Warn("found different hash values from remote peer", "local-member-id", memberHex(node.MemberID()),
+				"local-member-revision", h.HashRevision, "local-member-hash", h.Hash,
+				"remote-peer-id", memberHex(p.id), "remote-peer-hash", p.resp.Hash)
+			mismatch++
+		default:
+			log.Warn("found different compact revision values from remote peer", "local-member-id", memberHex(node.MemberID()),
+				"local-member-compact-revision", h.CompactRevision, "remote-peer-id", memberHex(p.id), "remote-peer-compact-revision", p.resp.CompactRevision)
+		}
+	}
+	if mismatch > 0 {
+		return fmt.Errorf("%s found data inconsistency with peers", memberHex(node.MemberID()))
+	}
+	log.Info("initial corruption checking passed; no corruption", "local-member-id", memberHex(node.MemberID()))
 	return nil
 }
 

@@ -74,6 +74,15 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	}
 	defer node.Close()
 	hashes.set(node)
+	_, peerTLS, err := cfg.PeerTLS.PeerConfigs(cfg.ListenPeerURLs)
+	if err != nil {
+		return err
+	}
+	if node.Restarted() && alphaGateOn(cfg.FeatureGates, "InitialCorruptCheck") {
+		if err := initialCorruptCheck(ctx, node, peerTLS, log); err != nil {
+			return err
+		}
+	}
 
 	fanout, err := watchfanout.New(watchfanout.Config{
 		Logger:                 log.With("component", "watchfanout"),
@@ -107,10 +116,6 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	}
 	defer leases.Close()
 	forwarded.set(leases)
-	_, peerTLS, err := cfg.PeerTLS.PeerConfigs(cfg.ListenPeerURLs)
-	if err != nil {
-		return err
-	}
 	lease := newMemberLease(leases, node.MemberID(), func() []*pb.Member { return node.Membership().Members }, peerTLS)
 	defer lease.Close()
 

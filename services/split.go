@@ -90,6 +90,11 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	if err != nil {
 		return err
 	}
+	if node.Restarted() && alphaGateOn(cfg.FeatureGates, "InitialCorruptCheck") {
+		if err := initialCorruptCheck(ctx, node, peerTLS, log); err != nil {
+			return err
+		}
+	}
 	if node.AuthState().Enabled() && !authPossible {
 		// The watch and lease processes could not call the internal API.
 		return errors.New("concord consensus: auth is enabled in this data dir; the split topology needs verified client certificates for it (--client-cert-auth, or --trusted-ca-file, on https:// client URLs) or an internal secret (--internal-secret-file, the same file on every process): its watch, lease and gateway processes call consensus as the root-role user their certificate names, or with the secret")

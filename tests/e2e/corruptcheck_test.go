@@ -14,16 +14,17 @@ import (
 	"github.com/concord-kv/concord/storage"
 )
 
-// TestCorruptCheck runs etcd's periodic corruption check
-// (--corrupt-check-time) on a three-member cluster: while the members
-// agree, the leader's checks pass and raise nothing; once one member's
-// store is changed behind raft's back (a write made directly in its data
-// dir while it was down), a check raises the CORRUPT alarm, and the
-// cluster then refuses writes with etcd's "corrupt cluster", as etcd's
-// does.
+// TestCorruptCheck runs etcd's corruption checks on a three-member
+// cluster: while the members agree, the leader's periodic checks
+// (--corrupt-check-time) pass and raise nothing. Then one member's store
+// is changed behind raft's back (a write made directly in its data dir
+// while it was down): with the InitialCorruptCheck gate it refuses to
+// start ("found data inconsistency with peers"); started without the gate,
+// a periodic check raises the CORRUPT alarm and the cluster refuses writes
+// with etcd's "corrupt cluster", as etcd's does.
 func TestCorruptCheck(t *testing.T) {
 	t.Parallel()
-	c := startClusterWith(t, concordImpl, 3, serverOptions{extra: []string{"--corrupt-check-time", "500ms"}})
+	c := startClusterWith(t, concordImpl, 3, serverOptions{extra: []string{"--corrupt-check-time", "500ms", "--feature-gates", "InitialCorruptCheck=true"}})
 	cli := newClient(t, c.members[0])
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -57,12 +58,22 @@ func TestCorruptCheck(t *testing.T) {
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
+	// The others reach the changed member's revision with other content.
+	if _, err := cli.Put(ctx, "d", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bad.start(); err == nil {
+		t.Fatal("the changed member started with InitialCorruptCheck")
+	} else if !strings.Contains(bad.log.String(), "found data inconsistency with peers") {
+		t.Fatalf("the changed member did not start, but not for the check: %v", err)
+	}
+	bad.opts.extra = []string{"--corrupt-check-time", "500ms"}
 	bad.Restart()
 
 	waitUntil(t, "the CORRUPT alarm", func() bool {
 		return slices.ContainsFunc(alarmList(t, ctx, c.members[0]), func(a *pb.AlarmMember) bool { return a.Alarm == pb.AlarmType_CORRUPT })
 	})
-	if _, err := cli.Put(ctx, "d", "v"); err == nil || err.Error() != rpctypes.ErrCorrupt.Error() {
+	if _, err := cli.Put(ctx, "e", "v"); err == nil || err.Error() != rpctypes.ErrCorrupt.Error() {
 		t.Errorf("put on a corrupt cluster: %v, want %v", err, rpctypes.ErrCorrupt)
 	}
 }
