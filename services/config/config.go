@@ -363,6 +363,9 @@ func loadServer(fs *pflag.FlagSet, resolver SRVResolver) (Server, error) {
 	if c.PeerTLS, err = loadTLS(v, true); err != nil {
 		return Server{}, err
 	}
+	if srv != "" && strings.Contains(c.InitialCluster, "https://") && c.PeerTLS.TrustedCAFile == "" {
+		c.PeerTLS.ServerName = srv
+	}
 	if c.Log, err = loadLogging(v); err != nil {
 		return Server{}, err
 	}

@@ -154,6 +154,11 @@ func TestDiscoverySRV(t *testing.T) {
 			if s.InitialCluster != c.want {
 				t.Errorf("initial cluster %q, want %q", s.InitialCluster, c.want)
 			}
+			// As etcd: https:// peers found by SRV, with no peer CA
+			// given, must have certificates for the domain.
+			if want := map[bool]string{true: "example.test"}[strings.Contains(c.want, "https://")]; s.PeerTLS.ServerName != want {
+				t.Errorf("peer TLS server name %q, want %q", s.PeerTLS.ServerName, want)
+			}
 		})
 	}
 }

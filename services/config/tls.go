@@ -100,6 +100,11 @@ type TLSInfo struct {
 	// presents it to itself from its JSON gateway; concord's JSON gateway
 	// calls the handlers in memory, so there it is only checked.
 	ClientCertFile, ClientKeyFile string
+	// ServerName, when set, is the name dialed peers' certificates must be
+	// valid for instead of the host dialed (peers only): as in etcd, the
+	// --discovery-srv domain when the discovered peers are https:// and no
+	// --peer-trusted-ca-file is given.
+	ServerName string
 
 	// MinVersion and MaxVersion bound the TLS versions (0: TLS 1.2, and
 	// Go's newest), CipherSuites the TLS 1.2 suites (nil: Go's); the same
@@ -529,6 +534,7 @@ func (t TLSInfo) PeerConfigs(listen []url.URL) (server, client *tls.Config, err 
 	if t.CertFile == "" && t.AutoTLS {
 		client.InsecureSkipVerify = true //nolint:gosec // etcd's --peer-auto-tls: self-signed peers
 	}
+	client.ServerName = t.ServerName
 	if t.TrustedCAFile != "" {
 		if client.RootCAs, err = certPool(t.flag(fTrustedCAFile), t.TrustedCAFile); err != nil {
 			return nil, nil, err
