@@ -385,6 +385,10 @@ func (n *Node) PeerHashKV(revision int64) (*pb.HashKVResponse, error) {
 	}, nil
 }
 
+// CompactionHashes are the hashes this member's latest compactions stored,
+// newest first (for the compaction hash check).
+func (n *Node) CompactionHashes() []storage.CompactionHash { return n.store.CompactionHashes() }
+
 // RaiseCorruptAlarm activates the CORRUPT alarm for member id through
 // raft, as etcd's corruption check does; it needs no user, as a member
 // raises it for itself.

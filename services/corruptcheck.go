@@ -111,9 +111,7 @@ func checkHashes(ctx context.Context, node *consensus.Node, peerTLS *tls.Config,
 			return
 		}
 		alarmed = true
-		if err := node.RaiseCorruptAlarm(ctx, id); err != nil {
-			log.Warn("raising the CORRUPT alarm failed", "member-id", memberHex(id), "error", err)
-		}
+		raiseCorrupt(ctx, node, id, log)
 	}
 	if h2.Hash != h.Hash && h2.HashRevision == h.HashRevision && h2.CompactRevision == h.CompactRevision {
 		mismatch(node.MemberID(), "found hash mismatch", "revision", h.HashRevision, "compact-revision", h.CompactRevision,
@@ -211,3 +209,107 @@ func askPeerHashes(ctx context.Context, node *consensus.Node, peerTLS *tls.Confi
 
 // memberHex is a member ID as etcd logs it.
 func memberHex(id uint64) string { return strconv.FormatUint(id, 16) }
+
+// runCompactHashCheck is etcd's CompactHashCheck gate: every interval the
+// raft leader takes the hashes its latest compactions stored, newest first
+// and newer than the last it checked, and asks every other member for its
+// hash at the same revision. A revision at which the members that
+// compacted alike all agree, and all answered, ends the round. At one
+// where they differ, the members outside the majority get the CORRUPT
+// alarm; with no majority, the alarm goes to member 0 (the whole cluster),
+// as in etcd.
+func runCompactHashCheck(ctx context.Context, interval time.Duration, node *consensus.Node, peerTLS *tls.Config, log *slog.Logger) error {
+	if interval <= 0 {
+		return nil
+	}
+	log = log.With("component", "compact-hash-check")
+	var latestChecked int64
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if node.Leader() != node.MemberID() {
+			continue
+		}
+		latestChecked = checkCompactionHashes(ctx, node, peerTLS, latestChecked, min(interval, 5*time.Second), log)
+	}
+}
+
+// checkCompactionHashes is one round; it returns the newest revision
+// checked on every member.
+func checkCompactionHashes(ctx context.Context, node *consensus.Node, peerTLS *tls.Config, latestChecked int64, timeout time.Duration, log *slog.Logger) int64 {
+	hashes := node.CompactionHashes()
+	checked := 0
+	for _, h := range hashes {
+		if h.Revision <= latestChecked {
+			break
+		}
+		checked++
+		others := len(node.Membership().Members) - 1
+		if others == 0 {
+			break
+		}
+		peers := askPeerHashes(ctx, node, peerTLS, h.Revision, timeout, log)
+		if len(peers) == 0 {
+			continue
+		}
+		byHash := map[uint32][]uint64{h.Hash: {node.MemberID()}}
+		compared := 0
+		for _, p := range peers {
+			if p.resp.CompactRevision != h.CompactRevision {
+				log.Warn("Skipped peer's hash", "peer-id", memberHex(p.id), "reason",
+					fmt.Sprintf("the peer's CompactRevision %d doesn't match leader's CompactRevision %d", p.resp.CompactRevision, h.CompactRevision))
+				continue
+			}
+			compared++
+			byHash[p.resp.Hash] = append(byHash[p.resp.Hash], p.id)
+		}
+		if len(byHash) == 1 {
+			if compared < others {
+				log.Warn("skipped revision in compaction hash check; was not able to check all peers",
+					"number-of-peers-checked", compared, "number-of-peers", others, "revision", h.Revision)
+				continue
+			}
+			log.Info("successfully checked hash on whole cluster", "number-of-peers-checked", compared, "revision", h.Revision, "compactRevision", h.CompactRevision)
+			log.Info("finished compaction hash check", "number-of-hashes-checked", checked)
+			return max(latestChecked, h.Revision)
+		}
+		quorum := (others+1)/2 + 1
+		majority := false
+		for hash, ids := range byHash {
+			if len(ids) >= quorum {
+				majority = true
+				delete(byHash, hash)
+				break
+			}
+		}
+		if !majority {
+			log.Error("Detected compaction hash mismatch but cannot identify the corrupted members, so intentionally set the memberID as 0",
+				"revision", h.Revision, "compact-revision", h.CompactRevision, "leader-hash", h.Hash)
+			raiseCorrupt(ctx, node, 0, log)
+		}
+		for hash, ids := range byHash {
+			log.Error("Detected compaction hash mismatch", "revision", h.Revision, "compact-revision", h.CompactRevision,
+				"leader-hash", h.Hash, "peer-hash", hash, "peer-ids", fmt.Sprintf("%x", ids), "quorum-exist", majority)
+			if majority {
+				for _, id := range ids {
+					raiseCorrupt(ctx, node, id, log)
+				}
+			}
+		}
+		return latestChecked
+	}
+	log.Info("finished compaction hash check", "number-of-hashes-checked", checked)
+	return latestChecked
+}
+
+// raiseCorrupt raises the CORRUPT alarm for id, logging a failure.
+func raiseCorrupt(ctx context.Context, node *consensus.Node, id uint64, log *slog.Logger) {
+	if err := node.RaiseCorruptAlarm(ctx, id); err != nil {
+		log.Warn("raising the CORRUPT alarm failed", "member-id", memberHex(id), "error", err)
+	}
+}

@@ -135,6 +135,9 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	g.Go(func() error { return watchNode(ctx, node) })
 	g.Go(func() error { return runCompactor(ctx, cfg.AutoCompaction, node, log) })
 	g.Go(func() error { return runCorruptCheck(ctx, cfg.CorruptCheckTime, node, peerTLS, log) })
+	if alphaGateOn(cfg.FeatureGates, "CompactHashCheck") {
+		g.Go(func() error { return runCompactHashCheck(ctx, cfg.CompactHashCheckTime, node, peerTLS, log) })
+	}
 	if !multiMember(cfg) && !cfg.Discovery.Enabled() {
 		// With several members only one process's lease service holds the
 		// authority; the others stay standbys and must not delay serving.

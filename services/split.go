@@ -121,6 +121,9 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 		g.Go(func() error { return watchNode(ctx, node) })
 		g.Go(func() error { return runCompactor(ctx, cfg.AutoCompaction, node, log) })
 		g.Go(func() error { return runCorruptCheck(ctx, cfg.CorruptCheckTime, node, peerTLS, log) })
+		if alphaGateOn(cfg.FeatureGates, "CompactHashCheck") {
+			g.Go(func() error { return runCompactHashCheck(ctx, cfg.CompactHashCheckTime, node, peerTLS, log) })
+		}
 	})
 }
 

@@ -43,7 +43,7 @@ type Batch struct {
 	events []RevisionEvents
 	// keysDelta is the change in live keys (OpCounts.Keys) the batch makes.
 	keysDelta int64
-	hashes    []compactionHash // computed by this batch's compactions, in order
+	hashes    []CompactionHash // computed by this batch's compactions, in order
 	err       error            // set when an op failed after writing: Commit refuses
 	done      bool
 	buf       []byte
@@ -718,7 +718,7 @@ func (b *Batch) publish() {
 // keepHashes appends the hashes of new compactions to the stored ones and
 // keeps the newest maxCompactionHashes. Compaction revisions strictly
 // increase, so the result stays ordered by revision.
-func keepHashes(stored, added []compactionHash) []compactionHash {
+func keepHashes(stored, added []CompactionHash) []CompactionHash {
 	out := append(stored, added...)
 	if n := len(out) - maxCompactionHashes; n > 0 {
 		out = slices.Delete(out, 0, n)

@@ -56,17 +56,17 @@ func (b *Batch) Compact(rev int64) (resp *pb.CompactionResponse, err error) {
 
 // hashAt hashes the batch's view of the history at rev under the current
 // compact revision, before a compaction at rev changes it.
-func (b *Batch) hashAt(rev int64) (compactionHash, error) {
+func (b *Batch) hashAt(rev int64) (CompactionHash, error) {
 	it, err := b.pb.NewIter(&pebble.IterOptions{LowerBound: kvLower, UpperBound: kvUpper})
 	if err != nil {
-		return compactionHash{}, err
+		return CompactionHash{}, err
 	}
 	defer it.Close()
 	h, err := hashKVs(it, rev, b.compactRev)
 	if err != nil {
-		return compactionHash{}, err
+		return CompactionHash{}, err
 	}
-	return compactionHash{Hash: h, Revision: rev, CompactRevision: b.compactRev}, nil
+	return CompactionHash{Hash: h, Revision: rev, CompactRevision: b.compactRev}, nil
 }
 
 // compact visits every key written at a revision in [prev, rev] (the only

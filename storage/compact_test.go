@@ -249,6 +249,17 @@ func TestHashStoredByCompaction(t *testing.T) {
 			t.Fatalf("HashKV(%d) = rev %d compact %d, want stored with compact %d", rev, hr, c, rev-1)
 		}
 	}
+	// CompactionHashes lists the kept ones, newest first, as HashKV
+	// serves them.
+	kept := x.s.CompactionHashes()
+	if len(kept) != 10 || kept[0].Revision != 17 || kept[9].Revision != 8 {
+		t.Fatalf("CompactionHashes = %+v, want revisions 17 down to 8", kept)
+	}
+	for _, k := range kept {
+		if hash, hr, c := x.hashKV(k.Revision); hash != k.Hash || hr != k.Revision || c != k.CompactRevision {
+			t.Fatalf("CompactionHashes has %+v, HashKV(%d) = %d %d %d", k, k.Revision, hash, hr, c)
+		}
+	}
 
 	// Stored hashes live in memory, as in etcd: after a reopen HashKV(17)
 	// is computed under the current compact revision.

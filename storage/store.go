@@ -96,8 +96,8 @@ type Store struct {
 	alarms       []*pb.AlarmMember // sorted by member id, then type
 	seq          uint64            // bumped by every commit of a state-changing batch
 	// hashes are the hashes computed by the latest compactions (see
-	// compactionHash), oldest first. Like etcd's they live in memory only.
-	hashes []compactionHash
+	// CompactionHash), oldest first. Like etcd's they live in memory only.
+	hashes []CompactionHash
 	// keys is the filter of keys with a version (keyfilter.go); nil while
 	// it is off (during a restore).
 	keys atomic.Pointer[keyFilter]
@@ -116,12 +116,12 @@ const noCompaction = -1
 // maxCompactionHashes bounds Store.hashes (etcd keeps the same number).
 const maxCompactionHashes = 10
 
-// compactionHash is the hash a compaction at Revision computed of the
+// CompactionHash is the hash a compaction at Revision computed of the
 // history it was about to remove: HashKV(Revision) as it was just before the
 // compaction, so CompactRevision is the compact revision in force before it.
 // HashKV returns it for that exact revision, as etcd's HashByRev does, so
 // members can compare hashes of revisions they have compacted at.
-type compactionHash struct {
+type CompactionHash struct {
 	Hash                      uint32
 	Revision, CompactRevision int64
 }
@@ -713,8 +713,18 @@ func (s *Store) HashKV(rev int64) (hash uint32, hashRev, compactRev int64, err e
 	return hash, rev, crev, nil
 }
 
+// CompactionHashes returns the hashes kept from the latest compactions,
+// newest first (etcd's HashStorage.Hashes, for its compaction hash check).
+func (s *Store) CompactionHashes() []CompactionHash {
+	s.stateMu.RLock()
+	defer s.stateMu.RUnlock()
+	out := slices.Clone(s.hashes)
+	slices.Reverse(out)
+	return out
+}
+
 // compactionHash returns the hash stored by a compaction at rev, if kept.
-func (s *Store) compactionHash(rev int64) (compactionHash, bool) {
+func (s *Store) compactionHash(rev int64) (CompactionHash, bool) {
 	s.stateMu.RLock()
 	defer s.stateMu.RUnlock()
 	for _, h := range s.hashes {
@@ -722,7 +732,7 @@ func (s *Store) compactionHash(rev int64) (compactionHash, bool) {
 			return h, true
 		}
 	}
-	return compactionHash{}, false
+	return CompactionHash{}, false
 }
 
 // hashKVs hashes, through it (spanning the kv keyspace), the history visible

@@ -69,6 +69,9 @@ type Server struct {
 	InitialCluster           string
 	// CorruptCheckTime is the period of etcd's corruption check (0: none).
 	CorruptCheckTime time.Duration
+	// CompactHashCheckTime is the period of etcd's compaction hash check,
+	// which runs with the CompactHashCheck feature gate.
+	CompactHashCheckTime time.Duration
 	// Discovery, when enabled, gives a new member its initial cluster
 	// (etcd's v3 discovery); InitialCluster is then this member alone.
 	Discovery           Discovery
@@ -323,6 +326,7 @@ func loadServer(fs *pflag.FlagSet, resolver SRVResolver) (Server, error) {
 	c.UnsafeNoFsync = v.GetBool(fUnsafeNoFsync)
 	c.ForceNewCluster = v.GetBool(fForceNewCluster)
 	c.CorruptCheckTime = v.GetDuration(fCorruptCheckTime)
+	c.CompactHashCheckTime = v.GetDuration(fCompactHashCheckTime)
 	c.MaxRequestBytes = v.GetInt(fMaxRequestBytes)
 	c.MaxTxnOps = v.GetInt(fMaxTxnOps)
 	// As etcd: not positive keeps the default, too short is raised to the

@@ -48,6 +48,7 @@ const (
 	fSnapshotCatchUp      = "snapshot-catchup-entries"
 	fDiscoveryFallback    = "discovery-fallback"
 	fCorruptCheckTime     = "corrupt-check-time"
+	fCompactHashCheckTime = "compact-hash-check-time"
 	fV2Deprecation        = "v2-deprecation"
 	fForceNewCluster      = "force-new-cluster"
 )
@@ -85,7 +86,6 @@ var etcdOnlyFlags = []etcdOnlyFlag{
 	{"distributed-tracing-service-name", false, whyTracing},
 	{"distributed-tracing-instance-id", false, whyTracing},
 	{"distributed-tracing-sampling-rate", false, whyTracing},
-	{"compact-hash-check-time", false, "concord does not run etcd's compaction hash check (the CompactHashCheck gate is accepted and has no effect)"},
 	{"compaction-batch-limit", false, "concord compacts in the apply of the compaction request, in one store batch, not in timed batches of revisions"},
 	{"compaction-sleep-interval", false, "concord compacts in the apply of the compaction request, in one store batch, not in timed batches of revisions"},
 	{"downgrade-check-time", false, "concord has no cluster downgrade"},
@@ -143,7 +143,7 @@ func etcdCompatFlags(fs *pflag.FlagSet) {
 	fs.String("distributed-tracing-instance-id", "", "OpenTelemetry tracing; inert in concord")
 	fs.Int("distributed-tracing-sampling-rate", 0, "OpenTelemetry tracing; inert in concord")
 	fs.Duration(fCorruptCheckTime, 0, "period of the corruption check, in which the raft leader compares its keyspace hash with every other member's (0: no check)")
-	fs.Duration("compact-hash-check-time", time.Minute, "etcd's compaction hash check; inert in concord")
+	fs.Duration(fCompactHashCheckTime, time.Minute, "period of the compaction hash check, with the CompactHashCheck feature gate: the raft leader compares the hashes members stored at their latest compactions")
 	fs.Int("compaction-batch-limit", 0, "etcd's compaction batch size; inert in concord")
 	fs.Duration("compaction-sleep-interval", 0, "etcd's pause between compaction batches; inert in concord")
 	fs.Duration("downgrade-check-time", 5*time.Second, "etcd's downgrade check period; inert in concord")
