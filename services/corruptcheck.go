@@ -18,6 +18,7 @@ import (
 	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/gateway/remote"
 	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
+	"github.com/concord-kv/concord/services/config"
 )
 
 // etcd's periodic corruption check (--corrupt-check-time): every interval
@@ -31,23 +32,33 @@ import (
 // The alarm then refuses writes cluster-wide until an operator disarms it,
 // as in etcd. Members that do not answer are skipped.
 
-// peerHashes serves HashKV on this member's peer URLs for the other
-// members' corruption checks; until set (consensus starts after the peer
-// server) it answers Unavailable.
-type peerHashes struct {
+// corruptionChecks are a member's corruption checks: its answers to the
+// other members' (HashKV on its peer URLs, Unavailable until consensus
+// started, which is after the peer server), the initial check of the
+// InitialCorruptCheck gate and the periodic ones.
+type corruptionChecks struct {
 	etcdserverpbconnect.UnimplementedMaintenanceHandler
-	node atomic.Pointer[consensus.Node]
+	node    atomic.Pointer[consensus.Node]
+	cfg     config.Server
+	peerTLS *tls.Config // to dial the other members' peer URLs
+	log     *slog.Logger
 }
 
-func (p *peerHashes) set(n *consensus.Node) { p.node.Store(n) }
+func newCorruptionChecks(cfg config.Server, log *slog.Logger) (*corruptionChecks, error) {
+	_, peerTLS, err := cfg.PeerTLS.PeerConfigs(cfg.ListenPeerURLs)
+	if err != nil {
+		return nil, err
+	}
+	return &corruptionChecks{cfg: cfg, peerTLS: peerTLS, log: log.With("component", "corruption-check")}, nil
+}
 
 // handler is the path and handler to mount on the peer server.
-func (p *peerHashes) handler() (string, http.Handler) {
-	return etcdserverpbconnect.NewMaintenanceHandler(p)
+func (c *corruptionChecks) handler() (string, http.Handler) {
+	return etcdserverpbconnect.NewMaintenanceHandler(c)
 }
 
-func (p *peerHashes) HashKV(_ context.Context, r *pb.HashKVRequest) (*pb.HashKVResponse, error) {
-	n := p.node.Load()
+func (c *corruptionChecks) HashKV(_ context.Context, r *pb.HashKVRequest) (*pb.HashKVResponse, error) {
+	n := c.node.Load()
 	if n == nil {
 		return nil, connect.NewError(connect.CodeUnavailable, consensus.ErrStopped)
 	}
@@ -58,28 +69,61 @@ func (p *peerHashes) HashKV(_ context.Context, r *pb.HashKVRequest) (*pb.HashKVR
 	return resp, nil
 }
 
-// runCorruptCheck runs the check every interval (0: never) until ctx ends.
-func runCorruptCheck(ctx context.Context, interval time.Duration, node *consensus.Node, peerTLS *tls.Config, log *slog.Logger) error {
-	if interval <= 0 {
+// start answers the other members' checks from node and, with the
+// InitialCorruptCheck gate, runs the initial check of a restarted member:
+// an error means the member must not serve.
+func (c *corruptionChecks) start(ctx context.Context, node *consensus.Node) error {
+	c.node.Store(node)
+	if !node.Restarted() || !alphaGateOn(c.cfg.FeatureGates, "InitialCorruptCheck") {
 		return nil
 	}
-	log = log.With("component", "corruption-check")
+	return c.initialCheck(ctx, node)
+}
+
+// run starts the periodic checks in g: --corrupt-check-time's, and
+// --compact-hash-check-time's with the CompactHashCheck gate.
+func (c *corruptionChecks) run(ctx context.Context, g *errgroup.Group, node *consensus.Node) {
+	g.Go(func() error {
+		everyAsLeader(ctx, c.cfg.CorruptCheckTime, node, func() {
+			if err := c.checkHashes(ctx, node); err != nil && ctx.Err() == nil {
+				c.log.Warn("failed to check hash KV", "error", err)
+			}
+		})
+		return nil
+	})
+	if alphaGateOn(c.cfg.FeatureGates, "CompactHashCheck") {
+		g.Go(func() error {
+			var latestChecked int64
+			everyAsLeader(ctx, c.cfg.CompactHashCheckTime, node, func() {
+				latestChecked = c.checkCompactionHashes(ctx, node, latestChecked)
+			})
+			return nil
+		})
+	}
+}
+
+// everyAsLeader calls check every interval (0: never) while node leads,
+// until ctx ends.
+func everyAsLeader(ctx context.Context, interval time.Duration, node *consensus.Node, check func()) {
+	if interval <= 0 {
+		return
+	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-t.C:
 		}
-		if node.Leader() != node.MemberID() {
-			continue
-		}
-		if err := checkHashes(ctx, node, peerTLS, interval, log); err != nil && ctx.Err() == nil {
-			log.Warn("failed to check hash KV", "error", err)
+		if node.Leader() == node.MemberID() {
+			check()
 		}
 	}
 }
+
+// peerHashTimeout bounds the wait for the other members' hashes.
+const peerHashTimeout = 5 * time.Second
 
 // peerHash is one member's answer to the check.
 type peerHash struct {
@@ -88,12 +132,13 @@ type peerHash struct {
 }
 
 // checkHashes is one check, as etcd's corruptionChecker.PeriodicCheck.
-func checkHashes(ctx context.Context, node *consensus.Node, peerTLS *tls.Config, timeout time.Duration, log *slog.Logger) error {
+func (c *corruptionChecks) checkHashes(ctx context.Context, node *consensus.Node) error {
+	log := c.log
 	h, err := node.PeerHashKV(0)
 	if err != nil {
 		return err
 	}
-	peers := askPeerHashes(ctx, node, peerTLS, h.HashRevision, min(timeout, 5*time.Second), log)
+	peers := c.askPeerHashes(ctx, node, h.HashRevision, min(c.cfg.CorruptCheckTime, peerHashTimeout))
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	err = node.LinearizableReadNotify(rctx)
 	cancel()
@@ -135,19 +180,19 @@ func checkHashes(ctx context.Context, node *consensus.Node, peerTLS *tls.Config,
 	return nil
 }
 
-// initialCorruptCheck is etcd's InitialCorruptCheck gate: before a
+// initialCheck is etcd's InitialCorruptCheck gate: before a
 // restarted member serves, it compares its HashKV with every other
 // member's at its revision and refuses to start on a mismatch at the same
 // compaction.
-func initialCorruptCheck(ctx context.Context, node *consensus.Node, peerTLS *tls.Config, log *slog.Logger) error {
-	log = log.With("component", "corruption-check")
+func (c *corruptionChecks) initialCheck(ctx context.Context, node *consensus.Node) error {
+	log := c.log
 	h, err := node.PeerHashKV(0)
 	if err != nil {
 		return err
 	}
 	log.Info("starting initial corruption check", "local-member-id", memberHex(node.MemberID()), "revision", h.HashRevision)
 	mismatch := 0
-	for _, p := range askPeerHashes(ctx, node, peerTLS, h.HashRevision, 5*time.Second, log) {
+	for _, p := range c.askPeerHashes(ctx, node, h.HashRevision, peerHashTimeout) {
 		switch {
 		case p.resp.Hash == h.Hash:
 		case p.resp.CompactRevision == h.CompactRevision:
@@ -170,7 +215,7 @@ func initialCorruptCheck(ctx context.Context, node *consensus.Node, peerTLS *tls
 // askPeerHashes asks every other member, at the same time, for its HashKV
 // at rev over its peer URLs (the first that answers); members that do not
 // answer within timeout are left out.
-func askPeerHashes(ctx context.Context, node *consensus.Node, peerTLS *tls.Config, rev int64, timeout time.Duration, log *slog.Logger) []peerHash {
+func (c *corruptionChecks) askPeerHashes(ctx context.Context, node *consensus.Node, rev int64, timeout time.Duration) []peerHash {
 	members := node.Membership().Members
 	answers := make([]*pb.HashKVResponse, len(members))
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -182,7 +227,7 @@ func askPeerHashes(ctx context.Context, node *consensus.Node, peerTLS *tls.Confi
 		}
 		g.Go(func() error {
 			for _, u := range m.GetPeerURLs() {
-				ep, err := remote.Dial(u, remote.WithTLS(peerTLS))
+				ep, err := remote.Dial(u, remote.WithTLS(c.peerTLS))
 				if err != nil {
 					continue
 				}
@@ -192,7 +237,7 @@ func askPeerHashes(ctx context.Context, node *consensus.Node, peerTLS *tls.Confi
 					answers[i] = resp
 					return nil
 				}
-				log.Warn("failed hash kv request", "remote-peer-id", memberHex(m.GetID()), "requested-revision", rev, "remote-peer-endpoint", u, "error", err)
+				c.log.Warn("failed hash kv request", "remote-peer-id", memberHex(m.GetID()), "requested-revision", rev, "remote-peer-endpoint", u, "error", err)
 			}
 			return nil
 		})
@@ -210,38 +255,18 @@ func askPeerHashes(ctx context.Context, node *consensus.Node, peerTLS *tls.Confi
 // memberHex is a member ID as etcd logs it.
 func memberHex(id uint64) string { return strconv.FormatUint(id, 16) }
 
-// runCompactHashCheck is etcd's CompactHashCheck gate: every interval the
-// raft leader takes the hashes its latest compactions stored, newest first
-// and newer than the last it checked, and asks every other member for its
+// checkCompactionHashes is one round of etcd's CompactHashCheck: the
+// leader takes the hashes its latest compactions stored, newest first and
+// newer than the last it checked, and asks every other member for its
 // hash at the same revision. A revision at which the members that
 // compacted alike all agree, and all answered, ends the round. At one
 // where they differ, the members outside the majority get the CORRUPT
 // alarm; with no majority, the alarm goes to member 0 (the whole cluster),
 // as in etcd.
-func runCompactHashCheck(ctx context.Context, interval time.Duration, node *consensus.Node, peerTLS *tls.Config, log *slog.Logger) error {
-	if interval <= 0 {
-		return nil
-	}
-	log = log.With("component", "compact-hash-check")
-	var latestChecked int64
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		if node.Leader() != node.MemberID() {
-			continue
-		}
-		latestChecked = checkCompactionHashes(ctx, node, peerTLS, latestChecked, min(interval, 5*time.Second), log)
-	}
-}
-
-// checkCompactionHashes is one round; it returns the newest revision
-// checked on every member.
-func checkCompactionHashes(ctx context.Context, node *consensus.Node, peerTLS *tls.Config, latestChecked int64, timeout time.Duration, log *slog.Logger) int64 {
+// It returns the newest revision checked on every member.
+func (c *corruptionChecks) checkCompactionHashes(ctx context.Context, node *consensus.Node, latestChecked int64) int64 {
+	log := c.log
+	timeout := min(c.cfg.CompactHashCheckTime, peerHashTimeout)
 	hashes := node.CompactionHashes()
 	checked := 0
 	for _, h := range hashes {
@@ -253,7 +278,7 @@ func checkCompactionHashes(ctx context.Context, node *consensus.Node, peerTLS *t
 		if others == 0 {
 			break
 		}
-		peers := askPeerHashes(ctx, node, peerTLS, h.Revision, timeout, log)
+		peers := c.askPeerHashes(ctx, node, h.Revision, timeout)
 		if len(peers) == 0 {
 			continue
 		}

@@ -58,9 +58,12 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	// single member serves them too, as etcd does, so that `member add`
 	// can grow it. Consensus owns the transport from Start on.
 	var forwarded peerLeases
-	var hashes peerHashes
+	checks, err := newCorruptionChecks(cfg, log)
+	if err != nil {
+		return err
+	}
 	peerHandlers := forwarded.handlers()
-	hashPath, hashHandler := hashes.handler()
+	hashPath, hashHandler := checks.handler()
 	peerHandlers[hashPath] = hashHandler
 	tr, stopPeerServer, err := peerServer(cfg, log, peerHandlers)
 	if err != nil {
@@ -73,15 +76,8 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 		return fmt.Errorf("starting consensus: %w", err)
 	}
 	defer node.Close()
-	hashes.set(node)
-	_, peerTLS, err := cfg.PeerTLS.PeerConfigs(cfg.ListenPeerURLs)
-	if err != nil {
+	if err := checks.start(ctx, node); err != nil {
 		return err
-	}
-	if node.Restarted() && alphaGateOn(cfg.FeatureGates, "InitialCorruptCheck") {
-		if err := initialCorruptCheck(ctx, node, peerTLS, log); err != nil {
-			return err
-		}
 	}
 
 	fanout, err := watchfanout.New(watchfanout.Config{
@@ -116,7 +112,7 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	}
 	defer leases.Close()
 	forwarded.set(leases)
-	lease := newMemberLease(leases, node.MemberID(), func() []*pb.Member { return node.Membership().Members }, peerTLS)
+	lease := newMemberLease(leases, node.MemberID(), func() []*pb.Member { return node.Membership().Members }, checks.peerTLS)
 	defer lease.Close()
 
 	mopts, err := metricsOptions(metrics.Sources{Consensus: node, Fanout: fanout})
@@ -134,10 +130,7 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	g.Go(func() error { return leases.Run(ctx) })
 	g.Go(func() error { return watchNode(ctx, node) })
 	g.Go(func() error { return runCompactor(ctx, cfg.AutoCompaction, node, log) })
-	g.Go(func() error { return runCorruptCheck(ctx, cfg.CorruptCheckTime, node, peerTLS, log) })
-	if alphaGateOn(cfg.FeatureGates, "CompactHashCheck") {
-		g.Go(func() error { return runCompactHashCheck(ctx, cfg.CompactHashCheckTime, node, peerTLS, log) })
-	}
+	checks.run(ctx, g, node)
 	if !multiMember(cfg) && !cfg.Discovery.Enabled() {
 		// With several members only one process's lease service holds the
 		// authority; the others stay standbys and must not delay serving.

@@ -72,8 +72,11 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	ccfg.EventsFromLeaderOnly = cfg.NATSClusterListenAddr != ""
 	// Raft between the members on the peer URLs (peer.go), served by a
 	// single member too so that `member add` can grow it.
-	var hashes peerHashes
-	hashPath, hashHandler := hashes.handler()
+	checks, err := newCorruptionChecks(cfg.Server, log)
+	if err != nil {
+		return err
+	}
+	hashPath, hashHandler := checks.handler()
 	tr, stopPeerServer, err := peerServer(cfg.Server, log, map[string]http.Handler{hashPath: hashHandler})
 	if err != nil {
 		return fmt.Errorf("starting the peer transport: %w", err)
@@ -85,15 +88,8 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 		return fmt.Errorf("starting consensus: %w", err)
 	}
 	defer node.Close()
-	hashes.set(node)
-	_, peerTLS, err := cfg.PeerTLS.PeerConfigs(cfg.ListenPeerURLs)
-	if err != nil {
+	if err := checks.start(ctx, node); err != nil {
 		return err
-	}
-	if node.Restarted() && alphaGateOn(cfg.FeatureGates, "InitialCorruptCheck") {
-		if err := initialCorruptCheck(ctx, node, peerTLS, log); err != nil {
-			return err
-		}
 	}
 	if node.AuthState().Enabled() && !authPossible {
 		// The watch and lease processes could not call the internal API.
@@ -120,10 +116,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	return serveSplit(ctx, "consensus", gw, listeners, log, func(ctx context.Context, g *errgroup.Group) {
 		g.Go(func() error { return watchNode(ctx, node) })
 		g.Go(func() error { return runCompactor(ctx, cfg.AutoCompaction, node, log) })
-		g.Go(func() error { return runCorruptCheck(ctx, cfg.CorruptCheckTime, node, peerTLS, log) })
-		if alphaGateOn(cfg.FeatureGates, "CompactHashCheck") {
-			g.Go(func() error { return runCompactHashCheck(ctx, cfg.CompactHashCheckTime, node, peerTLS, log) })
-		}
+		checks.run(ctx, g, node)
 	})
 }
 
