@@ -51,6 +51,9 @@ type Config struct {
 	Name string
 	// DataDir holds the Pebble store (raft log and state machine).
 	DataDir string
+	// WALDir, if set, holds the store's write-ahead log instead of DataDir
+	// (etcd's --wal-dir; storage.Options.WALDir).
+	WALDir string
 	// ClientURLs are advertised to clients in MemberList.
 	ClientURLs []string
 	// PeerURLs are advertised to peers; together with ClusterToken they

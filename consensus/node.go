@@ -298,7 +298,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	store, err := storage.Open(cfg.DataDir, storage.Options{FS: storageFS(cfg), Logger: cfg.Logger})
+	store, err := storage.Open(cfg.DataDir, storage.Options{FS: storageFS(cfg), Logger: cfg.Logger, WALDir: cfg.WALDir})
 	if err != nil {
 		return nil, fmt.Errorf("consensus: open storage: %w", err)
 	}

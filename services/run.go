@@ -177,6 +177,7 @@ func consensusConfig(cfg config.Server, log *slog.Logger) consensus.Config {
 	c := consensus.Config{
 		Name:              cfg.Name,
 		DataDir:           cfg.DataDir,
+		WALDir:            cfg.WALDir,
 		ClientURLs:        urlStrings(cfg.AdvertiseClientURLs),
 		PeerURLs:          urlStrings(cfg.InitialAdvertisePeerURLs),
 		InitialCluster:    cfg.InitialCluster,

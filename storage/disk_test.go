@@ -2,6 +2,7 @@ package storage_test
 
 import (
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -168,5 +169,54 @@ func TestConcurrentReadersSeeCommittedState(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
+	}
+}
+
+// TestWALDir: with Options.WALDir the write-ahead log is written there; a
+// store whose log was in its own directory moves it there without losing
+// what only the log held, and opening it again without the WAL dir is
+// refused rather than missing writes.
+func TestWALDir(t *testing.T) {
+	dir, walDir := t.TempDir(), t.TempDir()
+	open := func(o storage.Options) (*h, error) {
+		o.Logger = quiet
+		s, err := storage.Open(dir, o)
+		if err != nil {
+			return nil, err
+		}
+		return &h{t: t, s: s}, nil
+	}
+	x, err := open(storage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	x.put("a", "1") // in the memtable and the log only
+	if err := x.s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if x, err = open(storage.Options{WALDir: walDir}); err != nil {
+		t.Fatal(err)
+	}
+	x.put("b", "2")
+	if err := x.s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if logs, _ := filepath.Glob(filepath.Join(walDir, "*.log")); len(logs) == 0 {
+		t.Fatalf("no write-ahead log in %s", walDir)
+	}
+	if x, err = open(storage.Options{WALDir: walDir}); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string]string{"a": "1", "b": "2"} {
+		if kv := x.get(k, 0); kv == nil || string(kv.Value) != v {
+			t.Errorf("%s after moving the log: %v, want %s", k, kv, v)
+		}
+	}
+	if err := x.s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if x, err = open(storage.Options{}); err == nil {
+		x.s.Close()
+		t.Fatal("opened without the WAL dir that holds its log")
 	}
 }

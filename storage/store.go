@@ -14,6 +14,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/wal"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 )
@@ -53,6 +54,12 @@ type Options struct {
 	Logger *slog.Logger
 	// CacheBytes is the block cache size; 0 means 64 MiB.
 	CacheBytes int64
+	// WALDir, if set, holds Pebble's write-ahead log instead of the store's
+	// directory (etcd's --wal-dir: the log every write is fsynced to, on
+	// a disk of its own). The store's directory is still searched for
+	// write-ahead logs, so a store may move its log there; moving it back
+	// is refused by Pebble while the WAL dir may hold logs it needs.
+	WALDir string
 }
 
 // DefaultCacheBytes is the block cache size used when Options.CacheBytes is 0.
@@ -161,6 +168,10 @@ func Open(dir string, opts Options) (*Store, error) {
 		// compactions) for 8 MiB less RSS (docs/benchmarks.md).
 		MemTableSize: 16 << 20,
 		MaxOpenFiles: 1000,
+	}
+	if opts.WALDir != "" {
+		po.WALDir = opts.WALDir
+		po.WALRecoveryDirs = []wal.Dir{{FS: fs, Dirname: dir}}
 	}
 	db, err := pebble.Open(dir, po)
 	if err != nil {

@@ -38,6 +38,9 @@ var ErrInvalid = errors.New("config: invalid")
 type Server struct {
 	Name    string
 	DataDir string
+	// WALDir is etcd's --wal-dir: the store's write-ahead log ("": in
+	// DataDir).
+	WALDir string
 
 	ListenClientURLs []url.URL
 	// ListenClientHTTPURLs serve the HTTP endpoints (JSON gateway,
@@ -255,6 +258,7 @@ func loadServer(fs *pflag.FlagSet, resolver SRVResolver) (Server, error) {
 	if c.DataDir == "" {
 		c.DataDir = c.Name + ".concord"
 	}
+	c.WALDir = v.GetString(fWALDir)
 	for _, u := range []struct {
 		flag string
 		dst  *[]url.URL

@@ -48,6 +48,7 @@ const (
 	fSnapshotCatchUp      = "snapshot-catchup-entries"
 	fDiscoveryFallback    = "discovery-fallback"
 	fCorruptCheckTime     = "corrupt-check-time"
+	fWALDir               = "wal-dir"
 	fCompactHashCheckTime = "compact-hash-check-time"
 	fV2Deprecation        = "v2-deprecation"
 	fForceNewCluster      = "force-new-cluster"
@@ -70,7 +71,6 @@ const (
 
 // etcdOnlyFlags are the etcd flags concord accepts but does not implement.
 var etcdOnlyFlags = []etcdOnlyFlag{
-	{"wal-dir", true, "concord keeps its raft log in the Pebble store under --data-dir and has no separate WAL directory"},
 	{"max-snapshots", false, "concord writes no snapshot files: a snapshot is the Pebble store, sent to a member that needs it"},
 	{"max-wals", false, "concord writes no WAL files: its raft log lives in Pebble and is truncated after --snapshot-count entries"},
 	{"initial-election-tick-advance", false, "the members of a multi-member concord cluster wait a full randomized election timeout before their first election (a lone member campaigns at once)"},
@@ -124,7 +124,7 @@ func etcdCompatFlags(fs *pflag.FlagSet) {
 	fs.String(fDiscoveryFallback, "exit", "etcd's behaviour when discovery fails: 'exit' ('proxy' is refused, as by etcd)")
 	fs.String(fV2Deprecation, "", "etcd's v2 store deprecation stage; ignored, as by etcd 3.7")
 
-	fs.String("wal-dir", "", "etcd's dedicated WAL directory; concord refuses it (its raft log is in --data-dir)")
+	fs.String(fWALDir, "", "path to the dedicated WAL directory: the store's write-ahead log, which every write is fsynced to (default: in --data-dir)")
 	fs.Uint("max-snapshots", 5, "etcd's snapshot file retention; inert in concord")
 	fs.Uint("max-wals", 5, "etcd's WAL file retention; inert in concord")
 	fs.Bool("initial-election-tick-advance", true, "etcd's fast first election; inert in concord")

@@ -113,7 +113,6 @@ func TestServerFlagsCoverEtcd(t *testing.T) {
 func TestRefusedEtcdFlags(t *testing.T) {
 	for _, c := range []struct{ arg, want string }{
 		{"--enable-distributed-tracing", "concord exports no OpenTelemetry traces"},
-		{"--wal-dir=/wal", "no separate WAL directory"},
 		{"--memory-mlock", "--memory-mlock=true"},
 		{"--discovery-fallback=proxy", `--discovery-fallback can't be configured as "proxy"`},
 		{"--discovery-fallback=maybe", "--discovery-fallback: invalid value"},
