@@ -192,8 +192,9 @@ func padding(size int64) int64 { return (backupAlign - size%backupAlign) % backu
 // cluster from its flags (--name, --initial-cluster, ...) around the
 // restored keys, leases and revisions, as etcd does after etcdutl snapshot
 // restore; every member of the new cluster is restored from the same
-// backup. skipHashCheck accepts a file without the digest.
-func RestoreBackup(ctx context.Context, dataDir string, backup io.ReaderAt, size int64, skipHashCheck bool, log *slog.Logger) error {
+// backup.
+func RestoreBackup(ctx context.Context, backup io.ReaderAt, size int64, opts RestoreOptions) error {
+	dataDir, skipHashCheck, log := opts.DataDir, opts.SkipHashCheck, opts.Logger
 	if _, err := os.Stat(dataDir); err == nil {
 		return fmt.Errorf("consensus: data-dir %q exists", dataDir)
 	} else if !errors.Is(err, os.ErrNotExist) {
@@ -241,7 +242,7 @@ func RestoreBackup(ctx context.Context, dataDir string, backup io.ReaderAt, size
 	default:
 		return fmt.Errorf("%w: neither an etcd database nor a concord store snapshot", ErrBadBackup)
 	}
-	store, err := storage.Open(dataDir, storage.Options{Logger: log})
+	store, err := storage.Open(dataDir, storage.Options{Logger: log, WALDir: opts.WALDir})
 	if err != nil {
 		return err
 	}
@@ -253,6 +254,19 @@ func RestoreBackup(ctx context.Context, dataDir string, backup io.ReaderAt, size
 		os.RemoveAll(dataDir)
 	}
 	return err
+}
+
+// RestoreOptions are RestoreBackup's: where to restore, and how.
+type RestoreOptions struct {
+	// DataDir is the data directory to create; it must not exist.
+	DataDir string
+	// WALDir, if set, receives the store's write-ahead log (etcd's
+	// --wal-dir); start the member with the same --wal-dir.
+	WALDir string
+	// SkipHashCheck accepts a file without the digest.
+	SkipHashCheck bool
+	// Logger is nil for slog.Default().
+	Logger *slog.Logger
 }
 
 // verifyDigest checks that the SHA-256 of the backup's first bodySize bytes

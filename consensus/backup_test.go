@@ -78,7 +78,7 @@ func restoreFile(t *testing.T, path, dataDir string, skipHashCheck bool) error {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return RestoreBackup(ctxT(t), dataDir, f, fi.Size(), skipHashCheck, testLogger())
+	return RestoreBackup(ctxT(t), f, fi.Size(), RestoreOptions{DataDir: dataDir, SkipHashCheck: skipHashCheck, Logger: testLogger()})
 }
 
 // TestBackupRestoreRoundTrip: a backup restored into a new data directory

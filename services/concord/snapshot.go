@@ -15,7 +15,7 @@ import (
 // from concord.
 func newSnapshotCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "snapshot", Short: "Restore backups taken with etcdctl snapshot save"}
-	var dataDir string
+	var dataDir, walDir string
 	var skipHashCheck bool
 	restore := &cobra.Command{
 		Use:   "restore <filename> --data-dir <dir>",
@@ -44,7 +44,7 @@ revisions and leases. Restore the same backup for every member.`,
 			}
 			// Only the store's warnings: the command prints its outcome.
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-			if err := consensus.RestoreBackup(cmd.Context(), dataDir, f, fi.Size(), skipHashCheck, log); err != nil {
+			if err := consensus.RestoreBackup(cmd.Context(), f, fi.Size(), consensus.RestoreOptions{DataDir: dataDir, WALDir: walDir, SkipHashCheck: skipHashCheck, Logger: log}); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "restored %s into %s\n", args[0], dataDir)
@@ -52,6 +52,7 @@ revisions and leases. Restore the same backup for every member.`,
 		},
 	}
 	restore.Flags().StringVar(&dataDir, "data-dir", "", "path to the data directory to create")
+	restore.Flags().StringVar(&walDir, "wal-dir", "", "path to the WAL directory (as the server's --wal-dir; default: in --data-dir)")
 	restore.Flags().BoolVar(&skipHashCheck, "skip-hash-check", false, "ignore the SHA-256 digest (a snapshot not taken by etcdctl snapshot save)")
 	cmd.AddCommand(restore)
 	return cmd
