@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -218,5 +219,7 @@ func TestWALDir(t *testing.T) {
 	if x, err = open(storage.Options{}); err == nil {
 		x.s.Close()
 		t.Fatal("opened without the WAL dir that holds its log")
+	} else if !strings.Contains(err.Error(), "its write-ahead log is in "+walDir) {
+		t.Errorf("opened without the WAL dir: %v, want it named", err)
 	}
 }

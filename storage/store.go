@@ -174,6 +174,9 @@ func Open(dir string, opts Options) (*Store, error) {
 		po.WALRecoveryDirs = []wal.Dir{{FS: fs, Dirname: dir}}
 	}
 	db, err := pebble.Open(dir, po)
+	if missing := (pebble.ErrMissingWALRecoveryDir{}); errors.As(err, &missing) {
+		return nil, fmt.Errorf("storage: open %s: its write-ahead log is in %s, which is not its WAL dir (--wal-dir): %w", dir, missing.Dir, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("storage: open %s: %w", dir, err)
 	}
