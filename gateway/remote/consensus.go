@@ -718,9 +718,9 @@ type Authorizer struct {
 }
 
 // KeepAliveRecheck is how long a lease service trusts "auth is off" for
-// keep-alives: one Authorize round trip per 100 ms costs nothing
-// measurable, and bounds the time after `auth enable` in which a
-// keep-alive goes unchecked.
+// keep-alives: ten Authorize round trips a second, against the thousands
+// of keep-alives a loaded lease service answers, and it bounds the time
+// after `auth enable` in which a keep-alive goes unchecked.
 const KeepAliveRecheck = 100 * time.Millisecond
 
 // NewAuthorizer returns an Authorizer asking c; now is its clock (nil:
