@@ -184,14 +184,15 @@ func (r *registry) add(members []registered, kv *mvccpb.KeyValue) []registered {
 func (r *registry) wait(ctx context.Context, self string, members []registered, size int, rev int64) ([]registered, error) {
 	r.log.Info("waiting for peers from discovery service", "cluster-size", size, "found-peers", len(members))
 	for len(members) < size {
-		if err := r.watch(ctx, &members, size, rev); err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
+		err := r.watch(ctx, &members, size, rev)
+		switch {
+		case err == nil:
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		default:
 			// The watch ended (no leader, compacted, connection lost):
 			// read the registry again and watch from there.
 			r.log.Warn("watching the discovery registry", "error", err)
-			var err error
 			if members, _, rev, err = r.check(ctx, self); err != nil {
 				return nil, err
 			}
@@ -236,7 +237,10 @@ func (e errFinal) Unwrap() error { return e.error }
 func (r *registry) retry(ctx context.Context, step string, op func(context.Context) error) error {
 	backoff := time.Second
 	for {
-		actx, cancel := context.WithTimeout(ctx, r.timeout)
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if r.timeout > 0 {
+			actx, cancel = context.WithTimeout(ctx, r.timeout)
+		}
 		err := op(actx)
 		cancel()
 		var final errFinal
