@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/concord-kv/concord/gateway/remote"
 	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
 	"github.com/concord-kv/concord/services/config"
+	"github.com/concord-kv/concord/storage"
 )
 
 // etcd's periodic corruption check (--corrupt-check-time): every interval
@@ -149,35 +151,33 @@ func (c *corruptionChecks) checkHashes(ctx context.Context, node *consensus.Node
 	if err != nil {
 		return err
 	}
-	alarmed := false
-	mismatch := func(id uint64, why string, args ...any) {
-		log.Warn(why, args...)
-		if alarmed {
-			return
-		}
-		alarmed = true
+	if id, why, found := periodicVerdict(node.MemberID(), h, h2, peers); found {
+		log.Warn(why, "member-id", memberHex(id), "leader-revision", h2.GetHeader().GetRevision(),
+			"hash-revision", h.HashRevision, "compact-revision", h.CompactRevision, "hash", h.Hash)
 		raiseCorrupt(ctx, node, id, log)
-	}
-	if h2.Hash != h.Hash && h2.HashRevision == h.HashRevision && h2.CompactRevision == h.CompactRevision {
-		mismatch(node.MemberID(), "found hash mismatch", "revision", h.HashRevision, "compact-revision", h.CompactRevision,
-			"hash-1", h.Hash, "hash-2", h2.Hash)
-	}
-	for _, p := range peers {
-		id := memberHex(p.id)
-		switch {
-		case p.resp.GetHeader().GetRevision() > h2.GetHeader().GetRevision():
-			mismatch(p.id, "revision from follower must be less than or equal to leader's",
-				"leader-revision", h2.GetHeader().GetRevision(), "follower-revision", p.resp.GetHeader().GetRevision(), "follower-peer-id", id)
-		case p.resp.CompactRevision > h2.CompactRevision:
-			mismatch(p.id, "compact revision from follower must be less than or equal to leader's",
-				"leader-compact-revision", h2.CompactRevision, "follower-compact-revision", p.resp.CompactRevision, "follower-peer-id", id)
-		case p.resp.CompactRevision == h.CompactRevision && p.resp.Hash != h.Hash:
-			mismatch(p.id, "same compact revision then hashes must match",
-				"leader-compact-revision", h.CompactRevision, "leader-hash", h.Hash, "follower-hash", p.resp.Hash, "follower-peer-id", id)
-		}
 	}
 	log.Info("finished peer corruption check", "number-of-peers-checked", len(peers))
 	return nil
+}
+
+// periodicVerdict is the decision of etcd's PeriodicCheck: given the
+// leader's hash h before it asked its peers and h2 after, the member to
+// raise the CORRUPT alarm for (the first found), and why.
+func periodicVerdict(self uint64, h, h2 *pb.HashKVResponse, peers []peerHash) (id uint64, why string, found bool) {
+	if h2.Hash != h.Hash && h2.HashRevision == h.HashRevision && h2.CompactRevision == h.CompactRevision {
+		return self, "found hash mismatch", true
+	}
+	for _, p := range peers {
+		switch {
+		case p.resp.GetHeader().GetRevision() > h2.GetHeader().GetRevision():
+			return p.id, "revision from follower must be less than or equal to leader's", true
+		case p.resp.CompactRevision > h2.CompactRevision:
+			return p.id, "compact revision from follower must be less than or equal to leader's", true
+		case p.resp.CompactRevision == h.CompactRevision && p.resp.Hash != h.Hash:
+			return p.id, "same compact revision then hashes must match", true
+		}
+	}
+	return 0, "", false
 }
 
 // initialCheck is etcd's InitialCorruptCheck gate: before a
@@ -282,54 +282,76 @@ func (c *corruptionChecks) checkCompactionHashes(ctx context.Context, node *cons
 		if len(peers) == 0 {
 			continue
 		}
-		byHash := map[uint32][]uint64{h.Hash: {node.MemberID()}}
-		compared := 0
-		for _, p := range peers {
-			if p.resp.CompactRevision != h.CompactRevision {
-				log.Warn("Skipped peer's hash", "peer-id", memberHex(p.id), "reason",
-					fmt.Sprintf("the peer's CompactRevision %d doesn't match leader's CompactRevision %d", p.resp.CompactRevision, h.CompactRevision))
-				continue
-			}
-			compared++
-			byHash[p.resp.Hash] = append(byHash[p.resp.Hash], p.id)
+		v := compactionVerdict(node.MemberID(), h, peers, others)
+		for _, id := range v.skipped {
+			log.Warn("Skipped peer's hash", "peer-id", memberHex(id), "revision", h.Revision,
+				"reason", "the peer's CompactRevision doesn't match leader's CompactRevision", "compact-revision", h.CompactRevision)
 		}
-		if len(byHash) == 1 {
-			if compared < others {
+		if v.consistent {
+			if v.checked < others {
 				log.Warn("skipped revision in compaction hash check; was not able to check all peers",
-					"number-of-peers-checked", compared, "number-of-peers", others, "revision", h.Revision)
+					"number-of-peers-checked", v.checked, "number-of-peers", others, "revision", h.Revision)
 				continue
 			}
-			log.Info("successfully checked hash on whole cluster", "number-of-peers-checked", compared, "revision", h.Revision, "compactRevision", h.CompactRevision)
+			log.Info("successfully checked hash on whole cluster", "number-of-peers-checked", v.checked, "revision", h.Revision, "compactRevision", h.CompactRevision)
 			log.Info("finished compaction hash check", "number-of-hashes-checked", checked)
 			return max(latestChecked, h.Revision)
 		}
-		quorum := (others+1)/2 + 1
-		majority := false
-		for hash, ids := range byHash {
-			if len(ids) >= quorum {
-				majority = true
-				delete(byHash, hash)
-				break
-			}
-		}
-		if !majority {
-			log.Error("Detected compaction hash mismatch but cannot identify the corrupted members, so intentionally set the memberID as 0",
-				"revision", h.Revision, "compact-revision", h.CompactRevision, "leader-hash", h.Hash)
-			raiseCorrupt(ctx, node, 0, log)
-		}
-		for hash, ids := range byHash {
-			log.Error("Detected compaction hash mismatch", "revision", h.Revision, "compact-revision", h.CompactRevision,
-				"leader-hash", h.Hash, "peer-hash", hash, "peer-ids", fmt.Sprintf("%x", ids), "quorum-exist", majority)
-			if majority {
-				for _, id := range ids {
-					raiseCorrupt(ctx, node, id, log)
-				}
-			}
+		log.Error("Detected compaction hash mismatch", "revision", h.Revision, "compact-revision", h.CompactRevision,
+			"leader-hash", h.Hash, "corrupt-member-ids", fmt.Sprintf("%x", v.corrupt), "quorum-exist", v.majority)
+		for _, id := range v.corrupt {
+			raiseCorrupt(ctx, node, id, log)
 		}
 		return latestChecked
 	}
 	log.Info("finished compaction hash check", "number-of-hashes-checked", checked)
 	return latestChecked
+}
+
+// hashVerdict is what one revision of the compaction hash check found.
+type hashVerdict struct {
+	skipped    []uint64 // peers at another compact revision
+	checked    int      // peers compared
+	consistent bool     // every compared hash is the leader's
+	majority   bool     // with a mismatch: a majority of members agree
+	corrupt    []uint64 // the members to raise CORRUPT for (0: the whole cluster)
+}
+
+// compactionVerdict is the decision of etcd's checkPeerHashes for the
+// leader's stored hash h, the peers' answers and the number of other
+// members.
+func compactionVerdict(self uint64, h storage.CompactionHash, peers []peerHash, others int) hashVerdict {
+	var v hashVerdict
+	byHash := map[uint32][]uint64{h.Hash: {self}}
+	for _, p := range peers {
+		if p.resp.CompactRevision != h.CompactRevision {
+			v.skipped = append(v.skipped, p.id)
+			continue
+		}
+		v.checked++
+		byHash[p.resp.Hash] = append(byHash[p.resp.Hash], p.id)
+	}
+	if len(byHash) == 1 {
+		v.consistent = true
+		return v
+	}
+	quorum := (others+1)/2 + 1
+	for hash, ids := range byHash {
+		if len(ids) >= quorum {
+			v.majority = true
+			delete(byHash, hash)
+			break
+		}
+	}
+	if !v.majority {
+		v.corrupt = []uint64{0}
+		return v
+	}
+	for _, ids := range byHash {
+		v.corrupt = append(v.corrupt, ids...)
+	}
+	slices.Sort(v.corrupt)
+	return v
 }
 
 // raiseCorrupt raises the CORRUPT alarm for id, logging a failure.
