@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"time"
 )
 
@@ -88,6 +89,12 @@ type Config struct {
 	// calling for itself, trusted as a root-role user once auth is enabled
 	// (internalsecret.go). nil: the header is ignored.
 	InternalSecret []byte
+	// AcceptedInternalSecrets are further secrets whose proofs are
+	// accepted as InternalSecret's is, though never presented
+	// (--internal-secret-accept-file): while a deployment moves to a new
+	// secret, every process accepts both (at least MinInternalSecretBytes
+	// each).
+	AcceptedInternalSecrets [][]byte
 	// Logger receives the gateway's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -166,6 +173,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: Logger is nil (call SetDefaults)", ErrInvalidConfig)
 	case len(c.InternalSecret) > 0 && len(c.InternalSecret) < MinInternalSecretBytes:
 		return fmt.Errorf("%w: InternalSecret has %d bytes, at least %d are needed", ErrInvalidConfig, len(c.InternalSecret), MinInternalSecretBytes)
+	case slices.ContainsFunc(c.AcceptedInternalSecrets, func(s []byte) bool { return len(s) < MinInternalSecretBytes }):
+		return fmt.Errorf("%w: an AcceptedInternalSecrets entry has fewer than %d bytes", ErrInvalidConfig, MinInternalSecretBytes)
 	case c.TLS != nil && len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil && c.TLS.GetConfigForClient == nil:
 		return fmt.Errorf("%w: TLS has no certificate", ErrInvalidConfig)
 	case c.TLS != nil && c.TLS.ClientAuth >= tls.VerifyClientCertIfGiven && c.TLS.ClientCAs == nil && c.TLS.GetConfigForClient == nil:

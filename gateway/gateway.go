@@ -148,7 +148,7 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 		lean:      make(map[*h2server.Server]*h2server.Split),
 	}
 	g.learner, _ = b.(Learner)
-	g.callers = newCallers(cfg.InternalSecret, cfg.Logger)
+	g.callers = newCallers(append([][]byte{cfg.InternalSecret}, cfg.AcceptedInternalSecrets...), cfg.Logger)
 	o := options{
 		watch:    etcdserverpbconnect.UnimplementedWatchHandler{},
 		lock:     v3lockpbconnect.UnimplementedLockHandler{},

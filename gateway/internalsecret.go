@@ -64,20 +64,35 @@ const wrongSecretLogInterval = 10 * time.Second
 // of a verified client certificate and, with an internal secret
 // configured, whether the request presented its proof.
 type callers struct {
-	// proof is InternalSecretProof of Config.InternalSecret; nil: no
-	// secret, and the header is ignored.
-	proof []byte
-	log   *slog.Logger
+	// proofs are InternalSecretProof of Config.InternalSecret and of each
+	// of Config.AcceptedInternalSecrets; none: no secret, and the header
+	// is ignored.
+	proofs [][]byte
+	log    *slog.Logger
 	// lastWarn is when a wrong proof was last logged (UnixNano).
 	lastWarn atomic.Int64
 }
 
-func newCallers(secret []byte, log *slog.Logger) *callers {
+func newCallers(secrets [][]byte, log *slog.Logger) *callers {
 	c := &callers{log: log}
-	if len(secret) > 0 {
-		c.proof = []byte(InternalSecretProof(secret))
+	for _, s := range secrets {
+		if len(s) > 0 {
+			c.proofs = append(c.proofs, []byte(InternalSecretProof(s)))
+		}
 	}
 	return c
+}
+
+// proves reports whether header values v present the proof of one of the
+// accepted secrets (each compared in constant time).
+func (cs *callers) proves(v []string) bool {
+	ok := 0
+	for _, p := range cs.proofs {
+		if len(v) == 1 {
+			ok |= subtle.ConstantTimeCompare([]byte(v[0]), p)
+		}
+	}
+	return ok == 1
 }
 
 // caller is what a request's connection and headers prove about its
@@ -118,8 +133,8 @@ func (cs *callers) identify(r *http.Request, ownCallsOnly bool) *http.Request {
 		delete(r.Header, internalSecretHeaderKey)
 		if ownCallsOnly && len(r.Header[forwardedHeaderKey]) > 0 && len(r.Header[forwardedUserHeaderKey]) == 0 {
 			// Not needed: withCredentials ignores it.
-		} else if cs != nil && cs.proof != nil {
-			if len(v) == 1 && subtle.ConstantTimeCompare([]byte(v[0]), cs.proof) == 1 {
+		} else if cs != nil && len(cs.proofs) > 0 {
+			if cs.proves(v) {
 				c.internal = true
 			} else {
 				cs.warnWrongProof(r)

@@ -28,7 +28,7 @@ func BenchmarkIdentify(b *testing.B) {
 		{"secret-right-proof-forwarded", secret, proof, true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			cs := newCallers(bc.secret, slog.New(slog.DiscardHandler))
+			cs := newCallers([][]byte{bc.secret}, slog.New(slog.DiscardHandler))
 			r := httptest.NewRequest("POST", "/etcdserverpb.KV/Range", nil)
 			if bc.forwarded {
 				r.Header.Set(ForwardedHeader, "client")
@@ -55,7 +55,7 @@ func BenchmarkIdentify(b *testing.B) {
 func BenchmarkForwardedCredentials(b *testing.B) {
 	secret := []byte(strings.Repeat("s", MinInternalSecretBytes))
 	proof := []string{InternalSecretProof(secret)}
-	cs := newCallers(secret, slog.New(slog.DiscardHandler))
+	cs := newCallers([][]byte{secret}, slog.New(slog.DiscardHandler))
 	for _, bc := range []struct {
 		name    string
 		headers map[string]string
@@ -81,5 +81,25 @@ func BenchmarkForwardedCredentials(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestIdentifyAcceptedSecrets: while a deployment moves to a new secret, a
+// process accepts the proofs of its own secret and of the accepted ones,
+// and still no other.
+func TestIdentifyAcceptedSecrets(t *testing.T) {
+	current := []byte(strings.Repeat("c", MinInternalSecretBytes))
+	next := []byte(strings.Repeat("n", MinInternalSecretBytes))
+	other := []byte(strings.Repeat("o", MinInternalSecretBytes))
+	cs := newCallers([][]byte{current, next}, slog.New(slog.DiscardHandler))
+	for _, c := range []struct {
+		secret []byte
+		want   bool
+	}{{current, true}, {next, true}, {other, false}} {
+		r := httptest.NewRequest("POST", "/etcdserverpb.KV/Range", nil)
+		r.Header.Set(InternalSecretHeader, InternalSecretProof(c.secret))
+		if got := callerOf(cs.identify(r, true).Context()).internal; got != c.want {
+			t.Errorf("proof of %q...: internal %v, want %v", c.secret[:1], got, c.want)
+		}
 	}
 }

@@ -12,7 +12,24 @@ import (
 // the file's permissions let users other than its owner read it: whoever
 // reads it can act as any root-role user of the cluster.
 func readInternalSecret(path string, log *slog.Logger) ([]byte, error) {
-	secret, err := config.ReadInternalSecret(path)
+	return checkedSecret(path, log, config.ReadInternalSecret)
+}
+
+// acceptedSecrets reads --internal-secret-accept-file, as
+// readInternalSecret reads --internal-secret-file, for
+// gateway.Config.AcceptedInternalSecrets.
+func acceptedSecrets(path string, log *slog.Logger) ([][]byte, error) {
+	secret, err := checkedSecret(path, log, config.ReadAcceptedInternalSecret)
+	if err != nil || secret == nil {
+		return nil, err
+	}
+	return [][]byte{secret}, nil
+}
+
+// checkedSecret reads a secret file with read and warns when others may
+// read it too.
+func checkedSecret(path string, log *slog.Logger, read func(string) ([]byte, error)) ([]byte, error) {
+	secret, err := read(path)
 	if err != nil || secret == nil {
 		return secret, err
 	}

@@ -107,6 +107,9 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	}
 	gcfg := withServerHTTP(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cfg.Server)
 	gcfg.InternalSecret = secret
+	if gcfg.AcceptedInternalSecrets, err = acceptedSecrets(cfg.InternalSecretAcceptFile, log); err != nil {
+		return err
+	}
 	gw, err := gateway.New(gcfg, node, opts...)
 	if err != nil {
 		return fmt.Errorf("starting the member's API: %w", err)
@@ -171,6 +174,9 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 	}
 	gcfg := withInternalKeepAlive(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg))
 	gcfg.InternalSecret = secret
+	if gcfg.AcceptedInternalSecrets, err = acceptedSecrets(cfg.InternalSecretAcceptFile, log); err != nil {
+		return err
+	}
 	gw, err := gateway.New(gcfg, authorizing(cons),
 		append(opts, gateway.WithWatch(gateway.NewWatchService(fanout)), gateway.WithBrowserWatch(fanout))...)
 	if err != nil {
@@ -217,6 +223,9 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 	}
 	gcfg := withInternalKeepAlive(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg))
 	gcfg.InternalSecret = secret
+	if gcfg.AcceptedInternalSecrets, err = acceptedSecrets(cfg.InternalSecretAcceptFile, log); err != nil {
+		return err
+	}
 	gw, err := gateway.New(gcfg, authorizing(cons), append(opts, gateway.WithLease(leases),
 		gateway.WithHTTPHandler(path, h),
 		gateway.WithReadyCheck("lease_authority", func(context.Context) error { return leases.Ready() }))...)

@@ -43,7 +43,7 @@ func LoadCluster(fs *pflag.FlagSet) (Cluster, error) {
 	}
 	c := Cluster{ComposeFile: v.GetString(fComposeFile), DataDir: v.GetString(fClusterDataDir), FreePorts: v.GetBool(fFreePorts),
 		InternalSecretFile: v.GetString(fInternalSecretFile)}
-	if err := validateInternalSecretFile(c.InternalSecretFile); err != nil {
+	if err := validateInternalSecretFiles(c.InternalSecretFile, ""); err != nil {
 		return Cluster{}, err
 	}
 	switch {

@@ -17,9 +17,22 @@ import (
 // gateway.InternalSecretProof) on their calls to consensus, which then
 // trusts their own calls as a root-role user's, which is what lets auth be
 // enabled without client certificates.
+//
+// To move a deployment to a new secret without stopping it, every process
+// is restarted three times: first with --internal-secret-accept-file
+// naming the new secret (it presents the old one and accepts both), then
+// with the files swapped (it presents the new one and still accepts the
+// old), then with the new secret alone. At every step each process accepts
+// what every other presents.
 
 func internalSecretFlag(fs *pflag.FlagSet) {
 	fs.String(fInternalSecretFile, "", fmt.Sprintf("path to a file holding a secret (at least %d bytes; trailing line breaks ignored) shared by the split topology's processes: consensus trusts calls presenting it as a root-role user's, so auth can be enabled without client certificates; give every consensus member, gateway, watch fan-out and lease service the same file", gateway.MinInternalSecretBytes))
+}
+
+// internalSecretAcceptFlag declares --internal-secret-accept-file, for the
+// processes that run: the launcher has no use for it.
+func internalSecretAcceptFlag(fs *pflag.FlagSet) {
+	fs.String(fInternalSecretAcceptFile, "", "path to a file holding one more internal secret that this process accepts but never presents, for moving a deployment to a new secret (see --internal-secret-file)")
 }
 
 // ReadInternalSecret reads the internal secret from path: the file's bytes
@@ -27,24 +40,40 @@ func internalSecretFlag(fs *pflag.FlagSet) {
 // of it), at least gateway.MinInternalSecretBytes of them. "" gives nil,
 // nil: no secret.
 func ReadInternalSecret(path string) ([]byte, error) {
+	return readSecretFile(fInternalSecretFile, path)
+}
+
+// ReadAcceptedInternalSecret reads --internal-secret-accept-file as
+// ReadInternalSecret reads --internal-secret-file.
+func ReadAcceptedInternalSecret(path string) ([]byte, error) {
+	return readSecretFile(fInternalSecretAcceptFile, path)
+}
+
+func readSecretFile(flag, path string) ([]byte, error) {
 	if path == "" {
 		return nil, nil
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("%w: --%s: %v", ErrInvalid, fInternalSecretFile, err)
+		return nil, fmt.Errorf("%w: --%s: %v", ErrInvalid, flag, err)
 	}
 	b = bytes.TrimRight(b, "\r\n")
 	if len(b) < gateway.MinInternalSecretBytes {
 		return nil, fmt.Errorf("%w: --%s %s holds %d bytes, at least %d are needed (e.g. openssl rand -hex 32 > %s)",
-			ErrInvalid, fInternalSecretFile, path, len(b), gateway.MinInternalSecretBytes, path)
+			ErrInvalid, flag, path, len(b), gateway.MinInternalSecretBytes, path)
 	}
 	return b, nil
 }
 
-// validateInternalSecretFile reports an internal secret file that cannot be
-// read or is too short.
-func validateInternalSecretFile(path string) error {
-	_, err := ReadInternalSecret(path)
+// validateInternalSecretFiles reports an internal secret file that cannot
+// be read or is too short, and an accepted secret without one to present.
+func validateInternalSecretFiles(path, acceptPath string) error {
+	if _, err := ReadInternalSecret(path); err != nil {
+		return err
+	}
+	if acceptPath != "" && path == "" {
+		return fmt.Errorf("%w: --%s needs --%s", ErrInvalid, fInternalSecretAcceptFile, fInternalSecretFile)
+	}
+	_, err := ReadAcceptedInternalSecret(acceptPath)
 	return err
 }

@@ -73,6 +73,27 @@ func TestInternalSecretFile(t *testing.T) {
 		}
 	}
 
+	// --internal-secret-accept-file: read and checked the same way, and
+	// only beside a secret of the process's own to present.
+	other := write("other", strings.Repeat("b", 32))
+	if c, err := loadConsensus(t, "--internal-secret-file", good, "--internal-secret-accept-file", other); err != nil || c.InternalSecretAcceptFile != other {
+		t.Errorf("consensus with an accepted secret: %+v, %v", c.InternalSecretAcceptFile, err)
+	}
+	if c, err := loadSplit(t, config.RoleLeasesvc, "--internal-secret-file", good, "--internal-secret-accept-file", other); err != nil || c.InternalSecretAcceptFile != other {
+		t.Errorf("leasesvc with an accepted secret: %+v, %v", c.InternalSecretAcceptFile, err)
+	}
+	for _, args := range [][]string{
+		{"--internal-secret-file", good, "--internal-secret-accept-file", short},
+		{"--internal-secret-accept-file", other},
+	} {
+		if _, err := loadConsensus(t, args...); !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), "--internal-secret-accept-file") {
+			t.Errorf("consensus with %v: %v, want ErrInvalid naming --internal-secret-accept-file", args, err)
+		}
+	}
+	if secret, err := config.ReadAcceptedInternalSecret(other); err != nil || string(secret) != strings.Repeat("b", 32) {
+		t.Errorf("ReadAcceptedInternalSecret = %q, %v", secret, err)
+	}
+
 	// concord cluster hands the file to every process it starts.
 	cl := func(args ...string) (config.Cluster, error) {
 		fs := pflag.NewFlagSet("cluster", pflag.ContinueOnError)

@@ -15,14 +15,15 @@ import (
 // Flags of the split topology's subcommands (concord consensus, watchfanout,
 // leasesvc, gateway).
 const (
-	fNATSListenAddr       = "nats-listen-addr"
-	fNATSClusterAddr      = "nats-cluster-listen-addr"
-	fNATSRoutes           = "nats-routes"
-	fNATSURL              = "nats-url"
-	fConsensusEndpoints   = "consensus-endpoints"
-	fWatchfanoutEndpoints = "watchfanout-endpoints"
-	fLeasesvcEndpoints    = "leasesvc-endpoints"
-	fInternalSecretFile   = "internal-secret-file"
+	fNATSListenAddr           = "nats-listen-addr"
+	fNATSClusterAddr          = "nats-cluster-listen-addr"
+	fNATSRoutes               = "nats-routes"
+	fNATSURL                  = "nats-url"
+	fConsensusEndpoints       = "consensus-endpoints"
+	fWatchfanoutEndpoints     = "watchfanout-endpoints"
+	fLeasesvcEndpoints        = "leasesvc-endpoints"
+	fInternalSecretFile       = "internal-secret-file"
+	fInternalSecretAcceptFile = "internal-secret-accept-file"
 )
 
 // DefaultNATSListenAddr is where `concord consensus` serves its embedded NATS
@@ -51,6 +52,9 @@ type Consensus struct {
 	// InternalSecretFile holds the secret shared with the split topology's
 	// other processes (ReadInternalSecret); "": none.
 	InternalSecretFile string
+	// InternalSecretAcceptFile holds one more secret it accepts, never
+	// presents (ReadAcceptedInternalSecret); "": none.
+	InternalSecretAcceptFile string
 }
 
 // ConsensusFlags declares the flags of `concord consensus`: the server flags
@@ -62,6 +66,7 @@ func ConsensusFlags(fs *pflag.FlagSet) {
 	fs.String(fNATSRoutes, "", "comma-separated route URLs (nats://host:port) of the members' NATS servers (--nats-cluster-listen-addr); the same list, this member's own included, may be given to every member")
 	natsTLSFlags(fs)
 	internalSecretFlag(fs)
+	internalSecretAcceptFlag(fs)
 }
 
 // LoadConsensus reads the flags declared by ConsensusFlags.
@@ -75,7 +80,8 @@ func LoadConsensus(fs *pflag.FlagSet) (Consensus, error) {
 		return Consensus{}, err
 	}
 	c := Consensus{Server: s, NATSListenAddr: v.GetString(fNATSListenAddr), NATSClusterListenAddr: v.GetString(fNATSClusterAddr),
-		NATSTLS: loadNATSTLS(v), InternalSecretFile: v.GetString(fInternalSecretFile)}
+		NATSTLS: loadNATSTLS(v), InternalSecretFile: v.GetString(fInternalSecretFile),
+		InternalSecretAcceptFile: v.GetString(fInternalSecretAcceptFile)}
 	for _, r := range strings.Split(v.GetString(fNATSRoutes), ",") {
 		if r = strings.TrimSpace(r); r != "" {
 			c.NATSRoutes = append(c.NATSRoutes, r)
@@ -102,7 +108,7 @@ func (c Consensus) Validate() error {
 			return fmt.Errorf("%w: --%s: %q is not a URL like nats://host:port", ErrInvalid, fNATSRoutes, r)
 		}
 	}
-	if err := validateInternalSecretFile(c.InternalSecretFile); err != nil {
+	if err := validateInternalSecretFiles(c.InternalSecretFile, c.InternalSecretAcceptFile); err != nil {
 		return err
 	}
 	return c.NATSTLS.validate(true, c.NATSClusterListenAddr != "")
@@ -173,6 +179,9 @@ type Split struct {
 	// members (ReadInternalSecret), presented on every call to them; "":
 	// none.
 	InternalSecretFile string
+	// InternalSecretAcceptFile holds one more secret the watch fan-outs
+	// and lease services accept, never present; "": none.
+	InternalSecretAcceptFile string
 }
 
 // SplitFlags declares the flags of the subcommand for role.
@@ -203,6 +212,7 @@ func SplitFlags(fs *pflag.FlagSet, role Role) {
 	clientTLSFlags(fs)
 	endpointTLSFlags(fs)
 	internalSecretFlag(fs)
+	internalSecretAcceptFlag(fs)
 }
 
 // LoadSplit reads the flags declared by SplitFlags(fs, role).
@@ -212,20 +222,21 @@ func LoadSplit(fs *pflag.FlagSet, role Role) (Split, error) {
 		return Split{}, err
 	}
 	c := Split{
-		Role:                 role,
-		Name:                 v.GetString(fName),
-		ConsensusEndpoints:   v.GetString(fConsensusEndpoints),
-		NATSURL:              v.GetString(fNATSURL),
-		WatchfanoutEndpoints: v.GetString(fWatchfanoutEndpoints),
-		LeasesvcEndpoints:    v.GetString(fLeasesvcEndpoints),
-		MaxRequestBytes:      v.GetInt(fMaxRequestBytes),
-		MaxTxnOps:            v.GetInt(fMaxTxnOps),
-		EnablePprof:          v.GetBool(fEnablePprof),
-		LeanHTTP2:            v.GetBool(fLeanHTTP2),
-		EnableGRPCGateway:    v.GetBool(fEnableGRPCGateway),
-		EnableConsole:        v.GetBool(fEnableConsole),
-		EndpointTLS:          loadEndpointTLS(v),
-		InternalSecretFile:   v.GetString(fInternalSecretFile),
+		Role:                     role,
+		Name:                     v.GetString(fName),
+		ConsensusEndpoints:       v.GetString(fConsensusEndpoints),
+		NATSURL:                  v.GetString(fNATSURL),
+		WatchfanoutEndpoints:     v.GetString(fWatchfanoutEndpoints),
+		LeasesvcEndpoints:        v.GetString(fLeasesvcEndpoints),
+		MaxRequestBytes:          v.GetInt(fMaxRequestBytes),
+		MaxTxnOps:                v.GetInt(fMaxTxnOps),
+		EnablePprof:              v.GetBool(fEnablePprof),
+		LeanHTTP2:                v.GetBool(fLeanHTTP2),
+		EnableGRPCGateway:        v.GetBool(fEnableGRPCGateway),
+		EnableConsole:            v.GetBool(fEnableConsole),
+		EndpointTLS:              loadEndpointTLS(v),
+		InternalSecretFile:       v.GetString(fInternalSecretFile),
+		InternalSecretAcceptFile: v.GetString(fInternalSecretAcceptFile),
 	}
 	if role == RoleWatchfanout {
 		c.NATSTLS = loadNATSTLS(v)
@@ -283,7 +294,7 @@ func (c Split) Validate() error {
 	if err := c.EndpointTLS.validate(); err != nil {
 		return err
 	}
-	if err := validateInternalSecretFile(c.InternalSecretFile); err != nil {
+	if err := validateInternalSecretFiles(c.InternalSecretFile, c.InternalSecretAcceptFile); err != nil {
 		return err
 	}
 	if err := c.NATSTLS.validate(false, false); err != nil {
