@@ -212,7 +212,10 @@ func SplitFlags(fs *pflag.FlagSet, role Role) {
 	clientTLSFlags(fs)
 	endpointTLSFlags(fs)
 	internalSecretFlag(fs)
-	internalSecretAcceptFlag(fs)
+	if role != RoleGateway {
+		// Gateways present the secret and check none.
+		internalSecretAcceptFlag(fs)
+	}
 }
 
 // LoadSplit reads the flags declared by SplitFlags(fs, role).
