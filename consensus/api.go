@@ -359,9 +359,6 @@ func (n *Node) HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVRespo
 	if err := n.adminGuard(ctx); err != nil {
 		return nil, err
 	}
-	if n.stopped() {
-		return nil, ErrStopped
-	}
 	return n.PeerHashKV(r.GetRevision())
 }
 
