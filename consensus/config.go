@@ -18,6 +18,7 @@ import (
 
 	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/consensus/eventbus"
+	"github.com/concord-kv/concord/internal/netaddr"
 )
 
 // Defaults, matching etcd's where the meaning is the same.
@@ -461,7 +462,7 @@ func sameURLs(a, b []string) bool {
 const urlResolveTimeout = 10 * time.Second
 
 // resolveURLs returns urls with each host replaced by one of its addresses
-// (IPv4 first, as net.ResolveTCPAddr picks); false if one does not resolve.
+// (netaddr.Resolve); false if one does not resolve.
 func resolveURLs(urls []string) ([]string, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), urlResolveTimeout)
 	defer cancel()
@@ -471,25 +472,9 @@ func resolveURLs(urls []string) ([]string, bool) {
 		if err != nil {
 			return nil, false
 		}
-		host, port, err := net.SplitHostPort(u.Host)
-		if err != nil {
+		if u.Host, err = netaddr.Resolve(ctx, net.DefaultResolver, u.Host); err != nil {
 			return nil, false
 		}
-		ip := net.ParseIP(host)
-		if ip == nil {
-			ips, err := net.DefaultResolver.LookupIPAddr(ctx, host)
-			if err != nil || len(ips) == 0 {
-				return nil, false
-			}
-			ip = ips[0].IP
-			for _, a := range ips {
-				if a.IP.To4() != nil {
-					ip = a.IP
-					break
-				}
-			}
-		}
-		u.Host = net.JoinHostPort(ip.String(), port)
 		out[i] = u.String()
 	}
 	return out, true

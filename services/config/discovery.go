@@ -13,6 +13,8 @@ import (
 
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
+
+	"github.com/concord-kv/concord/internal/netaddr"
 )
 
 // Discovery of the initial cluster, instead of --initial-cluster, in etcd's
@@ -121,7 +123,7 @@ func loadDiscovery(v *viper.Viper) (Discovery, error) {
 // SRVResolver is the part of *net.Resolver that DNS SRV discovery uses.
 type SRVResolver interface {
 	LookupSRV(ctx context.Context, service, proto, name string) (cname string, addrs []*net.SRV, err error)
-	LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error)
+	netaddr.Resolver
 }
 
 // discoveryTimeout bounds the DNS lookups of one start.
@@ -135,7 +137,7 @@ var errConflictBootstrap = errors.New(`multiple discovery or bootstrap flags are
 func initialClusterFromSRV(ctx context.Context, r SRVResolver, domain, serviceName, name string, peerURLs []url.URL) (string, error) {
 	own := make(map[string]url.URL, len(peerURLs))
 	for _, u := range peerURLs {
-		addr, err := resolveTCP(ctx, r, u.Host)
+		addr, err := netaddr.Resolve(ctx, r, u.Host)
 		if err != nil {
 			return "", fmt.Errorf("%w: --%s: resolving advertised peer URL %s: %v", ErrInvalid, fDiscoverySRV, u.String(), err)
 		}
@@ -161,7 +163,7 @@ func initialClusterFromSRV(ctx context.Context, r SRVResolver, domain, serviceNa
 			port := strconv.Itoa(int(rec.Port))
 			// SRV targets end with a dot; URLs do not.
 			host := net.JoinHostPort(strings.TrimSuffix(rec.Target, "."), port)
-			addr, err := resolveTCP(ctx, r, net.JoinHostPort(rec.Target, port))
+			addr, err := netaddr.Resolve(ctx, r, net.JoinHostPort(rec.Target, port))
 			if err != nil {
 				skipped = append(skipped, fmt.Errorf("_%s: %s: %w", s.service, host, err))
 				continue
@@ -194,31 +196,4 @@ func initialClusterFromSRV(ctx context.Context, r SRVResolver, domain, serviceNa
 		return "", fmt.Errorf("%w: cannot find local etcd member %q in SRV records", ErrInvalid, name)
 	}
 	return strings.Join(members, ","), nil
-}
-
-// resolveTCP is hostPort with its host resolved to one address, IPv4
-// first, as net.ResolveTCPAddr picks it (etcd compares addresses so).
-func resolveTCP(ctx context.Context, r SRVResolver, hostPort string) (string, error) {
-	host, port, err := net.SplitHostPort(hostPort)
-	if err != nil {
-		return "", err
-	}
-	if ip := net.ParseIP(host); ip != nil {
-		return net.JoinHostPort(ip.String(), port), nil
-	}
-	ips, err := r.LookupIPAddr(ctx, host)
-	if err != nil {
-		return "", err
-	}
-	if len(ips) == 0 {
-		return "", fmt.Errorf("no addresses for %s", host)
-	}
-	pick := ips[0].IP
-	for _, ip := range ips {
-		if ip.IP.To4() != nil {
-			pick = ip.IP
-			break
-		}
-	}
-	return net.JoinHostPort(pick.String(), port), nil
 }
