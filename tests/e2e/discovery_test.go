@@ -34,14 +34,18 @@ func TestV3Discovery(t *testing.T) {
 			if _, err := cli.Put(ctx, "/_etcd/registry/"+token+"/_config/size", "3"); err != nil {
 				t.Fatal(err)
 			}
-			discovery := func(token string) serverOptions {
-				return serverOptions{discovered: true, extra: []string{"--discovery-endpoints", reg.Endpoint(), "--discovery-token", token}}
+			// member prepares a member bootstrapped by discovery with token.
+			member := func(name, token string) *Server {
+				s := newJoiner(t, c.members, name)
+				s.opts.discovered = true
+				s.opts.extra = []string{"--discovery-endpoints", reg.Endpoint(), "--discovery-token", token}
+				return s
 			}
 			members := make([]*Server, 3)
 			errs := make([]error, 3)
 			var wg sync.WaitGroup
 			for i := range members {
-				members[i] = newServer(t, c.members, fmt.Sprintf("m%d", i+1), discovery(token))
+				members[i] = member(fmt.Sprintf("m%d", i+1), token)
 				wg.Go(func() { errs[i] = members[i].start() })
 			}
 			wg.Wait()
@@ -86,7 +90,7 @@ func TestV3Discovery(t *testing.T) {
 				{token, "discovery: cluster is full"},
 				{"no-size", "discovery: size key not found"},
 			} {
-				s := newServer(t, c.members, "m4", discovery(r.token))
+				s := member("m4", r.token)
 				if err := s.start(); err == nil {
 					t.Errorf("%s: a fourth member started", r.token)
 				} else if !strings.Contains(s.log.String(), r.want) {
@@ -95,24 +99,4 @@ func TestV3Discovery(t *testing.T) {
 			}
 		})
 	}
-}
-
-// newServer prepares a server named name on free ports, killed at the
-// end of the test, without starting it.
-func newServer(t *testing.T, im *impl, name string, opts serverOptions) *Server {
-	t.Helper()
-	requireBinary(t, im)
-	opts.name = name
-	s := &Server{t: t, impl: im, opts: opts, dataDir: t.TempDir(), log: &syncBuffer{}}
-	var err error
-	if s.clientPort, s.peerPort, err = freePorts(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		s.Kill()
-		if t.Failed() {
-			t.Logf("%s %s output (last %d bytes):\n%s", im.name, name, logTail, s.log.Tail(logTail))
-		}
-	})
-	return s
 }

@@ -114,6 +114,7 @@ func TestGrowFromOneMember(t *testing.T) {
 // is killed when the test ends).
 func newJoiner(t *testing.T, im *impl, name string) *Server {
 	t.Helper()
+	requireBinary(t, im)
 	j := &Server{t: t, impl: im, opts: serverOptions{name: name}, dataDir: t.TempDir(), log: &syncBuffer{}}
 	var err error
 	if j.clientPort, j.peerPort, err = freePorts(); err != nil {

@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 )
@@ -43,17 +42,9 @@ func TestSplitSecretRotation(t *testing.T) {
 		{moved, http.StatusOK, `"health":"true"`},
 		{stranger, http.StatusServiceUnavailable, rpctypes.ErrUserEmpty.Error()},
 	} {
-		deadline := time.Now().Add(10 * time.Second)
-		for {
+		waitUntil(t, fmt.Sprintf("%s /health with auth on to answer %d with %q", c.p.name, c.code, c.body), func() bool {
 			code, body := httpGet(t, c.p.url()+"/health")
-			if code == c.code && strings.Contains(body, c.body) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("%s /health with auth on: %d %s, want %d with %q", c.p.name, code, body, c.code, c.body)
-				break
-			}
-			time.Sleep(pollInterval)
-		}
+			return code == c.code && strings.Contains(body, c.body)
+		})
 	}
 }
