@@ -124,7 +124,8 @@ func everyAsLeader(ctx context.Context, interval time.Duration, node *consensus.
 	}
 }
 
-// peerHashTimeout bounds the wait for the other members' hashes.
+// peerHashTimeout bounds the wait for the other members' hashes, and for
+// the leader's own linearizable read between its two hashes.
 const peerHashTimeout = 5 * time.Second
 
 // peerHash is one member's answer to the check.
@@ -141,7 +142,7 @@ func (c *corruptionChecks) checkHashes(ctx context.Context, node *consensus.Node
 		return err
 	}
 	peers := c.askPeerHashes(ctx, node, h.HashRevision, min(c.cfg.CorruptCheckTime, peerHashTimeout))
-	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	rctx, cancel := context.WithTimeout(ctx, peerHashTimeout)
 	err = node.LinearizableReadNotify(rctx)
 	cancel()
 	if err != nil {
