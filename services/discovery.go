@@ -129,11 +129,11 @@ func (r *registry) check(ctx context.Context, self string) (members []registered
 			return err
 		}
 		if len(resp.Kvs) == 0 {
-			return errFinal{errDiscoverySizeNotFound}
+			return errDiscoverySizeNotFound
 		}
 		n, perr := strconv.ParseInt(string(resp.Kvs[0].Value), 10, 0)
 		if perr != nil || n <= 0 {
-			return errFinal{errDiscoveryBadSize}
+			return errDiscoveryBadSize
 		}
 		size = int(n)
 		resp, err = r.cli.Get(ctx, r.membersPrefix(), clientv3.WithPrefix())
@@ -226,14 +226,9 @@ func (r *registry) watch(ctx context.Context, members *[]registered, size int, r
 	return errors.New("watch closed")
 }
 
-// errFinal marks an error retry must not retry.
-type errFinal struct{ error }
-
-func (e errFinal) Unwrap() error { return e.error }
-
 // retry runs op, each attempt bounded by the request timeout, until it
-// succeeds, fails with errFinal or ctx ends, waiting etcd's backoff between
-// attempts.
+// succeeds, fails with a bad or missing size key (final, as in etcd) or ctx
+// ends, waiting etcd's backoff between attempts.
 func (r *registry) retry(ctx context.Context, step string, op func(context.Context) error) error {
 	backoff := time.Second
 	for {
@@ -243,12 +238,8 @@ func (r *registry) retry(ctx context.Context, step string, op func(context.Conte
 		}
 		err := op(actx)
 		cancel()
-		var final errFinal
-		switch {
-		case err == nil:
-			return nil
-		case errors.As(err, &final):
-			return final.error
+		if err == nil || errors.Is(err, errDiscoverySizeNotFound) || errors.Is(err, errDiscoveryBadSize) {
+			return err
 		}
 		r.log.Warn("retry connecting to discovery service", "reason", step, "backoff", backoff, "error", err)
 		t := time.NewTimer(backoff)
