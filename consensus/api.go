@@ -282,10 +282,7 @@ func (n *Node) checkQuota(ctx context.Context, cost int) error {
 		return nil
 	}
 	n.lg.Warn("request exceeds backend quota; raising NOSPACE alarm", "quota-bytes", n.quota)
-	_, err := n.propose(ctx, &pb.InternalRaftRequest{Alarm: &pb.AlarmRequest{
-		Action: pb.AlarmRequest_ACTIVATE, MemberID: n.memberID, Alarm: pb.AlarmType_NOSPACE,
-	}})
-	if err != nil {
+	if err := n.raiseAlarm(ctx, n.memberID, pb.AlarmType_NOSPACE); err != nil {
 		n.lg.Warn("raising NOSPACE alarm failed", "error", err)
 	}
 	return ErrNoSpace
@@ -390,8 +387,14 @@ func (n *Node) CompactionHashes() []storage.CompactionHash { return n.store.Comp
 // raft, as etcd's corruption check does; it needs no user, as a member
 // raises it for itself.
 func (n *Node) RaiseCorruptAlarm(ctx context.Context, id uint64) error {
+	return n.raiseAlarm(ctx, id, pb.AlarmType_CORRUPT)
+}
+
+// raiseAlarm activates alarm typ for member id through raft, without the
+// auth checks of Alarm: a member raises its own alarms.
+func (n *Node) raiseAlarm(ctx context.Context, id uint64, typ pb.AlarmType) error {
 	_, err := n.propose(ctx, &pb.InternalRaftRequest{Alarm: &pb.AlarmRequest{
-		Action: pb.AlarmRequest_ACTIVATE, MemberID: id, Alarm: pb.AlarmType_CORRUPT,
+		Action: pb.AlarmRequest_ACTIVATE, MemberID: id, Alarm: typ,
 	}})
 	return err
 }
