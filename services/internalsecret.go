@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/services/config"
 )
 
@@ -15,15 +16,16 @@ func readInternalSecret(path string, log *slog.Logger) ([]byte, error) {
 	return checkedSecret(path, log, config.ReadInternalSecret)
 }
 
-// acceptedSecrets reads --internal-secret-accept-file, as
-// readInternalSecret reads --internal-secret-file, for
-// gateway.Config.AcceptedInternalSecrets.
-func acceptedSecrets(path string, log *slog.Logger) ([][]byte, error) {
-	secret, err := checkedSecret(path, log, config.ReadAcceptedInternalSecret)
-	if err != nil || secret == nil {
-		return nil, err
+// acceptSecrets makes gcfg accept the process's internal secret and the
+// one of --internal-secret-accept-file (read as readInternalSecret reads
+// --internal-secret-file).
+func acceptSecrets(gcfg *gateway.Config, secret []byte, acceptFile string, log *slog.Logger) error {
+	gcfg.InternalSecret = secret
+	accepted, err := checkedSecret(acceptFile, log, config.ReadAcceptedInternalSecret)
+	if accepted != nil {
+		gcfg.AcceptedInternalSecrets = [][]byte{accepted}
 	}
-	return [][]byte{secret}, nil
+	return err
 }
 
 // checkedSecret reads a secret file with read and warns when others may

@@ -106,8 +106,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 		opts = append(opts, pprofHandlers()...)
 	}
 	gcfg := withServerHTTP(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cfg.Server)
-	gcfg.InternalSecret = secret
-	if gcfg.AcceptedInternalSecrets, err = acceptedSecrets(cfg.InternalSecretAcceptFile, log); err != nil {
+	if err := acceptSecrets(&gcfg, secret, cfg.InternalSecretAcceptFile, log); err != nil {
 		return err
 	}
 	gw, err := gateway.New(gcfg, node, opts...)
@@ -173,8 +172,7 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 		return err
 	}
 	gcfg := withInternalKeepAlive(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg))
-	gcfg.InternalSecret = secret
-	if gcfg.AcceptedInternalSecrets, err = acceptedSecrets(cfg.InternalSecretAcceptFile, log); err != nil {
+	if err := acceptSecrets(&gcfg, secret, cfg.InternalSecretAcceptFile, log); err != nil {
 		return err
 	}
 	gw, err := gateway.New(gcfg, authorizing(cons),
@@ -222,8 +220,7 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 		return err
 	}
 	gcfg := withInternalKeepAlive(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg))
-	gcfg.InternalSecret = secret
-	if gcfg.AcceptedInternalSecrets, err = acceptedSecrets(cfg.InternalSecretAcceptFile, log); err != nil {
+	if err := acceptSecrets(&gcfg, secret, cfg.InternalSecretAcceptFile, log); err != nil {
 		return err
 	}
 	gw, err := gateway.New(gcfg, authorizing(cons), append(opts, gateway.WithLease(leases),
