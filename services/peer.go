@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -19,17 +18,6 @@ import (
 // peerShutdownTimeout bounds the graceful part of stopping the peer server;
 // the consensus member has already stopped its transport by then.
 const peerShutdownTimeout = 2 * time.Second
-
-// multiMember reports whether --initial-cluster names more than one member.
-func multiMember(cfg config.Server) bool {
-	names := map[string]bool{}
-	for item := range strings.SplitSeq(cfg.InitialCluster, ",") {
-		if name, _, ok := strings.Cut(strings.TrimSpace(item), "="); ok {
-			names[name] = true
-		}
-	}
-	return len(names) > 1
-}
 
 // peerServer serves the raft peer transport on --listen-peer-urls
 // (HTTP/2, over TLS on https:// URLs with --peer-cert-file and the other

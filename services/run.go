@@ -131,7 +131,7 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	g.Go(func() error { return watchNode(ctx, node) })
 	g.Go(func() error { return runCompactor(ctx, cfg.AutoCompaction, node, log) })
 	checks.run(ctx, g, node)
-	if !multiMember(cfg) && !cfg.Discovery.Enabled() {
+	if len(node.Membership().Members) == 1 {
 		// With several members only one process's lease service holds the
 		// authority; the others stay standbys and must not delay serving.
 		waitLeaseAuthority(ctx, leases, log)
