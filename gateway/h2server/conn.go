@@ -68,6 +68,16 @@ type conn struct {
 	handoff   uint64 // pieces handed off so far, as a count of Writes
 	written   uint64 // handoff count the flusher has finished writing
 	writing   bool   // the flusher is writing a batch
+	// openData is the offset in wbuf of the last frame queued when that
+	// frame is a copied DATA frame of stream openDataStream and nothing
+	// was queued after it (openDataEnd == len(wbuf)); -1 otherwise. A
+	// stream's next DATA is then appended to that frame instead of
+	// starting one: a client pays per frame (a watch stream sends many
+	// small messages back to back), and the frame may still grow up to the
+	// peer's SETTINGS_MAX_FRAME_SIZE.
+	openData       int
+	openDataEnd    int
+	openDataStream uint32
 	// vw writes a batch with writev when the socket supports it; only
 	// then are payloads handed off (elsewhere each piece would be its own
 	// write or TLS record).
@@ -117,6 +127,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		peerInitWin:  65535,
 		peerMaxFrame: 16 << 10,
 		inflow:       65535,
+		openData:     -1,
 		kick:         make(chan struct{}, 1),
 		closing:      make(chan struct{}),
 		flushDone:    make(chan struct{}),
@@ -613,6 +624,7 @@ func (c *conn) drain() {
 		c.segs = c.spareSegs[:0]
 		c.spareSegs = nil
 		c.segMark, c.segBytes = 0, 0
+		c.openData = -1
 		c.writing = true
 		c.wcond.Broadcast()
 		c.wmu.Unlock()
@@ -645,6 +657,7 @@ func (c *conn) drain() {
 		c.wbuf = nil
 		clear(c.segs)
 		c.segs, c.segMark, c.segBytes = nil, 0, 0
+		c.openData = -1
 		c.written = c.handoff // nothing queued will be written
 	}
 	c.flushing = false

@@ -593,12 +593,19 @@ func (st *stream) appendDataLocked(p []byte, last, borrow bool) error {
 		if st.reset || c.werr != nil {
 			break
 		}
+		if !borrow && c.extendDataLocked(st, &p, last) {
+			continue
+		}
 		n := int64(min(len(p), c.peerMaxFrame))
 		n = min(n, st.sendWindow, c.sendWindow)
 		var flags http2.Flags
 		if last && int(n) == len(p) {
 			flags = http2.FlagDataEndStream
 			st.ended = true
+		}
+		c.openData, c.openDataStream = -1, st.id
+		if !borrow && flags == 0 {
+			c.openData = len(c.wbuf)
 		}
 		c.wbuf = appendFrameHeader(c.wbuf, int(n), http2.FrameData, flags, st.id)
 		// Per frame, as grpc-go: a client's BDP pings follow the DATA
@@ -611,6 +618,7 @@ func (st *stream) appendDataLocked(p []byte, last, borrow bool) error {
 			handed = true
 		} else {
 			c.wbuf = append(c.wbuf, p[:n]...)
+			c.openDataEnd = len(c.wbuf)
 		}
 		st.sendWindow -= n
 		c.sendWindow -= n
@@ -634,6 +642,37 @@ func (st *stream) appendDataLocked(p []byte, last, borrow bool) error {
 		return c.werr
 	}
 	return nil
+}
+
+// extendDataLocked appends as much of *p as fits (frame size and both
+// send windows) to st's DATA frame at the end of wbuf, if that frame is
+// still open (conn.openData), and takes it off *p; with last, a frame
+// that takes the rest of *p gets END_STREAM. It reports whether it
+// appended anything.
+func (c *conn) extendDataLocked(st *stream, p *[]byte, last bool) bool {
+	if c.openData < c.segMark || c.openDataStream != st.id || c.openDataEnd != len(c.wbuf) {
+		return false
+	}
+	h := c.wbuf[c.openData : c.openData+9]
+	size := int(h[0])<<16 | int(h[1])<<8 | int(h[2])
+	n := int64(min(len(*p), c.peerMaxFrame-size))
+	n = min(n, st.sendWindow, c.sendWindow)
+	if n <= 0 {
+		return false
+	}
+	size += int(n)
+	h[0], h[1], h[2] = byte(size>>16), byte(size>>8), byte(size)
+	c.wbuf = append(c.wbuf, (*p)[:n]...)
+	c.openDataEnd = len(c.wbuf)
+	if last && int(n) == len(*p) {
+		h[4] |= byte(http2.FlagDataEndStream)
+		st.ended = true
+		c.openData = -1
+	}
+	st.sendWindow -= n
+	c.sendWindow -= n
+	*p = (*p)[n:]
+	return true
 }
 
 // encodeHeaders HPACK-encodes the response headers into c.hbuf. Declared
