@@ -8,6 +8,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/version"
+	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/concord-kv/concord/storage"
 )
@@ -40,6 +41,8 @@ func (n *Node) header(h *pb.ResponseHeader) *pb.ResponseHeader {
 // linearizable reads, as etcd's interceptor does, in the gateway
 // (gateway/learner.go).
 func (n *Node) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	ctx, span := n.opSpan(ctx, "range", func() []attribute.KeyValue { return rangeSpanAttrs(r) })
+	defer span.End()
 	if err := n.readBarrier(ctx, r.GetSerializable()); err != nil {
 		return nil, err
 	}
@@ -76,6 +79,10 @@ func (n *Node) readBarrier(ctx context.Context, serializable bool) error {
 
 // Put writes one key through raft.
 func (n *Node) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
+	ctx, span := n.opSpan(ctx, "put", func() []attribute.KeyValue {
+		return []attribute.KeyValue{attribute.String("key", string(r.GetKey()))}
+	})
+	defer span.End()
 	if err := n.learnerGuard(); err != nil {
 		return nil, err
 	}
@@ -92,6 +99,10 @@ func (n *Node) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, erro
 
 // DeleteRange deletes keys through raft.
 func (n *Node) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	ctx, span := n.opSpan(ctx, "delete_range", func() []attribute.KeyValue {
+		return []attribute.KeyValue{attribute.String("range_begin", string(r.GetKey())), attribute.String("range_end", string(r.GetRangeEnd()))}
+	})
+	defer span.End()
 	if err := n.learnerGuard(); err != nil {
 		return nil, err
 	}
@@ -107,7 +118,10 @@ func (n *Node) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.D
 // served locally (after a ReadIndex round unless all its ranges are
 // serializable) without a proposal, as etcd does.
 func (n *Node) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
-	if !txnHasWrites(r) {
+	readOnly := !txnHasWrites(r)
+	ctx, span := n.opSpan(ctx, "txn", func() []attribute.KeyValue { return txnSpanAttrs(r, readOnly) })
+	defer span.End()
+	if readOnly {
 		if err := n.readBarrier(ctx, txnSerializable(r)); err != nil {
 			return nil, err
 		}
@@ -165,6 +179,10 @@ func txnSerializable(r *pb.TxnRequest) bool {
 
 // Compact compacts the key history through raft.
 func (n *Node) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	ctx, span := n.opSpan(ctx, "compact", func() []attribute.KeyValue {
+		return []attribute.KeyValue{attribute.Bool("is_physical", r.GetPhysical()), attribute.Int64("rev", r.GetRevision())}
+	})
+	defer span.End()
 	if err := n.adminGuard(ctx); err != nil {
 		return nil, err
 	}
@@ -179,19 +197,24 @@ func (n *Node) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.Compac
 // LeaseGrant creates a lease through raft, choosing an ID when none is given
 // and raising the TTL to the minimum etcd allows for the election timeout.
 func (n *Node) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
+	// The ID first, as etcd's EtcdServer.LeaseGrant: its span names it.
+	req := &pb.LeaseGrantRequest{ID: r.GetID(), TTL: max(r.GetTTL(), n.minLeaseTTL)}
+	for req.ID == 0 {
+		req.ID = int64(n.ids.next() & (1<<63 - 1))
+	}
+	ctx, span := n.opSpan(ctx, "lease_grant", func() []attribute.KeyValue {
+		return []attribute.KeyValue{attribute.Int64("id", req.ID), attribute.Int64("ttl", r.GetTTL())}
+	})
+	defer span.End()
 	if err := n.learnerGuard(); err != nil {
 		return nil, err
 	}
-	// Before anything else, as etcd's EtcdServer.LeaseGrant.
+	// Before the other checks, as etcd's EtcdServer.LeaseGrant.
 	if err := n.requireAuthInfo(ctx); err != nil {
 		return nil, err
 	}
 	if r.GetTTL() > maxLeaseTTL {
 		return nil, ErrLeaseTTLTooLarge
-	}
-	req := &pb.LeaseGrantRequest{ID: r.GetID(), TTL: max(r.GetTTL(), n.minLeaseTTL)}
-	for req.ID == 0 {
-		req.ID = int64(n.ids.next() & (1<<63 - 1))
 	}
 	if err := n.checkQuota(ctx, leaseOverhead); err != nil {
 		return nil, err
@@ -206,6 +229,10 @@ func (n *Node) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.Lea
 
 // LeaseRevoke deletes a lease and its keys through raft.
 func (n *Node) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
+	ctx, span := n.opSpan(ctx, "lease_revoke", func() []attribute.KeyValue {
+		return []attribute.KeyValue{attribute.Int64("id", r.GetID())}
+	})
+	defer span.End()
 	if err := n.learnerGuard(); err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/consensus/eventbus"
 	"github.com/concord-kv/concord/internal/netaddr"
+	"github.com/concord-kv/concord/internal/tracing"
 )
 
 // Defaults, matching etcd's where the meaning is the same.
@@ -139,6 +140,9 @@ type Config struct {
 	RefuseAuthEnable bool
 	// Logger receives start-up, leader-change and error logs.
 	Logger *slog.Logger
+	// Tracing, when on, gets etcd's INTERNAL span of each KV and lease
+	// operation the member serves ("put", "range", "txn", ...).
+	Tracing *tracing.Provider
 	// Events, when set, receives every applied revision with all its events
 	// right after the batch that made it is committed, and a progress beat
 	// carrying the current revision every ProgressInterval. It is the fast

@@ -17,6 +17,7 @@ import (
 
 	"github.com/concord-kv/concord/gateway/h2conn"
 	"github.com/concord-kv/concord/gateway/h2server"
+	"github.com/concord-kv/concord/internal/tracing"
 	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
 	"github.com/concord-kv/concord/proto/gen/v3electionpbconnect"
 	"github.com/concord-kv/concord/proto/gen/v3lockpbconnect"
@@ -85,6 +86,15 @@ type options struct {
 	readyChecks map[string]check
 	// observer is told of every RPC (observe.go).
 	observer CallObserver
+	// tracing makes a span of every RPC (WithTracing).
+	tracing *tracing.Provider
+}
+
+// WithTracing makes a SERVER span of every RPC the gateway serves, the
+// child of the caller's when its traceparent is sampled (etcd's
+// --enable-distributed-tracing). A nil p (tracing off) adds nothing.
+func WithTracing(p *tracing.Provider) Option {
+	return func(o *options) { o.tracing = p }
 }
 
 // WithReadyCheck adds a named check to /readyz (and /readyz/<name>): the
@@ -170,6 +180,10 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 		// the exact limit is then enforced per request (tooLarge).
 		connect.WithReadMaxBytes(cfg.MaxRequestBytes + grpcOverheadBytes),
 		connect.WithRequestGate(g.gate),
+	}
+	if o.tracing.On() {
+		// First, so the span covers the other interceptors too.
+		hopts = append(hopts, connect.WithInterceptors(o.tracing.Interceptor()))
 	}
 	if o.observer != nil {
 		hopts = append(hopts, connect.WithInterceptors(observerInterceptor{o.observer}))

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/concord-kv/concord/internal/tracing"
 )
 
 // Defaults. MaxRevokesPerSecond is etcd's leaseRevokeRate.
@@ -49,6 +51,8 @@ type Config struct {
 	Holder string
 	// Clock is the time source (nil: the real clock).
 	Clock Clock
+	// Tracing, when on, gets etcd's "lease_renew" span of each keep-alive.
+	Tracing *tracing.Provider
 	// CheckInterval is how often deadlines are checked; a lease is revoked
 	// at most about CheckInterval (plus raft) after it expires.
 	CheckInterval time.Duration

@@ -44,6 +44,8 @@ import (
 
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/storage"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 var (
@@ -335,6 +337,11 @@ func (s *Service) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*p
 // does. The header is taken before the renewal, as etcd does, so its
 // revision never postdates a revoke the renewal missed.
 func (s *Service) LeaseKeepAlive(ctx context.Context, r *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error) {
+	if s.cfg.Tracing.On() {
+		var span trace.Span
+		ctx, span = s.cfg.Tracing.Start(ctx, "lease_renew", attribute.Int64("id", r.GetID()))
+		defer span.End()
+	}
 	h := s.b.Header()
 	ttl, err := s.KeepAlive(ctx, r.GetID())
 	if err != nil {

@@ -45,6 +45,11 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 		return err
 	}
 	defer closeClients(listeners)
+	tp, stopTracing, err := startTracing(ctx, cfg.Tracing, log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 
 	bus, err := eventbus.StartNATS(ctx, eventbus.NATSConfig{Logger: log.With("component", "nats")})
 	if err != nil {
@@ -54,6 +59,7 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 
 	ccfg := consensusConfig(cfg, log)
 	ccfg.Events = bus
+	ccfg.Tracing = tp
 	// The other members reach this one on its peer URLs (peer.go); a
 	// single member serves them too, as etcd does, so that `member add`
 	// can grow it. Consensus owns the transport from Start on.
@@ -104,8 +110,9 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	// The only lease service of this process: it holds the lease authority
 	// under the member name and decides expiries (DESIGN.md invariant 4).
 	leases, err := leasesvc.New(leasesvc.Config{
-		Holder: cfg.Name,
-		Logger: log.With("component", "leasesvc"),
+		Holder:  cfg.Name,
+		Logger:  log.With("component", "leasesvc"),
+		Tracing: tp,
 	}, node)
 	if err != nil {
 		return fmt.Errorf("starting the lease service: %w", err)
@@ -120,6 +127,7 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 		return err
 	}
 	mopts = append(mopts, consoleOptions(cfg.EnableConsole)...)
+	mopts = append(mopts, gateway.WithTracing(tp))
 	gw, err := newClientGateway(withServerHTTP(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cfg), cfg.EnablePprof, node, fanout, lease, log, mopts...)
 	if err != nil {
 		return err

@@ -23,6 +23,7 @@ import (
 	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/gateway/remote"
 	"github.com/concord-kv/concord/internal/metrics"
+	"github.com/concord-kv/concord/internal/tracing"
 	"github.com/concord-kv/concord/leasesvc"
 	"github.com/concord-kv/concord/services/config"
 	"github.com/concord-kv/concord/watchfanout"
@@ -39,6 +40,11 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 		return err
 	}
 	defer closeClients(listeners)
+	tp, stopTracing, err := startTracing(ctx, cfg.Tracing, log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 
 	bus, err := eventbus.StartNATS(ctx, eventbus.NATSConfig{
 		ListenAddr:  cfg.NATSListenAddr,
@@ -68,6 +74,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	authPossible := splitAuthPossible(cfg.Server, secret)
 	ccfg.RefuseAuthEnable = !authPossible
 	ccfg.Events = bus
+	ccfg.Tracing = tp
 	// Clustered NATS servers are one bus: the leader alone publishes to it.
 	ccfg.EventsFromLeaderOnly = cfg.NATSClusterListenAddr != ""
 	// Raft between the members on the peer URLs (peer.go), served by a
@@ -101,7 +108,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	if err != nil {
 		return err
 	}
-	opts = append(opts, gateway.WithHTTPHandler(path, h))
+	opts = append(opts, gateway.WithHTTPHandler(path, h), gateway.WithTracing(tp))
 	if cfg.EnablePprof {
 		opts = append(opts, pprofHandlers()...)
 	}
@@ -131,6 +138,11 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 		return err
 	}
 	defer closeClients(listeners)
+	tp, stopTracing, err := startTracing(ctx, cfg.Tracing, log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 
 	// Read once: presented to consensus, and checked on the claims a
 	// gateway forwards (gateway.ForwardedUserHeader).
@@ -138,7 +150,7 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 	if err != nil {
 		return err
 	}
-	cons, hdr, err := dialConsensus(ctx, cfg, secret, log)
+	cons, hdr, err := dialConsensus(ctx, cfg, secret, tp, log)
 	if err != nil {
 		return err
 	}
@@ -176,7 +188,7 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 		return err
 	}
 	gw, err := gateway.New(gcfg, authorizing(cons),
-		append(opts, gateway.WithWatch(gateway.NewWatchService(fanout)), gateway.WithBrowserWatch(fanout))...)
+		append(opts, gateway.WithWatch(gateway.NewWatchService(fanout)), gateway.WithBrowserWatch(fanout), gateway.WithTracing(tp))...)
 	if err != nil {
 		return fmt.Errorf("starting the watch API: %w", err)
 	}
@@ -195,6 +207,11 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 		return err
 	}
 	defer closeClients(listeners)
+	tp, stopTracing, err := startTracing(ctx, cfg.Tracing, log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 
 	// Read once: presented to consensus, and checked on the claims a
 	// gateway forwards (gateway.ForwardedUserHeader).
@@ -202,13 +219,13 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 	if err != nil {
 		return err
 	}
-	cons, _, err := dialConsensus(ctx, cfg, secret, log)
+	cons, _, err := dialConsensus(ctx, cfg, secret, tp, log)
 	if err != nil {
 		return err
 	}
 	defer cons.Close()
 
-	leases, err := leasesvc.New(leasesvc.Config{Holder: cfg.Name, Logger: log.With("component", "leasesvc")}, cons)
+	leases, err := leasesvc.New(leasesvc.Config{Holder: cfg.Name, Logger: log.With("component", "leasesvc"), Tracing: tp}, cons)
 	if err != nil {
 		return fmt.Errorf("starting the lease service: %w", err)
 	}
@@ -224,7 +241,7 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 		return err
 	}
 	gw, err := gateway.New(gcfg, authorizing(cons), append(opts, gateway.WithLease(leases),
-		gateway.WithHTTPHandler(path, h),
+		gateway.WithHTTPHandler(path, h), gateway.WithTracing(tp),
 		gateway.WithReadyCheck("lease_authority", func(context.Context) error { return leases.Ready() }))...)
 	if err != nil {
 		return fmt.Errorf("starting the lease API: %w", err)
@@ -249,8 +266,13 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 		return err
 	}
 	defer closeClients(listeners)
+	tp, stopTracing, err := startTracing(ctx, cfg.Tracing, log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 
-	dial, err := dialOptions(cfg)
+	dial, err := dialOptions(cfg, tp)
 	if err != nil {
 		return err
 	}
@@ -258,7 +280,7 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	consDial, err := consensusDialOptions(cfg, secret)
+	consDial, err := consensusDialOptions(cfg, secret, tp)
 	if err != nil {
 		return err
 	}
@@ -286,6 +308,7 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 		return err
 	}
 	mopts = append(mopts, consoleOptions(cfg.EnableConsole)...)
+	mopts = append(mopts, gateway.WithTracing(tp))
 	gcfg := withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg)
 	gcfg.CORS, gcfg.HostWhitelist = cfg.CORS, cfg.HostWhitelist
 	gcfg.KeepAlive = keepAlive(cfg.GRPCKeepAlive)
@@ -305,8 +328,8 @@ func natsTLS(t config.NATSTLS) eventbus.TLSFiles {
 
 // dialConsensus connects to consensus and waits until it answers, so that
 // components that need its identity (cluster and member IDs) get it.
-func dialConsensus(ctx context.Context, cfg config.Split, secret []byte, log *slog.Logger) (*remote.Consensus, *pb.ResponseHeader, error) {
-	dial, err := consensusDialOptions(cfg, secret)
+func dialConsensus(ctx context.Context, cfg config.Split, secret []byte, tp *tracing.Provider, log *slog.Logger) (*remote.Consensus, *pb.ResponseHeader, error) {
+	dial, err := consensusDialOptions(cfg, secret, tp)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -324,21 +347,22 @@ func dialConsensus(ctx context.Context, cfg config.Split, secret []byte, log *sl
 }
 
 // dialOptions is how cfg's process reaches the https:// endpoints of the
-// others (--cacert, --cert, --key, --insecure-skip-tls-verify).
-func dialOptions(cfg config.Split) ([]remote.DialOption, error) {
+// others (--cacert, --cert, --key, --insecure-skip-tls-verify), passing
+// its requests' traces on to them when tp is on.
+func dialOptions(cfg config.Split, tp *tracing.Provider) ([]remote.DialOption, error) {
 	c, err := cfg.EndpointTLS.ClientConfig()
 	if err != nil {
 		return nil, fmt.Errorf("endpoint TLS: %w", err)
 	}
-	return []remote.DialOption{remote.WithTLS(c)}, nil
+	return []remote.DialOption{remote.WithTLS(c), remote.WithTracing(tp)}, nil
 }
 
 // consensusDialOptions is how cfg's process reaches the consensus
 // members: dialOptions, and the internal secret (--internal-secret-file)
 // presented on every call. The other processes check it only on calls
 // that forward a client certificate's user (RunGateway: WithClaimSecret).
-func consensusDialOptions(cfg config.Split, secret []byte) ([]remote.DialOption, error) {
-	dial, err := dialOptions(cfg)
+func consensusDialOptions(cfg config.Split, secret []byte, tp *tracing.Provider) ([]remote.DialOption, error) {
+	dial, err := dialOptions(cfg, tp)
 	if err != nil {
 		return nil, err
 	}

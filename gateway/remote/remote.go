@@ -45,6 +45,7 @@ import (
 	"connectrpc.com/connect"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -52,6 +53,7 @@ import (
 	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/gateway"
+	"github.com/concord-kv/concord/internal/tracing"
 	"github.com/concord-kv/concord/proto/gen/etcdserverpbconnect"
 	"github.com/concord-kv/concord/storage"
 	"github.com/concord-kv/concord/watchfanout"
@@ -76,6 +78,16 @@ type dialOptions struct {
 	// WithClaimSecret's secret; claimsOnly: WithClaimSecret's.
 	proof      string
 	claimsOnly bool
+	// tracing, when on, passes each call's trace context on (WithTracing).
+	tracing *tracing.Provider
+}
+
+// WithTracing makes every request carry the trace context of its caller's
+// span (W3C traceparent), so the process called continues the trace: a
+// gateway's span and the consensus member's spans of one client request
+// share a trace. A nil p (tracing off) adds nothing.
+func WithTracing(p *tracing.Provider) DialOption {
+	return func(o *dialOptions) { o.tracing = p }
 }
 
 // WithTLS is the client TLS configuration for https:// endpoints (trusted
@@ -202,7 +214,29 @@ func dialOne(raw string, o dialOptions) (*Endpoint, error) {
 		ReadIdleTimeout: 5 * time.Second,
 		PingTimeout:     2 * time.Second,
 	}
-	return &Endpoint{URL: base, client: &http.Client{Transport: forwardToken{next: tr, proof: o.proof, proofForClaimsOnly: o.claimsOnly}}, tr: tr}, nil
+	var rt http.RoundTripper = forwardToken{next: tr, proof: o.proof, proofForClaimsOnly: o.claimsOnly}
+	if o.tracing.On() {
+		rt = traceContext{next: rt, p: o.tracing}
+	}
+	return &Endpoint{URL: base, client: &http.Client{Transport: rt}, tr: tr}, nil
+}
+
+// traceContext adds the trace context of the request's context to its
+// headers.
+type traceContext struct {
+	next http.RoundTripper
+	p    *tracing.Provider
+}
+
+func (t traceContext) RoundTrip(r *http.Request) (*http.Response, error) {
+	if !trace.SpanContextFromContext(r.Context()).IsValid() {
+		return t.next.RoundTrip(r)
+	}
+	// A RoundTripper must not modify the caller's request.
+	fwd := *r
+	fwd.Header = r.Header.Clone()
+	t.p.Inject(r.Context(), fwd.Header)
+	return t.next.RoundTrip(&fwd)
 }
 
 // rotation picks which of several equivalent endpoints to use: the current

@@ -29,6 +29,7 @@ import (
 	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/consensus/compactor"
 	"github.com/concord-kv/concord/internal/logging"
+	"github.com/concord-kv/concord/internal/tracing"
 )
 
 // ErrInvalid is wrapped by every validation error of this package.
@@ -125,6 +126,9 @@ type Server struct {
 	// EnablePprof serves Go's runtime profiles under /debug/pprof/ on the
 	// client URLs (etcd's --enable-pprof).
 	EnablePprof bool
+	// Tracing is etcd's --enable-distributed-tracing and
+	// --distributed-tracing-*.
+	Tracing tracing.Config
 
 	// LeanHTTP2 serves gRPC (HTTP/2 prior knowledge) with the gateway's own
 	// HTTP/2 server, gateway/h2server (--lean-http2, on by
@@ -202,6 +206,11 @@ const (
 	fAutoCompactionMode  = "auto-compaction-mode"
 	fAutoCompactionRet   = "auto-compaction-retention"
 	fConfigFile          = "config-file"
+	fEnableTracing       = "enable-distributed-tracing"
+	fTracingAddress      = "distributed-tracing-address"
+	fTracingService      = "distributed-tracing-service-name"
+	fTracingInstance     = "distributed-tracing-instance-id"
+	fTracingRate         = "distributed-tracing-sampling-rate"
 )
 
 // ServerFlags declares the server flags on fs, with etcd's names and defaults
@@ -356,6 +365,9 @@ func loadServer(fs *pflag.FlagSet, resolver SRVResolver) (Server, error) {
 	}
 	c.Socket = SocketOptions{ReusePort: v.GetBool(fSocketReusePort), ReuseAddress: v.GetBool(fSocketReuseAddress)}
 	c.EnablePprof = v.GetBool(fEnablePprof)
+	if c.Tracing, err = loadTracing(v); err != nil {
+		return Server{}, err
+	}
 	c.LeanHTTP2 = v.GetBool(fLeanHTTP2)
 	c.EnableGRPCGateway = v.GetBool(fEnableGRPCGateway)
 	c.EnableConsole = v.GetBool(fEnableConsole)
@@ -535,4 +547,24 @@ func monitoringFlags(fs *pflag.FlagSet) {
 	fs.String(fListenMetricsURLs, "", "comma-separated URLs to serve /metrics and the health endpoints on (nothing else)")
 	fs.String(fMetrics, "basic", "level of detail of exported metrics (etcd's 'basic' or 'extensive'; concord exports the same set for both)")
 	fs.String(fFeatureGates, "", "etcd's feature gates, Name=true|false,...; validated and accepted, concord's behaviour does not depend on them")
+	fs.Bool(fEnableTracing, false, "export OpenTelemetry traces of the requests served (OTLP over gRPC, to --distributed-tracing-address)")
+	fs.String(fTracingAddress, tracing.DefaultAddress, "host:port of the OpenTelemetry collector (OTLP gRPC, cleartext)")
+	fs.String(fTracingService, tracing.DefaultServiceName, "service.name of the exported spans")
+	fs.String(fTracingInstance, "", "service.instance.id of the exported spans (unique per process; \"\": not set)")
+	fs.Int(fTracingRate, 0, "traces sampled per million requests, besides those whose caller's traceparent is sampled (0 to 1000000)")
+}
+
+// loadTracing reads the tracing flags declared by monitoringFlags.
+func loadTracing(v *viper.Viper) (tracing.Config, error) {
+	c := tracing.Config{
+		Enabled:                v.GetBool(fEnableTracing),
+		Address:                v.GetString(fTracingAddress),
+		ServiceName:            v.GetString(fTracingService),
+		InstanceID:             v.GetString(fTracingInstance),
+		SamplingRatePerMillion: v.GetInt(fTracingRate),
+	}
+	if err := c.Validate(); err != nil {
+		return tracing.Config{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return c, nil
 }

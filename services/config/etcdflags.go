@@ -65,7 +65,6 @@ type etcdOnlyFlag struct {
 
 const (
 	whyBbolt   = "tunes etcd's bbolt backend; concord's store is Pebble, written once per raft Ready"
-	whyTracing = "only used with --enable-distributed-tracing, which concord does not support"
 	whyIgnored = "ignored by etcd 3.7 too (a flag of older etcd versions)"
 )
 
@@ -81,11 +80,6 @@ var etcdOnlyFlags = []etcdOnlyFlag{
 	{"memory-mlock", true, "etcd locks its bbolt file in memory; concord's Pebble store has no such option"},
 	{"raft-read-timeout", false, "a timeout of etcd's rafthttp connections; concord's peer transport is one HTTP/2 stream per peer with its own keep-alive"},
 	{"raft-write-timeout", false, "a timeout of etcd's rafthttp connections; concord's peer transport is one HTTP/2 stream per peer with its own keep-alive"},
-	{"enable-distributed-tracing", true, "concord exports no OpenTelemetry traces"},
-	{"distributed-tracing-address", false, whyTracing},
-	{"distributed-tracing-service-name", false, whyTracing},
-	{"distributed-tracing-instance-id", false, whyTracing},
-	{"distributed-tracing-sampling-rate", false, whyTracing},
 	{"compaction-batch-limit", false, "concord compacts in the apply of the compaction request, in one store batch, not in timed batches of revisions"},
 	{"compaction-sleep-interval", false, "concord compacts in the apply of the compaction request, in one store batch, not in timed batches of revisions"},
 	{"downgrade-check-time", false, "concord has no cluster downgrade"},
@@ -137,11 +131,6 @@ func etcdCompatFlags(fs *pflag.FlagSet) {
 	fs.Duration("raft-write-timeout", 5*time.Second, "etcd's rafthttp write timeout; inert in concord")
 	discoveryFlags(fs)
 	fs.Bool(fForceNewCluster, false, "force to create a new one member cluster: a member restarting on its data keeps it, drops its uncommitted raft entries and removes every other member (disaster recovery after a permanent loss of quorum)")
-	fs.Bool("enable-distributed-tracing", false, "OpenTelemetry tracing; refused by concord when true")
-	fs.String("distributed-tracing-address", "localhost:4317", "OpenTelemetry tracing; inert in concord")
-	fs.String("distributed-tracing-service-name", "etcd", "OpenTelemetry tracing; inert in concord")
-	fs.String("distributed-tracing-instance-id", "", "OpenTelemetry tracing; inert in concord")
-	fs.Int("distributed-tracing-sampling-rate", 0, "OpenTelemetry tracing; inert in concord")
 	fs.Duration(fCorruptCheckTime, 0, "period of the corruption check, in which the raft leader compares its keyspace hash with every other member's (0: no check)")
 	fs.Duration(fCompactHashCheckTime, time.Minute, "period of the compaction hash check, with the CompactHashCheck feature gate: the raft leader compares the hashes members stored at their latest compactions")
 	fs.Int("compaction-batch-limit", 0, "etcd's compaction batch size; inert in concord")

@@ -112,14 +112,15 @@ func TestServerFlagsCoverEtcd(t *testing.T) {
 
 func TestRefusedEtcdFlags(t *testing.T) {
 	for _, c := range []struct{ arg, want string }{
-		{"--enable-distributed-tracing", "concord exports no OpenTelemetry traces"},
+		{"--enable-distributed-tracing --distributed-tracing-sampling-rate=-1", "tracing sampling rate must be positive"},
+		{"--enable-distributed-tracing --distributed-tracing-sampling-rate=1000001", "tracing sampling rate must be less than 1000000"},
 		{"--memory-mlock", "--memory-mlock=true"},
 		{"--discovery-fallback=proxy", `--discovery-fallback can't be configured as "proxy"`},
 		{"--discovery-fallback=maybe", "--discovery-fallback: invalid value"},
 		{"--v2-deprecation=sometimes", "--v2-deprecation: invalid value"},
 		{"--logger=capnslog", `unknown logger option "capnslog"`},
 	} {
-		_, err := load(t, c.arg)
+		_, err := load(t, strings.Fields(c.arg)...)
 		if !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: err = %v, want ErrInvalid with %q", c.arg, err, c.want)
 		}
@@ -127,18 +128,18 @@ func TestRefusedEtcdFlags(t *testing.T) {
 }
 
 func TestInertEtcdFlagsAreNoted(t *testing.T) {
-	c, err := load(t, "--backend-batch-limit=100", "--max-wals=0", "--distributed-tracing-sampling-rate=1", "--snapshot", "--v2-deprecation=gone")
+	c, err := load(t, "--backend-batch-limit=100", "--max-wals=0", "--compaction-batch-limit=1", "--snapshot", "--v2-deprecation=gone")
 	if err != nil {
 		t.Fatal(err)
 	}
 	joined := strings.Join(c.InertFlags, "\n")
-	for _, want := range []string{"--backend-batch-limit has no effect in concord: tunes etcd's bbolt backend", "--max-wals has no effect", "--distributed-tracing-sampling-rate has no effect", "--snapshot has no effect in concord: ignored by etcd 3.7 too"} {
+	for _, want := range []string{"--backend-batch-limit has no effect in concord: tunes etcd's bbolt backend", "--max-wals has no effect", "--compaction-batch-limit has no effect", "--snapshot has no effect in concord: ignored by etcd 3.7 too"} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("inert notes %q lack %q", joined, want)
 		}
 	}
 	if len(c.InertFlags) != 5 {
-		t.Errorf("inert notes = %q, want 5 (backend-batch-limit, max-wals, distributed-tracing-sampling-rate, v2-deprecation, snapshot)", c.InertFlags)
+		t.Errorf("inert notes = %q, want 5 (backend-batch-limit, max-wals, compaction-batch-limit, v2-deprecation, snapshot)", c.InertFlags)
 	}
 	if c, err = load(t); err != nil || len(c.InertFlags) != 0 {
 		t.Errorf("defaults: inert notes %q, err %v", c.InertFlags, err)

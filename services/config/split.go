@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/concord-kv/concord/internal/tracing"
 )
 
 // Flags of the split topology's subcommands (concord consensus, watchfanout,
@@ -156,6 +158,9 @@ type Split struct {
 	WatchProgressNotifyInterval time.Duration
 	LogLevel                    slog.Level
 	EnablePprof                 bool
+	// Tracing is Server.Tracing (--enable-distributed-tracing,
+	// --distributed-tracing-*).
+	Tracing tracing.Config
 	// LeanHTTP2 is Server.LeanHTTP2 (--lean-http2).
 	LeanHTTP2 bool
 	// EnableGRPCGateway is Server.EnableGRPCGateway (--enable-grpc-gateway).
@@ -260,6 +265,9 @@ func LoadSplit(fs *pflag.FlagSet, role Role) (Split, error) {
 		return Split{}, err
 	}
 	if _, err := parseFeatureGates(v.GetString(fFeatureGates)); err != nil {
+		return Split{}, err
+	}
+	if c.Tracing, err = loadTracing(v); err != nil {
 		return Split{}, err
 	}
 	c.WatchProgressNotifyInterval = v.GetDuration(fWatchProgressNotify)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/concord-kv/concord/internal/tracing"
 	"github.com/concord-kv/concord/services/config"
 )
 
@@ -106,4 +107,38 @@ func TestSplitValidate(t *testing.T) {
 			t.Errorf("%s: got %v, want ErrInvalid", name, err)
 		}
 	}
+}
+
+// Every process takes etcd's tracing flags: the all-in-one and consensus
+// (ServerFlags) and each split role.
+func TestTracingFlags(t *testing.T) {
+	args := []string{"--enable-distributed-tracing", "--distributed-tracing-address=collector:4317",
+		"--distributed-tracing-service-name=kv", "--distributed-tracing-instance-id=m1", "--distributed-tracing-sampling-rate=100"}
+	want := tracing.Config{Enabled: true, Address: "collector:4317", ServiceName: "kv", InstanceID: "m1", SamplingRatePerMillion: 100}
+	s, err := load(t, args...)
+	if err != nil || s.Tracing != want {
+		t.Errorf("server: tracing %+v, err %v; want %+v", s.Tracing, err, want)
+	}
+	for _, role := range []config.Role{config.RoleGateway, config.RoleWatchfanout, config.RoleLeasesvc} {
+		c, err := loadSplit(t, role, append([]string{"--consensus-endpoints=http://c:2379", "--watchfanout-endpoints=http://w:2379", "--leasesvc-endpoints=http://l:2379"}[:roleEndpoints(role)], args...)...)
+		if err != nil || c.Tracing != want {
+			t.Errorf("%s: tracing %+v, err %v; want %+v", role, c.Tracing, err, want)
+		}
+	}
+	defaults := tracing.Config{Address: "localhost:4317", ServiceName: "etcd"}
+	if s, err = load(t); err != nil || s.Tracing != defaults {
+		t.Errorf("defaults: tracing %+v, err %v; want etcd's %+v", s.Tracing, err, defaults)
+	}
+	// A rate out of range is an error only when tracing is on, as in etcd.
+	if _, err := load(t, "--distributed-tracing-sampling-rate=-5"); err != nil {
+		t.Errorf("an out-of-range rate with tracing off: %v", err)
+	}
+}
+
+// roleEndpoints is how many of the endpoint flags role declares.
+func roleEndpoints(role config.Role) int {
+	if role == config.RoleGateway {
+		return 3
+	}
+	return 1
 }

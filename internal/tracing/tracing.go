@@ -1,0 +1,151 @@
+// Package tracing exports OpenTelemetry traces of the requests a process
+// serves, as etcd's --enable-distributed-tracing does: spans go to an OTLP
+// collector over gRPC, sampled per trace at a rate per million (and always
+// when the caller's W3C traceparent says its trace is sampled), with etcd's
+// span names, so dashboards built on etcd's traces read concord's.
+//
+// A process makes one Provider (Start) and hands it to what creates spans:
+//   - Interceptor: a SERVER span per RPC, named like etcd's (otelgrpc's)
+//     "etcdserverpb.KV/Put", the child of the caller's span when the request
+//     carries one;
+//   - Tracer: etcd's INTERNAL spans of the operations ("put", "range",
+//     "txn", ...), made by the component that runs them;
+//   - Inject: the trace context on a call to another concord process, so a
+//     split topology's gateway and consensus member share one trace.
+//
+// Invariant: a nil *Provider is tracing turned off; every method works on it
+// and costs a nil check, so hot paths need no other condition.
+package tracing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+)
+
+// MaxSamplingRatePerMillion samples every trace.
+const MaxSamplingRatePerMillion = 1_000_000
+
+// Defaults of etcd's flags.
+const (
+	DefaultAddress     = "localhost:4317"
+	DefaultServiceName = "etcd"
+)
+
+// scope is the instrumentation scope of the spans, etcd's (traceutil).
+const scope = "go.etcd.io/etcd"
+
+// ErrInvalidConfig is wrapped by Validate's errors.
+var ErrInvalidConfig = errors.New("tracing: invalid config")
+
+// Config is etcd's --enable-distributed-tracing and --distributed-tracing-*.
+type Config struct {
+	Enabled bool
+	// Address is the OTLP collector's host:port (gRPC, cleartext).
+	Address string
+	// ServiceName and InstanceID are the resource's service.name and
+	// service.instance.id ("": not set).
+	ServiceName string
+	InstanceID  string
+	// SamplingRatePerMillion is how many traces in a million are sampled
+	// when the caller's are not (0: only those).
+	SamplingRatePerMillion int
+}
+
+// Validate reports a sampling rate out of range, with etcd's messages, when
+// tracing is enabled.
+func (c Config) Validate() error {
+	switch {
+	case !c.Enabled:
+		return nil
+	case c.SamplingRatePerMillion < 0:
+		return fmt.Errorf("%w: tracing sampling rate must be positive", ErrInvalidConfig)
+	case c.SamplingRatePerMillion > MaxSamplingRatePerMillion:
+		return fmt.Errorf("%w: tracing sampling rate must be less than %d", ErrInvalidConfig, MaxSamplingRatePerMillion)
+	case c.Address == "":
+		return fmt.Errorf("%w: the collector address must not be empty", ErrInvalidConfig)
+	}
+	return nil
+}
+
+// propagator reads and writes the caller's trace (traceparent, tracestate)
+// and baggage, as etcd's otelgrpc options do.
+var propagator = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
+
+// Provider is a process's tracing: nil when tracing is off.
+type Provider struct {
+	tp     *sdktrace.TracerProvider
+	tracer trace.Tracer
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Start returns the Provider of c, or nil when c is not Enabled. It does not
+// wait for the collector: spans are batched and sent in the background,
+// and dropped while it cannot be reached.
+func Start(ctx context.Context, c Config) (*Provider, error) {
+	if err := c.Validate(); err != nil || !c.Enabled {
+		return nil, err
+	}
+	exporter, err := otlptracegrpc.New(ctx, otlptracegrpc.WithInsecure(), otlptracegrpc.WithEndpoint(c.Address))
+	if err != nil {
+		return nil, fmt.Errorf("tracing: exporter for %s: %w", c.Address, err)
+	}
+	attrs := []attribute.KeyValue{attribute.String("service.name", c.ServiceName)}
+	if c.InstanceID != "" {
+		attrs = append(attrs, attribute.String("service.instance.id", c.InstanceID))
+	}
+	sampler := sdktrace.NeverSample()
+	if c.SamplingRatePerMillion > 0 {
+		sampler = sdktrace.TraceIDRatioBased(float64(c.SamplingRatePerMillion) / MaxSamplingRatePerMillion)
+	}
+	tp := sdktrace.NewTracerProvider(
+		sdktrace.WithBatcher(exporter),
+		sdktrace.WithResource(resource.NewSchemaless(attrs...)),
+		sdktrace.WithSampler(sdktrace.ParentBased(sampler)),
+	)
+	return &Provider{tp: tp, tracer: tp.Tracer(scope)}, nil
+}
+
+// Close sends the spans not sent yet (bounded by ctx) and stops the
+// exporter. Idempotent; nil-safe.
+func (p *Provider) Close(ctx context.Context) error {
+	if p == nil {
+		return nil
+	}
+	p.closeOnce.Do(func() { p.closeErr = p.tp.Shutdown(ctx) })
+	return p.closeErr
+}
+
+// Start begins an INTERNAL span of an operation (etcd's names and
+// attributes), the child of ctx's span. With tracing off it returns ctx
+// and a span that records nothing.
+func (p *Provider) Start(ctx context.Context, name string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	if p == nil {
+		return ctx, noop.Span{}
+	}
+	return p.tracer.Start(ctx, name, trace.WithAttributes(attrs...))
+}
+
+// On reports whether tracing is on, so callers can skip building attributes.
+func (p *Provider) On() bool { return p != nil }
+
+// Inject writes ctx's trace context into h, for a call to another process.
+// Nil-safe: with tracing off nothing is written.
+func (p *Provider) Inject(ctx context.Context, h http.Header) {
+	if p == nil {
+		return
+	}
+	propagator.Inject(ctx, propagation.HeaderCarrier(h))
+}
