@@ -70,6 +70,7 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.etcd.io/raft/v3/tracker"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -1245,6 +1246,12 @@ func (n *Node) proposeWait(ctx context.Context, p proposal) (proto.Message, erro
 		n.proposalsFailed.Add(1)
 		return nil, n.ctxErr(ctx)
 	}
+	// The events etcd's raftRequestOnce adds to the request's span.
+	var span trace.Span
+	if n.cfg.Tracing.On() {
+		span = trace.SpanFromContext(ctx)
+		span.AddEvent("Send raft proposal")
+	}
 	// Failures and pending proposals are counted where etcd counts them:
 	// a proposal raft did not take in time or refused, or that was not
 	// applied before the deadline, failed; one handed to raft is pending
@@ -1265,6 +1272,9 @@ func (n *Node) proposeWait(ctx context.Context, p proposal) (proto.Message, erro
 	case res := <-ch:
 		if res.failed {
 			n.proposalsFailed.Add(1)
+		}
+		if span != nil {
+			span.AddEvent("Receive raft result")
 		}
 		return res.resp, res.err
 	case <-ctx.Done():

@@ -578,12 +578,14 @@ func FuzzFrames(f *testing.F) {
 func TestRequestContextSemantics(t *testing.T) {
 	ran := make(chan string, 3)
 	var kept context.Context
+	var local any
 	done := make(chan struct{})
 	e := start(t, h2server.Config{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx := r.Context()
 		if ctx.Err() != nil {
 			t.Errorf("Err before the end: %v", ctx.Err())
 		}
+		local = ctx.Value(http.LocalAddrContextKey)
 		stop := context.AfterFunc(ctx, func() { ran <- "stopped" })
 		context.AfterFunc(ctx, func() { ran <- "kept" })
 		if !stop() {
@@ -600,6 +602,9 @@ func TestRequestContextSemantics(t *testing.T) {
 	}
 	resp.Body.Close()
 	<-done
+	if a, ok := local.(net.Addr); !ok || a.String() != e.addr {
+		t.Errorf("LocalAddrContextKey = %v, want the listener's %s, as net/http gives", local, e.addr)
+	}
 	select {
 	case <-kept.Done():
 	case <-time.After(5 * time.Second):

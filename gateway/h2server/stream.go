@@ -395,7 +395,15 @@ func (b *requestBody) Close() error {
 type streamCtx stream
 
 func (x *streamCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
-func (x *streamCtx) Value(any) any               { return nil }
+
+// Value answers http.LocalAddrContextKey, as net/http's request contexts
+// do: the address the connection was accepted on.
+func (x *streamCtx) Value(key any) any {
+	if key == http.LocalAddrContextKey {
+		return x.c.nc.LocalAddr()
+	}
+	return nil
+}
 
 func (x *streamCtx) Done() <-chan struct{} {
 	st := (*stream)(x)

@@ -3,7 +3,9 @@ package tracing
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"connectrpc.com/connect"
@@ -15,19 +17,25 @@ import (
 
 // Interceptor makes a SERVER span of every RPC a connect handler serves,
 // as etcd's otelgrpc stats handler does (its default, current semantic
-// conventions): named by the procedure without its leading slash, with
-// rpc.method, rpc.system.name and rpc.response.status_code, and in error
-// for the codes otelgrpc counts as the server's failures. The caller's
+// conventions, and its instrumentation scope): named by the procedure
+// without its leading slash, with rpc.method, rpc.system.name,
+// server.address and server.port, and rpc.response.status_code, in error
+// for the codes otelgrpc counts as the server's failures. A call the client
+// cancelled ends CANCELLED, as grpc-go reports it. The caller's
 // traceparent, when it sent one, makes the span its child (otelgrpc trusts
 // it; connect's own otelconnect, which would link it instead, serves only
-// connect-go v2). Nil-safe: a nil p gives nil, which connect.WithInterceptors
-// cannot take, so callers add it only when p.On().
+// connect-go v2). Nil-safe: a nil p gives nil, which
+// connect.WithInterceptors cannot take, so callers add it only when p.On().
 func (p *Provider) Interceptor() connect.Interceptor {
 	if p == nil {
 		return nil
 	}
-	return interceptor{tracer: p.tp.Tracer(scope)}
+	return interceptor{tracer: p.tp.Tracer(grpcScope)}
 }
+
+// grpcScope is otelgrpc's instrumentation scope, which etcd's RPC spans
+// carry.
+const grpcScope = "go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 
 type interceptor struct{ tracer trace.Tracer }
 
@@ -38,11 +46,23 @@ func (i interceptor) start(ctx context.Context, spec connect.Spec, peer connect.
 	if peer.Protocol == connect.ProtocolConnect {
 		system = "connectrpc"
 	}
-	return i.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
-		attribute.String("rpc.method", name), attribute.String("rpc.system.name", system)))
+	attrs := []attribute.KeyValue{attribute.String("rpc.method", name), attribute.String("rpc.system.name", system)}
+	if a, ok := ctx.Value(http.LocalAddrContextKey).(net.Addr); ok {
+		if host, port, err := net.SplitHostPort(a.String()); err == nil {
+			attrs = append(attrs, attribute.String("server.address", host))
+			if p, err := strconv.Atoi(port); err == nil {
+				attrs = append(attrs, attribute.Int("server.port", p))
+			}
+		}
+	}
+	return i.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
 }
 
-func (interceptor) end(span trace.Span, err error) {
+// end ends the span of a call that returned err on ctx.
+func (interceptor) end(ctx context.Context, span trace.Span, err error) {
+	if err == nil && errors.Is(ctx.Err(), context.Canceled) {
+		err = connect.NewError(connect.CodeCanceled, ctx.Err())
+	}
 	code := connect.CodeOf(err)
 	if err == nil {
 		span.SetAttributes(attribute.String("rpc.response.status_code", "OK"))
@@ -77,7 +97,7 @@ func (i interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 		}
 		ctx, span := i.start(ctx, req.Spec(), req.Peer(), req.Header())
 		resp, err := next(ctx, req)
-		i.end(span, err)
+		i.end(ctx, span, err)
 		return resp, err
 	}
 }
@@ -90,7 +110,7 @@ func (i interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) con
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
 		ctx, span := i.start(ctx, conn.Spec(), conn.Peer(), conn.RequestHeader())
 		err := next(ctx, conn)
-		i.end(span, err)
+		i.end(ctx, span, err)
 		return err
 	}
 }

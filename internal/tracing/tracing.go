@@ -19,8 +19,10 @@ package tracing
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"sync"
 
@@ -142,10 +144,22 @@ func (p *Provider) Start(ctx context.Context, name string, attrs ...attribute.Ke
 func (p *Provider) On() bool { return p != nil }
 
 // Inject writes ctx's trace context into h, for a call to another process.
-// Nil-safe: with tracing off nothing is written.
+// A call made for no traced request (a split process's own background
+// calls: health polling, lease expiries, history reads) gets a parent that
+// is not sampled, so the process called does not start a trace for it:
+// etcd has no such calls, and at a high sampling rate they would bury the
+// clients' traces. Nil-safe: with tracing off nothing is written.
 func (p *Provider) Inject(ctx context.Context, h http.Header) {
 	if p == nil {
 		return
+	}
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		var tid trace.TraceID
+		var sid trace.SpanID
+		binary.LittleEndian.PutUint64(tid[:8], rand.Uint64())
+		binary.LittleEndian.PutUint64(tid[8:], rand.Uint64())
+		binary.LittleEndian.PutUint64(sid[:], rand.Uint64()|1)
+		ctx = trace.ContextWithRemoteSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid}))
 	}
 	propagator.Inject(ctx, propagation.HeaderCarrier(h))
 }

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 
 	"github.com/concord-kv/concord/internal/tracing"
 	"github.com/concord-kv/concord/internal/tracing/tracingtest"
@@ -75,8 +77,8 @@ func (k kv) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResponse,
 }
 
 // serve serves etcd's KV service with the provider's interceptor over
-// HTTP/2 and returns a gRPC client of it.
-func serve(t *testing.T, p *tracing.Provider) etcdserverpbconnect.KVClient {
+// HTTP/2 and returns a gRPC client of it and the server's port.
+func serve(t *testing.T, p *tracing.Provider) (etcdserverpbconnect.KVClient, string) {
 	t.Helper()
 	path, h := etcdserverpbconnect.NewKVHandler(kv{p: p}, connect.WithInterceptors(p.Interceptor()))
 	mux := http.NewServeMux()
@@ -85,7 +87,7 @@ func serve(t *testing.T, p *tracing.Provider) etcdserverpbconnect.KVClient {
 	srv.EnableHTTP2 = true
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	return etcdserverpbconnect.NewKVClient(srv.Client(), srv.URL, connect.WithGRPC())
+	return etcdserverpbconnect.NewKVClient(srv.Client(), srv.URL, connect.WithGRPC()), srv.URL[strings.LastIndex(srv.URL, ":")+1:]
 }
 
 func start(t *testing.T, col *tracingtest.Collector, rate int) *tracing.Provider {
@@ -112,7 +114,7 @@ func closeProvider(t *testing.T, p *tracing.Provider) {
 func TestServerSpans(t *testing.T) {
 	col := tracingtest.Start(t)
 	p := start(t, col, tracing.MaxSamplingRatePerMillion)
-	cli := serve(t, p)
+	cli, port := serve(t, p)
 	ctx := context.Background()
 	if _, err := cli.Range(ctx, &pb.RangeRequest{Key: []byte("a")}); err != nil {
 		t.Fatal(err)
@@ -127,13 +129,18 @@ func TestServerSpans(t *testing.T) {
 	var servers []tracingtest.Span
 	var op *tracingtest.Span
 	for i, s := range spans {
-		if s.Service != "svc" || s.Instance != "i1" || s.Scope != "go.etcd.io/etcd" {
-			t.Errorf("span %s: resource %s/%s, scope %s; want svc/i1, go.etcd.io/etcd", s.Name, s.Service, s.Instance, s.Scope)
+		// etcd's scopes: otelgrpc's for RPCs, its own for operations.
+		scope := "go.etcd.io/etcd"
+		if s.Kind == tracepb.Span_SPAN_KIND_SERVER {
+			scope = "go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+		}
+		if s.Resource["service.name"] != `"svc"` || s.Resource["service.instance.id"] != `"i1"` || s.Scope != scope {
+			t.Errorf("span %s: resource %v, scope %s; want svc/i1, %s", s.Name, s.Resource, s.Scope, scope)
 		}
 		switch s.Kind {
-		case "server":
+		case tracepb.Span_SPAN_KIND_SERVER:
 			servers = append(servers, s)
-		case "internal":
+		case tracepb.Span_SPAN_KIND_INTERNAL:
 			op = &spans[i]
 		}
 	}
@@ -145,11 +152,13 @@ func TestServerSpans(t *testing.T) {
 		error bool
 	}{{"OK", false}, {"UNAVAILABLE", true}, {"INVALID_ARGUMENT", false}}
 	for i, s := range servers {
-		if s.Name != "etcdserverpb.KV/Range" || s.Attrs["rpc.method"] != "etcdserverpb.KV/Range" || s.Attrs["rpc.system.name"] != "grpc" {
-			t.Errorf("server span %+v: want etcdserverpb.KV/Range, rpc.method and rpc.system.name grpc", s)
+		if s.Name != "etcdserverpb.KV/Range" || s.Attrs["rpc.method"] != `"etcdserverpb.KV/Range"` || s.Attrs["rpc.system.name"] != `"grpc"` ||
+			s.Attrs["server.address"] != `"127.0.0.1"` || s.Attrs["server.port"] != port {
+			t.Errorf("server span %+v: want etcdserverpb.KV/Range, rpc.method, rpc.system.name grpc and the server's address 127.0.0.1:%s", s, port)
 		}
-		if s.Attrs["rpc.response.status_code"] != wantStatus[i].code || s.StatusError != wantStatus[i].error {
-			t.Errorf("call %d: status code %q error %v, want %q %v", i, s.Attrs["rpc.response.status_code"], s.StatusError, wantStatus[i].code, wantStatus[i].error)
+		isError := s.Status == tracepb.Status_STATUS_CODE_ERROR
+		if s.Attrs["rpc.response.status_code"] != strconv.Quote(wantStatus[i].code) || isError != wantStatus[i].error {
+			t.Errorf("call %d: status code %s error %v, want %q %v", i, s.Attrs["rpc.response.status_code"], isError, wantStatus[i].code, wantStatus[i].error)
 		}
 	}
 	if op.Name != "range" || op.TraceID != servers[0].TraceID || op.ParentID != servers[0].SpanID {
@@ -162,7 +171,7 @@ func TestServerSpans(t *testing.T) {
 func TestParentBasedSampling(t *testing.T) {
 	col := tracingtest.Start(t)
 	p := start(t, col, 0)
-	cli := serve(t, p)
+	cli, _ := serve(t, p)
 	ctx := context.Background()
 	if _, err := cli.Range(ctx, &pb.RangeRequest{Key: []byte("a")}); err != nil {
 		t.Fatal(err)
@@ -176,7 +185,7 @@ func TestParentBasedSampling(t *testing.T) {
 	closeProvider(t, p)
 	var server []tracingtest.Span
 	for _, s := range col.Spans() {
-		if s.Kind == "server" {
+		if s.Kind == tracepb.Span_SPAN_KIND_SERVER {
 			server = append(server, s)
 		}
 	}
@@ -196,5 +205,29 @@ func TestInjectContinuesTrace(t *testing.T) {
 	sc := span.SpanContext()
 	if want := "00-" + sc.TraceID().String() + "-" + sc.SpanID().String() + "-01"; h.Get("traceparent") != want {
 		t.Fatalf("traceparent %q, want %q", h.Get("traceparent"), want)
+	}
+}
+
+// A call made for no traced request carries a parent that is not sampled,
+// so the process called records nothing for it even at the full rate.
+func TestInjectWithoutSpanIsNotSampled(t *testing.T) {
+	col := tracingtest.Start(t)
+	caller := start(t, col, tracing.MaxSamplingRatePerMillion)
+	h := http.Header{}
+	caller.Inject(context.Background(), h)
+	tp := h.Get("traceparent")
+	if len(tp) != 55 || !strings.HasPrefix(tp, "00-") || !strings.HasSuffix(tp, "-00") {
+		t.Fatalf("traceparent %q, want a valid one with the sampled flag off", tp)
+	}
+	callee := start(t, col, tracing.MaxSamplingRatePerMillion)
+	cli, _ := serve(t, callee)
+	ctx, call := connect.NewClientContext(context.Background())
+	call.RequestHeader().Set("traceparent", tp)
+	if _, err := cli.Range(ctx, &pb.RangeRequest{Key: []byte("a")}); err != nil {
+		t.Fatal(err)
+	}
+	closeProvider(t, callee)
+	if spans := col.Spans(); len(spans) != 0 {
+		t.Fatalf("the callee recorded %v for an unsampled parent", spans)
 	}
 }
