@@ -264,6 +264,14 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 					// tells what was over the limit (asGRPCGoReadError).
 					body = &countingBody{ReadCloser: r.Body}
 					r.Body = body
+				} else {
+					// As grpc-go (etcd) does, responses are compressed only
+					// when the request was. connect would compress every
+					// response to a client that merely accepts gzip, which
+					// every grpc-go client linking grpc/encoding/gzip
+					// advertises (OpenTelemetry's exporters link it, in
+					// kube-apiserver too), at several times a call's CPU.
+					delete(r.Header, "Grpc-Accept-Encoding")
 				}
 				h.ServeHTTP(w, g.callers.identify(r, true))
 				asGRPCGoReadError(w.Header(), unary, body)

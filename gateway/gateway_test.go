@@ -4,6 +4,8 @@ import (
 	"bytes"
 	gogzip "compress/gzip"
 	"context"
+	"crypto/tls"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,12 +29,14 @@ import (
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding/gzip"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/gateway"
@@ -1141,4 +1145,57 @@ func gzipOverhead(t *testing.T, b []byte) int {
 		t.Fatal(err)
 	}
 	return buf.Len() - len(b)
+}
+
+// A gRPC response is compressed only when its request was, as grpc-go
+// (etcd) answers: a client that merely accepts gzip gets plain messages.
+func TestResponseCompressedOnlyForCompressedRequest(t *testing.T) {
+	addr := startGateway(t, gateway.Config{}, newFake())
+	tr := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}}
+	defer tr.CloseIdleConnections()
+	msg, err := proto.Marshal(&pb.RangeRequest{Key: []byte("k")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name       string
+		compressed bool
+	}{{"plain request", false}, {"gzip request", true}} {
+		flag, payload := byte(0), msg
+		if c.compressed {
+			var buf bytes.Buffer
+			w := gogzip.NewWriter(&buf)
+			w.Write(msg)
+			w.Close()
+			flag, payload = 1, buf.Bytes()
+		}
+		body := append([]byte{flag, 0, 0, 0, 0}, payload...)
+		binary.BigEndian.PutUint32(body[1:5], uint32(len(payload)))
+		req, err := http.NewRequest(http.MethodPost, "http://"+addr+"/etcdserverpb.KV/Range", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/grpc")
+		req.Header.Set("Te", "trailers")
+		req.Header.Set("Grpc-Accept-Encoding", "gzip")
+		if c.compressed {
+			req.Header.Set("Grpc-Encoding", "gzip")
+		}
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || len(out) < 5 || resp.Trailer.Get("Grpc-Status") != "0" {
+			t.Fatalf("%s: %d bytes, err %v, grpc-status %q", c.name, len(out), err, resp.Trailer.Get("Grpc-Status"))
+		}
+		gotCompressed := out[0] == 1 && resp.Header.Get("Grpc-Encoding") == "gzip"
+		if gotCompressed != c.compressed || (out[0] == 0) != (resp.Header.Get("Grpc-Encoding") == "") {
+			t.Errorf("%s: response flag %d, grpc-encoding %q; want compressed %v", c.name, out[0], resp.Header.Get("Grpc-Encoding"), c.compressed)
+		}
+	}
 }
