@@ -41,7 +41,7 @@ func (n *Node) header(h *pb.ResponseHeader) *pb.ResponseHeader {
 // linearizable reads, as etcd's interceptor does, in the gateway
 // (gateway/learner.go).
 func (n *Node) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
-	ctx, span := n.opSpan(ctx, "range", func() []attribute.KeyValue { return rangeSpanAttrs(r) })
+	ctx, span := n.cfg.Tracing.Start(ctx, "range", func() []attribute.KeyValue { return rangeSpanAttrs(r) })
 	defer span.End()
 	if err := n.readBarrier(ctx, r.GetSerializable()); err != nil {
 		return nil, err
@@ -79,7 +79,7 @@ func (n *Node) readBarrier(ctx context.Context, serializable bool) error {
 
 // Put writes one key through raft.
 func (n *Node) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
-	ctx, span := n.opSpan(ctx, "put", func() []attribute.KeyValue {
+	ctx, span := n.cfg.Tracing.Start(ctx, "put", func() []attribute.KeyValue {
 		return []attribute.KeyValue{attribute.String("key", string(r.GetKey()))}
 	})
 	defer span.End()
@@ -99,7 +99,7 @@ func (n *Node) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, erro
 
 // DeleteRange deletes keys through raft.
 func (n *Node) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
-	ctx, span := n.opSpan(ctx, "delete_range", func() []attribute.KeyValue {
+	ctx, span := n.cfg.Tracing.Start(ctx, "delete_range", func() []attribute.KeyValue {
 		return []attribute.KeyValue{attribute.String("range_begin", string(r.GetKey())), attribute.String("range_end", string(r.GetRangeEnd()))}
 	})
 	defer span.End()
@@ -119,7 +119,7 @@ func (n *Node) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.D
 // serializable) without a proposal, as etcd does.
 func (n *Node) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
 	readOnly := !txnHasWrites(r)
-	ctx, span := n.opSpan(ctx, "txn", func() []attribute.KeyValue { return txnSpanAttrs(r, readOnly) })
+	ctx, span := n.cfg.Tracing.Start(ctx, "txn", func() []attribute.KeyValue { return txnSpanAttrs(r, readOnly) })
 	defer span.End()
 	if readOnly {
 		if err := n.readBarrier(ctx, txnSerializable(r)); err != nil {
@@ -179,7 +179,7 @@ func txnSerializable(r *pb.TxnRequest) bool {
 
 // Compact compacts the key history through raft.
 func (n *Node) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
-	ctx, span := n.opSpan(ctx, "compact", func() []attribute.KeyValue {
+	ctx, span := n.cfg.Tracing.Start(ctx, "compact", func() []attribute.KeyValue {
 		return []attribute.KeyValue{attribute.Bool("is_physical", r.GetPhysical()), attribute.Int64("rev", r.GetRevision())}
 	})
 	defer span.End()
@@ -202,7 +202,7 @@ func (n *Node) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.Lea
 	for req.ID == 0 {
 		req.ID = int64(n.ids.next() & (1<<63 - 1))
 	}
-	ctx, span := n.opSpan(ctx, "lease_grant", func() []attribute.KeyValue {
+	ctx, span := n.cfg.Tracing.Start(ctx, "lease_grant", func() []attribute.KeyValue {
 		return []attribute.KeyValue{attribute.Int64("id", req.ID), attribute.Int64("ttl", r.GetTTL())}
 	})
 	defer span.End()
@@ -229,7 +229,7 @@ func (n *Node) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.Lea
 
 // LeaseRevoke deletes a lease and its keys through raft.
 func (n *Node) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
-	ctx, span := n.opSpan(ctx, "lease_revoke", func() []attribute.KeyValue {
+	ctx, span := n.cfg.Tracing.Start(ctx, "lease_revoke", func() []attribute.KeyValue {
 		return []attribute.KeyValue{attribute.Int64("id", r.GetID())}
 	})
 	defer span.End()

@@ -1,24 +1,13 @@
 package consensus
 
-import (
-	"context"
+// The attributes of etcd's INTERNAL spans of the operations
+// (EtcdServer's, etcdserver/v3_server.go), made when Config.Tracing records
+// them.
 
+import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/trace"
-	"go.opentelemetry.io/otel/trace/noop"
 )
-
-// opSpan starts etcd's INTERNAL span of an operation (EtcdServer's names
-// and attributes, etcdserver/v3_server.go), the child of the RPC's span,
-// when Config.Tracing is on; attrs is called only then, so with tracing off
-// an operation pays a nil check.
-func (n *Node) opSpan(ctx context.Context, name string, attrs func() []attribute.KeyValue) (context.Context, trace.Span) {
-	if !n.cfg.Tracing.On() {
-		return ctx, noop.Span{}
-	}
-	return n.cfg.Tracing.Start(ctx, name, attrs()...)
-}
 
 func rangeSpanAttrs(r *pb.RangeRequest) []attribute.KeyValue {
 	return []attribute.KeyValue{

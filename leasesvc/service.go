@@ -41,7 +41,6 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
 	"github.com/concord-kv/concord/consensus"
@@ -337,11 +336,10 @@ func (s *Service) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*p
 // does. The header is taken before the renewal, as etcd does, so its
 // revision never postdates a revoke the renewal missed.
 func (s *Service) LeaseKeepAlive(ctx context.Context, r *pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, error) {
-	if s.cfg.Tracing.On() {
-		var span trace.Span
-		ctx, span = s.cfg.Tracing.Start(ctx, "lease_renew", attribute.Int64("id", r.GetID()))
-		defer span.End()
-	}
+	ctx, span := s.cfg.Tracing.Start(ctx, "lease_renew", func() []attribute.KeyValue {
+		return []attribute.KeyValue{attribute.Int64("id", r.GetID())}
+	})
+	defer span.End()
 	h := s.b.Header()
 	ttl, err := s.KeepAlive(ctx, r.GetID())
 	if err != nil {

@@ -30,17 +30,23 @@ func (p *Provider) Interceptor() connect.Interceptor {
 	if p == nil {
 		return nil
 	}
-	return interceptor{tracer: p.tp.Tracer(grpcScope)}
+	return interceptor{p: p, tracer: p.tp.Tracer(grpcScope)}
 }
 
 // grpcScope is otelgrpc's instrumentation scope, which etcd's RPC spans
 // carry.
 const grpcScope = "go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 
-type interceptor struct{ tracer trace.Tracer }
+type interceptor struct {
+	p      *Provider
+	tracer trace.Tracer
+}
 
 func (i interceptor) start(ctx context.Context, spec connect.Spec, peer connect.Peer, h http.Header) (context.Context, trace.Span) {
 	ctx = propagator.Extract(ctx, propagation.HeaderCarrier(h))
+	if i.p.unsampled(ctx) {
+		return ctx, noSpan
+	}
 	name := strings.TrimPrefix(spec.Procedure, "/")
 	system := "grpc"
 	if peer.Protocol == connect.ProtocolConnect {
@@ -60,6 +66,9 @@ func (i interceptor) start(ctx context.Context, spec connect.Spec, peer connect.
 
 // end ends the span of a call that returned err on ctx.
 func (interceptor) end(ctx context.Context, span trace.Span, err error) {
+	if !span.IsRecording() {
+		return
+	}
 	if err == nil && errors.Is(ctx.Err(), context.Canceled) {
 		err = connect.NewError(connect.CodeCanceled, ctx.Err())
 	}

@@ -88,6 +88,9 @@ var propagator = propagation.NewCompositeTextMapPropagator(propagation.TraceCont
 type Provider struct {
 	tp     *sdktrace.TracerProvider
 	tracer trace.Tracer
+	// neverRoot: the sampling rate is 0, so only a sampled caller's
+	// requests are traced.
+	neverRoot bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -117,7 +120,7 @@ func Start(ctx context.Context, c Config) (*Provider, error) {
 		sdktrace.WithResource(resource.NewSchemaless(attrs...)),
 		sdktrace.WithSampler(sdktrace.ParentBased(sampler)),
 	)
-	return &Provider{tp: tp, tracer: tp.Tracer(scope)}, nil
+	return &Provider{tp: tp, tracer: tp.Tracer(scope), neverRoot: c.SamplingRatePerMillion == 0}, nil
 }
 
 // Close sends the spans not sent yet (bounded by ctx) and stops the
@@ -131,13 +134,32 @@ func (p *Provider) Close(ctx context.Context) error {
 }
 
 // Start begins an INTERNAL span of an operation (etcd's names and
-// attributes), the child of ctx's span. With tracing off it returns ctx
-// and a span that records nothing.
-func (p *Provider) Start(ctx context.Context, name string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
-	if p == nil {
-		return ctx, noop.Span{}
+// attributes, which attrs, if not nil, returns; it is called only when the
+// span records), the child of ctx's span. With tracing off, or a span the
+// sampler would not record, it returns ctx and a span that records nothing.
+func (p *Provider) Start(ctx context.Context, name string, attrs func() []attribute.KeyValue) (context.Context, trace.Span) {
+	if p == nil || p.unsampled(ctx) {
+		return ctx, noSpan
 	}
-	return p.tracer.Start(ctx, name, trace.WithAttributes(attrs...))
+	var kvs []attribute.KeyValue
+	if attrs != nil {
+		kvs = attrs()
+	}
+	return p.tracer.Start(ctx, name, trace.WithAttributes(kvs...))
+}
+
+// noSpan records nothing; one value, so returning it allocates nothing.
+var noSpan trace.Span = noop.Span{}
+
+// unsampled reports whether a span started on ctx is certain not to be
+// sampled, so making it can be skipped: its parent was not sampled, or it
+// has none and the rate is 0 (the sampler is ParentBased). A process
+// called from here learns the same from Inject.
+func (p *Provider) unsampled(ctx context.Context) bool {
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		return !sc.IsSampled()
+	}
+	return p.neverRoot
 }
 
 // On reports whether tracing is on, so callers can skip building attributes.

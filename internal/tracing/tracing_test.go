@@ -48,7 +48,7 @@ func TestOffIsNil(t *testing.T) {
 	if err != nil || p != nil {
 		t.Fatalf("Start(off) = %v, %v; want nil, nil", p, err)
 	}
-	ctx, span := p.Start(context.Background(), "put")
+	ctx, span := p.Start(context.Background(), "put", nil)
 	span.End()
 	h := http.Header{}
 	p.Inject(ctx, h)
@@ -71,7 +71,7 @@ func (k kv) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResponse,
 	case "invalid":
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("etcdserver: key is not provided"))
 	}
-	_, span := k.p.Start(ctx, "range")
+	_, span := k.p.Start(ctx, "range", nil)
 	span.End()
 	return &pb.RangeResponse{}, nil
 }
@@ -198,7 +198,7 @@ func TestParentBasedSampling(t *testing.T) {
 func TestInjectContinuesTrace(t *testing.T) {
 	col := tracingtest.Start(t)
 	caller := start(t, col, tracing.MaxSamplingRatePerMillion)
-	ctx, span := caller.Start(context.Background(), "call")
+	ctx, span := caller.Start(context.Background(), "call", nil)
 	h := http.Header{}
 	caller.Inject(ctx, h)
 	span.End()
