@@ -62,6 +62,9 @@ type Gateway struct {
 	rest *restGateway
 	// health is the gRPC health service (grpchealth.go).
 	health *healthService
+	// tracing makes the spans of the RPCs and of a streamed range (nil:
+	// off).
+	tracing *tracing.Provider
 
 	mu      sync.Mutex
 	closed  bool
@@ -181,6 +184,7 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 		connect.WithReadMaxBytes(cfg.MaxRequestBytes + grpcOverheadBytes),
 		connect.WithRequestGate(g.gate),
 	}
+	g.tracing = o.tracing
 	if o.tracing.On() {
 		// First, so the span covers the other interceptors too.
 		hopts = append(hopts, connect.WithInterceptors(o.tracing.Interceptor()))
