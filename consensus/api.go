@@ -10,6 +10,7 @@ import (
 	"go.etcd.io/etcd/api/v3/version"
 	"go.opentelemetry.io/otel/attribute"
 
+	"github.com/concord-kv/concord/internal/tracing"
 	"github.com/concord-kv/concord/storage"
 )
 
@@ -41,7 +42,7 @@ func (n *Node) header(h *pb.ResponseHeader) *pb.ResponseHeader {
 // linearizable reads, as etcd's interceptor does, in the gateway
 // (gateway/learner.go).
 func (n *Node) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
-	ctx, span := n.cfg.Tracing.Start(ctx, "range", func() []attribute.KeyValue { return rangeSpanAttrs(r) })
+	ctx, span := n.cfg.Tracing.Start(ctx, "range", func() []attribute.KeyValue { return tracing.RangeAttrs(r) })
 	defer span.End()
 	if err := n.readBarrier(ctx, r.GetSerializable()); err != nil {
 		return nil, err
@@ -119,7 +120,7 @@ func (n *Node) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.D
 // serializable) without a proposal, as etcd does.
 func (n *Node) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
 	readOnly := !txnHasWrites(r)
-	ctx, span := n.cfg.Tracing.Start(ctx, "txn", func() []attribute.KeyValue { return txnSpanAttrs(r, readOnly) })
+	ctx, span := n.cfg.Tracing.Start(ctx, "txn", func() []attribute.KeyValue { return tracing.TxnAttrs(r, readOnly) })
 	defer span.End()
 	if readOnly {
 		if err := n.readBarrier(ctx, txnSerializable(r)); err != nil {

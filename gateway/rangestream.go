@@ -10,6 +10,8 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.opentelemetry.io/otel/attribute"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/concord-kv/concord/internal/tracing"
 )
 
 // RangeStream is etcd 3.7's streamed range (`etcdctl get --stream`,
@@ -36,15 +38,7 @@ func (s kvService) RangeStream(ctx context.Context, r *pb.RangeRequest, out *con
 	}
 	// etcd's span of a streamed range (EtcdServer.RangeStream); each chunk's
 	// read is a "range" span below it, made where the read runs.
-	ctx, span := s.g.tracing.Start(ctx, "range_streaming", func() []attribute.KeyValue {
-		return []attribute.KeyValue{
-			attribute.String("range_begin", string(r.GetKey())),
-			attribute.String("range_end", string(r.GetRangeEnd())),
-			attribute.Int64("rev", r.GetRevision()),
-			attribute.Int64("limit", r.GetLimit()),
-			attribute.Bool("count_only", r.GetCountOnly()),
-		}
-	})
+	ctx, span := s.g.tracing.Start(ctx, "range_streaming", func() []attribute.KeyValue { return tracing.RangeStreamAttrs(r) })
 	defer span.End()
 	send := func(resp *pb.RangeResponse) error {
 		return out.Send(&pb.RangeStreamResponse{RangeResponse: resp})

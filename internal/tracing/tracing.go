@@ -8,8 +8,9 @@
 //   - Interceptor: a SERVER span per RPC, named like etcd's (otelgrpc's)
 //     "etcdserverpb.KV/Put", the child of the caller's span when the request
 //     carries one;
-//   - Tracer: etcd's INTERNAL spans of the operations ("put", "range",
-//     "txn", ...), made by the component that runs them;
+//   - Provider.Start: etcd's INTERNAL spans of the operations ("put",
+//     "range", "txn", ...; etcd.go has the attributes of the larger
+//     requests), made by the component that runs them;
 //   - Inject: the trace context on a call to another concord process, so a
 //     split topology's gateway and consensus member share one trace.
 //

@@ -1,26 +1,32 @@
-package consensus
+package tracing
 
-// The attributes of etcd's INTERNAL spans of the operations
-// (EtcdServer's, etcdserver/v3_server.go), made when Config.Tracing records
-// them.
+// The attributes of etcd's INTERNAL spans of the operations whose
+// requests are more than a key (EtcdServer's, etcdserver/v3_server.go).
 
 import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.opentelemetry.io/otel/attribute"
 )
 
-func rangeSpanAttrs(r *pb.RangeRequest) []attribute.KeyValue {
+// RangeStreamAttrs are etcd's attributes of a "range_streaming" span.
+func RangeStreamAttrs(r *pb.RangeRequest) []attribute.KeyValue {
 	return []attribute.KeyValue{
 		attribute.String("range_begin", string(r.GetKey())),
 		attribute.String("range_end", string(r.GetRangeEnd())),
 		attribute.Int64("rev", r.GetRevision()),
 		attribute.Int64("limit", r.GetLimit()),
 		attribute.Bool("count_only", r.GetCountOnly()),
-		attribute.Bool("keys_only", r.GetKeysOnly()),
 	}
 }
 
-func txnSpanAttrs(r *pb.TxnRequest, readOnly bool) []attribute.KeyValue {
+// RangeAttrs are etcd's attributes of a "range" span: a streamed range's
+// and keys_only.
+func RangeAttrs(r *pb.RangeRequest) []attribute.KeyValue {
+	return append(RangeStreamAttrs(r), attribute.Bool("keys_only", r.GetKeysOnly()))
+}
+
+// TxnAttrs are etcd's attributes of a "txn" span.
+func TxnAttrs(r *pb.TxnRequest, readOnly bool) []attribute.KeyValue {
 	return []attribute.KeyValue{
 		attribute.String("compare_first_key", firstCompareKey(r.GetCompare())),
 		attribute.String("success_first_key", firstOpKey(r.GetSuccess())),
