@@ -66,29 +66,33 @@ func (i interceptor) start(ctx context.Context, spec connect.Spec, peer connect.
 
 // end ends the span of a call that returned err on ctx.
 func (interceptor) end(ctx context.Context, span trace.Span, err error) {
-	if !span.IsRecording() {
-		return
+	if span.IsRecording() {
+		setStatus(ctx, span, err)
 	}
+	span.End()
+}
+
+// setStatus records the call's gRPC status on span as otelgrpc does.
+func setStatus(ctx context.Context, span trace.Span, err error) {
 	if err == nil && errors.Is(ctx.Err(), context.Canceled) {
 		err = connect.NewError(connect.CodeCanceled, ctx.Err())
 	}
-	code := connect.CodeOf(err)
 	if err == nil {
 		span.SetAttributes(attribute.String("rpc.response.status_code", "OK"))
-	} else {
-		span.SetAttributes(attribute.String("rpc.response.status_code", statusName(code)))
-		switch code {
-		case connect.CodeUnknown, connect.CodeDeadlineExceeded, connect.CodeUnimplemented,
-			connect.CodeInternal, connect.CodeUnavailable, connect.CodeDataLoss:
-			msg := err.Error()
-			var ce *connect.Error
-			if errors.As(err, &ce) {
-				msg = ce.Message()
-			}
-			span.SetStatus(codes.Error, msg)
-		}
+		return
 	}
-	span.End()
+	code := connect.CodeOf(err)
+	span.SetAttributes(attribute.String("rpc.response.status_code", statusName(code)))
+	switch code {
+	case connect.CodeUnknown, connect.CodeDeadlineExceeded, connect.CodeUnimplemented,
+		connect.CodeInternal, connect.CodeUnavailable, connect.CodeDataLoss:
+		msg := err.Error()
+		var ce *connect.Error
+		if errors.As(err, &ce) {
+			msg = ce.Message()
+		}
+		span.SetStatus(codes.Error, msg)
+	}
 }
 
 // statusName is gRPC's canonical name of code ("INVALID_ARGUMENT").

@@ -163,7 +163,7 @@ func (p *Provider) unsampled(ctx context.Context) bool {
 	return p.neverRoot
 }
 
-// On reports whether tracing is on, so callers can skip building attributes.
+// On reports whether tracing is on.
 func (p *Provider) On() bool { return p != nil }
 
 // Inject writes ctx's trace context into h, for a call to another process.
