@@ -57,7 +57,7 @@ const (
 	absent = "(absent)"
 )
 
-// q renders a string attribute value as renderValue does.
+// q renders a string attribute value as tracingtest.Render does.
 func q(s string) string { return strconv.Quote(s) }
 
 // --- Span trees ------------------------------------------------------------
