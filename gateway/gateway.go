@@ -211,7 +211,7 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 	g.mount(healthServicePrefix, g.health.handler(hopts...))
 	g.installHTTPEndpoints(o.readyChecks)
 	for _, e := range o.extra {
-		g.misc.Handle(e.pattern, g.callers.wrap(e.h))
+		g.misc.Handle(e.pattern, g.callers.wrap(o.tracing.Handler(e.h)))
 	}
 	g.handler = http.HandlerFunc(g.route)
 	g.httpRoutes = g.withCORS(g.misc)

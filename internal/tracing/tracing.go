@@ -186,3 +186,17 @@ func (p *Provider) Inject(ctx context.Context, h http.Header) {
 	}
 	propagator.Inject(ctx, propagation.HeaderCarrier(h))
 }
+
+// Handler makes h's requests carry their caller's trace context, so the
+// spans made while serving them continue the caller's trace: concord's
+// internal services (a lease service's keep-alive stream, consensus's
+// internal API) are plain handlers, outside the RPC interceptor. Nil-safe:
+// with tracing off it is h.
+func (p *Provider) Handler(h http.Handler) http.Handler {
+	if p == nil {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r.WithContext(propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))))
+	})
+}

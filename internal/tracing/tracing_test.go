@@ -12,6 +12,7 @@ import (
 
 	"connectrpc.com/connect"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.opentelemetry.io/otel/trace"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 
 	"github.com/concord-kv/concord/internal/tracing"
@@ -229,5 +230,26 @@ func TestInjectWithoutSpanIsNotSampled(t *testing.T) {
 	closeProvider(t, callee)
 	if spans := col.Spans(); len(spans) != 0 {
 		t.Fatalf("the callee recorded %v for an unsampled parent", spans)
+	}
+}
+
+// Handler gives a plain handler's request the caller's trace context.
+func TestHandlerExtractsTraceContext(t *testing.T) {
+	col := tracingtest.Start(t)
+	p := start(t, col, 0)
+	const traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	var got trace.SpanContext
+	h := p.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = trace.SpanContextFromContext(r.Context())
+	}))
+	req := httptest.NewRequest(http.MethodPost, "/internal", nil)
+	req.Header.Set("traceparent", traceparent)
+	h.ServeHTTP(httptest.NewRecorder(), req)
+	if got.TraceID().String() != "4bf92f3577b34da6a3ce929d0e0e4736" || got.SpanID().String() != "00f067aa0ba902b7" || !got.IsSampled() || !got.IsRemote() {
+		t.Fatalf("handler saw %+v; want the caller's sampled span", got)
+	}
+	var off *tracing.Provider
+	if off.Handler(h) == nil {
+		t.Fatal("a nil provider's Handler is nil")
 	}
 }

@@ -647,10 +647,12 @@ func startTracedSplit(t *testing.T, flags func(instance string) []string) *proc 
 //     the caller's trace, with the "put" span below; the resource has the
 //     default service.name "etcd" and no service.instance.id;
 //   - split: concord's split topology, every process tracing to one
-//     collector with its own service.instance.id: a Put, a Get and a lease
-//     Grant through the gateway each give one trace in which the gateway's
-//     SERVER span is an ancestor of etcd's INTERNAL span (for the put, made
-//     by the consensus member), with no span of the chain missing.
+//     collector with its own service.instance.id: a Put, a Get, a lease
+//     Grant and a keep-alive through the gateway each give one trace in
+//     which the gateway's SERVER span is an ancestor of etcd's INTERNAL span
+//     (for the put, made by the consensus member; for the keep-alive, by the
+//     lease service), with no span of the chain missing, and no RPC between
+//     the processes starts a trace of its own.
 func TestDistributedTracing(t *testing.T) {
 	t.Parallel()
 
@@ -791,6 +793,9 @@ func TestDistributedTracing(t *testing.T) {
 		if err != nil {
 			t.Fatalf("lease grant through the gateway: %v", err)
 		}
+		if _, err := cli.KeepAliveOnce(ctx, grant.ID); err != nil {
+			t.Fatalf("lease keep-alive through the gateway: %v", err)
+		}
 		// Each request: the gateway's SERVER span, the INTERNAL span etcd
 		// makes for it with etcd's attributes, and which process must make
 		// that span ("" for any).
@@ -803,6 +808,9 @@ func TestDistributedTracing(t *testing.T) {
 			{"etcdserverpb.KV/Put", "put", map[string]string{"key": q("split/a")}, "consensus-1", raftEvents},
 			{"etcdserverpb.KV/Range", "range", map[string]string{"range_begin": q("split/a"), "range_end": q(""), "rev": "0", "limit": "0", "count_only": "false", "keys_only": "false"}, "", nil},
 			{"etcdserverpb.Lease/LeaseGrant", "lease_grant", map[string]string{"id": leaseValue, "ttl": "60"}, "", nil},
+			// Renewed by the lease service, under its internal keep-alive
+			// call, which is no RPC span of its own.
+			{"etcdserverpb.Lease/LeaseKeepAlive", "lease_renew", map[string]string{"id": leaseValue}, "leasesvc-1", nil},
 		}
 		isGatewayServer := func(s tracingtest.Span, method string) bool {
 			return s.Kind == tracepb.Span_SPAN_KIND_SERVER && s.Name == method && s.ParentID == "" && s.Resource["service.instance.id"] == q("gateway-1")
