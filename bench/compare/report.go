@@ -494,6 +494,8 @@ func WriteMarkdown(w io.Writer, r *Report, notes, svgName string) error {
 	p("- Machine: %s, %d CPUs, %s RAM, Linux %s (%s).\n", r.Env.CPUModel, r.Env.CPUs, formatMiB(float64(r.Env.MemTotal))+" MiB", r.Env.Kernel, r.Env.OS)
 	p("- etcd: `%s` (built with `go build go.etcd.io/etcd/server/v3`, the version pinned in go.mod).\n", r.Env.EtcdVersion)
 	p("- concord: `%s`, all-in-one (`./services/concord`).\n", r.Env.ConcordVersion)
+	p("- Both binaries are installed by copying them from the build's output, as a package or an image\n")
+	p("  layer would (a binary started straight from the linker's output maps all of its text).\n")
 	p("- Runner: %s; the benchmark client runs on the same machine as the servers and shares its CPUs.\n", r.Env.GoVersion)
 	p("- Both servers: single member, `--name bench`, loopback client and peer URLs, data directory on the\n")
 	p("  same disk, and `%s`.\n", strings.Join(r.ServerFlags, " "))
