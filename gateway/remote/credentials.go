@@ -7,6 +7,7 @@ import (
 
 	"github.com/concord-kv/concord/auth"
 	"github.com/concord-kv/concord/gateway"
+	"github.com/concord-kv/concord/internal/tracing"
 )
 
 // forwardToken is the transport of every endpoint: a call made for a
@@ -33,15 +34,20 @@ import (
 // process's certificate, unless it vouches for a claim); with
 // proofForClaimsOnly (WithClaimSecret, fan-outs and lease services) only
 // the requests that carry a claim, the only ones where they check it.
+//
+// With tracing on (WithTracing), every request also carries the trace
+// context of its caller's span (tracing.Provider.Inject), in the same copy
+// of the headers.
 type forwardToken struct {
 	next               http.RoundTripper
 	proof              string
 	proofForClaimsOnly bool
+	tracing            *tracing.Provider
 }
 
 func (f forwardToken) RoundTrip(r *http.Request) (*http.Response, error) {
 	c, ok := auth.CredentialsFrom(r.Context())
-	if !ok && (f.proof == "" || f.proofForClaimsOnly) {
+	if !ok && (f.proof == "" || f.proofForClaimsOnly) && !f.tracing.On() {
 		return f.next.RoundTrip(r)
 	}
 	// A RoundTripper must not modify the caller's request: only the header
@@ -68,6 +74,7 @@ func (f forwardToken) RoundTrip(r *http.Request) (*http.Response, error) {
 	if f.proof != "" && (claim || !f.proofForClaimsOnly) {
 		fwd.Header.Set(gateway.InternalSecretHeader, f.proof)
 	}
+	f.tracing.Inject(r.Context(), fwd.Header)
 	return f.next.RoundTrip(&fwd)
 }
 

@@ -213,27 +213,8 @@ func dialOne(raw string, o dialOptions) (*Endpoint, error) {
 		ReadIdleTimeout: 5 * time.Second,
 		PingTimeout:     2 * time.Second,
 	}
-	var rt http.RoundTripper = forwardToken{next: tr, proof: o.proof, proofForClaimsOnly: o.claimsOnly}
-	if o.tracing.On() {
-		rt = traceContext{next: rt, p: o.tracing}
-	}
+	rt := forwardToken{next: tr, proof: o.proof, proofForClaimsOnly: o.claimsOnly, tracing: o.tracing}
 	return &Endpoint{URL: base, client: &http.Client{Transport: rt}, tr: tr}, nil
-}
-
-// traceContext adds the trace context of the request's context to its
-// headers (tracing.Provider.Inject: a call made for no traced request says
-// it is not sampled).
-type traceContext struct {
-	next http.RoundTripper
-	p    *tracing.Provider
-}
-
-func (t traceContext) RoundTrip(r *http.Request) (*http.Response, error) {
-	// A RoundTripper must not modify the caller's request.
-	fwd := *r
-	fwd.Header = r.Header.Clone()
-	t.p.Inject(r.Context(), fwd.Header)
-	return t.next.RoundTrip(&fwd)
 }
 
 // rotation picks which of several equivalent endpoints to use: the current
