@@ -42,6 +42,16 @@ func (n *Node) header(h *pb.ResponseHeader) *pb.ResponseHeader {
 // linearizable reads, as etcd's interceptor does, in the gateway
 // (gateway/learner.go).
 func (n *Node) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	return n.rangeKeys(ctx, r, false)
+}
+
+// RangeWire is Range for a caller that only marshals the response to the
+// protobuf binary format: see storage.Store.RangeWire.
+func (n *Node) RangeWire(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	return n.rangeKeys(ctx, r, true)
+}
+
+func (n *Node) rangeKeys(ctx context.Context, r *pb.RangeRequest, wire bool) (*pb.RangeResponse, error) {
 	ctx, span := n.cfg.Tracing.Start(ctx, "range", func() []attribute.KeyValue { return tracing.RangeAttrs(r) })
 	defer span.End()
 	if err := n.readBarrier(ctx, r.GetSerializable()); err != nil {
@@ -50,7 +60,11 @@ func (n *Node) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse
 	if err := n.checkRead(ctx, r.GetKey(), r.GetRangeEnd()); err != nil {
 		return nil, err
 	}
-	resp, err := n.store.Range(r)
+	rangeStore := n.store.Range
+	if wire {
+		rangeStore = n.store.RangeWire
+	}
+	resp, err := rangeStore(r)
 	if err != nil {
 		return nil, n.storeErr(err)
 	}

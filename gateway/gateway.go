@@ -189,12 +189,12 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 		// First, so the span covers the other interceptors too.
 		hopts = append(hopts, connect.WithInterceptors(o.tracing.Interceptor()))
 	}
+	var sizes MessageSizeObserver
 	if o.observer != nil {
 		hopts = append(hopts, connect.WithInterceptors(observerInterceptor{o.observer}))
-		if so, ok := o.observer.(MessageSizeObserver); ok {
-			hopts = append(hopts, connect.WithCodec(sizeObservingCodec{so}))
-		}
+		sizes, _ = o.observer.(MessageSizeObserver)
 	}
+	hopts = append(hopts, connect.WithCodec(protoCodec{sizes}))
 	if cfg.WarningUnaryRequestDuration > 0 {
 		hopts = append(hopts, connect.WithInterceptors(slowUnaryInterceptor{cfg.WarningUnaryRequestDuration, cfg.Logger}))
 	}

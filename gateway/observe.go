@@ -7,7 +7,10 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/concord-kv/concord/storage"
 )
 
 // CallObserver is told of every RPC the gateway serves, for metrics such as
@@ -71,48 +74,56 @@ type MessageSizeObserver interface {
 	Sent(n int)
 }
 
-// sizeObservingCodec is connect's binary protobuf codec ("proto", used by
-// gRPC, gRPC-Web and Connect) that reports message sizes.
-type sizeObservingCodec struct{ o MessageSizeObserver }
+// protoCodec is connect's binary protobuf codec ("proto", used by gRPC,
+// gRPC-Web and Connect), which reports message sizes to an optional
+// MessageSizeObserver and hands the buffer of a range encoded by
+// storage.Store.RangeWire back to the store once the reply is marshaled.
+type protoCodec struct{ o MessageSizeObserver }
 
-func (sizeObservingCodec) Name() string   { return "proto" }
-func (sizeObservingCodec) IsBinary() bool { return true }
+func (protoCodec) Name() string   { return "proto" }
+func (protoCodec) IsBinary() bool { return true }
 
-func (c sizeObservingCodec) Marshal(m any) ([]byte, error) {
+func (c protoCodec) Marshal(m any) ([]byte, error) {
 	return c.MarshalAppend(nil, m)
 }
 
 // MarshalAppend lets connect reuse its buffers, as with its own codec.
-func (c sizeObservingCodec) MarshalAppend(dst []byte, m any) ([]byte, error) {
+func (c protoCodec) MarshalAppend(dst []byte, m any) ([]byte, error) {
 	pm, ok := m.(proto.Message)
 	if !ok {
 		return nil, fmt.Errorf("gateway: %T is not a protobuf message", m)
 	}
 	out, err := proto.MarshalOptions{}.MarshalAppend(dst, pm)
-	if err == nil {
+	if rr, ok := pm.(*pb.RangeResponse); ok {
+		// A unary reply is marshaled once and not read after.
+		storage.RecycleWire(rr)
+	}
+	if err == nil && c.o != nil {
 		c.o.Sent(len(out) - len(dst))
 	}
 	return out, err
 }
 
-func (c sizeObservingCodec) MarshalStable(m any) ([]byte, error) {
+func (c protoCodec) MarshalStable(m any) ([]byte, error) {
 	pm, ok := m.(proto.Message)
 	if !ok {
 		return nil, fmt.Errorf("gateway: %T is not a protobuf message", m)
 	}
 	out, err := proto.MarshalOptions{Deterministic: true}.Marshal(pm)
-	if err == nil {
+	if err == nil && c.o != nil {
 		c.o.Sent(len(out))
 	}
 	return out, err
 }
 
-func (c sizeObservingCodec) Unmarshal(data []byte, m any) error {
+func (c protoCodec) Unmarshal(data []byte, m any) error {
 	pm, ok := m.(proto.Message)
 	if !ok {
 		return fmt.Errorf("gateway: %T is not a protobuf message", m)
 	}
-	c.o.Received(len(data))
+	if c.o != nil {
+		c.o.Received(len(data))
+	}
 	if err := proto.Unmarshal(data, pm); err != nil {
 		return fmt.Errorf("unmarshal into %T: %w", m, err)
 	}

@@ -31,11 +31,40 @@ func (s kvService) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 	if err := validRangeRequest(r); err != nil {
 		return nil, rpcError(err)
 	}
-	resp, err := s.g.b.Range(ctx, r)
+	var resp *pb.RangeResponse
+	var err error
+	if wr, ok := s.g.b.(wireRanger); ok && protoWire(ctx) {
+		resp, err = wr.RangeWire(ctx, r)
+	} else {
+		resp, err = s.g.b.Range(ctx, r)
+	}
 	if err != nil {
 		return nil, TranslateError(err)
 	}
 	return resp, nil
+}
+
+// wireRanger is a backend that can answer a range with its KeyValues
+// already in the protobuf wire format (consensus.Node, from the store's
+// entries: storage.Store.RangeWire), which the gateway uses when the reply
+// is marshaled to that format and nothing else reads it.
+type wireRanger interface {
+	RangeWire(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error)
+}
+
+// protoWire reports whether the call's reply is marshaled to the protobuf
+// binary format (gRPC, gRPC-Web and Connect with the proto codec), by the
+// request's content type; JSON and anything unrecognised answer false.
+func protoWire(ctx context.Context) bool {
+	info, ok := connect.CallInfoForHandlerContext(ctx)
+	if !ok {
+		return false
+	}
+	switch info.RequestHeader().Get("Content-Type") {
+	case "application/grpc", "application/grpc+proto", "application/grpc-web", "application/grpc-web+proto", "application/proto":
+		return true
+	}
+	return false
 }
 
 func (s kvService) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {

@@ -218,47 +218,64 @@ type rangeResult struct {
 // key", otherwise the exclusive end. limit <= 0 means no limit; count is
 // always the total number of live keys in the range.
 func (r *mvccReader) rangeKeys(key, end []byte, curRev, compactRev, atRev, limit int64, countOnly, keysOnly bool) (*rangeResult, error) {
-	rev, err := readRev(atRev, curRev, compactRev)
+	res := &rangeResult{rev: curRev}
+	var a arena
+	var emit func(f *found) error
+	if !countOnly {
+		emit = func(f *found) error {
+			kv, err := a.toKV(f, keysOnly)
+			if err != nil {
+				return err
+			}
+			res.kvs = append(res.kvs, kv)
+			return nil
+		}
+	}
+	count, err := r.visitRange(key, end, curRev, compactRev, atRev, limit, emit)
 	if err != nil {
 		return nil, err
 	}
-	res := &rangeResult{rev: curRev}
-	var a arena
+	res.count = count
+	return res, nil
+}
+
+// visitRange counts the live keys of a range (rangeKeys' conventions) and
+// calls emit, unless it is nil, for the first limit of them (all when
+// limit <= 0), in key order. The found passed to emit is valid only
+// during the call.
+func (r *mvccReader) visitRange(key, end []byte, curRev, compactRev, atRev, limit int64, emit func(f *found) error) (count int64, err error) {
+	rev, err := readRev(atRev, curRev, compactRev)
+	if err != nil {
+		return 0, err
+	}
 	if end == nil {
 		f, ok, err := r.get(key, rev)
 		if err != nil || !ok {
-			return res, err
+			return 0, err
 		}
-		res.count = 1
-		if !countOnly {
-			kv, err := a.toKV(&f, keysOnly)
-			if err != nil {
-				return nil, err
+		if emit != nil {
+			if err := emit(&f); err != nil {
+				return 0, err
 			}
-			res.kvs = []*mvccpb.KeyValue{kv}
 		}
-		return res, nil
+		return 1, nil
 	}
 	lo, hi := rangeBounds(key, end)
 	scanErr := r.scan(lo, hi, rev, func(f *found) bool {
-		res.count++
-		if countOnly || (limit > 0 && int64(len(res.kvs)) >= limit) {
+		count++
+		if emit == nil || (limit > 0 && count > limit) {
 			return true
 		}
-		var kv *mvccpb.KeyValue
-		if kv, err = a.toKV(f, keysOnly); err != nil {
-			return false
-		}
-		res.kvs = append(res.kvs, kv)
-		return true
+		err = emit(f)
+		return err == nil
 	})
 	if err == nil {
 		err = scanErr
 	}
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
-	return res, nil
+	return count, nil
 }
 
 // pointResponse is a single-key RangeResponse with everything it points to
@@ -415,6 +432,21 @@ func rangeLimit(r *pb.RangeRequest) int64 {
 	return limit
 }
 
+// inKeyOrder reports whether r's result is in key order, the order ranges
+// are read in, so that sortRange leaves it as it is.
+func inKeyOrder(r *pb.RangeRequest) bool {
+	return isDefaultOrdering(r.SortTarget, effectiveSortOrder(r))
+}
+
+// effectiveSortOrder mirrors etcd: a sort target other than the key without
+// an order sorts ascending.
+func effectiveSortOrder(r *pb.RangeRequest) pb.RangeRequest_SortOrder {
+	if r.SortTarget != pb.RangeRequest_KEY && r.SortOrder == pb.RangeRequest_NONE {
+		return pb.RangeRequest_ASCEND
+	}
+	return r.SortOrder
+}
+
 func isDefaultOrdering(target pb.RangeRequest_SortTarget, order pb.RangeRequest_SortOrder) bool {
 	return order == pb.RangeRequest_NONE || (target == pb.RangeRequest_KEY && order == pb.RangeRequest_ASCEND)
 }
@@ -452,13 +484,10 @@ func prune(rr *rangeResult, drop func(*mvccpb.KeyValue) bool) {
 // sortRange mirrors etcd's sortRangeResults, including its use of the
 // (unstable) sort.Sort so ties come out in the same order as etcd's.
 func sortRange(rr *rangeResult, r *pb.RangeRequest) {
-	order := r.SortOrder
-	if r.SortTarget != pb.RangeRequest_KEY && order == pb.RangeRequest_NONE {
-		order = pb.RangeRequest_ASCEND
-	}
-	if isDefaultOrdering(r.SortTarget, order) {
+	if inKeyOrder(r) {
 		return
 	}
+	order := effectiveSortOrder(r)
 	var less func(a, b *mvccpb.KeyValue) bool
 	switch r.SortTarget {
 	case pb.RangeRequest_KEY:

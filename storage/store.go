@@ -344,22 +344,32 @@ func (s *Store) Range(r *pb.RangeRequest) (*pb.RangeResponse, error) {
 // Range uses it for everything but single keys (rangePoint), and the tests
 // check rangePoint against it.
 func (s *Store) rangeGeneric(r *pb.RangeRequest) (*pb.RangeResponse, error) {
-	// Tight iterator bounds let pebble skip unrelated sstables.
-	lo, hi := kvLower, kvUpper
-	switch end := normEnd(r.RangeEnd); {
-	case end == nil:
-		lo = appendEscaped([]byte{prefixKV}, r.Key)
-		hi = append(slices.Clip(lo[:len(lo)-1]), 0x02) // past every version of the key
-	case len(end) == 0 || bytes.Compare(end, r.Key) > 0:
-		lo, hi = rangeBounds(r.Key, end)
-	}
-	rev, compactRev, its, err := s.snapshotState([2][]byte{lo, hi})
+	rd, rev, compactRev, its, err := s.rangeView(r.Key, normEnd(r.RangeEnd))
 	if err != nil {
 		return nil, err
 	}
 	defer closeAll(its)
-	rd := mvccReader{it: its[0]}
 	return executeRange(&rd, rev, compactRev, r)
+}
+
+// rangeView opens a point-in-time reader of the committed store for a range
+// of [key, end) (normEnd's convention), with the current and compaction
+// revisions of the view. The caller closes its.
+func (s *Store) rangeView(key, end []byte) (rd mvccReader, rev, compactRev int64, its []*pebble.Iterator, err error) {
+	// Tight iterator bounds let pebble skip unrelated sstables.
+	lo, hi := kvLower, kvUpper
+	switch {
+	case end == nil:
+		lo = appendEscaped([]byte{prefixKV}, key)
+		hi = append(slices.Clip(lo[:len(lo)-1]), 0x02) // past every version of the key
+	case len(end) == 0 || bytes.Compare(end, key) > 0:
+		lo, hi = rangeBounds(key, end)
+	}
+	rev, compactRev, its, err = s.snapshotState([2][]byte{lo, hi})
+	if err != nil {
+		return mvccReader{}, 0, 0, nil, err
+	}
+	return mvccReader{it: its[0]}, rev, compactRev, its, nil
 }
 
 // ReadTxn serves a txn whose branches (nested txns included) contain only
