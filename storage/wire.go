@@ -74,6 +74,11 @@ func RecycleWire(r *pb.RangeResponse) {
 	}
 }
 
+// WireBuffer returns an empty buffer, one RecycleWire took back when there
+// is one, for a caller that builds a response RecycleWire will take back
+// (the kvs entries of a RangeResponse relayed from another process).
+func WireBuffer() []byte { return getWireBuffer() }
+
 // wireBuffers holds the buffers of recycled responses.
 var wireBuffers sync.Pool
 

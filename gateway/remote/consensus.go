@@ -51,6 +51,7 @@ var memberSyncInterval = 10 * time.Second
 type endpointClients struct {
 	ep       *Endpoint
 	kv       etcdserverpbconnect.KVClient
+	kvWire   etcdserverpbconnect.KVClient // RangeWire's: kvRelayCodec
 	lease    etcdserverpbconnect.LeaseClient
 	maint    etcdserverpbconnect.MaintenanceClient
 	cluster  etcdserverpbconnect.ClusterClient
@@ -70,6 +71,7 @@ func newEndpointClients(ep *Endpoint) *endpointClients {
 	return &endpointClients{
 		ep:       ep,
 		kv:       etcdserverpbconnect.NewKVClient(ep.client, ep.URL, o...),
+		kvWire:   etcdserverpbconnect.NewKVClient(ep.client, ep.URL, slices.Concat(o, []connect.ClientOption{connect.WithCodec(kvRelayCodec{})})...),
 		lease:    etcdserverpbconnect.NewLeaseClient(ep.client, ep.URL, o...),
 		maint:    etcdserverpbconnect.NewMaintenanceClient(ep.client, ep.URL, o...),
 		cluster:  etcdserverpbconnect.NewClusterClient(ep.client, ep.URL, o...),

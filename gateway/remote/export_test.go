@@ -38,3 +38,6 @@ func SetMemberSyncIntervalForTest(d time.Duration) (restore func()) {
 	memberSyncInterval = d
 	return func() { memberSyncInterval = old }
 }
+
+// UnmarshalKeepingKVsForTest exposes the relay codec's decoding.
+var UnmarshalKeepingKVsForTest = unmarshalKeepingKVs
