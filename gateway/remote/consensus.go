@@ -457,9 +457,20 @@ func sameURL(base, raw string) bool {
 	return err == nil && u == base
 }
 
+// seen caches h unless a header of a later revision is cached already:
+// answers arrive out of order (a status poll served before a write, read
+// after its answer), and the cached header must not fall back behind a
+// write this process saw acknowledged, since keep-alive and TimeToLive
+// answers carry it.
 func (c *Consensus) seen(h *pb.ResponseHeader) {
-	if h != nil && h.GetClusterId() != 0 {
-		c.header.Store(h)
+	if h == nil || h.GetClusterId() == 0 {
+		return
+	}
+	for {
+		cur := c.header.Load()
+		if h.GetRevision() < cur.GetRevision() || c.header.CompareAndSwap(cur, h) {
+			return
+		}
 	}
 }
 

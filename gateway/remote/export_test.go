@@ -1,6 +1,10 @@
 package remote
 
-import "time"
+import (
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+)
 
 // FromWireForTest exposes fromWire to the external tests.
 var FromWireForTest = fromWire
@@ -41,3 +45,6 @@ func SetMemberSyncIntervalForTest(d time.Duration) (restore func()) {
 
 // UnmarshalKeepingKVsForTest exposes the relay codec's decoding.
 var UnmarshalKeepingKVsForTest = unmarshalKeepingKVs
+
+// SeenForTest records h as an answer's header in c.
+func SeenForTest(c *Consensus, h *pb.ResponseHeader) { c.seen(h) }

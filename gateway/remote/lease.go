@@ -33,9 +33,14 @@ import (
 // idempotent, so re-sending one that may have reached a dying instance is
 // safe; grants and revokes are re-sent only when they were never sent.
 type Lease struct {
-	targets   []leaseTarget
-	active    atomic.Uint32 // index of the target that last answered
-	header    func() *pb.ResponseHeader
+	targets []leaseTarget
+	active  atomic.Uint32 // index of the target that last answered
+	header  func() *pb.ResponseHeader
+	// newest is the header of the newest answer that came through l: a
+	// revoke that deletes keys moves the revision through a lease service,
+	// which the consensus client behind header does not see, and the
+	// answers made up from Header must not predate it.
+	newest    atomic.Pointer[pb.ResponseHeader]
 	closeOnce sync.Once
 
 	mu     sync.Mutex
@@ -289,10 +294,13 @@ func (l *Lease) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.Le
 	resp, err := leaseCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
 		return t.lease.LeaseGrant
 	}, ctx, r, false)
-	if err != nil || len(l.targets) == 1 {
-		return resp, err
+	if err != nil {
+		return nil, err
 	}
-	l.TellActive(ctx, resp.GetID())
+	l.observe(resp.GetHeader())
+	if len(l.targets) > 1 {
+		l.TellActive(ctx, resp.GetID())
+	}
 	return resp, nil
 }
 
@@ -304,10 +312,13 @@ func (l *Lease) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.
 	resp, err := leaseCall(l, func(t leaseTarget) func(context.Context, *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
 		return t.lease.LeaseRevoke
 	}, ctx, r, false)
-	if err != nil || len(l.targets) == 1 {
-		return resp, err
+	if err != nil {
+		return nil, err
 	}
-	l.TellActive(ctx, r.GetID())
+	l.observe(resp.GetHeader())
+	if len(l.targets) > 1 {
+		l.TellActive(ctx, r.GetID())
+	}
 	return resp, nil
 }
 
@@ -342,8 +353,23 @@ func (l *Lease) raiseRevision(h *pb.ResponseHeader) {
 	if h == nil {
 		return
 	}
-	if rev := l.header().GetRevision(); rev > h.Revision {
+	if rev := l.Header().GetRevision(); rev > h.Revision {
 		h.Revision = rev
+	}
+	l.observe(h)
+}
+
+// observe records h as the newest header unless one of a later revision
+// came through l already.
+func (l *Lease) observe(h *pb.ResponseHeader) {
+	if h == nil {
+		return
+	}
+	for {
+		cur := l.newest.Load()
+		if (cur != nil && h.GetRevision() <= cur.GetRevision()) || l.newest.CompareAndSwap(cur, h) {
+			return
+		}
 	}
 }
 
@@ -360,8 +386,15 @@ func (l *Lease) LeaseKeepAlive(ctx context.Context, r *pb.LeaseKeepAliveRequest)
 	return resp, err
 }
 
-// Header implements gateway.Lease.
-func (l *Lease) Header() *pb.ResponseHeader { return l.header() }
+// Header implements gateway.Lease: the consensus client's header, at the
+// revision of the newest answer that came through l if that is later.
+func (l *Lease) Header() *pb.ResponseHeader {
+	h := l.header()
+	if n := l.newest.Load(); n.GetRevision() > h.GetRevision() {
+		h = &pb.ResponseHeader{ClusterId: h.GetClusterId(), MemberId: h.GetMemberId(), Revision: n.GetRevision(), RaftTerm: max(h.GetRaftTerm(), n.GetRaftTerm())}
+	}
+	return h
+}
 
 // KeepAliver renews a lease: the one call KeepAliveServer makes of a lease
 // service (gateway.Lease, *leasesvc.Service).

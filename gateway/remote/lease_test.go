@@ -13,6 +13,7 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/gateway/remote"
@@ -259,9 +260,45 @@ func TestLeaseKeepAliveHeaderNotOlderThanTheGateways(t *testing.T) {
 	if err != nil || r.GetHeader().GetRevision() != newer.Revision {
 		t.Fatalf("keep-alive = %v, %v, want revision %d", r, err, newer.Revision)
 	}
-	// Never lowered.
+	// Never lowered: not below the lease service's revision, nor below an
+	// answer given before.
 	newer.Revision = 1
-	if r, err = l.LeaseKeepAlive(ctx, &pb.LeaseKeepAliveRequest{ID: 7}); err != nil || r.GetHeader().GetRevision() != hdr.Revision {
-		t.Fatalf("keep-alive = %v, %v, want revision %d", r, err, hdr.Revision)
+	if r, err = l.LeaseKeepAlive(ctx, &pb.LeaseKeepAliveRequest{ID: 7}); err != nil || r.GetHeader().GetRevision() != hdr.Revision+5 {
+		t.Fatalf("keep-alive = %v, %v, want revision %d", r, err, hdr.Revision+5)
+	}
+}
+
+// revokeLease answers revokes at its header.
+type revokeLease struct {
+	etcdserverpbconnect.UnimplementedLeaseHandler
+	hdr *pb.ResponseHeader
+}
+
+func (r revokeLease) LeaseRevoke(context.Context, *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
+	return &pb.LeaseRevokeResponse{Header: r.hdr}, nil
+}
+
+// A revoke that deletes keys moves the revision through the lease service,
+// which the consensus client does not see: the headers the gateway makes
+// up (TTL 0 for a keep-alive of a missing lease) are not older than the
+// revoke's answer, as etcd's are not.
+func TestLeaseHeaderNotOlderThanARevoke(t *testing.T) {
+	revoked := &pb.ResponseHeader{ClusterId: 7, MemberId: 9, Revision: hdr.Revision + 3, RaftTerm: 3}
+	path, h := etcdserverpbconnect.NewLeaseHandler(revokeLease{hdr: revoked})
+	l, err := remote.NewLease(h2cServer(t, path, h), func() *pb.ResponseHeader { return proto.Clone(hdr).(*pb.ResponseHeader) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if h := l.Header(); h.GetRevision() != hdr.Revision {
+		t.Fatalf("header before the revoke: %v", h)
+	}
+	if _, err := l.LeaseRevoke(ctx, &pb.LeaseRevokeRequest{ID: 5}); err != nil {
+		t.Fatal(err)
+	}
+	if h := l.Header(); h.GetRevision() != revoked.Revision || h.GetClusterId() != 7 || h.GetMemberId() != 9 {
+		t.Fatalf("header after the revoke: %v, want revision %d", h, revoked.Revision)
 	}
 }

@@ -163,6 +163,14 @@ func TestConsensusClientRoundTrip(t *testing.T) {
 	if h := c.Header(); h.GetRaftTerm() != 3 {
 		t.Fatalf("cached header %v", h)
 	}
+	// An answer that arrives after a newer one (a status poll served
+	// before a write, read after the write's answer) does not move the
+	// cached header back.
+	remote.SeenForTest(c, &pb.ResponseHeader{ClusterId: 7, MemberId: 9, Revision: 40, RaftTerm: 3})
+	remote.SeenForTest(c, &pb.ResponseHeader{ClusterId: 7, MemberId: 9, Revision: 39, RaftTerm: 3})
+	if h := c.Header(); h.GetRevision() != 40 {
+		t.Fatalf("cached header %v after an older answer, want revision 40", h)
+	}
 }
 
 // fakeLease answers keep-alives: lease 1 exists, others do not.
