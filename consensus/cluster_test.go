@@ -52,12 +52,8 @@ func newTestCluster(t *testing.T, size int, mutate func(*Config)) *testCluster {
 			InitialCluster:    strings.Join(spec, ","),
 			HeartbeatInterval: testHeartbeat,
 			ElectionTimeout:   testElection,
-			// Elections keep the timing these tests were written for;
-			// TestInitialElectionTickAdvance turns the advance on (the
-			// e2e clusters run with it, as etcd's default).
-			DisableInitialElectionTickAdvance: true,
-			Logger:                            testLogger().With("member", fmt.Sprintf("m%d", i+1)),
-			storageFS:                         vfs.NewMem(),
+			Logger:            testLogger().With("member", fmt.Sprintf("m%d", i+1)),
+			storageFS:         vfs.NewMem(),
 		}
 		if mutate != nil {
 			mutate(&cfg)
