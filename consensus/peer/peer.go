@@ -655,29 +655,21 @@ func (s *sender) run() {
 	local, _ := s.t.receiver()
 	for {
 		batch = batch[:0]
-		size := 0
-		// Without a stream, an empty batch opens one at once, before raft
-		// has anything to send, and again after every failure: like etcd's
-		// peer streams, it is kept open, so the peer counts as active
-		// (PeerStats) as soon as it is reachable, which the member's
-		// initial election tick advance waits for.
-		if st != nil {
+		select {
+		case <-s.ctx.Done():
+			return
+		case m := <-s.q:
+			batch = append(batch, m)
+		}
+		size := proto.Size(batch[0])
+	drain:
+		for size < s.t.cfg.MaxBatchBytes {
 			select {
-			case <-s.ctx.Done():
-				return
 			case m := <-s.q:
 				batch = append(batch, m)
-			}
-			size = proto.Size(batch[0])
-		drain:
-			for size < s.t.cfg.MaxBatchBytes {
-				select {
-				case m := <-s.q:
-					batch = append(batch, m)
-					size += proto.Size(m)
-				default:
-					break drain
-				}
+				size += proto.Size(m)
+			default:
+				break drain
 			}
 		}
 		var err error

@@ -260,20 +260,6 @@ func TestPeerStatsCountBytes(t *testing.T) {
 	}
 }
 
-// A peer counts as active as soon as it is reachable, before raft sends it
-// anything (etcd's streams are open from the start; the initial election
-// tick advance counts active peers), with nothing counted as sent.
-func TestPeerActiveBeforeFirstMessage(t *testing.T) {
-	a, _, _, fb, _ := pair(t)
-	waitFor(t, "the peer active", func() bool {
-		ps := a.PeerStats()
-		return len(ps) == 1 && ps[0].Active
-	})
-	if ps := a.PeerStats(); ps[0].SentBytes != 0 || ps[0].SentFailures != 0 || len(fb.messages()) != 0 {
-		t.Errorf("peer stats after opening the stream: %+v, %d messages delivered", ps, len(fb.messages()))
-	}
-}
-
 func TestUnreachablePeerIsReportedAndReconnected(t *testing.T) {
 	a := newTransport(t)
 	fa := newFakeRaft()
