@@ -106,7 +106,7 @@ type Consensus struct {
 	pref     atomic.Pointer[endpointClients]
 
 	leader atomic.Uint64
-	header atomic.Pointer[pb.ResponseHeader]
+	header newestHeader
 
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -131,7 +131,6 @@ func NewConsensus(urls string, log *slog.Logger, opts ...DialOption) (*Consensus
 		c.members = append(c.members, newEndpointClients(ep))
 	}
 	c.pref.Store(c.members[0])
-	c.header.Store(&pb.ResponseHeader{})
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	c.wg.Add(1)
@@ -457,22 +456,7 @@ func sameURL(base, raw string) bool {
 	return err == nil && u == base
 }
 
-// seen caches h unless a header of a later revision is cached already:
-// answers arrive out of order (a status poll served before a write, read
-// after its answer), and the cached header must not fall back behind a
-// write this process saw acknowledged, since keep-alive and TimeToLive
-// answers carry it.
-func (c *Consensus) seen(h *pb.ResponseHeader) {
-	if h == nil || h.GetClusterId() == 0 {
-		return
-	}
-	for {
-		cur := c.header.Load()
-		if h.GetRevision() < cur.GetRevision() || c.header.CompareAndSwap(cur, h) {
-			return
-		}
-	}
-}
+func (c *Consensus) seen(h *pb.ResponseHeader) { c.header.observe(h) }
 
 // WaitReady blocks until a member answers a Header call.
 func (c *Consensus) WaitReady(ctx context.Context) (*pb.ResponseHeader, error) {
@@ -499,8 +483,11 @@ func (c *Consensus) Leader() uint64 { return c.leader.Load() }
 // it is "as of now"; here it is at most one poll interval old, which only
 // makes keep-alive headers older, never newer than the truth.)
 func (c *Consensus) Header() *pb.ResponseHeader {
-	h := *c.header.Load()
-	return &h
+	h := c.header.load()
+	if h == nil {
+		return &pb.ResponseHeader{}
+	}
+	return &pb.ResponseHeader{ClusterId: h.ClusterId, MemberId: h.MemberId, Revision: h.Revision, RaftTerm: h.RaftTerm}
 }
 
 // Range implements gateway.KV.

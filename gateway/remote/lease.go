@@ -40,7 +40,7 @@ type Lease struct {
 	// revoke that deletes keys moves the revision through a lease service,
 	// which the consensus client behind header does not see, and the
 	// answers made up from Header must not predate it.
-	newest    atomic.Pointer[pb.ResponseHeader]
+	newest    newestHeader
 	closeOnce sync.Once
 
 	mu     sync.Mutex
@@ -297,7 +297,7 @@ func (l *Lease) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.Le
 	if err != nil {
 		return nil, err
 	}
-	l.observe(resp.GetHeader())
+	l.newest.observe(resp.GetHeader())
 	if len(l.targets) > 1 {
 		l.TellActive(ctx, resp.GetID())
 	}
@@ -315,7 +315,7 @@ func (l *Lease) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.
 	if err != nil {
 		return nil, err
 	}
-	l.observe(resp.GetHeader())
+	l.newest.observe(resp.GetHeader())
 	if len(l.targets) > 1 {
 		l.TellActive(ctx, r.GetID())
 	}
@@ -356,21 +356,7 @@ func (l *Lease) raiseRevision(h *pb.ResponseHeader) {
 	if rev := l.Header().GetRevision(); rev > h.Revision {
 		h.Revision = rev
 	}
-	l.observe(h)
-}
-
-// observe records h as the newest header unless one of a later revision
-// came through l already.
-func (l *Lease) observe(h *pb.ResponseHeader) {
-	if h == nil {
-		return
-	}
-	for {
-		cur := l.newest.Load()
-		if (cur != nil && h.GetRevision() <= cur.GetRevision()) || l.newest.CompareAndSwap(cur, h) {
-			return
-		}
-	}
+	l.newest.observe(h)
 }
 
 // LeaseKeepAlive implements gateway.Lease. A missing lease comes back as
@@ -390,7 +376,7 @@ func (l *Lease) LeaseKeepAlive(ctx context.Context, r *pb.LeaseKeepAliveRequest)
 // revision of the newest answer that came through l if that is later.
 func (l *Lease) Header() *pb.ResponseHeader {
 	h := l.header()
-	if n := l.newest.Load(); n.GetRevision() > h.GetRevision() {
+	if n := l.newest.load(); n.GetRevision() > h.GetRevision() {
 		h = &pb.ResponseHeader{ClusterId: h.GetClusterId(), MemberId: h.GetMemberId(), Revision: n.GetRevision(), RaftTerm: max(h.GetRaftTerm(), n.GetRaftTerm())}
 	}
 	return h
