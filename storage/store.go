@@ -326,6 +326,11 @@ func (s *Store) DB() *pebble.DB { return s.db }
 // Range serves a RangeRequest at a point-in-time view of the committed
 // store. resp.Header carries only Revision (the current revision).
 func (s *Store) Range(r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	return s.readRange(r, false)
+}
+
+// readRange serves Range, and RangeWire when encode is set.
+func (s *Store) readRange(r *pb.RangeRequest, encode bool) (*pb.RangeResponse, error) {
 	if r == nil {
 		return nil, errNilRequest
 	}
@@ -334,8 +339,11 @@ func (s *Store) Range(r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	}
 	defer s.leave()
 	s.ops.ranges.Add(1) // one range, so never a txn of etcd's
-	if len(r.RangeEnd) == 0 {
+	switch {
+	case len(r.RangeEnd) == 0:
 		return s.rangePoint(r)
+	case encode && encodable(r):
+		return s.rangeEncoded(r)
 	}
 	return s.rangeGeneric(r)
 }

@@ -22,24 +22,26 @@ import (
 // requests (single keys, count only, sorted or filtered) are served by
 // Range.
 func (s *Store) RangeWire(r *pb.RangeRequest) (*pb.RangeResponse, error) {
-	if r == nil {
-		return nil, errNilRequest
-	}
+	return s.readRange(r, true)
+}
+
+// encodable reports whether RangeWire encodes r's KeyValues (a range of
+// several keys is told apart by readRange): its result is every live key
+// in key order up to its limit, with nothing to filter or sort after.
+func encodable(r *pb.RangeRequest) bool {
+	return !r.CountOnly && inKeyOrder(r) && !hasRevisionFilters(r)
+}
+
+// rangeEncoded serves an encodable range of several keys for RangeWire.
+// The caller has entered the store.
+func (s *Store) rangeEncoded(r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	end := normEnd(r.RangeEnd)
-	if end == nil || r.CountOnly || !inKeyOrder(r) || hasRevisionFilters(r) {
-		return s.Range(r)
-	}
-	if err := s.enter(); err != nil {
-		return nil, err
-	}
-	defer s.leave()
-	s.ops.ranges.Add(1)
 	rd, rev, compactRev, its, err := s.rangeView(r.Key, end)
 	if err != nil {
 		return nil, err
 	}
 	defer closeAll(its)
-	kvs := getWireBuffer()
+	kvs := WireBuffer()
 	count, err := rd.visitRange(r.Key, end, rev, compactRev, r.Revision, r.Limit, func(f *found) (err error) {
 		kvs, err = appendKVField(kvs, f, r.KeysOnly)
 		return err
@@ -74,11 +76,6 @@ func RecycleWire(r *pb.RangeResponse) {
 	}
 }
 
-// WireBuffer returns an empty buffer, one RecycleWire took back when there
-// is one, for a caller that builds a response RecycleWire will take back
-// (the kvs entries of a RangeResponse relayed from another process).
-func WireBuffer() []byte { return getWireBuffer() }
-
 // wireBuffers holds the buffers of recycled responses.
 var wireBuffers sync.Pool
 
@@ -86,7 +83,11 @@ var wireBuffers sync.Pool
 // does not pin its size in memory.
 const maxWireBuffer = 8 << 20
 
-func getWireBuffer() []byte {
+// WireBuffer returns an empty buffer, one RecycleWire took back when there
+// is one (nil otherwise): RangeWire encodes into it, and so does a caller
+// that builds a response RecycleWire will take back (the kvs entries of a
+// RangeResponse relayed from another process).
+func WireBuffer() []byte {
 	if b, ok := wireBuffers.Get().(*[]byte); ok {
 		return (*b)[:0]
 	}
