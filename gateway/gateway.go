@@ -39,6 +39,9 @@ type Gateway struct {
 	log *slog.Logger
 	// learner is b when it may be a raft learner (learner.go), else nil.
 	learner Learner
+	// wire is b when it can encode ranges for the wire (services.go),
+	// else nil.
+	wire wireRanger
 	// callers identifies each request's caller (internalsecret.go).
 	callers *callers
 
@@ -161,6 +164,7 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 		lean:      make(map[*h2server.Server]*h2server.Split),
 	}
 	g.learner, _ = b.(Learner)
+	g.wire, _ = b.(wireRanger)
 	g.callers = newCallers(append([][]byte{cfg.InternalSecret}, cfg.AcceptedInternalSecrets...), cfg.Logger)
 	o := options{
 		watch:    etcdserverpbconnect.UnimplementedWatchHandler{},
