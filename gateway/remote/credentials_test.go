@@ -84,11 +84,7 @@ func TestClientTokenIsForwarded(t *testing.T) {
 // picks its cancel reasons from, with the member's header.
 func TestAuthorizerForwardsTheClientToken(t *testing.T) {
 	path, h := internalapi.Handler(fakeNode{})
-	c, err := remote.NewConsensus(h2cServer(t, path, h), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialConsensus(t, h2cServer(t, path, h))
 	a := remote.NewAuthorizer(c, nil)
 	as := func(tok string) context.Context {
 		return auth.WithCredentials(context.Background(), auth.Credentials{Token: tok, CommonName: "root"})
@@ -136,11 +132,7 @@ func TestAuthorizerForwardsTheClientToken(t *testing.T) {
 // own.
 func TestAuthorizeFailsClosedWithoutCredentials(t *testing.T) {
 	path, h := concordv1connect.NewInternalServiceHandler(internalapi.New(fakeNode{}))
-	c, err := remote.NewConsensus(h2cServer(t, path, h), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialConsensus(t, h2cServer(t, path, h))
 	ctx := auth.WithCredentials(context.Background(), auth.Credentials{Token: "alice"})
 	if _, err := remote.NewAuthorizer(c, nil).AuthorizeWatch(ctx, []byte("a/x"), nil); !errors.Is(err, auth.ErrUserEmpty) {
 		t.Errorf("AuthorizeWatch: %v, want user name is empty", err)
@@ -151,11 +143,7 @@ func TestAuthorizeFailsClosedWithoutCredentials(t *testing.T) {
 // for the forwarded token.
 func TestKeepAliveServerChecksTheForwardedToken(t *testing.T) {
 	ipath, ih := internalapi.Handler(fakeNode{})
-	c, err := remote.NewConsensus(h2cServer(t, ipath, ih), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialConsensus(t, h2cServer(t, ipath, ih))
 	path, h := remote.KeepAliveHandler(remote.KeepAliveServer{L: fixedLease{}, Authz: remote.NewAuthorizer(c, nil)})
 	l, err := remote.NewLease(h2cServer(t, path, h), c.Header)
 	if err != nil {
@@ -186,11 +174,7 @@ func (fixedLease) LeaseKeepAlive(_ context.Context, r *pb.LeaseKeepAliveRequest)
 // token).
 func TestInternalAPIRequiresAnAdmittedCaller(t *testing.T) {
 	path, h := internalapi.Handler(fakeNode{})
-	c, err := remote.NewConsensus(h2cServer(t, path, h), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialConsensus(t, h2cServer(t, path, h))
 	as := func(tok string) context.Context {
 		return auth.WithCredentials(context.Background(), auth.Credentials{Token: tok})
 	}
@@ -234,11 +218,7 @@ func (n authToggleNode) AuthorizeLease(ctx context.Context, id int64, write bool
 func TestAuthorizerKeepAliveRecheck(t *testing.T) {
 	n := authToggleNode{on: new(atomic.Bool), checks: new(atomic.Int32)}
 	path, h := internalapi.Handler(n)
-	c, err := remote.NewConsensus(h2cServer(t, path, h), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialConsensus(t, h2cServer(t, path, h))
 	now := time.Unix(1000, 0)
 	a := remote.NewAuthorizer(c, func() time.Time { return now })
 	mallory := auth.WithCredentials(context.Background(), auth.Credentials{Token: "mallory"})

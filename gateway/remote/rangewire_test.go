@@ -41,11 +41,7 @@ func wantRange() *pb.RangeResponse {
 func TestRangeWireRelaysKVs(t *testing.T) {
 	want := wantRange()
 	path, h := etcdserverpbconnect.NewKVHandler(fixedRangeKV{resp: want})
-	c, err := remote.NewConsensus(h2cServer(t, path, h), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
+	c := dialConsensus(t, h2cServer(t, path, h))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 

@@ -94,6 +94,18 @@ func serveH2C(t *testing.T, h http.Handler, started ...func(*httptest.Server)) s
 	return srv.URL
 }
 
+// dialConsensus returns a consensus client of url, closed when the test
+// ends.
+func dialConsensus(t *testing.T, url string) *remote.Consensus {
+	t.Helper()
+	c, err := remote.NewConsensus(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
 func TestWireErrorsMapBackToSentinels(t *testing.T) {
 	for _, s := range []error{
 		storage.ErrCompacted, storage.ErrFutureRev, storage.ErrLeaseNotFound, storage.ErrLeaseExists,
@@ -117,11 +129,7 @@ func TestWireErrorsMapBackToSentinels(t *testing.T) {
 
 func TestConsensusClientRoundTrip(t *testing.T) {
 	path, h := concordv1connect.NewInternalServiceHandler(internalapi.New(fakeNode{}))
-	c, err := remote.NewConsensus(h2cServer(t, path, h), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
+	c := dialConsensus(t, h2cServer(t, path, h))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
@@ -220,11 +228,7 @@ func TestNoCompressionBetweenProcesses(t *testing.T) {
 		}
 		h.ServeHTTP(w, r)
 	})
-	c, err := remote.NewConsensus(h2cServer(t, path, record), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
+	c := dialConsensus(t, h2cServer(t, path, record))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := c.RangeEvents(ctx, 5, 7, []byte("k"), nil); err != nil {
