@@ -1,9 +1,6 @@
 package e2e
 
 import (
-	"bytes"
-	"context"
-	"os/exec"
 	"strings"
 	"testing"
 )
@@ -21,30 +18,18 @@ func TestCtlTools(t *testing.T) {
 			for _, kv := range [][2]string{{"/m/a", "1"}, {"/m/b", "2"}, {"/other", "x"}} {
 				mustCtl(t, src.Endpoint(), "put", kv[0], kv[1])
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			mirror := exec.CommandContext(ctx, etcdctlBin.bin, "--endpoints="+src.Endpoint(), "make-mirror", "--prefix", "/m/", dst.Endpoint())
-			mirror.Env = cleanEnv()
-			var out bytes.Buffer
-			mirror.Stdout, mirror.Stderr = &out, &out
-			if err := mirror.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				cancel()
-				_ = mirror.Wait()
-			})
+			mirror := startBgCtl(t, src.Endpoint(), false, "make-mirror", "--prefix", "/m/", dst.Endpoint())
 			get := func() string { return mustCtl(t, dst.Endpoint(), "get", "", "--from-key") }
 			waitUntil(t, "the existing keys mirrored", func() bool { return get() == "/m/a\n1\n/m/b\n2\n" })
 			mustCtl(t, src.Endpoint(), "put", "/m/c", "3")
 			mustCtl(t, src.Endpoint(), "del", "/m/a")
 			mustCtl(t, src.Endpoint(), "put", "/other2", "y")
 			waitUntil(t, "the changes mirrored", func() bool { return get() == "/m/b\n2\n/m/c\n3\n" })
-			cancel()
-			_ = mirror.Wait()
+			mirror.kill()
 
 			r := runCtl(t, src.Endpoint(), "", "check", "datascale", "--load=s", "--auto-compact", "--auto-defrag")
 			if r.exit != 0 || !strings.Contains(r.stdout, "PASS: Approximate system memory used") {
-				t.Fatalf("check datascale: exit %d\nstdout: %s\nstderr: %s\nmirror: %s", r.exit, r.stdout, r.stderr, out.String())
+				t.Fatalf("check datascale: exit %d\nstdout: %s\nstderr: %s", r.exit, r.stdout, r.stderr)
 			}
 			if got := mustCtl(t, src.Endpoint(), "get", "", "--from-key", "--keys-only"); got != "/m/b\n\n/m/c\n\n/other\n\n/other2\n\n" {
 				t.Fatalf("keys after check datascale: %q", got)
