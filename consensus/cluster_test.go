@@ -52,8 +52,12 @@ func newTestCluster(t *testing.T, size int, mutate func(*Config)) *testCluster {
 			InitialCluster:    strings.Join(spec, ","),
 			HeartbeatInterval: testHeartbeat,
 			ElectionTimeout:   testElection,
-			Logger:            testLogger().With("member", fmt.Sprintf("m%d", i+1)),
-			storageFS:         vfs.NewMem(),
+			// Elections keep the timing these tests were written for;
+			// TestInitialElectionTickAdvance turns the advance on (the
+			// e2e clusters run with it, as etcd's default).
+			DisableInitialElectionTickAdvance: true,
+			Logger:                            testLogger().With("member", fmt.Sprintf("m%d", i+1)),
+			storageFS:                         vfs.NewMem(),
 		}
 		if mutate != nil {
 			mutate(&cfg)

@@ -92,6 +92,15 @@ type Config struct {
 	// DisablePreVote turns off raft's Pre-Vote (etcd's --pre-vote=false):
 	// a member returning from a partition may then disrupt the leader.
 	DisablePreVote bool
+	// DisableInitialElectionTickAdvance makes a member of several wait a
+	// full randomized election timeout before its first election (etcd's
+	// --initial-election-tick-advance=false). By default, once the
+	// transport reports more than one other member active or reachable
+	// (PeerStats) within 5 s of the start and no leader is known, as etcd
+	// counts active peers, the member fast-forwards
+	// its election clock by ElectionTimeout less two heartbeats, as etcd
+	// does. A lone member campaigns at once either way.
+	DisableInitialElectionTickAdvance bool
 	// DisableStrictReconfigCheck skips the checks that a membership change
 	// keeps a quorum of started and active members (etcd's
 	// --strict-reconfig-check=false); a learner must still have caught up

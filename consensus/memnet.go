@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -148,6 +149,26 @@ func (t *memTransport) Start(local LocalMember, r Raft) error {
 		}
 	}
 	return nil
+}
+
+// PeerStats reports a peer as reachable while it is on the network and the
+// link to it is not cut, as the real transport does once the peer answers
+// its probes; it counts no bytes.
+func (t *memTransport) PeerStats() []PeerStats {
+	t.mu.Lock()
+	ids := make([]uint64, 0, len(t.peers))
+	for id := range t.peers {
+		ids = append(ids, id)
+	}
+	t.mu.Unlock()
+	slices.Sort(ids)
+	out := make([]PeerStats, len(ids))
+	t.nw.mu.Lock()
+	defer t.nw.mu.Unlock()
+	for i, id := range ids {
+		out[i] = PeerStats{ID: id, Reachable: t.nw.members[id] != nil && !t.nw.cut[[2]uint64{t.local.ID, id}]}
+	}
+	return out
 }
 
 func (t *memTransport) AddPeer(id uint64, urls []string) {

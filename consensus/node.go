@@ -277,7 +277,13 @@ type Node struct {
 	// conf changes are applied this member is the lone voter and campaigns
 	// at once rather than after an election timeout.
 	campaignAlone bool
-	loopErr       error
+	// tickAdvanceUntil is when the initial election tick advance gives up
+	// waiting for active peers (etcd: rafthttp's ConnReadTimeout); zero
+	// once it happened or cannot. advancedTicks is how many ticks it
+	// fast-forwarded.
+	tickAdvanceUntil time.Time
+	advancedTicks    int
+	loopErr          error
 	// orphans are proposals in flight at the last leader change, with the
 	// time by which they must have been applied (watchOrphanedProposals).
 	orphans map[uint64]time.Time
@@ -441,7 +447,7 @@ func newNode(ctx context.Context, cfg Config, store *storage.Store) (*Node, erro
 
 	n.rn, err = raft.NewRawNode(&raft.Config{
 		ID:                        n.memberID,
-		ElectionTick:              int(cfg.ElectionTimeout / cfg.HeartbeatInterval),
+		ElectionTick:              n.electionTicks(),
 		HeartbeatTick:             1,
 		Storage:                   n.ms,
 		Applied:                   raftApplied,
@@ -546,6 +552,9 @@ func (n *Node) loop(tick <-chan time.Time) error {
 	if err := n.campaignIfAlone(); err != nil {
 		return err
 	}
+	if members := len(n.confState.GetVoters()) + len(n.confState.GetLearners()); members > 1 && n.electionTicks() > 2 && !n.cfg.DisableInitialElectionTickAdvance {
+		n.tickAdvanceUntil = time.Now().Add(initialTickAdvanceWait)
+	}
 	for {
 		if err := n.process(); err != nil {
 			return err
@@ -564,6 +573,7 @@ func (n *Node) loop(tick <-chan time.Time) error {
 				return err
 			}
 			n.maybeBeat(now)
+			n.maybeAdvanceTicks(now)
 			n.rn.Tick()
 			n.tickReads(now)
 			n.retryPending()
@@ -587,6 +597,51 @@ func (n *Node) loop(tick <-chan time.Time) error {
 		}
 	}
 }
+
+// initialTickAdvanceWait is how long after its start a member of several
+// waits for active peers before its first election, to fast-forward its
+// election clock (etcd's rafthttp.ConnReadTimeout).
+const initialTickAdvanceWait = 5 * time.Second
+
+// maybeAdvanceTicks is etcd's initial election tick advance (adjustTicks)
+// for a member of several: once more than one peer is active and no leader
+// is known yet, raft's election clock is moved on by the election timeout
+// less two ticks, so the first election comes about an election timeout
+// sooner, while the two ticks left give a leader's heartbeat time to
+// arrive. Raft loop only.
+func (n *Node) maybeAdvanceTicks(now time.Time) {
+	if n.tickAdvanceUntil.IsZero() {
+		return
+	}
+	if now.After(n.tickAdvanceUntil) || n.leader.Load() != 0 {
+		n.tickAdvanceUntil = time.Time{}
+		return
+	}
+	ps, ok := n.transport.(PeerStatser)
+	if !ok {
+		n.tickAdvanceUntil = time.Time{}
+		return
+	}
+	active := 0
+	for _, p := range ps.PeerStats() {
+		if p.Active || p.Reachable {
+			active++
+		}
+	}
+	if active <= 1 {
+		return
+	}
+	n.tickAdvanceUntil = time.Time{}
+	n.advancedTicks = n.electionTicks() - 2
+	for range n.advancedTicks {
+		n.rn.Tick()
+	}
+	n.lg.Info("initialized peer connections; fast-forwarded election ticks", "local-member-id", fmt.Sprintf("%x", n.memberID),
+		"forward-ticks", n.advancedTicks, "forward-duration", time.Duration(n.advancedTicks)*n.cfg.HeartbeatInterval,
+		"election-ticks", n.electionTicks(), "election-timeout", n.cfg.ElectionTimeout, "active-remote-members", active)
+}
+
+func (n *Node) electionTicks() int { return int(n.cfg.ElectionTimeout / n.cfg.HeartbeatInterval) }
 
 // campaignIfAlone starts an election right away when this member is the
 // only voter: a lone voter needs no election timeout.

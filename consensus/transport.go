@@ -56,6 +56,11 @@ type PeerStats struct {
 	// etcd_network_disconnected_peers_total).
 	Active      bool
 	Disconnects uint64
+	// Reachable is whether the peer answered the latest probe, which it
+	// does while its transport delivers to its raft; unlike Active it is
+	// known before raft has sent the peer anything (the initial election
+	// tick advance counts peers that are either).
+	Reachable bool
 	// RoundTrip is the peer's etcd_network_peer_round_trip_time_seconds:
 	// its smoothed round-trip time, recorded periodically (empty until
 	// the first record).

@@ -201,13 +201,14 @@ func consensusConfig(cfg config.Server, log *slog.Logger) consensus.Config {
 		AuthTokenTTL:      cfg.AuthTokenTTL,
 		Logger:            log.With("component", "consensus"),
 
-		SnapshotCatchUpEntries:     cfg.SnapshotCatchUpEntries,
-		MaxLearners:                cfg.MaxLearners,
-		DisablePreVote:             !cfg.PreVote,
-		DisableStrictReconfigCheck: !cfg.StrictReconfigCheck,
-		UnsafeNoFsync:              cfg.UnsafeNoFsync,
-		ForceNewCluster:            cfg.ForceNewCluster,
-		WarningApplyDuration:       cfg.WarningApplyDuration,
+		SnapshotCatchUpEntries:            cfg.SnapshotCatchUpEntries,
+		MaxLearners:                       cfg.MaxLearners,
+		DisablePreVote:                    !cfg.PreVote,
+		DisableInitialElectionTickAdvance: !cfg.InitialElectionTickAdvance,
+		DisableStrictReconfigCheck:        !cfg.StrictReconfigCheck,
+		UnsafeNoFsync:                     cfg.UnsafeNoFsync,
+		ForceNewCluster:                   cfg.ForceNewCluster,
+		WarningApplyDuration:              cfg.WarningApplyDuration,
 	}
 	if cfg.Discovery.Enabled() {
 		// As etcd: the member and cluster IDs come from the discovery

@@ -90,6 +90,11 @@ type Config struct {
 	// in etcd_network_peer_round_trip_time_seconds while the probes succeed
 	// and while they fail (probe.go; etcd's 4 s, 30 s and 5 s by default).
 	ProbeInterval, ProbeReportInterval, ProbeRetryInterval time.Duration
+	// FirstAnswerProbeInterval is how often a peer is probed until it
+	// first answers, during the FirstAnswerWindow after it is added
+	// (PeerStats' Reachable soon after the start; 50 ms and 5 s by
+	// default).
+	FirstAnswerProbeInterval, FirstAnswerWindow time.Duration
 	// TLS is the client TLS for https:// peer URLs (etcd's peer
 	// certificate as client certificate, the peer CA as roots); nil dials
 	// them with Go's defaults. http:// peer URLs ignore it.
@@ -128,6 +133,12 @@ func (c *Config) SetDefaults() {
 	if c.ProbeRetryInterval == 0 {
 		c.ProbeRetryInterval = DefaultProbeRetryInterval
 	}
+	if c.FirstAnswerProbeInterval == 0 {
+		c.FirstAnswerProbeInterval = DefaultFirstAnswerProbeInterval
+	}
+	if c.FirstAnswerWindow == 0 {
+		c.FirstAnswerWindow = DefaultFirstAnswerWindow
+	}
 }
 
 // Validate reports the first unusable setting.
@@ -139,7 +150,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: dial timeout must be positive", ErrInvalidConfig)
 	case c.MinBackoff <= 0 || c.MaxBackoff < c.MinBackoff:
 		return fmt.Errorf("%w: backoff must satisfy 0 < min <= max", ErrInvalidConfig)
-	case c.ProbeInterval <= 0 || c.ProbeReportInterval <= 0 || c.ProbeRetryInterval <= 0:
+	case c.ProbeInterval <= 0 || c.ProbeReportInterval <= 0 || c.ProbeRetryInterval <= 0 ||
+		c.FirstAnswerProbeInterval <= 0 || c.FirstAnswerWindow < 0:
 		return fmt.Errorf("%w: probe intervals must be positive", ErrInvalidConfig)
 	}
 	return nil
@@ -200,7 +212,7 @@ func (t *Transport) PeerStats() []consensus.PeerStats {
 		c := t.peerCounter(s.to)
 		out = append(out, consensus.PeerStats{ID: s.to, SentBytes: c.sent.Load(),
 			ReceivedBytes: c.received.Load(), SentFailures: c.failures.Load(),
-			Active: s.connected.Load(), Disconnects: s.disconnects.Load(), RoundTrip: c.rtt.Snapshot()})
+			Active: s.connected.Load(), Reachable: s.reachable.Load(), Disconnects: s.disconnects.Load(), RoundTrip: c.rtt.Snapshot()})
 	}
 	return out
 }
@@ -379,6 +391,14 @@ func (t *Transport) report(f func(consensus.Raft)) {
 	if ok {
 		f(r)
 	}
+}
+
+// delivering is whether received messages reach raft: between Start and
+// Stop.
+func (t *Transport) delivering() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.started && !t.stopped
 }
 
 func (t *Transport) enterCall(r *http.Request) bool {
@@ -583,6 +603,8 @@ type sender struct {
 	// changes to false (etcd_network_disconnected_peers_total).
 	connected   atomic.Bool
 	disconnects atomic.Uint64
+	// reachable is whether the peer answered the latest probe (probe).
+	reachable atomic.Bool
 }
 
 func newSender(t *Transport, to uint64, urls []string) *sender {

@@ -172,9 +172,14 @@ func (e *endpoint) serve(tr *Transport) {
 	e.h.Store(&hh)
 }
 
-func newTransport(t testing.TB) *Transport {
+func newTransport(t testing.TB) *Transport { return newTransportWith(t, Config{}) }
+
+// newTransportWith is a transport of cfg with the tests' logger and short
+// backoffs.
+func newTransportWith(t testing.TB, cfg Config) *Transport {
 	t.Helper()
-	tr, err := New(Config{Logger: quiet, MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond})
+	cfg.Logger, cfg.MinBackoff, cfg.MaxBackoff = quiet, 5*time.Millisecond, 20*time.Millisecond
+	tr, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +193,12 @@ func msg(from, to, index uint64) *raftpb.Message {
 
 // pair connects member 1 (sender) to member 2 (receiver).
 func pair(t *testing.T) (a, b *Transport, fa, fb *fakeRaft, eb *endpoint) {
-	a, b = newTransport(t), newTransport(t)
+	return pairWith(t, Config{})
+}
+
+// pairWith is pair with member 1's transport of cfg (newTransportWith).
+func pairWith(t *testing.T, cfg Config) (a, b *Transport, fa, fb *fakeRaft, eb *endpoint) {
+	a, b = newTransportWith(t, cfg), newTransport(t)
 	fa, fb = newFakeRaft(), newFakeRaft()
 	eb = newEndpoint(t)
 	eb.serve(b)
@@ -324,8 +334,7 @@ func TestWrongClusterIsRejected(t *testing.T) {
 }
 
 func TestSnapshotIsStreamedAndReported(t *testing.T) {
-	a, _, fa, fb, _ := pair(t)
-	a.cfg.SnapshotChunkBytes = 1000 // several chunks
+	a, _, fa, fb, _ := pairWith(t, Config{SnapshotChunkBytes: 1000}) // several chunks
 	data := bytes.Repeat([]byte("0123456789abcdef"), 1000)
 	idx := uint64(50)
 	m := &raftpb.Message{Type: raftpb.MsgSnap.Enum(), From: new(uint64(1)), To: new(uint64(2)),

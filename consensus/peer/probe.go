@@ -20,6 +20,14 @@ const (
 	DefaultProbeInterval       = 4 * time.Second
 	DefaultProbeReportInterval = 30 * time.Second
 	DefaultProbeRetryInterval  = 5 * time.Second
+	// DefaultFirstAnswerProbeInterval is how often a peer is probed until
+	// it first answers, during the FirstAnswerWindow after it is added, so
+	// a starting member learns within a few ticks which peers are up
+	// (Reachable; the initial election tick advance counts them).
+	DefaultFirstAnswerProbeInterval = 50 * time.Millisecond
+	// DefaultFirstAnswerWindow is etcd's rafthttp.ConnReadTimeout, for
+	// which etcd's adjustTicks waits for active peers.
+	DefaultFirstAnswerWindow = 5 * time.Second
 )
 
 // rttBuckets are the upper bounds, in seconds, of etcd's
@@ -40,9 +48,17 @@ type probeAnswer struct {
 }
 
 // ProbeHandler returns ProbePath and the handler that answers the probes of
-// the other members, as etcd's probing handler does.
+// the other members, as etcd's probing handler does. It answers only while
+// the transport delivers to raft (between Start and Stop): the peer server
+// listens before its member starts, and a prober takes an answer to mean
+// that raft messages would be received (Reachable), which etcd can assume
+// because it serves its peer URLs only once its member runs.
 func (t *Transport) ProbeHandler() (string, http.Handler) {
 	return ProbePath, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if !t.delivering() {
+			http.Error(w, ErrNotStarted.Error(), http.StatusServiceUnavailable)
+			return
+		}
 		_ = json.NewEncoder(w).Encode(probeAnswer{OK: true, Now: time.Now()})
 	})
 }
@@ -55,21 +71,32 @@ func (t *Transport) ProbeHandler() (string, http.Handler) {
 // while they fail (etcd's monitorProbingStatus; like it, a peer that never
 // answered records 0). etcd probes each peer twice, once per round
 // tripper, so its histogram counts two observations per interval; concord
-// has one connection per peer and records one.
+// has one connection per peer and records one. Until the peer first
+// answers, within FirstAnswerWindow of being added, it is probed every
+// FirstAnswerProbeInterval instead; reachable records whether the latest
+// probe was answered.
 func (s *sender) probe() {
 	defer s.t.wg.Done()
 	cfg := s.t.cfg
 	h := s.t.peerCounter(s.to).rtt
-	tick := time.NewTicker(cfg.ProbeInterval)
+	tick := time.NewTimer(0)
 	defer tick.Stop()
 	report := time.NewTimer(cfg.ProbeRetryInterval)
 	defer report.Stop()
 	var (
-		srtt    time.Duration
-		healthy bool
-		urlIdx  int
-		client  = &http.Client{Transport: s.t.http}
+		srtt     time.Duration
+		healthy  bool
+		answered bool // ever
+		urlIdx   int
+		client   = &http.Client{Transport: s.t.http}
 	)
+	firstAnswerBy := time.Now().Add(cfg.FirstAnswerWindow)
+	next := func() time.Duration {
+		if !answered && time.Now().Before(firstAnswerBy) {
+			return cfg.FirstAnswerProbeInterval
+		}
+		return cfg.ProbeInterval
+	}
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -79,6 +106,7 @@ func (s *sender) probe() {
 			u := s.urls[urlIdx%len(s.urls)]
 			s.mu.Unlock()
 			rtt, err := probeOnce(s.ctx, client, u, cfg.ProbeInterval)
+			s.reachable.Store(err == nil)
 			if err != nil {
 				if s.ctx.Err() != nil {
 					return
@@ -86,9 +114,11 @@ func (s *sender) probe() {
 				healthy = false
 				urlIdx++
 				s.t.lg.Debug("peer probe failed", "peer", fmt.Sprintf("%x", s.to), "error", err)
+				tick.Reset(next())
 				continue
 			}
-			healthy = true
+			healthy, answered = true, true
+			tick.Reset(next())
 			if srtt == 0 {
 				srtt = rtt
 			}

@@ -1,6 +1,8 @@
 package peer
 
 import (
+	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -9,13 +11,7 @@ import (
 
 func probingTransport(t *testing.T) *Transport {
 	t.Helper()
-	tr, err := New(Config{Logger: quiet, MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond,
-		ProbeInterval: 2 * time.Millisecond, ProbeReportInterval: 10 * time.Millisecond, ProbeRetryInterval: 5 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(tr.Stop)
-	return tr
+	return newTransportWith(t, Config{ProbeInterval: 2 * time.Millisecond, ProbeReportInterval: 10 * time.Millisecond, ProbeRetryInterval: 5 * time.Millisecond})
 }
 
 func roundTrip(tr *Transport, id uint64) consensus.Histogram {
@@ -61,5 +57,47 @@ func TestRoundTripOfUnreachablePeer(t *testing.T) {
 	waitFor(t, "two round-trip records", func() bool { return roundTrip(a, 2).Count >= 2 })
 	if h := roundTrip(a, 2); h.Sum != 0 || h.Buckets[0.0001] != h.Count {
 		t.Errorf("round trips of an unreachable peer: %+v, want zeros", h)
+	}
+}
+
+// A peer counts as reachable once it answers a probe, before raft sends it
+// anything, and only while its transport delivers to raft: the peer server
+// listens before its member starts, and the initial election tick advance
+// counts reachable peers. Until the first answer, probes come every
+// FirstAnswerProbeInterval; the hour-long ProbeInterval here would
+// otherwise leave the peer unreachable for the whole test.
+func TestPeerReachableOnceItsTransportStarts(t *testing.T) {
+	a, b := newTransportWith(t, Config{ProbeInterval: time.Hour, FirstAnswerProbeInterval: 5 * time.Millisecond}), newTransport(t)
+	eb := newEndpoint(t)
+	eb.serve(b)
+	var probes atomic.Int64
+	served := *eb.h.Load()
+	var counting http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == ProbePath {
+			probes.Add(1)
+		}
+		served.ServeHTTP(w, r)
+	})
+	eb.h.Store(&counting)
+	if err := a.Start(consensus.LocalMember{ID: 1, ClusterID: 7}, newFakeRaft()); err != nil {
+		t.Fatal(err)
+	}
+	a.AddPeer(2, []string{eb.url})
+	reachable := func() bool {
+		ps := a.PeerStats()
+		return len(ps) == 1 && ps[0].Reachable
+	}
+	// b's server answers, but b is not started: its probes are refused.
+	waitFor(t, "three refused probes", func() bool { return probes.Load() >= 3 })
+	if reachable() {
+		t.Fatal("a peer whose transport is not started counts as reachable")
+	}
+	fb := newFakeRaft()
+	if err := b.Start(consensus.LocalMember{ID: 2, ClusterID: 7}, fb); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the peer reachable", reachable)
+	if ps := a.PeerStats(); ps[0].Active || ps[0].SentBytes != 0 || len(fb.messages()) != 0 {
+		t.Errorf("peer stats after the probe: %+v, %d messages delivered; want no stream, nothing sent", ps, len(fb.messages()))
 	}
 }

@@ -89,15 +89,17 @@ type Server struct {
 	// for slow followers (--snapshot-catchup-entries).
 	SnapshotCatchUpEntries uint64
 	QuotaBackendBytes      int64
-	// MaxLearners, PreVote, StrictReconfigCheck and UnsafeNoFsync are
-	// etcd's --max-learners, --pre-vote, --strict-reconfig-check and
-	// --unsafe-no-fsync (consensus.Config).
-	MaxLearners         int
-	PreVote             bool
-	StrictReconfigCheck bool
-	UnsafeNoFsync       bool
-	MaxRequestBytes     int
-	MaxTxnOps           int
+	// MaxLearners, PreVote, InitialElectionTickAdvance,
+	// StrictReconfigCheck and UnsafeNoFsync are etcd's --max-learners,
+	// --pre-vote, --initial-election-tick-advance, --strict-reconfig-check
+	// and --unsafe-no-fsync (consensus.Config).
+	MaxLearners                int
+	PreVote                    bool
+	InitialElectionTickAdvance bool
+	StrictReconfigCheck        bool
+	UnsafeNoFsync              bool
+	MaxRequestBytes            int
+	MaxTxnOps                  int
 	// ForceNewCluster is etcd's --force-new-cluster: a member restarting
 	// on its data becomes the only member of its cluster
 	// (consensus.Config.ForceNewCluster).
@@ -335,6 +337,7 @@ func loadServer(fs *pflag.FlagSet, resolver SRVResolver) (Server, error) {
 	c.SnapshotCatchUpEntries = v.GetUint64(fSnapshotCatchUp)
 	c.MaxLearners = v.GetInt(fMaxLearners)
 	c.PreVote = v.GetBool(fPreVote)
+	c.InitialElectionTickAdvance = v.GetBool(fInitialTickAdvance)
 	c.StrictReconfigCheck = v.GetBool(fStrictReconfigCheck)
 	c.UnsafeNoFsync = v.GetBool(fUnsafeNoFsync)
 	c.ForceNewCluster = v.GetBool(fForceNewCluster)

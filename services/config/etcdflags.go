@@ -43,6 +43,7 @@ const (
 	fWarningApplyDuration = "warning-apply-duration"
 	fMaxLearners          = "max-learners"
 	fPreVote              = "pre-vote"
+	fInitialTickAdvance   = "initial-election-tick-advance"
 	fStrictReconfigCheck  = "strict-reconfig-check"
 	fUnsafeNoFsync        = "unsafe-no-fsync"
 	fSnapshotCatchUp      = "snapshot-catchup-entries"
@@ -72,7 +73,6 @@ const (
 var etcdOnlyFlags = []etcdOnlyFlag{
 	{"max-snapshots", false, "concord writes no snapshot files: a snapshot is the Pebble store, sent to a member that needs it"},
 	{"max-wals", false, "concord writes no WAL files: its raft log lives in Pebble and is truncated after --snapshot-count entries"},
-	{"initial-election-tick-advance", false, "the members of a multi-member concord cluster wait a full randomized election timeout before their first election (a lone member campaigns at once)"},
 	{"backend-bbolt-freelist-type", false, whyBbolt},
 	{"backend-batch-interval", false, whyBbolt},
 	{"backend-batch-limit", false, whyBbolt},
@@ -112,6 +112,7 @@ func etcdCompatFlags(fs *pflag.FlagSet) {
 	fs.Duration(fWarningApplyDuration, 100*time.Millisecond, "applying a raft entry taking longer is logged as a warning")
 	fs.Int(fMaxLearners, 1, "maximum number of learners in the cluster membership")
 	fs.Bool(fPreVote, true, "enable raft Pre-Vote, so a member that rejoins after a partition does not disrupt the cluster")
+	fs.Bool(fInitialTickAdvance, true, "once other members are reachable, fast-forward the election clock at start so the first election comes about an election timeout sooner (a lone member campaigns at once)")
 	fs.Bool(fStrictReconfigCheck, true, "reject reconfiguration requests that would cause quorum loss")
 	fs.Bool(fUnsafeNoFsync, false, "disable fsync: unsafe, a crash loses acknowledged writes")
 	fs.Uint64(fSnapshotCatchUp, 5000, "number of entries kept for a slow follower to catch up after the raft log is truncated")
@@ -121,7 +122,6 @@ func etcdCompatFlags(fs *pflag.FlagSet) {
 	fs.String(fWALDir, "", "path to the dedicated WAL directory: the store's write-ahead log, which every write is fsynced to (default: in --data-dir)")
 	fs.Uint("max-snapshots", 5, "etcd's snapshot file retention; inert in concord")
 	fs.Uint("max-wals", 5, "etcd's WAL file retention; inert in concord")
-	fs.Bool("initial-election-tick-advance", true, "etcd's fast first election; inert in concord")
 	fs.String("backend-bbolt-freelist-type", "", "bbolt tuning; inert in concord")
 	fs.Duration("backend-batch-interval", 0, "bbolt tuning; inert in concord")
 	fs.Int("backend-batch-limit", 0, "bbolt tuning; inert in concord")
