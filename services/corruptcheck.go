@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -84,10 +85,13 @@ func (c *corruptionChecks) start(ctx context.Context, node *consensus.Node) erro
 
 // run starts the periodic checks in g: --corrupt-check-time's, and
 // --compact-hash-check-time's with the CompactHashCheck gate.
+// Each keeps its clients of the other members from check to check.
 func (c *corruptionChecks) run(ctx context.Context, g *errgroup.Group, node *consensus.Node) {
 	g.Go(func() error {
+		peers := c.newPeerClients()
+		defer peers.close()
 		everyAsLeader(ctx, c.cfg.CorruptCheckTime, node, func() {
-			if err := c.checkHashes(ctx, node); err != nil && ctx.Err() == nil {
+			if err := c.checkHashes(ctx, node, peers); err != nil && ctx.Err() == nil {
 				c.log.Warn("failed to check hash KV", "error", err)
 			}
 		})
@@ -95,9 +99,11 @@ func (c *corruptionChecks) run(ctx context.Context, g *errgroup.Group, node *con
 	})
 	if alphaGateOn(c.cfg.FeatureGates, "CompactHashCheck") {
 		g.Go(func() error {
+			peers := c.newPeerClients()
+			defer peers.close()
 			var latestChecked int64
 			everyAsLeader(ctx, c.cfg.CompactHashCheckTime, node, func() {
-				latestChecked = c.checkCompactionHashes(ctx, node, latestChecked)
+				latestChecked = c.checkCompactionHashes(ctx, node, peers, latestChecked)
 			})
 			return nil
 		})
@@ -135,13 +141,13 @@ type peerHash struct {
 }
 
 // checkHashes is one check, as etcd's corruptionChecker.PeriodicCheck.
-func (c *corruptionChecks) checkHashes(ctx context.Context, node *consensus.Node) error {
+func (c *corruptionChecks) checkHashes(ctx context.Context, node *consensus.Node, clients *peerClients) error {
 	log := c.log
 	h, err := node.PeerHashKV(0)
 	if err != nil {
 		return err
 	}
-	peers := c.askPeerHashes(ctx, node, h.HashRevision, min(c.cfg.CorruptCheckTime, peerHashTimeout))
+	peers := c.askPeerHashes(ctx, node, clients, h.HashRevision, min(c.cfg.CorruptCheckTime, peerHashTimeout))
 	rctx, cancel := context.WithTimeout(ctx, peerHashTimeout)
 	err = node.LinearizableReadNotify(rctx)
 	cancel()
@@ -193,7 +199,9 @@ func (c *corruptionChecks) initialCheck(ctx context.Context, node *consensus.Nod
 	}
 	log.Info("starting initial corruption check", "local-member-id", memberHex(node.MemberID()), "revision", h.HashRevision)
 	mismatch := 0
-	for _, p := range c.askPeerHashes(ctx, node, h.HashRevision, peerHashTimeout) {
+	clients := c.newPeerClients()
+	defer clients.close()
+	for _, p := range c.askPeerHashes(ctx, node, clients, h.HashRevision, peerHashTimeout) {
 		switch {
 		case p.resp.Hash == h.Hash:
 		case p.resp.CompactRevision == h.CompactRevision:
@@ -214,10 +222,11 @@ func (c *corruptionChecks) initialCheck(ctx context.Context, node *consensus.Nod
 }
 
 // askPeerHashes asks every other member, at the same time, for its HashKV
-// at rev over its peer URLs (the first that answers); members that do not
-// answer within timeout are left out.
-func (c *corruptionChecks) askPeerHashes(ctx context.Context, node *consensus.Node, rev int64, timeout time.Duration) []peerHash {
+// at rev over its peer URLs (the first that answers) through clients;
+// members that do not answer within timeout are left out.
+func (c *corruptionChecks) askPeerHashes(ctx context.Context, node *consensus.Node, clients *peerClients, rev int64, timeout time.Duration) []peerHash {
 	members := node.Membership().Members
+	clients.retain(members)
 	answers := make([]*pb.HashKVResponse, len(members))
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -228,12 +237,11 @@ func (c *corruptionChecks) askPeerHashes(ctx context.Context, node *consensus.No
 		}
 		g.Go(func() error {
 			for _, u := range m.GetPeerURLs() {
-				ep, err := remote.Dial(u, remote.WithTLS(c.peerTLS))
+				ep, err := clients.get(u)
 				if err != nil {
 					continue
 				}
 				resp, err := ep.HashKV(ctx, rev)
-				_ = ep.Close()
 				if err == nil {
 					answers[i] = resp
 					return nil
@@ -253,6 +261,59 @@ func (c *corruptionChecks) askPeerHashes(ctx context.Context, node *consensus.No
 	return out
 }
 
+// peerClients are clients of the other members' peer URLs, kept by one
+// check loop from check to check so that each check does not dial every
+// member again. Safe for concurrent use.
+type peerClients struct {
+	tls *tls.Config
+	mu  sync.Mutex
+	eps map[string]*remote.Endpoint // by peer URL; nil once closed
+}
+
+func (c *corruptionChecks) newPeerClients() *peerClients {
+	return &peerClients{tls: c.peerTLS, eps: map[string]*remote.Endpoint{}}
+}
+
+// get returns the client of peer URL u, dialing it the first time.
+func (p *peerClients) get(u string) (*remote.Endpoint, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.eps == nil {
+		return nil, consensus.ErrStopped
+	}
+	if ep, ok := p.eps[u]; ok {
+		return ep, nil
+	}
+	ep, err := remote.Dial(u, remote.WithTLS(p.tls))
+	if err != nil {
+		return nil, err
+	}
+	p.eps[u] = ep
+	return ep, nil
+}
+
+// retain closes the clients of URLs that none of members has any more.
+func (p *peerClients) retain(members []*pb.Member) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for u, ep := range p.eps {
+		if !slices.ContainsFunc(members, func(m *pb.Member) bool { return slices.Contains(m.GetPeerURLs(), u) }) {
+			_ = ep.Close()
+			delete(p.eps, u)
+		}
+	}
+}
+
+// close closes every client; later gets fail. Idempotent.
+func (p *peerClients) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, ep := range p.eps {
+		_ = ep.Close()
+	}
+	p.eps = nil
+}
+
 // memberHex is a member ID as etcd logs it.
 func memberHex(id uint64) string { return strconv.FormatUint(id, 16) }
 
@@ -265,7 +326,7 @@ func memberHex(id uint64) string { return strconv.FormatUint(id, 16) }
 // alarm; with no majority, the alarm goes to member 0 (the whole cluster),
 // as in etcd.
 // It returns the newest revision checked on every member.
-func (c *corruptionChecks) checkCompactionHashes(ctx context.Context, node *consensus.Node, latestChecked int64) int64 {
+func (c *corruptionChecks) checkCompactionHashes(ctx context.Context, node *consensus.Node, clients *peerClients, latestChecked int64) int64 {
 	log := c.log
 	timeout := min(c.cfg.CompactHashCheckTime, peerHashTimeout)
 	hashes := node.CompactionHashes()
@@ -279,7 +340,7 @@ func (c *corruptionChecks) checkCompactionHashes(ctx context.Context, node *cons
 		if others == 0 {
 			break
 		}
-		peers := c.askPeerHashes(ctx, node, h.Revision, timeout)
+		peers := c.askPeerHashes(ctx, node, clients, h.Revision, timeout)
 		if len(peers) == 0 {
 			continue
 		}

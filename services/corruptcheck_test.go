@@ -6,6 +6,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
+	"github.com/concord-kv/concord/gateway/remote"
 	"github.com/concord-kv/concord/storage"
 )
 
@@ -65,5 +66,38 @@ func TestCompactionVerdict(t *testing.T) {
 			v.majority != c.want.majority || !slices.Equal(v.corrupt, c.corrupt) {
 			t.Errorf("%s: %+v, want %+v with corrupt %v", c.name, v, c.want, c.corrupt)
 		}
+	}
+}
+
+// A check loop's peer clients are dialed once per URL and kept from check
+// to check, closed when no member has their URL any more, and refused after
+// close.
+func TestPeerClientsAreKept(t *testing.T) {
+	c := &corruptionChecks{}
+	p := c.newPeerClients()
+	const u2, u3 = "http://127.0.0.1:1", "http://127.0.0.1:2"
+	get := func(u string) *remote.Endpoint {
+		t.Helper()
+		ep, err := p.get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ep
+	}
+	first2, first3 := get(u2), get(u3)
+	if get(u2) != first2 || get(u3) != first3 || first2 == first3 {
+		t.Fatal("a URL's client was dialed again, or two URLs share one")
+	}
+	p.retain([]*pb.Member{{ID: 2, PeerURLs: []string{u2}}})
+	if get(u2) != first2 {
+		t.Error("the client of a member's URL was not kept")
+	}
+	if get(u3) == first3 {
+		t.Error("the client of a URL no member has was kept")
+	}
+	p.close()
+	p.close()
+	if _, err := p.get(u2); err == nil {
+		t.Error("a client was handed out after close")
 	}
 }
