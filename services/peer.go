@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"sync"
 	"time"
 
+	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/consensus/peer"
 	"github.com/concord-kv/concord/gateway"
 	"github.com/concord-kv/concord/services/config"
@@ -84,6 +86,41 @@ func peerServer(cfg config.Server, log *slog.Logger, extra map[string]http.Handl
 		wg.Wait()
 	}
 	return tr, stop, nil
+}
+
+// startMember serves the peer URLs (raft, the corruption checks' HashKV and
+// extra, path to handler) and starts the consensus member of ccfg on them,
+// with the initial corruption check of a restarted member. stop closes the
+// member, then the peer server; the periodic checks are the caller's to
+// run (checks.run).
+func startMember(ctx context.Context, cfg config.Server, ccfg consensus.Config, log *slog.Logger, extra map[string]http.Handler) (node *consensus.Node, checks *corruptionChecks, stop func(), err error) {
+	checks, err = newCorruptionChecks(cfg, log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	handlers := map[string]http.Handler{}
+	maps.Copy(handlers, extra)
+	hashPath, hashHandler := checks.handler()
+	handlers[hashPath] = hashHandler
+	tr, stopPeerServer, err := peerServer(cfg, log, handlers)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("starting the peer transport: %w", err)
+	}
+	ccfg.Transport = tr
+	node, err = consensus.Start(ctx, ccfg)
+	if err != nil {
+		stopPeerServer()
+		return nil, nil, nil, fmt.Errorf("starting consensus: %w", err)
+	}
+	stop = func() {
+		_ = node.Close()
+		stopPeerServer()
+	}
+	if err := checks.start(ctx, node); err != nil {
+		stop()
+		return nil, nil, nil, err
+	}
+	return node, checks, stop, nil
 }
 
 // peerServerTLS is c offering HTTP/2 in ALPN, and HTTP/1.1 for HTTP

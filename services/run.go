@@ -64,27 +64,11 @@ func RunAllInOne(ctx context.Context, cfg config.Server, log *slog.Logger) error
 	// single member serves them too, as etcd does, so that `member add`
 	// can grow it. Consensus owns the transport from Start on.
 	var forwarded peerLeases
-	checks, err := newCorruptionChecks(cfg, log)
+	node, checks, stopMember, err := startMember(ctx, cfg, ccfg, log, forwarded.handlers())
 	if err != nil {
 		return err
 	}
-	peerHandlers := forwarded.handlers()
-	hashPath, hashHandler := checks.handler()
-	peerHandlers[hashPath] = hashHandler
-	tr, stopPeerServer, err := peerServer(cfg, log, peerHandlers)
-	if err != nil {
-		return fmt.Errorf("starting the peer transport: %w", err)
-	}
-	defer stopPeerServer()
-	ccfg.Transport = tr
-	node, err := consensus.Start(ctx, ccfg)
-	if err != nil {
-		return fmt.Errorf("starting consensus: %w", err)
-	}
-	defer node.Close()
-	if err := checks.start(ctx, node); err != nil {
-		return err
-	}
+	defer stopMember()
 
 	fanout, err := watchfanout.New(watchfanout.Config{
 		Logger:                 log.With("component", "watchfanout"),

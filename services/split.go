@@ -12,12 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/consensus/eventbus"
 	"github.com/concord-kv/concord/consensus/internalapi"
 	"github.com/concord-kv/concord/gateway"
@@ -79,25 +77,11 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	ccfg.EventsFromLeaderOnly = cfg.NATSClusterListenAddr != ""
 	// Raft between the members on the peer URLs (peer.go), served by a
 	// single member too so that `member add` can grow it.
-	checks, err := newCorruptionChecks(cfg.Server, log)
+	node, checks, stopMember, err := startMember(ctx, cfg.Server, ccfg, log, nil)
 	if err != nil {
 		return err
 	}
-	hashPath, hashHandler := checks.handler()
-	tr, stopPeerServer, err := peerServer(cfg.Server, log, map[string]http.Handler{hashPath: hashHandler})
-	if err != nil {
-		return fmt.Errorf("starting the peer transport: %w", err)
-	}
-	defer stopPeerServer()
-	ccfg.Transport = tr
-	node, err := consensus.Start(ctx, ccfg)
-	if err != nil {
-		return fmt.Errorf("starting consensus: %w", err)
-	}
-	defer node.Close()
-	if err := checks.start(ctx, node); err != nil {
-		return err
-	}
+	defer stopMember()
 	if node.AuthState().Enabled() && !authPossible {
 		// The watch and lease processes could not call the internal API.
 		return errors.New("concord consensus: auth is enabled in this data dir; the split topology needs verified client certificates for it (--client-cert-auth, or --trusted-ca-file, on https:// client URLs) or an internal secret (--internal-secret-file, the same file on every process): its watch, lease and gateway processes call consensus as the root-role user their certificate names, or with the secret")
