@@ -3,7 +3,10 @@ package services
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -70,6 +73,67 @@ func (c *corruptionChecks) HashKV(_ context.Context, r *pb.HashKVRequest) (*pb.H
 		return nil, gateway.TranslateError(err)
 	}
 	return resp, nil
+}
+
+// PeerHashKVPath is where etcd's members ask each other for their HashKV
+// over the peer URLs (etcdserver.PeerHashKVPath).
+const PeerHashKVPath = "/members/hashkv"
+
+// httpHandler answers etcd's peer HashKV request as etcd's hashKVHandler
+// does: a GET whose body is a JSON HashKVRequest, an X-Etcd-Cluster-ID that,
+// when given, must be this cluster's (412 otherwise), and a JSON
+// HashKVResponse whose header holds only the store's revision; a
+// compacted or future revision is a 400 with the store's error. concord's
+// own checks use the HashKV RPC (handler); this serves etcd's tools and
+// scripts that speak the HTTP form.
+func (c *corruptionChecks) httpHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			w.Header().Set("Allow", http.MethodGet)
+			http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		if r.URL.Path != PeerHashKVPath {
+			http.Error(w, "bad path", http.StatusBadRequest)
+			return
+		}
+		n := c.node.Load()
+		if n == nil {
+			http.Error(w, consensus.ErrStopped.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		if id := r.Header.Get("X-Etcd-Cluster-ID"); id != "" && id != memberHex(n.ClusterID()) {
+			http.Error(w, "cluster ID mismatch", http.StatusPreconditionFailed)
+			return
+		}
+		b, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		if err != nil {
+			http.Error(w, "error reading body", http.StatusBadRequest)
+			return
+		}
+		var req pb.HashKVRequest
+		if err := json.Unmarshal(b, &req); err != nil {
+			http.Error(w, "error unmarshalling request", http.StatusBadRequest)
+			return
+		}
+		h, err := n.PeerHashKV(req.Revision)
+		switch {
+		case errors.Is(err, storage.ErrCompacted), errors.Is(err, storage.ErrFutureRev):
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		case err != nil:
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		out, err := json.Marshal(&pb.HashKVResponse{Header: &pb.ResponseHeader{Revision: h.GetHeader().GetRevision()},
+			Hash: h.Hash, CompactRevision: h.CompactRevision, HashRevision: h.HashRevision})
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(out)
+	})
 }
 
 // start answers the other members' checks from node and, with the

@@ -102,6 +102,7 @@ func startMember(ctx context.Context, cfg config.Server, ccfg consensus.Config, 
 	maps.Copy(handlers, extra)
 	hashPath, hashHandler := checks.handler()
 	handlers[hashPath] = hashHandler
+	handlers[PeerHashKVPath] = checks.httpHandler()
 	tr, stopPeerServer, err := peerServer(cfg, log, handlers)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("starting the peer transport: %w", err)
