@@ -828,20 +828,12 @@ func jsonAuthTranscript(t *testing.T, s *Server) []string {
 		if auth != "" {
 			req.Header.Set("Authorization", auth)
 		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatalf("%s: %v", path, err)
+		resp, b := httpDo(t, req)
+		if m := reToken.FindStringSubmatch(b); m != nil {
+			token = m[1]
+			b = reToken.ReplaceAllString(b, `"token":"<token>"`)
 		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if m := reToken.FindSubmatch(b); m != nil {
-			token = string(m[1])
-			b = reToken.ReplaceAll(b, []byte(`"token":"<token>"`))
-		}
-		out = append(out, fmt.Sprintf("POST %s %s (auth %v)\n  status %d\n  %s\n", path, body, auth != "", resp.StatusCode, normalizeJSON(n, string(b))))
+		out = append(out, fmt.Sprintf("POST %s %s (auth %v)\n  status %d\n  %s\n", path, body, auth != "", resp.StatusCode, normalizeJSON(n, b)))
 	}
 	call("/v3/kv/put", `{"key":"`+b64("k")+`","value":"`+b64("v")+`"}`, "")
 	call("/v3/auth/user/add", `{"name":"root","password":"pw"}`, "")

@@ -47,16 +47,8 @@ func TestCORSAndHostWhitelist(t *testing.T) {
 				if c.origin != "" {
 					req.Header.Set("Origin", c.origin)
 				}
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					t.Fatalf("%s %s: %v", c.method, c.path, err)
-				}
-				b, err := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if resp.StatusCode != c.status || !strings.Contains(string(b), c.body) || resp.Header.Get("Access-Control-Allow-Origin") != c.allowOrigin {
+				resp, b := httpDo(t, req)
+				if resp.StatusCode != c.status || !strings.Contains(b, c.body) || resp.Header.Get("Access-Control-Allow-Origin") != c.allowOrigin {
 					t.Errorf("%s %s Host %q Origin %q: %d %q, Access-Control-Allow-Origin %q; want %d with %q, %q",
 						c.method, c.path, c.host, c.origin, resp.StatusCode, b, resp.Header.Get("Access-Control-Allow-Origin"), c.status, c.body, c.allowOrigin)
 				}

@@ -223,16 +223,11 @@ func runJSONWebSocket(t *testing.T, s *Server) []string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatalf("POST %s: %v", path, err)
+		resp, b := httpDo(t, req)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("POST %s: status %d, %s", path, resp.StatusCode, b)
 		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil || resp.StatusCode != http.StatusOK {
-			t.Fatalf("POST %s: status %d, %s, %v", path, resp.StatusCode, b, err)
-		}
-		return string(b)
+		return b
 	}
 	var out []string
 	hide := strings.NewReplacer() // of IDs in what is sent

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -40,16 +39,8 @@ func TestMetricsPort(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					t.Fatalf("%s %s: %v", c.method, c.path, err)
-				}
-				b, err := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if resp.StatusCode != c.status || !strings.Contains(string(b), c.body) {
+				resp, b := httpDo(t, req)
+				if resp.StatusCode != c.status || !strings.Contains(b, c.body) {
 					t.Errorf("%s %s on the metrics port: %d %q, want %d with %q", c.method, c.path, resp.StatusCode, b, c.status, c.body)
 				}
 			}

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"regexp"
 	"strings"
@@ -52,16 +51,8 @@ func TestPeerHashKVMatchesEtcd(t *testing.T) {
 			if rq.clusterID != "" {
 				req.Header.Set("X-Etcd-Cluster-ID", rq.clusterID)
 			}
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatalf("%s: %s: %v", im.name, rq.name, err)
-			}
-			body, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			b := hashValue.ReplaceAllStringFunc(string(body), func(h string) string {
+			resp, body := httpDo(t, req)
+			b := hashValue.ReplaceAllStringFunc(body, func(h string) string {
 				if _, ok := hashes[h]; !ok {
 					hashes[h] = fmt.Sprintf(`"hash":<hash%d>`, len(hashes)+1)
 				}

@@ -391,14 +391,26 @@ func (b *syncBuffer) Tail(n int) string {
 // httpGet returns the status and body of a GET of url.
 func httpGet(t *testing.T, url string) (int, string) {
 	t.Helper()
-	resp, err := http.Get(url)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
+		t.Fatal(err)
+	}
+	resp, body := httpDo(t, req)
+	return resp.StatusCode, body
+}
+
+// httpDo sends req with the default client and returns the response with
+// its body, read and closed.
+func httpDo(t *testing.T, req *http.Request) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
+		t.Fatalf("%s %s: reading the body: %v", req.Method, req.URL, err)
 	}
-	return resp.StatusCode, string(b)
+	return resp, string(b)
 }
