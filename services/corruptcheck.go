@@ -58,9 +58,12 @@ func newCorruptionChecks(cfg config.Server, log *slog.Logger) (*corruptionChecks
 	return &corruptionChecks{cfg: cfg, peerTLS: peerTLS, log: log.With("component", "corruption-check")}, nil
 }
 
-// handler is the path and handler to mount on the peer server.
-func (c *corruptionChecks) handler() (string, http.Handler) {
-	return etcdserverpbconnect.NewMaintenanceHandler(c)
+// peerHandlers are the handlers to mount on the peer server, by path: the
+// HashKV RPC the members' checks use, and etcd's HTTP form of it
+// (PeerHashKVPath).
+func (c *corruptionChecks) peerHandlers() map[string]http.Handler {
+	path, h := etcdserverpbconnect.NewMaintenanceHandler(c)
+	return map[string]http.Handler{path: h, PeerHashKVPath: c.httpHashKV()}
 }
 
 func (c *corruptionChecks) HashKV(_ context.Context, r *pb.HashKVRequest) (*pb.HashKVResponse, error) {
@@ -79,22 +82,18 @@ func (c *corruptionChecks) HashKV(_ context.Context, r *pb.HashKVRequest) (*pb.H
 // over the peer URLs (etcdserver.PeerHashKVPath).
 const PeerHashKVPath = "/members/hashkv"
 
-// httpHandler answers etcd's peer HashKV request as etcd's hashKVHandler
+// httpHashKV answers etcd's peer HashKV request as etcd's hashKVHandler
 // does: a GET whose body is a JSON HashKVRequest, an X-Etcd-Cluster-ID that,
 // when given, must be this cluster's (412 otherwise), and a JSON
 // HashKVResponse whose header holds only the store's revision; a
 // compacted or future revision is a 400 with the store's error. concord's
-// own checks use the HashKV RPC (handler); this serves etcd's tools and
-// scripts that speak the HTTP form.
-func (c *corruptionChecks) httpHandler() http.Handler {
+// own checks use the HashKV RPC; this serves etcd's tools and scripts that
+// speak the HTTP form.
+func (c *corruptionChecks) httpHashKV() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet {
 			w.Header().Set("Allow", http.MethodGet)
 			http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
-			return
-		}
-		if r.URL.Path != PeerHashKVPath {
-			http.Error(w, "bad path", http.StatusBadRequest)
 			return
 		}
 		n := c.node.Load()

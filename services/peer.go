@@ -98,11 +98,8 @@ func startMember(ctx context.Context, cfg config.Server, ccfg consensus.Config, 
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	handlers := map[string]http.Handler{}
+	handlers := checks.peerHandlers()
 	maps.Copy(handlers, extra)
-	hashPath, hashHandler := checks.handler()
-	handlers[hashPath] = hashHandler
-	handlers[PeerHashKVPath] = checks.httpHandler()
 	tr, stopPeerServer, err := peerServer(cfg, log, handlers)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("starting the peer transport: %w", err)
