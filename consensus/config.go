@@ -96,10 +96,10 @@ type Config struct {
 	// full randomized election timeout before its first election (etcd's
 	// --initial-election-tick-advance=false). By default, once the
 	// transport reports more than one other member active or reachable
-	// (PeerStats) within 5 s of the start and no leader is known, as etcd
-	// counts active peers, the member fast-forwards
-	// its election clock by ElectionTimeout less two heartbeats, as etcd
-	// does. A lone member campaigns at once either way.
+	// (PeerStats) within 5 s of the start and no leader is known, the
+	// member fast-forwards its election clock by ElectionTimeout less two
+	// heartbeats, as etcd does. A lone member campaigns at once either
+	// way.
 	DisableInitialElectionTickAdvance bool
 	// DisableStrictReconfigCheck skips the checks that a membership change
 	// keeps a quorum of started and active members (etcd's

@@ -107,6 +107,8 @@ func (s *sender) probe() {
 			s.mu.Unlock()
 			rtt, err := probeOnce(s.ctx, client, u, cfg.ProbeInterval)
 			s.reachable.Store(err == nil)
+			answered = answered || err == nil
+			tick.Reset(next())
 			if err != nil {
 				if s.ctx.Err() != nil {
 					return
@@ -114,11 +116,9 @@ func (s *sender) probe() {
 				healthy = false
 				urlIdx++
 				s.t.lg.Debug("peer probe failed", "peer", fmt.Sprintf("%x", s.to), "error", err)
-				tick.Reset(next())
 				continue
 			}
-			healthy, answered = true, true
-			tick.Reset(next())
+			healthy = true
 			if srtt == 0 {
 				srtt = rtt
 			}
