@@ -14,6 +14,7 @@ import (
 	"github.com/concord-kv/concord/consensus"
 	"github.com/concord-kv/concord/consensus/peer"
 	"github.com/concord-kv/concord/gateway"
+	"github.com/concord-kv/concord/internal/memlock"
 	"github.com/concord-kv/concord/services/config"
 )
 
@@ -94,6 +95,12 @@ func peerServer(cfg config.Server, log *slog.Logger, extra map[string]http.Handl
 // member, then the peer server; the periodic checks are the caller's to
 // run (checks.run).
 func startMember(ctx context.Context, cfg config.Server, ccfg consensus.Config, log *slog.Logger, extra map[string]http.Handler) (node *consensus.Node, checks *corruptionChecks, stop func(), err error) {
+	if cfg.MemoryMlock {
+		if err := memlock.Lock(); err != nil {
+			return nil, nil, nil, fmt.Errorf("--memory-mlock: %w", err)
+		}
+		log.Info("memory locked in RAM (--memory-mlock)")
+	}
 	checks, err = newCorruptionChecks(cfg, log)
 	if err != nil {
 		return nil, nil, nil, err

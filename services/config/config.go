@@ -98,8 +98,11 @@ type Server struct {
 	InitialElectionTickAdvance bool
 	StrictReconfigCheck        bool
 	UnsafeNoFsync              bool
-	MaxRequestBytes            int
-	MaxTxnOps                  int
+	// MemoryMlock is etcd's --memory-mlock: the member locks the process's
+	// memory in RAM before it opens its store (internal/memlock).
+	MemoryMlock     bool
+	MaxRequestBytes int
+	MaxTxnOps       int
 	// ForceNewCluster is etcd's --force-new-cluster: a member restarting
 	// on its data becomes the only member of its cluster
 	// (consensus.Config.ForceNewCluster).
@@ -340,6 +343,7 @@ func loadServer(fs *pflag.FlagSet, resolver SRVResolver) (Server, error) {
 	c.InitialElectionTickAdvance = v.GetBool(fInitialTickAdvance)
 	c.StrictReconfigCheck = v.GetBool(fStrictReconfigCheck)
 	c.UnsafeNoFsync = v.GetBool(fUnsafeNoFsync)
+	c.MemoryMlock = v.GetBool(fMemoryMlock)
 	c.ForceNewCluster = v.GetBool(fForceNewCluster)
 	c.CorruptCheckTime = v.GetDuration(fCorruptCheckTime)
 	c.CompactHashCheckTime = v.GetDuration(fCompactHashCheckTime)

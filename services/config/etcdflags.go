@@ -20,9 +20,8 @@ import (
 // etcdmain's newConfig), so that an etcd command line, ETCD_* environment or
 // configuration file starts concord unchanged. Each one is implemented, or
 // listed in etcdOnlyFlags as inert (accepted, no effect in concord by
-// design) or refused (its default is accepted, any other value is an error
-// naming the flag and why), so nothing that changes behaviour is silently
-// dropped. testdata/etcd-3.7.3-server-flags.txt lists etcd's flag set, and
+// design, a value other than the default noted in the log), so nothing
+// that changes behaviour is silently dropped. testdata/etcd-3.7.3-server-flags.txt lists etcd's flag set, and
 // TestEveryEtcdFlagIsAccepted checks each.
 const (
 	fListenClientHTTPURLs = "listen-client-http-urls"
@@ -46,6 +45,7 @@ const (
 	fInitialTickAdvance   = "initial-election-tick-advance"
 	fStrictReconfigCheck  = "strict-reconfig-check"
 	fUnsafeNoFsync        = "unsafe-no-fsync"
+	fMemoryMlock          = "memory-mlock"
 	fSnapshotCatchUp      = "snapshot-catchup-entries"
 	fDiscoveryFallback    = "discovery-fallback"
 	fCorruptCheckTime     = "corrupt-check-time"
@@ -57,11 +57,7 @@ const (
 
 // etcdOnlyFlag is an etcd flag concord accepts without implementing it.
 type etcdOnlyFlag struct {
-	name string
-	// refused: a value other than the default is an error; otherwise the
-	// flag is inert and a value other than the default is only noted.
-	refused bool
-	why     string
+	name, why string
 }
 
 const (
@@ -71,19 +67,18 @@ const (
 
 // etcdOnlyFlags are the etcd flags concord accepts but does not implement.
 var etcdOnlyFlags = []etcdOnlyFlag{
-	{"max-snapshots", false, "concord writes no snapshot files: a snapshot is the Pebble store, sent to a member that needs it"},
-	{"max-wals", false, "concord writes no WAL files: its raft log lives in Pebble and is truncated after --snapshot-count entries"},
-	{"backend-bbolt-freelist-type", false, whyBbolt},
-	{"backend-batch-interval", false, whyBbolt},
-	{"backend-batch-limit", false, whyBbolt},
-	{"bootstrap-defrag-threshold-megabytes", false, whyBbolt},
-	{"memory-mlock", true, "etcd locks its bbolt file in memory; concord's Pebble store has no such option"},
-	{"raft-read-timeout", false, "a timeout of etcd's rafthttp connections; concord's peer transport is one HTTP/2 stream per peer with its own keep-alive"},
-	{"raft-write-timeout", false, "a timeout of etcd's rafthttp connections; concord's peer transport is one HTTP/2 stream per peer with its own keep-alive"},
-	{"compaction-batch-limit", false, "concord compacts in the apply of the compaction request, in one store batch, not in timed batches of revisions"},
-	{"compaction-sleep-interval", false, "concord compacts in the apply of the compaction request, in one store batch, not in timed batches of revisions"},
-	{"downgrade-check-time", false, "concord has no cluster downgrade"},
-	{fV2Deprecation, false, "etcd 3.7 ignores it too and enforces its default; concord has no v2 store"},
+	{"max-snapshots", "concord writes no snapshot files: a snapshot is the Pebble store, sent to a member that needs it"},
+	{"max-wals", "concord writes no WAL files: its raft log lives in Pebble and is truncated after --snapshot-count entries"},
+	{"backend-bbolt-freelist-type", whyBbolt},
+	{"backend-batch-interval", whyBbolt},
+	{"backend-batch-limit", whyBbolt},
+	{"bootstrap-defrag-threshold-megabytes", whyBbolt},
+	{"raft-read-timeout", "a timeout of etcd's rafthttp connections; concord's peer transport is one HTTP/2 stream per peer with its own keep-alive"},
+	{"raft-write-timeout", "a timeout of etcd's rafthttp connections; concord's peer transport is one HTTP/2 stream per peer with its own keep-alive"},
+	{"compaction-batch-limit", "concord compacts in the apply of the compaction request, in one store batch, not in timed batches of revisions"},
+	{"compaction-sleep-interval", "concord compacts in the apply of the compaction request, in one store batch, not in timed batches of revisions"},
+	{"downgrade-check-time", "concord has no cluster downgrade"},
+	{fV2Deprecation, "etcd 3.7 ignores it too and enforces its default; concord has no v2 store"},
 }
 
 // etcdIgnoredFlags are the flags etcd 3.7 accepts and ignores (etcdmain's
@@ -126,7 +121,7 @@ func etcdCompatFlags(fs *pflag.FlagSet) {
 	fs.Duration("backend-batch-interval", 0, "bbolt tuning; inert in concord")
 	fs.Int("backend-batch-limit", 0, "bbolt tuning; inert in concord")
 	fs.Uint("bootstrap-defrag-threshold-megabytes", 0, "bbolt defragmentation at start; inert in concord")
-	fs.Bool("memory-mlock", false, "lock etcd's memory; refused by concord when true")
+	fs.Bool(fMemoryMlock, false, "lock the process's memory in RAM so the store's caches are never swapped out (mlockall; needs CAP_IPC_LOCK or an unlimited RLIMIT_MEMLOCK)")
 	fs.Duration("raft-read-timeout", 5*time.Second, "etcd's rafthttp read timeout; inert in concord")
 	fs.Duration("raft-write-timeout", 5*time.Second, "etcd's rafthttp write timeout; inert in concord")
 	discoveryFlags(fs)
@@ -153,16 +148,13 @@ type SocketOptions struct {
 // no limit.
 const DefaultMaxConcurrentStreams = ^uint32(0)
 
-// checkEtcdOnly refuses a refused flag set to another value than its
-// default, and returns the inert flags set to another value, for the log.
+// checkEtcdOnly returns the inert flags set to another value than their
+// default, for the log, and refuses values etcd refuses.
 func checkEtcdOnly(v *viper.Viper, fs *pflag.FlagSet) (inert []string, err error) {
 	for _, e := range etcdOnlyFlags {
 		f := fs.Lookup(e.name)
 		if f == nil || isDefault(v, f) {
 			continue
-		}
-		if e.refused {
-			return nil, fmt.Errorf("%w: --%s=%s: %s; concord accepts only the default (%q)", ErrInvalid, e.name, valueString(v, f), e.why, f.DefValue)
 		}
 		inert = append(inert, fmt.Sprintf("--%s has no effect in concord: %s", e.name, e.why))
 	}
@@ -202,14 +194,6 @@ func isDefault(v *viper.Viper, f *pflag.Flag) bool {
 		return v.GetUint64(f.Name) == d
 	}
 	return slices.Equal(stringList(v, f.Name), splitList(f.DefValue))
-}
-
-// valueString is f's value in v as a command line would give it.
-func valueString(v *viper.Viper, f *pflag.Flag) string {
-	if f.Value.Type() == "string" {
-		return strings.Join(stringList(v, f.Name), ",")
-	}
-	return v.GetString(f.Name)
 }
 
 func splitList(s string) []string {

@@ -114,7 +114,6 @@ func TestRefusedEtcdFlags(t *testing.T) {
 	for _, c := range []struct{ arg, want string }{
 		{"--enable-distributed-tracing --distributed-tracing-sampling-rate=-1", "tracing sampling rate must be positive"},
 		{"--enable-distributed-tracing --distributed-tracing-sampling-rate=1000001", "tracing sampling rate must be less than 1000000"},
-		{"--memory-mlock", "--memory-mlock=true"},
 		{"--discovery-fallback=proxy", `--discovery-fallback can't be configured as "proxy"`},
 		{"--discovery-fallback=maybe", "--discovery-fallback: invalid value"},
 		{"--v2-deprecation=sometimes", "--v2-deprecation: invalid value"},
@@ -151,15 +150,15 @@ func TestConsensusEtcdFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.MaxLearners != 1 || !c.PreVote || !c.StrictReconfigCheck || c.UnsafeNoFsync || c.ForceNewCluster || c.SnapshotCatchUpEntries != 5000 {
+	if c.MaxLearners != 1 || !c.PreVote || !c.StrictReconfigCheck || c.UnsafeNoFsync || c.ForceNewCluster || c.SnapshotCatchUpEntries != 5000 || c.MemoryMlock {
 		t.Errorf("etcd's defaults: %+v", c)
 	}
-	c, err = load(t, "--max-learners=3", "--pre-vote=false", "--strict-reconfig-check=false", "--unsafe-no-fsync", "--snapshot-catchup-entries=77", "--force-new-cluster")
+	c, err = load(t, "--max-learners=3", "--pre-vote=false", "--strict-reconfig-check=false", "--unsafe-no-fsync", "--snapshot-catchup-entries=77", "--force-new-cluster", "--memory-mlock")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.MaxLearners != 3 || c.PreVote || c.StrictReconfigCheck || !c.UnsafeNoFsync || c.SnapshotCatchUpEntries != 77 || !c.ForceNewCluster {
-		t.Errorf("set: max-learners %d, pre-vote %v, strict %v, no-fsync %v, catch-up %d, force-new-cluster %v", c.MaxLearners, c.PreVote, c.StrictReconfigCheck, c.UnsafeNoFsync, c.SnapshotCatchUpEntries, c.ForceNewCluster)
+	if c.MaxLearners != 3 || c.PreVote || c.StrictReconfigCheck || !c.UnsafeNoFsync || c.SnapshotCatchUpEntries != 77 || !c.ForceNewCluster || !c.MemoryMlock {
+		t.Errorf("set: max-learners %d, pre-vote %v, strict %v, no-fsync %v, catch-up %d, force-new-cluster %v, memory-mlock %v", c.MaxLearners, c.PreVote, c.StrictReconfigCheck, c.UnsafeNoFsync, c.SnapshotCatchUpEntries, c.ForceNewCluster, c.MemoryMlock)
 	}
 	if _, err := load(t, "--max-learners=0"); !errors.Is(err, config.ErrInvalid) {
 		t.Errorf("--max-learners=0: %v", err)

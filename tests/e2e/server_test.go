@@ -414,3 +414,14 @@ func httpDo(t *testing.T, req *http.Request) (*http.Response, string) {
 	}
 	return resp, string(b)
 }
+
+// pid is the process id of the running incarnation; the test fails if none runs.
+func (s *Server) pid() int {
+	s.t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		s.t.Fatalf("%s is not running", s.impl.name)
+	}
+	return s.cmd.Process.Pid
+}

@@ -1,0 +1,5 @@
+//go:build !linux
+
+package memlock
+
+func lock() error { return ErrUnsupported }
