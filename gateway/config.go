@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"slices"
 	"time"
 )
 
@@ -83,18 +82,12 @@ type Config struct {
 	// ClientCAs for client certificate authentication. The gateway uses a
 	// copy that offers ALPN h2 and http/1.1. nil: ServeTLS fails.
 	TLS *tls.Config
-	// InternalSecret is the secret the split topology's processes share
-	// (--internal-secret-file, at least MinInternalSecretBytes): a request
-	// presenting its proof in InternalSecretHeader is a concord process
-	// calling for itself, trusted as a root-role user once auth is enabled
-	// (internalsecret.go). nil: the header is ignored.
-	InternalSecret []byte
-	// AcceptedInternalSecrets are further secrets whose proofs are
-	// accepted as InternalSecret's is, though never presented
-	// (--internal-secret-accept-file): while a deployment moves to a new
-	// secret, every process accepts both (at least MinInternalSecretBytes
-	// each).
-	AcceptedInternalSecrets [][]byte
+	// InternalSecrets hold the secret the split topology's processes share
+	// (--internal-secret-file) and those accepted besides it: a request
+	// presenting the proof of one in InternalSecretHeader is a concord
+	// process calling for itself, trusted as a root-role user once auth is
+	// enabled (internalsecret.go). nil, or none: the header is ignored.
+	InternalSecrets *InternalSecrets
 	// Logger receives the gateway's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -171,10 +164,6 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: ShutdownTimeout must not be negative", ErrInvalidConfig)
 	case c.Logger == nil:
 		return fmt.Errorf("%w: Logger is nil (call SetDefaults)", ErrInvalidConfig)
-	case len(c.InternalSecret) > 0 && len(c.InternalSecret) < MinInternalSecretBytes:
-		return fmt.Errorf("%w: InternalSecret has %d bytes, at least %d are needed", ErrInvalidConfig, len(c.InternalSecret), MinInternalSecretBytes)
-	case slices.ContainsFunc(c.AcceptedInternalSecrets, func(s []byte) bool { return len(s) < MinInternalSecretBytes }):
-		return fmt.Errorf("%w: an AcceptedInternalSecrets entry has fewer than %d bytes", ErrInvalidConfig, MinInternalSecretBytes)
 	case c.TLS != nil && len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil && c.TLS.GetConfigForClient == nil:
 		return fmt.Errorf("%w: TLS has no certificate", ErrInvalidConfig)
 	case c.TLS != nil && c.TLS.ClientAuth >= tls.VerifyClientCertIfGiven && c.TLS.ClientCAs == nil && c.TLS.GetConfigForClient == nil:

@@ -56,7 +56,7 @@ func TestForwardedUserClaim(t *testing.T) {
 		b := &credentialsBackend{fakeBackend: newFake()}
 		path, h := concordv1connect.NewInternalServiceHandler(recordingInternal{mu: &imu, seen: &internal},
 			gateway.ForwardedCredentials(concordv1connect.InternalServiceHeaderProcedure))
-		cfg := gateway.Config{InternalSecret: secret}
+		cfg := gateway.Config{InternalSecrets: secretsOf(t, secret)}
 		if !tlsOn {
 			g, err := gateway.New(cfg, b, gateway.WithHTTPHandler(path, gateway.WithClientCertName(h)))
 			if err != nil {

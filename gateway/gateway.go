@@ -165,7 +165,7 @@ func New(cfg Config, b Backend, opts ...Option) (*Gateway, error) {
 	}
 	g.learner, _ = b.(Learner)
 	g.wire, _ = b.(wireRanger)
-	g.callers = newCallers(append([][]byte{cfg.InternalSecret}, cfg.AcceptedInternalSecrets...), cfg.Logger)
+	g.callers = &callers{secrets: cfg.InternalSecrets, log: cfg.Logger}
 	o := options{
 		watch:    etcdserverpbconnect.UnimplementedWatchHandler{},
 		lock:     v3lockpbconnect.UnimplementedLockHandler{},

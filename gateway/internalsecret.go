@@ -24,6 +24,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync/atomic"
@@ -60,39 +61,99 @@ var (
 // milliseconds.
 const wrongSecretLogInterval = 10 * time.Second
 
+// InternalSecrets are the internal secret a process presents
+// (--internal-secret-file) and the further ones it accepts
+// (--internal-secret-accept-file, while a deployment moves to a new
+// secret), held as their proofs. Set replaces them whole when the files
+// change: every check and every request after it uses the new ones, so a
+// secret is rotated without restarts. A nil *InternalSecrets holds none.
+type InternalSecrets struct {
+	cur atomic.Pointer[secretProofs]
+}
+
+type secretProofs struct {
+	// present is InternalSecretProof of the presented secret; "": none.
+	present string
+	// accepted are the proofs a request may present: the presented
+	// secret's and each accepted secret's. None: the header is ignored.
+	accepted [][]byte
+}
+
+// NewInternalSecrets returns the set Set makes of present and accepted.
+func NewInternalSecrets(present []byte, accepted ...[]byte) (*InternalSecrets, error) {
+	s := &InternalSecrets{}
+	if err := s.Set(present, accepted...); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Set makes present the secret presented and accepted, and every
+// non-empty secret of accepted accepted too; empty present: none is
+// presented. Each secret must have at least MinInternalSecretBytes; on an
+// error nothing changes.
+func (s *InternalSecrets) Set(present []byte, accepted ...[]byte) error {
+	p := &secretProofs{}
+	if len(present) > 0 {
+		if len(present) < MinInternalSecretBytes {
+			return fmt.Errorf("%w: an internal secret of %d bytes, at least %d are needed", ErrInvalidConfig, len(present), MinInternalSecretBytes)
+		}
+		p.present = InternalSecretProof(present)
+		p.accepted = append(p.accepted, []byte(p.present))
+	}
+	for _, a := range accepted {
+		if len(a) == 0 {
+			continue
+		}
+		if len(a) < MinInternalSecretBytes {
+			return fmt.Errorf("%w: an accepted internal secret of %d bytes, at least %d are needed", ErrInvalidConfig, len(a), MinInternalSecretBytes)
+		}
+		p.accepted = append(p.accepted, []byte(InternalSecretProof(a)))
+	}
+	s.cur.Store(p)
+	return nil
+}
+
+// Proof is what the process presents in InternalSecretHeader; "": none.
+func (s *InternalSecrets) Proof() string {
+	if s == nil {
+		return ""
+	}
+	return s.cur.Load().present
+}
+
+// Accepts reports whether proof is the proof of the presented secret or
+// of an accepted one (each compared in constant time).
+func (s *InternalSecrets) Accepts(proof string) bool {
+	ok := 0
+	for _, p := range s.proofs() {
+		ok |= subtle.ConstantTimeCompare([]byte(proof), p)
+	}
+	return ok == 1
+}
+
+// proofs are the proofs a request may present; none: no secret.
+func (s *InternalSecrets) proofs() [][]byte {
+	if s == nil {
+		return nil
+	}
+	return s.cur.Load().accepted
+}
+
 // callers identifies the callers of a gateway's requests: the common name
 // of a verified client certificate and, with an internal secret
 // configured, whether the request presented its proof.
 type callers struct {
-	// proofs are InternalSecretProof of Config.InternalSecret and of each
-	// of Config.AcceptedInternalSecrets; none: no secret, and the header
-	// is ignored.
-	proofs [][]byte
-	log    *slog.Logger
+	secrets *InternalSecrets // Config.InternalSecrets
+	log     *slog.Logger
 	// lastWarn is when a wrong proof was last logged (UnixNano).
 	lastWarn atomic.Int64
 }
 
-func newCallers(secrets [][]byte, log *slog.Logger) *callers {
-	c := &callers{log: log}
-	for _, s := range secrets {
-		if len(s) > 0 {
-			c.proofs = append(c.proofs, []byte(InternalSecretProof(s)))
-		}
-	}
-	return c
-}
-
 // proves reports whether header values v present the proof of one of the
-// accepted secrets (each compared in constant time).
+// accepted secrets.
 func (cs *callers) proves(v []string) bool {
-	ok := 0
-	for _, p := range cs.proofs {
-		if len(v) == 1 {
-			ok |= subtle.ConstantTimeCompare([]byte(v[0]), p)
-		}
-	}
-	return ok == 1
+	return len(v) == 1 && cs.secrets.Accepts(v[0])
 }
 
 // caller is what a request's connection and headers prove about its
@@ -133,7 +194,7 @@ func (cs *callers) identify(r *http.Request, ownCallsOnly bool) *http.Request {
 		delete(r.Header, internalSecretHeaderKey)
 		if ownCallsOnly && len(r.Header[forwardedHeaderKey]) > 0 && len(r.Header[forwardedUserHeaderKey]) == 0 {
 			// Not needed: withCredentials ignores it.
-		} else if cs != nil && len(cs.proofs) > 0 {
+		} else if cs != nil && len(cs.secrets.proofs()) > 0 {
 			if cs.proves(v) {
 				c.internal = true
 			} else {

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"errors"
 	"log/slog"
 	"net/http/httptest"
 	"strings"
@@ -28,7 +29,7 @@ func BenchmarkIdentify(b *testing.B) {
 		{"secret-right-proof-forwarded", secret, proof, true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			cs := newCallers([][]byte{bc.secret}, slog.New(slog.DiscardHandler))
+			cs := testCallers(b, bc.secret)
 			r := httptest.NewRequest("POST", "/etcdserverpb.KV/Range", nil)
 			if bc.forwarded {
 				r.Header.Set(ForwardedHeader, "client")
@@ -55,7 +56,7 @@ func BenchmarkIdentify(b *testing.B) {
 func BenchmarkForwardedCredentials(b *testing.B) {
 	secret := []byte(strings.Repeat("s", MinInternalSecretBytes))
 	proof := []string{InternalSecretProof(secret)}
-	cs := newCallers([][]byte{secret}, slog.New(slog.DiscardHandler))
+	cs := testCallers(b, secret)
 	for _, bc := range []struct {
 		name    string
 		headers map[string]string
@@ -84,22 +85,48 @@ func BenchmarkForwardedCredentials(b *testing.B) {
 	}
 }
 
+func testCallers(tb testing.TB, present []byte, accepted ...[]byte) *callers {
+	tb.Helper()
+	s, err := NewInternalSecrets(present, accepted...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &callers{secrets: s, log: slog.New(slog.DiscardHandler)}
+}
+
 // TestIdentifyAcceptedSecrets: while a deployment moves to a new secret, a
 // process accepts the proofs of its own secret and of the accepted ones,
-// and still no other.
+// and still no other; each Set (a file read again) replaces the whole set,
+// and one that fails changes nothing.
 func TestIdentifyAcceptedSecrets(t *testing.T) {
 	current := []byte(strings.Repeat("c", MinInternalSecretBytes))
 	next := []byte(strings.Repeat("n", MinInternalSecretBytes))
 	other := []byte(strings.Repeat("o", MinInternalSecretBytes))
-	cs := newCallers([][]byte{current, next}, slog.New(slog.DiscardHandler))
-	for _, c := range []struct {
-		secret []byte
-		want   bool
-	}{{current, true}, {next, true}, {other, false}} {
-		r := httptest.NewRequest("POST", "/etcdserverpb.KV/Range", nil)
-		r.Header.Set(InternalSecretHeader, InternalSecretProof(c.secret))
-		if got := callerOf(cs.identify(r, true).Context()).internal; got != c.want {
-			t.Errorf("proof of %q...: internal %v, want %v", c.secret[:1], got, c.want)
+	cs := testCallers(t, current, next)
+	check := func(step string, accepted map[byte]bool) {
+		t.Helper()
+		for _, secret := range [][]byte{current, next, other} {
+			r := httptest.NewRequest("POST", "/etcdserverpb.KV/Range", nil)
+			r.Header.Set(InternalSecretHeader, InternalSecretProof(secret))
+			if got, want := callerOf(cs.identify(r, true).Context()).internal, accepted[secret[0]]; got != want {
+				t.Errorf("%s: proof of %q...: internal %v, want %v", step, secret[:1], got, want)
+			}
 		}
 	}
+	check("current, next accepted", map[byte]bool{'c': true, 'n': true})
+	if err := cs.secrets.Set(next, current); err != nil {
+		t.Fatal(err)
+	}
+	check("next, current accepted", map[byte]bool{'c': true, 'n': true})
+	if got, want := cs.secrets.Proof(), InternalSecretProof(next); got != want {
+		t.Errorf("presented %q, want next's %q", got, want)
+	}
+	if err := cs.secrets.Set(next); err != nil {
+		t.Fatal(err)
+	}
+	check("next alone", map[byte]bool{'n': true})
+	if err := cs.secrets.Set(next, []byte("short")); !errors.Is(err, ErrInvalidConfig) {
+		t.Errorf("Set with a 5-byte accepted secret: %v, want ErrInvalidConfig", err)
+	}
+	check("after a refused Set", map[byte]bool{'n': true})
 }

@@ -58,7 +58,7 @@ func TestInternalSecretIdentifiesTheCaller(t *testing.T) {
 	start := func(secret []byte) (*credentialsBackend, string) {
 		b := &credentialsBackend{fakeBackend: newFake()}
 		path, h := concordv1connect.NewInternalServiceHandler(headerInternal{}, gateway.RequireInternalCaller(authorize))
-		g, err := gateway.New(gateway.Config{InternalSecret: secret}, b, gateway.WithHTTPHandler(path, gateway.WithClientCertName(h)))
+		g, err := gateway.New(gateway.Config{InternalSecrets: secretsOf(t, secret)}, b, gateway.WithHTTPHandler(path, gateway.WithClientCertName(h)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -126,18 +126,32 @@ func TestInternalSecretIdentifiesTheCaller(t *testing.T) {
 	}
 }
 
-func TestConfigRefusesAShortInternalSecret(t *testing.T) {
-	_, err := gateway.New(gateway.Config{InternalSecret: []byte("short")}, newFake())
-	if !errors.Is(err, gateway.ErrInvalidConfig) {
-		t.Fatalf("New with a 5-byte secret: %v, want ErrInvalidConfig", err)
+func TestShortInternalSecretsAreRefused(t *testing.T) {
+	if _, err := gateway.NewInternalSecrets([]byte("short")); !errors.Is(err, gateway.ErrInvalidConfig) {
+		t.Errorf("a 5-byte secret: %v, want ErrInvalidConfig", err)
 	}
+	long := []byte(strings.Repeat("s", gateway.MinInternalSecretBytes))
+	if _, err := gateway.NewInternalSecrets(long, []byte("short")); !errors.Is(err, gateway.ErrInvalidConfig) {
+		t.Errorf("a 5-byte accepted secret: %v, want ErrInvalidConfig", err)
+	}
+}
+
+// secretsOf is the set of present and accepted; the test fails on a
+// refused one.
+func secretsOf(t testing.TB, present []byte, accepted ...[]byte) *gateway.InternalSecrets {
+	t.Helper()
+	s, err := gateway.NewInternalSecrets(present, accepted...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 // Certificates and the secret together: a process's own call carries both
 // its certificate's name and Internal; a forwarded one neither.
 func TestInternalSecretWithCertificates(t *testing.T) {
 	secret := []byte(strings.Repeat("s", gateway.MinInternalSecretBytes))
-	b, kv, setHeaders := credentialsGateway(t, gateway.Config{InternalSecret: secret})
+	b, kv, setHeaders := credentialsGateway(t, gateway.Config{InternalSecrets: secretsOf(t, secret)})
 	proof := gateway.InternalSecretProof(secret)
 	for _, tc := range []struct {
 		name    string

@@ -57,7 +57,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	}
 	defer bus.Close()
 
-	secret, err := readInternalSecret(cfg.InternalSecretFile, log)
+	secrets, err := loadSecretFiles(cfg.InternalSecretFile, cfg.InternalSecretAcceptFile, log)
 	if err != nil {
 		return err
 	}
@@ -69,7 +69,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	// common name of their client certificate or by the internal secret
 	// they share with consensus. With neither they could not be: auth
 	// enable is refused.
-	authPossible := splitAuthPossible(cfg.Server, secret)
+	authPossible := splitAuthPossible(cfg.Server, secrets.configured())
 	ccfg.RefuseAuthEnable = !authPossible
 	ccfg.Events = bus
 	ccfg.Tracing = tp
@@ -97,16 +97,14 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 		opts = append(opts, pprofHandlers()...)
 	}
 	gcfg := withServerHTTP(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg), cfg.Server)
-	if err := acceptSecrets(&gcfg, secret, cfg.InternalSecretAcceptFile, log); err != nil {
-		return err
-	}
+	gcfg.InternalSecrets = secrets.secrets
 	gw, err := gateway.New(gcfg, node, opts...)
 	if err != nil {
 		return fmt.Errorf("starting the member's API: %w", err)
 	}
 	defer gw.Close()
 	log.Info("event bus listening", "nats-url", bus.ClientURL(), "nats-cluster-url", bus.ClusterURL())
-	return serveSplit(ctx, "consensus", gw, listeners, log, func(ctx context.Context, g *errgroup.Group) {
+	return serveSplit(ctx, "consensus", gw, listeners, secrets, log, func(ctx context.Context, g *errgroup.Group) {
 		g.Go(func() error { return watchNode(ctx, node) })
 		g.Go(func() error { return runCompactor(ctx, cfg.AutoCompaction, node, log) })
 		checks.run(ctx, g, node)
@@ -128,13 +126,13 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 	}
 	defer stopTracing()
 
-	// Read once: presented to consensus, and checked on the claims a
-	// gateway forwards (gateway.ForwardedUserHeader).
-	secret, err := readInternalSecret(cfg.InternalSecretFile, log)
+	// Presented to consensus, and checked on the claims a gateway
+	// forwards (gateway.ForwardedUserHeader).
+	secrets, err := loadSecretFiles(cfg.InternalSecretFile, cfg.InternalSecretAcceptFile, log)
 	if err != nil {
 		return err
 	}
-	cons, hdr, err := dialConsensus(ctx, cfg, secret, tp, log)
+	cons, hdr, err := dialConsensus(ctx, cfg, secrets.secrets, tp, log)
 	if err != nil {
 		return err
 	}
@@ -168,16 +166,14 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 		return err
 	}
 	gcfg := withInternalKeepAlive(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg))
-	if err := acceptSecrets(&gcfg, secret, cfg.InternalSecretAcceptFile, log); err != nil {
-		return err
-	}
+	gcfg.InternalSecrets = secrets.secrets
 	gw, err := gateway.New(gcfg, authorizing(cons),
 		append(opts, gateway.WithWatch(gateway.NewWatchService(fanout)), gateway.WithBrowserWatch(fanout), gateway.WithTracing(tp))...)
 	if err != nil {
 		return fmt.Errorf("starting the watch API: %w", err)
 	}
 	defer gw.Close()
-	return serveSplit(ctx, "watchfanout", gw, listeners, log, nil)
+	return serveSplit(ctx, "watchfanout", gw, listeners, secrets, log, nil)
 }
 
 // RunLeasesvc runs a lease service whose backend is a consensus member over
@@ -197,13 +193,13 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 	}
 	defer stopTracing()
 
-	// Read once: presented to consensus, and checked on the claims a
-	// gateway forwards (gateway.ForwardedUserHeader).
-	secret, err := readInternalSecret(cfg.InternalSecretFile, log)
+	// Presented to consensus, and checked on the claims a gateway
+	// forwards (gateway.ForwardedUserHeader).
+	secrets, err := loadSecretFiles(cfg.InternalSecretFile, cfg.InternalSecretAcceptFile, log)
 	if err != nil {
 		return err
 	}
-	cons, _, err := dialConsensus(ctx, cfg, secret, tp, log)
+	cons, _, err := dialConsensus(ctx, cfg, secrets.secrets, tp, log)
 	if err != nil {
 		return err
 	}
@@ -221,9 +217,7 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 		return err
 	}
 	gcfg := withInternalKeepAlive(withTLS(gatewayConfig(cfg.MaxRequestBytes, cfg.MaxTxnOps, cfg.LeanHTTP2, cfg.EnableGRPCGateway, log), tlsCfg))
-	if err := acceptSecrets(&gcfg, secret, cfg.InternalSecretAcceptFile, log); err != nil {
-		return err
-	}
+	gcfg.InternalSecrets = secrets.secrets
 	gw, err := gateway.New(gcfg, authorizing(cons), append(opts, gateway.WithLease(leases),
 		gateway.WithHTTPHandler(path, h), gateway.WithTracing(tp),
 		gateway.WithReadyCheck("lease_authority", func(context.Context) error { return leases.Ready() }))...)
@@ -235,7 +229,7 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 	// replica (grants, revokes and listings go to consensus; keep-alives
 	// answer "no leader", which tells gateways to use the active one), and
 	// /readyz's lease_authority check says which it is.
-	return serveSplit(ctx, "leasesvc", gw, listeners, log, func(ctx context.Context, g *errgroup.Group) {
+	return serveSplit(ctx, "leasesvc", gw, listeners, secrets, log, func(ctx context.Context, g *errgroup.Group) {
 		g.Go(func() error { return leases.Run(ctx) })
 	})
 }
@@ -260,11 +254,11 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	secret, err := readInternalSecret(cfg.InternalSecretFile, log)
+	secrets, err := loadSecretFiles(cfg.InternalSecretFile, "", log)
 	if err != nil {
 		return err
 	}
-	consDial, err := consensusDialOptions(cfg, secret, tp)
+	consDial, err := consensusDialOptions(cfg, secrets.secrets, tp)
 	if err != nil {
 		return err
 	}
@@ -275,7 +269,7 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 	defer cons.Close()
 	// The fan-outs and lease services check the secret where this gateway
 	// forwards a client certificate's user for consensus to check.
-	dial = append(dial, remote.WithClaimSecret(secret))
+	dial = append(dial, remote.WithClaimSecret(secrets.secrets))
 	watcher, err := remote.NewWatcher(cfg.WatchfanoutEndpoints, dial...)
 	if err != nil {
 		return fmt.Errorf("watchfanout endpoints: %w", err)
@@ -301,7 +295,7 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 		return err
 	}
 	defer gw.Close()
-	return serveSplit(ctx, "gateway", gw.Gateway, listeners, log, nil)
+	return serveSplit(ctx, "gateway", gw.Gateway, listeners, secrets, log, nil)
 }
 
 // natsTLS is the event bus's TLS flags (--nats-*) as eventbus files: the
@@ -312,8 +306,8 @@ func natsTLS(t config.NATSTLS) eventbus.TLSFiles {
 
 // dialConsensus connects to consensus and waits until it answers, so that
 // components that need its identity (cluster and member IDs) get it.
-func dialConsensus(ctx context.Context, cfg config.Split, secret []byte, tp *tracing.Provider, log *slog.Logger) (*remote.Consensus, *pb.ResponseHeader, error) {
-	dial, err := consensusDialOptions(cfg, secret, tp)
+func dialConsensus(ctx context.Context, cfg config.Split, secrets *gateway.InternalSecrets, tp *tracing.Provider, log *slog.Logger) (*remote.Consensus, *pb.ResponseHeader, error) {
+	dial, err := consensusDialOptions(cfg, secrets, tp)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -345,19 +339,21 @@ func dialOptions(cfg config.Split, tp *tracing.Provider) ([]remote.DialOption, e
 // members: dialOptions, and the internal secret (--internal-secret-file)
 // presented on every call. The other processes check it only on calls
 // that forward a client certificate's user (RunGateway: WithClaimSecret).
-func consensusDialOptions(cfg config.Split, secret []byte, tp *tracing.Provider) ([]remote.DialOption, error) {
+func consensusDialOptions(cfg config.Split, secrets *gateway.InternalSecrets, tp *tracing.Provider) ([]remote.DialOption, error) {
 	dial, err := dialOptions(cfg, tp)
 	if err != nil {
 		return nil, err
 	}
-	return append(dial, remote.WithInternalSecret(secret)), nil
+	return append(dial, remote.WithInternalSecret(secrets)), nil
 }
 
-// serveSplit serves gw on every listener until ctx ends or one fails; start,
-// if set, adds the process's own goroutines to the group first.
-func serveSplit(ctx context.Context, role string, gw *gateway.Gateway, listeners []clientListener, log *slog.Logger,
+// serveSplit serves gw on every listener, and reloads the internal secret
+// files, until ctx ends or one fails; start, if set, adds the process's own
+// goroutines to the group first.
+func serveSplit(ctx context.Context, role string, gw *gateway.Gateway, listeners []clientListener, secrets *secretFiles, log *slog.Logger,
 	start func(context.Context, *errgroup.Group)) error {
 	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return secrets.run(ctx, secretReloadInterval) })
 	if start != nil {
 		start(ctx, g)
 	}
@@ -387,6 +383,6 @@ func authorizing(c *remote.Consensus) authorizingConsensus {
 // topology's other processes from clients once auth is enabled: by
 // verified client certificates, through which they name the root-role user
 // they call it as, or by the internal secret they share with it.
-func splitAuthPossible(s config.Server, secret []byte) bool {
-	return s.ClientTLS.ClientCertAuth || s.ClientTLS.TrustedCAFile != "" || len(secret) > 0
+func splitAuthPossible(s config.Server, secret bool) bool {
+	return s.ClientTLS.ClientCertAuth || s.ClientTLS.TrustedCAFile != "" || secret
 }

@@ -27,7 +27,7 @@ import (
 // naming a root-role user (auth.State.TrustedForwardedUser). A client
 // that sends the headers itself is the first hop, and is not one.
 //
-// With proof set (WithInternalSecret), requests also present the internal
+// With secrets set (WithInternalSecret), requests also present the internal
 // secret's proof: every request to consensus, forwarded ones too (the
 // internal API admits a process by it whoever the call is for, while
 // etcd's services ignore it on a forwarded call, as they ignore this
@@ -40,14 +40,15 @@ import (
 // of the headers.
 type forwardToken struct {
 	next               http.RoundTripper
-	proof              string
+	secrets            *gateway.InternalSecrets
 	proofForClaimsOnly bool
 	tracing            *tracing.Provider
 }
 
 func (f forwardToken) RoundTrip(r *http.Request) (*http.Response, error) {
 	c, ok := auth.CredentialsFrom(r.Context())
-	if !ok && (f.proof == "" || f.proofForClaimsOnly) && !f.tracing.On() {
+	proof := f.secrets.Proof()
+	if !ok && (proof == "" || f.proofForClaimsOnly) && !f.tracing.On() {
 		return f.next.RoundTrip(r)
 	}
 	// A RoundTripper must not modify the caller's request: only the header
@@ -71,8 +72,8 @@ func (f forwardToken) RoundTrip(r *http.Request) (*http.Response, error) {
 			claim = true
 		}
 	}
-	if f.proof != "" && (claim || !f.proofForClaimsOnly) {
-		fwd.Header.Set(gateway.InternalSecretHeader, f.proof)
+	if proof != "" && (claim || !f.proofForClaimsOnly) {
+		fwd.Header.Set(gateway.InternalSecretHeader, proof)
 	}
 	f.tracing.Inject(r.Context(), fwd.Header)
 	return f.next.RoundTrip(&fwd)

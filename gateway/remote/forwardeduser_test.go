@@ -48,15 +48,15 @@ func TestCertificateUserClaimIsForwarded(t *testing.T) {
 		want      seenReq
 		wantProof bool
 	}{
-		{"certificate", remote.WithClaimSecret(secret), as(auth.Credentials{CommonName: "alice"}), seenReq{forwarded: "client", user: "alice"}, true},
-		{"certificate with a token", remote.WithClaimSecret(secret), as(auth.Credentials{CommonName: "alice", Token: "t"}), seenReq{forwarded: "client", token: "t"}, false},
-		{"claim passed on", remote.WithClaimSecret(secret), as(auth.Credentials{Forwarded: claim}), seenReq{forwarded: "client", user: "alice", via: "cn:gw+1"}, true},
-		{"claim and a token", remote.WithClaimSecret(secret), as(auth.Credentials{Forwarded: claim, Token: "t"}), seenReq{forwarded: "client", token: "t"}, false},
-		{"a process's secret is not a user", remote.WithClaimSecret(secret), as(auth.Credentials{Internal: true}), seenReq{forwarded: "client"}, false},
-		{"own call, claims only", remote.WithClaimSecret(secret), bg, seenReq{}, false},
-		{"own call, every call", remote.WithInternalSecret(secret), bg, seenReq{}, true},
-		{"certificate, every call", remote.WithInternalSecret(secret), as(auth.Credentials{CommonName: "alice"}), seenReq{forwarded: "client", user: "alice"}, true},
-		{"token, every call", remote.WithInternalSecret(secret), as(auth.Credentials{Token: "t"}), seenReq{forwarded: "client", token: "t"}, true},
+		{"certificate", remote.WithClaimSecret(secretsOf(t, secret)), as(auth.Credentials{CommonName: "alice"}), seenReq{forwarded: "client", user: "alice"}, true},
+		{"certificate with a token", remote.WithClaimSecret(secretsOf(t, secret)), as(auth.Credentials{CommonName: "alice", Token: "t"}), seenReq{forwarded: "client", token: "t"}, false},
+		{"claim passed on", remote.WithClaimSecret(secretsOf(t, secret)), as(auth.Credentials{Forwarded: claim}), seenReq{forwarded: "client", user: "alice", via: "cn:gw+1"}, true},
+		{"claim and a token", remote.WithClaimSecret(secretsOf(t, secret)), as(auth.Credentials{Forwarded: claim, Token: "t"}), seenReq{forwarded: "client", token: "t"}, false},
+		{"a process's secret is not a user", remote.WithClaimSecret(secretsOf(t, secret)), as(auth.Credentials{Internal: true}), seenReq{forwarded: "client"}, false},
+		{"own call, claims only", remote.WithClaimSecret(secretsOf(t, secret)), bg, seenReq{}, false},
+		{"own call, every call", remote.WithInternalSecret(secretsOf(t, secret)), bg, seenReq{}, true},
+		{"certificate, every call", remote.WithInternalSecret(secretsOf(t, secret)), as(auth.Credentials{CommonName: "alice"}), seenReq{forwarded: "client", user: "alice"}, true},
+		{"token, every call", remote.WithInternalSecret(secretsOf(t, secret)), as(auth.Credentials{Token: "t"}), seenReq{forwarded: "client", token: "t"}, true},
 	} {
 		c, err := remote.NewConsensus(url, nil, tc.opt)
 		if err != nil {
@@ -121,8 +121,8 @@ func TestCertificateUserAgainstAMember(t *testing.T) {
 	}
 
 	dial := func(opts ...remote.DialOption) *remote.Consensus { return dialMember(t, url, opts...) }
-	withSecret, without := dial(remote.WithInternalSecret(secret)), dial()
-	other := dial(remote.WithInternalSecret([]byte(strings.Repeat("x", gateway.MinInternalSecretBytes))))
+	withSecret, without := dial(remote.WithInternalSecret(secretsOf(t, secret))), dial()
+	other := dial(remote.WithInternalSecret(secretsOf(t, []byte(strings.Repeat("x", gateway.MinInternalSecretBytes)))))
 	as := func(c auth.Credentials) context.Context { return auth.WithCredentials(ctx, c) }
 	gatewayHop := auth.Hop{Internal: true}
 	for _, tc := range []struct {

@@ -47,8 +47,8 @@ func TestInternalSecretAgainstAMember(t *testing.T) {
 		c    *remote.Consensus
 		want error // for the process's own calls
 	}{
-		{"the secret", dial(remote.WithInternalSecret(secret)), nil},
-		{"another secret", dial(remote.WithInternalSecret([]byte(strings.Repeat("x", gateway.MinInternalSecretBytes)))), auth.ErrUserEmpty},
+		{"the secret", dial(remote.WithInternalSecret(secretsOf(t, secret))), nil},
+		{"another secret", dial(remote.WithInternalSecret(secretsOf(t, []byte(strings.Repeat("x", gateway.MinInternalSecretBytes))))), auth.ErrUserEmpty},
 		{"no secret", dial(), auth.ErrUserEmpty},
 	} {
 		check := func(what string, err, want error) {
@@ -68,6 +68,19 @@ func TestInternalSecretAgainstAMember(t *testing.T) {
 		_, err = tc.c.Range(client, &pb.RangeRequest{Key: []byte("k")})
 		check("Range forwarded for a client without a token", err, auth.ErrUserEmpty)
 	}
+
+	// A secret set again (its file rotated) is presented from the next call.
+	rotating := secretsOf(t, []byte(strings.Repeat("x", gateway.MinInternalSecretBytes)))
+	c := dial(remote.WithInternalSecret(rotating))
+	if _, err := c.Status(ctx, &pb.StatusRequest{}); !errors.Is(err, auth.ErrUserEmpty) {
+		t.Fatalf("own Status with another secret: %v, want ErrUserEmpty", err)
+	}
+	if err := rotating.Set(secret); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Status(ctx, &pb.StatusRequest{}); err != nil {
+		t.Errorf("own Status once the member's secret is set: %v", err)
+	}
 }
 
 // startSecretMember starts a single consensus member served, with its
@@ -83,7 +96,7 @@ func startSecretMember(t *testing.T, ctx context.Context, secret []byte) (*conse
 	}
 	t.Cleanup(func() { _ = n.Close() })
 	path, h := internalapi.Handler(n)
-	gw, err := gateway.New(gateway.Config{InternalSecret: secret, Logger: log}, n, gateway.WithHTTPHandler(path, h))
+	gw, err := gateway.New(gateway.Config{InternalSecrets: secretsOf(t, secret), Logger: log}, n, gateway.WithHTTPHandler(path, h))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,4 +113,14 @@ func dialMember(t *testing.T, url string, opts ...remote.DialOption) *remote.Con
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+// secretsOf is the set presenting present; the test fails on a refused one.
+func secretsOf(t testing.TB, present []byte) *gateway.InternalSecrets {
+	t.Helper()
+	s, err := gateway.NewInternalSecrets(present)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

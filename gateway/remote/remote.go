@@ -73,9 +73,9 @@ type DialOption func(*dialOptions)
 
 type dialOptions struct {
 	tls *tls.Config
-	// proof is gateway.InternalSecretProof of WithInternalSecret's or
-	// WithClaimSecret's secret; claimsOnly: WithClaimSecret's.
-	proof      string
+	// secrets present their proof (WithInternalSecret, WithClaimSecret);
+	// claimsOnly: WithClaimSecret's.
+	secrets    *gateway.InternalSecrets
 	claimsOnly bool
 	// tracing, when on, passes each call's trace context on (WithTracing).
 	tracing *tracing.Provider
@@ -97,31 +97,24 @@ func WithTLS(c *tls.Config) DialOption {
 }
 
 // WithInternalSecret makes every request to the endpoints present the
-// proof of the split topology's internal secret (gateway.Config.InternalSecret),
-// by which a consensus member that has the same secret trusts this
-// process's own calls as a root-role user's once auth is enabled. Give it
-// for consensus members; fan-outs and lease services only need
-// WithClaimSecret. Empty: nothing is presented.
-func WithInternalSecret(secret []byte) DialOption {
-	return func(o *dialOptions) {
-		o.proof, o.claimsOnly = "", false
-		if len(secret) > 0 {
-			o.proof = gateway.InternalSecretProof(secret)
-		}
-	}
+// proof of the split topology's internal secret (gateway.InternalSecrets'
+// Proof at the time of the request, so a secret set again is presented
+// from then on), by which a consensus member that has the same secret
+// trusts this process's own calls as a root-role user's once auth is
+// enabled. Give it for consensus members; fan-outs and lease services only
+// need WithClaimSecret. nil, or no secret presented: nothing is presented.
+func WithInternalSecret(s *gateway.InternalSecrets) DialOption {
+	return func(o *dialOptions) { o.secrets, o.claimsOnly = s, false }
 }
 
 // WithClaimSecret makes the requests that forward a client certificate's
 // user (gateway.ForwardedUserHeader) present the internal secret's proof,
 // by which a watch fan-out or lease service with the same secret vouches,
 // to consensus, for this process having made the claim. Those processes
-// check nothing else by it, so the other requests do not carry it. Empty:
+// check nothing else by it, so the other requests do not carry it. nil:
 // nothing is presented.
-func WithClaimSecret(secret []byte) DialOption {
-	return func(o *dialOptions) {
-		WithInternalSecret(secret)(o)
-		o.claimsOnly = o.proof != ""
-	}
+func WithClaimSecret(s *gateway.InternalSecrets) DialOption {
+	return func(o *dialOptions) { o.secrets, o.claimsOnly = s, true }
 }
 
 func newDialOptions(opts []DialOption) dialOptions {
@@ -213,7 +206,7 @@ func dialOne(raw string, o dialOptions) (*Endpoint, error) {
 		ReadIdleTimeout: 5 * time.Second,
 		PingTimeout:     2 * time.Second,
 	}
-	rt := forwardToken{next: tr, proof: o.proof, proofForClaimsOnly: o.claimsOnly, tracing: o.tracing}
+	rt := forwardToken{next: tr, secrets: o.secrets, proofForClaimsOnly: o.claimsOnly, tracing: o.tracing}
 	return &Endpoint{URL: base, client: &http.Client{Transport: rt}, tr: tr}, nil
 }
 

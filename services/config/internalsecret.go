@@ -2,7 +2,9 @@ package config
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 
 	"github.com/spf13/pflag"
@@ -18,21 +20,22 @@ import (
 // trusts their own calls as a root-role user's, which is what lets auth be
 // enabled without client certificates.
 //
-// To move a deployment to a new secret without stopping it, every process
-// is restarted three times: first with --internal-secret-accept-file
-// naming the new secret (it presents the old one and accepts both), then
-// with the files swapped (it presents the new one and still accepts the
-// old), then with the new secret alone. At every step each process accepts
-// what every other presents.
+// A process reads both files again whenever they change, so a deployment
+// moves to a new secret without restarts, in three steps, each taken on
+// every process before the next: the new secret is written to the accept
+// file (each presents the old secret and accepts both), the two files'
+// contents are swapped (each presents the new one and still accepts the
+// old), the accept file is emptied or removed. At every step each process
+// accepts what every other presents.
 
 func internalSecretFlag(fs *pflag.FlagSet) {
-	fs.String(fInternalSecretFile, "", fmt.Sprintf("path to a file holding a secret (at least %d bytes; trailing line breaks ignored) shared by the split topology's processes: consensus trusts calls presenting it as a root-role user's, so auth can be enabled without client certificates; give every consensus member, gateway, watch fan-out and lease service the same file", gateway.MinInternalSecretBytes))
+	fs.String(fInternalSecretFile, "", fmt.Sprintf("path to a file holding a secret (at least %d bytes; trailing line breaks ignored) shared by the split topology's processes: consensus trusts calls presenting it as a root-role user's, so auth can be enabled without client certificates; give every consensus member, gateway, watch fan-out and lease service the same file; read again when it changes", gateway.MinInternalSecretBytes))
 }
 
 // internalSecretAcceptFlag declares --internal-secret-accept-file, for the
 // processes that run: the launcher has no use for it.
 func internalSecretAcceptFlag(fs *pflag.FlagSet) {
-	fs.String(fInternalSecretAcceptFile, "", "path to a file holding one more internal secret that this process accepts but never presents, for moving a deployment to a new secret (see --internal-secret-file)")
+	fs.String(fInternalSecretAcceptFile, "", "path to a file holding one more internal secret that this process accepts but never presents, for moving a deployment to a new secret; it may be missing or empty (none), and both files are read again when they change")
 }
 
 // ReadInternalSecret reads the internal secret from path: the file's bytes
@@ -45,7 +48,16 @@ func ReadInternalSecret(path string) ([]byte, error) {
 
 // ReadAcceptedInternalSecret reads --internal-secret-accept-file as
 // ReadInternalSecret reads --internal-secret-file.
+// The file may be missing or empty (no secret: nil, nil), as it is
+// between rotations.
 func ReadAcceptedInternalSecret(path string) ([]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && len(bytes.TrimRight(b, "\r\n")) == 0) {
+		return nil, nil
+	}
 	return readSecretFile(fInternalSecretAcceptFile, path)
 }
 

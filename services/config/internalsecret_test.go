@@ -93,6 +93,15 @@ func TestInternalSecretFile(t *testing.T) {
 	if secret, err := config.ReadAcceptedInternalSecret(other); err != nil || string(secret) != strings.Repeat("b", 32) {
 		t.Errorf("ReadAcceptedInternalSecret = %q, %v", secret, err)
 	}
+	// Between rotations the accept file may be missing or empty: none.
+	for _, none := range []string{missing, write("empty", "\n")} {
+		if secret, err := config.ReadAcceptedInternalSecret(none); secret != nil || err != nil {
+			t.Errorf("ReadAcceptedInternalSecret(%s) = %q, %v, want nothing", filepath.Base(none), secret, err)
+		}
+		if _, err := loadConsensus(t, "--internal-secret-file", good, "--internal-secret-accept-file", none); err != nil {
+			t.Errorf("consensus with the accept file %s: %v", filepath.Base(none), err)
+		}
+	}
 
 	// concord cluster hands the file to every process it starts.
 	cl := func(args ...string) (config.Cluster, error) {
