@@ -25,34 +25,41 @@ func TestSplitSecretRotation(t *testing.T) {
 	dir := t.TempDir()
 	oldFile, newFile, otherFile := writeInternalSecret(t, dir, "old"), writeInternalSecret(t, dir, "new"), writeInternalSecret(t, dir, "other")
 	split := startSplitWith(t, []string{"--bcrypt-cost=4", "--internal-secret-accept-file", newFile}, "--internal-secret-file", oldFile)
-	gateway := func(name, secretFile string) *proc {
-		port := freePort(t)
-		return startProc(t, name, port, "gateway", "--consensus-endpoints", split.consensus.url(),
-			"--watchfanout-endpoints", split.watchfanout.url(), "--leasesvc-endpoints", split.leasesvc.url(),
-			"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", port),
-			"--internal-secret-file", secretFile)
-	}
-	moved, stranger := gateway("gateway-new-secret", newFile), gateway("gateway-other-secret", otherFile)
+	moved, stranger := split.gatewayWithSecret(t, "gateway-new-secret", newFile), split.gatewayWithSecret(t, "gateway-other-secret", otherFile)
 
 	ep := split.gateways[0].endpoint()
 	mustCtl(t, ep, "user", "add", "root", "--new-user-password=rootpw")
 	mustCtl(t, ep, "auth", "enable")
-	// With auth on, a gateway's own calls to consensus (its /health) are
-	// trusted only if consensus accepts the secret it presents.
-	for _, c := range []struct {
-		p    *proc
-		code int
-		body string
-	}{
-		{split.gateways[0], http.StatusOK, `"health":"true"`},
-		{moved, http.StatusOK, `"health":"true"`},
-		{stranger, http.StatusServiceUnavailable, rpctypes.ErrUserEmpty.Error()},
-	} {
-		waitUntil(t, fmt.Sprintf("%s /health with auth on to answer %d with %q", c.p.name, c.code, c.body), func() bool {
-			code, body := httpGet(t, c.p.url()+"/health")
-			return code == c.code && strings.Contains(body, c.body)
-		})
+	waitHealthy(t, "auth on", split.gateways[0], true)
+	waitHealthy(t, "auth on", moved, true)
+	waitHealthy(t, "auth on", stranger, false)
+}
+
+// gatewayWithSecret starts one more gateway of c, presenting the internal
+// secret of secretFile.
+func (c *splitCluster) gatewayWithSecret(t *testing.T, name, secretFile string) *proc {
+	t.Helper()
+	port := freePort(t)
+	return startProc(t, name, port, "gateway", "--consensus-endpoints", c.consensus.url(),
+		"--watchfanout-endpoints", c.watchfanout.url(), "--leasesvc-endpoints", c.leasesvc.url(),
+		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", port),
+		"--internal-secret-file", secretFile)
+}
+
+// waitHealthy waits until gateway p's /health says it is healthy, or with
+// !healthy that it is refused as a client without credentials: with auth
+// on, a gateway's own calls to consensus (its /health) are trusted only if
+// consensus accepts the secret it presents.
+func waitHealthy(t *testing.T, step string, p *proc, healthy bool) {
+	t.Helper()
+	code, body := http.StatusOK, `"health":"true"`
+	if !healthy {
+		code, body = http.StatusServiceUnavailable, rpctypes.ErrUserEmpty.Error()
 	}
+	waitUntil(t, fmt.Sprintf("%s: %s /health to answer %d with %q", step, p.name, code, body), func() bool {
+		c, b := httpGet(t, p.url()+"/health")
+		return c == code && strings.Contains(b, body)
+	})
 }
 
 // TestSplitSecretRotationWithoutRestart moves a running split deployment
@@ -90,51 +97,32 @@ func TestSplitSecretRotationWithoutRestart(t *testing.T) {
 	// Only consensus checks the secret of calls that are not claims: the
 	// accept file matters there (gateways do not take it).
 	split := startSplitWith(t, []string{"--bcrypt-cost=4", "--internal-secret-accept-file", acceptFile}, "--internal-secret-file", secretFile)
-	gateway := func(name, secretFile string) *proc {
-		port := freePort(t)
-		return startProc(t, name, port, "gateway", "--consensus-endpoints", split.consensus.url(),
-			"--watchfanout-endpoints", split.watchfanout.url(), "--leasesvc-endpoints", split.leasesvc.url(),
-			"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", port),
-			"--internal-secret-file", secretFile)
-	}
-	rotated, onNew, onOld := split.gateways[0], gateway("gateway-new-secret", newFile), gateway("gateway-old-secret", oldFile)
+	rotated := split.gateways[0]
+	onNew, onOld := split.gatewayWithSecret(t, "gateway-new-secret", newFile), split.gatewayWithSecret(t, "gateway-old-secret", oldFile)
 	ep := rotated.endpoint()
 	mustCtl(t, ep, "user", "add", "root", "--new-user-password=rootpw")
 	mustCtl(t, ep, "auth", "enable")
 	mustCtl(t, ep, "--user=root:rootpw", "put", "k", "v")
 
-	// With auth on, a gateway's own calls to consensus (its /health) are
-	// trusted only if consensus accepts the secret it presents.
-	healthy := func(step string, p *proc, want bool) {
-		t.Helper()
-		code, body := http.StatusOK, `"health":"true"`
-		if !want {
-			code, body = http.StatusServiceUnavailable, rpctypes.ErrUserEmpty.Error()
-		}
-		waitUntil(t, fmt.Sprintf("%s: %s /health to answer %d with %q", step, p.name, code, body), func() bool {
-			c, b := httpGet(t, p.url()+"/health")
-			return c == code && strings.Contains(b, body)
-		})
-	}
-	healthy("start", rotated, true)
-	healthy("start", onOld, true)
-	healthy("start", onNew, false)
+	waitHealthy(t, "start", rotated, true)
+	waitHealthy(t, "start", onOld, true)
+	waitHealthy(t, "start", onNew, false)
 
 	write(acceptFile, newSecret)
-	healthy("new secret accepted", onNew, true)
-	healthy("new secret accepted", onOld, true)
+	waitHealthy(t, "new secret accepted", onNew, true)
+	waitHealthy(t, "new secret accepted", onOld, true)
 
 	write(secretFile, newSecret)
 	write(acceptFile, oldSecret)
-	healthy("files swapped", rotated, true)
-	healthy("files swapped", onOld, true)
+	waitHealthy(t, "files swapped", rotated, true)
+	waitHealthy(t, "files swapped", onOld, true)
 
 	if err := os.Remove(acceptFile); err != nil {
 		t.Fatal(err)
 	}
-	healthy("accept file removed", onOld, false)
-	healthy("accept file removed", rotated, true)
-	healthy("accept file removed", onNew, true)
+	waitHealthy(t, "accept file removed", onOld, false)
+	waitHealthy(t, "accept file removed", rotated, true)
+	waitHealthy(t, "accept file removed", onNew, true)
 
 	// The fan-out reads history from consensus, the lease service asks it
 	// for the lease authority: both as themselves, with the new secret.
