@@ -41,6 +41,7 @@ func TestCertificateUserClaimIsForwarded(t *testing.T) {
 	bg := context.Background()
 	as := func(c auth.Credentials) context.Context { return auth.WithCredentials(bg, c) }
 	claim := &auth.ForwardedUser{Name: "alice", Via: []auth.Hop{{CommonName: "gw 1"}}}
+	secrets := secretsOf(t, secret)
 	for _, tc := range []struct {
 		name      string
 		opt       remote.DialOption
@@ -48,15 +49,15 @@ func TestCertificateUserClaimIsForwarded(t *testing.T) {
 		want      seenReq
 		wantProof bool
 	}{
-		{"certificate", remote.WithClaimSecret(secretsOf(t, secret)), as(auth.Credentials{CommonName: "alice"}), seenReq{forwarded: "client", user: "alice"}, true},
-		{"certificate with a token", remote.WithClaimSecret(secretsOf(t, secret)), as(auth.Credentials{CommonName: "alice", Token: "t"}), seenReq{forwarded: "client", token: "t"}, false},
-		{"claim passed on", remote.WithClaimSecret(secretsOf(t, secret)), as(auth.Credentials{Forwarded: claim}), seenReq{forwarded: "client", user: "alice", via: "cn:gw+1"}, true},
-		{"claim and a token", remote.WithClaimSecret(secretsOf(t, secret)), as(auth.Credentials{Forwarded: claim, Token: "t"}), seenReq{forwarded: "client", token: "t"}, false},
-		{"a process's secret is not a user", remote.WithClaimSecret(secretsOf(t, secret)), as(auth.Credentials{Internal: true}), seenReq{forwarded: "client"}, false},
-		{"own call, claims only", remote.WithClaimSecret(secretsOf(t, secret)), bg, seenReq{}, false},
-		{"own call, every call", remote.WithInternalSecret(secretsOf(t, secret)), bg, seenReq{}, true},
-		{"certificate, every call", remote.WithInternalSecret(secretsOf(t, secret)), as(auth.Credentials{CommonName: "alice"}), seenReq{forwarded: "client", user: "alice"}, true},
-		{"token, every call", remote.WithInternalSecret(secretsOf(t, secret)), as(auth.Credentials{Token: "t"}), seenReq{forwarded: "client", token: "t"}, true},
+		{"certificate", remote.WithClaimSecret(secrets), as(auth.Credentials{CommonName: "alice"}), seenReq{forwarded: "client", user: "alice"}, true},
+		{"certificate with a token", remote.WithClaimSecret(secrets), as(auth.Credentials{CommonName: "alice", Token: "t"}), seenReq{forwarded: "client", token: "t"}, false},
+		{"claim passed on", remote.WithClaimSecret(secrets), as(auth.Credentials{Forwarded: claim}), seenReq{forwarded: "client", user: "alice", via: "cn:gw+1"}, true},
+		{"claim and a token", remote.WithClaimSecret(secrets), as(auth.Credentials{Forwarded: claim, Token: "t"}), seenReq{forwarded: "client", token: "t"}, false},
+		{"a process's secret is not a user", remote.WithClaimSecret(secrets), as(auth.Credentials{Internal: true}), seenReq{forwarded: "client"}, false},
+		{"own call, claims only", remote.WithClaimSecret(secrets), bg, seenReq{}, false},
+		{"own call, every call", remote.WithInternalSecret(secrets), bg, seenReq{}, true},
+		{"certificate, every call", remote.WithInternalSecret(secrets), as(auth.Credentials{CommonName: "alice"}), seenReq{forwarded: "client", user: "alice"}, true},
+		{"token, every call", remote.WithInternalSecret(secrets), as(auth.Credentials{Token: "t"}), seenReq{forwarded: "client", token: "t"}, true},
 	} {
 		c, err := remote.NewConsensus(url, nil, tc.opt)
 		if err != nil {
