@@ -34,8 +34,8 @@ func TestEffectiveCapsReadsThisProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// CAP_IPC_LOCK is checked by the kernel too: mlock of one page beyond
-	// a zero limit works exactly when the capability is there.
+	// The kernel checks CAP_IPC_LOCK too: locking 1 MiB more than the
+	// limit works exactly when the process has the capability.
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &lim); err != nil {
 		t.Fatal(err)

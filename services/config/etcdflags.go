@@ -21,7 +21,8 @@ import (
 // configuration file starts concord unchanged. Each one is implemented, or
 // listed in etcdOnlyFlags as inert (accepted, no effect in concord by
 // design, a value other than the default noted in the log), so nothing
-// that changes behaviour is silently dropped. testdata/etcd-3.7.3-server-flags.txt lists etcd's flag set, and
+// that changes behaviour is silently dropped.
+// testdata/etcd-3.7.3-server-flags.txt lists etcd's flag set, and
 // TestEveryEtcdFlagIsAccepted checks each.
 const (
 	fListenClientHTTPURLs = "listen-client-http-urls"
