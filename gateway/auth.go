@@ -365,7 +365,7 @@ func (s *authWatchStream) Send(r *pb.WatchResponse) error {
 // authorize admits the credentials of its caller, the token it presents,
 // the common name of its verified client certificate and whether it
 // presented the internal secret (all the calling process's own: no
-// ForwardedHeader applies here, see WithClientCertName and Config.InternalSecret).
+// ForwardedHeader applies here, see WithClientCertName and Config.InternalSecrets).
 // Refusals are etcd's errors. The call itself runs with the context it came
 // with, as the member's own work.
 func RequireInternalCaller(authorize func(context.Context) error, exempt ...string) connect.HandlerOption {
@@ -388,7 +388,7 @@ func RequireInternalCaller(authorize func(context.Context) error, exempt ...stri
 // verified client certificate recorded for RequireInternalCaller (the
 // client API records it itself). Mounted on a Gateway (WithHTTPHandler),
 // h also sees whether a request presented the gateway's internal secret
-// (Config.InternalSecret); alone, that header is dropped and proves
+// (Config.InternalSecrets); alone, that header is dropped and proves
 // nothing.
 func WithClientCertName(h http.Handler) http.Handler {
 	return (*callers)(nil).wrap(h)
