@@ -12,7 +12,7 @@ import (
 type raftLogger struct{ lg *slog.Logger }
 
 func (l raftLogger) log(level slog.Level, msg string) {
-	l.lg.Log(context.Background(), level, msg, "component", "raft")
+	l.lg.Log(context.Background(), level, msg, "subsystem", "raft")
 }
 
 func (l raftLogger) Debug(v ...any) { l.log(slog.LevelDebug, fmt.Sprint(v...)) }

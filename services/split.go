@@ -104,7 +104,7 @@ func RunConsensus(ctx context.Context, cfg config.Consensus, log *slog.Logger) e
 	}
 	defer gw.Close()
 	log.Info("event bus listening", "nats-url", bus.ClientURL(), "nats-cluster-url", bus.ClusterURL())
-	return serveSplit(ctx, "consensus", gw, listeners, secrets, log, func(ctx context.Context, g *errgroup.Group) {
+	return serveSplit(ctx, gw, listeners, secrets, log, func(ctx context.Context, g *errgroup.Group) {
 		g.Go(func() error { return watchNode(ctx, node) })
 		g.Go(func() error { return runCompactor(ctx, cfg.AutoCompaction, node, log) })
 		checks.run(ctx, g, node)
@@ -138,7 +138,7 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 	}
 	defer cons.Close()
 
-	busOpts := []eventbus.ClientOption{eventbus.WithLogger(log.With("component", "eventbus")), eventbus.WithName(cfg.Name)}
+	busOpts := []eventbus.ClientOption{eventbus.WithLogger(log.With("component", "nats")), eventbus.WithName(cfg.Name)}
 	if !cfg.NATSTLS.IsZero() {
 		busOpts = append(busOpts, eventbus.WithTLS(natsTLS(cfg.NATSTLS)))
 	}
@@ -173,7 +173,7 @@ func RunWatchfanout(ctx context.Context, cfg config.Split, log *slog.Logger) err
 		return fmt.Errorf("starting the watch API: %w", err)
 	}
 	defer gw.Close()
-	return serveSplit(ctx, "watchfanout", gw, listeners, secrets, log, nil)
+	return serveSplit(ctx, gw, listeners, secrets, log, nil)
 }
 
 // RunLeasesvc runs a lease service whose backend is a consensus member over
@@ -229,7 +229,7 @@ func RunLeasesvc(ctx context.Context, cfg config.Split, log *slog.Logger) error 
 	// replica (grants, revokes and listings go to consensus; keep-alives
 	// answer "no leader", which tells gateways to use the active one), and
 	// /readyz's lease_authority check says which it is.
-	return serveSplit(ctx, "leasesvc", gw, listeners, secrets, log, func(ctx context.Context, g *errgroup.Group) {
+	return serveSplit(ctx, gw, listeners, secrets, log, func(ctx context.Context, g *errgroup.Group) {
 		g.Go(func() error { return leases.Run(ctx) })
 	})
 }
@@ -295,7 +295,7 @@ func RunGateway(ctx context.Context, cfg config.Split, log *slog.Logger) error {
 		return err
 	}
 	defer gw.Close()
-	return serveSplit(ctx, "gateway", gw.Gateway, listeners, secrets, log, nil)
+	return serveSplit(ctx, gw.Gateway, listeners, secrets, log, nil)
 }
 
 // natsTLS is the event bus's TLS flags (--nats-*) as eventbus files: the
@@ -350,7 +350,7 @@ func consensusDialOptions(cfg config.Split, secrets *gateway.InternalSecrets, tp
 // serveSplit serves gw on every listener, and reloads the internal secret
 // files, until ctx ends or one fails; start, if set, adds the process's own
 // goroutines to the group first.
-func serveSplit(ctx context.Context, role string, gw *gateway.Gateway, listeners []clientListener, secrets *secretFiles, log *slog.Logger,
+func serveSplit(ctx context.Context, gw *gateway.Gateway, listeners []clientListener, secrets *secretFiles, log *slog.Logger,
 	start func(context.Context, *errgroup.Group)) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return secrets.run(ctx, secretReloadInterval) })
@@ -358,7 +358,7 @@ func serveSplit(ctx context.Context, role string, gw *gateway.Gateway, listeners
 		start(ctx, g)
 	}
 	serveListeners(ctx, g, listeners, gw, log)
-	log.Info("concord is ready", "role", role)
+	log.Info("concord is ready")
 	return endOfRun(g.Wait(), log)
 }
 

@@ -142,7 +142,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	logger = logger.With("component", "storage")
+	logger = logger.With("subsystem", "storage")
 	fs := opts.FS
 	if fs == nil {
 		fs = vfs.Default

@@ -81,7 +81,7 @@ func New(cfg Config, sub eventbus.Subscriber, hist History) (*Fanout, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &Fanout{
 		cfg:       cfg,
-		log:       cfg.Logger.With("component", "watchfanout"),
+		log:       cfg.Logger,
 		sub:       sub,
 		hist:      hist,
 		ctx:       ctx,

@@ -276,7 +276,7 @@ func StartNATS(ctx context.Context, cfg NATSConfig) (*NATS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("eventbus: nats server: %w", err)
 	}
-	srv.SetLoggerV2(natsServerLogger{cfg.Logger.With("component", "nats-server")}, false, false, false)
+	srv.SetLoggerV2(natsServerLogger{cfg.Logger.With("subsystem", "nats-server")}, false, false, false)
 	srv.Start()
 	stop := func() {
 		srv.Shutdown()
@@ -418,7 +418,7 @@ func connect(ctx context.Context, urls string, o clientOptions, extra ...nats.Op
 		timeout = max(time.Until(dl), time.Millisecond)
 	}
 	n := &NATS{
-		log:              o.logger.With("component", "eventbus"),
+		log:              o.logger.With("subsystem", "eventbus"),
 		connClosed:       make(chan struct{}),
 		pendingMsgs:      o.pendingMsgs,
 		pendingBytes:     o.pendingBytes,
