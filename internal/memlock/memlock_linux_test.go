@@ -35,20 +35,29 @@ func TestEffectiveCapsReadsThisProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The kernel checks CAP_IPC_LOCK too: locking 1 MiB more than the
-	// limit works exactly when the process has the capability.
+	// limit works exactly when the process has the capability. The soft
+	// limit is lowered to 64 KiB for the check (any process may lower it
+	// and raise it back up to its hard limit), so an unlimited one does
+	// not hide the answer.
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &lim); err != nil {
 		t.Fatal(err)
 	}
-	if lim.Cur == unix.RLIM_INFINITY {
-		t.Skip("RLIMIT_MEMLOCK is unlimited: the capability cannot be told apart by mlock")
+	low := unix.Rlimit{Cur: min(lim.Cur, 64<<10), Max: lim.Max}
+	if err := unix.Setrlimit(unix.RLIMIT_MEMLOCK, &low); err != nil {
+		t.Fatal(err)
 	}
-	big := make([]byte, int(lim.Cur)+1<<20)
+	defer func() {
+		if err := unix.Setrlimit(unix.RLIMIT_MEMLOCK, &lim); err != nil {
+			t.Errorf("restoring RLIMIT_MEMLOCK: %v", err)
+		}
+	}()
+	big := make([]byte, int(low.Cur)+1<<20)
 	err = unix.Mlock(big)
 	if err == nil {
 		_ = unix.Munlock(big)
 	}
 	if has := caps&(1<<capIPCLock) != 0; has != (err == nil) {
-		t.Fatalf("CapEff says CAP_IPC_LOCK=%v, but locking %d bytes over the %d-byte limit gave %v", has, len(big), lim.Cur, err)
+		t.Fatalf("CapEff says CAP_IPC_LOCK=%v, but locking %d bytes over the %d-byte limit gave %v", has, len(big), low.Cur, err)
 	}
 }

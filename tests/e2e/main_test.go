@@ -49,6 +49,11 @@ var (
 // TestMain builds the four binaries once per run into a temporary directory. The go build cache
 // makes every build after the first one quick.
 func TestMain(m *testing.M) {
+	if os.Getenv(withoutMemlockEnv) != "" {
+		err := execWithoutMemlock()
+		fmt.Fprintln(os.Stderr, "e2e: exec without memlock:", err)
+		os.Exit(2)
+	}
 	flag.Parse()
 	dir, err := os.MkdirTemp("", "concord-e2e-bin-")
 	if err != nil {

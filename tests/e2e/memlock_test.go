@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,12 +27,10 @@ func TestMemoryMlock(t *testing.T) {
 	t.Parallel()
 	requireBinary(t, concordImpl)
 	t.Run("locked", func(t *testing.T) {
-		var lim unix.Rlimit
-		if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &lim); err != nil {
-			t.Fatal(err)
-		}
-		if os.Geteuid() != 0 && lim.Cur != unix.RLIM_INFINITY {
-			t.Skip("this user may not lock more than RLIMIT_MEMLOCK; the refusal is tested below")
+		if !mayLockMemory(t) {
+			// This user cannot lock beyond its limit: concord must say so.
+			memlockRefusal(t, false, "RLIMIT_MEMLOCK is")
+			return
 		}
 		s := startServer(t, concordImpl, serverOptions{extra: []string{"--memory-mlock"}})
 		mustCtl(t, s.Endpoint(), "put", "foo", "bar")
@@ -49,37 +50,94 @@ func TestMemoryMlock(t *testing.T) {
 	})
 	t.Run("refused", func(t *testing.T) {
 		// 64 KiB of locked memory, and no CAP_IPC_LOCK to exceed it.
-		script := `ulimit -l 64 && exec "$@"`
-		args := []string{"-c", script, "sh"}
-		if os.Geteuid() == 0 {
-			if _, err := exec.LookPath("setpriv"); err != nil {
-				t.Skip("setpriv (util-linux) is needed to drop CAP_IPC_LOCK as root")
-			}
-			args = append(args, "setpriv", "--bounding-set=-ipc_lock", "--inh-caps=-ipc_lock")
-		}
-		client, peer, err := freePorts()
+		memlockRefusal(t, true, "RLIMIT_MEMLOCK is 65536 bytes")
+	})
+}
+
+// memlockRefusal starts concord --memory-mlock, through execWithoutMemlock
+// when limited, and expects it to refuse to start, saying want and how to
+// get the right to lock.
+func memlockRefusal(t *testing.T, limited bool, want string) {
+	t.Helper()
+	client, peer, err := freePorts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientURL, peerURL := fmt.Sprintf("http://127.0.0.1:%d", client), fmt.Sprintf("http://127.0.0.1:%d", peer)
+	args := []string{concordImpl.bin, "--memory-mlock", "--data-dir", t.TempDir(),
+		"--listen-client-urls", clientURL, "--advertise-client-urls", clientURL,
+		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
+		"--initial-cluster", "default=" + peerURL}
+	env := cleanEnv()
+	if limited {
+		self, err := os.Executable()
 		if err != nil {
 			t.Fatal(err)
 		}
-		clientURL, peerURL := fmt.Sprintf("http://127.0.0.1:%d", client), fmt.Sprintf("http://127.0.0.1:%d", peer)
-		args = append(args, concordImpl.bin, "--memory-mlock", "--data-dir", t.TempDir(),
-			"--listen-client-urls", clientURL, "--advertise-client-urls", clientURL,
-			"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
-			"--initial-cluster", "default="+peerURL)
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "sh", args...)
-		cmd.Env = cleanEnv()
-		out, err := cmd.CombinedOutput()
-		if err == nil || ctx.Err() != nil {
-			t.Fatalf("concord --memory-mlock without the right to lock: err %v (context %v), want a refusal; output:\n%s", err, ctx.Err(), out)
+		args = append([]string{self}, args...)
+		env = append(env, withoutMemlockEnv+"=1")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.Env = env
+	out, err := cmd.CombinedOutput()
+	if err == nil || ctx.Err() != nil {
+		t.Fatalf("concord --memory-mlock without the right to lock: err %v (context %v), want a refusal; output:\n%s", err, ctx.Err(), out)
+	}
+	for _, w := range []string{"--memory-mlock", want, "CAP_IPC_LOCK"} {
+		if !strings.Contains(string(out), w) {
+			t.Errorf("the refusal does not say %q:\n%s", w, out)
 		}
-		for _, want := range []string{"--memory-mlock", "RLIMIT_MEMLOCK is 65536 bytes", "CAP_IPC_LOCK"} {
-			if !strings.Contains(string(out), want) {
-				t.Errorf("the refusal does not say %q:\n%s", want, out)
+	}
+}
+
+// mayLockMemory reports whether a process this test starts may lock all
+// its memory: an unlimited RLIMIT_MEMLOCK, or CAP_IPC_LOCK.
+func mayLockMemory(t *testing.T) bool {
+	t.Helper()
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &lim); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				t.Fatal(err)
 			}
+			return lim.Cur == unix.RLIM_INFINITY || caps&(1<<unix.CAP_IPC_LOCK) != 0
 		}
-	})
+	}
+	t.Fatal("no CapEff in /proc/self/status")
+	return false
+}
+
+// withoutMemlockEnv, set, makes this test binary run its arguments as
+// execWithoutMemlock does instead of testing (TestMain).
+const withoutMemlockEnv = "E2E_EXEC_WITHOUT_MEMLOCK"
+
+// execWithoutMemlock replaces this process with os.Args[1:], run with 64
+// KiB of lockable memory and without CAP_IPC_LOCK: the capability leaves
+// the bounding set (root only; no one else has it), so the program
+// executed does not get it back.
+func execWithoutMemlock() error {
+	runtime.LockOSThread() // the bounding set is the thread's: exec from it
+	lim := unix.Rlimit{Cur: 64 << 10, Max: 64 << 10}
+	if err := unix.Setrlimit(unix.RLIMIT_MEMLOCK, &lim); err != nil {
+		return fmt.Errorf("setrlimit: %w", err)
+	}
+	if os.Geteuid() == 0 {
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, unix.CAP_IPC_LOCK, 0, 0, 0); err != nil {
+			return fmt.Errorf("dropping CAP_IPC_LOCK: %w", err)
+		}
+	}
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, withoutMemlockEnv+"=") })
+	return syscall.Exec(os.Args[1], os.Args[1:], env)
 }
 
 // procKB returns a "kB" field of a /proc file such as /proc/PID/status.
