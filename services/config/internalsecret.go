@@ -43,7 +43,7 @@ func internalSecretAcceptFlag(fs *pflag.FlagSet) {
 // of it), at least gateway.MinInternalSecretBytes of them. "" gives nil,
 // nil: no secret.
 func ReadInternalSecret(path string) ([]byte, error) {
-	return readSecretFile(fInternalSecretFile, path)
+	return readSecretFile(fInternalSecretFile, path, false)
 }
 
 // ReadAcceptedInternalSecret reads --internal-secret-accept-file as
@@ -51,25 +51,26 @@ func ReadInternalSecret(path string) ([]byte, error) {
 // The file may be missing or empty (no secret: nil, nil), as it is
 // between rotations.
 func ReadAcceptedInternalSecret(path string) ([]byte, error) {
-	if path == "" {
-		return nil, nil
-	}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) || (err == nil && len(bytes.TrimRight(b, "\r\n")) == 0) {
-		return nil, nil
-	}
-	return readSecretFile(fInternalSecretAcceptFile, path)
+	return readSecretFile(fInternalSecretAcceptFile, path, true)
 }
 
-func readSecretFile(flag, path string) ([]byte, error) {
+// readSecretFile reads flag's file at path; with optional, a missing or
+// empty file is no secret.
+func readSecretFile(flag, path string, optional bool) ([]byte, error) {
 	if path == "" {
 		return nil, nil
 	}
 	b, err := os.ReadFile(path)
+	if optional && errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: --%s: %v", ErrInvalid, flag, err)
 	}
 	b = bytes.TrimRight(b, "\r\n")
+	if optional && len(b) == 0 {
+		return nil, nil
+	}
 	if len(b) < gateway.MinInternalSecretBytes {
 		return nil, fmt.Errorf("%w: --%s %s holds %d bytes, at least %d are needed (e.g. openssl rand -hex 32 > %s)",
 			ErrInvalid, flag, path, len(b), gateway.MinInternalSecretBytes, path)
